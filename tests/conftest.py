@@ -1,0 +1,29 @@
+"""Shared fixtures: the bundled tokenizer, a tiny random Llama on it, and the bundled model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_lm():
+    """The bundled SmolLM2-135M-Instruct (converted once into cache/models)."""
+    from engine.model import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smol_lm):
+    return smol_lm.tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tokenizer):
+    from engine.tiny import tiny_llama
+
+    return tiny_llama(tokenizer, seed=0)
