@@ -1,0 +1,1 @@
+"""Headless subcommands. Each module defines ``register(subparsers)`` and ``run(args) -> int``."""

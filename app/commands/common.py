@@ -1,0 +1,75 @@
+"""Pieces every headless command shares: model options, loading with a progress line, errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from engine.errors import EngineError
+
+EXIT_USAGE = 2
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="default",
+                   help="'default' (bundled SmolLM2-135M-Instruct), a directory, a .gguf file, "
+                        "or a Hugging Face id already in the local cache")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, float16, bfloat16")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repository's own Python code to run (off by default)")
+    g.add_argument("--engine-path", choices=("fast", "standard"), default="fast",
+                   help="lean fast forward where supported (exact), or the HF standard forward")
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
+    """Print one clear error line (and a hint) to stderr; return the exit code."""
+    c = err_console()
+    c.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    if hint:
+        c.print(f"[dim]hint: {hint}[/]")
+    return code
+
+
+def load_lm(args: argparse.Namespace) -> Any:
+    """Load the model named by the args with a transient status line. Raises EngineError."""
+    from engine.model import load_model
+
+    c = err_console()
+    with c.status(f"loading {args.model}…") as status:
+        def progress(p: Any) -> None:
+            status.update(f"[{p.phase}] {p.message}")
+
+        lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                        trust_remote_code=args.trust_remote_code, progress=progress)
+    set_engine_path(lm, getattr(args, "engine_path", "fast"))
+    c.print(f"[dim]{lm.describe()} · loaded in {lm.load_s:.1f} s[/]")
+    return lm
+
+
+def set_engine_path(lm: Any, path: str) -> None:
+    """Choose the forward implementation (fast path where the architecture supports it)."""
+    lm.engine_path = path
+
+
+def guard(fn: Any) -> Any:
+    """Decorator for run(args): EngineError -> one line + exit 2; Ctrl+C -> exit 130."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except EngineError as e:
+            return fail(str(e), e.hint)
+        except KeyboardInterrupt:
+            err_console().print("[yellow]interrupted[/]")
+            return 130
+    return wrapper

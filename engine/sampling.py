@@ -1,0 +1,94 @@
+"""Logits processing and token choice, separate from the decoding loop (as transformers separates
+its logits processors from ``generate``): the loop asks ``choose(logits)`` and nothing else."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .errors import InputError
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick tokens. temperature 0 = greedy. top_k 0 = off. top_p 1.0 = off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 0.95
+    seed: Optional[int] = None
+    stop_strings: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+
+    def validate(self, context_length: Optional[int] = None) -> "SamplingConfig":
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be ≥ 1 (got {self.max_new_tokens})")
+        if context_length is not None and self.max_new_tokens >= context_length:
+            raise InputError(f"max_new_tokens {self.max_new_tokens} must be below the context "
+                             f"length {context_length}")
+        if not (0.0 <= self.temperature <= 100.0):
+            raise InputError(f"temperature must be in [0, 100] (got {self.temperature})")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be ≥ 0 (got {self.top_k})")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InputError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.repetition_penalty <= 0:
+            raise InputError("repetition_penalty must be > 0")
+        self.stop_strings = tuple(s for s in self.stop_strings if s)
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_generator(seed: Optional[int], device: torch.device | str = "cpu") -> Optional[torch.Generator]:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def process(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, top-k and top-p on (B, V) fp32 logits; filtered entries become -inf.
+    Top-p keeps the smallest set whose mass reaches p, and always at least one token."""
+    x = logits / max(cfg.temperature, 1e-6)
+    if cfg.top_k and cfg.top_k < x.shape[-1]:
+        kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_x, idx = torch.sort(x, dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        cum = probs.cumsum(-1)
+        remove = (cum - probs) >= cfg.top_p  # mass before this token already reaches p
+        remove[..., 0] = False
+        sorted_x = sorted_x.masked_fill(remove, float("-inf"))
+        x = torch.full_like(x, float("-inf")).scatter(-1, idx, sorted_x)
+    return x
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    g = logits.gather(-1, seen)
+    g = torch.where(g > 0, g / penalty, g * penalty)
+    return logits.scatter(-1, seen, g)
+
+
+def choose(logits: torch.Tensor, cfg: SamplingConfig, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Next token ids (B,) from (B, V) fp32 logits."""
+    if cfg.greedy:
+        return logits.argmax(-1)
+    probs = process(logits, cfg).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def log_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Log-probabilities of the sampling policy itself (after temperature/top-k/top-p)."""
+    if cfg.greedy:
+        out = torch.full_like(logits, float("-inf"))
+        return out.scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
+    return process(logits, cfg).log_softmax(-1)
