@@ -1,0 +1,122 @@
+"""`tokenforge chat`: a streaming REPL over a conversation KV cache (or one answer with --prompt).
+
+The answer runs in a worker thread with a CancelToken, so Ctrl+C during an answer stops only that
+answer (the partial answer stays in the conversation) while Ctrl+C at the prompt exits."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any
+
+from rich.console import Console
+
+from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+
+HELP = "commands: /new (new conversation), /system TEXT, /exit — Ctrl+C stops an answer, at the prompt it exits"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("chat", help="chat with the model (streams tokens, reuses the KV cache)")
+    add_model_args(p)
+    p.add_argument("--system", default=None, help="system prompt (encoded once)")
+    p.add_argument("--prompt", default=None, help="answer this one message and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="with --prompt: print the result as JSON")
+
+
+def _answer(session: Any, text: str, out: Console, quiet: bool) -> Any:
+    """Run one turn in a thread; Ctrl+C cancels it. Returns the GenerationResult."""
+    from engine.progress import CancelToken
+
+    token = CancelToken()
+    box: dict[str, Any] = {}
+
+    def on_token(delta: str, _tid: int) -> None:
+        if not quiet:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+
+    def work() -> None:
+        try:
+            box["result"] = session.send(text, on_token=on_token, cancel=token)
+        except BaseException as e:  # handed to the main thread
+            box["error"] = e
+
+    th = threading.Thread(target=work, name="tokenforge-chat", daemon=True)
+    th.start()
+    while th.is_alive():
+        try:
+            th.join(0.1)
+        except KeyboardInterrupt:
+            token.cancel("user")
+            out.print("\n[yellow]… stopped[/]", highlight=False)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _figures(r: Any) -> str:
+    s = (f"{r.new_tokens} tokens · prefill {r.prefill_tokens} · TTFT {r.ttft_s:.2f} s · "
+         f"{r.decode_tok_s:.1f} tok/s · stop: {r.stop_reason}")
+    if r.dropped_turns:
+        s += f" · dropped {r.dropped_turns} old turn(s)"
+    return s
+
+
+@guard
+def run(args: argparse.Namespace) -> int:
+    from engine.chat import ChatSession
+    from engine.errors import InputError
+    from engine.sampling import SamplingConfig
+
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                         stop_strings=tuple(args.stop)).validate()
+    if args.prompt is not None and not args.prompt.strip():
+        return fail("empty prompt: nothing to answer")
+    lm = load_lm(args)
+    session = ChatSession(lm, system=args.system, sampling=cfg)
+    out = Console(highlight=False)
+    err = err_console()
+    if args.prompt is not None:
+        r = _answer(session, args.prompt, out, quiet=args.json)
+        if args.json:
+            print(json.dumps({"prompt": args.prompt, **r.to_dict()}, ensure_ascii=False, indent=2))
+        else:
+            print()
+            err.print(f"[dim]{_figures(r)}[/]")
+        return 130 if r.stop_reason == "cancelled" else 0
+    err.print(f"[dim]{HELP}[/]")
+    while True:
+        try:
+            text = input("\n› ")
+        except (KeyboardInterrupt, EOFError):
+            print()
+            return 0
+        cmd = text.strip()
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/new":
+            session.reset()
+            err.print("[dim]new conversation (system prompt cache kept)[/]")
+            continue
+        if cmd.startswith("/system"):
+            session.reset(cmd[len("/system"):].strip() or None)
+            err.print("[dim]system prompt set; new conversation[/]")
+            continue
+        try:
+            r = _answer(session, text, out, quiet=False)
+        except InputError as e:
+            err.print(f"[red]{e}[/]")
+            continue
+        print()
+        err.print(f"[dim]{_figures(r)}[/]")
+        for n in r.notes:
+            err.print(f"[yellow]{n}[/]")
