@@ -1,0 +1,59 @@
+"""Comparison-dashboard methods and their registry (name → factory).
+
+Each engineer adding a method adds one entry to ``_FACTORIES`` (imports stay lazy so a broken or
+slow-to-import method never breaks the others). Combined configurations are registered as their
+own named method and measured as a whole.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from ..errors import InputError
+from .base import GenState, Method, MethodOutput, Query
+
+# name -> (module, class name, default params)
+_FACTORIES: dict[str, tuple[str, str, dict]] = {
+    "baseline": ("baseline", "Baseline", {}),
+}
+
+
+def registry() -> dict[str, Callable[..., Method]]:
+    """Method names → factories (call with keyword params to override the defaults)."""
+    out: dict[str, Callable[..., Method]] = {}
+    for name, (mod, cls, defaults) in _FACTORIES.items():
+        out[name] = _factory(mod, cls, defaults)
+    return out
+
+
+def _factory(mod: str, cls: str, defaults: dict) -> Callable[..., Method]:
+    def make(**params: Any) -> Method:
+        klass = getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
+        return klass(**{**defaults, **params})
+    return make
+
+
+def method_names() -> list[str]:
+    return list(_FACTORIES)
+
+
+def make_method(name: str, **params: Any) -> Method:
+    """The method called ``name``; an unknown name raises an InputError listing the valid ones."""
+    if name not in _FACTORIES:
+        raise InputError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+    return registry()[name](**params)
+
+
+def parse_methods(spec: str) -> list[str]:
+    """'baseline,kv-fp8' → names, validated (unknown → InputError listing the valid names)."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise InputError("no methods given", f"valid: {', '.join(method_names())}")
+    bad = [n for n in names if n not in _FACTORIES]
+    if bad:
+        raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}")
+    return list(dict.fromkeys(names))
+
+
+__all__ = ["GenState", "Method", "MethodOutput", "Query", "make_method", "method_names",
+           "parse_methods", "registry"]
