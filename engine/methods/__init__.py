@@ -15,6 +15,8 @@ from .base import GenState, Method, MethodOutput, Query
 # name -> (module, class name, default params)
 _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "baseline": ("baseline", "Baseline", {}),
+    "kv-reuse": ("kv_reuse", "KVReuse", {}),
+    "kv-fp8": ("kv_fp8", "KVFp8", {}),
 }
 
 
