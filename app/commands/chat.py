@@ -43,17 +43,24 @@ def _answer(session: Any, text: str, out: Console, quiet: bool) -> Any:
             sys.stdout.write(delta)
             sys.stdout.flush()
 
+    done = threading.Event()
+
     def work() -> None:
         try:
             box["result"] = session.send(text, on_token=on_token, cancel=token)
         except BaseException as e:  # handed to the main thread
             box["error"] = e
+        finally:
+            done.set()
 
     th = threading.Thread(target=work, name="tokenforge-chat", daemon=True)
     th.start()
-    while th.is_alive():
+    # An Event, not Thread.join: on 3.11 a join interrupted by KeyboardInterrupt can mark a
+    # still-running thread as finished.
+    while True:
         try:
-            th.join(0.1)
+            if done.wait(0.1):
+                break
         except KeyboardInterrupt:
             token.cancel("user")
             out.print("\n[yellow]… stopped[/]", highlight=False)
