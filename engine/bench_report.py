@@ -262,11 +262,12 @@ TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s",
                  "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
 
 
-def table_rows(rep: Report) -> list[list[str]]:
-    """Display cells per row: median [IQR] then, for non-baseline rows, a ratio line."""
+def table_rows(rep: Report, *, labels: bool = True) -> list[list[str]]:
+    """Display cells per row: median [IQR] then, for non-baseline rows, a ratio line. The first
+    cell is the honest label (or the short method key when ``labels`` is False)."""
     out = []
     for row in rep.rows:
-        cells = [row.label + (f" {row.params}" if row.params else "")]
+        cells = [row.label + (f" {row.params}" if row.params else "") if labels else row.key]
         for m in ("prompt_tokens_effective", "prefill_s", "decode_tok_s", "total_s",
                   "kv_bytes_stored", "kv_bytes_peak"):
             unit = COST_METRICS[m][1]

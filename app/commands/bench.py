@@ -1,0 +1,166 @@
+"""`tokenforge bench`: run comparison methods over a query suite into an append-only JSONL, and
+`tokenforge bench report FILE`: the aggregate table (+ PNGs, CSV) computed from that JSONL."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from app.commands.common import add_model_args, err_console, guard, load_lm
+
+DEFAULT_METHODS = "baseline,kv-reuse,kv-fp8"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="compare generation methods on a query suite (cost beside quality)",
+                       description="`tokenforge bench [run] --methods … --out runs.jsonl` measures; "
+                                   "`tokenforge bench report runs.jsonl [--png DIR] [--csv F]` aggregates.")
+    add_model_args(p)
+    p.add_argument("action", nargs="?", choices=("run", "report", "list"), default="run",
+                   help="run (default), report FILE, or list the methods")
+    p.add_argument("file", nargs="?", help="report: the runs JSONL")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--suite", default="core-v1", help="shipped suite name or a .jsonl path")
+    p.add_argument("--kinds", default=None, help="only these query kinds, e.g. chat,qa,long,prose")
+    p.add_argument("--queries", default=None, help="only these query ids, e.g. chat-1,qa-2")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per (method, query), >= 1")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up run")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="method parameter override (repeatable), e.g. evict-sinks.budget=128")
+    p.add_argument("--out", default="runs.jsonl", help="JSONL to append to (a rerun resumes)")
+    p.add_argument("--png", default=None, metavar="DIR", help="report: write PNG plots here")
+    p.add_argument("--csv", default=None, metavar="FILE", help="report: write the aggregate CSV")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="report: write the table as Markdown")
+
+
+def _split(v: Any) -> Any:
+    return [s.strip() for s in v.split(",") if s.strip()] if v else None
+
+
+def parse_params(items: list[str]) -> dict[str, dict]:
+    from engine.errors import InputError
+
+    out: dict[str, dict] = {}
+    for it in items:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise InputError(f"--param {it!r}: expected METHOD.KEY=VALUE")
+        lhs, val = it.split("=", 1)
+        method, key = lhs.split(".", 1)
+        try:
+            value = json.loads(val)
+        except json.JSONDecodeError:
+            value = val
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+@guard
+def run(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list()
+    if args.action == "report":
+        return _report(args)
+    return _run(args)
+
+
+def _list() -> int:
+    from engine.methods import make_method, method_names
+
+    t = Table(title="methods")
+    t.add_column("name")
+    t.add_column("label")
+    t.add_column("changes model")
+    for n in method_names():
+        m = make_method(n)
+        t.add_row(n, m.label, "yes" if m.model_changing else "")
+    Console().print(t)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.bench import BenchConfig, load_suite, run_bench
+    from engine.errors import InputError
+
+    if args.file:
+        raise InputError(f"unexpected argument {args.file!r}", "did you mean `tokenforge bench report FILE`?")
+    cfg = BenchConfig(methods=_split(args.methods) or [], suite=args.suite, repeats=args.repeats,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, warmup=not args.no_warmup,
+                      kinds=_split(args.kinds), query_ids=_split(args.queries),
+                      params=parse_params(args.param))
+    cfg.validate()  # bad names / repeats fail before the model loads
+    load_suite(cfg.suite, kinds=cfg.kinds, ids=cfg.query_ids)
+    for name in cfg.params:
+        if name not in cfg.methods:
+            raise InputError(f"--param for {name!r}, which is not among --methods")
+    lm = load_lm(args)
+    con = err_console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=con, transient=False) as bar:
+        task = bar.add_task("bench", total=None)
+
+        def progress(p: Any) -> None:
+            bar.update(task, completed=p.step, total=p.total, description=p.message[:70])
+
+        summary = run_bench(lm, cfg, args.out, progress=progress)
+    con.print(f"[green]{summary.written} records written[/], {summary.skipped} already present "
+              f"(resumed), {summary.errors} errors → {summary.out}")
+    con.print(f"[dim]load avg {summary.loadavg_start} → {summary.loadavg_end}; "
+              f"next: tokenforge bench report {summary.out} --png docs/[/]")
+    return 0 if summary.errors == 0 else 1
+
+
+def report_table(rep: Any) -> Table:
+    from engine.bench_report import TABLE_COLUMNS, table_rows
+
+    t = Table(title=f"{rep.suite} · {rep.model.get('id')} · {rep.env.get('device')}",
+              caption=rep.footer(), caption_justify="left", show_lines=True)
+    for i, c in enumerate(TABLE_COLUMNS):
+        t.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
+    for cells in table_rows(rep, labels=False):
+        t.add_row(*cells)
+    return t
+
+
+def legend(rep: Any) -> str:
+    return "\n".join(f"[bold]{r.key}[/]: {r.label}" + (f" — speed: {r.speed_note}" if r.speed_note else "")
+                     for r in rep.rows)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from engine.bench_report import load_report, to_markdown, write_csv, write_pngs
+    from engine.errors import InputError
+    from engine.atomic import write_text
+
+    if not args.file:
+        raise InputError("bench report needs the runs JSONL", "tokenforge bench report runs.jsonl")
+    rep = load_report(args.file)
+    con = Console()
+    con.print(report_table(rep))
+    con.print(legend(rep))
+    con.print("[dim]cells: median [IQR]; ×ratio vs baseline = median of paired runs with bootstrap "
+              "95 % CI; a verdict word only when the CI excludes 1. Timings are noisy on a shared CPU.[/]")
+    err = err_console()
+    for p in rep.problems:
+        err.print(f"[yellow]skipped:[/] {p}")
+    for n in rep.notes:
+        err.print(f"[yellow]note:[/] {n}")
+    for row in rep.rows:
+        for msg in row.error_messages:
+            err.print(f"[red]{row.method} error[/] {msg}")
+    if args.csv:
+        err.print(f"CSV → {write_csv(rep, args.csv)}")
+    if args.markdown:
+        write_text(Path(args.markdown), to_markdown(rep) + "\n")
+        err.print(f"Markdown → {args.markdown}")
+    if args.png:
+        for path in write_pngs(rep, args.png):
+            err.print(f"PNG → {path}")
+    return 0
