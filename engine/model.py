@@ -271,3 +271,25 @@ def from_parts(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
                        device=dev, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                        context_length=context_length_of(model.config, tokenizer),
                        eos_ids=eos_ids_of(model, tokenizer))
+
+
+def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
+                   progress: Optional[ProgressFn] = None,
+                   cancel: Optional[CancelToken] = None) -> Any:
+    """Only the tokenizer of ``spec`` (no weights): enough for vocabulary and diagram work, and
+    about 1 s instead of a model load. The bundled GGUF is converted once if it never was."""
+    from transformers import AutoTokenizer
+
+    src, name, _ = resolve_source(spec, progress, cancel)
+    check(cancel)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
+                                            local_files_only=True)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "trust_remote_code" in msg:
+            raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+    return tok
