@@ -1,0 +1,105 @@
+"""The engine entry points the app uses, as one replaceable object.
+
+The runner calls these methods in worker threads (``progress=`` and ``cancel=`` keyword args, as
+every engine function). Tests inject a fake with the same signatures (or ``Engine(lm=…)`` with
+the tiny model), so the app is tested without loading the bundled model. Engine modules are
+imported inside the methods: importing the TUI must not import torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from engine.progress import CancelToken, ProgressFn, check, report
+
+SPEED_PROMPT = "Count from one to twenty: one, two,"
+SPEED_TOKENS = 8
+
+#: screen name → engine module it drives (the screen shows whether it is importable)
+SCREEN_ENGINES = {
+    "attack": ("engine.advtok", "AdvTok adversarial tokenization"),
+    "search": ("engine.treesearch", "tree search over tokens"),
+    "dashboard": ("engine.bench", "method benchmark harness"),
+}
+
+
+def module_available(name: str) -> bool:
+    """True when ``name`` can be imported (checked without importing it: no torch at startup)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class SpeedResult:
+    tok_s: float
+    ttft_s: float
+    tokens: int
+
+
+class Engine:
+    """The real engine. ``lm`` may be injected (tests, embedding); then ``load_model`` returns it."""
+
+    def __init__(self, lm: Any = None) -> None:
+        self.injected = lm
+
+    # -- model --------------------------------------------------------------------------------
+    def load_model(self, spec: str, device: str = "auto", dtype: str = "auto",
+                   trust_remote_code: bool = False, engine_path: str = "fast", *,
+                   progress: Optional[ProgressFn] = None,
+                   cancel: Optional[CancelToken] = None) -> Any:
+        if self.injected is not None:
+            report(progress, "load", 1, 1, f"using {self.injected.name}")
+            lm = self.injected
+        else:
+            from engine.model import load_model
+
+            lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                            progress=progress, cancel=cancel)
+        lm.engine_path = engine_path
+        return lm
+
+    def measure_speed(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+                      cancel: Optional[CancelToken] = None) -> SpeedResult:
+        """A short greedy decode (8 tokens) to learn this machine's tok/s for the timeouts."""
+        from engine.generate import generate
+        from engine.sampling import SamplingConfig
+
+        ids = list(lm.tokenizer.encode(SPEED_PROMPT, add_special_tokens=False))
+        cfg = SamplingConfig(max_new_tokens=SPEED_TOKENS, temperature=0.0)
+        # eos must not end the measurement early: a tiny random model may pick it at once
+        saved = lm.eos_ids
+        lm.eos_ids = []
+        try:
+            res, _ = generate(lm, ids, cfg, progress=progress, cancel=cancel)
+        finally:
+            lm.eos_ids = saved
+        check(cancel)
+        return SpeedResult(tok_s=res.decode_tok_s, ttft_s=res.ttft_s, tokens=res.new_tokens)
+
+    def set_engine_path(self, lm: Any, path: str) -> None:
+        lm.engine_path = path
+
+    # -- vocabulary ---------------------------------------------------------------------------
+    def vocab_available(self) -> bool:
+        return module_available("engine.vocab")
+
+    def load_vocab(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+                   cancel: Optional[CancelToken] = None) -> Any:
+        from engine.vocab import load_vocab
+
+        return load_vocab(lm.tokenizer, progress=progress, cancel=cancel)
+
+    # -- chat -----------------------------------------------------------------------------------
+    def new_chat(self, lm: Any, system: Optional[str]) -> Any:
+        from engine.chat import ChatSession
+
+        return ChatSession(lm, system=system)
+
+    def chat_send(self, session: Any, text: str, sampling: Any, *,
+                  on_token: Any = None, progress: Optional[ProgressFn] = None,
+                  cancel: Optional[CancelToken] = None) -> Any:
+        return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
+                            sampling=sampling.to_config())

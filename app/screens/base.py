@@ -1,0 +1,130 @@
+"""What every tokenforge screen shares: header, body, the phase-progress widget, footer, and the
+plumbing for one engine job at a time (start through the runner, follow its messages, stop it).
+
+A new screen subclasses ``ToolScreen``, yields its widgets from ``compose_body`` and starts work
+with ``self.start_job(kind, fn, *args, **kwargs)`` (see app/runner.py). It then receives
+``job_started/job_finished/job_cancelled/job_failed`` hooks for its own job only; the progress
+widget is updated for it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
+                          JobStuck, TokensGenerated)
+from app.runner import Job
+from app.widgets.phase_progress import PhaseProgress
+
+
+class ToolScreen(Screen):
+    """Base screen: one current job, Esc stops it."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", id="stop", tooltip="Stop the running job of this screen"),
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job: Optional[Job] = None
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield from self.compose_body()
+        yield PhaseProgress(id="progress")
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:  # overridden
+        return iter(())
+
+    @property
+    def progress_widget(self) -> PhaseProgress:
+        return self.query_one("#progress", PhaseProgress)
+
+    def on_mount(self) -> None:
+        self.app.register_screen_listener(self)  # type: ignore[attr-defined]
+        self.model_changed()
+
+    def on_unmount(self) -> None:
+        self.app.unregister_screen_listener(self)  # type: ignore[attr-defined]
+
+    # -- app hooks ----------------------------------------------------------------------------
+    def model_changed(self) -> None:
+        """The model finished loading, failed, or started reloading (see ``app.model_state``)."""
+
+    def settings_changed(self) -> None:
+        """Settings were applied (sampling, timeouts, export folder)."""
+
+    # -- jobs ---------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    def start_job(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        job = self.app.runner.start(kind, fn, *args, target=self, **kwargs)  # type: ignore[attr-defined]
+        self.job = job
+        self.progress_widget.begin(kind, job.id)
+        return job
+
+    def _mine(self, m: Any) -> bool:
+        return self.job is not None and m.job_id == self.job.id
+
+    def on_job_started(self, m: JobStarted) -> None:
+        if self._mine(m):
+            m.stop()
+            self.job_started(m)
+
+    def on_job_progressed(self, m: JobProgressed) -> None:
+        if self._mine(m):
+            m.stop()
+            self.progress_widget.show(m.progress, m.job_id)
+
+    async def on_tokens_generated(self, m: TokensGenerated) -> None:
+        if self._mine(m):
+            m.stop()
+            await self.tokens_generated(m)
+
+    async def on_job_finished(self, m: JobFinished) -> None:
+        if self._mine(m):
+            m.stop()
+            self.progress_widget.end("finished", f"done in {m.elapsed:.1f} s", m.job_id)
+            await self.job_finished(m)
+
+    async def on_job_cancelled(self, m: JobCancelled) -> None:
+        if self._mine(m):
+            m.stop()
+            self.progress_widget.end("cancelled", f"cancelled ({m.reason}) after {m.elapsed:.1f} s",
+                                     m.job_id)
+            await self.job_cancelled(m)
+
+    async def on_job_failed(self, m: JobFailed) -> None:
+        if self._mine(m):  # not stopped: the app shows the toast
+            self.progress_widget.end("failed", m.message, m.job_id)
+            await self.job_failed(m)
+
+    def on_job_stuck(self, m: JobStuck) -> None:
+        if self._mine(m):  # not stopped: the app offers the force quit
+            self.progress_widget.end("stuck", f"engine did not stop within {m.seconds:.0f} s",
+                                     m.job_id)
+
+    # overridable hooks
+    def job_started(self, m: JobStarted) -> None: ...
+
+    async def tokens_generated(self, m: TokensGenerated) -> None: ...
+
+    async def job_finished(self, m: JobFinished) -> None: ...
+
+    async def job_cancelled(self, m: JobCancelled) -> None: ...
+
+    async def job_failed(self, m: JobFailed) -> None: ...
+
+    def action_stop(self) -> None:
+        """Esc: stop this screen's job (the engine stops at its next check)."""
+        if self.busy and self.job is not None:
+            self.job.cancel("user")
+            self.notify("Stopping…", timeout=2)

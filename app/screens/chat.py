@@ -1,0 +1,342 @@
+"""Chat: a conversation over the engine's KV-cached ChatSession.
+
+The answer streams into a ``MarkdownStream`` (it merges fragments itself, so the UI keeps up) and
+gets one final ``Markdown.update`` when done (fixes half-rendered fences). Each answer shows its
+figures: TTFT, tok/s, tokens, stop reason. Esc stops the answer (the partial answer stays, as in
+the engine's conversation); ctrl+n starts a new conversation; ctrl+e exports Markdown and JSON
+atomically into the export folder shown on screen.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Input, Label, Markdown, Static
+
+from engine.errors import InputError
+
+from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
+from app.screens.base import ToolScreen
+from app.validate import FieldCheck, optional_text, require_text
+
+PROMPT_LIMIT = 100_000
+
+
+def answer_figures(r: Any, stopped: bool = False) -> str:
+    """One line of per-answer figures."""
+    s = (f"{r.new_tokens} tokens · TTFT {r.ttft_s:.2f} s · {r.decode_tok_s:.1f} tok/s · "
+         f"prefill {r.prefill_tokens} · stop: {r.stop_reason}")
+    if getattr(r, "dropped_turns", 0):
+        s += f" · dropped {r.dropped_turns} old turn(s)"
+    if stopped and r.stop_reason != "cancelled":
+        s += " · stopped"
+    return s
+
+
+class UserMessage(Static):
+    """A user turn."""
+
+
+class AssistantMessage(Vertical):
+    """An assistant turn: Markdown body (streamed, then final) and a figures line."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self.stream: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield Markdown("", classes="answer-body")
+        yield Static("[dim]…thinking[/]", classes="answer-figures")
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    @property
+    def figures(self) -> Static:
+        return self.query_one(".answer-figures", Static)
+
+    async def append(self, text: str) -> None:
+        self.text += text
+        if self.stream is None:
+            self.stream = Markdown.get_stream(self.body)
+        await self.stream.write(text)
+
+    async def finish(self, final_text: Optional[str], figures: str, error: bool = False) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+            self.stream = None
+        if final_text is not None:
+            self.text = final_text
+        await self.body.update(self.text or ("" if error else "_(no text)_"))
+        self.figures.update(figures)
+        self.set_class(error, "-error")
+
+
+class ChatScreen(ToolScreen):
+    """Chat with the loaded model."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop answer", id="chat.stop", tooltip="Stop the current answer"),
+        Binding("ctrl+n", "new_chat", "New chat", id="chat.new", tooltip="Start a new conversation"),
+        Binding("ctrl+e", "export", "Export", id="chat.export",
+                tooltip="Export the conversation as Markdown and JSON"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="chat-screen")
+        self.session: Any = None
+        self.session_lm: Any = None
+        self.reset_pending = False
+        self.pending_system: Optional[str] = None
+        self.answer: Optional[AssistantMessage] = None
+        self.last_prompt = ""
+        self.turns = 0
+        self.last_export: list[Path] = []
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose_body(self) -> ComposeResult:
+        system = self.app.settings.system_prompt  # type: ignore[attr-defined]
+        with Vertical(id="chat-main"):
+            with Horizontal(id="system-row", classes="form-row"):
+                yield Label("System", classes="field-label")
+                yield Input(value=system, id="system", placeholder="system prompt (optional)",
+                            validators=[FieldCheck(lambda v: optional_text(v, "system prompt"))])
+                yield Button("Apply · new chat", id="apply-system")
+            yield VerticalScroll(id="messages")
+            yield Static("", id="chat-status", classes="status-line")
+            yield Static("", id="chat-error", classes="inline-error")
+            with Horizontal(id="input-row", classes="form-row"):
+                yield Input(placeholder="Message — Enter to send", id="prompt",
+                            validators=[FieldCheck(lambda v: require_text(v, "message", PROMPT_LIMIT))])
+                yield Button("Send", id="send", variant="primary", disabled=True)
+                yield Button("Stop", id="stop", variant="error", disabled=True)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#prompt", Input).focus()
+        self._refresh_controls()
+
+    # -- state → controls ---------------------------------------------------------------------
+    def model_changed(self) -> None:
+        if not self.is_mounted:
+            return
+        app: Any = self.app
+        if app.lm is not None and self.session_lm is not None and app.lm is not self.session_lm:
+            self.session = None  # a reloaded model needs a new conversation
+            self.reset_pending = False
+        self._refresh_controls()
+
+    def settings_changed(self) -> None:
+        self._refresh_controls()
+
+    def _status(self) -> str:
+        app: Any = self.app
+        if app.model_state == "loading":
+            return "[yellow]loading the model… chat opens when it is ready[/]"
+        if app.model_state == "failed":
+            return f"[red]no model: {app.model_error}[/] — open Settings (F6) to choose one"
+        if app.model_state != "ready":
+            return "no model loaded"
+        s = app.settings.sampling
+        return (f"[dim]{app.lm.describe()} · max {s.max_new_tokens} tokens · T {s.temperature:g} · "
+                f"top-p {s.top_p:g} · timeout {self._timeout_text()} · exports → "
+                f"{app.settings.export_dir}[/]")
+
+    def _timeout_text(self) -> str:
+        t = self.app.runner.timeout_for("chat")  # type: ignore[attr-defined]
+        return "none" if t is None else f"{t:.0f} s"
+
+    def input_error(self) -> Optional[str]:
+        """Why the message cannot be sent now (None: it can)."""
+        try:
+            require_text(self.query_one("#prompt", Input).value, "message", PROMPT_LIMIT)
+        except InputError as e:
+            return str(e)
+        return None
+
+    def _refresh_controls(self) -> None:
+        if not self.is_mounted:
+            return
+        app: Any = self.app
+        err = self.input_error()
+        value = self.query_one("#prompt", Input).value
+        ready = app.model_state == "ready" and app.lm is not None
+        self.query_one("#send", Button).disabled = bool(err) or not ready or self.busy
+        self.query_one("#stop", Button).disabled = not self.busy
+        # an empty box is not an error worth shouting about; anything else is shown inline
+        shown = err if (err and value) else ""
+        self.query_one("#chat-error", Static).update(shown)
+        self.query_one("#chat-status", Static).update(self._status())
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "prompt":
+            self._refresh_controls()
+        elif event.input.id == "system":
+            ok = event.validation_result is None or event.validation_result.is_valid
+            self.query_one("#apply-system", Button).disabled = not ok
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "prompt":
+            await self.action_send()
+        elif event.input.id == "system":
+            self.apply_system()
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "send":
+            await self.action_send()
+        elif event.button.id == "stop":
+            self.action_stop()
+        elif event.button.id == "apply-system":
+            self.apply_system()
+
+    # -- actions ------------------------------------------------------------------------------
+    async def action_send(self) -> None:
+        app: Any = self.app
+        prompt = self.query_one("#prompt", Input)
+        err = self.input_error()
+        if err or self.busy or app.lm is None:
+            if err and prompt.value:
+                self.query_one("#chat-error", Static).update(err)
+            self._refresh_controls()
+            return
+        text = prompt.value
+        self.last_prompt = text
+        prompt.value = ""
+        messages = self.query_one("#messages", VerticalScroll)
+        await messages.mount(UserMessage(text, classes="user-message", markup=False))
+        self.answer = AssistantMessage(classes="assistant-message")
+        await messages.mount(self.answer)
+        messages.scroll_end(animate=False)
+        sampling = app.settings.sampling
+        self.start_job("chat", self._turn, text, sampling, stream=True,
+                       params={"chars": len(text), "max_new_tokens": sampling.max_new_tokens})
+        self._refresh_controls()
+
+    def _turn(self, text: str, sampling: Any, *, on_token: Any, progress: Any, cancel: Any) -> Any:
+        """Worker thread: make/reset the session if needed, then one engine turn."""
+        app: Any = self.app
+        engine, lm = app.engine, app.lm
+        if self.session is None or self.session_lm is not lm:
+            self.session = engine.new_chat(lm, app.settings.system_prompt or None)
+            self.session_lm = lm
+            self.reset_pending = False
+        elif self.reset_pending:
+            self.session.reset(system=app.settings.system_prompt or None)
+            self.reset_pending = False
+        return engine.chat_send(self.session, text, sampling, on_token=on_token,
+                                progress=progress, cancel=cancel)
+
+    def action_stop(self) -> None:
+        super().action_stop()
+
+    def action_new_chat(self) -> None:
+        if self.busy:
+            self.notify("An answer is running: Esc to stop it first", severity="warning")
+            return
+        self.query_one("#messages", VerticalScroll).remove_children()
+        self.reset_pending = self.session is not None
+        self.turns = 0
+        self.answer = None
+        self.query_one("#chat-error", Static).update("")
+        self.notify("New conversation")
+        self.query_one("#prompt", Input).focus()
+
+    def apply_system(self) -> None:
+        inp = self.query_one("#system", Input)
+        try:
+            system = optional_text(inp.value, "system prompt", 20_000)
+        except InputError as e:
+            self.query_one("#chat-error", Static).update(str(e))
+            return
+        if self.busy:
+            self.notify("An answer is running: Esc to stop it first", severity="warning")
+            return
+        app: Any = self.app
+        app.settings.system_prompt = system or ""
+        self.action_new_chat()
+
+    def action_export(self) -> None:
+        from engine.atomic import write_text
+
+        app: Any = self.app
+        if self.busy:
+            self.notify("Wait for the answer to finish (or Esc) before exporting", severity="warning")
+            return
+        if self.session is None or not getattr(self.session, "turns", None):
+            self.notify("Nothing to export yet", severity="warning")
+            return
+        folder = Path(app.settings.export_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        md, js = folder / f"chat-{stamp}.md", folder / f"chat-{stamp}.json"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text(md, self.session.to_markdown())
+            write_text(js, self.session.to_json())
+        except OSError as e:
+            self.notify(f"export failed: {e}", severity="error")
+            return
+        self.last_export = [md, js]
+        self.notify(f"Exported to {md} and {js.name}", title="export", timeout=8)
+        self.query_one("#chat-status", Static).update(f"exported → {md} · {js}")
+
+    # -- job messages -------------------------------------------------------------------------
+    async def tokens_generated(self, m: TokensGenerated) -> None:
+        if self.answer is None:
+            return
+        messages = self.query_one("#messages", VerticalScroll)
+        follow = messages.scroll_y >= messages.max_scroll_y - 2
+        await self.answer.append(m.text)
+        if follow:
+            messages.scroll_end(animate=False)
+
+    async def job_finished(self, m: JobFinished) -> None:
+        r = m.result
+        self.turns += 1
+        if self.answer is not None:
+            await self.answer.finish(r.text, answer_figures(r))
+        if getattr(r, "notes", None):
+            self.query_one("#chat-status", Static).update("[yellow]" + " · ".join(r.notes) + "[/]")
+        self._done()
+
+    async def job_cancelled(self, m: JobCancelled) -> None:
+        r = m.partial
+        if self.answer is not None:
+            if r is not None:
+                self.turns += 1
+                await self.answer.finish(r.text, answer_figures(r, stopped=True)
+                                         + f" · [yellow]{m.reason}[/]")
+            else:
+                await self.answer.finish(None, f"[yellow]stopped ({m.reason})[/]")
+        self._done()
+
+    async def job_failed(self, m: JobFailed) -> None:
+        if self.answer is not None:
+            await self.answer.finish("", f"[red]{m.message}[/]", error=True)
+        self.query_one("#chat-error", Static).update(
+            m.message + (f" — {m.hint}" if m.hint else ""))
+        prompt = self.query_one("#prompt", Input)
+        if not prompt.value:
+            prompt.value = self.last_prompt  # give the message back to fix and resend
+        self._done(keep_error=True)
+
+    def _done(self, keep_error: bool = False) -> None:
+        self.answer = None
+        self.job = self.job  # keeps the finished job for inspection
+        messages = self.query_one("#messages", VerticalScroll)
+        if messages.scroll_y >= messages.max_scroll_y - 4:
+            messages.scroll_end(animate=False)
+        err = self.query_one("#chat-error", Static)
+        saved = str(err.content) if keep_error else ""
+        self._refresh_controls()
+        if keep_error:
+            err.update(saved)
+        self.query_one("#prompt", Input).focus()
+
+    def job_started(self, m: JobStarted) -> None:
+        self._refresh_controls()

@@ -1,0 +1,201 @@
+"""Settings: model spec (reload), engine path, sampling, timeouts per job kind, export folder.
+
+Every field is validated as it is typed (app/validate.py); an invalid field shows its message
+inline and disables Apply/Reload, so nothing unvalidated reaches the engine. Timeouts start
+derived from the measured decode speed; editing one makes them the user's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, Input, Label, Select, Static
+
+from app.screens.base import ToolScreen
+from app.settings import TIMEOUT_KINDS, SamplingSettings, derive_timeouts
+from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_max_new_tokens,
+                          parse_model_spec, parse_repetition_penalty, parse_seed,
+                          parse_stop_strings, parse_temperature, parse_timeout, parse_top_k,
+                          parse_top_p)
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _fmt_timeout(t: Optional[float]) -> str:
+    return "" if t is None else f"{t:g}"
+
+
+class SettingsScreen(ToolScreen):
+    """Edit the app's settings."""
+
+    def __init__(self) -> None:
+        super().__init__(id="settings-screen")
+
+    def _context_length(self) -> Optional[int]:
+        lm = getattr(self.app, "lm", None)
+        return getattr(lm, "context_length", None)
+
+    def parsers(self) -> dict[str, Callable[[str], Any]]:
+        """Input id → parser (raising InputError)."""
+        p: dict[str, Callable[[str], Any]] = {
+            "set-model": parse_model_spec,
+            "set-device": parse_device,
+            "set-max-new": lambda v: parse_max_new_tokens(v, self._context_length()),
+            "set-temperature": parse_temperature,
+            "set-top-k": parse_top_k,
+            "set-top-p": parse_top_p,
+            "set-seed": parse_seed,
+            "set-rep": parse_repetition_penalty,
+            "set-stop": parse_stop_strings,
+            "set-export": lambda v: parse_dir(v, "export folder"),
+        }
+        for kind in TIMEOUT_KINDS:
+            p[f"timeout-{kind}"] = lambda v, k=kind: parse_timeout(v, f"{k} timeout")
+        return p
+
+    def compose_body(self) -> ComposeResult:
+        app: Any = self.app
+        s = app.settings
+        sm = s.sampling
+        checks = self.parsers()
+
+        def field(label: str, fid: str, value: str, placeholder: str = "") -> ComposeResult:
+            with Horizontal(classes="form-row"):
+                yield Label(label, classes="field-label")
+                yield Input(value=value, id=fid, placeholder=placeholder,
+                            validators=[FieldCheck(checks[fid])])
+
+        with VerticalScroll(id="settings-form"):
+            yield Static("[b]Model[/]", classes="section")
+            yield from field("model", "set-model", s.model, "default, a directory, a .gguf, a hub id")
+            yield from field("device", "set-device", s.device, "auto, cpu, cuda[:N]")
+            with Horizontal(classes="form-row"):
+                yield Label("dtype", classes="field-label")
+                yield Select([(d, d) for d in DTYPES], value=s.dtype if s.dtype in DTYPES else "auto",
+                             allow_blank=False, id="set-dtype")
+            with Horizontal(classes="form-row"):
+                yield Label("engine path", classes="field-label")
+                yield Select([("fast (lean forward, exact)", "fast"),
+                              ("standard (HF forward)", "standard")],
+                             value=s.engine_path, allow_blank=False, id="set-engine-path")
+            yield Static("[b]Sampling[/]", classes="section")
+            yield from field("max new tokens", "set-max-new", str(sm.max_new_tokens))
+            yield from field("temperature", "set-temperature", f"{sm.temperature:g}", "0 = greedy")
+            yield from field("top-k", "set-top-k", str(sm.top_k), "0 = off")
+            yield from field("top-p", "set-top-p", f"{sm.top_p:g}", "1 = off")
+            yield from field("seed", "set-seed", "" if sm.seed is None else str(sm.seed),
+                             "empty = random")
+            yield from field("repetition penalty", "set-rep", f"{sm.repetition_penalty:g}", "1 = off")
+            yield from field("stop strings", "set-stop",
+                             ",".join(x.replace("\n", "\\n") for x in sm.stop_strings),
+                             "comma-separated; \\n = newline")
+            yield Static("[b]Timeouts[/] (seconds; empty or 0 = none)", classes="section")
+            yield Static("", id="timeouts-note", classes="note")
+            for kind in TIMEOUT_KINDS:
+                yield from field(f"{kind}", f"timeout-{kind}", _fmt_timeout(s.timeouts.get(kind)))
+            yield Static("[b]Export[/]", classes="section")
+            yield from field("export folder", "set-export", str(s.export_dir))
+            yield Static("", id="settings-error", classes="inline-error")
+            with Horizontal(id="settings-buttons", classes="form-row"):
+                yield Button("Apply", id="apply", variant="primary")
+                yield Button("Reload model", id="reload", variant="warning")
+                yield Button("Re-derive timeouts", id="derive")
+            yield Static("", id="settings-status", classes="status-line")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.settings_changed()
+        self.validate_all()
+
+    # -- validation ---------------------------------------------------------------------------
+    def collect(self) -> tuple[dict[str, Any], Optional[str]]:
+        checks = {fid: (lambda fid=fid, fn=fn: fn(self.query_one(f"#{fid}", Input).value))
+                  for fid, fn in self.parsers().items()}
+        return first_error(checks)
+
+    def validate_all(self) -> Optional[str]:
+        _, err = self.collect()
+        self.query_one("#settings-error", Static).update(err or "")
+        self.query_one("#apply", Button).disabled = err is not None
+        self.query_one("#reload", Button).disabled = err is not None
+        return err
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.validate_all()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.validate_all()
+
+    # -- apply --------------------------------------------------------------------------------
+    def apply(self) -> bool:
+        values, err = self.collect()
+        if err:
+            self.validate_all()
+            return False
+        app: Any = self.app
+        s = app.settings
+        s.sampling = SamplingSettings(
+            max_new_tokens=values["set-max-new"], temperature=values["set-temperature"],
+            top_k=values["set-top-k"], top_p=values["set-top-p"], seed=values["set-seed"],
+            stop_strings=values["set-stop"], repetition_penalty=values["set-rep"])
+        new_timeouts = {k: values[f"timeout-{k}"] for k in TIMEOUT_KINDS}
+        if any(new_timeouts[k] != s.timeouts.get(k) for k in TIMEOUT_KINDS):
+            s.timeouts_user_set = True
+        s.timeouts.update(new_timeouts)
+        s.export_dir = Path(values["set-export"])
+        s.device = values["set-device"]
+        s.dtype = str(self.query_one("#set-dtype", Select).value)
+        path = str(self.query_one("#set-engine-path", Select).value)
+        if path != s.engine_path:
+            s.engine_path = path
+            if app.lm is not None:
+                app.engine.set_engine_path(app.lm, path)
+        s.model = values["set-model"]
+        app._each_screen("settings_changed")
+        self.query_one("#settings-status", Static).update("[green]applied[/]")
+        return True
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        app: Any = self.app
+        if event.button.id == "apply":
+            if self.apply():
+                self.notify("Settings applied")
+        elif event.button.id == "reload":
+            if self.apply():
+                app.load_model()
+        elif event.button.id == "derive":
+            s = app.settings
+            s.timeouts_user_set = False
+            s.timeouts.update(derive_timeouts(s.measured_tok_s, s.sampling.max_new_tokens))
+            self.settings_changed()
+
+    def settings_changed(self) -> None:
+        if not self.is_mounted:
+            return
+        app: Any = self.app
+        s = app.settings
+        for kind in TIMEOUT_KINDS:
+            inp = self.query_one(f"#timeout-{kind}", Input)
+            want = _fmt_timeout(s.timeouts.get(kind))
+            if inp.value != want and not inp.has_focus:
+                inp.value = want
+        if s.timeouts_user_set:
+            note = "set by you (Re-derive to go back to the measured defaults)"
+        elif s.measured_tok_s:
+            note = (f"derived from the measured {s.measured_tok_s:.1f} tok/s and max new tokens "
+                    f"{s.sampling.max_new_tokens} (×3 safety)")
+        else:
+            note = "speed not measured yet: conservative defaults (2 tok/s assumed)"
+        self.query_one("#timeouts-note", Static).update(f"[dim]{note}[/]")
+
+    def model_changed(self) -> None:
+        if not self.is_mounted:
+            return
+        app: Any = self.app
+        st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",
+              "failed": f"[red]failed: {app.model_error}[/]"}.get(app.model_state, "none")
+        desc = f" · {app.lm.describe()} · context {app.lm.context_length}" if app.lm is not None else ""
+        self.query_one("#settings-status", Static).update(f"model {st}{desc}")
+        self.validate_all()

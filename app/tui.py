@@ -1,0 +1,51 @@
+"""Entry point of the terminal UI (``tokenforge`` with no subcommand).
+
+Runs the app on its own event loop (``app.run(loop=…)``): ``asyncio.run`` would end by joining the
+default executor, keeping the process alive while a thread finishes a long model call. If an
+engine call is still in flight after the app exits (it ignored its cancel token), the process
+leaves with ``os._exit`` — every file the project writes is atomic, so nothing is half-written.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _quiet_logging() -> None:
+    """Nothing may print over the TUI: library warnings go to a log file in the cache folder."""
+    from engine.paths import cache_dir
+
+    try:
+        path = cache_dir("logs") / "tui.log"
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def run_tui(args: Any) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_logging()
+    from app.app import TokenforgeApp
+    from app.terminal import save_tty
+
+    save_tty()
+    app = TokenforgeApp(args)
+    loop = asyncio.new_event_loop()
+    try:
+        app.run(loop=loop)
+    finally:
+        rc = app.return_code or 0
+        if app.runner.in_flight():  # an engine call ignored its token: do not wait for it
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(rc)
+    loop.close()
+    return rc

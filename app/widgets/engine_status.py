@@ -1,0 +1,65 @@
+"""Engine status panel: what a screen needs before it can run, and whether it is there.
+
+Shows the screen's engine module (importable or not, checked without importing torch), the model
+and vocabulary state, this kind's timeout and its running jobs. Screens whose engine arrives later
+embed it so the user sees why a run is not possible yet and what the app is doing meanwhile.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from textual.widgets import Static
+
+from app.engines import module_available
+
+STATE_TEXT = {"ready": "[green]ready[/]", "loading": "[yellow]loading…[/]",
+              "failed": "[red]failed[/]", "none": "[dim]not loaded[/]",
+              "unavailable": "[dim]engine.vocab not available[/]"}
+
+
+class EngineStatus(Static):
+    """A small table, refreshed on model/settings changes and by a 1 s timer."""
+
+    DEFAULT_CSS = "EngineStatus { height: auto; padding: 0 1; }"
+
+    def __init__(self, modules: tuple[str, ...], kind: str, what: str, **kwargs: Any) -> None:
+        super().__init__("", **kwargs)
+        self.modules = modules
+        self.kind = kind
+        self.what = what
+
+    def on_mount(self) -> None:
+        self.refresh_status()
+        self.set_interval(1.0, self.refresh_status)
+
+    def engine_ready(self) -> bool:
+        return all(module_available(m) for m in self.modules)
+
+    def table(self) -> Table:
+        app: Any = self.app
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold")
+        t.add_column()
+        t.add_row("capability", self.what)
+        for m in self.modules:
+            ok = module_available(m)
+            t.add_row("engine", f"{m}: " + ("[green]importable[/]" if ok else
+                                            "[yellow]not in this checkout yet[/]"))
+        model = STATE_TEXT.get(app.model_state, app.model_state)
+        if app.lm is not None:
+            model += f" · {app.lm.describe()} · context {app.lm.context_length:,}"
+        elif app.model_error:
+            model += f" · {app.model_error}"
+        t.add_row("model", model)
+        t.add_row("vocabulary", STATE_TEXT.get(app.vocab_state, app.vocab_state))
+        speed = getattr(app.speed, "tok_s", None)
+        t.add_row("decode speed", f"{speed:.1f} tok/s (8-token probe)" if speed else "[dim]not measured[/]")
+        timeout = app.runner.timeout_for(self.kind)
+        t.add_row(f"{self.kind} timeout", "none" if timeout is None else f"{timeout:.0f} s (Settings, F6)")
+        jobs = app.runner.running(self.kind)
+        t.add_row("running", ", ".join(f"#{j.id} {j.elapsed:.0f} s" for j in jobs) if jobs else "none")
+        return t
+
+    def refresh_status(self) -> None:
+        self.update(self.table())

@@ -1,0 +1,257 @@
+"""Phase progress: what the engine is doing now, embedded by every screen.
+
+One line names the job and phase (load, vocab, mdd, search, tree, generate, bench) and its
+message; a bar with step/total, elapsed, ETA and a rate in the phase's own unit; a line with the
+phase's own figures (best score + a sparkline of it for search; tree size, depth and best reward
+for tree search; TTFT for generation). Fed by ``JobProgressed`` messages (already throttled by
+the runner to ≤ 20 Hz), so every update is cheap.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Optional
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widget import Widget
+from textual.widgets import ProgressBar, Sparkline, Static
+
+from engine.progress import PHASES, Progress
+
+RATE_UNITS = {"load": "steps/s", "vocab": "tokens/s", "mdd": "edges/s",
+              "search": "candidates/s", "tree": "rollouts/s", "generate": "tok/s",
+              "bench": "runs/s"}
+#: metric keys an engine may send with a rate it measured itself (preferred over our estimate)
+RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "rollouts_s", "rate")
+BEST_KEYS = ("best_score", "best", "score")
+HIDE_KEYS = set(RATE_KEYS) | {"elapsed"}
+STATE_STYLE = {"idle": "dim", "running": "bold cyan", "finished": "green",
+               "cancelled": "yellow", "failed": "bold red", "stuck": "bold red"}
+HINT = "Esc to stop · Ctrl+C twice to force quit"
+
+
+def fmt_seconds(s: Optional[float]) -> str:
+    if s is None or s != s or s < 0:
+        return "–"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 3600:
+        m, sec = divmod(int(round(s)), 60)
+        return f"{m}:{sec:02d}" if m else f"{sec} s"
+    h, rest = divmod(int(s), 3600)
+    return f"{h}:{rest // 60:02d} h"
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)[:40]
+
+
+class PhaseProgress(Widget):
+    """Current phase with bar, step/total, elapsed, ETA, rate and phase figures."""
+
+    DEFAULT_CSS = """
+    PhaseProgress { height: auto; padding: 0 1; border-top: solid $primary-background; }
+    PhaseProgress > #pp-title { height: 1; }
+    PhaseProgress > Horizontal { height: 1; }
+    PhaseProgress #pp-bar { width: 32; }
+    PhaseProgress #pp-stats { width: 1fr; }
+    PhaseProgress #pp-figures { width: 1fr; height: 1; }
+    PhaseProgress #pp-spark { width: 24; height: 1; display: none; }
+    PhaseProgress.-search #pp-spark { display: block; }
+    """
+
+    def __init__(self, *, name: Optional[str] = None, id: Optional[str] = None,
+                 classes: Optional[str] = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.state = "idle"
+        self.kind = ""
+        self.job_id: Optional[int] = None
+        self.progress: Optional[Progress] = None
+        self.started = 0.0
+        self.phase_started = 0.0
+        self.finished_at: Optional[float] = None
+        self.end_message = ""
+        self.best_history: deque[float] = deque(maxlen=120)
+        self.updates = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("idle", id="pp-title")
+        with Horizontal():
+            yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="pp-bar")
+            yield Static("", id="pp-stats")
+        with Horizontal():
+            yield Static("", id="pp-figures")
+            yield Sparkline([], id="pp-spark")
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self._tick)
+        self._render_all()
+
+    # -- feeding ------------------------------------------------------------------------------
+    def begin(self, kind: str, job_id: Optional[int] = None, message: str = "") -> None:
+        """A job started: clear the previous one's figures."""
+        now = time.monotonic()
+        self.state, self.kind, self.job_id = "running", kind, job_id
+        self.started = self.phase_started = now
+        self.finished_at = None
+        self.progress = None
+        self.end_message = message
+        self.best_history.clear()
+        self._render_all()
+
+    def show(self, p: Progress, job_id: Optional[int] = None) -> None:
+        """A progress report for the running job (a phase change restarts the phase clock)."""
+        if job_id is not None and self.job_id is not None and job_id != self.job_id:
+            return  # a stale job's report
+        if self.state != "running":
+            self.begin(self.kind or p.phase, job_id)
+        if self.progress is None or p.phase != self.progress.phase:
+            self.phase_started = time.monotonic()
+            self.best_history.clear()
+        best = self._metric(p, BEST_KEYS)
+        if isinstance(best, (int, float)) and not isinstance(best, bool):
+            self.best_history.append(float(best))
+        self.progress = p
+        self.updates += 1
+        self._render_all()
+
+    def end(self, state: str, message: str = "", job_id: Optional[int] = None) -> None:
+        """The job ended: finished, cancelled, failed or stuck (stuck keeps the clock running)."""
+        if job_id is not None and self.job_id is not None and job_id != self.job_id:
+            return
+        self.state = state
+        self.end_message = message
+        if state != "stuck":
+            self.finished_at = time.monotonic()
+        self._render_all()
+
+    def reset(self) -> None:
+        self.state, self.kind, self.job_id, self.progress = "idle", "", None, None
+        self.end_message = ""
+        self.best_history.clear()
+        self._render_all()
+
+    # -- figures ------------------------------------------------------------------------------
+    @staticmethod
+    def _metric(p: Optional[Progress], keys: tuple[str, ...]) -> Any:
+        if p is None:
+            return None
+        for k in keys:
+            if k in p.metrics:
+                return p.metrics[k]
+        return None
+
+    def elapsed(self) -> float:
+        if not self.started:
+            return 0.0
+        return (self.finished_at or time.monotonic()) - self.started
+
+    def rate(self) -> Optional[float]:
+        """The engine's own rate if it sent one, else steps per second in this phase."""
+        p = self.progress
+        if p is None:
+            return None
+        own = self._metric(p, RATE_KEYS)
+        if isinstance(own, (int, float)) and not isinstance(own, bool):
+            return float(own)
+        dt = (self.finished_at or time.monotonic()) - self.phase_started
+        if p.step > 0 and dt > 0:
+            return p.step / dt
+        return None
+
+    def eta(self) -> Optional[float]:
+        p = self.progress
+        if p is None or not p.total or self.state != "running" or p.step <= 0:
+            return None
+        dt = time.monotonic() - self.phase_started
+        if dt <= 0:
+            return None
+        return max(0.0, (p.total - p.step) * dt / p.step)
+
+    def title_text(self) -> str:
+        p = self.progress
+        style = STATE_STYLE.get(self.state, "")
+        if self.state == "idle":
+            return f"[{style}]idle[/]"
+        phase = p.phase if p else "starting"
+        msg = (p.message if p else "") if self.state == "running" else self.end_message
+        head = f"[{style}]{self.state}[/] · [b]{self.kind}[/] · phase [b]{phase}[/]"
+        if msg:
+            head += f" · {_escape(msg)}"
+        if self.state in ("running", "stuck"):
+            head += f"  [dim]{HINT}[/]"
+        return head
+
+    def stats_text(self) -> str:
+        p = self.progress
+        parts = []
+        if p is not None:
+            parts.append(f"{p.step:,}/{p.total:,}" if p.total else f"{p.step:,}")
+        parts.append(f"elapsed {fmt_seconds(self.elapsed())}")
+        if self.state == "running":
+            parts.append(f"ETA {fmt_seconds(self.eta())}")
+        r = self.rate()
+        if r is not None and p is not None:
+            parts.append(f"{r:,.1f} {RATE_UNITS.get(p.phase, 'steps/s')}")
+        return " · ".join(parts) if self.state != "idle" else ""
+
+    def figures_text(self) -> str:
+        p = self.progress
+        if p is None:
+            return ""
+        m = p.metrics
+        if p.phase == "search":
+            best = self._metric(p, BEST_KEYS)
+            parts = [f"best score {fmt_value(best)}" if best is not None else "best score –"]
+            parts += [f"{k} {fmt_value(v)}" for k, v in m.items()
+                      if k not in HIDE_KEYS and k not in BEST_KEYS][:4]
+        elif p.phase == "tree":
+            size = m.get("tree_size", m.get("nodes"))
+            parts = [f"tree size {fmt_value(size) if size is not None else '–'}",
+                     f"depth {fmt_value(m['depth']) if 'depth' in m else '–'}",
+                     f"best reward {fmt_value(m['best_reward']) if 'best_reward' in m else '–'}"]
+            parts += [f"{k} {fmt_value(v)}" for k, v in m.items() if k not in HIDE_KEYS and k not in
+                      ("tree_size", "nodes", "depth", "best_reward")][:3]
+        else:
+            parts = [f"{k} {fmt_value(v)}" for k, v in m.items() if k not in HIDE_KEYS][:6]
+        return _escape(" · ".join(parts))
+
+    # -- drawing ------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self.state in ("running", "stuck"):
+            self._render_all()
+
+    def _render_all(self) -> None:
+        if not self.is_mounted:
+            return
+        p = self.progress
+        self.query_one("#pp-title", Static).update(self.title_text())
+        self.query_one("#pp-stats", Static).update(self.stats_text())
+        self.query_one("#pp-figures", Static).update(self.figures_text())
+        bar = self.query_one("#pp-bar", ProgressBar)
+        if p is not None and p.total:
+            bar.update(total=p.total, progress=min(p.step, p.total))
+        elif self.state in ("finished",):
+            bar.update(total=1, progress=1)
+        else:
+            bar.update(total=None, progress=0)
+        is_search = p is not None and p.phase == "search"
+        self.set_class(is_search, "-search")
+        if is_search:
+            self.query_one("#pp-spark", Sparkline).data = list(self.best_history)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+__all__ = ["PhaseProgress", "PHASES", "RATE_UNITS", "fmt_seconds"]
