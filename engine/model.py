@@ -279,7 +279,9 @@ def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
     """Only the tokenizer of ``spec`` (no weights): enough for vocabulary and diagram work, and
     about 1 s instead of a model load. The bundled GGUF is converted once if it never was."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a first-time GGUF conversion must not print bars
     src, name, _ = resolve_source(spec, progress, cancel)
     check(cancel)
     try:
