@@ -7,20 +7,23 @@ own named method and measured as a whole.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InputError
-from .base import GenState, Method, MethodOutput, Query
+
+if TYPE_CHECKING:  # the registry is importable without torch (the TUI lists names at startup)
+    from .base import GenState, Method, MethodOutput, Query
 
 # name -> (module, class name, default params)
 _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "baseline": ("baseline", "Baseline", {}),
     "kv-reuse": ("kv_reuse", "KVReuse", {}),
     "kv-fp8": ("kv_fp8", "KVFp8", {}),
+    "evict-sinks": ("kv_evict_sinks", "SinksRecent", {}),
 }
 
 
-def registry() -> dict[str, Callable[..., Method]]:
+def registry() -> dict[str, Callable[..., "Method"]]:
     """Method names → factories (call with keyword params to override the defaults)."""
     out: dict[str, Callable[..., Method]] = {}
     for name, (mod, cls, defaults) in _FACTORIES.items():
@@ -28,8 +31,8 @@ def registry() -> dict[str, Callable[..., Method]]:
     return out
 
 
-def _factory(mod: str, cls: str, defaults: dict) -> Callable[..., Method]:
-    def make(**params: Any) -> Method:
+def _factory(mod: str, cls: str, defaults: dict) -> Callable[..., "Method"]:
+    def make(**params: Any) -> "Method":
         klass = getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
         return klass(**{**defaults, **params})
     return make
@@ -39,7 +42,7 @@ def method_names() -> list[str]:
     return list(_FACTORIES)
 
 
-def make_method(name: str, **params: Any) -> Method:
+def make_method(name: str, **params: Any) -> "Method":
     """The method called ``name``; an unknown name raises an InputError listing the valid ones."""
     if name not in _FACTORIES:
         raise InputError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
@@ -55,6 +58,14 @@ def parse_methods(spec: str) -> list[str]:
     if bad:
         raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}")
     return list(dict.fromkeys(names))
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("GenState", "Method", "MethodOutput", "Query"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(name)
 
 
 __all__ = ["GenState", "Method", "MethodOutput", "Query", "make_method", "method_names",
