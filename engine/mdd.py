@@ -85,6 +85,8 @@ class MDD:
         f[n] = 1
         out: list[list[Edge]] = [[] for _ in range(n + 1)]
         for i in range(n - 1, -1, -1):
+            if i % _CHECK_EVERY == 0:
+                check(cancel)  # exact counts are big ints: long texts cost real time here
             if not reach[i]:
                 continue
             live = [(j, t) for j, t in raw[i] if f[j] > 0]
@@ -264,23 +266,39 @@ class MDD:
         return list(self._g(x, kmax)[0])
 
     def _iter_at(self, x: list[int], k: int, g: list[list[int]]) -> Iterator[list[int]]:
+        """Depth-first over paths with exactly k edges outside E(X), entering only states
+        (node, remaining) that can still finish (g > 0): no dead branch is ever explored.
+        Iterative, so very long texts do not hit the recursion limit."""
+        if g[0][k] == 0:
+            return
         ex = self.edge_set(x)
         n = self.n
+        out = self.out
         path: list[int] = []
-
-        def rec(i: int, r: int) -> Iterator[list[int]]:
+        stack: list[list[int]] = [[0, k, 0]]  # node, remaining new edges, next edge index
+        while stack:
+            top = stack[-1]
+            i, r, e = top
             if i == n:
                 yield list(path)
-                return
-            for j, t in self.out[i]:
+                stack.pop()
+                if path:
+                    path.pop()
+                continue
+            edges = out[i]
+            while e < len(edges):
+                j, t = edges[e]
+                e += 1
                 r2 = r if (j, t) in ex else r - 1
                 if r2 >= 0 and g[j][r2] > 0:
+                    top[2] = e
                     path.append(t)
-                    yield from rec(j, r2)
+                    stack.append([j, r2, 0])
+                    break
+            else:
+                stack.pop()
+                if path:
                     path.pop()
-
-        if g[0][k] > 0:
-            yield from rec(0, k)
 
     def neighbours(self, x: list[int], k: int, *, limit: Optional[int] = None) -> list[list[int]]:
         """Tokenizations with exactly k edges not in E(X) (all, or the first ``limit``)."""

@@ -316,3 +316,16 @@ def test_dot_export(vocab, tokenizer):
     assert dot.count(" -> ") == m.n_edges
     assert dot.count("penwidth") == len(x)
     assert '\\"' in dot and "\\\\n" in dot  # quotes and newlines escaped in labels
+
+
+def test_long_text_neighbours_do_not_recurse(vocab):
+    """Paths of thousands of tokens: enumeration is iterative (no recursion limit)."""
+    text = "ab, c." * 600
+    m = MDD(vocab, text)
+    x = m.sample(random.Random(4))
+    assert len(x) > 1500
+    got = m.neighbours(x, 2, limit=3)
+    assert len(got) == 3
+    for v in got:
+        assert m.contains(v) and distance(vocab, x, v) == 2
+    assert len(m.enumerate(2)) == 2
