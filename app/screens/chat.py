@@ -84,7 +84,8 @@ class ChatScreen(ToolScreen):
     BINDINGS = [
         Binding("escape", "stop", "Stop answer", id="chat.stop", tooltip="Stop the current answer"),
         Binding("ctrl+n", "new_chat", "New chat", id="chat.new", tooltip="Start a new conversation"),
-        Binding("ctrl+e", "export", "Export", id="chat.export",
+        # priority: the message Input binds ctrl+e to end-of-line (End still does that)
+        Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
                 tooltip="Export the conversation as Markdown and JSON"),
     ]
 
@@ -98,6 +99,7 @@ class ChatScreen(ToolScreen):
         self.last_prompt = ""
         self.turns = 0
         self.last_export: list[Path] = []
+        self.engine_error = ""  # the last failed turn's message; shown until the next send
 
     # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
@@ -170,7 +172,7 @@ class ChatScreen(ToolScreen):
         self.query_one("#send", Button).disabled = bool(err) or not ready or self.busy
         self.query_one("#stop", Button).disabled = not self.busy
         # an empty box is not an error worth shouting about; anything else is shown inline
-        shown = err if (err and value) else ""
+        shown = err if (err and value) else self.engine_error
         self.query_one("#chat-error", Static).update(shown)
         self.query_one("#chat-status", Static).update(self._status())
 
@@ -207,6 +209,7 @@ class ChatScreen(ToolScreen):
             return
         text = prompt.value
         self.last_prompt = text
+        self.engine_error = ""
         prompt.value = ""
         messages = self.query_one("#messages", VerticalScroll)
         await messages.mount(UserMessage(text, classes="user-message", markup=False))
@@ -243,7 +246,8 @@ class ChatScreen(ToolScreen):
         self.reset_pending = self.session is not None
         self.turns = 0
         self.answer = None
-        self.query_one("#chat-error", Static).update("")
+        self.engine_error = ""
+        self._refresh_controls()
         self.notify("New conversation")
         self.query_one("#prompt", Input).focus()
 
@@ -252,7 +256,8 @@ class ChatScreen(ToolScreen):
         try:
             system = optional_text(inp.value, "system prompt", 20_000)
         except InputError as e:
-            self.query_one("#chat-error", Static).update(str(e))
+            self.engine_error = str(e)
+            self._refresh_controls()
             return
         if self.busy:
             self.notify("An answer is running: Esc to stop it first", severity="warning")
@@ -318,24 +323,19 @@ class ChatScreen(ToolScreen):
     async def job_failed(self, m: JobFailed) -> None:
         if self.answer is not None:
             await self.answer.finish("", f"[red]{m.message}[/]", error=True)
-        self.query_one("#chat-error", Static).update(
-            m.message + (f" — {m.hint}" if m.hint else ""))
+        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
         prompt = self.query_one("#prompt", Input)
         if not prompt.value:
             prompt.value = self.last_prompt  # give the message back to fix and resend
-        self._done(keep_error=True)
+        self._done()
 
-    def _done(self, keep_error: bool = False) -> None:
+    def _done(self) -> None:
         self.answer = None
         self.job = self.job  # keeps the finished job for inspection
         messages = self.query_one("#messages", VerticalScroll)
         if messages.scroll_y >= messages.max_scroll_y - 4:
             messages.scroll_end(animate=False)
-        err = self.query_one("#chat-error", Static)
-        saved = str(err.content) if keep_error else ""
         self._refresh_controls()
-        if keep_error:
-            err.update(saved)
         self.query_one("#prompt", Input).focus()
 
     def job_started(self, m: JobStarted) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from textual.widgets import Static
 
@@ -36,29 +37,41 @@ class EngineStatus(Static):
     def engine_ready(self) -> bool:
         return all(module_available(m) for m in self.modules)
 
-    def table(self) -> Table:
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, rich markup) pairs."""
         app: Any = self.app
+        t: list[tuple[str, str]] = []
+        t.append(("capability", self.what))
+        for m in self.modules:
+            ok = module_available(m)
+            t.append(("engine", f"{m}: " + ("[green]importable[/]" if ok else
+                                            "[yellow]not in this checkout yet[/]")))
+        model = STATE_TEXT.get(app.model_state, app.model_state)
+        if app.lm is not None:
+            model += f" · {escape(app.lm.describe())} · context {app.lm.context_length:,}"
+        elif app.model_error:
+            model += f" · {escape(app.model_error)}"
+        t.append(("model", model))
+        t.append(("vocabulary", STATE_TEXT.get(app.vocab_state, app.vocab_state)))
+        speed = getattr(app.speed, "tok_s", None)
+        t.append(("decode speed", f"{speed:.1f} tok/s (8-token probe)" if speed else "[dim]not measured[/]"))
+        timeout = app.runner.timeout_for(self.kind)
+        t.append((f"{self.kind} timeout", "none" if timeout is None else f"{timeout:.0f} s (Settings, F6)"))
+        jobs = app.runner.running(self.kind)
+        t.append(("running", ", ".join(f"#{j.id} {j.elapsed:.0f} s" for j in jobs) if jobs else "none"))
+        return t
+
+    def plain(self) -> str:
+        from rich.text import Text
+
+        return "\n".join(f"{k}: {Text.from_markup(v).plain}" for k, v in self.rows())
+
+    def table(self) -> Table:
         t = Table.grid(padding=(0, 2))
         t.add_column(style="bold")
         t.add_column()
-        t.add_row("capability", self.what)
-        for m in self.modules:
-            ok = module_available(m)
-            t.add_row("engine", f"{m}: " + ("[green]importable[/]" if ok else
-                                            "[yellow]not in this checkout yet[/]"))
-        model = STATE_TEXT.get(app.model_state, app.model_state)
-        if app.lm is not None:
-            model += f" · {app.lm.describe()} · context {app.lm.context_length:,}"
-        elif app.model_error:
-            model += f" · {app.model_error}"
-        t.add_row("model", model)
-        t.add_row("vocabulary", STATE_TEXT.get(app.vocab_state, app.vocab_state))
-        speed = getattr(app.speed, "tok_s", None)
-        t.add_row("decode speed", f"{speed:.1f} tok/s (8-token probe)" if speed else "[dim]not measured[/]")
-        timeout = app.runner.timeout_for(self.kind)
-        t.add_row(f"{self.kind} timeout", "none" if timeout is None else f"{timeout:.0f} s (Settings, F6)")
-        jobs = app.runner.running(self.kind)
-        t.add_row("running", ", ".join(f"#{j.id} {j.elapsed:.0f} s" for j in jobs) if jobs else "none")
+        for k, v in self.rows():
+            t.add_row(k, v)
         return t
 
     def refresh_status(self) -> None:

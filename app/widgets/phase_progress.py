@@ -60,8 +60,9 @@ class PhaseProgress(Widget):
     PhaseProgress { height: auto; padding: 0 1; border-top: solid $primary-background; }
     PhaseProgress > #pp-title { height: 1; }
     PhaseProgress > Horizontal { height: 1; }
-    PhaseProgress #pp-bar { width: 32; }
-    PhaseProgress #pp-stats { width: 1fr; }
+    PhaseProgress #pp-bar { width: auto; }
+    PhaseProgress #pp-bar Bar { width: 30; }
+    PhaseProgress #pp-stats { width: 1fr; margin-left: 1; }
     PhaseProgress #pp-figures { width: 1fr; height: 1; }
     PhaseProgress #pp-spark { width: 24; height: 1; display: none; }
     PhaseProgress.-search #pp-spark { display: block; }
@@ -236,12 +237,14 @@ class PhaseProgress(Widget):
         self.query_one("#pp-stats", Static).update(self.stats_text())
         self.query_one("#pp-figures", Static).update(self.figures_text())
         bar = self.query_one("#pp-bar", ProgressBar)
-        if p is not None and p.total:
+        if self.state == "finished":
+            bar.update(total=1, progress=1)  # an early stop (eos) still completed the job
+        elif p is not None and p.total:
             bar.update(total=p.total, progress=min(p.step, p.total))
-        elif self.state in ("finished",):
-            bar.update(total=1, progress=1)
+        elif self.state == "running":
+            bar.update(total=None, progress=0)  # unknown total: the indeterminate bar
         else:
-            bar.update(total=None, progress=0)
+            bar.update(total=1, progress=0)
         is_search = p is not None and p.phase == "search"
         self.set_class(is_search, "-search")
         if is_search:

@@ -1,0 +1,135 @@
+"""A fast fake engine for the TUI tests (the app/engines.py interface with scripted tokens; every
+wait is ``cancel.wait`` so a cancelled fake ends at once) and a polling helper."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from engine.progress import Cancelled, report
+
+
+async def until(pilot: Any, cond: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        await pilot.pause(0.01)
+
+
+@dataclass
+class FakeResult:
+    """Same fields as engine.generate.GenerationResult (without importing torch)."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_tokens: int
+    new_tokens: int
+    ttft_s: float
+    decode_tok_s: float
+    total_s: float
+    stop_reason: str
+    dropped_turns: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FakeLM:
+    name = "fake-lm"
+    context_length = 2048
+    eos_ids = [0]
+    device = "cpu"
+
+    def describe(self) -> str:
+        return "fake-lm · cpu · float32"
+
+
+class FakeSession:
+    def __init__(self, system: Optional[str]) -> None:
+        self.system = system
+        self.turns: list[tuple[str, str]] = []
+        self.resets = 0
+
+    def reset(self, system: Any = None) -> None:
+        self.system = system
+        self.turns = []
+        self.resets += 1
+
+    def to_markdown(self) -> str:
+        return "\n".join(f"**User:** {u}\n\n**Assistant:** {a}" for u, a in self.turns)
+
+    def to_json(self) -> str:
+        return json.dumps({"system": self.system,
+                           "turns": [{"user": u, "assistant": a} for u, a in self.turns]})
+
+
+class FakeEngine:
+    """The app/engines.py interface with scripted tokens; every wait is ``cancel.wait``."""
+
+    def __init__(self, tokens: tuple[str, ...] = ("Hello", ",", " **world**", "!"),
+                 token_delay: float = 0.0, fail: Optional[BaseException] = None,
+                 stubborn: float = 0.0, load_error: Optional[BaseException] = None,
+                 load_delay: float = 0.0) -> None:
+        self.tokens, self.token_delay = tokens, token_delay
+        self.fail, self.stubborn = fail, stubborn
+        self.load_error, self.load_delay = load_error, load_delay
+        self.sent: list[str] = []
+        self.cancel_seen = 0
+        self.sessions: list[FakeSession] = []
+
+    def load_model(self, spec, device="auto", dtype="auto", trust_remote_code=False,
+                   engine_path="fast", *, progress=None, cancel=None):
+        for i in range(3):
+            report(progress, "load", i, 3, f"fake load step {i}")
+            if cancel is not None and cancel.wait(self.load_delay / 3):
+                raise Cancelled("user")
+        if self.load_error is not None:
+            raise self.load_error
+        report(progress, "load", 3, 3, "loaded")
+        return FakeLM()
+
+    def measure_speed(self, lm, *, progress=None, cancel=None):
+        from app.engines import SpeedResult
+
+        return SpeedResult(tok_s=50.0, ttft_s=0.01, tokens=8)
+
+    def set_engine_path(self, lm, path):
+        lm.engine_path = path
+
+    def vocab_available(self) -> bool:
+        return False
+
+    def new_chat(self, lm, system):
+        s = FakeSession(system)
+        self.sessions.append(s)
+        return s
+
+    def chat_send(self, session, text, sampling, *, on_token=None, progress=None, cancel=None):
+        self.sent.append(text)
+        if self.fail is not None:
+            raise self.fail
+        if self.stubborn:
+            time.sleep(self.stubborn)  # one long call that never looks at its token
+        out: list[str] = []
+        stop = "eos"
+        t0 = time.perf_counter()
+        for i, tok in enumerate(self.tokens):
+            if cancel is not None and (cancel.wait(self.token_delay) if self.token_delay
+                                       else cancel.cancelled):
+                self.cancel_seen += 1
+                stop = "cancelled"
+                break
+            out.append(tok)
+            if on_token is not None:
+                on_token(tok, i + 1)
+            report(progress, "generate", i + 1, len(self.tokens), "generating", tok_s=100.0)
+        text_out = "".join(out)
+        session.turns.append((text, text_out))
+        return FakeResult(text=text_out, token_ids=list(range(1, len(out) + 1)), prompt_tokens=5,
+                          prefill_tokens=5, new_tokens=len(out), ttft_s=0.01,
+                          decode_tok_s=100.0, total_s=time.perf_counter() - t0, stop_reason=stop)
+
+

@@ -1,0 +1,47 @@
+"""Fixtures for the TUI tests: animations and cursor blink off, the fake engine, and an app
+factory that always cancels the runner's jobs so no thread outlives a test."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app_fakes import FakeEngine
+
+
+@pytest.fixture(autouse=True)
+def _no_animation(monkeypatch):
+    import textual.constants
+
+    monkeypatch.setattr(textual.constants, "TEXTUAL_ANIMATIONS", "none", raising=False)
+    from textual.widgets import Input
+
+    monkeypatch.setattr(Input, "cursor_blink", False, raising=False)
+
+
+@pytest.fixture
+def fake_engine():
+    return FakeEngine
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Factory: TokenforgeApp with an injected engine, exports into tmp_path."""
+    from app.app import TokenforgeApp
+    from app.settings import AppSettings
+
+    apps: list[Any] = []
+
+    def factory(engine: Any = None, lm: Any = None, **kw: Any) -> Any:
+        settings = AppSettings()
+        settings.export_dir = tmp_path / "exports"
+        kw.setdefault("install_signals", False)
+        app = TokenforgeApp(engine=engine if engine is not None else FakeEngine(), lm=lm,
+                            settings=settings, **kw)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:  # no thread may outlive its test
+        for j in app.runner.jobs.values():
+            j.cancel("shutdown")

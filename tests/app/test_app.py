@@ -1,0 +1,365 @@
+"""The app with a fast fake engine: screens open, a chat turn streams, stop/timeout/errors leave
+the app idle and usable, invalid input keeps the buttons disabled, Ctrl+C policy."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from textual.widgets import Button, Input
+
+from app.app import TokenforgeApp
+from app.messages import JobCancelled, JobFailed, JobStuck, TokensGenerated
+from app.screens.chat import AssistantMessage, ChatScreen, UserMessage
+from engine.errors import InputError, ModelNotFound
+
+from app_fakes import FakeEngine, until
+
+SIZE = (110, 36)
+
+
+def notes(app):
+    return [str(n.message) for n in app._notifications]
+
+
+async def ready(pilot, app):
+    await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+
+
+async def send(pilot, app, text):
+    app.screen.query_one("#prompt", Input).focus()
+    app.screen.query_one("#prompt", Input).value = text
+    await pilot.press("enter")
+
+
+async def test_each_screen_opens(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        for key, mode in [("f3", "attack"), ("f4", "search"), ("f5", "dashboard"),
+                          ("f6", "settings"), ("f2", "chat")]:
+            await pilot.press(key)
+            await until(pilot, lambda: app.current_mode == mode)
+            assert app.screen.query_one("#progress") is not None  # every screen embeds it
+        assert app.sub_title == "fake-lm · cpu · float32"
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for t in ("Open chat", "Open attack", "Open search", "Open dashboard", "Open settings",
+                  "New conversation", "Export conversation", "Stop the answer", "Reload model"):
+            assert t in titles
+
+
+async def test_engine_screens_show_status(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("f4")
+        await until(pilot, lambda: app.current_mode == "search")
+        status = app.screen.query_one("#search-status")
+        await pilot.pause(0.05)
+        text = status.plain()
+        assert "engine.treesearch" in text and "fake-lm" in text
+
+
+async def test_chat_turn_streams_into_the_list(make_app):
+    eng = FakeEngine(tokens=tuple(f"t{i} " for i in range(40)), token_delay=0.005)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "hello there")
+        await until(pilot, lambda: any(isinstance(m, TokensGenerated) for m in seen))
+        await until(pilot, lambda: not app.runner.busy)
+        await pilot.pause(0.05)
+        scr = app.screen
+        assert isinstance(scr, ChatScreen)
+        users = list(scr.query(UserMessage))
+        answers = list(scr.query(AssistantMessage))
+        assert len(users) == 1 and len(answers) == 1
+        assert answers[0].text == "".join(eng.tokens)
+        figures = str(answers[0].figures.content)
+        assert "40 tokens" in figures and "stop: eos" in figures and "tok/s" in figures
+        streamed = [m for m in seen if isinstance(m, TokensGenerated)]
+        assert "".join(m.text for m in streamed) == "".join(eng.tokens)
+        assert eng.sent == ["hello there"]
+        assert scr.query_one("#prompt", Input).value == ""
+        assert scr.query_one("#stop", Button).disabled
+
+
+async def test_escape_stops_the_answer_and_returns_to_idle(make_app):
+    eng = FakeEngine(tokens=tuple("abcdefghij"), token_delay=10.0)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "long please")
+        await until(pilot, lambda: app.runner.busy)
+        assert not app.screen.query_one("#stop", Button).disabled
+        await pilot.press("escape")
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        await until(pilot, lambda: not app.runner.busy)
+        assert eng.cancel_seen == 1  # the engine function observed its token
+        assert app.runner.in_flight() == 0
+        scr = app.screen
+        assert scr.query_one("#stop", Button).disabled
+        assert scr.progress_widget.state == "cancelled"
+        scr.query_one("#prompt", Input).value = "again"
+        await pilot.pause(0.02)
+        assert not scr.query_one("#send", Button).disabled
+
+
+async def test_timeout_cancels_the_job(make_app):
+    eng = FakeEngine(tokens=tuple("abc"), token_delay=10.0)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        app.settings.timeouts["chat"] = 0.3
+        await send(pilot, app, "hi")
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        m = next(m for m in seen if isinstance(m, JobCancelled))
+        assert m.reason == "timeout" and eng.cancel_seen == 1
+        await until(pilot, lambda: app.runner.in_flight() == 0)
+        await until(pilot, lambda: "timeout" in str(
+            app.screen.query(AssistantMessage).last().figures.content))
+
+
+async def test_engine_error_notifies_and_app_survives(make_app):
+    eng = FakeEngine(fail=InputError("message is 9000 tokens; too long", hint="shorten it"))
+    app = make_app(engine=eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "boom")
+        await until(pilot, lambda: any("too long" in n for n in notes(app)))
+        scr = app.screen
+        await until(pilot, lambda: "too long" in str(scr.query_one("#chat-error").content))
+        assert scr.query_one("#prompt", Input).value == "boom"  # given back to fix
+        eng.fail = None
+        await pilot.press("enter")
+        await until(pilot, lambda: len(eng.sent) == 2 and not app.runner.busy)
+        assert scr.query(AssistantMessage).last().text == "".join(eng.tokens)
+
+
+async def test_unexpected_exception_is_contained(make_app):
+    eng = FakeEngine(fail=RuntimeError("bug in engine"))
+    app = make_app(engine=eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "x")
+        await until(pilot, lambda: any("bug in engine" in n for n in notes(app)))
+        assert app.is_running and not app.runner.busy
+
+
+async def test_invalid_chat_input_keeps_send_disabled(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        scr = app.screen
+        prompt, sendb = scr.query_one("#prompt", Input), scr.query_one("#send", Button)
+        assert sendb.disabled  # empty
+        for bad in ("   ", "\n\t", "x" * 100_001, "a\ud800b"):
+            prompt.value = bad
+            await pilot.pause(0.02)
+            assert sendb.disabled, repr(bad[:10])
+        prompt.value = "x" * 100_001
+        await pilot.pause(0.02)
+        assert "too long" in str(scr.query_one("#chat-error").content)
+        prompt.focus()
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert app.engine.sent == []  # nothing unvalidated reached the engine
+        prompt.value = "fine"
+        await pilot.pause(0.02)
+        assert not sendb.disabled
+
+
+async def test_send_disabled_until_model_ready(make_app):
+    app = make_app(engine=FakeEngine(load_delay=0.6))
+    async with app.run_test(size=SIZE) as pilot:
+        scr = app.screen
+        scr.query_one("#prompt", Input).value = "hi"
+        await pilot.pause(0.05)
+        assert app.model_state == "loading" and scr.query_one("#send", Button).disabled
+        assert "loading" in str(scr.query_one("#chat-status").content)
+        await ready(pilot, app)
+        await pilot.pause(0.02)
+        assert not scr.query_one("#send", Button).disabled
+
+
+async def test_model_load_failure_is_shown(make_app):
+    app = make_app(engine=FakeEngine(load_error=ModelNotFound("no model 'nope' here",
+                                                                 hint="use 'default'")))
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_state == "failed")
+        await pilot.pause(0.02)
+        assert any("no model 'nope'" in n for n in notes(app))
+        scr = app.screen
+        scr.query_one("#prompt", Input).value = "hi"
+        await pilot.pause(0.02)
+        assert scr.query_one("#send", Button).disabled
+        assert "no model" in str(scr.query_one("#chat-status").content)
+
+
+async def test_settings_validation_disables_apply(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        scr = app.screen
+        apply = scr.query_one("#apply", Button)
+        assert not apply.disabled
+        for fid, bad, words in [("set-temperature", "hot", "not a number"),
+                                ("set-top-p", "0", "greater than 0"),
+                                ("set-max-new", "5000", "≤ 2047"),
+                                ("set-seed", "-1", "≥ 0"),
+                                ("timeout-chat", "abc", "not a number"),
+                                ("set-device", "gpu9", "device")]:
+            inp = scr.query_one(f"#{fid}", Input)
+            good = inp.value
+            inp.value = bad
+            await pilot.pause(0.02)
+            assert apply.disabled and scr.query_one("#reload", Button).disabled, fid
+            assert words in str(scr.query_one("#settings-error").content), fid
+            inp.value = good
+            await pilot.pause(0.02)
+            assert not apply.disabled, fid
+        scr.query_one("#set-temperature", Input).value = "0"
+        scr.query_one("#timeout-chat", Input).value = "45"
+        await pilot.pause(0.02)
+        apply.press()
+        await pilot.pause(0.02)
+        assert app.settings.sampling.temperature == 0.0
+        assert app.runner.timeout_for("chat") == 45.0 and app.settings.timeouts_user_set
+
+
+async def test_timeouts_derived_from_measured_speed(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await until(pilot, lambda: app.settings.measured_tok_s == 50.0)
+        # 256 tokens at 50 tok/s, ×3 safety → 15.4 s, floored at 30 s; tree: ×60 → 930 s
+        assert app.runner.timeout_for("chat") == 30.0
+        assert app.runner.timeout_for("tree") == 930.0
+
+
+async def test_export_writes_markdown_and_json(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "export me")
+        await until(pilot, lambda: not app.runner.busy and app.engine.sent)
+        await pilot.pause(0.02)
+        await pilot.press("ctrl+e")
+        await until(pilot, lambda: bool(app.screen.last_export))
+        md, js = app.screen.last_export
+        assert md.parent == tmp_path / "exports"
+        assert "export me" in md.read_text()
+        assert json.loads(js.read_text())["turns"][0]["user"] == "export me"
+        assert not [p for p in md.parent.iterdir() if p.suffix not in (".md", ".json")]
+        assert str(md.parent) in str(app.screen.query_one("#chat-status").content)
+
+
+async def test_new_conversation_and_system_prompt(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "one")
+        await until(pilot, lambda: not app.runner.busy and app.engine.sent)
+        scr = app.screen
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.05)
+        assert not list(scr.query(AssistantMessage))
+        scr.query_one("#system", Input).value = "Be terse."
+        await pilot.click("#apply-system")
+        await send(pilot, app, "two")
+        await until(pilot, lambda: not app.runner.busy and len(app.engine.sent) == 2)
+        s = app.engine.sessions[0]
+        assert s.resets == 1 and s.system == "Be terse." and s.turns == [("two", "".join(app.engine.tokens))]
+
+
+async def test_first_ctrl_c_cancels_second_forces(make_app, monkeypatch):
+    forced = []
+    monkeypatch.setattr(TokenforgeApp, "force_quit", lambda self, code: forced.append(code))
+    eng = FakeEngine(token_delay=10.0)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "hi")
+        await until(pilot, lambda: app.runner.busy)
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        assert any("Ctrl+C again to force" in n for n in notes(app))
+        assert app.is_running and forced == []
+        await pilot.press("ctrl+c")
+        assert forced == [130]
+
+
+async def test_ctrl_c_when_idle_quits_gracefully(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0
+
+
+async def test_sigint_from_outside_cancels_jobs(make_app, monkeypatch):
+    forced = []
+    monkeypatch.setattr(TokenforgeApp, "force_quit", lambda self, code: forced.append(code))
+    eng = FakeEngine(token_delay=10.0)
+    app = make_app(engine=eng, install_signals=True)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "hi")
+        await until(pilot, lambda: app.runner.busy)
+        os.kill(os.getpid(), signal.SIGINT)
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        os.kill(os.getpid(), signal.SIGINT)
+        await until(pilot, lambda: forced == [130])
+
+
+async def test_stuck_job_offers_force_quit(make_app):
+    eng = FakeEngine(stubborn=1.2)
+    app = make_app(engine=eng)
+    app.runner.grace = 0.2
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await ready(pilot, app)
+        app.settings.timeouts["chat"] = 0.2
+        await send(pilot, app, "hi")
+        await until(pilot, lambda: any(isinstance(m, JobStuck) for m in seen))
+        assert any("Ctrl+C twice" in n for n in notes(app))
+        assert app.screen.progress_widget.state == "stuck"
+        await until(pilot, lambda: not app.runner.busy, timeout=5)
+
+
+async def test_force_quit_restores_terminal_and_exits(make_app, monkeypatch):
+    import app.app as app_mod
+
+    calls = []
+
+    class Exited(BaseException):
+        pass
+
+    def fake_exit(code):
+        calls.append(("exit", code))
+        raise Exited
+
+    monkeypatch.setattr(app_mod, "restore_terminal", lambda a: calls.append(("restore", None)))
+    monkeypatch.setattr(app_mod.os, "_exit", fake_exit)
+    app = make_app()
+    with pytest.raises(Exited):
+        app.force_quit(130)
+    assert calls == [("restore", None), ("exit", 130)]
+
+
+def test_restore_terminal_fallback_without_driver():
+    from app.terminal import restore_terminal
+
+    class NoDriver:
+        _driver = None
+
+    assert restore_terminal(NoDriver()) is False  # fallback ran, nothing raised

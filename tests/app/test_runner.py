@@ -1,0 +1,240 @@
+"""The dispatch bridge without a UI: outcomes, throttling with tail flush, cancel, timeout,
+stuck threads, the model lock and shutdown."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
+                          JobStuck, TokensGenerated)
+from app.runner import ProgressPump, Runner
+from engine.errors import InputError
+from engine.progress import Progress, report
+
+
+def make_runner(**kw):
+    seen: list = []
+    return Runner(seen.append, **kw), seen
+
+
+async def wait_done(job, limit=5.0):
+    await asyncio.wait_for(job.wait(), limit)
+
+
+async def test_finished_job_posts_in_order():
+    r, seen = make_runner()
+
+    def fn(x, *, progress, cancel):
+        report(progress, "generate", 1, 2, "half")
+        report(progress, "generate", 2, 2, "all")
+        return x * 2
+
+    job = r.start("chat", fn, 21, params={"x": 21})
+    await wait_done(job)
+    kinds = [type(m) for m in seen]
+    assert kinds[0] is JobStarted and kinds[-1] is JobFinished
+    assert seen[-1].result == 42 and job.state == "finished"
+    assert [m.progress.step for m in seen if isinstance(m, JobProgressed)] == [1, 2]
+    assert r.in_flight() == 0 and not r.busy
+
+
+async def test_progress_throttled_and_tail_flushed():
+    r, seen = make_runner()
+    n = 20000
+
+    def fn(*, progress, cancel):
+        for i in range(n):
+            progress(Progress("search", i, None, "tight loop", {"best_score": i}))
+        return "ok"
+
+    job = r.start("advtok", fn, needs_model=False)
+    await wait_done(job)
+    prog = [m for m in seen if isinstance(m, JobProgressed)]
+    assert len(prog) < n / 20  # throttled to ~20 Hz, not one message per report
+    assert prog[-1].progress.step == n - 1  # the newest report is never lost
+
+
+def test_pump_sends_phase_change_at_once():
+    seen = []
+    pump = ProgressPump(seen.append, 1, "advtok", every=10.0)
+    pump(Progress("vocab", 1, 10))
+    pump(Progress("vocab", 2, 10))  # throttled
+    pump(Progress("mdd", 1, 10))    # new phase: at once
+    pump(Progress("mdd", 10, 10))   # final step: at once
+    assert [(m.progress.phase, m.progress.step) for m in seen] == [("vocab", 1), ("mdd", 1), ("mdd", 10)]
+    pump(Progress("mdd", 10, None))
+    pump.flush()
+    assert len(seen) == 4
+
+
+async def test_tokens_batched_and_complete():
+    r, seen = make_runner()
+    words = [f"w{i} " for i in range(3000)]
+
+    def fn(*, on_token, progress, cancel):
+        for i, w in enumerate(words):
+            on_token(w, i)
+        return "done"
+
+    job = r.start("chat", fn, stream=True)
+    await wait_done(job)
+    toks = [m for m in seen if isinstance(m, TokensGenerated)]
+    assert "".join(m.text for m in toks) == "".join(words)
+    assert len(toks) < len(words) / 10
+    assert toks[-1].n_total == len(words)
+
+
+async def test_cancel_stops_the_thread():
+    r, seen = make_runner()
+    looked = threading.Event()
+
+    def fn(*, progress, cancel):
+        while True:
+            looked.set()
+            cancel.check()
+            cancel.wait(0.01)
+
+    job = r.start("tree", fn)
+    await asyncio.to_thread(looked.wait, 2)
+    t0 = time.monotonic()
+    job.cancel("user")
+    await wait_done(job)
+    assert time.monotonic() - t0 < 1.0
+    assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "user"
+    assert job.thread_done.is_set() and r.in_flight() == 0
+
+
+async def test_timeout_cancels_the_engine():
+    r, seen = make_runner()
+    checks = []
+
+    def fn(*, progress, cancel):
+        while not cancel.wait(0.01):
+            checks.append(1)
+        cancel.check()
+
+    t0 = time.monotonic()
+    job = r.start("chat", fn, timeout=0.3)
+    await wait_done(job)
+    assert 0.25 < time.monotonic() - t0 < 2.0
+    assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "timeout"
+    assert r.in_flight() == 0  # nothing keeps burning CPU after the timeout
+
+
+async def test_partial_result_after_cancel_is_a_cancel():
+    r, seen = make_runner()
+
+    def fn(*, progress, cancel):
+        cancel.wait(5)
+        return "partial answer"  # chat returns what it has instead of raising
+
+    job = r.start("chat", fn)
+    await asyncio.sleep(0.05)
+    job.cancel("user")
+    await wait_done(job)
+    assert isinstance(seen[-1], JobCancelled) and seen[-1].partial == "partial answer"
+
+
+async def test_stuck_thread_reported_then_resolved():
+    r, seen = make_runner(grace=0.2)
+
+    def fn(*, progress, cancel):
+        time.sleep(0.7)  # ignores its token
+        return "late"
+
+    job = r.start("chat", fn, timeout=0.1)
+    await asyncio.sleep(0.5)
+    assert any(isinstance(m, JobStuck) for m in seen) and job.state == "stuck"
+    assert r.in_flight() == 1 and r.busy
+    await wait_done(job)
+    assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "timeout"
+    assert r.in_flight() == 0
+
+
+async def test_engine_errors_become_messages():
+    r, seen = make_runner()
+
+    def bad_input(*, progress, cancel):
+        raise InputError("empty prompt", hint="type something")
+
+    def bug(*, progress, cancel):
+        raise ZeroDivisionError("oops")
+
+    j1 = r.start("chat", bad_input)
+    await wait_done(j1)
+    f1 = seen[-1]
+    assert isinstance(f1, JobFailed) and f1.user_error and f1.message == "empty prompt"
+    assert f1.hint == "type something"
+    j2 = r.start("chat", bug)
+    await wait_done(j2)
+    f2 = seen[-1]
+    assert isinstance(f2, JobFailed) and not f2.user_error and "ZeroDivisionError" in f2.message
+    assert "Traceback" in f2.detail
+
+
+async def test_model_lock_serialises_model_jobs():
+    r, _ = make_runner()
+    inside, overlap = [0], []
+    lock = threading.Lock()
+
+    def fn(*, progress, cancel):
+        with lock:
+            inside[0] += 1
+            overlap.append(inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+
+    jobs = [r.start("chat", fn) for _ in range(4)]
+    await asyncio.wait_for(asyncio.gather(*(j.wait() for j in jobs)), 5)
+    assert max(overlap) == 1
+
+
+async def test_waiting_for_the_model_lock_is_cancellable():
+    r, seen = make_runner()
+    release = threading.Event()
+
+    def holder(*, progress, cancel):
+        release.wait(2)
+
+    def waiter(*, progress, cancel):
+        return "ran"
+
+    j1 = r.start("chat", holder)
+    await asyncio.sleep(0.05)
+    j2 = r.start("chat", waiter)
+    await asyncio.sleep(0.1)
+    j2.cancel("user")
+    await wait_done(j2)
+    assert j2.state == "cancelled" and j2.result is None
+    release.set()
+    await wait_done(j1)
+
+
+async def test_shutdown_grace():
+    r, _ = make_runner()
+
+    def coop(*, progress, cancel):
+        while not cancel.wait(0.01):
+            pass
+
+    def stubborn(*, progress, cancel):
+        time.sleep(0.6)
+
+    r.start("chat", coop, needs_model=False)
+    await asyncio.sleep(0.05)
+    assert await r.shutdown(grace=1.0)
+    j = r.start("chat", stubborn, needs_model=False)
+    await asyncio.sleep(0.05)
+    assert not await r.shutdown(grace=0.1)
+    await wait_done(j)
+
+
+def test_timeout_for_kind():
+    r, _ = make_runner(timeouts={"chat": 12.0, "load": None, "tree": 0})
+    assert r.timeout_for("chat") == 12.0
+    assert r.timeout_for("load") is None and r.timeout_for("tree") is None
+    assert r.timeout_for("unknown") == 600.0
