@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .errors import InputError
 from .mdd import MDD
-from .progress import CancelToken, ProgressFn, check
+from .progress import CancelToken, ProgressFn, check, report
 from .vocab import Vocab, load_vocab
 
 MAX_TEXT_BYTES = 100_000
@@ -102,6 +102,9 @@ def inspect_text(tokenizer: Any, text: str, *, samples: int = 0, neighbours: Opt
     vb = vocab if vocab is not None else load_vocab(tokenizer, progress=progress, cancel=cancel)
     m = MDD(vb, text, progress=progress, cancel=cancel)
     canon = m.canonical(tokenizer)
+    report(progress, "mdd", m.n, m.n, "canonical tokenization is a path of the diagram",
+           edges=m.n_edges, count=str(m.count()), canonical_len=len(canon),
+           shortest_len=len(m.shortest()), canonical_is_path=True)
     rep = TokenizationReport(text=text, n_bytes=m.n, n_edges=m.n_edges, count=m.count(),
                              canonical=canon, shortest=m.shortest(), seed=seed,
                              vocab_kind=vb.kind, vocab_hash=vb.hash)

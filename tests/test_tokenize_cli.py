@@ -63,3 +63,27 @@ def test_unwritable_output_is_reported(tmp_path, capsys):
     assert main(["tokenize", "hi", "--json", str(blocker / "out.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and not (blocker / "out.json").exists()
+
+
+def test_inspect_text_samples_a_large_ring(tokenizer):
+    from engine.errors import InputError
+    from engine.tokenview import inspect_text
+
+    vb = build_vocab(tokenizer)
+    seen = []
+    text = "The quick brown fox jumps over the lazy dog."
+    rep, m = inspect_text(tokenizer, text, samples=3, neighbours=4, limit=25, seed=1, vocab=vb,
+                          progress=seen.append)
+    assert rep.neighbours_total == 407 and rep.neighbours_sampled
+    assert len(rep.neighbours) == 25 == len({tuple(v) for v in rep.neighbours})
+    x = set(m.edge_set(rep.canonical))
+    for v in rep.neighbours:
+        assert len(m.edge_set(v) - x) == 4
+    last = seen[-1]
+    assert last.phase == "mdd" and last.metrics["canonical_is_path"]
+    assert last.metrics["count"] == "8682209280" and last.metrics["canonical_len"] == 10
+    for bad in [dict(samples=-1), dict(neighbours=99), dict(limit=0)]:
+        with pytest.raises(InputError):
+            inspect_text(tokenizer, text, vocab=vb, **bad)
+    with pytest.raises(InputError):
+        inspect_text(tokenizer, "", vocab=vb)
