@@ -1,7 +1,6 @@
 """Tokenization diagram: counts, samples, canonical, neighbours — checked against brute force."""
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 
