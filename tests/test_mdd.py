@@ -237,6 +237,29 @@ def test_neighbours_of_a_foreign_tokenization_is_an_error(vocab):
 
 
 # ------------------------------------------------------------------ other vocabularies
+@pytest.fixture(scope="module")
+def sp_tok():
+    return sentencepiece_tokenizer()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.sampled_from(list("theacfpnguido ") + ["é", "中", "文", "🦜", "\u0301"]),
+                    min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
+def test_sentencepiece_properties_against_brute_force(sp_tok, text, seed):
+    """Byte fallback: every byte of every character is an edge; counts, canonical and
+    neighbours agree with brute force on a ▁/<0xNN> vocabulary too."""
+    assume(len(text.encode()) <= 10)
+    vb = build_vocab(sp_tok)
+    m = MDD(vb, text)
+    bf = brute_force(vb, text)
+    assert m.count() == len(bf) and set(map(tuple, m.enumerate(len(bf)))) == bf
+    x = m.canonical(sp_tok)
+    assert tuple(x) in bf and sp_tok.decode(x) == text
+    v = m.sample(random.Random(seed))
+    assert tuple(v) in bf and sp_tok.decode(v) == text
+    assert {tuple(w) for w in m.neighbours(x, 2)} == {w for w in bf if distance(vb, x, w) == 2}
+
+
 def test_sentencepiece_byte_fallback_diagram():
     tok = sentencepiece_tokenizer()
     vb = build_vocab(tok)
