@@ -150,14 +150,26 @@ def _damage_variants(good: str, foreign: str) -> dict[str, str]:
             "wrong-format": json.dumps({"format": "other", "tokens": []})}
 
 
+@pytest.fixture(scope="module")
+def cache_files(tokenizer, tmp_path_factory):
+    """A good cache file for the bundled tokenizer and one written for another tokenizer."""
+    d = tmp_path_factory.mktemp("vocabcache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TOKENFORGE_CACHE", str(d))
+    try:
+        good = cache_path(load_vocab(tokenizer).hash).read_text()
+        foreign = cache_path(load_vocab(sentencepiece_tokenizer()).hash).read_text()
+    finally:
+        mp.undo()
+    return good, foreign
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "foreign", "tampered",
                                     "wrong-format"])
-def test_corrupt_cache_is_detected_and_rebuilt(tmp_cache, tokenizer, vocab, damage):
-    first = load_vocab(tokenizer)
-    path = cache_path(first.hash)
-    good = path.read_text()
-    sp = sentencepiece_tokenizer()
-    foreign = cache_path(load_vocab(sp).hash).read_text()
+def test_corrupt_cache_is_detected_and_rebuilt(tmp_cache, tokenizer, vocab, cache_files, damage):
+    good, foreign = cache_files
+    path = cache_path(vocab.hash)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_damage_variants(good, foreign)[damage])
     seen = []
     again = load_vocab(tokenizer, progress=seen.append)
