@@ -137,6 +137,8 @@ class DashboardScreen(ToolScreen):
         self.query_one("#dash-table", DataTable).styles.max_height = 14
         for w in self.query(".dash-row"):
             w.styles.height = "auto"
+            for child in w.query(Input):
+                child.styles.width = "1fr"
         self.query_one("#dash-methods").styles.height = "auto"
         self.query_one("#dash-kinds").styles.height = "auto"
 

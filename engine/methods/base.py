@@ -14,6 +14,13 @@ the same code path, not to a different kernel). A subclass overrides only what i
 - ``feed``: how tokens go through the model (true position ids, eviction after each step);
 - ``kv_bytes`` / ``kv_bytes_peak``: how the cache's resident bytes are counted;
 - ``prepare`` / ``restore``: model changes (hooks, resized embeddings).
+
+Harness contract: methods are interleaved and share one model, so the harness calls ``prepare``
+before *each* measurement of a method (run + its quality passes) and ``restore`` right after.
+Cache expensive work (calibration) on the instance so later calls only re-apply it; the seconds
+returned by the first call are recorded as ``cost.prepare_s``. Per-run extra work (a compressor)
+goes into ``GenState.info["aux_s"]`` and ends up in ``cost.aux_s``. The baseline reference
+(greedy continuation + its log-probs) is always computed on the restored model.
 """
 from __future__ import annotations
 
