@@ -20,6 +20,7 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "kv-reuse": ("kv_reuse", "KVReuse", {}),
     "kv-fp8": ("kv_fp8", "KVFp8", {}),
     "evict-sinks": ("kv_evict_sinks", "SinksRecent", {}),
+    "evict-cake": ("kv_evict_cake", "CakeEviction", {}),
 }
 
 
