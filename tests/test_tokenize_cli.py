@@ -13,7 +13,7 @@ from engine.vocab import build_vocab
 def test_json_report_files_and_determinism(tmp_path, capsys, tokenizer):
     out_json, out_dot = tmp_path / "r.json", tmp_path / "d.dot"
     args = ["tokenize", "penguin", "--sample", "5", "--neighbours", "3", "--seed", "3"]
-    assert main(args + ["--json", str(out_json), "--dot", str(out_dot)]) == 0
+    assert main(args + ["--out", str(out_json), "--dot", str(out_dot)]) == 0
     rep = json.loads(out_json.read_text(encoding="utf-8"))
     assert rep["count"] == "36" and rep["text"] == "penguin"
     assert rep["canonical"]["ids"] == tokenizer.encode("penguin", add_special_tokens=False)
@@ -60,7 +60,7 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
 def test_unwritable_output_is_reported(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["tokenize", "hi", "--json", str(blocker / "out.json")]) == 2
+    assert main(["tokenize", "hi", "--out", str(blocker / "out.json")]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and not (blocker / "out.json").exists()
 

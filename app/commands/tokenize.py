@@ -36,9 +36,10 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--dot", metavar="FILE", default=None,
                    help="write the tokenization diagram as Graphviz DOT")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="print one JSON object (canonical, count, samples, neighbours); "
-                        "with FILE write it there")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (canonical, count, samples, neighbours)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write that JSON object to FILE (atomically)")
     add_model_args(p)
 
 
@@ -105,17 +106,18 @@ def run(args: argparse.Namespace) -> int:
             write_text(args.dot, mdd.to_dot(highlight=rep.canonical))
         except OSError as e:
             return fail(f"cannot write {args.dot}: {e.strerror or e}")
-    if args.json is not None:
+        err.print(f"[dim]wrote {args.dot}[/]")
+    if args.json or args.out:
         payload = json.dumps(rep.to_json(vocab), ensure_ascii=False, indent=2) + "\n"
-        if args.json == "-":
-            sys.stdout.write(payload)
-        else:
+        if args.out:
             try:
-                write_text(args.json, payload)
+                write_text(args.out, payload)
             except OSError as e:
-                return fail(f"cannot write {args.json}: {e.strerror or e}")
-            err.print(f"[dim]wrote {args.json}[/]")
-        return 0
+                return fail(f"cannot write {args.out}: {e.strerror or e}")
+            err.print(f"[dim]wrote {args.out}[/]")
+        if args.json:
+            sys.stdout.write(payload)
+            return 0
     out = Console(highlight=False, soft_wrap=True)
     colour = out.color_system is not None
 
@@ -144,6 +146,4 @@ def run(args: argparse.Namespace) -> int:
                        f"({how})", style="bold"))
         for k, v in enumerate(rep.neighbours, 1):
             out.print(Text.assemble(f"{k:>3}. ", toks(v), "  ", _ids_text(v)))
-    if args.dot:
-        err.print(f"[dim]wrote {args.dot}[/]")
     return 0
