@@ -71,6 +71,13 @@ class ChatChunks:
     _messages: list[dict[str, str]] = field(default_factory=list, repr=False, compare=False)
     _full_sent: str = field(default="", repr=False, compare=False)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (``dataclasses.asdict`` would deep-copy the tokenizer)."""
+        return {"system_ids": list(self.system_ids), "head_ids": list(self.head_ids),
+                "tail_ids": list(self.tail_ids), "system_used": self.system_used,
+                "warning": self.warning, "lead": self.lead, "trail": self.trail,
+                "has_template": self.has_template, "system": self.system}
+
     @property
     def prefix_ids(self) -> list[int]:
         """SP ⊕ H: everything before the request (the part a scorer caches once)."""

@@ -4,6 +4,7 @@ no downloads), applied to copies of the bundled tokenizer."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -116,6 +117,8 @@ def test_smollm2_chunk_sizes(tokenizer):
     assert len(ch.head_ids) == 3 and len(ch.tail_ids) == 6
     assert tokenizer.decode(ch.system_ids).startswith("<|im_start|>system\nYou are a helpful chatbot")
     assert ch.lead == ch.trail == "" and ch.warning == "" and ch.system_used
+    d = json.loads(json.dumps(ch.to_dict()))
+    assert d["head_ids"] == ch.head_ids and d["system_used"] is True
 
 
 def test_special_token_text_in_request_is_ordinary(tokenizer):
