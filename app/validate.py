@@ -90,11 +90,12 @@ def optional_text(text: str, name: str, max_chars: int = MAX_TEXT_CHARS) -> Opti
 
 
 def parse_stop_strings(text: str) -> tuple[str, ...]:
-    """Comma-separated stop strings; '\\n' means a newline; empties dropped."""
+    """Comma-separated stop strings; '\\n' means a newline, '\\t' a tab; spaces around commas
+    and empty entries are dropped."""
     if not (text or "").strip():
         return ()
-    parts = [p.replace("\\n", "\n").replace("\\t", "\t") for p in text.split(",")]
-    out = tuple(p for p in parts if p.strip() or p == "\n")
+    parts = [p.strip(" ").replace("\\n", "\n").replace("\\t", "\t") for p in text.split(",")]
+    out = tuple(p for p in parts if p)
     if len(out) > 16:
         raise InputError("stop strings: at most 16")
     return out

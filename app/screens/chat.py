@@ -217,20 +217,21 @@ class ChatScreen(ToolScreen):
         await messages.mount(self.answer)
         messages.scroll_end(animate=False)
         sampling = app.settings.sampling
-        self.start_job("chat", self._turn, text, sampling, stream=True,
+        self.start_job("chat", self._turn, text, sampling, app.engine, app.lm,
+                       app.settings.system_prompt or None, stream=True,
                        params={"chars": len(text), "max_new_tokens": sampling.max_new_tokens})
         self._refresh_controls()
 
-    def _turn(self, text: str, sampling: Any, *, on_token: Any, progress: Any, cancel: Any) -> Any:
-        """Worker thread: make/reset the session if needed, then one engine turn."""
-        app: Any = self.app
-        engine, lm = app.engine, app.lm
+    def _turn(self, text: str, sampling: Any, engine: Any, lm: Any, system: Optional[str], *,
+              on_token: Any, progress: Any, cancel: Any) -> Any:
+        """Worker thread (everything it needs is passed in): make or reset the session if
+        needed, then one engine turn. Only one chat job runs at a time, so the session is ours."""
         if self.session is None or self.session_lm is not lm:
-            self.session = engine.new_chat(lm, app.settings.system_prompt or None)
+            self.session = engine.new_chat(lm, system)
             self.session_lm = lm
             self.reset_pending = False
         elif self.reset_pending:
-            self.session.reset(system=app.settings.system_prompt or None)
+            self.session.reset(system=system)
             self.reset_pending = False
         return engine.chat_send(self.session, text, sampling, on_token=on_token,
                                 progress=progress, cancel=cancel)

@@ -1,0 +1,65 @@
+"""End to end with the real engine on the tiny random Llama: load (injected), speed probe, one
+streamed chat turn through ChatSession, figures, a stop mid-answer, and export."""
+from __future__ import annotations
+
+import json
+
+from textual.widgets import Input
+
+from app.engines import Engine
+from app.messages import JobCancelled, JobFinished, TokensGenerated
+from app.screens.chat import AssistantMessage
+from app.settings import SamplingSettings
+
+from app_fakes import until
+
+
+async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
+    app = make_app(engine=Engine(lm=tiny_lm))
+    app.settings.sampling = SamplingSettings(max_new_tokens=24, temperature=0.0)
+    seen = []
+    async with app.run_test(size=(110, 36), message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        assert app.speed is not None and app.speed.tok_s > 0 and app.speed.tokens == 8
+        assert app.settings.measured_tok_s == app.speed.tok_s
+        assert app.vocab_state in ("ready", "unavailable")
+        prompt = app.screen.query_one("#prompt", Input)
+        prompt.focus()
+        prompt.value = "Hello, who are you?"
+        await pilot.press("enter")
+        await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
+                                       for m in seen), 30)
+        n_first = sum(isinstance(m, TokensGenerated) for m in seen)
+        fin = next(m for m in seen if isinstance(m, JobFinished) and m.kind == "chat")
+        r = fin.result
+        streamed = "".join(m.text for m in seen if isinstance(m, TokensGenerated))
+        assert streamed == r.text and r.new_tokens >= 1
+        answer = app.screen.query(AssistantMessage).last()
+        await until(pilot, lambda: answer.text == r.text and "tokens" in str(answer.figures.content))
+        assert f"stop: {r.stop_reason}" in str(answer.figures.content)
+        session = app.screen.session
+        assert [m["role"] for m in session.messages][-2:] == ["user", "assistant"]
+
+        # a long second turn (no eos: it can only stop at 1500 tokens) stopped mid-answer
+        # keeps the conversation well formed
+        app.settings.sampling = SamplingSettings(max_new_tokens=1500, temperature=0.0)
+        saved_eos, tiny_lm.eos_ids = tiny_lm.eos_ids, []
+        try:
+            prompt.value = "Tell me more."
+            await pilot.press("enter")
+            await until(pilot, lambda: sum(isinstance(m, TokensGenerated) for m in seen) > n_first
+                        and app.runner.busy, 30)
+            app.screen.action_stop()
+            await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen), 30)
+            await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
+        finally:
+            tiny_lm.eos_ids = saved_eos
+        last = session.turns[-1].result
+        assert len(session.turns) == 2 and last.stop_reason == "cancelled"
+        assert 0 < last.new_tokens < 1500
+
+        app.screen.action_export()
+        md, js = app.screen.last_export
+        data = json.loads(js.read_text())
+        assert [t["user"] for t in data["turns"]] == ["Hello, who are you?", "Tell me more."]
+        assert "Hello, who are you?" in md.read_text()

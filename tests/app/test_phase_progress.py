@@ -1,0 +1,89 @@
+"""The phase-progress widget renders every phase with its bar, step/total, rate unit, ETA and the
+phase's own figures (best score + sparkline for search; tree size, depth, best reward for tree)."""
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.widgets import ProgressBar, Sparkline
+
+from app.widgets.phase_progress import RATE_UNITS, PhaseProgress, fmt_seconds
+from engine.progress import PHASES, Progress
+
+
+class Host(App):
+    def compose(self) -> ComposeResult:
+        yield PhaseProgress(id="pp")
+
+
+def texts(pp: PhaseProgress) -> str:
+    return " | ".join(str(pp.query_one(f"#{i}").content) for i in ("pp-title", "pp-stats", "pp-figures"))
+
+
+async def test_every_phase_renders():
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        assert "idle" in texts(pp)
+        for i, phase in enumerate(PHASES):
+            pp.begin("job", job_id=i)
+            pp.show(Progress(phase, 0, 40, f"{phase} starting"), job_id=i)
+            pp.phase_started -= 2.0  # two seconds into the phase
+            pp.show(Progress(phase, 10, 40, f"working on {phase}"), job_id=i)
+            await pilot.pause()
+            t = texts(pp)
+            assert f"phase [b]{phase}[/]" in t and f"working on {phase}" in t
+            assert "10/40" in t and RATE_UNITS[phase] in t
+            assert pp.eta() is not None and 5.0 < pp.eta() < 7.0  # 30 steps at 5 steps/s
+            assert "Esc to stop" in t
+            bar = pp.query_one(ProgressBar)
+            assert bar.total == 40 and bar.progress == 10
+            pp.end("finished", "done", job_id=i)
+            await pilot.pause()
+            assert "finished" in texts(pp) and bar.progress == bar.total
+
+
+async def test_search_best_score_and_sparkline():
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("advtok", job_id=7)
+        for step, best in enumerate([-3.0, -2.5, -2.5, -1.25]):
+            pp.show(Progress("search", step + 1, 10, "searching", {"best_score": best, "cands_s": 12.5}), 7)
+        await pilot.pause()
+        t = texts(pp)
+        assert "best score -1.25" in t and "12.5 candidates/s" in t
+        spark = pp.query_one(Sparkline)
+        assert list(spark.data) == [-3.0, -2.5, -2.5, -1.25] and spark.display
+
+
+async def test_tree_figures_and_stale_jobs_ignored():
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("tree", job_id=3)
+        pp.show(Progress("tree", 5, 100, "rollouts", {"tree_size": 1234, "depth": 9,
+                                                       "best_reward": 0.75, "rollouts_s": 4.0}), 3)
+        pp.show(Progress("tree", 99, 100, "old job"), job_id=2)  # stale: dropped
+        await pilot.pause()
+        t = texts(pp)
+        assert "tree size 1,234" in t and "depth 9" in t and "best reward 0.75" in t
+        assert "4.0 rollouts/s" in t and "5/100" in t and "old job" not in t
+        assert not pp.query_one(Sparkline).display
+
+
+async def test_unknown_total_and_cancel():
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("chat", job_id=1)
+        pp.show(Progress("generate", 12, None, "generating", {"tok_s": 33.3, "ttft_s": 0.25}), 1)
+        await pilot.pause()
+        t = texts(pp)
+        assert "12 ·" in t and "33.3 tok/s" in t and "ttft_s 0.25" in t and "ETA –" in t
+        pp.end("cancelled", "cancelled (user)", 1)
+        await pilot.pause()
+        assert "cancelled" in texts(pp) and "Esc to stop" not in texts(pp)
+
+
+def test_fmt_seconds():
+    assert fmt_seconds(None) == "–" and fmt_seconds(3.21) == "3.2 s"
+    assert fmt_seconds(75) == "1:15" and fmt_seconds(7300) == "2:01 h"

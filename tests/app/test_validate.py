@@ -1,0 +1,67 @@
+"""Form validators: typed values for good input, one clear InputError otherwise."""
+from __future__ import annotations
+
+import pytest
+
+from app import validate as v
+from engine.errors import InputError
+
+
+@pytest.mark.parametrize("fn,text,want", [
+    (v.parse_temperature, "0", 0.0), (v.parse_temperature, " 1.5 ", 1.5),
+    (v.parse_top_p, "1", 1.0), (v.parse_top_k, "40", 40), (v.parse_seed, "", None),
+    (v.parse_seed, "123", 123), (v.parse_repetition_penalty, "1.1", 1.1),
+    (lambda t: v.parse_max_new_tokens(t, 2048), "2047", 2047),
+    (lambda t: v.parse_timeout(t, "chat timeout"), "", None),
+    (lambda t: v.parse_timeout(t, "chat timeout"), "0", None),
+    (lambda t: v.parse_timeout(t, "chat timeout"), "90", 90.0),
+    (v.parse_device, "cuda:1", "cuda:1"), (v.parse_stop_strings, "###,\\n\\n", ("###", "\n\n")),
+    (lambda t: v.require_text(t, "message"), "héllo 👋", "héllo 👋"),
+])
+def test_good(fn, text, want):
+    assert fn(text) == want
+
+
+@pytest.mark.parametrize("fn,text,words", [
+    (v.parse_temperature, "", "enter a number"), (v.parse_temperature, "warm", "not a number"),
+    (v.parse_temperature, "-1", "≥ 0"), (v.parse_temperature, "nan", "finite"),
+    (v.parse_top_p, "0", "greater than 0"), (v.parse_top_p, "1.01", "≤ 1"),
+    (v.parse_top_k, "2.5", "whole number"), (v.parse_seed, "-3", "≥ 0"),
+    (lambda t: v.parse_max_new_tokens(t, 2048), "2048", "≤ 2047"),
+    (lambda t: v.parse_max_new_tokens(t, None), "0", "≥ 1"),
+    (v.parse_repetition_penalty, "0", "greater than 0"),
+    (lambda t: v.parse_timeout(t, "chat timeout"), "soon", "not a number"),
+    (v.parse_device, "gpu", "device"), (v.parse_model_spec, "  ", "empty"),
+    (lambda t: v.require_text(t, "message"), " \n ", "empty"),
+    (lambda t: v.require_text(t, "message", 10), "x" * 11, "too long"),
+    (lambda t: v.require_text(t, "message"), "bad \ud800", "surrogates"),
+    (v.parse_stop_strings, ",".join("abcdefghijklmnopq"), "at most 16"),
+])
+def test_bad(fn, text, words):
+    with pytest.raises(InputError) as e:
+        fn(text)
+    assert words in str(e.value)
+
+
+def test_parse_dir_rejects_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        v.parse_dir(str(f), "export folder")
+    assert v.parse_dir(str(tmp_path / "new"), "export folder") == tmp_path / "new"
+
+
+def test_field_check_adapter():
+    check = v.FieldCheck(v.parse_top_p)
+    assert check.validate("0.5").is_valid
+    bad = check.validate("2")
+    assert not bad.is_valid and "≤ 1" in bad.failure_descriptions[0]
+
+
+def test_derived_timeouts_scale_with_speed():
+    from app.settings import derive_timeouts
+
+    slow, fast = derive_timeouts(2.0, 256), derive_timeouts(50.0, 256)
+    assert slow["chat"] == 390.0 and fast["chat"] == 30.0  # 3 × 256/2 = 384 → 390; floor 30
+    assert slow["tree"] > slow["advtok"] > slow["chat"] and slow["load"] is None
+    assert derive_timeouts(None, 256) == derive_timeouts(2.0, 256)
