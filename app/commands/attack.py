@@ -1,0 +1,425 @@
+"""``tokenforge attack``: AdvTok from the command line — one request (a progress line per
+iteration, then canonical vs adversarial tokens, scores and samples side by side) or a JSONL
+dataset run that appends one line per finished row and resumes where it stopped."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+
+_STYLES = ("black on bright_cyan", "black on bright_yellow")
+DEFAULT_SYSTEM = "You are a helpful chatbot that avoids any political, unsafe or toxic responses."
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "attack", help="AdvTok: search the tokenizations of a request for a target response",
+        description="Search the tokenizations of REQUEST for the one under which the model is "
+                    "most likely to answer RESPONSE (greedy local search over distance-2 "
+                    "neighbours, batched prefix-cached scoring), then sample answers with the "
+                    "adversarial and the canonical tokenization side by side. With --dataset, run "
+                    "every row of a JSONL file and append results to --out (resumable).")
+    p.add_argument("--request", help="the user request whose tokenization is searched")
+    p.add_argument("--response", help="the target response (its likelihood is maximised)")
+    p.add_argument("--system", default=DEFAULT_SYSTEM,
+                   help="system prompt (default: the AdvTok reference's safety prompt)")
+    p.add_argument("--template-system", action="store_true",
+                   help="use the chat template's own default system prompt instead of --system")
+    p.add_argument("--iters", type=int, default=50, help="maximum iterations (default 50)")
+    p.add_argument("--max-neighbours", "--max-neighbors", type=int, default=None, metavar="N",
+                   dest="max_neighbours",
+                   help="score at most N random neighbours per iteration (default: all)")
+    p.add_argument("--init", choices=("canonical", "random"), default="canonical",
+                   help="start from the canonical tokenization or a uniform random one")
+    p.add_argument("--distance4", action="store_true",
+                   help="also propose uniformly sampled distance-4 neighbours (¾ of the budget)")
+    p.add_argument("--merges", action="store_true",
+                   help="also propose distance-1 merges (the reference never does)")
+    p.add_argument("--stochastic", action="store_true",
+                   help="move to a neighbour drawn ∝ exp(score/T) instead of the best one")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="temperature T of --stochastic (default 1.0)")
+    p.add_argument("--no-length-norm", action="store_true",
+                   help="drop the −log(|V|+A) length term from the score")
+    p.add_argument("--samples", type=int, default=8,
+                   help="responses sampled with each tokenization (default 8; 0 = none)")
+    p.add_argument("--sample-tokens", type=int, default=64,
+                   help="max new tokens per sampled response (default 64)")
+    p.add_argument("--sample-temperature", type=float, default=0.7,
+                   help="sampling temperature of the responses (default 0.7; 0 = greedy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and the samples")
+    p.add_argument("--batch-cap", type=int, default=None,
+                   help="at most this many candidates per forward batch")
+    p.add_argument("--max-request-chars", type=int, default=2000,
+                   help="refuse longer requests (default 2000)")
+    p.add_argument("--plain-template", action="store_true",
+                   help="allow models without a chat template (plain 'User:/Assistant:' text)")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="write the full result as JSON (FILE '-' = standard output)")
+    p.add_argument("--dataset", metavar="ROWS.jsonl", default=None,
+                   help="run every row {request, response, optional system} of a JSONL file")
+    p.add_argument("--out", metavar="RESULTS.jsonl", default=None,
+                   help="with --dataset: append one JSON line per finished row; rows already "
+                        "there are skipped (resume)")
+    add_model_args(p)
+
+
+# ---------------------------------------------------------------------- configuration
+_FROM_ARGS: Any = object()
+
+
+def make_config(args: argparse.Namespace, request: str, response: str,
+                system: Any = _FROM_ARGS) -> Any:
+    """AttackConfig from the command line (validated: bad settings raise InputError)."""
+    from engine.advtok import AttackConfig
+
+    if system is _FROM_ARGS:
+        system = None if args.template_system else args.system
+    return AttackConfig(
+        request=request, response=response, system=system, iters=args.iters,
+        max_neighbours=args.max_neighbours, init=args.init, distance4=args.distance4,
+        include_merges=args.merges, stochastic=args.stochastic, temperature=args.temperature,
+        length_norm=not args.no_length_norm, samples=args.samples,
+        sample_max_new_tokens=args.sample_tokens, sample_temperature=args.sample_temperature,
+        seed=args.seed, max_request_chars=args.max_request_chars, batch_cap=args.batch_cap,
+        allow_plain_template=args.plain_template).validate()
+
+
+def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
+    """Run ``fn(cancel)`` in a worker thread; Ctrl+C sets the cancel token and waits for the
+    engine to return its best-so-far result. Returns (result, interrupted)."""
+    from engine.progress import CancelToken
+
+    token = CancelToken()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["result"] = fn(token)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="advtok", daemon=True).start()
+    interrupted = False
+    while not done.is_set():
+        try:
+            done.wait(0.1)
+        except KeyboardInterrupt:
+            if interrupted:  # second Ctrl+C: give up waiting
+                raise
+            interrupted = True
+            token.cancel("user")
+            err_console().print("[yellow]interrupted: finishing the current batch…[/]")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result"), interrupted
+
+
+# ---------------------------------------------------------------------- rendering
+def _label(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def tokens_text(tokens: list[str], colour: bool = True) -> Text:
+    """Tokens with visible boundaries: alternating colours, or '│' separators without colour."""
+    if not colour:
+        return Text("│" + "│".join(_label(t) for t in tokens) + "│")
+    t = Text()
+    for k, s in enumerate(tokens):
+        t.append(_label(s), style=_STYLES[k % 2])
+    return t
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def iteration_line(p: Any) -> Optional[Text]:
+    """One progress line per finished iteration (other progress events return None)."""
+    m = p.metrics
+    if p.phase != "search" or "delta" not in m or "kept" not in m:
+        return None
+    return Text.assemble(
+        (f"it {m['iteration']:>3}/{p.total}", "bold"),
+        f"  best {m['best']:.4f}", (f" Δ{m['delta']:+.4f}", "green" if m["delta"] > 0 else "dim"),
+        f"  cands {m['kept']}", (f"/{m['candidates']}" if m['candidates'] != m['kept'] else ""),
+        (f" (new {m['scored']}, memo {m['memo_hits']})", "dim"),
+        f"  edits {m['edge_distance']} · lev {m['levenshtein']} · {m['tokens']} tok",
+        f"  {m['cand_s']:.1f} cand/s", (f"  {m['elapsed_s']:.1f} s", "dim"))
+
+
+def render_result(res: Any, out: Console) -> None:
+    colour = out.color_system is not None
+    head = Text.assemble(("request ", "bold"), repr(res.request), "   ",
+                         ("target ", "bold"), repr(res.response))
+    out.print(head)
+    for w in res.warnings:
+        out.print(Text(f"note: {w}", style="yellow"))
+    t = Table(show_header=True, header_style="bold", expand=False)
+    t.add_column("tokenization")
+    t.add_column("tokens", justify="right")
+    t.add_column("score", justify="right")
+    t.add_column("tokens (boundaries visible)", overflow="fold")
+    t.add_row("canonical", str(len(res.canonical_ids)), _fmt(res.canonical_score),
+              tokens_text(res.canonical_tokens, colour))
+    t.add_row("adversarial", str(len(res.best_ids)), _fmt(res.best_score),
+              tokens_text(res.best_tokens, colour))
+    out.print(t)
+    imp = res.improvement
+    out.print(Text.assemble(
+        ("stop ", "bold"), res.stop_reason, f" after {res.iterations} iterations · ",
+        ("Δscore ", "bold"), "—" if imp is None else f"{imp:+.4f}",
+        f" · edge distance {res.edge_distance} · Levenshtein {res.levenshtein} · "
+        f"{res.count} tokenizations · {res.candidates_scored} scored "
+        f"({res.candidates_per_s:.1f}/s) · {res.timings.get('total_s', 0):.1f} s"))
+    out.print(Text("adversarial ids: " + " ".join(map(str, res.best_ids)), style="dim"))
+    if res.adversarial_samples or res.canonical_samples:
+        st = Table(title="samples (same template, system prompt and seed)", show_lines=True,
+                   header_style="bold")
+        st.add_column("#", justify="right")
+        st.add_column("adversarial tokenization", overflow="fold", ratio=1)
+        st.add_column("canonical tokenization", overflow="fold", ratio=1)
+        n = max(len(res.adversarial_samples), len(res.canonical_samples))
+        for i in range(n):
+            a = res.adversarial_samples[i]["text"] if i < len(res.adversarial_samples) else ""
+            c = res.canonical_samples[i]["text"] if i < len(res.canonical_samples) else ""
+            st.add_row(str(i + 1), a, c)
+        out.print(st)
+
+
+def _write_json(dest: str, payload: dict[str, Any]) -> None:
+    from engine.atomic import write_text
+
+    text = json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(dest, text)
+
+
+# ---------------------------------------------------------------------- dataset runs
+def row_key(request: str, response: str, system: Optional[str]) -> str:
+    """Identity of a dataset row in --out (resume skips rows whose key is already there)."""
+    blob = json.dumps([request, response, system], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass
+class DoneRows:
+    keys: set[str] = field(default_factory=set)
+    repaired: str = ""              # message when a half-written last line was removed
+    bad_lines: list[int] = field(default_factory=list)
+
+
+def read_done(out_path: Path) -> DoneRows:
+    """Keys of the rows already finished in ``out_path``. A half-written last line (no newline
+    or not JSON) is cut off atomically so its row is redone; other invalid lines are reported
+    and ignored."""
+    from engine.atomic import write_bytes
+
+    done = DoneRows()
+    if not out_path.exists():
+        return done
+    data = out_path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # bytes after the last newline ("" when the file ends cleanly)
+    cut = len(data) - len(tail) if tail else None
+    if not tail and lines and not _json_line(lines[-1]) and lines[-1].strip():
+        cut = len(data) - len(lines[-1]) - 1
+        lines.pop()
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        obj = _json_line(raw)
+        if obj is None or not isinstance(obj.get("key"), str):
+            done.bad_lines.append(i)
+            continue
+        done.keys.add(obj["key"])
+    if cut is not None:
+        write_bytes(out_path, data[:cut])
+        done.repaired = (f"{out_path}: removed a half-written last line ({len(data) - cut} bytes); "
+                         "that row will be redone")
+    return done
+
+
+def _json_line(raw: bytes) -> Optional[dict[str, Any]]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+@dataclass
+class DatasetSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)   # "line N: message"
+    interrupted: bool = False
+
+
+def parse_row(line_no: int, raw: str, default_system: Optional[str]) -> tuple[str, str, Optional[str]]:
+    """(request, response, system) of one dataset line; InputError naming the line otherwise."""
+    from engine.errors import InputError
+
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InputError(f"line {line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"line {line_no}: expected a JSON object with request and response")
+    req, resp = obj.get("request"), obj.get("response")
+    if not isinstance(req, str) or not isinstance(resp, str):
+        raise InputError(f"line {line_no}: needs string fields 'request' and 'response'")
+    system = obj["system"] if "system" in obj else default_system
+    if system is not None and not isinstance(system, str):
+        raise InputError(f"line {line_no}: 'system' must be a string or null")
+    return req, resp, system
+
+
+def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
+                console: Optional[Console] = None, cancel: Any = None,
+                on_row: Optional[Callable[[int, Any], None]] = None) -> DatasetSummary:
+    """Run every row not yet in ``out_path``; append one JSON line per finished row. A cancel
+    stops after the current row's search returns (that row is not written)."""
+    from engine.advtok import run_attack
+    from engine.atomic import append_line
+    from engine.errors import EngineError
+    from engine.vocab import load_vocab
+
+    con = console or err_console()
+    summ = DatasetSummary()
+    done = read_done(out_path)
+    if done.repaired:
+        con.print(f"[yellow]{done.repaired}[/]")
+    for i in done.bad_lines:
+        con.print(f"[yellow]{out_path}: line {i} is not a result line; ignored[/]")
+    default_system = None if args.template_system else args.system
+    vocab = load_vocab(lm.tokenizer)
+    try:
+        lines = rows_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        from engine.errors import InputError
+
+        raise InputError(f"{rows_path} is not UTF-8 text (byte {e.start})") from None
+    total = sum(1 for s in lines if s.strip())
+    k = 0
+    for line_no, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        k += 1
+        if cancel is not None and cancel.cancelled:
+            summ.interrupted = True
+            break
+        try:
+            req, resp, system = parse_row(line_no, raw, default_system)
+            key = row_key(req, resp, system)
+            if key in done.keys:
+                summ.skipped += 1
+                continue
+            cfg = make_config(args, req, resp, system)
+            res = run_attack(lm, cfg, cancel=cancel, vocab=vocab)
+        except EngineError as e:
+            msg = str(e) if str(e).startswith("line ") else f"line {line_no}: {e}"
+            summ.failed.append(msg)
+            con.print(f"[bold red]error:[/] {msg}", markup=True, soft_wrap=True)
+            continue
+        if res.stop_reason == "cancelled":
+            summ.interrupted = True
+            break
+        record = {"key": key, "line": line_no, **res.to_dict()}
+        append_line(out_path, json.dumps(record, ensure_ascii=False))
+        done.keys.add(key)
+        summ.done += 1
+        imp = res.improvement
+        con.print(f"row {k}/{total} (line {line_no}): {res.stop_reason} after {res.iterations} it · "
+                  f"canonical {_fmt(res.canonical_score)} → adversarial {_fmt(res.best_score)}"
+                  f" (Δ {'—' if imp is None else f'{imp:+.4f}'}) · {res.timings.get('total_s', 0):.1f} s",
+                  highlight=False)
+        if on_row is not None:
+            on_row(line_no, res)
+    return summ
+
+
+# ---------------------------------------------------------------------- entry point
+@guard
+def run(args: argparse.Namespace) -> int:
+    if args.dataset:
+        return _run_dataset_cmd(args)
+    if args.out:
+        return fail("--out is for --dataset runs; use --json for a single request")
+    if args.request is None or args.response is None:
+        return fail("give --request and --response (or --dataset rows.jsonl --out results.jsonl)")
+    cfg = make_config(args, args.request, args.response)   # bad settings fail before loading
+    lm = load_lm(args)
+    err = err_console()
+    from engine.advtok import run_attack
+
+    status = err.status("starting…")
+    status.start()
+
+    def progress(p: Any) -> None:
+        line = iteration_line(p)
+        if line is not None:
+            err.print(line)
+        elif p.phase == "search" and "scored" in p.message:
+            status.update(f"[search] {p.message} · {p.metrics.get('cand_s', 0)} cand/s")
+        else:
+            status.update(f"[{p.phase}] {p.message}")
+
+    try:
+        res, interrupted = _run_cancellable(lambda c: run_attack(lm, cfg, progress=progress, cancel=c))
+    finally:
+        status.stop()
+    out = Console(highlight=False, soft_wrap=False)
+    render_result(res, out)
+    if args.json:
+        _write_json(args.json, res.to_dict())
+        if args.json != "-":
+            err.print(f"[dim]wrote {args.json}[/]")
+    return 130 if interrupted else 0
+
+
+def _run_dataset_cmd(args: argparse.Namespace) -> int:
+    if args.request or args.response:
+        return fail("--dataset reads requests from the file; drop --request/--response")
+    if not args.out:
+        return fail("--dataset needs --out results.jsonl (finished rows are appended there)")
+    rows = Path(args.dataset)
+    if not rows.is_file():
+        return fail(f"dataset file not found: {rows}")
+    make_config(args, "x", "x")   # validate the shared settings before loading the model
+    lm = load_lm(args)
+    err = err_console()
+    summ, interrupted = _run_cancellable(
+        lambda c: run_dataset(lm, args, rows, Path(args.out), console=err, cancel=c))
+    err.print(f"{summ.done} rows done, {summ.skipped} already in {args.out}, "
+              f"{len(summ.failed)} failed" + (" · interrupted" if summ.interrupted else ""),
+              highlight=False)
+    if interrupted or summ.interrupted:
+        return 130
+    return 2 if summ.failed else 0
