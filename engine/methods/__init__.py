@@ -21,6 +21,8 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "kv-fp8": ("kv_fp8", "KVFp8", {}),
     "evict-sinks": ("kv_evict_sinks", "SinksRecent", {}),
     "evict-cake": ("kv_evict_cake", "CakeEviction", {}),
+    "prune-nth": ("prompt_prune", "PruneEveryNth", {}),
+    "prune-selfinfo": ("prompt_prune", "PruneSelfInfo", {}),
 }
 
 
