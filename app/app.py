@@ -240,7 +240,10 @@ class TokenforgeApp(App):
 
     def on_job_progressed(self, m: JobProgressed) -> None:
         if m.job_id in self._bg_jobs:
+            job = self.runner.jobs.get(m.job_id)
             for pp in self._bg_widgets(m.job_id):
+                if pp.job_id != m.job_id or pp.state != "running":  # a screen opened mid-job
+                    pp.begin(m.kind, m.job_id, started=job.started if job else None)
                 pp.show(m.progress, m.job_id)
 
     def on_job_finished(self, m: JobFinished) -> None:

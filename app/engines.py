@@ -54,6 +54,12 @@ class Engine:
             report(progress, "load", 1, 1, f"using {self.injected.name}")
             lm = self.injected
         else:
+            # the first load imports torch and transformers (seconds on a busy CPU): say so
+            report(progress, "load", 0, None, "importing torch and transformers…")
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
+            check(cancel)
             from engine.model import load_model
 
             lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -103,3 +109,16 @@ class Engine:
                   cancel: Optional[CancelToken] = None) -> Any:
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
                             sampling=sampling.to_config())
+
+    # -- AdvTok (attack screen) -----------------------------------------------------------------
+    def attack(self, lm: Any, fields: dict[str, Any], vocab: Any = None, *,
+               progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
+        """One AdvTok run from the attack screen's validated fields (``AttackConfig`` field
+        names; ``system`` None = the reference's default system prompt). The engine validates
+        the config again; ``vocab`` is the app's background-loaded vocabulary when ready."""
+        from engine.advtok import DEFAULT_SYSTEM, AttackConfig, run_attack
+
+        f = dict(fields)
+        if f.get("system") is None:
+            f["system"] = DEFAULT_SYSTEM
+        return run_attack(lm, AttackConfig(**f), progress=progress, cancel=cancel, vocab=vocab)

@@ -126,7 +126,7 @@ class ChatScreen(ToolScreen):
 
     # -- state → controls ---------------------------------------------------------------------
     def model_changed(self) -> None:
-        if not self.is_mounted:
+        if not self.children:
             return
         app: Any = self.app
         if app.lm is not None and self.session_lm is not None and app.lm is not self.session_lm:
@@ -163,7 +163,7 @@ class ChatScreen(ToolScreen):
         return None
 
     def _refresh_controls(self) -> None:
-        if not self.is_mounted:
+        if not self.children:
             return
         app: Any = self.app
         err = self.input_error()

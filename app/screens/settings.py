@@ -64,7 +64,7 @@ class SettingsScreen(ToolScreen):
         def field(label: str, fid: str, value: str, placeholder: str = "") -> ComposeResult:
             with Horizontal(classes="form-row"):
                 yield Label(label, classes="field-label")
-                yield Input(value=value, id=fid, placeholder=placeholder,
+                yield Input(value=value, id=fid, placeholder=placeholder, compact=True,
                             validators=[FieldCheck(checks[fid])])
 
         with VerticalScroll(id="settings-form"):
@@ -74,12 +74,13 @@ class SettingsScreen(ToolScreen):
             with Horizontal(classes="form-row"):
                 yield Label("dtype", classes="field-label")
                 yield Select([(d, d) for d in DTYPES], value=s.dtype if s.dtype in DTYPES else "auto",
-                             allow_blank=False, id="set-dtype")
+                             allow_blank=False, id="set-dtype", compact=True)
             with Horizontal(classes="form-row"):
                 yield Label("engine path", classes="field-label")
                 yield Select([("fast (lean forward, exact)", "fast"),
                               ("standard (HF forward)", "standard")],
-                             value=s.engine_path, allow_blank=False, id="set-engine-path")
+                             value=s.engine_path, allow_blank=False, id="set-engine-path",
+                             compact=True)
             yield Static("[b]Sampling[/]", classes="section")
             yield from field("max new tokens", "set-max-new", str(sm.max_new_tokens))
             yield from field("temperature", "set-temperature", f"{sm.temperature:g}", "0 = greedy")
@@ -172,7 +173,7 @@ class SettingsScreen(ToolScreen):
             self.settings_changed()
 
     def settings_changed(self) -> None:
-        if not self.is_mounted:
+        if not self.children:
             return
         app: Any = self.app
         s = app.settings
@@ -191,7 +192,7 @@ class SettingsScreen(ToolScreen):
         self.query_one("#timeouts-note", Static).update(f"[dim]{note}[/]")
 
     def model_changed(self) -> None:
-        if not self.is_mounted:
+        if not self.children:
             return
         app: Any = self.app
         st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",

@@ -96,9 +96,10 @@ class PhaseProgress(Widget):
         self._render_all()
 
     # -- feeding ------------------------------------------------------------------------------
-    def begin(self, kind: str, job_id: Optional[int] = None, message: str = "") -> None:
-        """A job started: clear the previous one's figures."""
-        now = time.monotonic()
+    def begin(self, kind: str, job_id: Optional[int] = None, message: str = "",
+              started: Optional[float] = None) -> None:
+        """A job started (at ``started``, monotonic; default now): clear the previous figures."""
+        now = started if started is not None else time.monotonic()
         self.state, self.kind, self.job_id = "running", kind, job_id
         self.started = self.phase_started = now
         self.finished_at = None
@@ -230,7 +231,7 @@ class PhaseProgress(Widget):
             self._render_all()
 
     def _render_all(self) -> None:
-        if not self.is_mounted:
+        if not self.children:  # not composed yet (is_mounted is False inside on_mount)
             return
         p = self.progress
         self.query_one("#pp-title", Static).update(self.title_text())
