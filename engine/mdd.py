@@ -131,6 +131,10 @@ class MDD:
         """E(X): the (end offset, token id) pairs of a tokenization."""
         return {(j, t) for _, j, t in self.spans(ids)}
 
+    def distance(self, x: list[int], v: list[int]) -> int:
+        """d(X, V) = |E(V) \\ E(X)|: V's (end offset, token) edges that X lacks (asymmetric)."""
+        return len(self.edge_set(v) - self.edge_set(x))
+
     def contains(self, ids: list[int]) -> bool:
         """True when ids spell exactly the text with ordinary tokens."""
         try:

@@ -131,6 +131,7 @@ def test_properties_against_brute_force(vocab, tokenizer, text, seed):
         assert by_k[0] == 1
         brute2 = {v for v in bf if distance(vocab, xx, v) == 2}
         got2 = m.neighbours(xx, 2)
+        assert all(m.distance(xx, v) == 2 for v in got2)
         assert len(got2) == len(set(map(tuple, got2))) and set(map(tuple, got2)) == brute2
         assert {tuple(v) for v in m.within(xx, 2)} == {v for v in bf if 1 <= distance(vocab, xx, v) <= 2}
         for v in m.sample_at(xx, 2, rng, 5):
