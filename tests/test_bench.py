@@ -91,6 +91,9 @@ def test_teacher_forcing_matches_generation(tiny_lm):
     assert lp.shape == (len(out.token_ids), tiny_lm.model.config.vocab_size)
     assert lp.argmax(-1).tolist() == out.token_ids  # greedy continuation = argmax of its own TF
     assert torch.allclose(lp.exp().sum(-1), torch.ones(len(out.token_ids)), atol=1e-4)
+    assert m.tf_chunked
+    m.tf_chunked = False  # step-by-step feeding (what cache-changing methods use) agrees
+    assert torch.allclose(m.teacher_forced_logprobs(tiny_lm, q, out.token_ids), lp, atol=1e-4)
 
 
 def test_resume_skips_present_and_survives_partial_line(grid, tiny_lm):

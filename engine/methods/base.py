@@ -89,6 +89,7 @@ class Method:
     model_changing: bool = False
     speed_note: str = ""
     forward_path: str = "standard"  # "standard" forces the HF forward; "auto" uses get_forward(lm)
+    tf_chunked: bool = False  # True only where feeding the targets in one chunk is exact (plain cache)
 
     def __init__(self, **params: Any) -> None:
         self.params: dict = dict(params)
@@ -233,13 +234,20 @@ class Method:
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
         """(T, V) fp32 log-probs of each target position given this method's prompt and the
         previous target tokens. Targets are fed one token at a time, exactly as in generation,
-        so methods whose cache changes per step (quantized, evicting) are scored as they run."""
+        so methods whose cache changes per step (quantized, evicting) are scored as they run;
+        methods over a plain exact cache set ``tf_chunked`` and feed them in one forward."""
         if not target_ids:
             return torch.empty(0, lm.model.config.vocab_size)
         prompt = self.render_prompt(lm, q)
         st = self.new_state(lm, q, prompt)
         rows = [self.feed(lm, st, st.pending, keep=1)[-1]]
         st.pending = []
+        if self.tf_chunked:
+            if len(target_ids) > 1:
+                check(cancel)
+                rest = self.feed(lm, st, [int(t) for t in target_ids[:-1]], keep=0)
+                rows.extend(rest.unbind(0))
+            return torch.log_softmax(torch.stack(rows).float(), dim=-1)
         for tok in target_ids[:-1]:
             check(cancel)
             rows.append(self.feed(lm, st, [int(tok)], keep=1)[-1])

@@ -8,3 +8,4 @@ from .base import Method
 class Baseline(Method):
     name = "baseline"
     label = "Baseline (DynamicCache, full prompt)"
+    tf_chunked = True  # a plain cache: one chunked forward equals step-by-step feeding

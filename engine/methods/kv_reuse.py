@@ -20,6 +20,7 @@ from .base import GenState, Method, Query
 class KVReuse(Method):
     name = "kv-reuse"
     label = "Prefix/conversation KV reuse (exact)"
+    tf_chunked = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
