@@ -23,6 +23,8 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "evict-cake": ("kv_evict_cake", "CakeEviction", {}),
     "prune-nth": ("prompt_prune", "PruneEveryNth", {}),
     "prune-selfinfo": ("prompt_prune", "PruneSelfInfo", {}),
+    "sparsity-magnitude": ("act_sparsity", "MagnitudeSparsity", {}),
+    "sparsity-rotated": ("act_sparsity", "RotatedSparsity", {}),
 }
 
 
