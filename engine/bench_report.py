@@ -281,7 +281,7 @@ def table_rows(rep: Report, *, labels: bool = True) -> list[list[str]]:
         kl = row.quality.get("kl_mean", Stat())
         cells.append(fmt_num(kl.median) if kl.median is not None else "—")
         cells.append("—" if row.diverged is None else
-                     f"{row.diverged:.0%}" + (f" (at {fmt_num(row.quality['first_divergence'].median)})"
+                     f"{row.diverged:.0%}" + (f" (at {row.quality['first_divergence'].median:.0f})"
                                               if row.quality.get("first_divergence", Stat()).median is not None else ""))
         cells.append(fmt_num(row.quality.get("ref_nll", Stat()).median))
         cells.append("—" if row.contains is None else f"{row.contains:.0%}")
