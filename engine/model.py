@@ -15,7 +15,7 @@ from typing import Any, Optional
 from .atomic import atomic_dir
 from .errors import ModelLoadError, ModelNotFound
 from .paths import cache_dir
-from .progress import CancelToken, ProgressFn, check, report
+from .progress import Cancelled, CancelToken, ProgressFn, Ticker, check, report
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,31 @@ def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[C
         return target
     report(progress, "load", 1, 4, f"de-quantizing {gguf.name} (once; ~15 s)")
     check(cancel)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def tensors_with_progress(items: Any, desc: str = "", **_: Any) -> Any:
+        """Stands in for the converter's tqdm: per-tensor `load` progress, cancel, no printing."""
+        items = list(items)
+        tick = Ticker(0.1)
+        for i, item in enumerate(items):
+            if tick.due():
+                check(cancel)
+                report(progress, "load", 1, 4, f"de-quantizing {gguf.name}: tensor {i}/{len(items)}",
+                       tensors=i, tensors_total=len(items))
+            yield item
+
+    saved_tqdm = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = tensors_with_progress
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype="float32")
+    except Cancelled:
+        raise
     except Exception as e:  # corrupt or unsupported GGUF
         raise ModelLoadError(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    finally:
+        gguf_utils.tqdm = saved_tqdm
     check(cancel)
     report(progress, "load", 2, 4, f"saving safetensors to {target}")
     # save_pretrained refuses a GGUF-loaded model until the quantizer traces are removed.
