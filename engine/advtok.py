@@ -247,7 +247,12 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
     try:
         check(cancel)
         t = time.perf_counter()
-        vb = vocab if vocab is not None else load_vocab(tok, progress=progress, cancel=cancel)
+        if vocab is not None:
+            vb = vocab
+            report(progress, "vocab", len(vb), len(vb), "vocabulary already loaded",
+                   hash=vb.hash, cache="given")
+        else:
+            vb = load_vocab(tok, progress=progress, cancel=cancel)
         timings["vocab_s"] = time.perf_counter() - t
         t = time.perf_counter()
         mdd = MDD(vb, text, progress=progress, cancel=cancel)
