@@ -1,35 +1,369 @@
-"""AdvTok attack screen: runs engine.advtok through the runner (job kind "advtok").
+"""AdvTok attack screen: search the tokenizations of a request for the one that makes a target
+response most likely, through the runner (job kind "advtok", timeout from settings).
 
-The owning engineer fills the form and result widgets in compose_body (keep the
-EngineStatus panel: it tells the user when the engine or the model is not ready) and starts runs
-with self.start_job("advtok", fn, ...) — see app/runner.py for the API and messages.
+The form is validated as it is typed (app/validate.py): a bad field shows one inline message and
+keeps Run disabled, so nothing unvalidated reaches the engine (which validates again). While the
+search runs, the embedded PhaseProgress shows vocab → mdd → search (best score + sparkline) →
+generate. The result shows the canonical and the adversarial tokenization with token boundaries
+drawn (alternating colours, ids underneath, changed spans underlined), both scores, the edit
+distance, and the normal vs adversarial samples side by side. Esc stops the run (the engine
+returns the best tokenization found so far); ctrl+e exports the result as JSON (atomic write,
+path shown).
 """
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
 
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Collapsible, Input, Label, Select, Static
+
+from engine.errors import InputError
+
+from app.engines import module_available
+from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted
 from app.screens.base import ToolScreen
+from app.validate import (FieldCheck, first_error, optional_text, parse_choice, parse_int,
+                          require_text)
 from app.widgets.engine_status import EngineStatus
+from app.widgets.token_strip import TokenStrip
 
 ENGINE_MODULES = ("engine.advtok",)
 JOB_KIND = "advtok"
 WHAT = "AdvTok — adversarial tokenization of a request (canonical vs adversarial tokens, scores, samples side by side)"
 
+REQUEST_CHARS = 2000        # engine.advtok.AttackConfig.max_request_chars default
+TEXT_CHARS = 20_000
+INITS = ("canonical", "random")
+MAX_ITERS = 10_000
+MAX_SAMPLES = 64
+
+
+def parse_neighbours(text: str) -> Optional[int]:
+    """Empty or 'all' → None (the full neighbourhood), else a whole number ≥ 1."""
+    t = (text or "").strip().lower()
+    if t in ("", "all", "none"):
+        return None
+    return parse_int(text, "max neighbours", 1, 1_000_000)
+
+
+def score_text(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def result_summary(r: Any) -> str:
+    """Rich markup: stop reason, scores, distances, counts and timings of an AttackResult."""
+    imp = r.improvement
+    delta = "" if imp is None else f" ([{'green' if imp > 0 else 'dim'}]Δ {imp:+.3f}[/])"
+    lines = [
+        f"[b]stop[/] {escape(r.stop_reason)} after {r.iterations} iteration(s) · "
+        f"{r.candidates_scored:,} candidates scored ({r.candidates_per_s:.1f}/s) · "
+        f"{r.memo_hits:,} memo hits · {r.timings.get('total_s', 0.0):.1f} s",
+        f"[b]score[/] (length-normalised log p of the response): canonical "
+        f"{score_text(r.canonical_score)} → adversarial [b]{score_text(r.best_score)}[/]{delta}",
+        f"[b]edit distance[/] {r.levenshtein} token edit(s) (Levenshtein) · {r.edge_distance} "
+        f"boundary edge(s) not in the canonical · {len(r.canonical_ids)} → {len(r.best_ids)} tokens"
+        f" · {escape(str(r.count))} tokenizations of the request",
+    ]
+    if r.warnings:
+        lines.append("[yellow]" + escape(" · ".join(r.warnings)) + "[/]")
+    return "\n".join(lines)
+
+
+def samples_text(samples: list[dict[str, Any]], empty: str) -> Text:
+    """Numbered samples with their stop reason and length (plain text, no markup)."""
+    if not samples:
+        return Text(empty, style="dim")
+    out = Text()
+    for i, s in enumerate(samples, 1):
+        if i > 1:
+            out.append("\n\n")
+        out.append(f"{i}. ", style="bold")
+        out.append(s.get("text", "").strip() or "(empty)")
+        out.append(f"  [{s.get('new_tokens', '?')} tok, {s.get('stop_reason', '?')}]", style="dim")
+    return out
+
 
 class AttackScreen(ToolScreen):
-    """AdvTok attack screen (shows the engine status until its engine lands)."""
+    """AdvTok: form, live progress, canonical vs adversarial tokenization, samples, export."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
+        Binding("ctrl+r", "run", "Run", id="attack.run", tooltip="Run the attack"),
+        Binding("ctrl+e", "export", "Export JSON", id="attack.export", priority=True,
+                tooltip="Export the last result as JSON"),
+    ]
 
     def __init__(self) -> None:
         super().__init__(id="attack-screen")
+        self.result: Any = None
+        self.result_state = ""      # finished / cancelled
+        self.last_export: Optional[Path] = None
+        self.engine_error = ""
 
+    # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="attack-main", classes="tool-main"):
-            yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="attack-status")
+        def row(label: str, widget: Any) -> ComposeResult:
+            with Horizontal(classes="form-row"):
+                yield Label(label, classes="field-label")
+                yield widget
 
+        p = self.parsers()
+        with VerticalScroll(id="attack-main", classes="tool-main"):
+            yield from row("Request", Input(
+                id="atk-request", placeholder="the user request to re-tokenize, e.g. Write a poem about the sea",
+                validators=[FieldCheck(p["atk-request"])]))
+            yield from row("Target response", Input(
+                id="atk-response", placeholder="the response to make likely, e.g. Sure, here is",
+                validators=[FieldCheck(p["atk-response"])]))
+            yield from row("System prompt", Input(
+                id="atk-system", placeholder="empty: the AdvTok reference default system prompt",
+                validators=[FieldCheck(p["atk-system"])]))
+            with Horizontal(id="atk-numbers", classes="form-row number-row"):
+                for ident, label, value, ph in (
+                        ("atk-iters", "iterations", "20", "1–10000"),
+                        ("atk-neighbours", "max neighbours", "", "all"),
+                        ("atk-samples", "samples", "4", "0–64"),
+                        ("atk-sample-tokens", "sample tokens", "48", "new tokens"),
+                        ("atk-seed", "seed", "0", "0…"),
+                ):
+                    with Vertical(classes="number-field"):
+                        yield Label(label, classes="number-label")
+                        yield Input(value=value, id=ident, placeholder=ph,
+                                    validators=[FieldCheck(p[ident])])
+                with Vertical(classes="number-field"):
+                    yield Label("init", classes="number-label")
+                    yield Select([(c, c) for c in INITS], value="canonical", allow_blank=False,
+                                 id="atk-init")
+            yield Static("", id="atk-error", classes="inline-error")
+            with Horizontal(classes="button-row"):
+                yield Button("Run attack", id="atk-run", variant="primary", disabled=True)
+                yield Button("Stop", id="atk-stop", variant="error", disabled=True)
+                yield Button("Export JSON", id="atk-export", disabled=True)
+            yield Static("", id="atk-status", classes="status-line")
+            with Vertical(id="atk-result"):
+                yield Static("[dim]no result yet — fill in the request and the target response, "
+                             "then Run (ctrl+r)[/]", id="atk-summary")
+                yield Static("canonical tokenization", id="atk-canon-title", classes="strip-title")
+                yield TokenStrip(id="atk-canon")
+                yield Static("adversarial tokenization [dim](underlined: spans not in the "
+                             "canonical)[/]", id="atk-adv-title", classes="strip-title")
+                yield TokenStrip(id="atk-adv")
+                with Horizontal(id="atk-sample-cols"):
+                    with Vertical(classes="sample-col"):
+                        yield Static("[b]normal samples[/] (canonical tokens)", classes="strip-title")
+                        yield Static("", id="atk-samples-can", classes="sample-body")
+                    with Vertical(classes="sample-col"):
+                        yield Static("[b]adversarial samples[/] (best tokens)",
+                                     classes="strip-title")
+                        yield Static("", id="atk-samples-adv", classes="sample-body")
+            with Collapsible(title="engine status", collapsed=True, id="atk-engine"):
+                yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="attack-status")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#atk-request", Input).focus()
+        self._refresh_controls()
+
+    # -- validation ---------------------------------------------------------------------------
+    def _context_length(self) -> int:
+        lm = getattr(self.app, "lm", None)
+        return int(getattr(lm, "context_length", 0) or 8192)
+
+    def parsers(self) -> dict[str, Callable[[str], Any]]:
+        """Input id → parser (raises InputError with one clear sentence)."""
+        return {
+            "atk-request": lambda v: require_text(v, "request", REQUEST_CHARS),
+            "atk-response": lambda v: require_text(v, "target response", TEXT_CHARS),
+            "atk-system": lambda v: optional_text(v, "system prompt", TEXT_CHARS),
+            "atk-iters": lambda v: parse_int(v, "iterations", 1, MAX_ITERS),
+            "atk-neighbours": parse_neighbours,
+            "atk-samples": lambda v: parse_int(v, "samples", 0, MAX_SAMPLES),
+            "atk-sample-tokens": lambda v: parse_int(v, "sample tokens", 1,
+                                                     max(1, self._context_length() - 1)),
+            "atk-seed": lambda v: parse_int(v, "seed", 0, 2**63 - 1),
+        }
+
+    def form(self) -> tuple[dict[str, Any], Optional[str]]:
+        """(AttackConfig fields, first error or None) from the current inputs."""
+        p = self.parsers()
+
+        def val(ident: str) -> Callable[[], Any]:
+            return lambda: p[ident](self.query_one(f"#{ident}", Input).value)
+
+        values, err = first_error({
+            "request": val("atk-request"), "response": val("atk-response"),
+            "system": val("atk-system"), "iters": val("atk-iters"),
+            "max_neighbours": val("atk-neighbours"), "samples": val("atk-samples"),
+            "sample_max_new_tokens": val("atk-sample-tokens"), "seed": val("atk-seed"),
+            "init": lambda: parse_choice(str(self.query_one("#atk-init", Select).value), "init",
+                                         INITS),
+        })
+        return values, err
+
+    def engine_ready(self) -> Optional[str]:
+        """Why a run cannot start now, apart from the form (None: it can)."""
+        app: Any = self.app
+        if not all(module_available(m) for m in ENGINE_MODULES) or not hasattr(app.engine, "attack"):
+            return "the AdvTok engine (engine.advtok) is not available in this checkout"
+        if app.model_state == "loading":
+            return "loading the model… Run opens when it is ready"
+        if app.model_state == "failed" or app.lm is None:
+            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
+        return None
+
+    # -- state → controls ---------------------------------------------------------------------
     def model_changed(self) -> None:
         if self.is_mounted:
             self.query_one(EngineStatus).refresh_status()
+            self._refresh_controls()
 
     def settings_changed(self) -> None:
         self.model_changed()
+
+    def _status_text(self) -> str:
+        app: Any = self.app
+        why = self.engine_ready()
+        if why:
+            return f"[yellow]{escape(why)}[/]"
+        t = app.runner.timeout_for(JOB_KIND)
+        vocab = {"ready": "vocabulary cached", "loading": "vocabulary loading (the run waits)"}.get(
+            app.vocab_state, "vocabulary built on first run")
+        out = (f"[dim]{escape(app.lm.describe())} · {vocab} · timeout "
+               f"{'none' if t is None else f'{t:.0f} s'} · exports → "
+               f"{escape(str(app.settings.export_dir))}[/]")
+        if self.last_export is not None:
+            out += f"\nexported → {escape(str(self.last_export))}"
+        return out
+
+    def _refresh_controls(self) -> None:
+        if not self.is_mounted:
+            return
+        _, err = self.form()
+        blocked = self.engine_ready()
+        self.query_one("#atk-run", Button).disabled = bool(err or blocked) or self.busy
+        self.query_one("#atk-stop", Button).disabled = not self.busy
+        self.query_one("#atk-export", Button).disabled = self.result is None or self.busy
+        self.query_one("#atk-error", Static).update(escape(err or self.engine_error))
+        self.query_one("#atk-status", Static).update(self._status_text())
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.engine_error = ""
+        self._refresh_controls()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._refresh_controls()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_run()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "atk-run":
+            self.action_run()
+        elif event.button.id == "atk-stop":
+            self.action_stop()
+        elif event.button.id == "atk-export":
+            self.action_export()
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_run(self) -> None:
+        app: Any = self.app
+        if self.busy:
+            self.notify("An attack is running: Esc to stop it first", severity="warning")
+            return
+        fields, err = self.form()
+        blocked = self.engine_ready()
+        if err or blocked:
+            self.query_one("#atk-error", Static).update(escape(err or blocked or ""))
+            self._refresh_controls()
+            return
+        self.engine_error = ""
+        self.result, self.result_state = None, ""
+        self._show_result(None)
+        vocab = app.vocab if app.vocab_state == "ready" else None
+        summary = {k: v for k, v in fields.items() if k not in ("request", "response", "system")}
+        summary["request_chars"] = len(fields["request"])
+        self.start_job(JOB_KIND, app.engine.attack, app.lm, fields, vocab, params=summary)
+        self.query_one("#atk-summary", Static).update(
+            "[cyan]running…[/] vocab → mdd → search → generate · Esc stops and keeps the best so far")
+        self._refresh_controls()
+
+    def action_export(self) -> None:
+        from engine.atomic import write_json
+
+        app: Any = self.app
+        if self.busy:
+            self.notify("Wait for the attack to finish (or Esc) before exporting", severity="warning")
+            return
+        if self.result is None:
+            self.notify("Nothing to export yet: run an attack first", severity="warning")
+            return
+        folder = Path(app.settings.export_dir)
+        path = folder / f"attack-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        n = 1
+        while path.exists():
+            n += 1
+            path = folder / f"attack-{time.strftime('%Y%m%d-%H%M%S')}-{n}.json"
+        doc = {"kind": "advtok", "model": getattr(app.lm, "name", None),
+               "state": self.result_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "result": self.result.to_dict()}
+        try:
+            write_json(path, doc)
+        except (OSError, TypeError, ValueError) as e:
+            self.notify(f"export failed: {e}", severity="error")
+            return
+        self.last_export = path
+        self.notify(f"Exported to {path}", title="export", timeout=8)
+        self._refresh_controls()
+
+    # -- job messages -------------------------------------------------------------------------
+    def job_started(self, m: JobStarted) -> None:
+        self._refresh_controls()
+
+    async def job_finished(self, m: JobFinished) -> None:
+        self.result, self.result_state = m.result, "finished"
+        self._show_result(m.result)
+        self._refresh_controls()
+
+    async def job_cancelled(self, m: JobCancelled) -> None:
+        if m.partial is not None:  # the engine returns the best tokenization found so far
+            self.result, self.result_state = m.partial, "cancelled"
+            self._show_result(m.partial, note=f"stopped ({m.reason}) — best found so far")
+        else:
+            self.query_one("#atk-summary", Static).update(
+                f"[yellow]stopped ({escape(m.reason)}) before a tokenization was scored[/]")
+        self._refresh_controls()
+
+    async def job_failed(self, m: JobFailed) -> None:
+        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
+        self.query_one("#atk-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
+        self._refresh_controls()
+
+    def _show_result(self, r: Any, note: str = "") -> None:
+        canon = self.query_one("#atk-canon", TokenStrip)
+        adv = self.query_one("#atk-adv", TokenStrip)
+        if r is None:
+            canon.clear()
+            adv.clear()
+            self.query_one("#atk-samples-can", Static).update("")
+            self.query_one("#atk-samples-adv", Static).update("")
+            return
+        head = f"[yellow]{escape(note)}[/]\n" if note else ""
+        self.query_one("#atk-summary", Static).update(head + result_summary(r))
+        canon.set_tokens(r.canonical_tokens, r.canonical_ids)
+        adv.set_tokens(r.best_tokens, r.best_ids, reference=r.canonical_tokens)
+        self.query_one("#atk-canon-title", Static).update(
+            f"[b]canonical[/] tokenization · {len(r.canonical_ids)} tokens · score "
+            f"{score_text(r.canonical_score)}")
+        self.query_one("#atk-adv-title", Static).update(
+            f"[b]adversarial[/] tokenization · {len(r.best_ids)} tokens · score "
+            f"{score_text(r.best_score)} [dim](underlined: spans not in the canonical)[/]")
+        none = "no samples (samples = 0)" if not r.config.get("samples") else (
+            "not sampled (run stopped)")
+        self.query_one("#atk-samples-can", Static).update(samples_text(r.canonical_samples, none))
+        self.query_one("#atk-samples-adv", Static).update(samples_text(r.adversarial_samples, none))
