@@ -25,6 +25,7 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "prune-selfinfo": ("prompt_prune", "PruneSelfInfo", {}),
     "sparsity-magnitude": ("act_sparsity", "MagnitudeSparsity", {}),
     "sparsity-rotated": ("act_sparsity", "RotatedSparsity", {}),
+    "phrase-merge": ("phrase_merge", "PhraseMerge", {}),
 }
 
 
