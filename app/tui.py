@@ -41,11 +41,28 @@ def run_tui(args: Any) -> int:
     loop = asyncio.new_event_loop()
     try:
         app.run(loop=loop)
+    except KeyboardInterrupt:  # Ctrl+C before the app took the terminal (cooked mode)
+        interrupted = True
+    else:
+        interrupted = False
     finally:
         rc = app.return_code or 0
         if app.runner.in_flight():  # an engine call ignored its token: do not wait for it
             logging.shutdown()
             sys.stdout.flush()
             os._exit(rc)
+    _drain(loop)
     loop.close()
-    return rc
+    return 130 if interrupted else rc
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel tasks left on the loop (widget timers) so closing it logs no 'Task was destroyed'."""
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+    except Exception:
+        pass
