@@ -74,6 +74,7 @@ class TokenforgeApp(App):
         Binding("ctrl+c", "interrupt", "Stop/Quit", id="interrupt",
                 tooltip="Stop running jobs; when idle quit; twice within 2 s: force quit"),
         Binding("ctrl+q", "quit", "Quit", priority=True, id="quit", tooltip="Quit gracefully"),
+        Binding("f1", "toggle_keys", "Keys", id="help", tooltip="Show or hide the key list"),
         Binding("f2", "show('chat')", "Chat", id="screen.chat", tooltip="Chat screen"),
         Binding("f3", "show('attack')", "Attack", id="screen.attack", tooltip="AdvTok attack screen"),
         Binding("f4", "show('search')", "Search", id="screen.search", tooltip="Tree search screen"),
@@ -164,6 +165,14 @@ class TokenforgeApp(App):
     def action_show(self, name: str) -> None:
         if name in self.MODES and self.current_mode != name:
             self.switch_mode(name)
+
+    def action_toggle_keys(self) -> None:
+        from textual.widgets import HelpPanel
+
+        if self.screen.query(HelpPanel):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

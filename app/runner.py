@@ -241,8 +241,10 @@ class Runner:
         try:
             locked = False
             if needs_model:
-                while not self.model_lock.acquire(timeout=0.05):
-                    job.token.check()  # waiting for the model must stay cancellable
+                if not self.model_lock.acquire(blocking=False):
+                    pump(Progress("load", 0, None, "waiting for the model (another job is using it)"))
+                    while not self.model_lock.acquire(timeout=0.05):
+                        job.token.check()  # waiting for the model must stay cancellable
                 locked = True
             try:
                 job.token.check()

@@ -363,3 +363,37 @@ def test_restore_terminal_fallback_without_driver():
         _driver = None
 
     assert restore_terminal(NoDriver()) is False  # fallback ran, nothing raised
+
+
+async def test_reload_model_from_settings(make_app):
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await send(pilot, app, "first")
+        await until(pilot, lambda: not app.runner.busy and app.engine.sent)
+        first_lm = app.lm
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        scr = app.screen
+        scr.query_one("#set-model", Input).value = "other-model"
+        await pilot.pause(0.02)
+        scr.query_one("#reload", Button).press()
+        await until(pilot, lambda: app.model_state == "ready" and app.lm is not first_lm
+                    and not app.runner.busy)
+        assert app.settings.model == "other-model"
+        await pilot.press("f2")
+        await until(pilot, lambda: app.current_mode == "chat")
+        await send(pilot, app, "second")
+        await until(pilot, lambda: not app.runner.busy and len(app.engine.sent) == 2)
+        assert len(app.engine.sessions) == 2  # a new model gets a new conversation
+
+
+async def test_f1_toggles_the_key_list(make_app):
+    from textual.widgets import HelpPanel
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        await until(pilot, lambda: bool(app.screen.query(HelpPanel)))
+        await pilot.press("f1")
+        await until(pilot, lambda: not app.screen.query(HelpPanel))

@@ -210,6 +210,8 @@ async def test_waiting_for_the_model_lock_is_cancellable():
     j2.cancel("user")
     await wait_done(j2)
     assert j2.state == "cancelled" and j2.result is None
+    waits = [m for m in seen if isinstance(m, JobProgressed) and m.job_id == j2.id]
+    assert waits and "waiting for the model" in waits[0].progress.message
     release.set()
     await wait_done(j1)
 
