@@ -109,10 +109,20 @@ class TokenforgeApp(App):
     # -- lifecycle ----------------------------------------------------------------------------
     def on_mount(self) -> None:
         self.sub_title = "no model"
+        self._apply_keymap()
         if self.install_signals:
             self._install_signal_handlers()
         if self.autoload:
             self.load_model()
+
+    def _apply_keymap(self) -> None:
+        from app.keymap import load_keymap
+
+        keymap, error = load_keymap()
+        if keymap:
+            self.set_keymap(keymap)
+        if error:
+            self.notify(error, severity="warning", timeout=8)
 
     def on_unmount(self) -> None:
         self._remove_signal_handlers()

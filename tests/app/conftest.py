@@ -19,6 +19,11 @@ def _no_animation(monkeypatch):
     monkeypatch.setattr(Input, "cursor_blink", False, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_user_keymap(monkeypatch, tmp_path):
+    monkeypatch.setenv("TOKENFORGE_KEYMAP", str(tmp_path / "no-keymap.json"))
+
+
 @pytest.fixture
 def fake_engine():
     return FakeEngine

@@ -397,3 +397,19 @@ async def test_f1_toggles_the_key_list(make_app):
         await until(pilot, lambda: bool(app.screen.query(HelpPanel)))
         await pilot.press("f1")
         await until(pilot, lambda: not app.screen.query(HelpPanel))
+
+
+async def test_user_keymap_overrides_and_bad_file(make_app, tmp_path, monkeypatch):
+    km = tmp_path / "keymap.json"
+    km.write_text('{"screen.settings": "f9"}')
+    monkeypatch.setenv("TOKENFORGE_KEYMAP", str(km))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f9")
+        await until(pilot, lambda: app.current_mode == "settings")
+    km.write_text('{"screen.settings": 5}')
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("keymap" in n and "ignored" in n for n in notes(app)))
+        await pilot.press("f6")  # the defaults stay
+        await until(pilot, lambda: app.current_mode == "settings")

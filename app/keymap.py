@@ -1,0 +1,42 @@
+"""User key overrides: a JSON object {binding id: keys}, e.g. {"chat.new": "ctrl+b", "quit": "ctrl+x"}.
+
+Read from ``$TOKENFORGE_KEYMAP`` or ``~/.config/tokenforge/keymap.json``. Every Binding in the app
+has an ``id`` (see the BINDINGS of app/app.py and app/screens/*), applied with ``App.set_keymap``.
+A broken file is ignored with one message; the default keys stay.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+_KEYS = re.compile(r"^[a-z0-9_+\-,. ]+$")
+
+
+def keymap_path() -> Path:
+    env = os.environ.get("TOKENFORGE_KEYMAP")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".config" / "tokenforge" / "keymap.json"
+
+
+def load_keymap(path: Optional[Path] = None) -> tuple[dict[str, str], Optional[str]]:
+    """(binding id → keys, None) or ({}, why the file was ignored). No file: ({}, None)."""
+    p = path or keymap_path()
+    if not p.exists():
+        return {}, None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {}, f"keymap {p} ignored: not valid JSON ({e})"
+    if not isinstance(data, dict):
+        return {}, f"keymap {p} ignored: expected an object of binding id → keys"
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not v.strip() \
+                or not _KEYS.match(v.strip().lower()):
+            return {}, f"keymap {p} ignored: bad entry {k!r}: {v!r}"
+        out[k] = v.strip().lower()
+    return out, None
