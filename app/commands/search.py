@@ -1,0 +1,167 @@
+"""`tokenforge search`: MaxEnt tree search toward a reward, headless, next to the greedy answer.
+
+The search runs in a worker thread with a CancelToken: Ctrl+C stops it and the best answer found
+so far is still shown (and saved with --json)."""
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import Any
+
+from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+
+REWARD_HELP = ("words:kitten,moon · regex:PATTERN · answer:LABEL · length:MIN-MAX (words; MIN-MAXc "
+               "chars, MIN-MAXt tokens) · loglik:TARGET TEXT · plugin:module:function (needs --allow-plugin)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("search", help="MaxEnt tree search over tokens toward a reward",
+                       description="Diffusion Tree Sampling over tokens: search mode returns the best "
+                                   "completion found, sample mode draws from q·exp(λ·reward).")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True, help="user message (goes through the chat template)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--reward", required=True, help=REWARD_HELP)
+    p.add_argument("--allow-plugin", action="store_true",
+                   help="allow plugin:module:function rewards (runs your own Python code)")
+    p.add_argument("--rollouts", type=int, default=10)
+    p.add_argument("--horizon", type=int, default=50, help="max NEW tokens per completion")
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="inverse temperature λ")
+    p.add_argument("--mode", choices=("search", "sample"), default="search")
+    p.add_argument("--samples", type=int, default=1, help="answers to draw in sample mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="base policy q temperature (> 0)")
+    p.add_argument("--top-p", type=float, default=0.95, help="base policy q top-p")
+    p.add_argument("--widening", type=int, default=3, help="draws from q per node before selecting")
+    p.add_argument("--widening-alpha", type=float, default=0.0, help="budget grows as visits^α")
+    p.add_argument("--exploration", type=float, default=0.0,
+                   help="UCT bonus c in search mode (our addition to DTS*; 0 = paper)")
+    p.add_argument("--max-depth", type=int, default=None, help="deepest stored tree level")
+    p.add_argument("--batch", type=int, default=5, help="rollouts decoded together per round")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write the full result here")
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from engine.treesearch import TreeConfig
+
+    return TreeConfig(rollouts=args.rollouts, widening=args.widening, widening_alpha=args.widening_alpha,
+                      lam=args.lam, temperature=args.temperature, top_p=args.top_p,
+                      horizon=args.horizon, max_depth=args.max_depth, exploration=args.exploration,
+                      mode=args.mode, n_samples=args.samples, batch=args.batch, seed=args.seed)
+
+
+def _run_cancellable(fn: Any) -> Any:
+    """Run fn(cancel) in a thread; Ctrl+C sets the token and we wait for the partial result."""
+    from engine.progress import CancelToken
+
+    token = CancelToken()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["result"] = fn(token)
+        except BaseException as e:  # handed to the main thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="tokenforge-search", daemon=True).start()
+    while True:
+        try:
+            if done.wait(0.1):
+                break
+        except KeyboardInterrupt:
+            token.cancel("user")
+            err_console().print("[yellow]stopping… (the best answer so far is kept)[/]")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _snippet(text: str, n: int = 60) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= n else "…" + t[-(n - 1):]
+
+
+@guard
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from engine.errors import InputError
+    from engine.rewards import Completion, parse_reward
+
+    if not args.prompt.strip():
+        return fail("empty prompt: nothing to search from")
+    reward = parse_reward(args.reward, allow_plugin=args.allow_plugin)
+    cfg = _cfg(args).validate()
+    err = err_console()
+    if reward.runs_user_code:
+        err.print(f"[yellow]reward runs your own code:[/] {reward.description}")
+    lm = load_lm(args)
+    msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": args.prompt}]
+    prompt_ids = list(lm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False))
+    if not prompt_ids:
+        raise InputError("the chat template produced no tokens")
+    cfg.validate(lm.context_length, len(prompt_ids))
+
+    from engine.generate import generate
+    from engine.sampling import SamplingConfig
+    from engine.treesearch import run_tree_search
+
+    with Progress(TextColumn("[bold]tree[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}"), console=err, transient=False) as bar:
+        task = bar.add_task("tree", total=cfg.rollouts, info="")
+
+        def progress(p: Any) -> None:
+            if p.phase != "tree":
+                return
+            m = p.metrics
+            best = m.get("best_reward")
+            info = (f"nodes {m.get('nodes', 0)} · depth {m.get('depth', 0)} · {m.get('tok_s', 0)} tok/s"
+                    + (f" · best {best:.3f} “{_snippet(m.get('best_text', ''), 40)}”" if best is not None else ""))
+            bar.update(task, completed=p.step, info=info)
+
+        res = _run_cancellable(lambda tok: run_tree_search(lm, prompt_ids, reward, cfg,
+                                                           progress=progress, cancel=tok))
+    greedy = None
+    if res.stop_reason == "completed":
+        g, _ = generate(lm, prompt_ids, SamplingConfig(max_new_tokens=cfg.horizon, temperature=0.0))
+        try:
+            g_r = reward.score(Completion(g.text, tuple(g.token_ids), tuple(prompt_ids)))
+        except Exception as e:  # the reward already passed the search; report, don't crash
+            g_r = None
+            err.print(f"[red]reward failed on the greedy answer:[/] {e}")
+        greedy = (g.text, g_r)
+
+    out = Console(highlight=False)
+    table = Table(title=f"reward {reward.spec} · {cfg.mode} mode · λ {cfg.lam} · "
+                        f"{res.rollouts_done}/{cfg.rollouts} rollouts", show_lines=True)
+    table.add_column("answer", style="bold")
+    table.add_column("reward", justify="right")
+    table.add_column("text", overflow="fold")
+    if res.best is not None:
+        table.add_row("tree search (best)", f"{res.best.reward:.3f}", res.best.text)
+    else:
+        table.add_row("tree search (best)", "—", "(no rollout finished)")
+    for i, s in enumerate(res.samples):
+        table.add_row(f"sample {i + 1}", f"{s.reward:.3f}", s.text)
+    if greedy is not None:
+        table.add_row("greedy", "—" if greedy[1] is None else f"{greedy[1]:.3f}", greedy[0])
+    out.print(table)
+    err.print(f"[dim]{res.nodes} nodes · depth {res.max_depth} · root v̂ {res.root_value:.3f} · "
+              f"{res.generated_tokens} tokens in {res.total_s:.1f} s ({res.tok_s:.1f} tok/s while "
+              f"decoding) · forward {res.forward} · stop: {res.stop_reason}[/]")
+    if args.json:
+        from engine.atomic import write_json
+
+        data = {"prompt": args.prompt, "system": args.system, **res.to_dict(),
+                "greedy": None if greedy is None else {"text": greedy[0], "reward": greedy[1]}}
+        write_json(args.json, data)
+        err.print(f"[dim]wrote {args.json}[/]")
+    if res.stop_reason == "reward_error":
+        return fail(f"the reward failed: {res.error}", "the partial result is shown above", code=1)
+    return 130 if res.stop_reason == "cancelled" else 0
