@@ -8,7 +8,7 @@ imported inside the methods: importing the TUI must not import torch.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.progress import CancelToken, ProgressFn, check, report
@@ -30,6 +30,29 @@ def module_available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+@dataclass
+class TreeRun:
+    """A tree search as the search screen shows it: the engine's ``TreeResult`` next to the plain
+    greedy answer (temperature 0, same horizon) and both rewards. ``greedy_*`` stay None when the
+    search was cancelled or its reward failed before the greedy pass."""
+
+    result: Any
+    prompt_ids: list[int]
+    greedy_text: Optional[str] = None
+    greedy_ids: list[int] = field(default_factory=list)
+    greedy_reward: Optional[float] = None
+    greedy_stop: str = ""
+    greedy_error: str = ""
+    reward_spec: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tree": self.result.to_dict(), "prompt_ids": list(self.prompt_ids),
+                "greedy": {"text": self.greedy_text, "token_ids": list(self.greedy_ids),
+                           "reward": self.greedy_reward, "stop_reason": self.greedy_stop,
+                           "error": self.greedy_error},
+                "reward_spec": self.reward_spec}
 
 
 @dataclass
@@ -122,3 +145,44 @@ class Engine:
         if f.get("system") is None:
             f["system"] = DEFAULT_SYSTEM
         return run_attack(lm, AttackConfig(**f), progress=progress, cancel=cancel, vocab=vocab)
+
+    # -- tree search (search screen) ----------------------------------------------------------
+    def chat_prompt_ids(self, lm: Any, prompt: str, system: Optional[str]) -> list[int]:
+        """The prompt through the model's chat template (generation prompt added); a tokenizer
+        without a template gets the plain text."""
+        tok = lm.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return list(tok.encode(prompt, add_special_tokens=False))
+        msgs = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": "user", "content": prompt}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return list(tok.encode(text, add_special_tokens=False))
+
+    def tree_search(self, lm: Any, prompt: str, system: Optional[str], reward_spec: str,
+                    allow_plugin: bool, fields: dict[str, Any], *,
+                    progress: Optional[ProgressFn] = None,
+                    cancel: Optional[CancelToken] = None) -> TreeRun:
+        """Tree search from the search screen's validated fields (``TreeConfig`` field names),
+        then the greedy answer with the same horizon, both scored by the same reward. The spec is
+        parsed again here (a fresh reward object per run; plugin code is imported only now)."""
+        from engine.generate import generate
+        from engine.rewards import Completion, RewardError, parse_reward
+        from engine.sampling import SamplingConfig
+        from engine.treesearch import TreeConfig, run_tree_search
+
+        reward = parse_reward(reward_spec, allow_plugin=allow_plugin)
+        ids = self.chat_prompt_ids(lm, prompt, system)
+        cfg = TreeConfig(**fields)
+        res = run_tree_search(lm, ids, reward, cfg, progress=progress, cancel=cancel)
+        run = TreeRun(result=res, prompt_ids=ids, reward_spec=reward_spec)
+        if res.stop_reason != "completed" or (cancel is not None and cancel.cancelled):
+            return run
+        g, _ = generate(lm, ids, SamplingConfig(max_new_tokens=cfg.horizon, temperature=0.0),
+                        progress=progress, cancel=cancel)
+        run.greedy_text, run.greedy_ids, run.greedy_stop = g.text, list(g.token_ids), g.stop_reason
+        if g.stop_reason != "cancelled":
+            try:
+                run.greedy_reward = reward.score(Completion(g.text, tuple(g.token_ids), tuple(ids)))
+            except RewardError as e:  # the search result stays; the greedy side says why
+                run.greedy_error = str(e)
+        return run

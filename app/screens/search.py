@@ -1,35 +1,436 @@
-"""Tree-search screen: runs engine.treesearch through the runner (job kind "tree").
+"""Tree-search screen: MaxEnt tree search over tokens toward a reward, through the runner (job kind
+"tree", timeout from settings).
 
-The owning engineer fills the form and result widgets in compose_body (keep the
-EngineStatus panel: it tells the user when the engine or the model is not ready) and starts runs
-with self.start_job("tree", fn, ...) — see app/runner.py for the API and messages.
+The reward spec is parsed as it is typed (engine.rewards, torch-free): a spec that does not parse
+shows its message inline and keeps Run disabled, as does any other bad field. Plugin rewards run
+the user's own Python code, so they need the explicit "allow plugin" checkbox; a warning says so
+and the plugin module is imported only when the run starts (in the worker). While the search runs,
+the live figures (rollouts, tree size, depth, best reward, tok/s) and a table of the root's
+children (token, visits, value) update at most 4 times a second. The result shows the best answer
+next to the plain greedy answer (temperature 0, same horizon) with both rewards; sample mode lists
+the Boltzmann-descent samples. Esc stops (the best so far is kept); ctrl+e exports JSON.
 """
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
 
+from rich.markup import escape
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Checkbox, Collapsible, DataTable, Input, Label, Select, Static
+
+from engine.errors import InputError
+
+from app.engines import module_available
+from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
 from app.screens.base import ToolScreen
+from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
+                          parse_seed, require_text)
 from app.widgets.engine_status import EngineStatus
 
 ENGINE_MODULES = ("engine.treesearch",)
 JOB_KIND = "tree"
 WHAT = "Tree search over tokens with a reward spec (rollouts, horizon, λ; root children, best vs greedy answer)"
 
+PROMPT_CHARS = 20_000
+MODES = ("search", "sample")
+MAX_ROLLOUTS = 100_000
+LIVE_HZ = 4.0
+PLUGIN_WARNING = ("⚠ plugin rewards import and run YOUR OWN Python code inside tokenforge; "
+                  "tick 'allow plugin' only for code you trust")
+_MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+_FUNC = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def parse_reward_spec(text: str, allow_plugin: bool) -> Any:
+    """The reward object for ``text`` (InputError with one clear message otherwise).
+
+    Plugin specs are checked for shape only (``plugin:module:function``) and need
+    ``allow_plugin``: importing the module runs the user's code, which happens when the run
+    starts, not on every keystroke."""
+    from engine.rewards import parse_reward  # torch-free
+
+    spec = (text or "").strip()
+    kind = spec.partition(":")[0].strip().lower()
+    if kind == "plugin":
+        if not allow_plugin:
+            raise InputError("plugin rewards run your own Python code: tick 'allow plugin' to "
+                             "enable them")
+        mod, sep, fn = spec.partition(":")[2].strip().rpartition(":")
+        if not sep or not _MODULE.match(mod) or not _FUNC.match(fn):
+            raise InputError(f"plugin: expects plugin:module:function (got {spec!r})")
+        return None
+    try:
+        return parse_reward(spec, allow_plugin=False)
+    except InputError as e:
+        hint = getattr(e, "hint", "")
+        raise InputError(f"{e}" + (f" — {hint}" if hint else "")) from None
+
+
+def fmt_reward(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def live_figures(m: dict[str, Any], step: int, total: Optional[int]) -> str:
+    """Rich markup for the live tree figures of one progress report."""
+    parts = [f"rollouts [b]{step}/{total or '?'}[/]",
+             f"tree size [b]{m.get('nodes', m.get('tree_size', '–'))}[/]",
+             f"depth [b]{m.get('depth', '–')}[/]",
+             f"best reward [b]{fmt_reward(m.get('best_reward'))}[/]",
+             f"[b]{m.get('tok_s', 0.0):.1f}[/] tok/s",
+             f"root v̂ {m.get('root_value', '–')}"]
+    out = " · ".join(parts)
+    best = m.get("best_text")
+    if best:
+        out += f"\n[dim]best so far:[/] {escape(str(best).strip()[-200:])}"
+    return out
+
 
 class SearchScreen(ToolScreen):
-    """Tree-search screen (shows the engine status until its engine lands)."""
+    """Tree search: form, live tree figures and root children, best vs greedy, export."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", id="search.stop", tooltip="Stop the running tree search"),
+        Binding("ctrl+r", "run", "Run", id="search.run", tooltip="Run the tree search"),
+        Binding("ctrl+e", "export", "Export JSON", id="search.export", priority=True,
+                tooltip="Export the last result as JSON"),
+    ]
 
     def __init__(self) -> None:
         super().__init__(id="search-screen")
+        self.run_result: Any = None          # app.engines.TreeRun
+        self.result_state = ""
+        self.last_export: Optional[Path] = None
+        self.engine_error = ""
+        self._live: Optional[Any] = None     # newest tree Progress not drawn yet
+        self.table_updates = 0
+        self.table_times: list[float] = []
 
+    # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
-        with Vertical(id="search-main", classes="tool-main"):
-            yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="search-status")
+        p = self.parsers()
+        with VerticalScroll(id="search-main", classes="tool-main"):
+            with Horizontal(classes="form-row"):
+                yield Label("Prompt", classes="field-label")
+                yield Input(id="ts-prompt", placeholder="e.g. Write one sentence about the night sky",
+                            validators=[FieldCheck(p["ts-prompt"])])
+            with Horizontal(classes="form-row"):
+                yield Label("Reward spec", classes="field-label")
+                yield Input(id="ts-reward", value="words:moon,stars",
+                            placeholder="words:a,b · regex:P · answer:X · length:20-40 · "
+                                        "loglik:TEXT · plugin:module:function")
+            with Horizontal(id="ts-numbers", classes="form-row number-row"):
+                for ident, label, value, ph in (
+                        ("ts-rollouts", "rollouts", "10", "≥ 1"),
+                        ("ts-horizon", "horizon (new tokens)", "32", "≥ 1"),
+                        ("ts-lambda", "λ", "1.0", "> 0"),
+                        ("ts-seed", "seed", "0", "empty: random"),
+                        ("ts-samples", "samples (sample mode)", "3", "≥ 1"),
+                ):
+                    with Vertical(classes="number-field"):
+                        yield Label(label, classes="number-label")
+                        yield Input(value=value, id=ident, placeholder=ph,
+                                    validators=[FieldCheck(p[ident])])
+                with Vertical(classes="number-field"):
+                    yield Label("mode", classes="number-label")
+                    yield Select([(m, m) for m in MODES], value="search", allow_blank=False,
+                                 id="ts-mode")
+            yield Static("", id="ts-error", classes="inline-error")
+            yield Static("", id="ts-plugin-warning", classes="warning-line")
+            with Horizontal(classes="button-row"):
+                yield Button("Run search", id="ts-run", variant="primary", disabled=True)
+                yield Button("Stop", id="ts-stop", variant="error", disabled=True)
+                yield Button("Export JSON", id="ts-export", disabled=True)
+                yield Checkbox("allow plugin (runs my code)", False, id="ts-allow-plugin")
+            yield Static("", id="ts-status", classes="status-line")
+            yield Static("[dim]live tree figures appear here while a search runs[/]",
+                         id="ts-live", classes="status-line")
+            yield DataTable(id="ts-children", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="ts-result"):
+                yield Static("[dim]no result yet — type a prompt and a reward, then Run "
+                             "(ctrl+r)[/]", id="ts-summary")
+                with Horizontal(id="ts-answers"):
+                    with Vertical(classes="sample-col"):
+                        yield Static("[b]tree search[/]", id="ts-best-title", classes="strip-title")
+                        yield Static("", id="ts-best", classes="sample-body")
+                    with Vertical(classes="sample-col"):
+                        yield Static("[b]greedy[/]", id="ts-greedy-title", classes="strip-title")
+                        yield Static("", id="ts-greedy", classes="sample-body")
+            with Collapsible(title="engine status", collapsed=True, id="ts-engine"):
+                yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="search-status")
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        table = self.query_one("#ts-children", DataTable)
+        table.add_columns("root child token", "id", "visits", "draws", "value v̂")
+        self.set_interval(1.0 / LIVE_HZ, self._draw_live)
+        self.query_one("#ts-prompt", Input).focus()
+        self._refresh_controls()
+
+    # -- validation ---------------------------------------------------------------------------
+    def _context_length(self) -> int:
+        lm = getattr(self.app, "lm", None)
+        return int(getattr(lm, "context_length", 0) or 8192)
+
+    def parsers(self) -> dict[str, Callable[[str], Any]]:
+        return {
+            "ts-prompt": lambda v: require_text(v, "prompt", PROMPT_CHARS),
+            "ts-rollouts": lambda v: parse_int(v, "rollouts", 1, MAX_ROLLOUTS),
+            "ts-horizon": lambda v: parse_int(v, "horizon", 1, max(1, self._context_length() - 1)),
+            "ts-lambda": lambda v: parse_float(v, "λ", 1e-9, 1e4),
+            "ts-seed": parse_seed,
+            "ts-samples": lambda v: parse_int(v, "samples", 1, 10_000),
+        }
+
+    def allow_plugin(self) -> bool:
+        return bool(self.query_one("#ts-allow-plugin", Checkbox).value)
+
+    def form(self) -> tuple[dict[str, Any], Optional[str]]:
+        """({prompt, reward_spec, cfg: TreeConfig fields}, first error or None)."""
+        p = self.parsers()
+
+        def val(ident: str) -> Callable[[], Any]:
+            return lambda: p[ident](self.query_one(f"#{ident}", Input).value)
+
+        spec = self.query_one("#ts-reward", Input).value
+        values, err = first_error({
+            "prompt": val("ts-prompt"),
+            "reward": lambda: parse_reward_spec(spec, self.allow_plugin()),
+            "rollouts": val("ts-rollouts"), "horizon": val("ts-horizon"),
+            "lam": val("ts-lambda"), "seed": val("ts-seed"), "n_samples": val("ts-samples"),
+            "mode": lambda: parse_choice(str(self.query_one("#ts-mode", Select).value), "mode",
+                                         MODES),
+        })
+        if err:
+            return {}, err
+        cfg = {k: values[k] for k in ("rollouts", "horizon", "lam", "seed", "mode", "n_samples")}
+        return {"prompt": values["prompt"], "reward_spec": spec.strip(), "cfg": cfg}, None
+
+    def engine_ready(self) -> Optional[str]:
+        app: Any = self.app
+        if (not all(module_available(m) for m in ENGINE_MODULES)
+                or not hasattr(app.engine, "tree_search")):
+            return "the tree-search engine (engine.treesearch) is not available in this checkout"
+        if app.model_state == "loading":
+            return "loading the model… Run opens when it is ready"
+        if app.model_state == "failed" or app.lm is None:
+            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
+        return None
+
+    # -- state → controls ---------------------------------------------------------------------
     def model_changed(self) -> None:
         if self.is_mounted:
             self.query_one(EngineStatus).refresh_status()
+            self._refresh_controls()
 
     def settings_changed(self) -> None:
         self.model_changed()
+
+    def _status_text(self) -> str:
+        app: Any = self.app
+        why = self.engine_ready()
+        if why:
+            return f"[yellow]{escape(why)}[/]"
+        t = app.runner.timeout_for(JOB_KIND)
+        system = app.settings.system_prompt
+        out = (f"[dim]{escape(app.lm.describe())} · chat template with the Settings system prompt"
+               f"{' (' + escape(system[:40]) + ')' if system else ' (none)'} · policy q: T 1.0, "
+               f"top-p 0.95 · timeout {'none' if t is None else f'{t:.0f} s'} · exports → "
+               f"{escape(str(app.settings.export_dir))}[/]")
+        if self.last_export is not None:
+            out += f"\nexported → {escape(str(self.last_export))}"
+        return out
+
+    def _refresh_controls(self) -> None:
+        if not self.is_mounted:
+            return
+        _, err = self.form()
+        blocked = self.engine_ready()
+        self.query_one("#ts-run", Button).disabled = bool(err or blocked) or self.busy
+        self.query_one("#ts-stop", Button).disabled = not self.busy
+        self.query_one("#ts-export", Button).disabled = self.run_result is None or self.busy
+        self.query_one("#ts-error", Static).update(escape(err or self.engine_error))
+        spec = self.query_one("#ts-reward", Input).value.strip().lower()
+        warn = self.allow_plugin() or spec.startswith("plugin")
+        self.query_one("#ts-plugin-warning", Static).update(PLUGIN_WARNING if warn else "")
+        try:  # the reward field is marked on its own, whatever the first error is
+            parse_reward_spec(self.query_one("#ts-reward", Input).value, self.allow_plugin())
+            bad_reward = False
+        except InputError:
+            bad_reward = True
+        self.query_one("#ts-reward", Input).set_class(bad_reward, "-invalid")
+        self.query_one("#ts-status", Static).update(self._status_text())
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.engine_error = ""
+        self._refresh_controls()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._refresh_controls()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self._refresh_controls()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_run()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "ts-run":
+            self.action_run()
+        elif event.button.id == "ts-stop":
+            self.action_stop()
+        elif event.button.id == "ts-export":
+            self.action_export()
+
+    # -- actions ------------------------------------------------------------------------------
+    def action_run(self) -> None:
+        app: Any = self.app
+        if self.busy:
+            self.notify("A tree search is running: Esc to stop it first", severity="warning")
+            return
+        f, err = self.form()
+        blocked = self.engine_ready()
+        if err or blocked:
+            self.query_one("#ts-error", Static).update(escape(err or blocked or ""))
+            self._refresh_controls()
+            return
+        self.engine_error = ""
+        self.run_result, self.result_state = None, ""
+        self._live = None
+        self.query_one("#ts-children", DataTable).clear()
+        self.query_one("#ts-best", Static).update("")
+        self.query_one("#ts-greedy", Static).update("")
+        system = app.settings.system_prompt or None
+        params = dict(f["cfg"], reward=f["reward_spec"], prompt_chars=len(f["prompt"]))
+        self.start_job(JOB_KIND, app.engine.tree_search, app.lm, f["prompt"], system,
+                       f["reward_spec"], self.allow_plugin(), f["cfg"], params=params)
+        self.query_one("#ts-summary", Static).update(
+            "[cyan]running…[/] tree search, then the greedy answer · Esc stops and keeps the best so far")
+        self._refresh_controls()
+
+    def action_export(self) -> None:
+        from engine.atomic import write_json
+
+        app: Any = self.app
+        if self.busy:
+            self.notify("Wait for the search to finish (or Esc) before exporting", severity="warning")
+            return
+        if self.run_result is None:
+            self.notify("Nothing to export yet: run a search first", severity="warning")
+            return
+        folder = Path(app.settings.export_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = folder / f"treesearch-{stamp}.json", 1
+        while path.exists():
+            n += 1
+            path = folder / f"treesearch-{stamp}-{n}.json"
+        doc = {"kind": "tree", "model": getattr(app.lm, "name", None), "state": self.result_state,
+               "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.run_result.to_dict()}
+        try:
+            write_json(path, doc)
+        except (OSError, TypeError, ValueError) as e:
+            self.notify(f"export failed: {e}", severity="error")
+            return
+        self.last_export = path
+        self.notify(f"Exported to {path}", title="export", timeout=8)
+        self._refresh_controls()
+
+    # -- live view (≤ 4 Hz) -------------------------------------------------------------------
+    def on_job_progressed(self, m: JobProgressed) -> None:
+        # ToolScreen's handler runs after this one (Textual walks the MRO) and feeds the widget
+        if self._mine(m) and m.progress.phase == "tree":
+            self._live = m.progress
+
+    def _draw_live(self) -> None:
+        p, self._live = self._live, None
+        if p is None or not self.is_mounted:
+            return
+        self.query_one("#ts-live", Static).update(live_figures(p.metrics, p.step, p.total))
+        rows = [(c[0], None, c[1], None, c[2]) for c in p.metrics.get("root_children") or []]
+        self._fill_table(rows)
+
+    def _fill_table(self, rows: list[tuple]) -> None:
+        table = self.query_one("#ts-children", DataTable)
+        table.clear()
+        for tok, tid, visits, draws, value in rows:
+            table.add_row(Text(repr(str(tok))[1:-1] or "∅"), "" if tid is None else str(tid),
+                          str(visits), "" if draws is None else str(draws),
+                          "–" if value is None else f"{value:.4f}")
+        self.table_updates += 1
+        self.table_times.append(time.monotonic())
+
+    # -- job messages -------------------------------------------------------------------------
+    def job_started(self, m: JobStarted) -> None:
+        self._refresh_controls()
+
+    async def job_finished(self, m: JobFinished) -> None:
+        self.run_result, self.result_state = m.result, "finished"
+        self._show_result(m.result)
+        self._refresh_controls()
+
+    async def job_cancelled(self, m: JobCancelled) -> None:
+        if m.partial is not None:
+            self.run_result, self.result_state = m.partial, "cancelled"
+            self._show_result(m.partial, note=f"stopped ({m.reason}) — best found so far")
+        else:
+            self.query_one("#ts-summary", Static).update(
+                f"[yellow]stopped ({escape(m.reason)}) before any rollout finished[/]")
+        self._refresh_controls()
+
+    async def job_failed(self, m: JobFailed) -> None:
+        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
+        self.query_one("#ts-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
+        self._refresh_controls()
+
+    def _show_result(self, run: Any, note: str = "") -> None:
+        self._live = None
+        r = run.result
+        lines = []
+        if note:
+            lines.append(f"[yellow]{escape(note)}[/]")
+        if r.stop_reason == "reward_error":
+            lines.append(f"[red]the reward failed: {escape(r.error)}[/] — partial result below")
+        lines.append(
+            f"[b]stop[/] {escape(r.stop_reason)} · {r.rollouts_done}/{r.rollouts_total} rollouts · "
+            f"tree size {r.nodes} · depth {r.max_depth} · branching {r.mean_branching:.2f} · "
+            f"root v̂ {r.root_value:.4f} · {r.generated_tokens} tokens at {r.tok_s:.1f} tok/s · "
+            f"{r.total_s:.1f} s · forward {escape(str(r.forward))}")
+        lines.append(f"[b]reward[/] {escape(str(r.reward.get('description', run.reward_spec)))}")
+        self.query_one("#ts-summary", Static).update("\n".join(lines))
+        self._fill_table([(c.get("token"), c.get("id"), c.get("visits"), c.get("draws"),
+                           c.get("value")) for c in r.root_children])
+        self.query_one("#ts-live", Static).update(live_figures(
+            {"nodes": r.nodes, "depth": r.max_depth, "best_reward": r.best_reward,
+             "tok_s": r.tok_s, "root_value": round(r.root_value, 4)},
+            r.rollouts_done, r.rollouts_total))
+        best = Text()
+        if r.mode == "sample" and r.samples:
+            self.query_one("#ts-best-title", Static).update(
+                f"[b]tree samples[/] (Boltzmann descent, {len(r.samples)}) · best seen reward "
+                f"{fmt_reward(r.best_reward)}")
+            for i, s in enumerate(r.samples, 1):
+                if i > 1:
+                    best.append("\n\n")
+                best.append(f"{i}. ", style="bold")
+                best.append(s.text.strip() or "(empty)")
+                best.append(f"  [reward {s.reward:.3f}]", style="dim")
+        else:
+            self.query_one("#ts-best-title", Static).update(
+                f"[b]tree search best[/] · reward [b]{fmt_reward(r.best_reward)}[/]")
+            best.append(r.best_text.strip() or "(no rollout finished)")
+        self.query_one("#ts-best", Static).update(best)
+        if run.greedy_text is None:
+            self.query_one("#ts-greedy-title", Static).update("[b]greedy[/] · not run")
+            self.query_one("#ts-greedy", Static).update(Text(
+                "skipped: the search did not complete", style="dim"))
+        else:
+            extra = f" [red]({escape(run.greedy_error)})[/]" if run.greedy_error else ""
+            self.query_one("#ts-greedy-title", Static).update(
+                f"[b]greedy[/] (temperature 0, same horizon) · reward "
+                f"[b]{fmt_reward(run.greedy_reward)}[/]{extra}")
+            self.query_one("#ts-greedy", Static).update(Text(run.greedy_text.strip() or "(empty)"))
