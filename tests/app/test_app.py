@@ -49,16 +49,27 @@ async def test_each_screen_opens(make_app):
             assert t in titles
 
 
-async def test_engine_screens_show_status(make_app):
+async def test_engine_status_panel(make_app):
+    """The status panel a screen shows while its engine or the model is not ready."""
+    from app.screens.base import ToolScreen
+    from app.widgets.engine_status import EngineStatus
+
+    class Probe(ToolScreen):
+        def compose_body(self):
+            yield EngineStatus(("engine.treesearch", "engine.not_a_module"), "tree", "tree search",
+                               id="probe-status")
+
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
-        await pilot.press("f4")
-        await until(pilot, lambda: app.current_mode == "search")
-        status = app.screen.query_one("#search-status")
-        await pilot.pause(0.05)
+        await app.push_screen(Probe())
+        status = app.screen.query_one("#probe-status", EngineStatus)
+        await until(pilot, lambda: "50.0 tok/s" in status.plain())
         text = status.plain()
-        assert "engine.treesearch" in text and "fake-lm" in text
+        assert "engine.treesearch: importable" in text
+        assert "engine.not_a_module: not in this checkout yet" in text
+        assert "fake-lm" in text and "tree timeout" in text and "running: none" in text
+        assert not status.engine_ready()
 
 
 async def test_chat_turn_streams_into_the_list(make_app):
@@ -400,16 +411,18 @@ async def test_f1_toggles_the_key_list(make_app):
 
 
 async def test_user_keymap_overrides_and_bad_file(make_app, tmp_path, monkeypatch):
+    from textual.widgets import HelpPanel
+
     km = tmp_path / "keymap.json"
-    km.write_text('{"screen.settings": "f9"}')
+    km.write_text('{"help": "f9"}')
     monkeypatch.setenv("TOKENFORGE_KEYMAP", str(km))
-    app = make_app()
+    app = make_app(autoload=False)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f9")
-        await until(pilot, lambda: app.current_mode == "settings")
-    km.write_text('{"screen.settings": 5}')
-    app = make_app()
+        await until(pilot, lambda: bool(app.screen.query(HelpPanel)))
+    km.write_text('{"help": 5}')
+    app = make_app(autoload=False)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: any("keymap" in n and "ignored" in n for n in notes(app)))
-        await pilot.press("f6")  # the defaults stay
-        await until(pilot, lambda: app.current_mode == "settings")
+        await pilot.press("f1")  # the defaults stay
+        await until(pilot, lambda: bool(app.screen.query(HelpPanel)))
