@@ -130,8 +130,10 @@ class Engine:
     def chat_send(self, session: Any, text: str, sampling: Any, *,
                   on_token: Any = None, progress: Optional[ProgressFn] = None,
                   cancel: Optional[CancelToken] = None) -> Any:
+        cfg = sampling.to_config()
+        session.sampling = cfg  # the export then records the settings actually used
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
-                            sampling=sampling.to_config())
+                            sampling=cfg)
 
     # -- AdvTok (attack screen) -----------------------------------------------------------------
     def attack(self, lm: Any, fields: dict[str, Any], vocab: Any = None, *,
