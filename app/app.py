@@ -55,6 +55,11 @@ def _dashboard() -> Screen:
     return DashboardScreen()
 
 
+def _chat_screen_type() -> type:
+    from app.screens.chat import ChatScreen
+    return ChatScreen
+
+
 def _settings() -> Screen:
     from app.screens.settings import SettingsScreen
     return SettingsScreen()
@@ -185,21 +190,29 @@ class TokenforgeApp(App):
             self.action_show_help_panel()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Palette entries, grouped by prefix; the current screen adds its own through
+        ``palette_commands()`` (see app/screens/base.py)."""
         yield from super().get_system_commands(screen)
         for name in SCREENS_ORDER:
-            yield SystemCommand(f"Open {name}", f"Switch to the {name} screen ({SCREEN_KEYS[name]})",
+            yield SystemCommand(f"screen: Open {name}",
+                                f"Switch to the {name} screen ({SCREEN_KEYS[name]})",
                                 lambda n=name: self.action_show(n))
-        yield SystemCommand("Stop running jobs", "Cancel every running engine job (Ctrl+C)",
+        own = getattr(screen, "palette_commands", None)
+        if own is not None:
+            yield from own()
+        if not isinstance(screen, _chat_screen_type()):
+            yield SystemCommand("chat: New conversation", "Clear the chat and start over (ctrl+n)",
+                                lambda: self._chat_action("new_chat"))
+            yield SystemCommand("chat: Export conversation",
+                                "Write the chat as Markdown and JSON (ctrl+e)",
+                                lambda: self._chat_action("export"))
+        yield SystemCommand("jobs: Stop all running jobs", "Cancel every running engine job (Ctrl+C)",
                             lambda: self.runner.cancel_all("user"))
-        yield SystemCommand("New conversation", "Clear the chat and start over (ctrl+n)",
-                            lambda: self._chat_action("new_chat"))
-        yield SystemCommand("Stop the answer", "Stop the chat answer being generated (escape)",
-                            lambda: self._chat_action("stop"))
-        yield SystemCommand("Export conversation", "Write the chat as Markdown and JSON (ctrl+e)",
-                            lambda: self._chat_action("export"))
-        yield SystemCommand("Reload model", "Load the model named in settings again",
+        yield SystemCommand("model: Reload", "Load the model named in Settings again",
                             self.load_model)
-        yield SystemCommand("Quit tokenforge", "Stop jobs and quit (ctrl+q)", self.action_quit)
+        yield SystemCommand("help: Show or hide keys", "The key list for the focused widget (f1)",
+                            self.action_toggle_keys)
+        yield SystemCommand("app: Quit tokenforge", "Stop jobs and quit (ctrl+q)", self.action_quit)
 
     def _chat_action(self, action: str) -> None:
         from app.screens.chat import ChatScreen

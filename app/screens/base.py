@@ -8,9 +8,9 @@ widget is updated for it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header
@@ -54,6 +54,11 @@ class ToolScreen(Screen):
         self.app.unregister_screen_listener(self)  # type: ignore[attr-defined]
 
     # -- app hooks ----------------------------------------------------------------------------
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        """Command-palette entries of this screen (shown while it is active). Name them
+        "<screen>: <Action>" and give the key in the help text."""
+        return iter(())
+
     def model_changed(self) -> None:
         """The model finished loading, failed, or started reloading (see ``app.model_state``)."""
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Markdown, Static
@@ -100,6 +100,18 @@ class ChatScreen(ToolScreen):
         self.turns = 0
         self.last_export: list[Path] = []
         self.engine_error = ""  # the last failed turn's message; shown until the next send
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("chat: Send", "Send the message (enter)", self.action_send)
+        yield SystemCommand("chat: Stop the answer", "Stop the answer being generated (escape)",
+                            self.action_stop)
+        yield SystemCommand("chat: New conversation", "Clear the chat and start over (ctrl+n)",
+                            self.action_new_chat)
+        yield SystemCommand("chat: Export conversation",
+                            "Write Markdown and JSON into the export folder (ctrl+e)",
+                            self.action_export)
+        yield SystemCommand("chat: Apply system prompt", "Use the system prompt field; new chat",
+                            self.apply_system)
 
     # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:

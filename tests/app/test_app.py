@@ -44,9 +44,11 @@ async def test_each_screen_opens(make_app):
             assert app.screen.query_one("#progress") is not None  # every screen embeds it
         assert app.sub_title == "fake-lm · cpu · float32"
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        for t in ("Open chat", "Open attack", "Open search", "Open dashboard", "Open settings",
-                  "New conversation", "Export conversation", "Stop the answer", "Reload model"):
-            assert t in titles
+        for t in ("screen: Open chat", "screen: Open attack", "screen: Open search",
+                  "screen: Open dashboard", "screen: Open settings", "chat: Send",
+                  "chat: New conversation", "chat: Export conversation", "chat: Stop the answer",
+                  "model: Reload", "jobs: Stop all running jobs", "app: Quit tokenforge"):
+            assert titles.count(t) == 1, t
 
 
 async def test_engine_status_panel(make_app):
@@ -426,3 +428,20 @@ async def test_user_keymap_overrides_and_bad_file(make_app, tmp_path, monkeypatc
         await until(pilot, lambda: any("keymap" in n and "ignored" in n for n in notes(app)))
         await pilot.press("f1")  # the defaults stay
         await until(pilot, lambda: bool(app.screen.query(HelpPanel)))
+
+
+async def test_palette_runs_a_command(make_app):
+    from textual.command import CommandList, CommandPalette
+
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"screen: open settings")
+        commands = app.screen.query_one(CommandList)
+        await until(pilot, lambda: commands.option_count >= 1
+                    and "Open settings" in str(commands.get_option_at_index(0).prompt))
+        commands.highlighted = 0
+        await pilot.press("enter")
+        await until(pilot, lambda: app.current_mode == "settings")
