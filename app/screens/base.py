@@ -4,7 +4,10 @@ plumbing for one engine job at a time (start through the runner, follow its mess
 A new screen subclasses ``ToolScreen``, yields its widgets from ``compose_body`` and starts work
 with ``self.start_job(kind, fn, *args, **kwargs)`` (see app/runner.py). It then receives
 ``job_started/job_finished/job_cancelled/job_failed`` hooks for its own job only; the progress
-widget is updated for it.
+widget is updated for it. ``palette_commands()`` adds command-palette entries while the screen is
+active; ``model_changed()``/``settings_changed()`` are called when the model (re)loads or settings
+are applied. Note: ``is_mounted`` is still False inside ``on_mount``; guard refreshes with
+``if not self.children`` (composed) instead.
 """
 from __future__ import annotations
 
