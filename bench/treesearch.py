@@ -11,6 +11,7 @@ trees (EOS lands at different times), so tokens/s is reported next to wall time.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from bench._util import env_record, write_result  # noqa: E402
 
 PROMPT = "Write a short story about a kitten who wants to reach the moon."
 REWARD = "words:kitten,moon"
+print = functools.partial(print, flush=True)  # noqa: A001  (progress visible when piped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=int, default=50)
     ap.add_argument("--engine-path", choices=("fast", "standard"), default="fast")
     ap.add_argument("--no-k5", action="store_true", help="skip the informative batch-5 variant")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0 = torch's default); 1 avoids oversubscription stalls "
+                         "when other jobs load the cores")
     args = ap.parse_args(argv)
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from engine.forward import get_forward
     from engine.model import load_model
@@ -52,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_k5:
         variants["batched_k5"] = TreeConfig(**common, batch=max(1, args.rollouts // 2), reuse_kv=True)
-    print(f"model {lm.name} · forward: {fwd.name} · prompt {len(prompt)} tokens · reward {REWARD}")
+    print(f"model {lm.name} · forward: {fwd.name} · prompt {len(prompt)} tokens · reward {REWARD} · "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{args.rollouts} rollouts × ≤{args.horizon} new tokens · repeats {args.repeats} "
           f"(cores shared with other jobs: absolute times are noisy, same-run ratios are the figure)")
 
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
           f"goal batched ≤ 5 s: {'met' if goals['batched_le_5s'] else 'NOT met'} "
           f"({med('batched', 'wall_s'):.2f} s, forward {fwd.name})")
     out = write_result("treesearch", {
-        "env": env_record(), "model": lm.name, "forward": fwd.name, "prompt": PROMPT,
+        "env": env_record(), "torch_threads": torch.get_num_threads(), "model": lm.name, "forward": fwd.name, "prompt": PROMPT,
         "prompt_tokens": len(prompt), "reward": REWARD, "config": common,
         "variants": {k: v.__dict__ for k, v in variants.items()}, "runs": runs, "summary": summary,
         "wall_ratio_naive_over_batched": wall_ratio, "tok_s_ratio_batched_over_naive": tok_ratio,

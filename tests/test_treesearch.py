@@ -275,33 +275,51 @@ def _all_nodes(t: Tree):
 
 
 def _snapshot(cache) -> list[torch.Tensor]:
-    return [x.clone() for lay in cache.layers for x in (lay.keys, lay.values)]
+    if hasattr(cache, "layers"):  # transformers DynamicCache (standard forward)
+        return [x.clone() for lay in cache.layers for x in (lay.keys, lay.values)]
+    n = cache.length  # the lean path's buffer: the positions this cache owns
+    return [cache.store.k[:, :, :, :n].clone(), cache.store.v[:, :, :, :n].clone()]
 
 
-def test_resumed_logits_equal_uncached_forward_and_caches_stay_intact(tiny, prompt):
-    from engine.forward import get_forward
+@pytest.fixture(scope="module", params=["standard", "fast"])
+def tiny_any(request, tokenizer):
+    """The tiny model on each forward implementation (the lean one where it supports Llama)."""
+    from engine.tiny import tiny_llama
 
+    lm = tiny_llama(tokenizer, seed=3)
+    lm.engine_path = request.param
+    return lm
+
+
+def test_resumed_logits_equal_uncached_forward_and_caches_stay_intact(tiny_any, prompt):
+    from engine.forward import StandardForward
+
+    tiny = tiny_any
     rw = parse_reward("words:the,moon")
-    cfg = TreeConfig(rollouts=20, horizon=6, temperature=3.0, top_p=0.95, widening=3, batch=5,
+    cfg = TreeConfig(rollouts=16, horizon=6, temperature=1.0, top_p=0.9, widening=3, batch=4,
                      mode="sample", seed=4)
     res = run_tree_search(tiny, prompt, rw, cfg)
     assert res.padded_batches > 0, "the run should have batched rows from different depths"
     nodes = [n for n in _all_nodes(res.tree) if n.kv is not None]
     trajs = {id(n.kv.cache): n.kv.cache for n in nodes}
     before = {k: _snapshot(c) for k, c in trajs.items()}
-    fwd = get_forward(tiny)
+    ref_fwd = StandardForward(tiny.model)  # uncached reference on the HF forward
+    pairs = [(n, c) for n in nodes for c in n.children.values() if c.logp is not None]
+    one_per_parent = list({id(n): (n, c) for n, c in pairs}.values())
     checked = 0
-    for n in nodes:
-        for c in n.children.values():
-            if c.logp is None:
-                continue
-            got = resume_logits(tiny, n, [c.token], len(prompt))
-            full = fwd.logits(torch.tensor([prompt + c.tokens()]), fwd.new_cache(), keep=1)[0, -1]
-            assert torch.allclose(got, full, atol=1e-4), (got - full).abs().max()
-            # the distribution stored at creation (from a batched, maybe padded rollout) is q
-            _, (ref,) = policy(full.view(1, -1), cfg.temperature, cfg.top_p, None, sample=False)
-            assert torch.equal(torch.sort(c.logp[0]).values, torch.sort(ref[0]).values)
-            checked += 1
+    for n, c in one_per_parent[:30]:  # each check costs two forwards
+        got = resume_logits(tiny, n, [c.token], len(prompt))
+        full = ref_fwd.logits(torch.tensor([prompt + c.tokens()]), ref_fwd.new_cache(), keep=1)[0, -1]
+        assert torch.allclose(got, full, atol=1e-4), (got - full).abs().max()
+        # the distribution stored at creation (from a batched, maybe padded rollout) is q
+        _, ((rid, rlp),) = policy(full.view(1, -1), cfg.temperature, cfg.top_p, None, sample=False)
+        ids, lp = c.logp
+        if len(ids) == len(rid):
+            a, b = ids.long().argsort(), rid.long().argsort()
+            assert torch.equal(ids[a], rid[b]) and torch.allclose(lp[a], rlp[b], atol=1e-4)
+        else:  # 1e-6 noise can move the top-p edge by one token of a flat q
+            assert abs(len(ids) - len(rid)) == 1
+        checked += 1
     assert checked >= 10
     for k, c in trajs.items():
         after = _snapshot(c)
