@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from ..progress import CancelToken, ProgressFn, check, report
 from .base import GenState, Method, MethodOutput, Query, encode_plain
+from .params import reject_unknown
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "suites" / "calibration-v1.txt"
 
@@ -102,10 +103,11 @@ class _Sparsity(Method):
     rotated = False
 
     def __init__(self, sparsity: float = 0.4, **params: Any) -> None:
+        reject_unknown(self.name, params, ["sparsity"] + (["calibration"] if self.rotated else []))
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0.0 <= sparsity < 1.0:
             raise InputError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
-        super().__init__(sparsity=float(sparsity), **params)
+        super().__init__(sparsity=float(sparsity))
         self.sparsity = float(sparsity)
         self._handles: list[Any] = []
         self._model: Any = None

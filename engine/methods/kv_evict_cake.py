@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .base import GenState, Query
 from .kv_evict_sinks import EvictingMethod, _int_param
+from .params import reject_unknown
 
 
 @dataclass
@@ -140,6 +141,7 @@ class CakeEviction(EvictingMethod):
 
     def __init__(self, budget: int = 128, window: int = 32, gamma: float = 200.0,
                  tau1: float = 1.0, tau2: float = 1.0, pool: int = 5, **params: Any):
+        reject_unknown(self.name, params, ["budget", "window", "gamma", "tau1", "tau2", "pool"])
         budget = _int_param("budget", budget, 1)
         window = _int_param("window", window, 1)
         pool = _int_param("pool", pool, 1)
@@ -151,7 +153,7 @@ class CakeEviction(EvictingMethod):
         if tau1 == 0 or tau2 == 0:
             raise InputError("tau1 and tau2 must be > 0")
         super().__init__(budget=budget, window=window, gamma=gamma, tau1=tau1, tau2=tau2,
-                         pool=pool, **params)
+                         pool=pool)
         self.budget, self.window, self.gamma = budget, window, float(gamma)
         self.tau1, self.tau2, self.pool = float(tau1), float(tau2), pool
 

@@ -19,12 +19,10 @@ import torch
 
 from ..errors import InputError
 from .base import GenState, Method, Query
+from .params import int_param, reject_unknown
 
 
-def _int_param(name: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise InputError(f"{name} must be an integer >= {lo} (got {value!r})")
-    return value
+_int_param = int_param
 
 
 def layer_kv(cache: Any) -> list[Any]:
@@ -85,12 +83,17 @@ class SinksRecent(EvictingMethod):
     name = "evict-sinks"
     label = "KV eviction: attention sinks + recent window (StreamingLLM-style, true positions)"
 
-    def __init__(self, sinks: int = 4, window: int = 124, positions: str = "true", **params: Any):
+    def __init__(self, sinks: int = 4, window: int = 124, positions: str = "true",
+                 budget: Optional[int] = None, **params: Any):
+        reject_unknown(self.name, params, ["sinks", "window", "budget", "positions"])
         sinks = _int_param("sinks", sinks, 0)
+        if budget is not None:  # tokens per layer, as the CAKE row counts it: window = budget − sinks
+            budget = _int_param("budget", budget, sinks + 1)
+            window = budget - sinks
         window = _int_param("window", window, 1)
         if positions not in ("true", "default"):
             raise InputError(f"positions must be 'true' or 'default' (got {positions!r})")
-        super().__init__(sinks=sinks, window=window, positions=positions, **params)
+        super().__init__(sinks=sinks, window=window, positions=positions)
         self.sinks, self.window, self.positions = sinks, window, positions
         if positions == "default":
             self.label = self.label.replace("true positions", "DEFAULT positions (wrong)")

@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..progress import CancelToken, ProgressFn, check
 from .act_sparsity import calibration_text
 from .base import GenState, Method, MethodOutput, Query, encode_plain, render_chat, text_nll
+from .params import reject_unknown
 
 
 @dataclass
@@ -174,13 +175,14 @@ class PhraseMerge(Method):
 
     def __init__(self, max_phrases: int = 64, min_count: int = 2, max_n: int = 4,
                  calibration: Optional[str] = None, **params: Any) -> None:
+        reject_unknown(self.name, params, ["max_phrases", "min_count", "max_n", "calibration"])
         for nm, v, lo in (("max_phrases", max_phrases, 1), ("min_count", min_count, 2),
                           ("max_n", max_n, 2)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InputError(f"{nm} must be an integer >= {lo} (got {v!r})")
         if calibration is not None and (not isinstance(calibration, str) or not calibration.strip()):
             raise InputError("calibration text must be a non-empty string")
-        super().__init__(max_phrases=max_phrases, min_count=min_count, max_n=max_n, **params)
+        super().__init__(max_phrases=max_phrases, min_count=min_count, max_n=max_n)
         if calibration is not None:
             self.params["calibration_sha"] = hashlib.sha256(calibration.encode()).hexdigest()[:12]
         self._text = calibration

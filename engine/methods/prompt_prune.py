@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..progress import CancelToken, check
 from .base import GenState, Method, Query, render_chat
+from .params import reject_unknown
 
 _WORD = re.compile(r"\S+")
 _NEGATIONS = frozenset("""not no nor never none nobody nothing nowhere neither cannot without
@@ -173,9 +174,10 @@ class PruneEveryNth(_Pruning):
     label = "Prompt pruning: drop every Nth word (naive baseline, negations/numbers kept)"
 
     def __init__(self, n: int = 4, protect: bool = True, **params: Any) -> None:
+        reject_unknown(self.name, params, ["n", "protect"])
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise InputError(f"n must be an integer >= 2 (got {n!r})")
-        super().__init__(n=n, protect=bool(protect), **params)
+        super().__init__(n=n, protect=bool(protect))
         self.n, self.protect = n, bool(protect)
 
     def prune(self, lm: Any, text: str) -> tuple[str, dict]:
@@ -187,9 +189,10 @@ class PruneSelfInfo(_Pruning):
     label = "Prompt pruning: drop low self-information words (Selective-Context-style, own model)"
 
     def __init__(self, ratio: float = 0.25, protect: bool = True, **params: Any) -> None:
+        reject_unknown(self.name, params, ["ratio", "protect"])
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio < 1.0:
             raise InputError(f"ratio must be a number in (0, 1) (got {ratio!r})")
-        super().__init__(ratio=float(ratio), protect=bool(protect), **params)
+        super().__init__(ratio=float(ratio), protect=bool(protect))
         self.ratio, self.protect = float(ratio), bool(protect)
 
     def prune(self, lm: Any, text: str) -> tuple[str, dict]:

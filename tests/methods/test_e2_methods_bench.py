@@ -51,3 +51,23 @@ def test_e2_rows_through_the_harness(tiny_lm, tmp_path):
     assert by[("sparsity-rotated", "qa-1")]["speed_note"] == "n/a: no sparse kernel"
     assert tiny_lm.model.get_input_embeddings() is emb
     assert torch.equal(fwd.logits(ids, fwd.new_cache(), keep=0), before)
+
+
+def test_unknown_parameter_is_an_input_error():
+    from engine.errors import InputError
+
+    for n in E2:
+        try:
+            make_method(n, no_such_knob=1)
+        except InputError as e:
+            assert "no_such_knob" in str(e)
+        else:
+            raise AssertionError(f"{n} accepted an unknown parameter")
+
+
+def test_sinks_budget_matches_cake_budget():
+    m = make_method("evict-sinks", budget=96)
+    assert (m.sinks, m.window) == (4, 92)
+    cake = make_method("evict-cake")
+    sinks = make_method("evict-sinks")
+    assert cake.budget == sinks.sinks + sinks.window  # defaults compare at equal budget
