@@ -130,7 +130,7 @@ class SearchScreen(ToolScreen):
                         ("ts-horizon", "horizon (new tokens)", "32", "≥ 1"),
                         ("ts-lambda", "λ", "1.0", "> 0"),
                         ("ts-seed", "seed", "0", "empty: random"),
-                        ("ts-samples", "samples (sample mode)", "3", "≥ 1"),
+                        ("ts-samples", "samples (sample)", "3", "≥ 1"),
                 ):
                     with Vertical(classes="number-field"):
                         yield Label(label, classes="number-label")

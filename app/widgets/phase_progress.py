@@ -23,7 +23,11 @@ RATE_UNITS = {"load": "steps/s", "vocab": "tokens/s", "mdd": "edges/s",
               "search": "candidates/s", "tree": "rollouts/s", "generate": "tok/s",
               "bench": "runs/s"}
 #: metric keys an engine may send with a rate it measured itself (preferred over our estimate)
-RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "rollouts_s", "rate")
+RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "cand_s", "rollouts_s", "rate")
+#: per phase, only the keys whose unit is that phase's unit (AdvTok's search also sends tok_s,
+#: tree search sends tok_s: neither is a rate in candidates/s or rollouts/s)
+PHASE_RATE_KEYS = {"search": ("cand_s", "candidates_s", "cands_s"), "tree": ("rollouts_s",),
+                   "generate": ("tok_s",)}
 BEST_KEYS = ("best_score", "best", "score")
 HIDE_KEYS = set(RATE_KEYS) | {"elapsed"}
 STATE_STYLE = {"idle": "dim", "running": "bold cyan", "finished": "green",
@@ -160,7 +164,7 @@ class PhaseProgress(Widget):
         p = self.progress
         if p is None:
             return None
-        own = self._metric(p, RATE_KEYS)
+        own = self._metric(p, PHASE_RATE_KEYS.get(p.phase, RATE_KEYS))
         if isinstance(own, (int, float)) and not isinstance(own, bool):
             return float(own)
         dt = (self.finished_at or time.monotonic()) - self.phase_started

@@ -2,7 +2,8 @@
 
 Each token is a cell on an alternating background colour, so every boundary is a colour change
 (spaces stay visible as coloured blanks); below each row of tokens a row of their ids in the same
-colours and column widths, so token i and id i line up. Tokens whose character span is not a span
+colours and column widths, so token i and id i line up (cells are one blank apart; the colour
+shows each token's exact extent, leading spaces included). Tokens whose character span is not a span
 of the reference tokenization (the canonical one) are underlined: that is where an adversarial
 tokenization differs. Rows wrap at the widget's width; the height follows the content.
 """
@@ -77,8 +78,12 @@ def strip_lines(tokens: Sequence[str], ids: Sequence[int], width: int, show_ids:
                 shown = shown[:-1]
             shown += "…"
             w = width
-        if used and used + w > width:
+        if used and used + 1 + w > width:
             flush()
+        if used:  # an unstyled gap: the coloured cell shows the token's exact extent
+            tok_line.append(" ")
+            id_line.append(" ")
+            used += 1
         style = PALETTE[i % 2] + (CHANGED if changed[i] else Style())
         tok_line.append(shown + " " * (w - cell_len(shown)), style)
         id_line.append(id_text.rjust(w) if show_ids else "", ID_PALETTE[i % 2])

@@ -57,7 +57,7 @@ class FakeAttackEngine(FakeEngine):
                 self.cancel_seen += 1
                 return fake_result(fields, "cancelled", max(1, it - 1), samples=False)
             report(progress, "search", it, iters, f"iteration {it}/{iters}", best=-12.0 + it,
-                   candidates=10, cand_s=100.0)
+                   candidates=10, cand_s=100.0, tok_s=5000.0)
         for s in range(1, 3):
             if wait():
                 self.cancel_seen += 1
@@ -189,6 +189,7 @@ async def test_attack_sparkline_follows_best_score(make_app):
         hist = list(pp.best_history)
         assert hist == sorted(hist)  # the fake's best only grows
         assert "best score" in pp.figures_text()
+        assert pp.rate() == 100.0 and "100.0 candidates/s" in pp.stats_text()  # not the tok_s
         await pilot.press("escape")
         await until(pilot, lambda: not app.runner.busy)
 
