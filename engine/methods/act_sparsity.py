@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import CancelToken, ProgressFn, check, report
-from .base import GenState, Method, MethodOutput, Query, encode_plain
+from .base import Method, MethodOutput, Query, encode_plain
 from .params import reject_unknown
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "suites" / "calibration-v1.txt"

@@ -83,8 +83,8 @@ def _replace(seq: list[int], gram: tuple[int, ...], new: int) -> list[int]:
     return out
 
 
-def _count_nonoverlapping(seq: list[int], n: int, allowed: set[int] | None,
-                          banned: set[int]) -> Counter:
+def _count_nonoverlapping(seq: list[int], n: int, banned: set[int]) -> Counter:
+    """Non-overlapping (left to right) occurrences of every n-gram free of ``banned`` ids."""
     counts: Counter = Counter()
     last_end: dict[tuple, int] = {}
     for i in range(len(seq) - n + 1):
@@ -112,7 +112,7 @@ def learn_phrases(tokenizer: Any, text: str, base_size: int, *, max_phrases: int
         check(cancel)
         best: tuple[int, tuple[int, ...]] | None = None
         for n in range(2, max_n + 1):
-            for gram, c in _count_nonoverlapping(seq, n, None, banned).items():
+            for gram, c in _count_nonoverlapping(seq, n, banned).items():
                 if c < min_count:
                     continue
                 gain = (n - 1) * c

@@ -11,8 +11,7 @@ from hypothesis import strategies as hs
 from engine.errors import InputError
 from engine.methods import make_method
 from engine.methods.base import Query, encode_plain
-from engine.methods.phrase_merge import (PhraseVocab, _count_nonoverlapping, learn_phrases,
-                                         part_mean_rows)
+from engine.methods.phrase_merge import PhraseVocab, _count_nonoverlapping, learn_phrases
 from engine.tiny import tiny_llama
 
 CAL = ("The cat sat on the mat. The cat sat on the mat again. "
@@ -65,7 +64,7 @@ def _scan(seq, gram):
 @settings(max_examples=60, deadline=None)
 @given(hs.lists(hs.integers(0, 3), max_size=30), hs.integers(2, 4))
 def test_nonoverlapping_count_brute_force(seq, n):
-    got = _count_nonoverlapping(seq, n, None, set())
+    got = _count_nonoverlapping(seq, n, set())
     assert set(got) == {tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)}
     for gram, c in got.items():
         assert c == _scan(seq, gram)
