@@ -278,14 +278,17 @@ class Tree:
     def stats(self) -> dict[str, Any]:
         internal = 0
         kids = 0
+        logp_bytes = 0
         stack = [self.root]
         while stack:
             n = stack.pop()
+            if n.logp is not None:
+                logp_bytes += n.logp[0].numel() * 4 + n.logp[1].numel() * 4
             if n.children:
                 internal += 1
                 kids += len(n.children)
                 stack.extend(n.children.values())
-        return {"nodes": self.size, "max_depth": self.depth,
+        return {"nodes": self.size, "max_depth": self.depth, "logp_bytes": logp_bytes,
                 "mean_branching": round(kids / internal, 3) if internal else 0.0}
 
 
@@ -329,6 +332,7 @@ class TreeResult:
     batches: int = 0
     padded_batches: int = 0
     kv_bytes: int = 0
+    logp_bytes: int = 0
     total_s: float = 0.0
     prefill_s: float = 0.0
     rollout_s: float = 0.0
@@ -753,7 +757,7 @@ class _Search:
             root_value=float(self.tree.root.value or 0.0), root_children=self.root_children(),
             terminal_revisits=self.revisits, generated_tokens=self.generated,
             prefill_tokens=self.prefilled, batches=self.batches, padded_batches=self.padded,
-            kv_bytes=self.kv_bytes, total_s=total, prefill_s=self.t_prefill, rollout_s=self.t_roll,
+            kv_bytes=self.kv_bytes, logp_bytes=st["logp_bytes"], total_s=total, prefill_s=self.t_prefill, rollout_s=self.t_roll,
             reward_s=self.t_reward, tok_s=self.generated / self.t_roll if self.t_roll > 0 else 0.0,
             forward=getattr(self.fwd, "name", type(self.fwd).__name__), config=asdict(cfg),
             reward=self.reward.to_dict(), tree=self.tree)
