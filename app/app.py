@@ -253,6 +253,18 @@ class TokenforgeApp(App):
         else:
             self.vocab_state = "unavailable"
 
+    def preempt_probe(self) -> None:
+        """A user job needs the model: stop the speed probe instead of making the user wait for
+        it (the timeouts then come from the first long enough chat answer, see record_speed)."""
+        for j in self.runner.running("speed"):
+            j.cancel("preempted")
+
+    def record_speed(self, tok_s: float, tokens: int) -> None:
+        """A real answer's decode speed, used when the probe did not run to completion."""
+        if self.settings.measured_tok_s is None and tokens >= 8 and tok_s > 0:
+            self.settings.apply_speed(tok_s)
+            self._each_screen("settings_changed")
+
     # -- background job messages (load, speed, vocab) -----------------------------------------
     def _bg_widgets(self, job_id: int) -> list[PhaseProgress]:
         out = []

@@ -74,6 +74,8 @@ class ToolScreen(Screen):
         return self.job is not None and not self.job.done
 
     def start_job(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        if kwargs.get("needs_model", True):
+            self.app.preempt_probe()  # type: ignore[attr-defined]  # the user's job goes first
         job = self.app.runner.start(kind, fn, *args, target=self, **kwargs)  # type: ignore[attr-defined]
         self.job = job
         self.progress_widget.begin(kind, job.id)

@@ -316,6 +316,7 @@ class ChatScreen(ToolScreen):
     async def job_finished(self, m: JobFinished) -> None:
         r = m.result
         self.turns += 1
+        self.app.record_speed(r.decode_tok_s, r.new_tokens)  # type: ignore[attr-defined]
         if self.answer is not None:
             await self.answer.finish(r.text, answer_figures(r))
         if getattr(r, "notes", None):

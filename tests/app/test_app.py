@@ -445,3 +445,26 @@ async def test_palette_runs_a_command(make_app):
         commands.highlighted = 0
         await pilot.press("enter")
         await until(pilot, lambda: app.current_mode == "settings")
+
+
+class SlowProbeEngine(FakeEngine):
+    """A speed probe that would take 10 s (it honours its token)."""
+
+    def measure_speed(self, lm, *, progress=None, cancel=None):
+        from engine.progress import Cancelled
+
+        if cancel.wait(10.0):
+            raise Cancelled(cancel.reason)
+        return super().measure_speed(lm)
+
+
+async def test_chat_preempts_the_speed_probe(make_app):
+    eng = SlowProbeEngine(tokens=tuple(f"t{i}" for i in range(12)))
+    app = make_app(engine=eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and app.runner.running("speed"))
+        await send(pilot, app, "hi")
+        await until(pilot, lambda: len(eng.sent) == 1 and not app.runner.busy, timeout=5)
+        assert not app.runner.running("speed") and app.speed is None
+        # timeouts then come from the answer itself (12 tokens at 100 tok/s)
+        assert app.settings.measured_tok_s == 100.0
