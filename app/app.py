@@ -353,9 +353,12 @@ class TokenforgeApp(App):
         """Ctrl+C / SIGINT: cancel jobs; idle → graceful quit; twice within 2 s → force quit."""
         now, prev = time.monotonic(), self._last_ctrl_c
         self._last_ctrl_c = now
+        # background work (load, speed probe, vocabulary) does not hold the app open: the user
+        # pressing Ctrl+C with only that running wants to quit (shutdown cancels it)
+        user_jobs = [j for j in self.runner.running() if j.id not in self._bg_jobs]
         if now - prev <= self.FORCE_WINDOW:
             self.force_quit(130)
-        elif self.runner.busy:
+        elif user_jobs:
             n = self.runner.cancel_all("user")
             self.notify(f"Cancelling {n} job(s)… press Ctrl+C again to force quit",
                         severity="warning", timeout=self.FORCE_WINDOW + 1)

@@ -468,3 +468,12 @@ async def test_chat_preempts_the_speed_probe(make_app):
         assert not app.runner.running("speed") and app.speed is None
         # timeouts then come from the answer itself (12 tokens at 100 tok/s)
         assert app.settings.measured_tok_s == 100.0
+
+
+async def test_ctrl_c_with_only_background_work_quits(make_app):
+    app = make_app(engine=SlowProbeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.runner.running("speed"))
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0 and app.runner.in_flight() == 0
