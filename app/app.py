@@ -74,7 +74,7 @@ class TokenforgeApp(App):
              "settings": _settings}
     DEFAULT_MODE = "chat"
     FORCE_WINDOW = 2.0
-    SHUTDOWN_GRACE = 3.0
+    SHUTDOWN_GRACE = 2.0  # issue 6: threads finished or abandoned within 2 s
     BINDINGS = [
         Binding("ctrl+c", "interrupt", "Stop/Quit", id="interrupt",
                 tooltip="Stop running jobs; when idle quit; twice within 2 s: force quit"),
