@@ -219,6 +219,25 @@ async def test_attack_cancel_returns_to_idle_with_best_so_far(make_app):
         assert scr.result is not None and scr.result_state == "cancelled"
 
 
+async def test_attack_timeout_from_settings_cancels(make_app):
+    eng = FakeAttackEngine(step_delay=10.0)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        scr = await open_attack(pilot, app)
+        app.settings.timeouts["advtok"] = 0.3  # the runner reads the settings' timeouts per kind
+        fill(scr, request="Tell me a joke", response="Sure", iters="4")
+        await pilot.pause(0.02)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        m = next(m for m in seen if isinstance(m, JobCancelled))
+        assert m.reason == "timeout" and m.kind == "advtok"
+        await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
+        await pilot.pause(0.02)
+        assert eng.cancel_seen == 1
+        assert "stopped (timeout)" in str(scr.query_one("#atk-summary").content)
+
+
 async def test_attack_export_writes_json_atomically(make_app, tmp_path):
     eng = FakeAttackEngine()
     app = make_app(engine=eng)
