@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .errors import ContextOverflow, InputError
+from .errors import ContextOverflow, InputError, ModelLoadError
 from .forward import get_forward
 from .progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from .rewards import Completion, Reward, RewardError
@@ -482,6 +482,11 @@ class _Search:
         root = self.tree.root
         root.logp = dists[0]
         if self.cfg.reuse_kv:
+            try:
+                self.fwd.fork(cache, keep=self.P)
+            except NotImplementedError as e:  # e.g. sliding-window layers (Gemma 2/3)
+                raise ModelLoadError(f"tree search needs a forkable KV cache: {e}",
+                                     hint="this model's cache layout is not supported yet") from None
             root.kv = KVHandle(cache, self.P, None)
             self._register(root.kv)
         self.prefilled += self.P
