@@ -31,6 +31,7 @@ from app.screens.base import ToolScreen
 from app.validate import (FieldCheck, first_error, optional_text, parse_choice, parse_int,
                           require_text)
 from app.widgets.engine_status import EngineStatus
+from app.widgets.screen_commands import ScreenActions
 from app.widgets.token_strip import TokenStrip
 
 ENGINE_MODULES = ("engine.advtok",)
@@ -92,6 +93,7 @@ def samples_text(samples: list[dict[str, Any]], empty: str) -> Text:
 class AttackScreen(ToolScreen):
     """AdvTok: form, live progress, canonical vs adversarial tokenization, samples, export."""
 
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
         Binding("ctrl+r", "run", "Run", id="attack.run", tooltip="Run the attack"),
@@ -269,6 +271,14 @@ class AttackScreen(ToolScreen):
             self.action_stop()
         elif event.button.id == "atk-export":
             self.action_export()
+
+    def palette_actions(self) -> list[tuple[str, str, Any]]:
+        """This screen's actions for the command palette."""
+        return [("Run attack", "Start with the form's settings (ctrl+r)", self.action_run),
+                ("Stop attack", "Stop the running job; the best so far is kept (escape)",
+                 self.action_stop),
+                ("Export attack JSON", "Write the last result as JSON (ctrl+e)",
+                 self.action_export)]
 
     # -- actions ------------------------------------------------------------------------------
     def action_run(self) -> None:

@@ -32,6 +32,7 @@ from app.screens.base import ToolScreen
 from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
                           parse_seed, require_text)
 from app.widgets.engine_status import EngineStatus
+from app.widgets.screen_commands import ScreenActions
 
 ENGINE_MODULES = ("engine.treesearch",)
 JOB_KIND = "tree"
@@ -94,6 +95,7 @@ def live_figures(m: dict[str, Any], step: int, total: Optional[int]) -> str:
 class SearchScreen(ToolScreen):
     """Tree search: form, live tree figures and root children, best vs greedy, export."""
 
+    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="search.stop", tooltip="Stop the running tree search"),
         Binding("ctrl+r", "run", "Run", id="search.run", tooltip="Run the tree search"),
@@ -286,6 +288,14 @@ class SearchScreen(ToolScreen):
             self.action_stop()
         elif event.button.id == "ts-export":
             self.action_export()
+
+    def palette_actions(self) -> list[tuple[str, str, Any]]:
+        """This screen's actions for the command palette."""
+        return [("Run tree search", "Start with the form's settings (ctrl+r)", self.action_run),
+                ("Stop tree search", "Stop the running job; the best so far is kept (escape)",
+                 self.action_stop),
+                ("Export tree search JSON", "Write the last result as JSON (ctrl+e)",
+                 self.action_export)]
 
     # -- actions ------------------------------------------------------------------------------
     def action_run(self) -> None:

@@ -305,3 +305,21 @@ async def test_attack_end_to_end_on_the_tiny_model(make_app, tiny_lm):
         phases = {m.progress.phase for m in seen if isinstance(m, JobProgressed) and m.kind == "advtok"}
         assert {"mdd", "search", "generate"} <= phases
         assert str(r.best_ids[0]) in scr.query_one("#atk-adv").plain()
+
+
+async def test_attack_actions_are_in_the_command_palette(make_app):
+    eng = FakeAttackEngine()
+    app = make_app(engine=eng)
+    async with app.run_test(size=SIZE) as pilot:
+        scr = await open_attack(pilot, app)
+        fill(scr, request="Tell me a joke", response="Sure", iters="2", samples="0")
+        await pilot.pause(0.02)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.1)
+        await pilot.press(*"run attack")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: scr.result is not None and not app.runner.busy)
+        assert len(eng.calls) == 1
+        titles = [t for t, _, _ in scr.palette_actions()]
+        assert titles == ["Run attack", "Stop attack", "Export attack JSON"]
