@@ -2,6 +2,7 @@
 tiny model, KV resume exactness, determinism, cancel and failing rewards."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from types import SimpleNamespace
@@ -225,6 +226,31 @@ def test_dts_sampling_is_consistent_on_a_toy_lm():
     # the root value estimates V = (1/λ) log E_q[exp(λ r)]
     v_true = math.log(sum(q_root[a] * q_next[a][b] * math.exp(lam * r[(a, b)]) for a, b in r)) / lam
     assert abs(res.root_value - v_true) < 0.05
+
+
+def test_rows_that_finish_leave_the_batch():
+    """One round of 8 rollouts on a toy LM where EOS is likely: every decode call carries only
+    the rows still running (batch sizes never grow, and sum to the tokens fed)."""
+    lg = lambda ps: [math.log(p) if p > 0 else -1e9 for p in ps]
+    table: dict = {}
+    for d in range(6):
+        for pre in itertools.product(range(3), repeat=d):
+            table[pre] = lg([0.3, 0.3, 0.4, 0.0] if d == 0 else [0.25, 0.25, 0.2, 0.3])
+    lm = _toy_lm(table, prompt_len=2)
+    calls: list[int] = []
+    real = lm._forward.logits
+
+    def logged(ids, cache, **kw):
+        calls.append(ids.shape[0] if ids.shape[1] == 1 else -1)
+        return real(ids, cache, **kw)
+
+    lm._forward.logits = logged
+    cfg = TreeConfig(rollouts=8, horizon=6, top_p=1.0, batch=8, widening=3, mode="sample", seed=1)
+    res = run_tree_search(lm, [1, 2], fn_reward(lambda c: 0.5), cfg)
+    assert res.batches == 1 and res.rollouts_done == 8
+    decode = calls[2:]  # after the prompt prefill and the start-node feed
+    assert decode == sorted(decode, reverse=True) and decode[0] <= 8 and decode[-1] < decode[0]
+    assert sum(decode) == res.generated_tokens - 8  # each row feeds all but its last token
 
 
 # ---------------------------------------------------------------- the tiny model
