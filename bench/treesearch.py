@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=int, default=50)
     ap.add_argument("--engine-path", choices=("fast", "standard"), default="fast")
     ap.add_argument("--no-k5", action="store_true", help="skip the informative batch-5 variant")
+    ap.add_argument("--out", default="treesearch", help="results file name under bench/results/")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0 = torch's default); 1 avoids oversubscription stalls "
                          "when other jobs load the cores")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"goal ≥ 3× naive: {'met' if goals['speedup_ge_3x'] else 'NOT met'} · "
           f"goal batched ≤ 5 s: {'met' if goals['batched_le_5s'] else 'NOT met'} "
           f"({med('batched', 'wall_s'):.2f} s, forward {fwd.name})")
-    out = write_result("treesearch", {
+    out = write_result(args.out, {
         "env": env_record(), "torch_threads": torch.get_num_threads(), "model": lm.name, "forward": fwd.name, "prompt": PROMPT,
         "prompt_tokens": len(prompt), "reward": REWARD, "config": common,
         "variants": {k: v.__dict__ for k, v in variants.items()}, "runs": runs, "summary": summary,
