@@ -353,6 +353,7 @@ class TokenforgeApp(App):
         """Ctrl+C / SIGINT: cancel jobs; idle → graceful quit; twice within 2 s → force quit."""
         now, prev = time.monotonic(), self._last_ctrl_c
         self._last_ctrl_c = now
+        log.info("interrupt (busy=%s, in_flight=%d)", self.runner.busy, self.runner.in_flight())
         # background work (load, speed probe, vocabulary) does not hold the app open: the user
         # pressing Ctrl+C with only that running wants to quit (shutdown cancels it)
         user_jobs = [j for j in self.runner.running() if j.id not in self._bg_jobs]
@@ -374,9 +375,10 @@ class TokenforgeApp(App):
         if self.quitting:
             return
         self.quitting = True
-        self.run_worker(self._shutdown(), group="quit", exclusive=True, exit_on_error=False)
+        self.run_worker(self._graceful_shutdown(), group="quit", exclusive=True, exit_on_error=False)
 
-    async def _shutdown(self) -> None:
+    async def _graceful_shutdown(self) -> None:
+        log.info("shutdown: cancelling %d job(s)", len(self.runner.running()))
         ended = await self.runner.shutdown(grace=self.SHUTDOWN_GRACE)
         if not ended:
             log.warning("%d engine call(s) ignored cancel; exiting anyway", self.runner.in_flight())
