@@ -200,3 +200,12 @@ def test_cli_bench_bad_methods_lists_valid(capsys):
     err = capsys.readouterr().err
     assert "warp-drive" in err and "kv-fp8" in err
     assert main(["bench", "--repeats", "0"]) == 2
+
+
+def test_cli_param_overrides():
+    from app.commands.bench import parse_params
+
+    assert parse_params(["evict-sinks.window=64", "evict-sinks.label=x", "kv-fp8.on=true"]) == {
+        "evict-sinks": {"window": 64, "label": "x"}, "kv-fp8": {"on": True}}
+    with pytest.raises(InputError, match="METHOD.KEY=VALUE"):
+        parse_params(["window=64"])
