@@ -8,7 +8,8 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
   RoPE is ``x*cos + roll(x)*sin`` on a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
-  query heads as (kv_heads, group) so SDPA attends without repeating K/V;
+  query heads as (kv_heads, group) so attention runs without repeating K/V; at q_len 1 it is three
+  small ops (matmul, softmax, matmul), which beat SDPA's CPU kernel there; prefill uses SDPA;
 - logits only for the positions asked for (``keep``); ``hidden()`` + ``head()`` for scoring.
 
 Results equal the standard path to fp32 rounding (tests assert atol 1e-4 on logits and identical
@@ -38,6 +39,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # RoPE variants whose frequencies do not depend on the sequence length: the table is exact.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 HEAD_MODES = ("exact", "chunked", "int8")
+DECODE_ATTENTION = ("matmul", "sdpa")  # q_len-1 attention kernel; prefill always uses SDPA
 _MIN_CAP = 64
 
 
@@ -82,13 +84,14 @@ def unsupported_reason(model: Any) -> Optional[str]:
     return None
 
 
-def make_lean_forward(model: Any, *, fuse: bool = False, head_mode: str = "exact") -> Optional["LeanForward"]:
+def make_lean_forward(model: Any, *, fuse: bool = False, head_mode: str = "exact",
+                      decode_attention: str = "matmul") -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
         log.info("lean forward unsupported: %s", why)
         return None
-    return LeanForward(model, fuse=fuse, head_mode=head_mode)
+    return LeanForward(model, fuse=fuse, head_mode=head_mode, decode_attention=decode_attention)
 
 
 @dataclass
@@ -165,7 +168,11 @@ class LeanForward:
 
     name = "fast"
 
-    def __init__(self, model: Any, *, fuse: bool = False, head_mode: str = "exact") -> None:
+    def __init__(self, model: Any, *, fuse: bool = False, head_mode: str = "exact",
+                 decode_attention: str = "matmul") -> None:
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
+        self.decode_attention = decode_attention
         cfg = model.config
         base = model.model
         self.model = model
@@ -368,10 +375,19 @@ class LeanForward:
                    b: int, t: int, causal: bool) -> torch.Tensor:
         """q (B, T, H, D) rotated; k, v (B, KV, S, D) buffer views → (B, T, H*D)."""
         if t == 1:
-            # GQA at q_len 1: the group's query heads become the query axis of their KV head
+            # GQA at q_len 1: the group's query heads become the query axis of their KV head,
+            # so K/V are never repeated; mask (B, 1, 1, S) broadcasts over (KV, group)
             qg = q.reshape(b, self.n_kv, self.groups, self.head_dim)
-            m = None if mask is None else mask  # (B, 1, 1, S) broadcasts over (KV, group)
-            o = F.scaled_dot_product_attention(qg, k, v, attn_mask=m, scale=self.scale)
+            if self.decode_attention == "sdpa":
+                o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
+            else:
+                # three small ops; SDPA's CPU kernel opens a parallel region per call, which costs
+                # more than the work at q_len 1 (measured in bench/decode.py)
+                s = torch.matmul(qg, k.transpose(-1, -2))
+                s.mul_(self.scale)
+                if mask is not None:
+                    s.masked_fill_(~mask, float("-inf"))
+                o = torch.matmul(torch.softmax(s, dim=-1), v)
             return o.reshape(b, 1, self.n_heads * self.head_dim)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, is_causal=causal,
                                            scale=self.scale, enable_gqa=self.groups > 1)
