@@ -15,7 +15,7 @@ def write_bytes(path: Path | str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the user's normal mode
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the user's normal mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -33,6 +33,9 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _umask()  # read once at import: os.umask is process-wide, so never toggle it later
 
 
 def write_text(path: Path | str, text: str) -> None:
