@@ -46,6 +46,7 @@ class AttackConfig:
     temperature: float = 1.0
     patience: int = 3
     length_norm: bool = True
+    share_trunk: bool = True
     samples: int = 0
     sample_max_new_tokens: int = 64
     sample_temperature: float = 0.7
@@ -273,7 +274,8 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
         res.init_ids = list(x)
         res.best_ids = list(x)
         scorer = CandidateScorer(lm, prefix, between, targets, length_norm=cfg.length_norm,
-                                 token_budget=cfg.token_budget, batch_cap=cfg.batch_cap)
+                                 token_budget=cfg.token_budget, batch_cap=cfg.batch_cap,
+                                 share_trunk=cfg.share_trunk)
         t = time.perf_counter()
         s0 = scorer.score([canonical, x], progress=progress, cancel=cancel)
         timings["prefix_s"] = scorer.stats.prefix_s
@@ -293,7 +295,8 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
             dist = len(mdd.edge_set(best_x) - e_can)
             metrics = {"iteration": it, "best": round(best, 4), "candidates": len(pool),
                        "edge_distance": dist}
-            scores = scorer.score(pool, progress=progress, cancel=cancel, metrics=metrics)
+            scores = scorer.score(pool, trunk=x, progress=progress, cancel=cancel,
+                                  metrics=metrics)
             if cfg.stochastic:
                 m = max(scores)
                 w = [math.exp((s - m) / cfg.temperature) for s in scores]

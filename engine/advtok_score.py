@@ -11,6 +11,10 @@ objective allows:
   pads) and explicit position ids, so real tokens sit at their true positions;
 - only the hidden states that predict a ``U ⊕ R`` token go through the LM head
   (log-softmax in fp32, sums in fp64);
+- with a *trunk* (the search's current X), a candidate's tokens shared with X up to its first
+  edit are not forwarded again: X is fed once on top of the prefix and each batch forks that
+  cache at the batch's shortest shared prefix (ALGORITHMS §2.4, "candidate trie", the one-level
+  form: distance-2 neighbours share X's tokens up to their first edit);
 - scores are memoised by ``tuple(ids)`` for the run, candidates are batched in length order, the
   batch size comes from a token budget, free memory and a user cap, and halves on out-of-memory.
 
@@ -75,6 +79,9 @@ class ScorerStats:
     prefix_s: float = 0.0
     oom_halvings: int = 0
     batch_size: int = 0          # the current batch size
+    trunk_tokens: int = 0        # trunk (X) tokens fed to build shared caches
+    shared_tokens: int = 0       # candidate tokens not forwarded thanks to the trunk cache
+    flops: float = 0.0           # analytic work of every forward (see forward_flops)
 
     @property
     def candidates_per_s(self) -> float:
@@ -101,6 +108,7 @@ class CandidateScorer:
     token_budget: int = DEFAULT_TOKEN_BUDGET
     batch_cap: Optional[int] = None
     memory_fraction: float = 0.5
+    share_trunk: bool = True
     stats: ScorerStats = field(default_factory=ScorerStats)
     memo: dict[tuple[int, ...], float] = field(default_factory=dict)
 
@@ -115,6 +123,7 @@ class CandidateScorer:
         self.device = self.lm.torch_device
         self.n_around = len(self.prefix_ids) + len(self.between_ids) + len(self.target_ids)
         self._prefix_cache: Any = None
+        self._trunk: Optional[tuple[tuple[int, ...], Any]] = None
         self._halved_cap: Optional[int] = None
         tok = self.lm.tokenizer
         pad = getattr(tok, "pad_token_id", None)
@@ -144,7 +153,36 @@ class CandidateScorer:
                 self.fwd.hidden(ids, cache)
             self._prefix_cache = cache
             self.stats.prefix_s = time.perf_counter() - t0
+            self.stats.flops += forward_flops(self.lm.model.config, len(self.prefix_ids),
+                                              (len(self.prefix_ids) + 1) / 2, 0)
         return self._prefix_cache
+
+    def trunk_cache(self, trunk: tuple[int, ...]) -> Any:
+        """Cache of prefix ⊕ trunk (the latest trunk is kept; the prefix cache is forked)."""
+        if self._trunk is not None and self._trunk[0] == trunk:
+            return self._trunk[1]
+        t0 = time.perf_counter()
+        cache = self.fwd.fork(self.prefix_cache)
+        ids = torch.tensor([list(trunk)], dtype=torch.long, device=self.device)
+        self.fwd.hidden(ids, cache)
+        self._trunk = (trunk, cache)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.trunk_tokens += len(trunk)
+        self.stats.flops += forward_flops(self.lm.model.config, len(trunk),
+                                          len(self.prefix_ids) + (len(trunk) + 1) / 2, 0)
+        return cache
+
+    @staticmethod
+    def shared_len(k: tuple[int, ...], trunk: Optional[tuple[int, ...]]) -> int:
+        """Tokens of ``k`` taken from the trunk cache: the common prefix, leaving at least the
+        last token of ``k`` to feed (its hidden state predicts the first scored token)."""
+        if not trunk:
+            return 0
+        n = min(len(k) - 1, len(trunk))
+        i = 0
+        while i < n and k[i] == trunk[i]:
+            i += 1
+        return i
 
     # ------------------------------------------------------------------ batching
     def batch_size_for(self, row_len: int) -> int:
@@ -164,17 +202,16 @@ class CandidateScorer:
             b = min(b, self._halved_cap)
         return max(1, b)
 
-    def _rows(self, cands: Sequence[Sequence[int]]) -> list[list[int]]:
-        return [list(v) + self.between_ids + self.target_ids for v in cands]
-
     @torch.inference_mode()
-    def _forward_batch(self, cands: Sequence[Sequence[int]]) -> list[float]:
-        """Summed U ⊕ R log-probabilities (fp64) for one batch of candidates."""
+    def _forward_batch(self, cands: Sequence[Sequence[int]], shared: int = 0,
+                       trunk: Optional[tuple[int, ...]] = None) -> list[float]:
+        """Summed U ⊕ R log-probabilities (fp64) for one batch of candidates. ``shared`` > 0:
+        every candidate starts with ``trunk[:shared]``, taken from the trunk cache."""
         B = len(cands)
-        rows = self._rows(cands)
+        rows = [list(v)[shared:] + self.between_ids + self.target_ids for v in cands]
         lens = [len(r) for r in rows]
         L = max(lens)
-        past = len(self.prefix_ids)
+        past = len(self.prefix_ids) + shared
         T = len(self.target_ids)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, past + L), dtype=torch.long)
@@ -184,10 +221,12 @@ class CandidateScorer:
             mask[b, past:past + len(r)] = 1
         pos = (torch.arange(L, dtype=torch.long) + past).unsqueeze(0).expand(B, L)
         # the hidden state at index q predicts the token at q + 1; U ⊕ R starts at |V| + |F_suf|
-        start = torch.tensor([len(v) + len(self.between_ids) - 1 for v in cands], dtype=torch.long)
+        start = torch.tensor([len(v) - shared + len(self.between_ids) - 1 for v in cands],
+                             dtype=torch.long)
         gidx = start.unsqueeze(1) + torch.arange(T, dtype=torch.long).unsqueeze(0)  # (B, T)
         dev = self.device
-        cache = self.fwd.repeat(self.fwd.fork(self.prefix_cache), B)
+        base = self.trunk_cache(trunk) if shared else self.prefix_cache
+        cache = self.fwd.repeat(self.fwd.fork(base, keep=past), B)
         h = self.fwd.hidden(ids.to(dev), cache, position_ids=pos.to(dev), attention_mask=mask.to(dev))
         H = h.shape[-1]
         sel = h.gather(1, gidx.to(dev).unsqueeze(-1).expand(B, T, H))          # (B, T, H)
@@ -202,6 +241,8 @@ class CandidateScorer:
         self.stats.tokens += sum(lens)
         self.stats.padded_tokens += B * L
         self.stats.head_positions += B * T
+        self.stats.shared_tokens += B * shared
+        self.stats.flops += forward_flops(self.lm.model.config, B * L, past + (L + 1) / 2, B * T)
         return out.tolist()
 
     def finish(self, logp_sum: float, n_candidate: int) -> float:
@@ -210,18 +251,44 @@ class CandidateScorer:
             return logp_sum
         return logp_sum - length_term(n_candidate, self.n_around)
 
+    def _batch_len(self, todo: list[tuple[int, ...]], i: int, sh: dict[tuple[int, ...], int],
+                   extra: int) -> int:
+        """Rows for the batch starting at ``todo[i]``: within the size limit and the token
+        budget, and closed early when adding a row with a shorter shared prefix would re-feed
+        more than a quarter of the batch's tokens (the batch forks at its smallest prefix)."""
+        cap = min(self.batch_size_for(len(todo[i]) - sh[todo[i]] + extra), len(todo) - i)
+        c = sh[todo[i]]
+        longest = len(todo[i])
+        tokens = len(todo[i]) - c + extra
+        b = 1
+        while b < cap:
+            k = todo[i + b]
+            c2 = min(c, sh[k])
+            longest2 = max(longest, len(k))
+            if (longest2 - c2 + extra) * (b + 1) > self.token_budget:
+                break
+            refeed = b * (c - c2)
+            if refeed > 0.25 * tokens:
+                break
+            tokens += refeed + len(k) - c2 + extra
+            c, longest, b = c2, longest2, b + 1
+        return b
+
     # ------------------------------------------------------------------ public
-    def score(self, cands: Sequence[Sequence[int]], *, progress: Optional[ProgressFn] = None,
-              cancel: Optional[CancelToken] = None, phase: str = "search",
-              metrics: Optional[dict[str, Any]] = None) -> list[float]:
-        """Scores of ``cands`` (memo first; the rest in length-ordered batches). A cancel raises
-        :class:`~engine.progress.Cancelled` between batches; scores already computed stay in the
-        memo."""
+    def score(self, cands: Sequence[Sequence[int]], *, trunk: Optional[Sequence[int]] = None,
+              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+              phase: str = "search", metrics: Optional[dict[str, Any]] = None) -> list[float]:
+        """Scores of ``cands`` (memo first; the rest in batches ordered by shared prefix with
+        ``trunk``, then length). A cancel raises :class:`~engine.progress.Cancelled` between
+        batches; scores already computed stay in the memo."""
         keys = [tuple(int(t) for t in v) for v in cands]
         for k in keys:
             if not k:
                 raise InputError("an empty tokenization cannot be scored")
-        todo = sorted({k for k in keys if k not in self.memo}, key=lambda k: (len(k), k))
+        tr = tuple(int(t) for t in trunk) if (trunk and self.share_trunk) else None
+        sh = {k: self.shared_len(k, tr) for k in keys if k not in self.memo}
+        # most shared first; within the same shared prefix, by remaining length (less padding)
+        todo = sorted(sh, key=lambda k: (-sh[k], len(k) - sh[k], k))
         self.stats.memo_hits += len(keys) - len(todo)
         _ = self.prefix_cache
         done = 0
@@ -229,15 +296,13 @@ class CandidateScorer:
         extra = len(self.between_ids) + len(self.target_ids)
         while i < len(todo):
             check(cancel)
-            # rows are length-sorted: the batch's longest row is its last one
-            b = min(self.batch_size_for(len(todo[i]) + extra), len(todo) - i)
-            while b > 1 and (len(todo[i + b - 1]) + extra) * b > self.token_budget:
-                b -= 1
+            b = self._batch_len(todo, i, sh, extra)
             batch = todo[i:i + b]
+            shared = min(sh[k] for k in batch)
             self.stats.batch_size = len(batch)
             t0 = time.perf_counter()
             try:
-                sums = self._forward_batch(batch)
+                sums = self._forward_batch(batch, shared, tr)
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled here
                 if not _is_oom(e):
                     raise
@@ -262,6 +327,10 @@ class CandidateScorer:
 
     def score_one(self, ids: Sequence[int]) -> float:
         return self.score([ids])[0]
+
+    @property
+    def gflop_per_s(self) -> float:
+        return self.stats.flops / self.stats.seconds / 1e9 if self.stats.seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------------- reference-style scorer

@@ -76,6 +76,32 @@ def test_independent_of_batch_composition(tiny_lm, parts):
         assert abs(a - b) < ATOL and abs(a - c) < ATOL
 
 
+def test_trunk_sharing_equals_plain_scores(tiny_lm, parts):
+    """Candidates forked from X's cache at their first edit score as if fed in full."""
+    ch, _, x, cands, targets = parts
+    plain = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, share_trunk=False).score(cands)
+    for cap in (1, 3, 16):
+        sc = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, batch_cap=cap)
+        got = sc.score(cands, trunk=x)
+        if cap == 1:   # one row per batch: every row forks at its own first edit
+            assert sc.stats.shared_tokens > 0 and sc.stats.trunk_tokens == len(x)
+        assert max(abs(a - b) for a, b in zip(got, plain)) < ATOL
+    # a frozen suffix and a trunk the candidates barely share still agree
+    between = [28]
+    other = cands[-1]
+    a = CandidateScorer(tiny_lm, ch.prefix_ids, between, targets).score(cands, trunk=other)
+    b = reference_scores(tiny_lm, ch.prefix_ids, cands, between, targets, batch_size=4)
+    assert max(abs(p - q) for p, q in zip(a, b)) < ATOL
+
+
+def test_shared_len_leaves_the_last_token():
+    assert CandidateScorer.shared_len((1, 2, 3), (1, 2, 3)) == 2
+    assert CandidateScorer.shared_len((1, 2, 3), (1, 5, 3)) == 1
+    assert CandidateScorer.shared_len((1, 2, 3, 4), (1, 2)) == 2
+    assert CandidateScorer.shared_len((7,), (7, 8)) == 0
+    assert CandidateScorer.shared_len((1, 2), None) == 0
+
+
 def test_memoised_equals_fresh_and_skips_work(tiny_lm, parts):
     ch, _, _, cands, targets = parts
     sc = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, batch_cap=4)
