@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.sampling import SamplingConfig
     from engine.treesearch import run_tree_search
 
-    with Progress(TextColumn("[bold]tree[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=err, transient=False) as bar:
         task = bar.add_task("tree", total=cfg.rollouts, info="")
 
@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 return
             m = p.metrics
             best = m.get("best_reward")
-            info = (f"nodes {m.get('nodes', 0)} · depth {m.get('depth', 0)} · {m.get('tok_s', 0)} tok/s"
-                    + (f" · best {best:.3f} “{_snippet(m.get('best_text', ''), 40)}”" if best is not None else ""))
+            info = (f"{m.get('nodes', 0)} nodes · {m.get('tok_s', 0)} tok/s"
+                    + (f" · best {best:.3f} “{_snippet(m.get('best_text', ''), 30)}”" if best is not None else ""))
             bar.update(task, completed=p.step, info=info)
 
         res = _run_cancellable(lambda tok: run_tree_search(lm, prompt_ids, reward, cfg,
