@@ -21,7 +21,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Collapsible, Input, Label, Select, Static
+from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline, Static
 
 from engine.errors import InputError
 
@@ -151,6 +151,9 @@ class AttackScreen(ToolScreen):
             with Vertical(id="atk-result"):
                 yield Static("[dim]no result yet — fill in the request and the target response, "
                              "then Run (ctrl+r)[/]", id="atk-summary")
+                with Horizontal(id="atk-curve-row"):
+                    yield Static("", id="atk-curve-label")
+                    yield Sparkline([], id="atk-curve")
                 yield Static("canonical tokenization", id="atk-canon-title", classes="strip-title")
                 yield TokenStrip(id="atk-canon")
                 yield Static("adversarial tokenization [dim](underlined: spans not in the "
@@ -357,6 +360,15 @@ class AttackScreen(ToolScreen):
     def _show_result(self, r: Any, note: str = "") -> None:
         canon = self.query_one("#atk-canon", TokenStrip)
         adv = self.query_one("#atk-adv", TokenStrip)
+        curve = self.query_one("#atk-curve", Sparkline)
+        if r is None or not r.curve:
+            curve.data = []
+            self.query_one("#atk-curve-label", Static).update("")
+        else:  # the canonical score, then the best score after each iteration
+            pts = ([r.canonical_score] if r.canonical_score is not None else []) + list(r.curve)
+            curve.data = pts
+            self.query_one("#atk-curve-label", Static).update(
+                f"[b]best score by iteration[/] {pts[0]:.2f} → {pts[-1]:.2f} ")
         if r is None:
             canon.clear()
             adv.clear()

@@ -169,6 +169,8 @@ async def test_attack_run_shows_phases_and_result(make_app):
         adv = scr.query_one("#atk-adv").plain()
         assert "Tell" in canon and "20407" in canon and " joke" in canon
         assert " j" in adv and "oke" in adv and "6489" in adv
+        assert list(scr.query_one("#atk-curve").data) == [-12.5, -12.0, -11.0, -10.25]
+        assert "-12.50 → -10.25" in str(scr.query_one("#atk-curve-label").content)
         assert "adv sample 1" in str(scr.query_one("#atk-samples-adv").content)
         assert "normal sample 0" in str(scr.query_one("#atk-samples-can").content)
         assert not scr.query_one("#atk-export", Button).disabled
