@@ -52,6 +52,9 @@ class EvictingMethod(Method):
 
     def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
+        if any(getattr(lay, "is_sliding", False) for lay in st.cache.layers):
+            raise InputError(f"{self.name}: {getattr(lm, 'name', 'this model')} has sliding-window "
+                             "attention layers; KV eviction here supports full-attention layers only")
         st.info.update(kv_bytes_peak=0, evicted=0, positions=self.positions)
         return st
 

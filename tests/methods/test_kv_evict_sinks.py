@@ -93,3 +93,17 @@ def test_true_positions_beat_default_on_bundled_model(smol_lm, sample_text):
 def test_bad_params(kw):
     with pytest.raises(InputError):
         SinksRecent(**kw)
+
+
+def test_sliding_window_model_is_refused(tokenizer):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from engine.model import from_parts
+
+    cfg = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        sliding_window=16)
+    lm = from_parts(MistralForCausalLM(cfg), tokenizer, name="tiny-mistral")
+    q = Query(id="t", kind="chat", prompt="hello")
+    with pytest.raises(InputError, match="sliding-window"):
+        SinksRecent().run(lm, q, 2)
