@@ -161,11 +161,12 @@ class AttackScreen(ToolScreen):
                 yield TokenStrip(id="atk-adv")
                 with Horizontal(id="atk-sample-cols"):
                     with Vertical(classes="sample-col"):
-                        yield Static("[b]normal samples[/] (canonical tokens)", classes="strip-title")
+                        yield Static("[b]normal samples[/] (canonical tokens)",
+                                     id="atk-samples-can-title", classes="strip-title")
                         yield Static("", id="atk-samples-can", classes="sample-body")
                     with Vertical(classes="sample-col"):
                         yield Static("[b]adversarial samples[/] (best tokens)",
-                                     classes="strip-title")
+                                     id="atk-samples-adv-title", classes="strip-title")
                         yield Static("", id="atk-samples-adv", classes="sample-body")
             with Collapsible(title="engine status", collapsed=True, id="atk-engine"):
                 yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="attack-status")
@@ -385,6 +386,13 @@ class AttackScreen(ToolScreen):
         self.query_one("#atk-adv-title", Static).update(
             f"[b]adversarial[/] tokenization · {len(r.best_ids)} tokens · score "
             f"{score_text(r.best_score)} [dim](underlined: spans not in the canonical)[/]")
+        c = r.config or {}
+        how = (f"T {c.get('sample_temperature', '?')}, ≤ {c.get('sample_max_new_tokens', '?')} "
+               f"tokens, seed {c.get('seed', '?')} on both sides")
+        self.query_one("#atk-samples-can-title", Static).update(
+            f"[b]normal samples[/] (canonical tokens) [dim]{how}[/]")
+        self.query_one("#atk-samples-adv-title", Static).update(
+            f"[b]adversarial samples[/] (best tokens) [dim]{how}[/]")
         none = "no samples (samples = 0)" if not r.config.get("samples") else (
             "not sampled (run stopped)")
         self.query_one("#atk-samples-can", Static).update(samples_text(r.canonical_samples, none))

@@ -242,8 +242,7 @@ class SearchScreen(ToolScreen):
         t = app.runner.timeout_for(JOB_KIND)
         system = app.settings.system_prompt
         out = (f"[dim]{escape(app.lm.describe())} · chat template with the Settings system prompt"
-               f"{' (' + escape(system[:40]) + ')' if system else ' (none)'} · policy q: T 1.0, "
-               f"top-p 0.95 · timeout {'none' if t is None else f'{t:.0f} s'} · exports → "
+               f"{' (' + escape(system[:40]) + ')' if system else ' (none)'} · timeout {'none' if t is None else f'{t:.0f} s'} · exports → "
                f"{escape(str(app.settings.export_dir))}[/]")
         if self.last_export is not None:
             out += f"\nexported → {escape(str(self.last_export))}"
@@ -416,6 +415,12 @@ class SearchScreen(ToolScreen):
             f"tree size {r.nodes} · depth {r.max_depth} · branching {r.mean_branching:.2f} · "
             f"root v̂ {r.root_value:.4f} · {r.generated_tokens} tokens at {r.tok_s:.1f} tok/s · "
             f"{r.total_s:.1f} s · forward {escape(str(r.forward))}")
+        c = r.config or {}
+        if c:
+            lines.append(f"[b]policy q[/] temperature {c.get('temperature', '?')} · top-p "
+                         f"{c.get('top_p', '?')} · λ {c.get('lam', '?')} · widening "
+                         f"{c.get('widening', '?')} · batch {c.get('batch', '?')} · seed "
+                         f"{c.get('seed')}")
         lines.append(f"[b]reward[/] {escape(str(r.reward.get('description', run.reward_spec)))}")
         self.query_one("#ts-summary", Static).update("\n".join(lines))
         self._fill_table([(c.get("token"), c.get("id"), c.get("visits"), c.get("draws"),

@@ -173,6 +173,7 @@ async def test_attack_run_shows_phases_and_result(make_app):
         assert "-12.50 → -10.25" in str(scr.query_one("#atk-curve-label").content)
         assert "adv sample 1" in str(scr.query_one("#atk-samples-adv").content)
         assert "normal sample 0" in str(scr.query_one("#atk-samples-can").content)
+        assert "seed 7 on both sides" in str(scr.query_one("#atk-samples-adv-title").content)
         assert not scr.query_one("#atk-export", Button).disabled
         assert scr.query_one("#atk-stop", Button).disabled
 

@@ -189,6 +189,7 @@ async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
         assert scr.table_updates < len(tree_reports) + 1
         summary = str(scr.query_one("#ts-summary").content)
         assert "completed" in summary and "40/40 rollouts" in summary and "tree size 121" in summary
+        assert "λ 2.5" in summary and "seed 5" in summary  # the config the engine ran with
         assert "1.000" in str(scr.query_one("#ts-best-title").content)
         assert "the moon and stars" in str(scr.query_one("#ts-best").content)
         assert "0.000" in str(scr.query_one("#ts-greedy-title").content)
