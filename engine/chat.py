@@ -244,6 +244,29 @@ class ChatSession:
             result.notes.append(self.glue.warning)
         return result
 
+    def regenerate(self, *, on_token: Optional[TokenCallback] = None,
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+                   sampling: Optional[SamplingConfig] = None) -> GenerationResult:
+        """Drop the last answer and answer the last user message again.
+
+        The conversation is rolled back to just before the last turn: the cache is forked at
+        that length (a view, no re-encoding) and ``ids``/``turns`` trimmed, then the message is
+        sent again, so only that turn's tokens are prefilled."""
+        if not self.turns or self.cache is None:
+            raise InputError("nothing to regenerate: send a message first")
+        (sampling or self.sampling).validate(self.lm.context_length)  # refuse before rolling back
+        last = self.turns[-1]
+        i = len(self.turns) - 1
+        start = len(self.ids) - len(last.answer_ids) - len(self._turn_ids(i, last, with_answer=False))
+        if start < len(self._sys_ids):  # ids out of step with the turns: never expected
+            raise InputError("cannot regenerate: conversation state is inconsistent; start a new chat")
+        check(cancel)
+        self.cache = self.fwd.fork(self.cache, keep=min(start, self.fwd.cache_len(self.cache)))
+        self.ids = self.ids[:start]
+        self.turns = self.turns[:-1]
+        return self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
+                         sampling=sampling)
+
     # -- export ---------------------------------------------------------------------------------
     def to_markdown(self) -> str:
         lines = [f"# Conversation with {self.lm.name}", ""]
