@@ -14,7 +14,8 @@ objective allows:
 - with a *trunk* (the search's current X), a candidate's tokens shared with X up to its first
   edit are not forwarded again: X is fed once on top of the prefix and each batch forks that
   cache at the batch's shortest shared prefix (ALGORITHMS §2.4, "candidate trie", the one-level
-  form: distance-2 neighbours share X's tokens up to their first edit);
+  form: distance-2 neighbours share X's tokens up to their first edit); batches are cut by a
+  small DP that minimises the tokens fed (padding + re-fed shared tokens);
 - scores are memoised by ``tuple(ids)`` for the run, candidates are batched in length order, the
   batch size comes from a token budget, free memory and a user cap, and halves on out-of-memory.
 
@@ -37,6 +38,7 @@ from .progress import CancelToken, ProgressFn, check, report
 
 DEFAULT_TOKEN_BUDGET = 3072       # B · row length per batch on CPU (ALGORITHMS §2.4)
 HEAD_CHUNK_FLOATS = 16 * 1024 * 1024  # logits materialised at once (64 MB fp32)
+BATCH_OVERHEAD_TOKENS = 8         # fixed cost of one more batch, in token-forwards (a guess)
 
 
 def length_term(n_candidate: int, n_around: int) -> float:
@@ -185,15 +187,17 @@ class CandidateScorer:
         return i
 
     # ------------------------------------------------------------------ batching
-    def batch_size_for(self, row_len: int) -> int:
-        """Rows per batch for rows of ``row_len`` tokens: token budget, free memory, user cap."""
+    def batch_size_for(self, row_len: int, free: Optional[int] = -1) -> int:
+        """Rows per batch for rows of ``row_len`` tokens: token budget, free memory, user cap.
+        ``free`` (bytes) may be passed in to avoid re-reading it; -1 = read it now."""
         row_len = max(1, row_len)
         b = max(1, self.token_budget // row_len)
         past = len(self.prefix_ids)
         per_row = (self._per_token_bytes * (past + row_len)          # KV (prefix copied per row)
                    + 16 * row_len * max(self._hidden, 1) * 4          # activations, generous
                    + len(self.target_ids) * self._vocab * 4 * 2)     # head logits + log-softmax
-        free = free_memory_bytes(self.device)
+        if free == -1:
+            free = free_memory_bytes(self.device)
         if free is not None and per_row > 0:
             b = min(b, max(1, int(free * self.memory_fraction) // per_row))
         if self.batch_cap is not None:
@@ -251,28 +255,34 @@ class CandidateScorer:
             return logp_sum
         return logp_sum - length_term(n_candidate, self.n_around)
 
-    def _batch_len(self, todo: list[tuple[int, ...]], i: int, sh: dict[tuple[int, ...], int],
-                   extra: int) -> int:
-        """Rows for the batch starting at ``todo[i]``: within the size limit and the token
-        budget, and closed early when adding a row with a shorter shared prefix would re-feed
-        more than a quarter of the batch's tokens (the batch forks at its smallest prefix)."""
-        cap = min(self.batch_size_for(len(todo[i]) - sh[todo[i]] + extra), len(todo) - i)
-        c = sh[todo[i]]
-        longest = len(todo[i])
-        tokens = len(todo[i]) - c + extra
-        b = 1
-        while b < cap:
-            k = todo[i + b]
-            c2 = min(c, sh[k])
-            longest2 = max(longest, len(k))
-            if (longest2 - c2 + extra) * (b + 1) > self.token_budget:
-                break
-            refeed = b * (c - c2)
-            if refeed > 0.25 * tokens:
-                break
-            tokens += refeed + len(k) - c2 + extra
-            c, longest, b = c2, longest2, b + 1
-        return b
+    def plan(self, todo: list[tuple[int, ...]], sh: dict[tuple[int, ...], int],
+             extra: int) -> list[int]:
+        """Batch sizes over ``todo`` (in order) minimising the tokens fed: a batch forks at its
+        smallest shared prefix and pads to its longest row, so its cost is rows × (longest −
+        smallest shared + extra) plus a small per-batch overhead. Exact DP over contiguous
+        batches within the size limits and the token budget; O(n · max batch)."""
+        n = len(todo)
+        free = free_memory_bytes(self.device)
+        inf = float("inf")
+        best = [0.0] + [inf] * n
+        choice = [0] * (n + 1)
+        for j in range(1, n + 1):
+            lo, mx = 1 << 30, 0
+            for b in range(1, j + 1):
+                k = todo[j - b]
+                lo, mx = min(lo, sh[k]), max(mx, len(k))
+                row = mx - lo + extra
+                if b > 1 and (row * b > self.token_budget or b > self.batch_size_for(row, free)):
+                    break
+                cost = best[j - b] + b * row + BATCH_OVERHEAD_TOKENS
+                if cost < best[j]:
+                    best[j], choice[j] = cost, b
+        sizes = []
+        j = n
+        while j > 0:
+            sizes.append(choice[j])
+            j -= choice[j]
+        return sizes[::-1]
 
     # ------------------------------------------------------------------ public
     def score(self, cands: Sequence[Sequence[int]], *, trunk: Optional[Sequence[int]] = None,
@@ -294,9 +304,10 @@ class CandidateScorer:
         done = 0
         i = 0
         extra = len(self.between_ids) + len(self.target_ids)
+        sizes = self.plan(todo, sh, extra)
         while i < len(todo):
             check(cancel)
-            b = self._batch_len(todo, i, sh, extra)
+            b = sizes.pop(0)
             batch = todo[i:i + b]
             shared = min(sh[k] for k in batch)
             self.stats.batch_size = len(batch)
@@ -311,6 +322,7 @@ class CandidateScorer:
                                       hint="use a shorter request or response") from e
                 self._halved_cap = max(1, len(batch) // 2)
                 self.stats.oom_halvings += 1
+                sizes = self.plan(todo[i:], sh, extra)
                 if getattr(self.device, "type", "") == "cuda":
                     torch.cuda.empty_cache()
                 continue

@@ -151,6 +151,49 @@ def test_batch_size_from_budget_and_cap(tiny_lm, parts):
     assert sc.stats.batches >= len(cands) * (len(targets) + 4) // 100
 
 
+def test_batch_plan_is_optimal_by_brute_force(tiny_lm, parts):
+    import itertools
+
+    from engine.advtok_score import BATCH_OVERHEAD_TOKENS
+
+    ch, _, _, _, targets = parts
+    sc = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, token_budget=60, batch_cap=4)
+    rng = random.Random(3)
+    for _ in range(20):
+        n = rng.randint(1, 7)
+        todo = [tuple(range(rng.randint(2, 9))) + (i,) for i in range(n)]
+        sh = {k: rng.randint(0, len(k) - 1) for k in todo}
+        todo.sort(key=lambda k: (-sh[k], len(k)))
+        extra = 5
+
+        def cost(sizes):
+            i = total = 0
+            for b in sizes:
+                rows = todo[i:i + b]
+                row = max(map(len, rows)) - min(sh[k] for k in rows) + extra
+                if b > 4 or (b > 1 and row * b > 60):
+                    return None
+                total += b * row + BATCH_OVERHEAD_TOKENS
+                i += b
+            return total
+
+        best = None
+        for cuts in itertools.product([0, 1], repeat=n - 1):
+            sizes, run = [], 1
+            for c in cuts:
+                if c:
+                    sizes.append(run)
+                    run = 1
+                else:
+                    run += 1
+            sizes.append(run)
+            c = cost(sizes)
+            if c is not None and (best is None or c < best):
+                best = c
+        plan = sc.plan(todo, sh, extra)
+        assert sum(plan) == n and cost(plan) == best
+
+
 def test_bad_scorer_inputs(tiny_lm, parts):
     ch, _, _, _, targets = parts
     with pytest.raises(InputError):
