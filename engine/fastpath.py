@@ -8,8 +8,11 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
   RoPE is ``x*cos + roll(x)*sin`` on a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
-  query heads as (kv_heads, group) so attention runs without repeating K/V; at q_len 1 it is three
-  small ops (matmul, softmax, matmul), which beat SDPA's CPU kernel there; prefill uses SDPA;
+  query heads as (kv_heads, group) so SDPA attends without repeating K/V (``decode_attention=
+  "matmul"`` swaps SDPA for matmul/softmax/matmul there; measured in bench/decode.py);
+- the HF parameters are re-checked (identity, storage, in-place version) whenever a sequence
+  starts or several tokens are fed, so a method that prunes or swaps weights is seen (fused copies
+  are rebuilt);
 - logits only for the positions asked for (``keep``); ``hidden()`` + ``head()`` for scoring.
 
 Results equal the standard path to fp32 rounding (tests assert atol 1e-4 on logits and identical
@@ -39,7 +42,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # RoPE variants whose frequencies do not depend on the sequence length: the table is exact.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 HEAD_MODES = ("exact", "chunked", "int8")
-DECODE_ATTENTION = ("matmul", "sdpa")  # q_len-1 attention kernel; prefill always uses SDPA
+DECODE_ATTENTION = ("sdpa", "matmul")  # q_len-1 attention kernel; prefill always uses SDPA
 _MIN_CAP = 64
 
 
@@ -85,7 +88,7 @@ def unsupported_reason(model: Any) -> Optional[str]:
 
 
 def make_lean_forward(model: Any, *, fuse: bool = False, head_mode: str = "exact",
-                      decode_attention: str = "matmul") -> Optional["LeanForward"]:
+                      decode_attention: str = "sdpa") -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
@@ -169,7 +172,7 @@ class LeanForward:
     name = "fast"
 
     def __init__(self, model: Any, *, fuse: bool = False, head_mode: str = "exact",
-                 decode_attention: str = "matmul") -> None:
+                 decode_attention: str = "sdpa") -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
         self.decode_attention = decode_attention
@@ -185,13 +188,35 @@ class LeanForward:
         self.hidden_size = int(cfg.hidden_size)
         self.eps = float(cfg.rms_norm_eps)
         self.scale = self.head_dim ** -0.5
+        self.dtype = base.embed_tokens.weight.dtype
+        self.device = base.embed_tokens.weight.device
+        self.fused = fuse
+        self._calls = 0
+        self._load_weights()
+        rot = base.rotary_emb
+        self._inv_freq = rot.inv_freq.detach().to(self.device, torch.float32)
+        self._rope_scale = float(getattr(rot, "attention_scaling", 1.0))
+        self._cos = self._sin = torch.empty(0)
+        self._build_rope(max(int(getattr(cfg, "max_position_embeddings", 2048) or 2048), 16))
+        self.head_mode = "exact"
+        self._head_q: Any = None
+        self.set_head_mode(head_mode)
+
+    # ---- weights -----------------------------------------------------------------------------
+    def _signature(self) -> tuple:
+        """Identity, storage and in-place version of every parameter: changes whenever a method
+        edits or swaps weights, so the lean path never computes with stale ones."""
+        return tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def _load_weights(self) -> None:
+        """Reference the HF weights (no copy); with ``fuse``, concatenate QKV and gate/up."""
+        model = self.model
+        base = model.model
+        fuse = self.fused
         self.embed = base.embed_tokens.weight.detach()
         self.norm = base.norm.weight.detach()
         self.w_head = model.lm_head.weight.detach()
         self.b_head = _bias(model.lm_head)
-        self.dtype = self.embed.dtype
-        self.device = self.embed.device
-        self.fused = fuse
         self.extra_weight_bytes = 0  # bytes of weights this object holds beyond HF's own
         self.layers: list[_Layer] = []
         qd, kd = self.n_heads * self.head_dim, self.n_kv * self.head_dim
@@ -214,14 +239,9 @@ class LeanForward:
                 wq=wq, wk=wk, wv=wv, bq=bq, bk=bk, bv=bv, wqkv=wqkv, bqkv=bqkv,
                 wo=a.o_proj.weight.detach(), bo=_bias(a.o_proj), wg=wg, wu=wu, wgu=wgu, bg=bg, bu=bu,
                 wd=m.down_proj.weight.detach(), bd=_bias(m.down_proj)))
-        rot = base.rotary_emb
-        self._inv_freq = rot.inv_freq.detach().to(self.device, torch.float32)
-        self._rope_scale = float(getattr(rot, "attention_scaling", 1.0))
-        self._cos = self._sin = torch.empty(0)
-        self._build_rope(max(int(getattr(cfg, "max_position_embeddings", 2048) or 2048), 16))
-        self.head_mode = "exact"
-        self._head_q: Any = None
-        self.set_head_mode(head_mode)
+        if getattr(self, "head_mode", "exact") == "int8":
+            self._head_q = _Int8Head(self.w_head, self.b_head)
+        self._sig = self._signature()
 
     # ---- rotary tables -----------------------------------------------------------------------
     def _build_rope(self, n: int) -> None:
@@ -381,8 +401,7 @@ class LeanForward:
             if self.decode_attention == "sdpa":
                 o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)
             else:
-                # three small ops; SDPA's CPU kernel opens a parallel region per call, which costs
-                # more than the work at q_len 1 (measured in bench/decode.py)
+                # three small ops instead of SDPA's kernel (an option; bench/decode.py measures it)
                 s = torch.matmul(qg, k.transpose(-1, -2))
                 s.mul_(self.scale)
                 if mask is not None:
@@ -403,6 +422,11 @@ class LeanForward:
             raise InputError(f"ids must be a non-empty (batch, tokens) tensor, got {tuple(ids.shape)}")
         b, t = ids.shape
         past = cache.length
+        self._calls += 1
+        # ~0.3-0.8 ms for 270 parameters: checked when a sequence starts, on every multi-token
+        # call (prefill, a new chat turn, scoring) and every 32nd decode step — not every step
+        if (t > 1 or past == 0 or self._calls % 32 == 0) and self._signature() != self._sig:
+            self._load_weights()
         cos, sin = self._rope_tables(past, t, position_ids)
         mask = self._mask(b, past, t, attention_mask)
         causal = mask is None and t > 1  # unreachable today (T>1 always gets a mask) but explicit

@@ -360,3 +360,19 @@ def test_head_modes(tiny_lm):
     assert approx.shape == exact.shape and approx.dtype == torch.float32
     rel = ((approx - exact).norm() / exact.norm()).item()
     assert 0 < rel < 0.05  # approximate (so never the default), but close
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_weight_edits_are_seen(tokenizer, fuse):
+    """Methods prune or swap weights on the shared model: the lean path must follow, in place
+    (mul_) and by rebinding (.data =), fused copies included."""
+    lm = _tiny_of("llama", tokenizer)
+    std = StandardForward(lm.model)
+    lean = make_lean_forward(lm.model, fuse=fuse)
+    ids = torch.tensor([_chat(tokenizer, PROMPTS[1])])
+    lean.logits(ids, lean.new_cache())
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.up_proj.weight.mul_(0.5)
+        q = lm.model.model.layers[1].self_attn.q_proj
+        q.weight.data = q.weight.data * 2.0
+    _close(std.logits(ids, std.new_cache(), keep=0), lean.logits(ids, lean.new_cache(), keep=0))
