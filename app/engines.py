@@ -135,6 +135,15 @@ class Engine:
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
                             sampling=cfg)
 
+    def chat_regenerate(self, session: Any, sampling: Any, *, on_token: Any = None,
+                        progress: Optional[ProgressFn] = None,
+                        cancel: Optional[CancelToken] = None) -> Any:
+        """Drop the last answer and answer the last user message again (current sampling)."""
+        cfg = sampling.to_config()
+        session.sampling = cfg
+        return session.regenerate(on_token=on_token, progress=progress, cancel=cancel,
+                                  sampling=cfg)
+
     # -- AdvTok (attack screen) -----------------------------------------------------------------
     def attack(self, lm: Any, fields: dict[str, Any], vocab: Any = None, *,
                progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:

@@ -3,8 +3,12 @@
 The answer streams into a ``MarkdownStream`` (it merges fragments itself, so the UI keeps up) and
 gets one final ``Markdown.update`` when done (fixes half-rendered fences). Each answer shows its
 figures: TTFT, tok/s, tokens, stop reason. Esc stops the answer (the partial answer stays, as in
-the engine's conversation); ctrl+n starts a new conversation; ctrl+e exports Markdown and JSON
-atomically into the export folder shown on screen.
+the engine's conversation); ctrl+r drops the last answer and answers the last message again;
+ctrl+n starts a new conversation; ctrl+e exports Markdown and JSON atomically into the export
+folder shown on screen.
+
+The message box is a ``Composer`` (a TextArea): Enter sends; ctrl+j, alt+enter and shift+enter
+(where the terminal tells it apart) insert a newline; it grows to a few lines, then scrolls.
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from typing import Any, Iterable, Optional
 
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual import events
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Input, Label, Markdown, Static
+from textual.message import Message
+from textual.widgets import Button, Input, Label, Markdown, Static, TextArea
 
 from engine.errors import InputError
 
@@ -35,6 +41,67 @@ def answer_figures(r: Any, stopped: bool = False) -> str:
     if stopped and r.stop_reason != "cancelled":
         s += " · stopped"
     return s
+
+
+#: the app's screen keys; TextArea binds f6 to select_line, which would swallow F6 (settings)
+#: while the composer has focus
+APP_KEYS = frozenset({"f1", "f2", "f3", "f4", "f5", "f6"})
+
+
+def _composer_bindings() -> list:
+    """TextArea's bindings minus those on the app's screen keys."""
+    return [b for b in TextArea.BINDINGS
+            if not (isinstance(b, Binding) and set(b.key.split(",")) & APP_KEYS)]
+
+
+class Composer(TextArea, inherit_bindings=False):
+    """Multi-line message box. TextArea inserts a newline on Enter in its own ``_on_key``; this
+    subclass's ``_on_key`` runs first (Textual dispatches along the MRO and stops at
+    ``prevent_default``), so Enter posts ``Submitted`` instead and the newline keys insert "\n".
+    Terminals send ctrl+j as a distinct byte (LF); shift+enter and alt+enter only arrive as
+    their own keys where the terminal reports them (kitty keyboard protocol), else as enter."""
+
+    NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter", "ctrl+enter"})
+    BINDINGS = _composer_bindings()
+
+    class Submitted(Message):
+        """Enter was pressed in the composer."""
+
+        def __init__(self, composer: "Composer") -> None:
+            super().__init__()
+            self.composer = composer
+
+        @property
+        def control(self) -> "Composer":
+            return self.composer
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("soft_wrap", True)
+        kwargs.setdefault("tab_behavior", "focus")
+        kwargs.setdefault("show_line_numbers", False)
+        super().__init__(**kwargs)
+
+    @property
+    def value(self) -> str:
+        return self.text
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.load_text(text)
+        self.move_cursor(self.document.end)
+
+    async def _on_key(self, event: events.Key) -> None:
+        if self.read_only:
+            return
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self))
+        elif event.key in self.NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            start, end = self.selection
+            self.replace("\n", start, end, maintain_selection_offset=False)
 
 
 class UserMessage(Static):
@@ -83,8 +150,10 @@ class ChatScreen(ToolScreen):
 
     BINDINGS = [
         Binding("escape", "stop", "Stop answer", id="chat.stop", tooltip="Stop the current answer"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate",
+                tooltip="Drop the last answer and answer the last message again"),
         Binding("ctrl+n", "new_chat", "New chat", id="chat.new", tooltip="Start a new conversation"),
-        # priority: the message Input binds ctrl+e to end-of-line (End still does that)
+        # priority: the message box binds ctrl+e to end-of-line (End still does that)
         Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
                 tooltip="Export the conversation as Markdown and JSON"),
     ]
@@ -100,11 +169,16 @@ class ChatScreen(ToolScreen):
         self.turns = 0
         self.last_export: list[Path] = []
         self.engine_error = ""  # the last failed turn's message; shown until the next send
+        self.can_regenerate = False  # the last shown exchange is the session's last turn
+        self.regenerating = False
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("chat: Send", "Send the message (enter)", self.action_send)
         yield SystemCommand("chat: Stop the answer", "Stop the answer being generated (escape)",
                             self.action_stop)
+        yield SystemCommand("chat: Regenerate the last answer",
+                            "Drop the last answer and answer the last message again (ctrl+r)",
+                            self.action_regenerate)
         yield SystemCommand("chat: New conversation", "Clear the chat and start over (ctrl+n)",
                             self.action_new_chat)
         yield SystemCommand("chat: Export conversation",
@@ -126,14 +200,13 @@ class ChatScreen(ToolScreen):
             yield Static("", id="chat-status", classes="status-line")
             yield Static("", id="chat-error", classes="inline-error")
             with Horizontal(id="input-row", classes="form-row"):
-                yield Input(placeholder="Message — Enter to send", id="prompt",
-                            validators=[FieldCheck(lambda v: require_text(v, "message", PROMPT_LIMIT))])
+                yield Composer(id="prompt", placeholder="Message — Enter to send · ctrl+j newline")
                 yield Button("Send", id="send", variant="primary", disabled=True)
                 yield Button("Stop", id="stop", variant="error", disabled=True)
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.query_one("#prompt", Input).focus()
+        self.query_one("#prompt", Composer).focus()
         self._refresh_controls()
 
     # -- state → controls ---------------------------------------------------------------------
@@ -169,7 +242,7 @@ class ChatScreen(ToolScreen):
     def input_error(self) -> Optional[str]:
         """Why the message cannot be sent now (None: it can)."""
         try:
-            require_text(self.query_one("#prompt", Input).value, "message", PROMPT_LIMIT)
+            require_text(self.query_one("#prompt", Composer).value, "message", PROMPT_LIMIT)
         except InputError as e:
             return str(e)
         return None
@@ -179,7 +252,7 @@ class ChatScreen(ToolScreen):
             return
         app: Any = self.app
         err = self.input_error()
-        value = self.query_one("#prompt", Input).value
+        value = self.query_one("#prompt", Composer).value
         ready = app.model_state == "ready" and app.lm is not None
         self.query_one("#send", Button).disabled = bool(err) or not ready or self.busy
         self.query_one("#stop", Button).disabled = not self.busy
@@ -188,17 +261,21 @@ class ChatScreen(ToolScreen):
         self.query_one("#chat-error", Static).update(shown)
         self.query_one("#chat-status", Static).update(self._status())
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "prompt":
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        if event.text_area.id == "prompt":
             self._refresh_controls()
-        elif event.input.id == "system":
+
+    async def on_composer_submitted(self, event: Composer.Submitted) -> None:
+        event.stop()
+        await self.action_send()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "system":
             ok = event.validation_result is None or event.validation_result.is_valid
             self.query_one("#apply-system", Button).disabled = not ok
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "prompt":
-            await self.action_send()
-        elif event.input.id == "system":
+        if event.input.id == "system":
             self.apply_system()
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -212,7 +289,7 @@ class ChatScreen(ToolScreen):
     # -- actions ------------------------------------------------------------------------------
     async def action_send(self) -> None:
         app: Any = self.app
-        prompt = self.query_one("#prompt", Input)
+        prompt = self.query_one("#prompt", Composer)
         err = self.input_error()
         if err or self.busy or app.lm is None:
             if err and prompt.value:
@@ -222,6 +299,8 @@ class ChatScreen(ToolScreen):
         text = prompt.value
         self.last_prompt = text
         self.engine_error = ""
+        self.regenerating = False
+        self.can_regenerate = False
         prompt.value = ""
         messages = self.query_one("#messages", VerticalScroll)
         await messages.mount(UserMessage(text, classes="user-message", markup=False))
@@ -248,6 +327,46 @@ class ChatScreen(ToolScreen):
         return engine.chat_send(self.session, text, sampling, on_token=on_token,
                                 progress=progress, cancel=cancel)
 
+    async def action_regenerate(self) -> None:
+        """Drop the last answer (on screen and in the session) and answer the last message again
+        with the current sampling settings."""
+        app: Any = self.app
+        if self.busy:
+            self.notify("An answer is running: Esc to stop it first", severity="warning")
+            return
+        if app.lm is None or app.model_state != "ready":
+            self.notify("No model loaded yet", severity="warning")
+            return
+        if (not self.can_regenerate or self.session is None or self.reset_pending
+                or not getattr(self.session, "turns", None)):
+            self.notify("Nothing to regenerate: the last message has no answer in this "
+                        "conversation", severity="warning")
+            return
+        messages = self.query_one("#messages", VerticalScroll)
+        old = list(messages.query(AssistantMessage))
+        if old:
+            await old[-1].remove()
+        users = list(messages.query(UserMessage))
+        if users:
+            self.last_prompt = str(users[-1].content)
+        self.engine_error = ""
+        self.can_regenerate = False
+        self.regenerating = True
+        self.turns = max(0, self.turns - 1)
+        self.answer = AssistantMessage(classes="assistant-message")
+        await messages.mount(self.answer)
+        messages.scroll_end(animate=False)
+        sampling = app.settings.sampling
+        self.start_job("chat", self._regenerate, sampling, app.engine, stream=True,
+                       params={"regenerate": True, "max_new_tokens": sampling.max_new_tokens})
+        self._refresh_controls()
+
+    def _regenerate(self, sampling: Any, engine: Any, *, on_token: Any, progress: Any,
+                    cancel: Any) -> Any:
+        """Worker thread: roll the session back one turn and answer that message again."""
+        return engine.chat_regenerate(self.session, sampling, on_token=on_token,
+                                      progress=progress, cancel=cancel)
+
     def action_stop(self) -> None:
         super().action_stop()
 
@@ -258,11 +377,12 @@ class ChatScreen(ToolScreen):
         self.query_one("#messages", VerticalScroll).remove_children()
         self.reset_pending = self.session is not None
         self.turns = 0
+        self.can_regenerate = False
         self.answer = None
         self.engine_error = ""
         self._refresh_controls()
         self.notify("New conversation")
-        self.query_one("#prompt", Input).focus()
+        self.query_one("#prompt", Composer).focus()
 
     def apply_system(self) -> None:
         inp = self.query_one("#system", Input)
@@ -317,8 +437,10 @@ class ChatScreen(ToolScreen):
         r = m.result
         self.turns += 1
         self.app.record_speed(r.decode_tok_s, r.new_tokens)  # type: ignore[attr-defined]
+        self.can_regenerate = True
         if self.answer is not None:
-            await self.answer.finish(r.text, answer_figures(r))
+            await self.answer.finish(r.text, answer_figures(r)
+                                     + (" · regenerated" if self.regenerating else ""))
         if getattr(r, "notes", None):
             self.query_one("#chat-status", Static).update("[yellow]" + " · ".join(r.notes) + "[/]")
         self._done()
@@ -328,6 +450,7 @@ class ChatScreen(ToolScreen):
         if self.answer is not None:
             if r is not None:
                 self.turns += 1
+                self.can_regenerate = True
                 await self.answer.finish(r.text, answer_figures(r, stopped=True)
                                          + f" · [yellow]{m.reason}[/]")
             else:
@@ -338,7 +461,7 @@ class ChatScreen(ToolScreen):
         if self.answer is not None:
             await self.answer.finish("", f"[red]{m.message}[/]", error=True)
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
-        prompt = self.query_one("#prompt", Input)
+        prompt = self.query_one("#prompt", Composer)
         if not prompt.value:
             prompt.value = self.last_prompt  # give the message back to fix and resend
         self._done()
@@ -350,7 +473,7 @@ class ChatScreen(ToolScreen):
         if messages.scroll_y >= messages.max_scroll_y - 4:
             messages.scroll_end(animate=False)
         self._refresh_controls()
-        self.query_one("#prompt", Input).focus()
+        self.query_one("#prompt", Composer).focus()
 
     def job_started(self, m: JobStarted) -> None:
         self._refresh_controls()

@@ -79,6 +79,7 @@ class FakeEngine:
         self.sent: list[str] = []
         self.cancel_seen = 0
         self.sessions: list[FakeSession] = []
+        self.regenerated: list[str] = []
 
     def load_model(self, spec, device="auto", dtype="auto", trust_remote_code=False,
                    engine_path="fast", *, progress=None, cancel=None):
@@ -131,5 +132,16 @@ class FakeEngine:
         return FakeResult(text=text_out, token_ids=list(range(1, len(out) + 1)), prompt_tokens=5,
                           prefill_tokens=5, new_tokens=len(out), ttft_s=0.01,
                           decode_tok_s=100.0, total_s=time.perf_counter() - t0, stop_reason=stop)
+
+    def chat_regenerate(self, session, sampling, *, on_token=None, progress=None, cancel=None):
+        """Like ChatSession.regenerate: drop the last turn, answer its message again."""
+        if not session.turns:
+            from engine.errors import InputError
+
+            raise InputError("nothing to regenerate: send a message first")
+        user, _ = session.turns.pop()
+        self.regenerated.append(user)
+        return self.chat_send(session, user, sampling, on_token=on_token, progress=progress,
+                              cancel=cancel)
 
 

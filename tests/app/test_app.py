@@ -11,7 +11,7 @@ from textual.widgets import Button, Input
 
 from app.app import TokenforgeApp
 from app.messages import JobCancelled, JobFailed, JobStuck, TokensGenerated
-from app.screens.chat import AssistantMessage, ChatScreen, UserMessage
+from app.screens.chat import AssistantMessage, ChatScreen, Composer, UserMessage
 from engine.errors import InputError, ModelNotFound
 
 from app_fakes import FakeEngine, until
@@ -28,8 +28,8 @@ async def ready(pilot, app):
 
 
 async def send(pilot, app, text):
-    app.screen.query_one("#prompt", Input).focus()
-    app.screen.query_one("#prompt", Input).value = text
+    app.screen.query_one("#prompt", Composer).focus()
+    app.screen.query_one("#prompt", Composer).value = text
     await pilot.press("enter")
 
 
@@ -95,7 +95,7 @@ async def test_chat_turn_streams_into_the_list(make_app):
         streamed = [m for m in seen if isinstance(m, TokensGenerated)]
         assert "".join(m.text for m in streamed) == "".join(eng.tokens)
         assert eng.sent == ["hello there"]
-        assert scr.query_one("#prompt", Input).value == ""
+        assert scr.query_one("#prompt", Composer).value == ""
         assert scr.query_one("#stop", Button).disabled
 
 
@@ -116,7 +116,7 @@ async def test_escape_stops_the_answer_and_returns_to_idle(make_app):
         scr = app.screen
         assert scr.query_one("#stop", Button).disabled
         assert scr.progress_widget.state == "cancelled"
-        scr.query_one("#prompt", Input).value = "again"
+        scr.query_one("#prompt", Composer).value = "again"
         await pilot.pause(0.02)
         assert not scr.query_one("#send", Button).disabled
 
@@ -146,7 +146,7 @@ async def test_engine_error_notifies_and_app_survives(make_app):
         await until(pilot, lambda: any("too long" in n for n in notes(app)))
         scr = app.screen
         await until(pilot, lambda: "too long" in str(scr.query_one("#chat-error").content))
-        assert scr.query_one("#prompt", Input).value == "boom"  # given back to fix
+        assert scr.query_one("#prompt", Composer).value == "boom"  # given back to fix
         eng.fail = None
         await pilot.press("enter")
         await until(pilot, lambda: len(eng.sent) == 2 and not app.runner.busy)
@@ -168,7 +168,7 @@ async def test_invalid_chat_input_keeps_send_disabled(make_app):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         scr = app.screen
-        prompt, sendb = scr.query_one("#prompt", Input), scr.query_one("#send", Button)
+        prompt, sendb = scr.query_one("#prompt", Composer), scr.query_one("#send", Button)
         assert sendb.disabled  # empty
         for bad in ("   ", "\n\t", "x" * 100_001, "a\ud800b"):
             prompt.value = bad
@@ -190,7 +190,7 @@ async def test_send_disabled_until_model_ready(make_app):
     app = make_app(engine=FakeEngine(load_delay=0.6))
     async with app.run_test(size=SIZE) as pilot:
         scr = app.screen
-        scr.query_one("#prompt", Input).value = "hi"
+        scr.query_one("#prompt", Composer).value = "hi"
         await pilot.pause(0.05)
         assert app.model_state == "loading" and scr.query_one("#send", Button).disabled
         assert "loading" in str(scr.query_one("#chat-status").content)
@@ -207,7 +207,7 @@ async def test_model_load_failure_is_shown(make_app):
         await pilot.pause(0.02)
         assert any("no model 'nope'" in n for n in notes(app))
         scr = app.screen
-        scr.query_one("#prompt", Input).value = "hi"
+        scr.query_one("#prompt", Composer).value = "hi"
         await pilot.pause(0.02)
         assert scr.query_one("#send", Button).disabled
         assert "no model" in str(scr.query_one("#chat-status").content)

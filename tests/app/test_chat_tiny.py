@@ -8,7 +8,7 @@ from textual.widgets import Input
 
 from app.engines import Engine
 from app.messages import JobCancelled, JobFinished, TokensGenerated
-from app.screens.chat import AssistantMessage
+from app.screens.chat import AssistantMessage, Composer
 from app.settings import SamplingSettings
 
 from app_fakes import until
@@ -23,7 +23,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
         assert app.speed is not None and app.speed.tok_s > 0 and app.speed.tokens == 8
         assert app.settings.measured_tok_s == app.speed.tok_s
         assert app.vocab_state in ("ready", "unavailable")
-        prompt = app.screen.query_one("#prompt", Input)
+        prompt = app.screen.query_one("#prompt", Composer)
         prompt.focus()
         prompt.value = "Hello, who are you?"
         await pilot.press("enter")
