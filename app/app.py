@@ -262,7 +262,7 @@ class TokenforgeApp(App):
     def record_speed(self, tok_s: float, tokens: int) -> None:
         """A real answer's decode speed, used when the probe did not run to completion."""
         if self.settings.measured_tok_s is None and tokens >= 8 and tok_s > 0:
-            self.settings.apply_speed(tok_s)
+            self.settings.apply_speed(tok_s, source="first answer")
             self._each_screen("settings_changed")
 
     # -- background job messages (load, speed, vocab) -----------------------------------------

@@ -2,7 +2,10 @@
 
 Kept free of torch: ``SamplingSettings.to_config()`` builds the engine's ``SamplingConfig`` only
 inside a worker. Timeout defaults are derived from the loaded model's measured decode speed, so a
-long answer on a slow CPU is not killed by a fixed limit.
+long answer on a slow CPU is not killed by a fixed limit, and held within [30 s, 30 min] so an
+unknown or absurd speed never means "no answer for hours". Each derivation is kept
+(``TimeoutDerivation``) so the settings screen can show it; a timeout the user types is theirs
+until they re-derive.
 """
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ TIMEOUT_KINDS = ("chat", "advtok", "tree", "bench", "vocab", "speed")
 #: runs dozens of rollouts, AdvTok samples and scores many candidates, a bench sweeps a suite
 WORK_FACTOR = {"chat": 1.0, "advtok": 40.0, "tree": 60.0, "bench": 200.0}
 SAFETY = 3.0          # measured speed varies with context length and with other load on the CPU
-FLOOR_S = 30.0        # never below this
+FLOOR_S = 30.0        # a derived limit never below this (warm-up, first-call overheads)
+CAP_S = 1800.0        # nor above 30 min: an unknown or very slow speed must not mean "hours"
+ASSUMED_TOK_S = 2.0   # before anything was measured: a slow CPU, so nothing legit is killed
 FIXED = {"vocab": 300.0, "speed": 120.0}
+FIXED_WHY = {"vocab": "vocabulary build, no token budget", "speed": "the 8-token speed probe"}
 
 
 @dataclass
@@ -40,16 +46,75 @@ class SamplingSettings:
         return SamplingConfig(**asdict(self))
 
 
-def derive_timeouts(tok_s: Optional[float], max_new_tokens: int) -> dict[str, Optional[float]]:
-    """Seconds per job kind from the measured decode speed (tok/s). Unknown speed → a
-    conservative 2 tok/s guess, so the default never kills a legitimately slow answer."""
-    rate = tok_s if tok_s and tok_s > 0 and math.isfinite(tok_s) else 2.0
-    one_answer = max_new_tokens / rate
-    out: dict[str, Optional[float]] = {"load": None}
+def fmt_duration(seconds: Optional[float]) -> str:
+    """'45 s', '12.5 min', '2.0 h'; None → 'none'."""
+    if seconds is None:
+        return "none"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class TimeoutDerivation:
+    """How one kind's default timeout was derived: ``budget_tokens ÷ tok_s × margin``, rounded
+    up to 10 s, then held within [FLOOR_S, CAP_S] (``limit`` says which bound applied)."""
+
+    kind: str
+    seconds: Optional[float]
+    tok_s: Optional[float] = None
+    measured: bool = False
+    budget_tokens: Optional[int] = None
+    factor: float = 1.0
+    margin: float = SAFETY
+    raw_s: Optional[float] = None
+    limit: str = ""  # "", "floor", "cap", "fixed", "none"
+
+    def explain(self) -> str:
+        if self.limit == "none":
+            return "no limit (Ctrl+C stops it)"
+        if self.limit == "fixed":
+            return f"fixed {fmt_duration(self.seconds)} ({FIXED_WHY.get(self.kind, 'no token budget')})"
+        budget = (f"{self.budget_tokens:,} tokens" if self.factor == 1 else
+                  f"{self.factor:g}×{(self.budget_tokens or 0) / self.factor:,.0f} = "
+                  f"{self.budget_tokens:,} tokens")
+        speed = f"{self.tok_s:.1f} tok/s {'measured' if self.measured else 'assumed'}"
+        s = f"{budget} ÷ {speed} × {self.margin:g} margin = {fmt_duration(self.raw_s)}"
+        if self.limit == "floor":
+            s += f" → floor {fmt_duration(self.seconds)}"
+        elif self.limit == "cap":
+            s += f" → cap {fmt_duration(self.seconds)}"
+        return s
+
+
+def derive_timeout_details(tok_s: Optional[float],
+                           max_new_tokens: int) -> dict[str, TimeoutDerivation]:
+    """Per job kind: the default timeout and how it was derived from the decode speed.
+    Unknown speed → a conservative ASSUMED_TOK_S guess."""
+    measured = tok_s is not None and tok_s > 0 and math.isfinite(tok_s)
+    rate = float(tok_s) if measured else ASSUMED_TOK_S  # type: ignore[arg-type]
+    out: dict[str, TimeoutDerivation] = {"load": TimeoutDerivation("load", None, limit="none")}
     for kind, factor in WORK_FACTOR.items():
-        out[kind] = float(max(FLOOR_S, math.ceil(SAFETY * factor * one_answer / 10.0) * 10.0))
-    out.update(FIXED)
+        budget = int(round(factor * max_new_tokens))
+        raw = SAFETY * budget / rate
+        secs = math.ceil(raw / 10.0) * 10.0
+        limit = ""
+        if secs < FLOOR_S:
+            secs, limit = FLOOR_S, "floor"
+        elif secs > CAP_S:
+            secs, limit = CAP_S, "cap"
+        out[kind] = TimeoutDerivation(kind, float(secs), rate, measured, budget, factor, SAFETY,
+                                      raw, limit)
+    for kind, secs in FIXED.items():
+        out[kind] = TimeoutDerivation(kind, secs, limit="fixed")
     return out
+
+
+def derive_timeouts(tok_s: Optional[float], max_new_tokens: int) -> dict[str, Optional[float]]:
+    """Seconds per job kind (None = no limit), see ``derive_timeout_details``."""
+    return {k: d.seconds for k, d in derive_timeout_details(tok_s, max_new_tokens).items()}
 
 
 def default_export_dir() -> Path:
@@ -66,8 +131,10 @@ class AppSettings:
     system_prompt: str = "You are a helpful assistant."
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     timeouts: dict[str, Optional[float]] = field(default_factory=lambda: derive_timeouts(None, 256))
-    timeouts_user_set: bool = False
+    #: kinds whose timeout the user typed; re-deriving leaves those alone
+    user_timeouts: set[str] = field(default_factory=set)
     measured_tok_s: Optional[float] = None
+    speed_source: str = ""  # "speed probe" or "first answer"
     export_dir: Path = field(default_factory=default_export_dir)
 
     @classmethod
@@ -81,8 +148,35 @@ class AppSettings:
             s.engine_path = getattr(args, "engine_path", s.engine_path) or s.engine_path
         return s
 
-    def apply_speed(self, tok_s: Optional[float]) -> None:
-        """Record a speed measurement; re-derive timeouts unless the user set them."""
+    @property
+    def timeouts_user_set(self) -> bool:
+        """Any timeout typed by the user. Setting False hands every kind back to the derivation."""
+        return bool(self.user_timeouts)
+
+    @timeouts_user_set.setter
+    def timeouts_user_set(self, value: bool) -> None:
+        if value:
+            self.user_timeouts.update(TIMEOUT_KINDS)
+        else:
+            self.user_timeouts.clear()
+
+    def timeout_details(self) -> dict[str, TimeoutDerivation]:
+        return derive_timeout_details(self.measured_tok_s, self.sampling.max_new_tokens)
+
+    def rederive(self) -> None:
+        """Recompute the derived timeouts (speed or max_new_tokens changed); the user's stay.
+        Updates the dict in place: the runner holds the same object."""
+        for kind, d in self.timeout_details().items():
+            if kind not in self.user_timeouts:
+                self.timeouts[kind] = d.seconds
+
+    def set_user_timeout(self, kind: str, seconds: Optional[float]) -> None:
+        """A timeout the user typed (None = no limit): kept until re-derived."""
+        self.timeouts[kind] = seconds
+        self.user_timeouts.add(kind)
+
+    def apply_speed(self, tok_s: Optional[float], source: str = "speed probe") -> None:
+        """Record a speed measurement; re-derive the timeouts the user did not set."""
         self.measured_tok_s = tok_s
-        if not self.timeouts_user_set:
-            self.timeouts.update(derive_timeouts(tok_s, self.sampling.max_new_tokens))
+        self.speed_source = source if tok_s else ""
+        self.rederive()

@@ -2,7 +2,8 @@
 
 Every field is validated as it is typed (app/validate.py); an invalid field shows its message
 inline and disables Apply/Reload, so nothing unvalidated reaches the engine. Timeouts start
-derived from the measured decode speed; editing one makes them the user's.
+derived from the measured decode speed (held within 30 s … 30 min); each row shows how (token
+budget ÷ tok/s × margin). Editing one makes that one the user's; "Re-derive" gives them all back.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from app.screens.base import ToolScreen
-from app.settings import TIMEOUT_KINDS, SamplingSettings, derive_timeouts
+from app.settings import (CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS, SamplingSettings,
+                          fmt_duration)
 from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_max_new_tokens,
                           parse_model_spec, parse_repetition_penalty, parse_seed,
                           parse_stop_strings, parse_temperature, parse_timeout, parse_top_k,
@@ -95,7 +97,11 @@ class SettingsScreen(ToolScreen):
             yield Static("[b]Timeouts[/] (seconds; empty or 0 = none)", classes="section")
             yield Static("", id="timeouts-note", classes="note")
             for kind in TIMEOUT_KINDS:
-                yield from field(f"{kind}", f"timeout-{kind}", _fmt_timeout(s.timeouts.get(kind)))
+                with Horizontal(classes="form-row timeout-row"):
+                    yield Label(kind, classes="field-label")
+                    yield Input(value=_fmt_timeout(s.timeouts.get(kind)), id=f"timeout-{kind}",
+                                compact=True, validators=[FieldCheck(checks[f"timeout-{kind}"])])
+                    yield Static("", id=f"why-{kind}", classes="timeout-why")
             yield Static("[b]Export[/]", classes="section")
             yield from field("export folder", "set-export", str(s.export_dir))
             yield Static("", id="settings-error", classes="inline-error")
@@ -137,14 +143,15 @@ class SettingsScreen(ToolScreen):
             return False
         app: Any = self.app
         s = app.settings
+        before = dict(s.timeouts)  # what the fields showed: a changed field is the user's
+        for k in TIMEOUT_KINDS:
+            if values[f"timeout-{k}"] != before.get(k):
+                s.set_user_timeout(k, values[f"timeout-{k}"])
         s.sampling = SamplingSettings(
             max_new_tokens=values["set-max-new"], temperature=values["set-temperature"],
             top_k=values["set-top-k"], top_p=values["set-top-p"], seed=values["set-seed"],
             stop_strings=values["set-stop"], repetition_penalty=values["set-rep"])
-        new_timeouts = {k: values[f"timeout-{k}"] for k in TIMEOUT_KINDS}
-        if any(new_timeouts[k] != s.timeouts.get(k) for k in TIMEOUT_KINDS):
-            s.timeouts_user_set = True
-        s.timeouts.update(new_timeouts)
+        s.rederive()  # max new tokens may have changed the derived ones
         s.export_dir = Path(values["set-export"])
         s.device = values["set-device"]
         s.dtype = str(self.query_one("#set-dtype", Select).value)
@@ -169,8 +176,9 @@ class SettingsScreen(ToolScreen):
         elif event.button.id == "derive":
             s = app.settings
             s.timeouts_user_set = False
-            s.timeouts.update(derive_timeouts(s.measured_tok_s, s.sampling.max_new_tokens))
+            s.rederive()
             self.settings_changed()
+            app._each_screen("settings_changed")
 
     def settings_changed(self) -> None:
         if not self.children:
@@ -182,13 +190,23 @@ class SettingsScreen(ToolScreen):
             want = _fmt_timeout(s.timeouts.get(kind))
             if inp.value != want and not inp.has_focus:
                 inp.value = want
-        if s.timeouts_user_set:
-            note = "set by you (Re-derive to go back to the measured defaults)"
-        elif s.measured_tok_s:
-            note = (f"derived from the measured {s.measured_tok_s:.1f} tok/s and max new tokens "
-                    f"{s.sampling.max_new_tokens} (×3 safety)")
+        details = s.timeout_details()
+        for kind in TIMEOUT_KINDS:
+            d = details[kind]
+            why = d.explain()
+            if kind in s.user_timeouts:
+                why = (f"[b]set by you[/] · derived would be {fmt_duration(d.seconds)}: {why}"
+                       if d.seconds != s.timeouts.get(kind) else f"set by you (= derived): {why}")
+            self.query_one(f"#why-{kind}", Static).update(why)
+        if s.measured_tok_s:
+            speed = f"measured {s.measured_tok_s:.1f} tok/s ({s.speed_source or 'speed probe'})"
         else:
-            note = "speed not measured yet: conservative defaults (2 tok/s assumed)"
+            speed = "speed not measured yet: 2 tok/s assumed"
+        note = (f"{speed} · budget = max new tokens {s.sampling.max_new_tokens} × work factor · "
+                f"margin ×{SAFETY:g} · held within {fmt_duration(FLOOR_S)} … "
+                f"{fmt_duration(CAP_S)}")
+        if s.user_timeouts:
+            note += " · Re-derive to drop your values"
         self.query_one("#timeouts-note", Static).update(f"[dim]{note}[/]")
 
     def model_changed(self) -> None:

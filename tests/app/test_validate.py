@@ -63,5 +63,6 @@ def test_derived_timeouts_scale_with_speed():
 
     slow, fast = derive_timeouts(2.0, 256), derive_timeouts(50.0, 256)
     assert slow["chat"] == 390.0 and fast["chat"] == 30.0  # 3 × 256/2 = 384 → 390; floor 30
-    assert slow["tree"] > slow["advtok"] > slow["chat"] and slow["load"] is None
+    assert fast["tree"] > fast["advtok"] > fast["chat"] and slow["load"] is None
+    assert slow["tree"] == slow["advtok"] == 1800.0  # 6.4 h and 4.3 h, capped at 30 min
     assert derive_timeouts(None, 256) == derive_timeouts(2.0, 256)
