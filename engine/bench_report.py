@@ -145,9 +145,10 @@ def bootstrap_ratio(pairs: list[tuple[float, float]], *, iters: int = 2000, seed
 
 def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
               suite: Optional[str] = None, model: Optional[str] = None,
-              max_new_tokens: Optional[int] = None) -> Report:
+              max_new_tokens: Optional[int] = None, kinds: Optional[list[str]] = None) -> Report:
     """Aggregate one (suite, model, max_new_tokens) slice of the records; by default the slice
-    of the most recent record. Other slices are mentioned in ``notes``."""
+    of the most recent record. Other slices are mentioned in ``notes``. ``kinds`` keeps only
+    those query kinds (held-out prose records always stay: they carry bits per byte)."""
     if not records:
         raise InputError("no valid records to report on", "run `tokenforge bench` first")
     last = max(records, key=lambda r: r["time"])
@@ -162,6 +163,11 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
         notes.append(f"{other} records of other suites/models/max_new_tokens not included")
     if not sel:
         raise InputError(f"no records for suite {suite}, model {model}, max_new_tokens {mnt}")
+    if kinds:
+        sel = [r for r in sel if r["kind"] in kinds or r["kind"] == "prose"]
+        notes.append(f"query kinds: {', '.join(kinds)}")
+        if not any(r["kind"] != "prose" for r in sel):
+            raise InputError(f"no records of kind {', '.join(kinds)}")
     base = {(r["prompt_id"], r["repeat"]): r for r in sel
             if r["method"] == "baseline" and not r["params"] and r["status"] == "ok" and r["kind"] != "prose"}
     rows: dict[str, Row] = {}
@@ -207,7 +213,7 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
                 row.prose["baseline_ppl"] = p["baseline"].get("ppl")
         row.curve = sorted((r["cost"]["prompt_tokens_in"], r["cost"]["decode_tok_s"]) for r in ok
                            if r["cost"].get("prompt_tokens_in") and r["cost"].get("decode_tok_s"))
-    rows_list = [rows[k] for k in order]
+    rows_list = [rows[k] for k in order if rows[k].ok or rows[k].errors or rows[k].prose]
     rows_list.sort(key=lambda r: (r.method != "baseline", order.index(r.key)))
     loads = sorted(sel, key=lambda r: r["time"])
     env = dict(loads[-1]["env"])

@@ -142,3 +142,13 @@ def test_cli_report(tmp_path, capsys):
     assert "kv-fp8" in out.out and "line 30" in out.err
     assert main(["bench", "report"]) == 2
     assert main(["bench", "report", str(tmp_path / "nope.jsonl")]) == 2
+
+
+def test_kind_filter():
+    rep = load_report(FIXTURE, kinds=["long"])
+    assert rep.row("baseline").cost["total_s"].n == 3
+    assert rep.row("baseline").cost["total_s"].median == pytest.approx(5.0)
+    assert rep.row("baseline").prose["bpb"] == pytest.approx(1.1)
+    assert "query kinds: long" in rep.notes
+    with pytest.raises(InputError, match="no records of kind"):
+        load_report(FIXTURE, kinds=["chat-x"])

@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="runs.jsonl", help="JSONL to append to (a rerun resumes)")
     p.add_argument("--png", default=None, metavar="DIR", help="report: write PNG plots here")
     p.add_argument("--csv", default=None, metavar="FILE", help="report: write the aggregate CSV")
+    p.add_argument("--kind", default=None, help="report: only these query kinds, e.g. long or qa,long")
     p.add_argument("--markdown", default=None, metavar="FILE", help="report: write the table as Markdown")
 
 
@@ -141,7 +142,7 @@ def _report(args: argparse.Namespace) -> int:
 
     if not args.file:
         raise InputError("bench report needs the runs JSONL", "tokenforge bench report runs.jsonl")
-    rep = load_report(args.file)
+    rep = load_report(args.file, kinds=_split(args.kind))
     con = Console()
     con.print(report_table(rep))
     con.print(legend(rep))
