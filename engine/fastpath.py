@@ -368,8 +368,8 @@ class LeanForward:
         """Boolean (B, 1, T, past+T) mask, True = attend; None when SDPA needs none."""
         s = past + t
         if attention_mask is None:
-            if t == 1:
-                return None
+            if t == 1 or past == 0:
+                return None  # decode needs no mask; a fresh prefill uses SDPA's is_causal
             i = torch.arange(t, device=self.device)[:, None] + past
             j = torch.arange(s, device=self.device)[None, :]
             return (j <= i)[None, None]
@@ -429,7 +429,7 @@ class LeanForward:
             self._load_weights()
         cos, sin = self._rope_tables(past, t, position_ids)
         mask = self._mask(b, past, t, attention_mask)
-        causal = mask is None and t > 1  # unreachable today (T>1 always gets a mask) but explicit
+        causal = mask is None and t > 1
         st = self._reserve(cache, b, t)
         s = past + t
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim

@@ -49,6 +49,18 @@ class Forward(Protocol):
     def cache_bytes(self, cache: Any) -> int: ...
 
 
+def _cache_kwarg(fn: Any) -> str:
+    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns
+    and goes in 5.40); pass whichever this model's forward declares."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _softcap(model: Any) -> Optional[float]:
     v = getattr(model.config, "final_logit_softcapping", None)
     return float(v) if v else None
@@ -64,6 +76,9 @@ class StandardForward:
         self.config = model.config
         self._cap = _softcap(model)
         self.device = next(model.parameters()).device
+        self._kw = _cache_kwarg(model.forward)
+        base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self._base_kw = _cache_kwarg(base.forward)
 
     def new_cache(self, batch: int = 1) -> Any:
         from transformers import DynamicCache
@@ -73,16 +88,16 @@ class StandardForward:
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, cache: Any, *, position_ids: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None, keep: int = 1) -> torch.Tensor:
-        out = self.model(input_ids=ids, past_key_values=cache, position_ids=position_ids,
-                         attention_mask=attention_mask, use_cache=True, logits_to_keep=keep)
+        out = self.model(input_ids=ids, position_ids=position_ids, attention_mask=attention_mask,
+                         use_cache=True, logits_to_keep=keep, **{self._kw: cache})
         return out.logits.float()
 
     @torch.inference_mode()
     def hidden(self, ids: torch.Tensor, cache: Any, *, position_ids: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         base = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
-        out = base(input_ids=ids, past_key_values=cache, position_ids=position_ids,
-                   attention_mask=attention_mask, use_cache=True)
+        out = base(input_ids=ids, position_ids=position_ids, attention_mask=attention_mask,
+                   use_cache=True, **{self._base_kw: cache})
         return out.last_hidden_state
 
     @torch.inference_mode()

@@ -19,6 +19,15 @@ def _nbytes(t: Any) -> int:
     return t.numel() * t.element_size() if torch.is_tensor(t) else 0
 
 
+def _orig_itemsize(lay: Any) -> int:
+    """Bytes per element of the dequantized states. transformers 5.23 kept ``lay.dtype``; 5.24
+    dropped it, but both keep ``lay.keys`` as a (possibly empty) tensor of the original dtype."""
+    dtype = getattr(lay, "dtype", None)
+    if dtype is None:
+        dtype = lay.keys.dtype
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class KVFp8(Method):
     name = "kv-fp8"
     label = "KV cache FP8 e4m3 (transformers QuantizedCache, per-tensor scale)"
@@ -46,6 +55,6 @@ class KVFp8(Method):
             if lay._quantized_keys is None:
                 continue
             k, v = lay._quantized_keys[0], lay._quantized_values[0]
-            item = torch.empty((), dtype=lay.dtype).element_size()
+            item = _orig_itemsize(lay)
             worst = max(worst, (k.numel() + v.numel()) * item)
         return self.kv_bytes(st) + worst
