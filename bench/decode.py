@@ -236,6 +236,7 @@ def main() -> None:
     assert lean is not None, "the bundled model must be supported by the lean path"
     fused = make_lean_forward(lm.model, fuse=True)
     mm = make_lean_forward(lm.model, decode_attention="matmul")
+    plain = make_lean_forward(lm.model, matvec="linear")
     bw0 = read_bandwidth()
     wb = weight_bytes(lean)
     out["weights_read_per_step_bytes"] = wb
@@ -243,7 +244,7 @@ def main() -> None:
 
     print("batch-1 decode …", flush=True)
     out["decode_b1"] = decode_batch1(lm, {"standard_loop": std, "lean": lean, "lean_fused": fused,
-                                          "lean_matmul_decode": mm}, a.tokens, a.rounds)
+                                          "lean_matmul_decode": mm, "lean_linear_matvec": plain}, a.tokens, a.rounds)
     print("batched decode …", flush=True)
     out["decode_batched"] = decode_batched(lm, {"lean": lean, "standard": std}, [1, 4, 16],
                                            max(8, a.tokens // 2), max(1, a.rounds - 1))
@@ -287,7 +288,7 @@ def main() -> None:
     print(f"read bandwidth {bw:.1f} GB/s (best of start/end) · weights read per step {wb / 1e6:.0f} MB "
           f"→ batch-1 bound {bound:.1f} tok/s")
     print(f"\n{'batch-1 greedy decode':28s} {'tok/s median [IQR]':>22s}  vs HF   of bound")
-    for k in ("hf_generate", "standard_loop", "lean", "lean_fused", "lean_matmul_decode"):
+    for k in ("hf_generate", "standard_loop", "lean", "lean_linear_matvec", "lean_fused", "lean_matmul_decode"):
         m = d[k]
         print(f"  {k:26s} {m['median']:7.1f} [{m['q1']:.1f}–{m['q3']:.1f}]  {m['median'] / med(d['hf_generate']):5.2f}×"
               f"  {m['median'] / bound:6.1%}")

@@ -67,11 +67,13 @@ def decode_step_profile(lm: Any, path: str = "standard", *, steps: int = 16,
             for _ in range(steps):
                 nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
             wall = (time.perf_counter() - t0) / steps
+        # the lean path may split the head's 'vocab' output rows into blocks (fastpath._linear)
+        head_dims = {str(vocab // p) for p in range(1, 9) if vocab % p == 0}
         layer_mm = head = attn = 0.0
         for ev in prof.key_averages(group_by_input_shape=True):
             if ev.key in MATMUL_OPS:
                 shapes = str(ev.input_shapes)
-                if str(vocab) in shapes:
+                if any(d in shapes for d in head_dims):
                     head += ev.self_cpu_time_total
                 else:
                     layer_mm += ev.self_cpu_time_total

@@ -376,3 +376,37 @@ def test_weight_edits_are_seen(tokenizer, fuse):
         q = lm.model.model.layers[1].self_attn.q_proj
         q.weight.data = q.weight.data * 2.0
     _close(std.logits(ids, std.new_cache(), keep=0), lean.logits(ids, lean.new_cache(), keep=0))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_split_matvec_equals_linear_and_standard(tiny_lm, tokenizer, threads):
+    """The row-split matrix-vector products (one block per intra-op thread) give the standard
+    path's logits for decode, batched padded decode and scoring, and the linear option's too."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        std = StandardForward(tiny_lm.model)
+        split = make_lean_forward(tiny_lm.model, matvec="split")
+        plain = make_lean_forward(tiny_lm.model, matvec="linear")
+        assert split._parts == min(threads, 8)
+        ids = torch.tensor([_chat(tokenizer, PROMPTS[2])])
+        _prefill_decode(std, split, ids, steps=4)
+        _batched_check(std, split, tokenizer, solo=False)
+        cs, cp = split.new_cache(), plain.new_cache()
+        a, b = split.logits(ids, cs), plain.logits(ids, cp)
+        for _ in range(5):
+            _close(a, b)
+            nxt = a[:, -1:].argmax(-1)
+            a, b = split.logits(nxt, cs), plain.logits(nxt, cp)
+        # a row count above SPLIT_MAX_ROWS and an odd output size both take F.linear
+        x = torch.randn(40, split.hidden_size)
+        w = torch.randn(7, split.hidden_size)
+        _close(split._linear(x, w), torch.nn.functional.linear(x, w))
+        _close(split._linear(x[:3], w), torch.nn.functional.linear(x[:3], w))
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_matvec_option_validated(tiny_lm):
+    with pytest.raises(ValueError):
+        make_lean_forward(tiny_lm.model, matvec="nope")
