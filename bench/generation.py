@@ -23,6 +23,7 @@ from engine.chat import ChatSession
 from engine.generate import generate
 from engine.model import load_model
 from engine.sampling import SamplingConfig
+from engine.stepprofile import decode_step_profile
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 TURNS = ["Hi! Who are you?", "Tell me a fact about the ocean.", "Why is the sky blue?",
@@ -69,36 +70,6 @@ def decode_speed(lm, tokens: int, rounds: int) -> dict:
     return res
 
 
-def step_profile(lm, steps: int = 20) -> dict:
-    """Share of one standard decode step spent in matrix multiplies vs everything else."""
-    from torch.profiler import ProfilerActivity, profile
-
-    tok = lm.tokenizer
-    ids = torch.tensor([tok.encode(PROMPT)])
-    lm.engine_path = "standard"
-    from engine.forward import get_forward
-
-    fwd = get_forward(lm)
-    cache = fwd.new_cache()
-    logits = fwd.logits(ids, cache)
-    nxt = logits[:, -1].argmax(-1, keepdim=True)
-    for _ in range(3):
-        nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
-    t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
-    wall = (time.perf_counter() - t0) / steps
-    mm = 0.0
-    for ev in prof.key_averages():
-        if ev.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul_out", "aten::linear") and ev.key != "aten::linear":
-            mm += ev.self_cpu_time_total
-    mm_s = mm / 1e6 / steps
-    lm.engine_path = "fast"
-    return {"step_ms_profiled": wall * 1e3, "matmul_ms": mm_s * 1e3,
-            "rest_ms": max(wall - mm_s, 0.0) * 1e3, "matmul_share": mm_s / wall}
-
-
 def conversation_ttft(lm) -> dict:
     cfg = SamplingConfig(max_new_tokens=24, temperature=0.0)
     s = ChatSession(lm, system="You are a helpful assistant.", sampling=cfg)
@@ -141,7 +112,8 @@ def main() -> None:
     lm = load_model("default")
     out = {"env": env_record(), "model": lm.name, "dtype": lm.dtype}
     out["decode"] = decode_speed(lm, a.tokens, a.rounds)
-    out["step_profile_standard"] = step_profile(lm)
+    out["step_profile_standard"] = decode_step_profile(lm, "standard").to_dict()
+    out["step_profile_fast"] = decode_step_profile(lm, "fast").to_dict()
     out["conversation"] = conversation_ttft(lm)
     if not a.skip_cold:
         out["load"] = load_times()
@@ -156,9 +128,11 @@ def main() -> None:
         print(f"  {k:32s} {m['median']:8.1f} [{m['q1']:.1f}–{m['q3']:.1f}]"
               f"  {m['median'] / d['hf_generate']['median']:.2f}×")
     print(f"  (fast path implementation: {d['fast_forward_impl']})")
-    sp = out["step_profile_standard"]
-    print(f"standard decode step: {sp['step_ms_profiled']:.1f} ms = matmuls {sp['matmul_ms']:.1f} ms "
-          f"({sp['matmul_share']:.0%}) + rest {sp['rest_ms']:.1f} ms")
+    for name in ("standard", "fast"):
+        sp = out[f"step_profile_{name}"]
+        print(f"{name} decode step (profiled): {sp['step_ms']:.1f} ms = matmuls {sp['matmul_ms']:.1f} ms "
+              f"({sp['matmul_share']:.0%}: layers {sp['layer_matmul_ms']:.1f} + head {sp['head_ms']:.1f}) "
+              f"+ attention {sp['attention_ms']:.1f} + rest {sp['rest_ms']:.1f} ms")
     c = out["conversation"]
     print("TTFT per turn (s), cached conversation:", " ".join(f"{x:.3f}" for x in c["turn_ttft_cached_s"]))
     print("TTFT per turn (s), re-encode history: ", " ".join(f"{x:.3f}" for x in c["turn_ttft_reencode_s"]))
