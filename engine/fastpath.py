@@ -94,7 +94,7 @@ def make_lean_forward(model: Any, *, fuse: bool = False, head_mode: str = "exact
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
-        log.info("lean forward unsupported: %s", why)
+        log.debug("lean forward unsupported: %s", why)  # get_forward logs it once per model
         return None
     return LeanForward(model, fuse=fuse, head_mode=head_mode, decode_attention=decode_attention,
                        matvec=matvec)

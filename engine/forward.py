@@ -178,7 +178,7 @@ def get_forward(lm: Any) -> Forward:
             elif lm.name not in _WARNED:
                 _WARNED.add(lm.name)
                 log.info("fast path does not support %s (%s); using the standard forward",
-                         lm.name, getattr(lm.config, "model_type", "?"))
+                         lm.name, fastpath.unsupported_reason(lm.model))
         except ImportError:
             pass
     lm._forward = fwd

@@ -143,8 +143,11 @@ class Node:
 class Tree:
     """The search tree and its rules: widening budget, selection, soft-Bellman backup, answers."""
 
-    def __init__(self, cfg: TreeConfig, generator: Optional[torch.Generator] = None) -> None:
+    def __init__(self, cfg: TreeConfig, generator: Optional[torch.Generator] = None,
+                 eos_ids: Sequence[int] = ()) -> None:
         self.cfg = cfg
+        # a token drawn by widening that is an EOS makes a terminal child, scored without a rollout
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.lam = float(cfg.lam)
         self.gen = generator
         self.root = Node(-1, None, 0)
@@ -232,7 +235,7 @@ class Tree:
                 s.M += 1
                 child = s.children.get(a)
                 if child is None:
-                    child = self.add_child(s, a)
+                    child = self.add_child(s, a, eos=a in self.eos_ids)
                     child.m = 1
                     path.append(child)
                     return path
@@ -437,8 +440,8 @@ class _Search:
         self.device = lm.torch_device
         self.gen = torch.Generator(device="cpu")
         self.gen.manual_seed(int(cfg.seed) if cfg.seed is not None else int(torch.seed() % 2**62))
-        self.tree = Tree(cfg, self.gen)
         self.eos = set(int(e) for e in lm.eos_ids)
+        self.tree = Tree(cfg, self.gen, eos_ids=self.eos)
         self.best: Optional[TreeSample] = None
         self.done_rollouts = 0
         self.revisits = 0

@@ -155,3 +155,32 @@ def test_ctrl_c_keeps_best_so_far(tiny_lm, tmp_path):
     res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert res["stop_reason"] == "cancelled" and res["iterations"] >= 1
     assert "".join(res["best_tokens"]) == res["request_text"]
+
+
+def test_dataset_cancel_during_samples_redoes_the_row(tiny_lm, tmp_path, monkeypatch):
+    """Ctrl+C while a row's samples are generated leaves them partial: that row is not written,
+    so a rerun does it again in full."""
+    import engine.advtok as advtok
+
+    rows, out = tmp_path / "rows.jsonl", tmp_path / "results.jsonl"
+    rows.write_text(json.dumps({"request": "Compose an email", "response": "Sure."}) + "\n", encoding="utf-8")
+    parser = build_parser(_load_commands())
+    args = parser.parse_args(["attack", "--iters", "1", "--samples", "2", "--sample-tokens", "4",
+                              "--dataset", str(rows), "--out", str(out)])
+    token = CancelToken()
+    real = advtok.sample_pair
+
+    def cancelled_midway(*a, **kw):
+        token.cancel()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(advtok, "sample_pair", cancelled_midway)
+    s1 = run_dataset(tiny_lm, args, rows, out, cancel=token)
+    assert s1.interrupted and s1.done == 0
+    assert not out.exists() or out.read_text(encoding="utf-8") == ""
+    monkeypatch.setattr(advtok, "sample_pair", real)
+    s2 = run_dataset(tiny_lm, args, rows, out)
+    assert s2.done == 1 and s2.skipped == 0
+    (rec,) = _out_lines(out)
+    assert len(rec["adversarial_samples"]) == 2 and len(rec["canonical_samples"]) == 2
+    assert all(s["stop_reason"] != "cancelled" for s in rec["adversarial_samples"] + rec["canonical_samples"])

@@ -295,14 +295,19 @@ def test_fused_projections_equal_standard(tiny_lm, tokenizer):
     _prefill_decode(std, lean, torch.tensor([_chat(tokenizer, PROMPTS[0])]), steps=3)
 
 
-def test_unsupported_models_fall_back(tokenizer):
+def test_unsupported_models_fall_back(tokenizer, caplog):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = from_parts(GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)),
-                      tokenizer, name="tiny-gpt2")
+                      tokenizer, name="tiny-gpt2-fallback")
     assert make_lean_forward(gpt2.model) is None
     gpt2.engine_path = "fast"
-    assert get_forward(gpt2).name == "standard"
+    with caplog.at_level("INFO", logger="engine"):
+        assert get_forward(gpt2).name == "standard"
+        gpt2._forward = None  # a second lookup (e.g. after switching paths) logs nothing more
+        assert get_forward(gpt2).name == "standard"
+    said = [r.getMessage() for r in caplog.records if "fast path does not support" in r.getMessage()]
+    assert len(said) == 1 and "gpt2" in said[0], said
     mistral_sw = _tiny_of("mistral", tokenizer, sliding_window=32)
     assert "sliding" in unsupported_reason(mistral_sw.model)
     dyn = _tiny_of("llama", tokenizer, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,

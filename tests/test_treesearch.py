@@ -253,6 +253,32 @@ def test_rows_that_finish_leave_the_batch():
     assert sum(decode) == res.generated_tokens - 8  # each row feeds all but its last token
 
 
+def test_eos_drawn_by_widening_is_a_terminal_scored_without_rollout():
+    """EOS (token 3) is likely at every node, so widening often draws it as a new child: that
+    child is terminal, its completion never contains EOS in the middle, and nothing is decoded
+    past an EOS (every completion the reward sees is EOS-free)."""
+    lg = lambda ps: [math.log(p) for p in ps]
+    table: dict = {}
+    for d in range(5):
+        for pre in itertools.product(range(3), repeat=d):
+            table[pre] = lg([0.2, 0.2, 0.2, 0.4])
+    seen: list[tuple[int, ...]] = []
+
+    def rew(c):
+        seen.append(tuple(c.token_ids))
+        return len(c.token_ids) / 4
+
+    cfg = TreeConfig(rollouts=60, horizon=4, top_p=1.0, batch=4, widening=3, widening_alpha=0.5,
+                     mode="search", seed=3)
+    res = run_tree_search(_toy_lm(table, prompt_len=2), [1, 2], fn_reward(rew), cfg)
+    assert res.stop_reason == "completed"
+    assert seen and all(3 not in ids for ids in seen), [ids for ids in seen if 3 in ids][:3]
+    eos_nodes = [n for n in _all_nodes(res.tree) if n.token == 3]
+    assert eos_nodes and all(n.eos and n.done and not n.children for n in eos_nodes)
+    # some EOS children were created by widening at an inner node (not at the end of a rollout)
+    assert any(n.parent is not res.tree.root and n.m >= 1 for n in eos_nodes)
+
+
 # ---------------------------------------------------------------- the tiny model
 
 def _q_ranked(lm, ids, temperature):

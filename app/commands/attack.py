@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -346,9 +347,10 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
         except EngineError as e:
             msg = str(e) if str(e).startswith("line ") else f"line {line_no}: {e}"
             summ.failed.append(msg)
-            con.print(f"[bold red]error:[/] {msg}", markup=True, soft_wrap=True)
+            con.print(f"[bold red]error:[/] {escape(msg)}", markup=True, soft_wrap=True)
             continue
-        if res.stop_reason == "cancelled":
+        if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
+            # a Ctrl+C during the samples leaves them partial: the row is redone on resume
             summ.interrupted = True
             break
         record = {"key": key, "line": line_no, **res.to_dict()}

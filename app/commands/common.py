@@ -30,11 +30,13 @@ def err_console() -> Console:
 
 
 def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
-    """Print one clear error line (and a hint) to stderr; return the exit code."""
+    """Print one clear error line (the hint, if any, on the same line) to stderr; return the exit
+    code. The message is escaped: user text such as ``[/]`` must not be read as rich markup."""
+    from rich.markup import escape
+
     c = err_console()
-    c.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    if hint:
-        c.print(f"[dim]hint: {hint}[/]")
+    tail = f" [dim]({escape(hint)})[/]" if hint else ""
+    c.print(f"[bold red]error:[/] {escape(message)}{tail}", markup=True, soft_wrap=True)
     return code
 
 
