@@ -277,8 +277,12 @@ class _Ref:
     logprobs: torch.Tensor
 
 
-def _key(model_id: str, method: str, params: dict, mnt: int, prompt: str, repeat: int) -> tuple:
-    return (model_id, method, json.dumps(params, sort_keys=True, default=str), mnt, prompt, repeat)
+def _key(model_id: str, method: str, params: dict, mnt: int, prompt: str, repeat: int,
+         suite: str = "", seed: int = 0) -> tuple:
+    """What makes a record the same measurement: a rerun skips it (suite and seed included, so
+    another suite reusing a prompt id, or another seed, is measured anew)."""
+    return (model_id, method, json.dumps(params, sort_keys=True, default=str), mnt, prompt, repeat,
+            suite, int(seed))
 
 
 def existing_keys(out: Path) -> set[tuple]:
@@ -286,7 +290,7 @@ def existing_keys(out: Path) -> set[tuple]:
         return set()
     recs, _ = read_records(out)
     return {_key(r["model"]["id"], r["method"], r["params"], r["max_new_tokens"], r["prompt_id"],
-                 r["repeat"]) for r in recs if r["status"] == "ok"}
+                 r["repeat"], r.get("suite", ""), r.get("seed", 0)) for r in recs if r["status"] == "ok"}
 
 
 def _ensure_newline(out: Path) -> None:
@@ -324,7 +328,7 @@ def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[
     warmed: set[str] = set()
 
     def key(m: Method, qid: str, r: int) -> tuple:
-        return _key(minfo["id"], m.name, m.params, cfg.max_new_tokens, qid, r)
+        return _key(minfo["id"], m.name, m.params, cfg.max_new_tokens, qid, r, suite.name, cfg.seed)
 
     grid = [(q, r) for q in suite.queries for r in range(cfg.repeats)]
     prose_ms = [m for m in methods if m.model_changing or m.name == "baseline"]
@@ -379,7 +383,7 @@ def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[
             quality_cache[qk] = {"kl_mean": kl_mean, "kl_max": kl_max, "top1_agree": agree,
                                  "ref_nll": ref_nll, "ref_tokens": len(ref.ids)}
         qd = dict(quality_cache[qk])
-        qd["first_divergence"] = first_divergence(out_ids, ref.ids)
+        qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)
         return qd
 

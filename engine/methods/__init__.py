@@ -49,7 +49,12 @@ def method_names() -> list[str]:
 
 
 def make_method(name: str, **params: Any) -> "Method":
-    """The method called ``name``; an unknown name raises an InputError listing the valid ones."""
+    """The method called ``name`` (or ``prompt+cache``, a combination measured as one
+    configuration); an unknown name raises an InputError listing the valid ones."""
+    if "+" in name:
+        from .combined import make_combined
+
+        return make_combined(name, make_method, **params)
     if name not in _FACTORIES:
         raise InputError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
     return registry()[name](**params)
@@ -60,10 +65,18 @@ def parse_methods(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise InputError("no methods given", f"valid: {', '.join(method_names())}")
-    bad = [n for n in names if n not in _FACTORIES]
+    bad = [n for n in names if n not in _FACTORIES and not _valid_combination(n)]
     if bad:
-        raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}")
+        raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}",
+                         "or a combination PROMPT+CACHE measured as one run, e.g. prune-selfinfo+kv-fp8")
     return list(dict.fromkeys(names))
+
+
+def _valid_combination(name: str) -> bool:
+    from .combined import CACHE_SIDE, PROMPT_SIDE
+
+    parts = [s.strip() for s in name.split("+")]
+    return len(parts) == 2 and parts[0] in PROMPT_SIDE and parts[1] in CACHE_SIDE
 
 
 def __getattr__(name: str) -> Any:

@@ -173,6 +173,11 @@ class Method:
         st.pos += len(ids)
         return out
 
+    def base_token_ids(self, ids: list[int]) -> list[int]:
+        """Generated ids in the model's original vocabulary (for the first-divergence index);
+        a method with its own vocabulary (phrase merge) expands its new ids."""
+        return ids
+
     def kv_bytes(self, st: GenState) -> int:
         """Bytes the cache holds now, summed from its tensors."""
         return int(st.fwd.cache_bytes(st.cache))
@@ -216,16 +221,19 @@ class Method:
         decode_s = t_end - t_first
         stored = self.kv_bytes(st)
         peak = self.kv_bytes_peak(st)
+        # the compressor (prompt pruning) runs before the first forward: its seconds are charged
+        # to time-to-first-token and total, and also shown on their own as aux_s
+        aux = float(st.info.pop("aux_s", 0.0))
         cost = {
             "prompt_tokens_in": st.prompt_tokens_in,
             "prompt_tokens_effective": effective,
             "new_tokens": n,
-            "prefill_s": t_first - t0,
+            "prefill_s": t_first - t0 + aux,
             "decode_tok_s": (n - 1) / decode_s if n > 1 and decode_s > 0 else None,
-            "total_s": t_end - t0,
+            "total_s": t_end - t0 + aux,
             "kv_bytes_stored": stored,
             "kv_bytes_peak": peak if peak is not None else max(stored, kv_peak_seen),
-            "aux_s": float(st.info.pop("aux_s", 0.0)),
+            "aux_s": aux,
         }
         text = lm.tokenizer.decode(out, skip_special_tokens=True)
         return MethodOutput(token_ids=out, text=text, cost=cost, extra=dict(st.info))

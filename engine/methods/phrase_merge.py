@@ -284,6 +284,9 @@ class PhraseMerge(Method):
             output_base_tokens=len(self.vocab.expand(out.token_ids)))
         return out
 
+    def base_token_ids(self, ids: list[int]) -> list[int]:
+        return self.vocab.expand(ids) if self.vocab is not None else ids
+
     def teacher_forced_logprobs(self, lm: Any, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
         """Targets are original-vocabulary ids (the baseline's continuation), fed one by one after
