@@ -254,6 +254,8 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
                    hash=vb.hash, cache="given")
         else:
             vb = load_vocab(tok, progress=progress, cancel=cancel)
+        if vb.cache_note:
+            res.warnings.append(vb.cache_note)
         timings["vocab_s"] = time.perf_counter() - t
         t = time.perf_counter()
         mdd = MDD(vb, text, progress=progress, cancel=cancel)

@@ -82,6 +82,7 @@ class Vocab:
     token_strings: list[Optional[str]] = field(default_factory=list, repr=False)
     build_s: float = 0.0
     from_cache: bool = False
+    cache_note: str = ""  # set when a cached file was unusable and rebuilt (shown to the user)
     _lengths: Optional[list[int]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -298,6 +299,7 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
     (then overwritten atomically)."""
     t0 = time.perf_counter()
     check(cancel)
+    note = ""
     strings, special = _vocab_strings(tokenizer)
     kind = detect_kind(tokenizer, strings)
     h = vocab_hash(kind, strings, special)
@@ -311,8 +313,8 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
                 if ckind != kind or cspecial != special:
                     raise ValueError("kind or special ids differ from the tokenizer")
             except (ValueError, OSError, UnicodeDecodeError) as e:
-                report(progress, "vocab", 0, len(strings),
-                       f"cached vocabulary {path.name} is unusable ({e}); rebuilding",
+                note = f"cached vocabulary {path.name} is unusable ({e}); rebuilt"
+                report(progress, "vocab", 0, len(strings), note.replace("rebuilt", "rebuilding"),
                        hash=h, cache="corrupt")
             else:
                 by, longest = _index(tb)
@@ -327,7 +329,7 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
     token_bytes = _convert(kind, strings, set(special), progress, cancel)
     by, longest = _index(token_bytes)
     vb = Vocab(token_bytes=token_bytes, by_bytes=by, max_len=longest, kind=kind, hash=h,
-               special_ids=special, token_strings=strings)
+               special_ids=special, token_strings=strings, cache_note=note)
     if cache:
         write_text(cache_path(h), _serialise(vb))
     vb.build_s = time.perf_counter() - t0

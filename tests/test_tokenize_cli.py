@@ -54,7 +54,21 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, msg):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
-    assert err.count("error:") == 1
+    assert err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
+
+
+def test_corrupt_vocab_cache_is_reported_and_rebuilt(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENFORGE_CACHE", str(tmp_path))
+    assert main(["tokenize", "penguin", "--count"]) == 0
+    (cached,) = list((tmp_path / "vocab").glob("*.json"))
+    good = cached.read_text(encoding="utf-8")
+    cached.write_text(good[: len(good) // 3], encoding="utf-8")  # a crash mid-write elsewhere
+    capsys.readouterr()
+    assert main(["tokenize", "penguin", "--count"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.strip() == "36"
+    assert "warning:" in cap.err and cached.name in cap.err and "rebuilt" in cap.err
+    assert cached.read_text(encoding="utf-8") == good
 
 
 def test_unwritable_output_is_reported(tmp_path, capsys):

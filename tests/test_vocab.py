@@ -175,10 +175,12 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_cache, tokenizer, vocab, cach
     again = load_vocab(tokenizer, progress=seen.append)
     assert not again.from_cache
     assert any(p.metrics.get("cache") == "corrupt" and "rebuilding" in p.message for p in seen)
+    assert path.name in again.cache_note and "rebuilt" in again.cache_note  # shown by the commands
     assert again.token_bytes == vocab.token_bytes
     # the rebuilt file replaced the damaged one and is trusted next time
     assert path.read_text() == good
-    assert load_vocab(tokenizer).from_cache
+    trusted = load_vocab(tokenizer)
+    assert trusted.from_cache and trusted.cache_note == ""
 
 
 def test_cache_disabled_writes_nothing(tmp_cache, tokenizer):

@@ -316,11 +316,14 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
     summ = DatasetSummary()
     done = read_done(out_path)
     if done.repaired:
-        con.print(f"[yellow]{done.repaired}[/]")
+        con.print(str(done.repaired), style="yellow", markup=False, highlight=False)
     for i in done.bad_lines:
-        con.print(f"[yellow]{out_path}: line {i} is not a result line; ignored[/]")
+        con.print(f"{out_path}: line {i} is not a result line; ignored", style="yellow", markup=False,
+                  highlight=False)
     default_system = None if args.template_system else args.system
     vocab = load_vocab(lm.tokenizer)
+    if vocab.cache_note:
+        con.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)
     try:
         lines = rows_path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
                             limit=args.limit, seed=args.seed)
     vocab = mdd.vocab
+    if vocab.cache_note:
+        err.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)
     if args.dot:
         try:
             write_text(args.dot, mdd.to_dot(highlight=rep.canonical))
