@@ -224,6 +224,7 @@ class LeanForward:
         self.w_head = model.lm_head.weight.detach()
         self.b_head = _bias(model.lm_head)
         self.extra_weight_bytes = 0  # bytes of weights this object holds beyond HF's own
+        self._views: dict[tuple[int, int], tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self.layers: list[_Layer] = []
         qd, kd = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         for lay in base.layers:
@@ -307,16 +308,31 @@ class LeanForward:
         block. Each output element is the same K-long dot product either way (tests check the
         logits against the standard path)."""
         p = self._parts
-        rows = x.numel() // x.shape[-1] if x.numel() else 0
-        if p < 2 or self.matvec != "split" or not 0 < rows <= SPLIT_MAX_ROWS or w.shape[0] % p \
-                or not w.is_contiguous() or x.device.type != "cpu":
+        k = x.shape[-1]
+        rows = x.numel() // k if k else 0
+        if p < 2 or self.matvec != "split" or not 0 < rows <= SPLIT_MAX_ROWS or x.device.type != "cpu":
             return F.linear(x, w, b)
-        n, k = w.shape
-        x2 = x.reshape(1, rows, k).expand(p, rows, k)
-        out = torch.bmm(x2, w.view(p, n // p, k).transpose(1, 2))  # (P, rows, N/P)
-        out = out.view(p * rows, n // p) if rows == 1 else out.transpose(0, 1)
-        out = out.reshape(*x.shape[:-1], n)
+        wv = self._split_view(w, p)
+        if wv is None:
+            return F.linear(x, w, b)
+        n = w.shape[0]
+        out = torch.bmm(x.reshape(1, rows, k).expand(p, rows, k), wv)  # (P, rows, N/P)
+        if rows == 1:
+            out = out.view(*x.shape[:-1], n)  # (P, 1, N/P) is already row-major over N
+        else:
+            out = out.transpose(0, 1).reshape(*x.shape[:-1], n)
         return out if b is None else out + b
+
+    def _split_view(self, w: torch.Tensor, p: int) -> Optional[torch.Tensor]:
+        """``w`` (N, K) as (P, K, N/P) blocks — a view, made once per weight (None: cannot split)."""
+        key = (id(w), p)
+        hit = self._views.get(key)
+        if hit is not None and hit[0] is w:
+            return hit[1]
+        n, k = w.shape
+        v = w.view(p, n // p, k).transpose(1, 2) if n % p == 0 and w.is_contiguous() else None
+        self._views[key] = (w, v)
+        return v
 
     @property
     def _parts(self) -> int:
