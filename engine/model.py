@@ -260,7 +260,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
         model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
     except ValueError as e:
         msg = str(e).splitlines()[0]
-        if "trust_remote_code" in msg:
+        if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load {name}: {msg}") from e
     except OSError as e:
@@ -308,7 +308,7 @@ def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
                                             local_files_only=True)
     except ValueError as e:
         msg = str(e).splitlines()[0]
-        if "trust_remote_code" in msg:
+        if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
     except OSError as e:

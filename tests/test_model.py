@@ -1,11 +1,13 @@
 """Model loading: offline resolution, clear errors, the GGUF conversion cache, CLI exit codes."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.errors import ModelLoadError, ModelNotFound
 from engine.model import bundled_gguf, eos_ids_of, load_model, resolve_source
@@ -73,3 +75,49 @@ def test_cli_chat_prompt_answers(smol_lm):
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "tok/s" in r.stderr
+
+
+def test_hf_id_found_in_the_local_cache(tmp_path, tiny_lm, monkeypatch):
+    """An id present in the local Hugging Face cache loads from it (no network: the hub is
+    unreachable here, and local_files_only never asks it); a second load is warm."""
+    import huggingface_hub.constants as hf_constants
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--tokenforge-test--tiny-llama"
+    snap = repo / "snapshots" / ("0" * 40)
+    tiny_lm.model.save_pretrained(str(snap))
+    tiny_lm.tokenizer.save_pretrained(str(snap))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src, name, _ = resolve_source("tokenforge-test/tiny-llama")
+    assert src == snap.resolve() or src == snap
+    lm = load_model("tokenforge-test/tiny-llama")
+    assert lm.config.num_hidden_layers == 2 and lm.name.endswith("tiny-llama")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(lm.model(ids).logits, tiny_lm.model(ids).logits, atol=1e-6)
+    with pytest.raises(ModelNotFound, match="not available offline"):
+        resolve_source("tokenforge-test/absent-model")
+
+
+def test_remote_code_only_when_asked(tmp_path, tiny_lm):
+    """A model whose config points at its own code: refused with a clear message (and the code
+    never runs) unless trust_remote_code is asked for; then it runs."""
+    d = tmp_path / "custom"
+    tiny_lm.model.save_pretrained(str(d))
+    tiny_lm.tokenizer.save_pretrained(str(d))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "modeling_custom.CustomConfig",
+                       "AutoModelForCausalLM": "modeling_custom.CustomLM"}
+    cfg["model_type"] = "tokenforge-custom"
+    (d / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "ran"
+    (d / "modeling_custom.py").write_text(
+        f"open({str(marker)!r}, 'w').write('yes')\nraise RuntimeError('user code ran')\n")
+    with pytest.raises(ModelLoadError, match="trust-remote-code"):
+        load_model(str(d))
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        load_model(str(d), trust_remote_code=True)
+    assert marker.read_text() == "yes"
