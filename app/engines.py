@@ -157,6 +157,33 @@ class Engine:
             f["system"] = DEFAULT_SYSTEM
         return run_attack(lm, AttackConfig(**f), progress=progress, cancel=cancel, vocab=vocab)
 
+    # -- bench grid (dashboard screen) --------------------------------------------------------
+    def bench(self, lm: Any, cfg: dict[str, Any], out: str, *,
+              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
+        """Run the dashboard's validated grid (``BenchConfig`` field names), appending records to
+        ``out``; returns the ``BenchSummary`` (finished records stay on cancel)."""
+        from engine.bench import BenchConfig, run_bench
+
+        return run_bench(lm, BenchConfig(**cfg), out, progress=progress, cancel=cancel)
+
+    def bench_export(self, runs: str, folder: str, *, progress: Optional[ProgressFn] = None,
+                     cancel: Optional[CancelToken] = None) -> list[str]:
+        """Aggregate the runs JSONL and write the PNGs and the CSV into ``folder``."""
+        from pathlib import Path
+
+        from engine.bench_report import load_report, write_csv, write_pngs
+
+        stem = Path(runs).stem
+        report(progress, "bench", 0, 2, "aggregating")
+        rep = load_report(runs)
+        check(cancel)
+        report(progress, "bench", 1, 2, "writing PNGs")
+        paths = [str(p) for p in write_pngs(rep, folder, prefix=f"bench-{stem}")]
+        check(cancel)
+        paths.append(str(write_csv(rep, Path(folder) / f"bench-{stem}.csv")))
+        report(progress, "bench", 2, 2, "exported")
+        return paths
+
     # -- tree search (search screen) ----------------------------------------------------------
     def chat_prompt_ids(self, lm: Any, prompt: str, system: Optional[str]) -> list[int]:
         """The prompt through the model's chat template (generation prompt added); a tokenizer

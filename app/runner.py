@@ -20,6 +20,8 @@ Runner API (for the screens that add attack, tree search and the dashboard)
     app.runner.cancel_all("user"); await app.runner.shutdown(grace=3.0)
     app.runner.busy               # any job not finished;  app.runner.in_flight() → threads inside fn
     await job.wait()              # the job's final state ("finished", "cancelled", "failed")
+    value = await app.runner.run_aside(fn, *args)  # short UI-side work (a file read, an
+                                  # aggregation) off the loop: a daemon thread, no Job, no messages
 
 Messages (app/messages.py), posted to ``target`` and bubbling to the app, in this order:
 JobStarted → JobProgressed* / TokensGenerated* → one of JobFinished | JobCancelled | JobFailed
@@ -190,6 +192,37 @@ class Runner:
         if t is None or t <= 0 or math.isinf(t):
             return None
         return float(t)
+
+    # -- short work off the loop ---------------------------------------------------------------
+    async def run_aside(self, fn: Callable[..., Any], *args: Any, name: str = "aside",
+                        **kwargs: Any) -> Any:
+        """Await ``fn(*args, **kwargs)`` run in a daemon thread: for short UI-side work that must
+        not stall keys and Ctrl+C (re-reading a results file, aggregating it). Not a job: no
+        messages, no timeout, not counted in ``busy``/``in_flight`` (a daemon thread never holds
+        the exit). Its exception is raised here. Cancelling the awaiting task drops the result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def main() -> None:
+            try:
+                outcome: tuple = (True, fn(*args, **kwargs))
+            except BaseException as e:  # handed to the awaiting task
+                outcome = (False, e)
+
+            def _set() -> None:
+                if fut.done():
+                    return
+                if outcome[0]:
+                    fut.set_result(outcome[1])
+                else:
+                    fut.set_exception(outcome[1])
+            try:
+                loop.call_soon_threadsafe(_set)
+            except RuntimeError:  # loop closed: the app is gone
+                pass
+
+        threading.Thread(target=main, name=f"tokenforge-{name}", daemon=True).start()
+        return await fut
 
     # -- control ----------------------------------------------------------------------------
     def start(self, kind: str, fn: Callable[..., Any], *args: Any, target: Any = None,

@@ -3,9 +3,11 @@
 Kept free of torch: ``SamplingSettings.to_config()`` builds the engine's ``SamplingConfig`` only
 inside a worker. Timeout defaults are derived from the loaded model's measured decode speed, so a
 long answer on a slow CPU is not killed by a fixed limit, and held within [30 s, 30 min] so an
-unknown or absurd speed never means "no answer for hours". Each derivation is kept
-(``TimeoutDerivation``) so the settings screen can show it; a timeout the user types is theirs
-until they re-derive.
+unknown or absurd speed never means "no answer for hours". The bench is the exception: it sizes
+itself to the dashboard's grid (methods × queries × (repeats + 1) runs of its max new tokens; the
+extra run per query covers the baseline reference, warm-up and quality passes) and may take hours,
+so it is held within [30 s, 12 h]. Each derivation is kept (``TimeoutDerivation``) so the settings
+screen can show it; a timeout the user types is theirs until they re-derive.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ SAFETY = 3.0          # measured speed varies with context length and with other
 FLOOR_S = 30.0        # a derived limit never below this (warm-up, first-call overheads)
 CAP_S = 1800.0        # nor above 30 min: an unknown or very slow speed must not mean "hours"
 ASSUMED_TOK_S = 2.0   # before anything was measured: a slow CPU, so nothing legit is killed
+BENCH_CAP_S = 12 * 3600.0  # a grid is left running; hours are legitimate, days are not
 FIXED = {"vocab": 300.0, "speed": 120.0}
 FIXED_WHY = {"vocab": "vocabulary build, no token budget", "speed": "the 8-token speed probe"}
 
@@ -58,6 +61,28 @@ def fmt_duration(seconds: Optional[float]) -> str:
 
 
 @dataclass(frozen=True)
+class BenchGrid:
+    """The dashboard's chosen grid, as far as its timeout is concerned."""
+
+    methods: int
+    queries: int
+    repeats: int
+    max_new_tokens: int
+    prose: bool = False  # held-out prose NLL: about one more run per method
+
+    @property
+    def runs(self) -> int:
+        """Generations of ``max_new_tokens`` the grid is budgeted for: every (method, query)
+        measured ``repeats`` times plus one (reference, warm-up, teacher-forced quality)."""
+        return self.methods * self.queries * (self.repeats + 1) + (self.methods if self.prose else 0)
+
+    def describe(self) -> str:
+        s = (f"{self.methods} method{'s' * (self.methods != 1)} × {self.queries} "
+             f"quer{'ies' if self.queries != 1 else 'y'} × ({self.repeats}+1)")
+        return s + (f" + {self.methods} prose" if self.prose else "")
+
+
+@dataclass(frozen=True)
 class TimeoutDerivation:
     """How one kind's default timeout was derived: ``budget_tokens ÷ tok_s × margin``, rounded
     up to 10 s, then held within [FLOOR_S, CAP_S] (``limit`` says which bound applied)."""
@@ -71,6 +96,7 @@ class TimeoutDerivation:
     margin: float = SAFETY
     raw_s: Optional[float] = None
     limit: str = ""  # "", "floor", "cap", "fixed", "none"
+    grid: str = ""   # bench only: the dashboard grid the budget was sized for
 
     def explain(self) -> str:
         if self.limit == "none":
@@ -80,6 +106,9 @@ class TimeoutDerivation:
         budget = (f"{self.budget_tokens:,} tokens" if self.factor == 1 else
                   f"{self.factor:g}×{(self.budget_tokens or 0) / self.factor:,.0f} = "
                   f"{self.budget_tokens:,} tokens")
+        if self.grid:
+            budget = f"grid {self.grid} = {self.factor:g} runs × " \
+                     f"{(self.budget_tokens or 0) / self.factor:,.0f} = {self.budget_tokens:,} tokens"
         speed = f"{self.tok_s:.1f} tok/s {'measured' if self.measured else 'assumed'}"
         s = f"{budget} ÷ {speed} × {self.margin:g} margin = {fmt_duration(self.raw_s)}"
         if self.limit == "floor":
@@ -89,32 +118,40 @@ class TimeoutDerivation:
         return s
 
 
-def derive_timeout_details(tok_s: Optional[float],
-                           max_new_tokens: int) -> dict[str, TimeoutDerivation]:
+def derive_timeout_details(tok_s: Optional[float], max_new_tokens: int,
+                           bench_grid: Optional[BenchGrid] = None) -> dict[str, TimeoutDerivation]:
     """Per job kind: the default timeout and how it was derived from the decode speed.
-    Unknown speed → a conservative ASSUMED_TOK_S guess."""
+    Unknown speed → a conservative ASSUMED_TOK_S guess. The bench is sized to ``bench_grid``
+    (the dashboard's form) when known, else WORK_FACTOR answers of ``max_new_tokens``."""
     measured = tok_s is not None and tok_s > 0 and math.isfinite(tok_s)
     rate = float(tok_s) if measured else ASSUMED_TOK_S  # type: ignore[arg-type]
     out: dict[str, TimeoutDerivation] = {"load": TimeoutDerivation("load", None, limit="none")}
     for kind, factor in WORK_FACTOR.items():
-        budget = int(round(factor * max_new_tokens))
+        grid, per = "", max_new_tokens
+        if kind == "bench" and bench_grid is not None and bench_grid.runs > 0:
+            factor, per, grid = float(bench_grid.runs), bench_grid.max_new_tokens, \
+                bench_grid.describe()
+        budget = int(round(factor * per))
         raw = SAFETY * budget / rate
         secs = math.ceil(raw / 10.0) * 10.0
+        cap = BENCH_CAP_S if kind == "bench" else CAP_S
         limit = ""
         if secs < FLOOR_S:
             secs, limit = FLOOR_S, "floor"
-        elif secs > CAP_S:
-            secs, limit = CAP_S, "cap"
+        elif secs > cap:
+            secs, limit = cap, "cap"
         out[kind] = TimeoutDerivation(kind, float(secs), rate, measured, budget, factor, SAFETY,
-                                      raw, limit)
+                                      raw, limit, grid)
     for kind, secs in FIXED.items():
         out[kind] = TimeoutDerivation(kind, secs, limit="fixed")
     return out
 
 
-def derive_timeouts(tok_s: Optional[float], max_new_tokens: int) -> dict[str, Optional[float]]:
+def derive_timeouts(tok_s: Optional[float], max_new_tokens: int,
+                    bench_grid: Optional[BenchGrid] = None) -> dict[str, Optional[float]]:
     """Seconds per job kind (None = no limit), see ``derive_timeout_details``."""
-    return {k: d.seconds for k, d in derive_timeout_details(tok_s, max_new_tokens).items()}
+    return {k: d.seconds
+            for k, d in derive_timeout_details(tok_s, max_new_tokens, bench_grid).items()}
 
 
 def default_export_dir() -> Path:
@@ -135,6 +172,8 @@ class AppSettings:
     user_timeouts: set[str] = field(default_factory=set)
     measured_tok_s: Optional[float] = None
     speed_source: str = ""  # "speed probe" or "first answer"
+    #: the dashboard's current grid (set by the dashboard as its form changes); sizes "bench"
+    bench_grid: Optional[BenchGrid] = None
     export_dir: Path = field(default_factory=default_export_dir)
 
     @classmethod
@@ -161,7 +200,17 @@ class AppSettings:
             self.user_timeouts.clear()
 
     def timeout_details(self) -> dict[str, TimeoutDerivation]:
-        return derive_timeout_details(self.measured_tok_s, self.sampling.max_new_tokens)
+        return derive_timeout_details(self.measured_tok_s, self.sampling.max_new_tokens,
+                                      self.bench_grid)
+
+    def set_bench_grid(self, grid: Optional[BenchGrid]) -> bool:
+        """The dashboard's grid changed: re-derive the bench timeout (unless the user set it).
+        True when the grid differs from the one recorded."""
+        if grid == self.bench_grid:
+            return False
+        self.bench_grid = grid
+        self.rederive()
+        return True
 
     def rederive(self) -> None:
         """Recompute the derived timeouts (speed or max_new_tokens changed); the user's stay.

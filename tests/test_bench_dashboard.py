@@ -67,11 +67,15 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         scr.query_one("#dash-mnt", Input).value = "4"
         out = tmp_path / "runs.jsonl"
         scr.query_one("#dash-out", Input).value = str(out)
+        await pilot.pause(0.05)
         scr.action_run()
         await scr.job.wait()
-        await pilot.pause(0.2)
         assert out.exists()
         table = scr.query_one("#dash-table", DataTable)
+        for _ in range(200):  # the runs file is re-read off the event loop
+            await pilot.pause(0.02)
+            if table.row_count == 2 and not scr._reading:
+                break
         assert table.row_count == 2  # baseline, kv-fp8
         assert scr.query_one("#plot-cost").drawn >= 1
         scr.action_export()
@@ -82,8 +86,10 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         assert list((tmp_path / "exports").glob("*.csv"))
         # bad input: repeats 0 is refused with one message, nothing started
         scr.query_one("#dash-repeats", Input).value = "0"
+        await pilot.pause(0.05)
+        assert scr.query_one("#dash-run").disabled
         scr.action_run()
         assert not scr.busy
-        assert "repeats" in str(scr.query_one("#dash-message").render())
+        assert "repeats" in str(scr.query_one("#dash-error").render())
         for j in app.runner.jobs.values():
             j.cancel("shutdown")

@@ -1,18 +1,31 @@
 """Dashboard screen: choose methods and a suite, run the (method × query × repeat) grid through
-the runner (job kind "bench"), watch it fill, read the aggregate table and terminal plots, and
-export PNGs + CSV.
+the runner (job kind "bench", timeout from settings), watch it fill, read the aggregate table and
+terminal plots, and export PNGs + CSV.
+
+The form is validated on every change (methods, suite, query kinds, repeats, max new tokens, runs
+file): a bad field shows one inline message and keeps Run disabled, as do a model that is not
+loaded and a running job (Stop is enabled then), so nothing unvalidated reaches the engine (which
+validates again). The valid form's grid size is handed to the settings, which derive the "bench"
+timeout from it (methods × queries × (repeats + 1) runs of max new tokens ÷ measured tok/s ×
+margin; shown in Settings, editable there).
 
 The JSONL on disk is the truth: while a run goes, the screen re-reads it (pull, ≤ 1 Hz, as
 TUI.md §4 suggests for the dashboard) and re-aggregates, so the table and plots show exactly
-what `tokenforge bench report` would. A rerun into the same file resumes. Engine imports stay
-inside the job functions (no torch at TUI startup).
+what `tokenforge bench report` would. The read and the aggregation run off the event loop
+(``runner.run_aside``: a daemon thread), at most one at a time, so a big runs file never stalls
+keys or Ctrl+C. A rerun into the same file resumes. Engine calls go through ``app.engine``
+(app/engines.py) and the runner; no torch at TUI startup.
 """
 from __future__ import annotations
 
+import functools
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -21,11 +34,16 @@ from textual.widgets import (Button, DataTable, Input, Label, Select, SelectionL
 
 from engine.errors import InputError
 
+from app.engines import module_available
 from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
 from app.screens.base import ToolScreen
-from app.validate import FieldCheck, parse_int
+from app.settings import BenchGrid, fmt_duration
+from app.validate import FieldCheck, first_error, parse_int, require_text
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot
+from app.widgets.screen_commands import ScreenActions
+
+log = logging.getLogger("tokenforge.dashboard")
 
 ENGINE_MODULES = ("engine.bench",)
 JOB_KIND = "bench"
@@ -34,6 +52,9 @@ KINDS = ("chat", "qa", "long", "prose")
 DEFAULT_METHODS = ("baseline", "kv-reuse", "kv-fp8")
 TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s", "KV stored",
                  "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
+MAX_REPEATS = 100
+MAX_NEW_TOKENS = 4096       # engine.bench.BenchConfig.validate
+READ_EVERY = 1.0            # s between re-reads of the runs file while a run goes
 
 
 def suites_available() -> list[str]:
@@ -43,50 +64,82 @@ def suites_available() -> list[str]:
     return sorted(p.stem for p in (Path(engine.__file__).parent / "suites").glob("*.jsonl"))
 
 
+@functools.lru_cache(maxsize=8)
+def suite_counts(name: str) -> dict[str, int]:
+    """Entries per query kind of a shipped suite (torch-free; for the grid size and the timeout
+    only: the engine parses and validates the suite again). Unreadable lines are skipped."""
+    import engine
+
+    counts: dict[str, int] = {}
+    path = Path(engine.__file__).parent / "suites" / f"{name}.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return counts
+    for line in lines:
+        try:
+            kind = json.loads(line).get("kind") if line.strip() else None
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(kind, str):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def method_choices() -> list[str]:
     from engine.methods import method_names  # torch-free registry
 
     return method_names()
 
 
-# ---- job functions (run in the runner's worker thread) -----------------------------------------
+def parse_runs_path(text: str) -> Path:
+    """The runs JSONL path: one line, not a directory, its folder not a file."""
+    t = require_text(text, "runs file", 4096).strip()
+    if "\n" in t or "\x00" in t:
+        raise InputError("runs file: one line, a path to a .jsonl file")
+    p = Path(t).expanduser()
+    if p.is_dir():
+        raise InputError(f"runs file: {p} is a directory")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"runs file: {parent} is a file, not a folder")
+    return p
 
-def bench_job(lm: Any, cfg: dict, out: str, *, progress: Any = None, cancel: Any = None) -> Any:
-    """Run the grid; returns the BenchSummary (finished records stay on cancel)."""
-    from engine.bench import BenchConfig, run_bench
 
-    return run_bench(lm, BenchConfig(**cfg), out, progress=progress, cancel=cancel)
+def read_report(path: str) -> tuple[Any, list[list[str]]]:
+    """Aggregate the runs JSONL and format its table rows (run off the event loop)."""
+    from engine.bench_report import load_report, table_rows
 
-
-def export_job(runs: str, folder: str, *, progress: Any = None, cancel: Any = None) -> list[str]:
-    """Aggregate the JSONL and write the PNGs and the CSV into ``folder``."""
-    from engine.bench_report import load_report, write_csv, write_pngs
-    from engine.progress import report
-
-    report(progress, "bench", 0, 2, "aggregating")
-    rep = load_report(runs)
-    report(progress, "bench", 1, 2, "writing PNGs")
-    paths = [str(p) for p in write_pngs(rep, folder, prefix=f"bench-{Path(runs).stem}")]
-    paths.append(str(write_csv(rep, Path(folder) / f"bench-{Path(runs).stem}.csv")))
-    report(progress, "bench", 2, 2, "exported")
-    return paths
+    rep = load_report(path)
+    return rep, table_rows(rep, labels=False)
 
 
 class DashboardScreen(ToolScreen):
     """Methods × suite grid, live aggregate table and plots, export."""
 
+    COMMANDS = {ScreenActions}
     BINDINGS = [
+        Binding("escape", "stop", "Stop", id="dashboard.stop", tooltip="Stop the running grid"),
         Binding("ctrl+r", "run", "Run", id="dashboard.run", tooltip="Run the bench grid"),
-        Binding("ctrl+l", "load", "Load runs", id="dashboard.load", tooltip="Aggregate the runs file"),
-        Binding("ctrl+e", "export", "Export", id="dashboard.export", tooltip="Write PNGs and CSV"),
+        Binding("ctrl+l", "load", "Load runs", id="dashboard.load",
+                tooltip="Aggregate the runs file"),
+        Binding("ctrl+e", "export", "Export", id="dashboard.export", priority=True,
+                tooltip="Write PNGs and CSV"),
     ]
 
     def __init__(self) -> None:
         super().__init__(id="dashboard-screen")
         self.purpose: Optional[str] = None  # "run" | "export" for the current job
         self.report: Any = None
+        self.runs_path: Optional[str] = None
+        self.engine_error = ""
+        self.last_export: list[str] = []
         self._last_read = 0.0
-        self._grid_total: Optional[int] = None
+        self._reading = False               # a report read is in flight (at most one)
+        self._pending: Optional[tuple[str, bool]] = None  # forced re-read asked for meanwhile
+        self.reads = 0                      # report reads completed (tests, diagnostics)
 
     # ---- layout -----------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
@@ -108,11 +161,16 @@ class DashboardScreen(ToolScreen):
                     yield Input("5", id="dash-repeats", validators=[FieldCheck(self._parse_repeats)])
                     yield Input("24", id="dash-mnt", validators=[FieldCheck(self._parse_mnt)])
                 yield Label("Runs file (JSONL, appended; a rerun resumes)")
-                yield Input(self._default_runs(), id="dash-out")
-                with Horizontal(classes="dash-row"):
-                    yield Button("Run", id="dash-run", variant="primary")
-                    yield Button("Load", id="dash-load")
-                    yield Button("Export", id="dash-export")
+                yield Input(self._default_runs(), id="dash-out",
+                            validators=[FieldCheck(parse_runs_path)])
+                yield Static("", id="dash-error", classes="inline-error")
+                with Horizontal(classes="dash-row dash-buttons"):
+                    yield Button("Run", id="dash-run", variant="primary", disabled=True)
+                    yield Button("Stop", id="dash-stop", variant="error", disabled=True)
+                with Horizontal(classes="dash-row dash-buttons"):
+                    yield Button("Load", id="dash-load", disabled=True)
+                    yield Button("Export", id="dash-export", disabled=True)
+                yield Static("", id="dash-status", classes="status-line")
                 yield Static("", id="dash-message")
             with Vertical(id="dashboard-results"):
                 yield Static("[dim]no runs yet: choose methods and press Run, or Load a runs file[/]",
@@ -139,8 +197,12 @@ class DashboardScreen(ToolScreen):
             w.styles.height = "auto"
             for child in w.query(Input):
                 child.styles.width = "1fr"
+            for b in w.query(Button):
+                b.styles.width = "1fr"
+                b.styles.min_width = 8
         self.query_one("#dash-methods").styles.height = "auto"
         self.query_one("#dash-kinds").styles.height = "auto"
+        self._refresh_controls()
 
     def _default_runs(self) -> str:
         try:
@@ -149,159 +211,318 @@ class DashboardScreen(ToolScreen):
             folder = "tokenforge-exports"
         return str(Path(folder) / "bench-runs.jsonl")
 
+    # ---- validation -------------------------------------------------------------------------
     @staticmethod
     def _parse_repeats(text: str) -> int:
-        return parse_int(text, "repeats", 1, 100)
+        return parse_int(text, "repeats", 1, MAX_REPEATS)
 
-    @staticmethod
-    def _parse_mnt(text: str) -> int:
-        return parse_int(text, "max new tokens", 1, 1024)
+    def _parse_mnt(self, text: str) -> int:
+        try:
+            lm = getattr(self.app, "lm", None)
+        except Exception:  # noqa: BLE001 — validated before the screen is attached
+            lm = None
+        ctx = int(getattr(lm, "context_length", 0) or 0)
+        hi = min(MAX_NEW_TOKENS, ctx - 1) if ctx > 1 else MAX_NEW_TOKENS
+        return parse_int(text, "max new tokens", 1, hi)
 
-    # ---- app hooks --------------------------------------------------------------------------
+    def form(self) -> tuple[dict[str, Any], Optional[str]]:
+        """({cfg: BenchConfig fields, out, grid: BenchGrid}, first error or None)."""
+
+        def methods() -> list[str]:
+            chosen = list(self.query_one("#dash-methods", SelectionList).selected)
+            if not chosen:
+                raise InputError("methods: choose at least one")
+            return chosen
+
+        def kinds() -> list[str]:
+            chosen = list(self.query_one("#dash-kinds", SelectionList).selected)
+            if not chosen:
+                raise InputError("query kinds: choose at least one")
+            return chosen
+
+        def suite() -> str:
+            v = self.query_one("#dash-suite", Select).value
+            if v is Select.BLANK or not v:
+                raise InputError("suite: none chosen (no suite is shipped in engine/suites)")
+            return str(v)
+
+        values, err = first_error({
+            "methods": methods, "suite": suite, "kinds": kinds,
+            "repeats": lambda: self._parse_repeats(self.query_one("#dash-repeats", Input).value),
+            "max_new_tokens": lambda: self._parse_mnt(self.query_one("#dash-mnt", Input).value),
+            "out": lambda: parse_runs_path(self.query_one("#dash-out", Input).value),
+        })
+        if err:
+            return {}, err
+        counts = suite_counts(values["suite"])
+        queries = sum(counts.get(k, 0) for k in values["kinds"] if k != "prose")
+        prose = "prose" in values["kinds"] and counts.get("prose", 0) > 0
+        if queries == 0 and not prose:
+            return {}, (f"suite {values['suite']} has no queries of kind "
+                        f"{', '.join(values['kinds'])}: choose other kinds")
+        cfg = {k: values[k] for k in ("methods", "suite", "repeats", "max_new_tokens", "kinds")}
+        grid = BenchGrid(len(values["methods"]), queries, values["repeats"],
+                         values["max_new_tokens"], prose)
+        return {"cfg": cfg, "out": str(values["out"]), "grid": grid}, None
+
+    def engine_ready(self) -> Optional[str]:
+        app: Any = self.app
+        if (not all(module_available(m) for m in ENGINE_MODULES)
+                or not hasattr(app.engine, "bench")):
+            return "the bench engine (engine.bench) is not available in this checkout"
+        if app.model_state == "loading":
+            return "loading the model… Run opens when it is ready"
+        if app.model_state == "failed" or app.lm is None:
+            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
+        return None
+
+    def _runs_file(self) -> Optional[Path]:
+        """The runs file named in the form when it is a valid path to an existing file."""
+        try:
+            p = parse_runs_path(self.query_one("#dash-out", Input).value)
+        except InputError:
+            return None
+        return p if p.is_file() else None
+
+    # ---- state → controls -------------------------------------------------------------------
     def model_changed(self) -> None:
-        if self.is_mounted:
+        if self.children:
             self.query_one(EngineStatus).refresh_status()
+            self._refresh_controls()
 
     def settings_changed(self) -> None:
         self.model_changed()
 
-    # ---- actions ----------------------------------------------------------------------------
+    def _timeout_text(self) -> str:
+        app: Any = self.app
+        t = app.runner.timeout_for(JOB_KIND)
+        how = ("set in Settings" if JOB_KIND in app.settings.user_timeouts
+               else "derived from this grid; Settings F6")
+        return f"timeout {fmt_duration(t)} ({how})"
+
+    def _status_text(self, f: dict[str, Any]) -> str:
+        why = self.engine_ready()
+        if why:
+            return f"[yellow]{escape(why)}[/]"
+        if not f:
+            return f"[dim]{self._timeout_text()}[/]"
+        g: BenchGrid = f["grid"]
+        return (f"[dim]grid {escape(g.describe())} = {g.runs:,} runs of {g.max_new_tokens} tokens"
+                f" · {self._timeout_text()} · records → {escape(f['out'])}[/]")
+
+    def _refresh_controls(self) -> None:
+        if not self.children:
+            return
+        app: Any = self.app
+        f, err = self.form()
+        blocked = self.engine_ready()
+        busy = self.busy
+        self.query_one("#dash-run", Button).disabled = bool(err or blocked) or busy
+        self.query_one("#dash-stop", Button).disabled = not busy
+        have_runs = self._runs_file() is not None
+        self.query_one("#dash-load", Button).disabled = busy or not have_runs
+        self.query_one("#dash-export", Button).disabled = busy or not have_runs
+        self.query_one("#dash-error", Static).update(escape(err or self.engine_error))
+        if not err and app.settings.set_bench_grid(f["grid"]):
+            for s in list(getattr(app, "_listeners", [])):  # Settings shows the new derivation
+                if s is not self:
+                    try:
+                        s.settings_changed()
+                    except Exception:  # noqa: BLE001 — one screen's bug must not break this one
+                        log.exception("%s.settings_changed failed", type(s).__name__)
+        self.query_one("#dash-status", Static).update(self._status_text(f))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.engine_error = ""
+        self._refresh_controls()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._refresh_controls()
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self._refresh_controls()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_run()
+
     def on_button_pressed(self, e: Button.Pressed) -> None:
-        {"dash-run": self.action_run, "dash-load": self.action_load,
+        {"dash-run": self.action_run, "dash-stop": self.action_stop, "dash-load": self.action_load,
          "dash-export": self.action_export}.get(e.button.id or "", lambda: None)()
+
+    def palette_actions(self) -> list[tuple[str, str, Any]]:
+        """This screen's actions for the command palette."""
+        return [("Run bench grid", "Run the dashboard's methods × suite grid (ctrl+r)",
+                 self.action_run),
+                ("Load bench runs", "Aggregate the runs file into the table and plots (ctrl+l)",
+                 self.action_load),
+                ("Export bench PNG + CSV", "Write the plots as PNGs and the table as CSV (ctrl+e)",
+                 self.action_export),
+                ("Stop bench run", "Stop the running grid; finished records are kept (escape)",
+                 self.action_stop)]
 
     def say(self, text: str) -> None:
         self.query_one("#dash-message", Static).update(text)
 
-    def form(self) -> dict:
-        """The run configuration from the form; an InputError names the first bad field."""
-        methods = list(self.query_one("#dash-methods", SelectionList).selected)
-        if not methods:
-            raise InputError("choose at least one method")
-        kinds = list(self.query_one("#dash-kinds", SelectionList).selected)
-        if not kinds:
-            raise InputError("choose at least one query kind")
-        suite = self.query_one("#dash-suite", Select).value
-        if suite is Select.BLANK or not suite:
-            raise InputError("no suite chosen")
-        repeats = self._parse_repeats(self.query_one("#dash-repeats", Input).value)
-        mnt = self._parse_mnt(self.query_one("#dash-mnt", Input).value)
-        out = self.query_one("#dash-out", Input).value.strip()
-        if not out:
-            raise InputError("runs file is empty")
-        if Path(out).is_dir():
-            raise InputError(f"runs file {out} is a directory")
-        return {"cfg": {"methods": methods, "suite": str(suite), "repeats": repeats,
-                        "max_new_tokens": mnt, "kinds": kinds}, "out": out}
-
+    # ---- actions ----------------------------------------------------------------------------
     def action_run(self) -> None:
-        if self.busy:
-            self.say("[yellow]a job is running — Esc stops it[/]")
-            return
         app: Any = self.app
-        if app.lm is None:
-            self.say("[yellow]the model is not loaded yet (see the status above)[/]")
+        if self.busy:
+            self.notify("A dashboard job is running: Esc to stop it first", severity="warning")
             return
-        try:
-            f = self.form()
-        except InputError as e:
-            self.say(f"[red]{e}[/]")
+        f, err = self.form()
+        blocked = self.engine_ready()
+        if err or blocked:
+            self._refresh_controls()
+            self.query_one("#dash-error", Static).update(escape(err or blocked or ""))
             return
+        cfg = f["cfg"]
+        self.engine_error = ""
         self.purpose = "run"
         self.runs_path = f["out"]
-        self._grid_total = None
-        self.say(f"running {', '.join(f['cfg']['methods'])} on {f['cfg']['suite']} "
-                 f"({', '.join(f['cfg']['kinds'])}) × {f['cfg']['repeats']} → {f['out']}")
-        self.start_job(JOB_KIND, bench_job, app.lm, f["cfg"], f["out"], params=f["cfg"],
-                       timeout=0)
+        self.start_job(JOB_KIND, app.engine.bench, app.lm, cfg, f["out"], params=dict(cfg))
+        self.say(f"running {escape(', '.join(cfg['methods']))} on {escape(cfg['suite'])} "
+                 f"({escape(', '.join(cfg['kinds']))}) × {cfg['repeats']} → {escape(f['out'])} · "
+                 f"{self._timeout_text()} · Esc stops (finished records are kept)")
+        self._refresh_controls()
 
     def action_load(self) -> None:
-        path = self.query_one("#dash-out", Input).value.strip()
-        self.runs_path = path
-        if self.refresh_report(force=True):
-            self.say(f"loaded {path}")
+        if self.busy:
+            self.notify("Wait for the dashboard job to finish (or Esc) before loading",
+                        severity="warning")
+            return
+        path = self._runs_file()
+        if path is None:
+            self.query_one("#dash-error", Static).update(escape(
+                f"no runs file at {self.query_one('#dash-out', Input).value.strip()}"))
+            return
+        self.runs_path = str(path)
+        self.refresh_report(force=True, announce=f"loaded {path}", loud=True)
 
     def action_export(self) -> None:
+        app: Any = self.app
         if self.busy:
-            self.say("[yellow]a job is running — wait or Esc[/]")
+            self.notify("Wait for the dashboard job to finish (or Esc) before exporting",
+                        severity="warning")
             return
-        path = self.query_one("#dash-out", Input).value.strip()
-        if not Path(path).is_file():
-            self.say(f"[red]no runs file at {path}[/]")
+        path = self._runs_file()
+        if path is None:
+            self.query_one("#dash-error", Static).update(escape(
+                f"no runs file at {self.query_one('#dash-out', Input).value.strip()}"))
             return
-        folder = str(Path(self.app.settings.export_dir))  # type: ignore[attr-defined]
+        if not hasattr(app.engine, "bench_export"):
+            self.notify("export is not available with this engine", severity="warning")
+            return
+        folder = str(Path(app.settings.export_dir))
         self.purpose = "export"
-        self.start_job(JOB_KIND, export_job, path, folder, params={"runs": path}, needs_model=False)
+        self.start_job(JOB_KIND, app.engine.bench_export, str(path), folder,
+                       params={"runs": str(path)}, needs_model=False)
+        self.say(f"exporting {escape(str(path))} → {escape(folder)}…")
+        self._refresh_controls()
 
-    # ---- live aggregation -------------------------------------------------------------------
-    def refresh_report(self, force: bool = False) -> bool:
-        """Re-read the runs JSONL and redraw table and plots (≤ 1 Hz unless forced)."""
+    # ---- live aggregation (off the event loop) ----------------------------------------------
+    def refresh_report(self, force: bool = False, announce: str = "", loud: bool = False) -> bool:
+        """Re-read the runs JSONL and redraw table and plots (≤ 1 Hz unless forced). The read
+        runs in a daemon thread; at most one is in flight, and a forced refresh asked for
+        meanwhile runs right after it. ``loud``: a read error replaces the message line (Load);
+        otherwise (live refreshes, after a run) a missing or unreadable file leaves it alone.
+        True when a read was started."""
         now = time.monotonic()
-        if not force and now - self._last_read < 1.0:
+        if self._reading:
+            if force:
+                prev = self._pending or ("", False)
+                self._pending = (announce or prev[0], loud or prev[1])
+            return False
+        if not force and now - self._last_read < READ_EVERY:
             return False
         self._last_read = now
-        path = getattr(self, "runs_path", None) or self.query_one("#dash-out", Input).value.strip()
-        from engine.bench_report import load_report
-
-        try:
-            rep = load_report(path)
-        except InputError as e:
-            if force:
-                self.say(f"[red]{e}[/]")
-            return False
-        self.show_report(rep)
+        path = self.runs_path or self.query_one("#dash-out", Input).value.strip()
+        self._reading = True
+        self.run_worker(self._read_and_show(path, announce, loud), group="dash-report",
+                        exit_on_error=False)
         return True
 
-    def show_report(self, rep: Any) -> None:
-        from engine.bench_report import table_rows
+    async def _read_and_show(self, path: str, announce: str, loud: bool) -> None:
+        app: Any = self.app
+        try:
+            rep, rows = await app.runner.run_aside(read_report, path, name="bench-report")
+        except InputError as e:
+            if loud:
+                self.say(f"[red]{escape(str(e))}[/]")
+        except Exception as e:  # noqa: BLE001 — a bad file must not take the screen down
+            log.exception("reading %s failed", path)
+            if loud:
+                self.say(f"[red]cannot read {escape(path)}: {escape(type(e).__name__)}: "
+                         f"{escape(str(e))}[/]")
+        else:
+            if self.children:
+                self.show_report(rep, rows)
+                if announce:
+                    self.say(escape(announce))
+        finally:
+            self._reading = False
+            self.reads += 1
+            again, self._pending = self._pending, None
+            if again is not None and self.children:
+                self.refresh_report(force=True, announce=again[0], loud=again[1])
 
+    def show_report(self, rep: Any, rows: list[list[str]]) -> None:
         self.report = rep
         t = self.query_one("#dash-table", DataTable)
         t.clear()
-        for cells in table_rows(rep, labels=False):
+        for cells in rows:
             t.add_row(*[c.replace("\n", " ") for c in cells], height=None)
         for pid in ("#plot-cost", "#plot-medians", "#plot-speed"):
             self.query_one(pid).show(rep)  # type: ignore[attr-defined]
         legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
                             for r in rep.rows)
-        extra = "".join(f"\n[yellow]{p}[/]" for p in (rep.problems + rep.notes)[:3])
-        self.query_one("#dash-footer", Static).update(f"[dim]{legend}\n{rep.footer()}[/]{extra}")
+        extra = "".join(f"\n[yellow]{escape(str(p))}[/]" for p in (rep.problems + rep.notes)[:3])
+        self.query_one("#dash-footer", Static).update(
+            f"[dim]{escape(legend)}\n{escape(rep.footer())}[/]{extra}")
 
     # ---- job messages -----------------------------------------------------------------------
     def job_started(self, m: JobStarted) -> None:
         if self.purpose == "run":
             self.query_one("#dash-grid", Static).update("starting: warm-up and baseline references…")
+        self._refresh_controls()
 
     def on_job_progressed(self, m: JobProgressed) -> None:
-        super().on_job_progressed(m)
+        # ToolScreen's handler runs after this one (Textual walks the MRO) and feeds the widget
         if not self._mine(m) or self.purpose != "run":
             return
         p = m.progress
         if p.total:
-            self._grid_total = p.total
             md = p.metrics
             where = (f" · now {md.get('method')} · {md.get('prompt')} · repeat {int(md.get('repeat', 0)) + 1}"
                      if "method" in md else "")
             self.query_one("#dash-grid", Static).update(
-                f"grid (method × query × repeat): {p.step}/{p.total}{where}")
+                f"grid (method × query × repeat): {p.step}/{p.total}{escape(where)}")
         self.refresh_report()
 
     async def job_finished(self, m: JobFinished) -> None:
         if self.purpose == "export":
-            self.say("exported:\n" + "\n".join(m.result))
+            self.last_export = list(m.result)
+            self.say("exported:\n" + escape("\n".join(m.result)))
         else:
             s = m.result
-            self.say(f"[green]{s.written} records[/], {s.skipped} resumed, {s.errors} errors → {s.out}"
-                     + (" [yellow](stopped)[/]" if s.cancelled else ""))
+            self.say(f"[green]{s.written} records[/], {s.skipped} resumed, {s.errors} errors → "
+                     f"{escape(str(s.out))}" + (" [yellow](stopped)[/]" if s.cancelled else ""))
             self.refresh_report(force=True)
         self.purpose = None
+        self._refresh_controls()
 
     async def job_cancelled(self, m: JobCancelled) -> None:
-        self.say("[yellow]stopped — finished records are kept; Run again to resume[/]")
+        what = "run" if self.purpose == "run" else "export"
+        why = (f": the bench timeout ({fmt_duration(self.job.timeout if self.job else None)}, "
+               "Settings F6) ran out" if m.reason == "timeout" else "")
+        keep = " — finished records are kept; Run again to resume" if what == "run" else ""
+        self.say(f"[yellow]{what} stopped ({escape(m.reason)}){why}{keep}[/]")
         if self.purpose == "run":
             self.refresh_report(force=True)
         self.purpose = None
+        self._refresh_controls()
 
     async def job_failed(self, m: JobFailed) -> None:
-        self.say(f"[red]{m.message}[/]")
+        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
+        self.say(f"[red]failed: {escape(m.message)}[/]")
         self.purpose = None
+        self._refresh_controls()

@@ -3,7 +3,8 @@
 Every field is validated as it is typed (app/validate.py); an invalid field shows its message
 inline and disables Apply/Reload, so nothing unvalidated reaches the engine. Timeouts start
 derived from the measured decode speed (held within 30 s … 30 min); each row shows how (token
-budget ÷ tok/s × margin). Editing one makes that one the user's; "Re-derive" gives them all back.
+budget ÷ tok/s × margin); the bench row follows the dashboard's grid as its form changes.
+Editing one makes that one the user's; "Re-derive" gives them all back.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from app.screens.base import ToolScreen
-from app.settings import (CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS, SamplingSettings,
+from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS, SamplingSettings,
                           fmt_duration)
 from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_max_new_tokens,
                           parse_model_spec, parse_repetition_penalty, parse_seed,
@@ -204,7 +205,9 @@ class SettingsScreen(ToolScreen):
             speed = "speed not measured yet: 2 tok/s assumed"
         note = (f"{speed} · budget = max new tokens {s.sampling.max_new_tokens} × work factor · "
                 f"margin ×{SAFETY:g} · held within {fmt_duration(FLOOR_S)} … "
-                f"{fmt_duration(CAP_S)}")
+                f"{fmt_duration(CAP_S)} · bench: sized to the dashboard's grid "
+                f"(methods × queries × (repeats+1) runs of its max new tokens), up to "
+                f"{fmt_duration(BENCH_CAP_S)}")
         if s.user_timeouts:
             note += " · Re-derive to drop your values"
         self.query_one("#timeouts-note", Static).update(f"[dim]{note}[/]")

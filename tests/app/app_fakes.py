@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from engine.progress import Cancelled, report
@@ -35,6 +36,33 @@ class FakeResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: valid bench records (the fixture also holds a deliberately broken line, skipped here)
+BENCH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"
+
+
+def bench_lines() -> list[str]:
+    out = []
+    for line in BENCH_FIXTURE.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append(line)
+    return out
+
+
+@dataclass
+class FakeBenchSummary:
+    """Same fields as engine.bench.BenchSummary."""
+
+    run_id: str
+    out: Path
+    written: int = 0
+    skipped: int = 0
+    errors: int = 0
+    cancelled: bool = False
 
 
 class FakeLM:
@@ -72,7 +100,8 @@ class FakeEngine:
     def __init__(self, tokens: tuple[str, ...] = ("Hello", ",", " **world**", "!"),
                  token_delay: float = 0.0, fail: Optional[BaseException] = None,
                  stubborn: float = 0.0, load_error: Optional[BaseException] = None,
-                 load_delay: float = 0.0) -> None:
+                 load_delay: float = 0.0, bench_delay: float = 0.0,
+                 bench_fail: Optional[BaseException] = None) -> None:
         self.tokens, self.token_delay = tokens, token_delay
         self.fail, self.stubborn = fail, stubborn
         self.load_error, self.load_delay = load_error, load_delay
@@ -80,6 +109,9 @@ class FakeEngine:
         self.cancel_seen = 0
         self.sessions: list[FakeSession] = []
         self.regenerated: list[str] = []
+        self.bench_delay, self.bench_fail = bench_delay, bench_fail
+        self.bench_calls: list[tuple[dict, str]] = []
+        self.exports: list[tuple[str, str]] = []
 
     def load_model(self, spec, device="auto", dtype="auto", trust_remote_code=False,
                    engine_path="fast", *, progress=None, cancel=None):
@@ -145,3 +177,36 @@ class FakeEngine:
                               cancel=cancel)
 
 
+
+    # -- bench grid (dashboard) ---------------------------------------------------------------
+    def bench(self, lm, cfg, out, *, progress=None, cancel=None):
+        """Like engine.bench.run_bench: one "bench" report and one appended record (from the
+        fixture) per grid cell, ``cancel.wait(bench_delay)`` between them; a cancel returns the
+        summary with ``cancelled=True`` (the records written so far stay)."""
+        self.bench_calls.append((dict(cfg), str(out)))
+        if self.bench_fail is not None:
+            raise self.bench_fail
+        lines = bench_lines()
+        summary = FakeBenchSummary(run_id="fake", out=Path(out))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        for i, line in enumerate(lines, 1):
+            if cancel is not None and (cancel.wait(self.bench_delay) if self.bench_delay
+                                       else cancel.cancelled):
+                self.cancel_seen += 1
+                summary.cancelled = True
+                return summary
+            rec = json.loads(line)
+            report(progress, "bench", i, len(lines), f"{rec['method']} · {rec['prompt_id']}",
+                   method=rec["method"], prompt=rec["prompt_id"], repeat=rec["repeat"])
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            summary.written += 1
+        return summary
+
+    def bench_export(self, runs, folder, *, progress=None, cancel=None):
+        self.exports.append((str(runs), str(folder)))
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        path = Path(folder) / f"bench-{Path(runs).stem}.csv"
+        path.write_text("method\n", encoding="utf-8")
+        report(progress, "bench", 1, 1, "exported")
+        return [str(path)]

@@ -240,3 +240,30 @@ def test_timeout_for_kind():
     assert r.timeout_for("chat") == 12.0
     assert r.timeout_for("load") is None and r.timeout_for("tree") is None
     assert r.timeout_for("unknown") == 600.0
+
+
+async def test_run_aside_keeps_the_loop_free_and_is_no_job():
+    r, seen = make_runner()
+    release = threading.Event()
+    where: list = []
+
+    def read(path, *, scale=1):
+        where.append(threading.current_thread())
+        release.wait(5.0)
+        return len(path) * scale
+
+    task = asyncio.ensure_future(r.run_aside(read, "abc", scale=2, name="probe"))
+    for _ in range(100):  # the loop keeps running while the call blocks
+        await asyncio.sleep(0.005)
+        if where:
+            break
+    assert where and where[0].daemon and where[0].name == "tokenforge-probe"
+    assert not task.done() and not r.busy and r.in_flight() == 0 and seen == []
+    release.set()
+    assert await asyncio.wait_for(task, 5.0) == 6
+
+    def boom(path):
+        raise InputError(f"no such file: {path}")
+
+    with pytest.raises(InputError, match="no such file: x"):
+        await r.run_aside(boom, "x")

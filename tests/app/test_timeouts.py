@@ -1,10 +1,12 @@
 """Derived timeouts: floor and cap, the derivation shown in settings, per-kind user values kept
-when the speed or max new tokens change, and Re-derive."""
+when the speed or max new tokens change, and Re-derive. The bench timeout is sized to the
+dashboard's grid and follows its form."""
 from __future__ import annotations
 
 from textual.widgets import Button, Input
 
-from app.settings import (CAP_S, FLOOR_S, AppSettings, derive_timeout_details, derive_timeouts)
+from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, AppSettings, BenchGrid,
+                          derive_timeout_details, derive_timeouts)
 
 from app_fakes import FakeEngine, until
 
@@ -15,19 +17,47 @@ def test_derived_timeouts_are_held_between_floor_and_cap():
     for tok_s in (None, 1e-3, 0.5, 2.0, 50.0, 1e6, float("nan"), float("inf"), -3.0):
         for max_new in (1, 256, 4096):
             t = derive_timeouts(tok_s, max_new)
-            for kind in ("chat", "advtok", "tree", "bench"):
+            for kind in ("chat", "advtok", "tree"):
                 assert FLOOR_S <= t[kind] <= CAP_S, (tok_s, max_new, kind)
+            assert FLOOR_S <= t["bench"] <= BENCH_CAP_S, (tok_s, max_new)
+            grid = BenchGrid(10, 20, 100, max_new, prose=True)
+            assert FLOOR_S <= derive_timeouts(tok_s, 256, grid)["bench"] <= BENCH_CAP_S
     d = derive_timeout_details(50.0, 256)
     # chat: 256 tok ÷ 50 tok/s × 3 = 15.4 s → floor; tree: 15,360 ÷ 50 × 3 = 921.6 → 930 s
     assert d["chat"].seconds == FLOOR_S and d["chat"].limit == "floor"
     assert d["tree"].seconds == 930.0 and d["tree"].limit == "" and d["tree"].budget_tokens == 15360
-    assert d["bench"].seconds == CAP_S and d["bench"].limit == "cap"
-    assert "51,200 tokens ÷ 50.0 tok/s measured × 3 margin = 51.2 min → cap 30 min" \
+    # no grid chosen yet: 200 answers; a bench may run for hours (cap 12 h, not 30 min)
+    assert d["bench"].seconds == 3080.0 and d["bench"].limit == ""
+    assert "200×256 = 51,200 tokens ÷ 50.0 tok/s measured × 3 margin = 51.2 min" \
         in d["bench"].explain()
     unknown = derive_timeout_details(None, 256)["chat"]
     assert not unknown.measured and unknown.tok_s == 2.0 and unknown.seconds == 390.0
     assert "assumed" in unknown.explain()
     assert derive_timeouts(50.0, 256)["load"] is None
+
+
+def test_bench_timeout_scales_with_the_grid():
+    g = BenchGrid(methods=3, queries=16, repeats=5, max_new_tokens=24)
+    assert g.runs == 3 * 16 * 6
+    d = derive_timeout_details(50.0, 256, g)["bench"]
+    # 288 runs × 24 tokens = 6,912 ÷ 50 tok/s × 3 = 414.7 s → 420 s; chat etc. do not change
+    assert d.seconds == 420.0 and d.budget_tokens == 6912 and d.limit == ""
+    assert ("grid 3 methods × 16 queries × (5+1) = 288 runs × 24 = 6,912 tokens ÷ 50.0 tok/s "
+            "measured × 3 margin = 6.9 min") in d.explain()
+    assert derive_timeouts(50.0, 256, g)["chat"] == derive_timeouts(50.0, 256)["chat"]
+    assert derive_timeout_details(50.0, 256, BenchGrid(3, 16, 10, 24))["bench"].seconds == 770.0
+    with_prose = BenchGrid(2, 4, 1, 8, prose=True)
+    assert with_prose.runs == 2 * 4 * 2 + 2 and "+ 2 prose" in with_prose.describe()
+    huge = derive_timeout_details(None, 256, BenchGrid(10, 20, 100, 4096))["bench"]
+    assert huge.seconds == BENCH_CAP_S and huge.limit == "cap" and "→ cap 12.0 h" in huge.explain()
+    # the dashboard hands its grid over; the user's own bench timeout is kept
+    s = AppSettings()
+    s.apply_speed(50.0)
+    assert s.set_bench_grid(g) and s.timeouts["bench"] == 420.0
+    assert not s.set_bench_grid(BenchGrid(3, 16, 5, 24))  # same grid: nothing to do
+    s.set_user_timeout("bench", 90.0)
+    s.set_bench_grid(BenchGrid(3, 16, 10, 24))
+    assert s.timeouts["bench"] == 90.0
 
 
 def test_user_timeouts_survive_rederivation():
@@ -54,7 +84,8 @@ async def test_settings_show_the_derivation_and_keep_edits(make_app):
         note = str(scr.query_one("#timeouts-note").content)
         assert "measured 50.0 tok/s (speed probe)" in note and "30 s … 30 min" in note
         assert "256 tokens ÷ 50.0 tok/s measured × 3 margin = 15 s → floor 30 s" in why("chat")
-        assert "→ cap 30 min" in why("bench") and "fixed" in why("vocab")
+        assert "200×256 = 51,200 tokens" in why("bench") and "fixed" in why("vocab")
+        assert "bench: sized to the dashboard's grid" in note
         assert scr.query_one("#timeout-tree", Input).value == "930"
         # edit one timeout and max new tokens: the edit is kept, the others re-derive
         scr.query_one("#timeout-chat", Input).value = "45"
@@ -72,3 +103,27 @@ async def test_settings_show_the_derivation_and_keep_edits(make_app):
         assert app.runner.timeout_for("chat") == 40.0 and app.settings.user_timeouts == set()
         assert scr.query_one("#timeout-chat", Input).value == "40"
         assert "set by you" not in why("chat")
+
+
+async def test_dashboard_grid_sizes_the_bench_timeout_shown_in_settings(make_app):
+    app = make_app(engine=FakeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.settings.measured_tok_s == 50.0 and not app.runner.busy)
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        settings = app.screen
+        await pilot.press("f5")
+        await until(pilot, lambda: app.current_mode == "dashboard")
+        await pilot.pause(0.02)
+        dash = app.screen
+        # the default form: baseline, kv-reuse, kv-fp8 × core-v1 chat+qa (16) × (5+1) × 24 tok
+        assert app.settings.bench_grid == BenchGrid(3, 16, 5, 24)
+        assert app.runner.timeout_for("bench") == 420.0
+        dash.query_one("#dash-repeats", Input).value = "10"
+        await pilot.pause(0.02)
+        assert app.runner.timeout_for("bench") == 770.0  # 3×16×11×24 ÷ 50 × 3 = 760.3 → 770 s
+        assert "timeout 12.8 min (derived from this grid" in str(dash.query_one("#dash-status").content)
+        # Settings (already open in the background) shows the new derivation and value
+        assert settings.query_one("#timeout-bench", Input).value == "770"
+        assert "grid 3 methods × 16 queries × (10+1) = 528 runs" in \
+            str(settings.query_one("#why-bench").content)
