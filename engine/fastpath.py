@@ -2,8 +2,12 @@
 interface as the standard Hugging Face path, without its per-step overhead.
 
 Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of which is matmuls):
-- weights are used where they lie (the HF parameters themselves; no second copy unless the
-  optional ``fuse=True`` concatenates QKV and gate/up, whose extra bytes are counted);
+- weights are used where they lie: on CPU, Q/K/V and gate/up are fused by *adoption* — each
+  group is concatenated once and the HF parameters are rebound to row blocks (views) of the
+  result, so the model still holds each weight once and both paths read the same memory
+  (``fuse=True`` makes counted copies instead; ``False`` keeps separate projections);
+- few-row products (decode, batched rollouts) split each weight's output rows across the
+  intra-op threads with one ``bmm`` over a view (one core cannot stream the weights fast enough);
 - rotary tables are computed once, with the sign of ``rotate_half`` folded into the sine table, so
   RoPE is ``x*cos + roll(x)*sin`` on a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
@@ -43,6 +47,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 HEAD_MODES = ("exact", "chunked", "int8")
 DECODE_ATTENTION = ("sdpa", "matmul")  # q_len-1 attention kernel; prefill always uses SDPA
+FUSE_MODES = ("auto", "adopt", True, False)  # True: concatenated copies (HF weights untouched)
 MATVEC = ("split", "linear")  # few-row products: output rows split across threads, or F.linear
 SPLIT_MAX_ROWS = 32  # above this many rows a product is compute-bound and F.linear is threaded
 _MIN_CAP = 64
@@ -89,7 +94,7 @@ def unsupported_reason(model: Any) -> Optional[str]:
     return None
 
 
-def make_lean_forward(model: Any, *, fuse: bool = False, head_mode: str = "exact",
+def make_lean_forward(model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
                       decode_attention: str = "sdpa", matvec: str = "split") -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
@@ -174,7 +179,7 @@ class LeanForward:
 
     name = "fast"
 
-    def __init__(self, model: Any, *, fuse: bool = False, head_mode: str = "exact",
+    def __init__(self, model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
                  decode_attention: str = "sdpa", matvec: str = "split") -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
@@ -196,6 +201,12 @@ class LeanForward:
         self.scale = self.head_dim ** -0.5
         self.dtype = base.embed_tokens.weight.dtype
         self.device = base.embed_tokens.weight.device
+        if fuse not in FUSE_MODES:
+            raise ValueError(f"fuse must be one of {FUSE_MODES}")
+        if fuse == "auto":  # adopt on CPU (one copy of every weight); separate where weights are
+            # spread or offloaded by accelerate (rebinding parameters would fight its hooks)
+            devs = {p.device.type for p in model.parameters()}
+            fuse = "adopt" if devs == {"cpu"} and not getattr(model, "hf_device_map", None) else False
         self.fused = fuse
         self._calls = 0
         self._load_weights()
@@ -235,10 +246,15 @@ class LeanForward:
             bg, bu = _bias(m.gate_proj), _bias(m.up_proj)
             wqkv = bqkv = wgu = None
             if fuse:
-                wqkv = torch.cat([wq, wk, wv])
+                adopt = fuse == "adopt"
+                wqkv = self._fused([a.q_proj, a.k_proj, a.v_proj], adopt)
+                wq, wk, wv = a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()
                 bqkv = _cat_bias(bq, bk, bv, sizes=(qd, kd, kd))
-                wgu = torch.cat([wg, wu]) if bg is None and bu is None else None
-                for t in (wqkv, bqkv, wgu):
+                if bg is None and bu is None:
+                    wgu = self._fused([m.gate_proj, m.up_proj], adopt)
+                    wg, wu = m.gate_proj.weight.detach(), m.up_proj.weight.detach()
+                extra = [bqkv] if adopt else [wqkv, bqkv, wgu]
+                for t in extra:
                     if t is not None:
                         self.extra_weight_bytes += t.numel() * t.element_size()
             self.layers.append(_Layer(
@@ -249,6 +265,39 @@ class LeanForward:
         if getattr(self, "head_mode", "exact") == "int8":
             self._head_q = _Int8Head(self.w_head, self.b_head)
         self._sig = self._signature()
+
+    @staticmethod
+    def _fused(mods: list[Any], adopt: bool) -> torch.Tensor:
+        """The modules' weights stacked as one (ΣN, K) matrix.
+
+        ``adopt``: without a second copy — when the weights already are consecutive row blocks of
+        one buffer (adopted earlier, by this or another lean forward) that buffer is viewed as a
+        whole; otherwise they are concatenated once and each module's weight is rebound to its
+        row block of the result (a view), so the model holds each weight once and in-place edits
+        by a method are seen by both paths. Without ``adopt``: a plain concatenated copy."""
+        ws = [mod.weight.detach() for mod in mods]
+        if not adopt:
+            return torch.cat(ws)
+        first = ws[0]
+        k = first.shape[1]
+        off, ok = first.storage_offset(), True
+        for w in ws:
+            ok = ok and w.is_contiguous() and w.shape[1] == k and w.storage_offset() == off \
+                and w.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            off += w.numel()
+        rows = sum(w.shape[0] for w in ws)
+        if ok:
+            return first.as_strided((rows, k), (k, 1))
+        # a reload may run inside inference mode: the new buffer must be an ordinary tensor, or a
+        # method's later in-place edit of a weight (outside inference mode) would be refused
+        with torch.inference_mode(False):
+            fused = torch.cat(ws)
+            start = 0
+            for mod, w in zip(mods, ws):
+                n = w.shape[0]
+                mod.weight = torch.nn.Parameter(fused[start:start + n], requires_grad=False)
+                start += n
+        return fused
 
     # ---- rotary tables -----------------------------------------------------------------------
     def _build_rope(self, n: int) -> None:
@@ -518,7 +567,7 @@ class LeanForward:
         return self.head(h)
 
     def describe(self) -> str:
-        return (f"lean forward · {self.n_layers} layers · {'fused' if self.fused else 'separate'} "
+        return (f"lean forward · {self.n_layers} layers · {('fused (adopted, no copy)' if self.fused == 'adopt' else 'fused (copies)') if self.fused else 'separate'} "
                 f"projections · matvec {self.matvec} ({self._parts} blocks) · head {self.head_mode} · "
                 f"extra weights {self.extra_weight_bytes / 2**20:.1f} MiB")
 

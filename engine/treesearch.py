@@ -24,6 +24,7 @@ from .errors import ContextOverflow, InputError, ModelLoadError
 from .forward import get_forward
 from .progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from .rewards import Completion, Reward, RewardError
+from .sampling import nucleus
 
 MODES = ("search", "sample")
 
@@ -404,18 +405,7 @@ def policy(logits: torch.Tensor, temperature: float, top_p: float,
         toks = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1) if sample else None
         ids = torch.arange(V, dtype=torch.int32)
         return toks, [(ids, lp[r].clone()) for r in range(R)]
-    # the nucleus from a top-k slice, widened until it holds mass p (no full-vocabulary sort)
-    lse = torch.logsumexp(x, -1, keepdim=True)
-    kk = min(V, 256)
-    while True:
-        sx, idx = torch.topk(x, kk, dim=-1)
-        p = (sx - lse).exp()
-        cum = p.cumsum(-1)
-        if kk == V or bool((cum[:, -1] >= top_p).all()):
-            break
-        kk = min(V, kk * 4)
-    keep = (cum - p) < top_p  # mass before this token has not reached p yet
-    keep[:, 0] = True
+    sx, idx, p, keep = nucleus(x, top_p)  # no full-vocabulary sort
     toks = None
     if sample:
         j = torch.multinomial(p * keep, 1, generator=generator).squeeze(-1)

@@ -369,7 +369,7 @@ def test_head_modes(tiny_lm):
     assert 0 < rel < 0.05  # approximate (so never the default), but close
 
 
-@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("fuse", [False, True, "adopt"])
 def test_weight_edits_are_seen(tokenizer, fuse):
     """Methods prune or swap weights on the shared model: the lean path must follow, in place
     (mul_) and by rebinding (.data =), fused copies included."""
@@ -417,3 +417,42 @@ def test_split_matvec_equals_linear_and_standard(tiny_lm, tokenizer, threads):
 def test_matvec_option_validated(tiny_lm):
     with pytest.raises(ValueError):
         make_lean_forward(tiny_lm.model, matvec="nope")
+
+
+def _storage_bytes(model) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        st = p.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
+
+
+def test_adopted_fusion_keeps_one_copy_of_every_weight(tokenizer):
+    """The CPU default fuses Q/K/V and gate/up by rebinding the HF weights to row blocks of one
+    buffer: no extra bytes, both paths read the same memory, and a second lean forward on the
+    same model reuses the buffers instead of rebinding again."""
+    lm = _tiny_of("llama", tokenizer)
+    before = _storage_bytes(lm.model)
+    ids = torch.tensor([_chat(tokenizer, PROMPTS[0])])
+    ref = StandardForward(lm.model).logits(ids, StandardForward(lm.model).new_cache(), keep=0)
+    lean = make_lean_forward(lm.model)
+    assert lean.fused == "adopt" and lean.extra_weight_bytes == 0
+    assert _storage_bytes(lm.model) == before
+    a = lm.model.model.layers[0].self_attn
+    L = lean.layers[0]
+    assert a.q_proj.weight.untyped_storage().data_ptr() == L.wqkv.untyped_storage().data_ptr()
+    assert torch.equal(L.wqkv, torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+    std = StandardForward(lm.model)
+    _close(std.logits(ids, std.new_cache(), keep=0), ref)  # the HF path is unchanged by adoption
+    _prefill_decode(std, lean, ids, steps=3)
+    params = [id(p) for p in lm.model.parameters()]
+    again = make_lean_forward(lm.model)
+    assert [id(p) for p in lm.model.parameters()] == params and again.extra_weight_bytes == 0
+    _close(again.logits(ids, again.new_cache(), keep=0), lean.logits(ids, lean.new_cache(), keep=0))
+
+
+def test_fuse_option_validated(tiny_lm):
+    with pytest.raises(ValueError):
+        make_lean_forward(tiny_lm.model, fuse="sometimes")

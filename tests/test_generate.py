@@ -181,3 +181,42 @@ def test_top_p_keeps_at_least_one_and_temperature_zero_is_argmax():
     assert int(choose(logits, SamplingConfig(temperature=0.0), None)[0]) == 0
     k = process(logits, SamplingConfig(temperature=1.0, top_k=2, top_p=1.0))
     assert torch.isfinite(k).sum() == 2
+
+
+def _top_p_by_sorting(x: torch.Tensor, p: float) -> list[set[int]]:
+    """Brute force: sort each row, keep the smallest prefix whose mass reaches p (≥ 1 token)."""
+    out = []
+    for row in x:
+        probs = row.softmax(-1).double()
+        order = torch.argsort(row, descending=True).tolist()
+        kept, mass = [], 0.0
+        for t in order:
+            if kept and mass >= p:
+                break
+            kept.append(t)
+            mass += float(probs[t])
+        out.append(set(kept))
+    return out
+
+
+@pytest.mark.parametrize("scale", [8.0, 1.0, 0.05])  # peaked, ordinary, nearly flat (widening)
+def test_nucleus_equals_sorting_and_draws_stay_inside(scale):
+    from engine.sampling import choose, nucleus, process
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5000, generator=g) * scale
+    for p in (0.3, 0.9, 0.99):
+        sx, idx, probs, keep = nucleus(x, p)
+        got = [set(idx[r][keep[r]].tolist()) for r in range(x.shape[0])]
+        assert got == _top_p_by_sorting(x, p)
+        assert torch.allclose(probs, x.softmax(-1).gather(-1, idx), atol=1e-6)
+        full = process(x, SamplingConfig(temperature=1.0, top_p=p))
+        assert [set(torch.nonzero(torch.isfinite(r)).flatten().tolist()) for r in full] == got
+    # draws come from the nucleus, with frequencies of the renormalised probabilities
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9)
+    y = torch.tensor([[3.0, 2.5, 2.0, -5.0, -6.0]]).repeat(4000, 1)
+    draws = choose(y, cfg, torch.Generator().manual_seed(1))
+    assert set(draws.tolist()) <= {0, 1, 2}
+    q = y[0, :3].softmax(-1)
+    freq = torch.bincount(draws, minlength=3)[:3].double() / len(draws)
+    assert torch.allclose(freq, q.double(), atol=0.03), (freq, q)
