@@ -1,7 +1,6 @@
 """Small helpers shared by the benchmark scripts: environment record, timing, JSON output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics

@@ -12,17 +12,16 @@ rows, so their bound is B times higher. Prints a table; writes bench/results/dec
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from _util import env_record, median_iqr, write_result
 
 import torch
 
 from engine.fastpath import LeanForward, make_lean_forward
-from engine.forward import StandardForward, get_forward
+from engine.forward import StandardForward
 from engine.generate import generate, generate_batch
 from engine.model import load_model
 from engine.sampling import SamplingConfig

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from typing import Any, Iterable, Optional
 import torch
 
 from .atomic import append_line
-from .bench_records import (COST_KEYS, QUALITY_KEYS, SCHEMA, SCHEMA_VERSION, read_records,
+from .bench_records import (COST_KEYS, SCHEMA, SCHEMA_VERSION, read_records,
                             validate_record)
 from .errors import InputError
 from .methods import make_method, parse_methods

@@ -16,7 +16,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .atomic import write_bytes, write_text
 from .bench_records import read_records

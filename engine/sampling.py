@@ -2,7 +2,7 @@
 its logits processors from ``generate``): the loop asks ``choose(logits)`` and nothing else."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

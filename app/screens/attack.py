@@ -23,7 +23,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline, Static
 
-from engine.errors import InputError
 
 from app.engines import module_available
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted

@@ -385,29 +385,29 @@ class DashboardScreen(ToolScreen):
                  f"{self._timeout_text()} · Esc stops (finished records are kept)")
         self._refresh_controls()
 
-    def action_load(self) -> None:
+    def _idle_runs_file(self, doing: str) -> Optional[Path]:
+        """The runs file for Load/Export, or None (with the reason shown) while busy or missing."""
         if self.busy:
-            self.notify("Wait for the dashboard job to finish (or Esc) before loading",
+            self.notify(f"Wait for the dashboard job to finish (or Esc) before {doing}",
                         severity="warning")
-            return
+            return None
         path = self._runs_file()
         if path is None:
             self.query_one("#dash-error", Static).update(escape(
                 f"no runs file at {self.query_one('#dash-out', Input).value.strip()}"))
+        return path
+
+    def action_load(self) -> None:
+        path = self._idle_runs_file("loading")
+        if path is None:
             return
         self.runs_path = str(path)
         self.refresh_report(force=True, announce=f"loaded {path}", loud=True)
 
     def action_export(self) -> None:
         app: Any = self.app
-        if self.busy:
-            self.notify("Wait for the dashboard job to finish (or Esc) before exporting",
-                        severity="warning")
-            return
-        path = self._runs_file()
+        path = self._idle_runs_file("exporting")
         if path is None:
-            self.query_one("#dash-error", Static).update(escape(
-                f"no runs file at {self.query_one('#dash-out', Input).value.strip()}"))
             return
         if not hasattr(app.engine, "bench_export"):
             self.notify("export is not available with this engine", severity="warning")

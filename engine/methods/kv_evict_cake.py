@@ -203,8 +203,6 @@ class CakeEviction(EvictingMethod):
         dropped = 0
         if not cake.prefilled:
             cake.prefilled = True
-            n = layers[0].keys.shape[-2]
-            w = min(self.window, n)
             prefs = []
             for i in range(len(layers)):
                 ls = cake.layers[i]

@@ -53,18 +53,6 @@ def bench_lines() -> list[str]:
     return out
 
 
-@dataclass
-class FakeBenchSummary:
-    """Same fields as engine.bench.BenchSummary."""
-
-    run_id: str
-    out: Path
-    written: int = 0
-    skipped: int = 0
-    errors: int = 0
-    cancelled: bool = False
-
-
 class FakeLM:
     name = "fake-lm"
     context_length = 2048
@@ -187,7 +175,9 @@ class FakeEngine:
         if self.bench_fail is not None:
             raise self.bench_fail
         lines = bench_lines()
-        summary = FakeBenchSummary(run_id="fake", out=Path(out))
+        from engine.bench import BenchSummary  # the real result type
+
+        summary = BenchSummary(run_id="fake", out=Path(out))
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         for i, line in enumerate(lines, 1):
             if cancel is not None and (cancel.wait(self.bench_delay) if self.bench_delay
