@@ -168,20 +168,27 @@ class Engine:
 
     def bench_export(self, runs: str, folder: str, *, progress: Optional[ProgressFn] = None,
                      cancel: Optional[CancelToken] = None) -> list[str]:
-        """Aggregate the runs JSONL and write the PNGs and the CSV into ``folder``."""
+        """Aggregate the runs JSONL and write the PNGs, the CSV and a copy of the JSONL itself
+        (the records the figures come from) into ``folder``; every file is written atomically."""
         from pathlib import Path
 
+        from engine.atomic import write_bytes
         from engine.bench_report import load_report, write_csv, write_pngs
 
         stem = Path(runs).stem
-        report(progress, "bench", 0, 2, "aggregating")
+        report(progress, "bench", 0, 3, "aggregating")
         rep = load_report(runs)
         check(cancel)
-        report(progress, "bench", 1, 2, "writing PNGs")
+        report(progress, "bench", 1, 3, "writing PNGs")
         paths = [str(p) for p in write_pngs(rep, folder, prefix=f"bench-{stem}")]
         check(cancel)
         paths.append(str(write_csv(rep, Path(folder) / f"bench-{stem}.csv")))
-        report(progress, "bench", 2, 2, "exported")
+        report(progress, "bench", 2, 3, "copying the runs JSONL")
+        copy = Path(folder) / f"bench-{stem}.jsonl"
+        if copy.resolve() != Path(runs).resolve():
+            write_bytes(copy, Path(runs).read_bytes())
+        paths.append(str(copy))
+        report(progress, "bench", 3, 3, "exported")
         return paths
 
     # -- tree search (search screen) ----------------------------------------------------------

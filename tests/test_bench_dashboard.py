@@ -84,6 +84,8 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         pngs = list((tmp_path / "exports").glob("*.png"))
         assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
         assert list((tmp_path / "exports").glob("*.csv"))
+        (copy,) = list((tmp_path / "exports").glob("*.jsonl"))
+        assert copy.read_bytes() == out.read_bytes()  # the records behind the figures
         # bad input: repeats 0 is refused with one message, nothing started
         scr.query_one("#dash-repeats", Input).value = "0"
         await pilot.pause(0.05)
