@@ -384,6 +384,8 @@ def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[
         qd = dict(quality_cache[qk])
         qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)
+        if isinstance(q.meta.get("depth"), (int, float)):  # where the planted fact sits (0 … 1)
+            qd["depth"] = float(q.meta["depth"])
         return qd
 
     def measure(m: Method, q: Query, r: int, ref: _Ref) -> None:

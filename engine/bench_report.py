@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import random
 import statistics
@@ -71,6 +72,7 @@ class Row:
     contains: Optional[float] = None  # share of qa/long outputs containing the reference
     prose: dict = field(default_factory=dict)  # nll / ppl / bpb (+ baseline's) on held-out prose
     curve: list[tuple[int, float]] = field(default_factory=list)  # (prompt tokens in, decode tok/s)
+    needle: dict[float, tuple[int, int]] = field(default_factory=dict)  # depth → (found, asked)
 
     @property
     def key(self) -> str:
@@ -170,6 +172,7 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
             raise InputError(f"no records of kind {', '.join(kinds)}")
     base = {(r["prompt_id"], r["repeat"]): r for r in sel
             if r["method"] == "baseline" and not r["params"] and r["status"] == "ok" and r["kind"] != "prose"}
+    depths = _suite_depths(suite)
     rows: dict[str, Row] = {}
     order: list[str] = []
     for r in sel:
@@ -204,6 +207,12 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
             row.quality["first_divergence"] = _stat([d for d in divs if d is not None])
         cont = [qd.get("contains") for qd in per_query.values() if qd.get("contains") is not None]
         row.contains = sum(cont) / len(cont) if cont else None
+        for r in ok:  # needle accuracy by the planted fact's depth (greedy: repeat 0 speaks for all)
+            depth = r["quality"].get("depth", depths.get(r["prompt_id"]))
+            if r["kind"] == "long" and r["repeat"] == 0 and depth is not None \
+                    and r["quality"].get("contains") is not None:
+                hit, n = row.needle.get(float(depth), (0, 0))
+                row.needle[float(depth)] = (hit + bool(r["quality"]["contains"]), n + 1)
         prose = [r for r in mine if r["kind"] == "prose" and r["status"] == "ok"]
         if prose:
             p = prose[-1]["quality"]
@@ -223,6 +232,32 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
                   records=len(sel), loadavg_start=loads[0]["env"].get("loadavg_start") or [],
                   loadavg_end=loads[-1]["env"].get("loadavg") or [], problems=list(problems or []),
                   notes=notes)
+
+
+def _suite_depths(suite: str) -> dict[str, float]:
+    """prompt id → planted-fact depth from a shipped suite file (records written before depth was
+    stored carry none); {} when the suite is not a shipped one or cannot be read."""
+    path = Path(__file__).parent / "suites" / f"{suite}.jsonl"
+    out: dict[str, float] = {}
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                d = (rec.get("meta") or {}).get("depth")
+                if isinstance(d, (int, float)) and isinstance(rec.get("id"), str):
+                    out[rec["id"]] = float(d)
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return out
+
+
+def needle_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of needle accuracy (found / asked) by planted-fact depth, long documents."""
+    depths = sorted({d for r in rep.rows for d in r.needle})
+    head = ["method"] + [f"depth {d:g}" for d in depths]
+    rows = [[r.method] + [(f"{r.needle[d][0]}/{r.needle[d][1]}" if d in r.needle else "—") for d in depths]
+            for r in rep.rows if r.needle]
+    return head, rows
 
 
 def load_report(path: Path | str, **kw: Any) -> Report:
@@ -303,6 +338,11 @@ def to_markdown(rep: Report) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for cells in table_rows(rep):
         lines.append("| " + " | ".join(c.replace("\n", "<br>") for c in cells) + " |")
+    head, needle = needle_table(rep)
+    if needle:
+        lines += ["", "Needle accuracy by planted-fact depth (long documents, greedy answer contains the fact):",
+                  "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in needle]
     lines.append("")
     lines.append(f"_{rep.footer()}_")
     lines.append("Cells: median [IQR]; ×ratio vs baseline (median of paired runs, bootstrap 95 % CI); "

@@ -152,3 +152,37 @@ def test_kind_filter():
     assert "query kinds: long" in rep.notes
     with pytest.raises(InputError, match="no records of kind"):
         load_report(FIXTURE, kinds=["chat-x"])
+
+
+def test_needle_accuracy_by_depth():
+    """Long-document records are counted per planted-fact depth (repeat 0): from the record's own
+    depth, or from the shipped suite when an older record has none."""
+    from engine.bench_report import needle_table
+
+    recs, _ = read_records(FIXTURE)
+    base = next(r for r in recs if r["method"] == "baseline" and r["kind"] == "qa")
+    extra = []
+    for method, pid, rep, depth, hit in [("baseline", "long-x", 0, 0.25, True),
+                                         ("baseline", "long-y", 0, 0.75, True),
+                                         ("kv-fp8", "long-x", 0, 0.25, True),
+                                         ("kv-fp8", "long-y", 0, 0.75, False),
+                                         ("kv-fp8", "long-y", 1, 0.75, True)]:  # repeats don't count
+        r = json.loads(json.dumps(base))
+        r.update(method=method, prompt_id=pid, kind="long", repeat=rep)
+        r["quality"]["contains"] = hit
+        if depth is not None:
+            r["quality"]["depth"] = depth
+        extra.append(r)
+    rep = aggregate(recs + extra)
+    # the fixture's own long-1 records carry no depth: it comes from the shipped core-v1 suite
+    suite_depth = float(json.loads((Path(__file__).parent.parent / "engine" / "suites" / "core-v1.jsonl")
+                                   .read_text().splitlines()[16])["meta"]["depth"])
+    for method, mine in (("baseline", {0.25: (1, 1), 0.75: (1, 1)}), ("kv-fp8", {0.25: (1, 1), 0.75: (0, 1)})):
+        fx = next(r for r in recs if r["method"] == method and r["prompt_id"] == "long-1" and r["repeat"] == 0)
+        want = dict(mine)
+        if fx["quality"].get("contains") is not None:
+            want[suite_depth] = (int(fx["quality"]["contains"]), 1)
+        assert rep.row(method).needle == want
+    head, rows = needle_table(rep)
+    assert head[0] == "method" and "depth 0.25" in head and len(rows) >= 2
+    assert "Needle accuracy" in to_markdown(rep)

@@ -152,6 +152,16 @@ def _report(args: argparse.Namespace) -> int:
     con = Console()
     con.print(report_table(rep))
     con.print(legend(rep))
+    from engine.bench_report import needle_table
+
+    head, needle = needle_table(rep)
+    if needle:
+        t = Table(title="needle accuracy by planted-fact depth (long documents)")
+        for h in head:
+            t.add_column(h)
+        for r in needle:
+            t.add_row(*r)
+        con.print(t)
     con.print("[dim]cells: median [IQR]; ×ratio vs baseline = median of paired runs with bootstrap "
               "95 % CI; a verdict word only when the CI excludes 1. Timings are noisy on a shared CPU.[/]")
     err = err_console()
