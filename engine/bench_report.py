@@ -474,16 +474,23 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
 
 
 def _scatter(ax: Any, rep: Report) -> None:
-    pts = scatter_points(rep)
-    for i, (key, x, y) in enumerate(pts):
-        ax.scatter([x / 2 ** 20], [y], s=40)
-        ax.annotate(key, (x / 2 ** 20, y), fontsize=7, xytext=(5, 4 + 9 * (i % 3)),
+    """Medians with IQR bars on both axes; points labelled by method (parameters are in the
+    table), labels placed with a small offset that alternates to limit overlaps."""
+    rows = {r.key: r for r in rep.rows}
+    for i, (key, x, y) in enumerate(scatter_points(rep)):
+        row = rows[key]
+        c, q = row.cost.get("kv_bytes_stored", Stat()), row.quality.get("kl_mean", Stat())
+        xerr = [[max(x - (c.q1 if c.q1 is not None else x), 0) / 2 ** 20],
+                [max((c.q3 if c.q3 is not None else x) - x, 0) / 2 ** 20]]
+        yerr = [[max(y - (q.q1 if q.q1 is not None else y), 0)], [max((q.q3 if q.q3 is not None else y) - y, 0)]]
+        ax.errorbar([x / 2 ** 20], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, lw=0.8)
+        ax.annotate(row.method, (x / 2 ** 20, y), fontsize=7, xytext=(6, -10 + 10 * (i % 3)),
                     textcoords="offset points")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    ax.set_xlabel("KV bytes stored, median (MiB)")
-    ax.set_ylabel("teacher-forced KL vs baseline (nats/token, median)")
+    ax.set_xlabel("KV bytes stored, median [IQR] (MiB)")
+    ax.set_ylabel("teacher-forced KL vs baseline (nats/token, median [IQR])")
     ax.set_title("Cost vs quality (lower-left is better)")
     ax.grid(alpha=0.3)
 
@@ -492,15 +499,16 @@ def _bars(ax: Any, rep: Report) -> None:
     names, series = bar_groups(rep)
     k = max(1, len(series))
     width = 0.8 / k
+    method = {r.key: r.method for r in rep.rows}
     for i, (key, vals) in enumerate(series.items()):
         xs = [j + i * width - 0.4 + width / 2 for j in range(len(names))]
-        ax.bar(xs, vals, width=width, label=key)
+        ax.bar(xs, vals, width=width, label=method.get(key, key))
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=15, fontsize=8)
     ax.set_ylabel("median ÷ baseline median")
     ax.set_title("Medians relative to baseline (decode tok/s: higher is faster)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
     ax.grid(axis="y", alpha=0.3)
 
 
