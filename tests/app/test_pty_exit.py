@@ -1,0 +1,128 @@
+"""The real TUI process under a pseudo-terminal (as a user runs it): it starts on a local model,
+draws, and Ctrl+C leaves — once when idle (graceful, rc 0), twice during a running answer (force
+quit, rc 130) — with the terminal restored (echo and canonical mode back, no process left)."""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_lm):
+    d = tmp_path_factory.mktemp("tinymodel") / "tiny-pty"
+    tiny_lm.model.save_pretrained(str(d))
+    tiny_lm.tokenizer.save_pretrained(str(d))
+    return d
+
+
+def _spawn(model_dir: Path | str, cache: Path | None) -> tuple[subprocess.Popen, int, int]:
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    import fcntl
+    import struct
+
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, TERM="xterm-256color", TEXTUAL_ANIMATIONS="none", HF_HUB_OFFLINE="1")
+    if cache is not None:
+        env["TOKENFORGE_CACHE"] = str(cache)
+    p = subprocess.Popen([sys.executable, "-m", "app.cli", "--model", str(model_dir)], cwd=ROOT,
+                         stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    return p, master, slave
+
+
+def _read_until(master: int, needle: bytes, timeout: float) -> bytes:
+    buf = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r, _, _ = select.select([master], [], [], 0.2)
+        if r:
+            try:
+                buf += os.read(master, 65536)
+            except OSError:
+                break
+            if needle in buf:
+                return buf
+    return buf
+
+
+def _drain(master: int, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        r, _, _ = select.select([master], [], [], 0.1)
+        if r:
+            try:
+                os.read(master, 65536)
+            except OSError:
+                return
+
+
+def _finish(p: subprocess.Popen, master: int, timeout: float) -> int:
+    end = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < end:
+        _drain(master, 0.1)
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        pytest.fail("the app did not exit")
+    return p.returncode
+
+
+def _tty_sane(slave: int) -> bool:
+    lflag = termios.tcgetattr(slave)[3]
+    return bool(lflag & termios.ECHO) and bool(lflag & termios.ICANON) and bool(lflag & termios.ISIG)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_when_idle_quits_gracefully_and_restores_the_terminal(tiny_dir, tmp_path):
+    p, master, slave = _spawn(tiny_dir, tmp_path / "cache")
+    try:
+        out = _read_until(master, b"tiny-pty", 60)
+        assert b"tiny-pty" in out, out[-500:]  # the header names the model: the app is drawn
+        _drain(master, 2.0)  # let the background load / speed probe settle
+        assert not _tty_sane(slave)  # the app holds the terminal in raw mode
+        os.write(master, b"\x03")
+        rc = _finish(p, master, 20)
+        assert rc == 0
+        assert _tty_sane(slave)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.timeout(180)
+def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
+    """The bundled model (converted into cache/ by the session fixture) answers slowly enough
+    for Ctrl+C to land mid-answer: the first press cancels the job and says so (not "Quitting",
+    the idle message), the second force-quits."""
+    p, master, slave = _spawn("default", None)
+    try:
+        out = _read_until(master, b"SmolLM2", 90)
+        assert b"SmolLM2" in out
+        _drain(master, 4.0)  # model load and the speed probe
+        os.write(master, b"Write a very long story about the sea, with many chapters.\r")
+        _drain(master, 1.0)  # the answer is streaming now (256 tokens take seconds)
+        os.write(master, b"\x03")
+        seen = _read_until(master, b"Cancelling", 10)
+        assert b"Cancelling" in seen  # "Cancelling 1 job(s)… press Ctrl+C again to force quit"
+        os.write(master, b"\x03")
+        rc = _finish(p, master, 20)
+        assert rc == 130
+        assert _tty_sane(slave)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        os.close(master)
+        os.close(slave)
