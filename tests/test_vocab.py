@@ -186,3 +186,22 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_cache, tokenizer, vocab, cach
 def test_cache_disabled_writes_nothing(tmp_cache, tokenizer):
     load_vocab(tokenizer, cache=False)
     assert not (tmp_cache / "vocab").exists() or not any((tmp_cache / "vocab").iterdir())
+
+
+def test_large_byte_bpe_vocabulary_is_exact():
+    """A 128K-token byte-level vocabulary (Llama-3 / Qwen size): every token's bytes are what its
+    characters stand for in the GPT-2 alphabet, the special token is excluded, and lookups by
+    bytes find each token. (Its build time is measured in bench/advtok.py, not here.)"""
+    from engine.vocab import build_vocab, byte_level_bytes
+
+    from tokbuild import byte_bpe_tokenizer
+
+    tok = byte_bpe_tokenizer(128_000)
+    vb = build_vocab(tok)
+    assert vb.kind == "byte_bpe" and len(vb) == 128_001
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert vb.token_bytes[eot] is None and eot in vb.special_ids
+    for s, i in list(tok.get_vocab().items())[::997]:
+        if i != eot:
+            assert vb.token_bytes[i] == byte_level_bytes(s)
+            assert i in vb.by_bytes[vb.token_bytes[i]]

@@ -38,3 +38,30 @@ def plain_tokenizer(words: Optional[list[str]] = None):
         vocab.setdefault(w, len(vocab))
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
+
+
+def byte_bpe_tokenizer(n_tokens: int, seed: int = 0):
+    """A byte-level BPE vocabulary (GPT-2 ``Ġ`` alphabet) of ``n_tokens`` distinct random tokens —
+    the size of Llama-3's or Qwen's (128K–150K) without downloading one. Merges are not needed
+    for vocabulary work (every token string maps to its bytes by the alphabet alone)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.vocab import _bytes_to_unicode  # byte → printable character (GPT-2 table)
+
+    table = _bytes_to_unicode()
+    alphabet = [table[b] for b in range(256)]
+    rng = random.Random(seed)
+    vocab: dict[str, int] = {}
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    while len(vocab) < n_tokens:
+        k = rng.choice((2, 3, 3, 4, 4, 5, 6, 7, 8, 10, 12))
+        vocab.setdefault("".join(rng.choice(alphabet) for _ in range(k)), len(vocab))
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
