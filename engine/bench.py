@@ -407,7 +407,8 @@ def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[
                 res = m.run(lm, q, cfg.max_new_tokens, cancel=cancel)
             cost = {k: res.cost.get(k) for k in COST_KEYS}
             cost.update({k: v for k, v in res.cost.items() if k not in cost})
-            cost["rss_peak_bytes"] = mem.peak
+            cost["rss_peak_bytes"] = mem.peak  # the key predates GPU runs: its source is named next
+            cost["peak_source"] = "cuda_max_memory_allocated" if mem.cuda else "rss_sampled_5ms"
             cost["aux_s"] = float(res.cost.get("aux_s") or 0.0)
             cost["prepare_s"] = prepared.get(m.name, 0.0)
             qd = quality_for(m, q, ref, res.token_ids, res.text)

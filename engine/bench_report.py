@@ -31,7 +31,7 @@ COST_METRICS: dict[str, tuple[str, str, bool, tuple[str, str]]] = {
     "total_s": ("total", "s", True, ("faster", "slower")),
     "kv_bytes_stored": ("KV stored", "B", True, ("smaller", "larger")),
     "kv_bytes_peak": ("KV peak", "B", True, ("smaller", "larger")),
-    "rss_peak_bytes": ("RSS peak", "B", True, ("smaller", "larger")),
+    "rss_peak_bytes": ("peak memory (RSS; CUDA allocator on GPU)", "B", True, ("smaller", "larger")),
     "aux_s": ("aux", "s", True, ("faster", "slower")),
 }
 SPEED_METRICS = {"prefill_s", "decode_tok_s", "total_s"}

@@ -48,6 +48,9 @@ def test_grid_complete_and_schema_valid(grid):
     assert {r["suite"] for r in recs} == {"core-v1"}
     assert all(r["status"] == "ok" for r in recs)
     assert recs[0]["env"]["loadavg"] and recs[0]["model"]["id"] == "tiny-llama"
+    measured = [r for r in recs if r["kind"] != "prose"]
+    assert all(r["cost"]["peak_source"] == "rss_sampled_5ms" and r["cost"]["rss_peak_bytes"] > 10**7
+               for r in measured)  # CPU: the process RSS (weights included) names its source
 
 
 def test_baseline_vs_itself(grid):
