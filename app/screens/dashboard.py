@@ -47,6 +47,17 @@ log = logging.getLogger("tokenforge.dashboard")
 
 ENGINE_MODULES = ("engine.bench",)
 JOB_KIND = "bench"
+def parse_combinations(text: str) -> list[str]:
+    """'prune-nth+kv-fp8, …' → validated combination names ([] when empty); torch-free."""
+    from engine.methods import parse_methods
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if "+" not in n]
+    if bad:
+        raise InputError(f"combinations: {', '.join(bad)} is not PROMPT+CACHE (plain methods are ticked above)")
+    return parse_methods(",".join(names)) if names else []
+
+
 WHAT = "Method dashboard — methods × suite grid, aggregate table, terminal plots, PNG/CSV export"
 KINDS = ("chat", "qa", "long", "prose")
 DEFAULT_METHODS = ("baseline", "kv-reuse", "kv-fp8")
@@ -150,6 +161,9 @@ class DashboardScreen(ToolScreen):
                 names = method_choices()
                 yield SelectionList[str](*[(n, n, n in DEFAULT_METHODS) for n in names],
                                          id="dash-methods")
+                yield Label("Combinations (PROMPT+CACHE, comma-separated; each run as one method)")
+                yield Input("", id="dash-combos", placeholder="e.g. prune-selfinfo+kv-fp8",
+                            validators=[FieldCheck(parse_combinations)])
                 yield Label("Suite")
                 suites = suites_available()
                 yield Select([(s, s) for s in suites], value=suites[0] if suites else Select.BLANK,
@@ -230,6 +244,8 @@ class DashboardScreen(ToolScreen):
 
         def methods() -> list[str]:
             chosen = list(self.query_one("#dash-methods", SelectionList).selected)
+            chosen += [c for c in parse_combinations(self.query_one("#dash-combos", Input).value)
+                       if c not in chosen]
             if not chosen:
                 raise InputError("methods: choose at least one")
             return chosen

@@ -72,9 +72,12 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _valid_combination(name: str) -> bool:
-    from .combined import CACHE_SIDE, PROMPT_SIDE
+# methods that combine (engine/methods/combined.py): what is fed + how it is cached
+PROMPT_SIDE = ("prune-nth", "prune-selfinfo")
+CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake")
 
+
+def _valid_combination(name: str) -> bool:
     parts = [s.strip() for s in name.split("+")]
     return len(parts) == 2 and parts[0] in PROMPT_SIDE and parts[1] in CACHE_SIDE
 

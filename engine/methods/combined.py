@@ -13,10 +13,8 @@ from typing import Any, Optional
 import torch
 
 from ..errors import InputError
+from . import CACHE_SIDE, PROMPT_SIDE
 from .base import GenState, Method, Query
-
-PROMPT_SIDE = ("prune-nth", "prune-selfinfo")
-CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake")
 
 
 class Combined(Method):

@@ -263,3 +263,28 @@ async def test_runs_file_is_read_off_the_loop_one_read_at_a_time(make_app, tmp_p
         assert all(n != threading.main_thread().name for n in threads)
         assert scr.query_one("#dash-table", DataTable).row_count >= 2
         assert "again" in message(scr)
+
+
+async def test_combinations_field_is_validated_and_reaches_the_run(make_app, tmp_path):
+    """PROMPT+CACHE combinations typed in the form: a bad one keeps Run disabled with its reason;
+    a good one is run as one more method of the grid."""
+    eng = FakeEngine()
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        scr = await open_dashboard(pilot, app)
+        small_grid(scr, tmp_path / "runs.jsonl")
+        combos = scr.query_one("#dash-combos", Input)
+        for bad, words in (("kv-fp8+prune-nth", "unknown method"), ("kv-fp8", "not PROMPT+CACHE"),
+                           ("prune-nth+nope", "unknown method")):
+            combos.value = bad
+            await pilot.pause(0.01)
+            assert run_button(scr).disabled and words in error_text(scr), (bad, error_text(scr))
+        combos.value = " prune-selfinfo+kv-fp8 , prune-nth+evict-sinks"
+        await pilot.pause(0.01)
+        assert not run_button(scr).disabled and error_text(scr) == ""
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "bench" for m in seen))
+        cfg, _ = eng.bench_calls[0]
+        assert cfg["methods"] == ["baseline", "kv-reuse", "kv-fp8", "prune-selfinfo+kv-fp8",
+                                  "prune-nth+evict-sinks"]
