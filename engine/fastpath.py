@@ -451,6 +451,22 @@ class LeanForward:
     def select(self, cache: LeanCache, rows: torch.Tensor) -> LeanCache:
         return self._copy_rows(cache, rows.to(self.device, torch.long))
 
+    def stack(self, parts: list[tuple[LeanCache, int]]) -> LeanCache:
+        """Batch-1 caches → one batch, row u right-aligned at max(keep) (zeros before it)."""
+        keeps = [int(n) for _, n in parts]
+        L = max(keeps)
+        new = _Store(torch.zeros((self.n_layers, len(parts), self.n_kv, max(_MIN_CAP, L + _MIN_CAP),
+                                  self.head_dim), dtype=self.dtype, device=self.device),
+                     torch.zeros((self.n_layers, len(parts), self.n_kv, max(_MIN_CAP, L + _MIN_CAP),
+                                  self.head_dim), dtype=self.dtype, device=self.device), L)
+        for u, ((c, n), _) in enumerate(zip(parts, keeps)):
+            if c.batch != 1:
+                raise ValueError("stack takes batch-1 caches")
+            if n:
+                new.k[:, u, :, L - n:L].copy_(c.store.k[:, 0, :, :n])
+                new.v[:, u, :, L - n:L].copy_(c.store.v[:, 0, :, :n])
+        return LeanCache(new, L, len(parts))
+
     def cache_bytes(self, cache: LeanCache) -> int:
         """Bytes of the K/V the cache holds (same figure as the standard path's DynamicCache)."""
         el = torch.empty((), dtype=self.dtype).element_size()

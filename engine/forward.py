@@ -48,6 +48,25 @@ class Forward(Protocol):
 
     def cache_bytes(self, cache: Any) -> int: ...
 
+    def stack(self, parts: list[tuple[Any, int]]) -> Any:
+        """One cache whose row u holds the first ``keep_u`` positions of batch-1 cache u,
+        right-aligned at a common length max(keep) with zero-filled slots before them (the
+        caller masks those). Resumes several trajectories in one batch without re-encoding."""
+
+
+def _stack_rows(kvs: list[tuple[torch.Tensor, torch.Tensor]], keeps: list[int]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B=len(kvs), heads, L, d) K and V from batch-1 (1, heads, ≥keep, d) tensors, right-aligned."""
+    L = max(keeps)
+    k0 = kvs[0][0]
+    shape = (len(kvs), k0.shape[1], L, k0.shape[-1])
+    K, V = k0.new_zeros(shape), k0.new_zeros(shape)
+    for u, ((k, v), n) in enumerate(zip(kvs, keeps)):
+        if n:
+            K[u, :, L - n:] = k[0, :, :n]
+            V[u, :, L - n:] = v[0, :, :n]
+    return K, V
+
 
 def _cache_kwarg(fn: Any) -> str:
     """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns
@@ -145,6 +164,20 @@ class StandardForward:
         rows = rows.to(self.device)
         kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self._layers(cache)]
         return self._build(kv)
+
+    def stack(self, parts: list[tuple[Any, int]]) -> Any:
+        layers = []
+        for cache, _ in parts:
+            self._check_plain(cache)
+            kv = self._layers(cache)
+            if kv and kv[0][0].shape[0] != 1:
+                raise ValueError("stack takes batch-1 caches")
+            layers.append(kv)
+        keeps = [int(n) for _, n in parts]
+        out = []
+        for i in range(len(layers[0])):
+            out.append(_stack_rows([lay[i] for lay in layers], keeps))
+        return self._build(out)
 
     def cache_bytes(self, cache: Any) -> int:
         total = 0

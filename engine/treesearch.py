@@ -503,6 +503,15 @@ class _Search:
             if s.logp is None:
                 s.logp = dists[0]
             return cache, None, len(seq)
+        if len(distinct) > 1 and hasattr(fwd, "stack"):
+            anchors = []
+            for s in distinct:  # each start node's nearest state with a cache (itself or above)
+                a = s
+                while a.kv is None:
+                    a = a.parent  # type: ignore[assignment]
+                anchors.append(a)
+            if len({id(a) for a in anchors}) > 1:
+                return self._start_stacked(rows, distinct, anchors)
         if len(distinct) == 1 and distinct[0].kv is not None:
             base = distinct[0]
             tails: list[list[int]] = [[]]
@@ -549,6 +558,50 @@ class _Search:
             if mask is not None:
                 mask = mask[torch.tensor(src, device=mask.device)] if mask.shape[0] > 1 \
                     else mask.expand(len(rows), -1).contiguous()
+        return cache, mask, keep
+
+    def _start_stacked(self, rows: list[_Row], distinct: list[Node], anchors: list[Node]
+                       ) -> tuple[Any, Optional[torch.Tensor], int]:
+        """Start nodes in different branches: each row resumes from its own nearest cached state
+        (the trajectory caches stacked into one batch, right-aligned, pad slots masked), so only
+        the few tokens between that state and the start node are fed — never the path from a
+        common ancestor. Positions stay the true ones (prompt length + depth)."""
+        fwd, cfg, dev = self.fwd, self.cfg, self.device
+        U = len(distinct)
+        keeps = [a.kv.keep for a in anchors]  # type: ignore[union-attr]
+        L = max(keeps)
+        cache = fwd.stack([(a.kv.cache, a.kv.keep) for a in anchors])  # type: ignore[union-attr]
+        mask = torch.zeros((U, L), dtype=torch.long, device=dev)
+        for u, a in enumerate(anchors):
+            n = a.kv.keep  # type: ignore[union-attr]
+            if a.kv.mask is not None:  # type: ignore[union-attr]
+                mask[u, L - n:] = a.kv.mask[:n].to(dev)  # type: ignore[union-attr]
+            else:
+                mask[u, L - n:] = 1
+        tails = [_tokens_between(a, s) for a, s in zip(anchors, distinct)]
+        T = max(len(t) for t in tails)
+        keep = L
+        self.padded += 1
+        if T > 0:
+            ids = self._ids([[0] * (T - len(t)) + t for t in tails])
+            new = torch.tensor([[0] * (T - len(t)) + [1] * len(t) for t in tails], dtype=torch.long,
+                               device=dev)
+            mask = torch.cat([mask, new], dim=1)
+            pos = torch.tensor([[self.P + a.depth + max(j - (T - len(t)), 0) for j in range(T)]
+                                for a, t in zip(anchors, tails)], dtype=torch.long, device=dev)
+            self._check()
+            logits = fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
+            self.prefilled += sum(len(t) for t in tails)
+            _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
+            for s, d in zip(distinct, dists):
+                if s.logp is None:
+                    s.logp = d
+            keep += T
+        src = [distinct.index(r.start) for r in rows]
+        if src != list(range(U)):
+            idx = torch.tensor(src, device=dev)
+            cache = fwd.select(cache, idx)
+            mask = mask[idx.to(mask.device)]
         return cache, mask, keep
 
     def rollout_round(self, rows: list[_Row]) -> None:

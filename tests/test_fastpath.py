@@ -456,3 +456,30 @@ def test_adopted_fusion_keeps_one_copy_of_every_weight(tokenizer):
 def test_fuse_option_validated(tiny_lm):
     with pytest.raises(ValueError):
         make_lean_forward(tiny_lm.model, fuse="sometimes")
+
+
+@pytest.mark.parametrize("path", ["standard", "fast"])
+def test_stacked_caches_resume_each_row_exactly(tiny_lm, tokenizer, path):
+    """Caches of different lengths stacked into one batch (right-aligned, pads masked) continue
+    each row as its own cache would; the sources are not changed."""
+    fwd = StandardForward(tiny_lm.model) if path == "standard" else make_lean_forward(tiny_lm.model)
+    seqs = [tokenizer.encode(t) for t in ("Short one.", "A somewhat longer prompt than that.", "Hi")]
+    caches, outs = [], []
+    for s in seqs:
+        c = fwd.new_cache()
+        fwd.logits(torch.tensor([s]), c)
+        caches.append(c)
+        solo = fwd.fork(c)
+        outs.append(fwd.logits(torch.tensor([[7, 9]]), solo, keep=2)[0])
+    before = [fwd.logits(torch.tensor([[5]]), fwd.fork(c))[0, -1] for c in caches]
+    keeps = [len(s) for s in seqs]
+    L = max(keeps)
+    st = fwd.stack([(c, n) for c, n in zip(caches, keeps)])
+    mask = torch.tensor([[0] * (L - n) + [1] * (n + 2) for n in keeps])
+    pos = torch.tensor([[n, n + 1] for n in keeps])
+    got = fwd.logits(torch.tensor([[7, 9]] * 3), st, position_ids=pos, attention_mask=mask, keep=2)
+    for u in range(3):
+        _close(got[u], outs[u])
+    after = [fwd.logits(torch.tensor([[5]]), fwd.fork(c))[0, -1] for c in caches]
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)

@@ -350,8 +350,23 @@ def test_resumed_logits_equal_uncached_forward_and_caches_stay_intact(tiny_any, 
     rw = parse_reward("words:the,moon")
     cfg = TreeConfig(rollouts=16, horizon=6, temperature=1.0, top_p=0.9, widening=3, batch=4,
                      mode="sample", seed=4)
-    res = run_tree_search(tiny, prompt, rw, cfg)
+    import engine.treesearch as ts
+
+    stacked = []
+    real = ts._Search._start_stacked
+
+    def counted(self, rows, distinct, anchors):
+        stacked.append(len(distinct))
+        return real(self, rows, distinct, anchors)
+
+    ts._Search._start_stacked = counted
+    try:
+        res = run_tree_search(tiny, prompt, rw, cfg)
+    finally:
+        ts._Search._start_stacked = real
     assert res.padded_batches > 0, "the run should have batched rows from different depths"
+    # rows from different branches resumed from their own caches, stacked into one batch
+    assert stacked and max(stacked) > 1, stacked
     nodes = [n for n in _all_nodes(res.tree) if n.kv is not None]
     trajs = {id(n.kv.cache): n.kv.cache for n in nodes}
     before = {k: _snapshot(c) for k, c in trajs.items()}

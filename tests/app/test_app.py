@@ -344,8 +344,8 @@ async def test_stuck_job_offers_force_quit(make_app):
         app.settings.timeouts["chat"] = 0.2
         await send(pilot, app, "hi")
         await until(pilot, lambda: any(isinstance(m, JobStuck) for m in seen))
-        assert any("Ctrl+C twice" in n for n in notes(app))
-        assert app.screen.progress_widget.state == "stuck"
+        await until(pilot, lambda: app.screen.progress_widget.state == "stuck"
+                    and any("Ctrl+C twice" in n for n in notes(app)))
         await until(pilot, lambda: not app.runner.busy, timeout=5)
 
 

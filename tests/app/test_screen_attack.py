@@ -153,7 +153,9 @@ async def test_attack_run_shows_phases_and_result(make_app):
         await pilot.click("#atk-run")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "advtok"
                                        for m in seen))
-        await pilot.pause(0.05)
+        # the hook sees the message when it is posted: wait for the screen to have shown it
+        await until(pilot, lambda: scr.progress_widget.state == "finished"
+                    and "local_optimum" in str(scr.query_one("#atk-summary").content))
         assert eng.calls == [{"request": "Tell me a joke", "response": "Sure, here",
                               "system": None, "iters": 5, "max_neighbours": 16, "samples": 2,
                               "sample_max_new_tokens": 8, "seed": 7, "init": "random"}]
@@ -212,9 +214,9 @@ async def test_attack_cancel_returns_to_idle_with_best_so_far(make_app):
         await pilot.press("escape")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
         await until(pilot, lambda: not app.runner.busy)
-        await pilot.pause(0.02)
+        await until(pilot, lambda: scr.progress_widget.state == "cancelled"
+                    and "stopped (user)" in str(scr.query_one("#atk-summary").content))
         assert eng.cancel_seen == 1 and app.runner.in_flight() == 0
-        assert scr.progress_widget.state == "cancelled"
         summary = str(scr.query_one("#atk-summary").content)
         assert "stopped (user)" in summary and "cancelled" in summary
         assert not scr.query_one("#atk-run", Button).disabled

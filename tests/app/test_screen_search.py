@@ -175,7 +175,9 @@ async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
         assert "tree size" in live and "best reward" in live and "tok/s" in live
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "tree"
                                        for m in seen))
-        await pilot.pause(0.05)
+        # the hook sees the message when it is posted: wait for the screen to have shown it
+        await until(pilot, lambda: "completed" in str(scr.query_one("#ts-summary").content)
+                    and scr.progress_widget.state == "finished")
         assert eng.calls == [("Write about the night sky", "Be brief.", "words:moon,stars", False,
                               {"rollouts": 40, "horizon": 12, "lam": 2.5, "seed": 5,
                                "mode": "search", "n_samples": 2})]
