@@ -554,11 +554,13 @@ class LeanForward:
             h = F.rms_norm(x, (self.hidden_size,), L.ln1, self.eps)
             if L.wqkv is not None:
                 qkv = lin(h, L.wqkv, L.bqkv)
-                q, k, v = qkv[..., :qd], qkv[..., qd:qd + kd], qkv[..., qd + kd:]
+                # q and k are adjacent in the fused output: one RoPE over both (half the ops)
+                qk = self._rope(qkv[..., :qd + kd].view(b, t, nh + nkv, d), cos, sin)
+                q, k, v = qk[:, :, :nh], qk[:, :, nh:], qkv[..., qd + kd:]
             else:
                 q, k, v = lin(h, L.wq, L.bq), lin(h, L.wk, L.bk), lin(h, L.wv, L.bv)
-            q = self._rope(q.view(b, t, nh, d), cos, sin)
-            k = self._rope(k.view(b, t, nkv, d), cos, sin)
+                q = self._rope(q.view(b, t, nh, d), cos, sin)
+                k = self._rope(k.view(b, t, nkv, d), cos, sin)
             kb, vb = st.k[li], st.v[li]
             kb[:, :, past:s].copy_(k.transpose(1, 2))
             vb[:, :, past:s].copy_(v.view(b, t, nkv, d).transpose(1, 2))
