@@ -541,13 +541,7 @@ class _Search:
                 first = self.P + base.depth  # type: ignore[union-attr]  # position of the first tail token
                 pos = torch.tensor([[first + max(j - (T - len(t)), 0) for j in range(T)] for t in tails],
                                    dtype=torch.long, device=self.device)
-            self._check()
-            logits = fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
-            self.prefilled += sum(len(t) for t in tails)
-            _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
-            for s, d in zip(distinct, dists):
-                if s.logp is None:
-                    s.logp = d
+            self._feed_tails(cache, ids, pos, mask, tails, distinct)
             keep += T
         elif mask is not None:
             mask = mask.view(1, -1)
@@ -560,13 +554,25 @@ class _Search:
                     else mask.expand(len(rows), -1).contiguous()
         return cache, mask, keep
 
+    def _feed_tails(self, cache: Any, ids: torch.Tensor, pos: Optional[torch.Tensor],
+                    mask: Optional[torch.Tensor], tails: list[list[int]], distinct: list[Node]) -> None:
+        """Feed the padded tails and store each start node's policy q (when it has none yet)."""
+        cfg = self.cfg
+        self._check()
+        logits = self.fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
+        self.prefilled += sum(len(t) for t in tails)
+        _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
+        for s, d in zip(distinct, dists):
+            if s.logp is None:
+                s.logp = d
+
     def _start_stacked(self, rows: list[_Row], distinct: list[Node], anchors: list[Node]
                        ) -> tuple[Any, Optional[torch.Tensor], int]:
         """Start nodes in different branches: each row resumes from its own nearest cached state
         (the trajectory caches stacked into one batch, right-aligned, pad slots masked), so only
         the few tokens between that state and the start node are fed — never the path from a
         common ancestor. Positions stay the true ones (prompt length + depth)."""
-        fwd, cfg, dev = self.fwd, self.cfg, self.device
+        fwd, dev = self.fwd, self.device
         U = len(distinct)
         keeps = [a.kv.keep for a in anchors]  # type: ignore[union-attr]
         L = max(keeps)
@@ -589,13 +595,7 @@ class _Search:
             mask = torch.cat([mask, new], dim=1)
             pos = torch.tensor([[self.P + a.depth + max(j - (T - len(t)), 0) for j in range(T)]
                                 for a, t in zip(anchors, tails)], dtype=torch.long, device=dev)
-            self._check()
-            logits = fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
-            self.prefilled += sum(len(t) for t in tails)
-            _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
-            for s, d in zip(distinct, dists):
-                if s.logp is None:
-                    s.logp = d
+            self._feed_tails(cache, ids, pos, mask, tails, distinct)
             keep += T
         src = [distinct.index(r.start) for r in rows]
         if src != list(range(U)):
