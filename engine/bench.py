@@ -40,8 +40,8 @@ from .errors import InputError
 from .methods import make_method, parse_methods
 from .methods.base import QUERY_KINDS, Method, Query
 from .progress import Cancelled, CancelToken, ProgressFn, check, report
+from .suite_files import suite_path
 
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 # ---- suite -------------------------------------------------------------------------------------
 
@@ -53,18 +53,6 @@ class Suite:
     queries: list[Query]
     prose: Optional[str] = None  # held-out text for NLL / bits per byte
     prose_id: Optional[str] = None
-
-
-def suite_path(name: str) -> Path:
-    """A suite name ('core-v1') → its shipped file; an existing path is used as is."""
-    p = Path(name)
-    if p.suffix == ".jsonl" and p.exists():
-        return p
-    cand = SUITES_DIR / f"{name}.jsonl"
-    if cand.exists():
-        return cand
-    known = sorted(x.stem for x in SUITES_DIR.glob("*.jsonl"))
-    raise InputError(f"unknown suite {name!r}; shipped suites: {', '.join(known) or 'none'}")
 
 
 def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,

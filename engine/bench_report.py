@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import random
 import statistics
@@ -22,6 +21,7 @@ from typing import Any, Optional
 from .atomic import write_bytes, write_text
 from .bench_records import read_records
 from .errors import InputError
+from .suite_files import suite_entries
 
 # metric -> (label, unit, lower_is_better, verdict words (better, worse))
 COST_METRICS: dict[str, tuple[str, str, bool, tuple[str, str]]] = {
@@ -235,19 +235,13 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
 
 
 def _suite_depths(suite: str) -> dict[str, float]:
-    """prompt id → planted-fact depth from a shipped suite file (records written before depth was
-    stored carry none); {} when the suite is not a shipped one or cannot be read."""
-    path = Path(__file__).parent / "suites" / f"{suite}.jsonl"
+    """prompt id → planted-fact depth from the suite file (records written before depth was
+    stored carry none); {} when the suite cannot be read."""
     out: dict[str, float] = {}
-    try:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                d = (rec.get("meta") or {}).get("depth")
-                if isinstance(d, (int, float)) and isinstance(rec.get("id"), str):
-                    out[rec["id"]] = float(d)
-    except (OSError, ValueError, AttributeError):
-        return {}
+    for rec in suite_entries(suite):
+        d = rec.get("meta").get("depth") if isinstance(rec.get("meta"), dict) else None
+        if isinstance(d, (int, float)) and isinstance(rec.get("id"), str):
+            out[rec["id"]] = float(d)
     return out
 
 

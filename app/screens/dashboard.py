@@ -19,7 +19,6 @@ keys or Ctrl+C. A rerun into the same file resumes. Engine calls go through ``ap
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -70,28 +69,20 @@ READ_EVERY = 1.0            # s between re-reads of the runs file while a run go
 
 def suites_available() -> list[str]:
     """Shipped suite names, found without importing the engine's torch parts."""
-    import engine
+    from engine.suite_files import shipped_suites
 
-    return sorted(p.stem for p in (Path(engine.__file__).parent / "suites").glob("*.jsonl"))
+    return shipped_suites()
 
 
 @functools.lru_cache(maxsize=8)
 def suite_counts(name: str) -> dict[str, int]:
-    """Entries per query kind of a shipped suite (torch-free; for the grid size and the timeout
-    only: the engine parses and validates the suite again). Unreadable lines are skipped."""
-    import engine
+    """Entries per query kind of a suite (torch-free; for the grid size and the timeout only:
+    the engine parses and validates the suite again). Unreadable lines are skipped."""
+    from engine.suite_files import suite_entries
 
     counts: dict[str, int] = {}
-    path = Path(engine.__file__).parent / "suites" / f"{name}.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return counts
-    for line in lines:
-        try:
-            kind = json.loads(line).get("kind") if line.strip() else None
-        except (json.JSONDecodeError, AttributeError):
-            continue
+    for rec in suite_entries(name):
+        kind = rec.get("kind")
         if isinstance(kind, str):
             counts[kind] = counts.get(kind, 0) + 1
     return counts
