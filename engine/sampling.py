@@ -74,13 +74,19 @@ def nucleus(x: torch.Tensor, top_p: float, start: int = 256
     return sx, idx, p, keep
 
 
-def process(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Temperature, top-k and top-p on (B, V) fp32 logits; filtered entries become -inf.
-    Top-p keeps the smallest set whose mass reaches p, and always at least one token."""
+def _tempered_top_k(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, then top-k (entries below the k-th become -inf)."""
     x = logits / max(cfg.temperature, 1e-6)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
+    return x
+
+
+def process(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, top-k and top-p on (B, V) fp32 logits; filtered entries become -inf.
+    Top-p keeps the smallest set whose mass reaches p, and always at least one token."""
+    x = _tempered_top_k(logits, cfg)
     if cfg.top_p < 1.0:
         sx, idx, _, keep = nucleus(x, cfg.top_p)
         x = torch.full_like(x, float("-inf")).scatter(-1, idx, sx.masked_fill(~keep, float("-inf")))
@@ -100,11 +106,7 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, generator: Optional[torch.
     if cfg.greedy:
         return logits.argmax(-1)
     if cfg.top_p < 1.0:  # draw within the nucleus only: same distribution, a fraction of the work
-        x = logits / max(cfg.temperature, 1e-6)
-        if cfg.top_k and cfg.top_k < x.shape[-1]:
-            kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
-            x = x.masked_fill(x < kth, float("-inf"))
-        _, idx, p, keep = nucleus(x, cfg.top_p)
+        _, idx, p, keep = nucleus(_tempered_top_k(logits, cfg), cfg.top_p)
         j = torch.multinomial((p * keep).view(-1, p.shape[-1]), 1, generator=generator)
         return idx.view(-1, idx.shape[-1]).gather(-1, j).view(idx.shape[:-1])
     probs = process(logits, cfg).softmax(-1)
