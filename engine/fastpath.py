@@ -240,23 +240,21 @@ class LeanForward:
         qd, kd = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         for lay in base.layers:
             a, m = lay.self_attn, lay.mlp
-            wq, wk, wv = a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()
             bq, bk, bv = _bias(a.q_proj), _bias(a.k_proj), _bias(a.v_proj)
-            wg, wu = m.gate_proj.weight.detach(), m.up_proj.weight.detach()
             bg, bu = _bias(m.gate_proj), _bias(m.up_proj)
             wqkv = bqkv = wgu = None
-            if fuse:
+            if fuse:  # before the weights are read below: adoption rebinds them
                 adopt = fuse == "adopt"
                 wqkv = self._fused([a.q_proj, a.k_proj, a.v_proj], adopt)
-                wq, wk, wv = a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()
                 bqkv = _cat_bias(bq, bk, bv, sizes=(qd, kd, kd))
                 if bg is None and bu is None:
                     wgu = self._fused([m.gate_proj, m.up_proj], adopt)
-                    wg, wu = m.gate_proj.weight.detach(), m.up_proj.weight.detach()
                 extra = [bqkv] if adopt else [wqkv, bqkv, wgu]
                 for t in extra:
                     if t is not None:
                         self.extra_weight_bytes += t.numel() * t.element_size()
+            wq, wk, wv = a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()
+            wg, wu = m.gate_proj.weight.detach(), m.up_proj.weight.detach()
             self.layers.append(_Layer(
                 ln1=lay.input_layernorm.weight.detach(), ln2=lay.post_attention_layernorm.weight.detach(),
                 wq=wq, wk=wk, wv=wv, bq=bq, bk=bk, bv=bv, wqkv=wqkv, bqkv=bqkv,
@@ -392,10 +390,11 @@ class LeanForward:
     def new_cache(self, batch: int = 1) -> LeanCache:
         return LeanCache(None, 0, batch)
 
-    def _alloc(self, batch: int, cap: int) -> _Store:
+    def _alloc(self, batch: int, cap: int, zero: bool = False) -> _Store:
         shape = (self.n_layers, batch, self.n_kv, cap, self.head_dim)
-        return _Store(torch.empty(shape, dtype=self.dtype, device=self.device),
-                      torch.empty(shape, dtype=self.dtype, device=self.device), 0)
+        make = torch.zeros if zero else torch.empty
+        return _Store(make(shape, dtype=self.dtype, device=self.device),
+                      make(shape, dtype=self.dtype, device=self.device), 0)
 
     def _reserve(self, cache: LeanCache, batch: int, t: int) -> _Store:
         """A store this cache may write positions [length, length+t) into (copy-on-write)."""
@@ -453,13 +452,11 @@ class LeanForward:
 
     def stack(self, parts: list[tuple[LeanCache, int]]) -> LeanCache:
         """Batch-1 caches → one batch, row u right-aligned at max(keep) (zeros before it)."""
-        keeps = [int(n) for _, n in parts]
-        L = max(keeps)
-        new = _Store(torch.zeros((self.n_layers, len(parts), self.n_kv, max(_MIN_CAP, L + _MIN_CAP),
-                                  self.head_dim), dtype=self.dtype, device=self.device),
-                     torch.zeros((self.n_layers, len(parts), self.n_kv, max(_MIN_CAP, L + _MIN_CAP),
-                                  self.head_dim), dtype=self.dtype, device=self.device), L)
-        for u, ((c, n), _) in enumerate(zip(parts, keeps)):
+        L = max(int(n) for _, n in parts)
+        # zero-filled: pad slots are masked, but uninitialised memory could hold NaN (0 × NaN)
+        new = self._alloc(len(parts), L + _MIN_CAP, zero=True)
+        new.frontier = L
+        for u, (c, n) in enumerate(parts):
             if c.batch != 1:
                 raise ValueError("stack takes batch-1 caches")
             if n:
