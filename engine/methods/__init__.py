@@ -7,7 +7,7 @@ own named method and measured as a whole.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import InputError
 
@@ -65,7 +65,7 @@ def parse_methods(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise InputError("no methods given", f"valid: {', '.join(method_names())}")
-    bad = [n for n in names if n not in _FACTORIES and not _valid_combination(n)]
+    bad = [n for n in names if n not in _FACTORIES and split_combination(n) is None]
     if bad:
         raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}",
                          "or a combination PROMPT+CACHE measured as one run, e.g. prune-selfinfo+kv-fp8")
@@ -77,9 +77,12 @@ PROMPT_SIDE = ("prune-nth", "prune-selfinfo")
 CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake")
 
 
-def _valid_combination(name: str) -> bool:
+def split_combination(name: str) -> Optional[tuple[str, str]]:
+    """'prune-nth+kv-fp8' → ('prune-nth', 'kv-fp8'); None unless it is a valid PROMPT+CACHE pair."""
     parts = [s.strip() for s in name.split("+")]
-    return len(parts) == 2 and parts[0] in PROMPT_SIDE and parts[1] in CACHE_SIDE
+    if len(parts) == 2 and parts[0] in PROMPT_SIDE and parts[1] in CACHE_SIDE:
+        return parts[0], parts[1]
+    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import InputError
-from . import CACHE_SIDE, PROMPT_SIDE
+from . import CACHE_SIDE, PROMPT_SIDE, split_combination
 from .base import GenState, Method, Query
 
 
@@ -76,8 +76,8 @@ class Combined(Method):
 
 def make_combined(name: str, make: Any, **params: Any) -> Combined:
     """``a+b`` → Combined(make(a), make(b)); an invalid pairing is one InputError saying why."""
-    parts = [s.strip() for s in name.split("+")]
-    if len(parts) != 2 or parts[0] not in PROMPT_SIDE or parts[1] not in CACHE_SIDE:
+    parts = split_combination(name)
+    if parts is None:
         raise InputError(f"cannot combine {name!r}",
                          f"a combination is PROMPT+CACHE with PROMPT in {', '.join(PROMPT_SIDE)} "
                          f"and CACHE in {', '.join(CACHE_SIDE)}, e.g. prune-selfinfo+kv-fp8")
