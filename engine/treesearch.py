@@ -530,17 +530,13 @@ class _Search:
             if U > 1:
                 cache = fwd.repeat(cache, U)
             padded = any(len(t) < T for t in tails)
-            ids = self._ids([[0] * (T - len(t)) + t for t in tails])
-            pos = None
+            ids, new, pos = self._left_pad(tails, [self.P + base.depth] * U)  # type: ignore[union-attr]
             if padded or mask is not None:
                 self.padded += 1
                 base_mask = mask if mask is not None else torch.ones(keep, dtype=torch.long, device=self.device)
-                new = torch.tensor([[0] * (T - len(t)) + [1] * len(t) for t in tails], dtype=torch.long,
-                                   device=self.device)
                 mask = torch.cat([base_mask.view(1, -1).expand(U, -1), new], dim=1)
-                first = self.P + base.depth  # type: ignore[union-attr]  # position of the first tail token
-                pos = torch.tensor([[first + max(j - (T - len(t)), 0) for j in range(T)] for t in tails],
-                                   dtype=torch.long, device=self.device)
+            else:
+                pos = None  # unpadded rows after an unpadded cache: positions follow the slots
             self._feed_tails(cache, ids, pos, mask, tails, distinct)
             keep += T
         elif mask is not None:
@@ -553,6 +549,18 @@ class _Search:
                 mask = mask[torch.tensor(src, device=mask.device)] if mask.shape[0] > 1 \
                     else mask.expand(len(rows), -1).contiguous()
         return cache, mask, keep
+
+    def _left_pad(self, tails: list[list[int]], firsts: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tails left-padded to one length: (ids, 0/1 mask of the new slots, true positions —
+        ``firsts[u]`` is the position of row u's first real tail token; pads repeat it)."""
+        T = max(len(t) for t in tails)
+        dev = self.device
+        ids = self._ids([[0] * (T - len(t)) + t for t in tails])
+        new = torch.tensor([[0] * (T - len(t)) + [1] * len(t) for t in tails], dtype=torch.long, device=dev)
+        pos = torch.tensor([[f + max(j - (T - len(t)), 0) for j in range(T)] for f, t in zip(firsts, tails)],
+                           dtype=torch.long, device=dev)
+        return ids, new, pos
 
     def _feed_tails(self, cache: Any, ids: torch.Tensor, pos: Optional[torch.Tensor],
                     mask: Optional[torch.Tensor], tails: list[list[int]], distinct: list[Node]) -> None:
@@ -589,12 +597,8 @@ class _Search:
         keep = L
         self.padded += 1
         if T > 0:
-            ids = self._ids([[0] * (T - len(t)) + t for t in tails])
-            new = torch.tensor([[0] * (T - len(t)) + [1] * len(t) for t in tails], dtype=torch.long,
-                               device=dev)
+            ids, new, pos = self._left_pad(tails, [self.P + a.depth for a in anchors])
             mask = torch.cat([mask, new], dim=1)
-            pos = torch.tensor([[self.P + a.depth + max(j - (T - len(t)), 0) for j in range(T)]
-                                for a, t in zip(anchors, tails)], dtype=torch.long, device=dev)
             self._feed_tails(cache, ids, pos, mask, tails, distinct)
             keep += T
         src = [distinct.index(r.start) for r in rows]
