@@ -3,15 +3,19 @@ draws, and Ctrl+C leaves — once when idle (graceful, rc 0), twice during a run
 quit, rc 130) — with the terminal restored (echo and canonical mode back, no process left)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
 import termios
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,19 +30,26 @@ def tiny_dir(tmp_path_factory, tiny_lm):
     return d
 
 
-def _spawn(model_dir: Path | str, cache: Path | None) -> tuple[subprocess.Popen, int, int]:
+@contextmanager
+def _app_in_pty(model: Path | str, cache: Path | None) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """The TUI process on a 120×40 pseudo-terminal: (process, master fd, slave fd); killed and
+    the fds closed on the way out, whatever the test did."""
     master, slave = pty.openpty()
     os.set_blocking(master, False)
-    import fcntl
-    import struct
-
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = dict(os.environ, TERM="xterm-256color", TEXTUAL_ANIMATIONS="none", HF_HUB_OFFLINE="1")
     if cache is not None:
         env["TOKENFORGE_CACHE"] = str(cache)
-    p = subprocess.Popen([sys.executable, "-m", "app.cli", "--model", str(model_dir)], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "app.cli", "--model", str(model)], cwd=ROOT,
                          stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
-    return p, master, slave
+    try:
+        yield p, master, slave
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        os.close(master)
+        os.close(slave)
 
 
 def _read_until(master: int, needle: bytes, timeout: float) -> bytes:
@@ -85,8 +96,7 @@ def _tty_sane(slave: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_when_idle_quits_gracefully_and_restores_the_terminal(tiny_dir, tmp_path):
-    p, master, slave = _spawn(tiny_dir, tmp_path / "cache")
-    try:
+    with _app_in_pty(tiny_dir, tmp_path / "cache") as (p, master, slave):
         out = _read_until(master, b"tiny-pty", 60)
         assert b"tiny-pty" in out, out[-500:]  # the header names the model: the app is drawn
         _drain(master, 2.0)  # let the background load / speed probe settle
@@ -95,11 +105,6 @@ def test_ctrl_c_when_idle_quits_gracefully_and_restores_the_terminal(tiny_dir, t
         rc = _finish(p, master, 20)
         assert rc == 0
         assert _tty_sane(slave)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        os.close(master)
-        os.close(slave)
 
 
 @pytest.mark.timeout(180)
@@ -107,8 +112,7 @@ def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
     """The bundled model (converted into cache/ by the session fixture) answers slowly enough
     for Ctrl+C to land mid-answer: the first press cancels the job and says so (not "Quitting",
     the idle message), the second force-quits."""
-    p, master, slave = _spawn("default", None)
-    try:
+    with _app_in_pty("default", None) as (p, master, slave):
         out = _read_until(master, b"SmolLM2", 90)
         assert b"SmolLM2" in out
         _drain(master, 4.0)  # model load and the speed probe
@@ -121,8 +125,3 @@ def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
         rc = _finish(p, master, 20)
         assert rc == 130
         assert _tty_sane(slave)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        os.close(master)
-        os.close(slave)
