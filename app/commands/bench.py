@@ -81,7 +81,7 @@ def _list() -> int:
         m = make_method(n)
         t.add_row(n, m.label, "yes" if m.model_changing else "")
     Console().print(t)
-    from engine.methods.combined import CACHE_SIDE, PROMPT_SIDE
+    from engine.methods import CACHE_SIDE, PROMPT_SIDE
 
     Console().print(f"combinations, each run and measured as one configuration: PROMPT+CACHE with "
                     f"PROMPT in {', '.join(PROMPT_SIDE)} and CACHE in {', '.join(CACHE_SIDE)} "
