@@ -158,18 +158,21 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def _sample(self) -> None:
+    def _read(self) -> None:
         import psutil
 
-        proc = psutil.Process()
+        self.peak = max(self.peak or 0, psutil.Process().memory_info().rss)
+
+    def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak or 0, proc.memory_info().rss)
+            self._read()
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakMemory":
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
+            self._read()  # a block shorter than the first tick still gets a figure
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -181,6 +184,7 @@ class PeakMemory:
             self._stop.set()
             if self._thread is not None:
                 self._thread.join()
+            self._read()
 
 
 def first_divergence(a: list[int], b: list[int]) -> Optional[int]:
