@@ -18,9 +18,9 @@ SPEED_TOKENS = 8
 
 #: screen name → engine module it drives (the screen shows whether it is importable)
 SCREEN_ENGINES = {
-    "attack": ("engine.advtok", "AdvTok adversarial tokenization"),
-    "search": ("engine.treesearch", "tree search over tokens"),
-    "dashboard": ("engine.bench", "method benchmark harness"),
+    "attack": ("engine.advtok.search", "AdvTok adversarial tokenization"),
+    "search": ("engine.treesearch.search", "tree search over tokens"),
+    "dashboard": ("engine.bench.harness", "method benchmark harness"),
 }
 
 
@@ -83,7 +83,7 @@ class Engine:
             import transformers  # noqa: F401
 
             check(cancel)
-            from engine.model import load_model
+            from engine.lm.model import load_model
 
             lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                             progress=progress, cancel=cancel)
@@ -93,8 +93,8 @@ class Engine:
     def measure_speed(self, lm: Any, *, progress: Optional[ProgressFn] = None,
                       cancel: Optional[CancelToken] = None) -> SpeedResult:
         """A short greedy decode (8 tokens) to learn this machine's tok/s for the timeouts."""
-        from engine.generate import generate
-        from engine.sampling import SamplingConfig
+        from engine.lm.generate import generate
+        from engine.lm.sampling import SamplingConfig
 
         ids = list(lm.tokenizer.encode(SPEED_PROMPT, add_special_tokens=False))
         cfg = SamplingConfig(max_new_tokens=SPEED_TOKENS, temperature=0.0)
@@ -113,17 +113,17 @@ class Engine:
 
     # -- vocabulary ---------------------------------------------------------------------------
     def vocab_available(self) -> bool:
-        return module_available("engine.vocab")
+        return module_available("engine.advtok.vocab")
 
     def load_vocab(self, lm: Any, *, progress: Optional[ProgressFn] = None,
                    cancel: Optional[CancelToken] = None) -> Any:
-        from engine.vocab import load_vocab
+        from engine.advtok.vocab import load_vocab
 
         return load_vocab(lm.tokenizer, progress=progress, cancel=cancel)
 
     # -- chat -----------------------------------------------------------------------------------
     def new_chat(self, lm: Any, system: Optional[str]) -> Any:
-        from engine.chat import ChatSession
+        from engine.lm.chat import ChatSession
 
         return ChatSession(lm, system=system)
 
@@ -150,7 +150,7 @@ class Engine:
         """One AdvTok run from the attack screen's validated fields (``AttackConfig`` field
         names; ``system`` None = the reference's default system prompt). The engine validates
         the config again; ``vocab`` is the app's background-loaded vocabulary when ready."""
-        from engine.advtok import DEFAULT_SYSTEM, AttackConfig, run_attack
+        from engine.advtok.search import DEFAULT_SYSTEM, AttackConfig, run_attack
 
         f = dict(fields)
         if f.get("system") is None:
@@ -162,7 +162,7 @@ class Engine:
               progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
         """Run the dashboard's validated grid (``BenchConfig`` field names), appending records to
         ``out``; returns the ``BenchSummary`` (finished records stay on cancel)."""
-        from engine.bench import BenchConfig, run_bench
+        from engine.bench.harness import BenchConfig, run_bench
 
         return run_bench(lm, BenchConfig(**cfg), out, progress=progress, cancel=cancel)
 
@@ -173,7 +173,7 @@ class Engine:
         from pathlib import Path
 
         from engine.atomic import write_bytes
-        from engine.bench_report import load_report, write_csv, write_pngs
+        from engine.bench.report import load_report, write_csv, write_pngs
 
         stem = Path(runs).stem
         report(progress, "bench", 0, 3, "aggregating")
@@ -210,10 +210,10 @@ class Engine:
         """Tree search from the search screen's validated fields (``TreeConfig`` field names),
         then the greedy answer with the same horizon, both scored by the same reward. The spec is
         parsed again here (a fresh reward object per run; plugin code is imported only now)."""
-        from engine.generate import generate
-        from engine.rewards import Completion, RewardError, parse_reward
-        from engine.sampling import SamplingConfig
-        from engine.treesearch import TreeConfig, run_tree_search
+        from engine.lm.generate import generate
+        from engine.treesearch.rewards import Completion, RewardError, parse_reward
+        from engine.lm.sampling import SamplingConfig
+        from engine.treesearch.search import TreeConfig, run_tree_search
 
         reward = parse_reward(reward_spec, allow_plugin=allow_plugin)
         ids = self.chat_prompt_ids(lm, prompt, system)

@@ -33,7 +33,7 @@ FIXED_WHY = {"vocab": "vocabulary build, no token budget", "speed": "the 8-token
 
 @dataclass
 class SamplingSettings:
-    """Mirror of engine.sampling.SamplingConfig (same fields, same ranges, no torch import)."""
+    """Mirror of engine.lm.sampling.SamplingConfig (same fields, same ranges, no torch import)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.7
@@ -44,7 +44,7 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
 
     def to_config(self) -> Any:
-        from engine.sampling import SamplingConfig  # worker thread only (imports torch)
+        from engine.lm.sampling import SamplingConfig  # worker thread only (imports torch)
 
         return SamplingConfig(**asdict(self))
 

@@ -130,7 +130,7 @@ def parse_dir(text: str, name: str) -> Path:
     return p
 
 
-# sampling fields: the same ranges as engine.sampling.SamplingConfig.validate
+# sampling fields: the same ranges as engine.lm.sampling.SamplingConfig.validate
 def parse_max_new_tokens(text: str, context_length: Optional[int] = None) -> int:
     hi = (context_length - 1) if context_length else 1_000_000
     return parse_int(text, "max new tokens", 1, hi)

@@ -8,7 +8,7 @@ Prints a table and writes bench/results/advtok.json. The scorers (reference-styl
 sliced head; the same plus forking the current X's cache at each candidate's first edit) run
 alternately on the same candidates with the same batch cap (so background load hits all alike)
 and the ratios are taken within this run. GFLOP figures come from an analytic count of the work each strategy does
-(engine.advtok_score.forward_flops), divided by the measured time for GFLOP/s.
+(engine.advtok.score.forward_flops), divided by the measured time for GFLOP/s.
 """
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from pathlib import Path
 
 from _util import env_record, median_iqr, write_result
 
-from engine.advtok import DEFAULT_SYSTEM, AttackConfig, run_attack
-from engine.advtok_score import CandidateScorer, forward_flops, reference_scores
-from engine.forward import get_forward
-from engine.mdd import MDD
-from engine.model import load_model
+from engine.advtok.search import DEFAULT_SYSTEM, AttackConfig, run_attack
+from engine.advtok.score import CandidateScorer, forward_flops, reference_scores
+from engine.lm.forward import get_forward
+from engine.advtok.mdd import MDD
+from engine.lm.model import load_model
 from engine.progress import CancelToken
-from engine.templates import split_template
-from engine.vocab import build_vocab, load_vocab
+from engine.lm.templates import split_template
+from engine.advtok.vocab import build_vocab, load_vocab
 
 DIAGRAM_REQUESTS = [
     "penguin",

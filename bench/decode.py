@@ -20,12 +20,12 @@ from _util import env_record, median_iqr, write_result
 
 import torch
 
-from engine.fastpath import LeanForward, make_lean_forward
-from engine.forward import StandardForward
-from engine.generate import generate, generate_batch
-from engine.model import load_model
-from engine.sampling import SamplingConfig
-from engine.stepprofile import decode_step_profile
+from engine.lm.fastpath import LeanForward, make_lean_forward
+from engine.lm.forward import StandardForward
+from engine.lm.generate import generate, generate_batch
+from engine.lm.model import load_model
+from engine.lm.sampling import SamplingConfig
+from engine.lm.stepprofile import decode_step_profile
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 HEAD_PROMPTS = [

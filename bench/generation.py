@@ -19,11 +19,11 @@ from _util import ROOT, env_record, median_iqr, write_result
 
 import torch
 
-from engine.chat import ChatSession
-from engine.generate import generate
-from engine.model import load_model
-from engine.sampling import SamplingConfig
-from engine.stepprofile import decode_step_profile
+from engine.lm.chat import ChatSession
+from engine.lm.generate import generate
+from engine.lm.model import load_model
+from engine.lm.sampling import SamplingConfig
+from engine.lm.stepprofile import decode_step_profile
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 TURNS = ["Hi! Who are you?", "Tell me a fact about the ocean.", "Why is the sky blue?",
@@ -61,7 +61,7 @@ def decode_speed(lm, tokens: int, rounds: int) -> dict:
             rows[f"loop_{path}"].append(r.decode_tok_s)
         lm.engine_path = "fast"
     lm.eos_ids = eos_saved
-    from engine.forward import get_forward
+    from engine.lm.forward import get_forward
 
     res = {k: dict(zip(("median", "q1", "q3"), median_iqr(v))) for k, v in rows.items()}
     res["fast_forward_impl"] = get_forward(lm).name
@@ -92,7 +92,7 @@ def conversation_ttft(lm) -> dict:
 
 def load_times() -> dict:
     """Cold = GGUF de-quantized into an empty cache (a subprocess); warm = from cache/."""
-    code = ("import time,sys; sys.path.insert(0, %r); from engine.model import load_model; "
+    code = ("import time,sys; sys.path.insert(0, %r); from engine.lm.model import load_model; "
             "t=time.perf_counter(); lm=load_model('default'); print(time.perf_counter()-t)" % str(ROOT))
     with tempfile.TemporaryDirectory() as d:
         env = dict(os.environ, TOKENFORGE_CACHE=d)

@@ -1,4 +1,4 @@
-"""Writes engine/suites/core-v1.jsonl: the versioned query suite of the comparison dashboard.
+"""Writes engine/bench/suites/core-v1.jsonl: the versioned query suite of the comparison dashboard.
 
 Every text here was written for tokenforge (no downloads). Run once; the JSONL is committed, and
 a changed suite must get a new version name (core-v2 …) so stored runs stay comparable.
@@ -170,6 +170,6 @@ def records() -> list[dict]:
 
 
 if __name__ == "__main__":
-    dest = Path(__file__).resolve().parent.parent / "engine" / "suites" / f"{SUITE}.jsonl"
+    dest = Path(__file__).resolve().parent.parent / "engine" / "bench" / "suites" / f"{SUITE}.jsonl"
     dest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records()), encoding="utf-8")
     print(f"wrote {dest}")

@@ -4,7 +4,7 @@ one rollout at a time re-encoding prompt + path from scratch, measured in the sa
     .venv/bin/python bench/treesearch.py [--repeats 2] [--rollouts 10] [--horizon 50]
 
 Prints a table and writes bench/results/treesearch.json. Goals (issue 5): batched ≥ 3× the naive
-wall time, and ≤ 5 s for the batched run. Both use engine.forward.get_forward, so the lean fast
+wall time, and ≤ 5 s for the batched run. Both use engine.lm.forward.get_forward, so the lean fast
 path is used when it exists (the forward's name is printed). The two strategies build different
 trees (EOS lands at different times), so tokens/s is reported next to wall time.
 """
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from engine.forward import get_forward
-    from engine.model import load_model
-    from engine.rewards import parse_reward
-    from engine.treesearch import TreeConfig, run_tree_search
+    from engine.lm.forward import get_forward
+    from engine.lm.model import load_model
+    from engine.treesearch.rewards import parse_reward
+    from engine.treesearch.search import TreeConfig, run_tree_search
 
     lm = load_model("default")
     lm.engine_path = args.engine_path

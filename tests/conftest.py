@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def smol_lm():
     """The bundled SmolLM2-135M-Instruct (converted once into cache/models)."""
-    from engine.model import load_model
+    from engine.lm.model import load_model
 
     return load_model("default")
 
@@ -24,6 +24,6 @@ def tokenizer(smol_lm):
 
 @pytest.fixture(scope="session")
 def tiny_lm(tokenizer):
-    from engine.tiny import tiny_llama
+    from engine.lm.tiny import tiny_llama
 
     return tiny_llama(tokenizer, seed=0)

@@ -49,7 +49,7 @@ def byte_bpe_tokenizer(n_tokens: int, seed: int = 0):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from engine.vocab import _bytes_to_unicode  # byte → printable character (GPT-2 table)
+    from engine.advtok.vocab import _bytes_to_unicode  # byte → printable character (GPT-2 table)
 
     table = _bytes_to_unicode()
     alphabet = [table[b] for b in range(256)]

@@ -83,7 +83,7 @@ _FROM_ARGS: Any = object()
 def make_config(args: argparse.Namespace, request: str, response: str,
                 system: Any = _FROM_ARGS) -> Any:
     """AttackConfig from the command line (validated: bad settings raise InputError)."""
-    from engine.advtok import AttackConfig
+    from engine.advtok.search import AttackConfig
 
     if system is _FROM_ARGS:
         system = None if args.template_system else args.system
@@ -307,10 +307,10 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
                 on_row: Optional[Callable[[int, Any], None]] = None) -> DatasetSummary:
     """Run every row not yet in ``out_path``; append one JSON line per finished row. A cancel
     stops after the current row's search returns (that row is not written)."""
-    from engine.advtok import run_attack
+    from engine.advtok.search import run_attack
     from engine.atomic import append_line
     from engine.errors import EngineError
-    from engine.vocab import load_vocab
+    from engine.advtok.vocab import load_vocab
 
     con = console or err_console()
     summ = DatasetSummary()
@@ -382,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config(args, args.request, args.response)   # bad settings fail before loading
     lm = load_lm(args)
     err = err_console()
-    from engine.advtok import run_attack
+    from engine.advtok.search import run_attack
 
     status = err.status("starting…")
     status.start()

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from engine.methods import make_method, method_names
+    from engine.bench.methods import make_method, method_names
 
     t = Table(title="methods")
     t.add_column("name")
@@ -81,7 +81,7 @@ def _list() -> int:
         m = make_method(n)
         t.add_row(n, m.label, "yes" if m.model_changing else "")
     Console().print(t)
-    from engine.methods import CACHE_SIDE, PROMPT_SIDE
+    from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 
     Console().print(f"combinations, each run and measured as one configuration: PROMPT+CACHE with "
                     f"PROMPT in {', '.join(PROMPT_SIDE)} and CACHE in {', '.join(CACHE_SIDE)} "
@@ -93,7 +93,7 @@ def _list() -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from engine.bench import BenchConfig, load_suite, run_bench
+    from engine.bench.harness import BenchConfig, load_suite, run_bench
     from engine.errors import InputError
 
     if args.file:
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def report_table(rep: Any) -> Table:
-    from engine.bench_report import TABLE_COLUMNS, table_rows
+    from engine.bench.report import TABLE_COLUMNS, table_rows
 
     t = Table(title=f"{rep.suite} · {rep.model.get('id')} · {rep.env.get('device')}",
               caption=rep.footer(), caption_justify="left", show_lines=True)
@@ -142,7 +142,7 @@ def legend(rep: Any) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from engine.bench_report import load_report, to_markdown, write_csv, write_pngs
+    from engine.bench.report import load_report, to_markdown, write_csv, write_pngs
     from engine.errors import InputError
     from engine.atomic import write_text
 
@@ -152,7 +152,7 @@ def _report(args: argparse.Namespace) -> int:
     con = Console()
     con.print(report_table(rep))
     con.print(legend(rep))
-    from engine.bench_report import needle_table
+    from engine.bench.report import needle_table
 
     head, needle = needle_table(rep)
     if needle:

@@ -79,9 +79,9 @@ def _figures(r: Any) -> str:
 
 @guard
 def run(args: argparse.Namespace) -> int:
-    from engine.chat import ChatSession
+    from engine.lm.chat import ChatSession
     from engine.errors import InputError
-    from engine.sampling import SamplingConfig
+    from engine.lm.sampling import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed,

@@ -41,7 +41,7 @@ def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
 
 def load_lm(args: argparse.Namespace) -> Any:
     """Load the model named by the args with a transient status line. Raises EngineError."""
-    from engine.model import load_model
+    from engine.lm.model import load_model
 
     c = err_console()
     with c.status(f"loading {args.model}…") as status:

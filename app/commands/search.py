@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from engine.treesearch import TreeConfig
+    from engine.treesearch.search import TreeConfig
 
     return TreeConfig(rollouts=args.rollouts, widening=args.widening, widening_alpha=args.widening_alpha,
                       lam=args.lam, temperature=args.temperature, top_p=args.top_p,
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from engine.errors import InputError
-    from engine.rewards import Completion, parse_reward
+    from engine.treesearch.rewards import Completion, parse_reward
 
     if not args.prompt.strip():
         return fail("empty prompt: nothing to search from")
@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("the chat template produced no tokens")
     cfg.validate(lm.context_length, len(prompt_ids))
 
-    from engine.generate import generate
-    from engine.sampling import SamplingConfig
-    from engine.treesearch import run_tree_search
+    from engine.lm.generate import generate
+    from engine.lm.sampling import SamplingConfig
+    from engine.treesearch.search import run_tree_search
 
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=err, transient=False) as bar:

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 
 def _tokens_text(vocab: Any, ids: list[int], colour: bool = True) -> Text:
     """Tokens in alternating colours; without colour (pipes, NO_COLOR) separated by '│'."""
-    from engine.tokenview import token_label
+    from engine.advtok.tokenview import token_label
 
     if not colour:
         return Text("│" + "│".join(token_label(vocab, t) for t in ids) + "│")
@@ -85,8 +85,8 @@ def _read_text(arg: str) -> str:
 @guard
 def run(args: argparse.Namespace) -> int:
     from engine.atomic import write_text
-    from engine.model import load_tokenizer
-    from engine.tokenview import inspect_text
+    from engine.lm.model import load_tokenizer
+    from engine.advtok.tokenview import inspect_text
 
     text = _read_text(args.text)
     if not text:

@@ -33,11 +33,11 @@ from app.widgets.engine_status import EngineStatus
 from app.widgets.screen_commands import ScreenActions
 from app.widgets.token_strip import TokenStrip
 
-ENGINE_MODULES = ("engine.advtok",)
+ENGINE_MODULES = ("engine.advtok.search",)
 JOB_KIND = "advtok"
 WHAT = "AdvTok — adversarial tokenization of a request (canonical vs adversarial tokens, scores, samples side by side)"
 
-REQUEST_CHARS = 2000        # engine.advtok.AttackConfig.max_request_chars default
+REQUEST_CHARS = 2000        # engine.advtok.search.AttackConfig.max_request_chars default
 TEXT_CHARS = 20_000
 INITS = ("canonical", "random")
 MAX_ITERS = 10_000
@@ -215,7 +215,7 @@ class AttackScreen(ToolScreen):
         """Why a run cannot start now, apart from the form (None: it can)."""
         app: Any = self.app
         if not all(module_available(m) for m in ENGINE_MODULES) or not hasattr(app.engine, "attack"):
-            return "the AdvTok engine (engine.advtok) is not available in this checkout"
+            return "the AdvTok engine (engine.advtok.search) is not available in this checkout"
         if app.model_state == "loading":
             return "loading the model… Run opens when it is ready"
         if app.model_state == "failed" or app.lm is None:

@@ -44,11 +44,11 @@ from app.widgets.screen_commands import ScreenActions
 
 log = logging.getLogger("tokenforge.dashboard")
 
-ENGINE_MODULES = ("engine.bench",)
+ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
 def parse_combinations(text: str) -> list[str]:
     """'prune-nth+kv-fp8, …' → validated combination names ([] when empty); torch-free."""
-    from engine.methods import parse_methods
+    from engine.bench.methods import parse_methods
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if "+" not in n]
@@ -63,13 +63,13 @@ DEFAULT_METHODS = ("baseline", "kv-reuse", "kv-fp8")
 TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s", "KV stored",
                  "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
 MAX_REPEATS = 100
-MAX_NEW_TOKENS = 4096       # engine.bench.BenchConfig.validate
+MAX_NEW_TOKENS = 4096       # engine.bench.harness.BenchConfig.validate
 READ_EVERY = 1.0            # s between re-reads of the runs file while a run goes
 
 
 def suites_available() -> list[str]:
     """Shipped suite names, found without importing the engine's torch parts."""
-    from engine.suite_files import shipped_suites
+    from engine.bench.suite_files import shipped_suites
 
     return shipped_suites()
 
@@ -78,7 +78,7 @@ def suites_available() -> list[str]:
 def suite_counts(name: str) -> dict[str, int]:
     """Entries per query kind of a suite (torch-free; for the grid size and the timeout only:
     the engine parses and validates the suite again). Unreadable lines are skipped."""
-    from engine.suite_files import suite_entries
+    from engine.bench.suite_files import suite_entries
 
     counts: dict[str, int] = {}
     for rec in suite_entries(name):
@@ -89,7 +89,7 @@ def suite_counts(name: str) -> dict[str, int]:
 
 
 def method_choices() -> list[str]:
-    from engine.methods import method_names  # torch-free registry
+    from engine.bench.methods import method_names  # torch-free registry
 
     return method_names()
 
@@ -112,7 +112,7 @@ def parse_runs_path(text: str) -> Path:
 
 def read_report(path: str) -> tuple[Any, list[list[str]]]:
     """Aggregate the runs JSONL and format its table rows (run off the event loop)."""
-    from engine.bench_report import load_report, table_rows
+    from engine.bench.report import load_report, table_rows
 
     rep = load_report(path)
     return rep, table_rows(rep, labels=False)
@@ -250,7 +250,7 @@ class DashboardScreen(ToolScreen):
         def suite() -> str:
             v = self.query_one("#dash-suite", Select).value
             if v is Select.BLANK or not v:
-                raise InputError("suite: none chosen (no suite is shipped in engine/suites)")
+                raise InputError("suite: none chosen (no suite is shipped in engine/bench/suites)")
             return str(v)
 
         values, err = first_error({
@@ -276,7 +276,7 @@ class DashboardScreen(ToolScreen):
         app: Any = self.app
         if (not all(module_available(m) for m in ENGINE_MODULES)
                 or not hasattr(app.engine, "bench")):
-            return "the bench engine (engine.bench) is not available in this checkout"
+            return "the bench engine (engine.bench.harness) is not available in this checkout"
         if app.model_state == "loading":
             return "loading the model… Run opens when it is ready"
         if app.model_state == "failed" or app.lm is None:

@@ -1,7 +1,7 @@
 """Tree-search screen: MaxEnt tree search over tokens toward a reward, through the runner (job kind
 "tree", timeout from settings).
 
-The reward spec is parsed as it is typed (engine.rewards, torch-free): a spec that does not parse
+The reward spec is parsed as it is typed (engine.treesearch.rewards, torch-free): a spec that does not parse
 shows its message inline and keeps Run disabled, as does any other bad field. Plugin rewards run
 the user's own Python code, so they need the explicit "allow plugin" checkbox; a warning says so
 and the plugin module is imported only when the run starts (in the worker). While the search runs,
@@ -34,7 +34,7 @@ from app.validate import (FieldCheck, first_error, parse_choice, parse_float, pa
 from app.widgets.engine_status import EngineStatus
 from app.widgets.screen_commands import ScreenActions
 
-ENGINE_MODULES = ("engine.treesearch",)
+ENGINE_MODULES = ("engine.treesearch.search",)
 JOB_KIND = "tree"
 WHAT = "Tree search over tokens with a reward spec (rollouts, horizon, λ; root children, best vs greedy answer)"
 
@@ -54,7 +54,7 @@ def parse_reward_spec(text: str, allow_plugin: bool) -> Any:
     Plugin specs are checked for shape only (``plugin:module:function``) and need
     ``allow_plugin``: importing the module runs the user's code, which happens when the run
     starts, not on every keystroke."""
-    from engine.rewards import parse_reward  # torch-free
+    from engine.treesearch.rewards import parse_reward  # torch-free
 
     spec = (text or "").strip()
     kind = spec.partition(":")[0].strip().lower()
@@ -218,7 +218,7 @@ class SearchScreen(ToolScreen):
         app: Any = self.app
         if (not all(module_available(m) for m in ENGINE_MODULES)
                 or not hasattr(app.engine, "tree_search")):
-            return "the tree-search engine (engine.treesearch) is not available in this checkout"
+            return "the tree-search engine (engine.treesearch.search) is not available in this checkout"
         if app.model_state == "loading":
             return "loading the model… Run opens when it is ready"
         if app.model_state == "failed" or app.lm is None:

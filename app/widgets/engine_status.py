@@ -16,7 +16,7 @@ from app.engines import module_available
 
 STATE_TEXT = {"ready": "[green]ready[/]", "loading": "[yellow]loading…[/]",
               "failed": "[red]failed[/]", "none": "[dim]not loaded[/]",
-              "unavailable": "[dim]engine.vocab not available[/]"}
+              "unavailable": "[dim]engine.advtok.vocab not available[/]"}
 
 
 class EngineStatus(Static):

@@ -1,7 +1,7 @@
 """Terminal plots of a bench report (textual-plotext): cost-vs-quality scatter, grouped bars of
 medians relative to the baseline, and decode tok/s vs context length.
 
-The data comes from ``engine.bench_report`` (torch-free), the same functions the PNG export uses,
+The data comes from ``engine.bench.report`` (torch-free), the same functions the PNG export uses,
 so the terminal and the files never disagree. Plots are rebuilt only when a new report is shown
 (TUI.md §4: plotext renders on the UI thread; curves are downsampled to about 2x the width).
 """
@@ -58,7 +58,7 @@ class CostQualityPlot(BenchPlot):
     title = "Cost vs quality: KV MiB stored vs KL nats/token (lower-left is better)"
 
     def draw(self, plt: Any, report: Any) -> None:
-        from engine.bench_report import scatter_points
+        from engine.bench.report import scatter_points
 
         for key, x, y in scatter_points(report):
             plt.scatter([x / 2 ** 20], [y], label=key, marker="dot")
@@ -72,7 +72,7 @@ class MedianBarsPlot(BenchPlot):
     title = "Medians ÷ baseline median (decode tok/s: higher is faster)"
 
     def draw(self, plt: Any, report: Any) -> None:
-        from engine.bench_report import bar_groups
+        from engine.bench.report import bar_groups
 
         names, series = bar_groups(report)
         if not series:

@@ -20,7 +20,7 @@ async def until(pilot: Any, cond: Any, timeout: float = 5.0) -> None:
 
 @dataclass
 class FakeResult:
-    """Same fields as engine.generate.GenerationResult (without importing torch)."""
+    """Same fields as engine.lm.generate.GenerationResult (without importing torch)."""
 
     text: str
     token_ids: list[int]
@@ -168,14 +168,14 @@ class FakeEngine:
 
     # -- bench grid (dashboard) ---------------------------------------------------------------
     def bench(self, lm, cfg, out, *, progress=None, cancel=None):
-        """Like engine.bench.run_bench: one "bench" report and one appended record (from the
+        """Like engine.bench.harness.run_bench: one "bench" report and one appended record (from the
         fixture) per grid cell, ``cancel.wait(bench_delay)`` between them; a cancel returns the
         summary with ``cancelled=True`` (the records written so far stay)."""
         self.bench_calls.append((dict(cfg), str(out)))
         if self.bench_fail is not None:
             raise self.bench_fail
         lines = bench_lines()
-        from engine.bench import BenchSummary  # the real result type
+        from engine.bench.harness import BenchSummary  # the real result type
 
         summary = BenchSummary(run_id="fake", out=Path(out))
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ async def test_engine_status_panel(make_app):
 
     class Probe(ToolScreen):
         def compose_body(self):
-            yield EngineStatus(("engine.treesearch", "engine.not_a_module"), "tree", "tree search",
+            yield EngineStatus(("engine.treesearch.search", "engine.not_a_module"), "tree", "tree search",
                                id="probe-status")
 
     app = make_app()
@@ -68,7 +68,7 @@ async def test_engine_status_panel(make_app):
         status = app.screen.query_one("#probe-status", EngineStatus)
         await until(pilot, lambda: "50.0 tok/s" in status.plain())
         text = status.plain()
-        assert "engine.treesearch: importable" in text
+        assert "engine.treesearch.search: importable" in text
         assert "engine.not_a_module: not in this checkout yet" in text
         assert "fake-lm" in text and "tree timeout" in text and "running: none" in text
         assert not status.engine_ready()

@@ -10,7 +10,7 @@ from textual.widgets import Button, Input, Select
 
 from app.messages import JobCancelled, JobFinished, JobProgressed
 from app.widgets.token_strip import changed_tokens, display_token, strip_lines
-from engine.advtok import AttackResult  # imports torch once, at collection, not inside a timed wait
+from engine.advtok.search import AttackResult  # imports torch once, at collection, not inside a timed wait
 from engine.progress import report
 
 from app_fakes import FakeEngine, until
@@ -19,7 +19,7 @@ SIZE = (130, 60)
 
 
 def fake_result(cfg: dict, stop: str, iterations: int, samples: bool = True):
-    """A real engine.advtok.AttackResult built from scripted values."""
+    """A real engine.advtok.search.AttackResult built from scripted values."""
     can_t, can_i = ["Tell", " me", " a", " joke"], [20407, 549, 253, 13434]
     adv_t, adv_i = ["Tell", " me", " ", "a", " j", "oke"], [20407, 549, 216, 78, 474, 6489]
     n = cfg.get("samples", 0) if samples else 0

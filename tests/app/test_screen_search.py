@@ -14,7 +14,7 @@ from app.messages import JobCancelled, JobFinished, JobProgressed
 from app.screens.search import parse_reward_spec
 from engine.errors import InputError
 from engine.progress import report
-from engine.treesearch import TreeResult, TreeSample  # torch once, at collection
+from engine.treesearch.search import TreeResult, TreeSample  # torch once, at collection
 
 from app_fakes import FakeEngine, until
 

@@ -1,0 +1,328 @@
+"""The interface every comparison-dashboard method implements, and the baseline behaviour.
+
+A method is measured by ``engine/bench/harness.py``: ``prepare`` once (calibration time is charged as
+``aux_s``), then ``run`` per query (greedy, timed), ``teacher_forced_logprobs`` on the baseline's
+greedy continuation (fidelity KL), ``nll_bits_per_byte`` on held-out prose for model-changing
+methods, and ``restore`` at the end, because every method shares the one loaded model.
+
+The default :class:`Method` *is* the baseline: the full chat-templated prompt over a fresh
+``DynamicCache`` on the standard Hugging Face forward (so a cache-changing method is compared to
+the same code path, not to a different kernel). A subclass overrides only what it changes:
+
+- ``render_prompt`` / ``document_text``: what is fed (prompt pruning);
+- ``new_state``: which cache (quantized, evicting) and what is already cached (KV reuse);
+- ``feed``: how tokens go through the model (true position ids, eviction after each step);
+- ``kv_bytes`` / ``kv_bytes_peak``: how the cache's resident bytes are counted;
+- ``prepare`` / ``restore``: model changes (hooks, resized embeddings).
+
+Harness contract: methods are interleaved and share one model, so the harness calls ``prepare``
+before *each* measurement of a method (run + its quality passes) and ``restore`` right after.
+Cache expensive work (calibration) on the instance so later calls only re-apply it; the seconds
+returned by the first call are recorded as ``cost.prepare_s``. Per-run extra work (a compressor)
+goes into ``GenState.info["aux_s"]`` and ends up in ``cost.aux_s``. The baseline reference
+(greedy continuation + its log-probs) is always computed on the restored model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from engine.errors import ContextOverflow, InputError
+from engine.lm.forward import StandardForward, get_forward
+from engine.progress import CancelToken, ProgressFn, check
+
+QUERY_KINDS = ("chat", "qa", "long", "prose")
+
+
+@dataclass
+class Query:
+    """One suite entry. For qa/long the ``prompt`` is the question and ``document`` the context
+    it is asked about (methods that prune or evict act on the document)."""
+
+    id: str
+    kind: str  # "chat" | "qa" | "long" | "prose"
+    prompt: str  # the user message (for qa/long: the question; document separate)
+    system: Optional[str] = None
+    document: Optional[str] = None
+    reference: Optional[str] = None
+    turns: list[str] = field(default_factory=list)  # earlier user turns (conversation-reuse row)
+    meta: dict = field(default_factory=dict)  # e.g. {"depth": 0.25, "fact": "...", "replies": [...]}
+
+
+@dataclass
+class MethodOutput:
+    """A measured greedy generation. ``cost`` keys (METHODS.md §4): prompt_tokens_in,
+    prompt_tokens_effective, new_tokens, prefill_s, decode_tok_s, total_s, kv_bytes_stored,
+    kv_bytes_peak (None when unknown), aux_s."""
+
+    token_ids: list[int]
+    text: str
+    cost: dict
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenState:
+    """A generation in progress: the cache, the tokens still to prefill and the true position of
+    the next token (differs from the cache length once a method evicts)."""
+
+    fwd: Any
+    cache: Any
+    pending: list[int]  # prompt ids not yet in the cache
+    pos: int  # true position of pending[0]
+    prompt_tokens_in: int  # the full prompt length this generation answers
+    info: dict = field(default_factory=dict)  # method figures (reused tokens, evicted tokens …)
+
+
+_DOC_MARK = "\u2063TFDOCEND\u2063"
+
+
+class Method:
+    """Baseline behaviour; subclasses override what they change (see the module docstring)."""
+
+    name: str = "baseline"
+    label: str = "Baseline (DynamicCache, full prompt)"
+    model_changing: bool = False
+    speed_note: str = ""
+    forward_path: str = "standard"  # "standard" forces the HF forward; "auto" uses get_forward(lm)
+    tf_chunked: bool = False  # True only where feeding the targets in one chunk is exact (plain cache)
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict = dict(params)
+        self._std: Optional[StandardForward] = None
+        self._std_model: Any = None
+
+    # ---- setup / teardown -------------------------------------------------------------------
+    def prepare(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+                cancel: Optional[CancelToken] = None) -> float:
+        """One-off setup (calibration, hooks); returns the seconds it took (charged as aux)."""
+        return 0.0
+
+    def restore(self, lm: Any) -> None:
+        """Undo every model change made by ``prepare`` (the model is shared)."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "label": self.label, "model_changing": self.model_changing,
+                "speed_note": self.speed_note, "params": dict(self.params),
+                "forward": self.forward_path}
+
+    # ---- prompt -----------------------------------------------------------------------------
+    def forward(self, lm: Any) -> Any:
+        """The forward this method runs on: the standard HF path unless ``forward_path`` is auto."""
+        if self.forward_path == "auto":
+            return get_forward(lm)
+        if self._std is None or self._std_model is not lm.model:
+            self._std = StandardForward(lm.model)
+            self._std_model = lm.model
+        return self._std
+
+    def document_text(self, lm: Any, q: Query) -> Optional[str]:
+        """The context document as this method feeds it (pruning methods shorten it)."""
+        return q.document
+
+    def messages(self, q: Query, document: Optional[str]) -> list[dict[str, str]]:
+        """Chat messages for a query: system, earlier turns (with their fixed replies from
+        ``meta["replies"]``), then the document and the question as the last user message."""
+        msgs: list[dict[str, str]] = []
+        if q.system:
+            msgs.append({"role": "system", "content": q.system})
+        replies = list(q.meta.get("replies", []))
+        for i, t in enumerate(q.turns):
+            msgs.append({"role": "user", "content": t})
+            msgs.append({"role": "assistant", "content": replies[i] if i < len(replies) else "OK."})
+        msgs.append({"role": "user", "content": user_content(q.prompt, document)})
+        return msgs
+
+    def render_prompt(self, lm: Any, q: Query) -> list[int]:
+        """The token ids this method feeds (after any pruning), chat template applied."""
+        return render_chat(lm.tokenizer, self.messages(q, self.document_text(lm, q)))
+
+    def shared_prefix_ids(self, lm: Any, q: Query) -> list[int]:
+        """The part of the prompt that an earlier turn or an earlier question on the same
+        document has already put in a cache: everything before the question text."""
+        doc = self.document_text(lm, q)
+        msgs = self.messages(q, doc)
+        full = render_chat(lm.tokenizer, msgs)
+        marked = [dict(m) for m in msgs]
+        head = (f"Document:\n{doc}\n\nQuestion: " if doc else "")
+        marked[-1]["content"] = head + _DOC_MARK
+        text = lm.tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+        prefix_text = text.split(_DOC_MARK)[0]
+        pre = encode_plain(lm.tokenizer, prefix_text)
+        n = 0
+        while n < min(len(pre), len(full)) and pre[n] == full[n]:
+            n += 1
+        # keep at least one token to prefill: the first logits must come from a forward
+        return full[:min(n, len(full) - 1)]
+
+    # ---- generation -------------------------------------------------------------------------
+    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+        """A fresh cache with the whole prompt pending (baseline)."""
+        fwd = self.forward(lm)
+        return GenState(fwd=fwd, cache=fwd.new_cache(), pending=list(prompt_ids), pos=0,
+                        prompt_tokens_in=len(prompt_ids))
+
+    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+        """Feed ``ids`` after the cache; fp32 logits (len(ids) if keep == 0 else keep, V)."""
+        t = torch.tensor([ids], dtype=torch.long, device=lm.torch_device)
+        out = st.fwd.logits(t, st.cache, keep=keep)[0]
+        st.pos += len(ids)
+        return out
+
+    def base_token_ids(self, ids: list[int]) -> list[int]:
+        """Generated ids in the model's original vocabulary (for the first-divergence index);
+        a method with its own vocabulary (phrase merge) expands its new ids."""
+        return ids
+
+    def kv_bytes(self, st: GenState) -> int:
+        """Bytes the cache holds now, summed from its tensors."""
+        return int(st.fwd.cache_bytes(st.cache))
+
+    def kv_bytes_peak(self, st: GenState) -> Optional[int]:
+        """Peak KV bytes during the run when the method knows it (dequantized copies …)."""
+        return None
+
+    def run(self, lm: Any, q: Query, max_new_tokens: int, *,
+            cancel: Optional[CancelToken] = None) -> MethodOutput:
+        """Greedy generation, timed: prefill (TTFT) then one token per step until EOS or
+        ``max_new_tokens``."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+        prompt = self.render_prompt(lm, q)
+        if not prompt:
+            raise InputError(f"query {q.id!r} renders to an empty prompt")
+        st = self.new_state(lm, q, prompt)
+        if st.pos + len(st.pending) + max_new_tokens > lm.context_length:
+            raise ContextOverflow(
+                f"query {q.id!r}: {st.pos + len(st.pending)} prompt tokens + {max_new_tokens} new "
+                f"> context length {lm.context_length}")
+        eos = set(lm.eos_ids)
+        effective = len(st.pending)
+        out: list[int] = []
+        t0 = time.perf_counter()
+        logits = self.feed(lm, st, st.pending, keep=1)[-1]
+        st.pending = []
+        tok = int(torch.argmax(logits))
+        t_first = time.perf_counter()
+        kv_peak_seen = self.kv_bytes(st)
+        while tok not in eos:
+            out.append(tok)
+            if len(out) >= max_new_tokens:
+                break
+            check(cancel)
+            logits = self.feed(lm, st, [tok], keep=1)[-1]
+            tok = int(torch.argmax(logits))
+        t_end = time.perf_counter()
+        n = len(out)
+        decode_s = t_end - t_first
+        stored = self.kv_bytes(st)
+        peak = self.kv_bytes_peak(st)
+        # the compressor (prompt pruning) runs before the first forward: its seconds are charged
+        # to time-to-first-token and total, and also shown on their own as aux_s
+        aux = float(st.info.pop("aux_s", 0.0))
+        cost = {
+            "prompt_tokens_in": st.prompt_tokens_in,
+            "prompt_tokens_effective": effective,
+            "new_tokens": n,
+            "prefill_s": t_first - t0 + aux,
+            "decode_tok_s": (n - 1) / decode_s if n > 1 and decode_s > 0 else None,
+            "total_s": t_end - t0 + aux,
+            "kv_bytes_stored": stored,
+            "kv_bytes_peak": peak if peak is not None else max(stored, kv_peak_seen),
+            "aux_s": aux,
+        }
+        text = lm.tokenizer.decode(out, skip_special_tokens=True)
+        return MethodOutput(token_ids=out, text=text, cost=cost, extra=dict(st.info))
+
+    def teacher_forced_logprobs(self, lm: Any, q: Query, target_ids: list[int], *,
+                                cancel: Optional[CancelToken] = None) -> torch.Tensor:
+        """(T, V) fp32 log-probs of each target position given this method's prompt and the
+        previous target tokens. Targets are fed one token at a time, exactly as in generation,
+        so methods whose cache changes per step (quantized, evicting) are scored as they run;
+        methods over a plain exact cache set ``tf_chunked`` and feed them in one forward."""
+        if not target_ids:
+            return torch.empty(0, lm.model.config.vocab_size)
+        prompt = self.render_prompt(lm, q)
+        st = self.new_state(lm, q, prompt)
+        rows = [self.feed(lm, st, st.pending, keep=1)[-1]]
+        st.pending = []
+        if self.tf_chunked:
+            if len(target_ids) > 1:
+                check(cancel)
+                rest = self.feed(lm, st, [int(t) for t in target_ids[:-1]], keep=0)
+                rows.extend(rest.unbind(0))
+            return torch.log_softmax(torch.stack(rows).float(), dim=-1)
+        for tok in target_ids[:-1]:
+            check(cancel)
+            rows.append(self.feed(lm, st, [int(tok)], keep=1)[-1])
+        return torch.log_softmax(torch.stack(rows).float(), dim=-1)
+
+    def answer_nll(self, lm: Any, q: Query, answer: str, *,
+                   cancel: Optional[CancelToken] = None) -> Optional[float]:
+        """Mean NLL (nats/token) of the reference answer after this method's prompt."""
+        ids = encode_plain(lm.tokenizer, answer)
+        if not ids:
+            return None
+        lp = self.teacher_forced_logprobs(lm, q, ids, cancel=cancel)
+        idx = torch.tensor(ids, dtype=torch.long).view(-1, 1)
+        return float(-lp.gather(1, idx).mean())
+
+    def nll_bits_per_byte(self, lm: Any, text: str, *,
+                          cancel: Optional[CancelToken] = None) -> Optional[dict]:
+        """Held-out text NLL through the model as this method leaves it (hooks, merged vocab):
+        {"nll" nats/token, "bpb" bits per UTF-8 byte, "ppl", "tokens", "bytes"}."""
+        return text_nll(lm, self.forward(lm), encode_plain(lm.tokenizer, text), text, cancel=cancel)
+
+
+# ---- helpers shared by methods ---------------------------------------------------------------
+def user_content(prompt: str, document: Optional[str]) -> str:
+    """The last user message: document first (so a cache of it serves many questions)."""
+    if document:
+        return f"Document:\n{document}\n\nQuestion: {prompt}"
+    return prompt
+
+
+def encode_plain(tokenizer: Any, text: str) -> list[int]:
+    """Text as ordinary tokens (no BOS, special-token text not turned into control ids)."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False))
+    except TypeError:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the chat-templated conversation, ending with the assistant header."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+    return encode_plain(tokenizer, text)
+
+
+def text_nll(lm: Any, fwd: Any, ids: list[int], text: str, *,
+             cancel: Optional[CancelToken] = None, window: int = 512) -> Optional[dict]:
+    """Teacher-forced NLL of ``ids`` in non-overlapping windows (each starts fresh)."""
+    if len(ids) < 2:
+        return None
+    total = 0.0
+    count = 0
+    window = max(2, min(window, lm.context_length))
+    for s in range(0, len(ids) - 1, window):
+        check(cancel)
+        chunk = ids[s:s + window + 1]
+        if len(chunk) < 2:
+            break
+        t = torch.tensor([chunk[:-1]], dtype=torch.long, device=lm.torch_device)
+        logits = fwd.logits(t, fwd.new_cache(), keep=0)[0]
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        tgt = torch.tensor(chunk[1:], dtype=torch.long, device=lp.device).view(-1, 1)
+        total += float(-lp.gather(1, tgt).sum())
+        count += len(chunk) - 1
+    nbytes = len(text.encode("utf-8"))
+    nll = total / count
+    return {"nll": nll, "bpb": total / (math.log(2) * nbytes) if nbytes else None,
+            "ppl": math.exp(nll), "tokens": count, "bytes": nbytes}

@@ -1,0 +1,91 @@
+"""A combination of a prompt-side method and a cache-side method, run and measured as one
+configuration (``prune-selfinfo+kv-fp8``): never a sum or product of the rows' separate savings.
+
+The prompt side decides *what* is fed (its pruned document, its compressor time as ``aux_s``); the
+cache side decides *how* it is cached and fed (FP8 storage, eviction with true positions) and how
+the cache's bytes are counted. Model-changing methods (sparsity, phrase merge) and conversation
+reuse are not combinable here: their effects touch both sides.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from engine.errors import InputError
+from . import CACHE_SIDE, PROMPT_SIDE, split_combination
+from .base import GenState, Method, Query
+
+
+class Combined(Method):
+    """``prompt`` + ``cache`` as one method. Parameters: ``prompt.KEY`` / ``cache.KEY`` go to the
+    side they name (e.g. ``--param prune-selfinfo+evict-sinks.cache.budget=64``)."""
+
+    def __init__(self, prompt: Method, cache: Method, **params: Any) -> None:
+        super().__init__(**params)
+        self.p, self.c = prompt, cache
+        self.name = f"{prompt.name}+{cache.name}"
+        self.label = f"{prompt.label} + {cache.label} (measured together)"
+        self.model_changing = False
+        self.forward_path = cache.forward_path
+        self.tf_chunked = cache.tf_chunked
+        self.params = {**{f"prompt.{k}": v for k, v in prompt.params.items()},
+                       **{f"cache.{k}": v for k, v in cache.params.items()}}
+
+    # model changes: neither side makes any, but keep the contract
+    def prepare(self, lm: Any, *, progress: Any = None, cancel: Any = None) -> float:
+        return float(self.p.prepare(lm, progress=progress, cancel=cancel) or 0.0) + \
+            float(self.c.prepare(lm, progress=progress, cancel=cancel) or 0.0)
+
+    def restore(self, lm: Any) -> None:
+        self.c.restore(lm)
+        self.p.restore(lm)
+
+    # what is fed: the prompt side
+    def document_text(self, lm: Any, q: Query) -> Optional[str]:
+        return self.p.document_text(lm, q)
+
+    def render_prompt(self, lm: Any, q: Query) -> list[int]:
+        return self.p.render_prompt(lm, q)
+
+    # how it is cached: the cache side, with the prompt side's figures (full prompt, aux time)
+    def forward(self, lm: Any) -> Any:
+        return self.c.forward(lm)
+
+    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+        st = self.c.new_state(lm, q, prompt_ids)
+        ref = self.p.new_state(lm, q, [])  # the prompt side's bookkeeping only (no forward)
+        st.prompt_tokens_in = ref.prompt_tokens_in
+        st.info.update(ref.info)
+        return st
+
+    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+        return self.c.feed(lm, st, ids, keep=keep)
+
+    def kv_bytes(self, st: GenState) -> int:
+        return self.c.kv_bytes(st)
+
+    def kv_bytes_peak(self, st: GenState) -> Optional[int]:
+        return self.c.kv_bytes_peak(st)
+
+    def run(self, lm: Any, q: Query, max_new_tokens: int, *, cancel: Any = None):
+        out = super().run(lm, q, max_new_tokens, cancel=cancel)
+        out.extra = {k: v for k, v in out.extra.items() if not k.startswith("_")}
+        return out
+
+
+def make_combined(name: str, make: Any, **params: Any) -> Combined:
+    """``a+b`` → Combined(make(a), make(b)); an invalid pairing is one InputError saying why."""
+    parts = split_combination(name)
+    if parts is None:
+        raise InputError(f"cannot combine {name!r}",
+                         f"a combination is PROMPT+CACHE with PROMPT in {', '.join(PROMPT_SIDE)} "
+                         f"and CACHE in {', '.join(CACHE_SIDE)}, e.g. prune-selfinfo+kv-fp8")
+    side: dict[str, dict] = {"prompt": {}, "cache": {}}
+    for k, v in params.items():
+        where, dot, key = k.partition(".")
+        if not dot or where not in side:
+            raise InputError(f"unknown parameter {k!r} for {name}",
+                             "combination parameters are prompt.KEY or cache.KEY")
+        side[where][key] = v
+    return Combined(make(parts[0], **side["prompt"]), make(parts[1], **side["cache"]))

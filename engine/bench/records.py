@@ -1,0 +1,107 @@
+"""The bench JSONL record: its schema (version, required keys and types), validation and reading.
+Free of torch so the report and the TUI can read runs without loading the model stack."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+
+SCHEMA_VERSION = 1
+
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+# key -> allowed types; nested dicts list their own required keys
+SCHEMA: dict[str, Any] = {
+    "schema": int, "run_id": str, "time": str, "suite": str, "prompt_id": str, "kind": str,
+    "repeat": int, "method": str, "label": str, "params": dict, "model_changing": bool,
+    "speed_note": str, "max_new_tokens": int, "seed": int,
+    "model": {"id": str, "dtype": str},
+    "env": {"device": str, "torch": str, "transformers": str, "python": str, "loadavg": list,
+            "loadavg_start": list, "cpus": int},
+    "cost": dict, "quality": dict, "status": str, "message": str,
+}
+COST_KEYS: dict[str, tuple] = {
+    "prompt_tokens_in": (int, type(None)), "prompt_tokens_effective": (int, type(None)),
+    "new_tokens": (int, type(None)), "prefill_s": _OPT_NUM, "decode_tok_s": _OPT_NUM,
+    "total_s": _OPT_NUM, "kv_bytes_stored": (int, type(None)), "kv_bytes_peak": (int, type(None)),
+    "rss_peak_bytes": (int, type(None)), "aux_s": _OPT_NUM, "prepare_s": _OPT_NUM,
+}
+QUALITY_KEYS: dict[str, tuple] = {
+    "kl_mean": _OPT_NUM, "kl_max": _OPT_NUM, "top1_agree": _OPT_NUM,
+    "first_divergence": (int, type(None)), "ref_nll": _OPT_NUM, "contains": (bool, type(None)),
+}
+
+
+def validate_record(rec: Any) -> list[str]:
+    """Problems with a bench record (empty list = valid)."""
+    if not isinstance(rec, dict):
+        return ["record is not an object"]
+    errs: list[str] = []
+    for key, typ in SCHEMA.items():
+        if key not in rec:
+            errs.append(f"missing {key!r}")
+            continue
+        val = rec[key]
+        if isinstance(typ, dict):
+            if not isinstance(val, dict):
+                errs.append(f"{key!r} is not an object")
+                continue
+            for sub, st in typ.items():
+                if sub not in val:
+                    errs.append(f"missing {key}.{sub}")
+                elif not isinstance(val[sub], st) or (st is int and isinstance(val[sub], bool)):
+                    errs.append(f"{key}.{sub} has type {type(val[sub]).__name__}")
+        elif not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+            errs.append(f"{key!r} has type {type(val).__name__}")
+    if errs:
+        return errs
+    if rec["schema"] != SCHEMA_VERSION:
+        errs.append(f"schema version {rec['schema']} (expected {SCHEMA_VERSION})")
+    if rec["status"] not in ("ok", "error"):
+        errs.append(f"status {rec['status']!r} is not ok|error")
+    if rec["repeat"] < 0:
+        errs.append("repeat < 0")
+    if rec["status"] == "ok" and rec["kind"] != "prose":
+        for k, t in COST_KEYS.items():
+            if k not in rec["cost"]:
+                errs.append(f"missing cost.{k}")
+            elif not isinstance(rec["cost"][k], t):
+                errs.append(f"cost.{k} has type {type(rec['cost'][k]).__name__}")
+        for k, t in QUALITY_KEYS.items():
+            if k not in rec["quality"]:
+                errs.append(f"missing quality.{k}")
+            elif not isinstance(rec["quality"][k], t):
+                errs.append(f"quality.{k} has type {type(rec['quality'][k]).__name__}")
+    return errs
+
+
+def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
+    """Records of a bench JSONL and the problems found (line numbers): an interrupted write can
+    leave one partial line, which is reported and skipped rather than failing the whole file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such file: {path}")
+    recs: list[dict] = []
+    problems: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            problems.append(f"line {no}: not valid JSON (skipped)")
+            continue
+        errs = validate_record(rec)
+        if errs:
+            problems.append(f"line {no}: {'; '.join(errs[:3])} (skipped)")
+            continue
+        recs.append(rec)
+    return recs, problems
+
+

@@ -1,0 +1,51 @@
+"""Where the shipped query suites live and a lenient, torch-free read of their entries.
+
+``engine.bench.harness.load_suite`` is the strict parser (every malformed line is an error, queries are
+built); the TUI's grid sizing and the report's depth lookup only need the raw entries and must not
+import torch, so they read through :func:`suite_entries`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.errors import InputError
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped in engine/bench/suites."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.jsonl"))
+
+
+def suite_path(name: str) -> Path:
+    """A suite name ('core-v1') → its shipped file; an existing path is used as is."""
+    p = Path(name)
+    if p.suffix == ".jsonl" and p.exists():
+        return p
+    cand = SUITES_DIR / f"{name}.jsonl"
+    if cand.exists():
+        return cand
+    known = shipped_suites()
+    raise InputError(f"unknown suite {name!r}; shipped suites: {', '.join(known) or 'none'}")
+
+
+def suite_entries(name: str) -> list[dict]:
+    """The suite's JSON objects, one per readable line; [] when the suite cannot be found or read
+    (callers use this for sizing and labels, never to validate)."""
+    try:
+        lines = suite_path(name).read_text(encoding="utf-8").splitlines()
+    except (InputError, OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out

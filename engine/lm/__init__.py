@@ -1,0 +1,3 @@
+"""The language-model core: loading, the standard and lean forwards, sampling, the decoding loop,
+chat sessions, chat templates, text streaming. May import only engine's shared plumbing (errors,
+progress, atomic, paths) — never engine.advtok, engine.treesearch or engine.bench."""

@@ -1,0 +1,292 @@
+"""A multi-turn conversation over one growing KV cache.
+
+The system prompt is encoded once (and its cache kept, so a new conversation reuses it); each
+turn feeds only the template glue + the new user message; the assistant's tokens stay in the
+cache; history is never re-encoded — except once when the next turn would overflow the context,
+when the oldest turns are dropped and the kept ones re-encoded from the system cache.
+
+Template glue is found with sentinel messages rendered by the tokenizer's own chat template, so
+any family works (ChatML, Llama-3, Gemma, Mistral, …) without a per-family table. Cached token
+ids are the truth: the conversation is never re-tokenized from text.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from engine.errors import ContextOverflow, InputError
+from engine.lm.forward import get_forward
+from engine.lm.generate import GenerationResult, TokenCallback, generate
+from engine.progress import CancelToken, ProgressFn, check
+from engine.lm.sampling import SamplingConfig
+
+_SENT = "\u2063TFSENT{}\u2063"  # invisible separator makes accidental matches impossible
+
+
+@dataclass
+class Turn:
+    user: str
+    user_ids: list[int]
+    answer: str = ""
+    answer_ids: list[int] = field(default_factory=list)
+    result: Optional[GenerationResult] = None
+
+
+def clean_text(text: str) -> str:
+    """Make user text safe to encode: lone surrogates replaced, NUL and other C0 controls
+    (except tab/newline) dropped. Emoji and combining characters pass through unchanged."""
+    text = text.encode("utf-8", "replace").decode("utf-8") if _has_surrogates(text) else text
+    return "".join(ch for ch in text if ch in "\t\n\r" or not (ord(ch) < 32 or ord(ch) == 127))
+
+
+def _has_surrogates(text: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """User text as ordinary tokens: a literal '<|im_end|>' typed by the user is not a control id."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+    except TypeError:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+class TemplateGlue:
+    """The chat template's text around messages, found with sentinels.
+
+    ``prefix(system)`` is everything before the first user message; ``user_head(i)`` and
+    ``user_tail(i)`` the text before and after user message i (the tail ends with the assistant
+    header); ``answer_end`` closes an assistant message (e.g. ``<|im_end|>\\n``)."""
+
+    def __init__(self, tokenizer: Any, system: Optional[str]) -> None:
+        self.tok = tokenizer
+        self.system = system
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.system_used = True
+        self.warning = ""
+        if not self.has_template:
+            self.warning = "tokenizer has no chat template: plain concatenation"
+
+    def _render(self, msgs: list[dict[str, str]], gen: bool) -> str:
+        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    def _msgs(self, n_turns: int) -> list[dict[str, str]]:
+        msgs: list[dict[str, str]] = []
+        if self.system:
+            msgs.append({"role": "system", "content": self.system})
+        for i in range(n_turns):
+            msgs.append({"role": "user", "content": _SENT.format(f"U{i}")})
+            if i < n_turns - 1:
+                msgs.append({"role": "assistant", "content": _SENT.format(f"A{i}")})
+        return msgs
+
+    def pieces(self, turn_index: int) -> tuple[str, str, str]:
+        """(text before the system-free first user message | between previous answer and this user
+        message, text after this user message up to the assistant header, prefix text)."""
+        if not self.has_template:
+            head = "" if turn_index == 0 else "\n"
+            return head + "User: ", "\nAssistant:", (self.system + "\n") if self.system else ""
+        n = turn_index + 1
+        try:
+            text = self._render(self._msgs(n), True)
+        except Exception as e:  # templates that reject a system role (Gemma)
+            if self.system and "system" in str(e).lower():
+                self.system_used = False
+                self.warning = "this template has no system role: system prompt ignored"
+                sys_saved, self.system = self.system, None
+                try:
+                    return self.pieces(turn_index)
+                finally:
+                    self.system = sys_saved
+            raise InputError(f"chat template failed to render: {e}") from e
+        u = _SENT.format(f"U{turn_index}")
+        if u not in text:
+            raise InputError("chat template drops user messages; cannot build a conversation")
+        before, after = text.split(u, 1)
+        if turn_index == 0:
+            return before, after, ""
+        a = _SENT.format(f"A{turn_index - 1}")
+        if a not in before:
+            raise InputError("chat template drops assistant messages; cannot keep a conversation")
+        return before.split(a, 1)[1], after, before.split(a, 1)[0]
+
+
+class ChatSession:
+    """Multi-turn chat with a conversation KV cache. Not thread-safe: one job at a time."""
+
+    def __init__(self, lm: Any, system: Optional[str] = None,
+                 sampling: Optional[SamplingConfig] = None) -> None:
+        self.lm = lm
+        self.sampling = sampling or SamplingConfig()
+        self.fwd = get_forward(lm)
+        self.turns: list[Turn] = []
+        self.reset(system)
+
+    # -- conversation state -------------------------------------------------------------------
+    def reset(self, system: Optional[str] = ...) -> None:  # type: ignore[assignment]
+        """Start a new conversation; keep the system cache when the system prompt is unchanged."""
+        if system is not ...:
+            system = clean_text(system).strip() if system else None
+            if getattr(self, "system", object()) != system or not hasattr(self, "_sys_cache"):
+                self.system = system
+                self.glue = TemplateGlue(self.lm.tokenizer, system)
+                self._sys_cache = None
+                self._sys_ids: list[int] = []
+        self.turns = []
+        self.cache = None
+        self.ids: list[int] = []  # every conversation token, in order (the cache holds a prefix)
+
+    def _system_cache(self) -> Any:
+        """Encode the text before the first user turn once; later conversations fork it."""
+        if self._sys_cache is None:
+            before, _, _ = self.glue.pieces(0)
+            self._sys_ids = self._encode_template(before)
+            cache = self.fwd.new_cache()
+            if self._sys_ids:
+                import torch
+
+                ids = torch.tensor([self._sys_ids], device=self.lm.torch_device)
+                self.fwd.logits(ids, cache, keep=1)
+            self._sys_cache = cache
+        return self._sys_cache
+
+    def _encode_template(self, text: str) -> list[int]:
+        """Template text: special tokens are parsed (they are the template's own)."""
+        if not text:
+            return []
+        return list(self.lm.tokenizer.encode(text, add_special_tokens=False))
+
+    def _turn_ids(self, i: int, turn: Turn, with_answer: bool) -> list[int]:
+        head, tail, _ = self.glue.pieces(i)
+        if i == 0:
+            head_ids: list[int] = []  # the text before the first user message is the system prefix
+        else:
+            head_ids = self._encode_template(head)
+        ids = head_ids + turn.user_ids + self._encode_template(tail)
+        if with_answer:
+            ids += turn.answer_ids
+        return ids
+
+    def _rebuild(self, turns: list[Turn]) -> list[int]:
+        self._system_cache()
+        ids = list(self._sys_ids)
+        for i, t in enumerate(turns):
+            ids += self._turn_ids(i, t, with_answer=True)
+        return ids
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for t in self.turns:
+            out.append({"role": "user", "content": t.user})
+            if t.result is not None:
+                out.append({"role": "assistant", "content": t.answer})
+        return out
+
+    # -- one turn -----------------------------------------------------------------------------
+    def send(self, text: str, *, on_token: Optional[TokenCallback] = None,
+             progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+             sampling: Optional[SamplingConfig] = None) -> GenerationResult:
+        """Answer ``text``. Only the new tokens are prefilled. A cancel returns the partial
+        answer (stop_reason 'cancelled'), which stays in the conversation."""
+        cfg = (sampling or self.sampling).validate(self.lm.context_length)
+        if text is None or not str(text).strip():
+            raise InputError("empty message: type something first")
+        text = clean_text(str(text))
+        check(cancel)
+        sys_cache = self._system_cache()
+        if self.cache is None:
+            self.cache = self.fwd.fork(sys_cache)
+            self.ids = list(self._sys_ids)
+        turn = Turn(user=text, user_ids=encode_text(self.lm.tokenizer, text))
+        new_ids = self._turn_ids(len(self.turns), turn, with_answer=False)
+        ctx = self.lm.context_length
+        dropped = 0
+        notes: list[str] = []
+        if len(self._sys_ids) + len(new_ids) + cfg.max_new_tokens > ctx and not self.turns:
+            raise ContextOverflow(
+                f"message is {len(turn.user_ids)} tokens; with the system prompt "
+                f"({len(self._sys_ids)}) and max_new_tokens ({cfg.max_new_tokens}) that exceeds the "
+                f"context of {ctx} tokens")
+        if len(self.ids) + len(new_ids) + cfg.max_new_tokens > ctx:
+            # drop the oldest turns until the kept ones + this turn fit; re-encode once
+            kept = list(self.turns)
+            while kept:
+                kept.pop(0)
+                dropped += 1
+                trial = self._rebuild(kept) + self._turn_ids(len(kept), turn, with_answer=False)
+                if len(trial) + cfg.max_new_tokens <= ctx:
+                    break
+            self.turns = kept
+            self.ids = self._rebuild(kept)
+            self.cache = self.fwd.fork(sys_cache)
+            new_ids = self._turn_ids(len(kept), turn, with_answer=False)
+            if len(self.ids) + len(new_ids) + cfg.max_new_tokens > ctx:
+                raise ContextOverflow(
+                    f"message is {len(turn.user_ids)} tokens and does not fit the context of {ctx} "
+                    f"even without history (max_new_tokens {cfg.max_new_tokens})")
+            notes.append(f"context full: dropped the {dropped} oldest turn(s) and re-encoded "
+                         f"{len(self.ids) - len(self._sys_ids)} history tokens once")
+        cached = self.fwd.cache_len(self.cache)
+        feed = self.ids[cached:] + new_ids  # uncached conversation tail + this turn
+        result, self.cache = generate(self.lm, feed, cfg, cache=self.cache, on_token=on_token,
+                                      progress=progress, cancel=cancel,
+                                      prompt_tokens=cached + len(feed))
+        # cache now holds everything fed + all generated tokens but the last
+        self.ids = self.ids + new_ids + result.token_ids
+        turn.answer, turn.answer_ids, turn.result = result.text, list(result.token_ids), result
+        self.turns.append(turn)
+        result.dropped_turns = dropped
+        result.notes.extend(notes)
+        if self.glue.warning:
+            result.notes.append(self.glue.warning)
+        return result
+
+    def regenerate(self, *, on_token: Optional[TokenCallback] = None,
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+                   sampling: Optional[SamplingConfig] = None) -> GenerationResult:
+        """Drop the last answer and answer the last user message again.
+
+        The conversation is rolled back to just before the last turn: the cache is forked at
+        that length (a view, no re-encoding) and ``ids``/``turns`` trimmed, then the message is
+        sent again, so only that turn's tokens are prefilled."""
+        if not self.turns or self.cache is None:
+            raise InputError("nothing to regenerate: send a message first")
+        (sampling or self.sampling).validate(self.lm.context_length)  # refuse before rolling back
+        last = self.turns[-1]
+        i = len(self.turns) - 1
+        start = len(self.ids) - len(last.answer_ids) - len(self._turn_ids(i, last, with_answer=False))
+        if start < len(self._sys_ids):  # ids out of step with the turns: never expected
+            raise InputError("cannot regenerate: conversation state is inconsistent; start a new chat")
+        check(cancel)
+        self.cache = self.fwd.fork(self.cache, keep=min(start, self.fwd.cache_len(self.cache)))
+        self.ids = self.ids[:start]
+        self.turns = self.turns[:-1]
+        return self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
+                         sampling=sampling)
+
+    # -- export ---------------------------------------------------------------------------------
+    def to_markdown(self) -> str:
+        lines = [f"# Conversation with {self.lm.name}", ""]
+        if self.system:
+            lines += ["**System:** " + self.system, ""]
+        for t in self.turns:
+            lines += ["**User:** " + t.user, "", "**Assistant:** " + t.answer, ""]
+            if t.result is not None:
+                r = t.result
+                lines += [f"_{r.new_tokens} tokens · TTFT {r.ttft_s:.2f} s · {r.decode_tok_s:.1f} tok/s"
+                          f" · stop: {r.stop_reason}_", ""]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        data = {
+            "model": self.lm.name, "system": self.system,
+            "sampling": {k: getattr(self.sampling, k) for k in
+                         ("max_new_tokens", "temperature", "top_k", "top_p", "seed")},
+            "turns": [{"user": t.user, "assistant": t.answer,
+                       "metrics": t.result.to_dict() if t.result else None} for t in self.turns],
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return json.dumps(data, ensure_ascii=False, indent=2)

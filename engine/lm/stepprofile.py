@@ -1,0 +1,90 @@
+"""Where one decode step's time goes: matrix multiplies (layers and LM head apart), attention, and
+everything else (norms, RoPE, cache writes, masks, dispatch). The foundation and decode benchmarks
+call :func:`decode_step_profile` for either engine path so the answer comes from one place."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul_out",
+              "aten::_weight_int8pack_mm", "quantized::linear_dynamic")
+ATTENTION_PREFIX = "aten::_scaled_dot_product"
+
+
+@dataclass
+class StepProfile:
+    """Per-step milliseconds from torch.profiler (self CPU time), averaged over ``steps``."""
+
+    path: str
+    steps: int
+    context: int
+    step_ms: float          # wall time per step under the profiler
+    layer_matmul_ms: float  # q/k/v/o and MLP projections
+    head_ms: float          # the LM head matmul
+    attention_ms: float     # SDPA kernels
+    rest_ms: float          # norms, RoPE, cache writes, masks, sampling glue, Python dispatch
+    unprofiled_step_ms: float  # the same steps without the profiler (its overhead inflates "rest")
+
+    @property
+    def matmul_ms(self) -> float:
+        return self.layer_matmul_ms + self.head_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["matmul_ms"] = self.matmul_ms
+        d["matmul_share"] = self.matmul_ms / self.step_ms if self.step_ms else 0.0
+        return d
+
+
+def decode_step_profile(lm: Any, path: str = "standard", *, steps: int = 16,
+                        prompt_ids: Optional[Sequence[int]] = None) -> StepProfile:
+    """Profile ``steps`` greedy batch-1 decode steps on ``path`` ("standard" or "fast") after a
+    short prompt. Restores ``lm.engine_path`` afterwards."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.lm.forward import get_forward
+
+    saved = getattr(lm, "engine_path", "fast")
+    lm.engine_path = path
+    try:
+        fwd = get_forward(lm)
+        if prompt_ids is None:
+            prompt_ids = lm.tokenizer.encode("Write a short story about a lighthouse keeper who finds a bottle.")
+        vocab = int(fwd.head(torch.zeros(1, 1, lm.config.hidden_size, device=lm.torch_device)).shape[-1])
+        cache = fwd.new_cache()
+        nxt = fwd.logits(torch.tensor([list(prompt_ids)], device=lm.torch_device), cache)[:, -1].argmax(-1, keepdim=True)
+        for _ in range(3):
+            nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
+        plain = (time.perf_counter() - t0) / steps
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
+            wall = (time.perf_counter() - t0) / steps
+        # the lean path may split the head's 'vocab' output rows into blocks (fastpath._linear)
+        head_dims = {str(vocab // p) for p in range(1, 9) if vocab % p == 0}
+        layer_mm = head = attn = 0.0
+        for ev in prof.key_averages(group_by_input_shape=True):
+            if ev.key in MATMUL_OPS:
+                shapes = str(ev.input_shapes)
+                if any(d in shapes for d in head_dims):
+                    head += ev.self_cpu_time_total
+                else:
+                    layer_mm += ev.self_cpu_time_total
+            elif ev.key.startswith(ATTENTION_PREFIX):
+                attn += ev.cpu_time_total  # the kernel and whatever it calls
+        us = 1e3 * steps
+        layer_mm, head, attn = layer_mm / us, head / us, attn / us
+        step_ms = wall * 1e3
+        return StepProfile(path=fwd.name, steps=steps, context=fwd.cache_len(cache), step_ms=step_ms,
+                           layer_matmul_ms=layer_mm, head_ms=head, attention_ms=attn,
+                           rest_ms=max(step_ms - layer_mm - head - attn, 0.0),
+                           unprofiled_step_ms=plain * 1e3)
+    finally:
+        lm.engine_path = saved

@@ -1,0 +1,97 @@
+"""Terminal plots render in a headless App.run_test(); the dashboard screen runs a small grid on
+the tiny model through the runner, shows the aggregate table and exports PNGs + CSV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+
+from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot, downsample
+from engine.bench.report import load_report
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"
+
+
+class PlotsApp(App):
+    def compose(self) -> ComposeResult:
+        yield CostQualityPlot(id="a")
+        yield MedianBarsPlot(id="b")
+        yield SpeedContextPlot(id="c")
+
+
+async def test_plots_render_headless():
+    rep = load_report(FIXTURE)
+    app = PlotsApp()
+    async with app.run_test(size=(120, 60)) as pilot:
+        for pid in ("#a", "#b", "#c"):
+            app.query_one(pid).show(rep)
+        await pilot.pause()
+        for pid in ("#a", "#b", "#c"):
+            w = app.query_one(pid)
+            assert w.drawn == 1
+            text = w.render().plain
+            assert "kv-fp8" in text  # legend entries are drawn
+            assert len(text.splitlines()) >= 10
+        empty = app.query_one("#a")
+        empty.show(None)
+        await pilot.pause()
+        assert "no data yet" in empty.render().plain
+
+
+def test_downsample_keeps_ends():
+    pts = [(float(i), float(i)) for i in range(1000)]
+    d = downsample(pts, 100)
+    assert len(d) <= 101 and d[0] == pts[0] and d[-1] == pts[-1]
+    assert downsample(pts[:5], 100) == pts[:5]
+
+
+async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
+    from textual.widgets import DataTable, Input, SelectionList
+
+    from app.app import TokenforgeApp
+    from app.settings import AppSettings
+
+    settings = AppSettings()
+    settings.export_dir = tmp_path / "exports"
+    app = TokenforgeApp(lm=tiny_lm, settings=settings, autoload=False, install_signals=False)
+    async with app.run_test(size=(160, 60)) as pilot:
+        app.lm, app.model_state = tiny_lm, "ready"
+        app.switch_mode("dashboard")
+        await pilot.pause()
+        scr = app.screen
+        kinds = scr.query_one("#dash-kinds", SelectionList)
+        kinds.deselect("qa")  # chat only: 8 short queries
+        methods = scr.query_one("#dash-methods", SelectionList)
+        methods.deselect("kv-reuse")
+        scr.query_one("#dash-repeats", Input).value = "1"
+        scr.query_one("#dash-mnt", Input).value = "4"
+        out = tmp_path / "runs.jsonl"
+        scr.query_one("#dash-out", Input).value = str(out)
+        await pilot.pause(0.05)
+        scr.action_run()
+        await scr.job.wait()
+        assert out.exists()
+        table = scr.query_one("#dash-table", DataTable)
+        for _ in range(200):  # the runs file is re-read off the event loop
+            await pilot.pause(0.02)
+            if table.row_count == 2 and not scr._reading:
+                break
+        assert table.row_count == 2  # baseline, kv-fp8
+        assert scr.query_one("#plot-cost").drawn >= 1
+        scr.action_export()
+        await scr.job.wait()
+        await pilot.pause(0.2)
+        pngs = list((tmp_path / "exports").glob("*.png"))
+        assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+        assert list((tmp_path / "exports").glob("*.csv"))
+        (copy,) = list((tmp_path / "exports").glob("*.jsonl"))
+        assert copy.read_bytes() == out.read_bytes()  # the records behind the figures
+        # bad input: repeats 0 is refused with one message, nothing started
+        scr.query_one("#dash-repeats", Input).value = "0"
+        await pilot.pause(0.05)
+        assert scr.query_one("#dash-run").disabled
+        scr.action_run()
+        assert not scr.busy
+        assert "repeats" in str(scr.query_one("#dash-error").render())
+        for j in app.runner.jobs.values():
+            j.cancel("shutdown")

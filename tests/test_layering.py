@@ -1,0 +1,75 @@
+"""Import direction, checked statically over every module's AST (also imports inside functions):
+the engine imports nothing from the app or the UI libraries, and each engine package imports only
+what its ``__init__`` docstring allows."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "engine"
+
+# package -> engine packages it must never import
+FORBIDDEN = {
+    "engine": ("app", "textual", "rich"),
+    "engine.lm": ("engine.advtok", "engine.treesearch", "engine.bench"),
+    "engine.treesearch": ("engine.advtok", "engine.bench"),
+    "engine.advtok": ("engine.treesearch", "engine.bench"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, relative imports resolved against its package."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return found
+
+
+def engine_files() -> list[Path]:
+    return sorted(ENGINE.rglob("*.py"))
+
+
+def test_imports_are_resolved():
+    """The checker itself sees the imports it should (so the rules below can fail)."""
+    found = imports_of(ENGINE / "lm" / "chat.py")
+    assert "engine.lm.forward" in found and "engine.errors" in found
+    methods = imports_of(ENGINE / "bench" / "methods" / "combined.py")
+    assert "engine.bench.methods" in methods
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_import_direction(package):
+    folder = ROOT.joinpath(*package.split("."))
+    bad = []
+    for path in sorted(folder.rglob("*.py")):
+        for target in imports_of(path):
+            if any(target == f or target.startswith(f + ".") for f in FORBIDDEN[package]):
+                bad.append(f"{path.relative_to(ROOT)} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_engine_package_says_what_it_may_import():
+    for init in ENGINE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert doc and "import" in doc, f"{init.relative_to(ROOT)} has no import rule in its docstring"
