@@ -18,131 +18,18 @@ from typing import Any, Iterable, Optional
 
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual import events
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
-from textual.widgets import Button, Input, Label, Markdown, Static, TextArea
+from textual.widgets import Button, Input, Label, Static, TextArea
 
 from engine.errors import InputError
 
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
 from app.screens.base import ToolScreen
+from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
+from app.widgets.composer import Composer
 from app.validate import FieldCheck, optional_text, require_text
 
 PROMPT_LIMIT = 100_000
-
-
-def answer_figures(r: Any, stopped: bool = False) -> str:
-    """One line of per-answer figures."""
-    s = (f"{r.new_tokens} tokens · TTFT {r.ttft_s:.2f} s · {r.decode_tok_s:.1f} tok/s · "
-         f"prefill {r.prefill_tokens} · stop: {r.stop_reason}")
-    if getattr(r, "dropped_turns", 0):
-        s += f" · dropped {r.dropped_turns} old turn(s)"
-    if stopped and r.stop_reason != "cancelled":
-        s += " · stopped"
-    return s
-
-
-#: the app's screen keys; TextArea binds f6 to select_line, which would swallow F6 (settings)
-#: while the composer has focus
-APP_KEYS = frozenset({"f1", "f2", "f3", "f4", "f5", "f6"})
-
-
-def _composer_bindings() -> list:
-    """TextArea's bindings minus those on the app's screen keys."""
-    return [b for b in TextArea.BINDINGS
-            if not (isinstance(b, Binding) and set(b.key.split(",")) & APP_KEYS)]
-
-
-class Composer(TextArea, inherit_bindings=False):
-    """Multi-line message box. TextArea inserts a newline on Enter in its own ``_on_key``; this
-    subclass's ``_on_key`` runs first (Textual dispatches along the MRO and stops at
-    ``prevent_default``), so Enter posts ``Submitted`` instead and the newline keys insert "\n".
-    Terminals send ctrl+j as a distinct byte (LF); shift+enter and alt+enter only arrive as
-    their own keys where the terminal reports them (kitty keyboard protocol), else as enter."""
-
-    NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter", "ctrl+enter"})
-    BINDINGS = _composer_bindings()
-
-    class Submitted(Message):
-        """Enter was pressed in the composer."""
-
-        def __init__(self, composer: "Composer") -> None:
-            super().__init__()
-            self.composer = composer
-
-        @property
-        def control(self) -> "Composer":
-            return self.composer
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("soft_wrap", True)
-        kwargs.setdefault("tab_behavior", "focus")
-        kwargs.setdefault("show_line_numbers", False)
-        super().__init__(**kwargs)
-
-    @property
-    def value(self) -> str:
-        return self.text
-
-    @value.setter
-    def value(self, text: str) -> None:
-        self.load_text(text)
-        self.move_cursor(self.document.end)
-
-    async def _on_key(self, event: events.Key) -> None:
-        if self.read_only:
-            return
-        if event.key == "enter":
-            event.stop()
-            event.prevent_default()
-            self.post_message(self.Submitted(self))
-        elif event.key in self.NEWLINE_KEYS:
-            event.stop()
-            event.prevent_default()
-            start, end = self.selection
-            self.replace("\n", start, end, maintain_selection_offset=False)
-
-
-class UserMessage(Static):
-    """A user turn."""
-
-
-class AssistantMessage(Vertical):
-    """An assistant turn: Markdown body (streamed, then final) and a figures line."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.text = ""
-        self.stream: Any = None
-
-    def compose(self) -> ComposeResult:
-        yield Markdown("", classes="answer-body")
-        yield Static("[dim]…thinking[/]", classes="answer-figures")
-
-    @property
-    def body(self) -> Markdown:
-        return self.query_one(Markdown)
-
-    @property
-    def figures(self) -> Static:
-        return self.query_one(".answer-figures", Static)
-
-    async def append(self, text: str) -> None:
-        self.text += text
-        if self.stream is None:
-            self.stream = Markdown.get_stream(self.body)
-        await self.stream.write(text)
-
-    async def finish(self, final_text: Optional[str], figures: str, error: bool = False) -> None:
-        if self.stream is not None:
-            await self.stream.stop()
-            self.stream = None
-        if final_text is not None:
-            self.text = final_text
-        await self.body.update(self.text or ("" if error else "_(no text)_"))
-        self.figures.update(figures)
-        self.set_class(error, "-error")
 
 
 class ChatScreen(ToolScreen):

@@ -11,7 +11,9 @@ from textual.widgets import Button, Input
 
 from app.app import TokenforgeApp
 from app.messages import JobCancelled, JobFailed, JobStuck, TokensGenerated
-from app.screens.chat import AssistantMessage, ChatScreen, Composer, UserMessage
+from app.screens.chat import ChatScreen
+from app.widgets.chat_messages import AssistantMessage, UserMessage
+from app.widgets.composer import Composer
 from engine.errors import InputError, ModelNotFound
 
 from app_fakes import FakeEngine, until

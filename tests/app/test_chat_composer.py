@@ -6,7 +6,8 @@ from textual.widgets import Button
 
 from app.engines import Engine
 from app.messages import JobFinished
-from app.screens.chat import AssistantMessage, Composer, UserMessage
+from app.widgets.chat_messages import AssistantMessage, UserMessage
+from app.widgets.composer import Composer
 from app.settings import SamplingSettings
 
 from app_fakes import FakeEngine, until

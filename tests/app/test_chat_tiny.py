@@ -8,7 +8,8 @@ from textual.widgets import Input
 
 from app.engines import Engine
 from app.messages import JobCancelled, JobFinished, TokensGenerated
-from app.screens.chat import AssistantMessage, Composer
+from app.widgets.chat_messages import AssistantMessage
+from app.widgets.composer import Composer
 from app.settings import SamplingSettings
 
 from app_fakes import until

@@ -1,0 +1,61 @@
+"""The chat transcript's widgets: a user turn, an assistant turn (streamed Markdown, then one
+final update) and the per-answer figures line."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Markdown, Static
+
+
+def answer_figures(r: Any, stopped: bool = False) -> str:
+    """One line of per-answer figures."""
+    s = (f"{r.new_tokens} tokens · TTFT {r.ttft_s:.2f} s · {r.decode_tok_s:.1f} tok/s · "
+         f"prefill {r.prefill_tokens} · stop: {r.stop_reason}")
+    if getattr(r, "dropped_turns", 0):
+        s += f" · dropped {r.dropped_turns} old turn(s)"
+    if stopped and r.stop_reason != "cancelled":
+        s += " · stopped"
+    return s
+
+
+class UserMessage(Static):
+    """A user turn."""
+
+
+class AssistantMessage(Vertical):
+    """An assistant turn: Markdown body (streamed, then final) and a figures line."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text = ""
+        self.stream: Any = None
+
+    def compose(self) -> ComposeResult:
+        yield Markdown("", classes="answer-body")
+        yield Static("[dim]…thinking[/]", classes="answer-figures")
+
+    @property
+    def body(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    @property
+    def figures(self) -> Static:
+        return self.query_one(".answer-figures", Static)
+
+    async def append(self, text: str) -> None:
+        self.text += text
+        if self.stream is None:
+            self.stream = Markdown.get_stream(self.body)
+        await self.stream.write(text)
+
+    async def finish(self, final_text: Optional[str], figures: str, error: bool = False) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+            self.stream = None
+        if final_text is not None:
+            self.text = final_text
+        await self.body.update(self.text or ("" if error else "_(no text)_"))
+        self.figures.update(figures)
+        self.set_class(error, "-error")
