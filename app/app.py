@@ -6,6 +6,12 @@ quit"); with nothing running it quits gracefully (threads get ``SHUTDOWN_GRACE``
 press within ``FORCE_WINDOW`` s restores the terminal and exits at once (``os._exit(130)``), even
 when a thread is stuck inside one long model call. ``kill -INT`` behaves the same; SIGTERM and
 SIGHUP quit gracefully; ctrl+q quits gracefully.
+
+The Ctrl+C binding is a *priority* binding, so it beats the copy binding of a focused Input or
+TextArea (which would otherwise take the key whenever text is selected, and the contract would
+break). Copy keeps working where it cannot cost a cancel: with nothing running, a first Ctrl+C
+with text selected copies it (and says so) instead of quitting; a second press still force-quits.
+``ctrl+insert`` copies at any time.
 """
 from __future__ import annotations
 
@@ -76,8 +82,12 @@ class TokenforgeApp(App):
     FORCE_WINDOW = 2.0
     SHUTDOWN_GRACE = 2.0  # issue 6: threads finished or abandoned within 2 s
     BINDINGS = [
-        Binding("ctrl+c", "interrupt", "Stop/Quit", id="interrupt",
-                tooltip="Stop running jobs; when idle quit; twice within 2 s: force quit"),
+        # priority: a focused field's copy binding must never swallow the cancel / force quit
+        Binding("ctrl+c", "interrupt", "Stop/Quit", id="interrupt", priority=True,
+                tooltip="Stop running jobs; idle: copy the selection, else quit; "
+                        "twice within 2 s: force quit"),
+        Binding("ctrl+insert", "copy_selection", "Copy", id="copy", show=False,
+                tooltip="Copy the selected text"),
         Binding("ctrl+q", "quit", "Quit", priority=True, id="quit", tooltip="Quit gracefully"),
         Binding("f1", "toggle_keys", "Keys", id="help", tooltip="Show or hide the key list"),
         Binding("f2", "show('chat')", "Chat", id="screen.chat", tooltip="Chat screen"),
@@ -363,9 +373,31 @@ class TokenforgeApp(App):
             n = self.runner.cancel_all("user")
             self.notify(f"Cancelling {n} job(s)… press Ctrl+C again to force quit",
                         severity="warning", timeout=self.FORCE_WINDOW + 1)
+        elif self.action_copy_selection():
+            self.notify("Copied the selection · Ctrl+C again to force quit, ctrl+q to quit",
+                        timeout=self.FORCE_WINDOW)
         else:
             self.notify("Quitting… press Ctrl+C again to force quit", timeout=self.FORCE_WINDOW)
             self._start_shutdown()
+
+    def selected_text(self) -> str:
+        """The text a copy would take: the focused field's selection, else the screen's (mouse)
+        selection; "" when nothing is selected."""
+        focused = self.focused
+        text = getattr(focused, "selected_text", "") if focused is not None else ""
+        if isinstance(text, str) and text:
+            return text
+        try:
+            return self.screen.get_selected_text() or ""
+        except Exception:  # no screen yet / a selection Textual cannot read
+            return ""
+
+    def action_copy_selection(self) -> bool:
+        """Copy the selection to the clipboard (OSC 52 where the terminal allows); True if any."""
+        text = self.selected_text()
+        if text:
+            self.copy_to_clipboard(text)
+        return bool(text)
 
     async def action_quit(self) -> None:
         """ctrl+q / SIGTERM / SIGHUP: graceful (a worker, so the loop stays free for Ctrl+C)."""

@@ -125,3 +125,32 @@ def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
         rc = _finish(p, master, 20)
         assert rc == 130
         assert _tty_sane(slave)
+
+
+SHIFT_HOME = b"\x1b[1;2H"  # selects from the cursor to the line start in the message box
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm):
+    """Issue 16.1: the message box has focus with its text selected (its own copy binding would
+    take Ctrl+C). Mid-answer the first press still cancels ("Cancelling", the app stays); idle it
+    copies ("Copied", the app stays); a second press force-quits with 130, terminal restored."""
+    with _app_in_pty("default", None) as (p, master, slave):
+        assert b"SmolLM2" in _read_until(master, b"SmolLM2", 90)
+        _drain(master, 4.0)
+        os.write(master, b"Write a very long story about the sea, with many chapters.\r")
+        _drain(master, 1.0)
+        os.write(master, b"selected words" + SHIFT_HOME)
+        _drain(master, 0.3)
+        os.write(master, b"\x03")
+        assert b"Cancelling" in _read_until(master, b"Cancelling", 10)
+        _drain(master, 3.0)  # past the 2 s force window
+        assert p.poll() is None  # cancelled, not quit
+        os.write(master, SHIFT_HOME)
+        _drain(master, 0.3)
+        os.write(master, b"\x03")
+        assert b"Copied" in _read_until(master, b"Copied", 10)
+        assert p.poll() is None
+        os.write(master, b"\x03")
+        assert _finish(p, master, 20) == 130
+        assert _tty_sane(slave)
