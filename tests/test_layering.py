@@ -73,3 +73,58 @@ def test_every_engine_package_says_what_it_may_import():
     for init in ENGINE.rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
         assert doc and "import" in doc, f"{init.relative_to(ROOT)} has no import rule in its docstring"
+
+
+def _module_file(dotted: str) -> Path | None:
+    base = ROOT.joinpath(*dotted.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _defined_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def test_every_project_import_resolves():
+    """Every ``from engine…/app… import name`` names a real module or a name defined there, so a
+    guarded import (``try: … except ImportError``) can never hide a stale path after a move."""
+    bad = []
+    for folder in ("engine", "app", "bench", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            name = module_name(path)
+            package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom):
+                    if node.level:
+                        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                        target = ".".join(parts + ([node.module] if node.module else []))
+                    else:
+                        target = node.module or ""
+                    if target.split(".")[0] not in ("engine", "app"):
+                        continue
+                    src = _module_file(target)
+                    if src is None:
+                        bad.append(f"{path.relative_to(ROOT)}: no module {target}")
+                        continue
+                    defined = _defined_names(src)
+                    for alias in node.names:
+                        if alias.name != "*" and alias.name not in defined \
+                                and _module_file(f"{target}.{alias.name}") is None:
+                            bad.append(f"{path.relative_to(ROOT)}: {target} has no {alias.name}")
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        if alias.name.split(".")[0] in ("engine", "app") and _module_file(alias.name) is None:
+                            bad.append(f"{path.relative_to(ROOT)}: no module {alias.name}")
+    assert not bad, "\n".join(bad)

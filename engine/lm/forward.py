@@ -203,7 +203,7 @@ def get_forward(lm: Any) -> Forward:
     fwd = StandardForward(lm.model)
     if want == "fast":
         try:
-            from engine import fastpath  # noqa: F401  (added by the fast-decode work)
+            from engine.lm import fastpath
 
             lean = fastpath.make_lean_forward(lm.model)
             if lean is not None:
