@@ -38,6 +38,11 @@ def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from app.commands.attack_eval import main as attack_action, route
+
+    sub_argv = route(sys.argv[1:] if argv is None else argv)
+    if sub_argv is not None:        # attack judge | report | merge: their own parser
+        return attack_action(sub_argv)
     mods = _load_commands()
     parser = build_parser(mods)
     args = parser.parse_args(argv)

@@ -1,19 +1,16 @@
 """``tokenforge attack``: AdvTok from the command line — one request (a progress line per
 iteration, then canonical vs adversarial tokens, scores and samples side by side) or a JSONL
-dataset run that appends one line per finished row and resumes where it stopped."""
+dataset run (app/commands/attack_eval.py) that appends one line per finished row and resumes
+where it stopped."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -68,11 +65,15 @@ def register(sub: Any) -> None:
                    help="allow models without a chat template (plain 'User:/Assistant:' text)")
     p.add_argument("--json", metavar="FILE", default=None,
                    help="write the full result as JSON (FILE '-' = standard output)")
-    p.add_argument("--dataset", metavar="ROWS.jsonl", default=None,
-                   help="run every row {request, response, optional system} of a JSONL file")
+    p.add_argument("--dataset", metavar="FILE", default=None,
+                   help="run every row of a benchmark file: JSONL {request, response, category, "
+                        "id, system} or AdvBench/HarmBench/JailbreakBench CSV (auto-detected)")
     p.add_argument("--out", metavar="RESULTS.jsonl", default=None,
                    help="with --dataset: append one JSON line per finished row; rows already "
-                        "there are skipped (resume)")
+                        "there (or in its shards) are skipped (resume by row id)")
+    from app.commands.attack_eval import add_dataset_args
+
+    add_dataset_args(p)
     add_model_args(p)
 
 
@@ -222,159 +223,13 @@ def _write_json(dest: str, payload: dict[str, Any]) -> None:
         write_text(dest, text)
 
 
-# ---------------------------------------------------------------------- dataset runs
-def row_key(request: str, response: str, system: Optional[str]) -> str:
-    """Identity of a dataset row in --out (resume skips rows whose key is already there)."""
-    blob = json.dumps([request, response, system], ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
-
-
-@dataclass
-class DoneRows:
-    keys: set[str] = field(default_factory=set)
-    repaired: str = ""              # message when a half-written last line was removed
-    bad_lines: list[int] = field(default_factory=list)
-
-
-def read_done(out_path: Path) -> DoneRows:
-    """Keys of the rows already finished in ``out_path``. A half-written last line (no newline
-    or not JSON) is cut off atomically so its row is redone; other invalid lines are reported
-    and ignored."""
-    from engine.atomic import write_bytes
-
-    done = DoneRows()
-    if not out_path.exists():
-        return done
-    data = out_path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # bytes after the last newline ("" when the file ends cleanly)
-    cut = len(data) - len(tail) if tail else None
-    if not tail and lines and not _json_line(lines[-1]) and lines[-1].strip():
-        cut = len(data) - len(lines[-1]) - 1
-        lines.pop()
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        obj = _json_line(raw)
-        if obj is None or not isinstance(obj.get("key"), str):
-            done.bad_lines.append(i)
-            continue
-        done.keys.add(obj["key"])
-    if cut is not None:
-        write_bytes(out_path, data[:cut])
-        done.repaired = (f"{out_path}: removed a half-written last line ({len(data) - cut} bytes); "
-                         "that row will be redone")
-    return done
-
-
-def _json_line(raw: bytes) -> Optional[dict[str, Any]]:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-@dataclass
-class DatasetSummary:
-    done: int = 0
-    skipped: int = 0
-    failed: list[str] = field(default_factory=list)   # "line N: message"
-    interrupted: bool = False
-
-
-def parse_row(line_no: int, raw: str, default_system: Optional[str]) -> tuple[str, str, Optional[str]]:
-    """(request, response, system) of one dataset line; InputError naming the line otherwise."""
-    from engine.errors import InputError
-
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(f"line {line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"line {line_no}: expected a JSON object with request and response")
-    req, resp = obj.get("request"), obj.get("response")
-    if not isinstance(req, str) or not isinstance(resp, str):
-        raise InputError(f"line {line_no}: needs string fields 'request' and 'response'")
-    system = obj["system"] if "system" in obj else default_system
-    if system is not None and not isinstance(system, str):
-        raise InputError(f"line {line_no}: 'system' must be a string or null")
-    return req, resp, system
-
-
-def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
-                console: Optional[Console] = None, cancel: Any = None,
-                on_row: Optional[Callable[[int, Any], None]] = None) -> DatasetSummary:
-    """Run every row not yet in ``out_path``; append one JSON line per finished row. A cancel
-    stops after the current row's search returns (that row is not written)."""
-    from engine.advtok.search import run_attack
-    from engine.atomic import append_line
-    from engine.errors import EngineError
-    from engine.advtok.vocab import load_vocab
-
-    con = console or err_console()
-    summ = DatasetSummary()
-    done = read_done(out_path)
-    if done.repaired:
-        con.print(str(done.repaired), style="yellow", markup=False, highlight=False)
-    for i in done.bad_lines:
-        con.print(f"{out_path}: line {i} is not a result line; ignored", style="yellow", markup=False,
-                  highlight=False)
-    default_system = None if args.template_system else args.system
-    vocab = load_vocab(lm.tokenizer)
-    if vocab.cache_note:
-        con.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)
-    try:
-        lines = rows_path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        from engine.errors import InputError
-
-        raise InputError(f"{rows_path} is not UTF-8 text (byte {e.start})") from None
-    total = sum(1 for s in lines if s.strip())
-    k = 0
-    for line_no, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        k += 1
-        if cancel is not None and cancel.cancelled:
-            summ.interrupted = True
-            break
-        try:
-            req, resp, system = parse_row(line_no, raw, default_system)
-            key = row_key(req, resp, system)
-            if key in done.keys:
-                summ.skipped += 1
-                continue
-            cfg = make_config(args, req, resp, system)
-            res = run_attack(lm, cfg, cancel=cancel, vocab=vocab)
-        except EngineError as e:
-            msg = str(e) if str(e).startswith("line ") else f"line {line_no}: {e}"
-            summ.failed.append(msg)
-            con.print(f"[bold red]error:[/] {escape(msg)}", markup=True, soft_wrap=True)
-            continue
-        if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
-            # a Ctrl+C during the samples leaves them partial: the row is redone on resume
-            summ.interrupted = True
-            break
-        record = {"key": key, "line": line_no, **res.to_dict()}
-        append_line(out_path, json.dumps(record, ensure_ascii=False))
-        done.keys.add(key)
-        summ.done += 1
-        imp = res.improvement
-        con.print(f"row {k}/{total} (line {line_no}): {res.stop_reason} after {res.iterations} it · "
-                  f"canonical {_fmt(res.canonical_score)} → adversarial {_fmt(res.best_score)}"
-                  f" (Δ {'—' if imp is None else f'{imp:+.4f}'}) · {res.timings.get('total_s', 0):.1f} s",
-                  highlight=False)
-        if on_row is not None:
-            on_row(line_no, res)
-    return summ
-
-
 # ---------------------------------------------------------------------- entry point
 @guard
 def run(args: argparse.Namespace) -> int:
     if args.dataset:
-        return _run_dataset_cmd(args)
+        from app.commands.attack_eval import run_dataset_cmd
+
+        return run_dataset_cmd(args)
     if args.out:
         return fail("--out is for --dataset runs; use --json for a single request")
     if args.request is None or args.response is None:
@@ -407,24 +262,3 @@ def run(args: argparse.Namespace) -> int:
         if args.json != "-":
             err.print(f"[dim]wrote {args.json}[/]")
     return 130 if interrupted else 0
-
-
-def _run_dataset_cmd(args: argparse.Namespace) -> int:
-    if args.request or args.response:
-        return fail("--dataset reads requests from the file; drop --request/--response")
-    if not args.out:
-        return fail("--dataset needs --out results.jsonl (finished rows are appended there)")
-    rows = Path(args.dataset)
-    if not rows.is_file():
-        return fail(f"dataset file not found: {rows}")
-    make_config(args, "x", "x")   # validate the shared settings before loading the model
-    lm = load_lm(args)
-    err = err_console()
-    summ, interrupted = _run_cancellable(
-        lambda c: run_dataset(lm, args, rows, Path(args.out), console=err, cancel=c))
-    err.print(f"{summ.done} rows done, {summ.skipped} already in {args.out}, "
-              f"{len(summ.failed)} failed" + (" · interrupted" if summ.interrupted else ""),
-              highlight=False)
-    if interrupted or summ.interrupted:
-        return 130
-    return 2 if summ.failed else 0

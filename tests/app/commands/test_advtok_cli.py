@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from app.cli import _load_commands, build_parser, main
-from app.commands.attack import read_done, row_key, run_dataset
+from app.commands.attack_eval import run_dataset
+from engine.advtok.datasets import content_id
+from engine.advtok.records import read_lines
 from engine.progress import CancelToken
 
 
@@ -43,18 +45,19 @@ def test_dataset_run_resume_and_repair(tiny_lm, tmp_path):
     args = _args("--dataset", str(rows), "--out", str(out))
     token = CancelToken()
     # first run: Ctrl+C-like cancel after the first finished row
-    s1 = run_dataset(tiny_lm, args, rows, out, cancel=token, on_row=lambda n, r: token.cancel())
+    s1 = run_dataset(tiny_lm, args, rows, out, cancel=token, on_row=lambda i, n, r: token.cancel())
     assert s1.done == 1 and s1.interrupted
     first = _out_lines(out)
     assert len(first) == 1 and first[0]["line"] == 1
-    assert first[0]["key"] == row_key("Compose an email", "Sure.", args.system)
+    assert first[0]["id"] == content_id("Compose an email", "Sure.")
     # a crash in the middle of writing the next line
     with open(out, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"key": "x" * 20, "line": 3})[:17])
+        fh.write(json.dumps({"id": "x" * 20, "line": 3})[:17])
     s2 = run_dataset(tiny_lm, args, rows, out)
-    assert s2.skipped == 1 and s2.done == 2 and not s2.interrupted
-    assert [m.split(":")[0] for m in s2.failed] == ["line 2", "line 4"]
-    assert "not valid JSON" in s2.failed[0] and "request is empty" in s2.failed[1]
+    assert s2.skipped == 1 and s2.done == 2 and not s2.interrupted and not s2.failed
+    assert [m.split(":")[0] for m in s2.problems] == ["line 2", "line 4"]
+    assert "not valid JSON" in s2.problems[0] and "empty or missing request" in s2.problems[1]
+    assert any("half-written" in n for n in s2.notes)
     lines = _out_lines(out)                                   # no partial line left
     assert [r["line"] for r in lines] == [1, 3, 5]
     assert lines[1]["system"] == "Be brief."                  # per-row system prompt
@@ -66,18 +69,21 @@ def test_dataset_run_resume_and_repair(tiny_lm, tmp_path):
     assert s3.done == 0 and s3.skipped == 3 and len(_out_lines(out)) == 3
 
 
-def test_read_done_repairs_only_the_tail(tmp_path):
+def test_read_lines_repairs_only_the_tail(tmp_path):
     out = tmp_path / "r.jsonl"
-    good = json.dumps({"key": "a"}) + "\n"
-    out.write_text(good + "garbage line\n" + json.dumps({"key": "b"}) + "\n" + '{"key": "c"',
+    good = json.dumps({"id": "a"}) + "\n"
+    out.write_text(good + "garbage line\n" + json.dumps({"id": "b"}) + "\n" + '{"id": "c"',
                    encoding="utf-8")
-    d = read_done(out)
-    assert d.keys == {"a", "b"} and d.bad_lines == [2] and d.repaired
-    assert out.read_text(encoding="utf-8").endswith('{"key": "b"}\n')
+    recs, notes = read_lines(out, repair=False)             # readers never change the file
+    assert [r["id"] for r in recs] == ["a", "b"] and out.read_text(encoding="utf-8").endswith('"c"')
+    recs, notes = read_lines(out, repair=True)
+    assert [r["id"] for r in recs] == ["a", "b"]
+    assert any("line 2" in n for n in notes) and any("half-written" in n for n in notes)
+    assert out.read_text(encoding="utf-8").endswith('{"id": "b"}\n')
     # a complete but corrupt last line is redone too
-    out.write_text(good + '{"key": "z", "line"\n', encoding="utf-8")
-    d = read_done(out)
-    assert d.keys == {"a"} and d.repaired and out.read_text(encoding="utf-8") == good
+    out.write_text(good + '{"id": "z", "line"\n', encoding="utf-8")
+    recs, notes = read_lines(out, repair=True)
+    assert [r["id"] for r in recs] == ["a"] and out.read_text(encoding="utf-8") == good
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -89,6 +95,8 @@ def test_read_done_repairs_only_the_tail(tmp_path):
     (["attack", "--request", "hi"], "--response"),
     (["attack", "--dataset", "/nonexistent/rows.jsonl", "--out", "o.jsonl"], "not found"),
     (["attack", "--dataset", "rows.jsonl"], "--out"),
+    (["attack", "report", "/nonexistent/results.jsonl"], "not found"),
+    (["attack", "judge", "/nonexistent/results.jsonl", "--judge", "refusal"], "not found"),
     (["attack", "--request", "hi", "--response", "x", "--out", "o.jsonl"], "--dataset"),
 ])
 def test_bad_input_one_line_exit_2(argv, words, capsys):

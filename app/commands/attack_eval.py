@@ -1,0 +1,294 @@
+"""Dataset runs of ``tokenforge attack`` (``--dataset FILE --out results.jsonl --judge …``, also
+sharded under ``accelerate launch``) and the subcommands that work on their results:
+``attack judge`` (judge later, elsewhere), ``attack report`` (ASR tables), ``attack merge``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+
+SUBCOMMANDS = ("judge", "report", "merge")
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``attack --dataset`` (registered on the attack parser)."""
+    p.add_argument("--judge", metavar="NAME[,NAME…]", default="refusal",
+                   help="judges of the samples: refusal (default), target, or KIND:MODEL")
+    p.add_argument("--columns", metavar="FIELD=COL,…", default=None,
+                   help="map benchmark columns: request=…,response=…,category=…,id=…")
+    p.add_argument("--default-response", default="Sure, here is",
+                   help="target for rows without one (HarmBench has no target column)")
+
+
+# ---------------------------------------------------------------------- processes
+def parallel_state(args: argparse.Namespace) -> Any:
+    """This process's rank under ``accelerate launch`` (accelerate's PartialState), else one
+    process. Under a multi-process launch each rank loads its own model on its own device."""
+    from engine.advtok.evalrun import Parallel
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Parallel()
+    from accelerate import PartialState
+
+    state = PartialState()
+    if getattr(args, "device", "auto") == "auto":
+        args.device = str(state.device)
+    return Parallel(rank=state.process_index, world=state.num_processes,
+                    barrier=state.wait_for_everyone)
+
+
+# ---------------------------------------------------------------------- dataset run
+def _say(con: Console, msg: str, style: str = "yellow") -> None:
+    con.print(msg, style=style, markup=False, highlight=False)
+
+
+def row_line(i: int, n: int, rec: dict[str, Any], judges: Sequence[str], t0: float,
+             rank: str = "") -> str:
+    """One line per finished row: ids, likelihood gain, per-judge harmful counts, throughput."""
+    el = time.monotonic() - t0
+    rate = i / el * 3600 if el > 0 else 0.0
+    eta = (n - i) / (i / el) if i and el > 0 else 0.0
+    parts = []
+    for j in judges:
+        def cnt(side: str) -> str:
+            ss = rec.get(f"{side}_samples") or []
+            h = sum(1 for s in ss if (s.get("verdicts") or {}).get(j, {}).get("label") == "harmful")
+            return f"{h}/{len(ss)}"
+        parts.append(f"{j} {cnt('canonical')}→{cnt('adversarial')}")
+    imp = rec.get("improvement")
+    return (f"{rank}row {i}/{n} ({rec['id']}, line {rec['line']}): Δ "
+            f"{'—' if imp is None else f'{imp:+.4f}'} · " + " · ".join(parts)
+            + f" · {rate:.0f} rows/h · ETA {eta:.0f} s")
+
+
+def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
+                console: Optional[Console] = None, cancel: Any = None, par: Any = None,
+                on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None) -> Any:
+    """Read the benchmark file, build the judges, run this process's pending rows."""
+    from app.commands.attack import make_config
+    from engine.advtok.datasets import parse_columns, read_benchmark, system_for
+    from engine.advtok.evalrun import run_rows
+    from engine.advtok.judges import make_judges
+
+    con = console or err_console()
+    bench = read_benchmark(rows_path, parse_columns(args.columns), args.default_response)
+    for msg in bench.problems:
+        _say(con, f"{rows_path}: {msg}")
+    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec))
+    default_system = None if args.template_system else args.system
+    t0 = time.monotonic()
+    rank = f"[{par.rank}] " if par is not None and par.world > 1 else ""
+
+    def row_done(i: int, n: int, rec: dict[str, Any]) -> None:
+        con.print(row_line(i, n, rec, [j.id for j in judges], t0, rank), highlight=False,
+                  markup=False)
+        if on_row is not None:
+            on_row(i, n, rec)
+
+    summ = run_rows(lm, bench, lambda r: make_config(args, r.request, r.response,
+                                                     system_for(r, default_system)),
+                    judges, out_path, par=par, cancel=cancel, on_row=row_done,
+                    on_error=lambda m: con.print(f"[bold red]error:[/] {escape(m)}", soft_wrap=True))
+    for n in summ.notes:
+        _say(con, n)
+    summ.failed = [f"{m}" for m in summ.failed]
+    summ.problems = list(bench.problems)    # type: ignore[attr-defined]
+    return summ
+
+
+def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
+    from engine.lm.model import load_model
+
+    return load_model(spec, device=args.device, dtype=args.dtype,
+                      trust_remote_code=args.trust_remote_code)
+
+
+def run_dataset_cmd(args: argparse.Namespace) -> int:
+    """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch."""
+    from app.commands.attack import _run_cancellable, make_config
+    from engine.advtok.datasets import parse_columns
+    from engine.advtok.judges import parse_judges
+    from engine.advtok.records import merge_results
+
+    if args.request or args.response:
+        return fail("--dataset reads requests from the file; drop --request/--response")
+    if not args.out:
+        return fail("--dataset needs --out results.jsonl (finished rows are appended there)")
+    rows = Path(args.dataset)
+    if not rows.is_file():
+        return fail(f"dataset file not found: {rows}")
+    make_config(args, "x", "x")   # validate the shared settings before loading the model
+    parse_columns(args.columns)
+    parse_judges(args.judge)
+    par = parallel_state(args)
+    lm = load_lm(args)
+    err = err_console()
+    summ, interrupted = _run_cancellable(
+        lambda c: run_dataset(lm, args, rows, Path(args.out), console=err, cancel=c, par=par))
+    tag = f"[{par.rank}/{par.world}] " if par.world > 1 else ""
+    err.print(f"{tag}{summ.done} rows done, {summ.skipped} already finished, "
+              f"{len(summ.failed)} failed, {len(summ.problems)} file problems"
+              + (" · interrupted" if summ.interrupted else ""), highlight=False, markup=False)
+    if par.world > 1 and not (interrupted or summ.interrupted):
+        par.barrier()
+        if par.rank == 0:
+            n, notes = merge_results(Path(args.out))
+            err.print(f"merged {n} rows into {args.out}", highlight=False, markup=False)
+    if interrupted or summ.interrupted:
+        return 130
+    return 2 if summ.failed else 0
+
+
+# ---------------------------------------------------------------------- subcommands
+def build_sub_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenforge attack",
+                                description="Work on the results of an AdvTok dataset run.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    j = sub.add_parser("judge", help="judge (or re-judge) the samples of a results file")
+    j.add_argument("results")
+    j.add_argument("--judge", required=True, metavar="NAME[,NAME…]")
+    j.add_argument("--out", default=None, help="write here instead of rewriting RESULTS")
+    add_model_args(j)
+    r = sub.add_parser("report", help="ASR canonical vs adversarial per judge and category")
+    r.add_argument("results")
+    r.add_argument("--markdown", metavar="FILE", default=None)
+    r.add_argument("--csv", metavar="FILE", default=None)
+    r.add_argument("--png", metavar="DIR", default=None)
+    r.add_argument("--k", default=None, metavar="K[,K…]", help="ASR@k values (default 1 and N)")
+    r.add_argument("--judges", default=None, help="only these judges (default: all recorded)")
+    r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    m = sub.add_parser("merge", help="fold the shard files of a sharded run into RESULTS")
+    m.add_argument("results")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_sub_parser().parse_args(list(argv))
+    return _dispatch(args)
+
+
+@guard
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.action == "report":
+        return report_cmd(args)
+    if args.action == "judge":
+        return judge_cmd(args)
+    return merge_cmd(args)
+
+
+def _read(results: str) -> Any:
+    from engine.advtok.records import read_results, shard_files
+    from engine.errors import InputError
+
+    if not shard_files(results):
+        raise InputError(f"results file not found: {results}")
+    rr = read_results(results)
+    for n in rr.notes:
+        _say(err_console(), n)
+    if not rr.records:
+        raise InputError(f"{results}: no finished rows")
+    return rr
+
+
+def merge_cmd(args: argparse.Namespace) -> int:
+    from engine.advtok.records import merge_results
+
+    _read(args.results)
+    n, _ = merge_results(args.results)
+    err_console().print(f"merged {n} rows into {args.results}", highlight=False, markup=False)
+    return 0
+
+
+def judge_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.advtok.evalrun import rejudge
+    from engine.advtok.judges import make_judges, parse_judges
+    from engine.advtok.records import shard_files
+    from engine.atomic import write_text
+
+    parse_judges(args.judge)
+    rr = _read(args.results)
+    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec))
+    recs = rejudge(rr.records, judges)
+    dest = Path(args.out or args.results)
+    write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    if args.out is None:
+        for p in shard_files(args.results):
+            if p != Path(args.results):
+                p.unlink()
+    err_console().print(f"judged {len(recs)} rows with {', '.join(j.id for j in judges)} → {dest}",
+                        highlight=False, markup=False)
+    return 0
+
+
+def report_table(rep: Any) -> Table:
+    from engine.advtok.asr_render import cells, headers
+
+    t = Table(title="AdvTok attack-success rate", header_style="bold", show_lines=False)
+    for h in headers(rep):
+        t.add_column(h, justify="left" if h in ("judge", "category") else "right")
+    for r in rep.table:
+        t.add_row(*cells(rep, r))
+    return t
+
+
+def report_cmd(args: argparse.Namespace) -> int:
+    from engine.advtok.asr_render import footer, to_csv, to_markdown, write_png
+    from engine.advtok.asr_report import build_report
+    from engine.atomic import write_text
+    from engine.errors import InputError
+
+    ks = None
+    if args.k:
+        try:
+            ks = [int(x) for x in args.k.split(",")]
+        except ValueError:
+            raise InputError(f"--k {args.k!r}: expected integers like 1,8") from None
+        if any(k < 1 for k in ks):
+            raise InputError("--k values must be ≥ 1")
+    rr = _read(args.results)
+    judges = [s.strip() for s in args.judges.split(",")] if args.judges else None
+    rep = build_report(rr.records, judges=judges, ks=ks, seed=args.seed)
+    if not rep.judges:
+        raise InputError(f"{args.results}: no verdicts recorded",
+                         hint="judge it first: tokenforge attack judge RESULTS --judge refusal")
+    out = Console(highlight=False)
+    out.print(report_table(rep))
+    for line in footer(rep):
+        out.print(line, markup=False)
+    err = err_console()
+    if args.markdown:
+        write_text(args.markdown, to_markdown(rep))
+        err.print(f"wrote {args.markdown}", markup=False)
+    if args.csv:
+        write_text(args.csv, to_csv(rep))
+        err.print(f"wrote {args.csv}", markup=False)
+    if args.png:
+        err.print(f"wrote {write_png(rep, args.png)}", markup=False)
+    return 0
+
+
+def route(argv: Sequence[str]) -> Optional[list[str]]:
+    """``… attack ACTION …`` -> the argv for :func:`main` (options before ``attack`` kept), else
+    None (a plain attack run)."""
+    argv = list(argv)
+    if "attack" not in argv:
+        return None
+    i = argv.index("attack")
+    if i + 1 < len(argv) and argv[i + 1] in SUBCOMMANDS:
+        return [argv[i + 1]] + argv[i + 2:] + argv[:i]
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

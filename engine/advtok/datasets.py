@@ -1,0 +1,263 @@
+"""Benchmark files for dataset runs: JSONL, or the CSV layouts of AdvBench (``goal,target``),
+HarmBench (``Behavior,FunctionalCategory,SemanticCategory,ContextString,BehaviorID``) and
+JailbreakBench (``Goal,Target,Behavior,Category``), recognised from the header. The user brings
+the file; nothing is downloaded. Bad rows get one message each (with the line number) and the
+rest of the file still runs."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from engine.errors import InputError
+
+FIELDS = ("request", "response", "category", "id", "system", "context")
+
+# layout name -> (lower-cased header it is recognised by, field -> column)
+LAYOUTS: dict[str, tuple[frozenset[str], dict[str, str]]] = {
+    "harmbench": (frozenset({"behavior", "functionalcategory", "semanticcategory", "behaviorid"}),
+                  {"request": "behavior", "category": "semanticcategory", "id": "behaviorid",
+                   "context": "contextstring"}),
+    "jailbreakbench": (frozenset({"goal", "target", "behavior", "category"}),
+                       {"request": "goal", "response": "target", "category": "category",
+                        "id": "behavior"}),
+    "advbench": (frozenset({"goal", "target"}), {"request": "goal", "response": "target"}),
+}
+# extra columns a layout may carry without a message (JailbreakBench ships an index and a source)
+KNOWN_EXTRA = {"harmbench": {"tags", "functionalcategory"}, "jailbreakbench": {"", "index", "source"}, "advbench": set()}
+JSONL_KEYS = {"request", "response", "category", "id", "system", "context", "goal", "target",
+              "behavior", "behaviorid"}
+DEFAULT_RESPONSE = "Sure, here is"
+
+
+@dataclass
+class BenchRow:
+    """One benchmark row. ``id`` is the file's id when it has one, else a content hash, so a
+    resumed run recognises its finished rows even after the file was reordered."""
+
+    id: str
+    request: str
+    response: str
+    line: int
+    category: str = ""
+    system: Any = None            # None = not given (the run's --system applies)
+    context: str = ""
+
+
+@dataclass
+class BenchmarkFile:
+    path: str
+    layout: str                   # "jsonl", "advbench", "harmbench", "jailbreakbench", "custom"
+    rows: list[BenchRow] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)     # "line N: message"
+    columns: dict[str, str] = field(default_factory=dict)  # field -> column used
+    sha256: str = ""
+
+
+def parse_columns(spec: Optional[str]) -> dict[str, str]:
+    """``request=goal,response=target,category=cat,id=BehaviorID`` -> field -> column."""
+    out: dict[str, str] = {}
+    if not spec:
+        return out
+    for part in spec.split(","):
+        if "=" not in part:
+            raise InputError(f"--columns entry {part!r} is not FIELD=COLUMN",
+                             hint=f"fields: {', '.join(FIELDS)}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k not in FIELDS:
+            raise InputError(f"--columns: unknown field {k!r}", hint=f"fields: {', '.join(FIELDS)}")
+        if not v:
+            raise InputError(f"--columns: field {k!r} names no column")
+        out[k] = v
+    return out
+
+
+def content_id(request: str, response: str, context: str = "") -> str:
+    blob = json.dumps([request, response, context], ensure_ascii=False)
+    return "h" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:15]
+
+
+def read_benchmark(path: Path | str, columns: Optional[dict[str, str]] = None,
+                   default_response: str = DEFAULT_RESPONSE) -> BenchmarkFile:
+    """Read and check a benchmark file. Raises InputError only when nothing can be read (missing
+    file, not UTF-8, unknown CSV header); per-row problems are collected in ``problems``.
+    HarmBench has no target column: its rows get ``default_response``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"dataset file not found: {p}")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p} is not UTF-8 text (byte {e.start})") from None
+    cols = dict(columns or {})
+    first = next((s for s in text.splitlines() if s.strip()), "")
+    if p.suffix.lower() in (".jsonl", ".json", ".ndjson") or first.lstrip().startswith("{"):
+        bf = _read_jsonl(p, text, cols, default_response)
+    else:
+        bf = _read_csv(p, text, cols, default_response)
+    bf.sha256 = hashlib.sha256(data).hexdigest()
+    _dedupe(bf)
+    return bf
+
+
+def _read_jsonl(p: Path, text: str, cols: dict[str, str], default_response: str) -> BenchmarkFile:
+    bf = BenchmarkFile(path=str(p), layout="jsonl", columns=cols)
+    unknown_seen: set[str] = set()
+    for line_no, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            bf.problems.append(f"line {line_no}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            bf.problems.append(f"line {line_no}: expected a JSON object")
+            continue
+        low = {str(k).lower(): v for k, v in obj.items()}
+        named = {k: v.lower() for k, v in cols.items()}
+        extra = set(low) - JSONL_KEYS - set(named.values())
+        if extra - unknown_seen:
+            bf.problems.append(f"line {line_no}: unknown field(s) {', '.join(sorted(extra - unknown_seen))} "
+                               "ignored (map them with --columns)")
+            unknown_seen |= extra
+
+        def get(f: str, *alts: str) -> Any:
+            for k in ((named[f],) if f in named else ()) + (f,) + alts:
+                if k in low:
+                    return low[k]
+            return None
+
+        row = _make_row(bf, line_no, get("request", "goal", "behavior"),
+                        get("response", "target"), get("category"), get("id", "behaviorid"),
+                        get("context"), default_response)
+        if row is not None:
+            if "system" in low or "system" in named:
+                s = get("system")
+                if s is not None and not isinstance(s, str):
+                    bf.problems.append(f"line {line_no}: 'system' must be a string or null")
+                    continue
+                row.system = _NULL_SYSTEM if s is None else s
+            bf.rows.append(row)
+    return bf
+
+
+_NULL_SYSTEM = "\x00template-default"   # a JSON null system: the template's own default
+
+
+def _read_csv(p: Path, text: str, cols: dict[str, str], default_response: str) -> BenchmarkFile:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError(f"{p} is empty") from None
+    except csv.Error as e:
+        raise InputError(f"{p}: line 1 is not CSV ({e})") from None
+    low = [h.strip().lower() for h in header]
+    hset = set(low)
+    layout, mapping = "custom", {}
+    for name, (needs, m) in LAYOUTS.items():
+        if needs <= hset:
+            layout, mapping = name, dict(m)
+            break
+    for f, c in cols.items():
+        if c.lower() not in hset:
+            raise InputError(f"--columns: {p} has no column {c!r}",
+                             hint=f"its header: {', '.join(header)}")
+        mapping[f] = c.lower()
+    if "request" not in mapping:
+        raise InputError(f"{p}: unrecognised CSV header ({', '.join(header)})",
+                         hint="expected AdvBench goal,target / HarmBench Behavior,… / "
+                              "JailbreakBench Goal,Target,Behavior,Category, or map with "
+                              "--columns request=COL,response=COL")
+    if "response" not in mapping and layout == "jailbreakbench":
+        mapping["response"] = "target"
+    bf = BenchmarkFile(path=str(p), layout=layout if not cols else f"{layout}+columns",
+                       columns={f: header[low.index(c)] for f, c in mapping.items()})
+    used = set(mapping.values()) | KNOWN_EXTRA.get(layout, set())
+    extra = [header[i] for i, h in enumerate(low) if h not in used]
+    if extra:
+        bf.problems.append(f"line 1: unknown column(s) {', '.join(extra)} ignored "
+                           "(map them with --columns)")
+    idx = {f: low.index(c) for f, c in mapping.items()}
+    line_no = 1
+    while True:
+        try:
+            rec = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            bf.problems.append(f"line {reader.line_num}: not CSV ({e})")
+            break
+        line_no = reader.line_num
+        if not any(s.strip() for s in rec):
+            continue
+        if len(rec) != len(header):
+            bf.problems.append(f"line {line_no}: {len(rec)} fields, the header has {len(header)}")
+            continue
+
+        def get(f: str) -> Optional[str]:
+            return rec[idx[f]] if f in idx else None
+
+        row = _make_row(bf, line_no, get("request"), get("response"), get("category"),
+                        get("id"), get("context"), default_response)
+        if row is not None:
+            if "system" in idx:
+                row.system = get("system")
+            bf.rows.append(row)
+    return bf
+
+
+def _make_row(bf: BenchmarkFile, line_no: int, request: Any, response: Any, category: Any,
+              rid: Any, context: Any, default_response: str) -> Optional[BenchRow]:
+    if not isinstance(request, str) or not request.strip():
+        bf.problems.append(f"line {line_no}: empty or missing request")
+        return None
+    if response is None or (isinstance(response, str) and not response.strip()):
+        response = default_response
+    if not isinstance(response, str):
+        bf.problems.append(f"line {line_no}: the response must be text")
+        return None
+    context = context if isinstance(context, str) else ""
+    if context.strip():
+        request_text = context.strip() + "\n\n" + request.strip()
+    else:
+        request_text = request.strip()
+    rid = str(rid).strip() if rid not in (None, "") else content_id(request_text, response)
+    return BenchRow(id=rid, request=request_text, response=response.strip(), line=line_no,
+                    category=str(category).strip() if category not in (None, "") else "",
+                    context=context)
+
+
+def _dedupe(bf: BenchmarkFile) -> None:
+    """Drop rows that repeat an earlier id or an earlier (request, response) pair."""
+    ids: dict[str, int] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    keep = []
+    for r in bf.rows:
+        key = (r.request, r.response)
+        if key in pairs:
+            bf.problems.append(f"line {r.line}: duplicate of line {pairs[key]}; skipped")
+            continue
+        if r.id in ids:
+            bf.problems.append(f"line {r.line}: duplicate id {r.id!r} (first on line {ids[r.id]}); skipped")
+            continue
+        ids[r.id] = r.line
+        pairs[key] = r.line
+        keep.append(r)
+    bf.rows = keep
+    bf.problems.sort(key=lambda m: int(m.split(":")[0].split()[1]) if m.startswith("line ") else 0)
+
+
+def system_for(row: BenchRow, default: Optional[str]) -> Optional[str]:
+    """The system prompt a row runs with: its own, the template default (JSON null) or the run's."""
+    if row.system is None:
+        return default
+    if row.system == _NULL_SYSTEM:
+        return None
+    return row.system

@@ -1,0 +1,145 @@
+"""Dataset runs: every benchmark row gets an AdvTok search, samples with both tokenizations and
+verdicts from each judge, written as one replayable JSON line the moment it is finished. Rows
+already in the results file or any of its shards are skipped (resume by row id). With several
+processes each takes every world-th pending row and appends to its own shard."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from engine.advtok.datasets import BenchmarkFile, BenchRow
+from engine.advtok.judges import JudgeItem
+from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
+                                   shard_path, template_info)
+from engine.errors import EngineError
+
+
+@dataclass
+class RunSummary:
+    total: int = 0                  # rows in the file (after the file's own problems)
+    done: int = 0                   # rows finished by this process in this run
+    skipped: int = 0                # rows already finished earlier (any shard)
+    assigned: int = 0               # rows this process was given
+    failed: list[str] = field(default_factory=list)    # "line N: message"
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    out: str = ""
+
+
+@dataclass
+class Parallel:
+    """This process's place in a (possibly one-process) run. ``barrier`` waits for all ranks."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+
+def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, Any]]) -> None:
+    """Attach each judge's verdict to every sample dict (in place), judging each side batched."""
+    if not samples:
+        return
+    items = [JudgeItem(request=row.request, response=s["text"], target=row.response,
+                       category=row.category) for s in samples]
+    for j in judges:
+        verdicts = j.judge(items)
+        for s, v in zip(samples, verdicts):
+            s.setdefault("verdicts", {})[j.id] = v.to_dict()
+
+
+def build_record(lm: Any, row: BenchRow, cfg: Any, res: Any, bench: BenchmarkFile,
+                 judge_ids: list[str]) -> dict[str, Any]:
+    """The replayable JSON record of one finished row."""
+    from engine.lm.templates import split_template
+
+    chunks = split_template(lm.tokenizer, cfg.system)
+    d = res.to_dict()
+    d.pop("trace", None)            # per-iteration detail stays in the curve; keeps lines small
+    return {
+        "schema": SCHEMA, "id": row.id, "key": row.id, "line": row.line,
+        "category": row.category, **d,
+        "prompt_ids": {"canonical": prompt_ids(chunks, cfg, res.canonical_ids),
+                       "adversarial": prompt_ids(chunks, cfg, res.best_ids),
+                       "response": chunks.response_ids(cfg.response)},
+        "model": model_info(lm), "template": template_info(lm.tokenizer, chunks),
+        "seed": cfg.seed, "judges": list(judge_ids),
+        "dataset": {"path": bench.path, "sha256": bench.sha256, "layout": bench.layout},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def pending_rows(bench: BenchmarkFile, done: set[str], par: Parallel) -> list[BenchRow]:
+    """This rank's share of the rows not finished yet (same split on every rank)."""
+    todo = [r for r in bench.rows if r.id not in done]
+    return todo[par.rank::par.world]
+
+
+def run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
+             judges: Sequence[Any], out: Path | str, *, par: Optional[Parallel] = None,
+             cancel: Any = None, on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None,
+             on_error: Optional[Callable[[str], None]] = None,
+             progress: Any = None) -> RunSummary:
+    """Run this rank's pending rows of ``bench``; append each finished record to this rank's
+    file. A cancel stops after the current row's search returns; that row is not written (it is
+    redone on resume). ``on_row(i, n, record)`` after each written row."""
+    from engine.advtok.search import run_attack
+    from engine.advtok.vocab import load_vocab
+    from engine.atomic import append_line
+
+    par = par or Parallel()
+    out = Path(out)
+    summ = RunSummary(total=len(bench.rows), out=str(shard_path(out, par.rank, par.world)))
+    dest = shard_path(out, par.rank, par.world)
+    if dest.is_file():              # only this rank's own file is repaired (others may be mid-write)
+        summ.notes.extend(read_lines(dest, repair=True)[1])
+    prior = read_results(out)
+    summ.notes.extend(n for n in prior.notes if "half-written" not in n)
+    summ.skipped = sum(1 for r in bench.rows if r.id in prior.ids)
+    par.barrier()                   # every rank has read the same finished set before any writes
+    mine = pending_rows(bench, prior.ids, par)
+    summ.assigned = len(mine)
+    vocab = load_vocab(lm.tokenizer)
+    if vocab.cache_note:
+        summ.notes.append(vocab.cache_note)
+    judge_ids = [j.id for j in judges]
+    for i, row in enumerate(mine, 1):
+        if cancel is not None and cancel.cancelled:
+            summ.interrupted = True
+            break
+        try:
+            cfg = make_cfg(row)
+            res = run_attack(lm, cfg, cancel=cancel, vocab=vocab, progress=progress)
+        except EngineError as e:
+            msg = f"line {row.line}: {e}"
+            summ.failed.append(msg)
+            if on_error is not None:
+                on_error(msg)
+            continue
+        if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
+            summ.interrupted = True
+            break
+        judge_samples(judges, row, res.adversarial_samples)
+        judge_samples(judges, row, res.canonical_samples)
+        rec = build_record(lm, row, cfg, res, bench, judge_ids)
+        append_line(dest, json.dumps(rec, ensure_ascii=False))
+        summ.done += 1
+        if on_row is not None:
+            on_row(i, len(mine), rec)
+    return summ
+
+
+def rejudge(records: list[dict[str, Any]], judges: Sequence[Any]) -> list[dict[str, Any]]:
+    """Add (or replace) the verdicts of ``judges`` on existing records (judging later, on another
+    machine). Records are changed in place and returned."""
+    for rec in records:
+        row = BenchRow(id=str(rec.get("id", rec.get("key"))), request=rec["request"],
+                       response=rec["response"], line=int(rec.get("line", 0)),
+                       category=rec.get("category", "") or "")
+        judge_samples(judges, row, rec.get("adversarial_samples") or [])
+        judge_samples(judges, row, rec.get("canonical_samples") or [])
+        ids = list(rec.get("judges") or [])
+        rec["judges"] = ids + [j.id for j in judges if j.id not in ids]
+    return records

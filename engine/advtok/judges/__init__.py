@@ -1,0 +1,52 @@
+"""Judges of sampled answers behind one interface (``Judge.judge(items) -> verdicts``):
+``refusal`` and ``target`` (offline strings), classifier judges and ``rubric:MODEL``. Part of
+engine.advtok: may import engine.lm and the plumbing, never treesearch or bench."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from engine.advtok.judges.base import LABELS, Judge, JudgeItem, Verdict
+from engine.advtok.judges.phrases import REFUSAL_PHRASES, RefusalJudge, TargetJudge
+from engine.errors import InputError
+
+__all__ = ["LABELS", "Judge", "JudgeItem", "Verdict", "REFUSAL_PHRASES", "RefusalJudge",
+           "TargetJudge", "parse_judges", "make_judges", "JUDGE_KINDS"]
+
+JUDGE_KINDS = ("refusal", "target")
+MODEL_KINDS: tuple[str, ...] = ()
+
+
+def parse_judges(spec: Optional[str]) -> list[tuple[str, str]]:
+    """``refusal,target,KIND:MODEL`` -> [(kind, model)], validated (InputError otherwise)."""
+    if spec is None or not spec.strip():
+        return [("refusal", "")]
+    out: list[tuple[str, str]] = []
+    for part in (s.strip() for s in spec.split(",")):
+        if not part:
+            raise InputError(f"--judge {spec!r} has an empty entry")
+        kind, _, model = part.partition(":")
+        kind = kind.lower()
+        if kind not in JUDGE_KINDS + MODEL_KINDS:
+            raise InputError(f"unknown judge {kind!r}",
+                             hint="judges: " + ", ".join(JUDGE_KINDS + tuple(f"{k}:MODEL" for k in MODEL_KINDS)))
+        if kind in MODEL_KINDS and not model:
+            raise InputError(f"judge {kind!r} needs a model: {kind}:PATH_OR_ID")
+        if kind in JUDGE_KINDS and model:
+            raise InputError(f"judge {kind!r} takes no model")
+        if (kind, model) in out:
+            raise InputError(f"judge {part!r} is given twice")
+        out.append((kind, model))
+    return out
+
+
+def make_judges(spec: Optional[str], *, loader: Optional[Callable[[str], Any]] = None,
+                batch_size: int = 8) -> list[Any]:
+    """Build the judges named by ``spec``. ``loader(model_spec)`` loads a judge model (a
+    LoadedModel); it is only called for model-backed judges."""
+    judges: list[Any] = []
+    for kind, model in parse_judges(spec):
+        if kind == "refusal":
+            judges.append(RefusalJudge())
+        elif kind == "target":
+            judges.append(TargetJudge())
+    return judges

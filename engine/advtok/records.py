@@ -1,0 +1,164 @@
+"""Result records of dataset runs: one JSON line per finished row, replayable (the exact token ids
+of both templated prompts, template and model identity with a weights hash, seed, settings, every
+sample's ids and text, verdicts). Sharded runs write ``<stem>.shard-<rank>.jsonl`` beside the
+results file; readers take the results file and all its shards, so resume and reports see every
+finished row whatever the number of processes was."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+SCHEMA = "tokenforge.advtok.row/1"
+
+
+def shard_path(out: Path | str, rank: int, world: int) -> Path:
+    """Where rank ``rank`` appends: the results file itself in a one-process run."""
+    out = Path(out)
+    if world <= 1:
+        return out
+    return out.with_name(f"{out.stem}.shard-{rank}{out.suffix or '.jsonl'}")
+
+
+def shard_files(out: Path | str) -> list[Path]:
+    """The results file (if present) and every shard of it, in a stable order."""
+    out = Path(out)
+    found = [out] if out.is_file() else []
+    pat = f"{out.stem}.shard-*{out.suffix or '.jsonl'}"
+    shards = sorted(out.parent.glob(pat), key=lambda p: (len(p.name), p.name)) if out.parent.is_dir() else []
+    return found + [p for p in shards if p.is_file()]
+
+
+@dataclass
+class ReadResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)     # repaired tails, bad lines, duplicates
+
+
+def _json_obj(raw: bytes) -> Optional[dict[str, Any]]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def read_lines(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Complete result lines of one file. An incomplete last line (no newline, or not JSON) is
+    ignored — and cut off atomically when ``repair`` (so its row is redone); other bad lines are
+    reported and skipped."""
+    from engine.atomic import write_bytes
+
+    notes: list[str] = []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    cut = len(data) - len(tail) if tail else None
+    if not tail and lines and lines[-1].strip() and _json_obj(lines[-1]) is None:
+        cut = len(data) - len(lines[-1]) - 1
+        lines.pop()
+    out = []
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        obj = _json_obj(raw)
+        if obj is None or not isinstance(obj.get("id", obj.get("key")), str):
+            notes.append(f"{path}: line {i} is not a result line; ignored")
+            continue
+        out.append(obj)
+    if cut is not None:
+        if repair:
+            write_bytes(path, data[:cut])
+            notes.append(f"{path}: removed a half-written last line ({len(data) - cut} bytes); "
+                         "that row will be redone")
+        else:
+            notes.append(f"{path}: ignored a half-written last line")
+    return out, notes
+
+
+def record_id(rec: dict[str, Any]) -> str:
+    return str(rec.get("id", rec.get("key")))
+
+
+def read_results(out: Path | str, *, repair: bool = False,
+                 files: Optional[Iterable[Path]] = None) -> ReadResult:
+    """Every finished row in ``out`` and its shards; a row present twice is kept once."""
+    rr = ReadResult()
+    for p in (list(files) if files is not None else shard_files(out)):
+        recs, notes = read_lines(p, repair=repair)
+        rr.notes.extend(notes)
+        for r in recs:
+            rid = record_id(r)
+            if rid in rr.ids:
+                continue
+            rr.ids.add(rid)
+            rr.records.append(r)
+    rr.records.sort(key=lambda r: (r.get("line", 0), record_id(r)))
+    return rr
+
+
+def merge_results(out: Path | str) -> tuple[int, list[str]]:
+    """Fold every shard into ``out`` (one atomic write, rows in file order), then remove the
+    shards. Returns (rows, notes)."""
+    from engine.atomic import write_text
+
+    out = Path(out)
+    files = shard_files(out)
+    rr = read_results(out, files=files)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rr.records)
+    write_text(out, text)
+    for p in files:
+        if p != out:
+            p.unlink()
+    return len(rr.records), rr.notes
+
+
+def weights_hash(model: Any) -> str:
+    """BLAKE2b of every parameter and buffer (names, dtypes, shapes, bytes): equal hashes mean
+    the same weights, whatever file they came from. Cached on the model object."""
+    cached = getattr(model, "_tokenforge_weights_hash", None)
+    if cached:
+        return cached
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        flat = t.reshape(-1).contiguous().cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    digest = h.hexdigest()
+    try:
+        model._tokenforge_weights_hash = digest
+    except AttributeError:
+        pass
+    return digest
+
+
+def model_info(lm: Any) -> dict[str, Any]:
+    return {"name": lm.name, "spec": lm.spec, "source": lm.source, "dtype": lm.dtype,
+            "device": lm.device, "weights_hash": weights_hash(lm.model)}
+
+
+def template_info(tokenizer: Any, chunks: Any) -> dict[str, Any]:
+    tmpl = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(tmpl, dict):
+        tmpl = json.dumps(tmpl, sort_keys=True)
+    return {"name": f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}"
+                    f"#{hashlib.sha256(tmpl.encode()).hexdigest()[:12]}" if tmpl else "plain",
+            "has_template": chunks.has_template, "system_used": chunks.system_used,
+            "sha256": hashlib.sha256(tmpl.encode()).hexdigest() if tmpl else ""}
+
+
+def prompt_ids(chunks: Any, cfg: Any, request_ids: list[int]) -> list[int]:
+    """The whole templated prompt a tokenization is scored and sampled with."""
+    return (list(chunks.prefix_ids) + list(cfg.frozen_prefix_ids) + list(request_ids)
+            + list(cfg.frozen_suffix_ids) + list(chunks.tail_ids))
+
+
+def samples_of(rec: dict[str, Any], side: str) -> list[dict[str, Any]]:
+    """The samples of one side ("canonical" or "adversarial") of a record."""
+    return list(rec.get(f"{side}_samples") or [])

@@ -1,0 +1,100 @@
+"""Dataset runs end to end on a saved tiny model: a JailbreakBench-layout file (benign rows),
+replayable records (full prompt ids equal the template's own tokenization, weights hash), then
+``attack report`` (table, Markdown, CSV, PNG) and ``attack judge`` adding a judge later."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from app.cli import main
+from engine.advtok.records import weights_hash
+
+ROWS = [("Write a haiku about rain", "Sure, here is a haiku", "Haiku", "Poetry"),
+        ("Name three colours", "Sure, here are three colours", "Colours", "Lists"),
+        ("Describe a sunny day", "Sure, here is a description", "Sunny", "Poetry")]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_lm, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_lm.model.save_pretrained(d)
+    tiny_lm.tokenizer.save_pretrained(d)
+    return d
+
+
+def write_jbb(path, rows=ROWS):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Index", "Goal", "Target", "Behavior", "Category", "Source"])
+        for i, r in enumerate(rows, 1):
+            w.writerow([i, *r, "synthetic"])
+
+
+def run_args(tiny_dir, data, out, *extra):
+    return ["attack", "--model", str(tiny_dir), "--engine-path", "standard", "--dataset",
+            str(data), "--out", str(out), "--iters", "1", "--samples", "2", "--sample-tokens",
+            "4", "--seed", "3", *extra]
+
+
+def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
+    from engine.lm.templates import split_template
+
+    data, out = tmp_path / "jbb.csv", tmp_path / "results.jsonl"
+    write_jbb(data)
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
+    err = capsys.readouterr().err
+    assert "row 3/3" in err and "rows/h" in err and "refusal " in err
+    recs = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in recs] == ["Haiku", "Colours", "Sunny"]
+    assert [r["category"] for r in recs] == ["Poetry", "Lists", "Poetry"]
+    chunks = split_template(tiny_lm.tokenizer, recs[0]["system"])
+    for r in recs:
+        # the recorded canonical prompt is exactly the template's own tokenization
+        assert r["prompt_ids"]["canonical"] == chunks.reference_ids(r["request"])
+        adv = r["prompt_ids"]["adversarial"]
+        assert tiny_lm.tokenizer.decode(adv) == tiny_lm.tokenizer.decode(r["prompt_ids"]["canonical"])
+        assert r["model"]["weights_hash"] == weights_hash(tiny_lm.model)
+        assert r["seed"] == 3 and r["config"]["samples"] == 2 and r["template"]["has_template"]
+        assert r["judges"] == ["refusal"]
+        for s in r["adversarial_samples"] + r["canonical_samples"]:
+            assert s["token_ids"] and s["verdicts"]["refusal"]["label"] in ("harmful", "safe")
+    # resume: nothing left to do
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
+    assert "0 rows done, 3 already finished" in capsys.readouterr().err
+
+    # judge later with another judge: verdicts are added, the old ones kept
+    assert main(["attack", "judge", str(out), "--judge", "target"]) == 0
+    recs2 = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
+    assert recs2[0]["judges"] == ["refusal", "target"]
+    s0 = recs2[0]["adversarial_samples"][0]
+    assert set(s0["verdicts"]) == {"refusal", "target"}
+    assert s0["verdicts"]["refusal"] == recs[0]["adversarial_samples"][0]["verdicts"]["refusal"]
+    capsys.readouterr()
+
+    md, cs, png = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "plots"
+    assert main(["attack", "report", str(out), "--markdown", str(md), "--csv", str(cs),
+                 "--png", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "attack-success rate" in text and "Cohen" in text and "likelihood gain" in text
+    mdt = md.read_text(encoding="utf-8")
+    assert "ASR@2 adversarial" in mdt and "| Poetry |" in mdt
+    assert mdt.count("| refusal |") == 3 and mdt.count("| target |") == 3  # all + 2 categories
+    rows = list(csv.DictReader(cs.open(encoding="utf-8")))
+    assert {r["metric"] for r in rows} >= {"asr", "asr@1", "asr@2", "likelihood_gain", "cohen_kappa"}
+    assert (png / "advtok-asr.png").stat().st_size > 1000
+
+
+def test_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "x.csv"
+    data.write_text("q,a\nWrite a haiku,Sure\n", encoding="utf-8")
+    for argv, words in [
+        (run_args(tiny_dir, data, tmp_path / "o.jsonl"), "unrecognised CSV header"),
+        (run_args(tiny_dir, data, tmp_path / "o.jsonl", "--judge", "nope"), "unknown judge"),
+        (run_args(tiny_dir, data, tmp_path / "o.jsonl", "--columns", "request"), "FIELD=COLUMN"),
+        (["attack", "report", str(data), "--k", "0"], "≥ 1"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and words in err, err
