@@ -28,10 +28,13 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--json", action="store_true", help="with --prompt: print the result as JSON")
+    p.add_argument("--json", action="store_true", help="with --prompt: print the result as JSON "
+                   "(with each token's log-probability, entropy and alternatives)")
+    p.add_argument("--alternatives", type=int, default=5, metavar="K",
+                   help="with --json: top-K alternatives per token (default 5, 0 = none)")
 
 
-def _answer(session: Any, text: str, out: Console, quiet: bool) -> Any:
+def _answer(session: Any, text: str, out: Console, quiet: bool, observe: Any = None) -> Any:
     """Run one turn in a thread; Ctrl+C cancels it. Returns the GenerationResult."""
     from engine.progress import CancelToken
 
@@ -47,7 +50,7 @@ def _answer(session: Any, text: str, out: Console, quiet: bool) -> Any:
 
     def work() -> None:
         try:
-            box["result"] = session.send(text, on_token=on_token, cancel=token)
+            box["result"] = session.send(text, on_token=on_token, cancel=token, observe=observe)
         except BaseException as e:  # handed to the main thread
             box["error"] = e
         finally:
@@ -88,14 +91,23 @@ def run(args: argparse.Namespace) -> int:
                          stop_strings=tuple(args.stop)).validate()
     if args.prompt is not None and not args.prompt.strip():
         return fail("empty prompt: nothing to answer")
+    if not 0 <= args.alternatives <= 100:
+        return fail(f"--alternatives must be in 0..100 (got {args.alternatives})")
     lm = load_lm(args)
     session = ChatSession(lm, system=args.system, sampling=cfg)
     out = Console(highlight=False)
     err = err_console()
     if args.prompt is not None:
-        r = _answer(session, args.prompt, out, quiet=args.json)
+        rec = None
         if args.json:
-            print(json.dumps({"prompt": args.prompt, **r.to_dict()}, ensure_ascii=False, indent=2))
+            from engine.lm.tokeninfo import TokenRecorder
+
+            rec = TokenRecorder(lm.tokenizer, args.alternatives)
+        r = _answer(session, args.prompt, out, quiet=args.json, observe=rec)
+        if args.json:
+            tokens = [i.to_dict() for i in rec.infos] if rec is not None else []
+            print(json.dumps({"prompt": args.prompt, **r.to_dict(), "tokens": tokens},
+                             ensure_ascii=False, indent=2))
         else:
             print()
             err.print(f"[dim]{_figures(r)}[/]")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
-from engine.lm.generate import GenerationResult, TokenCallback, generate
+from engine.lm.generate import GenerationResult, LogitsObserver, TokenCallback, generate
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.sampling import SamplingConfig
 
@@ -188,7 +188,8 @@ class ChatSession:
     # -- one turn -----------------------------------------------------------------------------
     def send(self, text: str, *, on_token: Optional[TokenCallback] = None,
              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
-             sampling: Optional[SamplingConfig] = None) -> GenerationResult:
+             sampling: Optional[SamplingConfig] = None,
+             observe: Optional[LogitsObserver] = None) -> GenerationResult:
         """Answer ``text``. Only the new tokens are prefilled. A cancel returns the partial
         answer (stop_reason 'cancelled'), which stays in the conversation."""
         cfg = (sampling or self.sampling).validate(self.lm.context_length)
@@ -233,7 +234,7 @@ class ChatSession:
         feed = self.ids[cached:] + new_ids  # uncached conversation tail + this turn
         result, self.cache = generate(self.lm, feed, cfg, cache=self.cache, on_token=on_token,
                                       progress=progress, cancel=cancel,
-                                      prompt_tokens=cached + len(feed))
+                                      prompt_tokens=cached + len(feed), observe=observe)
         # cache now holds everything fed + all generated tokens but the last
         self.ids = self.ids + new_ids + result.token_ids
         turn.answer, turn.answer_ids, turn.result = result.text, list(result.token_ids), result
@@ -246,7 +247,8 @@ class ChatSession:
 
     def regenerate(self, *, on_token: Optional[TokenCallback] = None,
                    progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
-                   sampling: Optional[SamplingConfig] = None) -> GenerationResult:
+                   sampling: Optional[SamplingConfig] = None,
+                   observe: Optional[LogitsObserver] = None) -> GenerationResult:
         """Drop the last answer and answer the last user message again.
 
         The conversation is rolled back to just before the last turn: the cache is forked at
@@ -265,7 +267,7 @@ class ChatSession:
         self.ids = self.ids[:start]
         self.turns = self.turns[:-1]
         return self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
-                         sampling=sampling)
+                         sampling=sampling, observe=observe)
 
     # -- export ---------------------------------------------------------------------------------
     def to_markdown(self) -> str:

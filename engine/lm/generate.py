@@ -16,6 +16,9 @@ from engine.lm.sampling import SamplingConfig, apply_repetition_penalty, choose,
 from engine.lm.textstream import TextStream
 
 TokenCallback = Callable[[str, int], None]  # (text delta, token id)
+#: sees each kept token's step logits (1, V), before any repetition penalty (the model's own
+#: distribution), and the token chosen from them: per-token facts without another forward
+LogitsObserver = Callable[[torch.Tensor, int], None]
 
 
 @dataclass
@@ -50,7 +53,8 @@ def _as_ids(ids: Sequence[int] | torch.Tensor, device: Any) -> torch.Tensor:
 def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
              cache: Any = None, on_token: Optional[TokenCallback] = None,
              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
-             prompt_tokens: Optional[int] = None) -> tuple[GenerationResult, Any]:
+             prompt_tokens: Optional[int] = None,
+             observe: Optional[LogitsObserver] = None) -> tuple[GenerationResult, Any]:
     """Generate after ``cache`` (may be None) extended by ``prompt_ids`` (the uncached tail).
 
     Returns the result and the cache, which then holds prompt + every generated token except the
@@ -85,7 +89,7 @@ def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
         for step in range(cfg.max_new_tokens):
             if cancel is not None:
                 cancel.check()
-            logits = fwd.logits(ids, cache, keep=1)[:, -1, :]
+            logits = raw = fwd.logits(ids, cache, keep=1)[:, -1, :]
             if cfg.repetition_penalty != 1.0:
                 hist = torch.cat([seen, torch.tensor([out_ids], dtype=torch.long, device=device)], 1) \
                     if out_ids else seen
@@ -97,6 +101,8 @@ def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
                 stop = "eos"
                 break
             out_ids.append(tok)
+            if observe is not None:
+                observe(raw, tok)
             delta, hit = stream.push(tok)
             if delta and on_token is not None:
                 on_token(delta, tok)

@@ -1,0 +1,73 @@
+"""One prompt (and an answer: given, or generated greedily) taken apart token by token: ids,
+log-probabilities, entropy, alternatives, surprisal of the prompt's tokens and, on request, the
+logit lens at every answer position. What ``tokenforge inspect`` prints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from engine.errors import InputError
+from engine.lm.chat import TemplateGlue, clean_text, encode_text
+from engine.lm.generate import generate
+from engine.lm.logit_lens import LensLayer, logit_lens
+from engine.lm.sampling import SamplingConfig
+from engine.lm.surprisal import ScoredToken, score_ids
+from engine.lm.tokeninfo import TokenRecorder
+
+
+@dataclass
+class Inspection:
+    """``tokens`` covers the whole templated context then the answer; ``part`` says which:
+    'template', 'user' or 'answer'. ``lens`` maps a token index to its logit-lens table (the
+    layers' guesses for the token at that index, read at the position before it)."""
+
+    prompt: str
+    response: str
+    generated: bool
+    tokens: list[ScoredToken]
+    parts: list[str]
+    lens: dict[int, list[LensLayer]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "response": self.response, "generated": self.generated,
+                "tokens": [{**t.to_dict(), "part": p} for t, p in zip(self.tokens, self.parts)],
+                "logit_lens": {str(i): [r.to_dict() for r in rows] for i, rows in self.lens.items()}}
+
+
+def context_ids(lm: Any, prompt: str, system: Optional[str] = None) -> tuple[list[int], list[str]]:
+    """The chat-templated context of one user message, and which part each token is."""
+    tok = lm.tokenizer
+    glue = TemplateGlue(tok, system)
+    before, after, _ = glue.pieces(0)
+    enc = (lambda s: list(tok.encode(s, add_special_tokens=False)) if s else [])
+    b, u, a = enc(before), encode_text(tok, clean_text(prompt)), enc(after)
+    return b + u + a, ["template"] * len(b) + ["user"] * len(u) + ["template"] * len(a)
+
+
+def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
+                 system: Optional[str] = None, top_k: int = 5, lens: bool = False,
+                 max_new_tokens: int = 64) -> Inspection:
+    """Score prompt + response in one pass; without a response, generate one greedily first
+    (its per-token facts come from that decoding loop)."""
+    if not prompt or not prompt.strip():
+        raise InputError("empty prompt: nothing to inspect")
+    if top_k < 0:
+        raise InputError(f"--top-k must be ≥ 0 (got {top_k})")
+    ctx, parts = context_ids(lm, prompt, system)
+    generated = response is None
+    if generated:
+        rec = TokenRecorder(lm.tokenizer, top_k)
+        res, _ = generate(lm, ctx, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0),
+                          observe=rec)
+        ans, response = list(res.token_ids), res.text
+    else:
+        ans = encode_text(lm.tokenizer, clean_text(response))
+        if not ans:
+            raise InputError("empty response: give text or leave --response out to generate one")
+    scored = score_ids(lm, ctx + ans, top_k)
+    out = Inspection(prompt, response, generated, scored, parts + ["answer"] * len(ans))
+    if lens and ans:
+        idx = list(range(len(ctx), len(ctx) + len(ans)))
+        tables = logit_lens(lm, ctx + ans, [i - 1 for i in idx], top_k=max(1, top_k))
+        out.lens = {i: tables[i - 1] for i in idx}
+    return out
