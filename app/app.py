@@ -250,6 +250,8 @@ class TokenforgeApp(App):
         self._each_screen("model_changed")
 
     def _after_load(self, lm: Any) -> None:
+        if self.settings.context_size:  # a profile's context size: never above the model's
+            lm.context_length = min(int(lm.context_length), int(self.settings.context_size))
         self.lm = lm
         self.model_state = "ready"
         self.sub_title = lm.describe()

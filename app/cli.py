@@ -26,7 +26,9 @@ def _load_commands() -> dict[str, object]:
 
 
 def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from app.commands import profile_args
+
+    parser = profile_args.ProfileParser(
         prog="tokenforge",
         description="Token-level, inference-time workbench for local LLMs. "
                     "Without a command: the terminal UI.")
@@ -34,6 +36,7 @@ def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in mods.items():
         mod.register(sub)  # type: ignore[attr-defined]
+    profile_args.prepare(parser)
     return parser
 
 
@@ -45,7 +48,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return attack_action(sub_argv)
     mods = _load_commands()
     parser = build_parser(mods)
-    args = parser.parse_args(argv)
+    from engine.errors import EngineError
+
+    try:
+        args = parser.parse_args(argv)  # applies the config profile (flag > profile > default)
+    except EngineError as e:  # a bad config file or an unknown profile: one line, exit 2
+        from app.commands.common import fail
+
+        return fail(str(e), e.hint)
     if args.command is None:
         from app.tui import run_tui
 

@@ -175,6 +175,9 @@ class AppSettings:
     #: the dashboard's current grid (set by the dashboard as its form changes); sizes "bench"
     bench_grid: Optional[BenchGrid] = None
     export_dir: Path = field(default_factory=default_export_dir)
+    #: at most this many tokens of context (a profile's context_size); None = the model's window
+    context_size: Optional[int] = None
+    profile: str = ""  # the profile in use, for display
 
     @classmethod
     def from_args(cls, args: Any) -> "AppSettings":
@@ -185,7 +188,30 @@ class AppSettings:
             s.dtype = getattr(args, "dtype", s.dtype) or s.dtype
             s.trust_remote_code = bool(getattr(args, "trust_remote_code", False))
             s.engine_path = getattr(args, "engine_path", s.engine_path) or s.engine_path
+            s.context_size = getattr(args, "context_size", None)
+            profile = getattr(args, "tf_profile", None)
+            if profile is not None:
+                s.apply_profile(profile)
         return s
+
+    def apply_profile(self, p: Any) -> None:
+        """A config profile's sampling, system prompt, context size and timeouts (the model
+        fields arrive through the resolved command-line args, where a flag wins)."""
+        self.profile = p.name
+        if p.system_prompt is not None:
+            self.system_prompt = p.system_prompt
+        if p.context_size is not None and self.context_size is None:
+            self.context_size = p.context_size
+        sm = self.sampling
+        for key, attr in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"),
+                          ("top_p", "top_p"), ("top_k", "top_k")):
+            if getattr(p, key) is not None:
+                setattr(sm, attr, getattr(p, key))
+        if p.stop is not None:
+            sm.stop_strings = tuple(p.stop)
+        self.rederive()
+        for kind, secs in p.timeouts.items():
+            self.set_user_timeout(kind, secs)
 
     @property
     def timeouts_user_set(self) -> bool:

@@ -27,3 +27,12 @@ def tiny_lm(tokenizer):
     from engine.lm.tiny import tiny_llama
 
     return tiny_llama(tokenizer, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _private_user_state(monkeypatch, tmp_path_factory):
+    """No test reads the user's real config or writes into their saved sessions."""
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "config"))
+    monkeypatch.delenv("TOKENFORGE_CONFIG", raising=False)
+    monkeypatch.setenv("TOKENFORGE_SESSIONS", str(base / "sessions"))

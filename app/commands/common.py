@@ -22,6 +22,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="allow the model repository's own Python code to run (off by default)")
     g.add_argument("--engine-path", choices=("fast", "standard"), default="fast",
                    help="lean fast forward where supported (exact), or the HF standard forward")
+    g.add_argument("--context-size", type=int, default=None, metavar="N",
+                   help="use at most N tokens of context (default: the model's window)")
 
 
 def err_console() -> Console:
@@ -51,6 +53,7 @@ def load_lm(args: argparse.Namespace) -> Any:
         lm = load_model(args.model, device=args.device, dtype=args.dtype,
                         trust_remote_code=args.trust_remote_code, progress=progress)
     set_engine_path(lm, getattr(args, "engine_path", "fast"))
+    limit_context(lm, getattr(args, "context_size", None))
     c.print(f"[dim]{lm.describe()} · loaded in {lm.load_s:.1f} s[/]")
     return lm
 
@@ -60,13 +63,27 @@ def set_engine_path(lm: Any, path: str) -> None:
     lm.engine_path = path
 
 
+def limit_context(lm: Any, n: Any) -> None:
+    """A profile's or flag's context size: never more than the model's own window."""
+    from engine.errors import InputError
+
+    if n is None:
+        return
+    if int(n) < 16:
+        raise InputError(f"--context-size {n} is too small (at least 16 tokens)")
+    lm.context_length = min(int(lm.context_length), int(n))
+
+
 def guard(fn: Any) -> Any:
     """Decorator for run(args): EngineError -> one line + exit 2; Ctrl+C -> exit 130."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
+        from app.commands import profile_args
+
         try:
+            profile_args.apply(args)
             return int(fn(args) or 0)
         except EngineError as e:
             return fail(str(e), e.hint)
