@@ -31,17 +31,23 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- processes
 def parallel_state(args: argparse.Namespace) -> Any:
-    """This process's rank under ``accelerate launch`` (accelerate's PartialState), else one
-    process. Under a multi-process launch each rank loads its own model on its own device."""
+    """This process's rank under a multi-process launch (accelerate's PartialState over the
+    torchrun environment ``accelerate launch --multi_gpu`` sets up), else one process. Each rank
+    loads its own model: on its own GPU, or on the CPU with ``--device cpu`` (gloo)."""
     from engine.advtok.evalrun import Parallel
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Parallel()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
-    if getattr(args, "device", "auto") == "auto":
-        args.device = str(state.device)
+    dev = getattr(args, "device", "auto")
+    cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    if state.num_processes <= 1:
+        return Parallel()
+    if dev == "auto":
+        args.device = "cpu" if cpu else str(state.device)
     return Parallel(rank=state.process_index, world=state.num_processes,
                     barrier=state.wait_for_everyone)
 
@@ -117,7 +123,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     from app.commands.attack import _run_cancellable, make_config
     from engine.advtok.datasets import parse_columns
     from engine.advtok.judges import parse_judges
-    from engine.advtok.records import merge_results
+    from engine.advtok.records import merge_results, shard_files
 
     if args.request or args.response:
         return fail("--dataset reads requests from the file; drop --request/--response")
@@ -138,10 +144,10 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     err.print(f"{tag}{summ.done} rows done, {summ.skipped} already finished, "
               f"{len(summ.failed)} failed, {len(summ.problems)} file problems"
               + (" · interrupted" if summ.interrupted else ""), highlight=False, markup=False)
-    if par.world > 1 and not (interrupted or summ.interrupted):
-        par.barrier()
-        if par.rank == 0:
-            n, notes = merge_results(Path(args.out))
+    if not (interrupted or summ.interrupted):
+        par.barrier()               # every rank finished: rank 0 folds the shards into --out
+        if par.rank == 0 and len(shard_files(args.out)) > 1:
+            n, _ = merge_results(Path(args.out))
             err.print(f"merged {n} rows into {args.out}", highlight=False, markup=False)
     if interrupted or summ.interrupted:
         return 130
