@@ -129,20 +129,20 @@ class Engine:
 
     def chat_send(self, session: Any, text: str, sampling: Any, *,
                   on_token: Any = None, progress: Optional[ProgressFn] = None,
-                  cancel: Optional[CancelToken] = None) -> Any:
+                  cancel: Optional[CancelToken] = None, observe: Any = None) -> Any:
         cfg = sampling.to_config()
         session.sampling = cfg  # the export then records the settings actually used
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
-                            sampling=cfg)
+                            sampling=cfg, observe=observe)
 
     def chat_regenerate(self, session: Any, sampling: Any, *, on_token: Any = None,
                         progress: Optional[ProgressFn] = None,
-                        cancel: Optional[CancelToken] = None) -> Any:
+                        cancel: Optional[CancelToken] = None, observe: Any = None) -> Any:
         """Drop the last answer and answer the last user message again (current sampling)."""
         cfg = sampling.to_config()
         session.sampling = cfg
         return session.regenerate(on_token=on_token, progress=progress, cancel=cancel,
-                                  sampling=cfg)
+                                  sampling=cfg, observe=observe)
 
     # -- AdvTok (attack screen) -----------------------------------------------------------------
     def attack(self, lm: Any, fields: dict[str, Any], vocab: Any = None, *,

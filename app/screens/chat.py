@@ -27,6 +27,7 @@ from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, Token
 from app.screens.base import ToolScreen
 from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
 from app.widgets.composer import Composer
+from app.widgets.token_explorer import TokenExplorer
 from app.validate import FieldCheck, optional_text, require_text
 
 PROMPT_LIMIT = 100_000
@@ -43,6 +44,8 @@ class ChatScreen(ToolScreen):
         # priority: the message box binds ctrl+e to end-of-line (End still does that)
         Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
                 tooltip="Export the conversation as Markdown and JSON"),
+        Binding("ctrl+t", "tokens", "Tokens", id="chat.tokens",
+                tooltip="Token explorer: colour the last answer by probability and select tokens"),
     ]
 
     def __init__(self) -> None:
@@ -84,6 +87,7 @@ class ChatScreen(ToolScreen):
                             validators=[FieldCheck(lambda v: optional_text(v, "system prompt"))])
                 yield Button("Apply · new chat", id="apply-system")
             yield VerticalScroll(id="messages")
+            yield TokenExplorer(id="token-explorer")
             yield Static("", id="chat-status", classes="status-line")
             yield Static("", id="chat-error", classes="inline-error")
             with Horizontal(id="input-row", classes="form-row"):
@@ -212,7 +216,8 @@ class ChatScreen(ToolScreen):
             self.session.reset(system=system)
             self.reset_pending = False
         return engine.chat_send(self.session, text, sampling, on_token=on_token,
-                                progress=progress, cancel=cancel)
+                                progress=progress, cancel=cancel,
+                                observe=self.explorer.observer(lm))
 
     async def action_regenerate(self) -> None:
         """Drop the last answer (on screen and in the session) and answer the last message again
@@ -228,6 +233,8 @@ class ChatScreen(ToolScreen):
                 or not getattr(self.session, "turns", None)):
             self.notify("Nothing to regenerate: the last message has no answer in this "
                         "conversation", severity="warning")
+            return
+        if self.explorer.regenerate():  # a sibling in the answer tree ("< 2/2 >")
             return
         messages = self.query_one("#messages", VerticalScroll)
         old = list(messages.query(AssistantMessage))
@@ -252,16 +259,27 @@ class ChatScreen(ToolScreen):
                     cancel: Any) -> Any:
         """Worker thread: roll the session back one turn and answer that message again."""
         return engine.chat_regenerate(self.session, sampling, on_token=on_token,
-                                      progress=progress, cancel=cancel)
+                                      progress=progress, cancel=cancel,
+                                      observe=self.explorer.observer(self.session.lm))
 
     def action_stop(self) -> None:
         super().action_stop()
+
+    @property
+    def explorer(self) -> TokenExplorer:
+        return self.query_one("#token-explorer", TokenExplorer)
+
+    def action_tokens(self) -> None:
+        """Colour the last answer's tokens by probability and move the focus to them."""
+        self.explorer.action_colours()
+        self.explorer.focus()
 
     def action_new_chat(self) -> None:
         if self.busy:
             self.notify("An answer is running: Esc to stop it first", severity="warning")
             return
         self.query_one("#messages", VerticalScroll).remove_children()
+        self.explorer.clear()
         self.reset_pending = self.session is not None
         self.turns = 0
         self.can_regenerate = False
@@ -325,6 +343,7 @@ class ChatScreen(ToolScreen):
         self.turns += 1
         self.app.record_speed(r.decode_tok_s, r.new_tokens)  # type: ignore[attr-defined]
         self.can_regenerate = True
+        self.explorer.answer_done(self.session, self.app.settings.sampling)  # type: ignore[attr-defined]
         if self.answer is not None:
             await self.answer.finish(r.text, answer_figures(r)
                                      + (" · regenerated" if self.regenerating else ""))
@@ -338,6 +357,7 @@ class ChatScreen(ToolScreen):
             if r is not None:
                 self.turns += 1
                 self.can_regenerate = True
+                self.explorer.answer_done(self.session, self.app.settings.sampling)  # type: ignore[attr-defined]
                 await self.answer.finish(r.text, answer_figures(r, stopped=True)
                                          + f" · [yellow]{m.reason}[/]")
             else:
