@@ -258,9 +258,10 @@ class ChatScreen(ToolScreen):
     def _regenerate(self, sampling: Any, engine: Any, *, on_token: Any, progress: Any,
                     cancel: Any) -> Any:
         """Worker thread: roll the session back one turn and answer that message again."""
+        lm = getattr(self.session, "lm", None)
         return engine.chat_regenerate(self.session, sampling, on_token=on_token,
                                       progress=progress, cancel=cancel,
-                                      observe=self.explorer.observer(self.session.lm))
+                                      observe=self.explorer.observer(lm))
 
     def action_stop(self) -> None:
         super().action_stop()
