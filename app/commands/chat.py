@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--session", default=None, metavar="NAME",
+                   help="continue (or start) the saved session NAME; every turn is saved, and "
+                        "its KV cache is restored from a snapshot so only new tokens are prefilled")
     p.add_argument("--json", action="store_true", help="with --prompt: print the result as JSON "
                    "(with each token's log-probability, entropy and alternatives)")
     p.add_argument("--alternatives", type=int, default=5, metavar="K",
@@ -80,6 +83,29 @@ def _figures(r: Any) -> str:
     return s
 
 
+def _open_session(lm: Any, args: argparse.Namespace, cfg: Any, err: Console) -> tuple[Any, dict[str, Any]]:
+    """The saved session named by --session (created when new), and what to report about it."""
+    from engine.sessions.persist import PersistentChat
+    from engine.sessions.snapshot import SnapshotStore
+    from engine.sessions.store import sessions_dir
+
+    conf = getattr(args, "tf_config", None)
+    cap = int((conf.snapshot_cap_mib if conf is not None else 512) * (1 << 20))
+    chat = PersistentChat(lm, args.session, system=args.system, sampling=cfg,
+                          snapshots=SnapshotStore(sessions_dir() / "snapshots", cap))
+    rep = chat.report
+    if args.system is not None and chat.session.system != (args.system.strip() or None) \
+            and rep.how != "new":
+        rep.notes.append("the saved session's system prompt is kept (--system ignored)")
+    for n in rep.notes:
+        err.print(f"[yellow]{n}[/]")
+    if rep.how != "new":
+        err.print(f"[dim]session {args.session!r}: {len(chat.all_turns)} turn(s), "
+                  f"{'KV restored from snapshot (' + str(rep.restored_tokens) + ' tokens)' if rep.how == 'snapshot' else rep.how}[/]")
+    return chat, {"session": args.session, "restored": rep.how,
+                  "restored_tokens": rep.restored_tokens}
+
+
 @guard
 def run(args: argparse.Namespace) -> int:
     from engine.lm.chat import ChatSession
@@ -94,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.alternatives <= 100:
         return fail(f"--alternatives must be in 0..100 (got {args.alternatives})")
     lm = load_lm(args)
-    session = ChatSession(lm, system=args.system, sampling=cfg)
     out = Console(highlight=False)
     err = err_console()
+    saved: dict[str, Any] = {}
+    if args.session is not None:
+        session, saved = _open_session(lm, args, cfg, err)
+    else:
+        session = ChatSession(lm, system=args.system, sampling=cfg)
     if args.prompt is not None:
         rec = None
         if args.json:
@@ -106,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         r = _answer(session, args.prompt, out, quiet=args.json, observe=rec)
         if args.json:
             tokens = [i.to_dict() for i in rec.infos] if rec is not None else []
-            print(json.dumps({"prompt": args.prompt, **r.to_dict(), "tokens": tokens},
+            print(json.dumps({"prompt": args.prompt, **r.to_dict(), **saved, "tokens": tokens},
                              ensure_ascii=False, indent=2))
         else:
             print()
@@ -122,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
         cmd = text.strip()
         if cmd in ("/exit", "/quit"):
             return 0
+        if cmd in ("/new",) or cmd.startswith("/system"):
+            if args.session is not None:
+                err.print("[red]/new and /system start another conversation: with --session, "
+                          "open another session instead[/]")
+                continue
         if cmd == "/new":
             session.reset()
             err.print("[dim]new conversation (system prompt cache kept)[/]")
@@ -131,9 +166,13 @@ def run(args: argparse.Namespace) -> int:
             err.print("[dim]system prompt set; new conversation[/]")
             continue
         try:
-            r = _answer(session, text, out, quiet=False)
+            r = _answer(session, text, out, quiet=args.json)
         except InputError as e:
             err.print(f"[red]{e}[/]")
+            continue
+        if args.json:  # one line per turn: its figures (prefill tokens among them)
+            print(json.dumps({"prompt": text, **r.to_dict(), **saved}, ensure_ascii=False))
+            saved = {k: v for k, v in saved.items() if k == "session"}
             continue
         print()
         err.print(f"[dim]{_figures(r)}[/]")

@@ -269,6 +269,24 @@ class ChatSession:
         return self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
                          sampling=sampling, observe=observe)
 
+    def restore(self, turns: list[Turn], ids: list[int], cache: Any = None) -> None:
+        """Continue a saved conversation: ``turns`` and their live token ``ids`` (system prefix
+        first), and optionally a KV ``cache`` holding a prefix of ``ids`` (a snapshot). Without
+        one, the next send prefills the history once."""
+        before, _, _ = self.glue.pieces(0)
+        sys_ids = self._encode_template(before)
+        if list(ids[:len(sys_ids)]) != sys_ids:
+            raise InputError("the saved conversation does not start with this system prompt")
+        self._sys_ids = sys_ids
+        if cache is not None:
+            n = self.fwd.cache_len(cache)
+            if n > len(ids) or n < len(sys_ids):
+                raise InputError(f"a cache of {n} positions does not fit {len(ids)} saved tokens")
+            self._sys_cache = self.fwd.fork(cache, keep=len(sys_ids)) if sys_ids else self.fwd.new_cache()
+        self.turns = list(turns)
+        self.ids = list(ids)
+        self.cache = cache if cache is not None else self.fwd.fork(self._system_cache())
+
     # -- export ---------------------------------------------------------------------------------
     def to_markdown(self) -> str:
         lines = [f"# Conversation with {self.lm.name}", ""]

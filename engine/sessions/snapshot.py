@@ -1,0 +1,255 @@
+"""KV-cache snapshots on disk, so a reopened conversation prefills only its new tokens.
+
+A snapshot is one safetensors file (tensors ``k``, ``v``: (layers, 1, kv_heads, n, head_dim),
+``ids``: the n token ids the cache holds) named by a key over the weights hash, the cache dtype
+and those ids. Nothing in it is trusted: before use the header, format, weights hash, dtype,
+shapes, the ids themselves and a BLAKE2b checksum of the bytes are all compared with what the
+caller expects; any mismatch deletes the file and the caller recomputes the cache (a wrong
+cache would silently give wrong answers). Files are written atomically; the folder is held
+under a size cap by deleting the least recently used snapshots first (a load touches its file).
+
+Caches stay opaque to the rest of the engine: :func:`export_kv` / :func:`import_kv` are the one
+place that knows both forwards' cache layouts (the lean path's shared buffer, the standard
+path's ``DynamicCache``)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from engine.atomic import write_bytes
+
+FORMAT = "tokenforge-kv-1"
+SUFFIX = ".safetensors"
+
+
+def weights_hash(model: Any) -> str:
+    """BLAKE2b of every parameter and buffer (names, dtypes, shapes, bytes), cached on the model
+    (the same attribute and recipe as AdvTok's records, so the cost is paid once)."""
+    cached = getattr(model, "_tokenforge_weights_hash", None)
+    if cached:
+        return cached
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        flat = t.reshape(-1).contiguous().cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    digest = h.hexdigest()
+    try:
+        model._tokenforge_weights_hash = digest
+    except AttributeError:
+        pass
+    return digest
+
+
+def kv_layout(fwd: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the caches ``fwd`` makes."""
+    if hasattr(fwd, "n_layers"):
+        return int(fwd.n_layers), int(fwd.n_kv), int(fwd.head_dim)
+    c = fwd.config
+    heads = int(c.num_attention_heads)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return int(c.num_hidden_layers), int(getattr(c, "num_key_value_heads", None) or heads), head_dim
+
+
+def export_kv(fwd: Any, cache: Any) -> tuple[Any, Any]:
+    """K and V of a batch-1 cache as two contiguous CPU tensors (layers, 1, kv_heads, n, d)."""
+    import torch
+
+    n = fwd.cache_len(cache)
+    if hasattr(cache, "store"):  # the lean path: one shared buffer, this cache's first n slots
+        st = cache.store
+        if st is None or n == 0:
+            raise ValueError("empty cache")
+        k, v = st.k[:, :, :, :n], st.v[:, :, :, :n]
+    else:
+        layers = fwd._layers(cache)
+        if not layers:
+            raise ValueError("empty cache")
+        k = torch.stack([a[:, :, :n] for a, _ in layers])
+        v = torch.stack([b[:, :, :n] for _, b in layers])
+    if k.shape[1] != 1:
+        raise ValueError("only batch-1 caches are snapshotted")
+    return k.detach().cpu().contiguous(), v.detach().cpu().contiguous()
+
+
+def import_kv(fwd: Any, k: Any, v: Any) -> Any:
+    """A cache of ``fwd``'s own kind holding K and V (as made by :func:`export_kv`)."""
+    n = int(k.shape[3])
+    if hasattr(fwd, "_alloc"):  # lean
+        from engine.lm.fastpath import LeanCache
+
+        st = fwd._alloc(1, max(64, n + max(64, n // 4)))
+        st.k[:, :, :, :n].copy_(k.to(st.k.device, st.k.dtype))
+        st.v[:, :, :, :n].copy_(v.to(st.v.device, st.v.dtype))
+        st.frontier = n
+        return LeanCache(st, n, 1)
+    dev = fwd.device
+    return fwd._build([(k[i].to(dev), v[i].to(dev)) for i in range(k.shape[0])])
+
+
+def _digest(*blobs: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for b in blobs:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _raw(t: Any) -> bytes:
+    import torch
+
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def snapshot_key(weights: str, dtype: str, ids: list[int]) -> str:
+    from engine.sessions.store import pack_ids
+
+    return _digest(weights.encode(), dtype.encode(), pack_ids(ids))
+
+
+@dataclass
+class Loaded:
+    cache: Any
+    tokens: int
+
+
+class SnapshotStore:
+    """The snapshot folder. ``cap_bytes`` 0 disables snapshots."""
+
+    def __init__(self, folder: Path | str, cap_bytes: int = 512 << 20) -> None:
+        self.folder = Path(folder)
+        self.cap_bytes = int(cap_bytes)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}{SUFFIX}"
+
+    def save(self, fwd: Any, cache: Any, ids: list[int], weights: str, dtype: str,
+             keep: frozenset[str] = frozenset()) -> str:
+        """Write the snapshot of ``cache`` (which holds exactly ``ids``); returns its key ("" when
+        snapshots are off or the cache is larger than the cap). Then enforces the cap."""
+        import torch
+        from safetensors.torch import save
+
+        if self.cap_bytes <= 0 or not ids:
+            return ""
+        k, v = export_kv(fwd, cache)
+        if int(k.shape[3]) != len(ids):
+            raise ValueError(f"cache holds {k.shape[3]} positions, {len(ids)} ids given")
+        if 2 * k.numel() * k.element_size() > self.cap_bytes:
+            return ""
+        t_ids = torch.tensor(ids, dtype=torch.int64)
+        key = snapshot_key(weights, dtype, ids)
+        meta = {"format": FORMAT, "weights_hash": weights, "dtype": dtype, "tokens": str(len(ids)),
+                "checksum": _digest(_raw(k), _raw(v), _raw(t_ids))}
+        write_bytes(self.path(key), save({"k": k, "v": v, "ids": t_ids}, metadata=meta))
+        self.enforce_cap(keep | {key})
+        return key
+
+    def load(self, fwd: Any, ids: list[int], weights: str, dtype: str) -> tuple[Optional[Loaded], str]:
+        """The cache for ``ids`` if a valid snapshot of exactly them exists, else (None, why).
+        An invalid file is deleted."""
+        key = snapshot_key(weights, dtype, ids)
+        p = self.path(key)
+        if not p.exists():
+            return None, "no snapshot"
+        try:
+            data = p.read_bytes()
+            cache = self._validated(fwd, data, ids, weights, dtype)
+        except _Invalid as e:
+            self.remove(key)
+            return None, f"snapshot rejected ({e}); recomputed"
+        except Exception as e:  # unreadable bytes: corrupt
+            self.remove(key)
+            return None, f"snapshot rejected (corrupt: {type(e).__name__}); recomputed"
+        try:
+            os.utime(p)  # least recently used goes first
+        except OSError:
+            pass
+        return Loaded(cache, len(ids)), "restored from snapshot"
+
+    def _validated(self, fwd: Any, data: bytes, ids: list[int], weights: str, dtype: str) -> Any:
+        import torch
+        from safetensors.torch import load
+
+        if len(data) < 8:
+            raise _Invalid("truncated")
+        (n_header,) = struct.unpack("<Q", data[:8])
+        if n_header > len(data) - 8:
+            raise _Invalid("truncated header")
+        meta = json.loads(data[8:8 + n_header]).get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            raise _Invalid("unknown format")
+        if meta.get("weights_hash") != weights:
+            raise _Invalid("other weights")
+        if meta.get("dtype") != dtype or meta.get("tokens") != str(len(ids)):
+            raise _Invalid("other dtype or length")
+        t = load(data)
+        k, v, t_ids = t.get("k"), t.get("v"), t.get("ids")
+        if k is None or v is None or t_ids is None:
+            raise _Invalid("missing tensors")
+        if t_ids.tolist() != list(ids):
+            raise _Invalid("other token ids")
+        layers, heads, d = kv_layout(fwd)
+        if tuple(k.shape) != (layers, 1, heads, len(ids), d) or v.shape != k.shape:
+            raise _Invalid(f"shape {tuple(k.shape)} does not fit this model")
+        if str(k.dtype).replace("torch.", "") != str(_cache_dtype(fwd)).replace("torch.", ""):
+            raise _Invalid("other tensor dtype")
+        if _digest(_raw(k), _raw(v), _raw(t_ids)) != meta.get("checksum"):
+            raise _Invalid("checksum mismatch")
+        if not bool(torch.isfinite(k).all()) or not bool(torch.isfinite(v).all()):
+            raise _Invalid("non-finite values")
+        return import_kv(fwd, k, v)
+
+    def remove(self, key: str) -> None:
+        if key:
+            try:
+                self.path(key).unlink()
+            except FileNotFoundError:
+                pass
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.exists() else []
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files())
+
+    def enforce_cap(self, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Delete least recently used snapshots until the folder is under the cap; ``keep`` (the
+        snapshot just written) goes last. Returns the removed keys."""
+        entries = []
+        for p in self.files():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((p.stem in keep, st.st_mtime, p, st.st_size))
+        total = sum(e[3] for e in entries)
+        removed = []
+        for _, _, p, size in sorted(entries, key=lambda e: (e[0], e[1])):
+            if total <= self.cap_bytes:
+                break
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            total -= size
+            removed.append(p.stem)
+        return removed
+
+
+def _cache_dtype(fwd: Any) -> Any:
+    if hasattr(fwd, "dtype"):
+        return fwd.dtype
+    return next(fwd.model.parameters()).dtype
+
+
+class _Invalid(Exception):
+    """A snapshot that exists but must not be used."""

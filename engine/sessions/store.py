@@ -1,0 +1,399 @@
+"""Saved conversations in one sqlite file (stdlib ``sqlite3``, WAL mode, versioned schema).
+
+What is kept per session: the system prompt, the sampling settings, the model id and a hash of
+its weights, and per branch the turns (user text and ids, answer text and ids, the turn's
+figures) plus the live conversation's token ids — the truth a KV snapshot is checked against.
+A branch starts at a turn of its parent (regenerating an answer makes one); the session's head
+branch is the one shown and continued.
+
+Faults: a file that is not a database, or is another program's, or has a newer schema is moved
+aside (``sessions.db.bad-<time>``), a fresh one is started and :attr:`SessionStore.notice` says
+so; a database held by a second instance raises :class:`StoreBusy` with one clear message after a
+short wait (sqlite's busy timeout) instead of hanging or corrupting anything — every write is one
+transaction, so nothing is half-written."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from contextlib import contextmanager
+
+from engine.errors import EngineError, InputError
+from engine.paths import cache_dir
+
+SCHEMA = 1
+APP_ID = "tokenforge-sessions"
+BUSY_MS = 2000
+ENV_VAR = "TOKENFORGE_SESSIONS"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL, updated REAL NOT NULL,
+    model_id TEXT NOT NULL, weights_hash TEXT NOT NULL, system TEXT, sampling TEXT NOT NULL,
+    head_branch INTEGER);
+CREATE TABLE IF NOT EXISTS branches (
+    id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    parent INTEGER, fork_turn INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
+    conv_ids BLOB NOT NULL DEFAULT x'', live_from INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY, branch_id INTEGER NOT NULL REFERENCES branches(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, user TEXT NOT NULL, user_ids BLOB NOT NULL, answer TEXT NOT NULL,
+    answer_ids BLOB NOT NULL, metrics TEXT, created REAL NOT NULL, UNIQUE(branch_id, idx));
+CREATE INDEX IF NOT EXISTS turns_branch ON turns(branch_id, idx);
+"""
+
+
+class StoreBusy(EngineError):
+    """The sessions database is held by another tokenforge."""
+
+
+def sessions_dir() -> Path:
+    """``$TOKENFORGE_SESSIONS`` or ``<cache>/sessions``: the database and the KV snapshots."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        p = Path(env).expanduser()
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return cache_dir("sessions")
+
+
+def pack_ids(ids: list[int]) -> bytes:
+    """Token ids as little-endian int64 (the same bytes on every machine)."""
+    a = array("q", ids)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_ids(blob: bytes) -> list[int]:
+    a = array("q")
+    a.frombytes(bytes(blob))
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tolist()
+
+
+@dataclass
+class SavedTurn:
+    user: str
+    user_ids: list[int]
+    answer: str
+    answer_ids: list[int]
+    metrics: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class SessionInfo:
+    name: str
+    created: float
+    updated: float
+    model_id: str
+    turns: int
+    preview: str
+
+
+@dataclass
+class SavedSession:
+    name: str
+    model_id: str
+    weights_hash: str
+    system: Optional[str]
+    sampling: dict[str, Any]
+    branch: int
+    branches: list[int]
+    turns: list[SavedTurn] = field(default_factory=list)
+    conv_ids: list[int] = field(default_factory=list)
+    live_from: int = 0  # turns before this one were dropped from the context (overflow)
+    snapshot: str = ""
+
+
+class SessionStore:
+    """One open sessions database. Methods are short transactions; safe to call from one
+    thread at a time (the app's runner serialises jobs)."""
+
+    def __init__(self, path: Optional[Path | str] = None) -> None:
+        self.path = Path(path) if path else sessions_dir() / "sessions.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.notice = ""
+        try:
+            self.db = self._open()
+        except _Foreign as e:
+            aside = self._move_aside()
+            self.notice = (f"{self.path.name} {e}; it was kept as {aside.name} and a fresh "
+                           "sessions database was started")
+            self.db = self._open()
+
+    # -- opening ------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), timeout=BUSY_MS / 1000, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+            db.execute("PRAGMA foreign_keys=ON")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise _Foreign("is not a tokenforge sessions database")
+            # WAL only once the file is known to be ours: switching writes to its header
+            if not tables:
+                db.execute("PRAGMA journal_mode=WAL")
+                with _tx(db):
+                    for stmt in _DDL.strip().split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                    db.execute("INSERT INTO meta VALUES ('app', ?), ('schema', ?)", (APP_ID, str(SCHEMA)))
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("app") != APP_ID:
+                raise _Foreign("is not a tokenforge sessions database")
+            if int(meta.get("schema", "0")) > SCHEMA:
+                raise _Foreign(f"has schema {meta['schema']} (this version reads {SCHEMA})")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" in str(e) or "busy" in str(e):
+                raise self._busy() from e
+            raise _Foreign(f"cannot be read ({e})") from e
+        except sqlite3.DatabaseError as e:  # "file is not a database", malformed image
+            db.close()
+            raise _Foreign(f"is corrupt or not a database ({e})") from e
+        except _Foreign:
+            db.close()
+            raise
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{aside.name}.{n}")
+            n += 1
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, aside.with_name(aside.name + suffix))
+        return aside
+
+    def _busy(self) -> StoreBusy:
+        return StoreBusy(f"the sessions database {self.path} is in use by another tokenforge",
+                         hint="close the other instance, or set TOKENFORGE_SESSIONS to another folder")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with _tx(self.db, immediate=True):
+                yield self.db
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise self._busy() from e
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _sid(self, name: str) -> tuple[int, int]:
+        row = self.db.execute("SELECT id, head_branch FROM sessions WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise InputError(f"no saved session named {name!r}")
+        return int(row[0]), int(row[1])
+
+    def exists(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sessions WHERE name=?", (name,)).fetchone() is not None
+
+    def list(self) -> list[SessionInfo]:
+        """Every session, most recently updated first."""
+        out = []
+        for sid, name, created, updated, model, head in self.db.execute(
+                "SELECT id, name, created, updated, model_id, head_branch FROM sessions "
+                "ORDER BY updated DESC, id DESC").fetchall():
+            turns = self._branch_turns(int(head))
+            preview = turns[0].user.splitlines()[0][:60] if turns else ""
+            out.append(SessionInfo(name, created, updated, model, len(turns), preview))
+        return out
+
+    def search(self, text: str, limit: int = 200) -> list[tuple[str, str, str]]:
+        """(session, role, snippet) for every message containing ``text`` (case-insensitive)."""
+        if not text.strip():
+            return []
+        pat = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.execute(
+            "SELECT DISTINCT s.name, t.user, t.answer FROM turns t JOIN branches b ON t.branch_id=b.id "
+            "JOIN sessions s ON b.session_id=s.id WHERE t.user LIKE ? ESCAPE '\\' "
+            "OR t.answer LIKE ? ESCAPE '\\' ORDER BY s.updated DESC LIMIT ?",
+            (pat, pat, limit)).fetchall()
+        out = []
+        low = text.lower()
+        for name, user, answer in rows:
+            for role, body in (("user", user), ("assistant", answer)):
+                i = body.lower().find(low)
+                if i >= 0:
+                    out.append((name, role, _snippet(body, i, len(text))))
+        return out
+
+    def _chain(self, branch: int) -> list[tuple[int, int]]:
+        """(branch, its fork point in its parent) from the root down to ``branch``."""
+        chain: list[tuple[int, int]] = []
+        b: Optional[int] = branch
+        while b is not None:
+            row = self.db.execute("SELECT parent, fork_turn FROM branches WHERE id=?", (b,)).fetchone()
+            if row is None:
+                break
+            chain.append((b, int(row[1])))
+            b = row[0]
+        return chain[::-1]
+
+    def _count(self, branch: int) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM turns WHERE branch_id=?", (branch,)).fetchone()[0])
+
+    def _locate(self, head: int, index: int) -> tuple[int, int]:
+        """(branch, local index) where turn ``index`` of the head's conversation lives (or, for
+        the next new turn, the head and its own count)."""
+        chain = self._chain(head)
+        offset = 0
+        for j, (bid, _) in enumerate(chain):
+            visible = chain[j + 1][1] if j + 1 < len(chain) else self._count(bid)
+            if index < offset + visible or j == len(chain) - 1:
+                return bid, index - offset
+            offset += visible
+        return head, index
+
+    def _branch_turns(self, branch: int) -> list[SavedTurn]:
+        """The turns of a branch: each ancestor's turns before the point its child forked, then
+        the branch's own."""
+        chain = self._chain(branch)
+        turns: list[SavedTurn] = []
+        for j, (bid, _) in enumerate(chain):
+            limit = chain[j + 1][1] if j + 1 < len(chain) else None
+            for r in self.db.execute("SELECT user, user_ids, answer, answer_ids, metrics, idx FROM turns "
+                                     "WHERE branch_id=? ORDER BY idx", (bid,)).fetchall():
+                if limit is None or r[5] < limit:
+                    turns.append(self._turn(r))
+        return turns
+
+    @staticmethod
+    def _turn(r: Any) -> SavedTurn:
+        return SavedTurn(r[0], unpack_ids(r[1]), r[2], unpack_ids(r[3]),
+                         json.loads(r[4]) if r[4] else None)
+
+    def get(self, name: str) -> SavedSession:
+        sid, head = self._sid(name)
+        s = self.db.execute("SELECT model_id, weights_hash, system, sampling FROM sessions WHERE id=?",
+                            (sid,)).fetchone()
+        b = self.db.execute("SELECT conv_ids, live_from, snapshot FROM branches WHERE id=?",
+                            (head,)).fetchone()
+        branches = [int(r[0]) for r in self.db.execute(
+            "SELECT id FROM branches WHERE session_id=? ORDER BY id", (sid,))]
+        return SavedSession(name=name, model_id=s[0], weights_hash=s[1], system=s[2],
+                            sampling=json.loads(s[3]), branch=head, branches=branches,
+                            turns=self._branch_turns(head), conv_ids=unpack_ids(b[0]),
+                            live_from=int(b[1]), snapshot=b[2])
+
+    # -- writing ------------------------------------------------------------------------------
+    def create(self, name: str, model_id: str, weights_hash: str, system: Optional[str],
+               sampling: dict[str, Any]) -> None:
+        name = _check_name(name)
+        now = time.time()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM sessions WHERE name=?", (name,)).fetchone():
+                raise InputError(f"a session named {name!r} already exists")
+            cur = db.execute("INSERT INTO sessions (name, created, updated, model_id, weights_hash, "
+                             "system, sampling) VALUES (?,?,?,?,?,?,?)",
+                             (name, now, now, model_id, weights_hash, system, json.dumps(sampling)))
+            sid = cur.lastrowid
+            b = db.execute("INSERT INTO branches (session_id, created) VALUES (?,?)", (sid, now)).lastrowid
+            db.execute("UPDATE sessions SET head_branch=? WHERE id=?", (b, sid))
+
+    def save_turn(self, name: str, index: int, turn: SavedTurn, conv_ids: list[int], live_from: int,
+                  *, model_id: str, weights_hash: str, sampling: dict[str, Any],
+                  snapshot: str = "") -> None:
+        """Record turn ``index`` of the head branch and the live conversation's ids, in one
+        transaction. A turn at an index the branch already has (a regenerated answer) starts a
+        new branch from that point, so the old answer stays reachable."""
+        with self._write() as db:
+            sid, head = self._sid(name)
+            owner, local = self._locate(head, index)
+            if owner != head or local < self._count(head):  # a new branch from turn `index`
+                head = db.execute("INSERT INTO branches (session_id, parent, fork_turn, created) "
+                                  "VALUES (?,?,?,?)", (sid, owner, local, time.time())).lastrowid
+                db.execute("UPDATE sessions SET head_branch=? WHERE id=?", (head, sid))
+                local = 0
+            db.execute("INSERT INTO turns (branch_id, idx, user, user_ids, answer, answer_ids, "
+                       "metrics, created) VALUES (?,?,?,?,?,?,?,?)",
+                       (head, local, turn.user, pack_ids(turn.user_ids), turn.answer,
+                        pack_ids(turn.answer_ids), json.dumps(turn.metrics) if turn.metrics else None,
+                        time.time()))
+            db.execute("UPDATE branches SET conv_ids=?, live_from=?, snapshot=? WHERE id=?",
+                       (pack_ids(conv_ids), live_from, snapshot, head))
+            db.execute("UPDATE sessions SET updated=?, model_id=?, weights_hash=?, sampling=? "
+                       "WHERE id=?", (time.time(), model_id, weights_hash, json.dumps(sampling), sid))
+
+    def set_snapshot(self, name: str, key: str) -> None:
+        with self._write() as db:
+            _, head = self._sid(name)
+            db.execute("UPDATE branches SET snapshot=? WHERE id=?", (key, head))
+
+    def snapshots_in_use(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT snapshot FROM branches WHERE snapshot != ''")}
+
+    def rename(self, old: str, new: str) -> None:
+        new = _check_name(new)
+        with self._write() as db:
+            self._sid(old)
+            if old != new and db.execute("SELECT 1 FROM sessions WHERE name=?", (new,)).fetchone():
+                raise InputError(f"a session named {new!r} already exists")
+            db.execute("UPDATE sessions SET name=? WHERE name=?", (new, old))
+
+    def delete(self, name: str) -> list[str]:
+        """Remove a session; returns the snapshot keys it held (the caller deletes the files)."""
+        with self._write() as db:
+            sid, _ = self._sid(name)
+            keys = [r[0] for r in db.execute("SELECT snapshot FROM branches WHERE session_id=? "
+                                             "AND snapshot != ''", (sid,))]
+            db.execute("DELETE FROM sessions WHERE id=?", (sid,))
+        return keys
+
+    def unique_name(self, base: str) -> str:
+        base = _check_name(base)
+        name, n = base, 2
+        while self.exists(name):
+            name, n = f"{base} ({n})", n + 1
+        return name
+
+
+class _Foreign(Exception):
+    """The file at the database path cannot be used as ours."""
+
+
+@contextmanager
+def _tx(db: sqlite3.Connection, immediate: bool = False) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise InputError("a session name cannot be empty")
+    if len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InputError("a session name must be one line of at most 200 characters")
+    return name
+
+
+def _snippet(body: str, i: int, n: int, width: int = 30) -> str:
+    a, b = max(0, i - width), min(len(body), i + n + width)
+    s = body[a:b].replace("\n", " ")
+    return ("…" if a else "") + s + ("…" if b < len(body) else "")

@@ -1,0 +1,44 @@
+"""`tokenforge chat --session NAME` across two real processes: the second one restores the KV
+snapshot and its --json shows the turn prefilled only its new tokens."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_lm):
+    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tiny_lm.model.save_pretrained(str(d))
+    tiny_lm.tokenizer.save_pretrained(str(d))
+    return d
+
+
+def _chat(tiny_dir, prompt, env):
+    cmd = [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_dir), "--session", "notes",
+           "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "5", "--json",
+           "--alternatives", "0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout), p.stderr
+
+
+def test_session_continues_in_a_new_process(tiny_dir, tmp_path):
+    env = {**os.environ, "TOKENFORGE_SESSIONS": str(tmp_path / "sessions")}
+    first, _ = _chat(tiny_dir, "Hello there, how are you today?", env)
+    assert first["session"] == "notes" and first["restored"] == "new"
+    second, err = _chat(tiny_dir, "Fine.", env)
+    assert second["restored"] == "snapshot" and "KV restored from snapshot" in err
+    history = first["prompt_tokens"] + first["new_tokens"]
+    assert second["restored_tokens"] == history - 1
+    assert second["prefill_tokens"] < 15 < history  # only the new turn (+ the last answer token)
+    assert second["prompt_tokens"] == second["restored_tokens"] + second["prefill_tokens"]
+    # what was saved
+    from engine.sessions.store import SessionStore
+
+    st = SessionStore(tmp_path / "sessions" / "sessions.db")
+    assert [t.user for t in st.get("notes").turns] == ["Hello there, how are you today?", "Fine."]
