@@ -31,6 +31,7 @@ from app.validate import (FieldCheck, first_error, optional_text, parse_choice, 
                           require_text)
 from app.widgets.engine_status import EngineStatus
 from app.widgets.screen_commands import ScreenActions
+from app.widgets.lattice_view import LatticeView
 from app.widgets.token_strip import TokenStrip
 
 ENGINE_MODULES = ("engine.advtok.search",)
@@ -158,6 +159,7 @@ class AttackScreen(ToolScreen):
                 yield Static("adversarial tokenization [dim](underlined: spans not in the "
                              "canonical)[/]", id="atk-adv-title", classes="strip-title")
                 yield TokenStrip(id="atk-adv")
+                yield LatticeView(id="atk-lattice")
                 with Horizontal(id="atk-sample-cols"):
                     with Vertical(classes="sample-col"):
                         yield Static("[b]normal samples[/] (canonical tokens)",
@@ -284,7 +286,8 @@ class AttackScreen(ToolScreen):
                  self.action_export)]
 
     # -- actions ------------------------------------------------------------------------------
-    def action_run(self) -> None:
+    def action_run(self, given: Optional[list[int]] = None) -> None:
+        """Run the attack; ``given`` (from the lattice) starts the search from those ids."""
         app: Any = self.app
         if self.busy:
             self.notify("An attack is running: Esc to stop it first", severity="warning")
@@ -295,6 +298,8 @@ class AttackScreen(ToolScreen):
             self.query_one("#atk-error", Static).update(escape(err or blocked or ""))
             self._refresh_controls()
             return
+        if given:
+            fields = {**fields, "init": "given", "given_ids": list(given)}
         self.engine_error = ""
         self.result, self.result_state = None, ""
         self._show_result(None)
@@ -361,6 +366,7 @@ class AttackScreen(ToolScreen):
         canon = self.query_one("#atk-canon", TokenStrip)
         adv = self.query_one("#atk-adv", TokenStrip)
         curve = self.query_one("#atk-curve", Sparkline)
+        self.query_one("#atk-lattice", LatticeView).show_result(r)
         if r is None or not r.curve:
             curve.data = []
             self.query_one("#atk-curve-label", Static).update("")
