@@ -192,28 +192,56 @@ class StandardForward:
 _WARNED: set[str] = set()
 
 
-def get_forward(lm: Any) -> Forward:
-    """The forward for ``lm``: the lean fast path when chosen and supported, else standard.
+ENGINE_PATHS = ("fast", "standard", "int8")
+EXACT_PATHS = ("fast", "standard")  # int8 (engine/lm/quantized.py) is reduced precision
+
+
+def get_forward(lm: Any, *, exact: bool = False) -> Forward:
+    """The forward for ``lm``: the lean fast path when chosen and supported, else standard;
+    ``int8`` is the reduced-precision decode path (inexact, chat and sampling only).
+    ``exact=True`` (scoring: AdvTok, log-likelihood rewards) never returns an inexact forward:
+    when ``lm.engine_path`` is inexact it gets the exact lean forward instead.
     Cached on the LoadedModel so every caller shares one instance (and its weights views)."""
     want = getattr(lm, "engine_path", "fast")
+    if exact and want not in EXACT_PATHS:
+        ex = getattr(lm, "_exact_forward", None)
+        if ex is None or getattr(ex, "model", None) is not lm.model:
+            ex = lm._exact_forward = _build_forward(lm, "fast")
+        return ex
     cached = getattr(lm, "_forward", None)
     if cached is not None and getattr(lm, "_forward_path", None) == want:
         return cached
-    fwd: Forward
-    fwd = StandardForward(lm.model)
-    if want == "fast":
-        try:
-            from engine.lm import fastpath
-
-            lean = fastpath.make_lean_forward(lm.model)
-            if lean is not None:
-                fwd = lean
-            elif lm.name not in _WARNED:
-                _WARNED.add(lm.name)
-                log.info("fast path does not support %s (%s); using the standard forward",
-                         lm.name, fastpath.unsupported_reason(lm.model))
-        except ImportError:
-            pass
+    fwd = _build_forward(lm, want)
     lm._forward = fwd
     lm._forward_path = want
     return fwd
+
+
+def _build_forward(lm: Any, want: str) -> Forward:
+    fwd: Forward = StandardForward(lm.model)
+    if want == "int8":
+        from engine.lm import quantized
+
+        q = quantized.make_int8_forward(lm.model)
+        if q is not None:
+            return q
+        if lm.name not in _WARNED:
+            _WARNED.add(lm.name)
+            log.info("int8 decode path unavailable for %s; using the exact lean forward", lm.name)
+        want = "fast"
+    if want == "fast":
+        from engine.lm import fastpath
+
+        lean = fastpath.make_lean_forward(lm.model)
+        if lean is not None:
+            fwd = lean
+        elif lm.name not in _WARNED:
+            _WARNED.add(lm.name)
+            log.info("fast path does not support %s (%s); using the standard forward",
+                     lm.name, fastpath.unsupported_reason(lm.model))
+    return fwd
+
+
+def is_exact(fwd: Any) -> bool:
+    """False for a reduced-precision forward (its outputs only approximate the model's)."""
+    return bool(getattr(fwd, "exact", True))
