@@ -75,8 +75,8 @@ def _answer(session: Any, text: str, out: Console, quiet: bool, observe: Any = N
     return box["result"]
 
 
-def _figures(r: Any) -> str:
-    s = (f"{r.new_tokens} tokens · prefill {r.prefill_tokens} · TTFT {r.ttft_s:.2f} s · "
+def _figures(r: Any, inexact: str = "") -> str:
+    s = (f"{inexact + ' · ' if inexact else ''}{r.new_tokens} tokens · prefill {r.prefill_tokens} · TTFT {r.ttft_s:.2f} s · "
          f"{r.decode_tok_s:.1f} tok/s · stop: {r.stop_reason}")
     if r.dropped_turns:
         s += f" · dropped {r.dropped_turns} old turn(s)"
@@ -127,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
         session, saved = _open_session(lm, args, cfg, err)
     else:
         session = ChatSession(lm, system=args.system, sampling=cfg)
+    from engine.lm.forward import get_forward, is_exact
+
+    fwd = get_forward(lm)  # the instance the session decodes with (cached on lm)
+    # a reduced-precision path is named beside every answer's figures, not only at load time
+    inexact = "" if is_exact(fwd) else f"{fwd.name} decode (INEXACT)"
+    path_info = {"engine_path": fwd.name, "exact": not inexact}
     if args.prompt is not None:
         rec = None
         if args.json:
@@ -136,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
         r = _answer(session, args.prompt, out, quiet=args.json, observe=rec)
         if args.json:
             tokens = [i.to_dict() for i in rec.infos] if rec is not None else []
-            print(json.dumps({"prompt": args.prompt, **r.to_dict(), **saved, "tokens": tokens},
+            print(json.dumps({"prompt": args.prompt, **r.to_dict(), **saved, **path_info, "tokens": tokens},
                              ensure_ascii=False, indent=2))
         else:
             print()
-            err.print(f"[dim]{_figures(r)}[/]")
+            err.print(f"[dim]{_figures(r, inexact)}[/]")
         return 130 if r.stop_reason == "cancelled" else 0
     err.print(f"[dim]{HELP}[/]")
     while True:
@@ -171,10 +177,10 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"[red]{e}[/]")
             continue
         if args.json:  # one line per turn: its figures (prefill tokens among them)
-            print(json.dumps({"prompt": text, **r.to_dict(), **saved}, ensure_ascii=False))
+            print(json.dumps({"prompt": text, **r.to_dict(), **saved, **path_info}, ensure_ascii=False))
             saved = {k: v for k, v in saved.items() if k == "session"}
             continue
         print()
-        err.print(f"[dim]{_figures(r)}[/]")
+        err.print(f"[dim]{_figures(r, inexact)}[/]")
         for n in r.notes:
             err.print(f"[yellow]{n}[/]")

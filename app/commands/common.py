@@ -9,6 +9,8 @@ from rich.console import Console
 from engine.errors import EngineError
 
 EXIT_USAGE = 2
+# the same names as engine.lm.forward.ENGINE_PATHS (not imported: it would load torch for --help)
+ENGINE_PATHS = ("fast", "standard", "int8")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -20,8 +22,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, float16, bfloat16")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model repository's own Python code to run (off by default)")
-    g.add_argument("--engine-path", choices=("fast", "standard"), default="fast",
-                   help="lean fast forward where supported (exact), or the HF standard forward")
+    g.add_argument("--engine-path", choices=ENGINE_PATHS, default="fast",
+                   help="fast: lean forward where supported (exact); standard: the HF forward; "
+                        "int8: lean forward with weight-only int8 decode (INEXACT, faster; "
+                        "scoring stays exact)")
     g.add_argument("--context-size", type=int, default=None, metavar="N",
                    help="use at most N tokens of context (default: the model's window)")
 

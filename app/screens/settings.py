@@ -81,7 +81,8 @@ class SettingsScreen(ToolScreen):
             with Horizontal(classes="form-row"):
                 yield Label("engine path", classes="field-label")
                 yield Select([("fast (lean forward, exact)", "fast"),
-                              ("standard (HF forward)", "standard")],
+                              ("standard (HF forward)", "standard"),
+                              ("int8 (weight-only decode, INEXACT, faster)", "int8")],
                              value=s.engine_path, allow_blank=False, id="set-engine-path",
                              compact=True)
             yield Static("[b]Sampling[/]", classes="section")
@@ -161,6 +162,7 @@ class SettingsScreen(ToolScreen):
             s.engine_path = path
             if app.lm is not None:
                 app.engine.set_engine_path(app.lm, path)
+                app.sub_title = app.lm.describe()  # the header says when the path is inexact
         s.model = values["set-model"]
         app._each_screen("settings_changed")
         self.query_one("#settings-status", Static).update("[green]applied[/]")

