@@ -115,7 +115,7 @@ _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 _CHOICES = {"device": None, "dtype": ("auto", "float32", "fp32", "float16", "fp16", "bfloat16",
                                       "bf16"),
-            "engine_path": ("fast", "standard")}
+            "engine_path": ("fast", "standard", "int8")}  # = engine.lm.forward.ENGINE_PATHS
 
 
 def _kind(v: Any) -> str:

@@ -133,4 +133,7 @@ def test_engine_path_int8_selected_labelled_and_never_used_for_scoring(tokenizer
 def test_cli_engine_paths_match_the_engine():
     from app.commands.common import ENGINE_PATHS as CLI_PATHS
 
+    from engine.sessions.profiles import _CHOICES
+
     assert tuple(CLI_PATHS) == tuple(ENGINE_PATHS)
+    assert tuple(_CHOICES["engine_path"]) == tuple(ENGINE_PATHS)
