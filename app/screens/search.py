@@ -33,6 +33,7 @@ from app.validate import (FieldCheck, first_error, parse_choice, parse_float, pa
                           parse_seed, require_text)
 from app.widgets.engine_status import EngineStatus
 from app.widgets.screen_commands import ScreenActions
+from app.widgets.tree_nav import TreeNavigator
 
 ENGINE_MODULES = ("engine.treesearch.search",)
 JOB_KIND = "tree"
@@ -154,6 +155,7 @@ class SearchScreen(ToolScreen):
             yield Static("[dim]live tree figures appear here while a search runs[/]",
                          id="ts-live", classes="status-line")
             yield DataTable(id="ts-children", cursor_type="row", zebra_stripes=True)
+            yield TreeNavigator(id="ts-tree")
             with Vertical(id="ts-result"):
                 yield Static("[dim]no result yet — type a prompt and a reward, then Run "
                              "(ctrl+r)[/]", id="ts-summary")
@@ -404,6 +406,7 @@ class SearchScreen(ToolScreen):
 
     def _show_result(self, run: Any, note: str = "") -> None:
         self._live = None
+        self.query_one("#ts-tree", TreeNavigator).show_run(run)
         r = run.result
         lines = []
         if note:
