@@ -1,0 +1,129 @@
+"""Token explorer benchmark (issue 13): what forking the KV cache buys when the user forces a
+token at position p of an n-token answer, and what showing alternatives costs during decoding.
+
+    .venv/bin/python bench/branching.py [--tokens 128] [--rounds 5] [--positions 16,64,112]
+
+1. Time to the first new token after forcing a token at position p, three ways, alternated in
+   each round: the branch (fork the answer's cache at prompt + p, feed only the forced token);
+   regenerating from the prompt's cache (fork at the prompt, feed the p answer tokens + the
+   forced one); and from scratch (no cache: the whole prompt + p + 1 tokens prefilled).
+2. Decode tok/s with and without recording per-token log-probability, entropy and top-5
+   alternatives (the TokenRecorder observing the loop's own logits), alternated.
+
+Prints a table and writes bench/results/branching.json; ratios are within this run.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from _util import env_record, median_iqr, write_result
+
+import torch
+
+from engine.lm.branching import AnswerTree
+from engine.lm.forward import get_forward
+from engine.lm.generate import generate
+from engine.lm.model import load_model
+from engine.lm.sampling import SamplingConfig
+from engine.lm.tokeninfo import TokenRecorder
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def _ms(xs: list[float]) -> dict:
+    m, q1, q3 = median_iqr(xs)
+    return {"median_s": m, "q1_s": q1, "q3_s": q3}
+
+
+def first_token_after_force(lm, ids: list[int], n: int, positions: list[int], rounds: int) -> dict:
+    fwd = get_forward(lm)
+    base = fwd.new_cache()
+    fwd.logits(torch.tensor([ids[:-1]]), base, keep=1)  # the prompt's cache, as a chat keeps it
+    tree = AnswerTree(lm, ids, base, SamplingConfig(max_new_tokens=n, temperature=0.0), top_k=5)
+    root = tree.generate_root()
+    assert len(root.token_ids) == n, "EOS is ignored: the answer has exactly n tokens"
+    out: dict = {"answer_tokens": n, "prompt_tokens": len(ids), "positions": {}}
+    for p in positions:
+        alt = root.infos[p].alternatives[1].id  # the runner-up token there
+        times: dict[str, list[float]] = {"branch_fork": [], "from_prompt_cache": [], "from_scratch": []}
+        one = SamplingConfig(max_new_tokens=1, temperature=0.0)
+        tree.cfg = SamplingConfig(max_new_tokens=p + 2, temperature=0.0)  # budget: one new token
+        feed = root.token_ids[:p] + [alt]
+        firsts = set()
+        for _ in range(rounds + 1):  # the first round warms up and is dropped
+            t = time.perf_counter()
+            b = tree.force(root.id, p, alt)
+            t_branch = time.perf_counter() - t
+            t = time.perf_counter()
+            r1, _ = generate(lm, ids[-1:] + feed, one, cache=fwd.fork(base))
+            t_prompt = time.perf_counter() - t
+            t = time.perf_counter()
+            r2, _ = generate(lm, ids + feed, one)
+            t_scratch = time.perf_counter() - t
+            firsts.add((b.token_ids[p + 1], r1.token_ids[0], r2.token_ids[0]))
+            if _ == 0:
+                continue
+            times["branch_fork"].append(t_branch)
+            times["from_prompt_cache"].append(t_prompt)
+            times["from_scratch"].append(t_scratch)
+        tree.branches = tree.branches[:1]
+        row: dict = {k: _ms(v) for k, v in times.items()}
+        row["same_next_token"] = len({f for trio in firsts for f in trio}) == 1
+        row["speedup_vs_prompt_cache"] = row["from_prompt_cache"]["median_s"] / row["branch_fork"]["median_s"]
+        row["speedup_vs_scratch"] = row["from_scratch"]["median_s"] / row["branch_fork"]["median_s"]
+        out["positions"][str(p)] = row
+    return out
+
+
+def alternatives_cost(lm, ids: list[int], tokens: int, rounds: int) -> dict:
+    cfg = SamplingConfig(max_new_tokens=tokens, temperature=0.0)
+    generate(lm, ids, SamplingConfig(max_new_tokens=4, temperature=0.0))
+    rows: dict[str, list[float]] = {"plain": [], "with_alternatives": []}
+    for _ in range(rounds):
+        r, _c = generate(lm, ids, cfg)
+        rows["plain"].append(r.decode_tok_s)
+        rec = TokenRecorder(lm.tokenizer, top_k=5)
+        r2, _c = generate(lm, ids, cfg, observe=rec)
+        assert r2.token_ids == r.token_ids and len(rec.infos) == tokens
+        rows["with_alternatives"].append(r2.decode_tok_s)
+    res = {k: dict(zip(("median", "q1", "q3"), median_iqr(v))) for k, v in rows.items()}
+    res["ratio"] = res["with_alternatives"]["median"] / res["plain"]["median"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=128, help="answer length n")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--positions", default="16,64,112")
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    args = ap.parse_args()
+    positions = [int(x) for x in args.positions.split(",")]
+    lm = load_model("default")
+    ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
+                                           add_generation_prompt=True, return_dict=False)
+    saved, lm.eos_ids = lm.eos_ids, []  # same lengths on every side
+    try:
+        ttft = first_token_after_force(lm, ids, args.tokens, positions, args.rounds)
+        alts = alternatives_cost(lm, ids, args.decode_tokens, args.rounds)
+    finally:
+        lm.eos_ids = saved
+    data = {"env": env_record(), "forward": get_forward(lm).name, "ttft_after_force": ttft,
+            "alternatives_cost": alts}
+    path = write_result("branching", data)
+    print(f"prompt {ttft['prompt_tokens']} tokens, answer n = {ttft['answer_tokens']} tokens, "
+          f"forward {data['forward']}")
+    print(f"{'p':>5} | {'branch (fork) s':>15} | {'from prompt cache s':>19} | {'from scratch s':>14} | "
+          f"{'× vs prompt':>11} | {'× vs scratch':>12}")
+    for p, row in ttft["positions"].items():
+        print(f"{p:>5} | {row['branch_fork']['median_s']:>15.4f} | {row['from_prompt_cache']['median_s']:>19.4f} | "
+              f"{row['from_scratch']['median_s']:>14.4f} | {row['speedup_vs_prompt_cache']:>10.2f}× | "
+              f"{row['speedup_vs_scratch']:>11.2f}×")
+    print(f"decode {args.decode_tokens} tokens: plain {alts['plain']['median']:.1f} tok/s, with top-5 "
+          f"alternatives {alts['with_alternatives']['median']:.1f} tok/s (×{alts['ratio']:.3f})")
+    print(f"→ {path}")
+
+
+if __name__ == "__main__":
+    main()
