@@ -34,10 +34,38 @@ def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
                     "Without a command: the terminal UI.")
     add_model_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from app.argcheck import add_force
+
     for name, mod in mods.items():
         mod.register(sub)  # type: ignore[attr-defined]
     profile_args.prepare(parser)
+    for p in sub.choices.values():
+        if not any("--force" in a.option_strings for a in p._actions):
+            add_force(p)
     return parser
+
+
+def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[int]:
+    """Before any command: remove this program's stale temporary files, then check every
+    option (app.argcheck). Returns an exit code when the command must not run."""
+    from app.argcheck import check_args
+    from app.commands.common import err_console, fail
+    from engine.errors import EngineError
+    from engine.tempclean import clean_cache
+
+    try:
+        cleaned = clean_cache()
+    except (OSError, EngineError):
+        cleaned = None
+    if cleaned is not None and cleaned.removed:
+        err_console().print(f"[dim]{cleaned.message()}[/]")
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    own = sub.choices.get(args.command) if sub is not None and args.command else parser
+    try:
+        check_args(args, own)
+    except EngineError as e:
+        return fail(str(e), e.hint)
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -56,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from app.commands.common import fail
 
         return fail(str(e), e.hint)
+    code = _startup(args, parser)
+    if code is not None:
+        return code
     if args.command is None:
         from app.tui import run_tui
 

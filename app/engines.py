@@ -195,13 +195,10 @@ class Engine:
     def chat_prompt_ids(self, lm: Any, prompt: str, system: Optional[str]) -> list[int]:
         """The prompt through the model's chat template (generation prompt added); a tokenizer
         without a template gets the plain text."""
-        tok = lm.tokenizer
-        if not getattr(tok, "chat_template", None):
-            return list(tok.encode(prompt, add_special_tokens=False))
-        msgs = ([{"role": "system", "content": system}] if system else []) + \
-            [{"role": "user", "content": prompt}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return list(tok.encode(text, add_special_tokens=False))
+        from engine.lm.templates import chat_prompt_ids
+
+        # one rule with the CLI and chat: typed special-token strings stay text
+        return chat_prompt_ids(lm.tokenizer, prompt, system)
 
     def tree_search(self, lm: Any, prompt: str, system: Optional[str], reward_spec: str,
                     allow_plugin: bool, fields: dict[str, Any], *,
@@ -218,6 +215,9 @@ class Engine:
         reward = parse_reward(reward_spec, allow_plugin=allow_plugin)
         ids = self.chat_prompt_ids(lm, prompt, system)
         cfg = TreeConfig(**fields)
+        from engine.budget import tree_rollout_bound
+
+        tree_rollout_bound(lm, len(ids), cfg.horizon).check(cfg.rollouts)  # the CLI's bound
         res = run_tree_search(lm, ids, reward, cfg, progress=progress, cancel=cancel)
         run = TreeRun(result=res, prompt_ids=ids, reward_spec=reward_spec)
         if res.stop_reason != "completed" or (cancel is not None and cancel.cancelled):

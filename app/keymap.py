@@ -6,7 +6,6 @@ A broken file is ignored with one message; the default keys stay.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -27,10 +26,13 @@ def load_keymap(path: Optional[Path] = None) -> tuple[dict[str, str], Optional[s
     p = path or keymap_path()
     if not p.exists():
         return {}, None
+    from engine.bounded_json import load
+    from engine.errors import InputError
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return {}, f"keymap {p} ignored: not valid JSON ({e})"
+        data = load(p, "keymap", max_bytes=1 << 20)
+    except InputError as e:
+        return {}, f"keymap {p} ignored: {e}"
     if not isinstance(data, dict):
         return {}, f"keymap {p} ignored: expected an object of binding id → keys"
     out: dict[str, str] = {}

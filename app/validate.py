@@ -7,12 +7,14 @@ run/send button, so nothing unvalidated reaches the engine.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from textual.validation import ValidationResult, Validator
 
+from engine.budget import SEED_MAX
 from engine.errors import InputError
 
 MAX_TEXT_CHARS = 200_000  # a pasted novel is refused here, before tokenization
@@ -153,7 +155,91 @@ def parse_repetition_penalty(text: str) -> float:
 
 
 def parse_seed(text: str) -> Optional[int]:
-    return parse_optional_int(text, "seed", 0, 2**63 - 1)
+    return parse_optional_int(text, "seed", 0, SEED_MAX)
+
+
+# paths and argv text: the same checks for CLI options and TUI fields, run before any work
+def check_utf8(text: str, name: str) -> str:
+    """Command-line bytes that were not UTF-8 arrive as lone surrogates (surrogateescape):
+    refuse them with the byte offset instead of letting the tokenizer raise."""
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raw = os.fsencode(text) if all(not 0xD800 <= ord(c) < 0xDC80 for c in text) else b""
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as e:
+            where = f" (byte {e.start})"
+        raise InputError(f"{name}: not valid UTF-8 text{where}")
+    if "\x00" in text:
+        raise InputError(f"{name}: contains a NUL character")
+    return text
+
+
+def _folder_of(p: Path) -> Path:
+    return p.parent if str(p.parent) else Path(".")
+
+
+def check_output_file(text: str, name: str, *, overwrite: bool = False,
+                      append: bool = False) -> Path:
+    """A file the program will write: not a directory, its folder exists (never created
+    silently) and is writable, and an existing file is replaced only when the user asked
+    (``overwrite``) — or extended, for append-only results files (``append``)."""
+    t = check_utf8(require_text(text, name, 4096).strip(), name)
+    p = Path(t).expanduser()
+    if p.is_dir():
+        raise InputError(f"{name}: {p} is a directory, not a file", hint="give a file name inside it")
+    folder = _folder_of(p)
+    if not folder.exists():
+        raise InputError(f"{name}: folder {folder} does not exist", hint="create it first")
+    if not folder.is_dir():
+        raise InputError(f"{name}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: folder {folder} is not writable")
+    if p.exists() or p.is_symlink():
+        if not p.is_file():
+            raise InputError(f"{name}: {p} exists and is not a regular file")
+        if not os.access(p, os.W_OK):
+            raise InputError(f"{name}: {p} is read-only")
+        if not append and not overwrite:
+            raise InputError(f"{name}: {p} already exists", hint="add --force to overwrite it")
+    return p
+
+
+def check_output_dir(text: str, name: str) -> Path:
+    """A folder the program writes into: an existing writable folder, or a new one whose
+    parent exists (one level is created, never a chain of missing parents)."""
+    t = check_utf8(require_text(text, name, 4096).strip(), name)
+    p = Path(t).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise InputError(f"{name}: {p} exists and is not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise InputError(f"{name}: folder {p} is not writable")
+        return p
+    folder = _folder_of(p)
+    if not folder.is_dir():
+        raise InputError(f"{name}: folder {folder} does not exist", hint="create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: folder {folder} is not writable")
+    return p
+
+
+def check_input_file(text: str, name: str, max_bytes: int) -> Path:
+    """A file the program reads: exists, is a regular file, readable, not absurdly large."""
+    t = check_utf8(require_text(text, name, 4096).strip(), name)
+    p = Path(t).expanduser()
+    if not p.exists():
+        raise InputError(f"{name}: {p} not found")
+    if p.is_dir():
+        raise InputError(f"{name}: {p} is a directory, not a file")
+    if not p.is_file():
+        raise InputError(f"{name}: {p} is not a regular file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{name}: {p} is not readable")
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"{name}: {p} is {size:,} bytes; the limit is {max_bytes:,}")
+    return p
 
 
 class FieldCheck(Validator):

@@ -1,8 +1,12 @@
-"""Atomic file and directory writes: a reader (or a crash) never sees a half-written file."""
+"""Atomic file and directory writes: a reader (or a crash) never sees a half-written file.
+
+Temporary names carry ``TMP_MARK`` so start-up cleanup (engine.tempclean) can tell the program's
+own leftovers after a ``kill -9`` from anyone else's files. Replacing a file keeps its mode."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,12 +14,24 @@ from typing import Any, Iterator
 from contextlib import contextmanager
 
 
+#: in every temporary name this module makes: ``.NAME.tokenforge-XXXXXXXX.tmp``
+TMP_MARK = "tokenforge-"
+
+
+def tmp_prefix(name: str) -> str:
+    return f".{name}.{TMP_MARK}"
+
+
 def write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # replacing a file keeps its permissions (a 0600 file stays 0600)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_UMASK  # mkstemp makes 0600; give the user's normal mode
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the user's normal mode
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -65,7 +81,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success rename it to ``final`` in one step."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(final.name), suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():  # another process won the race: keep theirs

@@ -122,7 +122,9 @@ def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
             done.wait(0.1)
         except KeyboardInterrupt:
             if interrupted:  # second Ctrl+C: give up waiting
-                raise
+                from app.commands.common import force_exit
+
+                force_exit(130)
             interrupted = True
             token.cancel("user")
             err_console().print("[yellow]interrupted: finishing the current batch…[/]")

@@ -53,9 +53,13 @@ def parse_params(items: list[str]) -> dict[str, dict]:
             raise InputError(f"--param {it!r}: expected METHOD.KEY=VALUE")
         lhs, val = it.split("=", 1)
         method, key = lhs.split(".", 1)
+        from engine.bounded_json import BadJSON, depth_of, loads
+
+        if depth_of(val) > 8:
+            raise InputError(f"--param {lhs}: value nested too deeply")
         try:
-            value = json.loads(val)
-        except json.JSONDecodeError:
+            value = loads(val, f"--param {lhs}")
+        except BadJSON:
             value = val
         out.setdefault(method, {})[key] = value
     return out

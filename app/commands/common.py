@@ -59,6 +59,8 @@ def load_lm(args: argparse.Namespace) -> Any:
     set_engine_path(lm, getattr(args, "engine_path", "fast"))
     limit_context(lm, getattr(args, "context_size", None))
     c.print(f"[dim]{lm.describe()} · loaded in {lm.load_s:.1f} s[/]")
+    for note in lm.notes:  # e.g. a damaged cache entry moved aside and rebuilt
+        c.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
     return lm
 
 
@@ -76,6 +78,23 @@ def limit_context(lm: Any, n: Any) -> None:
     if int(n) < 16:
         raise InputError(f"--context-size {n} is too small (at least 16 tokens)")
     lm.context_length = min(int(lm.context_length), int(n))
+
+
+def force_exit(code: int = 130) -> None:
+    """Second Ctrl+C while an engine thread is inside torch: leave now. A normal interpreter exit
+    would tear torch down under the running thread ("terminate called without an active
+    exception", SIGABRT). Finished results are already on disk (each line fsynced; a torn last
+    line is recognised by parsing on resume), locks die with the process, and temporary files
+    are removed by the next start-up."""
+    import os
+    import sys
+
+    try:
+        err_console().print("[yellow]interrupted twice: exiting now[/]")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def guard(fn: Any) -> Any:

@@ -39,6 +39,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-depth", type=int, default=None, help="deepest stored tree level")
     p.add_argument("--batch", type=int, default=5, help="rollouts decoded together per round")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the full result here")
+    p.add_argument("--allow-special-tokens", action="store_true",
+                   help="let special-token strings typed in --prompt/--system (e.g. <|im_end|>) "
+                        "become control tokens (default: they are spelt as text, as in chat)")
 
 
 def _cfg(args: argparse.Namespace) -> Any:
@@ -101,12 +104,15 @@ def run(args: argparse.Namespace) -> int:
     if reward.runs_user_code:
         err.print(f"[yellow]reward runs your own code:[/] {reward.description}")
     lm = load_lm(args)
-    msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
-        [{"role": "user", "content": args.prompt}]
-    prompt_ids = list(lm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False))
+    from engine.budget import tree_rollout_bound
+    from engine.lm.templates import chat_prompt_ids
+
+    prompt_ids = chat_prompt_ids(lm.tokenizer, args.prompt, args.system,
+                                 allow_special=args.allow_special_tokens)
     if not prompt_ids:
         raise InputError("the chat template produced no tokens")
     cfg.validate(lm.context_length, len(prompt_ids))
+    tree_rollout_bound(lm, len(prompt_ids), cfg.horizon).check(cfg.rollouts)
 
     from engine.lm.generate import generate
     from engine.lm.sampling import SamplingConfig

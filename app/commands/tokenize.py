@@ -96,8 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if args.neighbours is not None and args.neighbours < 0:
         return fail("--neighbours K must be ≥ 0")
     err = err_console()
+    def on_load(p: Any) -> None:  # a damaged model cache is reported once (then rebuilt)
+        if p.metrics.get("warning"):
+            err.print(f"warning: {p.metrics['warning']}", style="yellow", markup=False,
+                      highlight=False)
+
     with err.status(f"loading the tokenizer of {args.model}…"):
-        tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+        tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
+                             progress=on_load)
     rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
                             limit=args.limit, seed=args.seed)
     vocab = mdd.vocab

@@ -14,6 +14,7 @@ Distance (§1.3): E(V) = {(end offset, token id)} of V's tokens; d(X, V) = |E(V)
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any, Iterator, Optional
 
 from engine.errors import InputError
@@ -43,6 +44,29 @@ def encode_text_bytes(text: str) -> bytes:
     except UnicodeEncodeError as e:
         raise InputError(f"text contains an unpaired surrogate U+{ord(text[e.start]):04X} at "
                          f"character {e.start}; it is not valid Unicode") from None
+
+
+
+def decimal_digits(n: int) -> int:
+    """Decimal digits of a non-negative int, from its bit length (no conversion; ±1)."""
+    return int(n.bit_length() * 0.30103) + 1
+
+
+def allow_digits(n: int) -> None:
+    """Exact counts exceed Python's default 4,300-digit limit for int → str (a count over n
+    bytes can have ~0.3·n digits): raise the process's limit to what this count needs so it can
+    be printed and written as JSON. Only ever raised, and only as far as a real count requires."""
+    need = decimal_digits(n) + 1
+    cur = sys.get_int_max_str_digits()
+    if cur and need > cur:
+        sys.set_int_max_str_digits(need)
+
+
+def count_label(n: int) -> str:
+    """For progress lines: exact up to 30 digits, else its magnitude (a 240,000-digit str()
+    takes seconds)."""
+    d = decimal_digits(n)
+    return str(n) if d <= 30 else f"~10^{d - 1}"
 
 
 class MDD:
@@ -95,8 +119,9 @@ class MDD:
         self.out = out
         self.f = f
         self._short: Optional[list[int]] = None
+        allow_digits(f[0])
         report(progress, "mdd", n, n, "diagram built", edges=self.n_edges,
-               count=str(f[0]), bytes=n)
+               count=count_label(f[0]), bytes=n)
 
     # ------------------------------------------------------------------ basics
     @property

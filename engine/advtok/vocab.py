@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.atomic import write_text
 from engine.paths import cache_dir
 from engine.progress import CancelToken, ProgressFn, check, report
 
@@ -249,6 +248,15 @@ def cache_path(h: str) -> Path:
     return cache_dir("vocab") / f"{h}.json"
 
 
+def _read_cached(path: Path) -> str:
+    from engine.bounded_json import BadJSON, read_text
+
+    try:
+        return read_text(path, "cached vocabulary", max_bytes=256 << 20)
+    except BadJSON as e:
+        raise ValueError(str(e)) from None
+
+
 def _payload_checksum(tokens: list[Optional[str]]) -> str:
     return hashlib.sha256(json.dumps(tokens).encode()).hexdigest()
 
@@ -262,10 +270,12 @@ def _serialise(vb: Vocab) -> str:
 
 def _deserialise(text: str, expect_hash: str, expect_size: int) -> tuple[str, list[Optional[bytes]], list[int]]:
     """Parse and validate a cache file; ValueError says what is wrong with it."""
+    from engine.bounded_json import BadJSON, loads
+
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at char {e.pos})") from None
+        obj = loads(text, "cache file")
+    except BadJSON as e:
+        raise ValueError(str(e).split(": ", 1)[-1]) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError("not a tokenforge vocabulary file")
     if obj.get("version") != VERSION:
@@ -304,18 +314,27 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
     kind = detect_kind(tokenizer, strings)
     h = vocab_hash(kind, strings, special)
     if cache:
+        from engine.integrity import check_file, file_record_path, quarantine, write_file
+
         path = cache_path(h)
-        if path.exists():
+        if path.exists() or path.is_symlink() or file_record_path(path).exists():
             report(progress, "vocab", 0, len(strings), f"reading cached vocabulary {path.name}",
                    hash=h, cache="hit?")
             try:
-                ckind, tb, cspecial = _deserialise(path.read_text(encoding="utf-8"), h, len(strings))
+                problem = check_file(path)
+                if problem is not None and problem != "no integrity record":
+                    raise ValueError(problem)
+                ckind, tb, cspecial = _deserialise(_read_cached(path), h, len(strings))
                 if ckind != kind or cspecial != special:
                     raise ValueError("kind or special ids differ from the tokenizer")
-            except (ValueError, OSError, UnicodeDecodeError) as e:
-                note = f"cached vocabulary {path.name} is unusable ({e}); rebuilt"
+                if problem == "no integrity record":  # written before records: adopt it
+                    write_file(path, path.read_bytes())
+            except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError) as e:
+                moved = quarantine(path)
+                note = (f"cached vocabulary {path.name} is unusable ({e}); moved aside to "
+                        f"{moved.name if moved else '—'} and rebuilt")
                 report(progress, "vocab", 0, len(strings), note.replace("rebuilt", "rebuilding"),
-                       hash=h, cache="corrupt")
+                       hash=h, cache="corrupt", warning=note)
             else:
                 by, longest = _index(tb)
                 vb = Vocab(token_bytes=tb, by_bytes=by, max_len=longest, kind=kind, hash=h,
@@ -331,7 +350,9 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
     vb = Vocab(token_bytes=token_bytes, by_bytes=by, max_len=longest, kind=kind, hash=h,
                special_ids=special, token_strings=strings, cache_note=note)
     if cache:
-        write_text(cache_path(h), _serialise(vb))
+        from engine.integrity import write_file
+
+        write_file(cache_path(h), _serialise(vb).encode("utf-8"))
     vb.build_s = time.perf_counter() - t0
     report(progress, "vocab", len(strings), len(strings),
            f"built {kind} vocabulary: {len(by)} byte strings, longest {longest} B",

@@ -63,18 +63,10 @@ def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,
     prose = prose_id = None
     seen: set[str] = set()
     suite_name: Optional[str] = None
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read suite {path}: {e}") from e
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    from engine.bounded_json import iter_jsonl
+
+    for no, rec, _ in iter_jsonl(path, "suite"):
         where = f"{path.name} line {no}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected a JSON object")
         for key in ("suite", "id", "kind", "prompt"):
@@ -294,8 +286,17 @@ def _ensure_newline(out: Path) -> None:
             append_line(out, "")
 
 
-def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[ProgressFn] = None,
-              cancel: Optional[CancelToken] = None) -> BenchSummary:
+def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, **kw: Any) -> BenchSummary:
+    """``_run_bench`` holding the runs file's lock (engine.locks): a second run appending to the
+    same file stops at once, naming the holder, instead of measuring the same grid beside it."""
+    from engine.locks import FileLock
+
+    with FileLock(out, f"runs file {out}"):
+        return _run_bench(lm, cfg, out, **kw)
+
+
+def _run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[ProgressFn] = None,
+               cancel: Optional[CancelToken] = None) -> BenchSummary:
     """Run the grid, appending a record per (method, query, repeat) to ``out`` as each finishes.
     A cancel stops after the current measurement; finished records stay."""
     cfg.validate()

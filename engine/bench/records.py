@@ -2,7 +2,6 @@
 Free of torch so the report and the TUI can read runs without loading the model stack."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +84,11 @@ def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
         raise InputError(f"no such file: {path}")
     recs: list[dict] = []
     problems: list[str] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
-    for no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            problems.append(f"line {no}: not valid JSON (skipped)")
+    from engine.bounded_json import iter_jsonl
+
+    for no, rec, err in iter_jsonl(path, "runs file", strict=False):
+        if err is not None:
+            problems.append(f"line {no}: {err.split(': ', 1)[-1]} (skipped)")
             continue
         errs = validate_record(rec)
         if errs:

@@ -6,7 +6,6 @@ import torch, so they read through :func:`suite_entries`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from engine.errors import InputError
@@ -34,18 +33,10 @@ def suite_path(name: str) -> Path:
 def suite_entries(name: str) -> list[dict]:
     """The suite's JSON objects, one per readable line; [] when the suite cannot be found or read
     (callers use this for sizing and labels, never to validate)."""
+    from engine.bounded_json import iter_jsonl
+
     try:
-        lines = suite_path(name).read_text(encoding="utf-8").splitlines()
-    except (InputError, OSError, UnicodeDecodeError):
+        return [rec for _, rec, _ in iter_jsonl(suite_path(name), "suite", strict=False)
+                if isinstance(rec, dict)]
+    except InputError:
         return []
-    out = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out

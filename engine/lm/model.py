@@ -114,13 +114,63 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
+#: files every converted model directory must hold (weights are checked by _adopt_cached)
+CACHED_MODEL_FILES = ("config.json", "tokenizer_config.json")
+
+
+def _adopt_cached(folder: Path) -> Optional[str]:
+    """A cache entry written before integrity records: kept when its weights are whole."""
+    from engine.integrity import safetensors_problem
+
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no weights (*.safetensors)"
+    for w in weights:
+        problem = safetensors_problem(w)
+        if problem:
+            return problem
+    return None
+
+
+def cached_model_problem(target: Path) -> Optional[str]:
+    """None when the converted model at ``target`` is whole (matches its integrity record)."""
+    from engine.integrity import check_dir
+
+    if not target.exists() and not target.is_symlink():
+        return "absent"
+    return check_dir(target, CACHED_MODEL_FILES, adopt=_adopt_cached)
+
+
 def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> Path:
-    """De-quantize a GGUF once into cache/models/<name>-<hash>/ (safetensors + tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """De-quantize a GGUF once into cache/models/<name>-<hash>/ (safetensors + tokenizer + an
+    integrity record). A damaged entry is moved aside and rebuilt; concurrent converters of the
+    same GGUF are serialised by a lock file (the second one waits and then uses the result)."""
+    from engine.integrity import quarantine
+    from engine.locks import FileLock
 
     target = cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}"
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if cached_model_problem(target) is None:
         return target
+    with FileLock(target, f"the model cache {target.name}", wait=None,
+                  on_wait=lambda m: report(progress, "load", 1, 4, m)):
+        problem = cached_model_problem(target)
+        if problem is None:  # another process finished it while we waited
+            return target
+        if problem != "absent":
+            moved = quarantine(target)
+            note = (f"cached model {target.name} was unusable ({problem}); moved aside to "
+                    f"{moved.name if moved else '—'} and rebuilt")
+            report(progress, "load", 1, 4, note, warning=note)
+        _convert_locked(gguf, target, progress, cancel)
+    return target
+
+
+def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
+                    cancel: Optional[CancelToken]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.integrity import record_dir
+
     report(progress, "load", 1, 4, f"de-quantizing {gguf.name} (once; ~15 s)")
     check(cancel)
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -158,7 +208,7 @@ def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[C
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / "SOURCE").write_text(f"{gguf}\n", encoding="utf-8")
-    return target
+        record_dir(tmp)
 
 
 def _find_hf_cached(spec: str) -> Path:
@@ -251,6 +301,15 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
 
     hf_logging.disable_progress_bar()  # the engine never prints; progress goes through `progress`
     t0 = time.perf_counter()
+    notes: list[str] = []
+    outer = progress
+
+    def progress(p: Any) -> None:  # keep cache warnings as the model's notes
+        if p.metrics.get("warning"):
+            notes.append(str(p.metrics["warning"]))
+        if outer is not None:
+            outer(p)
+
     report(progress, "load", 0, 4, f"resolving {spec}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -281,7 +340,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
     lm = LoadedModel(model=model, tokenizer=tok, name=name, spec=spec, source=str(src),
                      device=dev, dtype=str(torch_dtype).replace("torch.", ""),
                      context_length=context_length_of(model.config, tok),
-                     eos_ids=eos_ids_of(model, tok), from_cache=warm)
+                     eos_ids=eos_ids_of(model, tok), from_cache=warm, notes=notes)
     lm.load_s = time.perf_counter() - t0
     report(progress, "load", 4, 4, f"loaded {lm.describe()} in {lm.load_s:.1f} s",
            seconds=round(lm.load_s, 2), warm=warm)

@@ -43,6 +43,44 @@ def encode_template_text(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def has_special_text(tokenizer: Any, text: str) -> bool:
+    """Whether ``text`` spells any of the tokenizer's special tokens (``<|im_end|>`` …)."""
+    specials = [s for s in (getattr(tokenizer, "all_special_tokens", None) or []) if s]
+    specials += [str(t) for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+                 if getattr(t, "special", False)]
+    return any(s in text for s in specials)
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str, system: Optional[str] = None, *,
+                    allow_special: bool = False) -> list[int]:
+    """A one-turn prompt through the chat template (generation prompt added), with the one rule
+    every front end follows: the user's text (prompt and system) never becomes control tokens
+    unless ``allow_special`` asks for it. Text without special-token strings is encoded exactly
+    as the template renders it; otherwise the template glue is encoded with its specials and the
+    user's pieces with ``encode_user_text``. No template: the text alone."""
+    if not getattr(tokenizer, "chat_template", None):
+        text = _plain_system(system) + prompt
+        return encode_template_text(tokenizer, text) if allow_special else encode_user_text(tokenizer, text)
+    msgs = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": prompt}]
+    user_text = prompt + (system or "")
+    if allow_special or not has_special_text(tokenizer, user_text):
+        return encode_template_text(tokenizer, _render(tokenizer, msgs, True))
+    marked = ([{"role": "system", "content": SYS_SENT}] if system else []) + \
+        [{"role": "user", "content": SENT}]
+    text = _render(tokenizer, marked, True)
+    if text.count(SENT) != 1 or (system and text.count(SYS_SENT) != 1):
+        raise InputError("chat template does not place the message exactly once")
+    ids: list[int] = []
+    rest = text
+    for sent, content in ((SYS_SENT, system), (SENT, prompt)):
+        if not content:
+            continue
+        glue, rest = rest.split(sent, 1)
+        ids += encode_template_text(tokenizer, glue) + encode_user_text(tokenizer, content)
+    return ids + encode_template_text(tokenizer, rest)
+
+
 def _ids(x: Any) -> list[int]:
     """apply_chat_template(tokenize=True) output as a flat id list (transformers 5 may return a
     BatchEncoding whose len() is 2 — read input_ids)."""

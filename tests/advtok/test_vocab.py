@@ -128,7 +128,8 @@ def test_cache_round_trip(tmp_cache, tokenizer, vocab):
     assert b.from_cache
     assert b.token_bytes == vocab.token_bytes == a.token_bytes
     assert b.by_bytes == vocab.by_bytes and b.max_len == vocab.max_len and b.hash == vocab.hash
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+    # no temp files left: only the file and its integrity record
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".integrity"]
 
 
 def test_hash_differs_between_tokenizers(tokenizer):

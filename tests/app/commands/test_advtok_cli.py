@@ -94,7 +94,7 @@ def test_read_lines_repairs_only_the_tail(tmp_path):
      "over the cap"),
     (["attack", "--request", "hi"], "--response"),
     (["attack", "--dataset", "/nonexistent/rows.jsonl", "--out", "o.jsonl"], "not found"),
-    (["attack", "--dataset", "rows.jsonl"], "--out"),
+    (["attack", "--dataset", "pyproject.toml"], "--out"),   # an existing file, no --out
     (["attack", "report", "/nonexistent/results.jsonl"], "not found"),
     (["attack", "judge", "/nonexistent/results.jsonl", "--judge", "refusal"], "not found"),
     (["attack", "--request", "hi", "--response", "x", "--out", "o.jsonl"], "--dataset"),

@@ -1,0 +1,122 @@
+"""JSON and JSONL read with bounded size and nesting depth. Every file the program reads (suites,
+runs, datasets, results, configs, caches) goes through here, so a hostile or damaged file is named
+with its line and the reason — never a RecursionError or a MemoryError traceback.
+
+Python's json module recurses once per nesting level; a line of 100,000 ``[`` exhausts the stack.
+The depth is checked first by a scan over the brackets outside strings (only when the text has
+enough brackets to matter, so ordinary lines cost one ``count``)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from engine.errors import InputError
+
+#: deeper than any file this program writes (records nest ≤ 5 levels)
+MAX_DEPTH = 64
+#: one JSONL line (a suite's long document is ~100 KB)
+MAX_LINE_BYTES = 64 << 20
+#: a whole file read into memory
+MAX_FILE_BYTES = 1 << 30
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class BadJSON(InputError):
+    """A file (or line) that is not the JSON it should be; the message names where and why."""
+
+
+def depth_of(text: str) -> int:
+    """Deepest bracket nesting of JSON text (strings skipped)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0  # cannot exceed the limit: skip the scan
+    d = best = 0
+    for m in _BRACKET.finditer(_STRING.sub('""', text)):
+        if m.group() in "[{":
+            d += 1
+            if d > best:
+                best = d
+        else:
+            d -= 1
+    return best
+
+
+def loads(text: str | bytes, where: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse one JSON document; BadJSON('<where>: <reason>') when it is not valid or too deep."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadJSON(f"{where}: not UTF-8 text (byte {e.start})") from None
+    d = depth_of(text)
+    if d > max_depth:
+        raise BadJSON(f"{where}: nested {d} levels deep; the limit is {max_depth}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadJSON(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # pragma: no cover - the depth scan runs first
+        raise BadJSON(f"{where}: nested too deeply") from None
+
+
+def read_bytes(path: Path | str, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, refusing directories, unreadable and over-large files with one line."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise BadJSON(f"{what} {p} is a directory, not a file")
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise BadJSON(f"{what} {p} is {size:,} bytes; the limit is {max_bytes:,}")
+        return p.read_bytes()
+    except OSError as e:
+        raise BadJSON(f"cannot read {what} {p}: {e.strerror or e}") from None
+
+
+def read_text(path: Path | str, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> str:
+    data = read_bytes(path, what, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise BadJSON(f"{Path(path).name} line {line}: not UTF-8 text (byte {e.start})") from None
+
+
+def load(path: Path | str, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """A whole-file JSON document."""
+    return loads(read_text(path, what, max_bytes), Path(path).name)
+
+
+def iter_jsonl(path: Path | str, what: str = "file", max_bytes: int = MAX_FILE_BYTES,
+               *, strict: bool = True) -> Iterator[tuple[int, Any, Optional[str]]]:
+    """(line number, parsed object or None, error or None) per non-blank line. ``strict``
+    raises the first error instead of yielding it."""
+    text = read_text(path, what, max_bytes)
+    name = Path(path).name
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            err = f"{name} line {no}: {len(line):,} characters; the limit is {MAX_LINE_BYTES:,}"
+            if strict:
+                raise BadJSON(err)
+            yield no, None, err
+            continue
+        try:
+            yield no, loads(line, f"{name} line {no}"), None
+        except BadJSON as e:
+            if strict:
+                raise
+            yield no, None, str(e)
+
+
+def complete_line(raw: bytes) -> Optional[dict[str, Any]]:
+    """A results line is complete when it parses to an object (its newline is not the test)."""
+    try:
+        obj = loads(raw, "line")
+    except BadJSON:
+        return None
+    return obj if isinstance(obj, dict) else None

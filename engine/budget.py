@@ -1,0 +1,129 @@
+"""Upper bounds derived from what this machine can hold: a job whose memory estimate exceeds the
+usable share of available RAM is refused before it starts, with the largest value that would fit
+and why (the estimate's formula), instead of growing until the kernel kills it.
+
+The estimates are upper bounds built from the code's own storage (what each rollout, repeat or
+sample keeps), not measurements; ``USABLE_SHARE`` leaves room for the model and the OS."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from engine.errors import InputError
+
+#: the share of currently available memory one job may plan to use
+USABLE_SHARE = 0.5
+#: the largest integer torch.Generator.manual_seed / numpy / random all accept
+SEED_MAX = 2**63 - 1
+#: bytes of one entry of a scheduled grid (a tuple of a query reference and a repeat index);
+#: measured with sys.getsizeof at import, so it follows the interpreter
+GRID_ENTRY_BYTES = sys.getsizeof((object(), 10**6)) + sys.getsizeof(10**6) + 8
+
+
+def available_bytes() -> int:
+    """Memory a new allocation can get now (psutil's ``available``; /proc/meminfo fallback)."""
+    override = os.environ.get("TOKENFORGE_MEMORY_BYTES")  # tests and constrained containers
+    if override and override.isdigit():
+        return int(override)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a dependency
+        try:
+            with open("/proc/meminfo", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return 4 << 30
+
+
+def usable_bytes() -> int:
+    return int(available_bytes() * USABLE_SHARE)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The largest value of ``option`` that fits: ``per_unit`` bytes per unit of it."""
+
+    option: str
+    per_unit: int
+    why: str           # how one unit's bytes were derived, shown to the user
+
+    def limit(self, usable: Optional[int] = None) -> int:
+        usable = usable_bytes() if usable is None else usable
+        return max(0, usable // max(1, self.per_unit))
+
+    def check(self, value: int, fixed: int = 0, usable: Optional[int] = None) -> None:
+        """InputError when ``value`` units (+ ``fixed`` bytes) exceed the usable memory."""
+        usable = usable_bytes() if usable is None else usable
+        need = value * self.per_unit + fixed
+        if need <= usable:
+            return
+        top = max(0, (usable - fixed) // max(1, self.per_unit))
+        raise InputError(
+            f"{self.option} {value:,} needs about {fmt_bytes(need)} ({self.why}); "
+            f"{fmt_bytes(usable)} is usable here ({USABLE_SHARE:.0%} of available memory), "
+            f"so the limit is {self.option} ≤ {top:,}")
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int = 4) -> int:
+    """Keys + values of one position over every layer, from the model config."""
+    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 1)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 64)
+    head_dim = int(getattr(config, "head_dim", 0) or hidden // heads)
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def vocab_size(config: Any) -> int:
+    return int(getattr(config, "vocab_size", 0) or 50_000)
+
+
+def dtype_bytes(lm: Any) -> int:
+    return 2 if str(getattr(lm, "dtype", "float32")) in ("float16", "bfloat16") else 4
+
+
+def tree_rollout_bound(lm: Any, prompt_len: int, horizon: int) -> Bound:
+    """Per rollout, worst case: its own KV rows for prompt + horizon positions, and a stored
+    nucleus (token id int32 + log-probability fp32) of up to the whole vocabulary at each of its
+    ``horizon`` new nodes."""
+    kv = kv_bytes_per_token(lm.config, dtype_bytes(lm))
+    v = vocab_size(lm.config)
+    per = (prompt_len + horizon) * kv + horizon * v * 8
+    return Bound("--rollouts", per,
+                 f"per rollout ≤ ({prompt_len}+{horizon}) positions × {fmt_bytes(kv)} of KV + "
+                 f"{horizon} nodes × a {v:,}-token nucleus × 8 B")
+
+
+def batch_bound(lm: Any, option: str, context: int) -> Bound:
+    """Per batch row: its KV for ``context`` positions and one fp32 logits row."""
+    kv = kv_bytes_per_token(lm.config, dtype_bytes(lm))
+    v = vocab_size(lm.config)
+    return Bound(option, context * kv + v * 4,
+                 f"per row {context} positions × {fmt_bytes(kv)} of KV + {v:,} fp32 logits")
+
+
+def grid_bound(option: str, entries_per_unit: int) -> Bound:
+    """A scheduled grid kept in memory: ``entries_per_unit`` entries per unit of the option."""
+    per = max(1, entries_per_unit) * GRID_ENTRY_BYTES
+    return Bound(option, per, f"{entries_per_unit:,} scheduled runs per unit × {GRID_ENTRY_BYTES} B")
+
+
+def token_lists_bound(option: str, tokens_each: int) -> Bound:
+    """Lists of token ids (samples, neighbours): ``tokens_each`` ids of 8 B (+ the int) each."""
+    per = 64 + max(1, tokens_each) * 36
+    return Bound(option, per, f"each up to {tokens_each:,} token ids × 36 B as Python ints and JSON")
