@@ -93,6 +93,8 @@ BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("bench", "repeats"): Int(1, INT64), ("bench", "out"): Out("append"),
     ("bench", "csv"): Out("file"), ("bench", "markdown"): Out("file"), ("bench", "png"): Out("dir"),
     ("bench", "suite"): In(path_only=True),
+    ("attack report", "markdown"): Out("file"), ("attack report", "csv"): Out("file"),
+    ("attack report", "png"): Out("dir"), ("attack judge", "out"): Out("file"),
 }
 #: free-text options: the TUI's limit; every other string option is a name or a path
 TEXT_LIMITS = {"prompt": V.MAX_TEXT_CHARS, "system": V.MAX_TEXT_CHARS, "request": V.MAX_TEXT_CHARS,
@@ -168,10 +170,11 @@ def option_names(parser: Optional[argparse.ArgumentParser]) -> dict[str, str]:
     return out
 
 
-def check_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> None:
+def check_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None,
+               command: Optional[str] = None) -> None:
     """InputError (one sentence) for the first bad option of the parsed command line;
     ``parser`` (the command's own) supplies the option names for the messages."""
-    command = getattr(args, "command", None)
+    command = command or getattr(args, "command", None)
     force = bool(getattr(args, "force", False))
     names = option_names(parser)
     for dest, v in sorted(vars(args).items()):

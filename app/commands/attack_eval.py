@@ -174,11 +174,23 @@ def build_sub_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     m = sub.add_parser("merge", help="fold the shard files of a sharded run into RESULTS")
     m.add_argument("results")
+    from app.argcheck import add_force
+
+    add_force(j)
+    add_force(r)
     return p
 
 
 def main(argv: Sequence[str]) -> int:
-    args = build_sub_parser().parse_args(list(argv))
+    from app.argcheck import check_args
+    from engine.errors import EngineError
+
+    parser = build_sub_parser()
+    args = parser.parse_args(list(argv))
+    try:  # the shared validation layer, as for every other command
+        check_args(args, parser, command=f"attack {args.action}")
+    except EngineError as e:
+        return fail(str(e), e.hint)
     return _dispatch(args)
 
 

@@ -89,7 +89,9 @@ def read_benchmark(path: Path | str, columns: Optional[dict[str, str]] = None,
     p = Path(path)
     if not p.is_file():
         raise InputError(f"dataset file not found: {p}")
-    data = p.read_bytes()
+    from engine.bounded_json import read_bytes
+
+    data = read_bytes(p, "dataset file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -111,10 +113,12 @@ def _read_jsonl(p: Path, text: str, cols: dict[str, str], default_response: str)
     for line_no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
+        from engine.bounded_json import BadJSON, loads
+
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            bf.problems.append(f"line {line_no}: not valid JSON ({e.msg} at column {e.colno})")
+            obj = loads(raw, f"line {line_no}")   # bounded depth: never a RecursionError
+        except BadJSON as e:
+            bf.problems.append(str(e))
             continue
         if not isinstance(obj, dict):
             bf.problems.append(f"line {line_no}: expected a JSON object")

@@ -78,6 +78,18 @@ def pending_rows(bench: BenchmarkFile, done: set[str], par: Parallel) -> list[Be
 
 
 def run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
+             judges: Sequence[Any], out: Path | str, **kw: Any) -> RunSummary:
+    """``_run_rows`` holding the lock of this rank's results file (engine.locks): a second run
+    on the same ``--out`` (and rank) stops at once naming the holder, instead of redoing rows."""
+    from engine.locks import FileLock
+
+    par = kw.get("par") or Parallel()
+    dest = shard_path(Path(out), par.rank, par.world)
+    with FileLock(dest, f"results file {dest}"):
+        return _run_rows(lm, bench, make_cfg, judges, out, **kw)
+
+
+def _run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
              judges: Sequence[Any], out: Path | str, *, par: Optional[Parallel] = None,
              cancel: Any = None, on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None,
              on_error: Optional[Callable[[str], None]] = None,

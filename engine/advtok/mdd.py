@@ -63,10 +63,10 @@ def allow_digits(n: int) -> None:
 
 
 def count_label(n: int) -> str:
-    """For progress lines: exact up to 30 digits, else its magnitude (a 240,000-digit str()
-    takes seconds)."""
+    """For progress lines: exact up to 4,000 digits (microseconds), else its magnitude (a
+    240,000-digit str() takes seconds)."""
     d = decimal_digits(n)
-    return str(n) if d <= 30 else f"~10^{d - 1}"
+    return str(n) if d <= 4000 else f"~10^{d - 1}"
 
 
 class MDD:

@@ -39,24 +39,30 @@ class ReadResult:
 
 
 def _json_obj(raw: bytes) -> Optional[dict[str, Any]]:
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
+    from engine.bounded_json import complete_line  # bounded depth: a hostile line is just bad
+
+    return complete_line(raw)
 
 
 def read_lines(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
-    """Complete result lines of one file. An incomplete last line (no newline, or not JSON) is
-    ignored — and cut off atomically when ``repair`` (so its row is redone); other bad lines are
-    reported and skipped."""
-    from engine.atomic import write_bytes
+    """Complete result lines of one file: a line is complete when it parses (a last line that
+    lacks only its newline is kept, and the newline added when ``repair``). An incomplete last
+    line is ignored — and cut off atomically when ``repair`` (so its row is redone); other bad
+    lines are reported and skipped."""
+    from engine.atomic import append_line, write_bytes
+    from engine.bounded_json import read_bytes
 
     notes: list[str] = []
-    data = path.read_bytes()
+    data = read_bytes(path, "results file")
     lines = data.split(b"\n")
     tail = lines.pop()
-    cut = len(data) - len(tail) if tail else None
+    cut = None
+    if tail.strip() and _json_obj(tail) is not None:
+        lines.append(tail)           # complete: only its final newline is missing
+        if repair:
+            append_line(path, "")
+    elif tail:
+        cut = len(data) - len(tail)
     if not tail and lines and lines[-1].strip() and _json_obj(lines[-1]) is None:
         cut = len(data) - len(lines[-1]) - 1
         lines.pop()
