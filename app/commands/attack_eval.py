@@ -25,6 +25,8 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="judges of the samples: refusal (default), target, or KIND:MODEL")
     p.add_argument("--columns", metavar="FIELD=COL,…", default=None,
                    help="map benchmark columns: request=…,response=…,category=…,id=…")
+    p.add_argument("--judge-batch", type=int, default=8, metavar="N",
+                   help="samples per judge-model batch (verdicts do not depend on it)")
     p.add_argument("--default-response", default="Sure, here is",
                    help="target for rows without one (HarmBench has no target column)")
 
@@ -89,7 +91,8 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
     bench = read_benchmark(rows_path, parse_columns(args.columns), args.default_response)
     for msg in bench.problems:
         _say(con, f"{rows_path}: {msg}")
-    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec))
+    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
+                         batch_size=args.judge_batch)
     default_system = None if args.template_system else args.system
     t0 = time.monotonic()
     rank = f"[{par.rank}] " if par is not None and par.world > 1 else ""
@@ -135,6 +138,8 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     make_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
     parse_judges(args.judge)
+    if args.judge_batch < 1:
+        return fail(f"--judge-batch must be ≥ 1 (got {args.judge_batch})")
     par = parallel_state(args)
     lm = load_lm(args)
     err = err_console()
@@ -163,6 +168,8 @@ def build_sub_parser() -> argparse.ArgumentParser:
     j.add_argument("results")
     j.add_argument("--judge", required=True, metavar="NAME[,NAME…]")
     j.add_argument("--out", default=None, help="write here instead of rewriting RESULTS")
+    j.add_argument("--judge-batch", type=int, default=8, metavar="N",
+                   help="samples per judge-model batch (verdicts do not depend on it)")
     add_model_args(j)
     r = sub.add_parser("report", help="ASR canonical vs adversarial per judge and category")
     r.add_argument("results")
@@ -233,10 +240,14 @@ def judge_cmd(args: argparse.Namespace) -> int:
     from engine.advtok.judges import make_judges, parse_judges
     from engine.advtok.records import shard_files
     from engine.atomic import write_text
+    from engine.errors import InputError
 
     parse_judges(args.judge)
+    if args.judge_batch < 1:
+        raise InputError(f"--judge-batch must be ≥ 1 (got {args.judge_batch})")
     rr = _read(args.results)
-    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec))
+    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
+                         batch_size=args.judge_batch)
     recs = rejudge(rr.records, judges)
     dest = Path(args.out or args.results)
     write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))

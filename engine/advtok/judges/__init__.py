@@ -13,7 +13,7 @@ __all__ = ["LABELS", "Judge", "JudgeItem", "Verdict", "REFUSAL_PHRASES", "Refusa
            "TargetJudge", "parse_judges", "make_judges", "JUDGE_KINDS"]
 
 JUDGE_KINDS = ("refusal", "target")
-MODEL_KINDS: tuple[str, ...] = ()
+MODEL_KINDS: tuple[str, ...] = ("llama-guard", "shieldgemma", "wildguard", "harmbench", "rubric")
 
 
 def parse_judges(spec: Optional[str]) -> list[tuple[str, str]]:
@@ -49,4 +49,16 @@ def make_judges(spec: Optional[str], *, loader: Optional[Callable[[str], Any]] =
             judges.append(RefusalJudge())
         elif kind == "target":
             judges.append(TargetJudge())
+        else:
+            if loader is None:
+                raise InputError(f"judge {kind}:{model} needs a model loader")
+            lm = loader(model)
+            if kind == "rubric":
+                from engine.advtok.judges.rubric import RubricJudge
+
+                judges.append(RubricJudge(lm, batch_size=batch_size))
+            else:
+                from engine.advtok.judges.classifier import CLASSIFIERS
+
+                judges.append(CLASSIFIERS[kind](lm, batch_size=batch_size))
     return judges

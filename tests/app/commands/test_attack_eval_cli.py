@@ -71,6 +71,13 @@ def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
     s0 = recs2[0]["adversarial_samples"][0]
     assert set(s0["verdicts"]) == {"refusal", "target"}
     assert s0["verdicts"]["refusal"] == recs[0]["adversarial_samples"][0]["verdicts"]["refusal"]
+    # a classifier judge on a local model directory (here the tiny model in HarmBench's format)
+    assert main(["attack", "judge", str(out), "--judge", f"harmbench:{tiny_dir}",
+                 "--judge-batch", "3"]) == 0
+    recs3 = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
+    hb = f"harmbench:{tiny_dir}"
+    assert recs3[0]["judges"] == ["refusal", "target", hb]
+    assert all(hb in s["verdicts"] for r in recs3 for s in r["canonical_samples"])
     capsys.readouterr()
 
     md, cs, png = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "plots"
