@@ -16,7 +16,7 @@ from rich.table import Table
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 
-SUBCOMMANDS = ("judge", "report", "merge")
+SUBCOMMANDS = ("judge", "report", "merge", "replay")
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -185,6 +185,9 @@ def build_sub_parser() -> argparse.ArgumentParser:
 
     add_force(j)
     add_force(r)
+    from app.commands.attack_replay import register_replay
+
+    register_replay(sub)
     return p
 
 
@@ -207,7 +210,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return report_cmd(args)
     if args.action == "judge":
         return judge_cmd(args)
-    return merge_cmd(args)
+    if args.action == "merge":
+        return merge_cmd(args)
+    from app.commands.attack_replay import replay_cmd
+
+    return replay_cmd(args)
 
 
 def _read(results: str) -> Any:

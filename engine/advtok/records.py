@@ -146,7 +146,8 @@ def weights_hash(model: Any) -> str:
 
 def model_info(lm: Any) -> dict[str, Any]:
     return {"name": lm.name, "spec": lm.spec, "source": lm.source, "dtype": lm.dtype,
-            "device": lm.device, "weights_hash": weights_hash(lm.model)}
+            "device": lm.device, "engine_path": getattr(lm, "engine_path", None),
+            "weights_hash": weights_hash(lm.model)}
 
 
 def template_info(tokenizer: Any, chunks: Any) -> dict[str, Any]:

@@ -64,6 +64,21 @@ def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
     assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
     assert "0 rows done, 3 already finished" in capsys.readouterr().err
 
+    # replay: the recorded model, forward, prompts, scores and samples are reproduced
+    assert main(["attack", "replay", str(out), "--row", "Colours"]) == 0
+    rep = capsys.readouterr().out
+    assert "replay matches" in rep and "2/2 identical" in rep and "DIFFERS" not in rep
+    bad = tmp_path / "tampered.jsonl"
+    t = dict(recs[1])
+    t["adversarial_samples"] = [dict(s) for s in t["adversarial_samples"]]
+    t["adversarial_samples"][0]["token_ids"] = [1, 2, 3]
+    t["best_score"] = t["best_score"] + 0.5
+    bad.write_text(json.dumps(t) + "\n", encoding="utf-8")
+    assert main(["attack", "replay", str(bad), "--row", "Colours"]) == 1
+    rep = capsys.readouterr().out
+    assert "adversarial score: recorded" in rep and "(DIFFERS)" in rep
+    assert "adversarial samples: 1/2" in rep and "replay DIFFERS" in rep
+
     # judge later with another judge: verdicts are added, the old ones kept
     assert main(["attack", "judge", str(out), "--judge", "target"]) == 0
     recs2 = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
