@@ -166,9 +166,12 @@ def load_config(flag: Optional[str] = None) -> Config:
         if explicit:
             raise ConfigError(f"config file not found: {path}")
         return Config()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    from engine.bounded_json import read_text
+    from engine.errors import InputError
+
+    try:  # bounded size, line-numbered UTF-8 errors (engine.bounded_json)
+        text = read_text(path, "config", max_bytes=4 << 20)
+    except InputError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     return parse_config(text, path)
 
@@ -181,6 +184,8 @@ def parse_config(text: str, path: Optional[Path] = None) -> Config:
         m = re.search(r"line (\d+)", str(e))
         line = f" line {m.group(1)}" if m else ""
         raise ConfigError(f"{where}{line}: not valid TOML: {str(e).split(' (at')[0]}") from e
+    except RecursionError:  # tomllib recurses per nested array / inline table
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
     lines = _Lines(text)
 
     def bad(key: tuple[str, ...], why: str) -> ConfigError:
