@@ -1,21 +1,23 @@
-"""MaxEnt tree search: soft-Bellman values, selection, DTS consistency on a toy LM, search on the
-tiny model, KV resume exactness, determinism, cancel and failing rewards."""
+"""MaxEnt tree search end to end (search loop, batched rollouts, tree): DTS consistency on a toy LM,
+search on the tiny model, KV resume exactness, determinism, cancel and failing rewards."""
 from __future__ import annotations
 
 import itertools
 import math
 from collections import Counter
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
 
 from engine.errors import ContextOverflow, InputError
 from engine.progress import CancelToken
+from engine.treesearch.policy import policy
 from engine.treesearch.rewards import Completion, Reward, parse_reward
-from engine.treesearch.search import (Node, Tree, TreeConfig, policy, resume_logits, run_tree_search,
-                               tree_signature)
+from engine.treesearch.rollout import RolloutDriver, resume_logits
+from engine.treesearch.search import TreeConfig, run_tree_search
+from engine.treesearch.tree import Tree, tree_signature
 
 
 @pytest.fixture(autouse=True)
@@ -52,88 +54,6 @@ def prompt(tokenizer):
 
 def fn_reward(fn: Any, spec: str = "test") -> Reward:
     return Reward("plugin", spec, spec, runs_user_code=True, _fn=fn)
-
-
-# ---------------------------------------------------------------- soft values and selection
-
-def _hand_tree(lam: float, values: list[float], counts: list[int], mode: str = "sample",
-               seed: int = 0) -> Tree:
-    g = torch.Generator().manual_seed(seed)
-    t = Tree(TreeConfig(lam=lam, mode=mode, horizon=10), g)
-    for i, (v, m) in enumerate(zip(values, counts)):
-        c = t.add_child(t.root, 100 + i)
-        c.value, c.m, c.visits = v, m, m
-    t.root.M = sum(counts)
-    t.root.visits = sum(counts)
-    return t
-
-
-@pytest.mark.parametrize("lam", [0.5, 1.0, 4.0])
-def test_soft_value_is_log_mean_exp(lam):
-    values, counts = [0.2, 0.9, 0.5, 0.0], [3, 1, 2, 4]
-    t = _hand_tree(lam, values, counts)
-    want = math.log(sum(m * math.exp(lam * v) for v, m in zip(values, counts)) / sum(counts)) / lam
-    assert t.soft_value(t.root) == pytest.approx(want, abs=1e-12)
-    # backup through a one-child chain carries the value exactly
-    leaf = t.root.children[100]
-    mid = t.add_child(leaf, 7)
-    mid.value, mid.m = 0.3, 1
-    t.backup([t.root, leaf, mid])
-    assert leaf.value == pytest.approx(0.3, abs=1e-15)
-
-
-def test_equal_children_give_exactly_v_and_limits():
-    t = _hand_tree(1.0, [0.37] * 5, [1, 2, 3, 4, 5])
-    assert t.soft_value(t.root) == pytest.approx(0.37, abs=1e-12)  # log-sum-exp would add log 15
-    values, counts = [0.1, 0.8, 0.4], [5, 1, 2]
-    mean = sum(v * m for v, m in zip(values, counts)) / sum(counts)
-    assert _hand_tree(1e-7, values, counts).soft_value(_hand_tree(1e-7, values, counts).root) == \
-        pytest.approx(mean, abs=1e-6)
-    big = _hand_tree(2000.0, values, counts)
-    assert big.soft_value(big.root) == pytest.approx(0.8, abs=2e-3)
-
-
-def test_pending_children_are_not_counted():
-    t = _hand_tree(1.0, [0.6, 0.6], [1, 1])
-    p = t.add_child(t.root, 999)  # drawn this round, no rollout yet
-    p.m = 3
-    assert t.soft_value(t.root) == pytest.approx(0.6, abs=1e-12)
-
-
-def test_small_lambda_selection_follows_draw_counts():
-    counts, values = [6, 3, 1], [0.1, 0.9, 0.5]
-    t = _hand_tree(1e-6, values, counts, seed=1)
-    n = 6000
-    freq = Counter(t.select_child(t.root).token - 100 for _ in range(n))
-    for i, m in enumerate(counts):
-        assert abs(freq[i] / n - m / sum(counts)) < 0.025
-    # with a large λ the same rule follows m·exp(λ v)
-    t = _hand_tree(3.0, values, counts, seed=2)
-    w = [m * math.exp(3.0 * v) for v, m in zip(values, counts)]
-    freq = Counter(t.select_child(t.root).token - 100 for _ in range(n))
-    for i in range(3):
-        assert abs(freq[i] / n - w[i] / sum(w)) < 0.025
-
-
-def test_search_mode_selection_is_greedy_and_bonus_explores():
-    t = _hand_tree(1.0, [0.1, 0.9, 0.5], [6, 3, 1], mode="search")
-    assert all(t.select_child(t.root).token == 101 for _ in range(20))
-    t.cfg.exploration = 5.0
-    t.root.children[102].visits = 1
-    t.root.children[101].visits = 40
-    assert t.select_child(t.root).token == 102
-
-
-def test_policy_matches_process_top_p():
-    from engine.lm.sampling import SamplingConfig, process
-
-    logits = torch.randn(3, 5000) * 3
-    _, dists = policy(logits, 0.8, 0.9, None, sample=False)
-    ref = process(logits, SamplingConfig(temperature=0.8, top_p=0.9, top_k=0)).log_softmax(-1)
-    for r, (ids, lp) in enumerate(dists):
-        kept = torch.isfinite(ref[r]).nonzero().view(-1)
-        assert sorted(ids.tolist()) == sorted(kept.tolist())
-        assert torch.allclose(lp, ref[r, ids.long()], atol=1e-5)
 
 
 # ---------------------------------------------------------------- DTS consistency on a toy LM
@@ -350,20 +270,18 @@ def test_resumed_logits_equal_uncached_forward_and_caches_stay_intact(tiny_any, 
     rw = parse_reward("words:the,moon")
     cfg = TreeConfig(rollouts=16, horizon=6, temperature=1.0, top_p=0.9, widening=3, batch=4,
                      mode="sample", seed=4)
-    import engine.treesearch.search as ts
-
     stacked = []
-    real = ts._Search._start_stacked
+    real = RolloutDriver._start_stacked
 
     def counted(self, rows, distinct, anchors):
         stacked.append(len(distinct))
         return real(self, rows, distinct, anchors)
 
-    ts._Search._start_stacked = counted
+    RolloutDriver._start_stacked = counted
     try:
         res = run_tree_search(tiny, prompt, rw, cfg)
     finally:
-        ts._Search._start_stacked = real
+        RolloutDriver._start_stacked = real
     assert res.padded_batches > 0, "the run should have batched rows from different depths"
     # rows from different branches resumed from their own caches, stacked into one batch
     assert stacked and max(stacked) > 1, stacked
