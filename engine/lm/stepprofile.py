@@ -67,7 +67,7 @@ def decode_step_profile(lm: Any, path: str = "standard", *, steps: int = 16,
             for _ in range(steps):
                 nxt = fwd.logits(nxt, cache)[:, -1].argmax(-1, keepdim=True)
             wall = (time.perf_counter() - t0) / steps
-        # the lean path may split the head's 'vocab' output rows into blocks (fastpath._linear)
+        # the lean path may split the head's 'vocab' output rows into blocks (fastweights.SplitLinear)
         head_dims = {str(vocab // p) for p in range(1, 9) if vocab % p == 0}
         layer_mm = head = attn = 0.0
         for ev in prof.key_averages(group_by_input_shape=True):

@@ -395,7 +395,7 @@ def test_split_matvec_equals_linear_and_standard(tiny_lm, tokenizer, threads):
         std = StandardForward(tiny_lm.model)
         split = make_lean_forward(tiny_lm.model, matvec="split")
         plain = make_lean_forward(tiny_lm.model, matvec="linear")
-        assert split._parts == min(threads, 8)
+        assert split.linear.parts == min(threads, 8)
         ids = torch.tensor([_chat(tokenizer, PROMPTS[2])])
         _prefill_decode(std, split, ids, steps=4)
         _batched_check(std, split, tokenizer, solo=False)
@@ -408,8 +408,8 @@ def test_split_matvec_equals_linear_and_standard(tiny_lm, tokenizer, threads):
         # a row count above SPLIT_MAX_ROWS and an odd output size both take F.linear
         x = torch.randn(40, split.hidden_size)
         w = torch.randn(7, split.hidden_size)
-        _close(split._linear(x, w), torch.nn.functional.linear(x, w))
-        _close(split._linear(x[:3], w), torch.nn.functional.linear(x[:3], w))
+        _close(split.linear(x, w), torch.nn.functional.linear(x, w))
+        _close(split.linear(x[:3], w), torch.nn.functional.linear(x[:3], w))
     finally:
         torch.set_num_threads(saved)
 
