@@ -173,7 +173,8 @@ class Engine:
         from pathlib import Path
 
         from engine.atomic import write_bytes
-        from engine.bench.report import load_report, write_csv, write_pngs
+        from engine.bench.plots import write_pngs
+        from engine.bench.report import load_report, write_csv
 
         stem = Path(runs).stem
         report(progress, "bench", 0, 3, "aggregating")

@@ -97,7 +97,8 @@ def _list() -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from engine.bench.harness import BenchConfig, load_suite, run_bench
+    from engine.bench.harness import BenchConfig, run_bench
+    from engine.bench.suite import load_suite
     from engine.errors import InputError
 
     if args.file:
@@ -146,7 +147,8 @@ def legend(rep: Any) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from engine.bench.report import load_report, to_markdown, write_csv, write_pngs
+    from engine.bench.plots import write_pngs
+    from engine.bench.report import load_report, to_markdown, write_csv
     from engine.errors import InputError
     from engine.atomic import write_text
 

@@ -5,8 +5,9 @@ The search is greedy (or stochastic) local search over the tokenization diagram:
 the neighbours at distance 2 (optionally merges at distance 1 and sampled distance-4 ones) plus
 X itself, move to the best, stop at a fixed point / after a few flat iterations / after
 ``iters``. Scoring goes through :class:`~engine.advtok.score.CandidateScorer` (prefix cached
-once, memoised, batched); the diagram work is milliseconds. Afterwards N responses are sampled
-with the adversarial and with the canonical tokenization, same template and system prompt.
+once, memoised, batched); the diagram work is milliseconds; the neighbourhood is built in
+``neighbours.py``. Afterwards N responses are sampled with the adversarial and with the canonical
+tokenization, same template and system prompt (``samples.py``).
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
+from engine.advtok.neighbours import candidates, levenshtein
+from engine.advtok.samples import sample_pair
 from engine.advtok.score import DEFAULT_TOKEN_BUDGET, CandidateScorer
 from engine.errors import ContextOverflow, InputError
 from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
@@ -156,51 +159,6 @@ class AttackResult:
         d = asdict(self)
         d["improvement"] = self.improvement
         return d
-
-
-def levenshtein(a: Sequence[int], b: Sequence[int]) -> int:
-    """Edit distance between two token-id sequences (insert, delete, substitute)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
-
-
-def _subset(rng: random.Random, items: list[list[int]], k: int) -> list[list[int]]:
-    if len(items) <= k:
-        return list(items)
-    return rng.sample(items, k)
-
-
-def candidates(mdd: Any, x: list[int], cfg: AttackConfig, rng: random.Random
-               ) -> tuple[list[list[int]], int, bool]:
-    """The neighbourhood of X to score (X excluded), its size before subsampling, and whether
-    it is the full neighbourhood (so that X' == X means a fixed point)."""
-    near = mdd.neighbours(x, 2)
-    if cfg.include_merges:
-        near = mdd.neighbours(x, 1) + near
-    before = len(near)
-    if cfg.distance4:
-        n4_total = mdd.count_at(x, 4)
-        before += min(n4_total, 10**12)
-        budget = cfg.max_neighbours or 4 * max(len(near), 4)
-        n2 = max(1, budget // 4) if near else 0
-        kept = _subset(rng, near, n2)
-        seen = {tuple(v) for v in kept}
-        for v in mdd.sample_at(x, 4, rng, budget - len(kept)):
-            if tuple(v) not in seen:
-                seen.add(tuple(v))
-                kept.append(v)
-        full = len(kept) >= len(near) + n4_total
-        return kept, before, full
-    if cfg.max_neighbours is not None and len(near) > cfg.max_neighbours:
-        return _subset(rng, near, cfg.max_neighbours), before, False
-    return near, before, True
 
 
 def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = None,
@@ -398,53 +356,3 @@ def _config_dict(cfg: AttackConfig) -> dict[str, Any]:
     d.pop("request", None)
     d.pop("response", None)
     return d
-
-
-def sample_responses(lm: Any, chunks: Any, ids: Sequence[int], n: int, *, max_new_tokens: int = 64,
-                     temperature: float = 0.7, seed: Optional[int] = 0,
-                     frozen_prefix_ids: Sequence[int] = (), frozen_suffix_ids: Sequence[int] = (),
-                     prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
-                     cancel: Optional[CancelToken] = None) -> list[Any]:
-    """N responses to the prompt ``SP ⊕ H ⊕ F_pre ⊕ ids ⊕ F_suf ⊕ U`` (batched over one prefix
-    cache, seeded). ``prefix_cache`` may hold SP ⊕ H ⊕ F_pre already (it is forked, never
-    changed). Returns :class:`~engine.lm.generate.GenerationResult` objects."""
-    from engine.lm.generate import generate_batch
-    from engine.lm.sampling import SamplingConfig
-
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         top_p=1.0 if temperature > 0 else 0.95)
-    tail = list(ids) + list(frozen_suffix_ids) + list(chunks.tail_ids)
-    if prefix_cache is None:
-        prompt = list(chunks.prefix_ids) + list(frozen_prefix_ids) + tail
-        return generate_batch(lm, prompt, n, cfg, progress=progress, cancel=cancel)
-    return generate_batch(lm, tail, n, cfg, cache=prefix_cache, progress=progress, cancel=cancel)
-
-
-def _sample_dict(g: Any) -> dict[str, Any]:
-    return {"text": g.text, "token_ids": list(g.token_ids), "stop_reason": g.stop_reason,
-            "new_tokens": g.new_tokens}
-
-
-def sample_pair(lm: Any, chunks: Any, adv_ids: Sequence[int], canonical_ids: Sequence[int],
-                cfg: AttackConfig, *, prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
-                cancel: Optional[CancelToken] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``cfg.samples`` responses with the adversarial and with the canonical tokenization: same
-    template, system prompt, sampling settings and seed on both sides. After a cancel the
-    samples are partial (stop_reason "cancelled") or absent."""
-    out = []
-    for which, ids in (("adversarial", adv_ids), ("canonical", canonical_ids)):
-        def prog(p: Any, which: str = which) -> None:
-            if progress is not None:
-                progress(type(p)(p.phase, p.step, p.total, f"{which}: {p.message}",
-                                 {**p.metrics, "side": which}))
-        if cancel is not None and cancel.cancelled:
-            out.append([])
-            continue
-        gens = sample_responses(lm, chunks, ids, cfg.samples,
-                                max_new_tokens=cfg.sample_max_new_tokens,
-                                temperature=cfg.sample_temperature, seed=cfg.seed,
-                                frozen_prefix_ids=cfg.frozen_prefix_ids,
-                                frozen_suffix_ids=cfg.frozen_suffix_ids,
-                                prefix_cache=prefix_cache, progress=prog, cancel=cancel)
-        out.append([_sample_dict(g) for g in gens])
-    return out[0], out[1]

@@ -14,7 +14,8 @@ unmodified model (so it exists even when "baseline" is not among the methods):
 
 Greedy quality is deterministic, so it is computed once per (method, query) and copied into each
 repeat's record; timings are per repeat. Storage is append-only; aggregates are computed at read
-time (``engine/bench/report.py``). A rerun with the same output file resumes: records already
+time (``engine/bench/report.py``). The suite parser lives in ``suite.py``, the measurement
+primitives (peak memory, KL, divergence, environment) in ``measure.py``. A rerun with the same output file resumes: records already
 present with status "ok" for the same (model, method, params, max_new_tokens, prompt, repeat)
 are skipped; failed ones are retried.
 """
@@ -22,200 +23,23 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 
 from engine.atomic import append_line
-from engine.bench.records import (COST_KEYS, SCHEMA, SCHEMA_VERSION, read_records,
-                            validate_record)
-from engine.errors import InputError
+from engine.bench.measure import PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg, model_info
 from engine.bench.methods import make_method, parse_methods
-from engine.bench.methods.base import QUERY_KINDS, Method, Query
+from engine.bench.methods.base import Method, Query
+from engine.bench.records import COST_KEYS, SCHEMA_VERSION, read_records, validate_record
+from engine.bench.suite import load_suite
+from engine.errors import InputError
 from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
-from engine.bench.suite_files import suite_path
-
-
-# ---- suite -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Suite:
-    name: str
-    path: Path
-    queries: list[Query]
-    prose: Optional[str] = None  # held-out text for NLL / bits per byte
-    prose_id: Optional[str] = None
-
-
-def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,
-               ids: Optional[Iterable[str]] = None) -> Suite:
-    """Parse a suite JSONL; any malformed line raises an InputError naming the line number."""
-    path = suite_path(name)
-    queries: list[Query] = []
-    prose = prose_id = None
-    seen: set[str] = set()
-    suite_name: Optional[str] = None
-    from engine.bounded_json import iter_jsonl
-
-    for no, rec, _ in iter_jsonl(path, "suite"):
-        where = f"{path.name} line {no}"
-        if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected a JSON object")
-        for key in ("suite", "id", "kind", "prompt"):
-            if not isinstance(rec.get(key), str):
-                raise InputError(f"{where}: field {key!r} missing or not a string")
-        if suite_name is None:
-            suite_name = rec["suite"]
-        elif rec["suite"] != suite_name:
-            raise InputError(f"{where}: suite {rec['suite']!r} differs from {suite_name!r}")
-        if rec["kind"] not in QUERY_KINDS:
-            raise InputError(f"{where}: kind {rec['kind']!r} is not one of {', '.join(QUERY_KINDS)}")
-        if rec["id"] in seen:
-            raise InputError(f"{where}: duplicate id {rec['id']!r}")
-        seen.add(rec["id"])
-        for key in ("system", "document", "reference"):
-            if rec.get(key) is not None and not isinstance(rec[key], str):
-                raise InputError(f"{where}: field {key!r} must be a string or null")
-        turns = rec.get("turns") or []
-        meta = rec.get("meta") or {}
-        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-            raise InputError(f"{where}: 'turns' must be a list of strings")
-        if not isinstance(meta, dict):
-            raise InputError(f"{where}: 'meta' must be an object")
-        if rec["kind"] == "prose":
-            text = rec.get("document")
-            if text is None and "file" in meta:
-                fp = path.parent / str(meta["file"])
-                try:
-                    text = fp.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as e:
-                    raise InputError(f"{where}: cannot read prose file {fp.name}: {e}") from e
-            if not text or not text.strip():
-                raise InputError(f"{where}: prose entry has no text")
-            prose, prose_id = text, rec["id"]
-            continue
-        if rec["kind"] in ("qa", "long") and not rec.get("document"):
-            raise InputError(f"{where}: a {rec['kind']} query needs a 'document'")
-        if not rec["prompt"].strip():
-            raise InputError(f"{where}: empty prompt")
-        queries.append(Query(id=rec["id"], kind=rec["kind"], prompt=rec["prompt"],
-                             system=rec.get("system"), document=rec.get("document"),
-                             reference=rec.get("reference"), turns=list(turns), meta=dict(meta)))
-    if suite_name is None:
-        raise InputError(f"suite {path.name} is empty")
-    if kinds is not None:
-        kinds = set(kinds)
-        bad = kinds - set(QUERY_KINDS)
-        if bad:
-            raise InputError(f"unknown query kind(s) {', '.join(sorted(bad))}; valid: {', '.join(QUERY_KINDS)}")
-        queries = [q for q in queries if q.kind in kinds]
-        if "prose" not in kinds:
-            prose = prose_id = None
-    if ids is not None:
-        ids = list(ids)
-        missing = [i for i in ids if i not in seen]
-        if missing:
-            raise InputError(f"unknown query id(s) {', '.join(missing)} in suite {suite_name}")
-        queries = [q for q in queries if q.id in ids]
-        if prose_id not in ids:
-            prose = prose_id = None
-    return Suite(name=suite_name, path=path, queries=queries, prose=prose, prose_id=prose_id)
-
-
-# ---- measurement helpers -----------------------------------------------------------------------
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-class PeakMemory:
-    """Peak memory during a block: CUDA allocator peak on GPU, else the process RSS sampled by a
-    thread every few ms (noisy and dominated by the weights, as METHODS.md warns)."""
-
-    def __init__(self, device: Any, every: float = 0.005) -> None:
-        self.cuda = getattr(device, "type", str(device)) == "cuda"
-        self.every = every
-        self.peak: Optional[int] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _read(self) -> None:
-        import psutil
-
-        self.peak = max(self.peak or 0, psutil.Process().memory_info().rss)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._read()
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self._read()  # a block shorter than the first tick still gets a figure
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
-            self.peak = int(torch.cuda.max_memory_allocated())
-        else:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
-            self._read()
-
-
-def first_divergence(a: list[int], b: list[int]) -> Optional[int]:
-    """Index of the first differing token (a length difference counts); None if identical."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def kl_stats(ref_lp: torch.Tensor, lp: torch.Tensor) -> tuple[Optional[float], Optional[float]]:
-    """Mean and max per-position KL(ref || method) in nats; ≥ 0 (tiny negatives from rounding
-    are clamped)."""
-    if ref_lp.numel() == 0 or lp.numel() == 0:
-        return None, None
-    n = min(ref_lp.shape[0], lp.shape[0])
-    kl = (ref_lp[:n].exp() * (ref_lp[:n] - lp[:n])).sum(-1).clamp_min(0.0)
-    return float(kl.mean()), float(kl.max())
-
-
-def contains(text: str, reference: Optional[str]) -> Optional[bool]:
-    if not reference:
-        return None
-    norm = lambda s: " ".join(s.lower().replace(".", " ").replace(",", " ").split())  # noqa: E731
-    return norm(reference) in norm(text)
-
-
-def env_info(lm: Any) -> dict:
-    import transformers
-
-    dev = lm.torch_device
-    return {"device": str(dev), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(terse=True),
-            "cpus": os.cpu_count() or 0, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(dev) if getattr(dev, "type", "") == "cuda" else None}
-
-
-def model_info(lm: Any) -> dict:
-    return {"id": str(lm.name), "dtype": str(lm.dtype)}
 
 
 # ---- the bench ---------------------------------------------------------------------------------
@@ -497,5 +321,4 @@ def _json_safe(o: Any) -> Any:
     return str(o)
 
 
-__all__ = ["BenchConfig", "BenchSummary", "SCHEMA", "SCHEMA_VERSION", "Suite", "load_suite",
-           "read_records", "run_bench", "validate_record", "first_divergence", "kl_stats"]
+__all__ = ["BenchConfig", "BenchSummary", "existing_keys", "run_bench"]

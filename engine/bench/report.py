@@ -4,24 +4,23 @@ Per method row: medians with interquartile range of every cost figure; quality m
 against the baseline from *paired* runs (same prompt, same repeat index, same model and
 max_new_tokens), summarised by the median paired ratio with a bootstrap 95 % interval. A verdict
 word ("faster", "smaller", "slower", "larger") is given only when that interval excludes 1.0;
-otherwise the row says "no clear difference". Exports: CSV (one line per row) and matplotlib
-(Agg) PNGs with a footer naming model, device, library versions and the load average.
+otherwise the row says "no clear difference" (the statistics: ``stats.py``). Exports: the text
+table, Markdown, CSV (one line per row), and the data the plots draw; the matplotlib PNGs, with a
+footer naming model, device, library versions and the load average, are drawn in ``plots.py``.
 """
 from __future__ import annotations
 
 import csv
 import io
-import math
-import random
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.atomic import write_bytes, write_text
+from engine.atomic import write_text
 from engine.bench.records import read_records
-from engine.errors import InputError
+from engine.bench.stats import Ratio, Stat, bootstrap_ratio, quartiles
 from engine.bench.suite_files import suite_entries
+from engine.errors import InputError
 
 # metric -> (label, unit, lower_is_better, verdict words (better, worse))
 COST_METRICS: dict[str, tuple[str, str, bool, tuple[str, str]]] = {
@@ -36,23 +35,6 @@ COST_METRICS: dict[str, tuple[str, str, bool, tuple[str, str]]] = {
 }
 SPEED_METRICS = {"prefill_s", "decode_tok_s", "total_s"}
 QUALITY_METRICS = ("kl_mean", "top1_agree", "first_divergence", "ref_nll")
-
-
-@dataclass
-class Stat:
-    median: Optional[float] = None
-    q1: Optional[float] = None
-    q3: Optional[float] = None
-    n: int = 0
-
-
-@dataclass
-class Ratio:
-    value: Optional[float] = None  # median paired ratio method / baseline
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    n: int = 0
-    verdict: str = ""
 
 
 @dataclass
@@ -111,40 +93,6 @@ def row_key(method: str, params: dict) -> str:
     return method + "(" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
 
 
-def _stat(vals: list[float]) -> Stat:
-    vals = sorted(v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v)))
-    if not vals:
-        return Stat()
-    if len(vals) == 1:
-        return Stat(vals[0], vals[0], vals[0], 1)
-    q = statistics.quantiles(vals, n=4, method="inclusive")
-    return Stat(statistics.median(vals), q[0], q[2], len(vals))
-
-
-def bootstrap_ratio(pairs: list[tuple[float, float]], *, iters: int = 2000, seed: int = 0,
-                    lower_is_better: bool = True, words: tuple[str, str] = ("faster", "slower")) -> Ratio:
-    """Median of paired ratios a/b with a percentile-bootstrap 95 % CI over the pairs."""
-    ratios = [a / b for a, b in pairs if a is not None and b not in (None, 0)]
-    if not ratios:
-        return Ratio()
-    med = statistics.median(ratios)
-    rng = random.Random(seed)
-    n = len(ratios)
-    boots = sorted(statistics.median(rng.choices(ratios, k=n)) for _ in range(iters))
-    lo = boots[int(0.025 * (iters - 1))]
-    hi = boots[int(math.ceil(0.975 * (iters - 1)))]
-    better, worse = words
-    if n < 2:
-        verdict = "too few pairs"
-    elif hi < 1.0:
-        verdict = better if lower_is_better else worse
-    elif lo > 1.0:
-        verdict = worse if lower_is_better else better
-    else:
-        verdict = "no clear difference"
-    return Ratio(med, lo, hi, n, verdict)
-
-
 def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
               suite: Optional[str] = None, model: Optional[str] = None,
               max_new_tokens: Optional[int] = None, kinds: Optional[list[str]] = None) -> Report:
@@ -189,7 +137,7 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
         row.errors = len(errs)
         row.error_messages = sorted({f"{r['prompt_id']}: {r['message']}" for r in errs})[:5]
         for m, (_, _, lower, words) in COST_METRICS.items():
-            row.cost[m] = _stat([r["cost"].get(m) for r in ok])
+            row.cost[m] = quartiles([r["cost"].get(m) for r in ok])
             pairs = [(r["cost"].get(m), base[(r["prompt_id"], r["repeat"])]["cost"].get(m))
                      for r in ok if (r["prompt_id"], r["repeat"]) in base]
             row.ratio[m] = bootstrap_ratio([p for p in pairs if p[0] is not None and p[1] is not None],
@@ -200,11 +148,11 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
         for m in QUALITY_METRICS:
             if m == "first_divergence":
                 continue
-            row.quality[m] = _stat([qd.get(m) for qd in per_query.values()])
+            row.quality[m] = quartiles([qd.get(m) for qd in per_query.values()])
         divs = [r["quality"].get("first_divergence") for r in ok if r["repeat"] == 0]
         if divs:
             row.diverged = sum(d is not None for d in divs) / len(divs)
-            row.quality["first_divergence"] = _stat([d for d in divs if d is not None])
+            row.quality["first_divergence"] = quartiles([d for d in divs if d is not None])
         cont = [qd.get("contains") for qd in per_query.values() if qd.get("contains") is not None]
         row.contains = sum(cont) / len(cont) if cont else None
         for r in ok:  # needle accuracy by the planted fact's depth (greedy: repeat 0 speaks for all)
@@ -277,7 +225,7 @@ def fmt_num(v: Optional[float], unit: str = "") -> str:
     return f"{v:.3g}"
 
 
-def fmt_stat(s: Stat, unit: str = "") -> str:
+def fmtquartiles(s: Stat, unit: str = "") -> str:
     if s.median is None:
         return "—"
     if s.q1 is None or s.q1 == s.q3:
@@ -309,7 +257,7 @@ def table_rows(rep: Report, *, labels: bool = True) -> list[list[str]]:
             if row.speed_note and m in SPEED_METRICS:
                 cells.append(row.speed_note)
                 continue
-            txt = fmt_stat(row.cost[m], unit)
+            txt = fmtquartiles(row.cost[m], unit)
             if row.method != "baseline" and row.ratio[m].value is not None:
                 txt += "\n" + fmt_ratio(row.ratio[m])
             cells.append(txt)
@@ -427,97 +375,5 @@ def bar_groups(rep: Report) -> tuple[list[str], dict[str, list[float]]]:
     return [COST_METRICS[m][0] for m in metrics], series
 
 
-def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> list[Path]:
-    """cost-vs-quality scatter, grouped bars of medians vs baseline, decode tok/s vs context."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--png {out_dir} is a file, expected a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.text(0.01, 0.01, rep.footer(), fontsize=6, color="#555555", wrap=True)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=130)
-        plt.close(fig)
-        p = out_dir / f"{prefix}-{name}.png"
-        write_bytes(p, buf.getvalue())
-        paths.append(p)
-
-    # 1. combined figure: scatter + bars (the README image)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
-    _scatter(ax1, rep)
-    _bars(ax2, rep)
-    save(fig, rep.suite)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    _scatter(ax, rep)
-    save(fig, "cost-quality")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    _bars(ax, rep)
-    save(fig, "medians")
-    fig, ax = plt.subplots(figsize=(7, 5))
-    _curve(ax, rep)
-    save(fig, "toks-vs-context")
-    return paths
-
-
-def _scatter(ax: Any, rep: Report) -> None:
-    """Medians with IQR bars on both axes; points labelled by method (parameters are in the
-    table), labels placed with a small offset that alternates to limit overlaps."""
-    rows = {r.key: r for r in rep.rows}
-    for i, (key, x, y) in enumerate(scatter_points(rep)):
-        row = rows[key]
-        c, q = row.cost.get("kv_bytes_stored", Stat()), row.quality.get("kl_mean", Stat())
-        xerr = [[max(x - (c.q1 if c.q1 is not None else x), 0) / 2 ** 20],
-                [max((c.q3 if c.q3 is not None else x) - x, 0) / 2 ** 20]]
-        yerr = [[max(y - (q.q1 if q.q1 is not None else y), 0)], [max((q.q3 if q.q3 is not None else y) - y, 0)]]
-        ax.errorbar([x / 2 ** 20], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, lw=0.8)
-        ax.annotate(row.method, (x / 2 ** 20, y), fontsize=7, xytext=(6, -10 + 10 * (i % 3)),
-                    textcoords="offset points")
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    ax.set_xlabel("KV bytes stored, median [IQR] (MiB)")
-    ax.set_ylabel("teacher-forced KL vs baseline (nats/token, median [IQR])")
-    ax.set_title("Cost vs quality (lower-left is better)")
-    ax.grid(alpha=0.3)
-
-
-def _bars(ax: Any, rep: Report) -> None:
-    names, series = bar_groups(rep)
-    k = max(1, len(series))
-    width = 0.8 / k
-    method = {r.key: r.method for r in rep.rows}
-    for i, (key, vals) in enumerate(series.items()):
-        xs = [j + i * width - 0.4 + width / 2 for j in range(len(names))]
-        ax.bar(xs, vals, width=width, label=method.get(key, key))
-    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=15, fontsize=8)
-    ax.set_ylabel("median ÷ baseline median")
-    ax.set_title("Medians relative to baseline (decode tok/s: higher is faster)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _curve(ax: Any, rep: Report) -> None:
-    for row in rep.rows:
-        if row.curve and not row.speed_note:
-            xs, ys = zip(*row.curve)
-            ax.plot(xs, ys, marker="o", ms=3, lw=1, label=row.key)
-    ax.set_xlabel("prompt tokens in")
-    ax.set_ylabel("decode tok/s")
-    ax.set_title("Decode speed vs context length")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-
-
-__all__ = ["Report", "Row", "Stat", "Ratio", "aggregate", "load_report", "bootstrap_ratio",
-           "to_csv", "write_csv", "write_pngs", "to_markdown", "table_rows", "scatter_points",
-           "bar_groups", "TABLE_COLUMNS"]
+__all__ = ["Report", "Row", "aggregate", "load_report", "to_csv", "write_csv", "to_markdown",
+           "table_rows", "scatter_points", "bar_groups", "needle_table", "TABLE_COLUMNS"]

@@ -1,6 +1,6 @@
 """Where the shipped query suites live and a lenient, torch-free read of their entries.
 
-``engine.bench.harness.load_suite`` is the strict parser (every malformed line is an error, queries are
+``engine.bench.suite.load_suite`` is the strict parser (every malformed line is an error, queries are
 built); the TUI's grid sizing and the report's depth lookup only need the raw entries and must not
 import torch, so they read through :func:`suite_entries`.
 """

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from engine.advtok.search import AttackConfig, levenshtein, run_attack, sample_responses
+from engine.advtok.neighbours import levenshtein
+from engine.advtok.samples import sample_responses
+from engine.advtok.search import AttackConfig, run_attack
 from engine.advtok.score import CandidateScorer
 from engine.errors import ContextOverflow, InputError
 from engine.lm.generate import generate_batch

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from engine.bench.harness import BenchConfig, first_divergence, kl_stats, load_suite, run_bench
+from engine.bench.harness import BenchConfig, run_bench
+from engine.bench.measure import first_divergence, kl_stats
+from engine.bench.suite import load_suite
 from engine.bench.records import read_records, validate_record
 from engine.errors import InputError
 from engine.bench.methods import make_method, parse_methods
@@ -217,7 +219,7 @@ def test_cli_param_overrides():
 def test_peak_memory_has_a_figure_even_for_a_very_short_block():
     """RSS is sampled by a thread every few ms; a block that ends before its first tick must still
     get a figure (a missing peak was seen on a clean-clone CI run)."""
-    from engine.bench.harness import PeakMemory
+    from engine.bench.measure import PeakMemory
 
     for _ in range(20):
         with PeakMemory("cpu", every=10.0) as mem:

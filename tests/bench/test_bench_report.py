@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine.bench.records import read_records, validate_record
-from engine.bench.report import (aggregate, bar_groups, bootstrap_ratio, load_report, scatter_points,
-                                 to_csv, to_markdown, write_pngs)
+from engine.bench.plots import write_pngs
+from engine.bench.report import aggregate, bar_groups, load_report, scatter_points, to_csv, to_markdown
+from engine.bench.stats import bootstrap_ratio
 from engine.errors import InputError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"

@@ -19,7 +19,7 @@ def tiny1_lm(tokenizer):
 @pytest.fixture(scope="session")
 def sample_text() -> str:
     """English prose shipped with the repo (the suite's held-out prose file)."""
-    from engine.bench.harness import load_suite
+    from engine.bench.suite import load_suite
 
     return load_suite("core-v1").prose
 
