@@ -134,6 +134,16 @@ class LeanKV:
                 new.v[:, u, :, L - n:L].copy_(c.store.v[:, 0, :, :n])
         return LeanCache(new, L, len(parts))
 
+    def from_tensors(self, k: torch.Tensor, v: torch.Tensor) -> LeanCache:
+        """A batch-1 cache holding K and V of shape (layers, 1, kv_heads, n, head_dim), e.g. a
+        snapshot read back from disk (copied into a fresh buffer with room to continue)."""
+        n = int(k.shape[3])
+        st = self._alloc(1, max(_MIN_CAP, n + max(_MIN_CAP, n // 4)))
+        st.k[:, :, :, :n].copy_(k.to(st.k.device, st.k.dtype))
+        st.v[:, :, :, :n].copy_(v.to(st.v.device, st.v.dtype))
+        st.frontier = n
+        return LeanCache(st, n, 1)
+
     def cache_bytes(self, cache: LeanCache) -> int:
         """Bytes of the K/V the cache holds (same figure as the standard path's DynamicCache)."""
         el = torch.empty((), dtype=self.dtype).element_size()

@@ -82,15 +82,10 @@ def export_kv(fwd: Any, cache: Any) -> tuple[Any, Any]:
 
 def import_kv(fwd: Any, k: Any, v: Any) -> Any:
     """A cache of ``fwd``'s own kind holding K and V (as made by :func:`export_kv`)."""
-    n = int(k.shape[3])
-    if hasattr(fwd, "_alloc"):  # lean
-        from engine.lm.fastpath import LeanCache
+    from engine.lm.fastpath import LeanForward
 
-        st = fwd._alloc(1, max(64, n + max(64, n // 4)))
-        st.k[:, :, :, :n].copy_(k.to(st.k.device, st.k.dtype))
-        st.v[:, :, :, :n].copy_(v.to(st.v.device, st.v.dtype))
-        st.frontier = n
-        return LeanCache(st, n, 1)
+    if isinstance(fwd, LeanForward):
+        return fwd.kv.from_tensors(k, v)
     dev = fwd.device
     return fwd._build([(k[i].to(dev), v[i].to(dev)) for i in range(k.shape[0])])
 
