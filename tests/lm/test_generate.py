@@ -150,11 +150,17 @@ def test_cancel_mid_answer_returns_within_one_token(tiny_lm, tokenizer):
 def test_cancel_batch_from_other_thread(tiny_lm, tokenizer, monkeypatch):
     monkeypatch.setattr(tiny_lm, "eos_ids", [])  # no row can end on its own: the cancel must stop it
     token = CancelToken()
-    timer = threading.Timer(0.05, token.cancel)
-    timer.start()
+    threads: list[threading.Thread] = []
+
+    def progress(p):  # once decoding runs, another thread cancels (a fixed timer could fire before
+        if not threads:  # the first token on a loaded machine)
+            threads.append(threading.Thread(target=token.cancel))
+            threads[0].start()
+
     rows = generate_batch(tiny_lm, _prompt(tokenizer), 3, SamplingConfig(max_new_tokens=1500, temperature=1.0, seed=0),
-                          cancel=token)
-    timer.cancel()
+                          progress=progress, cancel=token)
+    assert threads, "progress was never reported"
+    threads[0].join()
     assert [r.stop_reason for r in rows] == ["cancelled"] * 3
     assert all(0 < r.new_tokens < 1500 for r in rows)
 
