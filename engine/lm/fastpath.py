@@ -164,6 +164,11 @@ class LeanForward:
     def matvec(self) -> str:
         return self.linear.mode
 
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every product of the forward and the exact head goes through here: the split mat-vec
+        kernel (:class:`fastweights.SplitLinear`); a subclass swaps the kernel (quantized.py)."""
+        return self.linear(x, w, b)
+
     # ---- rotary tables -----------------------------------------------------------------------
     def _build_rope(self, n: int) -> None:
         """cos and sign-folded sin tables for positions [0, n), computed as HF does (fp32)."""
@@ -207,7 +212,7 @@ class LeanForward:
             return self._head_q(hidden.float())
         if self.head_mode == "chunked":
             return chunked_linear(hidden, self.w_head, self.b_head).float()
-        return self.linear(hidden, self.w_head, self.b_head).float()
+        return self._linear(hidden, self.w_head, self.b_head).float()
 
     # ---- caches (see fastcache.py) ----------------------------------------------------------
     def new_cache(self, batch: int = 1) -> LeanCache:
@@ -302,7 +307,7 @@ class LeanForward:
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
         qd, kd = nh * d, nkv * d
         x = F.embedding(ids, self.embed)
-        lin = self.linear
+        lin = self._linear
         for li, L in enumerate(self.layers):
             h = F.rms_norm(x, (self.hidden_size,), L.ln1, self.eps)
             if L.wqkv is not None:

@@ -27,7 +27,8 @@ from typing import Any, Optional
 
 import torch
 
-from engine.lm.fastpath import SPLIT_MAX_ROWS, LeanForward, unsupported_reason
+from engine.lm.fastpath import LeanForward, unsupported_reason
+from engine.lm.fastweights import SPLIT_MAX_ROWS
 
 LABEL = "int8 weight-only decode (inexact)"
 

@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional, Sequence
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn
 from engine.treesearch.rewards import Completion, Reward
-from engine.treesearch.search import Node, Tree, TreeConfig, TreeResult, run_tree_search
+from engine.treesearch.search import TreeConfig, TreeResult, run_tree_search
+from engine.treesearch.tree import Node, Tree
 
 
 @dataclass
