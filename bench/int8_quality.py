@@ -17,7 +17,8 @@ from _util import env_record, write_result
 
 import torch
 
-from engine.bench.harness import first_divergence, kl_stats, load_suite
+from engine.bench.measure import first_divergence, kl_stats
+from engine.bench.suite import load_suite
 from engine.bench.methods.base import Method
 from engine.lm.fastpath import make_lean_forward
 from engine.lm.model import load_model
