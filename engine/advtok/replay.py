@@ -44,7 +44,7 @@ def replay_record(lm: Any, rec: dict[str, Any], *, samples: bool = True,
     """Re-score and (optionally) re-sample ``rec`` on ``lm``."""
     from engine.advtok.records import prompt_ids, weights_hash
     from engine.advtok.score import CandidateScorer
-    from engine.advtok.search import sample_pair
+    from engine.advtok.samples import sample_pair
     from engine.lm.templates import split_template
 
     for k in ("request", "response", "canonical_ids", "best_ids", "config"):
