@@ -26,6 +26,8 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "sparsity-magnitude": ("act_sparsity", "MagnitudeSparsity", {}),
     "sparsity-rotated": ("act_sparsity", "RotatedSparsity", {}),
     "phrase-merge": ("phrase_merge", "PhraseMerge", {}),
+    "lean-fp32": ("decode_paths", "LeanExact", {}),
+    "int8-decode": ("decode_paths", "Int8Decode", {}),
 }
 
 
