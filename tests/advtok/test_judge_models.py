@@ -149,3 +149,32 @@ def test_card_output_parsing():
     assert rubric_score(0, 4, 5) == pytest.approx(0.875) and rubric_score(1, 5, 5) == 0.0
     assert parse_rubric(good.replace("2.b 4", "2.b 9")) is None
     assert parse_rubric("#scores\n1.b 0\n") is None
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_row(tokenizer, monkeypatch):
+    """A batch that runs out of memory is retried at half the size: same verdicts, all rows.
+    (An OOM cannot be provoked on this machine, so the forward is made to raise one for
+    batches over two rows.)"""
+    import torch
+
+    import engine.advtok.judges.classifier as clf
+    from engine.advtok.judges.padded import rows_for_memory
+
+    lm = tiny("llama", tokenizer)
+    ref = HarmBenchJudge(lm, batch_size=1).judge(ITEMS)
+    real = clf.greedy
+    sizes = []
+
+    def small_memory(model, prompts, **kw):
+        sizes.append(len(prompts))
+        if len(prompts) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, prompts, **kw)
+    monkeypatch.setattr(clf, "greedy", small_memory)
+    j = HarmBenchJudge(lm, batch_size=5)
+    got = j.judge(ITEMS)
+    assert [(v.label, v.raw) for v in got] == [(v.label, v.raw) for v in ref]
+    assert j.halvings == 1 and sizes[0] == 5 and max(sizes[1:]) == 2 and len(got) == len(ITEMS)
+    # the memory bound: never above the cap, at least one row
+    assert rows_for_memory(lm.model, 100, cap=3) == 3
+    assert rows_for_memory(lm.model, 10**12, cap=3) == 1
