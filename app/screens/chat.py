@@ -12,7 +12,6 @@ The message box is a ``Composer`` (a TextArea): Enter sends; ctrl+j, alt+enter a
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -61,6 +60,9 @@ class ChatScreen(ToolScreen):
         self.engine_error = ""  # the last failed turn's message; shown until the next send
         self.can_regenerate = False  # the last shown exchange is the session's last turn
         self.regenerating = False
+        self.replaced: Optional[tuple[str, str]] = None  # regenerate: the old answer's text, figures
+        #: (user, assistant) widgets of the turns the model still has in its context, in order
+        self.exchanges: list[tuple[UserMessage, AssistantMessage]] = []
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("chat: Send", "Send the message (enter)", self.action_send)
@@ -194,9 +196,11 @@ class ChatScreen(ToolScreen):
         self.can_regenerate = False
         prompt.value = ""
         messages = self.query_one("#messages", VerticalScroll)
-        await messages.mount(UserMessage(text, classes="user-message", markup=False))
+        user = UserMessage(text, classes="user-message", markup=False)
+        await messages.mount(user)
         self.answer = AssistantMessage(classes="assistant-message")
         await messages.mount(self.answer)
+        self.exchanges.append((user, self.answer))
         messages.scroll_end(animate=False)
         sampling = app.settings.sampling
         self.start_job("chat", self._turn, text, sampling, app.engine, app.lm,
@@ -237,18 +241,20 @@ class ChatScreen(ToolScreen):
         if self.explorer.regenerate():  # a sibling in the answer tree ("< 2/2 >")
             return
         messages = self.query_one("#messages", VerticalScroll)
-        old = list(messages.query(AssistantMessage))
-        if old:
-            await old[-1].remove()
-        users = list(messages.query(UserMessage))
-        if users:
-            self.last_prompt = str(users[-1].content)
+        user, old = self.exchanges[-1] if self.exchanges else (None, None)
+        if old is not None:
+            self.replaced = (old.text, str(old.figures.content))
+            await old.remove()
+        if user is not None:
+            self.last_prompt = str(user.content)
         self.engine_error = ""
         self.can_regenerate = False
         self.regenerating = True
         self.turns = max(0, self.turns - 1)
         self.answer = AssistantMessage(classes="assistant-message")
-        await messages.mount(self.answer)
+        await messages.mount(self.answer, after=user)
+        if user is not None:
+            self.exchanges[-1] = (user, self.answer)
         messages.scroll_end(animate=False)
         sampling = app.settings.sampling
         self.start_job("chat", self._regenerate, sampling, app.engine, stream=True,
@@ -281,6 +287,7 @@ class ChatScreen(ToolScreen):
             return
         self.query_one("#messages", VerticalScroll).remove_children()
         self.explorer.clear()
+        self.exchanges = []
         self.reset_pending = self.session is not None
         self.turns = 0
         self.can_regenerate = False
@@ -306,7 +313,7 @@ class ChatScreen(ToolScreen):
         self.action_new_chat()
 
     def action_export(self) -> None:
-        from engine.atomic import write_text
+        from app.chat_export import export_conversation
 
         app: Any = self.app
         if self.busy:
@@ -315,13 +322,8 @@ class ChatScreen(ToolScreen):
         if self.session is None or not getattr(self.session, "turns", None):
             self.notify("Nothing to export yet", severity="warning")
             return
-        folder = Path(app.settings.export_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        md, js = folder / f"chat-{stamp}.md", folder / f"chat-{stamp}.json"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text(md, self.session.to_markdown())
-            write_text(js, self.session.to_json())
+            md, js = export_conversation(self.session, app.settings.export_dir)
         except OSError as e:
             self.notify(f"export failed: {e}", severity="error")
             return
@@ -345,16 +347,30 @@ class ChatScreen(ToolScreen):
         self.app.record_speed(r.decode_tok_s, r.new_tokens)  # type: ignore[attr-defined]
         self.can_regenerate = True
         self.explorer.answer_done(self.session, self.app.settings.sampling)  # type: ignore[attr-defined]
+        self.replaced = None
         if self.answer is not None:
             await self.answer.finish(r.text, answer_figures(r)
                                      + (" · regenerated" if self.regenerating else ""))
+        self.mark_dropped(getattr(r, "dropped_turns", 0))
         if getattr(r, "notes", None):
             self.query_one("#chat-status", Static).update("[yellow]" + " · ".join(r.notes) + "[/]")
         self._done()
 
+    def mark_dropped(self, n: int) -> None:
+        """The engine dropped the ``n`` oldest turns to fit the context: say so on them (they stay
+        on screen and in the export, but the model no longer sees them)."""
+        for user, answer in self.exchanges[:max(0, min(n, len(self.exchanges) - 1))]:
+            for w in (user, answer):
+                w.add_class("-dropped")
+            user.border_title = "dropped from the model's context"
+        self.exchanges = self.exchanges[-1:] if n >= len(self.exchanges) else self.exchanges[n:]
+
     async def job_cancelled(self, m: JobCancelled) -> None:
         r = m.partial
-        if self.answer is not None:
+        if r is not None and getattr(r, "discarded", False):
+            await self._take_back("Stopped before the answer began: the message was not added"
+                                  " (it is back in the box)")
+        elif self.answer is not None:
             if r is not None:
                 self.turns += 1
                 self.can_regenerate = True
@@ -363,16 +379,32 @@ class ChatScreen(ToolScreen):
                                          + f" · [yellow]{m.reason}[/]")
             else:
                 await self.answer.finish(None, f"[yellow]stopped ({m.reason})[/]")
+        self.replaced = None
         self._done()
 
     async def job_failed(self, m: JobFailed) -> None:
-        if self.answer is not None:
-            await self.answer.finish("", f"[red]{m.message}[/]", error=True)
-        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
+        await self._take_back(m.message + (f" — {m.hint}" if m.hint else ""))
+        self._done()
+
+    async def _take_back(self, why: str) -> None:
+        """The turn did not happen (refused, failed, or stopped before its first token): the
+        session is as it was, so the screen is too. A new message leaves the transcript and goes
+        back into the box; a regenerate gets its old answer back."""
+        self.engine_error = why
+        if self.regenerating and self.replaced is not None and self.answer is not None:
+            text, figures = self.replaced
+            await self.answer.finish(text, figures)
+            self.turns += 1
+            self.can_regenerate = True
+            self.replaced = None
+            return
+        if self.exchanges and self.exchanges[-1][1] is self.answer:
+            user, answer = self.exchanges.pop()
+            await user.remove()
+            await answer.remove()
         prompt = self.query_one("#prompt", Composer)
         if not prompt.value:
             prompt.value = self.last_prompt  # give the message back to fix and resend
-        self._done()
 
     def _done(self) -> None:
         self.answer = None

@@ -20,16 +20,17 @@ from textual.widgets import ProgressBar, Sparkline, Static
 from engine.progress import PHASES, Progress
 
 RATE_UNITS = {"load": "steps/s", "vocab": "tokens/s", "mdd": "edges/s",
-              "search": "candidates/s", "tree": "rollouts/s", "generate": "tok/s",
+              "search": "candidates/s", "tree": "rollouts/s", "prefill": "tokens/s",
+              "generate": "tok/s",
               "bench": "runs/s"}
 #: metric keys an engine may send with a rate it measured itself (preferred over our estimate)
 RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "cand_s", "rollouts_s", "rate")
 #: per phase, only the keys whose unit is that phase's unit (AdvTok's search also sends tok_s,
 #: tree search sends tok_s: neither is a rate in candidates/s or rollouts/s)
 PHASE_RATE_KEYS = {"search": ("cand_s", "candidates_s", "cands_s"), "tree": ("rollouts_s",),
-                   "generate": ("tok_s",)}
+                   "prefill": ("tok_s",), "generate": ("tok_s",)}
 BEST_KEYS = ("best_score", "best", "score")
-HIDE_KEYS = set(RATE_KEYS) | {"elapsed"}
+HIDE_KEYS = set(RATE_KEYS) | {"elapsed", "eta_s", "chunk"}
 STATE_STYLE = {"idle": "dim", "running": "bold cyan", "finished": "green",
                "cancelled": "yellow", "failed": "bold red", "stuck": "bold red"}
 HINT = "Esc to stop · Ctrl+C twice to force quit"
@@ -176,6 +177,9 @@ class PhaseProgress(Widget):
         p = self.progress
         if p is None or not p.total or self.state != "running" or p.step <= 0:
             return None
+        own = p.metrics.get("eta_s")  # the engine's own estimate (prefill sends one)
+        if isinstance(own, (int, float)) and not isinstance(own, bool):
+            return max(0.0, float(own))
         dt = time.monotonic() - self.phase_started
         if dt <= 0:
             return None

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
 from engine.lm.generate import GenerationResult, LogitsObserver, TokenCallback, generate
+from engine.lm.prefill import prefill
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.sampling import SamplingConfig
 
@@ -135,20 +136,33 @@ class ChatSession:
                 self._sys_cache = None
                 self._sys_ids: list[int] = []
         self.turns = []
+        self.dropped: list[Turn] = []  # old turns dropped to fit the context (kept for export)
         self.cache = None
         self.ids: list[int] = []  # every conversation token, in order (the cache holds a prefix)
 
-    def _system_cache(self) -> Any:
-        """Encode the text before the first user turn once; later conversations fork it."""
+    def _restore(self, prev: tuple) -> None:
+        """Put back the state ``send`` found (turns, ids, cache): the cache may have been
+        extended in place by a partial prefill, so it is cut back to the length it had."""
+        turns, ids, cache, length, dropped = prev
+        self.turns, self.ids, self.dropped = turns, ids, dropped
+        if self.fwd.cache_len(cache) > length:
+            cache = self.fwd.fork(cache, keep=length)
+        self.cache = cache
+
+    def _system_cache(self, progress: Optional[ProgressFn] = None,
+                      cancel: Optional[CancelToken] = None) -> Any:
+        """Encode the text before the first user turn once; later conversations fork it. A long
+        system prompt is prefilled in chunks (cancellable); a cancel keeps nothing."""
         if self._sys_cache is None:
             before, _, _ = self.glue.pieces(0)
-            self._sys_ids = self._encode_template(before)
+            sys_ids = self._encode_template(before)
             cache = self.fwd.new_cache()
-            if self._sys_ids:
+            if sys_ids:
                 import torch
 
-                ids = torch.tensor([self._sys_ids], device=self.lm.torch_device)
-                self.fwd.logits(ids, cache, keep=1)
+                ids = torch.tensor([sys_ids], device=self.lm.torch_device)
+                prefill(self.fwd, ids, cache, progress=progress, cancel=cancel)
+            self._sys_ids = sys_ids
             self._sys_cache = cache
         return self._sys_cache
 
@@ -191,28 +205,35 @@ class ChatSession:
              sampling: Optional[SamplingConfig] = None,
              observe: Optional[LogitsObserver] = None) -> GenerationResult:
         """Answer ``text``. Only the new tokens are prefilled. A cancel returns the partial
-        answer (stop_reason 'cancelled'), which stays in the conversation."""
+        answer (stop_reason 'cancelled'), which stays in the conversation — unless it came before
+        the first answer token (``result.discarded``): then the session is as it was. A refused
+        or failed message leaves the session unchanged too."""
         cfg = (sampling or self.sampling).validate(self.lm.context_length)
         if text is None or not str(text).strip():
             raise InputError("empty message: type something first")
         text = clean_text(str(text))
         check(cancel)
-        sys_cache = self._system_cache()
+        sys_cache = self._system_cache(progress, cancel)
         if self.cache is None:
             self.cache = self.fwd.fork(sys_cache)
             self.ids = list(self._sys_ids)
         turn = Turn(user=text, user_ids=encode_text(self.lm.tokenizer, text))
         new_ids = self._turn_ids(len(self.turns), turn, with_answer=False)
         ctx = self.lm.context_length
-        dropped = 0
-        notes: list[str] = []
-        if len(self._sys_ids) + len(new_ids) + cfg.max_new_tokens > ctx and not self.turns:
+        # everything below is decided before the session changes: a refused message (too long
+        # even without history) leaves turns, ids and cache exactly as they were
+        alone = len(self._sys_ids) + len(self._turn_ids(0, turn, with_answer=False))
+        if alone + cfg.max_new_tokens > ctx:
             raise ContextOverflow(
                 f"message is {len(turn.user_ids)} tokens; with the system prompt "
                 f"({len(self._sys_ids)}) and max_new_tokens ({cfg.max_new_tokens}) that exceeds the "
-                f"context of {ctx} tokens")
-        if len(self.ids) + len(new_ids) + cfg.max_new_tokens > ctx:
-            # drop the oldest turns until the kept ones + this turn fit; re-encode once
+                f"context of {ctx} tokens" + (" even without history" if self.turns else ""))
+        prev = (self.turns, self.ids, self.cache, self.fwd.cache_len(self.cache), list(self.dropped))
+        kept, ids, cache, dropped = self.turns, self.ids, self.cache, 0
+        notes: list[str] = []
+        if len(ids) + len(new_ids) + cfg.max_new_tokens > ctx:
+            # drop the oldest turns until the kept ones + this turn fit (the message alone fits,
+            # checked above, so this ends); re-encode once from the system cache
             kept = list(self.turns)
             while kept:
                 kept.pop(0)
@@ -220,23 +241,31 @@ class ChatSession:
                 trial = self._rebuild(kept) + self._turn_ids(len(kept), turn, with_answer=False)
                 if len(trial) + cfg.max_new_tokens <= ctx:
                     break
-            self.turns = kept
-            self.ids = self._rebuild(kept)
-            self.cache = self.fwd.fork(sys_cache)
+            ids = self._rebuild(kept)
+            cache = self.fwd.fork(sys_cache)
             new_ids = self._turn_ids(len(kept), turn, with_answer=False)
-            if len(self.ids) + len(new_ids) + cfg.max_new_tokens > ctx:
-                raise ContextOverflow(
-                    f"message is {len(turn.user_ids)} tokens and does not fit the context of {ctx} "
-                    f"even without history (max_new_tokens {cfg.max_new_tokens})")
             notes.append(f"context full: dropped the {dropped} oldest turn(s) and re-encoded "
-                         f"{len(self.ids) - len(self._sys_ids)} history tokens once")
-        cached = self.fwd.cache_len(self.cache)
-        feed = self.ids[cached:] + new_ids  # uncached conversation tail + this turn
-        result, self.cache = generate(self.lm, feed, cfg, cache=self.cache, on_token=on_token,
-                                      progress=progress, cancel=cancel,
-                                      prompt_tokens=cached + len(feed), observe=observe)
+                         f"{len(ids) - len(self._sys_ids)} history tokens once")
+        cached = self.fwd.cache_len(cache)
+        feed = ids[cached:] + new_ids  # uncached conversation tail + this turn
+        try:
+            result, cache = generate(self.lm, feed, cfg, cache=cache, on_token=on_token,
+                                     progress=progress, cancel=cancel,
+                                     prompt_tokens=cached + len(feed), observe=observe)
+        except BaseException:
+            self._restore(prev)
+            raise
+        if result.stop_reason == "cancelled" and not result.token_ids:
+            # stopped before the answer began (during the prefill): the message is not added and
+            # nothing is dropped; the caller gives the text back to the user
+            self._restore(prev)
+            result.discarded = True
+            result.notes.append("stopped before the answer began: the message was not added")
+            return result
+        self.dropped.extend(self.turns[:dropped])
+        self.turns, self.cache = list(kept), cache
         # cache now holds everything fed + all generated tokens but the last
-        self.ids = self.ids + new_ids + result.token_ids
+        self.ids = ids + new_ids + result.token_ids
         turn.answer, turn.answer_ids, turn.result = result.text, list(result.token_ids), result
         self.turns.append(turn)
         result.dropped_turns = dropped
@@ -263,11 +292,19 @@ class ChatSession:
         if start < len(self._sys_ids):  # ids out of step with the turns: never expected
             raise InputError("cannot regenerate: conversation state is inconsistent; start a new chat")
         check(cancel)
+        prev = (self.turns, self.ids, self.cache, self.fwd.cache_len(self.cache), list(self.dropped))
         self.cache = self.fwd.fork(self.cache, keep=min(start, self.fwd.cache_len(self.cache)))
         self.ids = self.ids[:start]
         self.turns = self.turns[:-1]
-        return self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
-                         sampling=sampling, observe=observe)
+        try:
+            result = self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
+                               sampling=sampling, observe=observe)
+        except BaseException:
+            self._restore(prev)  # a failed regenerate keeps the old answer
+            raise
+        if result.discarded:  # stopped before the new answer began: the old one stays
+            self._restore(prev)
+        return result
 
     def restore(self, turns: list[Turn], ids: list[int], cache: Any = None) -> None:
         """Continue a saved conversation: ``turns`` and their live token ``ids`` (system prefix
@@ -284,6 +321,7 @@ class ChatSession:
                 raise InputError(f"a cache of {n} positions does not fit {len(ids)} saved tokens")
             self._sys_cache = self.fwd.fork(cache, keep=len(sys_ids)) if sys_ids else self.fwd.new_cache()
         self.turns = list(turns)
+        self.dropped = []
         self.ids = list(ids)
         self.cache = cache if cache is not None else self.fwd.fork(self._system_cache())
 
@@ -292,7 +330,9 @@ class ChatSession:
         lines = [f"# Conversation with {self.lm.name}", ""]
         if self.system:
             lines += ["**System:** " + self.system, ""]
-        for t in self.turns:
+        for t in self.dropped + self.turns:
+            if t in self.dropped:
+                lines += ["_(dropped from the model's context to fit a later message)_", ""]
             lines += ["**User:** " + t.user, "", "**Assistant:** " + t.answer, ""]
             if t.result is not None:
                 r = t.result
@@ -306,7 +346,9 @@ class ChatSession:
             "sampling": {k: getattr(self.sampling, k) for k in
                          ("max_new_tokens", "temperature", "top_k", "top_p", "seed")},
             "turns": [{"user": t.user, "assistant": t.answer,
-                       "metrics": t.result.to_dict() if t.result else None} for t in self.turns],
+                       "metrics": t.result.to_dict() if t.result else None,
+                       **({"dropped": True} if dropped else {})}
+                      for dropped, ts in ((True, self.dropped), (False, self.turns)) for t in ts],
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return json.dumps(data, ensure_ascii=False, indent=2)

@@ -11,6 +11,7 @@ import torch
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
+from engine.lm.prefill import prefill
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from engine.lm.sampling import SamplingConfig, apply_repetition_penalty, choose, make_generator
 from engine.lm.textstream import TextStream
@@ -36,6 +37,7 @@ class GenerationResult:
     stop_reason: str
     dropped_turns: int = 0
     notes: list[str] = field(default_factory=list)
+    discarded: bool = False  # chat: stopped before the first token, the message was not added
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -89,7 +91,10 @@ def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
         for step in range(cfg.max_new_tokens):
             if cancel is not None:
                 cancel.check()
-            logits = raw = fwd.logits(ids, cache, keep=1)[:, -1, :]
+            if step == 0:  # the prompt: in chunks, cancellable, with progress
+                logits = raw = prefill(fwd, ids, cache, progress=progress, cancel=cancel)[:, -1, :]
+            else:
+                logits = raw = fwd.logits(ids, cache, keep=1)[:, -1, :]
             if cfg.repetition_penalty != 1.0:
                 hist = torch.cat([seen, torch.tensor([out_ids], dtype=torch.long, device=device)], 1) \
                     if out_ids else seen
@@ -167,7 +172,8 @@ def generate_batch(lm: Any, prompt_ids: Sequence[int], n: int, cfg: SamplingConf
     try:
         if cancel is not None:
             cancel.check()
-        logits = fwd.logits(_as_ids(prompt_ids, device), cache, keep=1)[:, -1, :]
+        logits = prefill(fwd, _as_ids(prompt_ids, device), cache, progress=progress,
+                         cancel=cancel)[:, -1, :]
         cache = fwd.repeat(cache, n)
         logits = logits.expand(n, -1)
         for step in range(cfg.max_new_tokens):

@@ -33,6 +33,7 @@ class FakeResult:
     stop_reason: str
     dropped_turns: int = 0
     notes: list[str] = field(default_factory=list)
+    discarded: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,8 +90,9 @@ class FakeEngine:
                  token_delay: float = 0.0, fail: Optional[BaseException] = None,
                  stubborn: float = 0.0, load_error: Optional[BaseException] = None,
                  load_delay: float = 0.0, bench_delay: float = 0.0,
-                 bench_fail: Optional[BaseException] = None) -> None:
+                 bench_fail: Optional[BaseException] = None, prefill_delay: float = 0.0) -> None:
         self.tokens, self.token_delay = tokens, token_delay
+        self.prefill_delay = prefill_delay  # a long prompt: "prefill" reports, then tokens
         self.fail, self.stubborn = fail, stubborn
         self.load_error, self.load_delay = load_error, load_delay
         self.sent: list[str] = []
@@ -135,6 +137,13 @@ class FakeEngine:
             raise self.fail
         if self.stubborn:
             time.sleep(self.stubborn)  # one long call that never looks at its token
+        if self.prefill_delay:  # like ChatSession: a cancel before the first token adds nothing
+            for i in range(1, 11):
+                report(progress, "prefill", i * 100, 1000, "prefilling", tok_s=100.0, eta_s=1.0)
+                if cancel is not None and cancel.wait(self.prefill_delay / 10):
+                    return FakeResult(text="", token_ids=[], prompt_tokens=1000, prefill_tokens=0,
+                                      new_tokens=0, ttft_s=0.0, decode_tok_s=0.0, total_s=0.0,
+                                      stop_reason="cancelled", discarded=True)
         out: list[str] = []
         stop = "eos"
         t0 = time.perf_counter()

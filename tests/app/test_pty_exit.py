@@ -89,6 +89,18 @@ def _finish(p: subprocess.Popen, master: int, timeout: float) -> int:
     return p.returncode
 
 
+def _write_all(master: int, data: bytes) -> None:
+    """A pty takes a few KB at a time (the master is non-blocking): write in pieces, reading the
+    app's output meanwhile so neither side stalls."""
+    while data:
+        try:
+            n = os.write(master, data[:1024])
+        except BlockingIOError:
+            n = 0
+        data = data[n:]
+        _drain(master, 0.02)
+
+
 def _tty_sane(slave: int) -> bool:
     lflag = termios.tcgetattr(slave)[3]
     return bool(lflag & termios.ECHO) and bool(lflag & termios.ICANON) and bool(lflag & termios.ISIG)
@@ -152,5 +164,33 @@ def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm):
         assert b"Copied" in _read_until(master, b"Copied", 10)
         assert p.poll() is None
         os.write(master, b"\x03")
+        assert _finish(p, master, 20) == 130
+        assert _tty_sane(slave)
+
+
+@pytest.mark.timeout(240)
+def test_escape_during_a_long_prefill_lands_fast(smol_lm):
+    """Issue 16.2: a ~5,000-token message (pasted) is prefilled in chunks with progress; Esc
+    mid-prefill ends the job quickly (generous bound: the target is < 1 s on an idle machine)
+    and the app stays up with the message back in the box."""
+    with _app_in_pty("default", None) as (p, master, slave):
+        assert b"SmolLM2" in _read_until(master, b"SmolLM2", 90)
+        _drain(master, 4.0)
+        text = b"The sea is calm today and the boats are out. " * 450
+        _write_all(master, b"\x1b[200~" + text + b"\x1b[201~")
+        _drain(master, 1.0)
+        os.write(master, b"\r")
+        seen = _read_until(master, b"prefilled", 60)
+        assert b"prefilled" in seen, seen[-800:]  # "prefilled N/M prompt tokens"
+        _drain(master, 1.0)  # well inside the prefill (it takes several seconds here)
+        t0 = time.monotonic()
+        os.write(master, b"\x1b")
+        out = _read_until(master, b"not added", 30)
+        took = time.monotonic() - t0
+        assert b"not added" in out, out[-800:]
+        print(f"cancel during a {len(text):,}-byte prefill landed in {took:.2f} s")
+        assert took < 6.0, f"cancel took {took:.1f} s"
+        assert p.poll() is None
+        os.write(master, b"\x03\x03")
         assert _finish(p, master, 20) == 130
         assert _tty_sane(slave)
