@@ -37,8 +37,9 @@ from app.widgets.phase_progress import PhaseProgress
 
 log = logging.getLogger("tokenforge.app")
 
-SCREENS_ORDER = ("chat", "attack", "search", "dashboard", "settings")
-SCREEN_KEYS = {"chat": "f2", "attack": "f3", "search": "f4", "dashboard": "f5", "settings": "f6"}
+SCREENS_ORDER = ("chat", "attack", "search", "dashboard", "settings", "sessions")
+SCREEN_KEYS = {"chat": "f2", "attack": "f3", "search": "f4", "dashboard": "f5", "settings": "f6",
+               "sessions": "f7"}
 
 
 def _chat() -> Screen:
@@ -66,6 +67,11 @@ def _chat_screen_type() -> type:
     return ChatScreen
 
 
+def _sessions() -> Screen:
+    from app.screens.sessions import SessionsScreen
+    return SessionsScreen()
+
+
 def _settings() -> Screen:
     from app.screens.settings import SettingsScreen
     return SettingsScreen()
@@ -77,7 +83,7 @@ class TokenforgeApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "tokenforge"
     MODES = {"chat": _chat, "attack": _attack, "search": _search, "dashboard": _dashboard,
-             "settings": _settings}
+             "settings": _settings, "sessions": _sessions}
     DEFAULT_MODE = "chat"
     FORCE_WINDOW = 2.0
     SHUTDOWN_GRACE = 2.0  # issue 6: threads finished or abandoned within 2 s
@@ -97,6 +103,8 @@ class TokenforgeApp(App):
                 tooltip="Method benchmark dashboard"),
         Binding("f6", "show('settings')", "Settings", id="screen.settings",
                 tooltip="Model, sampling, timeouts, export folder"),
+        Binding("f7", "show('sessions')", "Sessions", id="screen.sessions",
+                tooltip="Saved conversations: open, rename, delete, search"),
     ]
 
     def __init__(self, args: Any = None, *, engine: Any = None, lm: Any = None,

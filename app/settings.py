@@ -178,6 +178,7 @@ class AppSettings:
     #: at most this many tokens of context (a profile's context_size); None = the model's window
     context_size: Optional[int] = None
     profile: str = ""  # the profile in use, for display
+    snapshot_cap_mib: float = 512.0  # saved sessions' KV snapshots on disk (config key)
 
     @classmethod
     def from_args(cls, args: Any) -> "AppSettings":
@@ -189,6 +190,9 @@ class AppSettings:
             s.trust_remote_code = bool(getattr(args, "trust_remote_code", False))
             s.engine_path = getattr(args, "engine_path", s.engine_path) or s.engine_path
             s.context_size = getattr(args, "context_size", None)
+            conf = getattr(args, "tf_config", None)
+            if conf is not None:
+                s.snapshot_cap_mib = conf.snapshot_cap_mib
             profile = getattr(args, "tf_profile", None)
             if profile is not None:
                 s.apply_profile(profile)

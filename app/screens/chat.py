@@ -23,6 +23,7 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 from engine.errors import InputError
 
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
+from app.saved_chat import SavedChat
 from app.screens.base import ToolScreen
 from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
 from app.widgets.composer import Composer
@@ -63,6 +64,7 @@ class ChatScreen(ToolScreen):
         self.replaced: Optional[tuple[str, str]] = None  # regenerate: the old answer's text, figures
         #: (user, assistant) widgets of the turns the model still has in its context, in order
         self.exchanges: list[tuple[UserMessage, AssistantMessage]] = []
+        self.saved = SavedChat()  # the saved session behind this conversation (app/saved_chat.py)
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("chat: Send", "Send the message (enter)", self.action_send)
@@ -109,6 +111,7 @@ class ChatScreen(ToolScreen):
         app: Any = self.app
         if app.lm is not None and self.session_lm is not None and app.lm is not self.session_lm:
             self.session = None  # a reloaded model needs a new conversation
+            self.saved.forget()
             self.reset_pending = False
         self._refresh_controls()
 
@@ -219,9 +222,10 @@ class ChatScreen(ToolScreen):
         elif self.reset_pending:
             self.session.reset(system=system)
             self.reset_pending = False
-        return engine.chat_send(self.session, text, sampling, on_token=on_token,
-                                progress=progress, cancel=cancel,
-                                observe=self.explorer.observer(lm))
+        r = engine.chat_send(self.session, text, sampling, on_token=on_token,
+                             progress=progress, cancel=cancel, observe=self.explorer.observer(lm))
+        self.saved.record(self.app, self.session, r)
+        return r
 
     async def action_regenerate(self) -> None:
         """Drop the last answer (on screen and in the session) and answer the last message again
@@ -265,9 +269,11 @@ class ChatScreen(ToolScreen):
                     cancel: Any) -> Any:
         """Worker thread: roll the session back one turn and answer that message again."""
         lm = getattr(self.session, "lm", None)
-        return engine.chat_regenerate(self.session, sampling, on_token=on_token,
-                                      progress=progress, cancel=cancel,
-                                      observe=self.explorer.observer(lm))
+        r = engine.chat_regenerate(self.session, sampling, on_token=on_token,
+                                   progress=progress, cancel=cancel,
+                                   observe=self.explorer.observer(lm))
+        self.saved.record(self.app, self.session, r)
+        return r
 
     def action_stop(self) -> None:
         super().action_stop()
@@ -289,6 +295,7 @@ class ChatScreen(ToolScreen):
         self.explorer.clear()
         self.exchanges = []
         self.reset_pending = self.session is not None
+        self.saved.forget()
         self.turns = 0
         self.can_regenerate = False
         self.answer = None

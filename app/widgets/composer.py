@@ -11,9 +11,9 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 
-#: the app's screen keys; TextArea binds f6 to select_line, which would swallow F6 (settings)
+#: the app's screen keys; TextArea binds f6 to select_line and f7 to select_all, which would swallow them
 #: while the composer has focus
-APP_KEYS = frozenset({"f1", "f2", "f3", "f4", "f5", "f6"})
+APP_KEYS = frozenset({"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"})
 
 
 def _composer_bindings() -> list:

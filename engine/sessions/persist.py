@@ -46,83 +46,27 @@ class OpenReport:
     notes: list[str] = field(default_factory=list)
 
 
-class PersistentChat:
-    """One saved conversation, continued. Not thread-safe (one job at a time, as ChatSession)."""
+class SessionRecorder:
+    """Saves a ``ChatSession``'s turns into one named session of the store (created if new),
+    with a fresh KV snapshot after each turn. Call :meth:`record` after every send/regenerate."""
 
-    def __init__(self, lm: Any, name: str, *, store: Optional[SessionStore] = None,
-                 snapshots: Optional[SnapshotStore] = None, system: Optional[str] = None,
-                 sampling: Any = None) -> None:
-        self.lm = lm
-        self.store = store or SessionStore()
-        self.snapshots = snapshots or SnapshotStore(sessions_dir() / "snapshots")
+    def __init__(self, lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore, *,
+                 system: Optional[str] = None, sampling: Any = None,
+                 all_turns: Optional[list[SavedTurn]] = None, live_from: int = 0) -> None:
+        self.lm, self.name, self.store, self.snapshots = lm, name, store, snapshots
         self.weights = weights_hash(lm.model)
         self.dtype = str(lm.dtype)
-        self.name = name
-        self.all_turns: list[SavedTurn] = []  # every turn of the branch, dropped ones included
-        self.live_from = 0
-        if self.store.exists(name):
-            self.session, self.report = self._reopen(name, sampling)
-        else:
-            self.store.create(name, lm.name, self.weights, system, sampling_dict(sampling) if sampling else {})
-            self.session = ChatSession(lm, system=system, sampling=sampling)
-            self.report = OpenReport("new")
-        if self.store.notice:
-            self.report.notes.append(self.store.notice)
+        self.all_turns: list[SavedTurn] = list(all_turns or [])  # dropped ones included
+        self.live_from = live_from
+        if not store.exists(name):
+            store.create(name, lm.name, self.weights, system,
+                         sampling_dict(sampling) if sampling is not None else {})
 
-    # -- reopening ------------------------------------------------------------------------------
-    def _reopen(self, name: str, sampling: Any) -> tuple[ChatSession, OpenReport]:
-        from engine.lm.sampling import SamplingConfig
-
-        saved = self.store.get(name)
-        if sampling is None:
-            known = {f.name for f in dataclasses.fields(SamplingConfig)}
-            kw = {k: v for k, v in saved.sampling.items() if k in known}
-            if "stop_strings" in kw:
-                kw["stop_strings"] = tuple(kw["stop_strings"])
-            sampling = SamplingConfig(**kw)
-        session = ChatSession(self.lm, system=saved.system, sampling=sampling)
-        self.all_turns = list(saved.turns)
-        self.live_from = saved.live_from
-        live = saved.turns[saved.live_from:]
-        if not live:
-            return session, OpenReport("new")
-        if saved.weights_hash != self.weights:
-            turns = [Turn(user=t.user, user_ids=encode_text(self.lm.tokenizer, t.user),
-                          answer=t.answer, answer_ids=encode_text(self.lm.tokenizer, t.answer))
-                     for t in live]
-            for t, s in zip(turns, live):
-                t.result = _result(s.metrics, SavedTurn(t.user, t.user_ids, t.answer, t.answer_ids))
-            session.restore(turns, session._rebuild(turns))
-            return session, OpenReport("re-encoded", notes=[
-                f"session {name!r} was saved with {saved.model_id} (other weights); its history "
-                f"was re-encoded from text for {self.lm.name}"])
-        turns = [Turn(user=t.user, user_ids=t.user_ids, answer=t.answer, answer_ids=t.answer_ids,
-                      result=_result(t.metrics, t)) for t in live]
-        ids = saved.conv_ids
-        held = ids[:len(ids) - 1]  # after a turn the cache holds all but the last answer token
-        loaded, why = self.snapshots.load(session.fwd, held, self.weights, self.dtype)
-        if loaded is not None:
-            session.restore(turns, ids, loaded.cache)
-            return session, OpenReport("snapshot", loaded.tokens, [why])
-        session.restore(turns, ids)
-        return session, OpenReport("recomputed", 0, [why] if why != "no snapshot" else [])
-
-    # -- turns ---------------------------------------------------------------------------------
-    def send(self, text: str, **kw: Any) -> GenerationResult:
-        r = self.session.send(text, **kw)
-        self._saved(len(self.session.turns) - 1 + self.live_from, r)
-        return r
-
-    def regenerate(self, **kw: Any) -> GenerationResult:
-        r = self.session.regenerate(**kw)
-        self._saved(len(self.session.turns) - 1 + self.live_from, r)
-        return r
-
-    def _saved(self, index: int, r: GenerationResult) -> None:
-        s = self.session
+    def record(self, s: ChatSession, r: GenerationResult) -> None:
+        """Save the session's last turn (a regenerated one becomes a branch in the store)."""
         if r.dropped_turns:  # context overflow dropped the oldest live turns
             self.live_from += r.dropped_turns
-            index = len(s.turns) - 1 + self.live_from
+        index = len(s.turns) - 1 + self.live_from
         t = s.turns[-1]
         saved = SavedTurn(t.user, list(t.user_ids), t.answer, list(t.answer_ids), r.to_dict())
         self.all_turns = self.all_turns[:index] + [saved]
@@ -130,7 +74,7 @@ class PersistentChat:
         key = ""
         try:
             key = self.snapshots.save(s.fwd, s.cache, s.ids[:s.fwd.cache_len(s.cache)],
-                                      self.weights, self.dtype, keep=frozenset())
+                                      self.weights, self.dtype)
         except (ValueError, OSError) as e:  # a snapshot is an optimisation: never fail a turn
             r.notes.append(f"KV snapshot not written: {e}")
         self.store.save_turn(self.name, index, saved, list(s.ids), self.live_from,
@@ -138,6 +82,83 @@ class PersistentChat:
                              sampling=sampling_dict(s.sampling), snapshot=key)
         if old and old != key and old not in self.store.snapshots_in_use():
             self.snapshots.remove(old)
+
+
+def open_saved(lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore,
+               sampling: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
+    """Reopen a saved session for ``lm``: the conversation, how it came back, and the recorder
+    that keeps saving it."""
+    from engine.lm.sampling import SamplingConfig
+
+    saved = store.get(name)
+    if sampling is None:
+        known = {f.name for f in dataclasses.fields(SamplingConfig)}
+        kw = {k: v for k, v in saved.sampling.items() if k in known}
+        if "stop_strings" in kw:
+            kw["stop_strings"] = tuple(kw["stop_strings"])
+        sampling = SamplingConfig(**kw)
+    session = ChatSession(lm, system=saved.system, sampling=sampling)
+    rec = SessionRecorder(lm, name, store, snapshots, all_turns=saved.turns,
+                          live_from=saved.live_from)
+    live = saved.turns[saved.live_from:]
+    if not live:
+        return session, OpenReport("new"), rec
+    if saved.weights_hash != rec.weights:
+        turns = [Turn(user=t.user, user_ids=encode_text(lm.tokenizer, t.user),
+                      answer=t.answer, answer_ids=encode_text(lm.tokenizer, t.answer)) for t in live]
+        for t, sv in zip(turns, live):
+            t.result = _result(sv.metrics, SavedTurn(t.user, t.user_ids, t.answer, t.answer_ids))
+        session.restore(turns, session._rebuild(turns))
+        return session, OpenReport("re-encoded", notes=[
+            f"session {name!r} was saved with {saved.model_id} (other weights); its history "
+            f"was re-encoded from text for {lm.name}"]), rec
+    turns = [Turn(user=t.user, user_ids=t.user_ids, answer=t.answer, answer_ids=t.answer_ids,
+                  result=_result(t.metrics, t)) for t in live]
+    ids = saved.conv_ids
+    held = ids[:len(ids) - 1]  # after a turn the cache holds all but the last answer token
+    loaded, why = snapshots.load(session.fwd, held, rec.weights, rec.dtype)
+    if loaded is not None:
+        session.restore(turns, ids, loaded.cache)
+        return session, OpenReport("snapshot", loaded.tokens, [why]), rec
+    session.restore(turns, ids)
+    return session, OpenReport("recomputed", 0, [why] if why != "no snapshot" else []), rec
+
+
+class PersistentChat:
+    """One saved conversation, continued: a ChatSession plus its recorder. Not thread-safe (one
+    job at a time, as ChatSession)."""
+
+    def __init__(self, lm: Any, name: str, *, store: Optional[SessionStore] = None,
+                 snapshots: Optional[SnapshotStore] = None, system: Optional[str] = None,
+                 sampling: Any = None) -> None:
+        self.lm = lm
+        self.store = store or SessionStore()
+        self.snapshots = snapshots or SnapshotStore(sessions_dir() / "snapshots")
+        self.name = name
+        if self.store.exists(name):
+            self.session, self.report, self.recorder = open_saved(lm, name, self.store,
+                                                                  self.snapshots, sampling)
+        else:
+            self.recorder = SessionRecorder(lm, name, self.store, self.snapshots, system=system,
+                                            sampling=sampling)
+            self.session = ChatSession(lm, system=system, sampling=sampling)
+            self.report = OpenReport("new")
+        if self.store.notice:
+            self.report.notes.append(self.store.notice)
+
+    @property
+    def all_turns(self) -> list[SavedTurn]:
+        return self.recorder.all_turns
+
+    def send(self, text: str, **kw: Any) -> GenerationResult:
+        r = self.session.send(text, **kw)
+        self.recorder.record(self.session, r)
+        return r
+
+    def regenerate(self, **kw: Any) -> GenerationResult:
+        r = self.session.regenerate(**kw)
+        self.recorder.record(self.session, r)
+        return r
 
     def close(self) -> None:
         self.store.close()

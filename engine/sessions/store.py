@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ class SessionStore:
         self.path = Path(path) if path else sessions_dir() / "sessions.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.notice = ""
+        self.lock = threading.RLock()  # one connection, used from the UI thread and a worker
         try:
             self.db = self._open()
         except _Foreign as e:
@@ -189,7 +191,7 @@ class SessionStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         try:
-            with _tx(self.db, immediate=True):
+            with self.lock, _tx(self.db, immediate=True):
                 yield self.db
         except sqlite3.OperationalError as e:
             if "locked" in str(e) or "busy" in str(e):
@@ -367,6 +369,20 @@ class SessionStore:
         while self.exists(name):
             name, n = f"{base} ({n})", n + 1
         return name
+
+
+def _locked(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self: "SessionStore", *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return fn(self, *a, **kw)
+    return wrapper
+
+
+for _name in ("exists", "list", "search", "get", "snapshots_in_use", "unique_name"):
+    setattr(SessionStore, _name, _locked(getattr(SessionStore, _name)))
 
 
 class _Foreign(Exception):

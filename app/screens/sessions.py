@@ -1,0 +1,247 @@
+"""Saved sessions: every conversation is saved as it goes (app/saved_chat.py); this screen lists
+them, most recent first, and opens, renames, deletes and searches them.
+
+Keys (table focused): enter opens the session in the chat screen (its KV cache restored from a
+snapshot when one is valid), r renames, d deletes (press twice), / searches the text of every
+message across sessions. A session saved with other weights than the loaded model is marked; it
+opens re-encoded from its text."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Iterable, Optional
+
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Input, Label, Static
+
+from engine.errors import EngineError
+
+from app.saved_chat import session_store
+from app.screens.base import ToolScreen
+
+CONFIRM_S = 3.0
+
+
+def _ago(t: float) -> str:
+    d = max(0.0, time.time() - t)
+    if d < 90:
+        return "just now"
+    if d < 5400:
+        return f"{d / 60:.0f} min ago"
+    if d < 36 * 3600:
+        return f"{d / 3600:.0f} h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(t))
+
+
+class SessionsScreen(ToolScreen):
+    """List, open, rename, delete and search saved conversations."""
+
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="sessions.open", tooltip="Open in the chat screen"),
+        Binding("r", "rename", "Rename", id="sessions.rename", tooltip="Rename the session"),
+        Binding("d", "delete", "Delete", id="sessions.delete", tooltip="Delete (press twice)"),
+        Binding("slash", "search", "Search", id="sessions.search",
+                tooltip="Search the text of every message"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="sessions-screen")
+        self.names: list[str] = []
+        self._armed: tuple[str, float] = ("", 0.0)
+        self.renaming: Optional[str] = None
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("sessions: Open", "Open the selected session in chat (enter)", self.action_open)
+        yield SystemCommand("sessions: Rename", "Rename the selected session (r)", self.action_rename)
+        yield SystemCommand("sessions: Delete", "Delete the selected session (d twice)", self.action_delete)
+        yield SystemCommand("sessions: Search", "Search every message (/)", self.action_search)
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="sessions-main"):
+            with Horizontal(classes="form-row"):
+                yield Label("Search", classes="field-label")
+                yield Input(id="session-search", placeholder="text in any message (empty: all sessions)")
+            with Horizontal(classes="form-row", id="rename-row"):
+                yield Label("Rename", classes="field-label")
+                yield Input(id="session-rename", placeholder="new name — enter to apply, esc to cancel")
+            yield DataTable(id="session-table", zebra_stripes=True, cursor_type="row")
+            yield Static("", id="sessions-status", classes="status-line")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        t = self.query_one("#session-table", DataTable)
+        t.add_columns("Name", "Updated", "Model", "Turns", "First message / match")
+        self.query_one("#rename-row").display = False
+        self.refresh_list()
+        t.focus()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_list()
+
+    # -- listing --------------------------------------------------------------------------------
+    def _store(self) -> Any:
+        try:
+            return session_store(self.app)
+        except EngineError as e:
+            self._status(f"[red]{e}[/]" + (f" [dim]({e.hint})[/]" if e.hint else ""))
+            return None
+
+    def _status(self, text: str) -> None:
+        self.query_one("#sessions-status", Static).update(text)
+
+    def refresh_list(self) -> None:
+        if not self.children:
+            return
+        store = self._store()
+        if store is None:
+            return
+        t = self.query_one("#session-table", DataTable)
+        query = self.query_one("#session-search", Input).value.strip()
+        keep = self.selected()
+        t.clear()
+        self.names = []
+        current = getattr(getattr(self.app, "lm", None), "model", None)
+        here = getattr(current, "_tokenforge_weights_hash", None)
+        infos = {i.name: i for i in store.list()}
+        if query:
+            hits: dict[str, list[str]] = {}
+            for name, role, snip in store.search(query):
+                hits.setdefault(name, []).append(f"{role}: {snip}")
+            rows = [(infos[n], f"{len(h)} match{'es' * (len(h) != 1)} · {h[0]}")
+                    for n, h in hits.items() if n in infos]
+        else:
+            rows = [(i, i.preview) for i in infos.values()]
+        for info, text in rows:
+            model = info.model_id
+            if here is not None and store.get(info.name).weights_hash != here:
+                model += " (other weights)"
+            t.add_row(info.name, _ago(info.updated), model, str(info.turns), text, key=info.name)
+            self.names.append(info.name)
+        if keep in self.names:
+            t.move_cursor(row=self.names.index(keep))
+        n = len(self.names)
+        what = f"{n} session{'s' * (n != 1)}" + (f" matching {query!r}" if query else "")
+        self._status(what + (" · enter open · r rename · d delete · / search" if n else
+                             " · every chat is saved here as it goes"))
+
+    def selected(self) -> Optional[str]:
+        t = self.query_one("#session-table", DataTable)
+        if not self.names or t.cursor_row is None or not 0 <= t.cursor_row < len(self.names):
+            return None
+        return self.names[t.cursor_row]
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "session-search":
+            self.refresh_list()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "session-search":
+            self.query_one("#session-table", DataTable).focus()
+        elif event.input.id == "session-rename":
+            self._apply_rename(event.value)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.run_worker(self.action_open(), exclusive=True)
+
+    # -- actions --------------------------------------------------------------------------------
+    def action_search(self) -> None:
+        self.query_one("#session-search", Input).focus()
+
+    def action_rename(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        self.renaming = name
+        row = self.query_one("#rename-row")
+        row.display = True
+        inp = self.query_one("#session-rename", Input)
+        inp.value = name
+        inp.focus()
+
+    def _apply_rename(self, new: str) -> None:
+        old, store = self.renaming, self._store()
+        if old is None or store is None:
+            return
+        try:
+            store.rename(old, new)
+        except EngineError as e:
+            self._status(f"[red]{e}[/]")
+            return
+        chat = _chat_screen(self.app)
+        if chat is not None and chat.saved.name == old:
+            chat.saved.recorder.name = new.strip()
+        self._end_rename()
+        self.refresh_list()
+        self.notify(f"Renamed to {new.strip()!r}")
+
+    def _end_rename(self) -> None:
+        self.renaming = None
+        self.query_one("#rename-row").display = False
+        self.query_one("#session-table", DataTable).focus()
+
+    def action_stop(self) -> None:
+        if self.renaming is not None:
+            self._end_rename()
+            return
+        super().action_stop()
+
+    def action_delete(self) -> None:
+        name, store = self.selected(), self._store()
+        if name is None or store is None:
+            return
+        armed, at = self._armed
+        if armed != name or time.monotonic() - at > CONFIRM_S:
+            self._armed = (name, time.monotonic())
+            self._status(f"[yellow]press d again to delete {name!r}[/]")
+            return
+        self._armed = ("", 0.0)
+        from app.saved_chat import snapshot_store
+
+        try:
+            keys = store.delete(name)
+        except EngineError as e:
+            self._status(f"[red]{e}[/]")
+            return
+        snaps = snapshot_store(self.app)
+        for k in keys:
+            snaps.remove(k)
+        chat = _chat_screen(self.app)
+        if chat is not None and chat.saved.name == name:
+            chat.saved.forget()  # the conversation on screen goes on as a new session
+        self.refresh_list()
+        self.notify(f"Deleted {name!r}")
+
+    async def action_open(self) -> None:
+        app: Any = self.app
+        name = self.selected()
+        if name is None:
+            return
+        chat = _chat_screen(app)
+        if app.lm is None or app.model_state != "ready" or chat is None:
+            self._status("[yellow]no model loaded yet: the session opens once one is ready[/]")
+            return
+        if chat.busy:
+            self._status("[yellow]an answer is running in chat: Esc there first[/]")
+            return
+        self._status(f"opening {name!r}…")
+        try:
+            cfg = app.settings.sampling.to_config()
+            session, report = await asyncio.to_thread(chat.saved.open, app, name, app.lm, cfg)
+        except EngineError as e:
+            self._status(f"[red]{e}[/]")
+            return
+        from app.saved_chat import show_in_chat
+
+        app.action_show("chat")
+        await show_in_chat(chat, session, report, name)
+
+
+def _chat_screen(app: Any) -> Any:
+    from app.screens.chat import ChatScreen
+
+    for s in getattr(app, "_listeners", []):
+        if isinstance(s, ChatScreen):
+            return s
+    return None

@@ -1,0 +1,93 @@
+"""The sessions screen with the real engine on the tiny model: chats are saved as they go; the
+screen lists them, searches across them, renames, deletes (twice) and opens one into chat, whose
+next turn then prefills only its new tokens (KV snapshot)."""
+from __future__ import annotations
+
+from textual.widgets import DataTable, Input
+
+from app.engines import Engine
+from app.messages import JobFinished
+from app.settings import SamplingSettings
+from app.widgets.chat_messages import AssistantMessage, UserMessage
+from app.widgets.composer import Composer
+
+from app_fakes import until
+
+
+async def _say(pilot, app, seen, text):
+    n = sum(isinstance(m, JobFinished) and m.kind == "chat" for m in seen)
+    prompt = app.screen.query_one("#prompt", Composer)
+    prompt.focus()
+    prompt.value = text
+    await pilot.press("enter")
+    await until(pilot, lambda: sum(isinstance(m, JobFinished) and m.kind == "chat" for m in seen) > n
+                and not app.runner.busy, 30)
+    return [m for m in seen if isinstance(m, JobFinished) and m.kind == "chat"][-1].result
+
+
+async def test_sessions_screen(make_app, tiny_lm):
+    app = make_app(engine=Engine(lm=tiny_lm))
+    app.settings.sampling = SamplingSettings(max_new_tokens=6, temperature=0.0)
+    seen = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        await _say(pilot, app, seen, "Tell me about kittens")
+        await _say(pilot, app, seen, "And more")
+        await pilot.press("ctrl+n")  # a second conversation: a second saved session
+        await _say(pilot, app, seen, "Weather on the moon")
+
+        await pilot.press("f7")
+        await until(pilot, lambda: app.current_mode == "sessions")
+        scr = app.screen
+        table = scr.query_one("#session-table", DataTable)
+        await until(pilot, lambda: table.row_count == 2)
+        assert scr.names == ["Weather on the moon", "Tell me about kittens"]  # newest first
+
+        # search across sessions
+        await pilot.press("slash")
+        await pilot.press(*"KITTEN")
+        await until(pilot, lambda: scr.names == ["Tell me about kittens"])
+        assert "match" in str(table.get_row_at(0)[4])
+        scr.query_one("#session-search", Input).value = ""
+        await until(pilot, lambda: table.row_count == 2)
+
+        # rename the selected one (the newest)
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("r")
+        inp = scr.query_one("#session-rename", Input)
+        assert inp.has_focus and inp.value == "Weather on the moon"
+        inp.value = ""
+        await pilot.press(*"moon", "enter")
+        await until(pilot, lambda: "moon" in scr.names)
+        assert app.screen is scr and not scr.query_one("#rename-row").display
+
+        # delete needs a second press
+        table.move_cursor(row=scr.names.index("moon"))
+        await pilot.press("d")
+        assert "press d again" in str(scr.query_one("#sessions-status").content)
+        assert table.row_count == 2
+        await pilot.press("d")
+        await until(pilot, lambda: scr.names == ["Tell me about kittens"])
+
+        # open the remaining one into chat; it continues with only new tokens prefilled
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.current_mode == "chat")
+        chat = app.screen
+        try:
+            await until(pilot, lambda: len(chat.query(UserMessage)) == 2
+                        and "restored from snapshot" in str(chat.query_one("#chat-status").content))
+        except AssertionError:
+            raise AssertionError((len(chat.query(UserMessage)), str(chat.query_one("#chat-status").content),
+                                  str(scr.query_one("#sessions-status").content)))
+        assert [str(u.content) for u in chat.query(UserMessage)] == ["Tell me about kittens", "And more"]
+        assert all(a.text for a in chat.query(AssistantMessage))
+        before = len(chat.session.ids)
+        r = await _say(pilot, app, seen, "Third")
+        assert r.prefill_tokens == 1 + (len(chat.session.ids) - before - r.new_tokens)
+        assert r.prefill_tokens < before / 2
+        from app.saved_chat import session_store
+
+        saved = session_store(app).get("Tell me about kittens")
+        assert [t.user for t in saved.turns] == ["Tell me about kittens", "And more", "Third"]
