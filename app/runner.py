@@ -356,8 +356,9 @@ class Runner:
             job.error = err
             job.state = "failed"
             user = isinstance(err, EngineError)
-            if not user:
-                log.error("job %s (%s) failed:\n%s", job.id, job.kind, detail)
+            # every failure goes to the TUI log with its traceback (a user error as a warning)
+            log.log(logging.WARNING if user else logging.ERROR, "job %s (%s) failed after %.1f s "
+                    "(params %s):\n%s", job.id, job.kind, elapsed, job.params, detail)
             msg = str(err) if user else f"{type(err).__name__}: {err}"
             post(JobFailed(job.id, job.kind, err, msg or type(err).__name__,
                            getattr(err, "hint", "") or "", detail, user, elapsed))

@@ -12,6 +12,7 @@ screen can show it; a timeout the user types is theirs until they re-derive.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -171,7 +172,10 @@ class AppSettings:
     #: kinds whose timeout the user typed; re-deriving leaves those alone
     user_timeouts: set[str] = field(default_factory=set)
     measured_tok_s: Optional[float] = None
-    speed_source: str = ""  # "speed probe" or "first answer"
+    speed_source: str = ""  # "speed probe", "first answer" or "median of N runs"
+    #: decode speeds measured so far (the probe, then real answers): the timeouts follow their
+    #: running median, so one slow or fast run (a busy machine) does not set them alone
+    speed_samples: list[float] = field(default_factory=list)
     #: the dashboard's current grid (set by the dashboard as its form changes); sizes "bench"
     bench_grid: Optional[BenchGrid] = None
     export_dir: Path = field(default_factory=default_export_dir)
@@ -255,7 +259,24 @@ class AppSettings:
         self.user_timeouts.add(kind)
 
     def apply_speed(self, tok_s: Optional[float], source: str = "speed probe") -> None:
-        """Record a speed measurement; re-derive the timeouts the user did not set."""
+        """Record a speed measurement (starts the running sample); re-derive the timeouts the
+        user did not set."""
         self.measured_tok_s = tok_s
         self.speed_source = source if tok_s else ""
+        self.speed_samples = [float(tok_s)] if tok_s else []
         self.rederive()
+
+    SPEED_SAMPLES = 9
+
+    def record_run_speed(self, tok_s: float) -> float:
+        """A finished run's decode speed joins the sample (the newest ``SPEED_SAMPLES``); the
+        timeouts are re-derived from the median. Returns the median."""
+        if not self.speed_samples:
+            self.apply_speed(tok_s, source="first answer")
+            return float(tok_s)
+        self.speed_samples = (self.speed_samples + [float(tok_s)])[-self.SPEED_SAMPLES:]
+        med = float(statistics.median(self.speed_samples))
+        self.measured_tok_s = med
+        self.speed_source = f"median of {len(self.speed_samples)} runs"
+        self.rederive()
+        return med

@@ -127,6 +127,8 @@ class ChatScreen(ToolScreen):
         if app.model_state != "ready":
             return "no model loaded"
         s = app.settings.sampling
+        if app.model_error:  # a reload that failed or was cancelled: the old model stays
+            return (f"[yellow]{app.model_error}[/] — still using {app.lm.describe()}")
         return (f"[dim]{app.lm.describe()} · max {s.max_new_tokens} tokens · T {s.temperature:g} · "
                 f"top-p {s.top_p:g} · timeout {self._timeout_text()} · exports → "
                 f"{app.settings.export_dir}[/]")

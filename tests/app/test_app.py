@@ -352,7 +352,7 @@ async def test_stuck_job_offers_force_quit(make_app):
 
 
 async def test_force_quit_restores_terminal_and_exits(make_app, monkeypatch):
-    import app.app as app_mod
+    import app.quitting as app_mod
 
     calls = []
 
