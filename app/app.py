@@ -19,9 +19,9 @@ from app.settings import AppSettings
 
 log = logging.getLogger("tokenforge.app")
 
-SCREENS_ORDER = ("chat", "attack", "search", "dashboard", "settings", "sessions")
+SCREENS_ORDER = ("chat", "attack", "search", "dashboard", "settings", "sessions", "models")
 SCREEN_KEYS = {"chat": "f2", "attack": "f3", "search": "f4", "dashboard": "f5", "settings": "f6",
-               "sessions": "f7"}
+               "sessions": "f7", "models": "f8"}
 
 
 def _chat() -> Screen:
@@ -54,6 +54,11 @@ def _sessions() -> Screen:
     return SessionsScreen()
 
 
+def _models() -> Screen:
+    from app.screens.models import ModelsScreen
+    return ModelsScreen()
+
+
 def _settings() -> Screen:
     from app.screens.settings import SettingsScreen
     return SettingsScreen()
@@ -65,7 +70,7 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     CSS_PATH = "app.tcss"
     TITLE = "tokenforge"
     MODES = {"chat": _chat, "attack": _attack, "search": _search, "dashboard": _dashboard,
-             "settings": _settings, "sessions": _sessions}
+             "settings": _settings, "sessions": _sessions, "models": _models}
     DEFAULT_MODE = "chat"
     BINDINGS = [
         # priority: a focused field's copy binding must never swallow the cancel / force quit
@@ -85,6 +90,8 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
                 tooltip="Model, sampling, timeouts, export folder"),
         Binding("f7", "show('sessions')", "Sessions", id="screen.sessions",
                 tooltip="Saved conversations: open, rename, delete, search"),
+        Binding("f8", "show('models')", "Models", id="screen.models",
+                tooltip="Every model available offline; enter switches"),
     ]
 
     def __init__(self, args: Any = None, *, engine: Any = None, lm: Any = None,

@@ -183,6 +183,7 @@ class AppSettings:
     context_size: Optional[int] = None
     profile: str = ""  # the profile in use, for display
     snapshot_cap_mib: float = 512.0  # saved sessions' KV snapshots on disk (config key)
+    model_dirs: list[Path] = field(default_factory=list)  # extra folders for the model picker
 
     @classmethod
     def from_args(cls, args: Any) -> "AppSettings":
@@ -197,6 +198,7 @@ class AppSettings:
             conf = getattr(args, "tf_config", None)
             if conf is not None:
                 s.snapshot_cap_mib = conf.snapshot_cap_mib
+                s.model_dirs = list(conf.model_dirs)
             profile = getattr(args, "tf_profile", None)
             if profile is not None:
                 s.apply_profile(profile)

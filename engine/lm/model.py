@@ -245,6 +245,9 @@ def resolve_source(spec: str, progress: Optional[ProgressFn] = None,
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelNotFound(f"{p} is a directory but has no config.json")
+        repo = p.resolve().parent.parent.name
+        if p.resolve().parent.name == "snapshots" and repo.startswith("models--"):
+            return p, "/".join(repo.split("--")[1:]), True  # a hub-cache snapshot: its repo id
         return p, p.name, True
     if p.exists():
         raise ModelNotFound(f"{p} is neither a model directory nor a .gguf file")

@@ -1,0 +1,136 @@
+"""Model picker (F8): every model available offline (engine/sessions/discovery.py) with its
+parameters, architecture, dtype, size on disk and whether the lean path supports it.
+
+Enter switches to the selected model: the app's reload cancels every running job, the model
+loads in the background with its progress shown here, and once it is ready the old model's
+memory is released (garbage collected; on CUDA the allocator's cache emptied)."""
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any, Iterable, Optional
+
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from app.screens.base import ToolScreen
+
+
+def free_memory() -> None:
+    """Drop what the previous model left behind."""
+    gc.collect()
+    try:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+class ModelsScreen(ToolScreen):
+    """Pick the model to work with."""
+
+    BINDINGS = [
+        Binding("enter", "switch", "Load", id="models.load", tooltip="Switch to the selected model"),
+        Binding("ctrl+r", "rescan", "Rescan", id="models.rescan", tooltip="Look for models again"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="models-screen")
+        self.entries: list[Any] = []
+        self.switching: Optional[str] = None
+        self.scanning = False
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("models: Load the selected model", "Switch models (enter)", self.action_switch)
+        yield SystemCommand("models: Rescan", "Look for models again (ctrl+r)", self.action_rescan)
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="models-main"):
+            yield DataTable(id="model-table", zebra_stripes=True, cursor_type="row")
+            yield Static("", id="models-status", classes="status-line")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        t = self.query_one("#model-table", DataTable)
+        t.add_columns("", "Model", "Source", "Architecture", "Params", "Dtype", "Size", "Lean path")
+        t.focus()
+        self.action_rescan()
+        self.set_interval(0.25, self._watch_load)
+
+    def _status(self, text: str) -> None:
+        self.query_one("#models-status", Static).update(text)
+
+    def action_rescan(self) -> None:
+        if not self.scanning:
+            self.scanning = True
+            self._status("looking for models (bundled, cache, Hugging Face cache, config folders)…")
+            self.run_worker(self._scan(), exclusive=True, group="scan")
+
+    async def _scan(self) -> None:
+        from engine.sessions.discovery import discover
+
+        app: Any = self.app
+        dirs = list(getattr(app.settings, "model_dirs", []) or [])
+        try:
+            self.entries = await asyncio.to_thread(discover, dirs)
+        finally:
+            self.scanning = False
+        self._fill()
+
+    def _fill(self) -> None:
+        from engine.sessions.discovery import fmt_size
+
+        t = self.query_one("#model-table", DataTable)
+        t.clear()
+        current = getattr(self.app, "settings").model
+        for e in self.entries:
+            lean = {True: "yes", False: f"no: {e.lean_why}", None: "?" if not e.lean_why else e.lean_why}[e.lean]
+            mark = "●" if e.spec == current else ""
+            t.add_row(mark, e.name, e.source, e.architecture, e.params_text(), e.dtype,
+                      fmt_size(e.size_bytes), lean, key=e.spec)
+        n = len(self.entries)
+        self._status(f"{n} model{'s' * (n != 1)} available offline · enter loads · ctrl+r rescans")
+
+    def selected(self) -> Optional[Any]:
+        t = self.query_one("#model-table", DataTable)
+        if not self.entries or t.cursor_row is None or not 0 <= t.cursor_row < len(self.entries):
+            return None
+        return self.entries[t.cursor_row]
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_switch()
+
+    def action_switch(self) -> None:
+        app: Any = self.app
+        e = self.selected()
+        if e is None:
+            return
+        if app.model_state == "loading":
+            self._status("[yellow]a model is loading: wait for it (or Ctrl+C to cancel it)[/]")
+            return
+        running = [j for j in app.runner.running() if j.kind not in ("speed", "vocab")]
+        app.settings.model = e.spec
+        self.switching = e.name
+        app.load_model()  # cancels the running jobs, loads in the background
+        note = f" · cancelled {len(running)} running job(s)" if running else ""
+        self._status(f"loading {e.name}…{note}")
+        self._fill()
+
+    def _watch_load(self) -> None:
+        app: Any = self.app
+        if self.switching is None:
+            return
+        if app.model_state == "loading":
+            self._status(f"loading {self.switching}… {app.sub_title}")
+        elif app.model_state == "ready":
+            free_memory()
+            self._status(f"[green]loaded {app.lm.describe()}[/]")
+            self.switching = None
+        elif app.model_state == "failed":
+            self._status(f"[red]could not load {self.switching}: {app.model_error}[/]")
+            self.switching = None
