@@ -61,6 +61,21 @@ def fmt_duration(seconds: Optional[float]) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def over_timeout(what: str, tokens: int, tok_s: Optional[float],
+                 timeout: Optional[float]) -> Optional[str]:
+    """Said before a job starts when its token budget, at the measured decode speed, cannot
+    finish inside its timeout (None when it can, or when no speed was measured yet: the
+    assumed 2 tok/s would warn about every job)."""
+    if timeout is None or not tok_s or tok_s <= 0 or not math.isfinite(tok_s) or tokens <= 0:
+        return None
+    need = tokens / tok_s
+    if need <= timeout:
+        return None
+    return (f"{what} needs ≈ {tokens:,} tokens ≈ {fmt_duration(need)} at the measured "
+            f"{tok_s:.1f} tok/s, over its {fmt_duration(timeout)} timeout: it will stop early "
+            "(raise the timeout in Settings, F6)")
+
+
 @dataclass(frozen=True)
 class BenchGrid:
     """The dashboard's chosen grid, as far as its timeout is concerned."""

@@ -383,6 +383,13 @@ class DashboardScreen(ToolScreen):
             self.query_one("#dash-error", Static).update(escape(err or blocked or ""))
             return
         cfg = f["cfg"]
+        from app.settings import over_timeout
+
+        g = f["grid"]
+        late = over_timeout("this grid", g.runs * g.max_new_tokens, app.settings.measured_tok_s,
+                            app.runner.timeout_for(JOB_KIND))
+        if late:
+            self.notify(late, severity="warning", timeout=10)
         self.engine_error = ""
         self.purpose = "run"
         self.runs_path = f["out"]

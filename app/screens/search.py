@@ -318,6 +318,13 @@ class SearchScreen(ToolScreen):
         self.query_one("#ts-best", Static).update("")
         self.query_one("#ts-greedy", Static).update("")
         system = app.settings.system_prompt or None
+        from app.settings import over_timeout
+
+        c = f["cfg"]  # rollouts of up to `horizon` tokens, then the greedy answer
+        late = over_timeout("this tree search", (c["rollouts"] + 1) * c["horizon"],
+                            app.settings.measured_tok_s, app.runner.timeout_for(JOB_KIND))
+        if late:
+            self.notify(late, severity="warning", timeout=10)
         params = dict(f["cfg"], reward=f["reward_spec"], prompt_chars=len(f["prompt"]))
         self.start_job(JOB_KIND, app.engine.tree_search, app.lm, f["prompt"], system,
                        f["reward_spec"], self.allow_plugin(), f["cfg"], params=params)
