@@ -1,0 +1,85 @@
+"""The README's "Limits" table, computed from the code's own bounds (app/argcheck.py rules,
+engine/budget.py memory estimates, the engine's caps) for a given amount of available memory and
+the bundled model's config (read from the converted cache: no weights are loaded).
+
+    .venv/bin/python bench/limits.py [--memory-gib 16] [--prompt-tokens 40]
+
+Prints a Markdown table (nothing is timed, so no JSON under bench/results/)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _bundled_config() -> SimpleNamespace:
+    import json
+
+    from engine.lm.model import bundled_gguf, _quick_hash
+    from engine.paths import cache_dir
+
+    gguf = bundled_gguf()
+    cfg = cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}" / "config.json"
+    if not cfg.exists():
+        sys.exit(f"{cfg} missing: run `tokenforge tokenize hi` once to convert the bundled model")
+    return SimpleNamespace(**json.loads(cfg.read_text(encoding="utf-8")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--memory-gib", type=float, default=16.0, help="available memory assumed")
+    ap.add_argument("--prompt-tokens", type=int, default=40)
+    a = ap.parse_args(argv)
+
+    from app.argcheck import BY_COMMAND, COMMON, MAX_INPUT_BYTES
+    from app.validate import MAX_TEXT_CHARS
+    from engine import bounded_json as bj
+    from engine.advtok.tokenview import MAX_K, MAX_SAMPLES, MAX_TEXT_BYTES
+    from engine.bench.suite_files import suite_entries
+    from engine.budget import (SEED_MAX, USABLE_SHARE, fmt_bytes, grid_bound, kv_bytes_per_token,
+                               token_lists_bound, tree_rollout_bound)
+
+    usable = int(a.memory_gib * (1 << 30) * USABLE_SHARE)
+    cfg = _bundled_config()
+    lm = SimpleNamespace(config=cfg, dtype="float32")
+    ctx = int(cfg.max_position_embeddings)
+    P = a.prompt_tokens
+    tree = tree_rollout_bound(lm, P, 50)
+    suite = len(suite_entries("core-v1"))
+    grid = grid_bound("--repeats", 3 * suite)
+    samp = token_lists_bound("--sample", 1000)
+    rows = [
+        ("`--seed` (every command)", f"0 … {SEED_MAX:,}", "torch.Generator.manual_seed takes a signed 64-bit seed"),
+        ("`search --rollouts` (horizon 50)", f"{tree.limit(usable):,}",
+         f"{fmt_bytes(tree.per_unit)} per rollout, worst case: ({P}+50) positions × "
+         f"{fmt_bytes(kv_bytes_per_token(cfg))} KV + 50 stored nuclei of ≤ {cfg.vocab_size:,} ids × 8 B"),
+        ("`search --batch`", f"{BY_COMMAND[('search', 'batch')].hi}", "TreeConfig: rollouts decoded together"),
+        ("`search --horizon`, `chat --max-new-tokens`", f"< {ctx:,} − prompt", "the model's context length"),
+        ("`bench --repeats` (3 methods, core-v1)", f"{grid.limit(usable):,}",
+         f"{3 * suite} scheduled runs per repeat × {grid.per_unit // (3 * suite)} B each (time bounds it long before)"),
+        ("`tokenize --sample`", f"{MAX_SAMPLES:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
+         "tokenview.MAX_SAMPLES; each sample is kept as a token-id list (64 + 36 B per id)"),
+        ("`tokenize --neighbours K`", f"{MAX_K}", "engine.advtok.tokenview.MAX_K (a fixed cap in the engine)"),
+        ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "tokenview.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
+        ("free text (`--prompt`, `--request`, …)", f"{MAX_TEXT_CHARS:,} characters", "app/validate.py MAX_TEXT_CHARS, the same for CLI and TUI"),
+        ("`attack --samples` / `--batch-cap`", f"{BY_COMMAND[('attack', 'samples')].hi:,} / "
+         f"{BY_COMMAND[('attack', 'batch_cap')].hi:,}", "fixed caps of the validation layer (app/argcheck.py), not memory-derived"),
+        ("`--top-k`, `--max-new-tokens` (pre-load)", f"{COMMON['top_k'].hi:,}, {COMMON['max_new_tokens'].hi:,}",
+         "before the model is known; a top-k beyond the vocabulary means off, the context bounds prompt + answer"),
+        ("suite / dataset / runs files", f"{fmt_bytes(MAX_INPUT_BYTES)}, lines ≤ {fmt_bytes(bj.MAX_LINE_BYTES)}, "
+         f"nesting ≤ {bj.MAX_DEPTH}", "files are read whole; Python's json recurses once per nesting level"),
+    ]
+    print(f"Limits with {a.memory_gib:g} GiB available ({USABLE_SHARE:.0%} usable by one job = "
+          f"{fmt_bytes(usable)}), bundled model ({cfg.num_hidden_layers} layers, context {ctx:,}):\n")
+    print("| option | largest value | why |")
+    print("|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
