@@ -26,6 +26,7 @@ from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, Token
 from app.saved_chat import SavedChat
 from app.screens.base import ToolScreen
 from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
+from app.widgets.chat_gauges import ChatGauges, copy_code_block, copy_last_answer
 from app.widgets.composer import Composer
 from app.widgets.token_explorer import TokenExplorer
 from app.validate import FieldCheck, optional_text, require_text
@@ -44,6 +45,10 @@ class ChatScreen(ToolScreen):
         # priority: the message box binds ctrl+e to end-of-line (End still does that)
         Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
                 tooltip="Export the conversation as Markdown and JSON"),
+        Binding("alt+c", "copy_answer", "Copy answer", id="chat.copy", priority=True,
+                tooltip="Copy the last answer to the clipboard (OSC 52: works over SSH and tmux)"),
+        Binding("alt+k", "copy_code", "Copy code", id="chat.copy_code", priority=True,
+                tooltip="Copy a code block of the last answer (press again for the next)"),
         Binding("ctrl+t", "tokens", "Tokens", id="chat.tokens",
                 tooltip="Token explorer: colour the last answer by probability and select tokens"),
     ]
@@ -92,6 +97,7 @@ class ChatScreen(ToolScreen):
                 yield Button("Apply · new chat", id="apply-system")
             yield VerticalScroll(id="messages")
             yield TokenExplorer(id="token-explorer")
+            yield ChatGauges(id="chat-gauges")
             yield Static("", id="chat-status", classes="status-line")
             yield Static("", id="chat-error", classes="inline-error")
             with Horizontal(id="input-row", classes="form-row"):
@@ -279,6 +285,12 @@ class ChatScreen(ToolScreen):
 
     def action_stop(self) -> None:
         super().action_stop()
+
+    def action_copy_answer(self) -> None:
+        copy_last_answer(self)
+
+    def action_copy_code(self) -> None:
+        copy_code_block(self)
 
     @property
     def explorer(self) -> TokenExplorer:
