@@ -9,6 +9,8 @@ token at position p of an n-token answer, and what showing alternatives costs du
    forced one); and from scratch (no cache: the whole prompt + p + 1 tokens prefilled).
 2. Decode tok/s with and without recording per-token log-probability, entropy and top-5
    alternatives (the TokenRecorder observing the loop's own logits), alternated.
+3. The attack screen's lattice: seconds to rescore one edit (split / merge / boundary move)
+   through the cached scorer, against scoring the same tokenization from scratch.
 
 Prints a table and writes bench/results/branching.json; ratios are within this run.
 """
@@ -92,6 +94,29 @@ def alternatives_cost(lm, ids: list[int], tokens: int, rounds: int) -> dict:
     return res
 
 
+def lattice_edits(lm, rounds: int) -> dict:
+    from engine.advtok.lattice import TokenLattice
+    from engine.advtok.score import reference_scores
+    from engine.advtok.search import DEFAULT_SYSTEM
+
+    t = time.perf_counter()
+    lat = TokenLattice(lm, "Write a short poem about the sea and the lighthouse at night.",
+                       "Sure, here is a short poem", DEFAULT_SYSTEM)
+    build = time.perf_counter() - t
+    edit_s, scratch_s, diffs = [], [], []
+    for k in range(rounds):
+        i = next(j for j, (a, b, _) in enumerate(lat.spans()) if b - a >= 3 and j >= k)
+        for ed in (lat.split(i), lat.merge(i), lat.shift(i, 1)):
+            edit_s.append(ed.seconds)
+            t = time.perf_counter()
+            ref = reference_scores(lm, lat.prefix, [ed.ids], lat.between, lat.targets)[0]
+            scratch_s.append(time.perf_counter() - t)
+            diffs.append(abs(ref - ed.score))
+        lat.reset()
+    return {"build_s": build, "edit": _ms(edit_s), "scratch": _ms(scratch_s),
+            "max_abs_diff": max(diffs), "edits": len(edit_s)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=128, help="answer length n")
@@ -109,8 +134,9 @@ def main() -> None:
         alts = alternatives_cost(lm, ids, args.decode_tokens, args.rounds)
     finally:
         lm.eos_ids = saved
+    lat = lattice_edits(lm, args.rounds)
     data = {"env": env_record(), "forward": get_forward(lm).name, "ttft_after_force": ttft,
-            "alternatives_cost": alts}
+            "alternatives_cost": alts, "lattice": lat}
     path = write_result("branching", data)
     print(f"prompt {ttft['prompt_tokens']} tokens, answer n = {ttft['answer_tokens']} tokens, "
           f"forward {data['forward']}")
@@ -122,6 +148,9 @@ def main() -> None:
               f"{row['speedup_vs_scratch']:>11.2f}×")
     print(f"decode {args.decode_tokens} tokens: plain {alts['plain']['median']:.1f} tok/s, with top-5 "
           f"alternatives {alts['with_alternatives']['median']:.1f} tok/s (×{alts['ratio']:.3f})")
+    print(f"lattice: built in {lat['build_s']:.2f} s; one edit rescored in {lat['edit']['median_s']:.3f} s "
+          f"(median of {lat['edits']}; from scratch {lat['scratch']['median_s']:.3f} s), "
+          f"max |Δscore| {lat['max_abs_diff']:.1e}")
     print(f"→ {path}")
 
 

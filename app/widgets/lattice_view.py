@@ -30,14 +30,29 @@ def char_spans_of(tokens: list[str]) -> list[tuple[int, int]]:
     return out
 
 
+def edge_starts(lat: Any) -> str:
+    """One glyph per character of the request: how many diagram edges (vocabulary tokens that
+    keep the path completable) start there — the lattice's width at that point."""
+    out, pos = [], 0
+    for ch in lat.text:
+        n = len(lat.mdd.out[pos])
+        out.append("·" if n == 0 else (str(n) if n < 10 else "+"))
+        pos += len(ch.encode("utf-8"))
+    return "".join(out)
+
+
 def path_rows(text: str, rows: list[tuple[str, list[tuple[int, int]], Optional[int]]],
-              width: int) -> Text:
+              width: int, starts: str = "") -> Text:
     """Rows of token spans drawn over the same characters, cut into windows of ``width``
-    characters so the rows stay aligned however long the request is."""
+    characters so the rows stay aligned however long the request is; ``starts`` (one glyph per
+    character) is drawn above them."""
     width = max(8, width)
     out = Text()
     for w0 in range(0, max(1, len(text)), width):
         w1 = min(len(text), w0 + width)
+        if starts:
+            out.append(f"{'edges from':<{LABEL_W}}", style="dim")
+            out.append(starts[w0:w1] + "\n", style="dim cyan")
         for label, spans, cursor in rows:
             out.append(f"{label:<{LABEL_W}}", style="dim")
             for k, (s, e) in enumerate(spans):
@@ -118,7 +133,7 @@ class LatticeView(Vertical, can_focus=True):
         if lat is not None:
             rows.append(("edited", lat.char_spans(), self.cursor))
         width = max(20, (self.size.width or 100) - LABEL_W - 3)
-        rows_w.update(path_rows(text, rows, width))
+        rows_w.update(path_rows(text, rows, width, edge_starts(lat) if lat is not None else ""))
         if lat is None:
             status.update("[dim]s split · m merge · , . move a boundary · b best · r canonical · "
                           "g search from the edited path (the first edit builds the scorer)[/]")

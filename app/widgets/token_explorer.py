@@ -147,6 +147,7 @@ class TokenExplorer(Vertical, can_focus=True):
             detail.update("")
             return
         self.sel = max(0, min(self.sel, len(b.infos) - 1))
+        detail.display = self.has_focus  # the details take room: shown while the tokens have focus
         forks = set(self.answers.fork_points(b.id))
         parts = []
         for i, info in enumerate(b.infos):
@@ -182,6 +183,12 @@ class TokenExplorer(Vertical, can_focus=True):
                         f"  id {a.id}{own}")
         rows.append("[dim]↑/↓ choose · enter force and continue · l logit lens · p prompt[/]")
         return "\n".join(rows)
+
+    def on_focus(self) -> None:
+        self.refresh_view()
+
+    def on_blur(self) -> None:
+        self.refresh_view()
 
     def select(self, index: int) -> None:
         self.sel = index

@@ -48,7 +48,13 @@ async def test_lattice_edit_rescores_and_seeds_a_search(make_app, tiny_lm):
         scratch = reference_scores(tiny_lm, lat.prefix, [lat.ids], lat.between, lat.targets)[0]
         assert lat.score == pytest.approx(scratch, abs=1e-4)
         assert f"{lat.score:.3f}" in str(view.query_one("#lat-status").render())
-        assert "edited" in str(view.query_one("#lat-rows").render())
+        drawn = str(view.query_one("#lat-rows").render())
+        assert "edited" in drawn and "edges from" in drawn
+        from app.widgets.lattice_view import edge_starts
+
+        starts = edge_starts(lat)  # one glyph per character: the diagram's out-degree there
+        n0 = len(lat.mdd.out[0])
+        assert len(starts) == len(lat.text) and starts[0] == ("+" if n0 >= 10 else str(n0))
 
         # m merges it back (same bytes, one token fewer); . moves a boundary
         await pilot.press("m")
