@@ -1,2 +1,3 @@
 """Adversarial tokenization: the exact-bytes vocabulary, the tokenization diagram (MDD), the cached
-candidate scorer, the greedy search and the token view. May import engine.lm and the plumbing."""
+candidate scorer, the greedy search, the token view and the editable lattice. May import engine.lm
+and the plumbing."""
