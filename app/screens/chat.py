@@ -25,6 +25,7 @@ from engine.errors import InputError
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
 from app.saved_chat import SavedChat
 from app.screens.base import ToolScreen
+from app.screens.chat_transcript import TranscriptSync
 from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
 from app.widgets.chat_gauges import ChatGauges, copy_code_block, copy_last_answer
 from app.widgets.composer import Composer
@@ -34,7 +35,7 @@ from app.validate import FieldCheck, optional_text, require_text
 PROMPT_LIMIT = 100_000
 
 
-class ChatScreen(ToolScreen):
+class ChatScreen(TranscriptSync, ToolScreen):
     """Chat with the loaded model."""
 
     BINDINGS = [
@@ -377,15 +378,6 @@ class ChatScreen(ToolScreen):
             self.query_one("#chat-status", Static).update("[yellow]" + " · ".join(r.notes) + "[/]")
         self._done()
 
-    def mark_dropped(self, n: int) -> None:
-        """The engine dropped the ``n`` oldest turns to fit the context: say so on them (they stay
-        on screen and in the export, but the model no longer sees them)."""
-        for user, answer in self.exchanges[:max(0, min(n, len(self.exchanges) - 1))]:
-            for w in (user, answer):
-                w.add_class("-dropped")
-            user.border_title = "dropped from the model's context"
-        self.exchanges = self.exchanges[-1:] if n >= len(self.exchanges) else self.exchanges[n:]
-
     async def job_cancelled(self, m: JobCancelled) -> None:
         r = m.partial
         if r is not None and getattr(r, "discarded", False):
@@ -406,26 +398,6 @@ class ChatScreen(ToolScreen):
     async def job_failed(self, m: JobFailed) -> None:
         await self._take_back(m.message + (f" — {m.hint}" if m.hint else ""))
         self._done()
-
-    async def _take_back(self, why: str) -> None:
-        """The turn did not happen (refused, failed, or stopped before its first token): the
-        session is as it was, so the screen is too. A new message leaves the transcript and goes
-        back into the box; a regenerate gets its old answer back."""
-        self.engine_error = why
-        if self.regenerating and self.replaced is not None and self.answer is not None:
-            text, figures = self.replaced
-            await self.answer.finish(text, figures)
-            self.turns += 1
-            self.can_regenerate = True
-            self.replaced = None
-            return
-        if self.exchanges and self.exchanges[-1][1] is self.answer:
-            user, answer = self.exchanges.pop()
-            await user.remove()
-            await answer.remove()
-        prompt = self.query_one("#prompt", Composer)
-        if not prompt.value:
-            prompt.value = self.last_prompt  # give the message back to fix and resend
 
     def _done(self) -> None:
         self.answer = None

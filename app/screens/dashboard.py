@@ -18,9 +18,7 @@ keys or Ctrl+C. A rerun into the same file resumes. Engine calls go through ``ap
 """
 from __future__ import annotations
 
-import functools
 import logging
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,8 +34,12 @@ from engine.errors import InputError
 from app.engines import module_available
 from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
 from app.screens.base import ToolScreen
+from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, MAX_NEW_TOKENS, MAX_REPEATS,
+                                        TABLE_COLUMNS, WHAT, method_choices, parse_combinations,
+                                        parse_runs_path, suite_counts, suites_available)
+from app.screens.dashboard_report import LiveReport
 from app.settings import BenchGrid, fmt_duration
-from app.validate import FieldCheck, first_error, parse_int, require_text
+from app.validate import FieldCheck, first_error, parse_int
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot
 from app.widgets.screen_commands import ScreenActions
@@ -46,79 +48,7 @@ log = logging.getLogger("tokenforge.dashboard")
 
 ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
-def parse_combinations(text: str) -> list[str]:
-    """'prune-nth+kv-fp8, …' → validated combination names ([] when empty); torch-free."""
-    from engine.bench.methods import parse_methods
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if "+" not in n]
-    if bad:
-        raise InputError(f"combinations: {', '.join(bad)} is not PROMPT+CACHE (plain methods are ticked above)")
-    return parse_methods(",".join(names)) if names else []
-
-
-WHAT = "Method dashboard — methods × suite grid, aggregate table, terminal plots, PNG/CSV export"
-KINDS = ("chat", "qa", "long", "prose")
-DEFAULT_METHODS = ("baseline", "kv-reuse", "kv-fp8")
-TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s", "KV stored",
-                 "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
-MAX_REPEATS = 100
-MAX_NEW_TOKENS = 4096       # engine.bench.harness.BenchConfig.validate
-READ_EVERY = 1.0            # s between re-reads of the runs file while a run goes
-
-
-def suites_available() -> list[str]:
-    """Shipped suite names, found without importing the engine's torch parts."""
-    from engine.bench.suite_files import shipped_suites
-
-    return shipped_suites()
-
-
-@functools.lru_cache(maxsize=8)
-def suite_counts(name: str) -> dict[str, int]:
-    """Entries per query kind of a suite (torch-free; for the grid size and the timeout only:
-    the engine parses and validates the suite again). Unreadable lines are skipped."""
-    from engine.bench.suite_files import suite_entries
-
-    counts: dict[str, int] = {}
-    for rec in suite_entries(name):
-        kind = rec.get("kind")
-        if isinstance(kind, str):
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def method_choices() -> list[str]:
-    from engine.bench.methods import method_names  # torch-free registry
-
-    return method_names()
-
-
-def parse_runs_path(text: str) -> Path:
-    """The runs JSONL path: one line, not a directory, its folder not a file."""
-    t = require_text(text, "runs file", 4096).strip()
-    if "\n" in t or "\x00" in t:
-        raise InputError("runs file: one line, a path to a .jsonl file")
-    p = Path(t).expanduser()
-    if p.is_dir():
-        raise InputError(f"runs file: {p} is a directory")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"runs file: {parent} is a file, not a folder")
-    return p
-
-
-def read_report(path: str) -> tuple[Any, list[list[str]]]:
-    """Aggregate the runs JSONL and format its table rows (run off the event loop)."""
-    from engine.bench.report import load_report, table_rows
-
-    rep = load_report(path)
-    return rep, table_rows(rep, labels=False)
-
-
-class DashboardScreen(ToolScreen):
+class DashboardScreen(LiveReport, ToolScreen):
     """Methods × suite grid, live aggregate table and plots, export."""
 
     COMMANDS = {ScreenActions}
@@ -432,66 +362,6 @@ class DashboardScreen(ToolScreen):
                        params={"runs": str(path)}, needs_model=False)
         self.say(f"exporting {escape(str(path))} → {escape(folder)}…")
         self._refresh_controls()
-
-    # ---- live aggregation (off the event loop) ----------------------------------------------
-    def refresh_report(self, force: bool = False, announce: str = "", loud: bool = False) -> bool:
-        """Re-read the runs JSONL and redraw table and plots (≤ 1 Hz unless forced). The read
-        runs in a daemon thread; at most one is in flight, and a forced refresh asked for
-        meanwhile runs right after it. ``loud``: a read error replaces the message line (Load);
-        otherwise (live refreshes, after a run) a missing or unreadable file leaves it alone.
-        True when a read was started."""
-        now = time.monotonic()
-        if self._reading:
-            if force:
-                prev = self._pending or ("", False)
-                self._pending = (announce or prev[0], loud or prev[1])
-            return False
-        if not force and now - self._last_read < READ_EVERY:
-            return False
-        self._last_read = now
-        path = self.runs_path or self.query_one("#dash-out", Input).value.strip()
-        self._reading = True
-        self.run_worker(self._read_and_show(path, announce, loud), group="dash-report",
-                        exit_on_error=False)
-        return True
-
-    async def _read_and_show(self, path: str, announce: str, loud: bool) -> None:
-        app: Any = self.app
-        try:
-            rep, rows = await app.runner.run_aside(read_report, path, name="bench-report")
-        except InputError as e:
-            if loud:
-                self.say(f"[red]{escape(str(e))}[/]")
-        except Exception as e:  # noqa: BLE001 — a bad file must not take the screen down
-            log.exception("reading %s failed", path)
-            if loud:
-                self.say(f"[red]cannot read {escape(path)}: {escape(type(e).__name__)}: "
-                         f"{escape(str(e))}[/]")
-        else:
-            if self.children:
-                self.show_report(rep, rows)
-                if announce:
-                    self.say(escape(announce))
-        finally:
-            self._reading = False
-            self.reads += 1
-            again, self._pending = self._pending, None
-            if again is not None and self.children:
-                self.refresh_report(force=True, announce=again[0], loud=again[1])
-
-    def show_report(self, rep: Any, rows: list[list[str]]) -> None:
-        self.report = rep
-        t = self.query_one("#dash-table", DataTable)
-        t.clear()
-        for cells in rows:
-            t.add_row(*[c.replace("\n", " ") for c in cells], height=None)
-        for pid in ("#plot-cost", "#plot-medians", "#plot-speed"):
-            self.query_one(pid).show(rep)  # type: ignore[attr-defined]
-        legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
-                            for r in rep.rows)
-        extra = "".join(f"\n[yellow]{escape(str(p))}[/]" for p in (rep.problems + rep.notes)[:3])
-        self.query_one("#dash-footer", Static).update(
-            f"[dim]{escape(legend)}\n{escape(rep.footer())}[/]{extra}")
 
     # ---- job messages -----------------------------------------------------------------------
     def job_started(self, m: JobStarted) -> None:

@@ -12,7 +12,6 @@ the Boltzmann-descent samples. Esc stops (the best so far is kept); ctrl+e expor
 """
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -29,6 +28,7 @@ from engine.errors import InputError
 from app.engines import module_available
 from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
 from app.screens.base import ToolScreen
+from app.screens.search_form import PLUGIN_WARNING, fmt_reward, live_figures, parse_reward_spec
 from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
                           parse_seed, require_text)
 from app.widgets.engine_status import EngineStatus
@@ -43,55 +43,6 @@ PROMPT_CHARS = 20_000
 MODES = ("search", "sample")
 MAX_ROLLOUTS = 100_000
 LIVE_HZ = 4.0
-PLUGIN_WARNING = ("⚠ plugin rewards import and run YOUR OWN Python code inside tokenforge; "
-                  "tick 'allow plugin' only for code you trust")
-_MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-_FUNC = re.compile(r"^[A-Za-z_]\w*$")
-
-
-def parse_reward_spec(text: str, allow_plugin: bool) -> Any:
-    """The reward object for ``text`` (InputError with one clear message otherwise).
-
-    Plugin specs are checked for shape only (``plugin:module:function``) and need
-    ``allow_plugin``: importing the module runs the user's code, which happens when the run
-    starts, not on every keystroke."""
-    from engine.treesearch.rewards import parse_reward  # torch-free
-
-    spec = (text or "").strip()
-    kind = spec.partition(":")[0].strip().lower()
-    if kind == "plugin":
-        if not allow_plugin:
-            raise InputError("plugin rewards run your own Python code: tick 'allow plugin' to "
-                             "enable them")
-        mod, sep, fn = spec.partition(":")[2].strip().rpartition(":")
-        if not sep or not _MODULE.match(mod) or not _FUNC.match(fn):
-            raise InputError(f"plugin: expects plugin:module:function (got {spec!r})")
-        return None
-    try:
-        return parse_reward(spec, allow_plugin=False)
-    except InputError as e:
-        hint = getattr(e, "hint", "")
-        raise InputError(f"{e}" + (f" — {hint}" if hint else "")) from None
-
-
-def fmt_reward(v: Optional[float]) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
-def live_figures(m: dict[str, Any], step: int, total: Optional[int]) -> str:
-    """Rich markup for the live tree figures of one progress report."""
-    parts = [f"rollouts [b]{step}/{total or '?'}[/]",
-             f"tree size [b]{m.get('nodes', m.get('tree_size', '–'))}[/]",
-             f"depth [b]{m.get('depth', '–')}[/]",
-             f"best reward [b]{fmt_reward(m.get('best_reward'))}[/]",
-             f"[b]{m.get('tok_s', 0.0):.1f}[/] tok/s",
-             f"root v̂ {m.get('root_value', '–')}"]
-    out = " · ".join(parts)
-    best = m.get("best_text")
-    if best:
-        out += f"\n[dim]best so far:[/] {escape(str(best).strip()[-200:])}"
-    return out
-
 
 class SearchScreen(ToolScreen):
     """Tree search: form, live tree figures and root children, best vs greedy, export."""

@@ -222,7 +222,7 @@ async def test_palette_lists_and_runs_the_dashboard_actions(make_app, tmp_path):
 
 
 async def test_runs_file_is_read_off_the_loop_one_read_at_a_time(make_app, tmp_path, monkeypatch):
-    import app.screens.dashboard as dash
+    import app.screens.dashboard_report as dash
 
     real = dash.read_report
     threads, active, peak = [], [0], [0]
