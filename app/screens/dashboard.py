@@ -63,6 +63,7 @@ class DashboardScreen(LiveReport, ToolScreen):
 
     def __init__(self) -> None:
         super().__init__(id="dashboard-screen")
+        self._runs_default_shown = ""
         self.purpose: Optional[str] = None  # "run" | "export" for the current job
         self.report: Any = None
         self.runs_path: Optional[str] = None
@@ -96,7 +97,8 @@ class DashboardScreen(LiveReport, ToolScreen):
                     yield Input("5", id="dash-repeats", validators=[FieldCheck(self._parse_repeats)])
                     yield Input("24", id="dash-mnt", validators=[FieldCheck(self._parse_mnt)])
                 yield Label("Runs file (JSONL, appended; a rerun resumes)")
-                yield Input(self._default_runs(), id="dash-out",
+                self._runs_default_shown = self._default_runs()
+                yield Input(self._runs_default_shown, id="dash-out",
                             validators=[FieldCheck(parse_runs_path)])
                 yield Static("", id="dash-error", classes="inline-error")
                 with Horizontal(classes="dash-row dash-buttons"):
@@ -143,7 +145,9 @@ class DashboardScreen(LiveReport, ToolScreen):
         try:
             folder = self.app.settings.export_dir  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 — composed outside the tokenforge app (tests)
-            folder = "tokenforge-exports"
+            from app.settings import default_export_dir
+
+            folder = default_export_dir()
         return str(Path(folder) / "bench-runs.jsonl")
 
     # ---- validation -------------------------------------------------------------------------
@@ -228,6 +232,11 @@ class DashboardScreen(LiveReport, ToolScreen):
             self._refresh_controls()
 
     def settings_changed(self) -> None:
+        """The runs file follows the export folder while the user has not typed their own."""
+        if self.children:
+            out = self.query_one("#dash-out", Input)
+            if out.value == self._runs_default_shown and not self.busy:
+                out.value = self._runs_default_shown = self._default_runs()
         self.model_changed()
 
     def _timeout_text(self) -> str:
