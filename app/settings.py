@@ -206,6 +206,7 @@ class AppSettings:
     profile: str = ""  # the profile in use, for display
     snapshot_cap_mib: float = 512.0  # saved sessions' KV snapshots on disk (config key)
     model_dirs: list[Path] = field(default_factory=list)  # extra folders for the model picker
+    profiles: dict[str, Any] = field(default_factory=dict)  # the config's profiles, by name
 
     @classmethod
     def from_args(cls, args: Any) -> "AppSettings":
@@ -221,6 +222,7 @@ class AppSettings:
             if conf is not None:
                 s.snapshot_cap_mib = conf.snapshot_cap_mib
                 s.model_dirs = list(conf.model_dirs)
+                s.profiles = dict(conf.profiles)
             profile = getattr(args, "tf_profile", None)
             if profile is not None:
                 s.apply_profile(profile)

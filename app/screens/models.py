@@ -12,8 +12,8 @@ from typing import Any, Iterable, Optional
 
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Label, Select, Static
 
 from app.screens.base import ToolScreen
 
@@ -43,6 +43,7 @@ class ModelsScreen(ToolScreen):
         super().__init__(id="models-screen")
         self.entries: list[Any] = []
         self.switching: Optional[str] = None
+        self._old: Any = None  # the model before the switch: still app.lm means it failed
         self.scanning = False
 
     def palette_commands(self) -> Iterable[SystemCommand]:
@@ -50,7 +51,15 @@ class ModelsScreen(ToolScreen):
         yield SystemCommand("models: Rescan", "Look for models again (ctrl+r)", self.action_rescan)
 
     def compose_body(self) -> ComposeResult:
+        profiles = sorted(getattr(self.app.settings, "profiles", {}) or {})  # type: ignore[attr-defined]
         with Vertical(id="models-main"):
+            with Horizontal(classes="form-row", id="profile-row"):
+                yield Label("Profile", classes="field-label")
+                current = getattr(self.app.settings, "profile", "")  # type: ignore[attr-defined]
+                yield Select([(p, p) for p in profiles], id="profile-select",
+                             value=current if current in profiles else Select.NULL,
+                             prompt="no profile (config file: --config, $TOKENFORGE_CONFIG)"
+                             if not profiles else "choose a profile")
             yield DataTable(id="model-table", zebra_stripes=True, cursor_type="row")
             yield Static("", id="models-status", classes="status-line")
 
@@ -116,10 +125,36 @@ class ModelsScreen(ToolScreen):
         running = [j for j in app.runner.running() if j.kind not in ("speed", "vocab")]
         app.settings.model = e.spec
         self.switching = e.name
+        self._old = app.lm
         app.load_model()  # cancels the running jobs, loads in the background
         note = f" · cancelled {len(running)} running job(s)" if running else ""
         self._status(f"loading {e.name}…{note}")
         self._fill()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """Apply a config profile: sampling, system prompt, timeouts, context size; a profile
+        naming another model (or device/dtype) reloads, as a switch does."""
+        app: Any = self.app
+        name = event.value
+        profiles = getattr(app.settings, "profiles", {}) or {}
+        if event.select.id != "profile-select" or name not in profiles or name == app.settings.profile:
+            return
+        p = profiles[name]
+        s = app.settings
+        s.apply_profile(p)
+        if p.context_size is not None:
+            s.context_size = p.context_size
+        reload = False
+        for key in ("model", "device", "dtype", "engine_path"):
+            v = getattr(p, key)
+            if v is not None and v != getattr(s, key):
+                setattr(s, key, v)
+                reload = True
+        app._each_screen("settings_changed")
+        if reload and app.model_state != "loading":
+            self.switching, self._old = p.model or s.model, app.lm
+            app.load_model()
+        self._status(f"profile {name!r} applied" + (" · reloading the model" if reload else ""))
 
     def _watch_load(self) -> None:
         app: Any = self.app
@@ -127,7 +162,12 @@ class ModelsScreen(ToolScreen):
             return
         if app.model_state == "loading":
             self._status(f"loading {self.switching}… {app.sub_title}")
+        elif app.model_state == "ready" and self._old is not None and app.lm is self._old:
+            self._status(f"[red]could not load {self.switching}: {app.model_error}[/] · "
+                         f"kept {app.lm.describe()}")
+            self.switching = self._old = None
         elif app.model_state == "ready":
+            self._old = None
             free_memory()
             self._status(f"[green]loaded {app.lm.describe()}[/]")
             self.switching = None

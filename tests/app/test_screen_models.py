@@ -82,7 +82,7 @@ async def test_picker_switches_models(hub, monkeypatch, tmp_path):
             table.focus()
             table.move_cursor(row=names.index("tf-test/tiny-b"))
             await pilot.press("enter")
-            await until(pilot, lambda: job.done, 10)
+            await until(pilot, lambda: job.done, 30)
             assert job.token.cancelled
             await until(pilot, lambda: app.model_state == "ready" and app.lm is not first, 60)
             assert app.lm.name == "tf-test/tiny-b" and app.lm.config.num_hidden_layers == 3
@@ -90,3 +90,30 @@ async def test_picker_switches_models(hub, monkeypatch, tmp_path):
     finally:
         for j in app.runner.jobs.values():
             j.cancel("shutdown")
+
+
+async def test_picker_applies_a_profile(make_app, tmp_path):
+    from textual.widgets import Select
+
+    from engine.sessions.profiles import parse_config
+
+    from app_fakes import FakeEngine
+
+    app = make_app(engine=FakeEngine(), autoload=True)
+    app.settings.profiles = parse_config(
+        '[profiles.cool]\ntemperature = 0.1\nsystem_prompt = "Short."\n'
+        '[profiles.other]\nmodel = "/models/other"\nmax_new_tokens = 7\n').profiles
+    async with app.run_test(size=(140, 36)) as pilot:
+        await until(pilot, lambda: app.model_state == "ready")
+        first = app.lm
+        await pilot.press("f8")
+        await until(pilot, lambda: app.current_mode == "models")
+        sel = app.screen.query_one("#profile-select", Select)
+        sel.value = "cool"
+        await until(pilot, lambda: app.settings.profile == "cool")
+        assert (app.settings.sampling.temperature, app.settings.system_prompt) == (0.1, "Short.")
+        assert app.lm is first  # same model: no reload
+        sel.value = "other"
+        await until(pilot, lambda: app.settings.profile == "other" and app.model_state == "ready"
+                    and app.lm is not first, 10)
+        assert app.settings.model == "/models/other" and app.settings.sampling.max_new_tokens == 7
