@@ -2,7 +2,7 @@
 them, most recent first, and opens, renames, deletes and searches them.
 
 Keys (table focused): enter opens the session in the chat screen (its KV cache restored from a
-snapshot when one is valid), r renames, d deletes (press twice), / searches the text of every
+snapshot when one is valid), r renames, d deletes (press twice), e exports Markdown, / searches the text of every
 message across sessions. A session saved with other weights than the loaded model is marked; it
 opens re-encoded from its text."""
 from __future__ import annotations
@@ -42,6 +42,8 @@ class SessionsScreen(ToolScreen):
         Binding("enter", "open", "Open", id="sessions.open", tooltip="Open in the chat screen"),
         Binding("r", "rename", "Rename", id="sessions.rename", tooltip="Rename the session"),
         Binding("d", "delete", "Delete", id="sessions.delete", tooltip="Delete (press twice)"),
+        Binding("e", "export", "Export", id="sessions.export",
+                tooltip="Write the session as Markdown into the export folder"),
         Binding("slash", "search", "Search", id="sessions.search",
                 tooltip="Search the text of every message"),
     ]
@@ -51,6 +53,7 @@ class SessionsScreen(ToolScreen):
         self.names: list[str] = []
         self._armed: tuple[str, float] = ("", 0.0)
         self.renaming: Optional[str] = None
+        self.last_export: Any = None
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("sessions: Open", "Open the selected session in chat (enter)", self.action_open)
@@ -123,7 +126,7 @@ class SessionsScreen(ToolScreen):
             t.move_cursor(row=self.names.index(keep))
         n = len(self.names)
         what = f"{n} session{'s' * (n != 1)}" + (f" matching {query!r}" if query else "")
-        self._status(what + (" · enter open · r rename · d delete · / search" if n else
+        self._status(what + (" · enter open · r rename · d delete · e export · / search" if n else
                              " · every chat is saved here as it goes"))
 
     def selected(self) -> Optional[str]:
@@ -212,6 +215,25 @@ class SessionsScreen(ToolScreen):
             chat.saved.forget()  # the conversation on screen goes on as a new session
         self.refresh_list()
         self.notify(f"Deleted {name!r}")
+
+    def action_export(self) -> None:
+        from engine.atomic import write_text
+        from engine.sessions.export import to_markdown
+
+        app: Any = self.app
+        name, store = self.selected(), self._store()
+        if name is None or store is None:
+            return
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+        path = app.settings.export_dir / f"session-{safe}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        try:
+            write_text(path, to_markdown(store.get(name)))
+        except (OSError, EngineError) as e:
+            self._status(f"[red]export failed: {e}[/]")
+            return
+        self.last_export = path
+        self._status(f"exported → {path}")
+        self.notify(f"Exported to {path}", title="export", timeout=8)
 
     async def action_open(self) -> None:
         app: Any = self.app

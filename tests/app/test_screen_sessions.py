@@ -70,6 +70,13 @@ async def test_sessions_screen(make_app, tiny_lm):
         await pilot.press("d")
         await until(pilot, lambda: scr.names == ["Tell me about kittens"])
 
+        # Markdown export of a saved session, without opening it
+        table.move_cursor(row=0)
+        await pilot.press("e")
+        md = scr.last_export.read_text(encoding="utf-8")
+        assert md.startswith("# Tell me about kittens") and "**User:** And more" in md
+        assert md.count("**Assistant:**") == 2
+
         # open the remaining one into chat; it continues with only new tokens prefilled
         table.move_cursor(row=0)
         await pilot.press("enter")
