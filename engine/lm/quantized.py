@@ -10,7 +10,8 @@ a decode step is memory-bound (it streams every weight once), so a quarter of th
 lever. ``bench/quant_kernels.py`` measured the kernels torch ships for CPU at the bundled model's
 shapes before this was chosen: the int8 kernel is several times faster than an fp32 mat-vec with
 bf16 activations and much slower with fp32 ones (no vectorised fp32 path); the int4 kernel
-(``_weight_int4pack_mm_for_cpu``) was slower than fp32 either way and errs ~10× more. Error per
+(``_weight_int4pack_mm_for_cpu``, bf16 activations) was about as fast as int8 but erred ~10× more
+there (that script's int4 packing is unverified), and far slower with fp32 activations. Error per
 product is ≈ 1 % of its largest output (weight rounding: step = max|w_row|/127); the effect on the
 next-token distribution is measured, not assumed (``bench/int8_quality.py``: KL to the fp32 path
 and top-1 agreement over the dashboard suite).
