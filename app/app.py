@@ -120,6 +120,8 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     def on_mount(self) -> None:
         self.sub_title = "no model"
         self._apply_keymap()
+        if self.settings.load_warning:
+            self.notify(self.settings.load_warning, severity="warning", timeout=10)
         if self.install_signals:
             self._install_signal_handlers()
         if self.autoload:

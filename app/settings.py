@@ -204,13 +204,20 @@ class AppSettings:
     #: at most this many tokens of context (a profile's context_size); None = the model's window
     context_size: Optional[int] = None
     profile: str = ""  # the profile in use, for display
+    load_warning: str = ""  # why the saved settings file was not used (shown once at start)
     snapshot_cap_mib: float = 512.0  # saved sessions' KV snapshots on disk (config key)
     model_dirs: list[Path] = field(default_factory=list)  # extra folders for the model picker
     profiles: dict[str, Any] = field(default_factory=dict)  # the config's profiles, by name
 
     @classmethod
-    def from_args(cls, args: Any) -> "AppSettings":
+    def from_args(cls, args: Any, saved: bool = True) -> "AppSettings":
+        """Defaults, then the saved settings file (app/settings_file.py), then the command line
+        and its profile (which win)."""
         s = cls()
+        if saved:
+            from app.settings_file import load_into
+
+            s.load_warning = load_into(s)
         if args is not None:
             s.model = getattr(args, "model", s.model) or s.model
             s.device = getattr(args, "device", s.device) or s.device

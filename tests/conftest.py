@@ -36,3 +36,9 @@ def _private_user_state(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "config"))
     monkeypatch.delenv("TOKENFORGE_CONFIG", raising=False)
     monkeypatch.setenv("TOKENFORGE_SESSIONS", str(base / "sessions"))
+
+
+@pytest.fixture(autouse=True)
+def _no_user_settings_file(monkeypatch, tmp_path):
+    """No test reads or writes the user's saved TUI settings (app/settings_file.py)."""
+    monkeypatch.setenv("TOKENFORGE_SETTINGS", str(tmp_path / "settings.json"))

@@ -9,9 +9,9 @@ Editing one makes that one the user's; "Re-derive" gives them all back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
@@ -35,6 +35,22 @@ class SettingsScreen(ToolScreen):
 
     def __init__(self) -> None:
         super().__init__(id="settings-screen")
+        self.shown: dict[str, str] = {}  # field id → the applied value it last showed
+        self.applied_once = False
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("settings: Apply", "Apply and save the settings (enter in a field)",
+                            self.action_apply)
+        yield SystemCommand("settings: Re-derive timeouts",
+                            "Drop your timeouts; derive every one from the measured speed",
+                            self.action_derive)
+
+    def edited(self) -> list[str]:
+        """Fields whose text differs from the applied value they showed (unapplied edits)."""
+        if not self.children:
+            return []
+        return [fid for fid, v in self.shown.items()
+                if self.query_one(f"#{fid}", Input).value != v]
 
     def _context_length(self) -> Optional[int]:
         lm = getattr(self.app, "lm", None)
@@ -111,10 +127,12 @@ class SettingsScreen(ToolScreen):
                 yield Button("Apply", id="apply", variant="primary")
                 yield Button("Reload model", id="reload", variant="warning")
                 yield Button("Re-derive timeouts", id="derive")
+            yield Static("", id="settings-edits", classes="status-line")
             yield Static("", id="settings-status", classes="status-line")
 
     def on_mount(self) -> None:
         super().on_mount()
+        self.shown = {inp.id: inp.value for inp in self.query(Input) if inp.id}
         self.settings_changed()
         self.validate_all()
 
@@ -133,6 +151,23 @@ class SettingsScreen(ToolScreen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.validate_all()
+        self._show_edit_state()
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in any field applies (when every field is valid; else the message says why)."""
+        event.stop()
+        self.action_apply()
+
+    def _show_edit_state(self) -> None:
+        """The status line says "applied" only while nothing was edited since."""
+        if not self.children:
+            return
+        n = len(self.edited())
+        st = self.query_one("#settings-edits", Static)
+        if n:
+            st.update(f"[yellow]{n} unapplied edit(s)[/] — Enter or Apply to use them")
+        else:
+            st.update("[green]applied and saved[/]" if self.applied_once else "")
 
     def on_select_changed(self, event: Select.Changed) -> None:
         self.validate_all()
@@ -164,24 +199,43 @@ class SettingsScreen(ToolScreen):
                 app.engine.set_engine_path(app.lm, path)
                 app.sub_title = app.lm.describe()  # the header says when the path is inexact
         s.model = values["set-model"]
+        self.shown = {inp.id: inp.value for inp in self.query(Input) if inp.id}
+        self.applied_once = True
         app._each_screen("settings_changed")
-        self.query_one("#settings-status", Static).update("[green]applied[/]")
+        self._save()
+        self._show_edit_state()
         return True
+
+    def _save(self) -> None:
+        from app.settings_file import save
+
+        try:
+            save(self.app.settings)  # type: ignore[attr-defined]
+        except OSError as e:
+            self.notify(f"settings applied but not saved: {e}", severity="warning", timeout=8)
+
+    def action_apply(self) -> None:
+        if self.apply():
+            self.notify("Settings applied")
+
+    def action_derive(self) -> None:
+        app: Any = self.app
+        s = app.settings
+        s.timeouts_user_set = False
+        s.rederive()
+        self.settings_changed()
+        app._each_screen("settings_changed")
+        self._save()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         app: Any = self.app
         if event.button.id == "apply":
-            if self.apply():
-                self.notify("Settings applied")
+            self.action_apply()
         elif event.button.id == "reload":
             if self.apply():
                 app.load_model()
         elif event.button.id == "derive":
-            s = app.settings
-            s.timeouts_user_set = False
-            s.rederive()
-            self.settings_changed()
-            app._each_screen("settings_changed")
+            self.action_derive()
 
     def settings_changed(self) -> None:
         if not self.children:
@@ -189,10 +243,14 @@ class SettingsScreen(ToolScreen):
         app: Any = self.app
         s = app.settings
         for kind in TIMEOUT_KINDS:
-            inp = self.query_one(f"#timeout-{kind}", Input)
+            fid = f"timeout-{kind}"
+            inp = self.query_one(f"#{fid}", Input)
             want = _fmt_timeout(s.timeouts.get(kind))
-            if inp.value != want and not inp.has_focus:
+            # a re-derived value replaces the field only when the user has not edited it: a
+            # typed (even invalid) value stays, with its message beside it
+            if inp.value != want and inp.value == self.shown.get(fid, inp.value):
                 inp.value = want
+                self.shown[fid] = want
         details = s.timeout_details()
         for kind in TIMEOUT_KINDS:
             d = details[kind]

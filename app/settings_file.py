@@ -1,0 +1,100 @@
+"""Settings that persist across restarts: one small JSON file, written atomically
+(engine.atomic) each time Settings are applied, read at start-up.
+
+Where: ``$TOKENFORGE_SETTINGS``, else ``$XDG_CONFIG_HOME/tokenforge/settings.json`` (beside the
+profiles' config.toml of app/commands/profile_args.py, which stays the user's hand-edited file:
+a profile named on the command line is applied after this and wins). Saved: sampling, the
+timeouts the user typed, the export folder, the system prompt. Every value is validated again on
+load through the same parsers as the form; a bad or foreign file is ignored with one warning,
+never half-applied."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from engine.errors import InputError
+
+VERSION = 1
+
+
+def settings_path() -> Path:
+    env = os.environ.get("TOKENFORGE_SETTINGS")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "tokenforge" / "settings.json"
+
+
+def to_json(s: Any) -> str:
+    data = {"version": VERSION,
+            "sampling": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in asdict(s.sampling).items()},
+            "user_timeouts": {k: s.timeouts.get(k) for k in sorted(s.user_timeouts)},
+            "export_dir": str(s.export_dir),
+            "system_prompt": s.system_prompt}
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def save(s: Any, path: Optional[Path] = None) -> Path:
+    """Write the settings file atomically (raises OSError when it cannot be written)."""
+    from engine.atomic import write_text
+
+    p = path or settings_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_text(p, to_json(s))
+    return p
+
+
+def load_into(s: Any, path: Optional[Path] = None) -> str:
+    """Apply a saved file to ``s``; returns a warning ("" when fine or absent). All values are
+    checked before any is applied."""
+    from app.settings import TIMEOUT_KINDS, SamplingSettings
+    from app.validate import (parse_max_new_tokens, parse_repetition_penalty, parse_temperature,
+                              parse_top_k, parse_top_p)
+
+    p = path or settings_path()
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        return f"settings file {p} unreadable ({e}); defaults used"
+    try:
+        if len(raw) > 1_000_000:
+            raise InputError("too large")
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise InputError("not a tokenforge settings file of this version")
+        sm = data.get("sampling", {})
+        seed = sm.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise InputError(f"seed {seed!r}")
+        stops = sm.get("stop_strings", [])
+        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+            raise InputError("stop_strings")
+        sampling = SamplingSettings(
+            max_new_tokens=parse_max_new_tokens(str(sm.get("max_new_tokens", 256)), None),
+            temperature=parse_temperature(str(sm.get("temperature", 0.7))),
+            top_k=parse_top_k(str(sm.get("top_k", 0))), top_p=parse_top_p(str(sm.get("top_p", 0.95))),
+            seed=seed, stop_strings=tuple(stops),
+            repetition_penalty=parse_repetition_penalty(str(sm.get("repetition_penalty", 1.0))))
+        timeouts = data.get("user_timeouts", {})
+        if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e7)
+                for v in timeouts.values()):
+            raise InputError("user_timeouts")
+        export, system = data.get("export_dir"), data.get("system_prompt", s.system_prompt)
+        if not isinstance(export, str) or not export.strip() or not isinstance(system, str):
+            raise InputError("export_dir / system_prompt")
+    except (ValueError, InputError) as e:
+        return f"settings file {p} ignored ({e}); defaults used"
+    s.sampling = sampling
+    s.export_dir = Path(export).expanduser()
+    s.system_prompt = system
+    s.rederive()
+    for kind, secs in timeouts.items():
+        s.set_user_timeout(kind, None if secs is None else float(secs))
+    return ""
