@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from engine.lm.chat import ChatSession, Turn, encode_text
 from engine.lm.generate import GenerationResult
-from engine.sessions.snapshot import SnapshotStore, weights_hash
+from engine.sessions.snapshot import SnapshotStore, weights_hash_for
 from engine.sessions.store import SavedTurn, SessionStore, sessions_dir
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_strings",
@@ -54,7 +54,7 @@ class SessionRecorder:
                  system: Optional[str] = None, sampling: Any = None,
                  all_turns: Optional[list[SavedTurn]] = None, live_from: int = 0) -> None:
         self.lm, self.name, self.store, self.snapshots = lm, name, store, snapshots
-        self.weights = weights_hash(lm.model)
+        self.weights = weights_hash_for(lm)
         self.dtype = str(lm.dtype)
         self.all_turns: list[SavedTurn] = list(all_turns or [])  # dropped ones included
         self.live_from = live_from
@@ -119,7 +119,7 @@ def open_saved(lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore
     loaded, why = snapshots.load(session.fwd, held, rec.weights, rec.dtype)
     if loaded is not None:
         session.restore(turns, ids, loaded.cache)
-        return session, OpenReport("snapshot", loaded.tokens, [why]), rec
+        return session, OpenReport("snapshot", loaded.tokens), rec
     session.restore(turns, ids)
     return session, OpenReport("recomputed", 0, [why] if why != "no snapshot" else []), rec
 

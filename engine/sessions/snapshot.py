@@ -49,6 +49,54 @@ def weights_hash(model: Any) -> str:
     return digest
 
 
+def weights_hash_for(lm: Any) -> str:
+    """:func:`weights_hash` of a loaded model, remembered across processes for models loaded
+    from a directory: keyed by the directory, each weight file's size and mtime, and every
+    tensor's name and shape (so a resized embedding is noticed), the full hash (3 s for the
+    bundled model here) is computed once per set of files. Assumes the weights in memory are
+    the files' — in-place value edits that keep every shape are not seen (the hooks-based
+    methods of the dashboard restore the model; nothing else edits weights)."""
+    model = lm.model
+    cached = getattr(model, "_tokenforge_weights_hash", None)
+    if cached:
+        return cached
+    src = Path(str(getattr(lm, "source", "")))
+    files = sorted(src.glob("*.safetensors")) if src.is_dir() else []
+    if not files:
+        return weights_hash(model)
+    from engine.atomic import write_json
+    from engine.sessions.store import sessions_dir
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(src.resolve()).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+    key = h.hexdigest()
+    book = sessions_dir() / "weights-hashes.json"
+    try:
+        known = json.loads(book.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), str) and len(known[key]) == 32:
+        try:
+            model._tokenforge_weights_hash = known[key]
+        except AttributeError:
+            pass
+        return known[key]
+    digest = weights_hash(model)
+    known[key] = digest
+    try:
+        write_json(book, dict(list(known.items())[-64:]))
+    except OSError:
+        pass
+    return digest
+
+
 def kv_layout(fwd: Any) -> tuple[int, int, int]:
     """(layers, kv_heads, head_dim) of the caches ``fwd`` makes."""
     if hasattr(fwd, "n_layers"):

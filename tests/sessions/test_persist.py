@@ -181,3 +181,31 @@ def test_snapshot_cap_removes_least_recently_used(tokenizer, tmp_path):
     assert k.shape[3] == 30
     snaps.cap_bytes = int(1.5 * one)
     assert snaps.enforce_cap() == [keys[3]]
+
+
+def test_weights_hash_remembered_for_a_directory(tokenizer, tmp_path):
+    """The full hash is computed once per set of weight files; a new process (a fresh model
+    object) gets the same value from the book, and changed files give a new one."""
+    from engine.lm.model import load_model
+    from engine.lm.tiny import tiny_llama
+    from engine.sessions import snapshot
+    from engine.sessions.snapshot import weights_hash, weights_hash_for
+
+    d = tmp_path / "m"
+    lm = tiny_llama(tokenizer, seed=4)
+    lm.model.save_pretrained(str(d))
+    tokenizer.save_pretrained(str(d))
+    a = load_model(str(d))
+    full = weights_hash(tiny_llama(tokenizer, seed=4).model)
+    assert weights_hash_for(a) == full
+    b = load_model(str(d))
+    calls = []
+    real = snapshot.weights_hash
+    snapshot.weights_hash = lambda m: calls.append(m) or real(m)
+    try:
+        assert weights_hash_for(b) == full and calls == []  # from the book
+        tiny_llama(tokenizer, seed=5).model.save_pretrained(str(d))  # other weights, same shapes
+        c = load_model(str(d))
+        assert weights_hash_for(c) != full and len(calls) == 1
+    finally:
+        snapshot.weights_hash = real
