@@ -254,7 +254,18 @@ class DashboardScreen(LiveReport, ToolScreen):
             return f"[dim]{self._timeout_text()}[/]"
         g: BenchGrid = f["grid"]
         return (f"[dim]grid {escape(g.describe())} = {g.runs:,} runs of {g.max_new_tokens} tokens"
-                f" · {self._timeout_text()} · records → {escape(f['out'])}[/]")
+                f" · {self._estimate_text()} · {self._timeout_text()} · records → "
+                f"{escape(f['out'])}[/]")
+
+    def _estimate_text(self) -> str:
+        """The run's expected duration before Run: the bench budget at the measured speed,
+        without the timeout's safety margin."""
+        app: Any = self.app
+        d = app.settings.timeout_details().get(JOB_KIND)
+        if d is None or not d.raw_s or not d.margin:
+            return "duration unknown"
+        how = "measured" if d.measured else "assumed"
+        return f"[b]est. ≈ {fmt_duration(d.raw_s / d.margin)}[/] at {d.tok_s:.1f} tok/s ({how})"
 
     def _refresh_controls(self) -> None:
         if not self.children:

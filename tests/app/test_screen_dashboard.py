@@ -6,6 +6,8 @@ lists the dashboard's actions; ctrl+e exports even from an Input; the runs file 
 event loop, one read at a time."""
 from __future__ import annotations
 
+import pytest
+
 import threading
 
 from textual.widgets import Button, DataTable, Input, SelectionList
@@ -116,7 +118,7 @@ async def test_valid_run_fills_the_table_and_exports(make_app, tmp_path):
                                        for m in seen))
         cfg, path = eng.bench_calls[0]
         assert path == str(out)
-        assert cfg == {"methods": ["baseline", "kv-reuse", "kv-fp8"], "suite": "core-v1",
+        assert cfg == {"methods": ["baseline", "kv-fp8"], "suite": "core-v1",
                        "repeats": 1, "max_new_tokens": 4, "kinds": ["chat", "qa"]}
         table = scr.query_one("#dash-table", DataTable)
         await until(pilot, lambda: table.row_count >= 2 and not scr._reading)
@@ -162,8 +164,8 @@ async def test_bench_timeout_from_settings_cancels_and_the_screen_says_so(make_a
         small_grid(scr, tmp_path / "runs.jsonl")
         await pilot.pause(0.01)
         # the grid sized the derived bench timeout; the user's value in Settings wins
-        assert app.settings.bench_grid == BenchGrid(3, 16, 1, 4, False)
-        assert app.runner.timeout_for("bench") == 30.0  # 3×16×2×4 tok ÷ 50 tok/s × 3 → floor
+        assert app.settings.bench_grid == BenchGrid(2, 16, 1, 4, False)
+        assert app.runner.timeout_for("bench") == 30.0  # 2×16×2×4 tok ÷ 50 tok/s × 3 → floor
         app.settings.set_user_timeout("bench", 0.3)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
@@ -285,5 +287,23 @@ async def test_combinations_field_is_validated_and_reaches_the_run(make_app, tmp
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "bench" for m in seen))
         cfg, _ = eng.bench_calls[0]
-        assert cfg["methods"] == ["baseline", "kv-reuse", "kv-fp8", "prune-selfinfo+kv-fp8",
+        assert cfg["methods"] == ["baseline", "kv-fp8", "prune-selfinfo+kv-fp8",
                                   "prune-nth+evict-sinks"]
+
+
+@pytest.mark.parametrize("size", [(140, 45), (80, 24)])
+async def test_starts_with_a_small_grid_and_shows_its_estimated_duration(make_app, size):
+    """Issue 16.8: baseline + one method ticked; the expected duration is shown before Run
+    (the bench budget at the measured speed, without the timeout's margin)."""
+    from textual.widgets import SelectionList
+
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        scr = await open_dashboard(pilot, app)
+        assert scr.query_one("#dash-methods", SelectionList).selected == ["baseline", "kv-fp8"]
+        await until(pilot, lambda: "est. ≈" in str(scr.query_one("#dash-status").content))
+        d = app.settings.timeout_details()["bench"]
+        from app.settings import fmt_duration
+
+        assert f"est. ≈ {fmt_duration(d.raw_s / d.margin)}" in str(scr.query_one("#dash-status").content)
+        assert "50.0 tok/s (measured)" in str(scr.query_one("#dash-status").content)

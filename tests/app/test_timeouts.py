@@ -116,14 +116,14 @@ async def test_dashboard_grid_sizes_the_bench_timeout_shown_in_settings(make_app
         await until(pilot, lambda: app.current_mode == "dashboard")
         await pilot.pause(0.02)
         dash = app.screen
-        # the default form: baseline, kv-reuse, kv-fp8 × core-v1 chat+qa (16) × (5+1) × 24 tok
-        assert app.settings.bench_grid == BenchGrid(3, 16, 5, 24)
-        assert app.runner.timeout_for("bench") == 420.0
+        # the default form: baseline, kv-fp8 × core-v1 chat+qa (16) × (5+1) × 24 tok
+        assert app.settings.bench_grid == BenchGrid(2, 16, 5, 24)
+        assert app.runner.timeout_for("bench") == 280.0  # 2×16×6×24 ÷ 50 × 3 = 276.5 → 280 s
         dash.query_one("#dash-repeats", Input).value = "10"
         await pilot.pause(0.02)
-        assert app.runner.timeout_for("bench") == 770.0  # 3×16×11×24 ÷ 50 × 3 = 760.3 → 770 s
-        assert "timeout 12.8 min (derived from this grid" in str(dash.query_one("#dash-status").content)
+        assert app.runner.timeout_for("bench") == 510.0  # 2×16×11×24 ÷ 50 × 3 = 506.9 → 510 s
+        assert "timeout 8.5 min (derived from this grid" in str(dash.query_one("#dash-status").content)
         # Settings (already open in the background) shows the new derivation and value
-        assert settings.query_one("#timeout-bench", Input).value == "770"
-        assert "grid 3 methods × 16 queries × (10+1) = 528 runs" in \
+        assert settings.query_one("#timeout-bench", Input).value == "510"
+        assert "grid 2 methods × 16 queries × (10+1) = 352 runs" in \
             str(settings.query_one("#why-bench").content)
