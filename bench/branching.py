@@ -98,6 +98,7 @@ def lattice_edits(lm, rounds: int) -> dict:
     from engine.advtok.lattice import TokenLattice
     from engine.advtok.score import reference_scores
     from engine.advtok.search import DEFAULT_SYSTEM
+    from engine.errors import InputError
 
     t = time.perf_counter()
     lat = TokenLattice(lm, "Write a short poem about the sea and the lighthouse at night.",
@@ -106,7 +107,11 @@ def lattice_edits(lm, rounds: int) -> dict:
     edit_s, scratch_s, diffs = [], [], []
     for k in range(rounds):
         i = next(j for j, (a, b, _) in enumerate(lat.spans()) if b - a >= 3 and j >= k)
-        for ed in (lat.split(i), lat.merge(i), lat.shift(i, 1)):
+        for edit in (lambda: lat.split(i), lambda: lat.merge(i), lambda: lat.shift(i, 1)):
+            try:
+                ed = edit()
+            except InputError:  # not every edit exists at every token
+                continue
             edit_s.append(ed.seconds)
             t = time.perf_counter()
             ref = reference_scores(lm, lat.prefix, [ed.ids], lat.between, lat.targets)[0]
@@ -123,31 +128,44 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--positions", default="16,64,112")
     ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--sections", default="force,alternatives,lattice",
+                    help="which parts to run; a subset writes branching_<parts>.json")
     args = ap.parse_args()
+    parts = [x for x in args.sections.split(",") if x]
     positions = [int(x) for x in args.positions.split(",")]
     lm = load_model("default")
     ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
                                            add_generation_prompt=True, return_dict=False)
+    data: dict = {"env": env_record(), "forward": get_forward(lm).name}
     saved, lm.eos_ids = lm.eos_ids, []  # same lengths on every side
     try:
-        ttft = first_token_after_force(lm, ids, args.tokens, positions, args.rounds)
-        alts = alternatives_cost(lm, ids, args.decode_tokens, args.rounds)
+        if "force" in parts:
+            data["ttft_after_force"] = ttft = first_token_after_force(lm, ids, args.tokens,
+                                                                      positions, args.rounds)
+            print(f"prompt {ttft['prompt_tokens']} tokens, answer n = {ttft['answer_tokens']} "
+                  f"tokens, forward {data['forward']}")
+            print(f"{'p':>5} | {'branch (fork) s':>15} | {'from prompt cache s':>19} | "
+                  f"{'from scratch s':>14} | {'× vs prompt':>11} | {'× vs scratch':>12}")
+            for p, row in ttft["positions"].items():
+                print(f"{p:>5} | {row['branch_fork']['median_s']:>15.4f} | "
+                      f"{row['from_prompt_cache']['median_s']:>19.4f} | "
+                      f"{row['from_scratch']['median_s']:>14.4f} | "
+                      f"{row['speedup_vs_prompt_cache']:>10.2f}× | {row['speedup_vs_scratch']:>11.2f}×",
+                      flush=True)
+        if "alternatives" in parts:
+            data["alternatives_cost"] = alts = alternatives_cost(lm, ids, args.decode_tokens,
+                                                                 args.rounds)
+            print(f"decode {args.decode_tokens} tokens: plain {alts['plain']['median']:.1f} tok/s, "
+                  f"with top-5 alternatives {alts['with_alternatives']['median']:.1f} tok/s "
+                  f"(×{alts['ratio']:.3f})", flush=True)
     finally:
         lm.eos_ids = saved
-    lat = lattice_edits(lm, args.rounds)
-    data = {"env": env_record(), "forward": get_forward(lm).name, "ttft_after_force": ttft,
-            "alternatives_cost": alts, "lattice": lat}
-    path = write_result("branching", data)
-    print(f"prompt {ttft['prompt_tokens']} tokens, answer n = {ttft['answer_tokens']} tokens, "
-          f"forward {data['forward']}")
-    print(f"{'p':>5} | {'branch (fork) s':>15} | {'from prompt cache s':>19} | {'from scratch s':>14} | "
-          f"{'× vs prompt':>11} | {'× vs scratch':>12}")
-    for p, row in ttft["positions"].items():
-        print(f"{p:>5} | {row['branch_fork']['median_s']:>15.4f} | {row['from_prompt_cache']['median_s']:>19.4f} | "
-              f"{row['from_scratch']['median_s']:>14.4f} | {row['speedup_vs_prompt_cache']:>10.2f}× | "
-              f"{row['speedup_vs_scratch']:>11.2f}×")
-    print(f"decode {args.decode_tokens} tokens: plain {alts['plain']['median']:.1f} tok/s, with top-5 "
-          f"alternatives {alts['with_alternatives']['median']:.1f} tok/s (×{alts['ratio']:.3f})")
+    if "lattice" not in parts:
+        path = write_result("branching" if len(parts) == 3 else "branching_" + "_".join(parts), data)
+        print(f"→ {path}")
+        return
+    data["lattice"] = lat = lattice_edits(lm, args.rounds)
+    path = write_result("branching" if len(parts) == 3 else "branching_" + "_".join(parts), data)
     print(f"lattice: built in {lat['build_s']:.2f} s; one edit rescored in {lat['edit']['median_s']:.3f} s "
           f"(median of {lat['edits']}; from scratch {lat['scratch']['median_s']:.3f} s), "
           f"max |Δscore| {lat['max_abs_diff']:.1e}")

@@ -1,7 +1,8 @@
 """An editable tokenization of an AdvTok request: the user splits or merges the token at a
 cursor, or moves a boundary by one character, and the target's log-likelihood under the edited
-tokenization is rescored at once through the run's cached scorer (the prefix is prefilled once;
-the previous tokenization is the trunk, so only the tokens from the first edit are fed). An
+tokenization is rescored at once through the run's cached scorer (the prefix is prefilled once,
+so an edit feeds only the request's tokens and the target; no trunk: for one candidate, feeding
+the old tokenization as a trunk first would cost more than it saves; scores are memoised). An
 edited tokenization can seed a search (``AttackConfig(init="given", given_ids=...)``).
 
 Every edit stays on the tokenization diagram (MDD): a token is only ever replaced by a path of
@@ -102,7 +103,7 @@ class TokenLattice:
         if not self.mdd.contains(ids):  # never expected: every edit is built from diagram edges
             raise InputError("the edit does not spell the request")
         t0 = time.perf_counter()
-        score = self.scorer.score([ids], trunk=self.ids)[0]
+        score = self.scorer.score([ids])[0]
         self.ids, self.cursor, self.score = list(ids), cursor, score
         return LatticeEdit(list(ids), score, cursor, time.perf_counter() - t0, what)
 
@@ -111,14 +112,16 @@ class TokenLattice:
             raise InputError(f"no token at position {i} (the tokenization has {len(self.ids)})")
 
     def split(self, i: int, at: Optional[int] = None) -> LatticeEdit:
-        """Split token i at byte ``at`` (absolute; default: the cut nearest its middle)."""
+        """Split token i at byte ``at`` (absolute; default: a cut into two tokens when there is
+        one, nearest the token's middle)."""
         self._check(i)
         s, e, _ = self.spans()[i]
         cuts = self._cut_points(s, e)
         if not cuts:
             raise InputError(f"token {i} cannot be split: no shorter tokens spell its bytes")
-        if at is None:
-            m = min(cuts, key=lambda c: (abs(2 * c - s - e), c))
+        if at is None:  # fewest tokens first (two when possible), then nearest the middle
+            m = min(cuts, key=lambda c: (len(self.path(s, c) or []) + len(self.path(c, e) or []),
+                                         abs(2 * c - s - e), c))
         elif at in cuts:
             m = at
         else:
