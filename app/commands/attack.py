@@ -98,6 +98,19 @@ def make_config(args: argparse.Namespace, request: str, response: str,
         allow_plain_template=args.plain_template).validate()
 
 
+def _second_ctrl_c_exits() -> None:
+    """From the first Ctrl+C on, the next one leaves at once wherever it lands (even inside
+    the message printed now), never through a normal interpreter exit under torch."""
+    import signal
+
+    from app.commands.common import force_exit
+
+    try:
+        signal.signal(signal.SIGINT, lambda *_: force_exit(130))
+    except ValueError:  # not the main thread: the except branch below still handles it
+        pass
+
+
 def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
     """Run ``fn(cancel)`` in a worker thread; Ctrl+C sets the cancel token and waits for the
     engine to return its best-so-far result. Returns (result, interrupted)."""
@@ -126,6 +139,7 @@ def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
 
                 force_exit(130)
             interrupted = True
+            _second_ctrl_c_exits()
             token.cancel("user")
             err_console().print("[yellow]interrupted: finishing the current batch…[/]")
     if "error" in box:
