@@ -49,6 +49,8 @@ def fmt_seconds(s: Optional[float]) -> str:
 
 
 def fmt_value(v: Any) -> str:
+    if v is None:  # not known yet (e.g. no rollout finished): never the word "None"
+        return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):

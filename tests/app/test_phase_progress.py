@@ -87,3 +87,16 @@ async def test_unknown_total_and_cancel():
 def test_fmt_seconds():
     assert fmt_seconds(None) == "–" and fmt_seconds(3.21) == "3.2 s"
     assert fmt_seconds(75) == "1:15" and fmt_seconds(7300) == "2:01 h"
+
+
+async def test_unknown_figures_show_a_dash_never_none():
+    """Issue 16.8: before the first rollout finishes the tree's best reward is None."""
+    app = Host()
+    async with app.run_test(size=(80, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("tree", job_id=1)
+        pp.show(Progress("tree", 0, 10, "searching", {"best_reward": None, "depth": 0,
+                                                       "root_value": None}), job_id=1)
+        await pilot.pause()
+        t = texts(pp)
+        assert "best reward –" in t and "None" not in t
