@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.errors import InputError
+from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 
 VERSION = 1
 
@@ -65,7 +66,7 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
     try:
         if len(raw) > 1_000_000:
             raise InputError("too large")
-        data = json.loads(raw)
+        data = bounded_loads(raw, "settings file")
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise InputError("not a tokenforge settings file of this version")
         sm = data.get("sampling", {})

@@ -9,7 +9,6 @@ cheap, no weights read), size on disk, and whether the lean forward supports it 
 so the answer is the one a real load would get)."""
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from engine.paths import cache_root
+from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
@@ -64,7 +64,7 @@ def _safetensors_facts(folder: Path) -> tuple[Optional[int], str]:
                 (n,) = struct.unpack("<Q", fh.read(8))
                 if n > 100 << 20:
                     return None, "?"
-                header = json.loads(fh.read(n))
+                header = bounded_loads(fh.read(n), f.name)
         except (OSError, ValueError, struct.error):
             return None, "?"
         for key, t in header.items():
@@ -113,7 +113,7 @@ def lean_support(config: dict[str, Any]) -> tuple[Optional[bool], str]:
 def describe_dir(folder: Path, spec: str, name: str, source: str) -> Optional[ModelEntry]:
     """An entry for a model directory, or None when it is not a causal LM."""
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = bounded_loads((folder / "config.json").read_text(encoding="utf-8"), "config.json")
     except (OSError, ValueError):
         return None
     archs = config.get("architectures") or []

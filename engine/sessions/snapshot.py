@@ -14,7 +14,6 @@ path's ``DynamicCache``)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.atomic import write_bytes
+from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 
 FORMAT = "tokenforge-kv-1"
 SUFFIX = ".safetensors"
@@ -77,7 +77,7 @@ def weights_hash_for(lm: Any) -> str:
     key = h.hexdigest()
     book = sessions_dir() / "weights-hashes.json"
     try:
-        known = json.loads(book.read_text(encoding="utf-8"))
+        known = bounded_loads(book.read_text(encoding="utf-8"), book.name)
         if not isinstance(known, dict):
             known = {}
     except (OSError, ValueError):
@@ -227,7 +227,7 @@ class SnapshotStore:
         (n_header,) = struct.unpack("<Q", data[:8])
         if n_header > len(data) - 8:
             raise _Invalid("truncated header")
-        meta = json.loads(data[8:8 + n_header]).get("__metadata__") or {}
+        meta = bounded_loads(data[8:8 + n_header], "snapshot header").get("__metadata__") or {}
         if meta.get("format") != FORMAT:
             raise _Invalid("unknown format")
         if meta.get("weights_hash") != weights:
