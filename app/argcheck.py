@@ -70,6 +70,9 @@ COMMON: dict[str, Rule] = {
 BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("chat", "seed"): Int(0, SEED_MAX, optional=True),
     ("chat", "json"): None,  # a flag there
+    ("chat", "alternatives"): Int(0, 100),
+    ("inspect", "json"): None,  # a flag there too
+    ("inspect", "top_k"): Int(0, 100),
     ("tokenize", "json"): None,
     ("tokenize", "sample"): Int(0, 10_000),                  # tokenview.MAX_SAMPLES
     ("tokenize", "neighbours"): Int(0, 16, optional=True),   # tokenview.MAX_K
