@@ -61,7 +61,8 @@ def _bad_values(obj: Any, depth: int = 0) -> list[str]:
     return []
 
 
-async def test_every_form_refuses_hostile_values_and_the_app_lives(make_app):
+async def test_every_form_refuses_hostile_values_and_the_app_lives(make_app, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a value like "0" is a legitimate relative runs file: keep it here
     eng = RecordingEngine()
     app = make_app(engine=eng)
     async with app.run_test(size=SIZE) as pilot:
