@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+from engine.lm.weights_hash import weights_hash  # noqa: F401  (replay and tests import it from here)
 
 SCHEMA = "tokenforge.advtok.row/1"
 
@@ -120,28 +121,6 @@ def merge_results(out: Path | str) -> tuple[int, list[str]]:
         if p != out:
             p.unlink()
     return len(rr.records), rr.notes
-
-
-def weights_hash(model: Any) -> str:
-    """BLAKE2b of every parameter and buffer (names, dtypes, shapes, bytes): equal hashes mean
-    the same weights, whatever file they came from. Cached on the model object."""
-    cached = getattr(model, "_tokenforge_weights_hash", None)
-    if cached:
-        return cached
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        flat = t.reshape(-1).contiguous().cpu()
-        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    digest = h.hexdigest()
-    try:
-        model._tokenforge_weights_hash = digest
-    except AttributeError:
-        pass
-    return digest
 
 
 def model_info(lm: Any) -> dict[str, Any]:

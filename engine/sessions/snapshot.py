@@ -22,31 +22,10 @@ from typing import Any, Optional
 
 from engine.atomic import write_bytes
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
+from engine.lm.weights_hash import weights_hash  # the one recipe (engine/lm/weights_hash.py)
 
 FORMAT = "tokenforge-kv-1"
 SUFFIX = ".safetensors"
-
-
-def weights_hash(model: Any) -> str:
-    """BLAKE2b of every parameter and buffer (names, dtypes, shapes, bytes), cached on the model
-    (the same attribute and recipe as AdvTok's records, so the cost is paid once)."""
-    cached = getattr(model, "_tokenforge_weights_hash", None)
-    if cached:
-        return cached
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in model.state_dict().items():
-        t = t.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        flat = t.reshape(-1).contiguous().cpu()
-        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    digest = h.hexdigest()
-    try:
-        model._tokenforge_weights_hash = digest
-    except AttributeError:
-        pass
-    return digest
 
 
 def weights_hash_for(lm: Any) -> str:
