@@ -351,7 +351,10 @@ class SearchScreen(ToolScreen):
     async def job_cancelled(self, m: JobCancelled) -> None:
         if m.partial is not None:
             self.run_result, self.result_state = m.partial, "cancelled"
-            self._show_result(m.partial, note=f"stopped ({m.reason}) — best found so far")
+            r = m.partial.result
+            self._show_result(m.partial, note=(
+                f"stopped ({m.reason}) — {r.rollouts_done} finished rollout(s) kept, best found "
+                f"so far" + (f"; {len(r.partial)} unfinished shown below the best" if r.partial else "")))
         else:
             self.query_one("#ts-summary", Static).update(
                 f"[yellow]stopped ({escape(m.reason)}) before any rollout finished[/]")
@@ -403,8 +406,12 @@ class SearchScreen(ToolScreen):
                 best.append(f"  [reward {s.reward:.3f}]", style="dim")
         else:
             self.query_one("#ts-best-title", Static).update(
-                f"[b]tree search best[/] · reward [b]{fmt_reward(r.best_reward)}[/]")
+                f"[b]tree search best[/] · reward [b]{fmt_reward(r.best_reward)}[/]"
+                + (" · [yellow]stopped[/]" if r.stop_reason == "cancelled" else ""))
             best.append(r.best_text.strip() or "(no rollout finished)")
+        for i, text in enumerate(getattr(r, "partial", None) or [], 1):
+            best.append(f"\n\nunfinished {i} (stopped, not scored): ", style="yellow")
+            best.append(text.strip() or "(empty)")
         self.query_one("#ts-best", Static).update(best)
         if run.greedy_text is None:
             self.query_one("#ts-greedy-title", Static).update("[b]greedy[/] · not run")

@@ -101,7 +101,8 @@ class TreeSample:
 class TreeResult:
     """What a search returns. ``best`` is the best (reward, sequence) terminal actually observed
     (never a value estimate); ``samples`` are Boltzmann-descent answers in sample mode.
-    ``stop_reason``: completed, cancelled, reward_error."""
+    ``stop_reason``: completed, cancelled, reward_error. ``partial`` holds the text of the
+    rollouts that were still decoding when a cancel landed (unscored, not in the tree)."""
 
     mode: str
     best: Optional[TreeSample]
@@ -130,7 +131,13 @@ class TreeResult:
     forward: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
+    partial: list[str] = field(default_factory=list)
     tree: Optional[Tree] = field(default=None, repr=False, compare=False)  # for live views / tests
+
+    @property
+    def stopped(self) -> bool:
+        """True when the search was cancelled before its rollout budget."""
+        return self.stop_reason == "cancelled"
 
     @property
     def best_text(self) -> str:
@@ -165,6 +172,7 @@ class _Search:
         self.tree = Tree(cfg, self.gen, eos_ids=self.eos)
         self.roll = RolloutDriver(lm, self.prompt, cfg, self.tree, self.gen, self._check)
         self.best: Optional[TreeSample] = None
+        self.rows: list[Row] = []            # the round being decoded (its text kept on cancel)
         self.done_rollouts = 0
         self.revisits = 0
         self.t_reward = 0.0
@@ -281,12 +289,16 @@ class _Search:
                         terminals.append(path)
                     else:
                         rows.append(Row(path[-1], path))
+                self.rows = rows
                 self.roll.rollout_round(rows, self._on_step)
+                self.rows = []
                 self.finish_round(rows, terminals)
         except Cancelled:
             stop = "cancelled"
         except RewardError as e:
             stop, error = "reward_error", str(e)
+        partial = [self._decode(self._completion_ids(r)) for r in self.rows
+                   if stop == "cancelled" and r.tokens]
         self.tree.drop_pending()
         samples: list[TreeSample] = []
         if cfg.mode == "sample" and self.done_rollouts > 0:
@@ -309,7 +321,7 @@ class _Search:
             prefill_s=roll.t_prefill, rollout_s=roll.t_roll, reward_s=self.t_reward,
             tok_s=roll.generated / roll.t_roll if roll.t_roll > 0 else 0.0,
             forward=getattr(roll.fwd, "name", type(roll.fwd).__name__), config=asdict(cfg),
-            reward=self.reward.to_dict(), tree=self.tree)
+            reward=self.reward.to_dict(), partial=partial, tree=self.tree)
 
 
 def run_tree_search(lm: Any, prompt_ids: Sequence[int], reward: Reward, cfg: TreeConfig, *,
@@ -322,5 +334,4 @@ def run_tree_search(lm: Any, prompt_ids: Sequence[int], reward: Reward, cfg: Tre
     if prompt_ids is None or len(prompt_ids) == 0:
         raise InputError("nothing to search from: the prompt has no tokens")
     cfg.validate(lm.context_length, len(prompt_ids))
-    return _Search(lm, prompt_ids, reward, cfg, progress, cancel).run()
     return _Search(lm, prompt_ids, reward, cfg, progress, cancel).run()

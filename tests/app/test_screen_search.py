@@ -284,3 +284,43 @@ async def test_search_end_to_end_on_the_tiny_model(make_app, tiny_lm):
         phases = {m.progress.phase for m in seen if isinstance(m, JobProgressed) and m.kind == "tree"}
         assert {"tree", "generate"} <= phases
         assert len(table_rows(scr)) == len(r.root_children) >= 1
+
+
+async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, tiny_lm):
+    """Esc during a real search: the finished rollouts stay (tree, best, counts), the screen
+    says stopped, and the rollouts that were decoding show their unfinished text."""
+    from app.engines import Engine
+
+    app = make_app(engine=Engine(lm=tiny_lm))
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready", timeout=60)
+        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await pilot.press("f4")
+        await until(pilot, lambda: app.current_mode == "search")
+        scr = app.screen
+        fill(scr, prompt="Say something", reward="length:3-5t", rollouts="300", horizon="24",
+             seed="1")
+        await pilot.pause(0.02)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any(isinstance(m, JobProgressed) and m.kind == "tree"
+                                       and m.progress.phase == "tree" and m.progress.step >= 2
+                                       for m in seen) or (scr.job is not None and scr.job.done),
+                    timeout=180)
+        assert not scr.job.done, scr.job.error
+        await pilot.press("escape")
+        await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=60)
+        await pilot.pause(0.05)
+        assert scr.job.state == "cancelled"
+        r = scr.run_result.result
+        assert r.stop_reason == "cancelled" and 2 <= r.rollouts_done < 300
+        assert r.tree.root.visits == r.rollouts_done and r.best is not None
+        summary = str(scr.query_one("#ts-summary").content)
+        assert "stopped (user)" in summary and f"{r.rollouts_done} finished rollout(s) kept" in summary
+        assert "stopped" in str(scr.query_one("#ts-best-title").content)
+        body = str(scr.query_one("#ts-best").content)
+        assert "no rollout finished" not in body and r.best.text.strip() in body
+        assert all(t.strip() in body for t in r.partial)
+        assert body.count("unfinished ") == len(r.partial)
+        assert len(table_rows(scr)) == len(r.root_children) >= 1
+        assert not scr.query_one("#ts-run", Button).disabled

@@ -352,6 +352,47 @@ def test_cancel_mid_search_returns_best_so_far(tiny, prompt):
     assert all(n.value is not None for n in _all_nodes(res.tree))  # no half-made nodes left
 
 
+class _CancelMidRollout(CancelToken):
+    """Cancels on the ``after``-th check once armed: lands inside a round's decoding."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.armed, self.after, self.n = False, after, 0
+
+    def check(self) -> None:
+        if self.armed:
+            self.n += 1
+            if self.n >= self.after:
+                self.cancel("test")
+        super().check()
+
+
+def test_cancel_during_a_round_keeps_finished_rollouts_and_partial_text(tiny, prompt):
+    tok = _CancelMidRollout(after=4)
+    decoded: list[int] = []
+
+    def progress(p):
+        if p.message.startswith("rollout ") and p.step == 3:
+            tok.armed = True
+
+    rw = parse_reward("length:3-5t")
+    cfg = TreeConfig(rollouts=40, horizon=24, temperature=2.0, top_p=1.0, batch=2, seed=1)
+    res = run_tree_search(tiny, prompt, rw, cfg, progress=progress, cancel=tok)
+    assert res.stopped and res.stop_reason == "cancelled"
+    # the round of two that was decoding is dropped from the tree; the finished ones stay
+    assert res.rollouts_done in (3, 4)
+    assert res.tree.root.visits == res.rollouts_done
+    assert sum(1 for n in _all_nodes(res.tree) if n.done) >= 1
+    assert all(n.value is not None for n in _all_nodes(res.tree))
+    assert res.best is not None
+    # the interrupted round's text is kept, unscored: each is a prefix-free decode of tokens
+    assert 1 <= len(res.partial) <= 2 and all(isinstance(t, str) and t for t in res.partial)
+    assert res.to_dict()["partial"] == res.partial
+    # an uninterrupted run has no partial text
+    done = run_tree_search(tiny, prompt, rw, TreeConfig(rollouts=3, horizon=6, seed=1))
+    assert not done.stopped and done.partial == []
+
+
 def test_raising_reward_stops_cleanly_with_partial_result(tiny, prompt):
     calls = {"n": 0}
 
