@@ -156,7 +156,12 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
                 log.exception("%s.%s failed", type(s).__name__, method)
 
     def action_show(self, name: str) -> None:
-        if name in self.MODES and self.current_mode != name:
+        from app.screens.leave_settings import LeaveSettings
+
+        if name not in self.MODES or self.current_mode == name or isinstance(self.screen, LeaveSettings):
+            return
+        ask = getattr(self.screen, "before_leave", None)  # a screen may ask first (Settings)
+        if ask is None or not ask(lambda: self.switch_mode(name)):
             self.switch_mode(name)
 
     def action_toggle_keys(self) -> None:

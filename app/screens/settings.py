@@ -52,6 +52,27 @@ class SettingsScreen(ToolScreen):
         return [fid for fid, v in self.shown.items()
                 if self.query_one(f"#{fid}", Input).value != v]
 
+    def before_leave(self, proceed: Callable[[], None]) -> bool:
+        """With unapplied edits, ask once (apply / discard / stay); True when it asked."""
+        from app.screens.leave_settings import LeaveSettings
+
+        n = len(self.edited())
+        if not n:
+            return False
+
+        def chosen(choice: Optional[str]) -> None:
+            if choice == "apply" and self.apply():
+                proceed()
+            elif choice == "discard":
+                for fid, v in self.shown.items():
+                    self.query_one(f"#{fid}", Input).value = v
+                self.validate_all()
+                self._show_edit_state()
+                proceed()
+
+        self.app.push_screen(LeaveSettings(n), chosen)
+        return True
+
     def _context_length(self) -> Optional[int]:
         lm = getattr(self.app, "lm", None)
         return getattr(lm, "context_length", None)

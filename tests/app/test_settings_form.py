@@ -85,3 +85,62 @@ def test_a_bad_settings_file_is_ignored_whole(tmp_path):
         before = (s.sampling, dict(s.timeouts), s.export_dir)
         assert "ignored" in load_into(s, p)
         assert (s.sampling, dict(s.timeouts), s.export_dir) == before
+
+
+@pytest.mark.parametrize("size", [(140, 45), (80, 24)])
+async def test_leaving_with_unapplied_edits_asks_apply_discard_or_stay(make_app, size):
+    from app.screens.leave_settings import LeaveSettings
+
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        scr = await _settings(pilot, app)
+        before = app.settings.sampling.temperature
+        temp = scr.query_one("#set-temperature", Input)
+        temp.focus()
+        temp.value = "0.25"
+        await pilot.pause(0.05)
+        # stay (s, then Esc): still on Settings, the typed value kept, nothing applied
+        for key in ("s", "escape"):
+            await pilot.press("f2")
+            await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
+            assert "1 unapplied settings edit" in _text(app.screen, "#leave-question")
+            await pilot.press("f3")  # another screen key while asking changes nothing
+            assert isinstance(app.screen, LeaveSettings) and app.current_mode == "settings"
+            await pilot.press(key)
+            await until(pilot, lambda: app.screen is scr)
+            assert app.current_mode == "settings" and temp.value == "0.25"
+            assert app.settings.sampling.temperature == before
+        # discard: leaves, the field shows the applied value again, nothing applied or saved
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
+        await pilot.press("d")
+        await until(pilot, lambda: app.current_mode == "chat")
+        assert app.settings.sampling.temperature == before and temp.value == f"{before:g}"
+        assert not settings_path().exists()
+        # nothing edited: leaving asks nothing
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        await pilot.press("f2")
+        await until(pilot, lambda: app.current_mode == "chat")
+        # apply: leaves with the edit applied and saved
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        temp.value = "0.35"
+        await pilot.pause(0.05)
+        await pilot.press("f3")
+        await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
+        await pilot.press("a")
+        await until(pilot, lambda: app.current_mode == "attack")
+        assert app.settings.sampling.temperature == 0.35
+        assert json.loads(settings_path().read_text(encoding="utf-8"))["sampling"]["temperature"] == 0.35
+        # an invalid edit cannot be applied on the way out: Settings stays, the message shows
+        await pilot.press("f6")
+        await until(pilot, lambda: app.current_mode == "settings")
+        temp.value = "-1"
+        await pilot.pause(0.05)
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
+        await pilot.press("a")
+        await until(pilot, lambda: app.screen is scr)
+        assert app.current_mode == "settings" and temp.value == "-1"
+        assert _text(scr, "#settings-error") and app.settings.sampling.temperature == 0.35
