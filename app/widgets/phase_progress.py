@@ -30,7 +30,7 @@ RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "cand_s", "rollouts_s", "rate")
 PHASE_RATE_KEYS = {"search": ("cand_s", "candidates_s", "cands_s"), "tree": ("rollouts_s",),
                    "prefill": ("tok_s",), "generate": ("tok_s",)}
 BEST_KEYS = ("best_score", "best", "score")
-HIDE_KEYS = set(RATE_KEYS) | {"elapsed", "eta_s", "chunk"}
+HIDE_KEYS = set(RATE_KEYS) | {"elapsed", "eta_s", "chunk", "iteration", "iterations"}
 STATE_STYLE = {"idle": "dim", "running": "bold cyan", "finished": "green",
                "cancelled": "yellow", "failed": "bold red", "stuck": "bold red"}
 HINT = "Esc to stop · Ctrl+C twice to force quit"
@@ -88,6 +88,7 @@ class PhaseProgress(Widget):
         self.end_message = ""
         self.best_history: deque[float] = deque(maxlen=120)
         self.updates = 0
+        self.run_started: Optional[float] = None  # first report of a multi-iteration run
 
     def compose(self) -> ComposeResult:
         yield Static("idle", id="pp-title")
@@ -113,6 +114,7 @@ class PhaseProgress(Widget):
         self.progress = None
         self.end_message = message
         self.best_history.clear()
+        self.run_started = None
         self._render_all()
 
     def show(self, p: Progress, job_id: Optional[int] = None) -> None:
@@ -127,6 +129,8 @@ class PhaseProgress(Widget):
         best = self._metric(p, BEST_KEYS)
         if isinstance(best, (int, float)) and not isinstance(best, bool):
             self.best_history.append(float(best))
+        if self.run_started is None and "iterations" in p.metrics:
+            self.run_started = time.monotonic()
         self.progress = p
         self.updates += 1
         self._render_all()
@@ -187,6 +191,29 @@ class PhaseProgress(Widget):
             return None
         return max(0.0, (p.total - p.step) * dt / p.step)
 
+    def overall(self) -> Optional[tuple[int, int, Optional[float]]]:
+        """(iteration, iterations, ETA of the whole run) when the engine reports iterations: the
+        bar is one iteration's work; this is the run's (done iterations + the current one's
+        fraction, over the time since the first iteration's report)."""
+        p = self.progress
+        m = p.metrics if p is not None else {}
+        it, n = m.get("iteration"), m.get("iterations")
+        if not isinstance(it, int) or not isinstance(n, int) or n <= 0:
+            return None
+        frac = (max(it - 1, 0) + (p.fraction or 0.0)) / n  # type: ignore[union-attr]
+        eta = None
+        if self.state == "running" and self.run_started is not None and frac > 0:
+            eta = (time.monotonic() - self.run_started) * (1 - frac) / frac
+        return it, n, eta
+
+    def overall_text(self) -> str:
+        o = self.overall()
+        if o is None:
+            return ""
+        it, n, eta = o
+        out = f"run: iteration {it:,}/{n:,}"
+        return out + (f" · run ETA {fmt_seconds(eta)}" if self.state == "running" else "")
+
     def title_text(self) -> str:
         p = self.progress
         style = STATE_STYLE.get(self.state, "")
@@ -222,6 +249,7 @@ class PhaseProgress(Widget):
         if p.phase == "search":
             best = self._metric(p, BEST_KEYS)
             parts = [f"best score {fmt_value(best)}" if best is not None else "best score –"]
+            parts = ([self.overall_text()] if self.overall() else []) + parts
             parts += [f"{k} {fmt_value(v)}" for k, v in m.items()
                       if k not in HIDE_KEYS and k not in BEST_KEYS][:4]
         elif p.phase == "tree":

@@ -253,7 +253,8 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
             cand, before, full = candidates(mdd, x, cfg, rng)
             pool = [x] + [v for v in cand if v != x]
             dist = len(mdd.edge_set(best_x) - e_can)
-            metrics = {"iteration": it, "best": round(best, 4), "candidates": len(pool),
+            metrics = {"iteration": it, "iterations": cfg.iters, "best": round(best, 4),
+                       "candidates": len(pool),
                        "edge_distance": dist}
             scores = scorer.score(pool, trunk=x, progress=progress, cancel=cancel,
                                   metrics=metrics)

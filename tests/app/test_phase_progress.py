@@ -100,3 +100,30 @@ async def test_unknown_figures_show_a_dash_never_none():
         await pilot.pause()
         t = texts(pp)
         assert "best reward –" in t and "None" not in t
+
+
+async def test_attack_shows_the_whole_run_beside_the_iteration_bar():
+    """The bar is one iteration's candidates; the run line counts iterations and its ETA
+    covers every iteration left (here 2.5 of 10 done in 5 s → 15 s to go)."""
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("advtok", job_id=1)
+        pp.show(Progress("search", 1, 40, "scored 1/40", {"iteration": 1, "iterations": 10,
+                                                          "best": -3.0}), job_id=1)
+        pp.run_started -= 5.0
+        pp.show(Progress("search", 20, 40, "scored 20/40", {"iteration": 3, "iterations": 10,
+                                                            "best": -2.0}), job_id=1)
+        await pilot.pause()
+        it, n, eta = pp.overall()
+        assert (it, n) == (3, 10) and 14.0 < eta < 16.5
+        t = texts(pp)
+        assert "run: iteration 3/10" in t and "run ETA" in t and "20/40" in t
+        assert pp.query_one(ProgressBar).total == 40  # the bar stays per iteration
+        pp.end("cancelled", "stopped", job_id=1)
+        await pilot.pause()
+        assert "run: iteration 3/10" in texts(pp) and "run ETA" not in texts(pp)
+        pp.begin("tree", job_id=2)  # a job without iterations shows no run line
+        pp.show(Progress("search", 5, 10, "x", {"best": 1.0}), job_id=2)
+        await pilot.pause()
+        assert pp.overall() is None and "run:" not in texts(pp)
