@@ -77,7 +77,8 @@ async def test_probe_runs_after_the_vocabulary(make_app):
     eng = VocabEngine()
     app = make_app(engine=eng)
     async with app.run_test(size=(140, 45)) as pilot:
-        await until(pilot, lambda: "probe" in eng.events and not app.runner.busy)
+        await until(pilot, lambda: "probe" in eng.events and not app.runner.busy
+                    and app.settings.measured_tok_s is not None)
         assert eng.events == ["vocab start", "vocab end", "probe"]
         assert app.settings.measured_tok_s == 50.0 and app.vocab_state == "ready"
 
