@@ -98,27 +98,30 @@ def make_config(args: argparse.Namespace, request: str, response: str,
         allow_plain_template=args.plain_template).validate()
 
 
-def _second_ctrl_c_exits() -> None:
-    """From the first Ctrl+C on, the next one leaves at once wherever it lands (even inside
-    the message printed now), never through a normal interpreter exit under torch."""
+def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
+    """Run ``fn(cancel)`` in a worker thread; Ctrl+C sets the cancel token and waits for the
+    engine to return its best-so-far result, a second Ctrl+C leaves at once with 130.
+    Returns (result, interrupted).
+
+    Why a SIGINT handler rather than catching KeyboardInterrupt: a second press landing inside
+    the ``except`` block (before anything could re-arm) escaped as an unhandled
+    KeyboardInterrupt and the process died by SIGINT (-2) — seen in a clean-clone CI run."""
     import signal
 
     from app.commands.common import force_exit
-
-    try:
-        signal.signal(signal.SIGINT, lambda *_: force_exit(130))
-    except ValueError:  # not the main thread: the except branch below still handles it
-        pass
-
-
-def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
-    """Run ``fn(cancel)`` in a worker thread; Ctrl+C sets the cancel token and waits for the
-    engine to return its best-so-far result. Returns (result, interrupted)."""
     from engine.progress import CancelToken
 
     token = CancelToken()
     box: dict[str, Any] = {}
     done = threading.Event()
+    presses = [0]
+
+    def on_sigint(*_: Any) -> None:
+        presses[0] += 1
+        if presses[0] >= 2:
+            force_exit(130)
+        token.cancel("user")
+        err_console().print("[yellow]interrupted: finishing the current batch…[/]")
 
     def work() -> None:
         try:
@@ -128,20 +131,23 @@ def _run_cancellable(fn: Callable[[Any], Any]) -> tuple[Any, bool]:
         finally:
             done.set()
 
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Ctrl+C cannot reach us here anyway
+        previous = None
     threading.Thread(target=work, name="advtok", daemon=True).start()
-    interrupted = False
-    while not done.is_set():
-        try:
-            done.wait(0.1)
-        except KeyboardInterrupt:
-            if interrupted:  # second Ctrl+C: give up waiting
-                from app.commands.common import force_exit
-
-                force_exit(130)
-            interrupted = True
-            _second_ctrl_c_exits()
-            token.cancel("user")
-            err_console().print("[yellow]interrupted: finishing the current batch…[/]")
+    try:
+        while not done.is_set():
+            try:
+                done.wait(0.1)
+            except KeyboardInterrupt:  # a handler installed by someone else raised it
+                on_sigint()
+    finally:
+        # once pressed, the handler stays: a second press during rendering or interpreter exit
+        # must still leave with 130, never tear torch down under a thread
+        if previous is not None and not presses[0]:
+            signal.signal(signal.SIGINT, previous)
+    interrupted = presses[0] > 0
     if "error" in box:
         raise box["error"]
     return box.get("result"), interrupted
@@ -277,4 +283,18 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.json, res.to_dict())
         if args.json != "-":
             err.print(f"[dim]wrote {args.json}[/]")
-    return 130 if interrupted else 0
+    if interrupted:
+        _leave_interrupted()
+    return 0
+
+
+def _leave_interrupted() -> None:
+    """After an interrupted run has printed and written its result, leave with 130 at once: a
+    second Ctrl+C landing during interpreter shutdown (torch's teardown takes longer than a
+    double press) would otherwise kill the process by SIGINT or abort it."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

@@ -154,7 +154,11 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
         if par.rank == 0 and len(shard_files(args.out)) > 1:
             n, _ = merge_results(Path(args.out))
             err.print(f"merged {n} rows into {args.out}", highlight=False, markup=False)
-    if interrupted or summ.interrupted:
+    if interrupted:
+        from app.commands.attack import _leave_interrupted
+
+        _leave_interrupted()
+    if summ.interrupted:
         return 130
     return 2 if summ.failed else 0
 
