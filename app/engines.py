@@ -94,7 +94,7 @@ class Engine:
                       cancel: Optional[CancelToken] = None) -> SpeedResult:
         """A short greedy decode (8 tokens) to learn this machine's tok/s for the timeouts."""
         from engine.lm.generate import generate
-        from engine.lm.sampling import SamplingConfig
+        from engine.lm.config import SamplingConfig
 
         ids = list(lm.tokenizer.encode(SPEED_PROMPT, add_special_tokens=False))
         cfg = SamplingConfig(max_new_tokens=SPEED_TOKENS, temperature=0.0)
@@ -130,7 +130,7 @@ class Engine:
     def chat_send(self, session: Any, text: str, sampling: Any, *,
                   on_token: Any = None, progress: Optional[ProgressFn] = None,
                   cancel: Optional[CancelToken] = None, observe: Any = None) -> Any:
-        cfg = sampling.to_config()
+        cfg = sampling
         session.sampling = cfg  # the export then records the settings actually used
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
                             sampling=cfg, observe=observe)
@@ -139,7 +139,7 @@ class Engine:
                         progress: Optional[ProgressFn] = None,
                         cancel: Optional[CancelToken] = None, observe: Any = None) -> Any:
         """Drop the last answer and answer the last user message again (current sampling)."""
-        cfg = sampling.to_config()
+        cfg = sampling
         session.sampling = cfg
         return session.regenerate(on_token=on_token, progress=progress, cancel=cancel,
                                   sampling=cfg, observe=observe)
@@ -210,7 +210,7 @@ class Engine:
         parsed again here (a fresh reward object per run; plugin code is imported only now)."""
         from engine.lm.generate import generate
         from engine.treesearch.rewards import Completion, RewardError, parse_reward
-        from engine.lm.sampling import SamplingConfig
+        from engine.lm.config import SamplingConfig
         from engine.treesearch.search import TreeConfig, run_tree_search
 
         reward = parse_reward(reward_spec, allow_plugin=allow_plugin)

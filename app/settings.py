@@ -1,7 +1,7 @@
 """What the user can change at run time: model, sampling, engine path, timeouts, export folder.
 
-Kept free of torch: ``SamplingSettings.to_config()`` builds the engine's ``SamplingConfig`` only
-inside a worker. Timeout defaults are derived from the loaded model's measured decode speed, so a
+Sampling is the engine's own torch-free ``SamplingConfig`` (engine/lm/config.py), bounds and
+all. Timeout defaults are derived from the loaded model's measured decode speed, so a
 long answer on a slow CPU is not killed by a fixed limit, and held within [30 s, 30 min] so an
 unknown or absurd speed never means "no answer for hours". The bench is the exception: it sizes
 itself to the dashboard's grid (methods × queries × (repeats + 1) runs of its max new tokens; the
@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from engine.lm.config import SamplingConfig
+
 #: kinds whose timeouts the settings screen shows (load has none: Ctrl+C stops it)
 TIMEOUT_KINDS = ("chat", "advtok", "tree", "bench", "vocab", "speed")
 
@@ -31,24 +33,6 @@ ASSUMED_TOK_S = 2.0   # before anything was measured: a slow CPU, so nothing leg
 BENCH_CAP_S = 12 * 3600.0  # a grid is left running; hours are legitimate, days are not
 FIXED = {"vocab": 300.0, "speed": 120.0}
 FIXED_WHY = {"vocab": "vocabulary build, no token budget", "speed": "the 8-token speed probe"}
-
-
-@dataclass
-class SamplingSettings:
-    """Mirror of engine.lm.sampling.SamplingConfig (same fields, same ranges, no torch import)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 0.95
-    seed: Optional[int] = None
-    stop_strings: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0
-
-    def to_config(self) -> Any:
-        from engine.lm.sampling import SamplingConfig  # worker thread only (imports torch)
-
-        return SamplingConfig(**asdict(self))
 
 
 def fmt_duration(seconds: Optional[float]) -> str:
@@ -189,7 +173,7 @@ class AppSettings:
     trust_remote_code: bool = False
     engine_path: str = "fast"
     system_prompt: str = "You are a helpful assistant."
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     timeouts: dict[str, Optional[float]] = field(default_factory=lambda: derive_timeouts(None, 256))
     #: kinds whose timeout the user typed; re-deriving leaves those alone
     user_timeouts: set[str] = field(default_factory=set)

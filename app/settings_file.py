@@ -52,7 +52,8 @@ def save(s: Any, path: Optional[Path] = None) -> Path:
 def load_into(s: Any, path: Optional[Path] = None) -> str:
     """Apply a saved file to ``s``; returns a warning ("" when fine or absent). All values are
     checked before any is applied."""
-    from app.settings import TIMEOUT_KINDS, SamplingSettings
+    from app.settings import TIMEOUT_KINDS
+    from engine.lm.config import SamplingConfig
     from app.validate import (parse_max_new_tokens, parse_repetition_penalty, parse_temperature,
                               parse_top_k, parse_top_p)
 
@@ -76,7 +77,7 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         stops = sm.get("stop_strings", [])
         if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
             raise InputError("stop_strings")
-        sampling = SamplingSettings(
+        sampling = SamplingConfig(
             max_new_tokens=parse_max_new_tokens(str(sm.get("max_new_tokens", 256)), None),
             temperature=parse_temperature(str(sm.get("temperature", 0.7))),
             top_k=parse_top_k(str(sm.get("top_k", 0))), top_p=parse_top_p(str(sm.get("top_p", 0.95))),

@@ -27,7 +27,7 @@ from engine.lm.branching import AnswerTree
 from engine.lm.forward import get_forward
 from engine.lm.generate import generate
 from engine.lm.model import load_model
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.tokeninfo import TokenRecorder
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

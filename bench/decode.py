@@ -24,7 +24,7 @@ from engine.lm.fastpath import LeanForward, make_lean_forward
 from engine.lm.forward import StandardForward
 from engine.lm.generate import generate, generate_batch
 from engine.lm.model import load_model
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.stepprofile import decode_step_profile
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

@@ -22,7 +22,7 @@ import torch
 from engine.lm.chat import ChatSession
 from engine.lm.generate import generate
 from engine.lm.model import load_model
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.stepprofile import decode_step_profile
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

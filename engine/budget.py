@@ -16,7 +16,7 @@ from engine.errors import InputError
 #: the share of currently available memory one job may plan to use
 USABLE_SHARE = 0.5
 #: the largest integer torch.Generator.manual_seed / numpy / random all accept
-SEED_MAX = 2**63 - 1
+from engine.bounds import SEED_MAX  # noqa: F401  (re-exported: budget checks seeds too)
 #: bytes of one entry of a scheduled grid (a tuple of a query reference and a repeat index);
 #: measured with sys.getsizeof at import, so it follows the interpreter
 GRID_ENTRY_BYTES = sys.getsizeof((object(), 10**6)) + sys.getsizeof(10**6) + 8

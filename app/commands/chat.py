@@ -110,7 +110,7 @@ def _open_session(lm: Any, args: argparse.Namespace, cfg: Any, err: Console) -> 
 def run(args: argparse.Namespace) -> int:
     from engine.lm.chat import ChatSession
     from engine.errors import InputError
-    from engine.lm.sampling import SamplingConfig
+    from engine.lm.config import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed,

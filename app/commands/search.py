@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     tree_rollout_bound(lm, len(prompt_ids), cfg.horizon).check(cfg.rollouts)
 
     from engine.lm.generate import generate
-    from engine.lm.sampling import SamplingConfig
+    from engine.lm.config import SamplingConfig
     from engine.treesearch.search import run_tree_search
 
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -249,7 +249,7 @@ class SessionsScreen(ToolScreen):
             return
         self._status(f"opening {name!r}…")
         try:
-            cfg = app.settings.sampling.to_config()
+            cfg = app.settings.sampling
             session, report = await asyncio.to_thread(chat.saved.open, app, name, app.lm, cfg)
         except EngineError as e:
             self._status(f"[red]{e}[/]")

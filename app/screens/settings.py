@@ -16,7 +16,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from app.screens.base import ToolScreen
-from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS, SamplingSettings,
+from engine.lm.config import SamplingConfig
+from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS,
                           fmt_duration)
 from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_max_new_tokens,
                           parse_model_spec, parse_repetition_penalty, parse_seed,
@@ -205,7 +206,7 @@ class SettingsScreen(ToolScreen):
         for k in TIMEOUT_KINDS:
             if values[f"timeout-{k}"] != before.get(k):
                 s.set_user_timeout(k, values[f"timeout-{k}"])
-        s.sampling = SamplingSettings(
+        s.sampling = SamplingConfig(
             max_new_tokens=values["set-max-new"], temperature=values["set-temperature"],
             top_k=values["set-top-k"], top_p=values["set-top-p"], seed=values["set-seed"],
             stop_strings=values["set-stop"], repetition_penalty=values["set-rep"])

@@ -108,7 +108,7 @@ class TokenExplorer(Vertical, can_focus=True):
 
         if self._recorder is None or not hasattr(session, "fwd") or not session.turns:
             return
-        cfg = sampling.to_config() if sampling is not None else None
+        cfg = sampling
         self.answers = tree_from_session(session, self._recorder.infos, self.top_k, cfg)
         self.session = session
         self.branch, self.sel, self.alt = 0, 0, 0

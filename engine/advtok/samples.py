@@ -20,7 +20,7 @@ def sample_responses(lm: Any, chunks: Any, ids: Sequence[int], n: int, *, max_ne
     cache, seeded). ``prefix_cache`` may hold SP ⊕ H ⊕ F_pre already (it is forked, never
     changed). Returns :class:`~engine.lm.generate.GenerationResult` objects."""
     from engine.lm.generate import generate_batch
-    from engine.lm.sampling import SamplingConfig
+    from engine.lm.config import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                          top_p=1.0 if temperature > 0 else 0.95)

@@ -21,7 +21,7 @@ from engine.lm.forward import get_forward
 from engine.lm.generate import GenerationResult, LogitsObserver, TokenCallback, generate
 from engine.lm.prefill import prefill
 from engine.progress import CancelToken, ProgressFn, check
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 
 _SENT = "\u2063TFSENT{}\u2063"  # invisible separator makes accidental matches impossible
 

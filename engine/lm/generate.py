@@ -13,7 +13,8 @@ from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
 from engine.lm.prefill import prefill
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
-from engine.lm.sampling import SamplingConfig, apply_repetition_penalty, choose, make_generator
+from engine.lm.config import SamplingConfig
+from engine.lm.sampling import apply_repetition_penalty, choose, make_generator
 from engine.lm.textstream import TextStream
 
 TokenCallback = Callable[[str, int], None]  # (text delta, token id)

@@ -10,7 +10,7 @@ from engine.errors import InputError
 from engine.lm.chat import TemplateGlue, clean_text, encode_text
 from engine.lm.generate import generate
 from engine.lm.logit_lens import LensLayer, logit_lens
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.surprisal import ScoredToken, score_ids
 from engine.lm.tokeninfo import TokenRecorder
 

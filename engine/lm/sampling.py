@@ -2,46 +2,11 @@
 its logits processors from ``generate``): the loop asks ``choose(logits)`` and nothing else."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from engine.errors import InputError
-
-
-@dataclass
-class SamplingConfig:
-    """How to pick tokens. temperature 0 = greedy. top_k 0 = off. top_p 1.0 = off."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 0.95
-    seed: Optional[int] = None
-    stop_strings: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0
-
-    def validate(self, context_length: Optional[int] = None) -> "SamplingConfig":
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be ≥ 1 (got {self.max_new_tokens})")
-        if context_length is not None and self.max_new_tokens >= context_length:
-            raise InputError(f"max_new_tokens {self.max_new_tokens} must be below the context "
-                             f"length {context_length}")
-        if not (0.0 <= self.temperature <= 100.0):
-            raise InputError(f"temperature must be in [0, 100] (got {self.temperature})")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be ≥ 0 (got {self.top_k})")
-        if not (0.0 < self.top_p <= 1.0):
-            raise InputError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.repetition_penalty <= 0:
-            raise InputError("repetition_penalty must be > 0")
-        self.stop_strings = tuple(s for s in self.stop_strings if s)
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from engine.lm.config import SamplingConfig
 
 
 def make_generator(seed: Optional[int], device: torch.device | str = "cpu") -> Optional[torch.Generator]:

@@ -88,7 +88,7 @@ def open_saved(lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore
                sampling: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
     """Reopen a saved session for ``lm``: the conversation, how it came back, and the recorder
     that keeps saving it."""
-    from engine.lm.sampling import SamplingConfig
+    from engine.lm.config import SamplingConfig
 
     saved = store.get(name)
     if sampling is None:

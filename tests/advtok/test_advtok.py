@@ -15,7 +15,7 @@ from engine.lm.generate import generate_batch
 from engine.advtok.mdd import MDD
 from engine.lm.model import from_parts
 from engine.progress import CancelToken
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.templates import split_template
 from engine.advtok.vocab import load_vocab
 

@@ -8,7 +8,7 @@ from app.engines import Engine
 from app.messages import JobFinished
 from app.widgets.chat_messages import AssistantMessage, UserMessage
 from app.widgets.composer import Composer
-from app.settings import SamplingSettings
+from engine.lm.config import SamplingConfig
 
 from app_fakes import FakeEngine, until
 
@@ -133,7 +133,7 @@ async def test_regenerate_refused_after_a_failed_turn(make_app):
 
 async def test_regenerate_with_the_tiny_model_is_deterministic_when_greedy(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    app.settings.sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)

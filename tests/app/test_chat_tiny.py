@@ -10,14 +10,14 @@ from app.engines import Engine
 from app.messages import JobCancelled, JobFinished, TokensGenerated
 from app.widgets.chat_messages import AssistantMessage
 from app.widgets.composer import Composer
-from app.settings import SamplingSettings
+from engine.lm.config import SamplingConfig
 
 from app_fakes import until
 
 
 async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingSettings(max_new_tokens=24, temperature=0.0)
+    app.settings.sampling = SamplingConfig(max_new_tokens=24, temperature=0.0)
     seen = []
     async with app.run_test(size=(110, 36), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
@@ -43,7 +43,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
 
         # a long second turn (no eos: it can only stop at 1500 tokens) stopped mid-answer
         # keeps the conversation well formed
-        app.settings.sampling = SamplingSettings(max_new_tokens=1500, temperature=0.0)
+        app.settings.sampling = SamplingConfig(max_new_tokens=1500, temperature=0.0)
         saved_eos, tiny_lm.eos_ids = tiny_lm.eos_ids, []
         try:
             prompt.value = "Tell me more."

@@ -7,7 +7,7 @@ from textual.widgets import DataTable, Input
 
 from app.engines import Engine
 from app.messages import JobFinished
-from app.settings import SamplingSettings
+from engine.lm.config import SamplingConfig
 from app.widgets.chat_messages import AssistantMessage, UserMessage
 from app.widgets.composer import Composer
 
@@ -27,7 +27,7 @@ async def _say(pilot, app, seen, text):
 
 async def test_sessions_screen(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingSettings(max_new_tokens=6, temperature=0.0)
+    app.settings.sampling = SamplingConfig(max_new_tokens=6, temperature=0.0)
     seen = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)

@@ -7,7 +7,7 @@ from rich.cells import cell_len
 
 from app.engines import Engine
 from app.messages import JobFinished
-from app.settings import SamplingSettings
+from engine.lm.config import SamplingConfig
 from app.widgets.chat_messages import AssistantMessage
 from app.widgets.composer import Composer
 from app.widgets.token_explorer import TokenExplorer, show_piece
@@ -17,7 +17,7 @@ from app_fakes import until
 
 async def test_token_selection_branching_and_navigation(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingSettings(max_new_tokens=12, temperature=0.0)
+    app.settings.sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
     seen = []
     async with app.run_test(size=(220, 50), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)

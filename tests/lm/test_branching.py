@@ -10,7 +10,7 @@ from engine.lm.branching import AnswerTree, show_in_session, tree_from_session
 from engine.lm.chat import ChatSession
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.generate import generate
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.tokeninfo import TokenRecorder
 
 

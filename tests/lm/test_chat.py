@@ -9,7 +9,7 @@ from engine.lm.chat import ChatSession, clean_text
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import StandardForward
 from engine.progress import CancelToken
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.tiny import tiny_llama
 
 GREEDY = SamplingConfig(max_new_tokens=8, temperature=0.0)

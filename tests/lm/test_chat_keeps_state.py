@@ -11,7 +11,7 @@ import torch
 from engine.errors import ContextOverflow
 from engine.lm.chat import ChatSession
 from engine.lm.forward import StandardForward, get_forward
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.tiny import tiny_llama
 from engine.progress import CancelToken
 

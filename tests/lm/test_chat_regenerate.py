@@ -8,7 +8,7 @@ import torch
 from engine.lm.chat import ChatSession
 from engine.errors import InputError
 from engine.lm.forward import get_forward
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 
 GREEDY = SamplingConfig(max_new_tokens=12, temperature=0.0)
 

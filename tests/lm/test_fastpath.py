@@ -12,7 +12,7 @@ from engine.lm.fastpath import LeanForward, make_lean_forward, unsupported_reaso
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.generate import generate
 from engine.lm.model import from_parts
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from lean_helpers import PROMPTS, assert_close as _close, chat_ids as _chat, lean_pair as _pair
 
 

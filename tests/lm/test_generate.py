@@ -11,7 +11,7 @@ from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.generate import generate, generate_batch
 from engine.progress import CancelToken
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.textstream import TextStream
 
 

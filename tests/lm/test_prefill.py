@@ -10,7 +10,7 @@ from engine.lm.forward import StandardForward, get_forward
 from engine.lm.fastpath import LeanForward
 from engine.lm.generate import generate
 from engine.lm.prefill import prefill
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.progress import Cancelled, CancelToken
 
 

@@ -8,7 +8,7 @@ import torch
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.generate import generate
 from engine.lm.logit_lens import layer_logits, logit_lens
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.lm.surprisal import score_ids
 from engine.lm.tokeninfo import TokenRecorder
 

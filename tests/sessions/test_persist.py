@@ -10,7 +10,7 @@ import torch
 
 from engine.lm.chat import ChatSession
 from engine.lm.forward import StandardForward, get_forward
-from engine.lm.sampling import SamplingConfig
+from engine.lm.config import SamplingConfig
 from engine.sessions.persist import PersistentChat
 from engine.sessions.snapshot import SnapshotStore, export_kv
 from engine.sessions.store import SessionStore

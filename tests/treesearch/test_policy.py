@@ -85,7 +85,8 @@ def test_search_mode_selection_is_greedy_and_bonus_explores():
 
 
 def test_policy_matches_process_top_p():
-    from engine.lm.sampling import SamplingConfig, process
+    from engine.lm.config import SamplingConfig
+    from engine.lm.sampling import process
 
     logits = torch.randn(3, 5000) * 3
     _, dists = policy(logits, 0.8, 0.9, None, sample=False)

@@ -1,0 +1,153 @@
+"""Declared bounds: every limit on a setting is written once, on the config dataclass field it
+limits, and read from there by the engine's ``validate()``, the command line's argument checks and
+the TUI's form fields, so the three can never disagree.
+
+A field declares its bound with ``bounded(default, lo=…, hi=…)`` (numbers), ``bounded(default,
+choices=…)`` (names) or ``bounded(default, max_chars=…)`` (text). ``check(cfg)`` checks every
+bounded field of a config and raises one ``InputError`` naming the first bad one; ``bound_of``
+and ``bounded_fields`` let a front end build its own parser from the same declaration.
+
+Torch-free and UI-free: imported by configs, by ``app/argcheck.py`` and by the TUI alike."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from engine.errors import InputError
+
+#: torch.Generator.manual_seed accepts at most a signed 64-bit value
+SEED_MAX = 2**63 - 1
+#: counts whose cost is time, not memory (iterations, tokens per answer)
+BIG = 1_000_000
+#: free text typed or pasted by a user (a request, a system prompt): a pasted novel is refused
+#: before tokenization
+MAX_TEXT_CHARS = 200_000
+
+_MISSING = dataclasses.MISSING
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What values a setting takes. ``kind``: "int", "float", "text" or "choice".
+
+    ints and floats: within [lo, hi] (``lo_open``: lo itself excluded; floats must be finite);
+    text: at most ``max_chars`` characters (``non_empty``: blank refused);
+    choice: one of ``choices``. ``optional``: None is allowed (it means "off" or "default")."""
+
+    kind: str
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+    max_chars: Optional[int] = None
+    non_empty: bool = False
+    label: str = ""  # the word a user sees; the field name with spaces when empty
+
+    def name_for(self, field_name: str) -> str:
+        return self.label or field_name.replace("_", " ")
+
+    def describe(self) -> str:
+        """'1–1,000,000', '(0, 1]', 'canonical | random | given', '≤ 2,000 chars'."""
+        if self.kind == "choice":
+            return " | ".join(self.choices)
+        if self.kind == "text":
+            return f"≤ {self.max_chars:,} chars" if self.max_chars else "text"
+        if self.kind == "int":
+            return f"{_num(self.lo)}–{_num(self.hi)}"
+        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+
+    def check(self, name: str, v: Any) -> None:
+        """InputError with one sentence when ``v`` is outside this bound."""
+        if v is None:
+            if self.optional:
+                return
+            raise InputError(f"{name}: a value is required")
+        if self.kind == "int":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise InputError(f"{name}: {_show(v)} is not a whole number")
+            if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+                raise InputError(f"{name}: must be between {_num(self.lo)} and {_num(self.hi)} "
+                                 f"(got {_num(v)})")
+        elif self.kind == "float":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"{name}: must be a finite number (got {_show(v)})")
+            low = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+            if low or (self.hi is not None and v > self.hi):
+                raise InputError(f"{name}: must be in {self.describe()} (got {v:g})")
+        elif self.kind == "text":
+            if not isinstance(v, str):
+                raise InputError(f"{name}: must be text")
+            if self.non_empty and not v.strip():
+                raise InputError(f"{name}: is empty")
+            if self.max_chars is not None and len(v) > self.max_chars:
+                raise InputError(f"{name}: is {len(v):,} characters, over the limit of "
+                                 f"{self.max_chars:,}")
+        elif self.kind == "choice":
+            if v not in self.choices:
+                raise InputError(f"{name}: must be one of {', '.join(self.choices)} "
+                                 f"(got {_show(v)})")
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "∞"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}" if abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit number"
+    return f"{v:g}"
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "…"
+
+
+def bounded(default: Any = _MISSING, *, lo: Optional[float] = None, hi: Optional[float] = None,
+            lo_open: bool = False, optional: bool = False, choices: tuple[str, ...] = (),
+            max_chars: Optional[int] = None, non_empty: bool = False, label: str = "",
+            kind: Optional[str] = None, default_factory: Optional[Callable[[], Any]] = None,
+            **field_kw: Any) -> Any:
+    """A dataclass field carrying its ``Bound``. The kind follows from what is given (choices →
+    choice, max_chars/non_empty → text, a float lo/hi or default → float, else int) unless
+    ``kind`` says it."""
+    if kind is None:
+        if choices:
+            kind = "choice"
+        elif max_chars is not None or non_empty:
+            kind = "text"
+        elif any(isinstance(x, float) for x in (lo, hi, default)):
+            kind = "float"
+        else:
+            kind = "int"
+    b = Bound(kind=kind, lo=lo, hi=hi, lo_open=lo_open, optional=optional,
+              choices=tuple(choices), max_chars=max_chars, non_empty=non_empty, label=label)
+    meta = dict(field_kw.pop("metadata", None) or {})
+    meta["bound"] = b
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=meta, **field_kw)
+    return dataclasses.field(default=default, metadata=meta, **field_kw)
+
+
+def bounded_fields(cls_or_obj: Any) -> Iterator[tuple[str, Bound]]:
+    """(field name, bound) of every bounded field, in declaration order."""
+    for f in dataclasses.fields(cls_or_obj):
+        b = f.metadata.get("bound")
+        if b is not None:
+            yield f.name, b
+
+
+def bound_of(cls_or_obj: Any, name: str) -> Bound:
+    """The declared bound of one field (KeyError when the field declares none)."""
+    for f in dataclasses.fields(cls_or_obj):
+        if f.name == name and "bound" in f.metadata:
+            return f.metadata["bound"]
+    raise KeyError(f"{type(cls_or_obj).__name__ if not isinstance(cls_or_obj, type) else cls_or_obj.__name__}"
+                   f".{name} declares no bound")
+
+
+def check(cfg: Any) -> None:
+    """Check every bounded field of ``cfg``; one InputError for the first that is out of bounds."""
+    for name, b in bounded_fields(cfg):
+        b.check(b.name_for(name), getattr(cfg, name))
