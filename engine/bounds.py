@@ -95,7 +95,10 @@ def _num(v: Any) -> str:
     if v is None:
         return "∞"
     if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}" if abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit number"
+        if abs(v) < 10**30:
+            return f"{v:,}"
+        # str() of an int over 4,300 digits raises: the digit count comes from its bit length
+        return f"a {int(abs(v).bit_length() * math.log10(2)) + 1}-digit number"
     return f"{v:g}"
 
 
