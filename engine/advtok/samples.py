@@ -18,7 +18,7 @@ def sample_responses(lm: Any, chunks: Any, ids: Sequence[int], n: int, *, max_ne
                      cancel: Optional[CancelToken] = None) -> list[Any]:
     """N responses to the prompt ``SP ⊕ H ⊕ F_pre ⊕ ids ⊕ F_suf ⊕ U`` (batched over one prefix
     cache, seeded). ``prefix_cache`` may hold SP ⊕ H ⊕ F_pre already (it is forked, never
-    changed). Returns :class:`~engine.lm.generate.GenerationResult` objects."""
+    changed). Returns :class:`~engine.lm.results.GenerationResult` objects."""
     from engine.lm.generate import generate_batch
     from engine.lm.config import SamplingConfig
 

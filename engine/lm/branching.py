@@ -18,7 +18,8 @@ import torch
 
 from engine.errors import InputError
 from engine.lm.forward import get_forward
-from engine.lm.generate import GenerationResult, TokenCallback, generate
+from engine.lm.generate import TokenCallback, generate
+from engine.lm.results import GenerationResult
 from engine.lm.config import SamplingConfig
 from engine.lm.tokeninfo import TokenInfo, TokenRecorder, find_alternative, infos_from_logits
 from engine.progress import CancelToken, ProgressFn

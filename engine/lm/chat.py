@@ -18,7 +18,8 @@ from typing import Any, Optional
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
-from engine.lm.generate import GenerationResult, LogitsObserver, TokenCallback, generate
+from engine.lm.generate import LogitsObserver, TokenCallback, generate
+from engine.lm.results import GenerationResult
 from engine.lm.prefill import prefill
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.config import SamplingConfig

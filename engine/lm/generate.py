@@ -4,7 +4,6 @@ the forward in forward.py; this module only runs the loop, times it and decides 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -14,6 +13,7 @@ from engine.lm.forward import get_forward
 from engine.lm.prefill import prefill
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from engine.lm.config import SamplingConfig
+from engine.lm.results import GenerationResult
 from engine.lm.sampling import apply_repetition_penalty, choose, make_generator
 from engine.lm.textstream import TextStream
 
@@ -21,29 +21,6 @@ TokenCallback = Callable[[str, int], None]  # (text delta, token id)
 #: sees each kept token's step logits (1, V), before any repetition penalty (the model's own
 #: distribution), and the token chosen from them: per-token facts without another forward
 LogitsObserver = Callable[[torch.Tensor, int], None]
-
-
-@dataclass
-class GenerationResult:
-    """One answer and what it cost. ``stop_reason``: eos, stop_string, max_new_tokens, cancelled."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    prefill_tokens: int
-    new_tokens: int
-    ttft_s: float
-    decode_tok_s: float
-    total_s: float
-    stop_reason: str
-    dropped_turns: int = 0
-    notes: list[str] = field(default_factory=list)
-    discarded: bool = False  # chat: stopped before the first token, the message was not added
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
 
 
 def _as_ids(ids: Sequence[int] | torch.Tensor, device: Any) -> torch.Tensor:

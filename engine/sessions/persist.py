@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.lm.chat import ChatSession, Turn, encode_text
-from engine.lm.generate import GenerationResult
+from engine.lm.results import GenerationResult
 from engine.sessions.snapshot import SnapshotStore, weights_hash_for
 from engine.sessions.store import SavedTurn, SessionStore, sessions_dir
 
