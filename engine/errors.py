@@ -26,3 +26,35 @@ class ModelLoadError(EngineError):
 
 class ContextOverflow(InputError):
     """A prompt longer than the model's context window."""
+
+
+class StorageError(EngineError):
+    """The disk refused: full, read-only, no permission, or an I/O error. Never a reason to
+    treat a file as corrupt; the message names the path and says what was kept."""
+
+
+class DiskFull(StorageError):
+    """No space left on the device (ENOSPC, a quota, or sqlite's "database or disk is full")."""
+
+
+#: errno → (why, the error class) for the faults of the disk rather than of the data
+_DISK_FAULTS = {"ENOSPC": ("the disk is full", DiskFull), "EDQUOT": ("the disk quota is used up", DiskFull),
+                "EROFS": ("the file system is read-only", StorageError),
+                "EACCES": ("permission denied", StorageError), "EPERM": ("permission denied", StorageError)}
+
+
+def storage_error(e: OSError, path: object, kept: str = "", doing: str = "write") -> StorageError:
+    """One clear error for an OSError of the disk: "cannot write PATH: the disk is full; KEPT"."""
+    import errno
+
+    why, cls = _DISK_FAULTS.get(errno.errorcode.get(e.errno or 0, ""), (None, StorageError))
+    why = why or (e.strerror or str(e))
+    hint = "free some space and try again" if cls is DiskFull else ""
+    return cls(f"cannot {doing} {path}: {why}" + (f"; {kept}" if kept else ""), hint=hint)
+
+
+def is_disk_fault(e: BaseException) -> bool:
+    """An OSError that is the disk's fault (full, read-only, permissions), not the data's."""
+    import errno
+
+    return isinstance(e, OSError) and errno.errorcode.get(e.errno or 0, "") in _DISK_FAULTS

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable, Optional
 
-from engine.errors import EngineError
+from engine.errors import EngineError, storage_error
 
 
 class LockHeld(EngineError):
@@ -51,11 +51,19 @@ class FileLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Lock, or raise LockHeld (a live holder, named) or StorageError (the disk refused the
+        lock file: full, read-only, no permission — then no lock file is left behind)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e, self.path, f"{self.what} was not touched", "create the lock") from None
         deadline = None if self.wait is None else time.monotonic() + self.wait
         told = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise storage_error(e, self.path, f"{self.what} was not touched", "create the lock") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -79,8 +87,16 @@ class FileLock:
             break
         info = {"pid": os.getpid(), "command": " ".join(["tokenforge", *sys.argv[1:3]]),
                 "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+        except OSError as e:  # e.g. a full disk: leave no empty lock file behind
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            raise storage_error(e, self.path, f"{self.what} was not touched", "create the lock") from None
         self.fd = fd
         return self
 

@@ -184,6 +184,9 @@ class SnapshotStore:
             return None, "no snapshot"
         try:
             data = p.read_bytes()
+        except OSError as e:  # the disk's fault (permissions, I/O): keep the file, recompute
+            return None, f"snapshot unreadable ({e.strerror or e}); recomputed"
+        try:
             cache = self._validated(fwd, data, ids, weights, dtype)
         except _Invalid as e:
             self.remove(key)

@@ -6,11 +6,15 @@ figures) plus the live conversation's token ids — the truth a KV snapshot is c
 A branch starts at a turn of its parent (regenerating an answer makes one); the session's head
 branch is the one shown and continued.
 
-Faults: a file that is not a database, or is another program's, or has a newer schema is moved
-aside (``sessions.db.bad-<time>``), a fresh one is started and :attr:`SessionStore.notice` says
-so; a database held by a second instance raises :class:`StoreBusy` with one clear message after a
-short wait (sqlite's busy timeout) instead of hanging or corrupting anything — every write is one
-transaction, so nothing is half-written."""
+Faults: only a file that is genuinely not ours — not a database, damaged (sqlite's NOTADB or
+CORRUPT, e.g. a malformed schema), another program's, missing our tables, or of a newer schema —
+is moved aside (``sessions.db.bad-<time>``), a fresh one is started and :attr:`SessionStore.notice`
+says so. A fault of the disk (full, read-only, no permission, an I/O error) is a
+:class:`~engine.errors.StorageError` naming the path, and the database is left exactly as it was:
+sqlite reports a full disk while opening too (creating the ``-wal``/``-shm`` files), and that must
+never be read as corruption. A database held by a second instance raises :class:`StoreBusy` with
+one clear message after a short wait (sqlite's busy timeout) instead of hanging or corrupting
+anything — every write is one transaction, so nothing is half-written."""
 from __future__ import annotations
 
 import json
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from contextlib import contextmanager
 
-from engine.errors import EngineError, InputError
+from engine.errors import DiskFull, EngineError, InputError, StorageError, storage_error
 from engine.paths import cache_dir
 
 SCHEMA = 1
@@ -50,6 +54,15 @@ CREATE TABLE IF NOT EXISTS turns (
     answer_ids BLOB NOT NULL, metrics TEXT, created REAL NOT NULL, UNIQUE(branch_id, idx));
 CREATE INDEX IF NOT EXISTS turns_branch ON turns(branch_id, idx);
 """
+TABLES = ("meta", "sessions", "branches", "turns")
+
+#: sqlite's primary result codes (the low byte of an extended code) that say what failed
+_CORRUPT = {11, 26}          # SQLITE_CORRUPT, SQLITE_NOTADB: the bytes are not a usable database
+_BUSY = {5, 6}               # SQLITE_BUSY, SQLITE_LOCKED: another connection holds it
+_FULL = 13                   # SQLITE_FULL
+_IOERR = 10                  # SQLITE_IOERR (a failed -shm extension on a full disk lands here)
+_DENIED = {3: "permission denied", 8: "the database or its folder is read-only",
+           14: "the file cannot be opened (permissions or a missing folder)", 23: "access denied"}
 
 
 class StoreBusy(EngineError):
@@ -59,11 +72,15 @@ class StoreBusy(EngineError):
 def sessions_dir() -> Path:
     """``$TOKENFORGE_SESSIONS`` or ``<cache>/sessions``: the database and the KV snapshots."""
     env = os.environ.get(ENV_VAR)
-    if env:
-        p = Path(env).expanduser()
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-    return cache_dir("sessions")
+    try:
+        if env:
+            p = Path(env).expanduser()
+            p.mkdir(parents=True, exist_ok=True)
+            return p
+        return cache_dir("sessions")
+    except OSError as e:  # full, read-only, no permission: one message, nothing else touched
+        raise storage_error(e, getattr(e, "filename", None) or env or "the sessions folder",
+                            "no session was changed", "create the sessions folder") from None
 
 
 def pack_ids(ids: list[int]) -> bytes:
@@ -122,7 +139,11 @@ class SessionStore:
 
     def __init__(self, path: Optional[Path | str] = None) -> None:
         self.path = Path(path) if path else sessions_dir() / "sessions.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(e, self.path.parent, "no session was changed",
+                                "create the sessions folder") from None
         self.notice = ""
         self.lock = threading.RLock()  # one connection, used from the UI thread and a worker
         try:
@@ -131,13 +152,21 @@ class SessionStore:
             aside = self._move_aside()
             self.notice = (f"{self.path.name} {e}; it was kept as {aside.name} and a fresh "
                            "sessions database was started")
-            self.db = self._open()
+            try:
+                self.db = self._open()
+            except StorageError as err:  # the bad file is kept aside; say so in the one message
+                raise type(err)(f"{err}; the unusable old database was kept as {aside.name}",
+                                hint=err.hint) from None
 
     # -- opening ------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=BUSY_MS / 1000, isolation_level=None,
-                             check_same_thread=False)
+        """Connect and check the file is ours. Raises _Foreign (move it aside), StoreBusy or
+        StorageError (leave it alone; a file this call created is removed again)."""
+        created = [p for p in self._files() if not p.exists()]
+        db: Optional[sqlite3.Connection] = None
         try:
+            db = sqlite3.connect(str(self.path), timeout=BUSY_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
             db.execute("PRAGMA foreign_keys=ON")
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -156,20 +185,74 @@ class SessionStore:
                 raise _Foreign("is not a tokenforge sessions database")
             if int(meta.get("schema", "0")) > SCHEMA:
                 raise _Foreign(f"has schema {meta['schema']} (this version reads {SCHEMA})")
+            missing = [t for t in TABLES if tables and t not in tables]  # a fresh file has all
+            if missing:
+                raise _Foreign(f"has an incomplete schema (no table {', '.join(missing)})")
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             return db
-        except sqlite3.OperationalError as e:
-            db.close()
-            if "locked" in str(e) or "busy" in str(e):
-                raise self._busy() from e
-            raise _Foreign(f"cannot be read ({e})") from e
-        except sqlite3.DatabaseError as e:  # "file is not a database", malformed image
-            db.close()
-            raise _Foreign(f"is corrupt or not a database ({e})") from e
+        except sqlite3.Error as e:
+            if db is not None:
+                db.close()
+            kind = _kind(e)
+            if kind == "corrupt":         # "file is not a database", a malformed schema or page
+                raise _Foreign(f"is corrupt or not a database ({e})") from None
+            if kind == "other":           # our own queries fail on its tables: another schema
+                raise _Foreign(f"is not a tokenforge sessions database ({e})") from None
+            self._forget(created)
+            if kind == "busy":
+                raise self._busy() from None
+            raise self._storage(e, kind, "open", "the database file was left as it was, "
+                                "nothing moved or deleted") from None
         except _Foreign:
-            db.close()
+            if db is not None:
+                db.close()
             raise
+        except BaseException:
+            if db is not None:
+                db.close()
+            self._forget(created)
+            raise
+
+    def _files(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + sfx) for sfx in ("", "-wal", "-shm")]
+
+    def _forget(self, created: list[Path]) -> None:
+        """Remove what a failed open created: a database file that was not there before and
+        holds no table (at most its header page; its -wal empty), with its side files. Anything
+        that existed, or holds data, stays."""
+        if self.path not in created:
+            return
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(100)
+            size = self.path.stat().st_size
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                return
+        except OSError:
+            return
+        page = int.from_bytes(head[16:18], "big") if len(head) == 100 else 0
+        page = 65536 if page == 1 else page  # the header's encoding of the largest page size
+        if size and (page < 512 or size > page):
+            return  # a second page means a table: not ours to remove
+        for p in created:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+    def _storage(self, e: sqlite3.Error, kind: str, doing: str, kept: str) -> StorageError:
+        """One message for a disk fault reported by sqlite: the path, why, what was kept."""
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        if kind == "io" and _free_bytes(self.path.parent) < (1 << 20):
+            kind = "full"  # sqlite says "disk I/O error" when it cannot grow the -shm file
+        if kind == "full":
+            return DiskFull(f"cannot {doing} the sessions database {self.path}: the disk is full; "
+                            f"{kept}", hint="free some space and try again")
+        why = _DENIED.get(code) or f"sqlite: {e}"
+        return StorageError(f"cannot {doing} the sessions database {self.path}: {why}; {kept}",
+                            hint=f"or set {ENV_VAR} to a writable folder")
 
     def _move_aside(self) -> Path:
         aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -193,10 +276,16 @@ class SessionStore:
         try:
             with self.lock, _tx(self.db, immediate=True):
                 yield self.db
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise self._busy() from e
-            raise
+        except sqlite3.Error as e:
+            kind = _kind(e)
+            if kind == "busy":
+                raise self._busy() from None
+            if kind == "corrupt":
+                raise StorageError(f"the sessions database {self.path} is damaged ({e}); this "
+                                   "change was not saved", hint="restart to have it kept aside "
+                                   "and a fresh one started") from None
+            raise self._storage(e, kind, "write", "this change was not saved and the saved "
+                                "sessions are as they were") from None
 
     def close(self) -> None:
         self.db.close()
@@ -394,10 +483,54 @@ def _tx(db: sqlite3.Connection, immediate: bool = False) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield
+        db.execute("COMMIT")  # may fail too (a full disk): then the transaction is rolled back
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # sqlite may already have rolled back (SQLITE_FULL does)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
         raise
-    db.execute("COMMIT")
+
+
+def _kind(e: sqlite3.Error) -> str:
+    """What an sqlite error means for the file: 'corrupt' (move it aside), 'busy', 'full',
+    'denied', 'io' or 'other' (the last four: the disk's fault, leave the file alone)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        code &= 0xFF
+        if code in _CORRUPT:
+            return "corrupt"
+        if code in _BUSY:
+            return "busy"
+        if code == _FULL:
+            return "full"
+        if code in _DENIED:
+            return "denied"
+        if code == _IOERR:
+            return "io"
+        return "other"
+    text = str(e).lower()  # an exception made without a code: read its message
+    if "not a database" in text or "malformed" in text:
+        return "corrupt"
+    if "locked" in text or "busy" in text:
+        return "busy"
+    if "disk is full" in text:
+        return "full"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return "denied"
+    if "i/o error" in text:
+        return "io"
+    return "other"
+
+
+def _free_bytes(folder: Path) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62
 
 
 def _check_name(name: str) -> str:

@@ -42,3 +42,33 @@ def test_session_continues_in_a_new_process(tiny_dir, tmp_path):
 
     st = SessionStore(tmp_path / "sessions" / "sessions.db")
     assert [t.user for t in st.get("notes").turns] == ["Hello there, how are you today?", "Fine."]
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_the_session_and_says_so_in_one_line(tiny_dir, tmp_path):
+    """On a full disk `chat --session` prints one error line naming the database (no
+    traceback), exits non-zero, and leaves the healthy database where and as it was: once space
+    is freed the session continues with its history."""
+    import hashlib
+
+    from smalldisk import fill, small_disk
+
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        env = {**os.environ, "TOKENFORGE_SESSIONS": str(disk)}
+        _chat(tiny_dir, "Hello there, how are you today?", env)
+        db = disk / "sessions.db"
+        before = hashlib.sha256(db.read_bytes()).hexdigest()
+        filler = fill(disk)
+        cmd = [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_dir), "--session",
+               "notes", "--prompt", "Fine.", "--temperature", "0", "--max-new-tokens", "5",
+               "--json", "--alternatives", "0"]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode != 0
+        assert "Traceback" not in p.stderr
+        errors = [ln for ln in p.stderr.splitlines() if "error" in ln.lower()]
+        assert len(errors) == 1 and "disk is full" in errors[0] and str(db) in p.stderr.replace("\n", "")
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+        assert not [q for q in disk.iterdir() if ".bad-" in q.name]
+        filler.unlink()
+        again, _ = _chat(tiny_dir, "Fine.", env)
+        assert again["restored"] != "new"
