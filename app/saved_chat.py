@@ -28,6 +28,12 @@ def session_store(app: Any) -> Any:
     return store
 
 
+def _tell(app: Any, text: str) -> None:
+    """An error toast (``App.notify`` is thread-safe; the status line is redrawn after a turn,
+    so a failed save shown only there would flash by)."""
+    app.notify(text, severity="error", timeout=12, markup=False)
+
+
 def snapshot_store(app: Any) -> Any:
     from engine.sessions.snapshot import SnapshotStore
     from engine.sessions.store import sessions_dir
@@ -77,13 +83,15 @@ class SavedChat:
                                                 system=session.system, sampling=session.sampling)
             self.recorder.record(session, result)
             self.error = ""
-        except EngineError as e:
+        except EngineError as e:  # a full disk, a busy database: the answer stays on screen
             self.error = str(e)
             result.notes.append(f"not saved: {e}")
+            _tell(app, f"This turn was not saved: {e}")
         except Exception as e:  # a disk problem must not lose the answer on screen
             log.exception("saving the chat failed")
             self.error = str(e)
             result.notes.append(f"not saved: {type(e).__name__}: {e}")
+            _tell(app, f"This turn was not saved: {type(e).__name__}: {e}")
 
     def open(self, app: Any, name: str, lm: Any, sampling: Any) -> tuple[Any, Any]:
         """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); this becomes its recorder."""

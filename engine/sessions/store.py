@@ -6,15 +6,12 @@ figures) plus the live conversation's token ids — the truth a KV snapshot is c
 A branch starts at a turn of its parent (regenerating an answer makes one); the session's head
 branch is the one shown and continued.
 
-Faults: only a file that is genuinely not ours — not a database, damaged (sqlite's NOTADB or
-CORRUPT, e.g. a malformed schema), another program's, missing our tables, or of a newer schema —
-is moved aside (``sessions.db.bad-<time>``), a fresh one is started and :attr:`SessionStore.notice`
-says so. A fault of the disk (full, read-only, no permission, an I/O error) is a
-:class:`~engine.errors.StorageError` naming the path, and the database is left exactly as it was:
-sqlite reports a full disk while opening too (creating the ``-wal``/``-shm`` files), and that must
-never be read as corruption. A database held by a second instance raises :class:`StoreBusy` with
-one clear message after a short wait (sqlite's busy timeout) instead of hanging or corrupting
-anything — every write is one transaction, so nothing is half-written."""
+Faults (engine.sessions.dbfaults): only a damaged or foreign file — not a database, sqlite's
+CORRUPT, another program's or a partial schema, a newer schema — is moved aside
+(``sessions.db.bad-<time>``), a fresh one started and :attr:`SessionStore.notice` says so. A fault
+of the disk (full, read-only, no permission) is a StorageError naming the path, the file left as
+it was. A database held by a second instance raises :class:`StoreBusy` after a short wait
+(sqlite's busy timeout); every write is one transaction, so nothing is half-written."""
 from __future__ import annotations
 
 import json
@@ -29,8 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from contextlib import contextmanager
 
-from engine.errors import DiskFull, EngineError, InputError, StorageError, storage_error
+from engine.errors import EngineError, InputError, StorageError, storage_error
 from engine.paths import cache_dir
+from engine.sessions import dbfaults
 
 SCHEMA = 1
 APP_ID = "tokenforge-sessions"
@@ -56,13 +54,6 @@ CREATE INDEX IF NOT EXISTS turns_branch ON turns(branch_id, idx);
 """
 TABLES = ("meta", "sessions", "branches", "turns")
 
-#: sqlite's primary result codes (the low byte of an extended code) that say what failed
-_CORRUPT = {11, 26}          # SQLITE_CORRUPT, SQLITE_NOTADB: the bytes are not a usable database
-_BUSY = {5, 6}               # SQLITE_BUSY, SQLITE_LOCKED: another connection holds it
-_FULL = 13                   # SQLITE_FULL
-_IOERR = 10                  # SQLITE_IOERR (a failed -shm extension on a full disk lands here)
-_DENIED = {3: "permission denied", 8: "the database or its folder is read-only",
-           14: "the file cannot be opened (permissions or a missing folder)", 23: "access denied"}
 
 
 class StoreBusy(EngineError):
@@ -149,7 +140,7 @@ class SessionStore:
         try:
             self.db = self._open()
         except _Foreign as e:
-            aside = self._move_aside()
+            aside = dbfaults.move_aside(self.path)
             self.notice = (f"{self.path.name} {e}; it was kept as {aside.name} and a fresh "
                            "sessions database was started")
             try:
@@ -162,7 +153,7 @@ class SessionStore:
     def _open(self) -> sqlite3.Connection:
         """Connect and check the file is ours. Raises _Foreign (move it aside), StoreBusy or
         StorageError (leave it alone; a file this call created is removed again)."""
-        created = [p for p in self._files() if not p.exists()]
+        created = [p for p in dbfaults.db_files(self.path) if not p.exists()]
         db: Optional[sqlite3.Connection] = None
         try:
             db = sqlite3.connect(str(self.path), timeout=BUSY_MS / 1000, isolation_level=None,
@@ -194,16 +185,16 @@ class SessionStore:
         except sqlite3.Error as e:
             if db is not None:
                 db.close()
-            kind = _kind(e)
+            kind = dbfaults.kind(e)
             if kind == "corrupt":         # "file is not a database", a malformed schema or page
                 raise _Foreign(f"is corrupt or not a database ({e})") from None
             if kind == "other":           # our own queries fail on its tables: another schema
                 raise _Foreign(f"is not a tokenforge sessions database ({e})") from None
-            self._forget(created)
+            dbfaults.forget_created(self.path, created)
             if kind == "busy":
                 raise self._busy() from None
-            raise self._storage(e, kind, "open", "the database file was left as it was, "
-                                "nothing moved or deleted") from None
+            raise dbfaults.storage_error(e, kind, self.path, "open", "the database file was left "
+                                         "as it was, nothing moved or deleted", ENV_VAR) from None
         except _Foreign:
             if db is not None:
                 db.close()
@@ -211,61 +202,8 @@ class SessionStore:
         except BaseException:
             if db is not None:
                 db.close()
-            self._forget(created)
+            dbfaults.forget_created(self.path, created)
             raise
-
-    def _files(self) -> list[Path]:
-        return [self.path.with_name(self.path.name + sfx) for sfx in ("", "-wal", "-shm")]
-
-    def _forget(self, created: list[Path]) -> None:
-        """Remove what a failed open created: a database file that was not there before and
-        holds no table (at most its header page; its -wal empty), with its side files. Anything
-        that existed, or holds data, stays."""
-        if self.path not in created:
-            return
-        try:
-            with open(self.path, "rb") as fh:
-                head = fh.read(100)
-            size = self.path.stat().st_size
-            wal = self.path.with_name(self.path.name + "-wal")
-            if wal.exists() and wal.stat().st_size:
-                return
-        except OSError:
-            return
-        page = int.from_bytes(head[16:18], "big") if len(head) == 100 else 0
-        page = 65536 if page == 1 else page  # the header's encoding of the largest page size
-        if size and (page < 512 or size > page):
-            return  # a second page means a table: not ours to remove
-        for p in created:
-            try:
-                p.unlink()
-            except OSError:
-                pass
-
-    def _storage(self, e: sqlite3.Error, kind: str, doing: str, kept: str) -> StorageError:
-        """One message for a disk fault reported by sqlite: the path, why, what was kept."""
-        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
-        if kind == "io" and _free_bytes(self.path.parent) < (1 << 20):
-            kind = "full"  # sqlite says "disk I/O error" when it cannot grow the -shm file
-        if kind == "full":
-            return DiskFull(f"cannot {doing} the sessions database {self.path}: the disk is full; "
-                            f"{kept}", hint="free some space and try again")
-        why = _DENIED.get(code) or f"sqlite: {e}"
-        return StorageError(f"cannot {doing} the sessions database {self.path}: {why}; {kept}",
-                            hint=f"or set {ENV_VAR} to a writable folder")
-
-    def _move_aside(self) -> Path:
-        aside = self.path.with_name(f"{self.path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
-        n = 1
-        while aside.exists():
-            aside = aside.with_name(f"{aside.name}.{n}")
-            n += 1
-        os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.replace(side, aside.with_name(aside.name + suffix))
-        return aside
 
     def _busy(self) -> StoreBusy:
         return StoreBusy(f"the sessions database {self.path} is in use by another tokenforge",
@@ -277,15 +215,15 @@ class SessionStore:
             with self.lock, _tx(self.db, immediate=True):
                 yield self.db
         except sqlite3.Error as e:
-            kind = _kind(e)
+            kind = dbfaults.kind(e)
             if kind == "busy":
                 raise self._busy() from None
             if kind == "corrupt":
                 raise StorageError(f"the sessions database {self.path} is damaged ({e}); this "
                                    "change was not saved", hint="restart to have it kept aside "
                                    "and a fresh one started") from None
-            raise self._storage(e, kind, "write", "this change was not saved and the saved "
-                                "sessions are as they were") from None
+            raise dbfaults.storage_error(e, kind, self.path, "write", "this change was not saved "
+                                         "and the saved sessions are as they were", ENV_VAR) from None
 
     def close(self) -> None:
         self.db.close()
@@ -491,46 +429,6 @@ def _tx(db: sqlite3.Connection, immediate: bool = False) -> Iterator[None]:
             except sqlite3.Error:
                 pass
         raise
-
-
-def _kind(e: sqlite3.Error) -> str:
-    """What an sqlite error means for the file: 'corrupt' (move it aside), 'busy', 'full',
-    'denied', 'io' or 'other' (the last four: the disk's fault, leave the file alone)."""
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        code &= 0xFF
-        if code in _CORRUPT:
-            return "corrupt"
-        if code in _BUSY:
-            return "busy"
-        if code == _FULL:
-            return "full"
-        if code in _DENIED:
-            return "denied"
-        if code == _IOERR:
-            return "io"
-        return "other"
-    text = str(e).lower()  # an exception made without a code: read its message
-    if "not a database" in text or "malformed" in text:
-        return "corrupt"
-    if "locked" in text or "busy" in text:
-        return "busy"
-    if "disk is full" in text:
-        return "full"
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return "denied"
-    if "i/o error" in text:
-        return "io"
-    return "other"
-
-
-def _free_bytes(folder: Path) -> int:
-    import shutil
-
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return 1 << 62
 
 
 def _check_name(name: str) -> str:

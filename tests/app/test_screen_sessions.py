@@ -98,3 +98,62 @@ async def test_sessions_screen(make_app, tiny_lm):
 
         saved = session_store(app).get("Tell me about kittens")
         assert [t.user for t in saved.turns] == ["Tell me about kittens", "And more", "Third"]
+
+
+async def test_full_disk_is_shown_and_the_app_keeps_running(make_app, tiny_lm, monkeypatch):
+    """sqlite's "database or disk is full" while the app opens the sessions database: the answer
+    stays on screen with "not saved: … disk is full", the F7 screen shows the same one message,
+    the healthy database is neither moved aside nor changed, and once the disk has room the next
+    turn is saved beside the earlier session."""
+    import sqlite3
+
+    import engine.sessions.store as store_mod
+    from engine.sessions.store import SessionStore, sessions_dir
+
+    path = sessions_dir() / "sessions.db"
+    st = SessionStore(path)
+    st.create("earlier", "m", "h", None, {})
+    st.close()
+    before = path.read_bytes()
+    real = sqlite3.connect
+
+    class Full:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *a):
+            if "sqlite_master" in sql:
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *a)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    monkeypatch.setattr(store_mod.sqlite3, "connect", lambda *a, **kw: Full(real(*a, **kw)))
+    from app.app import TokenforgeApp
+
+    said: list[str] = []
+    real_notify = TokenforgeApp.notify
+    monkeypatch.setattr(TokenforgeApp, "notify",
+                        lambda self, message, *a, **k: said.append(str(message)) or real_notify(self, message, *a, **k))
+    app = make_app(engine=Engine(lm=tiny_lm))
+    app.settings.sampling = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    seen = []
+    async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        r = await _say(pilot, app, seen, "Tell me about kittens")
+        assert r.text and any("not saved" in n and "disk is full" in n for n in r.notes)
+        await until(pilot, lambda: any("not saved" in t and "disk is full" in t for t in said))
+        await pilot.press("f7")
+        await until(pilot, lambda: app.current_mode == "sessions")
+        await until(pilot, lambda: "disk is full" in str(app.screen.query_one("#sessions-status").render()))
+        assert path.read_bytes() == before and not [p for p in path.parent.iterdir() if ".bad-" in p.name]
+        monkeypatch.setattr(store_mod.sqlite3, "connect", real)  # space freed
+        await pilot.press("f2")
+        await until(pilot, lambda: app.current_mode == "chat")
+        r = await _say(pilot, app, seen, "And more")
+        assert not any("not saved" in n for n in r.notes)
+        await pilot.press("f7")
+        await until(pilot, lambda: app.current_mode == "sessions")
+        await until(pilot, lambda: "earlier" in app.screen.names and len(app.screen.names) == 2)
+        assert app.is_running

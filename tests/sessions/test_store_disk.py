@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import engine.sessions.store as store_mod
+from engine.sessions import dbfaults
 from engine.errors import DiskFull, StorageError
 from engine.sessions.store import SavedTurn, SessionStore
 from smalldisk import fill, small_disk
@@ -90,10 +91,10 @@ def test_io_error_with_no_space_is_disk_full_other_faults_are_storage_errors(tmp
     _healthy(path)
     before = _digest(path)
     _inject(monkeypatch, "sqlite_master", sqlite3.OperationalError("disk I/O error"))
-    monkeypatch.setattr(store_mod, "_free_bytes", lambda folder: 0)
+    monkeypatch.setattr(dbfaults, "free_bytes", lambda folder: 0)
     with pytest.raises(DiskFull):
         SessionStore(path)
-    monkeypatch.setattr(store_mod, "_free_bytes", lambda folder: 1 << 40)
+    monkeypatch.setattr(dbfaults, "free_bytes", lambda folder: 1 << 40)
     with pytest.raises(StorageError) as ei:  # plenty of space: an I/O error, not "full"
         SessionStore(path)
     assert not isinstance(ei.value, DiskFull) and "disk I/O error" in str(ei.value)
