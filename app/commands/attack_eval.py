@@ -245,28 +245,29 @@ def merge_cmd(args: argparse.Namespace) -> int:
 
 
 def judge_cmd(args: argparse.Namespace) -> int:
-    import json
-
-    from engine.advtok.evalrun import rejudge
+    """In place it holds the results locks throughout (engine.advtok.evalrun.rejudge_file): a
+    run still writing the file is named at once and nothing changes; --out judges a snapshot."""
+    from engine.advtok.evalrun import rejudge_file
     from engine.advtok.judges import make_judges, parse_judges
     from engine.advtok.records import shard_files
-    from engine.atomic import write_text
     from engine.errors import InputError
 
     parse_judges(args.judge)
     if args.judge_batch < 1:
         raise InputError(f"--judge-batch must be ≥ 1 (got {args.judge_batch})")
-    rr = _read(args.results)
-    judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
-                         batch_size=args.judge_batch)
-    recs = rejudge(rr.records, judges)
-    dest = Path(args.out or args.results)
-    write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-    if args.out is None:
-        for p in shard_files(args.results):
-            if p != Path(args.results):
-                p.unlink()
-    err_console().print(f"judged {len(recs)} rows with {', '.join(j.id for j in judges)} → {dest}",
+    if not shard_files(args.results):
+        raise InputError(f"results file not found: {args.results}")
+    built: list[Any] = []
+
+    def judges() -> list[Any]:
+        built[:] = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
+                               batch_size=args.judge_batch)
+        return built
+
+    res = rejudge_file(args.results, judges, args.out)
+    for n in res.notes:
+        _say(err_console(), n)
+    err_console().print(f"judged {res.rows} rows with {', '.join(j.id for j in built)} → {res.dest}",
                         highlight=False, markup=False)
     return 0
 

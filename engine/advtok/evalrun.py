@@ -155,3 +155,58 @@ def rejudge(records: list[dict[str, Any]], judges: Sequence[Any]) -> list[dict[s
         ids = list(rec.get("judges") or [])
         rec["judges"] = ids + [j.id for j in judges if j.id not in ids]
     return records
+
+
+@dataclass
+class JudgedFile:
+    rows: int                       # rows judged and written
+    dest: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
+                 out: Optional[Path | str] = None) -> JudgedFile:
+    """Judge every finished row of ``results`` (and its shards) with the judges ``make_judges``
+    builds, and write them.
+
+    In place (``out`` None or ``results``): the results locks are taken *before* the judge
+    models load and held through read, judging and the atomic rewrite, so a dataset run that is
+    still appending makes this fail at once with LockHeld naming its process (nothing read,
+    nothing loaded, nothing changed), and a run started meanwhile is refused the same way: no
+    row can appear between the read and the rewrite, so none is dropped. Into another file:
+    the results are only read (a run may keep appending; its half-written last line is
+    skipped) and ``out`` is written atomically under its own lock."""
+    from engine.advtok.records import fold_records, read_results, results_locked, shard_files
+    from engine.atomic import write_text
+    from engine.errors import InputError, storage_error
+    from engine.locks import FileLock, LockHeld, is_held
+
+    results = Path(results)
+    dest = Path(out) if out is not None else results
+    in_place = dest.resolve() == results.resolve()
+
+    def judged(files: Optional[list[Path]]) -> tuple[list[dict[str, Any]], list[str]]:
+        rr = read_results(results, files=files)
+        if not rr.records:
+            raise InputError(f"{results}: no finished rows")
+        return rejudge(rr.records, make_judges()), rr.notes
+
+    if in_place:
+        try:
+            with results_locked(results) as files:
+                recs, notes = judged(files)
+                fold_records(results, recs, files)
+        except LockHeld as e:
+            raise LockHeld(str(e), hint="judge it when that run has finished, or judge what is "
+                           "finished so far into another file with --out") from None
+        return JudgedFile(len(recs), results, notes)
+    recs, notes = judged(None)
+    with FileLock(dest, f"output file {dest}"):
+        try:
+            write_text(dest, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        except OSError as e:
+            raise storage_error(e, dest, f"nothing was written; {results} was only read") from None
+    if any(is_held(p) for p in [results, *shard_files(results)]):
+        notes.append(f"{results} is still being written by a run: rows it finishes from now on "
+                     f"are not in {dest}")
+    return JudgedFile(len(recs), dest, notes)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 from engine.lm.weights_hash import weights_hash  # noqa: F401  (replay and tests import it from here)
 
 SCHEMA = "tokenforge.advtok.row/1"
@@ -107,19 +108,51 @@ def read_results(out: Path | str, *, repair: bool = False,
     return rr
 
 
-def merge_results(out: Path | str) -> tuple[int, list[str]]:
-    """Fold every shard into ``out`` (one atomic write, rows in file order), then remove the
-    shards. Returns (rows, notes)."""
-    from engine.atomic import write_text
+@contextmanager
+def results_locked(out: Path | str) -> Iterator[list[Path]]:
+    """Hold the lock (engine.locks) of ``out`` and of every shard of it, the locks a dataset run
+    writes under; yields the files present once all are held. Whoever rewrites a results file
+    (judge in place, merge) holds them from the read to the atomic write, so no row a run
+    appends can be dropped: a run that is writing makes this raise LockHeld naming its process
+    at once, and a run started meanwhile is refused the same way."""
+    from engine.locks import FileLock
 
     out = Path(out)
-    files = shard_files(out)
-    rr = read_results(out, files=files)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rr.records)
-    write_text(out, text)
+    with ExitStack() as stack:
+        held: set[Path] = set()
+        while True:  # a shard that appears while locking is locked too
+            todo = [p for p in dict.fromkeys([out, *shard_files(out)]) if p not in held]
+            if not todo:
+                break
+            for p in todo:
+                stack.enter_context(FileLock(p, f"results file {p}"))
+                held.add(p)
+        yield shard_files(out)
+
+
+def fold_records(out: Path, records: list[dict[str, Any]], files: Iterable[Path]) -> None:
+    """Write ``records`` as ``out`` in one atomic step, then remove the other ``files`` (its
+    shards, whose rows are now in ``out``). Call holding :func:`results_locked`."""
+    from engine.atomic import write_text
+    from engine.errors import storage_error
+
+    try:  # a full disk: the temporary file goes, the results and shards stay as they were
+        write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    except OSError as e:
+        raise storage_error(e, out, "the results file and its shards were left as they were") from None
     for p in files:
         if p != out:
             p.unlink()
+
+
+def merge_results(out: Path | str) -> tuple[int, list[str]]:
+    """Fold every shard into ``out`` (one atomic write, rows in file order), then remove the
+    shards — holding the results locks, so a run still writing is named instead of losing rows.
+    Returns (rows, notes)."""
+    out = Path(out)
+    with results_locked(out) as files:
+        rr = read_results(out, files=files)
+        fold_records(out, rr.records, files)
     return len(rr.records), rr.notes
 
 
