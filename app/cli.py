@@ -84,14 +84,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from app.commands.common import fail
 
         return fail(str(e), e.hint)
-    code = _startup(args, parser)
-    if code is not None:
-        return code
     if args.command is None:
+        code = _startup(args, parser)
+        if code is not None:
+            return code
         from app.tui import run_tui
 
         return run_tui(args)
-    return int(mods[args.command].run(args) or 0)  # type: ignore[attr-defined]
+    from app.interrupt import run_command
+
+    def command() -> int:
+        code = _startup(args, parser)
+        if code is not None:
+            return code
+        return int(mods[args.command].run(args) or 0)  # type: ignore[attr-defined]
+
+    # Ctrl+C for every headless command, from here on (app/interrupt.py)
+    return run_command(command)
 
 
 if __name__ == "__main__":

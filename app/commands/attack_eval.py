@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+from app.commands.common import (add_model_args, attack_config, check_cancel, err_console, fail,
+                                 guard, load_lm, read_attack_results)
+from app.interrupt import cancel_token, phase, run_command
 
 SUBCOMMANDS = ("judge", "report", "merge", "replay")
 
@@ -82,7 +84,6 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
                 console: Optional[Console] = None, cancel: Any = None, par: Any = None,
                 on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None) -> Any:
     """Read the benchmark file, build the judges, run this process's pending rows."""
-    from app.commands.attack import make_config
     from engine.advtok.datasets import parse_columns, read_benchmark, system_for
     from engine.advtok.evalrun import run_rows
     from engine.advtok.judges import make_judges
@@ -103,7 +104,7 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
         if on_row is not None:
             on_row(i, n, rec)
 
-    summ = run_rows(lm, bench, lambda r: make_config(args, r.request, r.response,
+    summ = run_rows(lm, bench, lambda r: attack_config(args, r.request, r.response,
                                                      system_for(r, default_system)),
                     judges, out_path, par=par, cancel=cancel, on_row=row_done,
                     on_error=lambda m: con.print(f"[bold red]error:[/] {escape(m)}", soft_wrap=True))
@@ -118,12 +119,12 @@ def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
     from engine.lm.model import load_model
 
     return load_model(spec, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code)
+                      trust_remote_code=args.trust_remote_code, cancel=cancel_token())
 
 
 def run_dataset_cmd(args: argparse.Namespace) -> int:
-    """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch."""
-    from app.commands.attack import _run_cancellable, make_config
+    """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch.
+    Ctrl+C stops after the rows already finished (each is on disk): exit 130."""
     from engine.advtok.datasets import parse_columns
     from engine.advtok.judges import parse_judges
     from engine.advtok.records import merge_results, shard_files
@@ -135,7 +136,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     rows = Path(args.dataset)
     if not rows.is_file():
         return fail(f"dataset file not found: {rows}")
-    make_config(args, "x", "x")   # validate the shared settings before loading the model
+    attack_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
     parse_judges(args.judge)
     if args.judge_batch < 1:
@@ -143,23 +144,18 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     par = parallel_state(args)
     lm = load_lm(args)
     err = err_console()
-    summ, interrupted = _run_cancellable(
-        lambda c: run_dataset(lm, args, rows, Path(args.out), console=err, cancel=c, par=par))
+    phase("rows")
+    summ = run_dataset(lm, args, rows, Path(args.out), console=err, cancel=cancel_token(), par=par)
     tag = f"[{par.rank}/{par.world}] " if par.world > 1 else ""
     err.print(f"{tag}{summ.done} rows done, {summ.skipped} already finished, "
               f"{len(summ.failed)} failed, {len(summ.problems)} file problems"
               + (" · interrupted" if summ.interrupted else ""), highlight=False, markup=False)
-    if not (interrupted or summ.interrupted):
-        par.barrier()               # every rank finished: rank 0 folds the shards into --out
-        if par.rank == 0 and len(shard_files(args.out)) > 1:
-            n, _ = merge_results(Path(args.out))
-            err.print(f"merged {n} rows into {args.out}", highlight=False, markup=False)
-    if interrupted:
-        from app.commands.attack import _leave_interrupted
-
-        _leave_interrupted()
-    if summ.interrupted:
+    if summ.interrupted or cancel_token().cancelled:
         return 130
+    par.barrier()               # every rank finished: rank 0 folds the shards into --out
+    if par.rank == 0 and len(shard_files(args.out)) > 1:
+        n, _ = merge_results(Path(args.out))
+        err.print(f"merged {n} rows into {args.out}", highlight=False, markup=False)
     return 2 if summ.failed else 0
 
 
@@ -205,7 +201,7 @@ def main(argv: Sequence[str]) -> int:
         check_args(args, parser, command=f"attack {args.action}")
     except EngineError as e:
         return fail(str(e), e.hint)
-    return _dispatch(args)
+    return run_command(lambda: _dispatch(args))
 
 
 @guard
@@ -221,24 +217,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     return replay_cmd(args)
 
 
-def _read(results: str) -> Any:
-    from engine.advtok.records import read_results, shard_files
-    from engine.errors import InputError
-
-    if not shard_files(results):
-        raise InputError(f"results file not found: {results}")
-    rr = read_results(results)
-    for n in rr.notes:
-        _say(err_console(), n)
-    if not rr.records:
-        raise InputError(f"{results}: no finished rows")
-    return rr
-
-
 def merge_cmd(args: argparse.Namespace) -> int:
     from engine.advtok.records import merge_results
 
-    _read(args.results)
+    read_attack_results(args.results)
+    phase("write")
+    check_cancel()
     n, _ = merge_results(args.results)
     err_console().print(f"merged {n} rows into {args.results}", highlight=False, markup=False)
     return 0
@@ -264,7 +248,8 @@ def judge_cmd(args: argparse.Namespace) -> int:
                                batch_size=args.judge_batch)
         return built
 
-    res = rejudge_file(args.results, judges, args.out)
+    phase("judge")
+    res = rejudge_file(args.results, judges, args.out, cancel=cancel_token())  # a stop: as it was
     for n in res.notes:
         _say(err_console(), n)
     err_console().print(f"judged {res.rows} rows with {', '.join(j.id for j in built)} → {res.dest}",
@@ -297,7 +282,7 @@ def report_cmd(args: argparse.Namespace) -> int:
             raise InputError(f"--k {args.k!r}: expected integers like 1,8") from None
         if any(k < 1 for k in ks):
             raise InputError("--k values must be ≥ 1")
-    rr = _read(args.results)
+    rr = read_attack_results(args.results)
     judges = [s.strip() for s in args.judges.split(",")] if args.judges else None
     rep = build_report(rr.records, judges=judges, ks=ks, seed=args.seed)
     if not rep.judges:
@@ -308,13 +293,17 @@ def report_cmd(args: argparse.Namespace) -> int:
     for line in footer(rep):
         out.print(line, markup=False)
     err = err_console()
+    phase("write")
     if args.markdown:
+        check_cancel()
         write_text(args.markdown, to_markdown(rep))
         err.print(f"wrote {args.markdown}", markup=False)
     if args.csv:
+        check_cancel()
         write_text(args.csv, to_csv(rep))
         err.print(f"wrote {args.csv}", markup=False)
     if args.png:
+        check_cancel()
         err.print(f"wrote {write_png(rep, args.png)}", markup=False)
     return 0
 

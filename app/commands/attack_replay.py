@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from app.commands.common import add_model_args, err_console
+from app.commands.common import add_model_args, err_console, load_lm, read_attack_results
+from app.interrupt import cancel_token, phase
 
 
 def register_replay(sub: Any) -> None:
@@ -20,12 +21,10 @@ def register_replay(sub: Any) -> None:
 
 
 def replay_cmd(args: argparse.Namespace) -> int:
-    from app.commands.attack_eval import _read
-    from app.commands.common import load_lm
     from engine.advtok.replay import SCORE_TOL, replay_record
     from engine.errors import InputError
 
-    rr = _read(args.results)
+    rr = read_attack_results(args.results)
     rec = next((r for r in rr.records if str(r.get("id", r.get("key"))) == args.row), None)
     if rec is None:
         raise InputError(f"{args.results}: no row {args.row!r}")
@@ -35,7 +34,10 @@ def replay_cmd(args: argparse.Namespace) -> int:
     if args.engine_path is None:
         args.engine_path = model.get("engine_path") or "fast"
     lm = load_lm(args)
-    res = replay_record(lm, rec, samples=not args.no_samples)
+    phase("replay")
+    res = replay_record(lm, rec, samples=not args.no_samples, cancel=cancel_token())
+    cancel_token().check()    # a stopped replay is no verdict: exit 130 without one
+    phase("write")
     out = Console(highlight=False)
 
     def ok(b: bool) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.commands.common import add_model_args, err_console, guard, load_lm
+from app.commands.common import add_model_args, check_cancel, err_console, guard, load_lm
+from app.interrupt import cancel_token, phase
 
 DEFAULT_METHODS = "baseline,kv-reuse,kv-fp8"
 
@@ -119,13 +120,17 @@ def _run(args: argparse.Namespace) -> int:
         task = bar.add_task("bench", total=None)
 
         def progress(p: Any) -> None:
+            phase(p.phase)
             bar.update(task, completed=p.step, total=p.total, description=p.message[:70])
 
-        summary = run_bench(lm, cfg, args.out, progress=progress)
+        summary = run_bench(lm, cfg, args.out, progress=progress, cancel=cancel_token())
     con.print(f"[green]{summary.written} records written[/], {summary.skipped} already present "
-              f"(resumed), {summary.errors} errors → {summary.out}")
+              f"(resumed), {summary.errors} errors → {summary.out}"
+              + (" · interrupted" if summary.cancelled else ""))
     con.print(f"[dim]load avg {summary.loadavg_start} → {summary.loadavg_end}; "
               f"next: tokenforge bench report {summary.out} --png docs/[/]")
+    if summary.cancelled:
+        return 130
     return 0 if summary.errors == 0 else 1
 
 
@@ -171,6 +176,7 @@ def _report(args: argparse.Namespace) -> int:
     con.print("[dim]cells: median [IQR]; ×ratio vs baseline = median of paired runs with bootstrap "
               "95 % CI; a verdict word only when the CI excludes 1. Timings are noisy on a shared CPU.[/]")
     err = err_console()
+    phase("write")
     for p in rep.problems:
         err.print(f"[yellow]skipped:[/] {p}")
     for n in rep.notes:
@@ -179,11 +185,14 @@ def _report(args: argparse.Namespace) -> int:
         for msg in row.error_messages:
             err.print(f"[red]{row.method} error[/] {msg}")
     if args.csv:
+        check_cancel()
         err.print(f"CSV → {write_csv(rep, args.csv)}")
     if args.markdown:
+        check_cancel()
         write_text(Path(args.markdown), to_markdown(rep) + "\n")
         err.print(f"Markdown → {args.markdown}")
     if args.png:
+        check_cancel()
         for path in write_pngs(rep, args.png):
             err.print(f"PNG → {path}")
     return 0

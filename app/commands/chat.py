@@ -1,18 +1,18 @@
 """`tokenforge chat`: a streaming REPL over a conversation KV cache (or one answer with --prompt).
 
-The answer runs in a worker thread with a CancelToken, so Ctrl+C during an answer stops only that
-answer (the partial answer stays in the conversation) while Ctrl+C at the prompt exits."""
+Ctrl+C (app/interrupt.py) during an answer stops only that answer (the partial answer stays in
+the conversation), a second press exits 130; Ctrl+C at the prompt exits."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import threading
 from typing import Any
 
 from rich.console import Console
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+from app.interrupt import cancel_token, current as interrupts, phase
 
 HELP = "commands: /new (new conversation), /system TEXT, /exit — Ctrl+C stops an answer, at the prompt it exits"
 
@@ -37,42 +37,22 @@ def register(sub: Any) -> None:
                    help="with --json: top-K alternatives per token (default 5, 0 = none)")
 
 
-def _answer(session: Any, text: str, out: Console, quiet: bool, observe: Any = None) -> Any:
-    """Run one turn in a thread; Ctrl+C cancels it. Returns the GenerationResult."""
-    from engine.progress import CancelToken
-
-    token = CancelToken()
-    box: dict[str, Any] = {}
-
+def _answer(session: Any, text: str, quiet: bool, observe: Any = None) -> Any:
+    """One turn, streamed. Ctrl+C (app/interrupt.py) stops it: the partial answer is returned
+    (stop_reason 'cancelled'); a press before the answer began raises Cancelled with the session
+    as it was."""
     def on_token(delta: str, _tid: int) -> None:
+        phase("generate")
         if not quiet:
             sys.stdout.write(delta)
             sys.stdout.flush()
 
-    done = threading.Event()
+    def progress(p: Any) -> None:
+        if p.phase == "prefill":
+            phase("prefill")
 
-    def work() -> None:
-        try:
-            box["result"] = session.send(text, on_token=on_token, cancel=token, observe=observe)
-        except BaseException as e:  # handed to the main thread
-            box["error"] = e
-        finally:
-            done.set()
-
-    th = threading.Thread(target=work, name="tokenforge-chat", daemon=True)
-    th.start()
-    # An Event, not Thread.join: on 3.11 a join interrupted by KeyboardInterrupt can mark a
-    # still-running thread as finished.
-    while True:
-        try:
-            if done.wait(0.1):
-                break
-        except KeyboardInterrupt:
-            token.cancel("user")
-            out.print("\n[yellow]… stopped[/]", highlight=False)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return session.send(text, on_token=on_token, progress=progress, cancel=cancel_token(),
+                        observe=observe)
 
 
 def _figures(r: Any, inexact: str = "") -> str:
@@ -120,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.alternatives <= 100:
         return fail(f"--alternatives must be in 0..100 (got {args.alternatives})")
     lm = load_lm(args)
-    out = Console(highlight=False)
     err = err_console()
     saved: dict[str, Any] = {}
     if args.session is not None:
@@ -139,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             from engine.lm.tokeninfo import TokenRecorder
 
             rec = TokenRecorder(lm.tokenizer, args.alternatives)
-        r = _answer(session, args.prompt, out, quiet=args.json, observe=rec)
+        r = _answer(session, args.prompt, quiet=args.json, observe=rec)
+        phase("write")
         if args.json:
             tokens = [i.to_dict() for i in rec.infos] if rec is not None else []
             print(json.dumps({"prompt": args.prompt, **r.to_dict(), **saved, **path_info, "tokens": tokens},
@@ -149,10 +129,24 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"[dim]{_figures(r, inexact)}[/]")
         return 130 if r.stop_reason == "cancelled" else 0
     err.print(f"[dim]{HELP}[/]")
+    return _repl(session, args, err, saved, path_info, inexact)
+
+
+def _repl(session: Any, args: argparse.Namespace, err: Console, saved: dict[str, Any],
+          path_info: dict[str, Any], inexact: str) -> int:
+    """The interactive loop: Ctrl+C during an answer stops it (a second press exits 130), at
+    the prompt it exits."""
+    from engine.errors import InputError
+    from engine.progress import Cancelled
+
+    irq = interrupts()
     while True:
+        irq.rearm()    # a press that stopped the last answer is spent
         try:
-            text = input("\n› ")
-        except (KeyboardInterrupt, EOFError):
+            with irq.idle(0):
+                phase("prompt")
+                text = input("\n› ")
+        except EOFError:
             print()
             return 0
         cmd = text.strip()
@@ -172,9 +166,12 @@ def run(args: argparse.Namespace) -> int:
             err.print("[dim]system prompt set; new conversation[/]")
             continue
         try:
-            r = _answer(session, text, out, quiet=args.json)
+            r = _answer(session, text, quiet=args.json)
         except InputError as e:
             err.print(f"[red]{e}[/]")
+            continue
+        except Cancelled:
+            err.print("[yellow]stopped before the answer began: the message was not added[/]")
             continue
         if args.json:  # one line per turn: its figures (prefill tokens among them)
             print(json.dumps({"prompt": text, **r.to_dict(), **saved, **path_info}, ensure_ascii=False))

@@ -46,16 +46,22 @@ def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
 
 
 def load_lm(args: argparse.Namespace) -> Any:
-    """Load the model named by the args with a transient status line. Raises EngineError."""
+    """Load the model named by the args with a transient status line. Raises EngineError, and
+    Cancelled when Ctrl+C lands during the load (it is checked between weight tensors)."""
+    from app.interrupt import cancel_token, phase
     from engine.lm.model import load_model
 
     c = err_console()
+    phase("load")
     with c.status(f"loading {args.model}…") as status:
         def progress(p: Any) -> None:
+            if "tensors" in p.metrics:
+                phase("load-weights")
             status.update(f"[{p.phase}] {p.message}")
 
         lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                        trust_remote_code=args.trust_remote_code, progress=progress)
+                        trust_remote_code=args.trust_remote_code, progress=progress,
+                        cancel=cancel_token())
     set_engine_path(lm, getattr(args, "engine_path", "fast"))
     limit_context(lm, getattr(args, "context_size", None))
     c.print(f"[dim]{lm.describe()} · loaded in {lm.load_s:.1f} s[/]")
@@ -80,37 +86,68 @@ def limit_context(lm: Any, n: Any) -> None:
     lm.context_length = min(int(lm.context_length), int(n))
 
 
-def force_exit(code: int = 130) -> None:
-    """Second Ctrl+C while an engine thread is inside torch: leave now. A normal interpreter exit
-    would tear torch down under the running thread ("terminate called without an active
-    exception", SIGABRT). Finished results are already on disk (each line fsynced; a torn last
-    line is recognised by parsing on resume), locks die with the process, and temporary files
-    are removed by the next start-up."""
-    import os
-    import sys
-
-    try:
-        err_console().print("[yellow]interrupted twice: exiting now[/]")
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
-
-
 def guard(fn: Any) -> Any:
-    """Decorator for run(args): EngineError -> one line + exit 2; Ctrl+C -> exit 130."""
+    """Decorator for run(args): EngineError -> one line + exit 2; a job stopped by Ctrl+C that
+    had nothing to show (Cancelled) -> exit 130. Ctrl+C itself is app/interrupt.py's."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
         from app.commands import profile_args
+        from engine.progress import Cancelled
 
         try:
             profile_args.apply(args)
             return int(fn(args) or 0)
         except EngineError as e:
             return fail(str(e), e.hint)
-        except KeyboardInterrupt:
+        except Cancelled:
             err_console().print("[yellow]interrupted[/]")
             return 130
     return wrapper
+
+
+def check_cancel() -> None:
+    """Raise Cancelled if Ctrl+C was pressed (between the steps of a command that is not one
+    engine call, e.g. before it writes its outputs)."""
+    from app.interrupt import cancel_token
+
+    cancel_token().check()
+
+
+# ---------------------------------------------------------------------- attack helpers
+_FROM_ARGS: Any = object()
+
+
+def attack_config(args: argparse.Namespace, request: str, response: str,
+                  system: Any = _FROM_ARGS) -> Any:
+    """AttackConfig from the attack options (validated: bad settings raise InputError); shared
+    by the single-request run and the dataset run."""
+    from engine.advtok.search import AttackConfig
+
+    if system is _FROM_ARGS:
+        system = None if args.template_system else args.system
+    return AttackConfig(
+        request=request, response=response, system=system, iters=args.iters,
+        max_neighbours=args.max_neighbours, init=args.init, distance4=args.distance4,
+        include_merges=args.merges, stochastic=args.stochastic, temperature=args.temperature,
+        length_norm=not args.no_length_norm, samples=args.samples,
+        sample_max_new_tokens=args.sample_tokens, sample_temperature=args.sample_temperature,
+        seed=args.seed, max_request_chars=args.max_request_chars, batch_cap=args.batch_cap,
+        allow_plain_template=args.plain_template).validate()
+
+
+def read_attack_results(results: str) -> Any:
+    """The finished rows of an attack results file (and its shards); its notes on stderr.
+    InputError when there is no such file or no finished row."""
+    from engine.advtok.records import read_results, shard_files
+    from engine.errors import InputError
+
+    if not shard_files(results):
+        raise InputError(f"results file not found: {results}")
+    rr = read_results(results)
+    for n in rr.notes:
+        err_console().print(n, style="yellow", markup=False, highlight=False)
+    if not rr.records:
+        raise InputError(f"{results}: no finished rows")
+    return rr

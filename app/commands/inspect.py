@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.commands.common import add_model_args, fail, guard, load_lm
+from app.interrupt import cancel_token, phase
 
 
 def register(sub: Any) -> None:
@@ -82,8 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         return fail(f"--max-new-tokens must be ≥ 1 (got {args.max_new_tokens})")
     lm = load_lm(args)
+    phase("inspect")
     ins = inspect_text(lm, args.prompt, args.response, system=args.system, top_k=args.top_k,
-                       lens=args.logit_lens, max_new_tokens=args.max_new_tokens)
+                       lens=args.logit_lens, max_new_tokens=args.max_new_tokens,
+                       cancel=cancel_token())
+    phase("write")
     if args.json:
         print(json.dumps({"model": lm.name, **ins.to_dict()}, ensure_ascii=False, indent=2))
     else:

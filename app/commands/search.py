@@ -1,14 +1,14 @@
 """`tokenforge search`: MaxEnt tree search toward a reward, headless, next to the greedy answer.
 
-The search runs in a worker thread with a CancelToken: Ctrl+C stops it and the best answer found
-so far is still shown (and saved with --json)."""
+Ctrl+C (app/interrupt.py) stops the search: the best answer found so far is still shown (and
+saved with --json), exit 130."""
 from __future__ import annotations
 
 import argparse
-import threading
 from typing import Any
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+from app.interrupt import cancel_token, phase
 
 REWARD_HELP = ("words:kitten,moon · regex:PATTERN · answer:LABEL · length:MIN-MAX (words; MIN-MAXc "
                "chars, MIN-MAXt tokens) · loglik:TARGET TEXT · plugin:module:function (needs --allow-plugin)")
@@ -53,35 +53,6 @@ def _cfg(args: argparse.Namespace) -> Any:
                       mode=args.mode, n_samples=args.samples, batch=args.batch, seed=args.seed)
 
 
-def _run_cancellable(fn: Any) -> Any:
-    """Run fn(cancel) in a thread; Ctrl+C sets the token and we wait for the partial result."""
-    from engine.progress import CancelToken
-
-    token = CancelToken()
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            box["result"] = fn(token)
-        except BaseException as e:  # handed to the main thread
-            box["error"] = e
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="tokenforge-search", daemon=True).start()
-    while True:
-        try:
-            if done.wait(0.1):
-                break
-        except KeyboardInterrupt:
-            token.cancel("user")
-            err_console().print("[yellow]stopping… (the best answer so far is kept)[/]")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
 def _snippet(text: str, n: int = 60) -> str:
     t = " ".join(text.split())
     return t if len(t) <= n else "…" + t[-(n - 1):]
@@ -94,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from engine.errors import InputError
-    from engine.treesearch.rewards import Completion, parse_reward
+    from engine.treesearch.rewards import parse_reward
 
     if not args.prompt.strip():
         return fail("empty prompt: nothing to search from")
@@ -114,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate(lm.context_length, len(prompt_ids))
     tree_rollout_bound(lm, len(prompt_ids), cfg.horizon).check(cfg.rollouts)
 
-    from engine.lm.generate import generate
-    from engine.lm.config import SamplingConfig
     from engine.treesearch.search import run_tree_search
 
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -123,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("tree", total=cfg.rollouts, info="")
 
         def progress(p: Any) -> None:
+            phase(p.phase)
             if p.phase != "tree":
                 return
             m = p.metrics
@@ -131,18 +101,10 @@ def run(args: argparse.Namespace) -> int:
                     + (f" · best {best:.3f} “{_snippet(m.get('best_text', ''), 30)}”" if best is not None else ""))
             bar.update(task, completed=p.step, info=info)
 
-        res = _run_cancellable(lambda tok: run_tree_search(lm, prompt_ids, reward, cfg,
-                                                           progress=progress, cancel=tok))
-    greedy = None
-    if res.stop_reason == "completed":
-        g, _ = generate(lm, prompt_ids, SamplingConfig(max_new_tokens=cfg.horizon, temperature=0.0))
-        try:
-            g_r = reward.score(Completion(g.text, tuple(g.token_ids), tuple(prompt_ids)))
-        except Exception as e:  # the reward already passed the search; report, don't crash
-            g_r = None
-            err.print(f"[red]reward failed on the greedy answer:[/] {e}")
-        greedy = (g.text, g_r)
+        res = run_tree_search(lm, prompt_ids, reward, cfg, progress=progress, cancel=cancel_token())
+    greedy = _greedy(lm, prompt_ids, reward, cfg.horizon, err) if res.stop_reason == "completed" else None
 
+    phase("write")
     out = Console(highlight=False)
     table = Table(title=f"reward {reward.spec} · {cfg.mode} mode · λ {cfg.lam} · "
                         f"{res.rollouts_done}/{cfg.rollouts} rollouts", show_lines=True)
@@ -170,4 +132,22 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[dim]wrote {args.json}[/]")
     if res.stop_reason == "reward_error":
         return fail(f"the reward failed: {res.error}", "the partial result is shown above", code=1)
-    return 130 if res.stop_reason == "cancelled" else 0
+    return 130 if res.stop_reason == "cancelled" or cancel_token().cancelled else 0
+
+
+def _greedy(lm: Any, prompt_ids: list[int], reward: Any, horizon: int, err: Any) -> Any:
+    """The greedy answer and its reward, beside the search's (None when Ctrl+C stopped it)."""
+    from engine.lm.config import SamplingConfig
+    from engine.lm.generate import generate
+    from engine.treesearch.rewards import Completion
+
+    g, _ = generate(lm, prompt_ids, SamplingConfig(max_new_tokens=horizon, temperature=0.0),
+                    cancel=cancel_token())
+    if g.stop_reason == "cancelled":
+        return None
+    try:
+        g_r = reward.score(Completion(g.text, tuple(g.token_ids), tuple(prompt_ids)))
+    except Exception as e:  # the reward already passed the search; report, don't crash
+        g_r = None
+        err.print(f"[red]reward failed on the greedy answer:[/] {e}")
+    return g.text, g_r

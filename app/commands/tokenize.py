@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from app.commands.common import add_model_args, err_console, fail, guard
+from app.commands.common import add_model_args, check_cancel, err_console, fail, guard
+from app.interrupt import cancel_token, phase
 
 # alternating token backgrounds: boundaries stay visible even between spaces
 _STYLES = ("black on bright_cyan", "black on bright_yellow")
@@ -101,11 +102,20 @@ def run(args: argparse.Namespace) -> int:
             err.print(f"warning: {p.metrics['warning']}", style="yellow", markup=False,
                       highlight=False)
 
+    phase("load")
     with err.status(f"loading the tokenizer of {args.model}…"):
         tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
-                             progress=on_load)
+                             progress=on_load, cancel=cancel_token())
+
+    def on_work(p: Any) -> None:
+        phase(p.phase)
+
+    phase("tokenize")
     rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
-                            limit=args.limit, seed=args.seed)
+                            limit=args.limit, seed=args.seed, progress=on_work,
+                            cancel=cancel_token())
+    phase("write")
+    check_cancel()
     vocab = mdd.vocab
     if vocab.cache_note:
         err.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)

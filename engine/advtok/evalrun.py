@@ -15,6 +15,7 @@ from engine.advtok.judges import JudgeItem
 from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
                                    shard_path, template_info)
 from engine.errors import EngineError
+from engine.progress import CancelToken, check
 
 
 @dataclass
@@ -143,10 +144,12 @@ def _run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any]
     return summ
 
 
-def rejudge(records: list[dict[str, Any]], judges: Sequence[Any]) -> list[dict[str, Any]]:
+def rejudge(records: list[dict[str, Any]], judges: Sequence[Any], *,
+            cancel: Optional[CancelToken] = None) -> list[dict[str, Any]]:
     """Add (or replace) the verdicts of ``judges`` on existing records (judging later, on another
-    machine). Records are changed in place and returned."""
+    machine). Records are changed in place and returned; a cancel raises Cancelled between rows."""
     for rec in records:
+        check(cancel)
         row = BenchRow(id=str(rec.get("id", rec.get("key"))), request=rec["request"],
                        response=rec["response"], line=int(rec.get("line", 0)),
                        category=rec.get("category", "") or "")
@@ -165,7 +168,8 @@ class JudgedFile:
 
 
 def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
-                 out: Optional[Path | str] = None) -> JudgedFile:
+                 out: Optional[Path | str] = None, *,
+                 cancel: Optional[CancelToken] = None) -> JudgedFile:
     """Judge every finished row of ``results`` (and its shards) with the judges ``make_judges``
     builds, and write them.
 
@@ -175,7 +179,8 @@ def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
     nothing loaded, nothing changed), and a run started meanwhile is refused the same way: no
     row can appear between the read and the rewrite, so none is dropped. Into another file:
     the results are only read (a run may keep appending; its half-written last line is
-    skipped) and ``out`` is written atomically under its own lock."""
+    skipped) and ``out`` is written atomically under its own lock. A cancel (Cancelled, between
+    rows) writes nothing."""
     from engine.advtok.records import fold_records, read_results, results_locked, shard_files
     from engine.atomic import write_text
     from engine.errors import InputError, storage_error
@@ -189,7 +194,7 @@ def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
         rr = read_results(results, files=files)
         if not rr.records:
             raise InputError(f"{results}: no finished rows")
-        return rejudge(rr.records, make_judges()), rr.notes
+        return rejudge(rr.records, make_judges(), cancel=cancel), rr.notes
 
     if in_place:
         try:

@@ -13,6 +13,7 @@ from engine.lm.logit_lens import LensLayer, logit_lens
 from engine.lm.config import SamplingConfig
 from engine.lm.surprisal import ScoredToken, score_ids
 from engine.lm.tokeninfo import TokenRecorder
+from engine.progress import CancelToken, check
 
 
 @dataclass
@@ -46,9 +47,10 @@ def context_ids(lm: Any, prompt: str, system: Optional[str] = None) -> tuple[lis
 
 def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
                  system: Optional[str] = None, top_k: int = 5, lens: bool = False,
-                 max_new_tokens: int = 64) -> Inspection:
+                 max_new_tokens: int = 64, cancel: Optional[CancelToken] = None) -> Inspection:
     """Score prompt + response in one pass; without a response, generate one greedily first
-    (its per-token facts come from that decoding loop)."""
+    (its per-token facts come from that decoding loop). A cancel raises Cancelled (between the
+    generated tokens, or before the scoring pass)."""
     if not prompt or not prompt.strip():
         raise InputError("empty prompt: nothing to inspect")
     if top_k < 0:
@@ -58,15 +60,17 @@ def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
     if generated:
         rec = TokenRecorder(lm.tokenizer, top_k)
         res, _ = generate(lm, ctx, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0),
-                          observe=rec)
+                          observe=rec, cancel=cancel)
         ans, response = list(res.token_ids), res.text
     else:
         ans = encode_text(lm.tokenizer, clean_text(response))
         if not ans:
             raise InputError("empty response: give text or leave --response out to generate one")
+    check(cancel)
     scored = score_ids(lm, ctx + ans, top_k)
     out = Inspection(prompt, response, generated, scored, parts + ["answer"] * len(ans))
     if lens and ans:
+        check(cancel)
         idx = list(range(len(ctx), len(ctx) + len(ans)))
         tables = logit_lens(lm, ctx + ans, [i - 1 for i in idx], top_k=max(1, top_k))
         out.lens = {i: tables[i - 1] for i in idx}

@@ -8,9 +8,10 @@ import importlib.util
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from engine.atomic import atomic_dir
 from engine.errors import ModelLoadError, ModelNotFound
@@ -293,6 +294,39 @@ def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+@contextmanager
+def _weights_checked(progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> Iterator[None]:
+    """While ``from_pretrained`` reads the weights: a cancel check and a ``load`` report between
+    tensors (its per-tensor loop iterates through ``core_model_loading.tqdm``, as the GGUF
+    converter's does through its own, stood in for in :func:`_convert_locked`). Without this, a
+    big model's load could not be stopped until every tensor was read."""
+    try:
+        import transformers.core_model_loading as loading
+    except ImportError:  # another transformers layout: the checks around the call remain
+        yield
+        return
+    saved = getattr(loading, "tqdm", None)
+    if saved is None:
+        yield
+        return
+
+    def tensors_checked(items: Any, *args: Any, **kw: Any) -> Any:
+        items = list(items)
+        tick = Ticker(0.1)
+        for i, item in enumerate(items):
+            check(cancel)
+            if tick.due():
+                report(progress, "load", 3, 4, f"loading weights: tensor {i}/{len(items)}",
+                       tensors=i, tensors_total=len(items))
+            yield item
+
+    loading.tqdm = tensors_checked
+    try:
+        yield
+    finally:
+        loading.tqdm = saved
+
+
 def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "auto", *,
                trust_remote_code: bool = False, progress: Optional[ProgressFn] = None,
                cancel: Optional[CancelToken] = None) -> LoadedModel:
@@ -314,6 +348,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
             outer(p)
 
     report(progress, "load", 0, 4, f"resolving {spec}")
+    check(cancel)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     src, name, warm = resolve_source(spec, progress, cancel)
@@ -326,7 +361,9 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
                                             local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
+        check(cancel)
+        with _weights_checked(progress, cancel):
+            model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "trust_remote_code" in msg or "custom code" in msg:
@@ -334,6 +371,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
         raise ModelLoadError(f"cannot load {name}: {msg}") from e
     except OSError as e:
         raise ModelLoadError(f"cannot load {name}: {str(e).splitlines()[0]}") from e
+    check(cancel)
     if not dev.startswith("cuda"):
         model.to(dev)
     model.eval()

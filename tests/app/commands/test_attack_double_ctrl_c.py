@@ -45,4 +45,4 @@ def test_second_ctrl_c_exits_130_without_abort(tiny_lm, tmp_path):
     assert "terminate called" not in text and "Traceback" not in text
     # the first press is acknowledged; the second either lands ("interrupted twice") or finds the
     # process already gone (the cancelled run finished and left with 130 before it arrived)
-    assert "interrupted: finishing" in text or "stop cancelled" in text
+    assert "interrupted: stopping" in text or "stop cancelled" in text
