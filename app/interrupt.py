@@ -224,12 +224,13 @@ def run_command(fn: Callable[[], int]) -> int:
 
 def phase(name: str) -> None:
     """Test hook, off unless ``TOKENFORGE_TEST_SIGNAL_POINTS`` is set: say that a phase starts
-    (``phase:<name>`` on stderr, once per name) and, at a listed phase, wait for the next press."""
+    (``phase:<name>`` on stderr, once per name) and, at a listed phase, wait for the next press
+    (for two presses when it is listed twice)."""
     points = os.environ.get(SIGNAL_POINTS_ENV)
     if points is None or name in _current.seen:
         return
     _current.seen.add(name)
     _say(f"\nphase:{name}\n")
-    if name in {p.strip() for p in points.split(",")}:
+    for _ in range([p.strip() for p in points.split(",")].count(name)):  # listed twice: 2 presses
         _current.wait_for_press()
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app.commands.common import (add_model_args, attack_config, check_cancel, err_console, fail,
+from app.commands.common import (add_model_args, attack_config, err_console, fail,
                                  guard, load_lm, read_attack_results)
 from app.interrupt import cancel_token, phase, run_command
 
@@ -101,6 +101,7 @@ def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Pa
     def row_done(i: int, n: int, rec: dict[str, Any]) -> None:
         con.print(row_line(i, n, rec, [j.id for j in judges], t0, rank), highlight=False,
                   markup=False)
+        phase(f"row-done-{i}")
         if on_row is not None:
             on_row(i, n, rec)
 
@@ -222,7 +223,6 @@ def merge_cmd(args: argparse.Namespace) -> int:
 
     read_attack_results(args.results)
     phase("write")
-    check_cancel()
     n, _ = merge_results(args.results)
     err_console().print(f"merged {n} rows into {args.results}", highlight=False, markup=False)
     return 0
@@ -295,15 +295,12 @@ def report_cmd(args: argparse.Namespace) -> int:
     err = err_console()
     phase("write")
     if args.markdown:
-        check_cancel()
         write_text(args.markdown, to_markdown(rep))
         err.print(f"wrote {args.markdown}", markup=False)
     if args.csv:
-        check_cancel()
         write_text(args.csv, to_csv(rep))
         err.print(f"wrote {args.csv}", markup=False)
     if args.png:
-        check_cancel()
         err.print(f"wrote {write_png(rep, args.png)}", markup=False)
     return 0
 

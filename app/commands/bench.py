@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.commands.common import add_model_args, check_cancel, err_console, guard, load_lm
+from app.commands.common import add_model_args, err_console, guard, load_lm
 from app.interrupt import cancel_token, phase
 
 DEFAULT_METHODS = "baseline,kv-reuse,kv-fp8"
@@ -185,14 +185,11 @@ def _report(args: argparse.Namespace) -> int:
         for msg in row.error_messages:
             err.print(f"[red]{row.method} error[/] {msg}")
     if args.csv:
-        check_cancel()
         err.print(f"CSV → {write_csv(rep, args.csv)}")
     if args.markdown:
-        check_cancel()
         write_text(Path(args.markdown), to_markdown(rep) + "\n")
         err.print(f"Markdown → {args.markdown}")
     if args.png:
-        check_cancel()
         for path in write_pngs(rep, args.png):
             err.print(f"PNG → {path}")
     return 0

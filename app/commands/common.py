@@ -107,14 +107,6 @@ def guard(fn: Any) -> Any:
     return wrapper
 
 
-def check_cancel() -> None:
-    """Raise Cancelled if Ctrl+C was pressed (between the steps of a command that is not one
-    engine call, e.g. before it writes its outputs)."""
-    from app.interrupt import cancel_token
-
-    cancel_token().check()
-
-
 # ---------------------------------------------------------------------- attack helpers
 _FROM_ARGS: Any = object()
 

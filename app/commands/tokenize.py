@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from app.commands.common import add_model_args, check_cancel, err_console, fail, guard
+from app.commands.common import add_model_args, err_console, fail, guard
 from app.interrupt import cancel_token, phase
 
 # alternating token backgrounds: boundaries stay visible even between spaces
@@ -114,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
                             limit=args.limit, seed=args.seed, progress=on_work,
                             cancel=cancel_token())
-    phase("write")
-    check_cancel()
+    phase("write")  # a press from here on: the finished result is still written, exit 130
     vocab = mdd.vocab
     if vocab.cache_note:
         err.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)

@@ -123,48 +123,6 @@ def test_single_run_end_to_end(tiny_lm, tmp_path, capsys):
     assert len(res["adversarial_samples"]) == 1 and len(res["canonical_samples"]) == 1
 
 
-def test_ctrl_c_keeps_best_so_far(tiny_lm, tmp_path):
-    """A real SIGINT to a running search: exit 130, and the table shows the best found so far."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    model_dir = tmp_path / "tiny"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "attack", "--model", str(model_dir), "--engine-path",
-         "standard", "--request", "Please compose a friendly email to my landlord about rent",
-         "--response", "Sure.", "--init", "random", "--max-neighbours", "100", "--iters", "50",
-         "--samples", "0",
-         "--json", str(tmp_path / "r.json")],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err_lines = []
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            err_lines.append(line)
-            if line.startswith("it   1/"):
-                proc.send_signal(signal.SIGINT)
-                break
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, "".join(err_lines) + err
-    assert "stop cancelled after" in out and "adversarial" in out
-    res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
-    assert res["stop_reason"] == "cancelled" and res["iterations"] >= 1
-    assert "".join(res["best_tokens"]) == res["request_text"]
-
-
 def test_dataset_cancel_during_samples_redoes_the_row(tiny_lm, tmp_path, monkeypatch):
     """Ctrl+C while a row's samples are generated leaves them partial: that row is not written,
     so a rerun does it again in full."""
