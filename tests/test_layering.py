@@ -162,3 +162,52 @@ APP_MAX_LINES = 450  # the same rule for the Textual app: screens split into for
 def test_no_app_module_over_the_size_limit():
     bad = long_modules(APP, APP_MAX_LINES)
     assert not bad, "split along a real seam:\n" + "\n".join(bad)
+
+
+# ---- import cycles -----------------------------------------------------------------------------
+def _project_graph(folder: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports (function-level imports included), within ``folder``."""
+    mods = {module_name(p): p for p in folder.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        graph[name] = {t for t in imports_of(path) if t in mods and t != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str]:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        state[n] = 2
+        stack.pop()
+        return []
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return []
+
+
+def test_cycle_check_sees_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_headless_commands_import_no_cycle():
+    """The command modules share helpers through app/commands/common.py and app/interrupt.py,
+    never by importing one another's private functions back and forth."""
+    graph = _project_graph(ROOT / "app" / "commands")
+    cycle = _cycle(graph)
+    assert not cycle, " → ".join(cycle)
