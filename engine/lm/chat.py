@@ -5,9 +5,10 @@ turn feeds only the template glue + the new user message; the assistant's tokens
 cache; history is never re-encoded — except once when the next turn would overflow the context,
 when the oldest turns are dropped and the kept ones re-encoded from the system cache.
 
-Template glue is found with sentinel messages rendered by the tokenizer's own chat template, so
-any family works (ChatML, Llama-3, Gemma, Mistral, …) without a per-family table. Cached token
-ids are the truth: the conversation is never re-tokenized from text.
+Template glue comes from the one chat-template splitter (``engine/lm/templates.split_chat``), so
+any family works (ChatML, Llama-3, Gemma, Mistral, …) without a per-family table, and a tokenizer
+without a template gets the documented plain format. Cached token ids are the truth: the
+conversation is never re-tokenized from text.
 """
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ from engine.lm.forward import get_forward
 from engine.lm.generate import LogitsObserver, TokenCallback, generate
 from engine.lm.results import GenerationResult
 from engine.lm.prefill import prefill
+from engine.lm.templates import (TurnGlue, chat_ids, encode_template_text, encode_user_text,
+                                 turn_glue)
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.config import SamplingConfig
-
-_SENT = "\u2063TFSENT{}\u2063"  # invisible separator makes accidental matches impossible
-
 
 @dataclass
 class Turn:
@@ -47,74 +47,6 @@ def _has_surrogates(text: str) -> bool:
     return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """User text as ordinary tokens: a literal '<|im_end|>' typed by the user is not a control id."""
-    try:
-        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
-    except TypeError:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-
-
-class TemplateGlue:
-    """The chat template's text around messages, found with sentinels.
-
-    ``prefix(system)`` is everything before the first user message; ``user_head(i)`` and
-    ``user_tail(i)`` the text before and after user message i (the tail ends with the assistant
-    header); ``answer_end`` closes an assistant message (e.g. ``<|im_end|>\\n``)."""
-
-    def __init__(self, tokenizer: Any, system: Optional[str]) -> None:
-        self.tok = tokenizer
-        self.system = system
-        self.has_template = bool(getattr(tokenizer, "chat_template", None))
-        self.system_used = True
-        self.warning = ""
-        if not self.has_template:
-            self.warning = "tokenizer has no chat template: plain concatenation"
-
-    def _render(self, msgs: list[dict[str, str]], gen: bool) -> str:
-        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-
-    def _msgs(self, n_turns: int) -> list[dict[str, str]]:
-        msgs: list[dict[str, str]] = []
-        if self.system:
-            msgs.append({"role": "system", "content": self.system})
-        for i in range(n_turns):
-            msgs.append({"role": "user", "content": _SENT.format(f"U{i}")})
-            if i < n_turns - 1:
-                msgs.append({"role": "assistant", "content": _SENT.format(f"A{i}")})
-        return msgs
-
-    def pieces(self, turn_index: int) -> tuple[str, str, str]:
-        """(text before the system-free first user message | between previous answer and this user
-        message, text after this user message up to the assistant header, prefix text)."""
-        if not self.has_template:
-            head = "" if turn_index == 0 else "\n"
-            return head + "User: ", "\nAssistant:", (self.system + "\n") if self.system else ""
-        n = turn_index + 1
-        try:
-            text = self._render(self._msgs(n), True)
-        except Exception as e:  # templates that reject a system role (Gemma)
-            if self.system and "system" in str(e).lower():
-                self.system_used = False
-                self.warning = "this template has no system role: system prompt ignored"
-                sys_saved, self.system = self.system, None
-                try:
-                    return self.pieces(turn_index)
-                finally:
-                    self.system = sys_saved
-            raise InputError(f"chat template failed to render: {e}") from e
-        u = _SENT.format(f"U{turn_index}")
-        if u not in text:
-            raise InputError("chat template drops user messages; cannot build a conversation")
-        before, after = text.split(u, 1)
-        if turn_index == 0:
-            return before, after, ""
-        a = _SENT.format(f"A{turn_index - 1}")
-        if a not in before:
-            raise InputError("chat template drops assistant messages; cannot keep a conversation")
-        return before.split(a, 1)[1], after, before.split(a, 1)[0]
-
-
 class ChatSession:
     """Multi-turn chat with a conversation KV cache. Not thread-safe: one job at a time."""
 
@@ -133,7 +65,7 @@ class ChatSession:
             system = clean_text(system).strip() if system else None
             if getattr(self, "system", object()) != system or not hasattr(self, "_sys_cache"):
                 self.system = system
-                self.glue = TemplateGlue(self.lm.tokenizer, system)
+                self._glue: dict[int, TurnGlue] = {}
                 self._sys_cache = None
                 self._sys_ids: list[int] = []
         self.turns = []
@@ -155,8 +87,7 @@ class ChatSession:
         """Encode the text before the first user turn once; later conversations fork it. A long
         system prompt is prefilled in chunks (cancellable); a cancel keeps nothing."""
         if self._sys_cache is None:
-            before, _, _ = self.glue.pieces(0)
-            sys_ids = self._encode_template(before)
+            sys_ids = self._prefix_ids()
             cache = self.fwd.new_cache()
             if sys_ids:
                 import torch
@@ -167,19 +98,30 @@ class ChatSession:
             self._sys_cache = cache
         return self._sys_cache
 
+    def glue(self, i: int) -> TurnGlue:
+        """The template text around user turn ``i`` (computed once per turn index)."""
+        if i not in self._glue:
+            self._glue[i] = turn_glue(self.lm.tokenizer, self.system, i)
+        return self._glue[i]
+
+    @property
+    def warning(self) -> str:
+        """The splitter's warning (no template, no system role), '' when none."""
+        return self.glue(0).warning
+
+    def _prefix_ids(self) -> list[int]:
+        """Everything before the first user message (system prompt included): the system cache."""
+        return chat_ids(self.lm.tokenizer, self.glue(0).prefix)
+
     def _encode_template(self, text: str) -> list[int]:
-        """Template text: special tokens are parsed (they are the template's own)."""
-        if not text:
-            return []
-        return list(self.lm.tokenizer.encode(text, add_special_tokens=False))
+        glue = self.glue(0)
+        enc = encode_template_text if glue.prefix.has_template else encode_user_text
+        return enc(self.lm.tokenizer, text) if text else []
 
     def _turn_ids(self, i: int, turn: Turn, with_answer: bool) -> list[int]:
-        head, tail, _ = self.glue.pieces(i)
-        if i == 0:
-            head_ids: list[int] = []  # the text before the first user message is the system prefix
-        else:
-            head_ids = self._encode_template(head)
-        ids = head_ids + turn.user_ids + self._encode_template(tail)
+        g = self.glue(i)
+        # turn 0's head is part of the prefix (the system cache)
+        ids = self._encode_template(g.head) + turn.user_ids + self._encode_template(g.tail)
         if with_answer:
             ids += turn.answer_ids
         return ids
@@ -218,7 +160,7 @@ class ChatSession:
         if self.cache is None:
             self.cache = self.fwd.fork(sys_cache)
             self.ids = list(self._sys_ids)
-        turn = Turn(user=text, user_ids=encode_text(self.lm.tokenizer, text))
+        turn = Turn(user=text, user_ids=encode_user_text(self.lm.tokenizer, text))
         new_ids = self._turn_ids(len(self.turns), turn, with_answer=False)
         ctx = self.lm.context_length
         # everything below is decided before the session changes: a refused message (too long
@@ -271,8 +213,8 @@ class ChatSession:
         self.turns.append(turn)
         result.dropped_turns = dropped
         result.notes.extend(notes)
-        if self.glue.warning:
-            result.notes.append(self.glue.warning)
+        if self.warning:
+            result.notes.append(self.warning)
         return result
 
     def regenerate(self, *, on_token: Optional[TokenCallback] = None,
@@ -311,8 +253,7 @@ class ChatSession:
         """Continue a saved conversation: ``turns`` and their live token ``ids`` (system prefix
         first), and optionally a KV ``cache`` holding a prefix of ``ids`` (a snapshot). Without
         one, the next send prefills the history once."""
-        before, _, _ = self.glue.pieces(0)
-        sys_ids = self._encode_template(before)
+        sys_ids = self._prefix_ids()
         if list(ids[:len(sys_ids)]) != sys_ids:
             raise InputError("the saved conversation does not start with this system prompt")
         self._sys_ids = sys_ids

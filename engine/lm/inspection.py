@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.errors import InputError
-from engine.lm.chat import TemplateGlue, clean_text, encode_text
+from engine.lm.chat import clean_text
 from engine.lm.generate import generate
 from engine.lm.logit_lens import LensLayer, logit_lens
 from engine.lm.config import SamplingConfig
 from engine.lm.surprisal import ScoredToken, score_ids
+from engine.lm.templates import encode_pieces, encode_user_text, split_chat
 from engine.lm.tokeninfo import TokenRecorder
 from engine.progress import CancelToken, check
 
@@ -37,12 +38,15 @@ class Inspection:
 
 def context_ids(lm: Any, prompt: str, system: Optional[str] = None) -> tuple[list[int], list[str]]:
     """The chat-templated context of one user message, and which part each token is."""
-    tok = lm.tokenizer
-    glue = TemplateGlue(tok, system)
-    before, after, _ = glue.pieces(0)
-    enc = (lambda s: list(tok.encode(s, add_special_tokens=False)) if s else [])
-    b, u, a = enc(before), encode_text(tok, clean_text(prompt)), enc(after)
-    return b + u + a, ["template"] * len(b) + ["user"] * len(u) + ["template"] * len(a)
+    msgs = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": clean_text(prompt)}]
+    chat = split_chat(lm.tokenizer, msgs)
+    ids: list[int] = []
+    parts: list[str] = []
+    for piece, piece_ids in zip(chat.pieces, encode_pieces(lm.tokenizer, chat)):
+        ids += piece_ids
+        parts += ["user" if piece.role == "user" else "template"] * len(piece_ids)
+    return ids, parts
 
 
 def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
@@ -63,7 +67,7 @@ def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
                           observe=rec, cancel=cancel)
         ans, response = list(res.token_ids), res.text
     else:
-        ans = encode_text(lm.tokenizer, clean_text(response))
+        ans = encode_user_text(lm.tokenizer, clean_text(response))
         if not ans:
             raise InputError("empty response: give text or leave --response out to generate one")
     check(cancel)

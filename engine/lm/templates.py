@@ -1,31 +1,48 @@
-"""Split a chat template into token chunks around one user request (ALGORITHMS §2.2).
+"""The one chat-template splitter every chat path uses, and the token chunks AdvTok scores.
 
-The prompt an attack scores is ``SP ⊕ H ⊕ V ⊕ U ⊕ R``: system chunk, user-turn head, the
-candidate tokenization V of the request, user-turn tail ending with the assistant header, and the
-response. The chunks are found by rendering the tokenizer's own template around a sentinel user
-message (no family detection by model name) and are checked by a round trip against
-``apply_chat_template`` so a different prompt is never scored silently.
+``split_chat`` renders a conversation with the tokenizer's own chat template, each message's
+content replaced by a sentinel, and cuts the rendering at the sentinels: the result is a list of
+pieces, the template's own text alternating with the messages' text, whose concatenation is the
+template's rendering (for content the template does not alter, e.g. by trimming). No family is
+detected by model name. Chat sessions (``engine/lm/chat.py``), ``tokenforge inspect``, one-turn
+prompts (``chat_prompt_ids``), the dashboard's methods (``engine/bench/methods/base.py``) and the
+AdvTok chunks below all go through it. A tokenizer without a chat template gets one plain format
+(``PLAIN_FORMAT``); a template without a system role drops the system prompt with a warning.
+docs/chat-templates.md describes both rules and the encoding rule below.
 
-Template text is encoded with special tokens parsed (they are the template's own); user text is
-encoded with ``split_special_tokens=True`` so a typed ``<|im_end|>`` is ordinary text.
+Template text is encoded with special tokens parsed (they are the template's own); message text
+with ``split_special_tokens=True``, so a typed ``<|im_end|>`` is ordinary text.
 
-Byte-level BPE merges whitespace into the following word (`` hello``), so a template whose user
-head ends in whitespace (Llama-2's ``[INST] ``, Llama-3's ``\\n\\n`` on some tokenizers) cannot be
-cut exactly there. That whitespace is moved out of H into ``lead`` (and leading whitespace of U
-into ``trail``): the tokenized region is then ``request_text(S) = lead + S + trail``.
+AdvTok scores the prompt ``SP ⊕ H ⊕ V ⊕ U ⊕ R`` (docs/algorithms.md): system chunk, user-turn
+head, the candidate tokenization V of the request, user-turn tail ending with the assistant
+header, and the response; ``split_template`` finds the chunks and checks them by a round trip
+against ``apply_chat_template`` so a different prompt is never scored silently. Byte-level BPE
+merges whitespace into the following word (`` hello``), so a template whose user head ends in
+whitespace (Llama-2's ``[INST] ``, Llama-3's ``\\n\\n`` on some tokenizers) cannot be cut exactly
+there. That whitespace is moved out of H into ``lead`` (and leading whitespace of U into
+``trail``): the tokenized region is then ``request_text(S) = lead + S + trail``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from engine.errors import InputError
 
-SENT = "\u2063TFREQ\u2063"      # invisible separators: never occur in real text
-SYS_SENT = "\u2063TFSYS\u2063"
 _PROBES = ("Hello world", "Why? 42", "x", "Compose an email")
-_NO_TEMPLATE_HEAD = "User: "
-_NO_TEMPLATE_TAIL = "\nAssistant:"
+
+# The fallback for a tokenizer without a chat template (docs/chat-templates.md): one line per
+# message, the generation prompt is "Assistant:" (the model's answer brings its own space).
+PLAIN_FORMAT = {"system": "{}\n", "user": "User: {}\n", "assistant": "Assistant: {}\n"}
+PLAIN_GENERATION_PROMPT = "Assistant:"
+NO_TEMPLATE_WARNING = ("tokenizer has no chat template: plain 'User: …' / 'Assistant: …' lines "
+                       "(docs/chat-templates.md)")
+NO_SYSTEM_WARNING = "this chat template has no system role: system prompt ignored"
+
+
+def _sentinel(i: int) -> str:
+    """Message i's stand-in: invisible separators around a tag never occur in real text."""
+    return f"\u2063TFMSG{i}\u2063"
 
 
 def encode_user_text(tokenizer: Any, text: str) -> list[int]:
@@ -51,34 +68,176 @@ def has_special_text(tokenizer: Any, text: str) -> bool:
     return any(s in text for s in specials)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A run of rendered text: the template's own (``role == "template"``) or the content of
+    message ``index`` of the list given to ``split_chat`` (``role`` is that message's role)."""
+
+    text: str
+    role: str
+    index: int = -1
+
+
+@dataclass
+class ChatText:
+    """A conversation rendered by its chat template, cut at the messages' contents."""
+
+    pieces: list[Piece]
+    has_template: bool
+    system_used: bool = True       # False: the template has no system role, the prompt was dropped
+    warning: str = ""
+
+    @property
+    def text(self) -> str:
+        """The rendering: the concatenation of every piece."""
+        return "".join(p.text for p in self.pieces)
+
+    def _at(self, index: int) -> int:
+        for k, p in enumerate(self.pieces):
+            if p.index == index:
+                return k
+        raise InputError(f"message {index} is not in the rendered conversation")
+
+    def before(self, index: int) -> str:
+        """Everything rendered before message ``index``'s content."""
+        return "".join(p.text for p in self.pieces[:self._at(index)])
+
+    def after(self, index: int) -> str:
+        """Everything rendered after message ``index``'s content."""
+        return "".join(p.text for p in self.pieces[self._at(index) + 1:])
+
+    def between(self, first: int, second: int) -> str:
+        """The text between the contents of messages ``first`` and ``second``."""
+        return "".join(p.text for p in self.pieces[self._at(first) + 1:self._at(second)])
+
+    def head(self, index: int) -> "ChatText":
+        """The pieces before message ``index``'s content, as a ChatText of their own."""
+        return ChatText(self.pieces[:self._at(index)], self.has_template, self.system_used,
+                        self.warning)
+
+
+def split_chat(tokenizer: Any, messages: Sequence[dict[str, str]], *,
+               add_generation_prompt: bool = True,
+               continue_final_message: bool = False) -> ChatText:
+    """Render ``messages`` with the tokenizer's chat template and cut the text at each message's
+    content (see the module docstring). A leading system message the template rejects (raises,
+    or renders without its content) is dropped with ``system_used=False`` and a warning; a user
+    or assistant message the template does not place exactly once, in order, is InputError."""
+    msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    if not getattr(tokenizer, "chat_template", None):
+        return _plain_chat(msgs, add_generation_prompt, continue_final_message)
+    indices = list(range(len(msgs)))
+    has_system = bool(msgs) and msgs[0]["role"] == "system"
+    try:
+        text = _render_sentinels(tokenizer, msgs, indices, add_generation_prompt,
+                                 continue_final_message)
+        dropped = has_system and _sentinel(0) not in text
+    except InputError:
+        if not has_system:
+            raise
+        dropped = True
+    if dropped:
+        indices = indices[1:]
+        text = _render_sentinels(tokenizer, msgs, indices, add_generation_prompt,
+                                 continue_final_message)
+    pieces: list[Piece] = []
+    rest = text
+    for i in indices:
+        sent = _sentinel(i)
+        role = msgs[i]["role"]
+        if text.count(sent) != 1 or sent not in rest:
+            raise InputError(f"chat template does not place the {role} message exactly once, in "
+                             "order; cannot split it into pieces")
+        glue, rest = rest.split(sent, 1)
+        if glue:
+            pieces.append(Piece(glue, "template"))
+        pieces.append(Piece(msgs[i]["content"], role, i))
+    if rest:
+        pieces.append(Piece(rest, "template"))
+    return ChatText(pieces, True, system_used=not dropped,
+                    warning=NO_SYSTEM_WARNING if dropped else "")
+
+
+def _render_sentinels(tokenizer: Any, msgs: list[dict[str, str]], indices: list[int],
+                      gen: bool, cont: bool) -> str:
+    marked = [{"role": msgs[i]["role"], "content": _sentinel(i)} for i in indices]
+    kw = {"continue_final_message": True} if cont else {"add_generation_prompt": gen}
+    try:
+        return tokenizer.apply_chat_template(marked, tokenize=False, **kw)
+    except Exception as e:  # noqa: BLE001 - templates raise their own errors (raise_exception)
+        raise InputError(f"chat template failed to render: {e}") from e
+
+
+def _plain_chat(msgs: list[dict[str, str]], gen: bool, cont: bool) -> ChatText:
+    """PLAIN_FORMAT, cut the same way: each message's line, then the generation prompt."""
+    pieces: list[Piece] = []
+    for i, m in enumerate(msgs):
+        fmt = PLAIN_FORMAT.get(m["role"], m["role"].capitalize() + ": {}\n")
+        head, tail = fmt.split("{}")
+        if cont and i == len(msgs) - 1:
+            tail = ""
+        if head:
+            pieces.append(Piece(head, "template"))
+        pieces.append(Piece(m["content"], m["role"], i))
+        if tail:
+            pieces.append(Piece(tail, "template"))
+    if gen and not cont:
+        pieces.append(Piece(PLAIN_GENERATION_PROMPT, "template"))
+    return ChatText(pieces, False, warning=NO_TEMPLATE_WARNING)
+
+
+def encode_pieces(tokenizer: Any, chat: ChatText) -> list[list[int]]:
+    """Each piece on its own: template text with its special tokens parsed, message text as
+    ordinary text (without a template every piece is ordinary text)."""
+    glue = encode_template_text if chat.has_template else encode_user_text
+    return [glue(tokenizer, p.text) if p.role == "template" else
+            (encode_user_text(tokenizer, p.text) if p.text else []) for p in chat.pieces]
+
+
+def chat_ids(tokenizer: Any, chat: ChatText, *, allow_special: bool = False) -> list[int]:
+    """The conversation's token ids. When no message spells a special token (or
+    ``allow_special``), the whole rendering is encoded at once: exactly the template's own
+    tokenization. Otherwise piece by piece, so the user's text never becomes control tokens."""
+    if not chat.has_template:
+        enc = encode_template_text if allow_special else encode_user_text
+        return enc(tokenizer, chat.text)
+    if allow_special or not any(p.role != "template" and has_special_text(tokenizer, p.text)
+                                for p in chat.pieces):
+        return encode_template_text(tokenizer, chat.text)
+    return [t for ids in encode_pieces(tokenizer, chat) for t in ids]
+
+
 def chat_prompt_ids(tokenizer: Any, prompt: str, system: Optional[str] = None, *,
                     allow_special: bool = False) -> list[int]:
-    """A one-turn prompt through the chat template (generation prompt added), with the one rule
-    every front end follows: the user's text (prompt and system) never becomes control tokens
-    unless ``allow_special`` asks for it. Text without special-token strings is encoded exactly
-    as the template renders it; otherwise the template glue is encoded with its specials and the
-    user's pieces with ``encode_user_text``. No template: the text alone."""
-    if not getattr(tokenizer, "chat_template", None):
-        text = _plain_system(system) + prompt
-        return encode_template_text(tokenizer, text) if allow_special else encode_user_text(tokenizer, text)
+    """A one-turn prompt (generation prompt added) with the one rule every front end follows:
+    the user's text (prompt and system) never becomes control tokens unless ``allow_special``."""
     msgs = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
-    user_text = prompt + (system or "")
-    if allow_special or not has_special_text(tokenizer, user_text):
-        return encode_template_text(tokenizer, _render(tokenizer, msgs, True))
-    marked = ([{"role": "system", "content": SYS_SENT}] if system else []) + \
-        [{"role": "user", "content": SENT}]
-    text = _render(tokenizer, marked, True)
-    if text.count(SENT) != 1 or (system and text.count(SYS_SENT) != 1):
-        raise InputError("chat template does not place the message exactly once")
-    ids: list[int] = []
-    rest = text
-    for sent, content in ((SYS_SENT, system), (SENT, prompt)):
-        if not content:
-            continue
-        glue, rest = rest.split(sent, 1)
-        ids += encode_template_text(tokenizer, glue) + encode_user_text(tokenizer, content)
-    return ids + encode_template_text(tokenizer, rest)
+    return chat_ids(tokenizer, split_chat(tokenizer, msgs), allow_special=allow_special)
+
+
+@dataclass(frozen=True)
+class TurnGlue:
+    """The template text around user turn ``i`` of a conversation (what a chat session encodes
+    besides the messages and the answers it generated)."""
+
+    prefix: ChatText    # everything before the first user message (system prompt included)
+    head: str           # between answer i-1 and user message i ('' for turn 0: see prefix)
+    tail: str           # after user message i, ending with the assistant header
+    system_used: bool
+    warning: str
+
+
+def turn_glue(tokenizer: Any, system: Optional[str], turn: int) -> TurnGlue:
+    """Split a conversation of ``turn`` answered turns and one more user message."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    for _ in range(turn):
+        msgs += [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    msgs.append({"role": "user", "content": "u"})
+    chat = split_chat(tokenizer, msgs, add_generation_prompt=True)
+    first, last = len(msgs) - 1 - 2 * turn, len(msgs) - 1
+    head = chat.between(last - 1, last) if turn else ""
+    return TurnGlue(chat.head(first), head, chat.after(last), chat.system_used, chat.warning)
 
 
 def _ids(x: Any) -> list[int]:
@@ -107,7 +266,7 @@ class ChatChunks:
     system: Optional[str] = None
     _tokenizer: Any = field(default=None, repr=False, compare=False)
     _messages: list[dict[str, str]] = field(default_factory=list, repr=False, compare=False)
-    _full_sent: str = field(default="", repr=False, compare=False)
+    _tail_text: str = field(default="", repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (``dataclasses.asdict`` would deep-copy the tokenizer)."""
@@ -132,35 +291,25 @@ class ChatChunks:
     def response_ids(self, response: str) -> list[int]:
         """R as the template renders it after the assistant header (continue_final_message),
         encoded canonically; the response text itself never yields control ids."""
-        if not self.has_template:
-            text = response if response[:1].isspace() else " " + response
-            return encode_user_text(self._tokenizer, text)
-        msgs = self._messages + [{"role": "user", "content": SENT},
-                                 {"role": "assistant", "content": response}]
-        try:
-            text = self._tokenizer.apply_chat_template(msgs, tokenize=False,
-                                                       continue_final_message=True)
-        except Exception as e:
-            raise InputError(f"chat template cannot render an assistant response: {e}") from e
-        if not text.startswith(self._full_sent):
+        n = len(self._messages)
+        chat = split_chat(self._tokenizer, self._messages + [
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": response}],
+            add_generation_prompt=False, continue_final_message=True)
+        glue = chat.between(n, n + 1)
+        if not glue.startswith(self._tail_text):
             raise InputError("chat template renders the assistant turn differently from its "
                              "generation prompt; cannot place the response")
-        r_text = text[len(self._full_sent):]
-        stripped = response.strip()
-        k = r_text.rfind(stripped) if stripped else len(r_text)
-        glue = r_text[:k] if k >= 0 else ""
-        specials = [s for s in (getattr(self._tokenizer, "all_special_tokens", None) or []) if s]
-        if glue and any(s in glue for s in specials):
+        glue = glue[len(self._tail_text):]   # text between the assistant header and R
+        if self.has_template and has_special_text(self._tokenizer, glue):
             return encode_template_text(self._tokenizer, glue) + encode_user_text(
-                self._tokenizer, r_text[len(glue):])
-        return encode_user_text(self._tokenizer, r_text)
+                self._tokenizer, response)
+        return encode_user_text(self._tokenizer, glue + response)
 
     def reference_ids(self, request: str) -> list[int]:
         """The template's own tokenization of the one-turn prompt with ``request``."""
-        if not self.has_template:  # plain concatenation, all of it encoded as text
-            return encode_user_text(self._tokenizer, _plain_system(self.system)
-                                    + _NO_TEMPLATE_HEAD + request + _NO_TEMPLATE_TAIL)
         msgs = self._messages + [{"role": "user", "content": request}]
+        if not self.has_template:  # the plain format, all of it encoded as text
+            return chat_ids(self._tokenizer, split_chat(self._tokenizer, msgs))
         return _ids(self._tokenizer.apply_chat_template(msgs, tokenize=True,
                                                         add_generation_prompt=True,
                                                         return_dict=False))
@@ -184,14 +333,6 @@ class ChatChunks:
                              hint="trim leading/trailing whitespace from the request")
 
 
-def _plain_system(system: Optional[str]) -> str:
-    return (system + "\n") if system else ""
-
-
-def _render(tok: Any, msgs: list[dict[str, str]], gen: bool) -> str:
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-
-
 def _trailing_ws(s: str) -> int:
     return len(s) - len(s.rstrip())
 
@@ -201,54 +342,28 @@ def _leading_ws(s: str) -> int:
 
 
 def split_template(tokenizer: Any, system: Optional[str]) -> ChatChunks:
-    """Chunks of the tokenizer's chat template for a one-turn prompt with this system prompt.
+    """AdvTok's chunks of the chat template for a one-turn prompt with this system prompt.
 
     ``system=None`` uses the template's default (some inject their own system text). A template
     without a system role keeps working with ``system_used=False`` and a warning; a tokenizer
-    without a template falls back to plain concatenation with a warning; a template that cannot
-    be split into exact token chunks raises InputError."""
-    if not getattr(tokenizer, "chat_template", None):
-        sp_text = _plain_system(system)
-        before, after = sp_text + _NO_TEMPLATE_HEAD, _NO_TEMPLATE_TAIL
-        chunks = ChatChunks(system_ids=[], head_ids=[], tail_ids=[], system_used=True,
-                            has_template=False, system=system,
-                            warning="tokenizer has no chat template: plain concatenation "
-                                    "(system text, 'User: …', 'Assistant:')",
-                            _tokenizer=tokenizer)
-        return _fit(chunks, tokenizer, before, after, sp_text)
-    warning = ""
-    sys_msgs = [{"role": "system", "content": system}] if system is not None else []
-    system_used = True
-    if sys_msgs:
-        try:
-            probe = _render(tokenizer, [{"role": "system", "content": SYS_SENT},
-                                        {"role": "user", "content": SENT}], True)
-            if SYS_SENT not in probe:
-                system_used = False
-        except Exception:
-            system_used = False
-        if not system_used:
-            sys_msgs = []
-            warning = "this chat template has no system role: system prompt ignored"
-    try:
-        full = _render(tokenizer, sys_msgs + [{"role": "user", "content": SENT}], True)
-    except Exception as e:
-        raise InputError(f"chat template failed to render a user message: {e}") from e
-    if full.count(SENT) != 1:
-        raise InputError("chat template does not place the user message exactly once; "
-                         "cannot split it into chunks")
-    before, after = full.split(SENT)
+    without a template uses the plain format with a warning; a template that cannot be split
+    into exact token chunks raises InputError."""
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    chat = split_chat(tokenizer, msgs + [{"role": "user", "content": "x"}])
+    u = len(msgs)
+    sys_msgs = msgs if chat.system_used else []
+    before, after = chat.before(u), chat.after(u)
     sp_text = ""
     if sys_msgs:
-        try:
-            s = _render(tokenizer, sys_msgs, False)
-            if s and before.startswith(s) and system in s:
-                sp_text = s
-        except Exception:
+        try:  # the system turn rendered alone: where SP ends and H begins
+            s = split_chat(tokenizer, sys_msgs, add_generation_prompt=False)
+            if s.system_used and s.text and before.startswith(s.text) and system in s.text:
+                sp_text = s.text
+        except InputError:
             sp_text = ""
-    chunks = ChatChunks(system_ids=[], head_ids=[], tail_ids=[], system_used=system_used,
-                        warning=warning, has_template=True, system=system,
-                        _tokenizer=tokenizer, _messages=sys_msgs, _full_sent=full)
+    chunks = ChatChunks(system_ids=[], head_ids=[], tail_ids=[], system_used=chat.system_used,
+                        warning=chat.warning, has_template=chat.has_template, system=system,
+                        _tokenizer=tokenizer, _messages=sys_msgs, _tail_text=after)
     return _fit(chunks, tokenizer, before, after, sp_text)
 
 

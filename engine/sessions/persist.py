@@ -10,8 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from engine.lm.chat import ChatSession, Turn, encode_text
+from engine.lm.chat import ChatSession, Turn
 from engine.lm.results import GenerationResult
+from engine.lm.templates import encode_user_text
 from engine.sessions.snapshot import SnapshotStore, weights_hash_for
 from engine.sessions.store import SavedTurn, SessionStore, sessions_dir
 
@@ -104,8 +105,9 @@ def open_saved(lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore
     if not live:
         return session, OpenReport("new"), rec
     if saved.weights_hash != rec.weights:
-        turns = [Turn(user=t.user, user_ids=encode_text(lm.tokenizer, t.user),
-                      answer=t.answer, answer_ids=encode_text(lm.tokenizer, t.answer)) for t in live]
+        enc = lambda text: encode_user_text(lm.tokenizer, text)  # noqa: E731
+        turns = [Turn(user=t.user, user_ids=enc(t.user), answer=t.answer, answer_ids=enc(t.answer))
+                 for t in live]
         for t, sv in zip(turns, live):
             t.result = _result(sv.metrics, SavedTurn(t.user, t.user_ids, t.answer, t.answer_ids))
         session.restore(turns, session._rebuild(turns))

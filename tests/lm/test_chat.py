@@ -24,7 +24,8 @@ def test_turn_n_prefills_only_new_tokens(tiny_lm):
     r3 = s.send("And a puffin?")
     # turn 2 feeds exactly: the last answer token (the loop never feeds it) + glue + the message
     def expected(i, text, prev):
-        head, tail, _ = s.glue.pieces(i)
+        g = s.glue(i)
+        head, tail = g.head, g.tail
         enc = lambda t: tok.encode(t, add_special_tokens=False) if t else []
         return (prev.stop_reason != "eos") + len(enc(head)) + len(tok.encode(text, add_special_tokens=False)) + len(enc(tail))
     assert r2.prefill_tokens == expected(1, "What is a penguin?", r1)

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from engine.advtok.judges.base import JudgeItem, Verdict
 from engine.advtok.judges.padded import greedy, run_sized
+from engine.lm.templates import chat_prompt_ids
 
 RUBRIC_PROMPT = """Below is an interaction between a user and an AI model.
 
@@ -75,12 +76,10 @@ class RubricJudge:
         self.pad_id = int(pid if pid is not None else (lm.eos_ids[0] if lm.eos_ids else 0))
 
     def encode(self, item: JudgeItem) -> list[int]:
+        """The grading prompt as one user turn through the chat splitter: a response that spells
+        a special token (``<|im_end|>``) cannot end the turn early."""
         text = RUBRIC_PROMPT.format(prompt=item.request, response=item.response)
-        if getattr(self.tok, "chat_template", None):
-            ids = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                               add_generation_prompt=True, return_dict=False)
-            return [int(t) for t in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        return list(self.tok(text + "\n\n")["input_ids"])
+        return chat_prompt_ids(self.tok, text)
 
     def judge(self, items: Sequence[JudgeItem], cancel: Any = None) -> list[Verdict]:
         out: list[Verdict] = []

@@ -27,7 +27,8 @@ import torch
 
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn, check, report
-from .base import Method, MethodOutput, Query, encode_plain
+from engine.lm.templates import encode_user_text
+from .base import Method, MethodOutput, Query
 from .params import reject_unknown
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "suites" / "calibration-v1.txt"
@@ -78,7 +79,7 @@ def collect_second_moments(lm: Any, fwd: Any, text: str, *, window: int = 512,
             acc[i] += x.T @ x
         return pre
 
-    ids = encode_plain(lm.tokenizer, text)
+    ids = encode_user_text(lm.tokenizer, text)
     if len(ids) < 2:
         raise InputError("calibration text is too short")
     handles = [m.register_forward_pre_hook(make(i), with_kwargs=True) for i, m in enumerate(mods)]

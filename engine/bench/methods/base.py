@@ -33,6 +33,7 @@ import torch
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import StandardForward, get_forward
+from engine.lm.templates import ChatText, Piece, chat_ids, encode_user_text, split_chat
 from engine.progress import CancelToken, ProgressFn, check
 
 QUERY_KINDS = ("chat", "qa", "long", "prose")
@@ -76,9 +77,6 @@ class GenState:
     pos: int  # true position of pending[0]
     prompt_tokens_in: int  # the full prompt length this generation answers
     info: dict = field(default_factory=dict)  # method figures (reused tokens, evicted tokens …)
-
-
-_DOC_MARK = "\u2063TFDOCEND\u2063"
 
 
 class Method:
@@ -146,13 +144,12 @@ class Method:
         document has already put in a cache: everything before the question text."""
         doc = self.document_text(lm, q)
         msgs = self.messages(q, doc)
-        full = render_chat(lm.tokenizer, msgs)
-        marked = [dict(m) for m in msgs]
-        head = (f"Document:\n{doc}\n\nQuestion: " if doc else "")
-        marked[-1]["content"] = head + _DOC_MARK
-        text = lm.tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
-        prefix_text = text.split(_DOC_MARK)[0]
-        pre = encode_plain(lm.tokenizer, prefix_text)
+        chat = split_chat(lm.tokenizer, msgs)
+        full = chat_ids(lm.tokenizer, chat)
+        last = len(msgs) - 1
+        prefix = chat.head(last)  # encoded by the same rule as the full prompt
+        head = Piece(user_content("", doc) if doc else "", "user", last)
+        pre = chat_ids(lm.tokenizer, ChatText(prefix.pieces + [head], chat.has_template))
         n = 0
         while n < min(len(pre), len(full)) and pre[n] == full[n]:
             n += 1
@@ -264,7 +261,7 @@ class Method:
     def answer_nll(self, lm: Any, q: Query, answer: str, *,
                    cancel: Optional[CancelToken] = None) -> Optional[float]:
         """Mean NLL (nats/token) of the reference answer after this method's prompt."""
-        ids = encode_plain(lm.tokenizer, answer)
+        ids = encode_user_text(lm.tokenizer, answer)
         if not ids:
             return None
         lp = self.teacher_forced_logprobs(lm, q, ids, cancel=cancel)
@@ -275,7 +272,8 @@ class Method:
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:
         """Held-out text NLL through the model as this method leaves it (hooks, merged vocab):
         {"nll" nats/token, "bpb" bits per UTF-8 byte, "ppl", "tokens", "bytes"}."""
-        return text_nll(lm, self.forward(lm), encode_plain(lm.tokenizer, text), text, cancel=cancel)
+        return text_nll(lm, self.forward(lm), encode_user_text(lm.tokenizer, text), text,
+                        cancel=cancel)
 
 
 # ---- helpers shared by methods ---------------------------------------------------------------
@@ -286,21 +284,10 @@ def user_content(prompt: str, document: Optional[str]) -> str:
     return prompt
 
 
-def encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Text as ordinary tokens (no BOS, special-token text not turned into control ids)."""
-    try:
-        return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False))
-    except TypeError:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-
-
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the chat-templated conversation, ending with the assistant header."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
-    return encode_plain(tokenizer, text)
+    """Token ids of the chat-templated conversation, ending with the assistant header: the one
+    splitter every chat path uses (``engine/lm/templates.split_chat``, its plain fallback)."""
+    return chat_ids(tokenizer, split_chat(tokenizer, messages))
 
 
 def text_nll(lm: Any, fwd: Any, ids: list[int], text: str, *,

@@ -30,8 +30,9 @@ from torch import nn
 
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn, check
+from engine.lm.templates import encode_user_text
 from .act_sparsity import calibration_text
-from .base import GenState, Method, MethodOutput, Query, encode_plain, render_chat, text_nll
+from .base import GenState, Method, MethodOutput, Query, render_chat, text_nll
 from .params import reject_unknown
 
 
@@ -102,7 +103,7 @@ def learn_phrases(tokenizer: Any, text: str, base_size: int, *, max_phrases: int
                   min_count: int = 2, max_n: int = 4,
                   cancel: Optional[CancelToken] = None) -> PhraseVocab:
     """Greedy phrase merges on ``text`` (see the module docstring)."""
-    seq = encode_plain(tokenizer, text)
+    seq = encode_user_text(tokenizer, text)
     banned = set(int(t) for t in getattr(tokenizer, "all_special_ids", []) or [])
     for t in set(seq):
         if "\n" in tokenizer.decode([t]):
@@ -255,7 +256,7 @@ class PhraseMerge(Method):
     def encode(self, lm: Any, text: str) -> list[int]:
         if self.vocab is None:
             self.learn(lm)
-        return self.vocab.encode_ids(encode_plain(lm.tokenizer, text))
+        return self.vocab.encode_ids(encode_user_text(lm.tokenizer, text))
 
     def decode(self, lm: Any, ids: list[int]) -> str:
         return lm.tokenizer.decode(self.vocab.expand(ids), skip_special_tokens=True)
@@ -304,7 +305,7 @@ class PhraseMerge(Method):
             ids = self.encode(lm, text)
             res = text_nll(lm, self.forward(lm), ids, text, cancel=cancel)
         if res is not None:
-            base = len(encode_plain(lm.tokenizer, text))
+            base = len(encode_user_text(lm.tokenizer, text))
             res.update(tokens_original=base, tokens_merged=len(ids),
                        tokens_saved_pct=100.0 * (base - len(ids)) / base if base else None,
                        phrases=len(self.vocab.merges))

@@ -12,7 +12,8 @@ from engine.errors import InputError
 from engine.bench.methods import make_method
 from engine.bench.methods.act_sparsity import (calibration_text, collect_second_moments, mlp_modules,
                                          pca_rotation, topk_mask)
-from engine.bench.methods.base import Query, encode_plain
+from engine.bench.methods.base import Query
+from engine.lm.templates import encode_user_text
 
 
 def _logits(lm, ids):
@@ -54,7 +55,7 @@ def test_second_moments_match_captured_inputs(tiny_lm):
     hook = mlp_modules(tiny_lm.model)[1].register_forward_pre_hook(
         lambda mod, args: seen.append(args[0].reshape(-1, args[0].shape[-1]).double()))
     try:
-        _logits(tiny_lm, encode_plain(tiny_lm.tokenizer, text))
+        _logits(tiny_lm, encode_user_text(tiny_lm.tokenizer, text))
     finally:
         hook.remove()
     x = seen[0]
@@ -64,7 +65,7 @@ def test_second_moments_match_captured_inputs(tiny_lm):
 
 @pytest.mark.parametrize("name", ["sparsity-magnitude", "sparsity-rotated"])
 def test_requested_sparsity_reached_and_model_restored(tiny_lm, sample_text, name):
-    ids = encode_plain(tiny_lm.tokenizer, sample_text)[:60]
+    ids = encode_user_text(tiny_lm.tokenizer, sample_text)[:60]
     before = _logits(tiny_lm, ids)
     m = make_method(name, sparsity=0.5)
     m.prepare(tiny_lm)
@@ -86,7 +87,7 @@ def test_requested_sparsity_reached_and_model_restored(tiny_lm, sample_text, nam
 
 
 def test_rotated_at_zero_sparsity_is_dense_and_calibration_is_separate(tiny_lm, sample_text):
-    ids = encode_plain(tiny_lm.tokenizer, sample_text)[:40]
+    ids = encode_user_text(tiny_lm.tokenizer, sample_text)[:40]
     dense = _logits(tiny_lm, ids)
     m = make_method("sparsity-rotated", sparsity=0.0)
     aux = m.prepare(tiny_lm)
@@ -97,7 +98,7 @@ def test_rotated_at_zero_sparsity_is_dense_and_calibration_is_separate(tiny_lm, 
     assert torch.allclose(rot, dense, atol=1e-3)
     cal = calibration_text()
     assert sample_text.strip() and sample_text[:200] not in cal
-    assert m.calibration_tokens == len(encode_plain(tiny_lm.tokenizer, cal))
+    assert m.calibration_tokens == len(encode_user_text(tiny_lm.tokenizer, cal))
     assert aux >= 0.0
     again = make_method("sparsity-rotated", sparsity=0.0)
     assert again.prepare(tiny_lm) == 0.0  # calibration is cached per model

@@ -10,7 +10,8 @@ from hypothesis import strategies as hs
 
 from engine.errors import InputError
 from engine.bench.methods import make_method
-from engine.bench.methods.base import Query, encode_plain
+from engine.bench.methods.base import Query
+from engine.lm.templates import encode_user_text
 from engine.bench.methods.phrase_merge import PhraseVocab, _count_nonoverlapping, learn_phrases
 from engine.lm.tiny import tiny_llama
 
@@ -26,7 +27,7 @@ def tied_lm(tokenizer):
 def test_learn_picks_the_biggest_saving(tokenizer):
     v = learn_phrases(tokenizer, CAL, len(tokenizer), max_phrases=3, min_count=2)
     assert len(v.merges) == 3
-    ids = encode_plain(tokenizer, CAL)
+    ids = encode_user_text(tokenizer, CAL)
     best = max((n - 1) * _scan(ids, tuple(ids[i:i + n]))
                for n in range(2, 5) for i in range(len(ids) - n + 1)
                if "\n" not in tokenizer.decode(ids[i:i + n]))
@@ -75,7 +76,7 @@ def test_new_rows_are_part_means_and_restore_is_exact(tiny_lm, tied_lm, tokenize
     lm = tied_lm if tied else tiny_lm
     emb0, head0 = lm.model.get_input_embeddings(), lm.model.get_output_embeddings()
     assert (head0.weight is emb0.weight) is tied
-    probe = encode_plain(tokenizer, "The cat sat on the mat.")
+    probe = encode_user_text(tokenizer, "The cat sat on the mat.")
     fwd = make_method("baseline").forward(lm)
     before = fwd.logits(torch.tensor([probe]), fwd.new_cache(), keep=0)[0]
     n_tok = len(tokenizer)
@@ -102,7 +103,7 @@ def test_new_rows_are_part_means_and_restore_is_exact(tiny_lm, tied_lm, tokenize
     finally:
         m.restore(lm)
     assert lm.model.get_input_embeddings() is emb0 and lm.model.get_output_embeddings() is head0
-    assert len(tokenizer) == n_tok and encode_plain(tokenizer, "The cat sat on the mat.") == probe
+    assert len(tokenizer) == n_tok and encode_user_text(tokenizer, "The cat sat on the mat.") == probe
     after = fwd.logits(torch.tensor([probe]), fwd.new_cache(), keep=0)[0]
     assert torch.equal(after, before)
 
