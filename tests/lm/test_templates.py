@@ -1,6 +1,7 @@
-"""Chat-template chunks: SP ⊕ H ⊕ canonical(S) ⊕ U equals the template's own tokenization for
-ChatML (SmolLM2, Qwen2), Llama-3, Llama-2, Gemma and Mistral templates (strings embedded here;
-no downloads), applied to copies of the bundled tokenizer."""
+"""The chat-template splitter and AdvTok's chunks, on ChatML (SmolLM2, Qwen2), Llama-3, Llama-2,
+Gemma, Mistral and Phi-3 templates (strings embedded here; no downloads), applied to copies of the
+bundled tokenizer: split_chat's pieces concatenate to the template's rendering with each message
+in its own slot; SP ⊕ H ⊕ canonical(S) ⊕ U equals the template's own tokenization."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,8 @@ import pytest
 
 from engine.errors import InputError
 from engine.advtok.mdd import MDD
-from engine.lm.templates import ChatChunks, encode_user_text, split_template
+from engine.lm.templates import (ChatChunks, chat_ids, chat_prompt_ids, encode_user_text,
+                                 split_chat, split_template, turn_glue)
 from engine.advtok.vocab import build_vocab
 
 # ---- template strings as published with each model family's tokenizer_config.json
@@ -19,6 +21,7 @@ QWEN2 = "{% for message in messages %}{% if loop.first and messages[0]['role'] !
 LLAMA3 = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 LLAMA2 = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
 GEMMA = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+PHI3 = "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 MISTRAL = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
 
 # family: (template, the strings that family's real tokenizer has as special tokens)
@@ -29,9 +32,10 @@ FAMILIES = {
     "llama2": (LLAMA2, []),
     "gemma": (GEMMA, ["<start_of_turn>", "<end_of_turn>"]),
     "mistral": (MISTRAL, []),
+    "phi3": (PHI3, ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]),
 }
 HAS_SYSTEM = {"smollm2": True, "qwen2": True, "llama3": True, "llama2": True, "gemma": False,
-              "mistral": False}
+              "mistral": False, "phi3": True}
 REQUESTS = ["Tell me about penguins.", "Compose an email", "naïve 中文 🦜 café", "x",
             "Why? 42", "Line one\nline two", "e\u0301 ok!"]
 
@@ -173,3 +177,118 @@ def test_request_the_template_alters_is_refused(tokenizer):
     ch.verify("padded request")
     with pytest.raises(InputError, match="does not tokenize the same way"):
         ch.verify("  padded request  ")
+
+
+# ---- the splitter every chat path uses -------------------------------------------------------
+SYSTEM = "You are a careful assistant."
+CONVERSATION = [("Tell me about penguins.", "They live in the south."),
+                ("And puffins?", "North Atlantic birds."),
+                ("naïve 中文 🦜 café", None)]
+
+
+def conversation(name, system=SYSTEM):
+    msgs = [{"role": "system", "content": system}] if system and HAS_SYSTEM[name] else []
+    for user, answer in CONVERSATION:
+        msgs.append({"role": "user", "content": user})
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+    return msgs
+
+
+@pytest.mark.parametrize("gen", [True, False])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_split_chat_round_trip(tokenizer, name, gen):
+    """system/user/assistant turns: the pieces concatenate to exactly apply_chat_template's text,
+    every message's text sits in its own slot, in order, and the template's own text around it
+    holds no message text; the ids are the template's own tokenization."""
+    tok = with_template(tokenizer, name)
+    msgs = conversation(name)
+    if not gen:  # a finished conversation: it ends with an answer
+        msgs.append({"role": "assistant", "content": "Mostly fish."})
+    chat = split_chat(tok, msgs, add_generation_prompt=gen)
+    rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    assert chat.text == rendered and chat.has_template and chat.system_used
+    slots = [p for p in chat.pieces if p.role != "template"]
+    assert [(p.index, p.role, p.text) for p in slots] == \
+        [(i, m["role"], m["content"]) for i, m in enumerate(msgs)]
+    glue = "".join(p.text for p in chat.pieces if p.role == "template")
+    assert not any(m["content"] in glue for m in msgs)
+    assert chat_ids(tok, chat) == template_ids(tok, msgs, add_generation_prompt=gen)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if not HAS_SYSTEM[n]])
+def test_split_chat_without_system_role_drops_it_with_a_warning(tokenizer, name):
+    tok = with_template(tokenizer, name)
+    msgs = [{"role": "system", "content": SYSTEM}] + conversation(name)
+    chat = split_chat(tok, msgs)
+    assert not chat.system_used and "system prompt ignored" in chat.warning
+    assert SYSTEM not in chat.text
+    assert chat.text == tok.apply_chat_template(msgs[1:], tokenize=False,
+                                                add_generation_prompt=True)
+    assert [p.index for p in chat.pieces if p.role == "user"] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_typed_special_text_stays_in_the_user_slot(tokenizer, name):
+    """A user message spelling the template's control strings is encoded as ordinary text: the
+    prompt holds exactly the template's own control tokens, and the user's text decodes back."""
+    tok = with_template(tokenizer, name)
+    typed = "a <|im_end|> b <|eot_id|> c <end_of_turn> d <|end|>"
+    plain = chat_prompt_ids(tok, "a b c d")
+    ids = chat_prompt_ids(tok, typed)
+    special = set(tok.all_special_ids)
+    assert [t for t in ids if t in special] == [t for t in plain if t in special]
+    assert typed in tok.decode(ids)
+
+
+def test_plain_fallback_is_the_same_for_every_path(tokenizer):
+    """No chat template: one documented format (docs/chat-templates.md) whichever path asks."""
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = None
+    msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    chat = split_chat(tok, msgs)
+    assert chat.text == "Be kind.\nUser: Hi\nAssistant: Hello.\nUser: Bye\nAssistant:"
+    assert not chat.has_template and "no chat template" in chat.warning
+    assert tok.decode(chat_prompt_ids(tok, "Hi", "Be kind.")) == "Be kind.\nUser: Hi\nAssistant:"
+    from engine.bench.methods.base import render_chat
+    assert tok.decode(render_chat(tok, msgs)) == chat.text
+    g = turn_glue(tok, "Be kind.", 1)
+    assert (g.prefix.text, g.head, g.tail) == ("Be kind.\nUser: ", "\nUser: ", "\nAssistant:")
+    ch = split_template(tok, "Be kind.")
+    assert tok.decode(ch.prompt_ids(encode_user_text(tok, ch.request_text("Hi")))) == \
+        "Be kind.\nUser: Hi\nAssistant:"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_chat_session_feeds_the_splitters_pieces(tokenizer, name):
+    """A chat session's tokens are the splitter's pieces of the same conversation: the text
+    before the first user message (system cache), then per turn the template text before the
+    message, the message as ordinary text, the template text up to the assistant header, and the
+    answer it generated (kept as generated ids: the template may render an answer differently)."""
+    from engine.lm.chat import ChatSession
+    from engine.lm.config import SamplingConfig
+    from engine.lm.tiny import tiny_llama
+
+    tok = with_template(tokenizer, name)
+    s = ChatSession(tiny_llama(tok), system=SYSTEM,
+                    sampling=SamplingConfig(max_new_tokens=4, temperature=0.0))
+    for user, _ in CONVERSATION:
+        s.send(user)
+    assert ("system prompt ignored" in " ".join(s.turns[-1].result.notes)) == \
+        (not HAS_SYSTEM[name])
+    conv = [{"role": "system", "content": SYSTEM}] if HAS_SYSTEM[name] else []
+    for t in s.turns:
+        conv += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
+    first = len(conv) - 2 * len(s.turns)
+    enc = lambda text: tok.encode(text, add_special_tokens=False) if text else []  # noqa: E731
+    opening = split_chat(tok, conv[:first + 1])
+    expected = chat_ids(tok, opening.head(first))
+    assert s._sys_ids == expected and tok.decode(expected) == opening.before(first)
+    for k, t in enumerate(s.turns):
+        u = first + 2 * k
+        chat = split_chat(tok, conv[:u + 1])  # this user message, the generation prompt after it
+        assert [p.text for p in chat.pieces if p.index == u] == [t.user]
+        head = enc(chat.between(u - 1, u)) if k else []
+        expected += head + encode_user_text(tok, t.user) + enc(chat.after(u)) + t.answer_ids
+    assert s.ids[:len(expected) - 1] == expected[:-1]  # the last answer token is not yet fed
