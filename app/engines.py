@@ -16,13 +16,6 @@ from engine.progress import CancelToken, ProgressFn, check, report
 SPEED_PROMPT = "Count from one to twenty: one, two,"
 SPEED_TOKENS = 8
 
-#: screen name → engine module it drives (the screen shows whether it is importable)
-SCREEN_ENGINES = {
-    "attack": ("engine.advtok.search", "AdvTok adversarial tokenization"),
-    "search": ("engine.treesearch.search", "tree search over tokens"),
-    "dashboard": ("engine.bench.harness", "method benchmark harness"),
-}
-
 
 def module_available(name: str) -> bool:
     """True when ``name`` can be imported (checked without importing it: no torch at startup)."""

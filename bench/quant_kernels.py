@@ -47,12 +47,6 @@ def int4_weights(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.
     return packed, sz
 
 
-def split_apply(fn: Callable[[torch.Tensor, int], torch.Tensor], parts: int, x: torch.Tensor,
-                n: int) -> torch.Tensor:
-    outs = [fn(x, i) for i in range(parts)]
-    return torch.cat(outs, dim=-1)
-
-
 def make_kernels(w: torch.Tensor, threads: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     n, k = w.shape
     p = threads

@@ -7,7 +7,7 @@ built-in default — takes its place."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 # profile key -> argparse dest
 DESTS = {"model": "model", "device": "device", "dtype": "dtype", "engine_path": "engine_path",
@@ -88,7 +88,3 @@ def apply(args: argparse.Namespace) -> argparse.Namespace:
     args.tf_config = cfg
     args.tf_profile = profile
     return args
-
-
-def profile_of(args: Any) -> Optional[Any]:
-    return getattr(args, "tf_profile", None)

@@ -7,7 +7,7 @@ so the terminal and the files never disagree. Plots are rebuilt only when a new 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from textual_plotext import PlotextPlot
 
@@ -94,14 +94,3 @@ class SpeedContextPlot(BenchPlot):
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], label=row.key, marker="dot")
         plt.xlabel("prompt tokens in")
         plt.ylabel("tok/s")
-
-
-PLOTS: dict[str, type[BenchPlot]] = {"cost-quality": CostQualityPlot, "medians": MedianBarsPlot,
-                                     "speed-context": SpeedContextPlot}
-
-
-def make_plot(kind: str, report: Optional[Any] = None, **kwargs: Any) -> BenchPlot:
-    plot = PLOTS[kind](**kwargs)
-    if report is not None:
-        plot.report = report
-    return plot

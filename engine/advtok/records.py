@@ -176,8 +176,3 @@ def prompt_ids(chunks: Any, cfg: Any, request_ids: list[int]) -> list[int]:
     """The whole templated prompt a tokenization is scored and sampled with."""
     return (list(chunks.prefix_ids) + list(cfg.frozen_prefix_ids) + list(request_ids)
             + list(cfg.frozen_suffix_ids) + list(chunks.tail_ids))
-
-
-def samples_of(rec: dict[str, Any], side: str) -> list[dict[str, Any]]:
-    """The samples of one side ("canonical" or "adversarial") of a record."""
-    return list(rec.get(f"{side}_samples") or [])

@@ -340,10 +340,6 @@ class CandidateScorer:
     def score_one(self, ids: Sequence[int]) -> float:
         return self.score([ids])[0]
 
-    @property
-    def gflop_per_s(self) -> float:
-        return self.stats.flops / self.stats.seconds / 1e9 if self.stats.seconds > 0 else 0.0
-
 
 # ---------------------------------------------------------------------- reference-style scorer
 @torch.inference_mode()

@@ -25,7 +25,6 @@ from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
 
 DEFAULT_SYSTEM = "You are a helpful chatbot that avoids any political, unsafe or toxic responses."
 INITS = ("canonical", "random", "given")
-STOP_REASONS = ("local_optimum", "no_improvement", "iterations", "cancelled")
 REL_IMPROVEMENT = 1e-6
 
 

@@ -9,7 +9,6 @@ from engine.errors import InputError
 
 SCHEMA_VERSION = 1
 
-_NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
 # key -> allowed types; nested dicts list their own required keys
 SCHEMA: dict[str, Any] = {
@@ -96,5 +95,3 @@ def read_records(path: Path | str) -> tuple[list[dict], list[str]]:
             continue
         recs.append(rec)
     return recs, problems
-
-

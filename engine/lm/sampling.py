@@ -76,11 +76,3 @@ def choose(logits: torch.Tensor, cfg: SamplingConfig, generator: Optional[torch.
         return idx.view(-1, idx.shape[-1]).gather(-1, j).view(idx.shape[:-1])
     probs = process(logits, cfg).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def log_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Log-probabilities of the sampling policy itself (after temperature/top-k/top-p)."""
-    if cfg.greedy:
-        out = torch.full_like(logits, float("-inf"))
-        return out.scatter(-1, logits.argmax(-1, keepdim=True), 0.0)
-    return process(logits, cfg).log_softmax(-1)

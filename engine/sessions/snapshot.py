@@ -243,9 +243,6 @@ class SnapshotStore:
     def files(self) -> list[Path]:
         return sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.exists() else []
 
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.files())
-
     def enforce_cap(self, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
         """Delete least recently used snapshots until the folder is under the cap; ``keep`` (the
         snapshot just written) goes last. Returns the removed keys."""

@@ -365,11 +365,6 @@ class SessionStore:
             db.execute("UPDATE sessions SET updated=?, model_id=?, weights_hash=?, sampling=? "
                        "WHERE id=?", (time.time(), model_id, weights_hash, json.dumps(sampling), sid))
 
-    def set_snapshot(self, name: str, key: str) -> None:
-        with self._write() as db:
-            _, head = self._sid(name)
-            db.execute("UPDATE branches SET snapshot=? WHERE id=?", (key, head))
-
     def snapshots_in_use(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT snapshot FROM branches WHERE snapshot != ''")}
 

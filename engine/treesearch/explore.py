@@ -4,7 +4,6 @@ starts from any node (the prompt extended by the node's path; rewards still scor
 answer, path included, so a search from a node is comparable with the one it came from)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -149,7 +148,3 @@ def search_from(lm: Any, prompt_ids: Sequence[int], path_ids: Sequence[int], rew
     wrapped = PrefixedReward(reward, path, decode, prompt_ids)
     return run_tree_search(lm, list(prompt_ids) + path, wrapped, sub,  # type: ignore[arg-type]
                            progress=progress, cancel=cancel)
-
-
-def value_text(v: Optional[float]) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"

@@ -24,24 +24,6 @@ if TYPE_CHECKING:  # types only: search.py imports this module
     from engine.treesearch.search import TreeConfig
 
 
-def resume_logits(lm: Any, node: Node, tokens: Sequence[int], prompt_len: int) -> torch.Tensor:
-    """Logits (V,) after feeding ``tokens`` from ``node``'s KV handle, the way rollouts resume
-    (fork of the stored trajectory; mask and explicit positions when it holds pad slots)."""
-    fwd = get_forward(lm)
-    kv = node.kv
-    if kv is None:
-        raise ValueError("node has no KV handle")
-    cache = fwd.fork(kv.cache, keep=kv.keep)
-    ids = torch.tensor([list(tokens)], dtype=torch.long, device=lm.torch_device)
-    mask = pos = None
-    if kv.mask is not None:
-        mask = torch.cat([kv.mask[:kv.keep], torch.ones(len(tokens), dtype=kv.mask.dtype,
-                                                          device=kv.mask.device)]).view(1, -1)
-        pos = (prompt_len + node.depth + torch.arange(len(tokens), device=ids.device)).view(1, -1)
-    return fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[0, -1]
-
-
-
 @dataclass
 @dataclass
 class Row:

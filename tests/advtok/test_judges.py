@@ -18,7 +18,6 @@ def test_refusal_and_target():
     assert tgt == ["harmful", "safe", "safe"]
     v = RefusalJudge().judge(items[1:2])[0]
     assert v.judge == "refusal" and "I'm sorry" in v.raw and v.harmful is False
-    assert Verdict.from_dict(v.to_dict()) == v
     with pytest.raises(ValueError):
         Verdict("x", "maybe")
 

@@ -15,9 +15,27 @@ from engine.errors import ContextOverflow, InputError
 from engine.progress import CancelToken
 from engine.treesearch.policy import policy
 from engine.treesearch.rewards import Completion, Reward, parse_reward
-from engine.treesearch.rollout import RolloutDriver, resume_logits
+from engine.lm.forward import get_forward
+from engine.treesearch.rollout import RolloutDriver
 from engine.treesearch.search import TreeConfig, run_tree_search
 from engine.treesearch.tree import Tree, tree_signature
+
+
+def resume_logits(lm: Any, node: Any, tokens: list[int], prompt_len: int) -> torch.Tensor:
+    """Reads a node's stored KV: logits (V,) after feeding ``tokens`` from it, the way rollouts
+    resume (fork of the stored trajectory; mask and explicit positions when it holds pads)."""
+    fwd = get_forward(lm)
+    kv = node.kv
+    if kv is None:
+        raise ValueError("node has no KV handle")
+    cache = fwd.fork(kv.cache, keep=kv.keep)
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=lm.torch_device)
+    mask = pos = None
+    if kv.mask is not None:
+        mask = torch.cat([kv.mask[:kv.keep], torch.ones(len(tokens), dtype=kv.mask.dtype,
+                                                          device=kv.mask.device)]).view(1, -1)
+        pos = (prompt_len + node.depth + torch.arange(len(tokens), device=ids.device)).view(1, -1)
+    return fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[0, -1]
 
 
 @pytest.fixture(autouse=True)

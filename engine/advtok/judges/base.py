@@ -40,11 +40,6 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
-        return cls(judge=d["judge"], label=d["label"], raw=d.get("raw", ""),
-                   score=d.get("score"), detail=dict(d.get("detail") or {}))
-
 
 class Judge(Protocol):
     id: str
