@@ -188,7 +188,7 @@ class Engine:
     # -- tree search (search screen) ----------------------------------------------------------
     def chat_prompt_ids(self, lm: Any, prompt: str, system: Optional[str]) -> list[int]:
         """The prompt through the model's chat template (generation prompt added); a tokenizer
-        without a template gets the plain text."""
+        without a template gets the plain format (docs/chat-templates.md)."""
         from engine.lm.templates import chat_prompt_ids
 
         # one rule with the CLI and chat: typed special-token strings stay text
