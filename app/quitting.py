@@ -1,8 +1,8 @@
 """Quitting: the Ctrl+C policy, signal handlers, the graceful shutdown and the forced exit. A
 mixin of ``TokenforgeApp``.
 
-Ctrl+C (TUI.md §2): the first press cancels every running job ("Cancelling… Ctrl+C again to force
-quit"); with nothing running it quits gracefully (threads get ``SHUTDOWN_GRACE`` s). A second
+Ctrl+C (docs/tui.md): the first press cancels every running job ("Cancelling… Ctrl+C again to
+force quit"); with nothing running it quits gracefully (threads get ``SHUTDOWN_GRACE`` s). A second
 press within ``FORCE_WINDOW`` s restores the terminal and exits at once (``os._exit(130)``), even
 when a thread is stuck inside one long model call. ``kill -INT`` behaves the same; SIGTERM and
 SIGHUP quit gracefully; ctrl+q quits gracefully.

@@ -3,7 +3,7 @@
 Why: engine calls block for seconds to minutes; keys, Ctrl+C and signal handlers need the event
 loop free, and a timeout or cancel must actually stop the work (a cancelled asyncio task never
 stops a thread). So every call runs in its own daemon thread with a ``CancelToken``; the loop
-awaits it with wait → cancel → grace (TUI.md §2), and progress/tokens come back throttled.
+awaits it with wait → cancel → grace (docs/tui.md), and progress/tokens come back throttled.
 
 Runner API (for the screens that add attack, tree search and the dashboard)
 --------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """Import direction, checked statically over every module's AST (also imports inside functions):
 the engine imports nothing from the app or the UI libraries, and each engine package imports only
-what its ``__init__`` docstring allows."""
+what its ``__init__`` docstring allows. Also: comments and docstrings cite only documents that are
+in the repository (docs/), never background notes kept elsewhere."""
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -211,3 +215,71 @@ def test_headless_commands_import_no_cycle():
     graph = _project_graph(ROOT / "app" / "commands")
     cycle = _cycle(graph)
     assert not cycle, " → ".join(cycle)
+
+
+# ---- comments cite documents that are in the repository ----------------------------------------
+CODE_DIRS = ("app", "engine", "bench", "tests")
+NOTE_NAMES = r"(ALGORITHMS|DESIGN|METHODS|TUI)"
+# a background note by name (with or without .md, before a section sign) that is not a docs/ path
+OUTSIDE_NOTE = re.compile(rf"(?<![\w/]){NOTE_NAMES}(\.md\b|\s*§)")
+SECTION = re.compile(r"§")
+DOC_PATH = re.compile(r"\bdocs/[\w./-]+\.md\b")
+
+
+def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every comment and every module/class/function docstring in a file."""
+    src = path.read_text(encoding="utf-8")
+    out = [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+           if tok.type == tokenize.COMMENT]
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                first = node.body[0].lineno
+                out += [(first + i, line) for i, line in enumerate(doc.splitlines())]
+    return out
+
+
+def note_citations(files: list[Path]) -> list[str]:
+    """Comments/docstrings that cite a design note outside the repository: the note by name, or a
+    section sign whose sentence names no docs/ file."""
+    bad = []
+    for p in files:
+        lines = comments_and_docstrings(p)
+        for k, (n, text) in enumerate(lines):
+            near = " ".join(t for _, t in lines[max(0, k - 2):k + 1])  # a citation may wrap
+            if OUTSIDE_NOTE.search(text) or (SECTION.search(text) and not DOC_PATH.search(near)):
+                bad.append(f"{p.relative_to(ROOT)}:{n}: {text.strip()}")
+    return bad
+
+
+def code_files() -> list[Path]:
+    return sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py"))
+
+
+def test_note_citation_check_sees_one(tmp_path):
+    """The check flags a note cited by name or by a bare section, and passes a docs/ citation."""
+    f = tmp_path / "m.py"
+    sign = "\u00a7"
+    f.write_text(f'"""Module.\n\nSee ALGORITHMS {sign}2.1."""\n# METHODS.md says so\n'
+                 f'# as the design notes say ({sign}3)\n'
+                 f'X = 1  # docs/algorithms.md {sign}2.1 and {sign}2.3\n', encoding="utf-8")
+    global ROOT
+    root, ROOT = ROOT, tmp_path
+    try:
+        assert sorted(b.split(":")[1] for b in note_citations([f])) == ["3", "4", "5"]
+    finally:
+        ROOT = root
+
+
+def test_comments_cite_only_documents_in_the_repo():
+    bad = note_citations(code_files())
+    assert not bad, ("write the fact into docs/ (or make the comment self-contained) and cite "
+                     "the docs/ file:\n" + "\n".join(bad))
+
+
+def test_cited_docs_exist():
+    missing = sorted({f"{p.relative_to(ROOT)}: {m}" for p in code_files()
+                      for _, text in comments_and_docstrings(p)
+                      for m in DOC_PATH.findall(text) if not (ROOT / m).exists()})
+    assert not missing, "\n".join(missing)

@@ -9,8 +9,8 @@ validates again). The valid form's grid size is handed to the settings, which de
 timeout from it (methods × queries × (repeats + 1) runs of max new tokens ÷ measured tok/s ×
 margin; shown in Settings, editable there).
 
-The JSONL on disk is the truth: while a run goes, the screen re-reads it (pull, ≤ 1 Hz, as
-TUI.md §4 suggests for the dashboard) and re-aggregates, so the table and plots show exactly
+The JSONL on disk is the truth: while a run goes, the screen re-reads it (pull, ≤ 1 Hz: plotext
+draws on the UI thread, docs/tui.md) and re-aggregates, so the table and plots show exactly
 what `tokenforge bench report` would. The read and the aggregation run off the event loop
 (``runner.run_aside``: a daemon thread), at most one at a time, so a big runs file never stalls
 keys or Ctrl+C. A rerun into the same file resumes. Engine calls go through ``app.engine``

@@ -3,7 +3,7 @@ medians relative to the baseline, and decode tok/s vs context length.
 
 The data comes from ``engine.bench.report`` (torch-free), the same functions the PNG export uses,
 so the terminal and the files never disagree. Plots are rebuilt only when a new report is shown
-(TUI.md §4: plotext renders on the UI thread; curves are downsampled to about 2x the width).
+(docs/tui.md: plotext renders on the UI thread; curves are downsampled to about 2x the width).
 """
 from __future__ import annotations
 

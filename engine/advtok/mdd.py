@@ -1,15 +1,16 @@
 """Tokenization diagram (MDD) of a string over the byte offsets of its UTF-8 encoding.
 
 Nodes are byte positions 0..n; an edge (i -> j, token t) exists when t's bytes equal
-``data[i:j]``. Paths from 0 to n are exactly the tokenizations of the string (ALGORITHMS §1).
-Working over bytes (not characters) makes partial-UTF-8 tokens and byte fallback ordinary
-edges, so every path decodes to exactly the input bytes.
+``data[i:j]``. Paths from 0 to n are exactly the tokenizations of the string
+(docs/algorithms.md §1.2). Working over bytes (not characters) makes partial-UTF-8 tokens and
+byte fallback ordinary edges, so every path decodes to exactly the input bytes.
 
 Only *live* edges are kept: those on some 0 -> n path. Counts are exact Python ints (they pass
 2^64 within ~100 characters) and every random draw is an integer draw (``randrange``) so the
 samplers stay exactly uniform beyond 2^53.
 
-Distance (§1.3): E(V) = {(end offset, token id)} of V's tokens; d(X, V) = |E(V) \\ E(X)|.
+Distance (docs/algorithms.md §1.3): E(V) = {(end offset, token id)} of V's tokens;
+d(X, V) = |E(V) \\ E(X)|.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scoring candidate tokenizations for AdvTok (ALGORITHMS §2.1, §2.4).
+"""Scoring candidate tokenizations for AdvTok (docs/algorithms.md §2.1, §2.3).
 
 A candidate V sits in the row ``SP ⊕ H ⊕ F_pre ⊕ V ⊕ F_suf ⊕ U ⊕ R``; its score is the summed
 log-probability of the ``U ⊕ R`` tokens minus ``log(|V| + A)`` (A = every token around V).
@@ -13,8 +13,8 @@ objective allows:
   (log-softmax in fp32, sums in fp64);
 - with a *trunk* (the search's current X), a candidate's tokens shared with X up to its first
   edit are not forwarded again: X is fed once on top of the prefix and each batch forks that
-  cache at the batch's shortest shared prefix (ALGORITHMS §2.4, "candidate trie", the one-level
-  form: distance-2 neighbours share X's tokens up to their first edit); batches are cut by a
+  cache at the batch's shortest shared prefix (a one-level "candidate trie", docs/algorithms.md
+  §2.3: distance-2 neighbours share X's tokens up to their first edit); batches are cut by a
   small DP that minimises the tokens fed (padding + re-fed shared tokens);
 - scores are memoised by ``tuple(ids)`` for the run, candidates are batched in length order, the
   batch size comes from a token budget, free memory and a user cap, and halves on out-of-memory.
@@ -36,7 +36,7 @@ from engine.errors import EngineError, InputError
 from engine.lm.forward import get_forward
 from engine.progress import CancelToken, ProgressFn, check, report
 
-DEFAULT_TOKEN_BUDGET = 3072       # B · row length per batch on CPU (ALGORITHMS §2.4)
+DEFAULT_TOKEN_BUDGET = 3072       # B · row length per batch on CPU (a starting guess)
 HEAD_CHUNK_FLOATS = 16 * 1024 * 1024  # logits materialised at once (64 MB fp32)
 BATCH_OVERHEAD_TOKENS = 8         # fixed cost of one more batch, in token-forwards (a guess)
 

@@ -1,5 +1,5 @@
 """AdvTok: search the tokenizations of a request for the one that makes a target response most
-likely (Geh et al., "Adversarial Tokenization", ACL 2025; ALGORITHMS §2).
+likely (Geh et al., "Adversarial Tokenization", ACL 2025; docs/algorithms.md §2).
 
 The search is greedy (or stochastic) local search over the tokenization diagram: from X, score
 the neighbours at distance 2 (optionally merges at distance 1 and sampled distance-4 ones) plus
@@ -99,7 +99,7 @@ class AttackConfig:
 
 @dataclass
 class IterationTrace:
-    """One search iteration (ALGORITHMS §2.3)."""
+    """One search iteration (docs/algorithms.md §2.2)."""
 
     it: int
     best: float                 # best score so far

@@ -1,9 +1,9 @@
 """Token id -> exact bytes table for a tokenizer, built once and cached on disk.
 
 Tokenizations are sequences of token *byte strings*, never decoded strings: partial-UTF-8 tokens
-decode to U+FFFD and would collapse onto each other (ALGORITHMS §1.1). ``get_vocab()`` is called
-exactly once because every call rebuilds the whole dict; the table for 50–130K tokens then takes
-well under a second, so no process pool is needed.
+decode to U+FFFD and would collapse onto each other (docs/algorithms.md §1.1). ``get_vocab()``
+is called exactly once because every call rebuilds the whole dict; the table for 50–130K tokens
+then takes well under a second, so no process pool is needed.
 
 Supported alphabets: byte-level BPE (GPT-2 ``Ġ`` alphabet: SmolLM2, Llama-3, Qwen), SentencePiece
 (``▁`` for space, ``<0xNN>`` byte fallback: Llama-2, Gemma, Mistral) and plain vocabularies whose

@@ -1,10 +1,10 @@
 """The comparison-dashboard harness: run methods over a versioned query suite and append one
 complete JSONL record per (method, query, repeat).
 
-Measurement rules (METHODS.md §4): one discarded warm-up per method, >= 1 (default 5) repeats,
-methods interleaved within each repeat (their order rotates so no method always runs first),
-the load average recorded at the start of the bench and with every record. Quality is measured
-against the baseline's greedy continuation, which is recomputed for every query on the
+Measurement rules (docs/bench-methods.md): one discarded warm-up per method, >= 1 (default 5)
+repeats, methods interleaved within each repeat (their order rotates so no method always runs
+first), the load average recorded at the start of the bench and with every record. Quality is
+measured against the baseline's greedy continuation, which is recomputed for every query on the
 unmodified model (so it exists even when "baseline" is not among the methods):
 
 - fidelity: teacher-forced KL(baseline || method) in nats/token on that continuation, top-1

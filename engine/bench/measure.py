@@ -20,7 +20,7 @@ def loadavg() -> list[float]:
 
 class PeakMemory:
     """Peak memory during a block: CUDA allocator peak on GPU, else the process RSS sampled by a
-    thread every few ms (noisy and dominated by the weights, as METHODS.md warns)."""
+    thread every few ms (noisy and dominated by the weights; docs/bench-methods.md)."""
 
     def __init__(self, device: Any, every: float = 0.005) -> None:
         self.cuda = getattr(device, "type", str(device)) == "cuda"

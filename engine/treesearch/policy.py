@@ -1,5 +1,5 @@
 """The policies of the tree search: q, the base sampling policy every draw and rollout uses, and
-the rules that choose among a node's children from their soft values (ALGORITHMS.md §3).
+the rules that choose among a node's children from their soft values (docs/algorithms.md §3).
 
 Kept apart from the tree's bookkeeping so each rule can be checked by hand: the soft value is a
 log-MEAN-exp over draw counts, sampling-mode selection is Boltzmann over m(s,a)·exp(λ v̂), search

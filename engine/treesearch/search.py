@@ -1,8 +1,9 @@
 """MaxEnt tree search over tokens: Diffusion Tree Sampling (DTS / DTS*) for an autoregressive LM.
 
-Target π*(y) ∝ q(y|x)·exp(λ r(y)), q = the model at one fixed temperature / top-p (ALGORITHMS.md
-§3). The same q drives the widening draws and the rollouts, so the soft values v̂ estimate
-V(s) = (1/λ) log E_q[exp(λ r) | s], backed up with log-MEAN-exp over the draw counts.
+Target π*(y) ∝ q(y|x)·exp(λ r(y)), q = the model at one fixed temperature / top-p
+(docs/algorithms.md §3). The same q drives the widening draws and the rollouts, so the soft
+values v̂ estimate V(s) = (1/λ) log E_q[exp(λ r) | s], backed up with log-MEAN-exp over the draw
+counts.
 
 This module holds the settings, the result and the loop that ties the parts together: the tree and
 its backup (``tree.py``), the policy q and the selection rules (``policy.py``), and the batched

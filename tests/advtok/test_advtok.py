@@ -1,5 +1,6 @@
 """AdvTok search on the tiny model: never below canonical, monotone best, exact fixed-point stop,
-cancel mid-search, seeding, side-by-side samples and bad input (ALGORITHMS §2.3, §5 items 5, 10)."""
+cancel mid-search, seeding, side-by-side samples and bad input (docs/algorithms.md §2.2, §4
+items 5, 9)."""
 from __future__ import annotations
 
 import copy

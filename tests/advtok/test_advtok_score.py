@@ -1,5 +1,5 @@
 """The AdvTok candidate scorer: prefix-cached, batched, sliced-head scores must equal the plain
-full-forward objective (ALGORITHMS §2.1, §2.4, §5 item 4)."""
+full-forward objective (docs/algorithms.md §2.1, §2.3, §4 item 4)."""
 from __future__ import annotations
 
 import math

@@ -54,7 +54,7 @@ def distance(vocab: Vocab, x, v) -> int:
     return len(edges(vocab, v) - edges(vocab, x))
 
 
-# ------------------------------------------------------------------ known figures (ALGORITHMS §1.3/1.4)
+# ------------------------------------------------------ known figures (docs/algorithms.md §1.4)
 KNOWN = [
     ("penguin", 7, 18, 36, 2, [1, 0, 1, 7, 15]),
     ("Compose an email", 16, 42, 4992, 4, [1, 0, 11, 16, 58]),

@@ -56,7 +56,7 @@ class Query:
 
 @dataclass
 class MethodOutput:
-    """A measured greedy generation. ``cost`` keys (METHODS.md §4): prompt_tokens_in,
+    """A measured greedy generation. ``cost`` keys (docs/bench-methods.md): prompt_tokens_in,
     prompt_tokens_effective, new_tokens, prefill_s, decode_tok_s, total_s, kv_bytes_stored,
     kv_bytes_peak (None when unknown), aux_s."""
 

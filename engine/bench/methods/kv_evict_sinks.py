@@ -4,7 +4,7 @@ After every forward the cache keeps the first ``sinks`` tokens and the last ``wi
 each layer; everything between is dropped (the kept slices are copied into fresh tensors so the
 dropped bytes are really freed). Hugging Face caches post-RoPE keys, so kept keys keep their
 original rotation; the next token must be fed at its *true* position, not at the (smaller) cache
-length, which is what ``position_ids=None`` would use (METHODS.md §1: next-token KL to full
+length, which is what ``position_ids=None`` would use (docs/kv-cache.md: next-token KL to full
 context 0.014 with true positions vs 0.62 with default ones on the bundled model).
 
 The prompt is prefilled whole and evicted afterwards, so the transient peak is the full prompt's

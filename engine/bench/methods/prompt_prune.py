@@ -2,7 +2,7 @@
 self-information pruning (Selective-Context-style) scored by the project's own model.
 
 Both act on ``Query.document`` (a query without one is fed unchanged) and share one guard:
-negations and numbers are never dropped (an unguarded version dropped "not", METHODS.md §3).
+negations and numbers are never dropped (an unguarded version dropped "not": docs/bench-methods.md).
 Self-information: one teacher-forced pass of the model over the document gives each token's
 surprisal −log p(token | preceding document); a word's self-information is the sum over its
 tokens; the lowest-information unprotected words are dropped until ``ratio`` of the words are
