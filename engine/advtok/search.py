@@ -166,154 +166,208 @@ def run_attack(lm: Any, cfg: AttackConfig, *, progress: Optional[ProgressFn] = N
 
     Phases reported: vocab, mdd, search (every batch and iteration), generate. A cancel at any
     point returns the best tokenization found so far with stop_reason "cancelled"."""
-    from engine.advtok.mdd import MDD
-    from engine.lm.templates import encode_user_text, split_template
-    from engine.advtok.vocab import load_vocab
-
     cfg.validate()
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    tok = lm.tokenizer
-    chunks = split_template(tok, cfg.system)
-    warnings = [chunks.warning] if chunks.warning else []
-    if not chunks.has_template and not cfg.allow_plain_template:
-        raise InputError("this model has no chat template; AdvTok scores a chat prompt",
-                         hint="allow plain 'User:/Assistant:' concatenation with --plain-template")
-    text = chunks.request_text(cfg.request)
-    canonical = encode_user_text(tok, text)
-    chunks.verify(cfg.request, canonical)
-    response_ids = chunks.response_ids(cfg.response)
-    if not response_ids:
-        raise InputError("the target response encodes to no tokens")
-    prefix = chunks.prefix_ids + list(cfg.frozen_prefix_ids)
-    between = list(cfg.frozen_suffix_ids)
-    targets = chunks.tail_ids + response_ids
-    worst = len(prefix) + len(text.encode("utf-8")) + len(between) + len(targets)
-    if worst > lm.context_length:
-        raise ContextOverflow(f"the longest tokenization of the prompt is {worst} tokens, over the "
-                              f"context length {lm.context_length}",
-                              hint="shorten the request or the response")
-    rng = random.Random(cfg.seed)
+    prompt = _Prompt.of(lm, cfg)
     res = AttackResult(
         request=cfg.request, response=cfg.response, system=cfg.system,
-        system_used=chunks.system_used, request_text=text, canonical_ids=list(canonical),
-        canonical_tokens=[], canonical_score=None, best_ids=list(canonical), best_tokens=[],
-        best_score=None, init_ids=list(canonical), stop_reason="cancelled", iterations=0,
-        warnings=warnings, config=_config_dict(cfg))
-    scorer: Optional[CandidateScorer] = None
-    mdd = None
+        system_used=prompt.chunks.system_used, request_text=prompt.text,
+        canonical_ids=list(prompt.canonical), canonical_tokens=[], canonical_score=None,
+        best_ids=list(prompt.canonical), best_tokens=[], best_score=None,
+        init_ids=list(prompt.canonical), stop_reason="cancelled", iterations=0,
+        warnings=list(prompt.warnings), config=_config_dict(cfg))
+    run = _Search(lm, cfg, prompt, res, progress, cancel)
     try:
         check(cancel)
+        run.diagram(vocab)
+        run.search()
+    except Cancelled:
+        res.stop_reason = "cancelled"
+    _finish(res, run.mdd, run.scorer, run.canonical, run.timings, lm.tokenizer)
+    if cfg.samples and res.stop_reason != "cancelled":
+        run.samples()
+    run.timings["total_s"] = time.perf_counter() - t_start
+    res.timings = {k: round(v, 4) for k, v in run.timings.items()}
+    return res
+
+
+@dataclass
+class _Prompt:
+    """What one run searches and scores: the request as the template frames it, its canonical
+    tokens, and the fixed ids before (prefix), between and after (targets) the searched span."""
+
+    chunks: Any
+    text: str
+    canonical: list[int]
+    prefix: list[int]
+    between: list[int]
+    targets: list[int]
+    warnings: list[str]
+
+    @classmethod
+    def of(cls, lm: Any, cfg: AttackConfig) -> "_Prompt":
+        """InputError for a model without a chat template (unless allowed) or an empty target;
+        ContextOverflow when the longest tokenization (one token per byte) cannot fit."""
+        from engine.lm.templates import encode_user_text, split_template
+
+        tok = lm.tokenizer
+        chunks = split_template(tok, cfg.system)
+        if not chunks.has_template and not cfg.allow_plain_template:
+            raise InputError("this model has no chat template; AdvTok scores a chat prompt",
+                             hint="allow plain 'User:/Assistant:' concatenation with --plain-template")
+        text = chunks.request_text(cfg.request)
+        canonical = encode_user_text(tok, text)
+        chunks.verify(cfg.request, canonical)
+        response_ids = chunks.response_ids(cfg.response)
+        if not response_ids:
+            raise InputError("the target response encodes to no tokens")
+        p = cls(chunks, text, list(canonical), chunks.prefix_ids + list(cfg.frozen_prefix_ids),
+                list(cfg.frozen_suffix_ids), chunks.tail_ids + response_ids,
+                [chunks.warning] if chunks.warning else [])
+        worst = len(p.prefix) + len(text.encode("utf-8")) + len(p.between) + len(p.targets)
+        if worst > lm.context_length:
+            raise ContextOverflow(f"the longest tokenization of the prompt is {worst} tokens, over "
+                                  f"the context length {lm.context_length}",
+                                  hint="shorten the request or the response")
+        return p
+
+
+class _Search:
+    """One run's working state: the diagram, the scorer, the current and best tokenization."""
+
+    def __init__(self, lm: Any, cfg: AttackConfig, prompt: _Prompt, res: AttackResult,
+                 progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> None:
+        self.lm, self.cfg, self.prompt, self.res = lm, cfg, prompt, res
+        self.progress, self.cancel = progress, cancel
+        self.rng = random.Random(cfg.seed)
+        self.timings: dict[str, float] = {}
+        self.canonical = list(prompt.canonical)
+        self.mdd: Any = None
+        self.scorer: Optional[CandidateScorer] = None
+        self.x: list[int] = []
+
+    def diagram(self, vocab: Any) -> None:
+        """The vocabulary, the request's tokenization diagram and the starting tokenization."""
+        from engine.advtok.mdd import MDD
+        from engine.advtok.vocab import load_vocab
+
+        cfg, res, progress, tok = self.cfg, self.res, self.progress, self.lm.tokenizer
         t = time.perf_counter()
         if vocab is not None:
-            vb = vocab
-            report(progress, "vocab", len(vb), len(vb), "vocabulary already loaded",
-                   hash=vb.hash, cache="given")
+            report(progress, "vocab", len(vocab), len(vocab), "vocabulary already loaded",
+                   hash=vocab.hash, cache="given")
         else:
-            vb = load_vocab(tok, progress=progress, cancel=cancel)
-        if vb.cache_note:
-            res.warnings.append(vb.cache_note)
-        timings["vocab_s"] = time.perf_counter() - t
+            vocab = load_vocab(tok, progress=progress, cancel=self.cancel)
+        if vocab.cache_note:
+            res.warnings.append(vocab.cache_note)
+        self.timings["vocab_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        mdd = MDD(vb, text, progress=progress, cancel=cancel)
-        canonical = mdd.canonical(tok)
-        timings["mdd_s"] = time.perf_counter() - t
+        mdd = self.mdd = MDD(vocab, self.prompt.text, progress=progress, cancel=self.cancel)
+        self.canonical = mdd.canonical(tok)
+        self.timings["mdd_s"] = time.perf_counter() - t
         res.count = str(mdd.count())
         report(progress, "mdd", mdd.n, mdd.n, "diagram ready", edges=mdd.n_edges, count=res.count,
-               canonical_len=len(canonical), shortest_len=len(mdd.shortest()),
+               canonical_len=len(self.canonical), shortest_len=len(mdd.shortest()),
                canonical_is_path=True)
         if cfg.init == "canonical":
-            x = list(canonical)
+            x = list(self.canonical)
         elif cfg.init == "random":
-            x = mdd.sample(rng)
+            x = mdd.sample(self.rng)
         else:
             x = [int(t) for t in cfg.given_ids or []]
             if not mdd.contains(x):
                 raise InputError("the given token ids do not spell the request exactly")
+        self.x = x
         res.init_ids = list(x)
         res.best_ids = list(x)
-        scorer = CandidateScorer(lm, prefix, between, targets, length_norm=cfg.length_norm,
-                                 token_budget=cfg.token_budget, batch_cap=cfg.batch_cap,
-                                 share_trunk=cfg.share_trunk)
-        t = time.perf_counter()
-        s0 = scorer.score([canonical, x], progress=progress, cancel=cancel)
-        timings["prefix_s"] = scorer.stats.prefix_s
+
+    def search(self) -> None:
+        """Score the start, then move to the best (or a drawn) neighbour until a fixed point, a
+        few flat iterations or ``iters``; the result holds the best after every iteration."""
+        cfg, res, p = self.cfg, self.res, self.prompt
+        scorer = self.scorer = CandidateScorer(
+            self.lm, p.prefix, p.between, p.targets, length_norm=cfg.length_norm,
+            token_budget=cfg.token_budget, batch_cap=cfg.batch_cap, share_trunk=cfg.share_trunk)
+        s0 = scorer.score([self.canonical, self.x], progress=self.progress, cancel=self.cancel)
+        self.timings["prefix_s"] = scorer.stats.prefix_s
         res.canonical_score = s0[0]
-        best_x, best = list(x), s0[1]
-        res.best_score = best
-        e_can = mdd.edge_set(canonical)
+        res.best_ids, res.best_score = list(self.x), s0[1]
+        e_can = self.mdd.edge_set(self.canonical)
         flat = 0
         stop = "iterations"
         t_search = time.perf_counter()
         for it in range(1, cfg.iters + 1):
-            check(cancel)
-            t_it = time.perf_counter()
-            scored0, hits0, sec0 = scorer.stats.scored, scorer.stats.memo_hits, scorer.stats.seconds
-            cand, before, full = candidates(mdd, x, cfg, rng)
-            pool = [x] + [v for v in cand if v != x]
-            dist = len(mdd.edge_set(best_x) - e_can)
-            metrics = {"iteration": it, "iterations": cfg.iters, "best": round(best, 4),
-                       "candidates": len(pool),
-                       "edge_distance": dist}
-            scores = scorer.score(pool, trunk=x, progress=progress, cancel=cancel,
-                                  metrics=metrics)
-            if cfg.stochastic:
-                m = max(scores)
-                w = [math.exp((s - m) / cfg.temperature) for s in scores]
-                k = _weighted_index(rng, w)
-            else:
-                k = max(range(len(pool)), key=lambda i: (scores[i], i == 0))
-            x_new, s_new = pool[k], scores[k]
-            prev_best = best
-            if s_new > best:
-                best_x, best = list(x_new), s_new
-            improved = best - prev_best > REL_IMPROVEMENT * max(1.0, abs(prev_best))
+            check(self.cancel)
+            x_new, improved, full = self.iteration(it, e_can, t_search)
             flat = 0 if improved else flat + 1
-            edge_d = len(mdd.edge_set(best_x) - e_can)
-            lev = levenshtein(best_x, canonical)
-            sec = scorer.stats.seconds - sec0
-            new = scorer.stats.scored - scored0
-            tr = IterationTrace(
-                it=it, best=best, current=s_new, delta=best - prev_best, candidates=before,
-                kept=len(cand), scored=new, memo_hits=scorer.stats.memo_hits - hits0,
-                edge_distance=edge_d, levenshtein=lev, tokens=len(best_x),
-                elapsed_s=time.perf_counter() - t_it, cand_s=new / sec if sec > 0 else 0.0)
-            res.trace.append(tr)
-            res.curve.append(best)
-            res.iterations = it
-            res.best_ids, res.best_score = list(best_x), best
-            report(progress, "search", it, cfg.iters, f"iteration {it}/{cfg.iters}",
-                   iteration=it, best=round(best, 4), delta=round(tr.delta, 6),
-                   candidates=before, kept=len(cand), scored=new, memo_hits=tr.memo_hits,
-                   edge_distance=edge_d, levenshtein=lev, tokens=len(best_x),
-                   cand_s=round(tr.cand_s, 2), tok_s=round(scorer.stats.tokens_per_s, 1),
-                   elapsed_s=round(time.perf_counter() - t_search, 2))
-            if full and not cfg.stochastic and x_new == x:
+            if full and not cfg.stochastic and x_new == self.x:
                 stop = "local_optimum"
                 break
             if (not full or cfg.stochastic) and flat >= cfg.patience:
                 stop = "no_improvement"
                 break
-            x = list(x_new)
+            self.x = list(x_new)
         res.stop_reason = stop
-        timings["search_s"] = time.perf_counter() - t_search
-        report(progress, "search", res.iterations, cfg.iters, f"search done ({stop})",
-               best=round(best, 4), stop_reason=stop)
-    except Cancelled:
-        res.stop_reason = "cancelled"
-    _finish(res, mdd, scorer, canonical, timings, tok)
-    if cfg.samples and res.stop_reason != "cancelled":
+        self.timings["search_s"] = time.perf_counter() - t_search
+        report(self.progress, "search", res.iterations, cfg.iters, f"search done ({stop})",
+               best=round(res.best_score, 4), stop_reason=stop)
+
+    def iteration(self, it: int, e_can: set, t_search: float) -> tuple[list[int], bool, bool]:
+        """Score X's neighbourhood and choose the next X. Returns (next X, whether the best
+        improved, whether the neighbourhood was complete)."""
+        cfg, res, mdd, scorer, x = self.cfg, self.res, self.mdd, self.scorer, self.x
+        assert scorer is not None
+        best_x, best = list(res.best_ids), float(res.best_score)
+        t_it = time.perf_counter()
+        scored0, hits0, sec0 = scorer.stats.scored, scorer.stats.memo_hits, scorer.stats.seconds
+        cand, before, full = candidates(mdd, x, cfg, self.rng)
+        pool = [x] + [v for v in cand if v != x]
+        metrics = {"iteration": it, "iterations": cfg.iters, "best": round(best, 4),
+                   "candidates": len(pool), "edge_distance": len(mdd.edge_set(best_x) - e_can)}
+        scores = scorer.score(pool, trunk=x, progress=self.progress, cancel=self.cancel,
+                              metrics=metrics)
+        if cfg.stochastic:
+            m = max(scores)
+            k = _weighted_index(self.rng, [math.exp((s - m) / cfg.temperature) for s in scores])
+        else:
+            k = max(range(len(pool)), key=lambda i: (scores[i], i == 0))
+        x_new, s_new = pool[k], scores[k]
+        prev_best = best
+        if s_new > best:
+            best_x, best = list(x_new), s_new
+        edge_d = len(mdd.edge_set(best_x) - e_can)
+        lev = levenshtein(best_x, self.canonical)
+        sec = scorer.stats.seconds - sec0
+        new = scorer.stats.scored - scored0
+        tr = IterationTrace(
+            it=it, best=best, current=s_new, delta=best - prev_best, candidates=before,
+            kept=len(cand), scored=new, memo_hits=scorer.stats.memo_hits - hits0,
+            edge_distance=edge_d, levenshtein=lev, tokens=len(best_x),
+            elapsed_s=time.perf_counter() - t_it, cand_s=new / sec if sec > 0 else 0.0)
+        res.trace.append(tr)
+        res.curve.append(best)
+        res.iterations = it
+        res.best_ids, res.best_score = list(best_x), best
+        report(self.progress, "search", it, cfg.iters, f"iteration {it}/{cfg.iters}",
+               iteration=it, best=round(best, 4), delta=round(tr.delta, 6),
+               candidates=before, kept=len(cand), scored=new, memo_hits=tr.memo_hits,
+               edge_distance=edge_d, levenshtein=lev, tokens=len(best_x),
+               cand_s=round(tr.cand_s, 2), tok_s=round(scorer.stats.tokens_per_s, 1),
+               elapsed_s=round(time.perf_counter() - t_search, 2))
+        improved = best - prev_best > REL_IMPROVEMENT * max(1.0, abs(prev_best))
+        return x_new, improved, full
+
+    def samples(self) -> None:
+        """N answers with the adversarial and with the canonical tokenization, side by side."""
+        res = self.res
         t = time.perf_counter()
-        adv, can = sample_pair(lm, chunks, res.best_ids, canonical, cfg,
-                               prefix_cache=scorer.prefix_cache if scorer else None,
-                               progress=progress, cancel=cancel)
+        adv, can = sample_pair(self.lm, self.prompt.chunks, res.best_ids, self.canonical, self.cfg,
+                               prefix_cache=self.scorer.prefix_cache if self.scorer else None,
+                               progress=self.progress, cancel=self.cancel)
         res.adversarial_samples, res.canonical_samples = adv, can
-        timings["generate_s"] = time.perf_counter() - t
+        self.timings["generate_s"] = time.perf_counter() - t
         if any(s["stop_reason"] == "cancelled" for s in adv + can):
             res.warnings.append("sampling was cancelled: samples are partial")
-    timings["total_s"] = time.perf_counter() - t_start
-    res.timings = {k: round(v, 4) for k, v in timings.items()}
-    return res
 
 
 def _weighted_index(rng: random.Random, w: list[float]) -> int:

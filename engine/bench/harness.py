@@ -130,65 +130,153 @@ def _run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional
     out = Path(out)
     if out.exists() and out.is_dir():
         raise InputError(f"--out {out} is a directory")
-    methods: list[Method] = [make_method(n, **cfg.params.get(n, {})) for n in cfg.methods]
-    summary = BenchSummary(run_id=uuid.uuid4().hex[:12], out=out, loadavg_start=loadavg())
-    done = existing_keys(out)
-    _ensure_newline(out)
-    base_env = {**env_info(lm), "loadavg_start": summary.loadavg_start}
-    minfo = model_info(lm)
-    torch.manual_seed(cfg.seed)
-    ref_method = make_method("baseline")
-    prepared: dict[str, float] = {}
-    prepare_err: dict[str, str] = {}
-    quality_cache: dict[tuple[str, str], dict] = {}
-    warmed: set[str] = set()
+    return _Bench(lm, cfg, suite, out, progress, cancel).run()
 
-    def key(m: Method, qid: str, r: int) -> tuple:
-        return _key(minfo["id"], m.name, m.params, cfg.max_new_tokens, qid, r, suite.name, cfg.seed)
 
-    grid = [(q, r) for q in suite.queries for r in range(cfg.repeats)]
-    prose_ms = [m for m in methods if m.model_changing or m.name == "baseline"]
-    total = len(grid) * len(methods) + (len(prose_ms) if suite.prose else 0)
-    step = 0
+class _Bench:
+    """One bench run's state: the methods, what the runs file already holds, the per-method
+    preparation (timed once), the greedy quality per (method, query), and the step count."""
 
-    def record(m: Method, q_id: str, kind: str, r: int, cost: dict, quality: dict, status: str,
-               message: str = "") -> None:
-        rec = {"schema": SCHEMA_VERSION, "run_id": summary.run_id,
-               "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "suite": suite.name, "prompt_id": q_id, "kind": kind, "repeat": r,
-               "method": m.name, "label": m.label, "params": dict(m.params),
-               "model_changing": bool(m.model_changing), "speed_note": m.speed_note,
-               "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "model": minfo,
-               "env": {**base_env, "loadavg": loadavg()}, "cost": cost, "quality": quality,
-               "status": status, "message": message}
-        errs = validate_record(rec)
-        if errs:  # a bug in a method's figures must not write an invalid record
-            rec.update(status="error", message="invalid record: " + "; ".join(errs[:3]))
-        append_line(out, json.dumps(rec, ensure_ascii=False, default=_json_safe))
-        summary.written += 1
-        if rec["status"] == "error":
-            summary.errors += 1
+    def __init__(self, lm: Any, cfg: BenchConfig, suite: Any, out: Path,
+                 progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> None:
+        self.lm, self.cfg, self.suite, self.out = lm, cfg, suite, out
+        self.progress, self.cancel = progress, cancel
+        self.methods: list[Method] = [make_method(n, **cfg.params.get(n, {})) for n in cfg.methods]
+        self.summary = BenchSummary(run_id=uuid.uuid4().hex[:12], out=out, loadavg_start=loadavg())
+        self.done = existing_keys(out)
+        _ensure_newline(out)
+        self.base_env = {**env_info(lm), "loadavg_start": self.summary.loadavg_start}
+        self.minfo = model_info(lm)
+        torch.manual_seed(cfg.seed)
+        self.ref_method = make_method("baseline")
+        self.prepared: dict[str, float] = {}
+        self.prepare_err: dict[str, str] = {}
+        self.quality_cache: dict[tuple[str, str], dict] = {}
+        self.warmed: set[str] = set()
+        self.prose_ms = [m for m in self.methods if m.model_changing or m.name == "baseline"]
+        self.total = (len(suite.queries) * cfg.repeats * len(self.methods)
+                      + (len(self.prose_ms) if suite.prose else 0))
+        self.step = 0
 
-    def enter(m: Method) -> None:
-        """Apply a method's model changes (first time: timed as its prepare/calibration cost)."""
-        if m.name in prepare_err:
-            raise RuntimeError(prepare_err[m.name])
+    def key(self, m: Method, qid: str, r: int) -> tuple:
+        return _key(self.minfo["id"], m.name, m.params, self.cfg.max_new_tokens, qid, r,
+                    self.suite.name, self.cfg.seed)
+
+    def report(self, message: str, **metrics: Any) -> None:
+        report(self.progress, "bench", self.step, self.total, message, **metrics)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> BenchSummary:
+        summary = self.summary
         try:
-            t = m.prepare(lm, cancel=cancel)
+            for qi, q in enumerate(self.suite.queries):
+                check(self.cancel)
+                self.query(qi, q)
+            if self.suite.prose is not None:
+                self.prose()
+        except (Cancelled, KeyboardInterrupt) as e:
+            summary.cancelled = True
+            if isinstance(e, KeyboardInterrupt):
+                summary.loadavg_end = loadavg()
+                raise
+        finally:
+            for m in self.methods:
+                try:
+                    m.restore(self.lm)
+                except Exception:  # noqa: BLE001
+                    pass
+        summary.loadavg_end = loadavg()
+        self.report("cancelled" if summary.cancelled else "done", written=summary.written,
+                    skipped=summary.skipped, errors=summary.errors)
+        return summary
+
+    def query(self, qi: int, q: Query) -> None:
+        """Every (method, repeat) of one query, after its baseline reference; methods are
+        interleaved within a repeat and their order rotates."""
+        cfg, methods = self.cfg, self.methods
+        self.report(f"reference (baseline greedy) for {q.id}")
+        need = [(m, r) for r in range(cfg.repeats) for m in methods if self.key(m, q.id, r) not in self.done]
+        if not need:
+            self.step += cfg.repeats * len(methods)
+            self.summary.skipped += cfg.repeats * len(methods)
+            return
+        try:
+            ref = self.reference(q)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001
+            for r in range(cfg.repeats):
+                for m in methods:
+                    self.step += 1
+                    if self.key(m, q.id, r) not in self.done:
+                        self.record(m, q.id, q.kind, r, {}, {}, "error",
+                                    f"baseline reference failed: {type(e).__name__}: {e}"[:2000])
+            return
+        for r in range(cfg.repeats):
+            k = (r + qi) % len(methods)
+            for m in methods[k:] + methods[:k]:  # interleaved, rotating order
+                check(self.cancel)
+                self.measure(m, q, r, ref)
+
+    def reference(self, q: Query) -> _Ref:
+        out = self.ref_method.run(self.lm, q, self.cfg.max_new_tokens, cancel=self.cancel)
+        return _Ref(out.token_ids, self.ref_method.teacher_forced_logprobs(
+            self.lm, q, out.token_ids, cancel=self.cancel))
+
+    # -- one measurement --------------------------------------------------------------------
+    def measure(self, m: Method, q: Query, r: int, ref: _Ref) -> None:
+        cfg, lm = self.cfg, self.lm
+        self.step += 1
+        if self.key(m, q.id, r) in self.done:
+            self.summary.skipped += 1
+            return
+        self.report(f"{m.name} · {q.id} · repeat {r + 1}/{cfg.repeats}", method=m.name,
+                    prompt=q.id, repeat=r)
+        entered = False
+        try:
+            self.enter(m)
+            entered = True
+            if m.name not in self.warmed and cfg.warmup:
+                m.run(lm, q, min(cfg.max_new_tokens, 8), cancel=self.cancel)  # discarded warm-up
+                self.warmed.add(m.name)
+            with PeakMemory(lm.torch_device) as mem:
+                res = m.run(lm, q, cfg.max_new_tokens, cancel=self.cancel)
+            cost = {k: res.cost.get(k) for k in COST_KEYS}
+            cost.update({k: v for k, v in res.cost.items() if k not in cost})
+            cost["rss_peak_bytes"] = mem.peak  # the key predates GPU runs: its source is named next
+            cost["peak_source"] = "cuda_max_memory_allocated" if mem.cuda else "rss_sampled_5ms"
+            cost["aux_s"] = float(res.cost.get("aux_s") or 0.0)
+            cost["prepare_s"] = self.prepared.get(m.name, 0.0)
+            qd = self.quality_for(m, q, ref, res.token_ids, res.text)
+            qd["extra"] = res.extra
+            qd["output"] = res.text[:500]
+            self.record(m, q.id, q.kind, r, cost, qd, "ok")
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 — one failing method/query must not stop the run
+            self.record(m, q.id, q.kind, r, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])
+        finally:
+            if entered:
+                m.restore(lm)
+
+    def enter(self, m: Method) -> None:
+        """Apply a method's model changes (first time: timed as its prepare/calibration cost)."""
+        if m.name in self.prepare_err:
+            raise RuntimeError(self.prepare_err[m.name])
+        try:
+            t = m.prepare(self.lm, cancel=self.cancel)
         except (Cancelled, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001 — remembered: a failing calibration is not rerun
-            prepare_err[m.name] = f"prepare failed: {type(e).__name__}: {e}"
-            raise RuntimeError(prepare_err[m.name]) from e
-        if m.name not in prepared:
-            prepared[m.name] = float(t or 0.0)
+            self.prepare_err[m.name] = f"prepare failed: {type(e).__name__}: {e}"
+            raise RuntimeError(self.prepare_err[m.name]) from e
+        if m.name not in self.prepared:
+            self.prepared[m.name] = float(t or 0.0)
 
-    def leave(m: Method) -> None:
-        m.restore(lm)
-
-    def quality_for(m: Method, q: Query, ref: _Ref, out_ids: list[int], text: str) -> dict:
+    def quality_for(self, m: Method, q: Query, ref: _Ref, out_ids: list[int], text: str) -> dict:
         qk = (m.name, q.id)
-        if qk not in quality_cache:
+        if qk not in self.quality_cache:
+            lm, cancel = self.lm, self.cancel
             lp = m.teacher_forced_logprobs(lm, q, ref.ids, cancel=cancel)
             kl_mean, kl_max = kl_stats(ref.logprobs, lp)
             agree = None
@@ -196,119 +284,65 @@ def _run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional
                 n = min(lp.shape[0], len(ref.ids))
                 agree = float((lp[:n].argmax(-1).cpu() == torch.tensor(ref.ids[:n])).float().mean())
             ref_nll = m.answer_nll(lm, q, q.reference, cancel=cancel) if q.reference else None
-            quality_cache[qk] = {"kl_mean": kl_mean, "kl_max": kl_max, "top1_agree": agree,
-                                 "ref_nll": ref_nll, "ref_tokens": len(ref.ids)}
-        qd = dict(quality_cache[qk])
+            self.quality_cache[qk] = {"kl_mean": kl_mean, "kl_max": kl_max, "top1_agree": agree,
+                                      "ref_nll": ref_nll, "ref_tokens": len(ref.ids)}
+        qd = dict(self.quality_cache[qk])
         qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)
         if isinstance(q.meta.get("depth"), (int, float)):  # where the planted fact sits (0 … 1)
             qd["depth"] = float(q.meta["depth"])
         return qd
 
-    def measure(m: Method, q: Query, r: int, ref: _Ref) -> None:
-        nonlocal step
-        step += 1
-        if key(m, q.id, r) in done:
-            summary.skipped += 1
-            return
-        report(progress, "bench", step, total, f"{m.name} · {q.id} · repeat {r + 1}/{cfg.repeats}",
-               method=m.name, prompt=q.id, repeat=r)
-        entered = False
-        try:
-            enter(m)
-            entered = True
-            if m.name not in warmed and cfg.warmup:
-                m.run(lm, q, min(cfg.max_new_tokens, 8), cancel=cancel)  # discarded warm-up
-                warmed.add(m.name)
-            with PeakMemory(lm.torch_device) as mem:
-                res = m.run(lm, q, cfg.max_new_tokens, cancel=cancel)
-            cost = {k: res.cost.get(k) for k in COST_KEYS}
-            cost.update({k: v for k, v in res.cost.items() if k not in cost})
-            cost["rss_peak_bytes"] = mem.peak  # the key predates GPU runs: its source is named next
-            cost["peak_source"] = "cuda_max_memory_allocated" if mem.cuda else "rss_sampled_5ms"
-            cost["aux_s"] = float(res.cost.get("aux_s") or 0.0)
-            cost["prepare_s"] = prepared.get(m.name, 0.0)
-            qd = quality_for(m, q, ref, res.token_ids, res.text)
-            qd["extra"] = res.extra
-            qd["output"] = res.text[:500]
-            record(m, q.id, q.kind, r, cost, qd, "ok")
-        except (Cancelled, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 — one failing method/query must not stop the run
-            record(m, q.id, q.kind, r, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])
-        finally:
-            if entered:
-                leave(m)
-
-    try:
-        for qi, q in enumerate(suite.queries):
-            check(cancel)
-            report(progress, "bench", step, total, f"reference (baseline greedy) for {q.id}")
-            need = [(m, r) for r in range(cfg.repeats) for m in methods if key(m, q.id, r) not in done]
-            if not need:
-                step += cfg.repeats * len(methods)
-                summary.skipped += cfg.repeats * len(methods)
+    # -- the held-out prose -----------------------------------------------------------------
+    def prose(self) -> None:
+        """Perplexity / bits per byte on the held-out prose, for model-changing methods."""
+        suite, lm = self.suite, self.lm
+        ref_bpb = self.ref_method.nll_bits_per_byte(lm, suite.prose, cancel=self.cancel)
+        for m in self.prose_ms:
+            self.step += 1
+            if self.key(m, suite.prose_id, 0) in self.done:
+                self.summary.skipped += 1
                 continue
+            self.report(f"{m.name} · held-out prose")
+            entered = False
             try:
-                ref_out = ref_method.run(lm, q, cfg.max_new_tokens, cancel=cancel)
-                ref = _Ref(ref_out.token_ids, ref_method.teacher_forced_logprobs(
-                    lm, q, ref_out.token_ids, cancel=cancel))
+                self.enter(m)
+                entered = True
+                t0 = time.perf_counter()
+                res = m.nll_bits_per_byte(lm, suite.prose, cancel=self.cancel)
+                dt = time.perf_counter() - t0
+                qd = dict(res or {})
+                qd["baseline"] = ref_bpb
+                self.record(m, suite.prose_id, "prose", 0,
+                            {"total_s": dt, "prepare_s": self.prepared.get(m.name, 0.0)}, qd, "ok")
             except (Cancelled, KeyboardInterrupt):
                 raise
             except Exception as e:  # noqa: BLE001
-                for r in range(cfg.repeats):
-                    for m in methods:
-                        step += 1
-                        if key(m, q.id, r) not in done:
-                            record(m, q.id, q.kind, r, {}, {}, "error",
-                                   f"baseline reference failed: {type(e).__name__}: {e}"[:2000])
-                continue
-            for r in range(cfg.repeats):
-                k = (r + qi) % len(methods)
-                for m in methods[k:] + methods[:k]:  # interleaved, rotating order
-                    check(cancel)
-                    measure(m, q, r, ref)
-        if suite.prose is not None:
-            ref_bpb = ref_method.nll_bits_per_byte(lm, suite.prose, cancel=cancel)
-            for m in prose_ms:
-                step += 1
-                if key(m, suite.prose_id, 0) in done:
-                    summary.skipped += 1
-                    continue
-                report(progress, "bench", step, total, f"{m.name} · held-out prose")
-                entered = False
-                try:
-                    enter(m)
-                    entered = True
-                    t0 = time.perf_counter()
-                    res = m.nll_bits_per_byte(lm, suite.prose, cancel=cancel)
-                    dt = time.perf_counter() - t0
-                    qd = dict(res or {})
-                    qd["baseline"] = ref_bpb
-                    record(m, suite.prose_id, "prose", 0,
-                           {"total_s": dt, "prepare_s": prepared.get(m.name, 0.0)}, qd, "ok")
-                except (Cancelled, KeyboardInterrupt):
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    record(m, suite.prose_id, "prose", 0, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])
-                finally:
-                    if entered:
-                        leave(m)
-    except (Cancelled, KeyboardInterrupt) as e:
-        summary.cancelled = True
-        if isinstance(e, KeyboardInterrupt):
-            summary.loadavg_end = loadavg()
-            raise
-    finally:
-        for m in methods:
-            try:
-                m.restore(lm)
-            except Exception:  # noqa: BLE001
-                pass
-    summary.loadavg_end = loadavg()
-    report(progress, "bench", step, total, "cancelled" if summary.cancelled else "done",
-           written=summary.written, skipped=summary.skipped, errors=summary.errors)
-    return summary
+                self.record(m, suite.prose_id, "prose", 0, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])
+            finally:
+                if entered:
+                    m.restore(lm)
+
+    # -- the runs file ----------------------------------------------------------------------
+    def record(self, m: Method, q_id: str, kind: str, r: int, cost: dict, quality: dict,
+               status: str, message: str = "") -> None:
+        """Append one complete record (an invalid one is written as an error, never as is)."""
+        cfg, summary = self.cfg, self.summary
+        rec = {"schema": SCHEMA_VERSION, "run_id": summary.run_id,
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "suite": self.suite.name, "prompt_id": q_id, "kind": kind, "repeat": r,
+               "method": m.name, "label": m.label, "params": dict(m.params),
+               "model_changing": bool(m.model_changing), "speed_note": m.speed_note,
+               "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "model": self.minfo,
+               "env": {**self.base_env, "loadavg": loadavg()}, "cost": cost, "quality": quality,
+               "status": status, "message": message}
+        errs = validate_record(rec)
+        if errs:  # a bug in a method's figures must not write an invalid record
+            rec.update(status="error", message="invalid record: " + "; ".join(errs[:3]))
+        append_line(self.out, json.dumps(rec, ensure_ascii=False, default=_json_safe))
+        summary.written += 1
+        if rec["status"] == "error":
+            summary.errors += 1
 
 
 def _json_safe(o: Any) -> Any:
