@@ -5,10 +5,11 @@ exits in app/quitting.py (mixins of the app).
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
 from app.engines import Engine
@@ -17,7 +18,11 @@ from app.quitting import QuitPolicy
 from app.runner import Runner
 from app.settings import AppSettings
 
+if TYPE_CHECKING:  # importing the TUI must not import torch
+    from engine.lm.model import LoadedModel
+
 log = logging.getLogger("tokenforge.app")
+S = TypeVar("S", bound=Screen)
 
 SCREENS_ORDER = ("chat", "attack", "search", "dashboard", "settings", "sessions", "models")
 SCREEN_KEYS = {"chat": "f2", "attack": "f3", "search": "f4", "dashboard": "f5", "settings": "f6",
@@ -94,7 +99,8 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
                 tooltip="Every model available offline; enter switches"),
     ]
 
-    def __init__(self, args: Any = None, *, engine: Any = None, lm: Any = None,
+    def __init__(self, args: Any = None, *, engine: Any = None,
+                 lm: "Optional[LoadedModel]" = None,
                  settings: Optional[AppSettings] = None, autoload: bool = True,
                  install_signals: bool = True) -> None:
         super().__init__()
@@ -104,14 +110,14 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
         self.runner.timeouts = self.settings.timeouts  # shared: settings edits apply at once
         self.autoload = autoload
         self.install_signals = install_signals
-        self.lm: Any = None
+        self.lm: Optional[LoadedModel] = None
         self.vocab: Any = None
         self.model_state = "none"      # none, loading, ready, failed
         self.model_error = ""
         self.vocab_state = "none"      # none, loading, ready, failed, unavailable
         self.speed: Any = None
         self._bg_jobs: dict[int, str] = {}
-        self._listeners: list[Any] = []
+        self._listeners: list[Screen] = []
         self._last_ctrl_c = float("-inf")
         self._signals: list[int] = []
         self.quitting = False
@@ -140,20 +146,25 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
         self._remove_signal_handlers()
 
     # -- screens ------------------------------------------------------------------------------
-    def register_screen_listener(self, screen: Any) -> None:
+    def register_screen_listener(self, screen: Screen) -> None:
         if screen not in self._listeners:
             self._listeners.append(screen)
 
-    def unregister_screen_listener(self, screen: Any) -> None:
+    def unregister_screen_listener(self, screen: Screen) -> None:
         if screen in self._listeners:
             self._listeners.remove(screen)
 
-    def _each_screen(self, method: str) -> None:
+    def notify_screens(self, make: Callable[[], Message], *, skip: Optional[Screen] = None) -> None:
+        """Post a fresh ``make()`` message (e.g. ``ModelChanged``) to every open screen but
+        ``skip``; each screen handles it in its own turn, so one screen's bug cannot break the
+        others or the sender."""
         for s in list(self._listeners):
-            try:
-                getattr(s, method)()
-            except Exception:  # one screen's bug must not break the others
-                log.exception("%s.%s failed", type(s).__name__, method)
+            if s is not skip:
+                s.post_message(make())
+
+    def open_screen(self, kind: type[S]) -> Optional[S]:
+        """The open screen of this class (screens are created when first shown), or None."""
+        return next((s for s in self._listeners if isinstance(s, kind)), None)
 
     def action_show(self, name: str) -> None:
         from app.screens.leave_settings import LeaveSettings
@@ -200,8 +211,7 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     def _chat_action(self, action: str) -> None:
         from app.screens.chat import ChatScreen
 
-        for s in self._listeners:
-            if isinstance(s, ChatScreen):
-                self.action_show("chat")
-                self.call_later(getattr(s, f"action_{action}"))
-                return
+        chat = self.open_screen(ChatScreen)
+        if chat is not None:
+            self.action_show("chat")
+            self.call_later(getattr(chat, f"action_{action}"))

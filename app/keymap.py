@@ -1,12 +1,11 @@
 """User key overrides: a JSON object {binding id: keys}, e.g. {"chat.new": "ctrl+b", "quit": "ctrl+x"}.
 
-Read from ``$TOKENFORGE_KEYMAP`` or ``~/.config/tokenforge/keymap.json``. Every Binding in the app
+Read from ``$TOKENFORGE_KEYMAP`` or ``$XDG_CONFIG_HOME/tokenforge/keymap.json`` (~/.config/…). Every Binding in the app
 has an ``id`` (see the BINDINGS of app/app.py and app/screens/*), applied with ``App.set_keymap``.
 A broken file is ignored with one message; the default keys stay.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -15,10 +14,9 @@ _KEYS = re.compile(r"^[a-z0-9_+\-,. ]+$")
 
 
 def keymap_path() -> Path:
-    env = os.environ.get("TOKENFORGE_KEYMAP")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".config" / "tokenforge" / "keymap.json"
+    from engine.paths import config_file
+
+    return config_file("keymap.json", "TOKENFORGE_KEYMAP")
 
 
 def load_keymap(path: Optional[Path] = None) -> tuple[dict[str, str], Optional[str]]:

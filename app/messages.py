@@ -6,11 +6,15 @@ handles the global parts (toasts for failures and stuck jobs, the header's busy 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 from textual.message import Message
 
 from engine.progress import Progress
+
+if TYPE_CHECKING:
+    from app.runner import Job
 
 
 class JobMessage(Message):
@@ -95,3 +99,49 @@ class JobStuck(JobMessage):
         super().__init__(job_id, kind)
         self.seconds = seconds
         self.reason = reason or ""
+
+
+# -- app ↔ screens ↔ widgets --------------------------------------------------------------------
+# The app tells every open screen that shared state changed; a widget tells its own screen about
+# a job it started or that its state changed what the screen's controls should show. Messages,
+# not calls into another object's methods: the receiver decides what to redraw.
+
+
+@dataclass
+class ModelChanged(Message, bubble=False):
+    """The model finished loading, failed, or started reloading (posted to every open screen)."""
+
+
+@dataclass
+class SettingsChanged(Message, bubble=False):
+    """Settings were applied: sampling, timeouts, export folder (posted to every open screen)."""
+
+
+@dataclass
+class ControlsChanged(Message):
+    """A widget's state changed what its screen's buttons and status line should show."""
+
+
+@dataclass
+class WidgetJobStarted(Message):
+    """A widget started an engine job of its own; its screen counts as busy until it ends
+    (Run waits, Esc stops it). ``progress``: the screen's progress bar follows the job."""
+
+    job: "Job"
+    progress: bool = False
+
+
+@dataclass
+class WidgetJobEnded(Message):
+    """A widget's job ended (``state``: finished, cancelled, failed; ``text`` for the bar)."""
+
+    job_id: int
+    state: str
+    text: str
+
+
+@dataclass
+class RunFromIds(Message):
+    """The attack's lattice asks its screen to run a search starting from these token ids."""
+
+    ids: list[int]

@@ -8,10 +8,14 @@ the start-up work (the vocabulary) has ended, so it measures the machine, not th
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted, JobStuck
+from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted, JobStuck,
+                          ModelChanged, SettingsChanged)
 from app.widgets.phase_progress import PhaseProgress
+
+if TYPE_CHECKING:
+    from engine.lm.model import LoadedModel
 
 
 class ModelLifecycle:
@@ -32,15 +36,15 @@ class ModelLifecycle:
                                 dtype=s.dtype, trust_remote_code=s.trust_remote_code,
                                 engine_path=s.engine_path, params={"model": s.model})
         self._bg_jobs[job.id] = "load"
-        self._each_screen("model_changed")
+        self.notify_screens(ModelChanged)
 
-    def _after_load(self, lm: Any) -> None:
+    def _after_load(self, lm: "LoadedModel") -> None:
         if self.settings.context_size:  # a profile's context size: never above the model's
             lm.context_length = min(int(lm.context_length), int(self.settings.context_size))
         self.lm = lm
         self.model_state = "ready"
         self.sub_title = lm.describe()
-        self._each_screen("model_changed")
+        self.notify_screens(ModelChanged)
         self.settings.speed_samples = []  # a new model: its own speed
         if self.engine.vocab_available():
             self.vocab_state = "loading"
@@ -69,7 +73,7 @@ class ModelLifecycle:
         first one stands alone when the probe was pre-empted). Short answers are too noisy."""
         if tokens >= 8 and tok_s > 0:
             self.settings.record_run_speed(tok_s)
-            self._each_screen("settings_changed")
+            self.notify_screens(SettingsChanged)
 
     # -- background job messages (load, speed, vocab) -----------------------------------------
     def _bg_widgets(self, job_id: int) -> list[PhaseProgress]:
@@ -108,11 +112,11 @@ class ModelLifecycle:
             self.speed = m.result
             self.settings.apply_speed(getattr(m.result, "tok_s", None))
             msg = f"measured {m.result.tok_s:.1f} tok/s; timeouts derived from it"
-            self._each_screen("settings_changed")
+            self.notify_screens(SettingsChanged)
         elif kind == "vocab":
             self.vocab = m.result
             self.vocab_state = "ready"
-            self._each_screen("model_changed")
+            self.notify_screens(ModelChanged)
         self._end_bg(m.job_id, "finished", msg)
         if kind == "vocab":
             self._start_probe()
@@ -125,7 +129,7 @@ class ModelLifecycle:
             self.model_state = "failed" if self.lm is None else "ready"
             self.model_error = f"loading cancelled ({m.reason})"
             self.sub_title = self.lm.describe() if self.lm is not None else "no model"
-            self._each_screen("model_changed")
+            self.notify_screens(ModelChanged)
         elif kind == "vocab":
             self.vocab_state = "none"
         self._end_bg(m.job_id, "cancelled", f"{kind} cancelled ({m.reason})")
@@ -147,7 +151,7 @@ class ModelLifecycle:
             else:
                 self.model_state = "failed"
                 self.sub_title = "no model — F6 settings to choose one"
-            self._each_screen("model_changed")
+            self.notify_screens(ModelChanged)
         elif kind == "vocab":
             self.vocab_state = "failed"
         if kind is not None:

@@ -134,6 +134,6 @@ async def show_in_chat(screen: Any, session: Any, report: Any, name: str) -> Non
     text = f"session {name!r} · {how}" + "".join(f" · {n}" for n in report.notes
                                                   if "snapshot" not in n)
     messages.scroll_end(animate=False)
-    screen._refresh_controls()
+    screen.refresh_controls()
     screen.query_one("#chat-status").update(text)  # until the next refresh of the controls
     screen.notify(text, title="session opened", timeout=8)

@@ -12,7 +12,6 @@ screen can show it; a timeout the user types is theirs until they re-derive.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,11 +157,9 @@ def derive_timeouts(tok_s: Optional[float], max_new_tokens: int,
 def default_export_dir() -> Path:
     """Exports go to a per-user data folder, not wherever the app was started:
     ``$TOKENFORGE_EXPORTS``, else ``$XDG_DATA_HOME/tokenforge/exports`` (~/.local/share/…)."""
-    env = os.environ.get("TOKENFORGE_EXPORTS")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "tokenforge" / "exports"
+    from engine.paths import data_dir
+
+    return data_dir("exports", "TOKENFORGE_EXPORTS")
 
 
 @dataclass

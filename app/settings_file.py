@@ -10,7 +10,6 @@ never half-applied."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -22,11 +21,9 @@ VERSION = 1
 
 
 def settings_path() -> Path:
-    env = os.environ.get("TOKENFORGE_SETTINGS")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "tokenforge" / "settings.json"
+    from engine.paths import config_file
+
+    return config_file("settings.json", "TOKENFORGE_SETTINGS")
 
 
 def to_json(s: Any) -> str:

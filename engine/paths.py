@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from engine.errors import EngineError
 
@@ -32,3 +33,25 @@ def cache_dir(*parts: str) -> Path:
         raise EngineError(f"cache folder {p} cannot be created (permission denied)",
                           hint="set TOKENFORGE_CACHE to a writable folder") from None
     return p
+
+
+def _user_path(name: str, env: Optional[str], xdg: str, home_default: tuple[str, ...]) -> Path:
+    if env:
+        value = os.environ.get(env)
+        if value:
+            return Path(value).expanduser()
+    base = os.environ.get(xdg) or str(Path.home().joinpath(*home_default))
+    return Path(base).expanduser() / "tokenforge" / name
+
+
+def config_file(name: str, env: Optional[str] = None) -> Path:
+    """Where a user configuration file lives — the one rule for every such file (profiles
+    ``config.toml``, ``settings.json``, ``keymap.json``): ``$ENV`` when that variable is set, else
+    ``$XDG_CONFIG_HOME/tokenforge/NAME``, else ``~/.config/tokenforge/NAME``."""
+    return _user_path(name, env, "XDG_CONFIG_HOME", (".config",))
+
+
+def data_dir(name: str, env: Optional[str] = None) -> Path:
+    """A per-user data folder (exports): ``$ENV``, else ``$XDG_DATA_HOME/tokenforge/NAME``, else
+    ``~/.local/share/tokenforge/NAME``. Not created here."""
+    return _user_path(name, env, "XDG_DATA_HOME", (".local", "share"))

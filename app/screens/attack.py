@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from rich.markup import escape
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline, Static
 
 
 from app.engines import module_available
-from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted
+from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds
 from app.screens.base import ToolScreen
 from app.validate import (FieldCheck, first_error, optional_text, parse_choice, parse_int,
                           require_text)
 from app.widgets.engine_status import EngineStatus
-from app.widgets.screen_commands import ScreenActions
 from app.widgets.lattice_view import LatticeView
 from app.widgets.token_strip import TokenStrip
 
@@ -93,7 +92,6 @@ def samples_text(samples: list[dict[str, Any]], empty: str) -> Text:
 class AttackScreen(ToolScreen):
     """AdvTok: form, live progress, canonical vs adversarial tokenization, samples, export."""
 
-    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
         Binding("ctrl+r", "run", "Run", id="attack.run", tooltip="Run the attack"),
@@ -175,7 +173,7 @@ class AttackScreen(ToolScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#atk-request", Input).focus()
-        self._refresh_controls()
+        self.refresh_controls()
 
     # -- validation ---------------------------------------------------------------------------
     def _context_length(self) -> int:
@@ -215,7 +213,7 @@ class AttackScreen(ToolScreen):
 
     def engine_ready(self) -> Optional[str]:
         """Why a run cannot start now, apart from the form (None: it can)."""
-        app: Any = self.app
+        app = self.tokenforge_app
         if not all(module_available(m) for m in ENGINE_MODULES) or not hasattr(app.engine, "attack"):
             return "the AdvTok engine (engine.advtok.search) is not available in this checkout"
         if app.model_state == "loading":
@@ -228,13 +226,13 @@ class AttackScreen(ToolScreen):
     def model_changed(self) -> None:
         if self.is_mounted:
             self.query_one(EngineStatus).refresh_status()
-            self._refresh_controls()
+            self.refresh_controls()
 
     def settings_changed(self) -> None:
         self.model_changed()
 
     def _status_text(self) -> str:
-        app: Any = self.app
+        app = self.tokenforge_app
         why = self.engine_ready()
         if why:
             return f"[yellow]{escape(why)}[/]"
@@ -248,7 +246,7 @@ class AttackScreen(ToolScreen):
             out += f"\nexported → {escape(str(self.last_export))}"
         return out
 
-    def _refresh_controls(self) -> None:
+    def refresh_controls(self) -> None:
         if not self.is_mounted:
             return
         _, err = self.form()
@@ -261,10 +259,10 @@ class AttackScreen(ToolScreen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.engine_error = ""
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_run()
@@ -277,18 +275,24 @@ class AttackScreen(ToolScreen):
         elif event.button.id == "atk-export":
             self.action_export()
 
-    def palette_actions(self) -> list[tuple[str, str, Any]]:
-        """This screen's actions for the command palette."""
-        return [("Run attack", "Start with the form's settings (ctrl+r)", self.action_run),
-                ("Stop attack", "Stop the running job; the best so far is kept (escape)",
-                 self.action_stop),
-                ("Export attack JSON", "Write the last result as JSON (ctrl+e)",
-                 self.action_export)]
+    def on_run_from_ids(self, m: RunFromIds) -> None:
+        """The lattice: search again from its edited tokenization."""
+        m.stop()
+        self.action_run(given=m.ids)
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("attack: Run attack", "Start with the form's settings (ctrl+r)",
+                            self.action_run)
+        yield SystemCommand("attack: Stop attack",
+                            "Stop the running job; the best so far is kept (escape)",
+                            self.action_stop)
+        yield SystemCommand("attack: Export attack JSON", "Write the last result as JSON (ctrl+e)",
+                            self.action_export)
 
     # -- actions ------------------------------------------------------------------------------
     def action_run(self, given: Optional[list[int]] = None) -> None:
         """Run the attack; ``given`` (from the lattice) starts the search from those ids."""
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("An attack is running: Esc to stop it first", severity="warning")
             return
@@ -296,7 +300,7 @@ class AttackScreen(ToolScreen):
         blocked = self.engine_ready()
         if err or blocked:
             self.query_one("#atk-error", Static).update(escape(err or blocked or ""))
-            self._refresh_controls()
+            self.refresh_controls()
             return
         if given:
             fields = {**fields, "init": "given", "given_ids": list(given)}
@@ -309,12 +313,12 @@ class AttackScreen(ToolScreen):
         self.start_job(JOB_KIND, app.engine.attack, app.lm, fields, vocab, params=summary)
         self.query_one("#atk-summary", Static).update(
             "[cyan]running…[/] vocab → mdd → search → generate · Esc stops and keeps the best so far")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def action_export(self) -> None:
         from engine.atomic import write_json
 
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("Wait for the attack to finish (or Esc) before exporting", severity="warning")
             return
@@ -337,16 +341,16 @@ class AttackScreen(ToolScreen):
             return
         self.last_export = path
         self.notify(f"Exported to {path}", title="export", timeout=8)
-        self._refresh_controls()
+        self.refresh_controls()
 
     # -- job messages -------------------------------------------------------------------------
     def job_started(self, m: JobStarted) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_finished(self, m: JobFinished) -> None:
         self.result, self.result_state = m.result, "finished"
         self._show_result(m.result)
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_cancelled(self, m: JobCancelled) -> None:
         if m.partial is not None:  # the engine returns the best tokenization found so far
@@ -355,12 +359,12 @@ class AttackScreen(ToolScreen):
         else:
             self.query_one("#atk-summary", Static).update(
                 f"[yellow]stopped ({escape(m.reason)}) before a tokenization was scored[/]")
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_failed(self, m: JobFailed) -> None:
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
         self.query_one("#atk-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _show_result(self, r: Any, note: str = "") -> None:
         canon = self.query_one("#atk-canon", TokenStrip)

@@ -5,8 +5,10 @@ A new screen subclasses ``ToolScreen``, yields its widgets from ``compose_body``
 with ``self.start_job(kind, fn, *args, **kwargs)`` (see app/runner.py). It then receives
 ``job_started/job_finished/job_cancelled/job_failed`` hooks for its own job only; the progress
 widget is updated for it. ``palette_commands()`` adds command-palette entries while the screen is
-active; ``model_changed()``/``settings_changed()`` are called when the model (re)loads or settings
-are applied. Note: ``is_mounted`` is still False inside ``on_mount``; guard refreshes with
+active (the one palette mechanism: the app's ``get_system_commands`` asks the current screen);
+``model_changed()``/``settings_changed()`` run when the app posts ``ModelChanged`` /
+``SettingsChanged`` (app/messages.py). Widgets never call into their screen: they post
+``ControlsChanged``, ``WidgetJobStarted`` and ``WidgetJobEnded``, handled here. Note: ``is_mounted`` is still False inside ``on_mount``; guard refreshes with
 ``if not self.children`` (composed) instead.
 """
 from __future__ import annotations
@@ -18,13 +20,15 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
-                          JobStuck, TokensGenerated)
+from app.app_access import AppAccess
+from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobProgressed,
+                          JobStarted, JobStuck, ModelChanged, SettingsChanged, TokensGenerated,
+                          WidgetJobEnded, WidgetJobStarted)
 from app.runner import Job
 from app.widgets.phase_progress import PhaseProgress
 
 
-class ToolScreen(Screen):
+class ToolScreen(AppAccess, Screen):
     """Base screen: one current job, Esc stops it."""
 
     BINDINGS = [
@@ -50,11 +54,11 @@ class ToolScreen(Screen):
         return self.query_one("#progress", PhaseProgress)
 
     def on_mount(self) -> None:
-        self.app.register_screen_listener(self)  # type: ignore[attr-defined]
+        self.tokenforge_app.register_screen_listener(self)
         self.model_changed()
 
     def on_unmount(self) -> None:
-        self.app.unregister_screen_listener(self)  # type: ignore[attr-defined]
+        self.tokenforge_app.unregister_screen_listener(self)
 
     # -- app hooks ----------------------------------------------------------------------------
     def palette_commands(self) -> Iterable[SystemCommand]:
@@ -68,15 +72,43 @@ class ToolScreen(Screen):
     def settings_changed(self) -> None:
         """Settings were applied (sampling, timeouts, export folder)."""
 
+    def refresh_controls(self) -> None:
+        """Redraw buttons and status lines from the screen's state (overridden)."""
+
+    def on_model_changed(self, m: ModelChanged) -> None:
+        self.model_changed()
+
+    def on_settings_changed(self, m: SettingsChanged) -> None:
+        self.settings_changed()
+
+    def on_controls_changed(self, m: ControlsChanged) -> None:
+        m.stop()
+        self.refresh_controls()
+
+    def on_widget_job_started(self, m: WidgetJobStarted) -> None:
+        """A widget's job makes this screen busy (Run waits for it, Esc stops it)."""
+        m.stop()
+        self.job = m.job
+        if m.progress:
+            self.progress_widget.begin(m.job.kind, m.job.id)
+        self.refresh_controls()
+
+    def on_widget_job_ended(self, m: WidgetJobEnded) -> None:
+        m.stop()
+        if self.progress_widget.job_id == m.job_id:
+            self.progress_widget.end(m.state, m.text, m.job_id)
+        self.refresh_controls()
+
     # -- jobs ---------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
         return self.job is not None and not self.job.done
 
     def start_job(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Job:
+        app = self.tokenforge_app
         if kwargs.get("needs_model", True):
-            self.app.preempt_probe()  # type: ignore[attr-defined]  # the user's job goes first
-        job = self.app.runner.start(kind, fn, *args, target=self, **kwargs)  # type: ignore[attr-defined]
+            app.preempt_probe()  # the user's job goes first
+        job = app.runner.start(kind, fn, *args, target=self, **kwargs)
         self.job = job
         self.progress_widget.begin(kind, job.id)
         return job

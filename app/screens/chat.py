@@ -89,7 +89,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
 
     # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
-        system = self.app.settings.system_prompt  # type: ignore[attr-defined]
+        system = self.tokenforge_app.settings.system_prompt
         with Vertical(id="chat-main"):
             with Horizontal(id="system-row", classes="form-row"):
                 yield Label("System", classes="field-label")
@@ -109,24 +109,24 @@ class ChatScreen(TranscriptSync, ToolScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#prompt", Composer).focus()
-        self._refresh_controls()
+        self.refresh_controls()
 
     # -- state → controls ---------------------------------------------------------------------
     def model_changed(self) -> None:
         if not self.children:
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         if app.lm is not None and self.session_lm is not None and app.lm is not self.session_lm:
             self.session = None  # a reloaded model needs a new conversation
             self.saved.forget()
             self.reset_pending = False
-        self._refresh_controls()
+        self.refresh_controls()
 
     def settings_changed(self) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _status(self) -> str:
-        app: Any = self.app
+        app = self.tokenforge_app
         if app.model_state == "loading":
             return "[yellow]loading the model… chat opens when it is ready[/]"
         if app.model_state == "failed":
@@ -141,7 +141,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
                 f"{app.settings.export_dir}[/]")
 
     def _timeout_text(self) -> str:
-        t = self.app.runner.timeout_for("chat")  # type: ignore[attr-defined]
+        t = self.tokenforge_app.runner.timeout_for("chat")
         return "none" if t is None else f"{t:.0f} s"
 
     def input_error(self) -> Optional[str]:
@@ -152,10 +152,10 @@ class ChatScreen(TranscriptSync, ToolScreen):
             return str(e)
         return None
 
-    def _refresh_controls(self) -> None:
+    def refresh_controls(self) -> None:
         if not self.children:
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         err = self.input_error()
         value = self.query_one("#prompt", Composer).value
         ready = app.model_state == "ready" and app.lm is not None
@@ -168,7 +168,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         if event.text_area.id == "prompt":
-            self._refresh_controls()
+            self.refresh_controls()
 
     async def on_composer_submitted(self, event: Composer.Submitted) -> None:
         event.stop()
@@ -193,13 +193,13 @@ class ChatScreen(TranscriptSync, ToolScreen):
 
     # -- actions ------------------------------------------------------------------------------
     async def action_send(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         prompt = self.query_one("#prompt", Composer)
         err = self.input_error()
         if err or self.busy or app.lm is None:
             if err and prompt.value:
                 self.query_one("#chat-error", Static).update(err)
-            self._refresh_controls()
+            self.refresh_controls()
             return
         text = prompt.value
         self.last_prompt = text
@@ -218,7 +218,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         self.start_job("chat", self._turn, text, sampling, app.engine, app.lm,
                        app.settings.system_prompt or None, stream=True,
                        params={"chars": len(text), "max_new_tokens": sampling.max_new_tokens})
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _turn(self, text: str, sampling: Any, engine: Any, lm: Any, system: Optional[str], *,
               on_token: Any, progress: Any, cancel: Any) -> Any:
@@ -233,13 +233,13 @@ class ChatScreen(TranscriptSync, ToolScreen):
             self.reset_pending = False
         r = engine.chat_send(self.session, text, sampling, on_token=on_token,
                              progress=progress, cancel=cancel, observe=self.explorer.observer(lm))
-        self.saved.record(self.app, self.session, r)
+        self.saved.record(self.tokenforge_app, self.session, r)
         return r
 
     async def action_regenerate(self) -> None:
         """Drop the last answer (on screen and in the session) and answer the last message again
         with the current sampling settings."""
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("An answer is running: Esc to stop it first", severity="warning")
             return
@@ -272,7 +272,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         sampling = app.settings.sampling
         self.start_job("chat", self._regenerate, sampling, app.engine, stream=True,
                        params={"regenerate": True, "max_new_tokens": sampling.max_new_tokens})
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _regenerate(self, sampling: Any, engine: Any, *, on_token: Any, progress: Any,
                     cancel: Any) -> Any:
@@ -281,7 +281,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         r = engine.chat_regenerate(self.session, sampling, on_token=on_token,
                                    progress=progress, cancel=cancel,
                                    observe=self.explorer.observer(lm))
-        self.saved.record(self.app, self.session, r)
+        self.saved.record(self.tokenforge_app, self.session, r)
         return r
 
     def action_stop(self) -> None:
@@ -315,7 +315,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         self.can_regenerate = False
         self.answer = None
         self.engine_error = ""
-        self._refresh_controls()
+        self.refresh_controls()
         self.notify("New conversation")
         self.query_one("#prompt", Composer).focus()
 
@@ -325,19 +325,19 @@ class ChatScreen(TranscriptSync, ToolScreen):
             system = optional_text(inp.value, "system prompt", 20_000)
         except InputError as e:
             self.engine_error = str(e)
-            self._refresh_controls()
+            self.refresh_controls()
             return
         if self.busy:
             self.notify("An answer is running: Esc to stop it first", severity="warning")
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         app.settings.system_prompt = system or ""
         self.action_new_chat()
 
     def action_export(self) -> None:
         from app.chat_export import export_conversation
 
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("Wait for the answer to finish (or Esc) before exporting", severity="warning")
             return
@@ -366,9 +366,9 @@ class ChatScreen(TranscriptSync, ToolScreen):
     async def job_finished(self, m: JobFinished) -> None:
         r = m.result
         self.turns += 1
-        self.app.record_speed(r.decode_tok_s, r.new_tokens)  # type: ignore[attr-defined]
+        self.tokenforge_app.record_speed(r.decode_tok_s, r.new_tokens)
         self.can_regenerate = True
-        self.explorer.answer_done(self.session, self.app.settings.sampling)  # type: ignore[attr-defined]
+        self.explorer.answer_done(self.session, self.tokenforge_app.settings.sampling)
         self.replaced = None
         if self.answer is not None:
             await self.answer.finish(r.text, answer_figures(r)
@@ -387,7 +387,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
             if r is not None:
                 self.turns += 1
                 self.can_regenerate = True
-                self.explorer.answer_done(self.session, self.app.settings.sampling)  # type: ignore[attr-defined]
+                self.explorer.answer_done(self.session, self.tokenforge_app.settings.sampling)
                 await self.answer.finish(r.text, answer_figures(r, stopped=True)
                                          + f" · [yellow]{m.reason}[/]")
             else:
@@ -405,8 +405,8 @@ class ChatScreen(TranscriptSync, ToolScreen):
         messages = self.query_one("#messages", VerticalScroll)
         if messages.scroll_y >= messages.max_scroll_y - 4:
             messages.scroll_end(animate=False)
-        self._refresh_controls()
+        self.refresh_controls()
         self.query_one("#prompt", Composer).focus()
 
     def job_started(self, m: JobStarted) -> None:
-        self._refresh_controls()
+        self.refresh_controls()

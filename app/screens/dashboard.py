@@ -18,12 +18,11 @@ keys or Ctrl+C. A rerun into the same file resumes. Engine calls go through ``ap
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from rich.markup import escape
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import (Button, DataTable, Input, Label, Select, SelectionList, Static,
@@ -32,7 +31,8 @@ from textual.widgets import (Button, DataTable, Input, Label, Select, SelectionL
 from engine.errors import InputError
 
 from app.engines import module_available
-from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
+from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
+                          SettingsChanged)
 from app.screens.base import ToolScreen
 from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, MAX_NEW_TOKENS, MAX_REPEATS,
                                         TABLE_COLUMNS, WHAT, method_choices, parse_combinations,
@@ -42,16 +42,12 @@ from app.settings import BenchGrid, fmt_duration
 from app.validate import FieldCheck, first_error, parse_int
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot
-from app.widgets.screen_commands import ScreenActions
-
-log = logging.getLogger("tokenforge.dashboard")
 
 ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
 class DashboardScreen(LiveReport, ToolScreen):
     """Methods × suite grid, live aggregate table and plots, export."""
 
-    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="dashboard.stop", tooltip="Stop the running grid"),
         Binding("ctrl+r", "run", "Run", id="dashboard.run", tooltip="Run the bench grid"),
@@ -139,11 +135,11 @@ class DashboardScreen(LiveReport, ToolScreen):
                 b.styles.min_width = 8
         self.query_one("#dash-methods").styles.height = "auto"
         self.query_one("#dash-kinds").styles.height = "auto"
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _default_runs(self) -> str:
         try:
-            folder = self.app.settings.export_dir  # type: ignore[attr-defined]
+            folder = self.tokenforge_app.settings.export_dir
         except Exception:  # noqa: BLE001 — composed outside the tokenforge app (tests)
             from app.settings import default_export_dir
 
@@ -207,7 +203,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         return {"cfg": cfg, "out": str(values["out"]), "grid": grid}, None
 
     def engine_ready(self) -> Optional[str]:
-        app: Any = self.app
+        app = self.tokenforge_app
         if (not all(module_available(m) for m in ENGINE_MODULES)
                 or not hasattr(app.engine, "bench")):
             return "the bench engine (engine.bench.harness) is not available in this checkout"
@@ -229,7 +225,7 @@ class DashboardScreen(LiveReport, ToolScreen):
     def model_changed(self) -> None:
         if self.children:
             self.query_one(EngineStatus).refresh_status()
-            self._refresh_controls()
+            self.refresh_controls()
 
     def settings_changed(self) -> None:
         """The runs file follows the export folder while the user has not typed their own."""
@@ -240,7 +236,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.model_changed()
 
     def _timeout_text(self) -> str:
-        app: Any = self.app
+        app = self.tokenforge_app
         t = app.runner.timeout_for(JOB_KIND)
         how = ("set in Settings" if JOB_KIND in app.settings.user_timeouts
                else "derived from this grid; Settings F6")
@@ -260,17 +256,17 @@ class DashboardScreen(LiveReport, ToolScreen):
     def _estimate_text(self) -> str:
         """The run's expected duration before Run: the bench budget at the measured speed,
         without the timeout's safety margin."""
-        app: Any = self.app
+        app = self.tokenforge_app
         d = app.settings.timeout_details().get(JOB_KIND)
         if d is None or not d.raw_s or not d.margin:
             return "duration unknown"
         how = "measured" if d.measured else "assumed"
         return f"[b]est. ≈ {fmt_duration(d.raw_s / d.margin)}[/] at {d.tok_s:.1f} tok/s ({how})"
 
-    def _refresh_controls(self) -> None:
+    def refresh_controls(self) -> None:
         if not self.children:
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         f, err = self.form()
         blocked = self.engine_ready()
         busy = self.busy
@@ -281,23 +277,18 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.query_one("#dash-export", Button).disabled = busy or not have_runs
         self.query_one("#dash-error", Static).update(escape(err or self.engine_error))
         if not err and app.settings.set_bench_grid(f["grid"]):
-            for s in list(getattr(app, "_listeners", [])):  # Settings shows the new derivation
-                if s is not self:
-                    try:
-                        s.settings_changed()
-                    except Exception:  # noqa: BLE001 — one screen's bug must not break this one
-                        log.exception("%s.settings_changed failed", type(s).__name__)
+            app.notify_screens(SettingsChanged, skip=self)  # Settings shows the new derivation
         self.query_one("#dash-status", Static).update(self._status_text(f))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.engine_error = ""
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_run()
@@ -306,30 +297,32 @@ class DashboardScreen(LiveReport, ToolScreen):
         {"dash-run": self.action_run, "dash-stop": self.action_stop, "dash-load": self.action_load,
          "dash-export": self.action_export}.get(e.button.id or "", lambda: None)()
 
-    def palette_actions(self) -> list[tuple[str, str, Any]]:
-        """This screen's actions for the command palette."""
-        return [("Run bench grid", "Run the dashboard's methods × suite grid (ctrl+r)",
-                 self.action_run),
-                ("Load bench runs", "Aggregate the runs file into the table and plots (ctrl+l)",
-                 self.action_load),
-                ("Export bench PNG + CSV", "Write the plots as PNGs and the table as CSV (ctrl+e)",
-                 self.action_export),
-                ("Stop bench run", "Stop the running grid; finished records are kept (escape)",
-                 self.action_stop)]
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("dashboard: Run bench grid",
+                            "Run the dashboard's methods × suite grid (ctrl+r)", self.action_run)
+        yield SystemCommand("dashboard: Load bench runs",
+                            "Aggregate the runs file into the table and plots (ctrl+l)",
+                            self.action_load)
+        yield SystemCommand("dashboard: Export bench PNG + CSV",
+                            "Write the plots as PNGs and the table as CSV (ctrl+e)",
+                            self.action_export)
+        yield SystemCommand("dashboard: Stop bench run",
+                            "Stop the running grid; finished records are kept (escape)",
+                            self.action_stop)
 
     def say(self, text: str) -> None:
         self.query_one("#dash-message", Static).update(text)
 
     # ---- actions ----------------------------------------------------------------------------
     def action_run(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("A dashboard job is running: Esc to stop it first", severity="warning")
             return
         f, err = self.form()
         blocked = self.engine_ready()
         if err or blocked:
-            self._refresh_controls()
+            self.refresh_controls()
             self.query_one("#dash-error", Static).update(escape(err or blocked or ""))
             return
         cfg = f["cfg"]
@@ -347,7 +340,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.say(f"running {escape(', '.join(cfg['methods']))} on {escape(cfg['suite'])} "
                  f"({escape(', '.join(cfg['kinds']))}) × {cfg['repeats']} → {escape(f['out'])} · "
                  f"{self._timeout_text()} · Esc stops (finished records are kept)")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _idle_runs_file(self, doing: str) -> Optional[Path]:
         """The runs file for Load/Export, or None (with the reason shown) while busy or missing."""
@@ -369,7 +362,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.refresh_report(force=True, announce=f"loaded {path}", loud=True)
 
     def action_export(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         path = self._idle_runs_file("exporting")
         if path is None:
             return
@@ -381,13 +374,13 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.start_job(JOB_KIND, app.engine.bench_export, str(path), folder,
                        params={"runs": str(path)}, needs_model=False)
         self.say(f"exporting {escape(str(path))} → {escape(folder)}…")
-        self._refresh_controls()
+        self.refresh_controls()
 
     # ---- job messages -----------------------------------------------------------------------
     def job_started(self, m: JobStarted) -> None:
         if self.purpose == "run":
             self.query_one("#dash-grid", Static).update("starting: warm-up and baseline references…")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_job_progressed(self, m: JobProgressed) -> None:
         # ToolScreen's handler runs after this one (Textual walks the MRO) and feeds the widget
@@ -412,7 +405,7 @@ class DashboardScreen(LiveReport, ToolScreen):
                      f"{escape(str(s.out))}" + (" [yellow](stopped)[/]" if s.cancelled else ""))
             self.refresh_report(force=True)
         self.purpose = None
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_cancelled(self, m: JobCancelled) -> None:
         what = "run" if self.purpose == "run" else "export"
@@ -423,10 +416,10 @@ class DashboardScreen(LiveReport, ToolScreen):
         if self.purpose == "run":
             self.refresh_report(force=True)
         self.purpose = None
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_failed(self, m: JobFailed) -> None:
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
         self.say(f"[red]failed: {escape(m.message)}[/]")
         self.purpose = None
-        self._refresh_controls()
+        self.refresh_controls()

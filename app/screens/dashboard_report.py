@@ -51,7 +51,7 @@ class LiveReport:
         return True
 
     async def _read_and_show(self, path: str, announce: str, loud: bool) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         try:
             rep, rows = await app.runner.run_aside(read_report, path, name="bench-report")
         except InputError as e:

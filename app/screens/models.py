@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, Select, Static
 
+from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 
 
@@ -51,11 +52,11 @@ class ModelsScreen(ToolScreen):
         yield SystemCommand("models: Rescan", "Look for models again (ctrl+r)", self.action_rescan)
 
     def compose_body(self) -> ComposeResult:
-        profiles = sorted(getattr(self.app.settings, "profiles", {}) or {})  # type: ignore[attr-defined]
+        profiles = sorted(getattr(self.tokenforge_app.settings, "profiles", {}) or {})
         with Vertical(id="models-main"):
             with Horizontal(classes="form-row", id="profile-row"):
                 yield Label("Profile", classes="field-label")
-                current = getattr(self.app.settings, "profile", "")  # type: ignore[attr-defined]
+                current = getattr(self.tokenforge_app.settings, "profile", "")
                 yield Select([(p, p) for p in profiles], id="profile-select",
                              value=current if current in profiles else Select.NULL,
                              prompt="no profile (config file: --config, $TOKENFORGE_CONFIG)"
@@ -83,7 +84,7 @@ class ModelsScreen(ToolScreen):
     async def _scan(self) -> None:
         from engine.sessions.discovery import discover
 
-        app: Any = self.app
+        app = self.tokenforge_app
         dirs = list(getattr(app.settings, "model_dirs", []) or [])
         try:
             self.entries = await asyncio.to_thread(discover, dirs)
@@ -96,7 +97,7 @@ class ModelsScreen(ToolScreen):
 
         t = self.query_one("#model-table", DataTable)
         t.clear()
-        current = getattr(self.app, "settings").model
+        current = self.tokenforge_app.settings.model
         for e in self.entries:
             lean = {True: "yes", False: f"no: {e.lean_why}", None: "?" if not e.lean_why else e.lean_why}[e.lean]
             mark = "●" if e.spec == current else ""
@@ -115,7 +116,7 @@ class ModelsScreen(ToolScreen):
         self.action_switch()
 
     def action_switch(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         e = self.selected()
         if e is None:
             return
@@ -134,7 +135,7 @@ class ModelsScreen(ToolScreen):
     def on_select_changed(self, event: Select.Changed) -> None:
         """Apply a config profile: sampling, system prompt, timeouts, context size; a profile
         naming another model (or device/dtype) reloads, as a switch does."""
-        app: Any = self.app
+        app = self.tokenforge_app
         name = event.value
         profiles = getattr(app.settings, "profiles", {}) or {}
         if event.select.id != "profile-select" or name not in profiles or name == app.settings.profile:
@@ -150,14 +151,14 @@ class ModelsScreen(ToolScreen):
             if v is not None and v != getattr(s, key):
                 setattr(s, key, v)
                 reload = True
-        app._each_screen("settings_changed")
+        app.notify_screens(SettingsChanged)
         if reload and app.model_state != "loading":
             self.switching, self._old = p.model or s.model, app.lm
             app.load_model()
         self._status(f"profile {name!r} applied" + (" · reloading the model" if reload else ""))
 
     def _watch_load(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.switching is None:
             return
         if app.model_state == "loading":

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from rich.markup import escape
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Collapsible, DataTable, Input, Label, Select, Static
@@ -32,7 +32,6 @@ from app.screens.search_form import PLUGIN_WARNING, fmt_reward, live_figures, pa
 from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
                           parse_seed, require_text)
 from app.widgets.engine_status import EngineStatus
-from app.widgets.screen_commands import ScreenActions
 from app.widgets.tree_nav import TreeNavigator
 
 ENGINE_MODULES = ("engine.treesearch.search",)
@@ -47,7 +46,6 @@ LIVE_HZ = 4.0
 class SearchScreen(ToolScreen):
     """Tree search: form, live tree figures and root children, best vs greedy, export."""
 
-    COMMANDS = {ScreenActions}
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="search.stop", tooltip="Stop the running tree search"),
         Binding("ctrl+r", "run", "Run", id="search.run", tooltip="Run the tree search"),
@@ -126,7 +124,7 @@ class SearchScreen(ToolScreen):
         table.add_columns("root child token", "id", "visits", "draws", "value v̂")
         self.set_interval(0.05, self._draw_live)  # draws are spaced by LIVE_HZ in _draw_live
         self.query_one("#ts-prompt", Input).focus()
-        self._refresh_controls()
+        self.refresh_controls()
 
     # -- validation ---------------------------------------------------------------------------
     def _context_length(self) -> int:
@@ -168,7 +166,7 @@ class SearchScreen(ToolScreen):
         return {"prompt": values["prompt"], "reward_spec": spec.strip(), "cfg": cfg}, None
 
     def engine_ready(self) -> Optional[str]:
-        app: Any = self.app
+        app = self.tokenforge_app
         if (not all(module_available(m) for m in ENGINE_MODULES)
                 or not hasattr(app.engine, "tree_search")):
             return "the tree-search engine (engine.treesearch.search) is not available in this checkout"
@@ -182,13 +180,13 @@ class SearchScreen(ToolScreen):
     def model_changed(self) -> None:
         if self.is_mounted:
             self.query_one(EngineStatus).refresh_status()
-            self._refresh_controls()
+            self.refresh_controls()
 
     def settings_changed(self) -> None:
         self.model_changed()
 
     def _status_text(self) -> str:
-        app: Any = self.app
+        app = self.tokenforge_app
         why = self.engine_ready()
         if why:
             return f"[yellow]{escape(why)}[/]"
@@ -201,7 +199,7 @@ class SearchScreen(ToolScreen):
             out += f"\nexported → {escape(str(self.last_export))}"
         return out
 
-    def _refresh_controls(self) -> None:
+    def refresh_controls(self) -> None:
         if not self.is_mounted:
             return
         _, err = self.form()
@@ -223,13 +221,13 @@ class SearchScreen(ToolScreen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.engine_error = ""
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_run()
@@ -242,17 +240,18 @@ class SearchScreen(ToolScreen):
         elif event.button.id == "ts-export":
             self.action_export()
 
-    def palette_actions(self) -> list[tuple[str, str, Any]]:
-        """This screen's actions for the command palette."""
-        return [("Run tree search", "Start with the form's settings (ctrl+r)", self.action_run),
-                ("Stop tree search", "Stop the running job; the best so far is kept (escape)",
-                 self.action_stop),
-                ("Export tree search JSON", "Write the last result as JSON (ctrl+e)",
-                 self.action_export)]
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("search: Run tree search", "Start with the form's settings (ctrl+r)",
+                            self.action_run)
+        yield SystemCommand("search: Stop tree search",
+                            "Stop the running job; the best so far is kept (escape)",
+                            self.action_stop)
+        yield SystemCommand("search: Export tree search JSON", "Write the last result as JSON (ctrl+e)",
+                            self.action_export)
 
     # -- actions ------------------------------------------------------------------------------
     def action_run(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("A tree search is running: Esc to stop it first", severity="warning")
             return
@@ -260,7 +259,7 @@ class SearchScreen(ToolScreen):
         blocked = self.engine_ready()
         if err or blocked:
             self.query_one("#ts-error", Static).update(escape(err or blocked or ""))
-            self._refresh_controls()
+            self.refresh_controls()
             return
         self.engine_error = ""
         self.run_result, self.result_state = None, ""
@@ -281,12 +280,12 @@ class SearchScreen(ToolScreen):
                        f["reward_spec"], self.allow_plugin(), f["cfg"], params=params)
         self.query_one("#ts-summary", Static).update(
             "[cyan]running…[/] tree search, then the greedy answer · Esc stops and keeps the best so far")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def action_export(self) -> None:
         from engine.atomic import write_json
 
-        app: Any = self.app
+        app = self.tokenforge_app
         if self.busy:
             self.notify("Wait for the search to finish (or Esc) before exporting", severity="warning")
             return
@@ -308,7 +307,7 @@ class SearchScreen(ToolScreen):
             return
         self.last_export = path
         self.notify(f"Exported to {path}", title="export", timeout=8)
-        self._refresh_controls()
+        self.refresh_controls()
 
     # -- live view (≤ 4 Hz) -------------------------------------------------------------------
     def on_job_progressed(self, m: JobProgressed) -> None:
@@ -341,12 +340,12 @@ class SearchScreen(ToolScreen):
 
     # -- job messages -------------------------------------------------------------------------
     def job_started(self, m: JobStarted) -> None:
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_finished(self, m: JobFinished) -> None:
         self.run_result, self.result_state = m.result, "finished"
         self._show_result(m.result)
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_cancelled(self, m: JobCancelled) -> None:
         if m.partial is not None:
@@ -358,12 +357,12 @@ class SearchScreen(ToolScreen):
         else:
             self.query_one("#ts-summary", Static).update(
                 f"[yellow]stopped ({escape(m.reason)}) before any rollout finished[/]")
-        self._refresh_controls()
+        self.refresh_controls()
 
     async def job_failed(self, m: JobFailed) -> None:
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
         self.query_one("#ts-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
-        self._refresh_controls()
+        self.refresh_controls()
 
     def _show_result(self, run: Any, note: str = "") -> None:
         self._live = None

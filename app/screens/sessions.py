@@ -86,7 +86,7 @@ class SessionsScreen(ToolScreen):
     # -- listing --------------------------------------------------------------------------------
     def _store(self) -> Any:
         try:
-            return session_store(self.app)
+            return session_store(self.tokenforge_app)
         except EngineError as e:
             self._status(f"[red]{e}[/]" + (f" [dim]({e.hint})[/]" if e.hint else ""))
             return None
@@ -105,7 +105,7 @@ class SessionsScreen(ToolScreen):
         keep = self.selected()
         t.clear()
         self.names = []
-        current = getattr(getattr(self.app, "lm", None), "model", None)
+        current = getattr(self.loaded_model, "model", None)
         here = getattr(current, "_tokenforge_weights_hash", None)
         infos = {i.name: i for i in store.list()}
         if query:
@@ -172,7 +172,7 @@ class SessionsScreen(ToolScreen):
         except EngineError as e:
             self._status(f"[red]{e}[/]")
             return
-        chat = _chat_screen(self.app)
+        chat = _chat_screen(self.tokenforge_app)
         if chat is not None and chat.saved.name == old:
             chat.saved.recorder.name = new.strip()
         self._end_rename()
@@ -207,10 +207,10 @@ class SessionsScreen(ToolScreen):
         except EngineError as e:
             self._status(f"[red]{e}[/]")
             return
-        snaps = snapshot_store(self.app)
+        snaps = snapshot_store(self.tokenforge_app)
         for k in keys:
             snaps.remove(k)
-        chat = _chat_screen(self.app)
+        chat = _chat_screen(self.tokenforge_app)
         if chat is not None and chat.saved.name == name:
             chat.saved.forget()  # the conversation on screen goes on as a new session
         self.refresh_list()
@@ -220,7 +220,7 @@ class SessionsScreen(ToolScreen):
         from engine.atomic import write_text
         from engine.sessions.export import to_markdown
 
-        app: Any = self.app
+        app = self.tokenforge_app
         name, store = self.selected(), self._store()
         if name is None or store is None:
             return
@@ -236,7 +236,7 @@ class SessionsScreen(ToolScreen):
         self.notify(f"Exported to {path}", title="export", timeout=8)
 
     async def action_open(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         name = self.selected()
         if name is None:
             return
@@ -263,7 +263,4 @@ class SessionsScreen(ToolScreen):
 def _chat_screen(app: Any) -> Any:
     from app.screens.chat import ChatScreen
 
-    for s in getattr(app, "_listeners", []):
-        if isinstance(s, ChatScreen):
-            return s
-    return None
+    return app.open_screen(ChatScreen)

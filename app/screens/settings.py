@@ -15,6 +15,7 @@ from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
+from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 from engine.lm.config import SamplingConfig
 from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS,
@@ -97,7 +98,7 @@ class SettingsScreen(ToolScreen):
         return p
 
     def compose_body(self) -> ComposeResult:
-        app: Any = self.app
+        app = self.tokenforge_app
         s = app.settings
         sm = s.sampling
         checks = self.parsers()
@@ -200,7 +201,7 @@ class SettingsScreen(ToolScreen):
         if err:
             self.validate_all()
             return False
-        app: Any = self.app
+        app = self.tokenforge_app
         s = app.settings
         before = dict(s.timeouts)  # what the fields showed: a changed field is the user's
         for k in TIMEOUT_KINDS:
@@ -223,7 +224,8 @@ class SettingsScreen(ToolScreen):
         s.model = values["set-model"]
         self.shown = {inp.id: inp.value for inp in self.query(Input) if inp.id}
         self.applied_once = True
-        app._each_screen("settings_changed")
+        self.settings_changed()  # this screen first, at once: the edit state below reads it
+        app.notify_screens(SettingsChanged, skip=self)
         self._save()
         self._show_edit_state()
         return True
@@ -232,7 +234,7 @@ class SettingsScreen(ToolScreen):
         from app.settings_file import save
 
         try:
-            save(self.app.settings)  # type: ignore[attr-defined]
+            save(self.tokenforge_app.settings)
         except OSError as e:
             self.notify(f"settings applied but not saved: {e}", severity="warning", timeout=8)
 
@@ -241,16 +243,16 @@ class SettingsScreen(ToolScreen):
             self.notify("Settings applied")
 
     def action_derive(self) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         s = app.settings
         s.timeouts_user_set = False
         s.rederive()
         self.settings_changed()
-        app._each_screen("settings_changed")
+        app.notify_screens(SettingsChanged, skip=self)
         self._save()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        app: Any = self.app
+        app = self.tokenforge_app
         if event.button.id == "apply":
             self.action_apply()
         elif event.button.id == "reload":
@@ -262,7 +264,7 @@ class SettingsScreen(ToolScreen):
     def settings_changed(self) -> None:
         if not self.children:
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         s = app.settings
         for kind in TIMEOUT_KINDS:
             fid = f"timeout-{kind}"
@@ -297,7 +299,7 @@ class SettingsScreen(ToolScreen):
     def model_changed(self) -> None:
         if not self.children:
             return
-        app: Any = self.app
+        app = self.tokenforge_app
         st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",
               "failed": f"[red]failed: {app.model_error}[/]"}.get(app.model_state, "none")
         desc = f" · {app.lm.describe()} · context {app.lm.context_length}" if app.lm is not None else ""

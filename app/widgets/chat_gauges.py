@@ -19,6 +19,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
+from app.app_access import AppAccess
+
 MEMORY_PERIOD_S = 1.0
 METER_PERIOD_S = 0.5
 WARN_FRACTION = 0.9
@@ -82,7 +84,7 @@ def context_text(used: int, draft: int, budget: int, window: int) -> tuple[str, 
     return text, ""
 
 
-class ContextMeter(Static):
+class ContextMeter(AppAccess, Static):
     """Tokens used / context window of the chat screen's conversation (polled, cheap)."""
 
     def on_mount(self) -> None:
@@ -105,7 +107,7 @@ class ContextMeter(Static):
 
     def tick(self) -> None:
         scr: Any = self.screen
-        app: Any = self.app
+        app = self.tokenforge_app
         lm = getattr(app, "lm", None)
         window = int(getattr(lm, "context_length", 0) or 0)
         session = getattr(scr, "session", None)

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from textual.widgets import Static
 
+from app.app_access import AppAccess
 from app.engines import module_available
 
 STATE_TEXT = {"ready": "[green]ready[/]", "loading": "[yellow]loading…[/]",
@@ -19,7 +20,7 @@ STATE_TEXT = {"ready": "[green]ready[/]", "loading": "[yellow]loading…[/]",
               "unavailable": "[dim]engine.advtok.vocab not available[/]"}
 
 
-class EngineStatus(Static):
+class EngineStatus(AppAccess, Static):
     """A small table, refreshed on model/settings changes and by a 1 s timer."""
 
     DEFAULT_CSS = "EngineStatus { height: auto; padding: 0 1; }"
@@ -39,7 +40,7 @@ class EngineStatus(Static):
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, rich markup) pairs."""
-        app: Any = self.app
+        app = self.tokenforge_app
         t: list[tuple[str, str]] = []
         t.append(("capability", self.what))
         for m in self.modules:

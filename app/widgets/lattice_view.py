@@ -15,7 +15,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted
+from app.app_access import AppAccess
+from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds,
+                          WidgetJobEnded, WidgetJobStarted)
 from app.widgets.token_strip import PALETTE, display_token
 
 CURSOR = Style(color="black", bgcolor="#e0c050", bold=True)
@@ -66,7 +68,7 @@ def path_rows(text: str, rows: list[tuple[str, list[tuple[int, int]], Optional[i
     return out
 
 
-class LatticeView(Vertical, can_focus=True):
+class LatticeView(AppAccess, Vertical, can_focus=True):
     """Editable tokenization of the last attack's request."""
 
     DEFAULT_CSS = """
@@ -167,9 +169,7 @@ class LatticeView(Vertical, can_focus=True):
         if self.lattice is None:
             self.notify("Edit the tokenization first (s, m, , or .)", severity="warning")
             return
-        run = getattr(self.screen, "action_run", None)
-        if run is not None:
-            run(given=list(self.lattice.ids))
+        self.post_message(RunFromIds(list(self.lattice.ids)))
 
     def _work(self, what: str, lm: Any, vocab: Any, *, progress: Any, cancel: Any) -> Any:
         """Worker thread: build the lattice once (vocab, diagram, scorer prefix), then edit."""
@@ -195,18 +195,17 @@ class LatticeView(Vertical, can_focus=True):
         return lat.reset()
 
     def _start(self, what: str) -> None:
-        screen: Any = self.screen
-        app: Any = self.app
-        if self.busy or getattr(screen, "busy", False):
+        app = self.tokenforge_app
+        if self.busy or getattr(self.screen, "busy", False):
             self.notify("A job is running: Esc to stop it first", severity="warning")
             return
         if app.lm is None:
             self.notify("No model loaded", severity="warning")
             return
-        vocab = app.vocab if getattr(app, "vocab_state", "") == "ready" else None
+        vocab = app.vocab if app.vocab_state == "ready" else None
         self._job = app.runner.start("advtok", self._work, what, app.lm, vocab, target=self,
                                      params={"lattice": what})
-        screen.job = self._job
+        self.post_message(WidgetJobStarted(self._job))
         self.query_one("#lat-head", Static).update(f"[b]tokenization lattice[/] [yellow]{what}…[/]")
 
     def _mine(self, m: Any) -> bool:
@@ -240,6 +239,4 @@ class LatticeView(Vertical, can_focus=True):
     def _end(self) -> None:
         self.query_one("#lat-head", Static).update("[b]tokenization lattice[/]")
         self.refresh_view()
-        refresh = getattr(self.screen, "_refresh_controls", None)
-        if refresh is not None:
-            refresh()
+        self.post_message(ControlsChanged())  # the screen is no longer busy with this edit

@@ -15,7 +15,9 @@ from textual.containers import Vertical
 from textual.markup import escape
 from textual.widgets import Static
 
-from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
+from app.app_access import AppAccess
+from app.messages import (JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated,
+                          WidgetJobEnded, WidgetJobStarted)
 
 # probability bands → colour (the chosen token's own probability)
 BANDS = ((0.9, "green"), (0.5, "yellow"), (0.2, "dark_orange"), (0.0, "red"))
@@ -42,7 +44,7 @@ class TokenLine(Static):
             parent.focus()
 
 
-class TokenExplorer(Vertical, can_focus=True):
+class TokenExplorer(AppAccess, Vertical, can_focus=True):
     """Per-token view of the chat's last answer, with force-and-branch."""
 
     DEFAULT_CSS = """
@@ -289,14 +291,11 @@ class TokenExplorer(Vertical, can_focus=True):
             return fn(*a)
 
         self._job_kind = what
-        self._job = self.app.runner.start("chat", work, *args, target=self,  # type: ignore[attr-defined]
-                                          stream=stream, params={"explorer": what})
-        screen.job = self._job  # the screen is busy: Send waits, Esc stops this job
-        if hasattr(screen, "progress_widget"):
-            screen.progress_widget.begin("chat", self._job.id)
+        self._job = self.tokenforge_app.runner.start("chat", work, *args, target=self,
+                                                     stream=stream, params={"explorer": what})
+        # the screen is busy: Send waits, Esc stops this job, its progress bar follows it
+        self.post_message(WidgetJobStarted(self._job, progress=True))
         self.query_one("#tx-head", Static).update(f"[yellow]{what}…[/]")
-        if hasattr(screen, "_refresh_controls"):
-            screen._refresh_controls()
 
     def _mine(self, m: Any) -> bool:
         return self._job is not None and m.job_id == self._job.id
@@ -336,12 +335,9 @@ class TokenExplorer(Vertical, can_focus=True):
             self._end("failed", m.message)
 
     def _end(self, state: str, text: str) -> None:
-        screen: Any = self.screen
-        if hasattr(screen, "progress_widget") and self._job is not None:
-            screen.progress_widget.end(state, text, self._job.id)
+        if self._job is not None:
+            self.post_message(WidgetJobEnded(self._job.id, state, text))
         self.refresh_view()
-        if hasattr(screen, "_refresh_controls"):
-            screen._refresh_controls()
 
     def _lens_text(self, tables: dict[int, Any]) -> str:
         rows = next(iter(tables.values()))

@@ -13,7 +13,9 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted
+from app.app_access import AppAccess
+from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted,
+                          WidgetJobStarted)
 
 
 def piece(s: str) -> str:
@@ -24,7 +26,7 @@ def fmt(v: Optional[float]) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-class TreeNavigator(Vertical, can_focus=True):
+class TreeNavigator(AppAccess, Vertical, can_focus=True):
     """Node-by-node view of the last search tree."""
 
     DEFAULT_CSS = """
@@ -74,7 +76,7 @@ class TreeNavigator(Vertical, can_focus=True):
         self.kid = 0
         self.base_path = list(base_path)
         prompt_ids = list(getattr(self.run, "prompt_ids", [])) + self.base_path
-        app: Any = self.app
+        app = self.tokenforge_app
         lm = getattr(app, "lm", None)
         if tree is not None and getattr(lm, "tokenizer", None) is not None:
             tok = lm.tokenizer
@@ -152,8 +154,8 @@ class TreeNavigator(Vertical, can_focus=True):
             self.refresh_view()
 
     def action_search_here(self) -> None:
-        screen: Any = self.screen
-        app: Any = self.app
+        screen: Any = self.screen  # the search screen: its form's plugin permission
+        app = self.tokenforge_app
         if self.nav is None or self.run is None:
             self.notify("Run a search first", severity="warning")
             return
@@ -172,7 +174,7 @@ class TreeNavigator(Vertical, can_focus=True):
         self._job = app.runner.start("tree", self._work, app.lm, list(self.run.prompt_ids),
                                      list(path), self.run.reward_spec, allow, cfg, target=self,
                                      params={"search_from_depth": len(path)})
-        screen.job = self._job
+        self.post_message(WidgetJobStarted(self._job))
         self.query_one("#tn-head", Static).update("[b]tree explorer[/] [yellow]searching from this node…[/]")
 
     @staticmethod
@@ -221,6 +223,4 @@ class TreeNavigator(Vertical, can_focus=True):
         self._end()
 
     def _end(self) -> None:
-        refresh = getattr(self.screen, "_refresh_controls", None)
-        if refresh is not None:
-            refresh()
+        self.post_message(ControlsChanged())  # the screen is no longer busy with this search

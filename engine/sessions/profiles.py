@@ -85,19 +85,13 @@ class Config:
         return self.profiles[name]
 
 
-def default_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "tokenforge" / "config.toml"
-
-
 def config_path(flag: Optional[str] = None) -> tuple[Path, bool]:
     """(path, explicit): the flag, else the environment variable, else the default location."""
+    from engine.paths import config_file
+
     if flag:
         return Path(flag).expanduser(), True
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser(), True
-    return default_config_path(), False
+    return config_file("config.toml", ENV_VAR), bool(os.environ.get(ENV_VAR))
 
 
 # key -> (types accepted, description for the message)

@@ -326,5 +326,5 @@ async def test_attack_actions_are_in_the_command_palette(make_app):
         await pilot.press("enter")
         await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         assert len(eng.calls) == 1
-        titles = [t for t, _, _ in scr.palette_actions()]
-        assert titles == ["Run attack", "Stop attack", "Export attack JSON"]
+        titles = [c.title for c in scr.palette_commands()]
+        assert titles == ["attack: Run attack", "attack: Stop attack", "attack: Export attack JSON"]

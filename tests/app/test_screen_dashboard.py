@@ -211,12 +211,13 @@ async def test_palette_lists_and_runs_the_dashboard_actions(make_app, tmp_path):
         await until(pilot, lambda: bool(app.screen.query(CommandInput)))
         app.screen.query_one(CommandInput).value = "bench"  # as typed, in one update
         hits = app.screen.query_one(CommandList)
-        want = ["Run bench grid", "Load bench runs", "Export bench PNG + CSV", "Stop bench run"]
+        want = ["dashboard: Run bench grid", "dashboard: Load bench runs",
+                "dashboard: Export bench PNG + CSV", "dashboard: Stop bench run"]
         listed = lambda: [str(hits.get_option_at_index(i).prompt).split("\n")[0]  # noqa: E731
                           for i in range(hits.option_count)]
         await until(pilot, lambda: sorted(listed()) == sorted(want))
-        assert [t for t, _, _ in scr.palette_actions()] == want
-        await until(pilot, lambda: listed()[hits.highlighted or 0] == "Run bench grid")
+        assert [c.title for c in scr.palette_commands()] == want
+        await until(pilot, lambda: listed()[hits.highlighted or 0] == "dashboard: Run bench grid")
         await pilot.press("enter")
         await until(pilot, lambda: len(eng.bench_calls) == 1 and scr.busy)
         scr.action_stop()
