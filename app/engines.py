@@ -8,10 +8,11 @@ imported inside the methods: importing the TUI must not import torch.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from engine.progress import CancelToken, ProgressFn, check, report
+from engine.treesearch.versus_greedy import TreeRun  # torch-free; the search screen's result
 
 SPEED_PROMPT = "Count from one to twenty: one, two,"
 SPEED_TOKENS = 8
@@ -23,29 +24,6 @@ def module_available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
-
-
-@dataclass
-class TreeRun:
-    """A tree search as the search screen shows it: the engine's ``TreeResult`` next to the plain
-    greedy answer (temperature 0, same horizon) and both rewards. ``greedy_*`` stay None when the
-    search was cancelled or its reward failed before the greedy pass."""
-
-    result: Any
-    prompt_ids: list[int]
-    greedy_text: Optional[str] = None
-    greedy_ids: list[int] = field(default_factory=list)
-    greedy_reward: Optional[float] = None
-    greedy_stop: str = ""
-    greedy_error: str = ""
-    reward_spec: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tree": self.result.to_dict(), "prompt_ids": list(self.prompt_ids),
-                "greedy": {"text": self.greedy_text, "token_ids": list(self.greedy_ids),
-                           "reward": self.greedy_reward, "stop_reason": self.greedy_stop,
-                           "error": self.greedy_error},
-                "reward_spec": self.reward_spec}
 
 
 @dataclass
@@ -161,13 +139,16 @@ class Engine:
 
     def bench_export(self, runs: str, folder: str, *, progress: Optional[ProgressFn] = None,
                      cancel: Optional[CancelToken] = None) -> list[str]:
-        """Aggregate the runs JSONL and write the PNGs, the CSV and a copy of the JSONL itself
-        (the records the figures come from) into ``folder``; every file is written atomically."""
+        """Aggregate the runs JSONL and write the PNGs, the CSV, the aggregate as the one JSON
+        export envelope (engine/export.py; finished_at = when the runs file was last written) and
+        a copy of the JSONL itself (the records the figures come from) into ``folder``; every file
+        is written atomically."""
         from pathlib import Path
 
         from engine.atomic import write_bytes
         from engine.bench.plots import write_pngs
         from engine.bench.report import load_report, write_csv
+        from engine.export import job_document, write_job_json
 
         stem = Path(runs).stem
         report(progress, "bench", 0, 3, "aggregating")
@@ -177,6 +158,11 @@ class Engine:
         paths = [str(p) for p in write_pngs(rep, folder, prefix=f"bench-{stem}")]
         check(cancel)
         paths.append(str(write_csv(rep, Path(folder) / f"bench-{stem}.csv")))
+        doc = job_document("bench", rep, model=rep.model.get("id"),
+                           settings={"runs": str(runs), "suite": rep.suite,
+                                     "max_new_tokens": rep.max_new_tokens},
+                           finished_at=Path(runs).stat().st_mtime)
+        paths.append(str(write_job_json(Path(folder) / f"bench-{stem}.json", doc)))
         report(progress, "bench", 2, 3, "copying the runs JSONL")
         copy = Path(folder) / f"bench-{stem}.jsonl"
         if copy.resolve() != Path(runs).resolve():
@@ -199,29 +185,14 @@ class Engine:
                     progress: Optional[ProgressFn] = None,
                     cancel: Optional[CancelToken] = None) -> TreeRun:
         """Tree search from the search screen's validated fields (``TreeConfig`` field names),
-        then the greedy answer with the same horizon, both scored by the same reward. The spec is
+        then the greedy answer with the same horizon, both scored by the same reward
+        (engine/treesearch/versus_greedy.py, shared with ``tokenforge search``). The spec is
         parsed again here (a fresh reward object per run; plugin code is imported only now)."""
-        from engine.lm.generate import generate
-        from engine.treesearch.rewards import Completion, RewardError, parse_reward
-        from engine.lm.config import SamplingConfig
-        from engine.treesearch.search import TreeConfig, run_tree_search
+        from engine.treesearch.rewards import parse_reward
+        from engine.treesearch.search import TreeConfig
+        from engine.treesearch.versus_greedy import search_then_greedy
 
         reward = parse_reward(reward_spec, allow_plugin=allow_plugin)
         ids = self.chat_prompt_ids(lm, prompt, system)
-        cfg = TreeConfig(**fields)
-        from engine.budget import tree_rollout_bound
-
-        tree_rollout_bound(lm, len(ids), cfg.horizon).check(cfg.rollouts)  # the CLI's bound
-        res = run_tree_search(lm, ids, reward, cfg, progress=progress, cancel=cancel)
-        run = TreeRun(result=res, prompt_ids=ids, reward_spec=reward_spec)
-        if res.stop_reason != "completed" or (cancel is not None and cancel.cancelled):
-            return run
-        g, _ = generate(lm, ids, SamplingConfig(max_new_tokens=cfg.horizon, temperature=0.0),
-                        progress=progress, cancel=cancel)
-        run.greedy_text, run.greedy_ids, run.greedy_stop = g.text, list(g.token_ids), g.stop_reason
-        if g.stop_reason != "cancelled":
-            try:
-                run.greedy_reward = reward.score(Completion(g.text, tuple(g.token_ids), tuple(ids)))
-            except RewardError as e:  # the search result stays; the greedy side says why
-                run.greedy_error = str(e)
-        return run
+        return search_then_greedy(lm, ids, reward, TreeConfig(**fields), progress=progress,
+                                  cancel=cancel)

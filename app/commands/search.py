@@ -75,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if reward.runs_user_code:
         err.print(f"[yellow]reward runs your own code:[/] {reward.description}")
     lm = load_lm(args)
-    from engine.budget import tree_rollout_bound
     from engine.lm.templates import chat_prompt_ids
 
     prompt_ids = chat_prompt_ids(lm.tokenizer, args.prompt, args.system,
@@ -83,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not prompt_ids:
         raise InputError("the chat template produced no tokens")
     cfg.validate(lm.context_length, len(prompt_ids))
-    tree_rollout_bound(lm, len(prompt_ids), cfg.horizon).check(cfg.rollouts)
 
-    from engine.treesearch.search import run_tree_search
+    from engine.treesearch.versus_greedy import search_then_greedy
 
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}"), console=err, transient=False) as bar:
@@ -101,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
                     + (f" · best {best:.3f} “{_snippet(m.get('best_text', ''), 30)}”" if best is not None else ""))
             bar.update(task, completed=p.step, info=info)
 
-        res = run_tree_search(lm, prompt_ids, reward, cfg, progress=progress, cancel=cancel_token())
-    greedy = _greedy(lm, prompt_ids, reward, cfg.horizon, err) if res.stop_reason == "completed" else None
+        # the tree search, then the greedy answer: one orchestration with the TUI's search screen
+        both = search_then_greedy(lm, prompt_ids, reward, cfg, progress=progress,
+                                  cancel=cancel_token())
+    res = both.result
+    greedy = None  # none when the search did not complete or Ctrl+C stopped the greedy answer
+    if both.greedy_text is not None and both.greedy_stop != "cancelled":
+        if both.greedy_error:
+            err.print(f"[red]reward failed on the greedy answer:[/] {both.greedy_error}")
+        greedy = (both.greedy_text, both.greedy_reward)
 
     phase("write")
     out = Console(highlight=False)
@@ -133,21 +138,3 @@ def run(args: argparse.Namespace) -> int:
     if res.stop_reason == "reward_error":
         return fail(f"the reward failed: {res.error}", "the partial result is shown above", code=1)
     return 130 if res.stop_reason == "cancelled" or cancel_token().cancelled else 0
-
-
-def _greedy(lm: Any, prompt_ids: list[int], reward: Any, horizon: int, err: Any) -> Any:
-    """The greedy answer and its reward, beside the search's (None when Ctrl+C stopped it)."""
-    from engine.lm.config import SamplingConfig
-    from engine.lm.generate import generate
-    from engine.treesearch.rewards import Completion
-
-    g, _ = generate(lm, prompt_ids, SamplingConfig(max_new_tokens=horizon, temperature=0.0),
-                    cancel=cancel_token())
-    if g.stop_reason == "cancelled":
-        return None
-    try:
-        g_r = reward.score(Completion(g.text, tuple(g.token_ids), tuple(prompt_ids)))
-    except Exception as e:  # the reward already passed the search; report, don't crash
-        g_r = None
-        err.print(f"[red]reward failed on the greedy answer:[/] {e}")
-    return g.text, g_r

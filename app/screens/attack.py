@@ -8,25 +8,22 @@ generate. The result shows the canonical and the adversarial tokenization with t
 drawn (alternating colours, ids underneath, changed spans underlined), both scores, the edit
 distance, and the normal vs adversarial samples side by side. Esc stops the run (the engine
 returns the best tokenization found so far); ctrl+e exports the result as JSON (atomic write,
-path shown).
+path shown). The form → run → result → export life cycle is app/screens/job_screen.py.
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from rich.markup import escape
 from rich.text import Text
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline, Static
 
 
-from app.engines import module_available
-from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds
-from app.screens.base import ToolScreen
+from app.messages import JobCancelled, RunFromIds
+from app.screens.job_screen import JobScreen, Launch
 from app.validate import (FieldCheck, first_error, optional_text, parse_choice, parse_int,
                           require_text)
 from app.widgets.engine_status import EngineStatus
@@ -89,8 +86,12 @@ def samples_text(samples: list[dict[str, Any]], empty: str) -> Text:
     return out
 
 
-class AttackScreen(ToolScreen):
+class AttackScreen(JobScreen):
     """AdvTok: form, live progress, canonical vs adversarial tokenization, samples, export."""
+
+    JOB_KIND, PREFIX, NOUN, PALETTE, EXPORT_STEM = JOB_KIND, "atk", "attack", "attack", "attack"
+    ENGINE_MODULES, ENGINE_METHOD = ENGINE_MODULES, "attack"
+    ENGINE_MISSING = "the AdvTok engine (engine.advtok.search) is not available in this checkout"
 
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
@@ -101,10 +102,6 @@ class AttackScreen(ToolScreen):
 
     def __init__(self) -> None:
         super().__init__(id="attack-screen")
-        self.result: Any = None
-        self.result_state = ""      # finished / cancelled
-        self.last_export: Optional[Path] = None
-        self.engine_error = ""
 
     # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
@@ -176,10 +173,6 @@ class AttackScreen(ToolScreen):
         self.refresh_controls()
 
     # -- validation ---------------------------------------------------------------------------
-    def _context_length(self) -> int:
-        lm = getattr(self.app, "lm", None)
-        return int(getattr(lm, "context_length", 0) or 8192)
-
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         """Input id → parser (raises InputError with one clear sentence)."""
         return {
@@ -190,7 +183,7 @@ class AttackScreen(ToolScreen):
             "atk-neighbours": parse_neighbours,
             "atk-samples": lambda v: parse_int(v, "samples", 0, MAX_SAMPLES),
             "atk-sample-tokens": lambda v: parse_int(v, "sample tokens", 1,
-                                                     max(1, self._context_length() - 1)),
+                                                     max(1, self.context_length() - 1)),
             "atk-seed": lambda v: parse_int(v, "seed", 0, 2**63 - 1),
         }
 
@@ -211,162 +204,40 @@ class AttackScreen(ToolScreen):
         })
         return values, err
 
-    def engine_ready(self) -> Optional[str]:
-        """Why a run cannot start now, apart from the form (None: it can)."""
-        app = self.tokenforge_app
-        if not all(module_available(m) for m in ENGINE_MODULES) or not hasattr(app.engine, "attack"):
-            return "the AdvTok engine (engine.advtok.search) is not available in this checkout"
-        if app.model_state == "loading":
-            return "loading the model… Run opens when it is ready"
-        if app.model_state == "failed" or app.lm is None:
-            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
-        return None
-
     # -- state → controls ---------------------------------------------------------------------
-    def model_changed(self) -> None:
-        if self.is_mounted:
-            self.query_one(EngineStatus).refresh_status()
-            self.refresh_controls()
-
-    def settings_changed(self) -> None:
-        self.model_changed()
-
-    def _status_text(self) -> str:
+    def status_detail(self) -> str:
         app = self.tokenforge_app
-        why = self.engine_ready()
-        if why:
-            return f"[yellow]{escape(why)}[/]"
-        t = app.runner.timeout_for(JOB_KIND)
         vocab = {"ready": "vocabulary cached", "loading": "vocabulary loading (the run waits)"}.get(
             app.vocab_state, "vocabulary built on first run")
-        out = (f"[dim]{escape(app.lm.describe())} · {vocab} · timeout "
-               f"{'none' if t is None else f'{t:.0f} s'} · exports → "
-               f"{escape(str(app.settings.export_dir))}[/]")
-        if self.last_export is not None:
-            out += f"\nexported → {escape(str(self.last_export))}"
-        return out
-
-    def refresh_controls(self) -> None:
-        if not self.is_mounted:
-            return
-        _, err = self.form()
-        blocked = self.engine_ready()
-        self.query_one("#atk-run", Button).disabled = bool(err or blocked) or self.busy
-        self.query_one("#atk-stop", Button).disabled = not self.busy
-        self.query_one("#atk-export", Button).disabled = self.result is None or self.busy
-        self.query_one("#atk-error", Static).update(escape(err or self.engine_error))
-        self.query_one("#atk-status", Static).update(self._status_text())
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        self.engine_error = ""
-        self.refresh_controls()
-
-    def on_select_changed(self, event: Select.Changed) -> None:
-        self.refresh_controls()
-
-    async def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_run()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "atk-run":
-            self.action_run()
-        elif event.button.id == "atk-stop":
-            self.action_stop()
-        elif event.button.id == "atk-export":
-            self.action_export()
+        return f"{escape(app.lm.describe() if app.lm is not None else '')} · {vocab}"
 
     def on_run_from_ids(self, m: RunFromIds) -> None:
         """The lattice: search again from its edited tokenization."""
         m.stop()
         self.action_run(given=m.ids)
 
-    def palette_commands(self) -> Iterable[SystemCommand]:
-        yield SystemCommand("attack: Run attack", "Start with the form's settings (ctrl+r)",
-                            self.action_run)
-        yield SystemCommand("attack: Stop attack",
-                            "Stop the running job; the best so far is kept (escape)",
-                            self.action_stop)
-        yield SystemCommand("attack: Export attack JSON", "Write the last result as JSON (ctrl+e)",
-                            self.action_export)
-
-    # -- actions ------------------------------------------------------------------------------
+    # -- run --------------------------------------------------------------------------------
     def action_run(self, given: Optional[list[int]] = None) -> None:
         """Run the attack; ``given`` (from the lattice) starts the search from those ids."""
+        super().action_run(given=given)
+
+    def prepare(self, fields: dict[str, Any], given: Optional[list[int]] = None) -> Launch:
         app = self.tokenforge_app
-        if self.busy:
-            self.notify("An attack is running: Esc to stop it first", severity="warning")
-            return
-        fields, err = self.form()
-        blocked = self.engine_ready()
-        if err or blocked:
-            self.query_one("#atk-error", Static).update(escape(err or blocked or ""))
-            self.refresh_controls()
-            return
         if given:
             fields = {**fields, "init": "given", "given_ids": list(given)}
-        self.engine_error = ""
-        self.result, self.result_state = None, ""
-        self._show_result(None)
+        self.show_result(None)
         vocab = app.vocab if app.vocab_state == "ready" else None
         summary = {k: v for k, v in fields.items() if k not in ("request", "response", "system")}
         summary["request_chars"] = len(fields["request"])
-        self.start_job(JOB_KIND, app.engine.attack, app.lm, fields, vocab, params=summary)
-        self.query_one("#atk-summary", Static).update(
-            "[cyan]running…[/] vocab → mdd → search → generate · Esc stops and keeps the best so far")
-        self.refresh_controls()
+        return Launch(app.engine.attack, (app.lm, fields, vocab), params=summary,
+                      settings=dict(fields),
+                      running="[cyan]running…[/] vocab → mdd → search → generate · Esc stops and "
+                              "keeps the best so far")
 
-    def action_export(self) -> None:
-        from engine.atomic import write_json
+    def nothing_kept_text(self, m: JobCancelled) -> str:
+        return f"stopped ({m.reason}) before a tokenization was scored"
 
-        app = self.tokenforge_app
-        if self.busy:
-            self.notify("Wait for the attack to finish (or Esc) before exporting", severity="warning")
-            return
-        if self.result is None:
-            self.notify("Nothing to export yet: run an attack first", severity="warning")
-            return
-        folder = Path(app.settings.export_dir)
-        path = folder / f"attack-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        n = 1
-        while path.exists():
-            n += 1
-            path = folder / f"attack-{time.strftime('%Y%m%d-%H%M%S')}-{n}.json"
-        doc = {"kind": "advtok", "model": getattr(app.lm, "name", None),
-               "state": self.result_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "result": self.result.to_dict()}
-        try:
-            write_json(path, doc)
-        except (OSError, TypeError, ValueError) as e:
-            self.notify(f"export failed: {e}", severity="error")
-            return
-        self.last_export = path
-        self.notify(f"Exported to {path}", title="export", timeout=8)
-        self.refresh_controls()
-
-    # -- job messages -------------------------------------------------------------------------
-    def job_started(self, m: JobStarted) -> None:
-        self.refresh_controls()
-
-    async def job_finished(self, m: JobFinished) -> None:
-        self.result, self.result_state = m.result, "finished"
-        self._show_result(m.result)
-        self.refresh_controls()
-
-    async def job_cancelled(self, m: JobCancelled) -> None:
-        if m.partial is not None:  # the engine returns the best tokenization found so far
-            self.result, self.result_state = m.partial, "cancelled"
-            self._show_result(m.partial, note=f"stopped ({m.reason}) — best found so far")
-        else:
-            self.query_one("#atk-summary", Static).update(
-                f"[yellow]stopped ({escape(m.reason)}) before a tokenization was scored[/]")
-        self.refresh_controls()
-
-    async def job_failed(self, m: JobFailed) -> None:
-        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
-        self.query_one("#atk-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
-        self.refresh_controls()
-
-    def _show_result(self, r: Any, note: str = "") -> None:
+    def show_result(self, r: Any, note: str = "") -> None:
         canon = self.query_one("#atk-canon", TokenStrip)
         adv = self.query_one("#atk-adv", TokenStrip)
         curve = self.query_one("#atk-curve", Sparkline)

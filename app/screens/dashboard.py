@@ -1,6 +1,6 @@
 """Dashboard screen: choose methods and a suite, run the (method × query × repeat) grid through
 the runner (job kind "bench", timeout from settings), watch it fill, read the aggregate table and
-terminal plots, and export PNGs + CSV.
+terminal plots, and export PNGs + CSV + the aggregate as JSON (the one export envelope).
 
 The form is validated on every change (methods, suite, query kinds, repeats, max new tokens, runs
 file): a bad field shows one inline message and keeps Run disabled, as do a model that is not
@@ -54,7 +54,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         Binding("ctrl+l", "load", "Load runs", id="dashboard.load",
                 tooltip="Aggregate the runs file"),
         Binding("ctrl+e", "export", "Export", id="dashboard.export", priority=True,
-                tooltip="Write PNGs and CSV"),
+                tooltip="Write PNGs, CSV and JSON"),
     ]
 
     def __init__(self) -> None:
@@ -303,9 +303,9 @@ class DashboardScreen(LiveReport, ToolScreen):
         yield SystemCommand("dashboard: Load bench runs",
                             "Aggregate the runs file into the table and plots (ctrl+l)",
                             self.action_load)
-        yield SystemCommand("dashboard: Export bench PNG + CSV",
-                            "Write the plots as PNGs and the table as CSV (ctrl+e)",
-                            self.action_export)
+        yield SystemCommand("dashboard: Export bench PNG + CSV + JSON",
+                            "Write the plots as PNGs, the table as CSV and the aggregate as "
+                            "JSON (ctrl+e)", self.action_export)
         yield SystemCommand("dashboard: Stop bench run",
                             "Stop the running grid; finished records are kept (escape)",
                             self.action_stop)

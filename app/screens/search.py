@@ -13,21 +13,19 @@ the Boltzmann-descent samples. Esc stops (the best so far is kept); ctrl+e expor
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from rich.markup import escape
 from rich.text import Text
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Collapsible, DataTable, Input, Label, Select, Static
 
 from engine.errors import InputError
 
-from app.engines import module_available
-from app.messages import JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted
-from app.screens.base import ToolScreen
+from app.messages import JobCancelled, JobProgressed
+from app.screens.job_screen import JobScreen, Launch
 from app.screens.search_form import PLUGIN_WARNING, fmt_reward, live_figures, parse_reward_spec
 from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
                           parse_seed, require_text)
@@ -43,8 +41,13 @@ MODES = ("search", "sample")
 MAX_ROLLOUTS = 100_000
 LIVE_HZ = 4.0
 
-class SearchScreen(ToolScreen):
+class SearchScreen(JobScreen):
     """Tree search: form, live tree figures and root children, best vs greedy, export."""
+
+    JOB_KIND, PREFIX, NOUN, PALETTE, EXPORT_STEM = JOB_KIND, "ts", "tree search", "search", "treesearch"
+    ENGINE_MODULES, ENGINE_METHOD = ENGINE_MODULES, "tree_search"
+    ENGINE_MISSING = ("the tree-search engine (engine.treesearch.search) is not available in this "
+                      "checkout")
 
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="search.stop", tooltip="Stop the running tree search"),
@@ -54,11 +57,7 @@ class SearchScreen(ToolScreen):
     ]
 
     def __init__(self) -> None:
-        super().__init__(id="search-screen")
-        self.run_result: Any = None          # app.engines.TreeRun
-        self.result_state = ""
-        self.last_export: Optional[Path] = None
-        self.engine_error = ""
+        super().__init__(id="search-screen")  # self.result: engine.treesearch TreeRun
         self._live: Optional[Any] = None     # newest tree Progress not drawn yet
         self.table_updates = 0
         self._last_draw = 0.0
@@ -127,15 +126,11 @@ class SearchScreen(ToolScreen):
         self.refresh_controls()
 
     # -- validation ---------------------------------------------------------------------------
-    def _context_length(self) -> int:
-        lm = getattr(self.app, "lm", None)
-        return int(getattr(lm, "context_length", 0) or 8192)
-
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         return {
             "ts-prompt": lambda v: require_text(v, "prompt", PROMPT_CHARS),
             "ts-rollouts": lambda v: parse_int(v, "rollouts", 1, MAX_ROLLOUTS),
-            "ts-horizon": lambda v: parse_int(v, "horizon", 1, max(1, self._context_length() - 1)),
+            "ts-horizon": lambda v: parse_int(v, "horizon", 1, max(1, self.context_length() - 1)),
             "ts-lambda": lambda v: parse_float(v, "λ", 1e-9, 1e4),
             "ts-seed": parse_seed,
             "ts-samples": lambda v: parse_int(v, "samples", 1, 10_000),
@@ -165,49 +160,15 @@ class SearchScreen(ToolScreen):
         cfg = {k: values[k] for k in ("rollouts", "horizon", "lam", "seed", "mode", "n_samples")}
         return {"prompt": values["prompt"], "reward_spec": spec.strip(), "cfg": cfg}, None
 
-    def engine_ready(self) -> Optional[str]:
-        app = self.tokenforge_app
-        if (not all(module_available(m) for m in ENGINE_MODULES)
-                or not hasattr(app.engine, "tree_search")):
-            return "the tree-search engine (engine.treesearch.search) is not available in this checkout"
-        if app.model_state == "loading":
-            return "loading the model… Run opens when it is ready"
-        if app.model_state == "failed" or app.lm is None:
-            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
-        return None
-
     # -- state → controls ---------------------------------------------------------------------
-    def model_changed(self) -> None:
-        if self.is_mounted:
-            self.query_one(EngineStatus).refresh_status()
-            self.refresh_controls()
-
-    def settings_changed(self) -> None:
-        self.model_changed()
-
-    def _status_text(self) -> str:
+    def status_detail(self) -> str:
         app = self.tokenforge_app
-        why = self.engine_ready()
-        if why:
-            return f"[yellow]{escape(why)}[/]"
-        t = app.runner.timeout_for(JOB_KIND)
         system = app.settings.system_prompt
-        out = (f"[dim]{escape(app.lm.describe())} · chat template with the Settings system prompt"
-               f"{' (' + escape(system[:40]) + ')' if system else ' (none)'} · timeout {'none' if t is None else f'{t:.0f} s'} · exports → "
-               f"{escape(str(app.settings.export_dir))}[/]")
-        if self.last_export is not None:
-            out += f"\nexported → {escape(str(self.last_export))}"
-        return out
+        return (f"{escape(app.lm.describe() if app.lm is not None else '')} · chat template with "
+                f"the Settings system prompt"
+                f"{' (' + escape(system[:40]) + ')' if system else ' (none)'}")
 
-    def refresh_controls(self) -> None:
-        if not self.is_mounted:
-            return
-        _, err = self.form()
-        blocked = self.engine_ready()
-        self.query_one("#ts-run", Button).disabled = bool(err or blocked) or self.busy
-        self.query_one("#ts-stop", Button).disabled = not self.busy
-        self.query_one("#ts-export", Button).disabled = self.run_result is None or self.busy
-        self.query_one("#ts-error", Static).update(escape(err or self.engine_error))
+    def refresh_form(self) -> None:
         spec = self.query_one("#ts-reward", Input).value.strip().lower()
         warn = self.allow_plugin() or spec.startswith("plugin")
         self.query_one("#ts-plugin-warning", Static).update(PLUGIN_WARNING if warn else "")
@@ -217,52 +178,10 @@ class SearchScreen(ToolScreen):
         except InputError:
             bad_reward = True
         self.query_one("#ts-reward", Input).set_class(bad_reward, "-invalid")
-        self.query_one("#ts-status", Static).update(self._status_text())
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        self.engine_error = ""
-        self.refresh_controls()
-
-    def on_select_changed(self, event: Select.Changed) -> None:
-        self.refresh_controls()
-
-    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
-        self.refresh_controls()
-
-    async def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.action_run()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "ts-run":
-            self.action_run()
-        elif event.button.id == "ts-stop":
-            self.action_stop()
-        elif event.button.id == "ts-export":
-            self.action_export()
-
-    def palette_commands(self) -> Iterable[SystemCommand]:
-        yield SystemCommand("search: Run tree search", "Start with the form's settings (ctrl+r)",
-                            self.action_run)
-        yield SystemCommand("search: Stop tree search",
-                            "Stop the running job; the best so far is kept (escape)",
-                            self.action_stop)
-        yield SystemCommand("search: Export tree search JSON", "Write the last result as JSON (ctrl+e)",
-                            self.action_export)
-
-    # -- actions ------------------------------------------------------------------------------
-    def action_run(self) -> None:
+    # -- run --------------------------------------------------------------------------------
+    def prepare(self, f: dict[str, Any]) -> Launch:
         app = self.tokenforge_app
-        if self.busy:
-            self.notify("A tree search is running: Esc to stop it first", severity="warning")
-            return
-        f, err = self.form()
-        blocked = self.engine_ready()
-        if err or blocked:
-            self.query_one("#ts-error", Static).update(escape(err or blocked or ""))
-            self.refresh_controls()
-            return
-        self.engine_error = ""
-        self.run_result, self.result_state = None, ""
         self._live = None
         self.query_one("#ts-children", DataTable).clear()
         self.query_one("#ts-best", Static).update("")
@@ -276,38 +195,21 @@ class SearchScreen(ToolScreen):
         if late:
             self.notify(late, severity="warning", timeout=10)
         params = dict(f["cfg"], reward=f["reward_spec"], prompt_chars=len(f["prompt"]))
-        self.start_job(JOB_KIND, app.engine.tree_search, app.lm, f["prompt"], system,
-                       f["reward_spec"], self.allow_plugin(), f["cfg"], params=params)
-        self.query_one("#ts-summary", Static).update(
-            "[cyan]running…[/] tree search, then the greedy answer · Esc stops and keeps the best so far")
-        self.refresh_controls()
+        settings = {"prompt": f["prompt"], "system": system, "reward": f["reward_spec"],
+                    "allow_plugin": self.allow_plugin(), **f["cfg"]}
+        return Launch(app.engine.tree_search,
+                      (app.lm, f["prompt"], system, f["reward_spec"], self.allow_plugin(), f["cfg"]),
+                      params=params, settings=settings,
+                      running="[cyan]running…[/] tree search, then the greedy answer · Esc stops "
+                              "and keeps the best so far")
 
-    def action_export(self) -> None:
-        from engine.atomic import write_json
+    def cancelled_text(self, m: JobCancelled) -> str:
+        r = m.partial.result
+        return (f"stopped ({m.reason}) — {r.rollouts_done} finished rollout(s) kept, best found "
+                f"so far" + (f"; {len(r.partial)} unfinished shown below the best" if r.partial else ""))
 
-        app = self.tokenforge_app
-        if self.busy:
-            self.notify("Wait for the search to finish (or Esc) before exporting", severity="warning")
-            return
-        if self.run_result is None:
-            self.notify("Nothing to export yet: run a search first", severity="warning")
-            return
-        folder = Path(app.settings.export_dir)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path, n = folder / f"treesearch-{stamp}.json", 1
-        while path.exists():
-            n += 1
-            path = folder / f"treesearch-{stamp}-{n}.json"
-        doc = {"kind": "tree", "model": getattr(app.lm, "name", None), "state": self.result_state,
-               "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.run_result.to_dict()}
-        try:
-            write_json(path, doc)
-        except (OSError, TypeError, ValueError) as e:
-            self.notify(f"export failed: {e}", severity="error")
-            return
-        self.last_export = path
-        self.notify(f"Exported to {path}", title="export", timeout=8)
-        self.refresh_controls()
+    def nothing_kept_text(self, m: JobCancelled) -> str:
+        return f"stopped ({m.reason}) before any rollout finished"
 
     # -- live view (≤ 4 Hz) -------------------------------------------------------------------
     def on_job_progressed(self, m: JobProgressed) -> None:
@@ -338,33 +240,7 @@ class SearchScreen(ToolScreen):
         self.table_updates += 1
         self.table_times.append(time.monotonic())
 
-    # -- job messages -------------------------------------------------------------------------
-    def job_started(self, m: JobStarted) -> None:
-        self.refresh_controls()
-
-    async def job_finished(self, m: JobFinished) -> None:
-        self.run_result, self.result_state = m.result, "finished"
-        self._show_result(m.result)
-        self.refresh_controls()
-
-    async def job_cancelled(self, m: JobCancelled) -> None:
-        if m.partial is not None:
-            self.run_result, self.result_state = m.partial, "cancelled"
-            r = m.partial.result
-            self._show_result(m.partial, note=(
-                f"stopped ({m.reason}) — {r.rollouts_done} finished rollout(s) kept, best found "
-                f"so far" + (f"; {len(r.partial)} unfinished shown below the best" if r.partial else "")))
-        else:
-            self.query_one("#ts-summary", Static).update(
-                f"[yellow]stopped ({escape(m.reason)}) before any rollout finished[/]")
-        self.refresh_controls()
-
-    async def job_failed(self, m: JobFailed) -> None:
-        self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
-        self.query_one("#ts-summary", Static).update(f"[red]failed: {escape(m.message)}[/]")
-        self.refresh_controls()
-
-    def _show_result(self, run: Any, note: str = "") -> None:
+    def show_result(self, run: Any, note: str = "") -> None:
         self._live = None
         self.query_one("#ts-tree", TreeNavigator).show_run(run)
         r = run.result

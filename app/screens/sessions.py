@@ -218,6 +218,7 @@ class SessionsScreen(ToolScreen):
 
     def action_export(self) -> None:
         from engine.atomic import write_text
+        from engine.export import unique_paths
         from engine.sessions.export import to_markdown
 
         app = self.tokenforge_app
@@ -225,8 +226,9 @@ class SessionsScreen(ToolScreen):
         if name is None or store is None:
             return
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
-        path = app.settings.export_dir / f"session-{safe}-{time.strftime('%Y%m%d-%H%M%S')}.md"
+        (path,) = unique_paths(app.settings.export_dir, f"session-{safe}", (".md",))
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_text(path, to_markdown(store.get(name)))
         except (OSError, EngineError) as e:
             self._status(f"[red]export failed: {e}[/]")

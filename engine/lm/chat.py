@@ -54,6 +54,7 @@ class ChatSession:
                  sampling: Optional[SamplingConfig] = None) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()
+        self.started_at = time.time()  # the export's start time
         self.fwd = get_forward(lm)
         self.turns: list[Turn] = []
         self.reset(system)
@@ -283,14 +284,18 @@ class ChatSession:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        data = {
-            "model": self.lm.name, "system": self.system,
-            "sampling": {k: getattr(self.sampling, k) for k in
-                         ("max_new_tokens", "temperature", "top_k", "top_p", "seed")},
-            "turns": [{"user": t.user, "assistant": t.answer,
-                       "metrics": t.result.to_dict() if t.result else None,
-                       **({"dropped": True} if dropped else {})}
-                      for dropped, ts in ((True, self.dropped), (False, self.turns)) for t in ts],
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        return json.dumps(data, ensure_ascii=False, indent=2)
+        """The conversation in the one export envelope (engine/export.py): kind "chat", the
+        system prompt and sampling as its settings, the turns (dropped ones marked) as result."""
+        from engine.export import job_document
+
+        doc = job_document(
+            "chat",
+            {"turns": [{"user": t.user, "assistant": t.answer,
+                        "metrics": t.result.to_dict() if t.result else None,
+                        **({"dropped": True} if dropped else {})}
+                       for dropped, ts in ((True, self.dropped), (False, self.turns)) for t in ts]},
+            settings={"system": self.system,
+                      "sampling": {k: getattr(self.sampling, k) for k in
+                                   ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}},
+            model=self.lm.name, started_at=self.started_at)
+        return json.dumps(doc, ensure_ascii=False, indent=2)

@@ -79,8 +79,11 @@ class FakeSession:
         return "\n".join(f"**User:** {u}\n\n**Assistant:** {a}" for u, a in self.turns)
 
     def to_json(self) -> str:
-        return json.dumps({"system": self.system,
-                           "turns": [{"user": u, "assistant": a} for u, a in self.turns]})
+        from engine.export import job_document  # the real session's envelope
+
+        return json.dumps(job_document(
+            "chat", {"turns": [{"user": u, "assistant": a} for u, a in self.turns]},
+            settings={"system": self.system}, model=FakeLM.name))
 
 
 class FakeEngine:

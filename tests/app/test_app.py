@@ -270,7 +270,9 @@ async def test_export_writes_markdown_and_json(make_app, tmp_path):
         md, js = app.screen.last_export
         assert md.parent == tmp_path / "exports"
         assert "export me" in md.read_text()
-        assert json.loads(js.read_text())["turns"][0]["user"] == "export me"
+        doc = json.loads(js.read_text())  # the one export envelope (engine/export.py)
+        assert doc["kind"] == "chat" and doc["model"] == "fake-lm"
+        assert doc["result"]["turns"][0]["user"] == "export me"
         assert not [p for p in md.parent.iterdir() if p.suffix not in (".md", ".json")]
         assert str(md.parent) in str(app.screen.query_one("#chat-status").content)
 

@@ -62,6 +62,9 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
         app.screen.action_export()
         md, js = app.screen.last_export
         data = json.loads(js.read_text())
-        assert [t["user"] for t in data["turns"]] == ["Hello, who are you?", "Tell me more."]
-        assert data["sampling"]["max_new_tokens"] == 1500 and data["sampling"]["temperature"] == 0.0
+        assert data["kind"] == "chat" and data["started_at"]
+        assert [t["user"] for t in data["result"]["turns"]] == ["Hello, who are you?",
+                                                                "Tell me more."]
+        sampling = data["settings"]["sampling"]
+        assert sampling["max_new_tokens"] == 1500 and sampling["temperature"] == 0.0
         assert "Hello, who are you?" in md.read_text()

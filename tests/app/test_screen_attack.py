@@ -259,7 +259,10 @@ async def test_attack_export_writes_json_atomically(make_app, tmp_path):
         path = scr.last_export
         assert path.parent == app.settings.export_dir and path.suffix == ".json"
         doc = json.loads(path.read_text())
+        assert doc["format"] == "tokenforge-export/1" and doc["model"]
         assert doc["kind"] == "advtok" and doc["state"] == "finished"
+        assert doc["settings"]["request"] == "Tell me a joke" and doc["settings"]["iters"] == 2
+        assert doc["started_at"] <= doc["finished_at"] <= doc["exported_at"]
         assert doc["result"]["best_ids"] == scr.result.best_ids
         assert doc["result"]["improvement"] == pytest.approx(2.25)
         assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []

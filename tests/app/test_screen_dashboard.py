@@ -212,7 +212,7 @@ async def test_palette_lists_and_runs_the_dashboard_actions(make_app, tmp_path):
         app.screen.query_one(CommandInput).value = "bench"  # as typed, in one update
         hits = app.screen.query_one(CommandList)
         want = ["dashboard: Run bench grid", "dashboard: Load bench runs",
-                "dashboard: Export bench PNG + CSV", "dashboard: Stop bench run"]
+                "dashboard: Export bench PNG + CSV + JSON", "dashboard: Stop bench run"]
         listed = lambda: [str(hits.get_option_at_index(i).prompt).split("\n")[0]  # noqa: E731
                           for i in range(hits.option_count)]
         await until(pilot, lambda: sorted(listed()) == sorted(want))

@@ -209,7 +209,7 @@ async def test_sample_mode_lists_samples(make_app):
         scr.query_one("#ts-mode", Select).value = "sample"
         await pilot.pause(0.02)
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: scr.run_result is not None)
+        await until(pilot, lambda: scr.result is not None)
         await pilot.pause(0.02)
         body = str(scr.query_one("#ts-best").content)
         assert "sample 0 moon" in body and "sample 1 moon" in body
@@ -247,13 +247,18 @@ async def test_search_export_json(make_app):
         fill(scr, prompt="hi", rollouts="2")
         await pilot.pause(0.02)
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: scr.run_result is not None and not app.runner.busy)
+        await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         await pilot.press("ctrl+e")
         await until(pilot, lambda: scr.last_export is not None)
         doc = json.loads(scr.last_export.read_text())
-        assert doc["kind"] == "tree" and doc["state"] == "finished"
-        assert doc["tree"]["best"]["reward"] == 1.0 and doc["greedy"]["reward"] == 0.0
-        assert "tree" not in doc["tree"] or doc["tree"].get("tree") is None
+        # the one export envelope (engine/export.py): kind, state, model, settings, times, result
+        assert doc["format"] == "tokenforge-export/1"
+        assert doc["kind"] == "tree" and doc["state"] == "finished" and doc["model"]
+        assert doc["settings"]["prompt"] == "hi" and doc["settings"]["rollouts"] == 2
+        assert doc["started_at"] and doc["finished_at"] and doc["exported_at"]
+        res = doc["result"]
+        assert res["tree"]["best"]["reward"] == 1.0 and res["greedy"]["reward"] == 0.0
+        assert "tree" not in res["tree"] or res["tree"].get("tree") is None
         assert not [p for p in scr.last_export.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -275,7 +280,7 @@ async def test_search_end_to_end_on_the_tiny_model(make_app, tiny_lm):
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=180)
         assert scr.job.state == "finished", scr.job.error
-        run = scr.run_result
+        run = scr.result
         r = run.result
         assert r.stop_reason == "completed" and r.rollouts_done == 3
         assert r.best is not None and 0.0 <= r.best.reward <= 1.0
@@ -312,7 +317,7 @@ async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, ti
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=60)
         await pilot.pause(0.05)
         assert scr.job.state == "cancelled"
-        r = scr.run_result.result
+        r = scr.result.result
         assert r.stop_reason == "cancelled" and 2 <= r.rollouts_done < 300
         assert r.tree.root.visits == r.rollouts_done and r.best is not None
         summary = str(scr.query_one("#ts-summary").content)

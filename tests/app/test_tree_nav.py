@@ -25,7 +25,7 @@ async def test_tree_navigation_and_search_from_a_node(make_app, tiny_lm):
         await pilot.pause(0.02)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=180)
-        tree = scr.run_result.result.tree
+        tree = scr.result.result.tree
         nav = scr.query_one(TreeNavigator)
         await until(pilot, lambda: nav.nav is not None)
         assert nav.nav.node is tree.root

@@ -2,6 +2,7 @@
 the tiny model through the runner, shows the aggregate table and exports PNGs + CSV."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from textual.app import App, ComposeResult
@@ -86,6 +87,10 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         assert list((tmp_path / "exports").glob("*.csv"))
         (copy,) = list((tmp_path / "exports").glob("*.jsonl"))
         assert copy.read_bytes() == out.read_bytes()  # the records behind the figures
+        (env,) = list((tmp_path / "exports").glob("*.json"))  # the one export envelope
+        doc = json.loads(env.read_text())
+        assert doc["kind"] == "bench" and doc["settings"]["runs"] == str(out)
+        assert [r["method"] for r in doc["result"]["rows"]] == ["baseline", "kv-fp8"]
         # bad input: repeats 0 is refused with one message, nothing started
         scr.query_one("#dash-repeats", Input).value = "0"
         await pilot.pause(0.05)

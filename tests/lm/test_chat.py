@@ -114,4 +114,6 @@ def test_reset_reuses_system_cache_and_exports(tiny_lm):
     assert s._sys_cache is sys_cache and len(s.turns) == 1
     assert "hello again" in s.to_markdown()
     import json
-    assert json.loads(s.to_json())["turns"][0]["user"] == "hello again"
+    doc = json.loads(s.to_json())
+    assert doc["kind"] == "chat" and doc["settings"]["system"] == "Sys prompt."
+    assert doc["result"]["turns"][0]["user"] == "hello again"

@@ -75,7 +75,7 @@ def test_dropped_turns_are_kept_for_the_export(tokenizer):
     for i in range(6):
         r = s.send(f"message number {i} with some words to fill the context window up")
     assert r.dropped_turns > 0 and len(s.dropped) + len(s.turns) == 6
-    data = json.loads(s.to_json())["turns"]
+    data = json.loads(s.to_json())["result"]["turns"]
     assert [t["user"][:16] for t in data] == [f"message number {i}" for i in range(6)]
     assert [bool(t.get("dropped")) for t in data] == [True] * len(s.dropped) + [False] * len(s.turns)
     assert "dropped from the model's context" in s.to_markdown()
