@@ -63,9 +63,6 @@ class CancelToken:
         if self._event.is_set():
             raise Cancelled(self.reason or "cancelled")
 
-    # alias used by some callers
-    raise_if_cancelled = check
-
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on cancel; True when cancelled."""
         return self._event.wait(seconds)

@@ -219,14 +219,6 @@ def test_eos_drawn_by_widening_is_a_terminal_scored_without_rollout():
 
 # ---------------------------------------------------------------- the tiny model
 
-def _q_ranked(lm, ids, temperature):
-    from engine.lm.forward import get_forward
-
-    fwd = get_forward(lm)
-    logits = fwd.logits(torch.tensor([ids]), fwd.new_cache(), keep=1)[0, -1]
-    return torch.argsort(logits / temperature, descending=True).tolist()
-
-
 def test_search_mode_finds_the_known_best_continuation(tiny, prompt):
     """Reward: the fraction of the 3 tokens that differ from the greedy choice at their state.
     The best reward, 1, is reachable (every top-p support has ≥ 2 tokens) and the greedy answer
