@@ -22,8 +22,7 @@ from engine.lm.forward import get_forward
 from engine.lm.generate import LogitsObserver, TokenCallback, generate
 from engine.lm.results import GenerationResult
 from engine.lm.prefill import prefill
-from engine.lm.templates import (TurnGlue, chat_ids, encode_template_text, encode_user_text,
-                                 turn_glue)
+from engine.lm.templates import TurnGlue, chat_ids, encode_user_text, turn_glue
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.config import SamplingConfig
 
@@ -114,15 +113,10 @@ class ChatSession:
         """Everything before the first user message (system prompt included): the system cache."""
         return chat_ids(self.lm.tokenizer, self.glue(0).prefix)
 
-    def _encode_template(self, text: str) -> list[int]:
-        glue = self.glue(0)
-        enc = encode_template_text if glue.prefix.has_template else encode_user_text
-        return enc(self.lm.tokenizer, text) if text else []
-
     def _turn_ids(self, i: int, turn: Turn, with_answer: bool) -> list[int]:
-        g = self.glue(i)
-        # turn 0's head is part of the prefix (the system cache)
-        ids = self._encode_template(g.head) + turn.user_ids + self._encode_template(g.tail)
+        """Turn i's template text and message, encoded as the template's own tokenization
+        encodes them (``engine/lm/templates.chat_ids``), then the answer's generated ids."""
+        ids = chat_ids(self.lm.tokenizer, self.glue(i).turn(turn.user))
         if with_answer:
             ids += turn.answer_ids
         return ids

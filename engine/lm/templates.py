@@ -221,23 +221,42 @@ class TurnGlue:
     """The template text around user turn ``i`` of a conversation (what a chat session encodes
     besides the messages and the answers it generated)."""
 
-    prefix: ChatText    # everything before the first user message (system prompt included)
-    head: str           # between answer i-1 and user message i ('' for turn 0: see prefix)
+    prefix: ChatText    # everything before the first user message (system prompt included),
+    #                     without the whitespace it ends with (that goes to turn 0's head)
+    head: str           # before user message i: after answer i-1, or the prefix's whitespace
     tail: str           # after user message i, ending with the assistant header
     system_used: bool
     warning: str
 
+    def turn(self, message: str) -> ChatText:
+        """Head, message and tail as one segment: ``chat_ids`` encodes it the way the template's
+        own tokenization does (in one piece unless the message spells a special token)."""
+        return ChatText([Piece(self.head, "template"), Piece(message, "user", 0),
+                         Piece(self.tail, "template")], self.prefix.has_template)
+
 
 def turn_glue(tokenizer: Any, system: Optional[str], turn: int) -> TurnGlue:
-    """Split a conversation of ``turn`` answered turns and one more user message."""
+    """Split a conversation of ``turn`` answered turns and one more user message.
+
+    The prefix is cached once for every conversation, so it is cut where a tokenizer cannot
+    merge across the cut: whitespace at its end (ChatML's ``user\n``, Llama-3's ``\n\n``,
+    ``[INST] ``) is moved to turn 0's head and tokenized with the message."""
     msgs = [{"role": "system", "content": system}] if system else []
     for _ in range(turn):
         msgs += [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
     msgs.append({"role": "user", "content": "u"})
     chat = split_chat(tokenizer, msgs, add_generation_prompt=True)
     first, last = len(msgs) - 1 - 2 * turn, len(msgs) - 1
-    head = chat.between(last - 1, last) if turn else ""
-    return TurnGlue(chat.head(first), head, chat.after(last), chat.system_used, chat.warning)
+    prefix = chat.head(first)
+    pieces, space = list(prefix.pieces), ""
+    if pieces and pieces[-1].role == "template":
+        text = pieces[-1].text
+        cut = len(text.rstrip())
+        space = text[cut:]
+        pieces[-1:] = [Piece(text[:cut], "template")] if cut else []
+    head = chat.between(last - 1, last) if turn else space
+    return TurnGlue(ChatText(pieces, prefix.has_template, prefix.system_used, prefix.warning),
+                    head, chat.after(last), chat.system_used, chat.warning)
 
 
 def _ids(x: Any) -> list[int]:

@@ -254,7 +254,8 @@ def test_plain_fallback_is_the_same_for_every_path(tokenizer):
     from engine.bench.methods.base import render_chat
     assert tok.decode(render_chat(tok, msgs)) == chat.text
     g = turn_glue(tok, "Be kind.", 1)
-    assert (g.prefix.text, g.head, g.tail) == ("Be kind.\nUser: ", "\nUser: ", "\nAssistant:")
+    assert (g.prefix.text, g.head, g.tail) == ("Be kind.\nUser:", "\nUser: ", "\nAssistant:")
+    assert turn_glue(tok, "Be kind.", 0).head == " "  # the prefix's last space goes with turn 0
     ch = split_template(tok, "Be kind.")
     assert tok.decode(ch.prompt_ids(encode_user_text(tok, ch.request_text("Hi")))) == \
         "Be kind.\nUser: Hi\nAssistant:"
@@ -263,9 +264,11 @@ def test_plain_fallback_is_the_same_for_every_path(tokenizer):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_chat_session_feeds_the_splitters_pieces(tokenizer, name):
     """A chat session's tokens are the splitter's pieces of the same conversation: the text
-    before the first user message (system cache), then per turn the template text before the
-    message, the message as ordinary text, the template text up to the assistant header, and the
-    answer it generated (kept as generated ids: the template may render an answer differently)."""
+    before the first user message (the system cache, cut before its trailing whitespace), then
+    per turn the template text before the message, the message and the template text up to the
+    assistant header, tokenized in one piece as the template's own tokenization does, then the
+    answer as generated (the template may render an answer differently). The first turn is
+    token for token the template's own tokenization of the one-turn prompt."""
     from engine.lm.chat import ChatSession
     from engine.lm.config import SamplingConfig
     from engine.lm.tiny import tiny_llama
@@ -282,13 +285,17 @@ def test_chat_session_feeds_the_splitters_pieces(tokenizer, name):
         conv += [{"role": "user", "content": t.user}, {"role": "assistant", "content": t.answer}]
     first = len(conv) - 2 * len(s.turns)
     enc = lambda text: tok.encode(text, add_special_tokens=False) if text else []  # noqa: E731
-    opening = split_chat(tok, conv[:first + 1])
-    expected = chat_ids(tok, opening.head(first))
-    assert s._sys_ids == expected and tok.decode(expected) == opening.before(first)
+    opening = split_chat(tok, conv[:first + 1]).before(first)
+    assert tok.decode(s._sys_ids) == opening.rstrip()
+    expected = list(s._sys_ids)
     for k, t in enumerate(s.turns):
         u = first + 2 * k
         chat = split_chat(tok, conv[:u + 1])  # this user message, the generation prompt after it
         assert [p.text for p in chat.pieces if p.index == u] == [t.user]
-        head = enc(chat.between(u - 1, u)) if k else []
-        expected += head + encode_user_text(tok, t.user) + enc(chat.after(u)) + t.answer_ids
+        head = chat.between(u - 1, u) if k else opening[len(opening.rstrip()):]
+        turn = enc(head + t.user + chat.after(u))
+        if k == 0:  # the one-turn prompt: exactly the template's own ids
+            assert expected + turn == template_ids(tok, conv[:first + 1],
+                                                   add_generation_prompt=True)
+        expected += turn + t.answer_ids
     assert s.ids[:len(expected) - 1] == expected[:-1]  # the last answer token is not yet fed
