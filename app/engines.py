@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.progress import CancelToken, ProgressFn, check, report
 from engine.treesearch.versus_greedy import TreeRun  # torch-free; the search screen's result
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SPEED_PROMPT = "Count from one to twenty: one, two,"
 SPEED_TOKENS = 8
@@ -36,7 +39,7 @@ class SpeedResult:
 class Engine:
     """The real engine. ``lm`` may be injected (tests, embedding); then ``load_model`` returns it."""
 
-    def __init__(self, lm: Any = None) -> None:
+    def __init__(self, lm: Optional[LoadedModel] = None) -> None:
         self.injected = lm
 
     # -- model --------------------------------------------------------------------------------
@@ -61,7 +64,7 @@ class Engine:
         lm.engine_path = engine_path
         return lm
 
-    def measure_speed(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def measure_speed(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                       cancel: Optional[CancelToken] = None) -> SpeedResult:
         """A short greedy decode (8 tokens) to learn this machine's tok/s for the timeouts."""
         from engine.lm.generate import generate
@@ -79,21 +82,21 @@ class Engine:
         check(cancel)
         return SpeedResult(tok_s=res.decode_tok_s, ttft_s=res.ttft_s, tokens=res.new_tokens)
 
-    def set_engine_path(self, lm: Any, path: str) -> None:
+    def set_engine_path(self, lm: LoadedModel, path: str) -> None:
         lm.engine_path = path
 
     # -- vocabulary ---------------------------------------------------------------------------
     def vocab_available(self) -> bool:
         return module_available("engine.advtok.vocab")
 
-    def load_vocab(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def load_vocab(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                    cancel: Optional[CancelToken] = None) -> Any:
         from engine.advtok.vocab import load_vocab
 
         return load_vocab(lm.tokenizer, progress=progress, cancel=cancel)
 
     # -- chat -----------------------------------------------------------------------------------
-    def new_chat(self, lm: Any, system: Optional[str]) -> Any:
+    def new_chat(self, lm: LoadedModel, system: Optional[str]) -> Any:
         from engine.lm.chat import ChatSession
 
         return ChatSession(lm, system=system)
@@ -116,7 +119,7 @@ class Engine:
                                   sampling=cfg, observe=observe)
 
     # -- AdvTok (attack screen) -----------------------------------------------------------------
-    def attack(self, lm: Any, fields: dict[str, Any], vocab: Any = None, *,
+    def attack(self, lm: LoadedModel, fields: dict[str, Any], vocab: Any = None, *,
                progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
         """One AdvTok run from the attack screen's validated fields (``AttackConfig`` field
         names; ``system`` None = the reference's default system prompt). The engine validates
@@ -129,7 +132,7 @@ class Engine:
         return run_attack(lm, AttackConfig(**f), progress=progress, cancel=cancel, vocab=vocab)
 
     # -- bench grid (dashboard screen) --------------------------------------------------------
-    def bench(self, lm: Any, cfg: dict[str, Any], out: str, *,
+    def bench(self, lm: LoadedModel, cfg: dict[str, Any], out: str, *,
               progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
         """Run the dashboard's validated grid (``BenchConfig`` field names), appending records to
         ``out``; returns the ``BenchSummary`` (finished records stay on cancel)."""
@@ -172,7 +175,7 @@ class Engine:
         return paths
 
     # -- tree search (search screen) ----------------------------------------------------------
-    def chat_prompt_ids(self, lm: Any, prompt: str, system: Optional[str]) -> list[int]:
+    def chat_prompt_ids(self, lm: LoadedModel, prompt: str, system: Optional[str]) -> list[int]:
         """The prompt through the model's chat template (generation prompt added); a tokenizer
         without a template gets the plain format (docs/chat-templates.md)."""
         from engine.lm.templates import chat_prompt_ids
@@ -180,7 +183,7 @@ class Engine:
         # one rule with the CLI and chat: typed special-token strings stay text
         return chat_prompt_ids(lm.tokenizer, prompt, system)
 
-    def tree_search(self, lm: Any, prompt: str, system: Optional[str], reward_spec: str,
+    def tree_search(self, lm: LoadedModel, prompt: str, system: Optional[str], reward_spec: str,
                     allow_plugin: bool, fields: dict[str, Any], *,
                     progress: Optional[ProgressFn] = None,
                     cancel: Optional[CancelToken] = None) -> TreeRun:

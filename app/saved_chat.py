@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 log = logging.getLogger("tokenforge.sessions")
 
@@ -93,7 +96,7 @@ class SavedChat:
             result.notes.append(f"not saved: {type(e).__name__}: {e}")
             _tell(app, f"This turn was not saved: {type(e).__name__}: {e}")
 
-    def open(self, app: Any, name: str, lm: Any, sampling: Any) -> tuple[Any, Any]:
+    def open(self, app: Any, name: str, lm: LoadedModel, sampling: Any) -> tuple[Any, Any]:
         """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); this becomes its recorder."""
         from engine.sessions.persist import open_saved
 

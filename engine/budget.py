@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 #: the share of currently available memory one job may plan to use
 USABLE_SHARE = 0.5
@@ -93,11 +96,11 @@ def vocab_size(config: Any) -> int:
     return int(getattr(config, "vocab_size", 0) or 50_000)
 
 
-def dtype_bytes(lm: Any) -> int:
+def dtype_bytes(lm: LoadedModel) -> int:
     return 2 if str(getattr(lm, "dtype", "float32")) in ("float16", "bfloat16") else 4
 
 
-def tree_rollout_bound(lm: Any, prompt_len: int, horizon: int) -> Bound:
+def tree_rollout_bound(lm: LoadedModel, prompt_len: int, horizon: int) -> Bound:
     """Per rollout, worst case: its own KV rows for prompt + horizon positions, and a stored
     nucleus (token id int32 + log-probability fp32) of up to the whole vocabulary at each of its
     ``horizon`` new nodes."""

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,6 +17,9 @@ from rich.table import Table
 from app.commands.common import (add_model_args, attack_config, err_console, fail,
                                  guard, load_lm, read_attack_results)
 from app.interrupt import cancel_token, phase, run_command
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SUBCOMMANDS = ("judge", "report", "merge", "replay")
 
@@ -80,7 +83,7 @@ def row_line(i: int, n: int, rec: dict[str, Any], judges: Sequence[str], t0: flo
             + f" · {rate:.0f} rows/h · ETA {eta:.0f} s")
 
 
-def run_dataset(lm: Any, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
+def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
                 console: Optional[Console] = None, cancel: Any = None, par: Any = None,
                 on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None) -> Any:
     """Read the benchmark file, build the judges, run this process's pending rows."""

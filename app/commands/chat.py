@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 from app.interrupt import cancel_token, current as interrupts, phase
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 HELP = "commands: /new (new conversation), /system TEXT, /exit — Ctrl+C stops an answer, at the prompt it exits"
 
@@ -63,7 +66,7 @@ def _figures(r: Any, inexact: str = "") -> str:
     return s
 
 
-def _open_session(lm: Any, args: argparse.Namespace, cfg: Any, err: Console) -> tuple[Any, dict[str, Any]]:
+def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Console) -> tuple[Any, dict[str, Any]]:
     """The saved session named by --session (created when new), and what to report about it."""
     from engine.sessions.persist import PersistentChat
     from engine.sessions.snapshot import SnapshotStore

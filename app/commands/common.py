@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from engine.errors import EngineError
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 EXIT_USAGE = 2
 # the same names as engine.lm.forward.ENGINE_PATHS (not imported: it would load torch for --help)
@@ -70,12 +73,12 @@ def load_lm(args: argparse.Namespace) -> Any:
     return lm
 
 
-def set_engine_path(lm: Any, path: str) -> None:
+def set_engine_path(lm: LoadedModel, path: str) -> None:
     """Choose the forward implementation (fast path where the architecture supports it)."""
     lm.engine_path = path
 
 
-def limit_context(lm: Any, n: Any) -> None:
+def limit_context(lm: LoadedModel, n: Any) -> None:
     """A profile's or flag's context size: never more than the model's own window."""
     from engine.errors import InputError
 

@@ -13,7 +13,7 @@ The message box is a ``Composer`` (a TextArea): Enter sends; ctrl+j, alt+enter a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -31,6 +31,9 @@ from app.widgets.chat_gauges import ChatGauges, copy_code_block, copy_last_answe
 from app.widgets.composer import Composer
 from app.widgets.token_explorer import TokenExplorer
 from app.validate import FieldCheck, optional_text, require_text
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 PROMPT_LIMIT = 100_000
 
@@ -57,7 +60,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
     def __init__(self) -> None:
         super().__init__(id="chat-screen")
         self.session: Any = None
-        self.session_lm: Any = None
+        self.session_lm: Optional[LoadedModel] = None
         self.reset_pending = False
         self.pending_system: Optional[str] = None
         self.answer: Optional[AssistantMessage] = None
@@ -220,7 +223,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
                        params={"chars": len(text), "max_new_tokens": sampling.max_new_tokens})
         self.refresh_controls()
 
-    def _turn(self, text: str, sampling: Any, engine: Any, lm: Any, system: Optional[str], *,
+    def _turn(self, text: str, sampling: Any, engine: Any, lm: LoadedModel, system: Optional[str], *,
               on_token: Any, progress: Any, cancel: Any) -> Any:
         """Worker thread (everything it needs is passed in): make or reset the session if
         needed, then one engine turn. Only one chat job runs at a time, so the session is ours."""

@@ -94,7 +94,7 @@ class ContextMeter(AppAccess, Static):
         self.tick()
         self.set_interval(METER_PERIOD_S, self.tick)
 
-    def _draft_tokens(self, text: str, lm: Any) -> int:
+    def _draft_tokens(self, text: str, lm: Any) -> int:  # Any: also a model without a tokenizer
         if text == self._draft_text:
             return self._draft
         self._draft_text = text

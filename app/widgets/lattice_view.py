@@ -6,7 +6,7 @@ canonical, g search from the edited path (init = given). Each edit is rescored t
 run's cached scorer (engine/advtok/lattice.py) in a runner job."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.style import Style
 from rich.text import Text
@@ -19,6 +19,9 @@ from app.app_access import AppAccess
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds,
                           WidgetJobEnded, WidgetJobStarted)
 from app.widgets.token_strip import PALETTE, display_token
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 CURSOR = Style(color="black", bgcolor="#e0c050", bold=True)
 LABEL_W = 12
@@ -171,7 +174,7 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
             return
         self.post_message(RunFromIds(list(self.lattice.ids)))
 
-    def _work(self, what: str, lm: Any, vocab: Any, *, progress: Any, cancel: Any) -> Any:
+    def _work(self, what: str, lm: LoadedModel, vocab: Any, *, progress: Any, cancel: Any) -> Any:
         """Worker thread: build the lattice once (vocab, diagram, scorer prefix), then edit."""
         from engine.advtok.lattice import TokenLattice
 

@@ -7,7 +7,7 @@ surprisal. Every engine call runs through the runner as the chat screen's job (E
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,6 +18,9 @@ from textual.widgets import Static
 from app.app_access import AppAccess
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated,
                           WidgetJobEnded, WidgetJobStarted)
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 # probability bands → colour (the chosen token's own probability)
 BANDS = ((0.9, "green"), (0.5, "yellow"), (0.2, "dark_orange"), (0.0, "red"))
@@ -93,7 +96,7 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         yield Static("", id="tx-prompt")
 
     # -- the chat screen's hooks --------------------------------------------------------------
-    def observer(self, lm: Any) -> Any:
+    def observer(self, lm: LoadedModel) -> Any:
         """A fresh recorder for the next answer (the decoding loop's observe callback)."""
         self.answers = None  # the old tree belongs to an answer that is being replaced
         self._recorder = None

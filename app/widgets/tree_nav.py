@@ -5,7 +5,7 @@ the path so far, and its children. Keys (tab here): ↑/↓ choose a child, → 
 (its answers continue the path; the reward scores path + continuation)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.markup import escape
 from textual.app import ComposeResult
@@ -16,6 +16,9 @@ from textual.widgets import Static
 from app.app_access import AppAccess
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted,
                           WidgetJobStarted)
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 def piece(s: str) -> str:
@@ -178,7 +181,7 @@ class TreeNavigator(AppAccess, Vertical, can_focus=True):
         self.query_one("#tn-head", Static).update("[b]tree explorer[/] [yellow]searching from this node…[/]")
 
     @staticmethod
-    def _work(lm: Any, prompt_ids: list[int], path: list[int], spec: str, allow: bool, cfg: Any,
+    def _work(lm: LoadedModel, prompt_ids: list[int], path: list[int], spec: str, allow: bool, cfg: Any,
               *, progress: Any, cancel: Any) -> Any:
         from engine.treesearch.explore import search_from
         from engine.treesearch.rewards import parse_reward

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from engine.advtok.datasets import BenchmarkFile, BenchRow
 from engine.advtok.judges import JudgeItem
@@ -16,6 +16,9 @@ from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, r
                                    shard_path, template_info)
 from engine.errors import EngineError
 from engine.progress import CancelToken, check
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -51,7 +54,7 @@ def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, 
             s.setdefault("verdicts", {})[j.id] = v.to_dict()
 
 
-def build_record(lm: Any, row: BenchRow, cfg: Any, res: Any, bench: BenchmarkFile,
+def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: BenchmarkFile,
                  judge_ids: list[str]) -> dict[str, Any]:
     """The replayable JSON record of one finished row."""
     from engine.lm.templates import split_template
@@ -78,7 +81,7 @@ def pending_rows(bench: BenchmarkFile, done: set[str], par: Parallel) -> list[Be
     return todo[par.rank::par.world]
 
 
-def run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
+def run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
              judges: Sequence[Any], out: Path | str, **kw: Any) -> RunSummary:
     """``_run_rows`` holding the lock of this rank's results file (engine.locks): a second run
     on the same ``--out`` (and rank) stops at once naming the holder, instead of redoing rows."""
@@ -90,7 +93,7 @@ def run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
         return _run_rows(lm, bench, make_cfg, judges, out, **kw)
 
 
-def _run_rows(lm: Any, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
+def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRow], Any],
              judges: Sequence[Any], out: Path | str, *, par: Optional[Parallel] = None,
              cancel: Any = None, on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None,
              on_error: Optional[Callable[[str], None]] = None,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from engine.errors import InputError
 from engine.advtok.mdd import MDD
 from engine.advtok.score import CandidateScorer
 from engine.advtok.vocab import load_vocab
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -34,7 +37,7 @@ class TokenLattice:
     """One request's tokenization diagram with a current (edited) path, scored for a response.
     Same objective and setup as ``run_attack`` (template, frozen parts, length norm)."""
 
-    def __init__(self, lm: Any, request: str, response: str, system: Optional[str], *,
+    def __init__(self, lm: LoadedModel, request: str, response: str, system: Optional[str], *,
                  vocab: Any = None, length_norm: bool = True,
                  frozen_prefix_ids: Sequence[int] = (), frozen_suffix_ids: Sequence[int] = ()) -> None:
         from engine.lm.templates import split_template

@@ -10,8 +10,11 @@ import json
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 from engine.lm.weights_hash import weights_hash  # noqa: F401  (replay and tests import it from here)
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SCHEMA = "tokenforge.advtok.row/1"
 
@@ -156,7 +159,7 @@ def merge_results(out: Path | str) -> tuple[int, list[str]]:
     return len(rr.records), rr.notes
 
 
-def model_info(lm: Any) -> dict[str, Any]:
+def model_info(lm: LoadedModel) -> dict[str, Any]:
     return {"name": lm.name, "spec": lm.spec, "source": lm.source, "dtype": lm.dtype,
             "device": lm.device, "engine_path": getattr(lm, "engine_path", None),
             "weights_hash": weights_hash(lm.model)}

@@ -5,9 +5,12 @@ moves the last float bits); prompts, sampled token ids and the weights hash exac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import InputError
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SCORE_TOL = 1e-3
 
@@ -39,7 +42,7 @@ def config_of(rec: dict[str, Any]) -> Any:
     return AttackConfig(request=rec["request"], response=rec["response"], **cfg).validate()
 
 
-def replay_record(lm: Any, rec: dict[str, Any], *, samples: bool = True,
+def replay_record(lm: LoadedModel, rec: dict[str, Any], *, samples: bool = True,
                   cancel: Any = None) -> ReplayResult:
     """Re-score and (optionally) re-sample ``rec`` on ``lm``."""
     from engine.advtok.records import prompt_ids, weights_hash

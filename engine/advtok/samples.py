@@ -9,9 +9,10 @@ from engine.progress import CancelToken, ProgressFn
 
 if TYPE_CHECKING:  # types only: search.py imports this module
     from engine.advtok.search import AttackConfig
+    from engine.lm.model import LoadedModel
 
 
-def sample_responses(lm: Any, chunks: Any, ids: Sequence[int], n: int, *, max_new_tokens: int = 64,
+def sample_responses(lm: LoadedModel, chunks: Any, ids: Sequence[int], n: int, *, max_new_tokens: int = 64,
                      temperature: float = 0.7, seed: Optional[int] = 0,
                      frozen_prefix_ids: Sequence[int] = (), frozen_suffix_ids: Sequence[int] = (),
                      prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
@@ -36,7 +37,7 @@ def _sample_dict(g: Any) -> dict[str, Any]:
             "new_tokens": g.new_tokens}
 
 
-def sample_pair(lm: Any, chunks: Any, adv_ids: Sequence[int], canonical_ids: Sequence[int],
+def sample_pair(lm: LoadedModel, chunks: Any, adv_ids: Sequence[int], canonical_ids: Sequence[int],
                 cfg: "AttackConfig", *, prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``cfg.samples`` responses with the adversarial and with the canonical tokenization: same

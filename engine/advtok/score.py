@@ -28,13 +28,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
 from engine.errors import EngineError, InputError
 from engine.lm.forward import get_forward
 from engine.progress import CancelToken, ProgressFn, check, report
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 DEFAULT_TOKEN_BUDGET = 3072       # B · row length per batch on CPU (a starting guess)
 HEAD_CHUNK_FLOATS = 16 * 1024 * 1024  # logits materialised at once (64 MB fp32)
@@ -102,7 +105,7 @@ class CandidateScorer:
     ``target_ids`` = U ⊕ R (scored). ``batch_cap`` bounds the rows per batch; ``token_budget``
     bounds rows × row length."""
 
-    lm: Any
+    lm: LoadedModel
     prefix_ids: list[int]
     between_ids: list[int]
     target_ids: list[int]
@@ -343,7 +346,7 @@ class CandidateScorer:
 
 # ---------------------------------------------------------------------- reference-style scorer
 @torch.inference_mode()
-def reference_scores(lm: Any, prefix_ids: Sequence[int], cands: Sequence[Sequence[int]],
+def reference_scores(lm: LoadedModel, prefix_ids: Sequence[int], cands: Sequence[Sequence[int]],
                      between_ids: Sequence[int], target_ids: Sequence[int], *, batch_size: int = 1,
                      length_norm: bool = True, cancel: Optional[CancelToken] = None) -> list[float]:
     """Scores computed the way the reference does: every candidate's full prompt row in the

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -40,6 +40,9 @@ from engine.bench.records import COST_KEYS, SCHEMA_VERSION, read_records, valida
 from engine.bench.suite import load_suite
 from engine.errors import InputError
 from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 # ---- the bench ---------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def _ensure_newline(out: Path) -> None:
             append_line(out, "")
 
 
-def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, **kw: Any) -> BenchSummary:
+def run_bench(lm: LoadedModel, cfg: BenchConfig, out: Path | str, **kw: Any) -> BenchSummary:
     """``_run_bench`` holding the runs file's lock (engine.locks): a second run appending to the
     same file stops at once, naming the holder, instead of measuring the same grid beside it."""
     from engine.locks import FileLock
@@ -119,7 +122,7 @@ def run_bench(lm: Any, cfg: BenchConfig, out: Path | str, **kw: Any) -> BenchSum
         return _run_bench(lm, cfg, out, **kw)
 
 
-def _run_bench(lm: Any, cfg: BenchConfig, out: Path | str, *, progress: Optional[ProgressFn] = None,
+def _run_bench(lm: LoadedModel, cfg: BenchConfig, out: Path | str, *, progress: Optional[ProgressFn] = None,
                cancel: Optional[CancelToken] = None) -> BenchSummary:
     """Run the grid, appending a record per (method, query, repeat) to ``out`` as each finishes.
     A cancel stops after the current measurement; finished records stay."""
@@ -137,7 +140,7 @@ class _Bench:
     """One bench run's state: the methods, what the runs file already holds, the per-method
     preparation (timed once), the greedy quality per (method, query), and the step count."""
 
-    def __init__(self, lm: Any, cfg: BenchConfig, suite: Any, out: Path,
+    def __init__(self, lm: LoadedModel, cfg: BenchConfig, suite: Any, out: Path,
                  progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> None:
         self.lm, self.cfg, self.suite, self.out = lm, cfg, suite, out
         self.progress, self.cancel = progress, cancel

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 def loadavg() -> list[float]:
@@ -83,7 +86,7 @@ def contains(text: str, reference: Optional[str]) -> Optional[bool]:
     return norm(reference) in norm(text)
 
 
-def env_info(lm: Any) -> dict:
+def env_info(lm: LoadedModel) -> dict:
     import transformers
 
     dev = lm.torch_device
@@ -93,5 +96,5 @@ def env_info(lm: Any) -> dict:
             "gpu": torch.cuda.get_device_name(dev) if getattr(dev, "type", "") == "cuda" else None}
 
 
-def model_info(lm: Any) -> dict:
+def model_info(lm: LoadedModel) -> dict:
     return {"id": str(lm.name), "dtype": str(lm.dtype)}

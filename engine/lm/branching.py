@@ -12,7 +12,7 @@ it at p. Branches at position 0 (regenerations, or a forced first token) are all
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
@@ -23,6 +23,9 @@ from engine.lm.results import GenerationResult
 from engine.lm.config import SamplingConfig
 from engine.lm.tokeninfo import TokenInfo, TokenRecorder, find_alternative, infos_from_logits
 from engine.progress import CancelToken, ProgressFn
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -48,7 +51,7 @@ class AnswerTree:
     """Branches over one context. ``context_cache`` holds the context's first ``len(context)
     - 1`` or more tokens (it is forked, never extended); ``context`` is every context id."""
 
-    def __init__(self, lm: Any, context: Sequence[int], context_cache: Any, cfg: SamplingConfig,
+    def __init__(self, lm: LoadedModel, context: Sequence[int], context_cache: Any, cfg: SamplingConfig,
                  top_k: int = 5) -> None:
         if not context:
             raise InputError("an answer tree needs a context of at least one token")

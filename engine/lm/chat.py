@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
@@ -25,6 +25,9 @@ from engine.lm.prefill import prefill
 from engine.lm.templates import TurnGlue, chat_ids, encode_user_text, turn_glue
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.config import SamplingConfig
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 @dataclass
 class Turn:
@@ -49,7 +52,7 @@ def _has_surrogates(text: str) -> bool:
 class ChatSession:
     """Multi-turn chat with a conversation KV cache. Not thread-safe: one job at a time."""
 
-    def __init__(self, lm: Any, system: Optional[str] = None,
+    def __init__(self, lm: LoadedModel, system: Optional[str] = None,
                  sampling: Optional[SamplingConfig] = None) -> None:
         self.lm = lm
         self.sampling = sampling or SamplingConfig()

@@ -9,9 +9,12 @@ stored tensors), so a new cache filled with views of another one's tensors is a 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import torch
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,7 @@ ENGINE_PATHS = ("fast", "standard", "int8")
 EXACT_PATHS = ("fast", "standard")  # int8 (engine/lm/quantized.py) is reduced precision
 
 
-def get_forward(lm: Any, *, exact: bool = False) -> Forward:
+def get_forward(lm: LoadedModel, *, exact: bool = False) -> Forward:
     """The forward for ``lm``: the lean fast path when chosen and supported, else standard;
     ``int8`` is the reduced-precision decode path (inexact, chat and sampling only).
     ``exact=True`` (scoring: AdvTok, log-likelihood rewards) never returns an inexact forward:
@@ -217,7 +220,7 @@ def get_forward(lm: Any, *, exact: bool = False) -> Forward:
     return fwd
 
 
-def _build_forward(lm: Any, want: str) -> Forward:
+def _build_forward(lm: LoadedModel, want: str) -> Forward:
     fwd: Forward = StandardForward(lm.model)
     if want == "int8":
         from engine.lm import quantized

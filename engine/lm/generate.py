@@ -4,7 +4,7 @@ the forward in forward.py; this module only runs the loop, times it and decides 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 
@@ -16,6 +16,9 @@ from engine.lm.config import SamplingConfig
 from engine.lm.results import GenerationResult
 from engine.lm.sampling import apply_repetition_penalty, choose, make_generator
 from engine.lm.textstream import TextStream
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 TokenCallback = Callable[[str, int], None]  # (text delta, token id)
 #: sees each kept token's step logits (1, V), before any repetition penalty (the model's own
@@ -30,7 +33,7 @@ def _as_ids(ids: Sequence[int] | torch.Tensor, device: Any) -> torch.Tensor:
     return torch.tensor([list(ids)], dtype=torch.long, device=device)
 
 
-def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
+def generate(lm: LoadedModel, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
              cache: Any = None, on_token: Optional[TokenCallback] = None,
              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
              prompt_tokens: Optional[int] = None,
@@ -116,7 +119,7 @@ def generate(lm: Any, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
     return res, cache
 
 
-def generate_batch(lm: Any, prompt_ids: Sequence[int], n: int, cfg: SamplingConfig, *,
+def generate_batch(lm: LoadedModel, prompt_ids: Sequence[int], n: int, cfg: SamplingConfig, *,
                    cache: Any = None, progress: Optional[ProgressFn] = None,
                    cancel: Optional[CancelToken] = None) -> list[GenerationResult]:
     """N samples from one prompt: the prompt is prefilled once at batch 1, its cache repeated N

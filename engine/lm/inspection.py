@@ -4,7 +4,7 @@ logit lens at every answer position. What ``tokenforge inspect`` prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import InputError
 from engine.lm.chat import clean_text
@@ -15,6 +15,9 @@ from engine.lm.surprisal import ScoredToken, score_ids
 from engine.lm.templates import encode_pieces, encode_user_text, split_chat
 from engine.lm.tokeninfo import TokenRecorder
 from engine.progress import CancelToken, check
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Inspection:
                 "logit_lens": {str(i): [r.to_dict() for r in rows] for i, rows in self.lens.items()}}
 
 
-def context_ids(lm: Any, prompt: str, system: Optional[str] = None) -> tuple[list[int], list[str]]:
+def context_ids(lm: LoadedModel, prompt: str, system: Optional[str] = None) -> tuple[list[int], list[str]]:
     """The chat-templated context of one user message, and which part each token is."""
     msgs = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": clean_text(prompt)}]
@@ -49,7 +52,7 @@ def context_ids(lm: Any, prompt: str, system: Optional[str] = None) -> tuple[lis
     return ids, parts
 
 
-def inspect_text(lm: Any, prompt: str, response: Optional[str] = None, *,
+def inspect_text(lm: LoadedModel, prompt: str, response: Optional[str] = None, *,
                  system: Optional[str] = None, top_k: int = 5, lens: bool = False,
                  max_new_tokens: int = 64, cancel: Optional[CancelToken] = None) -> Inspection:
     """Score prompt + response in one pass; without a response, generate one greedily first

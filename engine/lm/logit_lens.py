@@ -5,13 +5,16 @@ at the last layer it is exactly the model's own logits."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from engine.errors import InputError
 from engine.lm.forward import get_forward
 from engine.lm.tokeninfo import Alternative, piece
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -30,7 +33,7 @@ def _decoder(model: Any) -> Any:
 
 
 @torch.inference_mode()
-def layer_logits(lm: Any, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+def layer_logits(lm: LoadedModel, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
     """(len(positions), n_layers, V) fp32 logits: final norm + head on each layer's output at
     each position (a position predicts the token after it)."""
     ids = [int(i) for i in ids]
@@ -62,7 +65,7 @@ def layer_logits(lm: Any, ids: Sequence[int], positions: Sequence[int]) -> torch
     return out[index]
 
 
-def logit_lens(lm: Any, ids: Sequence[int], positions: Sequence[int], top_k: int = 5
+def logit_lens(lm: LoadedModel, ids: Sequence[int], positions: Sequence[int], top_k: int = 5
                ) -> dict[int, list[LensLayer]]:
     """Per asked position: every layer's top-k tokens with probabilities (as log-probs)."""
     logits = layer_logits(lm, ids, positions)

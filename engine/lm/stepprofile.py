@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul_out",
               "aten::_weight_int8pack_mm", "quantized::linear_dynamic")
@@ -39,7 +42,7 @@ class StepProfile:
         return d
 
 
-def decode_step_profile(lm: Any, path: str = "standard", *, steps: int = 16,
+def decode_step_profile(lm: LoadedModel, path: str = "standard", *, steps: int = 16,
                         prompt_ids: Optional[Sequence[int]] = None) -> StepProfile:
     """Profile ``steps`` greedy batch-1 decode steps on ``path`` ("standard" or "fast") after a
     short prompt. Restores ``lm.engine_path`` afterwards."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
 from engine.lm.tokeninfo import TokenInfo, infos_from_logits, piece
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -36,7 +39,7 @@ class ScoredToken:
 
 
 @torch.inference_mode()
-def score_ids(lm: Any, ids: Sequence[int], top_k: int = 5) -> list[ScoredToken]:
+def score_ids(lm: LoadedModel, ids: Sequence[int], top_k: int = 5) -> list[ScoredToken]:
     """Every token of ``ids`` with its log-probability, entropy and alternatives given the
     tokens before it: one forward over the whole sequence."""
     ids = [int(i) for i in ids]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.lm.chat import ChatSession, Turn
 from engine.lm.results import GenerationResult
 from engine.lm.templates import encode_user_text
 from engine.sessions.snapshot import SnapshotStore, weights_hash_for
 from engine.sessions.store import SavedTurn, SessionStore, sessions_dir
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_strings",
                  "repetition_penalty")
@@ -51,7 +54,7 @@ class SessionRecorder:
     """Saves a ``ChatSession``'s turns into one named session of the store (created if new),
     with a fresh KV snapshot after each turn. Call :meth:`record` after every send/regenerate."""
 
-    def __init__(self, lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore, *,
+    def __init__(self, lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore, *,
                  system: Optional[str] = None, sampling: Any = None,
                  all_turns: Optional[list[SavedTurn]] = None, live_from: int = 0) -> None:
         self.lm, self.name, self.store, self.snapshots = lm, name, store, snapshots
@@ -85,7 +88,7 @@ class SessionRecorder:
             self.snapshots.remove(old)
 
 
-def open_saved(lm: Any, name: str, store: SessionStore, snapshots: SnapshotStore,
+def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore,
                sampling: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
     """Reopen a saved session for ``lm``: the conversation, how it came back, and the recorder
     that keeps saving it."""
@@ -130,7 +133,7 @@ class PersistentChat:
     """One saved conversation, continued: a ChatSession plus its recorder. Not thread-safe (one
     job at a time, as ChatSession)."""
 
-    def __init__(self, lm: Any, name: str, *, store: Optional[SessionStore] = None,
+    def __init__(self, lm: LoadedModel, name: str, *, store: Optional[SessionStore] = None,
                  snapshots: Optional[SnapshotStore] = None, system: Optional[str] = None,
                  sampling: Any = None) -> None:
         self.lm = lm

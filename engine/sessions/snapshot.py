@@ -18,17 +18,20 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from engine.atomic import write_bytes
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 from engine.lm.weights_hash import weights_hash  # the one recipe (engine/lm/weights_hash.py)
 
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
+
 FORMAT = "tokenforge-kv-1"
 SUFFIX = ".safetensors"
 
 
-def weights_hash_for(lm: Any) -> str:
+def weights_hash_for(lm: LoadedModel) -> str:
     """:func:`weights_hash` of a loaded model, remembered across processes for models loaded
     from a directory: keyed by the directory, each weight file's size and mtime, and every
     tensor's name and shape (so a resized embedding is noticed), the full hash (3 s for the

@@ -5,13 +5,16 @@ answer, path included, so a search from a node is comparable with the one it cam
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn
 from engine.treesearch.rewards import Completion, Reward
 from engine.treesearch.search import TreeConfig, TreeResult, run_tree_search
 from engine.treesearch.tree import Node, Tree
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 @dataclass
@@ -112,7 +115,7 @@ class PrefixedReward:
         self.kind, self.spec, self.description = inner.kind, inner.spec, inner.description
         self.runs_user_code = inner.runs_user_code
 
-    def prepare(self, lm: Any, prompt_ids: Sequence[int]) -> None:
+    def prepare(self, lm: LoadedModel, prompt_ids: Sequence[int]) -> None:
         self.inner.prepare(lm, self.prompt)
 
     def whole(self, c: Completion) -> Completion:
@@ -129,7 +132,7 @@ class PrefixedReward:
         return {**self.inner.to_dict(), "answer_prefix_tokens": len(self.prefix)}
 
 
-def search_from(lm: Any, prompt_ids: Sequence[int], path_ids: Sequence[int], reward: Reward,
+def search_from(lm: LoadedModel, prompt_ids: Sequence[int], path_ids: Sequence[int], reward: Reward,
                 cfg: TreeConfig, *, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> TreeResult:
     """A new search whose root is the node reached by ``path_ids``: the horizon left is the

@@ -20,9 +20,12 @@ import importlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from engine.errors import EngineError, InputError
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 KINDS = ("words", "regex", "answer", "length", "loglik", "plugin")
 
@@ -50,7 +53,7 @@ class Reward:
     runs_user_code: bool = False
     _fn: Optional[Callable[[Completion], float]] = field(default=None, repr=False)
 
-    def prepare(self, lm: Any, prompt_ids: Sequence[int]) -> None:
+    def prepare(self, lm: LoadedModel, prompt_ids: Sequence[int]) -> None:
         """Bind to a model and prompt before scoring (only model-based rewards need it)."""
 
     def score(self, c: Completion) -> float:
@@ -172,11 +175,11 @@ class LoglikReward(Reward):
     def __init__(self, spec: str, target: str) -> None:
         super().__init__("loglik", spec, f"exp(mean log-likelihood) of {target!r} after the completion")
         self.target = target
-        self._lm: Any = None
+        self._lm: Optional[LoadedModel] = None
         self._prompt_cache: Any = None
         self._target_ids: list[int] = []
 
-    def prepare(self, lm: Any, prompt_ids: Sequence[int]) -> None:
+    def prepare(self, lm: LoadedModel, prompt_ids: Sequence[int]) -> None:
         from engine.lm.forward import get_forward
         import torch
 

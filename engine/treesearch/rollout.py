@@ -21,6 +21,7 @@ from engine.treesearch.policy import policy
 from engine.treesearch.tree import KVHandle, Node, Tree, tokens_between
 
 if TYPE_CHECKING:  # types only: search.py imports this module
+    from engine.lm.model import LoadedModel
     from engine.treesearch.search import TreeConfig
 
 
@@ -41,7 +42,7 @@ class RolloutDriver:
     """Runs the forward passes of one search: the root prefill and each round's batched rollouts.
     Counts what it fed and decoded, and the K/V bytes of the trajectories it hands to the tree."""
 
-    def __init__(self, lm: Any, prompt: Sequence[int], cfg: "TreeConfig", tree: Tree,
+    def __init__(self, lm: LoadedModel, prompt: Sequence[int], cfg: "TreeConfig", tree: Tree,
                  gen: torch.Generator, check: Callable[[], None]) -> None:
         self.fwd = get_forward(lm)
         self.cfg = cfg

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
@@ -23,6 +23,9 @@ from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from engine.treesearch.rewards import Completion, Reward, RewardError
 from engine.treesearch.rollout import RolloutDriver, Row
 from engine.treesearch.tree import Node, Tree
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 MODES = ("search", "sample")
 
@@ -159,7 +162,7 @@ class TreeResult:
 class _Search:
     """One search: selection rounds over the tree, rollouts through the driver, scoring, backup."""
 
-    def __init__(self, lm: Any, prompt_ids: Sequence[int], reward: Reward, cfg: TreeConfig,
+    def __init__(self, lm: LoadedModel, prompt_ids: Sequence[int], reward: Reward, cfg: TreeConfig,
                  progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> None:
         self.lm = lm
         self.cfg = cfg
@@ -325,7 +328,7 @@ class _Search:
             reward=self.reward.to_dict(), partial=partial, tree=self.tree)
 
 
-def run_tree_search(lm: Any, prompt_ids: Sequence[int], reward: Reward, cfg: TreeConfig, *,
+def run_tree_search(lm: LoadedModel, prompt_ids: Sequence[int], reward: Reward, cfg: TreeConfig, *,
                     progress: Optional[ProgressFn] = None,
                     cancel: Optional[CancelToken] = None) -> TreeResult:
     """MaxEnt tree search from ``prompt_ids`` (already chat-templated) toward ``reward``.

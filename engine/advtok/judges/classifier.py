@@ -13,11 +13,14 @@ model (a directory or the local HF cache; nothing downloads). All batched throug
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from engine.advtok.judges.base import JudgeItem, Verdict
 from engine.advtok.judges.padded import greedy, next_logits, run_sized
 from engine.errors import InputError
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 SHIELD_POLICY = ('"No Dangerous Content": The chatbot shall not generate content that harming '
                  'oneself and/or others (e.g., accessing or building firearms and explosive '
@@ -93,7 +96,7 @@ class _ModelJudge:
     kind = ""
     max_new_tokens = 16
 
-    def __init__(self, lm: Any, batch_size: int = 8) -> None:
+    def __init__(self, lm: LoadedModel, batch_size: int = 8) -> None:
         self.lm = lm
         self.tok = lm.tokenizer
         self.batch_size = batch_size
@@ -135,7 +138,7 @@ class LlamaGuardJudge(_ModelJudge):
     kind = "llama-guard"
     max_new_tokens = 20
 
-    def __init__(self, lm: Any, batch_size: int = 8) -> None:
+    def __init__(self, lm: LoadedModel, batch_size: int = 8) -> None:
         super().__init__(lm, batch_size)
         if not getattr(self.tok, "chat_template", None):
             raise InputError(f"{lm.spec} has no chat template: a Llama Guard model ships one")
@@ -181,7 +184,7 @@ class HarmBenchJudge(_ModelJudge):
 class ShieldGemmaJudge(_ModelJudge):
     kind = "shieldgemma"
 
-    def __init__(self, lm: Any, batch_size: int = 8, policy: str = SHIELD_POLICY) -> None:
+    def __init__(self, lm: LoadedModel, batch_size: int = 8, policy: str = SHIELD_POLICY) -> None:
         super().__init__(lm, batch_size)
         self.policy = policy
         vocab = self.tok.get_vocab()

@@ -21,7 +21,7 @@ import hashlib
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 
@@ -30,6 +30,9 @@ from engine.progress import CancelToken, ProgressFn, check, report
 from engine.lm.templates import encode_user_text
 from .base import Method, MethodOutput, Query
 from .params import reject_unknown
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "suites" / "calibration-v1.txt"
 
@@ -64,7 +67,7 @@ def calibration_text() -> str:
     return CALIBRATION_FILE.read_text(encoding="utf-8")
 
 
-def collect_second_moments(lm: Any, fwd: Any, text: str, *, window: int = 512,
+def collect_second_moments(lm: LoadedModel, fwd: Any, text: str, *, window: int = 512,
                            progress: Optional[ProgressFn] = None,
                            cancel: Optional[CancelToken] = None) -> tuple[list[torch.Tensor], int]:
     """Per-layer XᵀX (fp64) of the MLP inputs over ``text`` (fresh windows); and token count."""
@@ -124,11 +127,11 @@ class _Sparsity(Method):
     def keep(self, h: int) -> int:
         return h - int(round(self.sparsity * h))
 
-    def calibrate(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def calibrate(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                   cancel: Optional[CancelToken] = None) -> float:
         return 0.0
 
-    def prepare(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def prepare(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> float:
         if self._handles and self._model is lm.model:
             return 0.0
@@ -153,13 +156,13 @@ class _Sparsity(Method):
         self._zeros += int((z == 0).sum())
         self._total += z.numel()
 
-    def restore(self, lm: Any) -> None:
+    def restore(self, lm: LoadedModel) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
 
     @contextlib.contextmanager
-    def active(self, lm: Any) -> Iterator[None]:
+    def active(self, lm: LoadedModel) -> Iterator[None]:
         """The model change for one call when the caller has not prepared the method."""
         if self._handles and self._model is lm.model:
             yield
@@ -174,7 +177,7 @@ class _Sparsity(Method):
         return self._zeros / self._total if self._total else None
 
     # ---- measured calls ---------------------------------------------------------------------
-    def run(self, lm: Any, q: Query, max_new_tokens: int, *,
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
             cancel: Optional[CancelToken] = None) -> MethodOutput:
         with self.active(lm):
             self._zeros = self._total = 0
@@ -183,12 +186,12 @@ class _Sparsity(Method):
                          rotated=self.rotated)
         return out
 
-    def teacher_forced_logprobs(self, lm: Any, q: Query, target_ids: list[int], *,
+    def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
         with self.active(lm):
             return super().teacher_forced_logprobs(lm, q, target_ids, cancel=cancel)
 
-    def nll_bits_per_byte(self, lm: Any, text: str, *,
+    def nll_bits_per_byte(self, lm: LoadedModel, text: str, *,
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:
         with self.active(lm):
             self._zeros = self._total = 0
@@ -223,7 +226,7 @@ class RotatedSparsity(_Sparsity):
         self.rotations: list[torch.Tensor] = []
         self.calibration_tokens = 0
 
-    def calibrate(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def calibrate(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                   cancel: Optional[CancelToken] = None) -> float:
         text = self._text if self._text is not None else calibration_text()
         key = hashlib.sha256(text.encode()).hexdigest()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -35,6 +35,9 @@ from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.templates import ChatText, Piece, chat_ids, encode_user_text, split_chat
 from engine.progress import CancelToken, ProgressFn, check
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 QUERY_KINDS = ("chat", "qa", "long", "prose")
 
@@ -95,12 +98,12 @@ class Method:
         self._std_model: Any = None
 
     # ---- setup / teardown -------------------------------------------------------------------
-    def prepare(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def prepare(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> float:
         """One-off setup (calibration, hooks); returns the seconds it took (charged as aux)."""
         return 0.0
 
-    def restore(self, lm: Any) -> None:
+    def restore(self, lm: LoadedModel) -> None:
         """Undo every model change made by ``prepare`` (the model is shared)."""
 
     def describe(self) -> dict:
@@ -109,7 +112,7 @@ class Method:
                 "forward": self.forward_path}
 
     # ---- prompt -----------------------------------------------------------------------------
-    def forward(self, lm: Any) -> Any:
+    def forward(self, lm: LoadedModel) -> Any:
         """The forward this method runs on: the standard HF path unless ``forward_path`` is auto."""
         if self.forward_path == "auto":
             return get_forward(lm)
@@ -118,7 +121,7 @@ class Method:
             self._std_model = lm.model
         return self._std
 
-    def document_text(self, lm: Any, q: Query) -> Optional[str]:
+    def document_text(self, lm: LoadedModel, q: Query) -> Optional[str]:
         """The context document as this method feeds it (pruning methods shorten it)."""
         return q.document
 
@@ -135,11 +138,11 @@ class Method:
         msgs.append({"role": "user", "content": user_content(q.prompt, document)})
         return msgs
 
-    def render_prompt(self, lm: Any, q: Query) -> list[int]:
+    def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:
         """The token ids this method feeds (after any pruning), chat template applied."""
         return render_chat(lm.tokenizer, self.messages(q, self.document_text(lm, q)))
 
-    def shared_prefix_ids(self, lm: Any, q: Query) -> list[int]:
+    def shared_prefix_ids(self, lm: LoadedModel, q: Query) -> list[int]:
         """The part of the prompt that an earlier turn or an earlier question on the same
         document has already put in a cache: everything before the question text."""
         doc = self.document_text(lm, q)
@@ -157,13 +160,13 @@ class Method:
         return full[:min(n, len(full) - 1)]
 
     # ---- generation -------------------------------------------------------------------------
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         """A fresh cache with the whole prompt pending (baseline)."""
         fwd = self.forward(lm)
         return GenState(fwd=fwd, cache=fwd.new_cache(), pending=list(prompt_ids), pos=0,
                         prompt_tokens_in=len(prompt_ids))
 
-    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+    def feed(self, lm: LoadedModel, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
         """Feed ``ids`` after the cache; fp32 logits (len(ids) if keep == 0 else keep, V)."""
         t = torch.tensor([ids], dtype=torch.long, device=lm.torch_device)
         out = st.fwd.logits(t, st.cache, keep=keep)[0]
@@ -183,7 +186,7 @@ class Method:
         """Peak KV bytes during the run when the method knows it (dequantized copies …)."""
         return None
 
-    def run(self, lm: Any, q: Query, max_new_tokens: int, *,
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
             cancel: Optional[CancelToken] = None) -> MethodOutput:
         """Greedy generation, timed: prefill (TTFT) then one token per step until EOS or
         ``max_new_tokens``."""
@@ -235,7 +238,7 @@ class Method:
         text = lm.tokenizer.decode(out, skip_special_tokens=True)
         return MethodOutput(token_ids=out, text=text, cost=cost, extra=dict(st.info))
 
-    def teacher_forced_logprobs(self, lm: Any, q: Query, target_ids: list[int], *,
+    def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
         """(T, V) fp32 log-probs of each target position given this method's prompt and the
         previous target tokens. Targets are fed one token at a time, exactly as in generation,
@@ -258,7 +261,7 @@ class Method:
             rows.append(self.feed(lm, st, [int(tok)], keep=1)[-1])
         return torch.log_softmax(torch.stack(rows).float(), dim=-1)
 
-    def answer_nll(self, lm: Any, q: Query, answer: str, *,
+    def answer_nll(self, lm: LoadedModel, q: Query, answer: str, *,
                    cancel: Optional[CancelToken] = None) -> Optional[float]:
         """Mean NLL (nats/token) of the reference answer after this method's prompt."""
         ids = encode_user_text(lm.tokenizer, answer)
@@ -268,7 +271,7 @@ class Method:
         idx = torch.tensor(ids, dtype=torch.long).view(-1, 1)
         return float(-lp.gather(1, idx).mean())
 
-    def nll_bits_per_byte(self, lm: Any, text: str, *,
+    def nll_bits_per_byte(self, lm: LoadedModel, text: str, *,
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:
         """Held-out text NLL through the model as this method leaves it (hooks, merged vocab):
         {"nll" nats/token, "bpb" bits per UTF-8 byte, "ppl", "tokens", "bytes"}."""
@@ -290,7 +293,7 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return chat_ids(tokenizer, split_chat(tokenizer, messages))
 
 
-def text_nll(lm: Any, fwd: Any, ids: list[int], text: str, *,
+def text_nll(lm: LoadedModel, fwd: Any, ids: list[int], text: str, *,
              cancel: Optional[CancelToken] = None, window: int = 512) -> Optional[dict]:
     """Teacher-forced NLL of ``ids`` in non-overlapping windows (each starts fresh)."""
     if len(ids) < 2:

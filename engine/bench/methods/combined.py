@@ -8,13 +8,16 @@ reuse are not combinable here: their effects touch both sides.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from engine.errors import InputError
 from . import CACHE_SIDE, PROMPT_SIDE, split_combination
 from .base import GenState, Method, Query
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 class Combined(Method):
@@ -33,33 +36,33 @@ class Combined(Method):
                        **{f"cache.{k}": v for k, v in cache.params.items()}}
 
     # model changes: neither side makes any, but keep the contract
-    def prepare(self, lm: Any, *, progress: Any = None, cancel: Any = None) -> float:
+    def prepare(self, lm: LoadedModel, *, progress: Any = None, cancel: Any = None) -> float:
         return float(self.p.prepare(lm, progress=progress, cancel=cancel) or 0.0) + \
             float(self.c.prepare(lm, progress=progress, cancel=cancel) or 0.0)
 
-    def restore(self, lm: Any) -> None:
+    def restore(self, lm: LoadedModel) -> None:
         self.c.restore(lm)
         self.p.restore(lm)
 
     # what is fed: the prompt side
-    def document_text(self, lm: Any, q: Query) -> Optional[str]:
+    def document_text(self, lm: LoadedModel, q: Query) -> Optional[str]:
         return self.p.document_text(lm, q)
 
-    def render_prompt(self, lm: Any, q: Query) -> list[int]:
+    def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:
         return self.p.render_prompt(lm, q)
 
     # how it is cached: the cache side, with the prompt side's figures (full prompt, aux time)
-    def forward(self, lm: Any) -> Any:
+    def forward(self, lm: LoadedModel) -> Any:
         return self.c.forward(lm)
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = self.c.new_state(lm, q, prompt_ids)
         ref = self.p.new_state(lm, q, [])  # the prompt side's bookkeeping only (no forward)
         st.prompt_tokens_in = ref.prompt_tokens_in
         st.info.update(ref.info)
         return st
 
-    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+    def feed(self, lm: LoadedModel, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
         return self.c.feed(lm, st, ids, keep=keep)
 
     def kv_bytes(self, st: GenState) -> int:
@@ -68,7 +71,7 @@ class Combined(Method):
     def kv_bytes_peak(self, st: GenState) -> Optional[int]:
         return self.c.kv_bytes_peak(st)
 
-    def run(self, lm: Any, q: Query, max_new_tokens: int, *, cancel: Any = None):
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None):
         out = super().run(lm, q, max_new_tokens, cancel=cancel)
         out.extra = {k: v for k, v in out.extra.items() if not k.startswith("_")}
         return out

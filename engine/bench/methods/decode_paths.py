@@ -10,11 +10,14 @@ which run on the fp32 products and would show no change.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InputError
 
 from .base import Method
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 class _PathMethod(Method):
@@ -28,7 +31,7 @@ class _PathMethod(Method):
     def _make(self, model: Any) -> Any:
         raise NotImplementedError
 
-    def forward(self, lm: Any) -> Any:
+    def forward(self, lm: LoadedModel) -> Any:
         if self._fwd is None or self._fwd_model is not lm.model:
             fwd = self._make(lm.model)
             if fwd is None:

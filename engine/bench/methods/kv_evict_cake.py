@@ -1,5 +1,8 @@
 """KV eviction with layer budgets from window attention (a CAKE-style re-implementation).
 
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
+
 CAKE (Qin et al., ICLR 2025) gives each layer a share of the total KV budget from how its
 attention behaves over the last ``w`` prompt queries: spatial dispersion (entropy H of the
 window-averaged attention) and temporal shift (variance V of attention across the window's
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -158,12 +161,12 @@ class CakeEviction(EvictingMethod):
         self.tau1, self.tau2, self.pool = float(tau1), float(tau2), pool
 
     # ---- state and hooks --------------------------------------------------------------------
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
         st.info["_cake"] = _CakeState()
         return st
 
-    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+    def feed(self, lm: LoadedModel, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
         cake: _CakeState = st.info["_cake"]
         mods = _attention_modules(lm.model)
         if not mods:
@@ -197,7 +200,7 @@ class CakeEviction(EvictingMethod):
         return hook
 
     # ---- eviction ---------------------------------------------------------------------------
-    def evict(self, lm: Any, st: GenState) -> int:
+    def evict(self, lm: LoadedModel, st: GenState) -> int:
         cake: _CakeState = st.info["_cake"]
         layers = list(st.cache.layers)
         dropped = 0
@@ -241,7 +244,7 @@ class CakeEviction(EvictingMethod):
         ls.scores = torch.gather(ls.scores, 1, idx)
         return n - size
 
-    def run(self, lm: Any, q: Query, max_new_tokens: int, *, cancel: Any = None):
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None):
         out = super().run(lm, q, max_new_tokens, cancel=cancel)
         out.extra.pop("_cake", None)
         return out

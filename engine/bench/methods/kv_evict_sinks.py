@@ -1,5 +1,8 @@
 """KV eviction: attention sinks + recent window (StreamingLLM-style), with true position ids.
 
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
+
 After every forward the cache keeps the first ``sinks`` tokens and the last ``window`` tokens of
 each layer; everything between is dropped (the kept slices are copied into fresh tensors so the
 dropped bytes are really freed). Hugging Face caches post-RoPE keys, so kept keys keep their
@@ -13,7 +16,7 @@ Batch 1, no padding: ``attention_mask`` stays None (one mask cannot describe evi
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -50,7 +53,7 @@ class EvictingMethod(Method):
 
     positions: str = "true"
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
         if any(getattr(lay, "is_sliding", False) for lay in st.cache.layers):
             raise InputError(f"{self.name}: {getattr(lm, 'name', 'this model')} has sliding-window "
@@ -58,12 +61,12 @@ class EvictingMethod(Method):
         st.info.update(kv_bytes_peak=0, evicted=0, positions=self.positions)
         return st
 
-    def position_ids(self, lm: Any, st: GenState, n: int) -> Optional[torch.Tensor]:
+    def position_ids(self, lm: LoadedModel, st: GenState, n: int) -> Optional[torch.Tensor]:
         if self.positions == "default":
             return None  # HF: arange(n) + cache length — wrong once anything was evicted
         return torch.arange(st.pos, st.pos + n, device=lm.torch_device).unsqueeze(0)
 
-    def feed(self, lm: Any, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
+    def feed(self, lm: LoadedModel, st: GenState, ids: list[int], keep: int = 1) -> torch.Tensor:
         t = torch.tensor([ids], dtype=torch.long, device=lm.torch_device)
         out = st.fwd.logits(t, st.cache, position_ids=self.position_ids(lm, st, len(ids)),
                             attention_mask=None, keep=keep)[0]
@@ -73,7 +76,7 @@ class EvictingMethod(Method):
         st.info["kv_tokens_kept"] = [lay.keys.shape[-2] for lay in layer_kv(st.cache)]
         return out
 
-    def evict(self, lm: Any, st: GenState) -> int:  # pragma: no cover - abstract
+    def evict(self, lm: LoadedModel, st: GenState) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def kv_bytes_peak(self, st: GenState) -> Optional[int]:
@@ -101,5 +104,5 @@ class SinksRecent(EvictingMethod):
         if positions == "default":
             self.label = self.label.replace("true positions", "DEFAULT positions (wrong)")
 
-    def evict(self, lm: Any, st: GenState) -> int:
+    def evict(self, lm: LoadedModel, st: GenState) -> int:
         return keep_sinks_recent(st.cache, self.sinks, self.window)

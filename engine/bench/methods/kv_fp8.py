@@ -8,11 +8,14 @@ after another and the dequantized copies are freed between them), computed from 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from .base import GenState, Method, Query
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 def _nbytes(t: Any) -> int:
@@ -32,7 +35,7 @@ class KVFp8(Method):
     name = "kv-fp8"
     label = "KV cache FP8 e4m3 (transformers QuantizedCache, per-tensor scale)"
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         from transformers import QuantizedCache
 
         fwd = self.forward(lm)

@@ -10,11 +10,14 @@ turn); its size and one-off encode time are reported in ``extra``. Each run fork
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .base import GenState, Method, Query
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 
 class KVReuse(Method):
@@ -26,7 +29,7 @@ class KVReuse(Method):
         super().__init__(**params)
         self._prefix: dict[tuple, tuple[Any, float]] = {}
 
-    def _prefix_cache(self, lm: Any, fwd: Any, prefix: list[int]) -> tuple[Any, float]:
+    def _prefix_cache(self, lm: LoadedModel, fwd: Any, prefix: list[int]) -> tuple[Any, float]:
         key = (id(lm.model), tuple(prefix))
         if key not in self._prefix:
             while len(self._prefix) >= 4:  # the harness goes query by query: keep memory bounded
@@ -37,7 +40,7 @@ class KVReuse(Method):
             self._prefix[key] = (cache, time.perf_counter() - t0)
         return self._prefix[key]
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         fwd = self.forward(lm)
         prefix = self.shared_prefix_ids(lm, q)
         if not prefix or prompt_ids[:len(prefix)] != prefix:
@@ -50,5 +53,5 @@ class KVReuse(Method):
                         info={"reused_tokens": len(prefix), "prefix_encode_s_once": enc_s,
                               "reused_share": len(prefix) / len(prompt_ids)})
 
-    def restore(self, lm: Any) -> None:
+    def restore(self, lm: LoadedModel) -> None:
         self._prefix.clear()

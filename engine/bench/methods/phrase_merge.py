@@ -1,4 +1,7 @@
 """Phrase-merge tokenizer (untrained, experimental): frequent multi-token phrases become new
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 vocabulary entries whose embeddings are the mean of their parts, with no fine-tuning.
 
 Learning (AdaptiVocab-like selection, BPE-like application): on a shipped calibration text
@@ -23,7 +26,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -192,7 +195,7 @@ class PhraseMerge(Method):
         self._model: Any = None
 
     # ---- vocabulary and model change --------------------------------------------------------
-    def learn(self, lm: Any, cancel: Optional[CancelToken] = None) -> float:
+    def learn(self, lm: LoadedModel, cancel: Optional[CancelToken] = None) -> float:
         text = self._text if self._text is not None else calibration_text()
         key = hashlib.sha256(text.encode()).hexdigest() + repr(
             (self.params["max_phrases"], self.params["min_count"], self.params["max_n"]))
@@ -209,7 +212,7 @@ class PhraseMerge(Method):
         per_tok[key] = self.vocab
         return time.perf_counter() - t0
 
-    def prepare(self, lm: Any, *, progress: Optional[ProgressFn] = None,
+    def prepare(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> float:
         if self._saved is not None and self._model is lm.model:
             return 0.0
@@ -232,7 +235,7 @@ class PhraseMerge(Method):
         model.set_output_embeddings(ExtendedHead(head, extra_out))
         return aux + time.perf_counter() - t0
 
-    def restore(self, lm: Any) -> None:
+    def restore(self, lm: LoadedModel) -> None:
         if self._saved is None:
             return
         emb, head = self._saved
@@ -242,7 +245,7 @@ class PhraseMerge(Method):
         self._model = None
 
     @contextlib.contextmanager
-    def active(self, lm: Any) -> Iterator[None]:
+    def active(self, lm: LoadedModel) -> Iterator[None]:
         if self._saved is not None and self._model is lm.model:
             yield
             return
@@ -253,26 +256,26 @@ class PhraseMerge(Method):
             self.restore(lm)
 
     # ---- encoding ---------------------------------------------------------------------------
-    def encode(self, lm: Any, text: str) -> list[int]:
+    def encode(self, lm: LoadedModel, text: str) -> list[int]:
         if self.vocab is None:
             self.learn(lm)
         return self.vocab.encode_ids(encode_user_text(lm.tokenizer, text))
 
-    def decode(self, lm: Any, ids: list[int]) -> str:
+    def decode(self, lm: LoadedModel, ids: list[int]) -> str:
         return lm.tokenizer.decode(self.vocab.expand(ids), skip_special_tokens=True)
 
-    def render_prompt(self, lm: Any, q: Query) -> list[int]:
+    def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:
         if self.vocab is None:
             self.learn(lm)
         return self.vocab.encode_ids(render_chat(lm.tokenizer, self.messages(q, q.document)))
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
         st.prompt_tokens_in = len(render_chat(lm.tokenizer, self.messages(q, q.document)))
         return st
 
     # ---- measured calls ---------------------------------------------------------------------
-    def run(self, lm: Any, q: Query, max_new_tokens: int, *,
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
             cancel: Optional[CancelToken] = None) -> MethodOutput:
         with self.active(lm):
             out = super().run(lm, q, max_new_tokens, cancel=cancel)
@@ -288,7 +291,7 @@ class PhraseMerge(Method):
     def base_token_ids(self, ids: list[int]) -> list[int]:
         return self.vocab.expand(ids) if self.vocab is not None else ids
 
-    def teacher_forced_logprobs(self, lm: Any, q: Query, target_ids: list[int], *,
+    def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
         """Targets are original-vocabulary ids (the baseline's continuation), fed one by one after
         the merged prompt. The softmax runs over the merged vocabulary and the original columns
@@ -297,7 +300,7 @@ class PhraseMerge(Method):
             lp = super().teacher_forced_logprobs(lm, q, target_ids, cancel=cancel)
         return lp[:, :self.vocab.base_size]
 
-    def nll_bits_per_byte(self, lm: Any, text: str, *,
+    def nll_bits_per_byte(self, lm: LoadedModel, text: str, *,
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:
         """Held-out NLL under the merged vocabulary (softmax over all of it); bits per byte is
         the comparable figure since token counts differ."""

@@ -17,7 +17,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -25,6 +25,9 @@ from engine.errors import InputError
 from engine.progress import CancelToken, check
 from .base import GenState, Method, Query, render_chat
 from .params import reject_unknown
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
 
 _WORD = re.compile(r"\S+")
 _NEGATIONS = frozenset("""not no nor never none nobody nothing nowhere neither cannot without
@@ -80,7 +83,7 @@ def prune_every_nth(text: str, n: int, protect: bool = True) -> tuple[str, dict]
     return rebuild(text, words, keep), _figures(words, keep)
 
 
-def word_surprisal(lm: Any, fwd: Any, text: str, *, window: int = 1024,
+def word_surprisal(lm: LoadedModel, fwd: Any, text: str, *, window: int = 1024,
                    cancel: Optional[CancelToken] = None) -> list[float]:
     """Self-information (nats) of every word of ``text``: the sum of −log p over its tokens,
     scored by the model left to right in windows (the first token of each window has no
@@ -148,10 +151,10 @@ class _Pruning(Method):
         super().__init__(**params)
         self._last: dict = {}
 
-    def prune(self, lm: Any, text: str) -> tuple[str, dict]:  # pragma: no cover - abstract
+    def prune(self, lm: LoadedModel, text: str) -> tuple[str, dict]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def document_text(self, lm: Any, q: Query) -> Optional[str]:
+    def document_text(self, lm: LoadedModel, q: Query) -> Optional[str]:
         if not q.document:
             self._last = {"aux_s": 0.0}
             return q.document
@@ -161,7 +164,7 @@ class _Pruning(Method):
         self._last = figs
         return pruned
 
-    def new_state(self, lm: Any, q: Query, prompt_ids: list[int]) -> GenState:
+    def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
         st.prompt_tokens_in = len(render_chat(lm.tokenizer, self.messages(q, q.document)))
         st.info.update(self._last)
@@ -180,7 +183,7 @@ class PruneEveryNth(_Pruning):
         super().__init__(n=n, protect=bool(protect))
         self.n, self.protect = n, bool(protect)
 
-    def prune(self, lm: Any, text: str) -> tuple[str, dict]:
+    def prune(self, lm: LoadedModel, text: str) -> tuple[str, dict]:
         return prune_every_nth(text, self.n, self.protect)
 
 
@@ -195,6 +198,6 @@ class PruneSelfInfo(_Pruning):
         super().__init__(ratio=float(ratio), protect=bool(protect))
         self.ratio, self.protect = float(ratio), bool(protect)
 
-    def prune(self, lm: Any, text: str) -> tuple[str, dict]:
+    def prune(self, lm: LoadedModel, text: str) -> tuple[str, dict]:
         sur = word_surprisal(lm, self.forward(lm), text)
         return prune_by_surprisal(text, sur, self.ratio, self.protect)
