@@ -7,7 +7,8 @@ press is acted on at once wherever the command is (model load, prefill, decoding
   steps (model load between weight tensors, prefill between chunks, decoding between tokens) and
   return what they have; the command writes that (a partial result, the rows already done) and
   the process leaves with 130.
-- second press: the terminal is restored and the process leaves with 130 at once (``os._exit``).
+- second press: the terminal is restored (app/terminal.py) and the process leaves with 130 at
+  once (``os._exit``).
 - ``chat`` at its prompt (:meth:`Interrupts.idle`): a press exits (0); during an answer the first
   press stops that answer only and :meth:`Interrupts.rearm` gives the next answer a fresh token.
 
@@ -32,6 +33,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
+from app.terminal import restore_tty, save_tty
 from engine.progress import CancelToken
 
 EXIT_INTERRUPTED = 130
@@ -58,7 +60,6 @@ class Interrupts:
         self._idle_code = 0
         self._press = threading.Condition()
         self._count = 0           # every press, for the test hook
-        self._tty: list[tuple[int, Any]] = []
         self._previous: Any = None
         self._installed = False
         self.seen: set[str] = set()  # phases already announced (the test hook)
@@ -68,15 +69,7 @@ class Interrupts:
         """Take SIGINT and remember the terminal's attributes (main thread only; else False)."""
         if threading.current_thread() is not threading.main_thread():
             return False
-        self._tty = []
-        try:
-            import termios
-
-            for fd in (0, 1, 2):
-                if os.isatty(fd):
-                    self._tty.append((fd, termios.tcgetattr(fd)))
-        except (ImportError, OSError):
-            pass
+        save_tty()
         self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         self._installed = True
         return True
@@ -126,21 +119,8 @@ class Interrupts:
             self._idle = False
 
     def restore_terminal(self) -> None:
-        """The attributes saved at start, and a visible cursor (a status line hides it)."""
-        try:
-            import termios
-
-            for fd, attrs in self._tty:
-                termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        except (ImportError, OSError):
-            pass
-        for fd in (2, 1):
-            try:
-                if os.isatty(fd):
-                    os.write(fd, b"\x1b[?25h")
-                    break
-            except OSError:
-                pass
+        """The attributes saved at start, and a visible cursor (app/terminal.py)."""
+        restore_tty()
 
     def leave(self, code: int) -> None:
         """After the command ended: flush, restore the terminal and exit now (no interpreter

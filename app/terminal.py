@@ -22,16 +22,41 @@ _saved: Optional[tuple[int, Any]] = None
 
 
 def save_tty() -> None:
-    """Remember the terminal attributes before the app changes them (called by run_tui)."""
+    """Remember the terminal attributes before the app changes them (called by run_tui, and by
+    app/interrupt.py for the headless commands): those of stdin, else of the first of stdout and
+    stderr that is a terminal."""
     global _saved
+    _saved = None
     try:
         import termios
 
         fd = sys.__stdin__.fileno() if sys.__stdin__ else 0
-        if os.isatty(fd):
-            _saved = (fd, termios.tcgetattr(fd))
+        for cand in (fd, 1, 2):
+            if os.isatty(cand):
+                _saved = (cand, termios.tcgetattr(cand))
+                return
     except Exception:
         _saved = None
+
+
+def restore_tty() -> None:
+    """The attributes saved by :func:`save_tty` and a visible cursor (a status line hides it):
+    what a headless command needs on a forced exit; it never enters the alternate screen, so the
+    rest of RESET_SEQ is not sent. Writes to the file descriptor: safe in a signal handler."""
+    try:
+        if _saved is not None:
+            import termios
+
+            termios.tcsetattr(_saved[0], termios.TCSANOW, _saved[1])
+    except Exception:
+        pass
+    for fd in (2, 1):
+        try:
+            if os.isatty(fd):
+                os.write(fd, b"\x1b[?25h")
+                return
+        except OSError:
+            pass
 
 
 def restore_terminal(app: Any) -> bool:
