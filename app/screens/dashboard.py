@@ -153,7 +153,7 @@ class DashboardScreen(LiveReport, ToolScreen):
 
     def _parse_mnt(self, text: str) -> int:
         try:
-            lm = getattr(self.app, "lm", None)
+            lm = self.loaded_model
         except Exception:  # noqa: BLE001 — validated before the screen is attached
             lm = None
         ctx = int(getattr(lm, "context_length", 0) or 0)

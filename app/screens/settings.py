@@ -76,8 +76,8 @@ class SettingsScreen(ToolScreen):
         return True
 
     def _context_length(self) -> Optional[int]:
-        lm = getattr(self.app, "lm", None)
-        return getattr(lm, "context_length", None)
+        lm = self.loaded_model
+        return None if lm is None else lm.context_length
 
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         """Input id → parser (raising InputError)."""
