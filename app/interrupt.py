@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from app.terminal import restore_tty, save_tty
 from engine.progress import CancelToken

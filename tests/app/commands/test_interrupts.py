@@ -173,11 +173,12 @@ def test_tokenize_press_during_load_and_during_the_work(tiny_dir, tmp_path):
     assert int(json.loads(out.read_text(encoding="utf-8"))["count"]) > 1
 
 
-def test_inspect_press_before_the_answer(tiny_dir):
-    r = _interrupted(["inspect", *_model(tiny_dir), "--prompt", "What is 2+2?",
-                      "--max-new-tokens", "64", "--json"], "inspect")
-    assert r.proc.returncode == 130, r.text()[-800:]
-    assert r.out.strip() == b""
+def test_inspect_press_during_load_and_before_the_answer(tiny_dir):
+    for point in ("load-weights", "inspect"):
+        r = _interrupted(["inspect", *_model(tiny_dir), "--prompt", "What is 2+2?",
+                          "--max-new-tokens", "64", "--json"], point)
+        assert r.proc.returncode == 130, r.text()[-800:]
+        assert r.out.strip() == b""
 
 
 # ---------------------------------------------------------------------------- attack
