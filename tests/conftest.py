@@ -1,4 +1,8 @@
-"""Shared fixtures: the bundled tokenizer, a tiny random Llama on it, and the bundled model."""
+"""Shared fixtures: the bundled tokenizer, a tiny random Llama on it, and the bundled model.
+
+Tests that use the bundled model (the ``smol_lm`` fixture, even through another fixture) are
+marked ``slow`` here; tests that start real processes carry the mark themselves. The fast loop
+is ``pytest -m "not slow"``; ``make test`` runs everything."""
 from __future__ import annotations
 
 import os
@@ -7,6 +11,14 @@ import pytest
 
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the bundled 135M model is ``slow`` (seconds to load, minutes to
+    run under load), whichever fixture brought it in."""
+    for item in items:
+        if "smol_lm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +30,13 @@ def smol_lm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smol_lm):
-    return smol_lm.tokenizer
+def tokenizer():
+    """The bundled model's tokenizer alone, no weights: from its converted copy in cache/ when
+    there (~0.3 s), else read from the GGUF itself (~6 s; a clean checkout's fast loop does not
+    pay the ~30 s whole-model conversion). The same tokenizer as ``smol_lm.tokenizer``."""
+    from engine.lm.model import load_tokenizer
+
+    return load_tokenizer("default", convert=False)
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[C
     from engine.integrity import quarantine
     from engine.locks import FileLock
 
-    target = cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}"
+    target = converted_dir(gguf)
     if cached_model_problem(target) is None:
         return target
     with FileLock(target, f"the model cache {target.name}", wait=None,
@@ -227,22 +227,34 @@ def _find_hf_cached(spec: str) -> Path:
     return Path(path)
 
 
+def gguf_of(spec: str) -> Optional[tuple[Path, str]]:
+    """The GGUF file behind ``spec`` and its display name, or None when it names no GGUF."""
+    spec = (spec or DEFAULT_SPEC).strip() or DEFAULT_SPEC
+    if spec == DEFAULT_SPEC:
+        return bundled_gguf(), "SmolLM2-135M-Instruct"
+    p = Path(spec).expanduser()
+    if p.suffix != ".gguf":
+        return None
+    if not p.is_file():
+        raise ModelNotFound(f"GGUF file not found: {p}")
+    return p, p.stem
+
+
+def converted_dir(gguf: Path) -> Path:
+    """Where a GGUF's de-quantized copy lives: cache/models/<name>-<hash>/."""
+    return cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}"
+
+
 def resolve_source(spec: str, progress: Optional[ProgressFn] = None,
                    cancel: Optional[CancelToken] = None) -> tuple[Path, str, bool]:
     """Turn a model spec into a loadable directory, a display name and whether it was cached."""
-    spec = (spec or DEFAULT_SPEC).strip()
-    if not spec:
-        spec = DEFAULT_SPEC
-    if spec == DEFAULT_SPEC:
-        gguf = bundled_gguf()
-        target_exists = (cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}" / "config.json").exists()
-        return _convert_gguf(gguf, progress, cancel), "SmolLM2-135M-Instruct", target_exists
+    spec = (spec or DEFAULT_SPEC).strip() or DEFAULT_SPEC
+    gg = gguf_of(spec)
+    if gg is not None:
+        gguf, name = gg
+        target_exists = (converted_dir(gguf) / "config.json").exists()
+        return _convert_gguf(gguf, progress, cancel), name, target_exists
     p = Path(spec).expanduser()
-    if p.suffix == ".gguf":
-        if not p.is_file():
-            raise ModelNotFound(f"GGUF file not found: {p}")
-        target_exists = (cache_dir("models") / f"{p.stem}-{_quick_hash(p)}" / "config.json").exists()
-        return _convert_gguf(p, progress, cancel), p.stem, target_exists
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelNotFound(f"{p} is a directory but has no config.json")
@@ -400,19 +412,29 @@ def from_parts(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
 
 
 def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
-                   progress: Optional[ProgressFn] = None,
-                   cancel: Optional[CancelToken] = None) -> Any:
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+                   convert: bool = True) -> Any:
     """Only the tokenizer of ``spec`` (no weights): enough for vocabulary and diagram work, and
-    about 1 s instead of a model load. The bundled GGUF is converted once if it never was."""
+    about 0.3 s instead of a model load. A GGUF (the bundled one too) is converted once if it
+    never was; with ``convert=False`` an unconverted GGUF's tokenizer is read from the file
+    itself instead (~6 s on 2 cores against ~30 s for the whole conversion; the same
+    vocabulary, merges, special tokens and chat template as the converted copy)."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a first-time GGUF conversion must not print bars
-    src, name, _ = resolve_source(spec, progress, cancel)
+    gg = None if convert else gguf_of(spec)
+    extra: dict[str, Any] = {}
+    if gg is not None and cached_model_problem(converted_dir(gg[0])) is not None:
+        (gguf, name), src = gg, gg[0].parent
+        extra["gguf_file"] = gguf.name
+        report(progress, "load", 0, 1, f"reading the tokenizer from {gguf.name}")
+    else:
+        src, name, _ = resolve_source(spec, progress, cancel)
     check(cancel)
     try:
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
-                                            local_files_only=True)
+                                            local_files_only=True, **extra)
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "trust_remote_code" in msg or "custom code" in msg:
@@ -420,4 +442,9 @@ def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
         raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
     except OSError as e:
         raise ModelLoadError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        if not extra:
+            raise
+        raise ModelLoadError(f"cannot read GGUF {src / extra['gguf_file']}: "  # corrupt/unsupported
+                             f"{type(e).__name__}: {e}".splitlines()[0]) from e
     return tok

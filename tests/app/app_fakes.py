@@ -1,21 +1,39 @@
 """A fast fake engine for the TUI tests (the app/engines.py interface with scripted tokens; every
-wait is ``cancel.wait`` so a cancelled fake ends at once) and a polling helper."""
+wait is ``cancel.wait`` so a cancelled fake ends at once) and the polling helpers.
+
+No test may depend on the machine's speed: a test waits for the state it checks (``until`` in a
+Pilot test, ``eventually`` elsewhere, a ``threading.Event`` from a worker), never for a fixed
+time. ``DEADLINE_S`` only keeps a broken test from hanging; it is no speed requirement."""
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from engine.progress import Cancelled, report
 
+#: how long a test waits for a state before calling it never reached (a loaded 2-core machine
+#: can be 20× slower than a quiet one; a passing test never waits this long)
+DEADLINE_S = 120.0
 
-async def until(pilot: Any, cond: Any, timeout: float = 5.0) -> None:
+
+async def until(pilot: Any, cond: Callable[[], Any], timeout: float = DEADLINE_S) -> None:
+    """Let the app process messages until ``cond()`` holds."""
     end = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < end, "condition not reached in time"
         await pilot.pause(0.01)
+
+
+async def eventually(cond: Callable[[], Any], timeout: float = DEADLINE_S) -> None:
+    """``until`` without an app: poll ``cond()`` while the event loop runs."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from app_fakes import DEADLINE_S, eventually
+
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
                           JobStuck, TokensGenerated)
 from app.runner import ProgressPump, Runner
@@ -20,8 +22,18 @@ def make_runner(**kw):
     return Runner(seen.append, **kw), seen
 
 
-async def wait_done(job, limit=5.0):
+async def wait_done(job, limit=DEADLINE_S):
     await asyncio.wait_for(job.wait(), limit)
+
+
+async def entered(event: threading.Event) -> None:
+    """Until the worker thread has set ``event`` (it is inside the engine function)."""
+    assert await asyncio.to_thread(event.wait, DEADLINE_S), "the job never started"
+
+
+def waiting_for_model(seen, job) -> bool:
+    return any(isinstance(m, JobProgressed) and m.job_id == job.id
+               and "waiting for the model" in m.progress.message for m in seen)
 
 
 async def test_finished_job_posts_in_order():
@@ -88,6 +100,7 @@ async def test_tokens_batched_and_complete():
 
 
 async def test_cancel_stops_the_thread():
+    """The function loops until its token says stop: the job ending at all is the proof."""
     r, seen = make_runner()
     looked = threading.Event()
 
@@ -98,11 +111,9 @@ async def test_cancel_stops_the_thread():
             cancel.wait(0.01)
 
     job = r.start("tree", fn)
-    await asyncio.to_thread(looked.wait, 2)
-    t0 = time.monotonic()
+    await entered(looked)
     job.cancel("user")
     await wait_done(job)
-    assert time.monotonic() - t0 < 1.0
     assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "user"
     assert job.thread_done.is_set() and r.in_flight() == 0
 
@@ -118,21 +129,23 @@ async def test_timeout_cancels_the_engine():
 
     t0 = time.monotonic()
     job = r.start("chat", fn, timeout=0.3)
-    await wait_done(job)
-    assert 0.25 < time.monotonic() - t0 < 2.0
+    await wait_done(job)  # fn never returns by itself: only the timeout's cancel ends it
+    assert time.monotonic() - t0 > 0.25  # not before its time (how much later is the load)
     assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "timeout"
     assert r.in_flight() == 0  # nothing keeps burning CPU after the timeout
 
 
 async def test_partial_result_after_cancel_is_a_cancel():
     r, seen = make_runner()
+    inside = threading.Event()
 
     def fn(*, progress, cancel):
-        cancel.wait(5)
+        inside.set()
+        cancel.wait(DEADLINE_S)
         return "partial answer"  # chat returns what it has instead of raising
 
     job = r.start("chat", fn)
-    await asyncio.sleep(0.05)
+    await entered(inside)  # a cancel before fn starts would never call it
     job.cancel("user")
     await wait_done(job)
     assert isinstance(seen[-1], JobCancelled) and seen[-1].partial == "partial answer"
@@ -140,15 +153,16 @@ async def test_partial_result_after_cancel_is_a_cancel():
 
 async def test_stuck_thread_reported_then_resolved():
     r, seen = make_runner(grace=0.2)
+    release = threading.Event()
 
     def fn(*, progress, cancel):
-        time.sleep(0.7)  # ignores its token
+        release.wait(DEADLINE_S)  # ignores its token until the test lets it go
         return "late"
 
     job = r.start("chat", fn, timeout=0.1)
-    await asyncio.sleep(0.5)
-    assert any(isinstance(m, JobStuck) for m in seen) and job.state == "stuck"
-    assert r.in_flight() == 1 and r.busy
+    await eventually(lambda: any(isinstance(m, JobStuck) for m in seen))
+    assert job.state == "stuck" and r.in_flight() == 1 and r.busy
+    release.set()
     await wait_done(job)
     assert isinstance(seen[-1], JobCancelled) and seen[-1].reason == "timeout"
     assert r.in_flight() == 0
@@ -176,37 +190,47 @@ async def test_engine_errors_become_messages():
 
 
 async def test_model_lock_serialises_model_jobs():
-    r, _ = make_runner()
+    """The first job holds the model until every other one is seen waiting for it; none of
+    them got inside meanwhile, and all run, one at a time, once it lets go."""
+    r, seen = make_runner()
     inside, overlap = [0], []
     lock = threading.Lock()
+    first_in, release = threading.Event(), threading.Event()
 
     def fn(*, progress, cancel):
         with lock:
             inside[0] += 1
             overlap.append(inside[0])
-        time.sleep(0.05)
+        first_in.set()
+        release.wait(DEADLINE_S)
         with lock:
             inside[0] -= 1
 
-    jobs = [r.start("chat", fn) for _ in range(4)]
-    await asyncio.wait_for(asyncio.gather(*(j.wait() for j in jobs)), 5)
-    assert max(overlap) == 1
+    jobs = [r.start("chat", fn)]
+    await entered(first_in)
+    jobs += [r.start("chat", fn) for _ in range(3)]
+    await eventually(lambda: all(waiting_for_model(seen, j) for j in jobs[1:]))
+    assert overlap == [1]
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*(j.wait() for j in jobs)), DEADLINE_S)
+    assert overlap == [1, 1, 1, 1] and all(j.state == "finished" for j in jobs)
 
 
 async def test_waiting_for_the_model_lock_is_cancellable():
     r, seen = make_runner()
-    release = threading.Event()
+    holding, release = threading.Event(), threading.Event()
 
     def holder(*, progress, cancel):
-        release.wait(2)
+        holding.set()
+        release.wait(DEADLINE_S)
 
     def waiter(*, progress, cancel):
         return "ran"
 
     j1 = r.start("chat", holder)
-    await asyncio.sleep(0.05)
+    await entered(holding)
     j2 = r.start("chat", waiter)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: waiting_for_model(seen, j2))
     j2.cancel("user")
     await wait_done(j2)
     assert j2.state == "cancelled" and j2.result is None
@@ -217,21 +241,26 @@ async def test_waiting_for_the_model_lock_is_cancellable():
 
 
 async def test_shutdown_grace():
+    """A job that heeds its token ends within the grace; one that ignores it outlives it."""
     r, _ = make_runner()
+    coop_in, stubborn_in, release = threading.Event(), threading.Event(), threading.Event()
 
     def coop(*, progress, cancel):
+        coop_in.set()
         while not cancel.wait(0.01):
             pass
 
     def stubborn(*, progress, cancel):
-        time.sleep(0.6)
+        stubborn_in.set()
+        release.wait(DEADLINE_S)  # ignores its token
 
     r.start("chat", coop, needs_model=False)
-    await asyncio.sleep(0.05)
-    assert await r.shutdown(grace=1.0)
+    await entered(coop_in)
+    assert await r.shutdown(grace=DEADLINE_S)
     j = r.start("chat", stubborn, needs_model=False)
-    await asyncio.sleep(0.05)
-    assert not await r.shutdown(grace=0.1)
+    await entered(stubborn_in)
+    assert not await r.shutdown(grace=0.1)  # it cannot end: it waits for `release`
+    release.set()
     await wait_done(j)
 
 
@@ -249,18 +278,15 @@ async def test_run_aside_keeps_the_loop_free_and_is_no_job():
 
     def read(path, *, scale=1):
         where.append(threading.current_thread())
-        release.wait(5.0)
+        release.wait(DEADLINE_S)
         return len(path) * scale
 
     task = asyncio.ensure_future(r.run_aside(read, "abc", scale=2, name="probe"))
-    for _ in range(100):  # the loop keeps running while the call blocks
-        await asyncio.sleep(0.005)
-        if where:
-            break
-    assert where and where[0].daemon and where[0].name == "tokenforge-probe"
+    await eventually(lambda: where)  # the loop keeps running while the call blocks
+    assert where[0].daemon and where[0].name == "tokenforge-probe"
     assert not task.done() and not r.busy and r.in_flight() == 0 and seen == []
     release.set()
-    assert await asyncio.wait_for(task, 5.0) == 6
+    assert await asyncio.wait_for(task, DEADLINE_S) == 6
 
     def boom(path):
         raise InputError(f"no such file: {path}")
