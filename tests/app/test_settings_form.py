@@ -32,27 +32,26 @@ async def test_typed_values_stay_and_enter_applies_and_saves(make_app, size):
         scr = await _settings(pilot, app)
         chat = scr.query_one("#timeout-chat", Input)
         chat.focus()
-        chat.value = "abc"
-        await pilot.pause(0.05)
-        assert "chat timeout" in _text(scr, "#settings-error")
+        chat.value = "abc"  # its Input.Changed reaches the screen a few message hops later
+        await until(pilot, lambda: "chat timeout" in _text(scr, "#settings-error"))
+        await until(pilot, lambda: "1 unapplied" in _text(scr, "#settings-edits"))
         # a new speed figure re-derives the timeouts: the typed value is not replaced
         app.record_speed(7.0, 64)
-        await pilot.pause(0.05)
-        assert chat.value == "abc" and "unapplied" in _text(scr, "#settings-edits")
+        await pilot.pause()
+        assert chat.value == "abc" and "1 unapplied" in _text(scr, "#settings-edits")
         await pilot.press("enter")  # invalid: nothing applied
         assert not settings_path().exists()
         chat.value = "123"
         temp = scr.query_one("#set-temperature", Input)
         temp.value = "0.3"
-        await pilot.pause(0.05)
+        await until(pilot, lambda: "2 unapplied" in _text(scr, "#settings-edits"))
         temp.focus()
         await pilot.press("enter")
         await until(pilot, lambda: app.settings.sampling.temperature == 0.3)
         assert app.settings.timeouts["chat"] == 123.0 and "chat" in app.settings.user_timeouts
         assert "applied and saved" in _text(scr, "#settings-edits")
-        temp.value = "0.4"  # an edit after applying: the line says so at once
-        await pilot.pause(0.05)
-        assert "1 unapplied edit" in _text(scr, "#settings-edits")
+        temp.value = "0.4"  # an edit after applying: the line says so (no stale "applied")
+        await until(pilot, lambda: "1 unapplied edit" in _text(scr, "#settings-edits"))
         data = json.loads(settings_path().read_text(encoding="utf-8"))
         assert data["sampling"]["temperature"] == 0.3 and data["user_timeouts"] == {"chat": 123.0}
     fresh = AppSettings.from_args(None)  # the next start reads them back
@@ -68,7 +67,7 @@ async def test_apply_and_rederive_are_in_the_palette(make_app):
         assert "settings: Apply" in cmds and "settings: Re-derive timeouts" in cmds
         app.settings.set_user_timeout("chat", 999.0)
         cmds["settings: Re-derive timeouts"].callback()
-        await pilot.pause(0.05)
+        await pilot.pause()
         assert not app.settings.user_timeouts
         assert scr.query_one("#timeout-chat", Input).value != "999"
         assert json.loads(settings_path().read_text(encoding="utf-8"))["user_timeouts"] == {}
@@ -98,7 +97,7 @@ async def test_leaving_with_unapplied_edits_asks_apply_discard_or_stay(make_app,
         temp = scr.query_one("#set-temperature", Input)
         temp.focus()
         temp.value = "0.25"
-        await pilot.pause(0.05)
+        await until(pilot, lambda: "1 unapplied" in _text(scr, "#settings-edits"))
         # stay (s, then Esc): still on Settings, the typed value kept, nothing applied
         for key in ("s", "escape"):
             await pilot.press("f2")
@@ -126,7 +125,7 @@ async def test_leaving_with_unapplied_edits_asks_apply_discard_or_stay(make_app,
         await pilot.press("f6")
         await until(pilot, lambda: app.current_mode == "settings")
         temp.value = "0.35"
-        await pilot.pause(0.05)
+        await until(pilot, lambda: "1 unapplied" in _text(scr, "#settings-edits"))
         await pilot.press("f3")
         await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
         await pilot.press("a")
@@ -137,7 +136,7 @@ async def test_leaving_with_unapplied_edits_asks_apply_discard_or_stay(make_app,
         await pilot.press("f6")
         await until(pilot, lambda: app.current_mode == "settings")
         temp.value = "-1"
-        await pilot.pause(0.05)
+        await until(pilot, lambda: _text(scr, "#settings-error"))
         await pilot.press("f2")
         await until(pilot, lambda: isinstance(app.screen, LeaveSettings))
         await pilot.press("a")
