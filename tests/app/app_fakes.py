@@ -1,60 +1,17 @@
 """A fast fake engine for the TUI tests (the app/engines.py interface with scripted tokens; every
-wait is ``cancel.wait`` so a cancelled fake ends at once) and the polling helpers.
-
-No test may depend on the machine's speed: a test waits for the state it checks (``until`` in a
-Pilot test, ``eventually`` elsewhere, a ``threading.Event`` from a worker), never for a fixed
-time. ``DEADLINE_S`` only keeps a broken test from hanging; it is no speed requirement."""
+wait is ``cancel.wait`` so a cancelled fake ends at once). The polling helpers live in
+tests/waiting.py; ``until`` is imported here too since every TUI test imports it from here."""
 from __future__ import annotations
 
-import asyncio
 import json
+import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from engine.lm.results import GenerationResult  # torch-free: the TUI tests never load torch
 from engine.progress import Cancelled, report
-
-#: how long a test waits for a state before calling it never reached (a loaded 2-core machine
-#: can be 20× slower than a quiet one; a passing test never waits this long)
-DEADLINE_S = 120.0
-
-
-async def until(pilot: Any, cond: Callable[[], Any], timeout: float = DEADLINE_S) -> None:
-    """Let the app process messages until ``cond()`` holds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        await pilot.pause(0.01)
-
-
-async def eventually(cond: Callable[[], Any], timeout: float = DEADLINE_S) -> None:
-    """``until`` without an app: poll ``cond()`` while the event loop runs."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-@dataclass
-class FakeResult:
-    """Same fields as engine.lm.generate.GenerationResult (without importing torch)."""
-
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    prefill_tokens: int
-    new_tokens: int
-    ttft_s: float
-    decode_tok_s: float
-    total_s: float
-    stop_reason: str
-    dropped_turns: int = 0
-    notes: list[str] = field(default_factory=list)
-    discarded: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from waiting import DEADLINE_S, eventually, until  # noqa: F401 (the TUI tests' helpers)
 
 
 #: valid bench records (the fixture also holds a deliberately broken line, skipped here)
@@ -105,17 +62,20 @@ class FakeSession:
 
 
 class FakeEngine:
-    """The app/engines.py interface with scripted tokens; every wait is ``cancel.wait``."""
+    """The app/engines.py interface with scripted tokens; every wait is ``cancel.wait``, except
+    two gates the test opens itself: ``load_gate`` (loading waits for it, still cancellable)
+    and ``stubborn`` (a chat call blocks on it without looking at its token: a stuck call)."""
 
     def __init__(self, tokens: tuple[str, ...] = ("Hello", ",", " **world**", "!"),
                  token_delay: float = 0.0, fail: Optional[BaseException] = None,
-                 stubborn: float = 0.0, load_error: Optional[BaseException] = None,
-                 load_delay: float = 0.0, bench_delay: float = 0.0,
+                 stubborn: Optional[threading.Event] = None,
+                 load_error: Optional[BaseException] = None,
+                 load_gate: Optional[threading.Event] = None, bench_delay: float = 0.0,
                  bench_fail: Optional[BaseException] = None, prefill_delay: float = 0.0) -> None:
         self.tokens, self.token_delay = tokens, token_delay
         self.prefill_delay = prefill_delay  # a long prompt: "prefill" reports, then tokens
         self.fail, self.stubborn = fail, stubborn
-        self.load_error, self.load_delay = load_error, load_delay
+        self.load_error, self.load_gate = load_error, load_gate
         self.sent: list[str] = []
         self.cancel_seen = 0
         self.sessions: list[FakeSession] = []
@@ -128,7 +88,10 @@ class FakeEngine:
                    engine_path="fast", *, progress=None, cancel=None):
         for i in range(3):
             report(progress, "load", i, 3, f"fake load step {i}")
-            if cancel is not None and cancel.wait(self.load_delay / 3):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled("user")
+        while self.load_gate is not None and not self.load_gate.wait(0.01):
+            if cancel is not None and cancel.cancelled:
                 raise Cancelled("user")
         if self.load_error is not None:
             raise self.load_error
@@ -156,13 +119,13 @@ class FakeEngine:
         self.sent.append(text)
         if self.fail is not None:
             raise self.fail
-        if self.stubborn:
-            time.sleep(self.stubborn)  # one long call that never looks at its token
+        if self.stubborn is not None:
+            self.stubborn.wait(DEADLINE_S)  # one long call that never looks at its token
         if self.prefill_delay:  # like ChatSession: a cancel before the first token adds nothing
             for i in range(1, 11):
                 report(progress, "prefill", i * 100, 1000, "prefilling", tok_s=100.0, eta_s=1.0)
                 if cancel is not None and cancel.wait(self.prefill_delay / 10):
-                    return FakeResult(text="", token_ids=[], prompt_tokens=1000, prefill_tokens=0,
+                    return GenerationResult(text="", token_ids=[], prompt_tokens=1000, prefill_tokens=0,
                                       new_tokens=0, ttft_s=0.0, decode_tok_s=0.0, total_s=0.0,
                                       stop_reason="cancelled", discarded=True)
         out: list[str] = []
@@ -180,7 +143,7 @@ class FakeEngine:
             report(progress, "generate", i + 1, len(self.tokens), "generating", tok_s=100.0)
         text_out = "".join(out)
         session.turns.append((text, text_out))
-        return FakeResult(text=text_out, token_ids=list(range(1, len(out) + 1)), prompt_tokens=5,
+        return GenerationResult(text=text_out, token_ids=list(range(1, len(out) + 1)), prompt_tokens=5,
                           prefill_tokens=5, new_tokens=len(out), ttft_s=0.01,
                           decode_tok_s=100.0, total_s=time.perf_counter() - t0, stop_reason=stop)
 

@@ -52,12 +52,11 @@ async def test_whitespace_refused_inline_and_send_disabled(make_app):
         await pilot.press("space", "ctrl+j", "tab")  # tab leaves the box (focus behaviour)
         scr.query_one("#prompt", Composer).focus()
         await pilot.press("space", "enter")
-        await pilot.pause(0.05)
+        await until(pilot, lambda: "empty" in str(scr.query_one("#chat-error").content).lower())
         assert eng.sent == [] and sendb.disabled
-        assert "empty" in str(scr.query_one("#chat-error").content).lower()
         await pilot.press("h", "i")
-        await pilot.pause(0.02)
-        assert not sendb.disabled and str(scr.query_one("#chat-error").content) == ""
+        await until(pilot, lambda: not sendb.disabled)
+        assert str(scr.query_one("#chat-error").content) == ""
 
 
 async def test_composer_grows_then_scrolls(make_app):
@@ -67,11 +66,11 @@ async def test_composer_grows_then_scrolls(make_app):
         box = app.screen.query_one("#prompt", Composer)
         assert box.size.height == 1  # one text line inside the border
         box.value = "a\nb\nc"
-        await pilot.pause(0.05)
-        assert box.size.height == 3 and box.max_scroll_y == 0
+        await until(pilot, lambda: box.size.height == 3)
+        assert box.max_scroll_y == 0
         box.value = "\n".join(str(i) for i in range(20))
-        await pilot.pause(0.05)
-        assert box.outer_size.height == 8  # max-height: 6 lines + border
+        await until(pilot, lambda: box.outer_size.height == 8)  # max-height: 6 lines + border
+        await until(pilot, lambda: box.scroll_y == box.max_scroll_y > 0)
         assert box.max_scroll_y == 20 - box.size.height
         assert box.cursor_location == (19, 2)  # end of text, scrolled into view
         assert box.scroll_y == box.max_scroll_y
@@ -84,8 +83,8 @@ async def test_regenerate_replaces_the_last_answer(make_app):
         await ready(pilot, app)
         scr = app.screen
         await pilot.press("ctrl+r")
-        await pilot.pause(0.02)
-        assert any("Nothing to regenerate" in n for n in notes(app)) and eng.regenerated == []
+        await until(pilot, lambda: any("Nothing to regenerate" in n for n in notes(app)))
+        assert eng.regenerated == []
         scr.query_one("#prompt", Composer).value = "question\nwith two lines"
         await pilot.press("enter")
         await until(pilot, lambda: not app.runner.busy and scr.query(AssistantMessage)
@@ -125,10 +124,10 @@ async def test_regenerate_refused_after_a_failed_turn(make_app):
         scr.query_one("#prompt", Composer).value = "bad"
         await pilot.press("enter")
         await until(pilot, lambda: not app.runner.busy and len(eng.sent) == 2)
-        await pilot.pause(0.05)
+        await until(pilot, lambda: "too long" in str(scr.query_one("#chat-error").content))
         await pilot.press("ctrl+r")  # would answer "ok" again under the "bad" message: refused
-        await pilot.pause(0.02)
-        assert eng.regenerated == [] and any("Nothing to regenerate" in n for n in notes(app))
+        await until(pilot, lambda: any("Nothing to regenerate" in n for n in notes(app)))
+        assert eng.regenerated == []
 
 
 async def test_regenerate_with_the_tiny_model_is_deterministic_when_greedy(make_app, tiny_lm):
@@ -136,7 +135,7 @@ async def test_regenerate_with_the_tiny_model_is_deterministic_when_greedy(make_
     app.settings.sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         scr = app.screen
         scr.query_one("#prompt", Composer).value = "Hi\nthere"
         await pilot.press("enter")

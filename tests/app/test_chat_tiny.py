@@ -20,7 +20,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
     app.settings.sampling = SamplingConfig(max_new_tokens=24, temperature=0.0)
     seen = []
     async with app.run_test(size=(110, 36), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         assert app.speed is not None and app.speed.tok_s > 0 and app.speed.tokens == 8
         assert app.settings.measured_tok_s == app.speed.tok_s
         assert app.vocab_state in ("ready", "unavailable")
@@ -51,7 +51,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
             await until(pilot, lambda: sum(isinstance(m, TokensGenerated) for m in seen) > n_first
                         and app.runner.busy, 30)
             app.screen.action_stop()
-            await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen), 30)
+            await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
             await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
         finally:
             tiny_lm.eos_ids = saved_eos

@@ -9,7 +9,7 @@ from textual.widgets import Input, TextArea
 
 from app.app import TokenforgeApp
 
-from app_fakes import until
+from app_fakes import DEADLINE_S, until
 
 SCREENS = ("chat", "attack", "search", "dashboard", "settings")
 
@@ -37,7 +37,7 @@ async def _select(pilot, w) -> str:
 
 
 def _long_job(*, progress, cancel):
-    cancel.wait(30)  # returns at once when cancelled (the runner reports JobCancelled)
+    cancel.wait(DEADLINE_S)  # returns at once when cancelled (the runner reports JobCancelled)
     return None
 
 

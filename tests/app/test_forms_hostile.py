@@ -71,7 +71,7 @@ async def test_every_form_refuses_hostile_values_and_the_app_lives(make_app, tmp
         for mode, key in SCREEN_KEYS.items():
             await pilot.press(key)
             await until(pilot, lambda: app.current_mode == mode)
-            await pilot.pause(0.02)
+            await pilot.pause()
             inputs = [w for w in app.screen.query(Input) if w.display and not w.disabled]
             for box in inputs:
                 original = box.value
@@ -79,13 +79,13 @@ async def test_every_form_refuses_hostile_values_and_the_app_lives(make_app, tmp
                 for value in (HOSTILE[tried % len(HOSTILE)],):
                     box.value = value
                     box.focus()
-                    await pilot.pause(0.01)
+                    await pilot.pause()
                     await pilot.press("ctrl+r")
-                    await pilot.pause(0.01)
+                    await pilot.pause()
                     tried += 1
                     assert app.is_running and app.current_mode == mode, (mode, box.id, value[:12])
                 await pilot.press("escape")           # stop anything a valid value started
-                await until(pilot, lambda: not app.runner.busy, timeout=10)
+                await until(pilot, lambda: not app.runner.busy)
                 box.value = original
         assert tried >= 2 * len(HOSTILE)  # every value class, on at least two fields
         for name, a, kw in eng.seen:

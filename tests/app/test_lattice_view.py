@@ -17,14 +17,14 @@ async def test_lattice_edit_rescores_and_seeds_a_search(make_app, tiny_lm):
 
     app = make_app(engine=Engine(lm=tiny_lm))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_state == "ready", timeout=60)
-        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await until(pilot, lambda: app.model_state == "ready")
+        await until(pilot, lambda: not app.runner.busy)
         await pilot.press("f3")
         await until(pilot, lambda: app.current_mode == "attack")
         scr = app.screen
         fill(scr, request="Tell me a joke about cats", response="Sure, here", iters="1",
              neighbours="4", samples="0", seed="0")
-        await pilot.pause(0.02)
+        await until(pilot, lambda: not scr.query_one("#atk-run").disabled)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done and scr.result is not None,
                     timeout=180)
@@ -42,7 +42,7 @@ async def test_lattice_edit_rescores_and_seeds_a_search(make_app, tiny_lm):
             await pilot.press("right")
         assert view.cursor == target
         await pilot.press("s")
-        await until(pilot, lambda: view.lattice is not None and not app.runner.busy, timeout=60)
+        await until(pilot, lambda: view.lattice is not None and not app.runner.busy)
         lat = view.lattice
         assert len(lat.ids) == len(r.best_ids) + 1 and lat.mdd.contains(lat.ids)
         scratch = reference_scores(tiny_lm, lat.prefix, [lat.ids], lat.between, lat.targets)[0]
@@ -58,9 +58,9 @@ async def test_lattice_edit_rescores_and_seeds_a_search(make_app, tiny_lm):
 
         # m merges it back (same bytes, one token fewer); . moves a boundary
         await pilot.press("m")
-        await until(pilot, lambda: len(lat.ids) == len(r.best_ids) and not app.runner.busy, 60)
+        await until(pilot, lambda: len(lat.ids) == len(r.best_ids) and not app.runner.busy)
         await pilot.press("full_stop")
-        await until(pilot, lambda: "moved boundary" in view.last and not app.runner.busy, 60)
+        await until(pilot, lambda: "moved boundary" in view.last and not app.runner.busy)
         scratch = reference_scores(tiny_lm, lat.prefix, [lat.ids], lat.between, lat.targets)[0]
         assert lat.score == pytest.approx(scratch, abs=1e-4)
 

@@ -29,10 +29,10 @@ async def test_search_screen_warns_before_a_search_that_cannot_finish(make_app):
         for k, v in {"prompt": "Write about the sky", "reward": "words:moon", "rollouts": "100",
                      "horizon": "50"}.items():
             scr.query_one(f"#ts-{k}", Input).value = v
-        await pilot.pause(0.05)
+        await until(pilot, lambda: not scr.query_one("#ts-run").disabled)
         assert app.runner.timeout_for("tree") == 60.0
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any("stop early" in n.message for n in app._notifications))
         msg = next(n.message for n in app._notifications if "stop early" in n.message)
         assert "5,050 tokens" in msg and "at the measured 10.0 tok/s" in msg
-        await until(pilot, lambda: eng.calls, timeout=10)           # it still runs
+        await until(pilot, lambda: eng.calls)           # it still runs

@@ -37,7 +37,6 @@ async def test_failed_reload_keeps_the_working_model(make_app, size):
         await until(pilot, lambda: app.current_mode == "settings")
         eng.load_error = ModelNotFound("no model at /nowhere")
         app.screen.query_one("#set-model", Input).value = "/nowhere"
-        await pilot.pause(0.02)
         app.screen.query_one("#reload", Button).press()
         await until(pilot, lambda: app.model_error and not app.runner.busy)
         assert app.lm is first and app.model_state == "ready"

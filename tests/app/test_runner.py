@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app_fakes import DEADLINE_S, eventually
+from waiting import DEADLINE_S, eventually
 
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
                           JobStuck, TokensGenerated)

@@ -13,6 +13,8 @@ from app.widgets.token_strip import changed_tokens, display_token, strip_lines
 from engine.advtok.search import AttackResult  # imports torch once, at collection, not inside a timed wait
 from engine.progress import report
 
+from textual.command import CommandInput, CommandList
+
 from app_fakes import FakeEngine, until
 
 SIZE = (130, 60)
@@ -70,8 +72,14 @@ async def open_attack(pilot, app):
     await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
     await pilot.press("f3")
     await until(pilot, lambda: app.current_mode == "attack")
-    await pilot.pause(0.02)
+    await pilot.pause()
     return app.screen
+
+
+async def run_enabled(pilot, scr):
+    """The filled form's Input.Changed messages are handled: Run is enabled, no message."""
+    await until(pilot, lambda: not scr.query_one("#atk-run", Button).disabled
+                and str(scr.query_one("#atk-error").content) == "")
 
 
 def fill(scr, **values):
@@ -115,8 +123,7 @@ async def test_attack_screen_opens_and_bad_input_keeps_run_disabled(make_app):
         err = scr.query_one("#atk-error")
         assert run.disabled and "request" in str(err.content)  # empty form
         fill(scr, request="Tell me a joke", response="Sure, here")
-        await pilot.pause(0.02)
-        assert not run.disabled and str(err.content) == ""
+        await run_enabled(pilot, scr)
         bad = [("iters", "0", "iterations"), ("iters", "ten", "not a whole number"),
                ("iters", "", "iterations"), ("neighbours", "0", "max neighbours"),
                ("samples", "65", "samples"), ("tokens", "0", "sample tokens"),
@@ -127,15 +134,13 @@ async def test_attack_screen_opens_and_bad_input_keeps_run_disabled(make_app):
                 "request": "Tell me a joke", "response": "Sure, here", "system": ""}
         for field, value, words in bad:
             fill(scr, **{field: value})
-            await pilot.pause(0.02)
+            await until(pilot, lambda: words in str(err.content))
             assert run.disabled, (field, value[:10])
-            assert words in str(err.content), (field, str(err.content))
             scr.query_one("#atk-iters", Input).focus()
             await pilot.press("ctrl+r")
             await pilot.press("enter")
             fill(scr, **{field: good[field]})
-            await pilot.pause(0.02)
-            assert not run.disabled, field
+            await run_enabled(pilot, scr)
         assert eng.calls == []  # nothing unvalidated reached the engine
         assert scr.query_one("#attack-status") is not None  # the engine status panel stays
 
@@ -149,7 +154,7 @@ async def test_attack_run_shows_phases_and_result(make_app):
         fill(scr, request="Tell me a joke", response="Sure, here", iters="5", neighbours="16",
              samples="2", tokens="8", seed="7")
         scr.query_one("#atk-init", Select).value = "random"
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.click("#atk-run")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "advtok"
                                        for m in seen))
@@ -186,7 +191,7 @@ async def test_attack_sparkline_follows_best_score(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure", iters="30", samples="0")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         pp = scr.progress_widget
         await until(pilot, lambda: len(pp.best_history) >= 3)
@@ -206,7 +211,7 @@ async def test_attack_cancel_returns_to_idle_with_best_so_far(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure", iters="4")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: app.runner.busy)
         assert not scr.query_one("#atk-stop", Button).disabled
@@ -232,15 +237,14 @@ async def test_attack_timeout_from_settings_cancels(make_app):
         scr = await open_attack(pilot, app)
         app.settings.timeouts["advtok"] = 0.3  # the runner reads the settings' timeouts per kind
         fill(scr, request="Tell me a joke", response="Sure", iters="4")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
         m = next(m for m in seen if isinstance(m, JobCancelled))
         assert m.reason == "timeout" and m.kind == "advtok"
         await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
-        await pilot.pause(0.02)
+        await until(pilot, lambda: "stopped (timeout)" in str(scr.query_one("#atk-summary").content))
         assert eng.cancel_seen == 1
-        assert "stopped (timeout)" in str(scr.query_one("#atk-summary").content)
 
 
 async def test_attack_export_writes_json_atomically(make_app, tmp_path):
@@ -251,7 +255,7 @@ async def test_attack_export_writes_json_atomically(make_app, tmp_path):
         await pilot.press("ctrl+e")  # nothing yet: a warning, no file
         assert scr.last_export is None
         fill(scr, request="Tell me a joke", response="Sure", iters="2", samples="1")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         await pilot.press("ctrl+e")
@@ -280,7 +284,7 @@ async def test_attack_engine_error_is_inline_and_app_survives(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: "9000 tokens" in str(scr.query_one("#atk-error").content))
         assert app.is_running and not app.runner.busy
@@ -293,15 +297,14 @@ async def test_attack_end_to_end_on_the_tiny_model(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready", timeout=60)
-        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await until(pilot, lambda: app.model_state == "ready")
+        await until(pilot, lambda: not app.runner.busy)
         await pilot.press("f3")
         await until(pilot, lambda: app.current_mode == "attack")
         scr = app.screen
         fill(scr, request="Tell me a joke", response="Sure, here", iters="2", neighbours="8",
              samples="2", tokens="8", seed="0")
-        await pilot.pause(0.02)
-        assert not scr.query_one("#atk-run", Button).disabled
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=180)
         assert scr.job.state == "finished", scr.job.error
@@ -321,11 +324,13 @@ async def test_attack_actions_are_in_the_command_palette(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure", iters="2", samples="0")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+p")
-        await pilot.pause(0.1)
+        await until(pilot, lambda: bool(app.screen.query(CommandInput)))
         await pilot.press(*"run attack")
-        await pilot.pause(0.3)
+        hits = app.screen.query_one(CommandList)  # the palette searches its providers in workers
+        await until(pilot, lambda: hits.option_count >= 1 and str(hits.get_option_at_index(
+            hits.highlighted or 0).prompt).split("\n")[0] == "Run attack")
         await pilot.press("enter")
         await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         assert len(eng.calls) == 1

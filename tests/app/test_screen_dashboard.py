@@ -15,7 +15,7 @@ from textual.widgets import Button, DataTable, Input, SelectionList
 from app.messages import JobCancelled, JobFailed, JobFinished
 from app.settings import BenchGrid
 
-from app_fakes import FakeEngine, bench_lines, until
+from app_fakes import DEADLINE_S, FakeEngine, bench_lines, until
 
 SIZE = (120, 40)
 
@@ -24,7 +24,7 @@ async def open_dashboard(pilot, app):
     await until(pilot, lambda: app.model_state in ("ready", "failed") and not app.runner.busy)
     await pilot.press("f5")
     await until(pilot, lambda: app.current_mode == "dashboard")
-    await pilot.pause(0.02)
+    await pilot.pause()
     return app.screen
 
 
@@ -50,6 +50,12 @@ def small_grid(scr, out) -> None:
     scr.query_one("#dash-out", Input).value = str(out)
 
 
+def small_grid_shown(app, scr) -> bool:
+    """The form's Input.Changed messages have been handled: the settings hold the small grid."""
+    g = app.settings.bench_grid
+    return g is not None and (g.repeats, g.max_new_tokens) == (1, 4) and not run_button(scr).disabled
+
+
 async def test_bad_input_keeps_run_disabled_with_a_message(make_app, tmp_path):
     eng = FakeEngine()
     app = make_app(engine=eng)
@@ -64,26 +70,23 @@ async def test_bad_input_keeps_run_disabled_with_a_message(make_app, tmp_path):
             inp = scr.query_one(ident, Input)
             good = inp.value
             inp.value = value
-            await pilot.pause(0.01)
+            await until(pilot, lambda: words in error_text(scr))
             assert run_button(scr).disabled, (ident, value)
-            assert words in error_text(scr), (ident, value, error_text(scr))
             if ident == "#dash-repeats" and value == "0":
                 await pilot.press("ctrl+r")  # the key is refused too
             inp.value = good
-            await pilot.pause(0.01)
-            assert not run_button(scr).disabled and error_text(scr) == "", (ident, value)
+            await until(pilot, lambda: not run_button(scr).disabled and error_text(scr) == "")
         methods = scr.query_one("#dash-methods", SelectionList)
         methods.deselect_all()
-        await pilot.pause(0.01)
-        assert run_button(scr).disabled and "methods: choose at least one" in error_text(scr)
+        await until(pilot, lambda: "methods: choose at least one" in error_text(scr))
+        assert run_button(scr).disabled
         methods.select("baseline")
         kinds = scr.query_one("#dash-kinds", SelectionList)
         kinds.deselect_all()
-        await pilot.pause(0.01)
-        assert run_button(scr).disabled and "query kinds" in error_text(scr)
+        await until(pilot, lambda: "query kinds" in error_text(scr))
+        assert run_button(scr).disabled
         kinds.select("chat")
-        await pilot.pause(0.01)
-        assert not run_button(scr).disabled
+        await until(pilot, lambda: not run_button(scr).disabled)
         # nothing to load or export yet; nothing reached the engine
         assert scr.query_one("#dash-load", Button).disabled
         assert scr.query_one("#dash-export", Button).disabled
@@ -111,8 +114,7 @@ async def test_valid_run_fills_the_table_and_exports(make_app, tmp_path):
         scr = await open_dashboard(pilot, app)
         out = tmp_path / "runs.jsonl"
         small_grid(scr, out)
-        await pilot.pause(0.01)
-        assert not run_button(scr).disabled
+        await until(pilot, lambda: small_grid_shown(app, scr))
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "bench"
                                        for m in seen))
@@ -140,11 +142,11 @@ async def test_esc_stops_a_run_and_the_engine_sees_its_token(make_app, tmp_path)
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
         small_grid(scr, tmp_path / "runs.jsonl")
-        await pilot.pause(0.01)
+        await until(pilot, lambda: small_grid_shown(app, scr))
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.busy and app.runner.in_flight() == 1)
-        await pilot.pause(0.01)
-        assert run_button(scr).disabled and not scr.query_one("#dash-stop", Button).disabled
+        await until(pilot, lambda: run_button(scr).disabled)
+        assert not scr.query_one("#dash-stop", Button).disabled
         assert scr.query_one("#dash-load", Button).disabled
         await pilot.press("escape")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
@@ -162,9 +164,8 @@ async def test_bench_timeout_from_settings_cancels_and_the_screen_says_so(make_a
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
         small_grid(scr, tmp_path / "runs.jsonl")
-        await pilot.pause(0.01)
         # the grid sized the derived bench timeout; the user's value in Settings wins
-        assert app.settings.bench_grid == BenchGrid(2, 16, 1, 4, False)
+        await until(pilot, lambda: app.settings.bench_grid == BenchGrid(2, 16, 1, 4, False))
         assert app.runner.timeout_for("bench") == 30.0  # 2×16×2×4 tok ÷ 50 tok/s × 3 → floor
         app.settings.set_user_timeout("bench", 0.3)
         await pilot.press("ctrl+r")
@@ -172,9 +173,8 @@ async def test_bench_timeout_from_settings_cancels_and_the_screen_says_so(make_a
         m = next(m for m in seen if isinstance(m, JobCancelled))
         assert m.reason == "timeout" and m.kind == "bench" and scr.job.timeout == 0.3
         await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
-        await pilot.pause(0.02)
-        assert eng.cancel_seen == 1
-        assert "stopped (timeout)" in message(scr) and "bench timeout" in message(scr)
+        await until(pilot, lambda: "stopped (timeout)" in message(scr))
+        assert eng.cancel_seen == 1 and "bench timeout" in message(scr)
         assert not run_button(scr).disabled
 
 
@@ -185,7 +185,7 @@ async def test_engine_error_notifies_and_the_app_survives(make_app, tmp_path):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
         small_grid(scr, tmp_path / "runs.jsonl")
-        await pilot.pause(0.01)
+        await until(pilot, lambda: small_grid_shown(app, scr))
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobFailed) for m in seen))
         await until(pilot, lambda: any("the grid broke" in n for n in notes(app)))
@@ -194,8 +194,7 @@ async def test_engine_error_notifies_and_the_app_survives(make_app, tmp_path):
         assert "the grid broke" in error_text(scr) and "failed" in message(scr)
         assert not run_button(scr).disabled  # fix and retry
         scr.query_one("#dash-repeats", Input).value = "2"
-        await pilot.pause(0.01)
-        assert error_text(scr) == ""
+        await until(pilot, lambda: error_text(scr) == "")
 
 
 async def test_palette_lists_and_runs_the_dashboard_actions(make_app, tmp_path):
@@ -206,7 +205,7 @@ async def test_palette_lists_and_runs_the_dashboard_actions(make_app, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_dashboard(pilot, app)
         small_grid(scr, tmp_path / "runs.jsonl")
-        await pilot.pause(0.01)
+        await until(pilot, lambda: small_grid_shown(app, scr))
         await pilot.press("ctrl+p")
         await until(pilot, lambda: bool(app.screen.query(CommandInput)))
         app.screen.query_one(CommandInput).value = "bench"  # as typed, in one update
@@ -236,7 +235,7 @@ async def test_runs_file_is_read_off_the_loop_one_read_at_a_time(make_app, tmp_p
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         threads.append(threading.current_thread().name)
-        release.wait(5.0)
+        release.wait(DEADLINE_S)
         try:
             return real(path)
         finally:
@@ -250,7 +249,8 @@ async def test_runs_file_is_read_off_the_loop_one_read_at_a_time(make_app, tmp_p
         out = tmp_path / "runs.jsonl"
         out.write_text("\n".join(bench_lines()) + "\n", encoding="utf-8")
         small_grid(scr, out)
-        await pilot.pause(0.01)
+        await until(pilot, lambda: small_grid_shown(app, scr)
+                    and not scr.query_one("#dash-load", Button).disabled)
         await pilot.press("ctrl+l")
         await until(pilot, lambda: len(threads) == 1)
         # the loop is free while the read blocks: keys are handled, more refreshes queue up
@@ -280,11 +280,10 @@ async def test_combinations_field_is_validated_and_reaches_the_run(make_app, tmp
         for bad, words in (("kv-fp8+prune-nth", "unknown method"), ("kv-fp8", "not PROMPT+CACHE"),
                            ("prune-nth+nope", "unknown method")):
             combos.value = bad
-            await pilot.pause(0.01)
-            assert run_button(scr).disabled and words in error_text(scr), (bad, error_text(scr))
+            await until(pilot, lambda: words in error_text(scr))
+            assert run_button(scr).disabled, (bad, error_text(scr))
         combos.value = " prune-selfinfo+kv-fp8 , prune-nth+evict-sinks"
-        await pilot.pause(0.01)
-        assert not run_button(scr).disabled and error_text(scr) == ""
+        await until(pilot, lambda: not run_button(scr).disabled and error_text(scr) == "")
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "bench" for m in seen))
         cfg, _ = eng.bench_calls[0]

@@ -13,7 +13,7 @@ from app.app import TokenforgeApp
 from app.engines import Engine
 from app.settings import AppSettings
 
-from app_fakes import until
+from app_fakes import DEADLINE_S, until
 
 
 def _save(lm, folder):
@@ -65,28 +65,28 @@ async def test_picker_switches_models(hub, monkeypatch, tmp_path):
     app = TokenforgeApp(engine=Engine(), settings=settings, install_signals=False)
     try:
         async with app.run_test(size=(140, 36)) as pilot:
-            await until(pilot, lambda: app.model_state == "ready", 60)
+            await until(pilot, lambda: app.model_state == "ready")
             assert app.lm.name == "tf-test/tiny-a"  # a hub snapshot is named by its repo id
             first = app.lm
             await pilot.press("f8")
             await until(pilot, lambda: app.current_mode == "models")
             scr = app.screen
             table = scr.query_one("#model-table", DataTable)
-            await until(pilot, lambda: any(e.name == "tf-test/tiny-b" for e in scr.entries), 60)
+            await until(pilot, lambda: any(e.name == "tf-test/tiny-b" for e in scr.entries))
             names = [e.name for e in scr.entries]
             assert "tf-test/encoder" not in names
             row = table.get_row_at(names.index("tf-test/tiny-a"))
             assert row[0] == "●" and row[3] == "LlamaForCausalLM" and row[7] == "yes"
             # a long job is running when the user switches: it is cancelled
-            job = app.runner.start("chat", lambda *, cancel, **_: cancel.wait(60) or None)
+            job = app.runner.start("chat", lambda *, cancel, **_: cancel.wait(DEADLINE_S) or None)
             table.focus()
             table.move_cursor(row=names.index("tf-test/tiny-b"))
             await pilot.press("enter")
-            await until(pilot, lambda: job.done, 30)
+            await until(pilot, lambda: job.done)
             assert job.token.cancelled
-            await until(pilot, lambda: app.model_state == "ready" and app.lm is not first, 60)
+            await until(pilot, lambda: app.model_state == "ready" and app.lm is not first)
             assert app.lm.name == "tf-test/tiny-b" and app.lm.config.num_hidden_layers == 3
-            await until(pilot, lambda: "loaded" in str(scr.query_one("#models-status").content), 10)
+            await until(pilot, lambda: "loaded" in str(scr.query_one("#models-status").content))
     finally:
         for j in app.runner.jobs.values():
             j.cancel("shutdown")

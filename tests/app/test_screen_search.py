@@ -5,6 +5,8 @@ tiny real model."""
 from __future__ import annotations
 
 import json
+import threading
+from typing import Optional
 
 import pytest
 from textual.widgets import Button, Checkbox, DataTable, Input, Select
@@ -16,7 +18,7 @@ from engine.errors import InputError
 from engine.progress import report
 from engine.treesearch.search import TreeResult, TreeSample  # torch once, at collection
 
-from app_fakes import FakeEngine, until
+from app_fakes import DEADLINE_S, FakeEngine, until
 
 SIZE = (130, 60)
 
@@ -47,9 +49,11 @@ class FakeTreeEngine(FakeEngine):
     best reward, tok/s, root children), then the greedy pass ("generate"); every wait is a
     ``cancel.wait``; a cancel returns the best so far like the engine."""
 
-    def __init__(self, step_delay: float = 0.0, **kw) -> None:
+    def __init__(self, step_delay: float = 0.0, gate: Optional[threading.Event] = None,
+                 **kw) -> None:
         super().__init__(**kw)
         self.step_delay = step_delay
+        self.gate = gate  # set: the search holds after its first report until the test opens it
         self.calls: list[tuple] = []
 
     def tree_search(self, lm, prompt, system, reward_spec, allow_plugin, fields, *,
@@ -64,6 +68,8 @@ class FakeTreeEngine(FakeEngine):
                    depth=min(i, 6), best_reward=min(1.0, i / n), best_text=f"best text {i}",
                    tok_s=100.0 + i, root_value=0.1 * i,
                    root_children=[(" moon", i, 0.5), (" sky", 1, None)])
+            if i == 1 and self.gate is not None:
+                self.gate.wait(DEADLINE_S)
         report(progress, "generate", 1, 1, "greedy")
         return fake_run(fields, "completed", n, reward_spec)
 
@@ -72,8 +78,14 @@ async def open_search(pilot, app):
     await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
     await pilot.press("f4")
     await until(pilot, lambda: app.current_mode == "search")
-    await pilot.pause(0.02)
+    await pilot.pause()
     return app.screen
+
+
+async def run_enabled(pilot, scr):
+    """The filled form's Input.Changed messages are handled: Run is enabled, no message."""
+    await until(pilot, lambda: not scr.query_one("#ts-run", Button).disabled
+                and str(scr.query_one("#ts-error").content) == "")
 
 
 def fill(scr, **values):
@@ -108,8 +120,7 @@ async def test_search_screen_opens_and_bad_input_keeps_run_disabled(make_app):
         run, err = scr.query_one("#ts-run", Button), scr.query_one("#ts-error")
         assert run.disabled and "prompt" in str(err.content)
         fill(scr, prompt="Write about the night sky")
-        await pilot.pause(0.02)
-        assert not run.disabled and str(err.content) == ""
+        await run_enabled(pilot, scr)
         good = {"reward": "words:moon,stars", "rollouts": "4", "horizon": "8", "lambda": "1",
                 "seed": "0", "samples": "2", "prompt": "Write about the night sky"}
         bad = [("reward", "nonsense", "unknown reward"), ("reward", "regex:[", "invalid regex"),
@@ -120,20 +131,18 @@ async def test_search_screen_opens_and_bad_input_keeps_run_disabled(make_app):
                ("prompt", " \t ", "prompt"), ("prompt", "x" * 20_001, "too long")]
         for field, value, words in bad:
             fill(scr, **{field: value})
-            await pilot.pause(0.02)
+            await until(pilot, lambda: words in str(err.content))
             assert run.disabled, (field, value[:12])
-            assert words in str(err.content), (field, str(err.content))
             if field == "reward":
                 assert scr.query_one("#ts-reward", Input).has_class("-invalid")
             scr.query_one("#ts-rollouts", Input).focus()
             await pilot.press("ctrl+r", "enter")
             fill(scr, **{field: good[field]})
-            await pilot.pause(0.02)
-            assert not run.disabled, field
+            await run_enabled(pilot, scr)
         assert not scr.query_one("#ts-reward", Input).has_class("-invalid")
         fill(scr, seed="")  # empty seed = random: allowed
-        await pilot.pause(0.02)
-        assert not run.disabled
+        await pilot.pause()
+        await run_enabled(pilot, scr)
         assert eng.calls == []  # nothing unvalidated reached the engine
         assert scr.query_one("#search-status") is not None
 
@@ -144,13 +153,11 @@ async def test_plugin_reward_needs_the_checkbox_and_warns(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_search(pilot, app)
         fill(scr, prompt="hi", reward="plugin:my_rewards:score", rollouts="2")
-        await pilot.pause(0.02)
         warning = scr.query_one("#ts-plugin-warning")
+        await until(pilot, lambda: "YOUR OWN Python code" in str(warning.content))
         assert scr.query_one("#ts-run", Button).disabled
-        assert "YOUR OWN Python code" in str(warning.content)
         scr.query_one("#ts-allow-plugin", Checkbox).value = True
-        await pilot.pause(0.02)
-        assert not scr.query_one("#ts-run", Button).disabled
+        await run_enabled(pilot, scr)
         assert "YOUR OWN Python code" in str(warning.content)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done)
@@ -158,7 +165,8 @@ async def test_plugin_reward_needs_the_checkbox_and_warns(make_app):
 
 
 async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
-    eng = FakeTreeEngine(step_delay=0.03)
+    first_seen = threading.Event()  # the run holds after its first rollout until the test saw it
+    eng = FakeTreeEngine(step_delay=0.03, gate=first_seen)
     app = make_app(engine=eng)
     app.settings.system_prompt = "Be brief."
     seen = []
@@ -166,13 +174,15 @@ async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
         scr = await open_search(pilot, app)
         fill(scr, prompt="Write about the night sky", rollouts="40", horizon="12", seed="5",
              samples="2", **{"lambda": "2.5"})
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.click("#ts-run")
         await until(pilot, lambda: len(table_rows(scr)) == 2 and scr.busy)
         rows = table_rows(scr)
         assert rows[0][0] == " moon" and rows[1][4] == "–"
+        await until(pilot, lambda: "tree size" in str(scr.query_one("#ts-live").content))
         live = str(scr.query_one("#ts-live").content)
         assert "tree size" in live and "best reward" in live and "tok/s" in live
+        first_seen.set()
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "tree"
                                        for m in seen))
         # the hook sees the message when it is posted: wait for the screen to have shown it
@@ -207,10 +217,10 @@ async def test_sample_mode_lists_samples(make_app):
         scr = await open_search(pilot, app)
         fill(scr, prompt="hi", rollouts="3", samples="2")
         scr.query_one("#ts-mode", Select).value = "sample"
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.result is not None)
-        await pilot.pause(0.02)
+        await until(pilot, lambda: "sample 0 moon" in str(scr.query_one("#ts-best").content))
         body = str(scr.query_one("#ts-best").content)
         assert "sample 0 moon" in body and "sample 1 moon" in body
         assert "Boltzmann" in str(scr.query_one("#ts-best-title").content)
@@ -223,14 +233,14 @@ async def test_search_cancel_returns_to_idle_with_best_so_far(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_search(pilot, app)
         fill(scr, prompt="hi", rollouts="5")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: app.runner.busy)
         assert not scr.query_one("#ts-stop", Button).disabled
         await pilot.press("escape")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
         await until(pilot, lambda: not app.runner.busy)
-        await pilot.pause(0.02)
+        await until(pilot, lambda: "stopped (user)" in str(scr.query_one("#ts-summary").content))
         assert eng.cancel_seen == 1 and app.runner.in_flight() == 0
         assert scr.progress_widget.state == "cancelled"
         assert "stopped (user)" in str(scr.query_one("#ts-summary").content)
@@ -245,7 +255,7 @@ async def test_search_export_json(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_search(pilot, app)
         fill(scr, prompt="hi", rollouts="2")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         await pilot.press("ctrl+e")
@@ -268,15 +278,14 @@ async def test_search_end_to_end_on_the_tiny_model(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready", timeout=60)
-        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await until(pilot, lambda: app.model_state == "ready")
+        await until(pilot, lambda: not app.runner.busy)
         await pilot.press("f4")
         await until(pilot, lambda: app.current_mode == "search")
         scr = app.screen
         fill(scr, prompt="Say something", reward="length:1-3t", rollouts="3", horizon="6",
              seed="0")
-        await pilot.pause(0.02)
-        assert not scr.query_one("#ts-run", Button).disabled
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=180)
         assert scr.job.state == "finished", scr.job.error
@@ -299,14 +308,14 @@ async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, ti
     app = make_app(engine=Engine(lm=tiny_lm))
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready", timeout=60)
-        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await until(pilot, lambda: app.model_state == "ready")
+        await until(pilot, lambda: not app.runner.busy)
         await pilot.press("f4")
         await until(pilot, lambda: app.current_mode == "search")
         scr = app.screen
         fill(scr, prompt="Say something", reward="length:3-5t", rollouts="300", horizon="24",
              seed="1")
-        await pilot.pause(0.02)
+             await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobProgressed) and m.kind == "tree"
                                        and m.progress.phase == "tree" and m.progress.step >= 2
@@ -314,8 +323,8 @@ async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, ti
                     timeout=180)
         assert not scr.job.done, scr.job.error
         await pilot.press("escape")
-        await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=60)
-        await pilot.pause(0.05)
+        await until(pilot, lambda: scr.job is not None and scr.job.done)
+        await until(pilot, lambda: "stopped (user)" in str(scr.query_one("#ts-summary").content))
         assert scr.job.state == "cancelled"
         r = scr.result.result
         assert r.stop_reason == "cancelled" and 2 <= r.rollouts_done < 300

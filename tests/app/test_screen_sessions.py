@@ -30,7 +30,7 @@ async def test_sessions_screen(make_app, tiny_lm):
     app.settings.sampling = SamplingConfig(max_new_tokens=6, temperature=0.0)
     seen = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         await _say(pilot, app, seen, "Tell me about kittens")
         await _say(pilot, app, seen, "And more")
         await pilot.press("ctrl+n")  # a second conversation: a second saved session

@@ -90,17 +90,15 @@ async def test_settings_show_the_derivation_and_keep_edits(make_app):
         # edit one timeout and max new tokens: the edit is kept, the others re-derive
         scr.query_one("#timeout-chat", Input).value = "45"
         scr.query_one("#set-max-new", Input).value = "512"
-        await pilot.pause(0.02)
         scr.query_one("#apply", Button).press()
-        await pilot.pause(0.05)
-        assert app.runner.timeout_for("chat") == 45.0
+        await until(pilot, lambda: app.runner.timeout_for("chat") == 45.0)
         assert app.runner.timeout_for("tree") == CAP_S and app.runner.timeout_for("advtok") == 1230.0
         assert scr.query_one("#timeout-advtok", Input).value == "1230"
         assert "set by you" in why("chat") and "derived would be 40 s" in why("chat")
         assert "set by you" not in why("tree")
         scr.query_one("#derive", Button).press()
-        await pilot.pause(0.05)
-        assert app.runner.timeout_for("chat") == 40.0 and app.settings.user_timeouts == set()
+        await until(pilot, lambda: app.runner.timeout_for("chat") == 40.0)
+        assert app.settings.user_timeouts == set()
         assert scr.query_one("#timeout-chat", Input).value == "40"
         assert "set by you" not in why("chat")
 
@@ -114,13 +112,13 @@ async def test_dashboard_grid_sizes_the_bench_timeout_shown_in_settings(make_app
         settings = app.screen
         await pilot.press("f5")
         await until(pilot, lambda: app.current_mode == "dashboard")
-        await pilot.pause(0.02)
         dash = app.screen
         # the default form: baseline, kv-fp8 × core-v1 chat+qa (16) × (5+1) × 24 tok
-        assert app.settings.bench_grid == BenchGrid(2, 16, 5, 24)
+        await until(pilot, lambda: app.settings.bench_grid == BenchGrid(2, 16, 5, 24))
         assert app.runner.timeout_for("bench") == 280.0  # 2×16×6×24 ÷ 50 × 3 = 276.5 → 280 s
         dash.query_one("#dash-repeats", Input).value = "10"
-        await pilot.pause(0.02)
+        await until(pilot, lambda: app.runner.timeout_for("bench") == 510.0)
+        await until(pilot, lambda: "timeout 8.5 min" in str(dash.query_one("#dash-status").content))
         assert app.runner.timeout_for("bench") == 510.0  # 2×16×11×24 ÷ 50 × 3 = 506.9 → 510 s
         assert "timeout 8.5 min (derived from this grid" in str(dash.query_one("#dash-status").content)
         # Settings (already open in the background) shows the new derivation and value

@@ -15,14 +15,14 @@ async def test_tree_navigation_and_search_from_a_node(make_app, tiny_lm):
 
     app = make_app(engine=Engine(lm=tiny_lm))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_state == "ready", timeout=60)
-        await until(pilot, lambda: not app.runner.busy, timeout=120)
+        await until(pilot, lambda: app.model_state == "ready")
+        await until(pilot, lambda: not app.runner.busy)
         await pilot.press("f4")
         await until(pilot, lambda: app.current_mode == "search")
         scr = app.screen
         fill(scr, prompt="Say something", reward="length:3-12c", rollouts="8", horizon="6",
              seed="0")
-        await pilot.pause(0.02)
+        await until(pilot, lambda: not scr.query_one("#ts-run").disabled)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: scr.job is not None and scr.job.done, timeout=180)
         tree = scr.result.result.tree

@@ -10,6 +10,8 @@ from textual.app import App, ComposeResult
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot, downsample
 from engine.bench.report import load_report
 
+from waiting import until
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"
 
 
@@ -26,7 +28,7 @@ async def test_plots_render_headless():
     async with app.run_test(size=(120, 60)) as pilot:
         for pid in ("#a", "#b", "#c"):
             app.query_one(pid).show(rep)
-        await pilot.pause()
+        await until(pilot, lambda: all(app.query_one(p).drawn for p in ("#a", "#b", "#c")))
         for pid in ("#a", "#b", "#c"):
             w = app.query_one(pid)
             assert w.drawn == 1
@@ -35,8 +37,7 @@ async def test_plots_render_headless():
             assert len(text.splitlines()) >= 10
         empty = app.query_one("#a")
         empty.show(None)
-        await pilot.pause()
-        assert "no data yet" in empty.render().plain
+        await until(pilot, lambda: "no data yet" in empty.render().plain)
 
 
 def test_downsample_keeps_ends():
@@ -68,20 +69,16 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         scr.query_one("#dash-mnt", Input).value = "4"
         out = tmp_path / "runs.jsonl"
         scr.query_one("#dash-out", Input).value = str(out)
-        await pilot.pause(0.05)
+        await pilot.pause()
         scr.action_run()
         await scr.job.wait()
         assert out.exists()
         table = scr.query_one("#dash-table", DataTable)
-        for _ in range(200):  # the runs file is re-read off the event loop
-            await pilot.pause(0.02)
-            if table.row_count == 2 and not scr._reading:
-                break
-        assert table.row_count == 2  # baseline, kv-fp8
+        # the runs file is re-read off the event loop
+        await until(pilot, lambda: table.row_count == 2 and not scr._reading)  # baseline, kv-fp8
         assert scr.query_one("#plot-cost").drawn >= 1
         scr.action_export()
         await scr.job.wait()
-        await pilot.pause(0.2)
         pngs = list((tmp_path / "exports").glob("*.png"))
         assert pngs and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
         assert list((tmp_path / "exports").glob("*.csv"))
@@ -93,8 +90,7 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         assert [r["method"] for r in doc["result"]["rows"]] == ["baseline", "kv-fp8"]
         # bad input: repeats 0 is refused with one message, nothing started
         scr.query_one("#dash-repeats", Input).value = "0"
-        await pilot.pause(0.05)
-        assert scr.query_one("#dash-run").disabled
+        await until(pilot, lambda: scr.query_one("#dash-run").disabled)  # via its Input.Changed
         scr.action_run()
         assert not scr.busy
         assert "repeats" in str(scr.query_one("#dash-error").render())
