@@ -137,6 +137,7 @@ def test_corrupt_vocabulary_of_the_right_json_shape_is_moved_aside_and_rebuilt(t
 
 
 # ---- locks ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # a real process
 def test_lock_held_by_another_process_names_it(tmp_path):
     target = tmp_path / "results.jsonl"
     code = ("import sys, time; from engine.locks import FileLock\n"

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -315,7 +315,7 @@ async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, ti
         scr = app.screen
         fill(scr, prompt="Say something", reward="length:3-5t", rollouts="300", horizon="24",
              seed="1")
-             await run_enabled(pilot, scr)
+        await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any(isinstance(m, JobProgressed) and m.kind == "tree"
                                        and m.progress.phase == "tree" and m.progress.step >= 2

@@ -60,6 +60,7 @@ def test_local_directory_loads(tmp_path, tiny_lm):
     assert eos_ids_of(lm.model, lm.tokenizer)
 
 
+@pytest.mark.slow  # a real process
 def test_cli_unknown_model_exits_2():
     r = subprocess.run([sys.executable, "-m", "app.cli", "chat", "--model", "nobody/nothing", "--prompt", "hi"],
                        capture_output=True, text=True, timeout=120)

@@ -16,6 +16,8 @@ import pytest
 from app.cli import main
 from engine.advtok.records import read_results, shard_files
 
+pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
+
 ROOT = Path(__file__).resolve().parents[3]
 ROWS = [{"request": "Write a haiku about rain", "response": "Sure, here is a haiku", "category": "poetry"},
         {"request": "Name three colours", "response": "Sure, here are", "category": "lists"},

@@ -161,6 +161,7 @@ def _cli(*argv: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.
                           input=stdin, capture_output=True, timeout=120)
 
 
+@pytest.mark.slow  # a real process
 def test_real_processes_refuse_in_one_line(tmp_path):
     deep = tmp_path / "deep.jsonl"
     deep.write_text("[" * 50_000 + "]" * 50_000 + "\n")

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tiny_lm):
