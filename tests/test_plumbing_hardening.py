@@ -140,9 +140,10 @@ def test_corrupt_vocabulary_of_the_right_json_shape_is_moved_aside_and_rebuilt(t
 @pytest.mark.slow  # a real process
 def test_lock_held_by_another_process_names_it(tmp_path):
     target = tmp_path / "results.jsonl"
-    code = ("import sys, time; from engine.locks import FileLock\n"
-            f"with FileLock({str(target)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    code = ("import sys; from engine.locks import FileLock\n"  # held until the test kills it
+            f"with FileLock({str(target)!r}, 'x'):\n    print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         assert is_held(target)
