@@ -58,8 +58,13 @@ def _app_in_pty(model: Path | str, cache: Path | None) -> Iterator[tuple[subproc
 #: a deadline for one awaited screen text: only keeps a broken test from hanging (a loaded
 #: 2-core machine takes minutes where a quiet one takes seconds)
 DEADLINE_S = 240.0
-#: the chat job is decoding: its progress line reads "phase generate" (styles in between)
-GENERATING = re.compile(rb"phase (?:\x1b\[[0-9;?]*[A-Za-z])*generate")
+_SGR = rb"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # style codes between the words of one screen line
+#: the model is ready: the chat status line names it with the sampling settings (load progress
+#: messages also name the model, so the name alone would match while it is still loading)
+READY = re.compile(rb"\xc2\xb7 max \d+ tokens \xc2\xb7 T ")
+#: the chat job is decoding: "chat · phase generate" on its progress line (the start-up speed
+#: probe also decodes, as "speed · phase generate")
+CHAT_GENERATING = re.compile(_SGR.join([rb"chat", rb" \xc2\xb7 phase ", rb"generate"]))
 FORCE_WINDOW_S = 2.0  # app/quitting.py: a second Ctrl+C within this window force-quits
 
 
@@ -135,10 +140,9 @@ def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
     for Ctrl+C to land mid-answer: the first press cancels the job and says so (not "Quitting",
     the idle message), the second force-quits."""
     with _app_in_pty("default", None) as (p, master, slave):
-        out = _read_until(master, b"SmolLM2")  # the header names the loaded model
-        assert b"SmolLM2" in out
+        assert READY.search(_read_until(master, READY))
         os.write(master, b"Write a very long story about the sea, with many chapters.\r")
-        assert GENERATING.search(_read_until(master, GENERATING))  # the answer is streaming
+        assert CHAT_GENERATING.search(_read_until(master, CHAT_GENERATING))  # answer streaming
         os.write(master, b"\x03")
         seen = _read_until(master, b"Cancelling")
         assert b"Cancelling" in seen  # "Cancelling 1 job(s)… press Ctrl+C again to force quit"
@@ -156,9 +160,9 @@ def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm):
     take Ctrl+C). Mid-answer the first press still cancels ("Cancelling", the app stays); idle it
     copies ("Copied", the app stays); a second press force-quits with 130, terminal restored."""
     with _app_in_pty("default", None) as (p, master, slave):
-        assert b"SmolLM2" in _read_until(master, b"SmolLM2")
+        assert READY.search(_read_until(master, READY))
         os.write(master, b"Write a very long story about the sea, with many chapters.\r")
-        assert GENERATING.search(_read_until(master, GENERATING))
+        assert CHAT_GENERATING.search(_read_until(master, CHAT_GENERATING))
         os.write(master, b"selected words" + SHIFT_HOME)  # keys are handled in order: no wait
         os.write(master, b"\x03")
         first = time.monotonic()
@@ -183,7 +187,7 @@ def test_escape_during_a_long_prefill_lands_fast(smol_lm):
     the < 1 s target holds on an idle machine, bench/ measures it) and the app stays up with
     the message back in the box."""
     with _app_in_pty("default", None) as (p, master, slave):
-        assert b"SmolLM2" in _read_until(master, b"SmolLM2")
+        assert READY.search(_read_until(master, READY))
         text = b"The sea is calm today and the boats are out. " * 450
         _write_all(master, b"\x1b[200~" + text + b"\x1b[201~")
         os.write(master, b"\r")  # after the paste in the same input stream: handled in order
