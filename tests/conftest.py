@@ -6,6 +6,7 @@ is ``pytest -m "not slow"``; ``make test`` runs everything."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -44,6 +45,23 @@ def tiny_lm(tokenizer):
     from engine.lm.tiny import tiny_llama
 
     return tiny_llama(tokenizer, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    """Fast tests run torch with one intra-op thread: their forwards (tiny models) are too small
+    to share, and on the shared 2-core machine under load two threads spin-wait on each other
+    (measured at load 3: a 200-token greedy tiny-model test 26 s with 2 threads, 8.5 s with 1; at
+    load 15 a tiny forward ~1 s against ~2 ms). Slow tests (the bundled model's real products)
+    keep the default; a test that sets its own count (the split mat-vec test) restores it."""
+    torch = sys.modules.get("torch")  # a TUI-only run never imports torch for this
+    if torch is None or request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

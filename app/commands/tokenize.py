@@ -97,15 +97,16 @@ def run(args: argparse.Namespace) -> int:
     if args.neighbours is not None and args.neighbours < 0:
         return fail("--neighbours K must be ≥ 0")
     err = err_console()
-    def on_load(p: Any) -> None:  # a damaged model cache is reported once (then rebuilt)
+    def on_load(p: Any) -> None:  # a warning from loading is reported once
         if p.metrics.get("warning"):
             err.print(f"warning: {p.metrics['warning']}", style="yellow", markup=False,
                       highlight=False)
 
     phase("load")
     with err.status(f"loading the tokenizer of {args.model}…"):
+        # only the tokenizer: a GGUF never converted is read as it is (no weights de-quantized)
         tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
-                             progress=on_load, cancel=cancel_token())
+                             progress=on_load, cancel=cancel_token(), convert=False)
 
     def on_work(p: Any) -> None:
         phase(p.phase)

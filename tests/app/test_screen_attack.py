@@ -330,7 +330,7 @@ async def test_attack_actions_are_in_the_command_palette(make_app):
         await pilot.press(*"run attack")
         hits = app.screen.query_one(CommandList)  # the palette searches its providers in workers
         await until(pilot, lambda: hits.option_count >= 1 and str(hits.get_option_at_index(
-            hits.highlighted or 0).prompt).split("\n")[0] == "Run attack")
+            hits.highlighted or 0).prompt).split("\n")[0] == "attack: Run attack")
         await pilot.press("enter")
         await until(pilot, lambda: scr.result is not None and not app.runner.busy)
         assert len(eng.calls) == 1

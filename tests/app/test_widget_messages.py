@@ -9,8 +9,8 @@ from textual.widgets import Button
 from app.messages import ControlsChanged, ModelChanged, RunFromIds, WidgetJobStarted
 from app.widgets.lattice_view import LatticeView
 
-from app_fakes import until
-from test_screen_attack import FakeAttackEngine, fill, open_attack
+from app_fakes import DEADLINE_S, until
+from test_screen_attack import FakeAttackEngine, fill, open_attack, run_enabled
 
 SIZE = (130, 60)
 
@@ -20,13 +20,12 @@ async def test_a_widget_job_makes_its_screen_busy_until_it_ends(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure", iters="2", samples="0")
-        await pilot.pause(0.02)
         run, stop = scr.query_one("#atk-run", Button), scr.query_one("#atk-stop", Button)
         await until(pilot, lambda: not run.disabled)
         lattice = scr.query_one(LatticeView)
 
         def wait_for_cancel(*, progress, cancel):
-            cancel.wait(60)
+            cancel.wait(DEADLINE_S)
             return None
 
         job = app.runner.start("advtok", wait_for_cancel, target=lattice, needs_model=False)
@@ -44,7 +43,7 @@ async def test_run_from_ids_and_model_changed_reach_the_screen(make_app):
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure", iters="2", samples="0")
-        await pilot.pause(0.02)
+        await run_enabled(pilot, scr)
         scr.query_one(LatticeView).post_message(RunFromIds([20407, 549]))
         await until(pilot, lambda: len(eng.calls) == 1 and scr.result is not None
                     and not app.runner.busy)

@@ -88,17 +88,15 @@ def test_plugin_needs_opt_in_and_says_it_runs_user_code(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from engine.lm.model import load_tokenizer
+def tiny(tokenizer):
     from engine.lm.tiny import tiny_llama
 
-    lm = tiny_llama(load_tokenizer("default"), seed=1)
+    lm = tiny_llama(tokenizer, seed=1)
     lm.engine_path = "standard"
     return lm
 
 
 def test_loglik_equals_brute_force_mean_log_prob(tiny):
-    torch.set_num_threads(1)
     tok = tiny.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "Say something."}],
                                      add_generation_prompt=True, return_dict=False)

@@ -38,22 +38,6 @@ def resume_logits(lm: Any, node: Any, tokens: list[int], prompt_len: int) -> tor
     return fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[0, -1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The cores are shared with other test runs; one thread avoids oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from engine.lm.model import load_tokenizer
-
-    return load_tokenizer("default")
-
-
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """A private tiny Llama on the standard forward (its caches are inspected directly)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 
 from engine.lm.config import SamplingConfig
 from engine.lm.generate import generate
@@ -19,20 +18,11 @@ from engine.treesearch.versus_greedy import TreeRun, search_then_greedy
 CFG = dict(rollouts=4, horizon=4, batch=2, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def lm():
-    from engine.lm.model import load_tokenizer
+def lm(tokenizer):
     from engine.lm.tiny import tiny_llama
 
-    return tiny_llama(load_tokenizer("default"), seed=3)
+    return tiny_llama(tokenizer, seed=3)
 
 
 @pytest.fixture(scope="module")

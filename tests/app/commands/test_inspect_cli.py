@@ -11,11 +11,10 @@ from app.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from engine.lm.model import load_tokenizer
+def tiny(tmp_path_factory, tokenizer):
     from engine.lm.tiny import tiny_llama
 
-    lm = tiny_llama(load_tokenizer("default"), seed=4)
+    lm = tiny_llama(tokenizer, seed=4)
     d = tmp_path_factory.mktemp("tiny_inspect")
     lm.model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)

@@ -23,11 +23,10 @@ def test_bad_input_exits_2_with_one_line(argv, msg, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from engine.lm.model import load_tokenizer
+def tiny_dir(tmp_path_factory, tokenizer):
     from engine.lm.tiny import tiny_llama
 
-    lm = tiny_llama(load_tokenizer("default"), seed=2)
+    lm = tiny_llama(tokenizer, seed=2)
     d = tmp_path_factory.mktemp("tiny_search")
     lm.model.save_pretrained(d)
     lm.tokenizer.save_pretrained(d)

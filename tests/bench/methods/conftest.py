@@ -23,15 +23,3 @@ def sample_text() -> str:
 
     return load_suite("core-v1").prose
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests run tiny forwards: one intra-op thread avoids spin-wait contention when the
-    shared 2-core machine is overloaded (measured: ~1 s → ~2 ms per tiny forward at load 15).
-    Restored afterwards so other test directories keep their setting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
