@@ -31,7 +31,9 @@ def fake_engine():
 
 @pytest.fixture
 def make_app(tmp_path):
-    """Factory: TokenforgeApp with an injected engine, exports into tmp_path."""
+    """Factory: TokenforgeApp with an injected engine, exports into tmp_path. ``app.toasts``
+    keeps the text of every toast shown: a toast expires after its timeout, which a loaded
+    machine can pass before the test looks at ``app._notifications``."""
     from app.app import TokenforgeApp
     from app.settings import AppSettings
 
@@ -43,6 +45,14 @@ def make_app(tmp_path):
         kw.setdefault("install_signals", False)
         app = TokenforgeApp(engine=engine if engine is not None else FakeEngine(), lm=lm,
                             settings=settings, **kw)
+        app.toasts = []
+        shown = app.notify  # screens and widgets call app.notify: record, then show
+
+        def notify(message: Any, *a: Any, **k: Any) -> Any:
+            app.toasts.append(str(message))
+            return shown(message, *a, **k)
+
+        app.notify = notify
         apps.append(app)
         return app
 

@@ -23,7 +23,7 @@ SIZE = (110, 36)
 
 
 def notes(app):
-    return [str(n.message) for n in app._notifications]
+    return list(app.toasts)  # every toast shown (tests/app/conftest.py), expired or not
 
 
 async def ready(pilot, app):

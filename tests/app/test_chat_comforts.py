@@ -15,7 +15,7 @@ async def test_copy_answer_and_code_blocks(make_app):
     async with app.run_test(size=(120, 36)) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         await pilot.press("alt+c")
-        await until(pilot, lambda: any("No answer" in n.message for n in app._notifications))
+        await until(pilot, lambda: any("No answer" in m for m in app.toasts))
         prompt = app.screen.query_one("#prompt", Composer)
         prompt.focus()
         prompt.value = "show code"

@@ -20,7 +20,7 @@ async def ready(pilot, app):
 
 
 def notes(app):
-    return [str(n.message) for n in app._notifications]
+    return list(app.toasts)  # every toast shown (tests/app/conftest.py), expired or not
 
 
 async def test_enter_sends_and_newline_keys_insert_lines(make_app):

@@ -32,7 +32,7 @@ async def test_search_screen_warns_before_a_search_that_cannot_finish(make_app):
         await until(pilot, lambda: not scr.query_one("#ts-run").disabled)
         assert app.runner.timeout_for("tree") == 60.0
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: any("stop early" in n.message for n in app._notifications))
-        msg = next(n.message for n in app._notifications if "stop early" in n.message)
+        await until(pilot, lambda: any("stop early" in m for m in app.toasts))
+        msg = next(m for m in app.toasts if "stop early" in m)
         assert "5,050 tokens" in msg and "at the measured 10.0 tok/s" in msg
         await until(pilot, lambda: eng.calls)           # it still runs

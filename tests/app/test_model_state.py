@@ -41,7 +41,7 @@ async def test_failed_reload_keeps_the_working_model(make_app, size):
         await until(pilot, lambda: app.model_error and not app.runner.busy)
         assert app.lm is first and app.model_state == "ready"
         assert app.sub_title == first.describe()
-        assert any("Kept fake-lm" in str(n.message) for n in app._notifications)
+        assert any("Kept fake-lm" in m for m in app.toasts)
         await pilot.press("f2")
         await until(pilot, lambda: app.current_mode == "chat")
         status = str(app.screen.query_one("#chat-status").content)

@@ -41,7 +41,7 @@ def message(scr) -> str:
 
 
 def notes(app) -> list[str]:
-    return [str(n.message) for n in app._notifications]
+    return list(app.toasts)  # every toast shown (tests/app/conftest.py), expired or not
 
 
 def small_grid(scr, out) -> None:
