@@ -225,10 +225,11 @@ class SearchScreen(JobScreen):
         if time.monotonic() - self._last_draw < 1.0 / LIVE_HZ:
             return
         p, self._live = self._live, None
-        self._last_draw = time.monotonic()
         self.query_one("#ts-live", Static).update(live_figures(p.metrics, p.step, p.total))
         rows = [(c[0], None, c[1], None, c[2]) for c in p.metrics.get("root_children") or []]
         self._fill_table(rows)
+        # spaced from the END of this draw: a slow draw must not shorten the gap to the next
+        self._last_draw = time.monotonic()
 
     def _fill_table(self, rows: list[tuple]) -> None:
         table = self.query_one("#ts-children", DataTable)
