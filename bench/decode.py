@@ -2,7 +2,10 @@
 prefill/scoring, LM-head options, and where a decode step's time goes — all in one run, methods
 alternating round by round so background load hits each alike; ratios are within the run.
 
-    .venv/bin/python bench/decode.py [--tokens 48] [--rounds 3] [--threads N]
+    .venv/bin/python bench/decode.py [--tokens 48] [--rounds 3] [--threads N] [--pipeline-only]
+
+``--pipeline-only`` measures just the bound, HF ``generate`` against the lean path, and what the
+decode pipeline costs over a bare argmax loop (bench/results/decode_pipeline.json).
 
 Every speed is also given as a fraction of the memory-bandwidth bound: this machine's read
 bandwidth (a large-array sum, measured in the same run) divided by the bytes a decode step must
@@ -109,6 +112,57 @@ def decode_batch1(lm: Any, variants: dict[str, Any], tokens: int, rounds: int) -
     first = next(iter(outs.values()))
     res["all_paths_same_tokens"] = all(v == first for v in outs.values())
     return res
+
+
+def _bare_loop(fwd: Any, ids: list[int], tokens: int) -> float:
+    """The floor: forward + ``argmax`` and nothing else (no pipeline, no stop rules, no text),
+    decode tokens/s counted as ``generate`` counts them (after the first token)."""
+    cache = fwd.new_cache()
+    tok = fwd.logits(torch.tensor([ids]), cache, keep=1)[:, -1].argmax(-1)
+    t = time.perf_counter()
+    for _ in range(tokens - 1):
+        tok = fwd.logits(tok.view(1, 1), cache, keep=1)[:, -1].argmax(-1)
+    int(tok)
+    return (tokens - 1) / (time.perf_counter() - t)
+
+
+def pipeline_overhead(lm: Any, fwd: Any, tokens: int, rounds: int) -> dict[str, Any]:
+    """What the decode pipeline (engine/lm/sampling.py + stopping.py, inside ``generate``) costs
+    on top of the bare forward: a bare argmax loop, ``generate`` greedy, and ``generate`` with
+    the default sampling settings (temperature 0.7, top-p 0.95) and a repetition penalty,
+    alternating within each round; per-round ratios against the same round's bare loop."""
+    ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
+                                           add_generation_prompt=True, return_dict=False)
+    _use(lm, fwd)
+    variants = {
+        "pipeline_greedy": SamplingConfig(max_new_tokens=tokens, temperature=0.0),
+        "pipeline_default_sampling": SamplingConfig(max_new_tokens=tokens, seed=0),
+        "pipeline_sampling_rep_penalty": SamplingConfig(max_new_tokens=tokens, seed=0,
+                                                        repetition_penalty=1.2),
+    }
+    rows: dict[str, list[float]] = {"bare_argmax": [], **{k: [] for k in variants}}
+    ratios: dict[str, list[float]] = {k: [] for k in variants}
+    eos, lm.eos_ids = lm.eos_ids, []  # the same token count everywhere
+    try:
+        _bare_loop(fwd, ids, 4)
+        generate(lm, ids, SamplingConfig(max_new_tokens=4, temperature=0.0))
+        for r in range(rounds):
+            order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+            bare = [_bare_loop(fwd, ids, tokens)]
+            for name in order:
+                res, _ = generate(lm, ids, variants[name])
+                rows[name].append(res.decode_tok_s)
+            bare.append(_bare_loop(fwd, ids, tokens))  # before and after: drift hits both sides
+            b = sum(bare) / 2
+            rows["bare_argmax"].append(b)
+            for name in variants:
+                ratios[name].append(rows[name][-1] / b)
+    finally:
+        lm.eos_ids = eos
+    out: dict[str, Any] = {k: _stats(v) for k, v in rows.items()}
+    out["ratio_vs_bare"] = {k: {**_stats(v), "min": min(v), "max": max(v)} for k, v in ratios.items()}
+    out["tokens"] = tokens
+    return out
 
 
 def decode_batched(lm: Any, variants: dict[str, Any], sizes: list[int], tokens: int, rounds: int) -> dict[str, Any]:
@@ -224,6 +278,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--pipeline-only", action="store_true",
+                    help="only the bandwidth bound, HF generate vs lean and the pipeline's cost "
+                         "(writes bench/results/decode_pipeline.json)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -233,6 +290,9 @@ def main() -> None:
     std = StandardForward(lm.model)
     lean = make_lean_forward(lm.model)
     assert lean is not None, "the bundled model must be supported by the lean path"
+    if a.pipeline_only:
+        bw0 = read_bandwidth()
+        return pipeline_main(lm, lean, a, out, bw0, weight_bytes(lean))
     fused = make_lean_forward(lm.model, fuse=True)  # concatenated copies (the default adopts)
     separate = make_lean_forward(lm.model, fuse=False)
     mm = make_lean_forward(lm.model, decode_attention="matmul")
@@ -249,6 +309,8 @@ def main() -> None:
     print("batched decode …", flush=True)
     out["decode_batched"] = decode_batched(lm, {"lean": lean, "standard": std}, [1, 4, 16],
                                            max(8, a.tokens // 2), max(1, a.rounds - 1))
+    print("pipeline vs bare argmax …", flush=True)
+    out["pipeline"] = pipeline_overhead(lm, lean, a.tokens, max(a.rounds, 5))
     print("prefill / scoring …", flush=True)
     out["prefill_scoring"] = prefill_scoring(lm, {"standard": std, "lean": lean}, a.rounds)
     print("LM head options …", flush=True)
@@ -331,6 +393,48 @@ def main() -> None:
         t = f"target ≥ {g['target']}" if g["target"] else ""
         flag = "" if g["met"] is None else ("met" if g["met"] else "NOT met")
         print(f"  {k:28s} {g['value']:6.2f}  {t:14s} {flag}")
+    p = out["pipeline"]
+    print_pipeline(p)
+    print(f"\nwrote {path}")
+
+
+def print_pipeline(p: dict[str, Any]) -> None:
+    print(f"\ndecode pipeline on the lean path ({p['tokens']} tokens; tok/s median, ratio to the same "
+          f"round's bare argmax loop: median [min–max])")
+    print(f"  {'bare_argmax':30s} {p['bare_argmax']['median']:7.1f}")
+    for k, r in p["ratio_vs_bare"].items():
+        print(f"  {k:30s} {p[k]['median']:7.1f}   {r['median']:.3f} [{r['min']:.3f}–{r['max']:.3f}]")
+
+
+def pipeline_main(lm: Any, lean: Any, a: Any, out: dict[str, Any], bw0: dict[str, float],
+                  wb: int) -> None:
+    """--pipeline-only: the figures for the decode pipeline's cost, on a loaded machine quickly."""
+    print("batch-1 decode (HF generate vs lean) …", flush=True)
+    out["decode_b1"] = decode_batch1(lm, {"lean": lean}, a.tokens, a.rounds)
+    print("pipeline vs bare argmax …", flush=True)
+    out["pipeline"] = pipeline_overhead(lm, lean, a.tokens, max(a.rounds, 5))
+    bw1 = read_bandwidth()
+    bw = max(bw0["best_gbs"], bw1["best_gbs"])
+    out["bandwidth"] = {"start": bw0, "end": bw1, "used_gbs": bw}
+    ctx = 64 + a.tokens
+    kv = 2 * lean.n_layers * lean.n_kv * lean.head_dim * 4 * ctx
+    bound = bw * 1e9 / (wb + kv)
+    d = out["decode_b1"]
+    out["bound_tok_s_batch1"] = bound
+    out["lean_vs_hf_generate"] = d["lean"]["median"] / d["hf_generate"]["median"]
+    out["lean_fraction_of_bound"] = d["lean"]["median"] / bound
+    out["bare_fraction_of_bound"] = out["pipeline"]["bare_argmax"]["median"] / bound
+    out["env"]["loadavg_end"] = list(os.getloadavg())
+    path = write_result("decode_pipeline", out)
+    print(f"\nmodel {lm.name} {lm.dtype} · torch threads {torch.get_num_threads()} · load avg "
+          f"{out['env']['loadavg'][0]:.1f} → {out['env']['loadavg_end'][0]:.1f} (shared cores: timings are noisy)")
+    print(f"read bandwidth {bw:.1f} GB/s (best of start/end) · weights read per step {wb / 1e6:.0f} MB "
+          f"→ batch-1 bound {bound:.1f} tok/s")
+    print(f"  HF generate {d['hf_generate']['median']:.1f} tok/s · lean (generate, greedy) "
+          f"{d['lean']['median']:.1f} tok/s = {out['lean_vs_hf_generate']:.2f}× generate, "
+          f"{out['lean_fraction_of_bound']:.1%} of the bound (bare argmax loop "
+          f"{out['bare_fraction_of_bound']:.1%})")
+    print_pipeline(out["pipeline"])
     print(f"\nwrote {path}")
 
 

@@ -14,17 +14,21 @@ if TYPE_CHECKING:  # types only: search.py imports this module
 
 def sample_responses(lm: LoadedModel, chunks: Any, ids: Sequence[int], n: int, *, max_new_tokens: int = 64,
                      temperature: float = 0.7, seed: Optional[int] = 0,
+                     repetition_penalty: float = 1.0,
                      frozen_prefix_ids: Sequence[int] = (), frozen_suffix_ids: Sequence[int] = (),
                      prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
                      cancel: Optional[CancelToken] = None) -> list[Any]:
     """N responses to the prompt ``SP ⊕ H ⊕ F_pre ⊕ ids ⊕ F_suf ⊕ U`` (batched over one prefix
     cache, seeded). ``prefix_cache`` may hold SP ⊕ H ⊕ F_pre already (it is forked, never
-    changed). Returns :class:`~engine.lm.results.GenerationResult` objects."""
+    changed). Every row decodes through the same pipeline as a single generation (repetition
+    penalty included); sample i draws what one generation seeded ``seed + i`` would.
+    Returns :class:`~engine.lm.results.GenerationResult` objects."""
     from engine.lm.generate import generate_batch
     from engine.lm.config import SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         top_p=1.0 if temperature > 0 else 0.95)
+                         top_p=1.0 if temperature > 0 else 0.95,
+                         repetition_penalty=repetition_penalty)
     tail = list(ids) + list(frozen_suffix_ids) + list(chunks.tail_ids)
     if prefix_cache is None:
         prompt = list(chunks.prefix_ids) + list(frozen_prefix_ids) + tail
@@ -55,6 +59,7 @@ def sample_pair(lm: LoadedModel, chunks: Any, adv_ids: Sequence[int], canonical_
         gens = sample_responses(lm, chunks, ids, cfg.samples,
                                 max_new_tokens=cfg.sample_max_new_tokens,
                                 temperature=cfg.sample_temperature, seed=cfg.seed,
+                                repetition_penalty=cfg.sample_repetition_penalty,
                                 frozen_prefix_ids=cfg.frozen_prefix_ids,
                                 frozen_suffix_ids=cfg.frozen_suffix_ids,
                                 prefix_cache=prefix_cache, progress=prog, cancel=cancel)

@@ -55,6 +55,7 @@ class AttackConfig:
     samples: int = 0
     sample_max_new_tokens: int = 64
     sample_temperature: float = 0.7
+    sample_repetition_penalty: float = 1.0  # the samples' decode pipeline (1 = off)
     seed: int = 0
     max_request_chars: int = 2000
     batch_cap: Optional[int] = None
@@ -93,6 +94,9 @@ class AttackConfig:
             raise InputError(f"sample max_new_tokens must be ≥ 1 (got {self.sample_max_new_tokens})")
         if not (0.0 <= self.sample_temperature <= 100.0):
             raise InputError(f"sample temperature must be in [0, 100] (got {self.sample_temperature})")
+        if not (0.0 < self.sample_repetition_penalty <= 100.0):
+            raise InputError("sample repetition penalty must be in (0, 100] "
+                             f"(got {self.sample_repetition_penalty})")
         if self.batch_cap is not None and self.batch_cap < 1:
             raise InputError(f"batch cap must be ≥ 1 (got {self.batch_cap})")
         if self.token_budget < 1:

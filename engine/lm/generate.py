@@ -1,6 +1,7 @@
-"""The manual decoding loop over a KV cache: one prompt (chat) or N samples sharing one prompt's
-prefix cache (AdvTok responses, tree-search rollouts). Logits processing lives in sampling.py,
-the forward in forward.py; this module only runs the loop, times it and decides when to stop."""
+"""The manual decoding loops over a KV cache: one prompt (chat) or N samples sharing one prompt's
+prefix cache (AdvTok responses). Each loop only feeds the forward (forward.py), asks the logits
+pipeline (sampling.py) for tokens and the stop criteria (stopping.py) whether a row is done, and
+times it; both are built once per call from the SamplingConfig."""
 from __future__ import annotations
 
 import time
@@ -14,8 +15,8 @@ from engine.lm.prefill import prefill
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from engine.lm.config import SamplingConfig
 from engine.lm.results import GenerationResult
-from engine.lm.sampling import apply_repetition_penalty, choose, make_generator
-from engine.lm.textstream import TextStream
+from engine.lm.sampling import LogitsPipeline
+from engine.lm.stopping import StopCriteria
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -43,7 +44,7 @@ def generate(lm: LoadedModel, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
     Returns the result and the cache, which then holds prompt + every generated token except the
     last one chosen (that token is in ``result.token_ids``; feed it first to continue). A cancel
     returns the partial answer with stop_reason "cancelled" instead of raising: the caller keeps
-    a well-formed conversation.
+    a well-formed conversation. The repetition penalty counts ``prompt_ids`` and the answer.
     """
     cfg.validate()
     fwd = get_forward(lm)
@@ -58,59 +59,52 @@ def generate(lm: LoadedModel, prompt_ids: Sequence[int], cfg: SamplingConfig, *,
             f"prompt is {past + len(prompt_ids)} tokens and max_new_tokens is {cfg.max_new_tokens}: "
             f"{past + len(prompt_ids) + cfg.max_new_tokens} > context length {lm.context_length}")
     device = lm.torch_device
-    gen = make_generator(cfg.seed, device)
-    eos = set(lm.eos_ids)
-    stream = TextStream(lm.tokenizer, cfg.stop_strings)
-    out_ids: list[int] = []
-    stop = "max_new_tokens"
+    ids = _as_ids(prompt_ids, device)
+    pipe = LogitsPipeline(cfg, device).start(ids)
+    stops = StopCriteria(cfg, lm.eos_ids, lm.tokenizer, cancel=cancel, live=on_token is not None)
     tick = Ticker(0.1)
     t0 = time.perf_counter()
     ttft = 0.0
-    seen = _as_ids(prompt_ids, device)
-    ids = seen
+    step = 0
     try:
-        for step in range(cfg.max_new_tokens):
-            if cancel is not None:
-                cancel.check()
-            if step == 0:  # the prompt: in chunks, cancellable, with progress
-                logits = raw = prefill(fwd, ids, cache, progress=progress, cancel=cancel)[:, -1, :]
-            else:
-                logits = raw = fwd.logits(ids, cache, keep=1)[:, -1, :]
-            if cfg.repetition_penalty != 1.0:
-                hist = torch.cat([seen, torch.tensor([out_ids], dtype=torch.long, device=device)], 1) \
-                    if out_ids else seen
-                logits = apply_repetition_penalty(logits, hist, cfg.repetition_penalty)
-            tok = int(choose(logits, cfg, gen)[0])
+        stops.check_cancel()
+        # the prompt: in chunks, cancellable, with progress
+        raw = prefill(fwd, ids, cache, progress=progress, cancel=cancel)[:, -1, :]
+        while True:
+            tok_t = pipe.choose(raw)
+            tok = int(tok_t[0])
             if step == 0:
                 ttft = time.perf_counter() - t0
-            if tok in eos:
-                stop = "eos"
+            step += 1
+            delta, why = stops.push(0, tok)
+            if why == "eos":
                 break
-            out_ids.append(tok)
             if observe is not None:
                 observe(raw, tok)
-            delta, hit = stream.push(tok)
             if delta and on_token is not None:
                 on_token(delta, tok)
-            if hit:
-                stop = "stop_string"
+            if why is not None:
                 break
             if progress is not None and tick.due():
                 el = time.perf_counter() - t0
-                report(progress, "generate", step + 1, cfg.max_new_tokens, "generating",
-                       tok_s=round((step) / max(el - ttft, 1e-9), 1) if step else 0.0,
+                report(progress, "generate", step, cfg.max_new_tokens, "generating",
+                       tok_s=round((step - 1) / max(el - ttft, 1e-9), 1) if step > 1 else 0.0,
                        ttft_s=round(ttft, 3))
-            ids = torch.tensor([[tok]], dtype=torch.long, device=device)
+            stops.check_cancel()
+            pipe.advance(tok_t)
+            raw = fwd.logits(tok_t.view(1, 1), cache, keep=1)[:, -1, :]
     except Cancelled:
-        stop = "cancelled"
-    tail = stream.flush()
+        stops.cancelled([0])
+    tail = stops.flush(0)
     if tail and on_token is not None:
         on_token(tail, -1)
     total = time.perf_counter() - t0
+    out_ids = stops.token_ids(0)
     n = len(out_ids)
     decode_s = total - ttft
+    stop = stops.reason(0)
     res = GenerationResult(
-        text=stream.final_text, token_ids=out_ids, prompt_tokens=total_prompt,
+        text=stops.text(0), token_ids=out_ids, prompt_tokens=total_prompt,
         prefill_tokens=len(prompt_ids), new_tokens=n, ttft_s=ttft,
         decode_tok_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
         total_s=total, stop_reason=stop)
@@ -123,8 +117,10 @@ def generate_batch(lm: LoadedModel, prompt_ids: Sequence[int], n: int, cfg: Samp
                    cache: Any = None, progress: Optional[ProgressFn] = None,
                    cancel: Optional[CancelToken] = None) -> list[GenerationResult]:
     """N samples from one prompt: the prompt is prefilled once at batch 1, its cache repeated N
-    times, and rows that finish (EOS, stop string, cancel) leave the batch at once.
-    Same seed, same samples. On cancel, every row returns what it has (stop_reason cancelled)."""
+    times, and rows that finish (EOS, stop string, cancel) leave the batch at once. Every
+    setting of ``cfg`` applies as in :func:`generate` (a row decodes what ``generate`` would with
+    the same draws). Same seed, same samples. On cancel, every row returns what it has
+    (stop_reason cancelled)."""
     cfg.validate()
     if n < 1:
         raise InputError(f"number of samples must be ≥ 1 (got {n})")
@@ -140,49 +136,37 @@ def generate_batch(lm: LoadedModel, prompt_ids: Sequence[int], n: int, cfg: Samp
     if past + len(prompt_ids) + cfg.max_new_tokens > lm.context_length:
         raise ContextOverflow(f"prompt {past + len(prompt_ids)} + max_new_tokens {cfg.max_new_tokens} "
                               f"exceeds the context length {lm.context_length}")
-    gen = make_generator(cfg.seed, device)
-    eos = torch.tensor(sorted(set(lm.eos_ids)) or [-1], device=device)
-    streams = [TextStream(lm.tokenizer, cfg.stop_strings) for _ in range(n)]
-    outs: list[list[int]] = [[] for _ in range(n)]
-    reasons = ["max_new_tokens"] * n
+    ids = _as_ids(prompt_ids, device)
+    pipe = LogitsPipeline(cfg, device).start(ids)
+    stops = StopCriteria(cfg, lm.eos_ids, lm.tokenizer, n, cancel=cancel)
     t0 = time.perf_counter()
     ttft = 0.0
     tick = Ticker(0.1)
-    active = torch.arange(n, device=device)
+    active = list(range(n))
     produced = 0
     try:
-        if cancel is not None:
-            cancel.check()
-        logits = prefill(fwd, _as_ids(prompt_ids, device), cache, progress=progress,
-                         cancel=cancel)[:, -1, :]
+        stops.check_cancel()
+        logits = prefill(fwd, ids, cache, progress=progress, cancel=cancel)[:, -1, :]
         cache = fwd.repeat(cache, n)
+        pipe.repeat(n)
         logits = logits.expand(n, -1)
         for step in range(cfg.max_new_tokens):
-            if cancel is not None:
-                cancel.check()
-            toks = choose(logits, cfg, gen)
+            toks = pipe.choose(logits)
             if step == 0:
                 ttft = time.perf_counter() - t0
-            keep_rows: list[int] = []
-            is_eos = torch.isin(toks, eos).tolist()
-            for j, (row, tok) in enumerate(zip(active.tolist(), toks.tolist())):
-                if is_eos[j]:
-                    reasons[row] = "eos"
-                    continue
-                outs[row].append(tok)
-                produced += 1
-                _, hit = streams[row].push(tok)
-                if hit:
-                    reasons[row] = "stop_string"
-                    continue
-                keep_rows.append(j)
-            if step == cfg.max_new_tokens - 1 or not keep_rows:
+            tl = toks.tolist()
+            still = stops.push_rows(active, tl)
+            produced += sum(1 for t in tl if t not in stops.eos)
+            if not still:
                 break
-            if len(keep_rows) < len(active):
-                sel = torch.tensor(keep_rows, device=device)
+            if len(still) < len(active):
+                sel = torch.tensor(still, device=device)
                 cache = fwd.select(cache, sel)
-                active = active[sel]
+                active = [active[j] for j in still]
                 toks = toks[sel]
+                pipe.select(sel)
+            stops.check_cancel()
+            pipe.advance(toks)
             logits = fwd.logits(toks.view(-1, 1), cache, keep=1)[:, -1, :]
             if progress is not None and tick.due():
                 el = time.perf_counter() - t0
@@ -190,18 +174,16 @@ def generate_batch(lm: LoadedModel, prompt_ids: Sequence[int], n: int, cfg: Samp
                        f"{len(active)}/{n} samples running",
                        tok_s=round(produced / max(el, 1e-9), 1), active=len(active), samples=n)
     except Cancelled:
-        for row in active.tolist():
-            if reasons[row] == "max_new_tokens":
-                reasons[row] = "cancelled"
+        stops.cancelled(active)
     total = time.perf_counter() - t0
     results = []
     for i in range(n):
-        k = len(outs[i])
+        k = len(stops.token_ids(i))
         results.append(GenerationResult(
-            text=streams[i].final_text, token_ids=outs[i], prompt_tokens=past + len(prompt_ids),
+            text=stops.text(i), token_ids=stops.token_ids(i), prompt_tokens=past + len(prompt_ids),
             prefill_tokens=len(prompt_ids), new_tokens=k, ttft_s=ttft,
             decode_tok_s=produced / max(total - ttft, 1e-9) if produced else 0.0,
-            total_s=total, stop_reason=reasons[i]))
+            total_s=total, stop_reason=stops.reason(i)))
     report(progress, "generate", cfg.max_new_tokens, cfg.max_new_tokens, f"{n} samples done",
            tok_s=round(produced / max(total, 1e-9), 1))
     return results

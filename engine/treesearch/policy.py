@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from engine.lm.sampling import nucleus
+from engine.lm.config import SamplingConfig
+from engine.lm.sampling import LogitsPipeline
 
 if TYPE_CHECKING:  # types only: tree.py and search.py import this module
     from engine.treesearch.search import TreeConfig
@@ -22,25 +23,13 @@ if TYPE_CHECKING:  # types only: tree.py and search.py import this module
 def policy(logits: torch.Tensor, temperature: float, top_p: float,
            generator: Optional[torch.Generator], sample: bool = True,
            ) -> tuple[Optional[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """q on (R, V) logits: temperature, then top-p (smallest set reaching p, at least one token).
-    Returns sampled tokens (R,) (None unless ``sample``) and each row's truncated
-    (ids, renormalised log q), which is exactly the distribution the tokens were drawn from."""
-    x = logits.float() / temperature
-    R, V = x.shape
-    if top_p >= 1.0:
-        lp = x.log_softmax(-1)
-        toks = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1) if sample else None
-        ids = torch.arange(V, dtype=torch.int32)
-        return toks, [(ids, lp[r].clone()) for r in range(R)]
-    sx, idx, p, keep = nucleus(x, top_p)  # no full-vocabulary sort
-    toks = None
-    if sample:
-        j = torch.multinomial(p * keep, 1, generator=generator).squeeze(-1)
-        toks = idx.gather(-1, j.view(-1, 1)).squeeze(-1)
-    dists = []
-    for r, kr in enumerate(keep.sum(-1).tolist()):
-        dists.append((idx[r, :kr].to(torch.int32).clone(), sx[r, :kr].log_softmax(-1).clone()))
-    return toks, dists
+    """q on (R, V) logits with no history (temperature, then top-p): sampled tokens (R,) (None
+    unless ``sample``) and each row's truncated (ids, renormalised log q), exactly the
+    distribution the tokens were drawn from. The search itself runs q through its driver's
+    :class:`LogitsPipeline` (rollout.py), which adds the history-dependent stages."""
+    pipe = LogitsPipeline(SamplingConfig(temperature=temperature, top_p=top_p, top_k=0),
+                          generator=generator)
+    return pipe.truncated(logits, sample)
 
 
 def soft_value(node: "Node", lam: float) -> Optional[float]:

@@ -6,6 +6,9 @@ resume from their own cached states stacked into one batch (pad slots masked) or
 their deepest common cached ancestor with left padding inside the new segment, a 2-D attention
 mask and explicit position ids; rows that reach EOS or the horizon leave the batch
 (``Forward.select``). Every resume is a ``Forward.fork`` (copy-free; stored caches never change).
+q is the decode pipeline of engine/lm/sampling.py built once from the search's settings: its
+history stage (repetition penalty) sees each row's prompt + path, and each node keeps the
+truncated distribution its tokens were drawn from.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 
 from engine.errors import ModelLoadError
 from engine.lm.forward import get_forward
-from engine.treesearch.policy import policy
+from engine.lm.sampling import Dist, LogitsPipeline
 from engine.treesearch.tree import KVHandle, Node, Tree, tokens_between
 
 if TYPE_CHECKING:  # types only: search.py imports this module
@@ -25,7 +28,6 @@ if TYPE_CHECKING:  # types only: search.py imports this module
     from engine.treesearch.search import TreeConfig
 
 
-@dataclass
 @dataclass
 class Row:
     """One rollout of a round: where it leaves the tree and what it decoded."""
@@ -53,6 +55,8 @@ class RolloutDriver:
         self.P = len(self.prompt)
         self.device = lm.torch_device
         self.eos = set(int(e) for e in lm.eos_ids)
+        # q: the shared generator keeps the search's draws in one seeded stream
+        self.pipe = LogitsPipeline(cfg.sampling(), self.device, generator=gen)
         self.generated = 0
         self.prefilled = 0
         self.batches = 0
@@ -64,6 +68,18 @@ class RolloutDriver:
         """Count a trajectory cache the tree now keeps (once per cache)."""
         self.kv_bytes += int(self.fwd.cache_bytes(kv.cache))
 
+    def _q(self, logits: torch.Tensor, nodes: Sequence[Node]) -> list[Dist]:
+        """q after each node (one row of ``logits`` per node), its history prompt + path."""
+        self.pipe.start(self._histories(nodes))
+        return self.pipe.truncated(logits, sample=False)[1]
+
+    def _histories(self, nodes: Sequence[Node]) -> list[list[int]]:
+        """What the pipeline's history stage counts as seen after each node (only built when a
+        stage reads it)."""
+        if not self.pipe.tracks_history:
+            return [[] for _ in nodes]
+        return [self.prompt + n.tokens() for n in nodes]
+
     def _ids(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
@@ -74,9 +90,8 @@ class RolloutDriver:
         t0 = time.perf_counter()
         cache = self.fwd.new_cache()
         logits = self.fwd.logits(self._ids([self.prompt]), cache, keep=1)[:, -1]
-        _, dists = policy(logits, self.cfg.temperature, self.cfg.top_p, None, sample=False)
         root = self.tree.root
-        root.logp = dists[0]
+        root.logp = self._q(logits, [root])[0]
         if self.cfg.reuse_kv:
             try:
                 self.fwd.fork(cache, keep=self.P)
@@ -102,9 +117,8 @@ class RolloutDriver:
             cache = fwd.new_cache()
             logits = fwd.logits(self._ids([seq]), cache, keep=1)[:, -1]
             self.prefilled += len(seq)
-            _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
             if s.logp is None:
-                s.logp = dists[0]
+                s.logp = self._q(logits, [s])[0]
             return cache, None, len(seq)
         if len(distinct) > 1 and hasattr(fwd, "stack"):
             anchors = []
@@ -168,12 +182,10 @@ class RolloutDriver:
     def _feed_tails(self, cache: Any, ids: torch.Tensor, pos: Optional[torch.Tensor],
                     mask: Optional[torch.Tensor], tails: list[list[int]], distinct: list[Node]) -> None:
         """Feed the padded tails and store each start node's policy q (when it has none yet)."""
-        cfg = self.cfg
         self.check()
         logits = self.fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
         self.prefilled += sum(len(t) for t in tails)
-        _, dists = policy(logits, cfg.temperature, cfg.top_p, None, sample=False)
-        for s, d in zip(distinct, dists):
+        for s, d in zip(distinct, self._q(logits, distinct)):
             if s.logp is None:
                 s.logp = d
 
@@ -220,12 +232,13 @@ class RolloutDriver:
         rows = [r for r in rows if not r.start.done]  # terminals drawn by widening: scored only
         if not rows:
             return
-        fwd, cfg, H = self.fwd, self.cfg, self.cfg.horizon
+        fwd, H, pipe = self.fwd, self.cfg.horizon, self.pipe
         t0 = time.perf_counter()
         self.batches += 1
         cache, mask, keep = self._start_batch(rows)
         for r in rows:
             r.keep0 = keep
+        pipe.start(self._histories([r.start for r in rows]))
         active = list(range(len(rows)))
         # first tokens from each start node's stored q
         toks = [self.tree.draw(rows[i].start) for i in active]
@@ -248,6 +261,7 @@ class RolloutDriver:
                     break
                 sel = torch.tensor(still, device=self.device)
                 cache = fwd.select(cache, sel)
+                pipe.select(sel)
                 if mask is not None:
                     mask = mask[sel.to(mask.device)]
                 active = [active[j] for j in still]
@@ -260,7 +274,8 @@ class RolloutDriver:
                 pos = self._ids([[self.P + rows[i].start.depth + len(rows[i].tokens) - 1] for i in active])
             logits = fwd.logits(ids, cache, position_ids=pos, attention_mask=mask, keep=1)[:, -1]
             keep += 1
-            nxt, dists = policy(logits, cfg.temperature, cfg.top_p, self.gen)
+            pipe.advance(toks)
+            nxt, dists = pipe.truncated(logits)
             for j, i in enumerate(active):
                 rows[i].dists.append(dists[j])
             toks = nxt.tolist()  # type: ignore[union-attr]

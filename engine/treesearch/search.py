@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from engine.errors import ContextOverflow, InputError
+from engine.lm.config import SamplingConfig
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
 from engine.treesearch.rewards import Completion, Reward, RewardError
 from engine.treesearch.rollout import RolloutDriver, Row
@@ -52,6 +53,7 @@ class TreeConfig:
     batch: int = 5
     seed: Optional[int] = 0
     reuse_kv: bool = True
+    repetition_penalty: float = 1.0  # q's history stage (engine/lm/sampling.py), 1 = off
 
     def validate(self, context_length: Optional[int] = None,
                  prompt_len: Optional[int] = None) -> "TreeConfig":
@@ -70,6 +72,8 @@ class TreeConfig:
         need(math.isfinite(self.temperature) and 0.0 < self.temperature <= 100.0,
              f"base temperature must be in (0, 100] (got {self.temperature}); q must be a sampling policy")
         need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1] (got {self.top_p})")
+        need(math.isfinite(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 100.0,
+             f"repetition penalty must be in (0, 100] (got {self.repetition_penalty})")
         need(math.isfinite(self.exploration) and self.exploration >= 0.0,
              f"exploration constant must be ≥ 0 (got {self.exploration})")
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
@@ -86,6 +90,12 @@ class TreeConfig:
                     f"prompt ({prompt_len} tokens) + horizon ({self.horizon}) is beyond the context "
                     f"length {context_length}", hint=f"use --horizon ≤ {max(context_length - prompt_len, 0)}")
         return self
+
+    def sampling(self) -> SamplingConfig:
+        """q as the decode pipeline's settings (the rollouts draw through it)."""
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=0,
+                              repetition_penalty=self.repetition_penalty, seed=self.seed,
+                              max_new_tokens=self.horizon)
 
     @property
     def depth_cap(self) -> int:

@@ -179,13 +179,13 @@ def test_bad_settings_and_inputs(tiny_lm, tokenizer):
 
 
 def test_top_p_keeps_at_least_one_and_temperature_zero_is_argmax():
-    from engine.lm.sampling import choose, process
+    from engine.lm.sampling import LogitsPipeline
 
     logits = torch.tensor([[5.0, 1.0, 0.5, -2.0]])
-    p = process(logits, SamplingConfig(temperature=1.0, top_p=1e-6))
+    p = LogitsPipeline(SamplingConfig(temperature=1.0, top_p=1e-6)).process(logits)
     assert torch.isfinite(p).sum() == 1 and p.argmax() == 0
-    assert int(choose(logits, SamplingConfig(temperature=0.0), None)[0]) == 0
-    k = process(logits, SamplingConfig(temperature=1.0, top_k=2, top_p=1.0))
+    assert int(LogitsPipeline(SamplingConfig(temperature=0.0)).choose(logits)[0]) == 0
+    k = LogitsPipeline(SamplingConfig(temperature=1.0, top_k=2, top_p=1.0)).process(logits)
     assert torch.isfinite(k).sum() == 2
 
 
@@ -207,7 +207,7 @@ def _top_p_by_sorting(x: torch.Tensor, p: float) -> list[set[int]]:
 
 @pytest.mark.parametrize("scale", [8.0, 1.0, 0.05])  # peaked, ordinary, nearly flat (widening)
 def test_nucleus_equals_sorting_and_draws_stay_inside(scale):
-    from engine.lm.sampling import choose, nucleus, process
+    from engine.lm.sampling import LogitsPipeline, nucleus
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 5000, generator=g) * scale
@@ -216,12 +216,12 @@ def test_nucleus_equals_sorting_and_draws_stay_inside(scale):
         got = [set(idx[r][keep[r]].tolist()) for r in range(x.shape[0])]
         assert got == _top_p_by_sorting(x, p)
         assert torch.allclose(probs, x.softmax(-1).gather(-1, idx), atol=1e-6)
-        full = process(x, SamplingConfig(temperature=1.0, top_p=p))
+        full = LogitsPipeline(SamplingConfig(temperature=1.0, top_p=p)).process(x)
         assert [set(torch.nonzero(torch.isfinite(r)).flatten().tolist()) for r in full] == got
     # draws come from the nucleus, with frequencies of the renormalised probabilities
     cfg = SamplingConfig(temperature=1.0, top_p=0.9)
     y = torch.tensor([[3.0, 2.5, 2.0, -5.0, -6.0]]).repeat(4000, 1)
-    draws = choose(y, cfg, torch.Generator().manual_seed(1))
+    draws = LogitsPipeline(cfg, generator=torch.Generator().manual_seed(1)).choose(y)
     assert set(draws.tolist()) <= {0, 1, 2}
     q = y[0, :3].softmax(-1)
     freq = torch.bincount(draws, minlength=3)[:3].double() / len(draws)

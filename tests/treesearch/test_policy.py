@@ -86,11 +86,11 @@ def test_search_mode_selection_is_greedy_and_bonus_explores():
 
 def test_policy_matches_process_top_p():
     from engine.lm.config import SamplingConfig
-    from engine.lm.sampling import process
+    from engine.lm.sampling import LogitsPipeline
 
     logits = torch.randn(3, 5000) * 3
     _, dists = policy(logits, 0.8, 0.9, None, sample=False)
-    ref = process(logits, SamplingConfig(temperature=0.8, top_p=0.9, top_k=0)).log_softmax(-1)
+    ref = LogitsPipeline(SamplingConfig(temperature=0.8, top_p=0.9, top_k=0)).process(logits).log_softmax(-1)
     for r, (ids, lp) in enumerate(dists):
         kept = torch.isfinite(ref[r]).nonzero().view(-1)
         assert sorted(ids.tolist()) == sorted(kept.tolist())

@@ -293,11 +293,11 @@ def test_resumed_logits_equal_uncached_forward_and_caches_stay_intact(tiny_any, 
         # the distribution stored at creation (from a batched, maybe padded rollout) is q
         _, ((rid, rlp),) = policy(full.view(1, -1), cfg.temperature, cfg.top_p, None, sample=False)
         ids, lp = c.logp
-        if len(ids) == len(rid):
-            a, b = ids.long().argsort(), rid.long().argsort()
-            assert torch.equal(ids[a], rid[b]) and torch.allclose(lp[a], rlp[b], atol=1e-4)
-        else:  # 1e-6 noise can move the top-p edge by one token of a flat q
-            assert abs(len(ids) - len(rid)) == 1
+        a, b = ids.long().argsort(), rid.long().argsort()
+        if len(ids) == len(rid) and torch.equal(ids[a], rid[b]):
+            assert torch.allclose(lp[a], rlp[b], atol=1e-4)
+        else:  # 1e-6 noise can move the top-p edge of a flat q by one token (or swap one)
+            assert len(set(ids.tolist()) ^ set(rid.tolist())) <= 2
         checked += 1
     assert checked >= 10
     for k, c in trajs.items():

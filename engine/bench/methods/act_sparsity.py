@@ -178,10 +178,10 @@ class _Sparsity(Method):
 
     # ---- measured calls ---------------------------------------------------------------------
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
-            cancel: Optional[CancelToken] = None) -> MethodOutput:
+            cancel: Optional[CancelToken] = None, sampling: Any = None) -> MethodOutput:
         with self.active(lm):
             self._zeros = self._total = 0
-            out = super().run(lm, q, max_new_tokens, cancel=cancel)
+            out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
         out.extra.update(sparsity_target=self.sparsity, sparsity_measured=self.measured_sparsity(),
                          rotated=self.rotated)
         return out

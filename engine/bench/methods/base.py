@@ -32,8 +32,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from engine.errors import ContextOverflow, InputError
+from engine.lm.config import SamplingConfig
 from engine.lm.forward import StandardForward, get_forward
 from engine.lm.templates import ChatText, Piece, chat_ids, encode_user_text, split_chat
+from engine.lm.sampling import LogitsPipeline
+from engine.lm.stopping import StopCriteria
 from engine.progress import CancelToken, ProgressFn, check
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -187,9 +190,12 @@ class Method:
         return None
 
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
-            cancel: Optional[CancelToken] = None) -> MethodOutput:
-        """Greedy generation, timed: prefill (TTFT) then one token per step until EOS or
-        ``max_new_tokens``."""
+            cancel: Optional[CancelToken] = None,
+            sampling: Optional[SamplingConfig] = None) -> MethodOutput:
+        """Generation, timed: prefill (TTFT) then one token per step until EOS or
+        ``max_new_tokens``. Greedy unless ``sampling`` says otherwise; tokens are chosen by the
+        decode pipeline every generation uses (engine/lm/sampling.py, its history = the
+        rendered prompt), whatever this method does to the cache in ``feed``."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
         prompt = self.render_prompt(lm, q)
@@ -200,22 +206,22 @@ class Method:
             raise ContextOverflow(
                 f"query {q.id!r}: {st.pos + len(st.pending)} prompt tokens + {max_new_tokens} new "
                 f"> context length {lm.context_length}")
-        eos = set(lm.eos_ids)
+        cfg = (sampling or SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)).validate()
+        pipe = LogitsPipeline(cfg, lm.torch_device).start([prompt])
+        stops = StopCriteria(cfg, lm.eos_ids, lm.tokenizer, cancel=cancel,
+                             max_new_tokens=max_new_tokens)
         effective = len(st.pending)
-        out: list[int] = []
         t0 = time.perf_counter()
-        logits = self.feed(lm, st, st.pending, keep=1)[-1]
+        logits = self.feed(lm, st, st.pending, keep=1)[-1:]
         st.pending = []
-        tok = int(torch.argmax(logits))
+        tok = pipe.choose(logits)
         t_first = time.perf_counter()
         kv_peak_seen = self.kv_bytes(st)
-        while tok not in eos:
-            out.append(tok)
-            if len(out) >= max_new_tokens:
-                break
-            check(cancel)
-            logits = self.feed(lm, st, [tok], keep=1)[-1]
-            tok = int(torch.argmax(logits))
+        while stops.push(0, int(tok))[1] is None:
+            stops.check_cancel()
+            pipe.advance(tok)
+            tok = pipe.choose(self.feed(lm, st, [int(tok)], keep=1)[-1:])
+        out = stops.token_ids(0)
         t_end = time.perf_counter()
         n = len(out)
         decode_s = t_end - t_first
@@ -235,8 +241,7 @@ class Method:
             "kv_bytes_peak": peak if peak is not None else max(stored, kv_peak_seen),
             "aux_s": aux,
         }
-        text = lm.tokenizer.decode(out, skip_special_tokens=True)
-        return MethodOutput(token_ids=out, text=text, cost=cost, extra=dict(st.info))
+        return MethodOutput(token_ids=out, text=stops.text(0), cost=cost, extra=dict(st.info))
 
     def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:

@@ -244,7 +244,8 @@ class CakeEviction(EvictingMethod):
         ls.scores = torch.gather(ls.scores, 1, idx)
         return n - size
 
-    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None):
-        out = super().run(lm, q, max_new_tokens, cancel=cancel)
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None,
+            sampling: Any = None):
+        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
         out.extra.pop("_cake", None)
         return out
