@@ -29,13 +29,3 @@ async def eventually(cond: Callable[[], Any], timeout: float = DEADLINE_S) -> No
         assert time.monotonic() < end, "condition not reached in time"
         await asyncio.sleep(0.01)
 
-
-def wait_for(cond: Callable[[], Any], timeout: float = DEADLINE_S, step: float = 0.05) -> Any:
-    """Synchronous polling (subprocess output, files): ``cond()``'s first true value."""
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(step)
