@@ -140,7 +140,7 @@ async def test_full_disk_is_shown_and_the_app_keeps_running(make_app, tiny_lm, m
     app.settings.sampling = SamplingConfig(max_new_tokens=4, temperature=0.0)
     seen = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy, 30)
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         r = await _say(pilot, app, seen, "Tell me about kittens")
         assert r.text and any("not saved" in n and "disk is full" in n for n in r.notes)
         await until(pilot, lambda: any("not saved" in t and "disk is full" in t for t in said))
