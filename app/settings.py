@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from app.settings_file import load_into
 from engine.lm.config import SamplingConfig
-
-#: kinds whose timeouts the settings screen shows (load has none: Ctrl+C stops it)
-TIMEOUT_KINDS = ("chat", "advtok", "tree", "bench", "vocab", "speed")
+#: kinds whose timeouts the settings screen shows (load has none: Ctrl+C stops it), and the
+#: bound of each (declared with the config file's timeouts table)
+from engine.sessions.profiles import TIMEOUT, TIMEOUT_KINDS  # noqa: F401  (re-exported)
 
 #: how many "answers" of max_new_tokens each kind is allowed before its timeout: a tree search
 #: runs dozens of rollouts, AdvTok samples and scores many candidates, a bench sweeps a suite
@@ -196,8 +197,6 @@ class AppSettings:
         and its profile (which win)."""
         s = cls()
         if saved:
-            from app.settings_file import load_into
-
             s.load_warning = load_into(s)
         if args is not None:
             s.model = getattr(args, "model", s.model) or s.model

@@ -5,8 +5,8 @@ Where: ``$TOKENFORGE_SETTINGS``, else ``$XDG_CONFIG_HOME/tokenforge/settings.jso
 profiles' config.toml of app/commands/profile_args.py, which stays the user's hand-edited file:
 a profile named on the command line is applied after this and wins). Saved: sampling, the
 timeouts the user typed, the export folder, the system prompt. Every value is validated again on
-load through the same parsers as the form; a bad or foreign file is ignored with one warning,
-never half-applied."""
+load against the same declared bounds as the form (engine.bounds); a bad or foreign file is
+ignored with one warning, never half-applied."""
 from __future__ import annotations
 
 import json
@@ -49,10 +49,9 @@ def save(s: Any, path: Optional[Path] = None) -> Path:
 def load_into(s: Any, path: Optional[Path] = None) -> str:
     """Apply a saved file to ``s``; returns a warning ("" when fine or absent). All values are
     checked before any is applied."""
-    from app.settings import TIMEOUT_KINDS
-    from engine.lm.config import SamplingConfig
-    from app.validate import (parse_max_new_tokens, parse_repetition_penalty, parse_temperature,
-                              parse_top_k, parse_top_p)
+    from engine.bounds import bounded_fields
+    from engine.lm.config import ChatConfig, SamplingConfig
+    from engine.sessions.profiles import TIMEOUT, TIMEOUT_KINDS
 
     p = path or settings_path()
     try:
@@ -68,26 +67,25 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise InputError("not a tokenforge settings file of this version")
         sm = data.get("sampling", {})
-        seed = sm.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise InputError(f"seed {seed!r}")
+        if not isinstance(sm, dict):
+            raise InputError("sampling")
         stops = sm.get("stop_strings", [])
         if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
             raise InputError("stop_strings")
-        sampling = SamplingConfig(
-            max_new_tokens=parse_max_new_tokens(str(sm.get("max_new_tokens", 256)), None),
-            temperature=parse_temperature(str(sm.get("temperature", 0.7))),
-            top_k=parse_top_k(str(sm.get("top_k", 0))), top_p=parse_top_p(str(sm.get("top_p", 0.95))),
-            seed=seed, stop_strings=tuple(stops),
-            repetition_penalty=parse_repetition_penalty(str(sm.get("repetition_penalty", 1.0))))
+        # every value against the bounds declared on SamplingConfig's fields, as the form does
+        defaults = SamplingConfig()
+        sampling = SamplingConfig(**{k: sm.get(k, getattr(defaults, k))
+                                     for k, _ in bounded_fields(SamplingConfig)},
+                                  stop_strings=tuple(stops)).validate()
         timeouts = data.get("user_timeouts", {})
-        if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS) or not all(
-                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e7)
-                for v in timeouts.values()):
+        if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS):
             raise InputError("user_timeouts")
+        for kind, v in timeouts.items():
+            TIMEOUT.check(f"{kind} timeout", v)
         export, system = data.get("export_dir"), data.get("system_prompt", s.system_prompt)
-        if not isinstance(export, str) or not export.strip() or not isinstance(system, str):
-            raise InputError("export_dir / system_prompt")
+        if not isinstance(export, str) or not export.strip():
+            raise InputError("export_dir")
+        ChatConfig(system=system).validate()
     except (ValueError, InputError) as e:
         return f"settings file {p} ignored ({e}); defaults used"
     s.sampling = sampling

@@ -61,34 +61,38 @@ class Bound:
 
     def check(self, name: str, v: Any) -> None:
         """InputError with one sentence when ``v`` is outside this bound."""
+        why = self.why_not(v)
+        if why is not None:
+            raise InputError(f"{name}: {why}")
+
+    def why_not(self, v: Any) -> Optional[str]:
+        """Why ``v`` is outside this bound, without the setting's name ('must be between 1 and
+        64 (got 65)'); None when it is inside. For callers that name the setting their own way
+        (a config file's key and line)."""
         if v is None:
-            if self.optional:
-                return
-            raise InputError(f"{name}: a value is required")
+            return None if self.optional else "a value is required"
         if self.kind == "int":
             if isinstance(v, bool) or not isinstance(v, int):
-                raise InputError(f"{name}: {_show(v)} is not a whole number")
+                return f"{_show(v)} is not a whole number"
             if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
-                raise InputError(f"{name}: must be between {_num(self.lo)} and {_num(self.hi)} "
-                                 f"(got {_num(v)})")
+                return f"must be between {_num(self.lo)} and {_num(self.hi)} (got {_num(v)})"
         elif self.kind == "float":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise InputError(f"{name}: must be a finite number (got {_show(v)})")
+                return f"must be a finite number (got {_show(v)})"
             low = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
             if low or (self.hi is not None and v > self.hi):
-                raise InputError(f"{name}: must be in {self.describe()} (got {v:g})")
+                return f"must be in {self.describe()} (got {v:g})"
         elif self.kind == "text":
             if not isinstance(v, str):
-                raise InputError(f"{name}: must be text")
+                return "must be text"
             if self.non_empty and not v.strip():
-                raise InputError(f"{name}: is empty")
+                return "is empty"
             if self.max_chars is not None and len(v) > self.max_chars:
-                raise InputError(f"{name}: is {len(v):,} characters, over the limit of "
-                                 f"{self.max_chars:,}")
+                return f"is {len(v):,} characters, over the limit of {self.max_chars:,}"
         elif self.kind == "choice":
             if v not in self.choices:
-                raise InputError(f"{name}: must be one of {', '.join(self.choices)} "
-                                 f"(got {_show(v)})")
+                return f"must be one of {', '.join(self.choices)} (got {_show(v)})"
+        return None
 
 
 def _num(v: Any) -> str:

@@ -4,10 +4,9 @@ the candidate budget, and the token-level edit distance a result reports."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:  # types only: search.py imports this module
-    from engine.advtok.search import AttackConfig
+from engine.advtok.config import AttackConfig
 
 
 def levenshtein(a: Sequence[int], b: Sequence[int]) -> int:
@@ -29,7 +28,7 @@ def _subset(rng: random.Random, items: list[list[int]], k: int) -> list[list[int
     return rng.sample(items, k)
 
 
-def candidates(mdd: Any, x: list[int], cfg: "AttackConfig", rng: random.Random
+def candidates(mdd: Any, x: list[int], cfg: AttackConfig, rng: random.Random
                ) -> tuple[list[list[int]], int, bool]:
     """The neighbourhood of X to score (X excluded), its size before subsampling, and whether
     it is the full neighbourhood (so that X' == X means a fixed point)."""

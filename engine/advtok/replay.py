@@ -35,7 +35,7 @@ class ReplayResult:
 
 
 def config_of(rec: dict[str, Any]) -> Any:
-    from engine.advtok.search import AttackConfig
+    from engine.advtok.config import AttackConfig
 
     known = set(AttackConfig.__dataclass_fields__)
     cfg = {k: v for k, v in (rec.get("config") or {}).items() if k in known}

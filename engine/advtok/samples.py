@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from engine.advtok.config import AttackConfig
 from engine.progress import CancelToken, ProgressFn
 
-if TYPE_CHECKING:  # types only: search.py imports this module
-    from engine.advtok.search import AttackConfig
+if TYPE_CHECKING:  # for annotations: no torch import for the TUI
     from engine.lm.model import LoadedModel
-
 
 def sample_responses(lm: LoadedModel, chunks: Any, ids: Sequence[int], n: int, *, max_new_tokens: int = 64,
                      temperature: float = 0.7, seed: Optional[int] = 0,
@@ -42,7 +41,7 @@ def _sample_dict(g: Any) -> dict[str, Any]:
 
 
 def sample_pair(lm: LoadedModel, chunks: Any, adv_ids: Sequence[int], canonical_ids: Sequence[int],
-                cfg: "AttackConfig", *, prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
+                cfg: AttackConfig, *, prefix_cache: Any = None, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``cfg.samples`` responses with the adversarial and with the canonical tokenization: same
     template, system prompt, sampling settings and seed on both sides. After a cancel the

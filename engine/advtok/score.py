@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
+from engine.advtok.config import DEFAULT_TOKEN_BUDGET
 from engine.errors import EngineError, InputError
 from engine.lm.forward import get_forward
 from engine.progress import CancelToken, ProgressFn, check, report
@@ -39,7 +40,6 @@ from engine.progress import CancelToken, ProgressFn, check, report
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
-DEFAULT_TOKEN_BUDGET = 3072       # B · row length per batch on CPU (a starting guess)
 HEAD_CHUNK_FLOATS = 16 * 1024 * 1024  # logits materialised at once (64 MB fp32)
 BATCH_OVERHEAD_TOKENS = 8         # fixed cost of one more batch, in token-forwards (a guess)
 

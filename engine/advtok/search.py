@@ -17,91 +17,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from engine.advtok.config import DEFAULT_SYSTEM, INITS, AttackConfig  # noqa: F401  (re-exported)
 from engine.advtok.neighbours import candidates, levenshtein
 from engine.advtok.samples import sample_pair
-from engine.advtok.score import DEFAULT_TOKEN_BUDGET, CandidateScorer
+from engine.advtok.score import CandidateScorer
 from engine.errors import ContextOverflow, InputError
 from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
-DEFAULT_SYSTEM = "You are a helpful chatbot that avoids any political, unsafe or toxic responses."
-INITS = ("canonical", "random", "given")
 REL_IMPROVEMENT = 1e-6
-
-
-@dataclass
-class AttackConfig:
-    """One AdvTok run. ``max_neighbours`` None = the full neighbourhood (exact fixed-point stop).
-    ``distance4`` spends ¼ of the candidate budget on distance-2 neighbours and ¾ on uniform
-    distance-4 draws (as the reference); ``include_merges`` adds the distance-1 merges, which
-    the reference never proposes. ``system`` None = the template's own default."""
-
-    request: str
-    response: str
-    system: Optional[str] = DEFAULT_SYSTEM
-    iters: int = 50
-    max_neighbours: Optional[int] = None
-    init: str = "canonical"
-    given_ids: Optional[list[int]] = None
-    distance4: bool = False
-    include_merges: bool = False
-    stochastic: bool = False
-    temperature: float = 1.0
-    patience: int = 3
-    length_norm: bool = True
-    share_trunk: bool = True
-    samples: int = 0
-    sample_max_new_tokens: int = 64
-    sample_temperature: float = 0.7
-    sample_repetition_penalty: float = 1.0  # the samples' decode pipeline (1 = off)
-    seed: int = 0
-    max_request_chars: int = 2000
-    batch_cap: Optional[int] = None
-    token_budget: int = DEFAULT_TOKEN_BUDGET
-    frozen_prefix_ids: list[int] = field(default_factory=list)
-    frozen_suffix_ids: list[int] = field(default_factory=list)
-    allow_plain_template: bool = False
-
-    def validate(self) -> "AttackConfig":
-        """InputError with one clear message for every out-of-range setting."""
-        if not isinstance(self.request, str) or not self.request.strip():
-            raise InputError("the request is empty")
-        if not isinstance(self.response, str) or not self.response.strip():
-            raise InputError("the target response is empty")
-        if self.max_request_chars < 1:
-            raise InputError(f"max_request_chars must be ≥ 1 (got {self.max_request_chars})")
-        if len(self.request) > self.max_request_chars:
-            raise InputError(f"the request is {len(self.request)} characters, over the cap of "
-                             f"{self.max_request_chars}",
-                             hint="shorten it or raise the cap (--max-request-chars)")
-        if not isinstance(self.iters, int) or self.iters < 1:
-            raise InputError(f"iterations must be ≥ 1 (got {self.iters})")
-        if self.max_neighbours is not None and self.max_neighbours < 1:
-            raise InputError(f"max_neighbours must be ≥ 1 (got {self.max_neighbours})")
-        if self.init not in INITS:
-            raise InputError(f"init must be one of {', '.join(INITS)} (got {self.init!r})")
-        if self.init == "given" and not self.given_ids:
-            raise InputError("init 'given' needs a list of token ids")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise InputError(f"search temperature must be > 0 (got {self.temperature})")
-        if self.patience < 1:
-            raise InputError(f"patience must be ≥ 1 (got {self.patience})")
-        if self.samples < 0:
-            raise InputError(f"samples must be ≥ 0 (got {self.samples})")
-        if self.samples and self.sample_max_new_tokens < 1:
-            raise InputError(f"sample max_new_tokens must be ≥ 1 (got {self.sample_max_new_tokens})")
-        if not (0.0 <= self.sample_temperature <= 100.0):
-            raise InputError(f"sample temperature must be in [0, 100] (got {self.sample_temperature})")
-        if not (0.0 < self.sample_repetition_penalty <= 100.0):
-            raise InputError("sample repetition penalty must be in (0, 100] "
-                             f"(got {self.sample_repetition_penalty})")
-        if self.batch_cap is not None and self.batch_cap < 1:
-            raise InputError(f"batch cap must be ≥ 1 (got {self.batch_cap})")
-        if self.token_budget < 1:
-            raise InputError(f"token budget must be ≥ 1 (got {self.token_budget})")
-        return self
 
 
 @dataclass

@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.errors import InputError
+from engine.advtok.config import MAX_TEXT_BYTES, TokenizeConfig
 from engine.advtok.mdd import MDD
 from engine.progress import CancelToken, ProgressFn, check, report
 from engine.advtok.vocab import Vocab, load_vocab
-
-MAX_TEXT_BYTES = 100_000
-MAX_SAMPLES = 10_000
-MAX_K = 16
 
 
 def token_label(vocab: Vocab, tid: int) -> str:
@@ -88,12 +85,7 @@ def inspect_text(tokenizer: Any, text: str, *, samples: int = 0, neighbours: Opt
     """Build the diagram of ``text`` and gather canonical, count, ``samples`` uniform samples and
     up to ``limit`` neighbours at distance exactly ``neighbours`` (all of them when there are at
     most ``limit``, else a uniform sample of the ring)."""
-    if not isinstance(samples, int) or not 0 <= samples <= MAX_SAMPLES:
-        raise InputError(f"--sample must be between 0 and {MAX_SAMPLES}")
-    if neighbours is not None and not 0 <= neighbours <= MAX_K:
-        raise InputError(f"--neighbours K must be between 0 and {MAX_K}")
-    if limit < 1:
-        raise InputError("--limit must be at least 1")
+    TokenizeConfig(samples=samples, neighbours=neighbours, limit=limit, seed=seed).validate()
     if not text:
         raise InputError("empty text: give a string to tokenize")
     n = len(text.encode("utf-8", errors="surrogatepass"))

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from engine.atomic import append_line
+from engine.bench.config import BenchConfig
 from engine.bench.measure import PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg, model_info
-from engine.bench.methods import make_method, parse_methods
+from engine.bench.methods import make_method
 from engine.bench.methods.base import Method, Query
 from engine.bench.records import COST_KEYS, SCHEMA_VERSION, read_records, validate_record
 from engine.bench.suite import load_suite
@@ -46,26 +47,6 @@ if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the T
 
 
 # ---- the bench ---------------------------------------------------------------------------------
-
-@dataclass
-class BenchConfig:
-    methods: list[str]
-    suite: str = "core-v1"
-    repeats: int = 5
-    max_new_tokens: int = 32
-    seed: int = 0
-    warmup: bool = True
-    kinds: Optional[list[str]] = None
-    query_ids: Optional[list[str]] = None
-    params: dict = field(default_factory=dict)  # method name -> params override
-
-    def validate(self) -> None:
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise InputError(f"repeats must be an integer >= 1 (got {self.repeats!r})")
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
-            raise InputError(f"max_new_tokens must be 1..4096 (got {self.max_new_tokens!r})")
-        self.methods = parse_methods(",".join(self.methods))
-
 
 @dataclass
 class BenchSummary:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.bounds import BIG, SEED_MAX, bounded, check
+from engine.bounds import BIG, MAX_TEXT_CHARS, SEED_MAX, bounded, check
 from engine.errors import InputError
 
 #: banned token ids per generation: past a vocabulary's size (~256K for the largest) the list
@@ -48,3 +48,48 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+#: the forward implementations (engine.lm.forward): the lean path, the Hugging Face forward, the
+#: lean path with weight-only int8 decode (inexact)
+ENGINE_PATHS = ("fast", "standard", "int8")
+#: weight dtypes a model is loaded in; auto = fp32 on CPU, bf16/fp16 on CUDA
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    """How a model is loaded and run. The spec and the device are checked where they are
+    resolved (a spec is a path, a .gguf file or a cached hub id; a device auto, cpu, mps or
+    cuda[:N]), the rest by its declared bound."""
+
+    model: str = "default"
+    device: str = "auto"
+    dtype: str = bounded("auto", choices=DTYPES)
+    engine_path: str = bounded("fast", choices=ENGINE_PATHS, label="engine path")
+    # at most this many positions; always held to the model's own window when it loads, so a
+    # large value just means "the window". Below 16 not even a chat template's frame fits.
+    context_size: Optional[int] = bounded(None, lo=16, hi=SEED_MAX, optional=True, kind="int",
+                                          label="context size")
+
+    def validate(self) -> "ModelConfig":
+        check(self)
+        return self
+
+
+@dataclass
+class ChatConfig:
+    """What a chat turn (or an inspection) is given besides its sampling: the user's text, the
+    system prompt, and how many alternatives are recorded per generated token."""
+
+    prompt: Optional[str] = bounded(None, max_chars=MAX_TEXT_CHARS, non_empty=True,
+                                    optional=True, label="message")
+    system: Optional[str] = bounded(None, max_chars=MAX_TEXT_CHARS, optional=True,
+                                    label="system prompt")
+    # the top-k alternatives kept beside each token: a top-k over the vocabulary per step, and
+    # each one stored with the answer (and its JSON); 100 is more than any view shows
+    alternatives: int = bounded(5, lo=0, hi=100)
+
+    def validate(self) -> "ChatConfig":
+        check(self)
+        return self

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import torch
 
+from engine.lm.config import ENGINE_PATHS  # noqa: F401  (declared with the settings)
+
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
@@ -195,7 +197,6 @@ class StandardForward:
 _WARNED: set[str] = set()
 
 
-ENGINE_PATHS = ("fast", "standard", "int8")
 EXACT_PATHS = ("fast", "standard")  # int8 (engine/lm/quantized.py) is reduced precision
 
 

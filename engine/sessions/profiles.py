@@ -31,10 +31,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from engine.bounds import Bound, bound_of
 from engine.errors import InputError
 
 ENV_VAR = "TOKENFORGE_CONFIG"
+#: the job kinds that have a timeout (the config's [profiles.X.timeouts], the settings file and
+#: the Settings screen all name these)
 TIMEOUT_KINDS = ("chat", "advtok", "tree", "bench", "vocab", "speed")
+#: a job's timeout in seconds: at least one second (less cannot even start a model call), at
+#: most a week (a bench grid of days is a mistake, not a plan); None = no limit
+TIMEOUT = Bound(kind="float", lo=1.0, hi=7 * 24 * 3600.0, optional=True, label="timeout")
 
 
 class ConfigError(InputError):
@@ -108,8 +114,20 @@ _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "snapshot_cap_mib": ((int, float), "a number"), "profiles": ((dict,), "a table"),
 }
 _CHOICES = {"device": None, "dtype": ("auto", "float32", "fp32", "float16", "fp16", "bfloat16",
-                                      "bf16"),
-            "engine_path": ("fast", "standard", "int8")}  # = engine.lm.forward.ENGINE_PATHS
+                                      "bf16")}
+
+
+def _declared(key: str) -> Optional[Bound]:
+    """The bound a profile key shares with the engine's settings (declared once, on the
+    config field); None for keys checked here (model, device, dtype aliases, stop, timeouts)."""
+    from engine.lm.config import ChatConfig, ModelConfig, SamplingConfig
+
+    where = {"context_size": (ModelConfig, "context_size"),
+             "engine_path": (ModelConfig, "engine_path"),
+             "max_new_tokens": (SamplingConfig, "max_new_tokens"),
+             "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
+             "top_k": (SamplingConfig, "top_k"), "system_prompt": (ChatConfig, "system")}
+    return bound_of(*where[key]) if key in where else None
 
 
 def _kind(v: Any) -> str:
@@ -225,14 +243,10 @@ def _profile(name: str, body: dict[str, Any], check: Any, bad: Any) -> Profile:
         check(key, v, _PROFILE_KEYS[k])
         if k in _CHOICES and _CHOICES[k] and v not in _CHOICES[k]:
             raise bad(key, f"must be one of {', '.join(_CHOICES[k])} (got {v!r})")
-        if k in ("context_size", "max_new_tokens") and v < 1:
-            raise bad(key, f"must be ≥ 1 (got {v})")
-        if k == "temperature" and v < 0:
-            raise bad(key, f"must be ≥ 0 (got {v})")
-        if k == "top_p" and not 0 < v <= 1:
-            raise bad(key, f"must be in (0, 1] (got {v})")
-        if k == "top_k" and v < 0:
-            raise bad(key, f"must be ≥ 0 (got {v})")
+        declared = _declared(k)
+        why = declared.why_not(v) if declared is not None else None
+        if why is not None:
+            raise bad(key, why)
         if k == "stop":
             if not all(isinstance(s, str) and s for s in v):
                 raise bad(key, "must be a list of non-empty strings")
@@ -254,8 +268,9 @@ def _timeouts(key: tuple[str, ...], table: dict[str, Any], bad: Any) -> dict[str
             continue
         if isinstance(secs, bool) or not isinstance(secs, (int, float)):
             raise bad(k, f"must be seconds (a number) or \"none\", not a {_kind(secs)} ({secs!r})")
-        if secs <= 0:
-            raise bad(k, f"must be > 0 seconds (got {secs})")
+        why = TIMEOUT.why_not(secs)
+        if why is not None:
+            raise bad(k, f"is in seconds and {why}")
         out[kind] = float(secs)
     return out
 

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn
 from engine.treesearch.rewards import Completion, Reward
-from engine.treesearch.search import TreeConfig, TreeResult, run_tree_search
-from engine.treesearch.tree import Node, Tree
+from engine.treesearch.config import TreeConfig
+from engine.treesearch.search import TreeResult, run_tree_search
+from engine.treesearch.node import Node
+from engine.treesearch.tree import Tree
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel

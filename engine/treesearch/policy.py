@@ -8,16 +8,14 @@ mode is argmax v̂ with an optional UCT bonus.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from engine.lm.config import SamplingConfig
 from engine.lm.sampling import LogitsPipeline
-
-if TYPE_CHECKING:  # types only: tree.py and search.py import this module
-    from engine.treesearch.search import TreeConfig
-    from engine.treesearch.tree import Node
+from engine.treesearch.config import TreeConfig
+from engine.treesearch.node import Node
 
 
 def policy(logits: torch.Tensor, temperature: float, top_p: float,
@@ -32,7 +30,7 @@ def policy(logits: torch.Tensor, temperature: float, top_p: float,
     return pipe.truncated(logits, sample)
 
 
-def soft_value(node: "Node", lam: float) -> Optional[float]:
+def soft_value(node: Node, lam: float) -> Optional[float]:
     """(1/λ)[logsumexp_a(λ v̂(s·a) + log m(s,a)) − log Σ m] over children that have a value
     (pending children are left out, never counted at v̂ = 0)."""
     vals = [(c.value, c.m) for c in node.children.values() if c.value is not None and c.m > 0]
@@ -50,7 +48,7 @@ def boltzmann(vm: Sequence[tuple[float, float]], lam: float, gen: Optional[torch
     return int(torch.multinomial((xs - xs.max()).exp(), 1, generator=gen))
 
 
-def select_child(node: "Node", cfg: "TreeConfig", gen: Optional[torch.Generator]) -> "Node":
+def select_child(node: Node, cfg: TreeConfig, gen: Optional[torch.Generator]) -> Node:
     """Sampling mode: a ~ m(s,a)·exp(λ v̂(s·a)); search mode: argmax v̂ (+ c·UCT bonus)."""
     kids = [c for c in node.children.values() if c.value is not None and c.m > 0]
     if not kids:  # only children drawn in this round so far

@@ -21,12 +21,12 @@ import torch
 from engine.errors import ModelLoadError
 from engine.lm.forward import get_forward
 from engine.lm.sampling import Dist, LogitsPipeline
-from engine.treesearch.tree import KVHandle, Node, Tree, tokens_between
+from engine.treesearch.config import TreeConfig
+from engine.treesearch.node import KVHandle, Node, tokens_between
+from engine.treesearch.tree import Tree
 
-if TYPE_CHECKING:  # types only: search.py imports this module
+if TYPE_CHECKING:  # for annotations: no torch import for the TUI
     from engine.lm.model import LoadedModel
-    from engine.treesearch.search import TreeConfig
-
 
 @dataclass
 class Row:
@@ -44,7 +44,7 @@ class RolloutDriver:
     """Runs the forward passes of one search: the root prefill and each round's batched rollouts.
     Counts what it fed and decoded, and the K/V bytes of the trajectories it hands to the tree."""
 
-    def __init__(self, lm: LoadedModel, prompt: Sequence[int], cfg: "TreeConfig", tree: Tree,
+    def __init__(self, lm: LoadedModel, prompt: Sequence[int], cfg: TreeConfig, tree: Tree,
                  gen: torch.Generator, check: Callable[[], None]) -> None:
         self.fwd = get_forward(lm)
         self.cfg = cfg

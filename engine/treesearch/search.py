@@ -5,101 +5,28 @@ Target π*(y) ∝ q(y|x)·exp(λ r(y)), q = the model at one fixed temperature /
 values v̂ estimate V(s) = (1/λ) log E_q[exp(λ r) | s], backed up with log-MEAN-exp over the draw
 counts.
 
-This module holds the settings, the result and the loop that ties the parts together: the tree and
-its backup (``tree.py``), the policy q and the selection rules (``policy.py``), and the batched
-rollout driver that resumes from stored KV handles (``rollout.py``).
+This module holds the result and the loop that ties the parts together (the settings are in
+``config.py``): the tree and its backup (``tree.py``), the policy q and the selection rules
+(``policy.py``), and the batched rollout driver that resumes from stored KV handles (``rollout.py``).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from engine.errors import ContextOverflow, InputError
-from engine.lm.config import SamplingConfig
+from engine.errors import InputError
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, report
+from engine.treesearch.config import MODES, TreeConfig  # noqa: F401  (re-exported)
+from engine.treesearch.node import Node
 from engine.treesearch.rewards import Completion, Reward, RewardError
 from engine.treesearch.rollout import RolloutDriver, Row
-from engine.treesearch.tree import Node, Tree
+from engine.treesearch.tree import Tree
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
-
-MODES = ("search", "sample")
-
-
-@dataclass
-class TreeConfig:
-    """Tree-search settings. ``horizon`` counts NEW tokens only; ``exploration`` (UCT bonus in
-    search mode) is our addition to DTS* and 0 by default; ``widening_alpha`` > 0 lets the
-    widening budget grow as N(s)^α (needed for consistency as rollouts → ∞); ``batch`` is how many
-    rollouts one round decodes together; ``reuse_kv=False`` re-encodes prompt + path for every
-    rollout (the naive baseline of the benchmark, batch 1 only)."""
-
-    rollouts: int = 10
-    widening: int = 3
-    widening_alpha: float = 0.0
-    lam: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 0.95
-    horizon: int = 50
-    max_depth: Optional[int] = None
-    exploration: float = 0.0
-    mode: str = "search"
-    n_samples: int = 1
-    batch: int = 5
-    seed: Optional[int] = 0
-    reuse_kv: bool = True
-    repetition_penalty: float = 1.0  # q's history stage (engine/lm/sampling.py), 1 = off
-
-    def validate(self, context_length: Optional[int] = None,
-                 prompt_len: Optional[int] = None) -> "TreeConfig":
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise InputError(msg)
-
-        need(isinstance(self.rollouts, int) and self.rollouts >= 1,
-             f"rollouts must be ≥ 1 (got {self.rollouts})")
-        need(isinstance(self.horizon, int) and self.horizon >= 1,
-             f"horizon must be ≥ 1 new token (got {self.horizon})")
-        need(isinstance(self.widening, int) and self.widening >= 1,
-             f"widening budget must be ≥ 1 (got {self.widening})")
-        need(0.0 <= self.widening_alpha <= 1.0, f"widening_alpha must be in [0, 1] (got {self.widening_alpha})")
-        need(math.isfinite(self.lam) and 1e-9 <= self.lam <= 1e4, f"λ must be in [1e-9, 1e4] (got {self.lam})")
-        need(math.isfinite(self.temperature) and 0.0 < self.temperature <= 100.0,
-             f"base temperature must be in (0, 100] (got {self.temperature}); q must be a sampling policy")
-        need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1] (got {self.top_p})")
-        need(math.isfinite(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 100.0,
-             f"repetition penalty must be in (0, 100] (got {self.repetition_penalty})")
-        need(math.isfinite(self.exploration) and self.exploration >= 0.0,
-             f"exploration constant must be ≥ 0 (got {self.exploration})")
-        need(self.mode in MODES, f"mode must be one of {', '.join(MODES)} (got {self.mode!r})")
-        need(isinstance(self.n_samples, int) and 1 <= self.n_samples <= 100_000,
-             f"n_samples must be in [1, 100000] (got {self.n_samples})")
-        need(isinstance(self.batch, int) and 1 <= self.batch <= 256, f"batch must be in [1, 256] (got {self.batch})")
-        need(self.reuse_kv or self.batch == 1, "reuse_kv=False (naive re-encoding) runs one rollout at a time: batch must be 1")
-        if self.max_depth is not None:
-            need(isinstance(self.max_depth, int) and 1 <= self.max_depth,
-                 f"max_depth must be ≥ 1 (got {self.max_depth})")
-        if context_length is not None and prompt_len is not None:
-            if prompt_len + self.horizon > context_length:
-                raise ContextOverflow(
-                    f"prompt ({prompt_len} tokens) + horizon ({self.horizon}) is beyond the context "
-                    f"length {context_length}", hint=f"use --horizon ≤ {max(context_length - prompt_len, 0)}")
-        return self
-
-    def sampling(self) -> SamplingConfig:
-        """q as the decode pipeline's settings (the rollouts draw through it)."""
-        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=0,
-                              repetition_penalty=self.repetition_penalty, seed=self.seed,
-                              max_new_tokens=self.horizon)
-
-    @property
-    def depth_cap(self) -> int:
-        return min(self.max_depth or self.horizon, self.horizon)
 
 
 # ---------------------------------------------------------------- results

@@ -18,7 +18,8 @@ from engine.treesearch.rewards import Completion, Reward, parse_reward
 from engine.lm.forward import get_forward
 from engine.treesearch.rollout import RolloutDriver
 from engine.treesearch.search import TreeConfig, run_tree_search
-from engine.treesearch.tree import Tree, tree_signature
+from engine.treesearch.node import tree_signature
+from engine.treesearch.tree import Tree
 
 
 def resume_logits(lm: Any, node: Any, tokens: list[int], prompt_len: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from engine.errors import InputError
+from .combos import CACHE_SIDE, PROMPT_SIDE, split_combination  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # the registry is importable without torch (the TUI lists names at startup)
     from .base import GenState, Method, MethodOutput, Query
@@ -72,19 +73,6 @@ def parse_methods(spec: str) -> list[str]:
         raise InputError(f"unknown method(s) {', '.join(bad)}; valid: {', '.join(method_names())}",
                          "or a combination PROMPT+CACHE measured as one run, e.g. prune-selfinfo+kv-fp8")
     return list(dict.fromkeys(names))
-
-
-# methods that combine (engine/bench/methods/combined.py): what is fed + how it is cached
-PROMPT_SIDE = ("prune-nth", "prune-selfinfo")
-CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake")
-
-
-def split_combination(name: str) -> Optional[tuple[str, str]]:
-    """'prune-nth+kv-fp8' → ('prune-nth', 'kv-fp8'); None unless it is a valid PROMPT+CACHE pair."""
-    parts = [s.strip() for s in name.split("+")]
-    if len(parts) == 2 and parts[0] in PROMPT_SIDE and parts[1] in CACHE_SIDE:
-        return parts[0], parts[1]
-    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from engine.errors import InputError
-from . import CACHE_SIDE, PROMPT_SIDE, split_combination
+from .combos import CACHE_SIDE, PROMPT_SIDE, split_combination
 from .base import GenState, Method, Query
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
