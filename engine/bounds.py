@@ -62,8 +62,8 @@ class Bound:
     def check(self, name: str, v: Any) -> None:
         """InputError with one sentence when ``v`` is outside this bound."""
         why = self.why_not(v)
-        if why is not None:
-            raise InputError(f"{name}: {why}")
+        if why is not None:  # "request is empty", "seed: must be between …"
+            raise InputError(f"{name}{' ' if why.startswith('is ') else ': '}{why}")
 
     def why_not(self, v: Any) -> Optional[str]:
         """Why ``v`` is outside this bound, without the setting's name ('must be between 1 and
@@ -88,7 +88,7 @@ class Bound:
             if self.non_empty and not v.strip():
                 return "is empty"
             if self.max_chars is not None and len(v) > self.max_chars:
-                return f"is {len(v):,} characters, over the limit of {self.max_chars:,}"
+                return f"is {len(v):,} characters: too long (limit {self.max_chars:,})"
         elif self.kind == "choice":
             if v not in self.choices:
                 return f"must be one of {', '.join(self.choices)} (got {_show(v)})"

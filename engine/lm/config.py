@@ -55,6 +55,8 @@ class SamplingConfig:
 ENGINE_PATHS = ("fast", "standard", "int8")
 #: weight dtypes a model is loaded in; auto = fp32 on CPU, bf16/fp16 on CUDA
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: the same, with the short names a flag or a profile may use (engine.lm.model.resolve_dtype)
+DTYPE_NAMES = DTYPES + ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -65,7 +67,7 @@ class ModelConfig:
 
     model: str = "default"
     device: str = "auto"
-    dtype: str = bounded("auto", choices=DTYPES)
+    dtype: str = bounded("auto", choices=DTYPE_NAMES)
     engine_path: str = bounded("fast", choices=ENGINE_PATHS, label="engine path")
     # at most this many positions; always held to the model's own window when it loads, so a
     # large value just means "the window". Below 16 not even a chat template's frame fits.
@@ -80,12 +82,14 @@ class ModelConfig:
 @dataclass
 class ChatConfig:
     """What a chat turn (or an inspection) is given besides its sampling: the user's text, the
-    system prompt, and how many alternatives are recorded per generated token."""
+    system prompt, a given answer, and how many alternatives are recorded per generated token."""
 
     prompt: Optional[str] = bounded(None, max_chars=MAX_TEXT_CHARS, non_empty=True,
-                                    optional=True, label="message")
+                                    optional=True)
     system: Optional[str] = bounded(None, max_chars=MAX_TEXT_CHARS, optional=True,
                                     label="system prompt")
+    # a given answer to score token by token (inspect)
+    response: Optional[str] = bounded(None, max_chars=MAX_TEXT_CHARS, optional=True)
     # the top-k alternatives kept beside each token: a top-k over the vocabulary per step, and
     # each one stored with the answer (and its JSON); 100 is more than any view shows
     alternatives: int = bounded(5, lo=0, hi=100)

@@ -113,17 +113,13 @@ _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "default_profile": ((str,), "a string"), "model_dirs": ((list,), "a list of strings"),
     "snapshot_cap_mib": ((int, float), "a number"), "profiles": ((dict,), "a table"),
 }
-_CHOICES = {"device": None, "dtype": ("auto", "float32", "fp32", "float16", "fp16", "bfloat16",
-                                      "bf16")}
-
-
 def _declared(key: str) -> Optional[Bound]:
     """The bound a profile key shares with the engine's settings (declared once, on the
-    config field); None for keys checked here (model, device, dtype aliases, stop, timeouts)."""
+    config field); None for keys checked here (model, device, stop, timeouts)."""
     from engine.lm.config import ChatConfig, ModelConfig, SamplingConfig
 
     where = {"context_size": (ModelConfig, "context_size"),
-             "engine_path": (ModelConfig, "engine_path"),
+             "engine_path": (ModelConfig, "engine_path"), "dtype": (ModelConfig, "dtype"),
              "max_new_tokens": (SamplingConfig, "max_new_tokens"),
              "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
              "top_k": (SamplingConfig, "top_k"), "system_prompt": (ChatConfig, "system")}
@@ -241,8 +237,6 @@ def _profile(name: str, body: dict[str, Any], check: Any, bad: Any) -> Profile:
         if k not in _PROFILE_KEYS:
             raise bad(key, f"is not a known profile key (known: {', '.join(_PROFILE_KEYS)})")
         check(key, v, _PROFILE_KEYS[k])
-        if k in _CHOICES and _CHOICES[k] and v not in _CHOICES[k]:
-            raise bad(key, f"must be one of {', '.join(_CHOICES[k])} (got {v!r})")
         declared = _declared(k)
         why = declared.why_not(v) if declared is not None else None
         if why is not None:
