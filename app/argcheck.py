@@ -1,6 +1,8 @@
 """The command line's side of the one validation layer (app/validate.py): every parsed option of
-every command is checked here, before any work starts, by the same parsers and bounds the TUI
-forms use. One table says what each option is; a command adds nothing of its own.
+every command is checked here, before any work starts. One table says what each option is: an
+option that sets a config field is checked against the bound declared on that field
+(engine.bounds), the same one the TUI's form fields and the engine's ``validate()`` read, so the
+three cannot disagree; a command adds nothing of its own.
 
 - integers within the range the libraries accept (seeds: torch.Generator.manual_seed ≤ 2^63−1),
   floats finite and in range;
@@ -16,33 +18,19 @@ Checks that need the model (context length, KV bytes per token) run after it loa
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from app import validate as V
-from engine.budget import SEED_MAX, grid_bound, token_lists_bound
+from engine.advtok.config import MAX_TEXT_BYTES, AttackConfig, DatasetRunConfig, TokenizeConfig
+from engine.bench.config import BenchConfig
+from engine.bounds import MAX_TEXT_CHARS, SEED_MAX, Bound, bound_of
+from engine.budget import grid_bound, token_lists_bound
 from engine.errors import InputError
+from engine.lm.config import ChatConfig, ModelConfig, SamplingConfig
+from engine.treesearch.config import TreeConfig
 
-BIG = 1_000_000          # counts whose cost is time, not memory (iterations, tokens per answer)
-INT64 = 2**63 - 1        # counts bounded by memory (engine.budget), not by a fixed number
 MAX_INPUT_BYTES = 1 << 30  # suites, datasets, runs files: engine.bounded_json.MAX_FILE_BYTES
-
-
-@dataclass(frozen=True)
-class Int:
-    lo: int
-    hi: int
-    optional: bool = False
-    label: str = ""   # the engine's word for it, shown beside the flag
-
-
-@dataclass(frozen=True)
-class Float:
-    lo: float
-    hi: float
-    lo_open: bool = False
-    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,52 +44,75 @@ class In:
     path_only: bool = False  # a value that may also be a name (bench --suite core-v1)
 
 
-Rule = Any
-SEED = Int(0, SEED_MAX)
-TEMPERATURE = Float(0.0, 100.0)
-TOP_P = Float(0.0, 1.0, lo_open=True)
+#: an option that is a config field: its bound is the one declared on that field (engine.bounds)
+Field = tuple[type, str]
+Rule = Union[Field, Bound, Out, In, None]
+#: ``attack report --seed`` seeds the bootstrap of the report, which has no config of its own
+BOOTSTRAP_SEED = Bound(kind="int", lo=0, hi=SEED_MAX, label="bootstrap seed")
 
 #: option dest → rule, shared by every command; (command, dest) overrides where one name means
-#: something else in one command
+#: something else in one command. A config field's bound is read from its declaration.
 COMMON: dict[str, Rule] = {
-    "seed": SEED, "max_new_tokens": Int(1, BIG), "temperature": TEMPERATURE, "top_p": TOP_P,
-    "top_k": Int(0, 10_000_000), "json": Out("file"),
+    "seed": (SamplingConfig, "seed"), "max_new_tokens": (SamplingConfig, "max_new_tokens"),
+    "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
+    "top_k": (SamplingConfig, "top_k"),
+    "dtype": (ModelConfig, "dtype"), "engine_path": (ModelConfig, "engine_path"),
+    "context_size": (ModelConfig, "context_size"),
+    "prompt": (ChatConfig, "prompt"), "system": (ChatConfig, "system"),
+    "response": (ChatConfig, "response"),
+    "json": Out("file"),
 }
 BY_COMMAND: dict[tuple[str, str], Rule] = {
-    ("chat", "seed"): Int(0, SEED_MAX, optional=True),
     ("chat", "json"): None,  # a flag there
-    ("chat", "alternatives"): Int(0, 100),
+    ("chat", "alternatives"): (ChatConfig, "alternatives"),
     ("inspect", "json"): None,  # a flag there too
-    ("inspect", "top_k"): Int(0, 100),
+    ("inspect", "top_k"): (ChatConfig, "alternatives"),
     ("tokenize", "json"): None,
-    ("tokenize", "sample"): Int(0, 10_000),                  # tokenview.MAX_SAMPLES
-    ("tokenize", "neighbours"): Int(0, 16, optional=True),   # tokenview.MAX_K
-    ("tokenize", "limit"): Int(1, INT64),
+    ("tokenize", "sample"): (TokenizeConfig, "samples"),
+    ("tokenize", "neighbours"): (TokenizeConfig, "neighbours"),
+    ("tokenize", "limit"): (TokenizeConfig, "limit"),
+    ("tokenize", "seed"): (TokenizeConfig, "seed"),
     ("tokenize", "dot"): Out("file"), ("tokenize", "out"): Out("file"),
-    ("attack", "iters"): Int(1, BIG, label="iterations"),
-    ("attack", "max_neighbours"): Int(1, BIG, optional=True),
-    ("attack", "temperature"): Float(0.0, 100.0, lo_open=True),
-    ("attack", "samples"): Int(0, 10_000), ("attack", "sample_tokens"): Int(1, BIG),
-    ("attack", "sample_temperature"): TEMPERATURE,
-    ("attack", "batch_cap"): Int(1, 4096, optional=True),
-    ("attack", "max_request_chars"): Int(1, V.MAX_TEXT_CHARS),
+    ("attack", "request"): (AttackConfig, "request"),
+    ("attack", "response"): (AttackConfig, "response"),
+    ("attack", "default_response"): (AttackConfig, "response"),
+    ("attack", "system"): (AttackConfig, "system"),
+    ("attack", "iters"): (AttackConfig, "iters"),
+    ("attack", "max_neighbours"): (AttackConfig, "max_neighbours"),
+    ("attack", "init"): (AttackConfig, "init"),
+    ("attack", "temperature"): (AttackConfig, "temperature"),
+    ("attack", "samples"): (AttackConfig, "samples"),
+    ("attack", "sample_tokens"): (AttackConfig, "sample_max_new_tokens"),
+    ("attack", "sample_temperature"): (AttackConfig, "sample_temperature"),
+    ("attack", "seed"): (AttackConfig, "seed"),
+    ("attack", "batch_cap"): (AttackConfig, "batch_cap"),
+    ("attack", "max_request_chars"): (AttackConfig, "max_request_chars"),
+    ("attack", "judge_batch"): (DatasetRunConfig, "judge_batch"),
     ("attack", "json"): Out("file-or-stdout"), ("attack", "out"): Out("append"),
     ("attack", "dataset"): In(),
-    ("search", "rollouts"): Int(1, INT64), ("search", "horizon"): Int(1, BIG),
-    ("search", "lam"): Float(1e-9, 1e4, label="λ"), ("search", "samples"): Int(1, 100_000),
-    ("search", "temperature"): Float(0.0, 100.0, lo_open=True),
-    ("search", "widening"): Int(1, BIG), ("search", "widening_alpha"): Float(0.0, 1.0),
-    ("search", "exploration"): Float(0.0, 1e6), ("search", "max_depth"): Int(1, BIG, optional=True),
-    ("search", "batch"): Int(1, 256),
-    ("bench", "repeats"): Int(1, INT64), ("bench", "out"): Out("append"),
+    ("search", "rollouts"): (TreeConfig, "rollouts"), ("search", "horizon"): (TreeConfig, "horizon"),
+    ("search", "lam"): (TreeConfig, "lam"), ("search", "samples"): (TreeConfig, "n_samples"),
+    ("search", "temperature"): (TreeConfig, "temperature"),
+    ("search", "top_p"): (TreeConfig, "top_p"), ("search", "mode"): (TreeConfig, "mode"),
+    ("search", "widening"): (TreeConfig, "widening"),
+    ("search", "widening_alpha"): (TreeConfig, "widening_alpha"),
+    ("search", "exploration"): (TreeConfig, "exploration"),
+    ("search", "max_depth"): (TreeConfig, "max_depth"),
+    ("search", "batch"): (TreeConfig, "batch"), ("search", "seed"): (TreeConfig, "seed"),
+    ("bench", "repeats"): (BenchConfig, "repeats"),
+    ("bench", "max_new_tokens"): (BenchConfig, "max_new_tokens"),
+    ("bench", "seed"): (BenchConfig, "seed"),
+    ("bench", "out"): Out("append"),
     ("bench", "csv"): Out("file"), ("bench", "markdown"): Out("file"), ("bench", "png"): Out("dir"),
     ("bench", "suite"): In(path_only=True),
     ("attack report", "markdown"): Out("file"), ("attack report", "csv"): Out("file"),
-    ("attack report", "png"): Out("dir"), ("attack judge", "out"): Out("file"),
+    ("attack report", "png"): Out("dir"), ("attack report", "seed"): BOOTSTRAP_SEED,
+    ("attack judge", "out"): Out("file"),
+    ("attack judge", "judge_batch"): (DatasetRunConfig, "judge_batch"),
 }
-#: free-text options: the TUI's limit; every other string option is a name or a path
-TEXT_LIMITS = {"prompt": V.MAX_TEXT_CHARS, "system": V.MAX_TEXT_CHARS, "request": V.MAX_TEXT_CHARS,
-               "response": V.MAX_TEXT_CHARS, "text": V.MAX_TEXT_CHARS}
+#: free text that is no config field (tokenize's TEXT: its byte limit is checked by the engine)
+TEXT_LIMITS = {"text": MAX_TEXT_CHARS}
+#: every other string option is a name or a path
 OTHER_TEXT_LIMIT = 16_384
 
 
@@ -111,33 +122,23 @@ def rule_for(command: Optional[str], dest: str) -> Rule:
     return COMMON.get(dest)
 
 
+def bound_for(rule: Rule) -> Optional[Bound]:
+    """The declared bound behind a rule (a config field's, or a bound of its own)."""
+    if isinstance(rule, tuple):
+        return bound_of(*rule)
+    return rule if isinstance(rule, Bound) else None
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def _short(v: int) -> str:
-    return f"{v:,}" if abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit number"
-
-
-def _check_int(name: str, v: Any, r: Int) -> None:
-    if v is None:
-        if not r.optional:
-            raise InputError(f"{name}: a whole number is required")
-        return
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InputError(f"{name}: {v!r} is not a whole number")
-    if v < r.lo or v > r.hi:
-        raise InputError(f"{name}: must be between {r.lo:,} and {r.hi:,} (got {_short(v)})")
-
-
-def _check_float(name: str, v: Any, r: Float) -> None:
-    if v is None:
-        return
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InputError(f"{name}: must be a finite number (got {v!r})")
-    if (v <= r.lo if r.lo_open else v < r.lo) or v > r.hi:
-        left = "(" if r.lo_open else "["
-        raise InputError(f"{name}: must be in {left}{r.lo:g}, {r.hi:g}] (got {v:g})")
+def _named(name: str, b: Bound) -> str:
+    """The option as typed, with the engine's word for it when that word differs
+    (``--iters (iterations)``, ``--lambda (λ)``)."""
+    if b.label and b.label.replace("-", " ") != name.lstrip("-").replace("-", " "):
+        return f"{name} ({b.label})"
+    return name
 
 
 def _check_path(name: str, v: Any, r: Rule, force: bool) -> None:
@@ -156,9 +157,9 @@ def _check_path(name: str, v: Any, r: Rule, force: bool) -> None:
         V.check_input_file(v, name, r.max_bytes)
 
 
-def _text(name: str, v: str, dest: str) -> None:
+def _text(name: str, v: str, dest: str, limit: Optional[int] = None) -> None:
     V.check_utf8(v, name)
-    limit = TEXT_LIMITS.get(dest, OTHER_TEXT_LIMIT)
+    limit = limit or TEXT_LIMITS.get(dest, OTHER_TEXT_LIMIT)
     if len(v) > limit:
         raise InputError(f"{name}: {len(v):,} characters is too long (limit {limit:,})")
 
@@ -183,21 +184,18 @@ def check_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParse
     for dest, v in sorted(vars(args).items()):
         name = names.get(dest) or (dest if dest in ("text", "file") else _flag(dest))
         r = rule_for(command, dest)
-        if getattr(r, "label", ""):
-            name = f"{name} ({r.label})"
-        if isinstance(v, str):
-            _text(name, v, dest)
-        elif isinstance(v, list):
-            for item in v:
-                if isinstance(item, str):
+        b = bound_for(r)
+        if b is not None:
+            name = _named(name, b)
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, str):
+                V.check_utf8(item, name)
+                if b is None or b.kind != "text":
                     _text(name, item, dest)
-        if r is None:
-            continue
-        if isinstance(r, Int):
-            _check_int(name, v, r)
-        elif isinstance(r, Float):
-            _check_float(name, v, r)
-        else:
+        if b is not None:
+            if v is not None:  # None: not given (the config's default applies)
+                b.check(name, v)
+        elif r is not None:
             _check_path(name, v, r, force)
     extra = _EXTRA.get(command)
     if extra is not None:
@@ -221,7 +219,7 @@ def _suite_size(name: str) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> None:
-    n = len(args.text.encode("utf-8", "surrogateescape")) if args.text != "-" else 100_000
+    n = len(args.text.encode("utf-8", "surrogateescape")) if args.text != "-" else MAX_TEXT_BYTES
     token_lists_bound("--sample", n).check(args.sample)
     if args.neighbours is not None:
         token_lists_bound("--limit", n).check(args.limit)

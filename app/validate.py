@@ -2,7 +2,10 @@
 raises ``InputError`` with one clear sentence. Screens show that sentence inline and disable their
 run/send button, so nothing unvalidated reaches the engine.
 
-``FieldCheck`` adapts a parser to Textual's ``Input(validators=[...])``.
+A field that sets a config field is parsed by ``parse_field(text, Config, "name")`` against the
+bound declared on that field (engine.bounds), the one the command line (app/argcheck.py) and the
+engine's ``validate()`` read too. ``FieldCheck`` adapts a parser to Textual's
+``Input(validators=[...])``.
 """
 from __future__ import annotations
 
@@ -14,10 +17,8 @@ from typing import Any, Callable, Optional
 
 from textual.validation import ValidationResult, Validator
 
-from engine.budget import SEED_MAX
+from engine.bounds import MAX_TEXT_CHARS, Bound, bound_of
 from engine.errors import InputError
-
-MAX_TEXT_CHARS = 200_000  # a pasted novel is refused here, before tokenization
 
 
 def _num_text(text: str, name: str) -> str:
@@ -61,17 +62,53 @@ def _range(v: float, name: str, lo: Optional[float], hi: Optional[float]) -> Non
 def parse_optional_int(text: str, name: str, lo: Optional[int] = None,
                        hi: Optional[int] = None) -> Optional[int]:
     """Empty (or 'none'/'random') → None, else a whole number in range (seeds)."""
-    if not (text or "").strip() or text.strip().lower() in ("none", "random", "-"):
+    if _is_none(text):
         return None
     return parse_int(text, name, lo, hi)
 
 
+def _is_none(text: str) -> bool:
+    return not (text or "").strip() or text.strip().lower() in ("none", "random", "-", "all", "off")
+
+
+def parse_bound(text: str, b: Bound, name: str, *, hi: Optional[float] = None) -> Any:
+    """The typed value of ``text`` within a declared bound (``hi``: a tighter upper limit known
+    only now, e.g. the loaded model's context). Empty text is None where the bound allows it."""
+    if b.optional and b.kind in ("int", "float") and _is_none(text):
+        return None
+    top = b.hi if hi is None else (hi if b.hi is None else min(b.hi, hi))
+    if b.kind == "int":
+        v: Any = parse_int(text, name, None if b.lo is None else int(b.lo),
+                           None if top is None else int(top))
+    elif b.kind == "float":
+        v = parse_float(text, name, b.lo, top, lo_open=b.lo_open)
+    elif b.kind == "choice":
+        v = parse_choice(text, name, b.choices)
+    else:
+        limit = min(b.max_chars or MAX_TEXT_CHARS, int(hi) if hi is not None else MAX_TEXT_CHARS)
+        v = (require_text(text, name, limit) if b.non_empty or not b.optional
+             else optional_text(text, name, limit))
+    b.check(name, v)  # the declaration is the last word (the parsers above say it in form words)
+    return v
+
+
+def parse_field(text: str, cls: Any, field: str, name: Optional[str] = None, *,
+                hi: Optional[float] = None) -> Any:
+    """A form field that sets ``cls.field``: parsed and checked against that field's declared
+    bound. ``name``: the word the form shows (default: the bound's label); ``hi``: a tighter
+    upper limit known only now (for text: fewer characters)."""
+    b = bound_of(cls, field)
+    return parse_bound(text, b, name or b.name_for(field), hi=hi)
+
+
 def parse_timeout(text: str, name: str) -> Optional[float]:
-    """Seconds; empty, 0, 'none' or 'off' = no limit."""
+    """Seconds; empty, 0, 'none' or 'off' = no limit; else within the declared timeout bound."""
+    from engine.sessions.profiles import TIMEOUT
+
     t = (text or "").strip().lower()
     if t in ("", "none", "off", "0", "inf"):
         return None
-    return parse_float(text, name, 1.0, 7 * 24 * 3600.0)
+    return parse_bound(text, TIMEOUT, name)
 
 
 def require_text(text: str, name: str, max_chars: int = MAX_TEXT_CHARS) -> str:
@@ -130,32 +167,6 @@ def parse_dir(text: str, name: str) -> Path:
     if p.exists() and not p.is_dir():
         raise InputError(f"{name}: {p} exists and is not a directory")
     return p
-
-
-# sampling fields: the same ranges as engine.lm.sampling.SamplingConfig.validate
-def parse_max_new_tokens(text: str, context_length: Optional[int] = None) -> int:
-    hi = (context_length - 1) if context_length else 1_000_000
-    return parse_int(text, "max new tokens", 1, hi)
-
-
-def parse_temperature(text: str) -> float:
-    return parse_float(text, "temperature", 0.0, 100.0)
-
-
-def parse_top_k(text: str) -> int:
-    return parse_int(text, "top-k", 0, 10_000_000)
-
-
-def parse_top_p(text: str) -> float:
-    return parse_float(text, "top-p", 0.0, 1.0, lo_open=True)
-
-
-def parse_repetition_penalty(text: str) -> float:
-    return parse_float(text, "repetition penalty", 0.0, 100.0, lo_open=True)
-
-
-def parse_seed(text: str) -> Optional[int]:
-    return parse_optional_int(text, "seed", 0, SEED_MAX)
 
 
 # paths and argv text: the same checks for CLI options and TUI fields, run before any work

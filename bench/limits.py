@@ -1,5 +1,5 @@
-"""The README's "Limits" table, computed from the code's own bounds (app/argcheck.py rules,
-engine/budget.py memory estimates, the engine's caps) for a given amount of available memory and
+"""The README's "Limits" table, computed from the code's own bounds (the bounds declared on the
+config fields, engine/budget.py memory estimates) for a given amount of available memory and
 the bundled model's config (read from the converted cache: no weights are loaded).
 
     .venv/bin/python bench/limits.py [--memory-gib 16] [--prompt-tokens 40]
@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=40)
     a = ap.parse_args(argv)
 
-    from app.argcheck import BY_COMMAND, COMMON, MAX_INPUT_BYTES
-    from app.validate import MAX_TEXT_CHARS
+    from app.argcheck import MAX_INPUT_BYTES
     from engine import bounded_json as bj
-    from engine.advtok.tokenview import MAX_K, MAX_SAMPLES, MAX_TEXT_BYTES
+    from engine.advtok.config import MAX_TEXT_BYTES, AttackConfig, TokenizeConfig
+    from engine.bounds import MAX_TEXT_CHARS, bound_of
+    from engine.lm.config import SamplingConfig
+    from engine.treesearch.config import TreeConfig
     from engine.bench.suite_files import suite_entries
     from engine.budget import (SEED_MAX, USABLE_SHARE, fmt_bytes, grid_bound, kv_bytes_per_token,
                                token_lists_bound, tree_rollout_bound)
@@ -56,18 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         ("`search --rollouts` (horizon 50)", f"{tree.limit(usable):,}",
          f"{fmt_bytes(tree.per_unit)} per rollout, worst case: ({P}+50) positions × "
          f"{fmt_bytes(kv_bytes_per_token(cfg))} KV + 50 stored nuclei of ≤ {cfg.vocab_size:,} ids × 8 B"),
-        ("`search --batch`", f"{BY_COMMAND[('search', 'batch')].hi}", "TreeConfig: rollouts decoded together"),
+        ("`search --batch`", f"{bound_of(TreeConfig, 'batch').hi}", "TreeConfig.batch: rollouts decoded together"),
         ("`search --horizon`, `chat --max-new-tokens`", f"< {ctx:,} − prompt", "the model's context length"),
         ("`bench --repeats` (3 methods, core-v1)", f"{grid.limit(usable):,}",
          f"{3 * suite} scheduled runs per repeat × {grid.per_unit // (3 * suite)} B each (time bounds it long before)"),
-        ("`tokenize --sample`", f"{MAX_SAMPLES:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
-         "tokenview.MAX_SAMPLES; each sample is kept as a token-id list (64 + 36 B per id)"),
-        ("`tokenize --neighbours K`", f"{MAX_K}", "engine.advtok.tokenview.MAX_K (a fixed cap in the engine)"),
-        ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "tokenview.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
-        ("free text (`--prompt`, `--request`, …)", f"{MAX_TEXT_CHARS:,} characters", "app/validate.py MAX_TEXT_CHARS, the same for CLI and TUI"),
-        ("`attack --samples` / `--batch-cap`", f"{BY_COMMAND[('attack', 'samples')].hi:,} / "
-         f"{BY_COMMAND[('attack', 'batch_cap')].hi:,}", "fixed caps of the validation layer (app/argcheck.py), not memory-derived"),
-        ("`--top-k`, `--max-new-tokens` (pre-load)", f"{COMMON['top_k'].hi:,}, {COMMON['max_new_tokens'].hi:,}",
+        ("`tokenize --sample`", f"{bound_of(TokenizeConfig, 'samples').hi:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
+         "TokenizeConfig.samples; each sample is kept as a token-id list (64 + 36 B per id)"),
+        ("`tokenize --neighbours K`", f"{bound_of(TokenizeConfig, 'neighbours').hi}", "TokenizeConfig.neighbours (a fixed cap: the count's table grows with K)"),
+        ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
+        ("free text (`--prompt`, `--request`, …)", f"{MAX_TEXT_CHARS:,} characters", "engine.bounds.MAX_TEXT_CHARS, the same for CLI and TUI"),
+        ("`attack --samples` / `--batch-cap`", f"{bound_of(AttackConfig, 'samples').hi:,} / "
+         f"{bound_of(AttackConfig, 'batch_cap').hi:,}", "AttackConfig: all samples decode as one batch (memory-checked before sampling); rows per scoring batch"),
+        ("`--top-k`, `--max-new-tokens` (pre-load)", f"{bound_of(SamplingConfig, 'top_k').hi:,}, {bound_of(SamplingConfig, 'max_new_tokens').hi:,}",
          "before the model is known; a top-k beyond the vocabulary means off, the context bounds prompt + answer"),
         ("suite / dataset / runs files", f"{fmt_bytes(MAX_INPUT_BYTES)}, lines ≤ {fmt_bytes(bj.MAX_LINE_BYTES)}, "
          f"nesting ≤ {bj.MAX_DEPTH}", "files are read whole; Python's json recurses once per nesting level"),

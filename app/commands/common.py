@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from engine.errors import EngineError
+from engine.lm.config import ENGINE_PATHS  # torch-free: --help loads no torch
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
 EXIT_USAGE = 2
-# the same names as engine.lm.forward.ENGINE_PATHS (not imported: it would load torch for --help)
-ENGINE_PATHS = ("fast", "standard", "int8")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -80,12 +79,12 @@ def set_engine_path(lm: LoadedModel, path: str) -> None:
 
 def limit_context(lm: LoadedModel, n: Any) -> None:
     """A profile's or flag's context size: never more than the model's own window."""
-    from engine.errors import InputError
+    from engine.bounds import bound_of
+    from engine.lm.config import ModelConfig
 
     if n is None:
         return
-    if int(n) < 16:
-        raise InputError(f"--context-size {n} is too small (at least 16 tokens)")
+    bound_of(ModelConfig, "context_size").check("--context-size", n)
     lm.context_length = min(int(lm.context_length), int(n))
 
 

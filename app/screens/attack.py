@@ -24,8 +24,8 @@ from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline
 
 from app.messages import JobCancelled, RunFromIds
 from app.screens.job_screen import JobScreen, Launch
-from app.validate import (FieldCheck, first_error, optional_text, parse_choice, parse_int,
-                          require_text)
+from app.validate import FieldCheck, first_error, parse_field
+from engine.advtok.config import AttackConfig
 from app.widgets.engine_status import EngineStatus
 from app.widgets.lattice_view import LatticeView
 from app.widgets.token_strip import TokenStrip
@@ -34,19 +34,9 @@ ENGINE_MODULES = ("engine.advtok.search",)
 JOB_KIND = "advtok"
 WHAT = "AdvTok — adversarial tokenization of a request (canonical vs adversarial tokens, scores, samples side by side)"
 
-REQUEST_CHARS = 2000        # engine.advtok.search.AttackConfig.max_request_chars default
-TEXT_CHARS = 20_000
-INITS = ("canonical", "random")
-MAX_ITERS = 10_000
-MAX_SAMPLES = 64
-
-
-def parse_neighbours(text: str) -> Optional[int]:
-    """Empty or 'all' → None (the full neighbourhood), else a whole number ≥ 1."""
-    t = (text or "").strip().lower()
-    if t in ("", "all", "none"):
-        return None
-    return parse_int(text, "max neighbours", 1, 1_000_000)
+INITS = ("canonical", "random")  # the starts the form offers ("given" needs token ids)
+#: the form has no cap field: the request is held to the config's default cap
+REQUEST_CHARS = AttackConfig.__dataclass_fields__["max_request_chars"].default
 
 
 def score_text(v: Optional[float]) -> str:
@@ -176,15 +166,15 @@ class AttackScreen(JobScreen):
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         """Input id → parser (raises InputError with one clear sentence)."""
         return {
-            "atk-request": lambda v: require_text(v, "request", REQUEST_CHARS),
-            "atk-response": lambda v: require_text(v, "target response", TEXT_CHARS),
-            "atk-system": lambda v: optional_text(v, "system prompt", TEXT_CHARS),
-            "atk-iters": lambda v: parse_int(v, "iterations", 1, MAX_ITERS),
-            "atk-neighbours": parse_neighbours,
-            "atk-samples": lambda v: parse_int(v, "samples", 0, MAX_SAMPLES),
-            "atk-sample-tokens": lambda v: parse_int(v, "sample tokens", 1,
-                                                     max(1, self.context_length() - 1)),
-            "atk-seed": lambda v: parse_int(v, "seed", 0, 2**63 - 1),
+            "atk-request": lambda v: parse_field(v, AttackConfig, "request", hi=REQUEST_CHARS),
+            "atk-response": lambda v: parse_field(v, AttackConfig, "response"),
+            "atk-system": lambda v: parse_field(v, AttackConfig, "system"),
+            "atk-iters": lambda v: parse_field(v, AttackConfig, "iters"),
+            "atk-neighbours": lambda v: parse_field(v, AttackConfig, "max_neighbours"),
+            "atk-samples": lambda v: parse_field(v, AttackConfig, "samples"),
+            "atk-sample-tokens": lambda v: parse_field(v, AttackConfig, "sample_max_new_tokens",
+                                                       hi=max(1, self.context_length() - 1)),
+            "atk-seed": lambda v: parse_field(v, AttackConfig, "seed"),
         }
 
     def form(self) -> tuple[dict[str, Any], Optional[str]]:
@@ -199,8 +189,8 @@ class AttackScreen(JobScreen):
             "system": val("atk-system"), "iters": val("atk-iters"),
             "max_neighbours": val("atk-neighbours"), "samples": val("atk-samples"),
             "sample_max_new_tokens": val("atk-sample-tokens"), "seed": val("atk-seed"),
-            "init": lambda: parse_choice(str(self.query_one("#atk-init", Select).value), "init",
-                                         INITS),
+            "init": lambda: parse_field(str(self.query_one("#atk-init", Select).value),
+                                        AttackConfig, "init"),
         })
         return values, err
 

@@ -21,6 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from engine.errors import InputError
+from engine.lm.config import ChatConfig
 
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
 from app.saved_chat import SavedChat
@@ -30,12 +31,10 @@ from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figu
 from app.widgets.chat_gauges import ChatGauges, copy_code_block, copy_last_answer
 from app.widgets.composer import Composer
 from app.widgets.token_explorer import TokenExplorer
-from app.validate import FieldCheck, optional_text, require_text
+from app.validate import FieldCheck, parse_field
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
-
-PROMPT_LIMIT = 100_000
 
 
 class ChatScreen(TranscriptSync, ToolScreen):
@@ -97,7 +96,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
             with Horizontal(id="system-row", classes="form-row"):
                 yield Label("System", classes="field-label")
                 yield Input(value=system, id="system", placeholder="system prompt (optional)",
-                            validators=[FieldCheck(lambda v: optional_text(v, "system prompt"))])
+                            validators=[FieldCheck(self.parse_system)])
                 yield Button("Apply · new chat", id="apply-system")
             yield VerticalScroll(id="messages")
             yield TokenExplorer(id="token-explorer")
@@ -150,7 +149,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
     def input_error(self) -> Optional[str]:
         """Why the message cannot be sent now (None: it can)."""
         try:
-            require_text(self.query_one("#prompt", Composer).value, "message", PROMPT_LIMIT)
+            parse_field(self.query_one("#prompt", Composer).value, ChatConfig, "prompt", "message")
         except InputError as e:
             return str(e)
         return None
@@ -322,10 +321,15 @@ class ChatScreen(TranscriptSync, ToolScreen):
         self.notify("New conversation")
         self.query_one("#prompt", Composer).focus()
 
+    @staticmethod
+    def parse_system(text: str) -> Optional[str]:
+        """The system prompt field (empty: none), within ChatConfig.system's declared bound."""
+        return parse_field(text, ChatConfig, "system")
+
     def apply_system(self) -> None:
         inp = self.query_one("#system", Input)
         try:
-            system = optional_text(inp.value, "system prompt", 20_000)
+            system = self.parse_system(inp.value)
         except InputError as e:
             self.engine_error = str(e)
             self.refresh_controls()

@@ -28,18 +28,20 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import (Button, DataTable, Input, Label, Select, SelectionList, Static,
                              TabbedContent, TabPane)
 
+from engine.bench.config import BenchConfig
+from engine.budget import grid_bound
 from engine.errors import InputError
 
 from app.engines import module_available
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
                           SettingsChanged)
 from app.screens.base import ToolScreen
-from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, MAX_NEW_TOKENS, MAX_REPEATS,
-                                        TABLE_COLUMNS, WHAT, method_choices, parse_combinations,
-                                        parse_runs_path, suite_counts, suites_available)
+from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, TABLE_COLUMNS, WHAT,
+                                        method_choices, parse_combinations, parse_runs_path,
+                                        suite_counts, suites_available)
 from app.screens.dashboard_report import LiveReport
 from app.settings import BenchGrid, fmt_duration
-from app.validate import FieldCheck, first_error, parse_int
+from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot
 
@@ -149,7 +151,7 @@ class DashboardScreen(LiveReport, ToolScreen):
     # ---- validation -------------------------------------------------------------------------
     @staticmethod
     def _parse_repeats(text: str) -> int:
-        return parse_int(text, "repeats", 1, MAX_REPEATS)
+        return parse_field(text, BenchConfig, "repeats")
 
     def _parse_mnt(self, text: str) -> int:
         try:
@@ -157,8 +159,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         except Exception:  # noqa: BLE001 — validated before the screen is attached
             lm = None
         ctx = int(getattr(lm, "context_length", 0) or 0)
-        hi = min(MAX_NEW_TOKENS, ctx - 1) if ctx > 1 else MAX_NEW_TOKENS
-        return parse_int(text, "max new tokens", 1, hi)
+        return parse_field(text, BenchConfig, "max_new_tokens", hi=ctx - 1 if ctx > 1 else None)
 
     def form(self) -> tuple[dict[str, Any], Optional[str]]:
         """({cfg: BenchConfig fields, out, grid: BenchGrid}, first error or None)."""
@@ -197,6 +198,10 @@ class DashboardScreen(LiveReport, ToolScreen):
         if queries == 0 and not prose:
             return {}, (f"suite {values['suite']} has no queries of kind "
                         f"{', '.join(values['kinds'])}: choose other kinds")
+        try:  # the grid is scheduled in memory: the same machine bound as the command line's
+            grid_bound("repeats", len(values["methods"]) * max(1, queries)).check(values["repeats"])
+        except InputError as e:
+            return {}, str(e)
         cfg = {k: values[k] for k in ("methods", "suite", "repeats", "max_new_tokens", "kinds")}
         grid = BenchGrid(len(values["methods"]), queries, values["repeats"],
                          values["max_new_tokens"], prose)

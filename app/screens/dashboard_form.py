@@ -26,8 +26,6 @@ KINDS = ("chat", "qa", "long", "prose")
 DEFAULT_METHODS = ("baseline", "kv-fp8")  # a small first grid: the baseline and one method
 TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s", "KV stored",
                  "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
-MAX_REPEATS = 100
-MAX_NEW_TOKENS = 4096       # engine.bench.harness.BenchConfig.validate
 
 
 def suites_available() -> list[str]:

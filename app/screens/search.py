@@ -23,12 +23,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Collapsible, DataTable, Input, Label, Select, Static
 
 from engine.errors import InputError
+from engine.lm.config import ChatConfig
+from engine.treesearch.config import MODES, TreeConfig
 
 from app.messages import JobCancelled, JobProgressed
 from app.screens.job_screen import JobScreen, Launch
 from app.screens.search_form import PLUGIN_WARNING, fmt_reward, live_figures, parse_reward_spec
-from app.validate import (FieldCheck, first_error, parse_choice, parse_float, parse_int,
-                          parse_seed, require_text)
+from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.engine_status import EngineStatus
 from app.widgets.tree_nav import TreeNavigator
 
@@ -36,9 +37,6 @@ ENGINE_MODULES = ("engine.treesearch.search",)
 JOB_KIND = "tree"
 WHAT = "Tree search over tokens with a reward spec (rollouts, horizon, λ; root children, best vs greedy answer)"
 
-PROMPT_CHARS = 20_000
-MODES = ("search", "sample")
-MAX_ROLLOUTS = 100_000
 LIVE_HZ = 4.0
 
 class SearchScreen(JobScreen):
@@ -128,12 +126,13 @@ class SearchScreen(JobScreen):
     # -- validation ---------------------------------------------------------------------------
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         return {
-            "ts-prompt": lambda v: require_text(v, "prompt", PROMPT_CHARS),
-            "ts-rollouts": lambda v: parse_int(v, "rollouts", 1, MAX_ROLLOUTS),
-            "ts-horizon": lambda v: parse_int(v, "horizon", 1, max(1, self.context_length() - 1)),
-            "ts-lambda": lambda v: parse_float(v, "λ", 1e-9, 1e4),
-            "ts-seed": parse_seed,
-            "ts-samples": lambda v: parse_int(v, "samples", 1, 10_000),
+            "ts-prompt": lambda v: parse_field(v, ChatConfig, "prompt"),
+            "ts-rollouts": lambda v: parse_field(v, TreeConfig, "rollouts"),
+            "ts-horizon": lambda v: parse_field(v, TreeConfig, "horizon",
+                                                hi=max(1, self.context_length() - 1)),
+            "ts-lambda": lambda v: parse_field(v, TreeConfig, "lam"),
+            "ts-seed": lambda v: parse_field(v, TreeConfig, "seed"),
+            "ts-samples": lambda v: parse_field(v, TreeConfig, "n_samples"),
         }
 
     def allow_plugin(self) -> bool:
@@ -152,8 +151,8 @@ class SearchScreen(JobScreen):
             "reward": lambda: parse_reward_spec(spec, self.allow_plugin()),
             "rollouts": val("ts-rollouts"), "horizon": val("ts-horizon"),
             "lam": val("ts-lambda"), "seed": val("ts-seed"), "n_samples": val("ts-samples"),
-            "mode": lambda: parse_choice(str(self.query_one("#ts-mode", Select).value), "mode",
-                                         MODES),
+            "mode": lambda: parse_field(str(self.query_one("#ts-mode", Select).value),
+                                        TreeConfig, "mode"),
         })
         if err:
             return {}, err

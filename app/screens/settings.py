@@ -17,15 +17,14 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
-from engine.lm.config import SamplingConfig
+from engine.lm.config import DTYPES, ENGINE_PATHS, SamplingConfig
 from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS,
                           fmt_duration)
-from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_max_new_tokens,
-                          parse_model_spec, parse_repetition_penalty, parse_seed,
-                          parse_stop_strings, parse_temperature, parse_timeout, parse_top_k,
-                          parse_top_p)
+from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_field,
+                          parse_model_spec, parse_stop_strings, parse_timeout)
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+PATH_LABELS = {"fast": "fast (lean forward, exact)", "standard": "standard (HF forward)",
+               "int8": "int8 (weight-only decode, INEXACT, faster)"}
 
 
 def _fmt_timeout(t: Optional[float]) -> str:
@@ -79,17 +78,23 @@ class SettingsScreen(ToolScreen):
         lm = self.loaded_model
         return None if lm is None else lm.context_length
 
+    def _max_new_hi(self) -> Optional[int]:
+        """An answer must leave room for a prompt: below the loaded model's context."""
+        ctx = self._context_length()
+        return ctx - 1 if ctx else None
+
     def parsers(self) -> dict[str, Callable[[str], Any]]:
         """Input id → parser (raising InputError)."""
         p: dict[str, Callable[[str], Any]] = {
             "set-model": parse_model_spec,
             "set-device": parse_device,
-            "set-max-new": lambda v: parse_max_new_tokens(v, self._context_length()),
-            "set-temperature": parse_temperature,
-            "set-top-k": parse_top_k,
-            "set-top-p": parse_top_p,
-            "set-seed": parse_seed,
-            "set-rep": parse_repetition_penalty,
+            "set-max-new": lambda v: parse_field(v, SamplingConfig, "max_new_tokens",
+                                                 hi=self._max_new_hi()),
+            "set-temperature": lambda v: parse_field(v, SamplingConfig, "temperature"),
+            "set-top-k": lambda v: parse_field(v, SamplingConfig, "top_k"),
+            "set-top-p": lambda v: parse_field(v, SamplingConfig, "top_p"),
+            "set-seed": lambda v: parse_field(v, SamplingConfig, "seed"),
+            "set-rep": lambda v: parse_field(v, SamplingConfig, "repetition_penalty"),
             "set-stop": parse_stop_strings,
             "set-export": lambda v: parse_dir(v, "export folder"),
         }
@@ -119,9 +124,7 @@ class SettingsScreen(ToolScreen):
                              allow_blank=False, id="set-dtype", compact=True)
             with Horizontal(classes="form-row"):
                 yield Label("engine path", classes="field-label")
-                yield Select([("fast (lean forward, exact)", "fast"),
-                              ("standard (HF forward)", "standard"),
-                              ("int8 (weight-only decode, INEXACT, faster)", "int8")],
+                yield Select([(PATH_LABELS.get(p, p), p) for p in ENGINE_PATHS],
                              value=s.engine_path, allow_blank=False, id="set-engine-path",
                              compact=True)
             yield Static("[b]Sampling[/]", classes="section")

@@ -165,7 +165,7 @@ class TreeNavigator(AppAccess, Vertical, can_focus=True):
         if self.busy or getattr(screen, "busy", False):
             self.notify("A job is running: Esc to stop it first", severity="warning")
             return
-        from engine.treesearch.search import TreeConfig
+        from engine.treesearch.config import TreeConfig
 
         res = self.run.result
         known = TreeConfig.__dataclass_fields__
