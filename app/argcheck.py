@@ -135,8 +135,8 @@ def _flag(dest: str) -> str:
 
 def _named(name: str, b: Bound) -> str:
     """The option as typed, with the engine's word for it when that word differs
-    (``--iters (iterations)``, ``--lambda (λ)``)."""
-    if b.label and b.label.replace("-", " ") != name.lstrip("-").replace("-", " "):
+    (``--iters (iterations)``, ``--lambda (λ)``); text and names read clearly as typed."""
+    if b.kind in ("int", "float") and b.label and b.label.replace("-", " ") != name.lstrip("-").replace("-", " "):
         return f"{name} ({b.label})"
     return name
 

@@ -126,10 +126,10 @@ async def test_attack_screen_opens_and_bad_input_keeps_run_disabled(make_app):
         await run_enabled(pilot, scr)
         bad = [("iters", "0", "iterations"), ("iters", "ten", "not a whole number"),
                ("iters", "", "iterations"), ("neighbours", "0", "max neighbours"),
-               ("samples", "65", "samples"), ("tokens", "0", "sample tokens"),
+               ("samples", "1025", "samples"), ("tokens", "0", "sample tokens"),
                ("seed", "-1", "seed"), ("request", "x" * 2001, "too long"),
                ("request", "   ", "request"), ("response", "a\ud800", "broken unicode"),
-               ("system", "s" * 20_001, "too long")]
+               ("system", "s" * 200_001, "too long")]
         good = {"iters": "3", "neighbours": "", "samples": "2", "tokens": "8", "seed": "0",
                 "request": "Tell me a joke", "response": "Sure, here", "system": ""}
         for field, value, words in bad:

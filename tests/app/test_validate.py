@@ -5,13 +5,19 @@ import pytest
 
 from app import validate as v
 from engine.errors import InputError
+from engine.lm.config import SamplingConfig
+
+
+def field(name, **kw):
+    """The form parser of one SamplingConfig field (its declared bound)."""
+    return lambda t: v.parse_field(t, SamplingConfig, name, **kw)
 
 
 @pytest.mark.parametrize("fn,text,want", [
-    (v.parse_temperature, "0", 0.0), (v.parse_temperature, " 1.5 ", 1.5),
-    (v.parse_top_p, "1", 1.0), (v.parse_top_k, "40", 40), (v.parse_seed, "", None),
-    (v.parse_seed, "123", 123), (v.parse_repetition_penalty, "1.1", 1.1),
-    (lambda t: v.parse_max_new_tokens(t, 2048), "2047", 2047),
+    (field("temperature"), "0", 0.0), (field("temperature"), " 1.5 ", 1.5),
+    (field("top_p"), "1", 1.0), (field("top_k"), "40", 40), (field("seed"), "", None),
+    (field("seed"), "123", 123), (field("repetition_penalty"), "1.1", 1.1),
+    (field("max_new_tokens", hi=2047), "2047", 2047),
     (lambda t: v.parse_timeout(t, "chat timeout"), "", None),
     (lambda t: v.parse_timeout(t, "chat timeout"), "0", None),
     (lambda t: v.parse_timeout(t, "chat timeout"), "90", 90.0),
@@ -23,13 +29,14 @@ def test_good(fn, text, want):
 
 
 @pytest.mark.parametrize("fn,text,words", [
-    (v.parse_temperature, "", "enter a number"), (v.parse_temperature, "warm", "not a number"),
-    (v.parse_temperature, "-1", "≥ 0"), (v.parse_temperature, "nan", "finite"),
-    (v.parse_top_p, "0", "greater than 0"), (v.parse_top_p, "1.01", "≤ 1"),
-    (v.parse_top_k, "2.5", "whole number"), (v.parse_seed, "-3", "≥ 0"),
-    (lambda t: v.parse_max_new_tokens(t, 2048), "2048", "≤ 2047"),
-    (lambda t: v.parse_max_new_tokens(t, None), "0", "≥ 1"),
-    (v.parse_repetition_penalty, "0", "greater than 0"),
+    (field("temperature"), "", "enter a number"), (field("temperature"), "warm", "not a number"),
+    (field("temperature"), "-1", "≥ 0"), (field("temperature"), "nan", "finite"),
+    (field("top_p"), "0", "greater than 0"), (field("top_p"), "1.01", "≤ 1"),
+    (field("top_k"), "2.5", "whole number"), (field("seed"), "-3", "≥ 0"),
+    (field("max_new_tokens", hi=2047), "2048", "≤ 2047"),
+    (field("max_new_tokens"), "0", "≥ 1"),
+    (field("repetition_penalty"), "0", "greater than 0"),
+    (lambda t: v.parse_timeout(t, "chat timeout"), "0.5", "≥ 1"),
     (lambda t: v.parse_timeout(t, "chat timeout"), "soon", "not a number"),
     (v.parse_device, "gpu", "device"), (v.parse_model_spec, "  ", "empty"),
     (lambda t: v.require_text(t, "message"), " \n ", "empty"),
@@ -52,7 +59,7 @@ def test_parse_dir_rejects_a_file(tmp_path):
 
 
 def test_field_check_adapter():
-    check = v.FieldCheck(v.parse_top_p)
+    check = v.FieldCheck(field("top_p"))
     assert check.validate("0.5").is_valid
     bad = check.validate("2")
     assert not bad.is_valid and "≤ 1" in bad.failure_descriptions[0]

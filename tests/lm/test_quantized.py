@@ -132,8 +132,8 @@ def test_engine_path_int8_selected_labelled_and_never_used_for_scoring(tokenizer
 
 def test_cli_engine_paths_match_the_engine():
     from app.commands.common import ENGINE_PATHS as CLI_PATHS
-
-    from engine.sessions.profiles import _CHOICES
+    from engine.bounds import bound_of
+    from engine.lm.config import ModelConfig
 
     assert tuple(CLI_PATHS) == tuple(ENGINE_PATHS)
-    assert tuple(_CHOICES["engine_path"]) == tuple(ENGINE_PATHS)
+    assert bound_of(ModelConfig, "engine_path").choices == tuple(ENGINE_PATHS)  # profiles use it

@@ -121,7 +121,7 @@ def test_every_option_with_hostile_values(playground, data):
     (["chat", "--seed", str(2**64)], "--seed"),
     (["search", "--prompt", "hi", "--reward", "words:a", "--seed", "-1"], "--seed"),
     (["bench", "--seed", str(10**20)], "--seed"),
-    (["bench", "--repeats", str(2**62)], "the limit is --repeats ≤"),
+    (["bench", "--repeats", str(2**62)], "--repeats: must be between 1 and 1,000,000"),
     (["search", "--prompt", NON_UTF8, "--reward", "words:a"], "not valid UTF-8"),
     (["attack", "--request", NON_UTF8, "--response", "x"], "not valid UTF-8"),
     (["chat", "--prompt", "hi", "--temperature", "nan"], "finite"),
@@ -132,6 +132,14 @@ def test_each_class_is_one_line_exit_2(argv, words):
     code, err = run_front(argv)
     assert code == 2 and words in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_memory_bound_applies_inside_the_declared_range(monkeypatch):
+    """BenchConfig.repeats declares the static range; the grid's memory is checked against
+    this machine (here: 1 MB available) and names the limit."""
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(1_000_000))
+    code, err = run_front(["bench", "--repeats", "1000000"])
+    assert code == 2 and "the limit is --repeats ≤" in err, err
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path):

@@ -22,7 +22,7 @@ def tiny(tmp_path_factory, tokenizer):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--prompt", "  "], "empty prompt"),
+    (["--prompt", "  "], "--prompt is empty"),
     (["--prompt", "hi", "--top-k", "-1"], "--top-k"),
     (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
 ])

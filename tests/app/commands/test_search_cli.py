@@ -9,7 +9,7 @@ from app.cli import main
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--prompt", "  ", "--reward", "words:a"], "empty prompt"),
+    (["--prompt", "  ", "--reward", "words:a"], "--prompt is empty"),
     (["--prompt", "hi", "--reward", "nope:x"], "unknown reward"),
     (["--prompt", "hi", "--reward", "regex:(["], "invalid regex"),
     (["--prompt", "hi", "--reward", "words:a", "--rollouts", "0"], "rollouts"),
