@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.argcheck import MAX_INPUT_BYTES
     from engine import bounded_json as bj
     from engine.advtok.config import MAX_TEXT_BYTES, AttackConfig, TokenizeConfig
+    from engine.bench.config import BenchConfig
     from engine.bounds import MAX_TEXT_CHARS, bound_of
     from engine.lm.config import SamplingConfig
     from engine.treesearch.config import TreeConfig
@@ -55,20 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     samp = token_lists_bound("--sample", 1000)
     rows = [
         ("`--seed` (every command)", f"0 … {SEED_MAX:,}", "torch.Generator.manual_seed takes a signed 64-bit seed"),
-        ("`search --rollouts` (horizon 50)", f"{tree.limit(usable):,}",
+        ("`search --rollouts` (horizon 50)", f"{min(tree.limit(usable), bound_of(TreeConfig, 'rollouts').hi):,}",
          f"{fmt_bytes(tree.per_unit)} per rollout, worst case: ({P}+50) positions × "
          f"{fmt_bytes(kv_bytes_per_token(cfg))} KV + 50 stored nuclei of ≤ {cfg.vocab_size:,} ids × 8 B"),
         ("`search --batch`", f"{bound_of(TreeConfig, 'batch').hi}", "TreeConfig.batch: rollouts decoded together"),
         ("`search --horizon`, `chat --max-new-tokens`", f"< {ctx:,} − prompt", "the model's context length"),
-        ("`bench --repeats` (3 methods, core-v1)", f"{grid.limit(usable):,}",
-         f"{3 * suite} scheduled runs per repeat × {grid.per_unit // (3 * suite)} B each (time bounds it long before)"),
+        ("`bench --repeats` (3 methods, core-v1)",
+         f"{bound_of(BenchConfig, 'repeats').hi:,} (memory: {grid.limit(usable):,})",
+         f"BenchConfig.repeats; the grid keeps {3 * suite} scheduled runs per repeat × "
+         f"{grid.per_unit // (3 * suite)} B each (time bounds it long before)"),
         ("`tokenize --sample`", f"{bound_of(TokenizeConfig, 'samples').hi:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
          "TokenizeConfig.samples; each sample is kept as a token-id list (64 + 36 B per id)"),
         ("`tokenize --neighbours K`", f"{bound_of(TokenizeConfig, 'neighbours').hi}", "TokenizeConfig.neighbours (a fixed cap: the count's table grows with K)"),
         ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
         ("free text (`--prompt`, `--request`, …)", f"{MAX_TEXT_CHARS:,} characters", "engine.bounds.MAX_TEXT_CHARS, the same for CLI and TUI"),
         ("`attack --samples` / `--batch-cap`", f"{bound_of(AttackConfig, 'samples').hi:,} / "
-         f"{bound_of(AttackConfig, 'batch_cap').hi:,}", "AttackConfig: all samples decode as one batch (memory-checked before sampling); rows per scoring batch"),
+         f"{bound_of(AttackConfig, 'batch_cap').hi:,}", "AttackConfig: the samples decode as one batch (each row's KV and logits memory-checked before the search); rows per scoring batch"),
         ("`--top-k`, `--max-new-tokens` (pre-load)", f"{bound_of(SamplingConfig, 'top_k').hi:,}, {bound_of(SamplingConfig, 'max_new_tokens').hi:,}",
          "before the model is known; a top-k beyond the vocabulary means off, the context bounds prompt + answer"),
         ("suite / dataset / runs files", f"{fmt_bytes(MAX_INPUT_BYTES)}, lines ≤ {fmt_bytes(bj.MAX_LINE_BYTES)}, "
