@@ -10,7 +10,7 @@ from engine.errors import InputError
 from engine.lm.chat import clean_text
 from engine.lm.generate import generate
 from engine.lm.logit_lens import LensLayer, logit_lens
-from engine.lm.config import SamplingConfig
+from engine.lm.config import ChatConfig, SamplingConfig
 from engine.lm.surprisal import ScoredToken, score_ids
 from engine.lm.templates import encode_pieces, encode_user_text, split_chat
 from engine.lm.tokeninfo import TokenRecorder
@@ -60,8 +60,7 @@ def inspect_text(lm: LoadedModel, prompt: str, response: Optional[str] = None, *
     generated tokens, or before the scoring pass)."""
     if not prompt or not prompt.strip():
         raise InputError("empty prompt: nothing to inspect")
-    if top_k < 0:
-        raise InputError(f"--top-k must be ≥ 0 (got {top_k})")
+    ChatConfig(prompt=prompt, system=system, response=response, alternatives=top_k).validate()
     ctx, parts = context_ids(lm, prompt, system)
     generated = response is None
     if generated:
