@@ -112,6 +112,15 @@ def tree_rollout_bound(lm: LoadedModel, prompt_len: int, horizon: int) -> Bound:
                  f"{horizon} nodes × a {v:,}-token nucleus × 8 B")
 
 
+def batch_bound(lm: Any, option: str, context: int) -> Bound:
+    """Per row of one decode batch (AdvTok's side-by-side samples decode together): its KV for
+    ``context`` positions and one fp32 logits row."""
+    kv = kv_bytes_per_token(lm.config, dtype_bytes(lm))
+    v = vocab_size(lm.config)
+    return Bound(option, context * kv + v * 4,
+                 f"per row {context} positions × {fmt_bytes(kv)} of KV + {v:,} fp32 logits")
+
+
 def grid_bound(option: str, entries_per_unit: int) -> Bound:
     """A scheduled grid kept in memory: ``entries_per_unit`` entries per unit of the option."""
     per = max(1, entries_per_unit) * GRID_ENTRY_BYTES

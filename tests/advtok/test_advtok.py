@@ -152,7 +152,7 @@ def test_samples_side_by_side_same_template(tiny_lm, vocab):
     (dict(iters=-3), "iterations"),
     (dict(init="greedy"), "init"),
     (dict(init="given"), "given"),
-    (dict(max_neighbours=0), "max_neighbours"),
+    (dict(max_neighbours=0), "max neighbours"),
     (dict(samples=-1), "samples"),
     (dict(temperature=0.0), "temperature"),
     (dict(batch_cap=0), "batch cap"),
@@ -160,6 +160,16 @@ def test_samples_side_by_side_same_template(tiny_lm, vocab):
 def test_bad_settings(tiny_lm, kw, words):
     with pytest.raises(InputError, match=words):
         run_attack(tiny_lm, cfg(**kw))
+
+
+def test_samples_are_held_to_this_machines_memory_before_any_work(tiny_lm, monkeypatch):
+    """AttackConfig.samples declares the static range; all samples decode as one batch, so the
+    machine's memory is checked (here 1 MB available) before the search starts."""
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(1_000_000))
+    seen = []
+    with pytest.raises(InputError, match=r"samples 1,024 needs about .* the limit is samples ≤"):
+        run_attack(tiny_lm, cfg(samples=1024), progress=seen.append)
+    assert not [p for p in seen if p.phase == "search"]
 
 
 def test_given_ids_must_spell_the_request(tiny_lm, vocab):
