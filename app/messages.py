@@ -14,7 +14,7 @@ from textual.message import Message
 from engine.progress import Progress
 
 if TYPE_CHECKING:
-    from app.runner import Job
+    from app.job import Job
 
 
 class JobMessage(Message):

@@ -40,12 +40,12 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from engine.errors import EngineError
 from engine.progress import Cancelled, CancelToken, Progress
 
+from app.job import Job  # noqa: F401  (re-exported: screens and tests import it from here)
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
                           JobStuck, TokensGenerated)
 
@@ -119,44 +119,6 @@ class TokenPump:
             self.buf, self.ids = [], []
             self.sent += 1
             self.post(TokensGenerated(self.job_id, self.kind, text, ids, self.n_total))
-
-
-@dataclass
-class Job:
-    """One engine call. ``state``: running → finished | cancelled | failed (``stuck`` while a
-    thread outlives its grace period)."""
-
-    id: int
-    kind: str
-    params: dict[str, Any]
-    token: CancelToken
-    timeout: Optional[float]
-    started: float = field(default_factory=time.monotonic)
-    state: str = "running"
-    result: Any = None
-    error: Optional[BaseException] = None
-    cancel_reason: str = ""
-    task: Optional[asyncio.Task] = None
-    thread_done: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self, reason: str = "user") -> None:
-        """Ask the engine to stop at its next check (idempotent; the first reason wins)."""
-        if not self.cancel_reason:
-            self.cancel_reason = reason
-        self.token.cancel(reason)
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("finished", "cancelled", "failed")
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    async def wait(self) -> str:
-        if self.task is not None:
-            await asyncio.shield(self.task)
-        return self.state
 
 
 class Runner:
