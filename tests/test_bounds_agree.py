@@ -101,11 +101,14 @@ def parser_options(parser: argparse.ArgumentParser) -> dict[str, str]:
             for a in parser._actions if any(o.startswith("--") for o in a.option_strings)}
 
 
-def command_parsers() -> dict[str, argparse.ArgumentParser]:
+def command_parsers(every: bool = False) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser (``attack judge`` etc. included; ``every``: also those the walk
+    has no command line for)."""
     sub = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction))
     out = dict(sub.choices)
     inner = next(a for a in SUB_PARSER._actions if isinstance(a, argparse._SubParsersAction))
-    out.update({f"attack {k}": v for k, v in inner.choices.items() if f"attack {k}" in ARGV})
+    out.update({f"attack {k}": v for k, v in inner.choices.items()
+                if every or f"attack {k}" in ARGV})
     return out
 
 
@@ -147,6 +150,16 @@ def test_every_config_option_of_every_command_is_walked():
     seen = {(c, d) for c, d, _, _ in cli_options()}
     assert {("attack", "samples"), ("search", "lam"), ("bench", "repeats"), ("tokenize", "sample"),
             ("chat", "top_p"), ("attack judge", "judge_batch"), ("inspect", "top_k")} <= seen
+
+
+def test_every_numeric_option_has_a_declared_bound():
+    """A number on the command line is always checked against a declared bound (a new option
+    that sets a config field must be mapped to it in app/argcheck.py)."""
+    bare = [f"{command} {a.option_strings[0]}"
+            for command, parser in command_parsers(every=True).items()
+            for a in parser._actions
+            if a.type in (int, float) and argcheck.bound_for(argcheck.rule_for(command, a.dest)) is None]
+    assert not bare, bare
 
 
 @pytest.fixture

@@ -129,6 +129,7 @@ def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
 def run_dataset_cmd(args: argparse.Namespace) -> int:
     """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch.
     Ctrl+C stops after the rows already finished (each is on disk): exit 130."""
+    from engine.advtok.config import DatasetRunConfig
     from engine.advtok.datasets import parse_columns
     from engine.advtok.judges import parse_judges
     from engine.advtok.records import merge_results, shard_files
@@ -143,8 +144,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     attack_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
     parse_judges(args.judge)
-    if args.judge_batch < 1:
-        return fail(f"--judge-batch must be ≥ 1 (got {args.judge_batch})")
+    DatasetRunConfig(judge_batch=args.judge_batch).validate()  # its declared bound
     par = parallel_state(args)
     lm = load_lm(args)
     err = err_console()
@@ -234,14 +234,14 @@ def merge_cmd(args: argparse.Namespace) -> int:
 def judge_cmd(args: argparse.Namespace) -> int:
     """In place it holds the results locks throughout (engine.advtok.evalrun.rejudge_file): a
     run still writing the file is named at once and nothing changes; --out judges a snapshot."""
+    from engine.advtok.config import DatasetRunConfig
     from engine.advtok.evalrun import rejudge_file
     from engine.advtok.judges import make_judges, parse_judges
     from engine.advtok.records import shard_files
     from engine.errors import InputError
 
     parse_judges(args.judge)
-    if args.judge_batch < 1:
-        raise InputError(f"--judge-batch must be ≥ 1 (got {args.judge_batch})")
+    DatasetRunConfig(judge_batch=args.judge_batch).validate()  # its declared bound
     if not shard_files(args.results):
         raise InputError(f"results file not found: {args.results}")
     built: list[Any] = []

@@ -93,15 +93,14 @@ def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Cons
 def run(args: argparse.Namespace) -> int:
     from engine.lm.chat import ChatSession
     from engine.errors import InputError
-    from engine.lm.config import SamplingConfig
+    from engine.lm.config import ChatConfig, SamplingConfig
 
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                          stop_strings=tuple(args.stop)).validate()
     if args.prompt is not None and not args.prompt.strip():
         return fail("empty prompt: nothing to answer")
-    if not 0 <= args.alternatives <= 100:
-        return fail(f"--alternatives must be in 0..100 (got {args.alternatives})")
+    ChatConfig(system=args.system, alternatives=args.alternatives).validate()
     lm = load_lm(args)
     err = err_console()
     saved: dict[str, Any] = {}

@@ -74,14 +74,14 @@ def _print(ins: Any, out: Console, lens_cols: int = 10) -> None:
 
 @guard
 def run(args: argparse.Namespace) -> int:
+    from engine.lm.config import ChatConfig, SamplingConfig
     from engine.lm.inspection import inspect_text
 
     if not args.prompt.strip():
         return fail("empty prompt: nothing to inspect")
-    if args.top_k < 0 or args.top_k > 100:
-        return fail(f"--top-k must be in 0..100 (got {args.top_k})")
-    if args.max_new_tokens < 1:
-        return fail(f"--max-new-tokens must be ≥ 1 (got {args.max_new_tokens})")
+    ChatConfig(prompt=args.prompt, system=args.system, response=args.response,
+               alternatives=args.top_k).validate()  # before the model loads
+    SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.0).validate()
     lm = load_lm(args)
     phase("inspect")
     ins = inspect_text(lm, args.prompt, args.response, system=args.system, top_k=args.top_k,
