@@ -24,9 +24,9 @@ MAX_BATCH_CAP = 4096
 #: side-by-side samples per side. Every sample is one row of ONE decode batch
 #: (engine.lm.generate.generate_batch: the prompt is prefilled once and its cache repeated N
 #: times), so N rows hold their KV and a full-vocabulary logits row each at every step. The
-#: machine's memory is checked before sampling (engine.budget.batch_bound); 1,024 is the static
-#: ceiling: at a 128k vocabulary the logits alone are 0.5 GiB per step, and far more samples are
-#: a dataset run's job, not one attack's.
+#: machine's memory is checked before the search (engine.budget.batch_bound); 1,024 is the
+#: static ceiling, about what half of 16 GiB holds for the bundled model (1,107 rows of a
+#: 100-token prompt + 64 sample tokens); far more samples are a dataset run's job (docs/bounds.md).
 MAX_ATTACK_SAMPLES = 1024
 
 
