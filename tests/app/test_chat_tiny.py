@@ -20,8 +20,11 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
     app.settings.sampling = SamplingConfig(max_new_tokens=24, temperature=0.0)
     seen = []
     async with app.run_test(size=(110, 36), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
-        assert app.speed is not None and app.speed.tok_s > 0 and app.speed.tokens == 8
+        # the probe's result is stored when its JobFinished is handled, a moment after the job
+        # stops being busy (and between the vocabulary and the probe nothing is busy at all)
+        await until(pilot, lambda: app.model_state == "ready" and app.speed is not None
+                    and not app.runner.busy)
+        assert app.speed.tok_s > 0 and app.speed.tokens == 8
         assert app.settings.measured_tok_s == app.speed.tok_s
         assert app.vocab_state in ("ready", "unavailable")
         prompt = app.screen.query_one("#prompt", Composer)
@@ -29,7 +32,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
         prompt.value = "Hello, who are you?"
         await pilot.press("enter")
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
-                                       for m in seen), 30)
+                                       for m in seen))
         n_first = sum(isinstance(m, TokensGenerated) for m in seen)
         fin = next(m for m in seen if isinstance(m, JobFinished) and m.kind == "chat")
         r = fin.result
@@ -49,7 +52,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
             prompt.value = "Tell me more."
             await pilot.press("enter")
             await until(pilot, lambda: sum(isinstance(m, TokensGenerated) for m in seen) > n_first
-                        and app.runner.busy, 30)
+                        and app.runner.busy)
             app.screen.action_stop()
             await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
             await until(pilot, lambda: not app.runner.busy and app.runner.in_flight() == 0)
