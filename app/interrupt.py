@@ -141,11 +141,17 @@ class Interrupts:
         self.restore_terminal()
         os._exit(code)
 
-    def wait_for_press(self, timeout: float = _HOLD_S) -> None:
-        """Block until the next press (the test hook; never the main thread)."""
+    def presses_seen(self) -> int:
+        """Every press so far (the test hook counts from here before it announces a phase)."""
         with self._press:
-            seen = self._count
-            self._press.wait_for(lambda: self._count > seen, timeout)
+            return self._count
+
+    def wait_for_press(self, after: int, timeout: float = _HOLD_S) -> None:
+        """Block until more than ``after`` presses were seen (the test hook; never the main
+        thread). The count is taken before the phase is announced: a press that lands between
+        the announcement and this wait is not missed."""
+        with self._press:
+            self._press.wait_for(lambda: self._count > after, timeout)
 
     # -- running a command ------------------------------------------------------------------
     def run(self, fn: Callable[[], int]) -> int:
@@ -210,7 +216,8 @@ def phase(name: str) -> None:
     if points is None or name in _current.seen:
         return
     _current.seen.add(name)
+    before = _current.presses_seen()  # before the announcement: a test may press at once
     _say(f"\nphase:{name}\n")
-    for _ in range([p.strip() for p in points.split(",")].count(name)):  # listed twice: 2 presses
-        _current.wait_for_press()
+    for i in range([p.strip() for p in points.split(",")].count(name)):  # listed twice: 2 presses
+        _current.wait_for_press(after=before + i)
 
