@@ -273,6 +273,18 @@ def head_options(lm: Any, lean: LeanForward, rounds: int) -> dict[str, Any]:
     return res
 
 
+def bandwidth_bound(lean: Any, tokens: int, wb: int, bw0: dict[str, float],
+                    out: dict[str, Any]) -> float:
+    """Batch-1 tok/s if a step only read the weights and the KV cache at the best read bandwidth
+    measured before and after the run (recorded in ``out["bandwidth"]``)."""
+    bw1 = read_bandwidth()
+    bw = max(bw0["best_gbs"], bw1["best_gbs"])
+    out["bandwidth"] = {"start": bw0, "end": bw1, "used_gbs": bw}
+    ctx = 64 + tokens
+    kv = 2 * lean.n_layers * lean.n_kv * lean.head_dim * 4 * ctx
+    return bw * 1e9 / (wb + kv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=48)
@@ -322,12 +334,8 @@ def main() -> None:
     lm._forward = None
     out["profile_lean"] = decode_step_profile(lm, "fast").to_dict()
     lm._forward = None
-    bw1 = read_bandwidth()
-    bw = max(bw0["best_gbs"], bw1["best_gbs"])
-    out["bandwidth"] = {"start": bw0, "end": bw1, "used_gbs": bw}
-    ctx = 64 + a.tokens
-    kv = 2 * lean.n_layers * lean.n_kv * lean.head_dim * 4 * ctx
-    bound = bw * 1e9 / (wb + kv)
+    bound = bandwidth_bound(lean, a.tokens, wb, bw0, out)
+    bw = out["bandwidth"]["used_gbs"]
     out["bound_tok_s_batch1"] = bound
     # every figure as a fraction of its bound (batched rows read the weights once for B rows)
     out["fraction_of_bound"] = {
@@ -413,12 +421,8 @@ def pipeline_main(lm: Any, lean: Any, a: Any, out: dict[str, Any], bw0: dict[str
     out["decode_b1"] = decode_batch1(lm, {"lean": lean}, a.tokens, a.rounds)
     print("pipeline vs bare argmax …", flush=True)
     out["pipeline"] = pipeline_overhead(lm, lean, a.tokens, max(a.rounds, 5))
-    bw1 = read_bandwidth()
-    bw = max(bw0["best_gbs"], bw1["best_gbs"])
-    out["bandwidth"] = {"start": bw0, "end": bw1, "used_gbs": bw}
-    ctx = 64 + a.tokens
-    kv = 2 * lean.n_layers * lean.n_kv * lean.head_dim * 4 * ctx
-    bound = bw * 1e9 / (wb + kv)
+    bound = bandwidth_bound(lean, a.tokens, wb, bw0, out)
+    bw = out["bandwidth"]["used_gbs"]
     d = out["decode_b1"]
     out["bound_tok_s_batch1"] = bound
     out["lean_vs_hf_generate"] = d["lean"]["median"] / d["hf_generate"]["median"]
