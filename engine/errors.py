@@ -52,9 +52,3 @@ def storage_error(e: OSError, path: object, kept: str = "", doing: str = "write"
     hint = "free some space and try again" if cls is DiskFull else ""
     return cls(f"cannot {doing} {path}: {why}" + (f"; {kept}" if kept else ""), hint=hint)
 
-
-def is_disk_fault(e: BaseException) -> bool:
-    """An OSError that is the disk's fault (full, read-only, permissions), not the data's."""
-    import errno
-
-    return isinstance(e, OSError) and errno.errorcode.get(e.errno or 0, "") in _DISK_FAULTS
