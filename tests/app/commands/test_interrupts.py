@@ -330,19 +330,25 @@ class Pty:
                                      start_new_session=True, preexec_fn=take_terminal)
         self.buf = b""
 
+    def _read_some(self) -> bool:
+        """Wait up to 0.2 s for output and take it; False once nothing more can come (the pty
+        closed, or the process ended with nothing left to read)."""
+        r, _, _ = select.select([self.master], [], [], 0.2)
+        if not r:
+            return self.proc.poll() is None
+        try:
+            self.buf += os.read(self.master, 65536)
+        except OSError:
+            return False
+        return True
+
     def read_until(self, needle: bytes, start: int = 0) -> int:
         end = time.monotonic() + DEADLINE
         while time.monotonic() < end:
             i = self.buf.find(needle, start)
             if i >= 0:
                 return i + len(needle)
-            r, _, _ = select.select([self.master], [], [], 0.2)
-            if r:
-                try:
-                    self.buf += os.read(self.master, 65536)
-                except OSError:
-                    break
-            elif self.proc.poll() is not None:
+            if not self._read_some():
                 break
         pytest.fail(f"{needle!r} not seen: {self.buf[-1500:]!r}")
 
@@ -352,12 +358,8 @@ class Pty:
     def finish(self) -> int:
         end = time.monotonic() + DEADLINE
         while self.proc.poll() is None and time.monotonic() < end:
-            r, _, _ = select.select([self.master], [], [], 0.2)
-            if r:
-                try:
-                    self.buf += os.read(self.master, 65536)
-                except OSError:
-                    break
+            if not self._read_some():
+                break
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
