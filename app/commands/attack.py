@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from app.inert import console as inert_console, printable
 from app.commands.common import add_model_args, attack_config, err_console, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -82,17 +83,7 @@ def register(sub: Any) -> None:
 
 # ---------------------------------------------------------------------- rendering
 def _label(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return printable(s)
 
 
 def tokens_text(tokens: list[str], colour: bool = True) -> Text:
@@ -187,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     lm = load_lm(args)
     res = _search(lm, cfg)
     phase("write")
-    render_result(res, Console(highlight=False, soft_wrap=False))
+    render_result(res, inert_console(soft_wrap=False))
     if args.json:
         _write_json(args.json, res.to_dict())
         if args.json != "-":

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app.inert import console as inert_console
 from app.commands.common import (add_model_args, attack_config, err_console, fail,
                                  guard, load_lm, read_attack_results)
 from app.interrupt import cancel_token, phase, run_command
@@ -291,7 +292,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     if not rep.judges:
         raise InputError(f"{args.results}: no verdicts recorded",
                          hint="judge it first: tokenforge attack judge RESULTS --judge refusal")
-    out = Console(highlight=False)
+    out = inert_console()
     out.print(report_table(rep))
     for line in footer(rep):
         out.print(line, markup=False)

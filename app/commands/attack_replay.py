@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.console import Console
 
+from app.inert import console as inert_console
 from app.commands.common import add_model_args, err_console, load_lm, read_attack_results
 from app.interrupt import cancel_token, phase
 
@@ -38,7 +38,7 @@ def replay_cmd(args: argparse.Namespace) -> int:
     res = replay_record(lm, rec, samples=not args.no_samples, cancel=cancel_token())
     cancel_token().check()    # a stopped replay is no verdict: exit 130 without one
     phase("write")
-    out = Console(highlight=False)
+    out = inert_console()
 
     def ok(b: bool) -> str:
         return "match" if b else "DIFFERS"

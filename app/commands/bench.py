@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from app.inert import console as inert_console
 from app.commands.common import add_model_args, err_console, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -85,10 +85,10 @@ def _list() -> int:
     for n in method_names():
         m = make_method(n)
         t.add_row(n, m.label, "yes" if m.model_changing else "")
-    Console().print(t)
+    inert_console().print(t)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 
-    Console().print(f"combinations, each run and measured as one configuration: PROMPT+CACHE with "
+    inert_console().print(f"combinations, each run and measured as one configuration: PROMPT+CACHE with "
                     f"PROMPT in {', '.join(PROMPT_SIDE)} and CACHE in {', '.join(CACHE_SIDE)} "
                     f"(e.g. prune-selfinfo+kv-fp8; parameters: --param NAME.prompt.KEY=V / NAME.cache.KEY=V)",
                     highlight=False)
@@ -160,7 +160,7 @@ def _report(args: argparse.Namespace) -> int:
     if not args.file:
         raise InputError("bench report needs the runs JSONL", "tokenforge bench report runs.jsonl")
     rep = load_report(args.file, kinds=_split(args.kind))
-    con = Console()
+    con = inert_console()
     con.print(report_table(rep))
     con.print(legend(rep))
     from engine.bench.report import needle_table

@@ -33,17 +33,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    """stderr for notes and errors, through the output layer (app/inert.py)."""
+    from app.inert import console
+
+    return console(stderr=True)
 
 
 def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
     """Print one clear error line (the hint, if any, on the same line) to stderr; return the exit
-    code. The message is escaped: user text such as ``[/]`` must not be read as rich markup."""
-    from rich.markup import escape
+    code. Message and hint are data (paths, values, file contents): shown inert, never markup."""
+    from app.inert import styled
 
     c = err_console()
-    tail = f" [dim]({escape(hint)})[/]" if hint else ""
-    c.print(f"[bold red]error:[/] {escape(message)}{tail}", markup=True, soft_wrap=True)
+    line = styled("[bold red]error:[/] {m}", m=message)
+    if hint:
+        line.append_text(styled(" [dim]({h})[/]", h=hint))
+    c.print(line, soft_wrap=True)
     return code
 
 

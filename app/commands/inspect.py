@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from app.inert import console as inert_console, printable
 from app.commands.common import add_model_args, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -34,7 +35,7 @@ def _pct(lp: float) -> str:
 
 
 def _show(s: str) -> str:
-    return s.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t") or "∅"
+    return printable(s.replace(" ", "·")) or "∅"
 
 
 def _print(ins: Any, out: Console, lens_cols: int = 10) -> None:
@@ -91,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": lm.name, **ins.to_dict()}, ensure_ascii=False, indent=2))
     else:
-        _print(ins, Console(highlight=False))
+        _print(ins, inert_console())
     return 0

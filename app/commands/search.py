@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from app.inert import console as inert_console
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -60,7 +61,6 @@ def _snippet(text: str, n: int = 60) -> str:
 
 @guard
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         greedy = (both.greedy_text, both.greedy_reward)
 
     phase("write")
-    out = Console(highlight=False)
+    out = inert_console()
     table = Table(title=f"reward {reward.spec} · {cfg.mode} mode · λ {cfg.lam} · "
                         f"{res.rollouts_done}/{cfg.rollouts} rollouts", show_lines=True)
     table.add_column("answer", style="bold")

@@ -8,9 +8,9 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.text import Text
 
+from app.inert import console as inert_console
 from app.commands.common import add_model_args, err_console, fail, guard
 from app.interrupt import cancel_token, phase
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             sys.stdout.write(payload)
             return 0
-    out = Console(highlight=False, soft_wrap=True)
+    out = inert_console(soft_wrap=True)
     colour = out.color_system is not None
 
     def toks(ids: list[int]) -> Text:

@@ -16,6 +16,8 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from engine.inert import printable
+
 PALETTE = (Style(color="#f0f0f0", bgcolor="#2f5d8a"), Style(color="#f0f0f0", bgcolor="#7a4b86"))
 ID_PALETTE = (Style(color="#9cc3ea", bgcolor="#1c3550"), Style(color="#d7b3e0", bgcolor="#3f2747"))
 CHANGED = Style(underline=True, bold=True)
@@ -23,16 +25,9 @@ VISIBLE = {"\n": "↵", "\r": "␍", "\t": "⇥"}
 
 
 def display_token(tok: str) -> str:
-    """The token as one line of text: newlines/tabs/control characters shown as symbols."""
-    out = []
-    for ch in tok:
-        if ch in VISIBLE:
-            out.append(VISIBLE[ch])
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out) or "∅"
+    """The token as one line of text: newlines/tabs as symbols, other controls escaped
+    (engine.inert's rules)."""
+    return printable("".join(VISIBLE.get(ch, ch) for ch in tok)) or "∅"
 
 
 def spans(tokens: Sequence[str]) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from engine.errors import InputError
+from engine.inert import printable
 from engine.advtok.config import MAX_TEXT_BYTES, TokenizeConfig
 from engine.advtok.mdd import MDD
 from engine.progress import CancelToken, ProgressFn, check, report
@@ -14,28 +15,17 @@ from engine.advtok.vocab import Vocab, load_vocab
 
 
 def token_label(vocab: Vocab, tid: int) -> str:
-    """Printable text of one token: valid UTF-8 shown as text with control characters escaped,
-    partial characters as byte escapes (``\\xe4``) so nothing collapses into U+FFFD."""
+    """Printable text of one token: valid UTF-8 shown as text with control characters escaped
+    (engine.inert's rules, the same for every printing path), partial characters as byte escapes
+    (``\\xe4``) so nothing collapses into U+FFFD."""
     b = vocab.token_bytes[tid] if 0 <= tid < len(vocab.token_bytes) else None
     if b is None:
-        return vocab.token_str(tid)
+        return printable(vocab.token_str(tid))
     try:
         s = b.decode("utf-8")
     except UnicodeDecodeError:
         return "".join(chr(c) if 0x20 <= c < 0x7F else f"\\x{c:02x}" for c in b)
-    out = []
-    for ch in s:
-        if ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return printable(s)
 
 
 @dataclass

@@ -1,0 +1,91 @@
+"""The output layer for text the program did not write (files, sessions, a model, argv), over
+engine.inert's control-character rules: the Rich and Textual side.
+
+- ``esc(x)``: for a value placed inside a Rich markup string (CLI): controls escaped, then
+  ``rich.markup.escape``. Never for Textual markup, which reads more than Rich does (``[$var]``,
+  ``[B]``): in the TUI data goes in ``text()`` / ``styled()`` objects instead.
+- ``text(x, style)``: a ``rich.text.Text`` of the value (no markup is read from it).
+- ``styled(template, **values)``: the program's own markup with data filled in as plain text:
+  ``styled("[dim]wrote {path}[/]", path=p)``. Placeholders are ``{name}`` (format spec allowed).
+- ``plain(x)``: the value as inert plain text, for ``notify(..., markup=False)``, titles, cells.
+- ``console(stderr=False)``: a Console for the CLI that additionally escapes controls in every
+  text segment it writes (a table cell, a status line or a traceback that was missed above still
+  reaches the terminal inert), with emoji codes and highlighting off.
+"""
+from __future__ import annotations
+
+import string
+from typing import Any, Iterable
+
+from rich.console import Console
+import re
+from rich.segment import Segment
+from rich.text import Text
+
+from engine.inert import is_inert, printable
+
+#: what Rich's markup parser reads as a tag (rich.markup.RE_TAGS without the backslash group)
+_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+__all__ = ["esc", "text", "styled", "plain", "console", "InertConsole", "is_inert", "printable"]
+
+
+def plain(value: Any, *, multiline: bool = False) -> str:
+    """The value as inert text (controls escaped); no markup is added or removed."""
+    return printable(value, multiline=multiline)
+
+
+def esc(value: Any, *, multiline: bool = False, tag_follows: bool = True) -> str:
+    """The value for a Rich markup string: controls escaped, every tag-like ``[`` escaped (with
+    the backslashes before it doubled). A run of backslashes at the end would escape the tag
+    after the value, so it is doubled too (Rich reads ``2k`` backslashes before a tag as ``k``);
+    ``tag_follows=False`` when the value ends the string or plain text follows it."""
+    s = _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), printable(value, multiline=multiline))
+    if tag_follows:
+        tail = len(s) - len(s.rstrip("\\"))
+        s += "\\" * tail
+    return s
+
+
+def text(value: Any, style: str = "", *, multiline: bool = False) -> Text:
+    """A Text holding the value literally (no markup read), controls escaped."""
+    return Text(printable(value, multiline=multiline), style=style, end="")
+
+
+_FORMATTER = string.Formatter()
+
+
+def styled(template: str, /, **values: Any) -> Text:
+    """The program's own markup ``template`` with ``{name}`` fields filled from ``values``: each
+    value (after its format spec, e.g. ``{n:,}``, and conversion, e.g. ``{p!r}``) goes in through
+    ``esc``, so it can neither open nor close a tag nor carry a control character."""
+    parts: list[str] = []
+    pieces = list(_FORMATTER.parse(template))
+    for i, (literal, field, spec, conv) in enumerate(pieces):
+        parts.append(literal)
+        if field is None:
+            continue
+        v = values[field]
+        if conv:
+            v = {"r": repr, "s": str, "a": ascii}[conv](v)
+        nxt = pieces[i + 1][0] if i + 1 < len(pieces) else ""
+        parts.append(esc(format(v, spec) if spec else str(v), tag_follows=nxt.startswith("[")))
+    return Text.from_markup("".join(parts), end="")
+
+
+class InertConsole(Console):
+    """A Console whose written text segments have their controls escaped (Rich's own control
+    segments — cursor moves, the status spinner — pass as they are; newlines stay)."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:  # Rich's write path
+        safe = (seg if seg.control or is_inert(seg.text, multiline=True)
+                else Segment(printable(seg.text, multiline=True), seg.style, seg.control)
+                for seg in buffer)
+        return super()._render_buffer(safe)
+
+
+def console(*, stderr: bool = False, **kw: Any) -> InertConsole:
+    """The CLI's console (stdout, or stderr for notes and errors)."""
+    kw.setdefault("highlight", False)
+    kw.setdefault("emoji", False)
+    return InertConsole(stderr=stderr, **kw)

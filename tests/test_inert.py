@@ -1,0 +1,90 @@
+"""The output layer (engine/inert.py, app/inert.py): what a terminal would act on is shown escaped,
+markup in data is text, and the one implementation is the token view's."""
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, strategies as st
+from rich.table import Table
+from rich.text import Text
+
+from app.inert import console, esc, plain, styled, text
+from engine.inert import is_inert, printable
+
+HOSTILE = ("\x1b]52;c;SGVsbG8=\x07", "\x1b[2J", "\x9b2J", "\x9d52;c;AA\x9c", "[/]", "[/x]",
+           "[bold]x", "a\\", "\u202eevil", "line\u2028two", "\ud800", "\x00", "\x7f", "\r")
+
+
+def test_rules():
+    assert printable("a\nb\tc\rd") == "a\\nb\\tc\\rd"
+    assert printable("a\nb\tc\rd", multiline=True) == "a\nb\tc\\rd"
+    assert printable("\x1b[2J") == "\\x1b[2J"
+    assert printable("\x9b") == "\\x9b"
+    assert printable("\x7f") == "\\x7f"
+    assert printable("\ud83d") == "\\ud83d"
+    assert printable("\u202e\u2066\u2028") == "\\u202e\\u2066\\u2028"
+    assert printable("naïve café 日本 🙂 ẹ́") == "naïve café 日本 🙂 ẹ́"
+    assert printable(12) == "12"
+
+
+def test_token_view_uses_the_same_rules():
+    from engine.advtok import tokenview
+
+    class V:
+        token_bytes = ["\x1b[2J\n".encode(), b"\xe4"]
+
+    assert tokenview.token_label(V(), 0) == printable("\x1b[2J\n") == "\\x1b[2J\\n"
+    assert tokenview.token_label(V(), 1) == "\\xe4"
+
+
+@given(st.text())
+def test_output_is_inert_and_stable(s):
+    out = printable(s)
+    assert is_inert(out)
+    assert printable(out) == out
+    out_ml = printable(s, multiline=True)
+    assert is_inert(out_ml, multiline=True) and printable(out_ml, multiline=True) == out_ml
+
+
+@given(st.text())
+def test_markup_escape_round_trips(s):
+    """Whatever the data, Rich reads back exactly its inert text: no tag opened or closed."""
+    assert Text.from_markup(esc(s, tag_follows=False)).plain == printable(s)
+    assert Text.from_markup(f"{esc(s, tag_follows=False)} x").plain == printable(s) + " x"
+    assert Text.from_markup(f"[dim]{esc(s)}[/]").plain == printable(s)
+    assert Text.from_markup(f"[dim]{esc(s)}[/]{esc(s)}[b]{esc(s)}[/b]").plain == printable(s) * 3
+    assert text(s).plain == printable(s)
+
+
+@given(st.text(), st.integers())
+def test_styled_fills_fields_as_text(s, n):
+    t = styled("[bold]x[/] {a} [dim]{b!r}[/] {n:,}", a=s, b=s, n=n)
+    assert t.plain == f"x {printable(s)} {printable(repr(s))} {n:,}"
+
+
+def _rendered(obj, **kw) -> str:
+    buf = io.StringIO()
+    c = console(file=buf, force_terminal=True, width=200, color_system="truecolor")
+    c.print(obj, **kw)
+    return buf.getvalue()
+
+
+def test_console_escapes_what_was_missed():
+    """A table cell or a markup=False line that still holds a control reaches the terminal inert;
+    Rich's own styling codes still pass."""
+    t = Table()
+    t.add_column("c", style="bold")
+    for h in HOSTILE:
+        if "[" not in h:
+            t.add_row(h)
+    out = _rendered(t)
+    for h in HOSTILE:
+        if not is_inert(h):
+            assert h not in out
+    assert "\\x1b]52;c;" in out and "\x1b[1m" in out
+    line = _rendered("x\x1b[2Jy\x9bz", markup=False)
+    assert "\x1b[2J" not in line and "\\x1b[2J" in line and "\\x9b" in line
+
+
+def test_plain_for_notifications():
+    assert plain("[/]\x1b[2J") == "[/]\\x1b[2J"
