@@ -56,6 +56,7 @@ COMMON: dict[str, Rule] = {
     "seed": (SamplingConfig, "seed"), "max_new_tokens": (SamplingConfig, "max_new_tokens"),
     "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
     "top_k": (SamplingConfig, "top_k"),
+    "device": (ModelConfig, "device"),
     "dtype": (ModelConfig, "dtype"), "engine_path": (ModelConfig, "engine_path"),
     "context_size": (ModelConfig, "context_size"),
     "prompt": (ChatConfig, "prompt"), "system": (ChatConfig, "system"),
@@ -65,6 +66,7 @@ COMMON: dict[str, Rule] = {
 BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("chat", "json"): None,  # a flag there
     ("chat", "alternatives"): (ChatConfig, "alternatives"),
+    ("chat", "stop"): (SamplingConfig, "stop_strings"),
     ("inspect", "json"): None,  # a flag there too
     ("inspect", "top_k"): (ChatConfig, "alternatives"),
     ("tokenize", "json"): None,
@@ -190,8 +192,13 @@ def check_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParse
         for item in (v if isinstance(v, list) else [v]):
             if isinstance(item, str):
                 V.check_utf8(item, name)
-                if b is None or b.kind != "text":
+                if b is None or b.kind not in ("text", "list"):  # their own bound says how long
                     _text(name, item, dest)
+        if b is not None and b.kind == "list" and isinstance(v, str):
+            # a list typed as one comma-separated value (--banned-ids 5,17): parsed here into
+            # its typed items, within the item bound, and handed to the command as a tuple
+            v = V.parse_bound(v, b, name)
+            setattr(args, dest, v)
         if b is not None:
             if v is not None:  # None: not given (the config's default applies)
                 b.check(name, v)

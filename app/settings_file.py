@@ -69,14 +69,11 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         sm = data.get("sampling", {})
         if not isinstance(sm, dict):
             raise InputError("sampling")
-        stops = sm.get("stop_strings", [])
-        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
-            raise InputError("stop_strings")
-        # every value against the bounds declared on SamplingConfig's fields, as the form does
+        # every value (stop strings and banned ids too) against the bounds declared on
+        # SamplingConfig's fields, as the form does
         defaults = SamplingConfig()
         sampling = SamplingConfig(**{k: sm.get(k, getattr(defaults, k))
-                                     for k, _ in bounded_fields(SamplingConfig)},
-                                  stop_strings=tuple(stops)).validate()
+                                     for k, _ in bounded_fields(SamplingConfig)}).validate()
         timeouts = data.get("user_timeouts", {})
         if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS):
             raise InputError("user_timeouts")

@@ -83,13 +83,37 @@ def parse_bound(text: str, b: Bound, name: str, *, hi: Optional[float] = None) -
     elif b.kind == "float":
         v = parse_float(text, name, b.lo, top, lo_open=b.lo_open)
     elif b.kind == "choice":
-        v = parse_choice(text, name, b.choices)
+        # a family (cuda:N) is matched by the declaration itself, in its words
+        v = (text or "").strip().lower() if b.pattern else parse_choice(text, name, b.choices)
+    elif b.kind == "list":
+        v = parse_list(text, b, name)
     else:
         limit = min(b.max_chars or MAX_TEXT_CHARS, int(hi) if hi is not None else MAX_TEXT_CHARS)
         v = (require_text(text, name, limit) if b.non_empty or not b.optional
              else optional_text(text, name, limit))
     b.check(name, v)  # the declaration is the last word (the parsers above say it in form words)
     return v
+
+
+def parse_list(text: str, b: Bound, name: str) -> tuple[Any, ...]:
+    """Comma-separated items, each parsed within the list's item bound: whole numbers for ids;
+    for text '\\n' means a newline and '\\t' a tab, spaces around commas and empty entries
+    are dropped. The list's own bound (how many) is checked by the caller."""
+    if not (text or "").strip():
+        return ()
+    parts = [p.strip(" ") for p in text.split(",")]
+    item = b.item or Bound(kind="text")
+    if item.kind == "text":
+        return tuple(p.replace("\\n", "\n").replace("\\t", "\t") for p in parts if p)
+    words = [p.strip() for p in parts if p.strip()]
+    if b.max_items is not None and len(words) > b.max_items:  # before parsing a pasted million
+        raise InputError(f"{name}: {len(words):,} given, at most {b.max_items:,}")
+    return tuple(parse_bound(w, item, f"{name}: item {i + 1}") for i, w in enumerate(words))
+
+
+def list_text(values: Any) -> str:
+    """A list setting as ``parse_list`` reads it back (newlines and tabs escaped)."""
+    return ",".join(str(x).replace("\n", "\\n").replace("\t", "\\t") for x in values)
 
 
 def parse_field(text: str, cls: Any, field: str, name: Optional[str] = None, *,
@@ -128,30 +152,11 @@ def optional_text(text: str, name: str, max_chars: int = MAX_TEXT_CHARS) -> Opti
     return require_text(text, name, max_chars)
 
 
-def parse_stop_strings(text: str) -> tuple[str, ...]:
-    """Comma-separated stop strings; '\\n' means a newline, '\\t' a tab; spaces around commas
-    and empty entries are dropped."""
-    if not (text or "").strip():
-        return ()
-    parts = [p.strip(" ").replace("\\n", "\n").replace("\\t", "\t") for p in text.split(",")]
-    out = tuple(p for p in parts if p)
-    if len(out) > 16:
-        raise InputError("stop strings: at most 16")
-    return out
-
-
 def parse_choice(text: str, name: str, choices: tuple[str, ...]) -> str:
     t = (text or "").strip().lower()
     if t not in choices:
         raise InputError(f"{name}: one of {', '.join(choices)} (got '{text.strip()[:20]}')")
     return t
-
-
-def parse_device(text: str) -> str:
-    t = (text or "").strip().lower()
-    if t in ("auto", "cpu", "mps") or re.fullmatch(r"cuda(:\d+)?", t):
-        return t
-    raise InputError(f"device: auto, cpu, mps or cuda[:N] (got '{text.strip()[:20]}')")
 
 
 def parse_model_spec(text: str) -> str:

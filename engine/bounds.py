@@ -3,7 +3,9 @@ limits, and read from there by the engine's ``validate()``, the command line's a
 the TUI's form fields, so the three can never disagree.
 
 A field declares its bound with ``bounded(default, lo=…, hi=…)`` (numbers), ``bounded(default,
-choices=…)`` (names) or ``bounded(default, max_chars=…)`` (text). ``check(cfg)`` checks every
+choices=…)`` (names; ``pattern=`` also admits a family such as ``cuda:N``), ``bounded(default,
+max_chars=…)`` (text) or ``bounded(default, max_items=…, item=Bound(…))`` (a list, each item
+within its own bound). ``check(cfg)`` checks every
 bounded field of a config and raises one ``InputError`` naming the first bad one; ``bound_of``
 and ``bounded_fields`` let a front end build its own parser from the same declaration.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -30,11 +33,13 @@ _MISSING = dataclasses.MISSING
 
 @dataclass(frozen=True)
 class Bound:
-    """What values a setting takes. ``kind``: "int", "float", "text" or "choice".
+    """What values a setting takes. ``kind``: "int", "float", "text", "choice" or "list".
 
     ints and floats: within [lo, hi] (``lo_open``: lo itself excluded; floats must be finite);
     text: at most ``max_chars`` characters (``non_empty``: blank refused);
-    choice: one of ``choices``. ``optional``: None is allowed (it means "off" or "default")."""
+    choice: one of ``choices``, or a whole match of ``pattern`` (shown as ``pattern_label``);
+    list: a list or tuple of at most ``max_items`` items, each within ``item``.
+    ``optional``: None is allowed (it means "off" or "default")."""
 
     kind: str
     lo: Optional[float] = None
@@ -44,15 +49,23 @@ class Bound:
     choices: tuple[str, ...] = ()
     max_chars: Optional[int] = None
     non_empty: bool = False
+    pattern: str = ""
+    pattern_label: str = ""
+    max_items: Optional[int] = None
+    item: Optional["Bound"] = None
     label: str = ""  # the word a user sees; the field name with spaces when empty
 
     def name_for(self, field_name: str) -> str:
         return self.label or field_name.replace("_", " ")
 
     def describe(self) -> str:
-        """'1–1,000,000', '(0, 1]', 'canonical | random | given', '≤ 2,000 chars'."""
+        """'1–1,000,000', '(0, 1]', 'canonical | random | given', '≤ 2,000 chars',
+        '≤ 16 items, each ≤ 1,000 chars'."""
         if self.kind == "choice":
-            return " | ".join(self.choices)
+            return " | ".join(self.choices + ((self.pattern_label,) if self.pattern else ()))
+        if self.kind == "list":
+            each = f", each {self.item.describe()}" if self.item is not None else ""
+            return f"≤ {_num(self.max_items)} items{each}"
         if self.kind == "text":
             return f"≤ {self.max_chars:,} chars" if self.max_chars else "text"
         if self.kind == "int":
@@ -90,8 +103,19 @@ class Bound:
             if self.max_chars is not None and len(v) > self.max_chars:
                 return f"is {len(v):,} characters: too long (limit {self.max_chars:,})"
         elif self.kind == "choice":
-            if v not in self.choices:
-                return f"must be one of {', '.join(self.choices)} (got {_show(v)})"
+            if v not in self.choices and not (
+                    self.pattern and isinstance(v, str) and re.fullmatch(self.pattern, v)):
+                every = self.choices + ((self.pattern_label,) if self.pattern else ())
+                return f"must be one of {', '.join(every)} (got {_show(v)})"
+        elif self.kind == "list":
+            if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+                return f"must be a list (got {_show(v)})"
+            if self.max_items is not None and len(v) > self.max_items:
+                return f"{len(v):,} given, at most {self.max_items:,}"
+            for i, x in enumerate(v if self.item is not None else ()):
+                why = self.item.why_not(x)  # type: ignore[union-attr]
+                if why is not None:
+                    return f"item {i + 1} {why}" if why.startswith("is ") else f"item {i + 1}: {why}"
         return None
 
 
@@ -113,14 +137,17 @@ def _show(v: Any) -> str:
 
 def bounded(default: Any = _MISSING, *, lo: Optional[float] = None, hi: Optional[float] = None,
             lo_open: bool = False, optional: bool = False, choices: tuple[str, ...] = (),
-            max_chars: Optional[int] = None, non_empty: bool = False, label: str = "",
-            kind: Optional[str] = None, default_factory: Optional[Callable[[], Any]] = None,
-            **field_kw: Any) -> Any:
-    """A dataclass field carrying its ``Bound``. The kind follows from what is given (choices →
-    choice, max_chars/non_empty → text, a float lo/hi or default → float, else int) unless
-    ``kind`` says it."""
+            max_chars: Optional[int] = None, non_empty: bool = False, pattern: str = "",
+            pattern_label: str = "", max_items: Optional[int] = None, item: Optional[Bound] = None,
+            label: str = "", kind: Optional[str] = None,
+            default_factory: Optional[Callable[[], Any]] = None, **field_kw: Any) -> Any:
+    """A dataclass field carrying its ``Bound``. The kind follows from what is given (max_items
+    or item → list, choices → choice, max_chars/non_empty → text, a float lo/hi or default →
+    float, else int) unless ``kind`` says it."""
     if kind is None:
-        if choices:
+        if max_items is not None or item is not None:
+            kind = "list"
+        elif choices:
             kind = "choice"
         elif max_chars is not None or non_empty:
             kind = "text"
@@ -129,7 +156,8 @@ def bounded(default: Any = _MISSING, *, lo: Optional[float] = None, hi: Optional
         else:
             kind = "int"
     b = Bound(kind=kind, lo=lo, hi=hi, lo_open=lo_open, optional=optional,
-              choices=tuple(choices), max_chars=max_chars, non_empty=non_empty, label=label)
+              choices=tuple(choices), max_chars=max_chars, non_empty=non_empty, pattern=pattern,
+              pattern_label=pattern_label or pattern, max_items=max_items, item=item, label=label)
     meta = dict(field_kw.pop("metadata", None) or {})
     meta["bound"] = b
     if default_factory is not None:

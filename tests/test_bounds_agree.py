@@ -38,6 +38,8 @@ CROSS: dict[tuple[type, str], dict[str, Any]] = {
     (AttackConfig, "init"): {"given_ids": [1]},
 }
 CONTEXT = 2048  # the loaded model's window, as the forms see it
+#: values inside and outside a choice's family (``pattern``): a regex cannot list its matches
+PATTERN_EXAMPLES = {r"cuda:\d+": (["cuda:0", "cuda:15"], ["cuda:", "cuda:x", "cuda0", "gpu:1"])}
 
 
 def all_fields() -> list[tuple[type, str, Bound]]:
@@ -55,13 +57,22 @@ def edges(b: Bound, hi: Optional[float] = None) -> tuple[list[Any], list[Any]]:
         below = b.lo if b.lo_open else b.lo - 1e-6 * max(1.0, abs(b.lo))
         return [low, top], [below, top + eps]
     if b.kind == "choice":
-        return list(b.choices), ["no-such-choice"]
+        more_in, more_out = PATTERN_EXAMPLES[b.pattern] if b.pattern else ([], [])
+        return list(b.choices) + more_in, ["no-such-choice"] + more_out
+    if b.kind == "list":  # as many items as allowed, each at its own edges; one too many
+        item_in, item_out = edges(b.item)
+        inside = [(), tuple(item_in[:1]) * b.max_items] + [(v,) for v in item_in]
+        return inside, [tuple(item_in[:1]) * (b.max_items + 1)] + [(v,) for v in item_out
+                                                                   if v != "   "]
     limit = b.max_chars if hi is None else min(b.max_chars, int(hi))
     outside = ["x" * (limit + 1)] + (["   "] if b.non_empty else [])
     return ["x", "x" * limit], outside
 
 
 def as_text(v: Any) -> str:
+    """A value as a user types it (a list: comma-separated, as its form field takes it)."""
+    if isinstance(v, tuple):
+        return ",".join(as_text(x) for x in v)
     return repr(v) if isinstance(v, float) else str(v)
 
 
@@ -127,7 +138,11 @@ ARGPARSE = "argparse: "
 def cli_refuses(command: str, flag: str, value: Any) -> Optional[str]:
     """The one-line error of the command line with ``flag value`` (None: it would run);
     argparse's own refusals (a choice it lists) are marked."""
-    argv = ARGV[command] + [flag, as_text(value)]
+    action = next(a for a in command_parsers()[command]._actions if flag in a.option_strings)
+    if isinstance(value, tuple) and isinstance(action, argparse._AppendAction):
+        argv = ARGV[command] + [x for v in value for x in (flag, as_text(v))]  # --stop a --stop b
+    else:
+        argv = ARGV[command] + [flag, as_text(value)]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -223,6 +238,7 @@ def tui_fields(screens: dict[str, Any]) -> dict[tuple[type, str], Callable[[str]
         (SamplingConfig, "top_k"): st["set-top-k"], (SamplingConfig, "top_p"): st["set-top-p"],
         (SamplingConfig, "seed"): st["set-seed"],
         (SamplingConfig, "repetition_penalty"): st["set-rep"],
+        (SamplingConfig, "stop_strings"): st["set-stop"], (ModelConfig, "device"): st["set-device"],
         (BenchConfig, "repeats"): dash._parse_repeats, (BenchConfig, "max_new_tokens"): dash._parse_mnt,
         (ChatConfig, "system"): screens["chat"].parse_system,
     }
@@ -269,7 +285,7 @@ def test_tui_field_agrees_with_the_engine(form_app, cls, name, b):
             ok = False
             assert str(e).strip() and "\n" not in str(e)
         assert ok == want, (name, str(v)[:40])
-        if ok and b.kind in ("int", "float"):
+        if ok and b.kind in ("int", "float", "list"):
             assert got == v
     # the declared edges themselves, where the engine takes them at the form's defaults
     for v in inside:

@@ -20,7 +20,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="default",
                    help="'default' (bundled SmolLM2-135M-Instruct), a directory, a .gguf file, "
                         "or a Hugging Face id already in the local cache")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    g.add_argument("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N")
     g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, float16, bfloat16")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model repository's own Python code to run (off by default)")

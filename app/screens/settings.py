@@ -17,11 +17,11 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
-from engine.lm.config import DTYPES, ENGINE_PATHS, SamplingConfig
+from engine.lm.config import DTYPES, ENGINE_PATHS, ModelConfig, SamplingConfig
 from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS,
                           fmt_duration)
-from app.validate import (FieldCheck, first_error, parse_device, parse_dir, parse_field,
-                          parse_model_spec, parse_stop_strings, parse_timeout)
+from app.validate import (FieldCheck, first_error, list_text, parse_dir, parse_field,
+                          parse_model_spec, parse_timeout)
 
 PATH_LABELS = {"fast": "fast (lean forward, exact)", "standard": "standard (HF forward)",
                "int8": "int8 (weight-only decode, INEXACT, faster)"}
@@ -87,7 +87,7 @@ class SettingsScreen(ToolScreen):
         """Input id → parser (raising InputError)."""
         p: dict[str, Callable[[str], Any]] = {
             "set-model": parse_model_spec,
-            "set-device": parse_device,
+            "set-device": lambda v: parse_field(v, ModelConfig, "device"),
             "set-max-new": lambda v: parse_field(v, SamplingConfig, "max_new_tokens",
                                                  hi=self._max_new_hi()),
             "set-temperature": lambda v: parse_field(v, SamplingConfig, "temperature"),
@@ -95,7 +95,7 @@ class SettingsScreen(ToolScreen):
             "set-top-p": lambda v: parse_field(v, SamplingConfig, "top_p"),
             "set-seed": lambda v: parse_field(v, SamplingConfig, "seed"),
             "set-rep": lambda v: parse_field(v, SamplingConfig, "repetition_penalty"),
-            "set-stop": parse_stop_strings,
+            "set-stop": lambda v: parse_field(v, SamplingConfig, "stop_strings"),
             "set-export": lambda v: parse_dir(v, "export folder"),
         }
         for kind in TIMEOUT_KINDS:
@@ -117,7 +117,7 @@ class SettingsScreen(ToolScreen):
         with VerticalScroll(id="settings-form"):
             yield Static("[b]Model[/]", classes="section")
             yield from field("model", "set-model", s.model, "default, a directory, a .gguf, a hub id")
-            yield from field("device", "set-device", s.device, "auto, cpu, cuda[:N]")
+            yield from field("device", "set-device", s.device, "auto, cpu, mps, cuda, cuda:N")
             with Horizontal(classes="form-row"):
                 yield Label("dtype", classes="field-label")
                 yield Select([(d, d) for d in DTYPES], value=s.dtype if s.dtype in DTYPES else "auto",
@@ -136,7 +136,7 @@ class SettingsScreen(ToolScreen):
                              "empty = random")
             yield from field("repetition penalty", "set-rep", f"{sm.repetition_penalty:g}", "1 = off")
             yield from field("stop strings", "set-stop",
-                             ",".join(x.replace("\n", "\\n") for x in sm.stop_strings),
+                             list_text(sm.stop_strings),
                              "comma-separated; \\n = newline")
             yield Static("[b]Timeouts[/] (seconds; empty or 0 = none)", classes="section")
             yield Static("", id="timeouts-note", classes="note")

@@ -6,12 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.bounds import BIG, MAX_TEXT_CHARS, SEED_MAX, bounded, check
+from engine.bounds import BIG, MAX_TEXT_CHARS, SEED_MAX, Bound, bounded, check
 from engine.errors import InputError
 
 #: banned token ids per generation: past a vocabulary's size (~256K for the largest) the list
 #: could only ban everything
 MAX_BANNED = 262_144
+#: a token id: every tokenizer's ids fit a signed 32-bit integer; the loaded model's own
+#: vocabulary is checked when the decode pipeline is built (engine.lm.sampling)
+TOKEN_ID = Bound(kind="int", lo=0, hi=2**31 - 1, label="token id")
+#: stop strings per generation: every one is searched for in the new text at every token
+MAX_STOP_STRINGS = 16
+#: one stop string's length: up to that many characters of an answer are held back from the
+#: stream while they could still be its start (engine.lm.textstream), and each token's search
+#: scans that far back
+STOP_STRING = Bound(kind="text", max_chars=1_000, label="stop string")
 
 
 @dataclass
@@ -25,11 +34,13 @@ class SamplingConfig:
     top_k: int = bounded(0, lo=0, hi=10_000_000, label="top-k")
     top_p: float = bounded(0.95, lo=0.0, hi=1.0, lo_open=True, label="top-p")
     seed: Optional[int] = bounded(None, lo=0, hi=SEED_MAX, optional=True, kind="int")
-    stop_strings: tuple[str, ...] = ()
+    stop_strings: tuple[str, ...] = bounded((), max_items=MAX_STOP_STRINGS, item=STOP_STRING,
+                                            label="stop strings")
     repetition_penalty: float = bounded(1.0, lo=0.0, hi=100.0, lo_open=True,
                                         label="repetition penalty")
     min_p: float = bounded(0.0, lo=0.0, hi=1.0, label="min-p")
-    banned_ids: tuple[int, ...] = ()
+    banned_ids: tuple[int, ...] = bounded((), max_items=MAX_BANNED, item=TOKEN_ID,
+                                          label="banned ids")
 
     def validate(self, context_length: Optional[int] = None) -> "SamplingConfig":
         check(self)
@@ -37,11 +48,6 @@ class SamplingConfig:
             raise InputError(f"max_new_tokens {self.max_new_tokens} must be below the context "
                              f"length {context_length}")
         self.stop_strings = tuple(s for s in self.stop_strings if s)
-        bad = [i for i in self.banned_ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]
-        if bad:
-            raise InputError(f"banned ids: {bad[0]!r} is not a token id (a whole number ≥ 0)")
-        if len(self.banned_ids) > MAX_BANNED:
-            raise InputError(f"banned ids: {len(self.banned_ids):,} given, at most {MAX_BANNED:,}")
         self.banned_ids = tuple(self.banned_ids)
         return self
 
@@ -55,18 +61,20 @@ class SamplingConfig:
 ENGINE_PATHS = ("fast", "standard", "int8")
 #: weight dtypes a model is loaded in; auto = fp32 on CPU, bf16/fp16 on CUDA
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+#: where a model runs; auto = CUDA when available, else the CPU (engine.lm.model.resolve_device)
+DEVICES = ("auto", "cpu", "cuda", "mps")
 #: the same, with the short names a flag or a profile may use (engine.lm.model.resolve_dtype)
 DTYPE_NAMES = DTYPES + ("fp32", "fp16", "bf16")
 
 
 @dataclass
 class ModelConfig:
-    """How a model is loaded and run. The spec and the device are checked where they are
-    resolved (a spec is a path, a .gguf file or a cached hub id; a device auto, cpu, mps or
-    cuda[:N]), the rest by its declared bound."""
+    """How a model is loaded and run. The spec is checked where it is resolved (a path, a .gguf
+    file or a cached hub id), the rest by its declared bound."""
 
     model: str = "default"
-    device: str = "auto"
+    # cuda:N picks one GPU; whether that device exists is checked when the model loads
+    device: str = bounded("auto", choices=DEVICES, pattern=r"cuda:\d+", pattern_label="cuda:N")
     dtype: str = bounded("auto", choices=DTYPE_NAMES)
     engine_path: str = bounded("fast", choices=ENGINE_PATHS, label="engine path")
     # at most this many positions; always held to the model's own window when it loads, so a

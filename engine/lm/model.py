@@ -91,13 +91,13 @@ def _quick_hash(path: Path) -> str:
 
 def resolve_device(device: str = "auto") -> str:
     import torch
+    from engine.lm.config import ModelConfig
 
+    ModelConfig(device=device).validate()  # its declared bound: auto, cpu, cuda, mps, cuda:N
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda[:N]")
     return device
 
 

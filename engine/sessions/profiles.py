@@ -115,14 +115,15 @@ _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 def _declared(key: str) -> Optional[Bound]:
     """The bound a profile key shares with the engine's settings (declared once, on the
-    config field); None for keys checked here (model, device, stop, timeouts)."""
+    config field); None for keys checked here (model, timeouts)."""
     from engine.lm.config import ChatConfig, ModelConfig, SamplingConfig
 
-    where = {"context_size": (ModelConfig, "context_size"),
+    where = {"context_size": (ModelConfig, "context_size"), "device": (ModelConfig, "device"),
              "engine_path": (ModelConfig, "engine_path"), "dtype": (ModelConfig, "dtype"),
              "max_new_tokens": (SamplingConfig, "max_new_tokens"),
              "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
-             "top_k": (SamplingConfig, "top_k"), "system_prompt": (ChatConfig, "system")}
+             "top_k": (SamplingConfig, "top_k"), "stop": (SamplingConfig, "stop_strings"),
+             "system_prompt": (ChatConfig, "system")}
     return bound_of(*where[key]) if key in where else None
 
 

@@ -5,12 +5,16 @@ import pytest
 
 from app import validate as v
 from engine.errors import InputError
-from engine.lm.config import SamplingConfig
+from engine.lm.config import ModelConfig, SamplingConfig
 
 
 def field(name, **kw):
     """The form parser of one SamplingConfig field (its declared bound)."""
     return lambda t: v.parse_field(t, SamplingConfig, name, **kw)
+
+
+def device(text):
+    return v.parse_field(text, ModelConfig, "device")
 
 
 @pytest.mark.parametrize("fn,text,want", [
@@ -21,7 +25,9 @@ def field(name, **kw):
     (lambda t: v.parse_timeout(t, "chat timeout"), "", None),
     (lambda t: v.parse_timeout(t, "chat timeout"), "0", None),
     (lambda t: v.parse_timeout(t, "chat timeout"), "90", 90.0),
-    (v.parse_device, "cuda:1", "cuda:1"), (v.parse_stop_strings, "###,\\n\\n", ("###", "\n\n")),
+    (device, "cuda:1", "cuda:1"), (device, " CPU ", "cpu"), (device, "mps", "mps"),
+    (field("stop_strings"), "###,\\n\\n", ("###", "\n\n")), (field("stop_strings"), " ", ()),
+    (field("banned_ids"), "5, 17,0", (5, 17, 0)), (field("min_p"), "0.05", 0.05),
     (lambda t: v.require_text(t, "message"), "héllo 👋", "héllo 👋"),
 ])
 def test_good(fn, text, want):
@@ -38,11 +44,15 @@ def test_good(fn, text, want):
     (field("repetition_penalty"), "0", "greater than 0"),
     (lambda t: v.parse_timeout(t, "chat timeout"), "0.5", "≥ 1"),
     (lambda t: v.parse_timeout(t, "chat timeout"), "soon", "not a number"),
-    (v.parse_device, "gpu", "device"), (v.parse_model_spec, "  ", "empty"),
+    (device, "gpu", "device: must be one of auto, cpu, cuda, mps, cuda:N"),
+    (device, "cuda:x", "device"), (v.parse_model_spec, "  ", "empty"),
     (lambda t: v.require_text(t, "message"), " \n ", "empty"),
     (lambda t: v.require_text(t, "message", 10), "x" * 11, "too long"),
     (lambda t: v.require_text(t, "message"), "bad \ud800", "surrogates"),
-    (v.parse_stop_strings, ",".join("abcdefghijklmnopq"), "at most 16"),
+    (field("stop_strings"), ",".join("abcdefghijklmnopq"), "17 given, at most 16"),
+    (field("stop_strings"), "ok," + "x" * 1001, "item 2 is 1,001 characters: too long"),
+    (field("banned_ids"), "5,-1", "item 2: must be ≥ 0"), (field("banned_ids"), "5,x", "whole number"),
+    (field("min_p"), "1.5", "≤ 1"),
 ])
 def test_bad(fn, text, words):
     with pytest.raises(InputError) as e:
