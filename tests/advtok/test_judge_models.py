@@ -178,3 +178,55 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tokenizer, monkeypatch)
     # the memory bound: never above the cap, at least one row
     assert rows_for_memory(lm.model, 100, cap=3) == 3
     assert rows_for_memory(lm.model, 10**12, cap=3) == 1
+
+
+def _argmax_loop(model, prompts, *, max_new_tokens, pad_id, stop_ids=()):
+    """The judges' former decode loop, kept as the reference: a bare argmax over the padded
+    batch, finished rows fed a pad until every row is done."""
+    import torch
+
+    from engine.advtok.judges.padded import _forward
+
+    fw = _forward(model)
+    ids, mask, pos = _pad(prompts, pad_id, fw.device)
+    cache = fw.new_cache(len(prompts))
+    logits = fw.logits(ids, cache, position_ids=pos, attention_mask=mask)[:, -1]
+    out = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    last = pos[:, -1]
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                if t in set(stop_ids):
+                    done[i] = True
+                else:
+                    out[i].append(t)
+        if all(done) or step == max_new_tokens - 1:
+            break
+        feed = torch.where(torch.tensor(done), torch.full_like(nxt, pad_id), nxt)
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype)], 1)
+        last = last + 1
+        logits = fw.logits(feed[:, None], cache, position_ids=last[:, None], attention_mask=mask)[:, -1]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_greedy_on_the_decode_pipeline_equals_the_former_loop(tokenizer, arch):
+    """The judges decode through LogitsPipeline + StopCriteria (rows leave the batch as they
+    stop; Gemma-2's sliding-window cache keeps them, fed pads): the same tokens as the bare
+    argmax loop they replaced, with rows stopping at different steps."""
+    lm = tiny(arch, tokenizer)
+    prompts = [tokenizer(it.request + " " + it.response)["input_ids"] for it in ITEMS]
+    free = _argmax_loop(lm.model, prompts, max_new_tokens=12, pad_id=2)
+    # a stop id some rows reach after a few tokens and some never produce
+    # a stop id some rows produce (the later the better) and some never do
+    cands = [t for r in free for t in r if any(t not in r2 for r2 in free)]
+    stop_ids = {max(cands, key=lambda t: min(r.index(t) for r in free if t in r))}
+    ref = _argmax_loop(lm.model, prompts, max_new_tokens=12, pad_id=2, stop_ids=stop_ids)
+    got = greedy(lm.model, prompts, max_new_tokens=12, pad_id=2, stop_ids=stop_ids,
+                 tokenizer=tokenizer)
+    assert got == ref
+    assert min(len(g) for g in got) < 12 and max(len(g) for g in got) == 12
+    assert greedy(lm.model, prompts, max_new_tokens=12, pad_id=2) == free
+    assert greedy(lm.model, prompts[:1], max_new_tokens=1, pad_id=2) == [free[0][:1]]

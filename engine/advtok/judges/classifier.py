@@ -115,7 +115,8 @@ class _ModelJudge:
         gens, self.halvings = run_sized(
             self.lm.model, prompts, self.batch_size,
             lambda ps: greedy(self.lm.model, ps, max_new_tokens=self.max_new_tokens,
-                              pad_id=self.pad_id, stop_ids=self.lm.eos_ids, cancel=cancel))
+                              pad_id=self.pad_id, stop_ids=self.lm.eos_ids, cancel=cancel,
+                              tokenizer=self.tok))
         out: list[Verdict] = []
         for g in gens:
             raw = self.tok.decode(g, skip_special_tokens=True)

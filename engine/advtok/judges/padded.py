@@ -44,40 +44,61 @@ def next_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> An
 
 
 def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
-           stop_ids: Sequence[int] = (), cancel: Optional[Any] = None) -> list[list[int]]:
+           stop_ids: Sequence[int] = (), cancel: Optional[Any] = None,
+           tokenizer: Any = None) -> list[list[int]]:
     """Greedy continuation of every prompt (at most ``max_new_tokens``; a row stops at a stop
-    id, which is not returned). Batched; identical to one prompt at a time."""
+    id, which is not returned). Batched; identical to one prompt at a time. The tokens come from
+    the one decode pipeline (engine.lm.sampling's LogitsPipeline, greedy) and the rows stop by
+    engine.lm.stopping's StopCriteria, both built from one SamplingConfig; a finished row leaves
+    the batch (its cache rows, mask and positions with it) where the cache can be cut by rows,
+    else it is fed a pad and ignored. A cancel raises Cancelled between steps."""
     import torch
 
-    from engine.progress import check
+    from engine.lm.config import SamplingConfig
+    from engine.lm.sampling import LogitsPipeline
+    from engine.lm.stopping import StopCriteria
 
     if not prompts:
         return []
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0).validate()
     fw = _forward(model)
+    n = len(prompts)
+    pipe = LogitsPipeline(cfg, fw.device).start(prompts)
+    stops = StopCriteria(cfg, stop_ids, tokenizer, n, cancel=cancel)
+    stops.check_cancel()
     ids, mask, pos = _pad(prompts, pad_id, fw.device)
-    cache = fw.new_cache(len(prompts))
+    cache = fw.new_cache(n)
     logits = fw.logits(ids, cache, position_ids=pos, attention_mask=mask)[:, -1]
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    stops = set(int(s) for s in stop_ids)
+    active = list(range(n))          # the prompts the batch's rows belong to
+    live = list(range(n))            # positions in the batch of the rows still decoding
     last = pos[:, -1]
-    for step in range(max_new_tokens):
-        check(cancel)
-        nxt = logits.argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if done[i]:
-                continue
-            if t in stops:
-                done[i] = True
-            else:
-                out[i].append(t)
-        if all(done) or step == max_new_tokens - 1:
+    while True:
+        toks = pipe.choose(logits)
+        still = stops.push_rows([active[j] for j in live], toks[live].tolist())
+        if not still:
             break
-        feed = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, pad_id), nxt)
-        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=mask.device)], 1)
+        stops.check_cancel()
+        live = [live[j] for j in still]
+        if len(live) < len(active):
+            try:
+                sel = torch.tensor(live, dtype=torch.long, device=fw.device)
+                cache = fw.select(cache, sel)
+            except NotImplementedError:  # a sliding-window cache: the finished rows stay, fed pads
+                pass
+            else:
+                active = [active[j] for j in live]
+                toks, mask, last = toks[sel], mask[sel], last[sel]
+                pipe.select(sel)
+                live = list(range(len(active)))
+        feed = toks.clone()
+        done = torch.ones(len(active), dtype=torch.bool, device=feed.device)
+        done[live] = False
+        feed[done] = pad_id
+        pipe.advance(feed)
+        mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=mask.device)], 1)
         last = last + 1
         logits = fw.logits(feed[:, None], cache, position_ids=last[:, None], attention_mask=mask)[:, -1]
-    return out
+    return [stops.token_ids(i) for i in range(n)]
 
 
 def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -89,7 +89,8 @@ class RubricJudge:
         gens, self.halvings = run_sized(
             self.lm.model, [self.encode(it) for it in items], self.batch_size,
             lambda ps: greedy(self.lm.model, ps, max_new_tokens=self.max_new_tokens,
-                              pad_id=self.pad_id, stop_ids=self.lm.eos_ids, cancel=cancel))
+                              pad_id=self.pad_id, stop_ids=self.lm.eos_ids, cancel=cancel,
+                              tokenizer=self.tok))
         for g in gens:
             raw = self.tok.decode(g, skip_special_tokens=True)
             parsed = parse_rubric(raw)
