@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from app.inert import console as inert_console
 from app.commands.common import (add_model_args, attack_config, err_console, fail,
@@ -261,41 +262,63 @@ def judge_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_table(rep: Any) -> Table:
-    from engine.advtok.asr_render import cells, headers
-
-    t = Table(title="AdvTok attack-success rate", header_style="bold", show_lines=False)
-    for h in headers(rep):
-        t.add_column(h, justify="left" if h in ("judge", "category") else "right")
-    for r in rep.table:
-        t.add_row(*cells(rep, r))
+def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    """Cells as Text: judge names and categories come from files and are never markup."""
+    t = Table(title=title, header_style="bold", show_lines=False)
+    for h in headers:
+        t.add_column(h, justify="left" if h in ("judge", "category", "metric") else "right",
+                     overflow="fold")
+    for r in rows:
+        t.add_row(*(Text(c) for c in r))
     return t
 
 
-def report_cmd(args: argparse.Namespace) -> int:
-    from engine.advtok.asr_render import footer, to_csv, to_markdown, write_png
-    from engine.advtok.asr_report import build_report
-    from engine.atomic import write_text
+def print_report(rep: Any, stream: Any = None) -> None:
+    """The report on standard output: rich tables on a terminal; the plain fixed-width text of
+    engine.advtok.asr_render otherwise (piped, redirected), so no cell is cut or wrapped."""
+    from engine.advtok.asr_render import detail, footer, headline, title, to_text
+
+    stream = stream or sys.stdout
+    if not stream.isatty():
+        stream.write(to_text(rep))
+        stream.flush()
+        return
+    out = inert_console(file=stream)
+    out.print(Text(title(rep), style="bold"))
+    out.print(_rich_table("ΔASR (adversarial − canonical), 95 % interval", *headline(rep)))
+    out.print(_rich_table("rates, intervals and bounds", *detail(rep)))
+    for line in footer(rep):
+        out.print(Text(line))
+
+
+def parse_ks(spec: Optional[str]) -> Optional[list[int]]:
     from engine.errors import InputError
 
-    ks = None
-    if args.k:
-        try:
-            ks = [int(x) for x in args.k.split(",")]
-        except ValueError:
-            raise InputError(f"--k {args.k!r}: expected integers like 1,8") from None
-        if any(k < 1 for k in ks):
-            raise InputError("--k values must be ≥ 1")
+    if spec is None:
+        return None
+    try:
+        ks = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--k {spec!r}: expected integers like 1,8") from None
+    if not ks:
+        raise InputError(f"--k {spec!r} selects no k", hint="e.g. --k 1,8")
+    if any(k < 1 for k in ks):
+        raise InputError("--k values must be ≥ 1")
+    return ks
+
+
+def report_cmd(args: argparse.Namespace) -> int:
+    """Errors (exit 2, one message) before anything is printed or written: an unknown judge
+    or an empty judge selection, a k beyond the samples per side, no rows."""
+    from engine.advtok.asr_render import to_csv, to_markdown, write_png
+    from engine.advtok.asr_report import build_report
+    from engine.atomic import write_text
+
+    ks = parse_ks(args.k)
     rr = read_attack_results(args.results)
-    judges = [s.strip() for s in args.judges.split(",")] if args.judges else None
+    judges = args.judges.split(",") if args.judges is not None else None
     rep = build_report(rr.records, judges=judges, ks=ks, seed=args.seed)
-    if not rep.judges:
-        raise InputError(f"{args.results}: no verdicts recorded",
-                         hint="judge it first: tokenforge attack judge RESULTS --judge refusal")
-    out = inert_console()
-    out.print(report_table(rep))
-    for line in footer(rep):
-        out.print(line, markup=False)
+    print_report(rep)
     err = err_console()
     phase("write")
     if args.markdown:

@@ -99,10 +99,12 @@ def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
     assert main(["attack", "report", str(out), "--markdown", str(md), "--csv", str(cs),
                  "--png", str(png)]) == 0
     text = capsys.readouterr().out
-    assert "attack-success rate" in text and "Cohen" in text and "likelihood gain" in text
+    assert text.index("ΔASR (n rows)") < text.index("ASR (n samples)")   # ΔASR leads
+    assert "Cohen" in text and "likelihood gain" in text
     mdt = md.read_text(encoding="utf-8")
-    assert "ASR@2 adversarial" in mdt and "| Poetry |" in mdt
-    assert mdt.count("| refusal |") == 3 and mdt.count("| target |") == 3  # all + 2 categories
+    assert "ΔASR@2 (n rows)" in mdt and "| refusal | Poetry |" in mdt and "n=3" in mdt
+    # headline: all + 2 categories; detail: ASR, ASR@1, ASR@2 and the verdict counts of each
+    assert mdt.count("| refusal |") == 3 + 3 * 4 and mdt.count("| target |") == 3 + 3 * 4
     rows = list(csv.DictReader(cs.open(encoding="utf-8")))
     assert {r["metric"] for r in rows} >= {"asr", "asr@1", "asr@2", "likelihood_gain", "cohen_kappa"}
     assert (png / "advtok-asr.png").stat().st_size > 1000
