@@ -225,7 +225,9 @@ class AppSettings:
             self.context_size = p.context_size
         sm = self.sampling
         for key, attr in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"),
-                          ("top_p", "top_p"), ("top_k", "top_k")):
+                          ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
+                          ("repetition_penalty", "repetition_penalty"),
+                          ("banned_ids", "banned_ids")):
             if getattr(p, key) is not None:
                 setattr(sm, attr, getattr(p, key))
         if p.stop is not None:

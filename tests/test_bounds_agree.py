@@ -239,6 +239,9 @@ def tui_fields(screens: dict[str, Any]) -> dict[tuple[type, str], Callable[[str]
         (SamplingConfig, "seed"): st["set-seed"],
         (SamplingConfig, "repetition_penalty"): st["set-rep"],
         (SamplingConfig, "stop_strings"): st["set-stop"], (ModelConfig, "device"): st["set-device"],
+        (SamplingConfig, "min_p"): st["set-min-p"], (SamplingConfig, "banned_ids"): st["set-banned"],
+        (TreeConfig, "repetition_penalty"): ts["ts-rep"],
+        (AttackConfig, "sample_repetition_penalty"): atk["atk-sample-rep"],
         (BenchConfig, "repeats"): dash._parse_repeats, (BenchConfig, "max_new_tokens"): dash._parse_mnt,
         (ChatConfig, "system"): screens["chat"].parse_system,
     }

@@ -60,6 +60,8 @@ def register(sub: Any) -> None:
                    help="max new tokens per sampled response (default 64)")
     p.add_argument("--sample-temperature", type=float, default=0.7,
                    help="sampling temperature of the responses (default 0.7; 0 = greedy)")
+    p.add_argument("--sample-repetition-penalty", type=float, default=1.0,
+                   help="repetition penalty of the samples (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and the samples")
     p.add_argument("--batch-cap", type=int, default=None,
                    help="at most this many candidates per forward batch")

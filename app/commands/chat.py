@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens below min-p × the top token's probability (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
+    p.add_argument("--banned-ids", default=None, metavar="ID[,ID…]",
+                   help="token ids never generated, comma-separated")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--session", default=None, metavar="NAME",
@@ -97,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                         stop_strings=tuple(args.stop)).validate()
+                         stop_strings=tuple(args.stop), min_p=args.min_p,
+                         repetition_penalty=args.repetition_penalty,
+                         banned_ids=tuple(args.banned_ids or ())).validate()
     if args.prompt is not None and not args.prompt.strip():
         return fail("empty prompt: nothing to answer")
     ChatConfig(system=args.system, alternatives=args.alternatives).validate()

@@ -132,6 +132,7 @@ def attack_config(args: argparse.Namespace, request: str, response: str,
         include_merges=args.merges, stochastic=args.stochastic, temperature=args.temperature,
         length_norm=not args.no_length_norm, samples=args.samples,
         sample_max_new_tokens=args.sample_tokens, sample_temperature=args.sample_temperature,
+        sample_repetition_penalty=args.sample_repetition_penalty,
         seed=args.seed, max_request_chars=args.max_request_chars, batch_cap=args.batch_cap,
         allow_plain_template=args.plain_template).validate()
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 DESTS = {"model": "model", "device": "device", "dtype": "dtype", "engine_path": "engine_path",
          "context_size": "context_size", "max_new_tokens": "max_new_tokens",
          "temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "stop": "stop",
+         "min_p": "min_p", "repetition_penalty": "repetition_penalty", "banned_ids": "banned_ids",
          "system_prompt": "system"}
 _BY_DEST = {v: k for k, v in DESTS.items()}
 

@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="base policy q temperature (> 0)")
     p.add_argument("--top-p", type=float, default=0.95, help="base policy q top-p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="base policy q repetition penalty (1 = off)")
     p.add_argument("--widening", type=int, default=3, help="draws from q per node before selecting")
     p.add_argument("--widening-alpha", type=float, default=0.0, help="budget grows as visits^α")
     p.add_argument("--exploration", type=float, default=0.0,
@@ -50,6 +52,7 @@ def _cfg(args: argparse.Namespace) -> Any:
 
     return TreeConfig(rollouts=args.rollouts, widening=args.widening, widening_alpha=args.widening_alpha,
                       lam=args.lam, temperature=args.temperature, top_p=args.top_p,
+                      repetition_penalty=args.repetition_penalty,
                       horizon=args.horizon, max_depth=args.max_depth, exploration=args.exploration,
                       mode=args.mode, n_samples=args.samples, batch=args.batch, seed=args.seed)
 

@@ -118,6 +118,7 @@ class AttackScreen(JobScreen):
                         ("atk-samples", "samples", "4", "0–64"),
                         ("atk-sample-tokens", "sample tokens", "48", "new tokens"),
                         ("atk-seed", "seed", "0", "0…"),
+                        ("atk-sample-rep", "sample rep. penalty", "1.0", "1 = off"),
                 ):
                     with Vertical(classes="number-field"):
                         yield Label(label, classes="number-label")
@@ -175,6 +176,7 @@ class AttackScreen(JobScreen):
             "atk-sample-tokens": lambda v: parse_field(v, AttackConfig, "sample_max_new_tokens",
                                                        hi=max(1, self.context_length() - 1)),
             "atk-seed": lambda v: parse_field(v, AttackConfig, "seed"),
+            "atk-sample-rep": lambda v: parse_field(v, AttackConfig, "sample_repetition_penalty"),
         }
 
     def form(self) -> tuple[dict[str, Any], Optional[str]]:
@@ -189,6 +191,7 @@ class AttackScreen(JobScreen):
             "system": val("atk-system"), "iters": val("atk-iters"),
             "max_neighbours": val("atk-neighbours"), "samples": val("atk-samples"),
             "sample_max_new_tokens": val("atk-sample-tokens"), "seed": val("atk-seed"),
+            "sample_repetition_penalty": val("atk-sample-rep"),
             "init": lambda: parse_field(str(self.query_one("#atk-init", Select).value),
                                         AttackConfig, "init"),
         })

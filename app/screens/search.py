@@ -81,6 +81,7 @@ class SearchScreen(JobScreen):
                         ("ts-lambda", "λ", "1.0", "> 0"),
                         ("ts-seed", "seed", "0", "empty: random"),
                         ("ts-samples", "samples (sample)", "3", "≥ 1"),
+                        ("ts-rep", "rep. penalty", "1.0", "1 = off"),
                 ):
                     with Vertical(classes="number-field"):
                         yield Label(label, classes="number-label")
@@ -133,6 +134,7 @@ class SearchScreen(JobScreen):
             "ts-lambda": lambda v: parse_field(v, TreeConfig, "lam"),
             "ts-seed": lambda v: parse_field(v, TreeConfig, "seed"),
             "ts-samples": lambda v: parse_field(v, TreeConfig, "n_samples"),
+            "ts-rep": lambda v: parse_field(v, TreeConfig, "repetition_penalty"),
         }
 
     def allow_plugin(self) -> bool:
@@ -151,12 +153,14 @@ class SearchScreen(JobScreen):
             "reward": lambda: parse_reward_spec(spec, self.allow_plugin()),
             "rollouts": val("ts-rollouts"), "horizon": val("ts-horizon"),
             "lam": val("ts-lambda"), "seed": val("ts-seed"), "n_samples": val("ts-samples"),
+            "repetition_penalty": val("ts-rep"),
             "mode": lambda: parse_field(str(self.query_one("#ts-mode", Select).value),
                                         TreeConfig, "mode"),
         })
         if err:
             return {}, err
-        cfg = {k: values[k] for k in ("rollouts", "horizon", "lam", "seed", "mode", "n_samples")}
+        cfg = {k: values[k] for k in ("rollouts", "horizon", "lam", "seed", "mode", "n_samples",
+                                      "repetition_penalty")}
         return {"prompt": values["prompt"], "reward_spec": spec.strip(), "cfg": cfg}, None
 
     # -- state → controls ---------------------------------------------------------------------

@@ -95,6 +95,8 @@ class SettingsScreen(ToolScreen):
             "set-top-p": lambda v: parse_field(v, SamplingConfig, "top_p"),
             "set-seed": lambda v: parse_field(v, SamplingConfig, "seed"),
             "set-rep": lambda v: parse_field(v, SamplingConfig, "repetition_penalty"),
+            "set-min-p": lambda v: parse_field(v, SamplingConfig, "min_p"),
+            "set-banned": lambda v: parse_field(v, SamplingConfig, "banned_ids"),
             "set-stop": lambda v: parse_field(v, SamplingConfig, "stop_strings"),
             "set-export": lambda v: parse_dir(v, "export folder"),
         }
@@ -135,6 +137,9 @@ class SettingsScreen(ToolScreen):
             yield from field("seed", "set-seed", "" if sm.seed is None else str(sm.seed),
                              "empty = random")
             yield from field("repetition penalty", "set-rep", f"{sm.repetition_penalty:g}", "1 = off")
+            yield from field("min-p", "set-min-p", f"{sm.min_p:g}", "0 = off")
+            yield from field("banned ids", "set-banned", list_text(sm.banned_ids),
+                             "token ids never chosen, comma-separated")
             yield from field("stop strings", "set-stop",
                              list_text(sm.stop_strings),
                              "comma-separated; \\n = newline")
@@ -213,7 +218,8 @@ class SettingsScreen(ToolScreen):
         s.sampling = SamplingConfig(
             max_new_tokens=values["set-max-new"], temperature=values["set-temperature"],
             top_k=values["set-top-k"], top_p=values["set-top-p"], seed=values["set-seed"],
-            stop_strings=values["set-stop"], repetition_penalty=values["set-rep"])
+            stop_strings=values["set-stop"], repetition_penalty=values["set-rep"],
+            min_p=values["set-min-p"], banned_ids=values["set-banned"])
         s.rederive()  # max new tokens may have changed the derived ones
         s.export_dir = Path(values["set-export"])
         s.device = values["set-device"]

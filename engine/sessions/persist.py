@@ -20,13 +20,14 @@ if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the T
     from engine.lm.model import LoadedModel
 
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_strings",
-                 "repetition_penalty")
+                 "repetition_penalty", "min_p", "banned_ids")
 
 
 def sampling_dict(cfg: Any) -> dict[str, Any]:
     out = {k: getattr(cfg, k) for k in SAMPLING_KEYS if hasattr(cfg, k)}
-    if "stop_strings" in out:
-        out["stop_strings"] = list(out["stop_strings"])
+    for k in ("stop_strings", "banned_ids"):
+        if k in out:
+            out[k] = list(out[k])
     return out
 
 
@@ -98,8 +99,9 @@ def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: Snaps
     if sampling is None:
         known = {f.name for f in dataclasses.fields(SamplingConfig)}
         kw = {k: v for k, v in saved.sampling.items() if k in known}
-        if "stop_strings" in kw:
-            kw["stop_strings"] = tuple(kw["stop_strings"])
+        for k in ("stop_strings", "banned_ids"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
         sampling = SamplingConfig(**kw)
     session = ChatSession(lm, system=saved.system, sampling=sampling)
     rec = SessionRecorder(lm, name, store, snapshots, all_turns=saved.turns,

@@ -15,7 +15,8 @@ Example::
 
     [profiles.terse]
     model = "default"
-    temperature = 0.2
+    temperature = 0.2                  # also: top_p, top_k, min_p, repetition_penalty
+    banned_ids = [2]                   # token ids never generated
     max_new_tokens = 128
     stop = ["\\n\\n"]
     system_prompt = "Be terse."
@@ -61,6 +62,9 @@ class Profile:
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    banned_ids: Optional[tuple[int, ...]] = None
     stop: Optional[tuple[str, ...]] = None
     system_prompt: Optional[str] = None
     timeouts: dict[str, Optional[float]] = field(default_factory=dict)
@@ -106,7 +110,9 @@ _PROFILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "engine_path": ((str,), "a string"),
     "context_size": ((int,), "an integer"), "max_new_tokens": ((int,), "an integer"),
     "temperature": ((int, float), "a number"), "top_p": ((int, float), "a number"),
-    "top_k": ((int,), "an integer"), "stop": ((list,), "a list of strings"),
+    "top_k": ((int,), "an integer"), "min_p": ((int, float), "a number"),
+    "repetition_penalty": ((int, float), "a number"),
+    "banned_ids": ((list,), "a list of token ids"), "stop": ((list,), "a list of strings"),
     "system_prompt": ((str,), "a string"), "timeouts": ((dict,), "a table"),
 }
 _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -122,7 +128,9 @@ def _declared(key: str) -> Optional[Bound]:
              "engine_path": (ModelConfig, "engine_path"), "dtype": (ModelConfig, "dtype"),
              "max_new_tokens": (SamplingConfig, "max_new_tokens"),
              "temperature": (SamplingConfig, "temperature"), "top_p": (SamplingConfig, "top_p"),
-             "top_k": (SamplingConfig, "top_k"), "stop": (SamplingConfig, "stop_strings"),
+             "top_k": (SamplingConfig, "top_k"), "min_p": (SamplingConfig, "min_p"),
+             "repetition_penalty": (SamplingConfig, "repetition_penalty"),
+             "banned_ids": (SamplingConfig, "banned_ids"), "stop": (SamplingConfig, "stop_strings"),
              "system_prompt": (ChatConfig, "system")}
     return bound_of(*where[key]) if key in where else None
 
@@ -246,9 +254,11 @@ def _profile(name: str, body: dict[str, Any], check: Any, bad: Any) -> Profile:
             if not all(isinstance(s, str) and s for s in v):
                 raise bad(key, "must be a list of non-empty strings")
             v = tuple(v)
+        if k == "banned_ids":
+            v = tuple(v)
         if k == "timeouts":
             v = _timeouts(key, v, bad)
-        kw[k] = float(v) if k in ("temperature", "top_p") else v
+        kw[k] = float(v) if k in ("temperature", "top_p", "min_p", "repetition_penalty") else v
     return Profile(name=name, **kw)
 
 

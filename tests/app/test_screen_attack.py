@@ -85,7 +85,7 @@ async def run_enabled(pilot, scr):
 def fill(scr, **values):
     ids = {"request": "#atk-request", "response": "#atk-response", "system": "#atk-system",
            "iters": "#atk-iters", "neighbours": "#atk-neighbours", "samples": "#atk-samples",
-           "tokens": "#atk-sample-tokens", "seed": "#atk-seed"}
+           "tokens": "#atk-sample-tokens", "seed": "#atk-seed", "rep": "#atk-sample-rep"}
     for k, v in values.items():
         scr.query_one(ids[k], Input).value = v
 
@@ -128,10 +128,11 @@ async def test_attack_screen_opens_and_bad_input_keeps_run_disabled(make_app):
                ("iters", "", "iterations"), ("neighbours", "0", "max neighbours"),
                ("samples", "1025", "samples"), ("tokens", "0", "sample tokens"),
                ("seed", "-1", "seed"), ("request", "x" * 2001, "too long"),
+               ("rep", "0", "sample repetition penalty"), ("rep", "101", "sample repetition penalty"),
                ("request", "   ", "request"), ("response", "a\ud800", "broken unicode"),
                ("system", "s" * 200_001, "too long")]
         good = {"iters": "3", "neighbours": "", "samples": "2", "tokens": "8", "seed": "0",
-                "request": "Tell me a joke", "response": "Sure, here", "system": ""}
+                "request": "Tell me a joke", "response": "Sure, here", "system": "", "rep": "1"}
         for field, value, words in bad:
             fill(scr, **{field: value})
             await until(pilot, lambda: words in str(err.content))
@@ -152,7 +153,7 @@ async def test_attack_run_shows_phases_and_result(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_attack(pilot, app)
         fill(scr, request="Tell me a joke", response="Sure, here", iters="5", neighbours="16",
-             samples="2", tokens="8", seed="7")
+             samples="2", tokens="8", seed="7", rep="1.2")
         scr.query_one("#atk-init", Select).value = "random"
         await run_enabled(pilot, scr)
         await pilot.click("#atk-run")
@@ -163,7 +164,8 @@ async def test_attack_run_shows_phases_and_result(make_app):
                     and "local_optimum" in str(scr.query_one("#atk-summary").content))
         assert eng.calls == [{"request": "Tell me a joke", "response": "Sure, here",
                               "system": None, "iters": 5, "max_neighbours": 16, "samples": 2,
-                              "sample_max_new_tokens": 8, "seed": 7, "init": "random"}]
+                              "sample_max_new_tokens": 8, "seed": 7, "init": "random",
+                              "sample_repetition_penalty": 1.2}]
         phases = [m.progress.phase for m in seen if isinstance(m, JobProgressed) and m.kind == "advtok"]
         assert {"vocab", "mdd", "search", "generate"} <= set(phases)
         assert phases.index("search") < phases.index("generate")

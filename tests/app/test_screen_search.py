@@ -122,13 +122,14 @@ async def test_search_screen_opens_and_bad_input_keeps_run_disabled(make_app):
         fill(scr, prompt="Write about the night sky")
         await run_enabled(pilot, scr)
         good = {"reward": "words:moon,stars", "rollouts": "4", "horizon": "8", "lambda": "1",
-                "seed": "0", "samples": "2", "prompt": "Write about the night sky"}
+                "seed": "0", "samples": "2", "prompt": "Write about the night sky", "rep": "1"}
         bad = [("reward", "nonsense", "unknown reward"), ("reward", "regex:[", "invalid regex"),
                ("reward", "plugin:mod:fn", "allow plugin"), ("rollouts", "0", "rollouts"),
                ("rollouts", "1.5", "whole number"), ("horizon", "0", "horizon"),
                ("horizon", "99999999", "horizon"), ("lambda", "0", "λ"),
                ("lambda", "inf", "finite"), ("seed", "-3", "seed"), ("samples", "0", "samples"),
-               ("prompt", " \t ", "prompt"), ("prompt", "x" * 200_001, "too long")]
+               ("prompt", " \t ", "prompt"), ("prompt", "x" * 200_001, "too long"),
+               ("rep", "0", "repetition penalty"), ("rep", "nan", "finite")]
         for field, value, words in bad:
             fill(scr, **{field: value})
             await until(pilot, lambda: words in str(err.content))
@@ -173,7 +174,7 @@ async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_search(pilot, app)
         fill(scr, prompt="Write about the night sky", rollouts="40", horizon="12", seed="5",
-             samples="2", **{"lambda": "2.5"})
+             samples="2", rep="1.3", **{"lambda": "2.5"})
         await run_enabled(pilot, scr)
         await pilot.click("#ts-run")
         await until(pilot, lambda: len(table_rows(scr)) == 2 and scr.busy)
@@ -190,7 +191,7 @@ async def test_search_run_shows_live_tree_and_best_vs_greedy(make_app):
                     and scr.progress_widget.state == "finished")
         assert eng.calls == [("Write about the night sky", "Be brief.", "words:moon,stars", False,
                               {"rollouts": 40, "horizon": 12, "lam": 2.5, "seed": 5,
-                               "mode": "search", "n_samples": 2})]
+                               "mode": "search", "n_samples": 2, "repetition_penalty": 1.3})]
         tree_reports = [m for m in seen if isinstance(m, JobProgressed) and m.kind == "tree"
                         and m.progress.phase == "tree"]
         assert len(tree_reports) >= 3

@@ -20,6 +20,9 @@ max_new_tokens = 128
 stop = ["\\n\\n", "END"]
 system_prompt = "Be terse."
 context_size = 1024
+min_p = 0.05
+repetition_penalty = 1.1
+banned_ids = [5, 17]
 
 [profiles.terse.timeouts]
 chat = 60
@@ -52,6 +55,9 @@ def test_parse_good_file():
     ('[profiles.a]\nstop = "x"\n', 2, ["profiles.a.stop", "list"]),
     ('[profiles.a]\ndtype = "int3"\n', 2, ["profiles.a.dtype", "one of"]),
     ('[profiles.a]\ndevice = "gpu"\n', 2, ["profiles.a.device", "cuda:N"]),
+    ('[profiles.a]\nmin_p = 2\n', 2, ["profiles.a.min_p", "[0, 1]"]),
+    ('[profiles.a]\nbanned_ids = [1, -3]\n', 2, ["profiles.a.banned_ids", "item 2"]),
+    ('[profiles.a]\nbanned_ids = ["a"]\n', 2, ["profiles.a.banned_ids", "whole number"]),
     ('[profiles.a]\nstop = [' + ", ".join(['"s"'] * 17) + ']\n', 2,
      ["profiles.a.stop", "17 given, at most 16"]),
     ('[profiles.a]\nstop = ["' + "x" * 1001 + '"]\n', 2, ["profiles.a.stop", "item 1", "too long"]),
@@ -111,6 +117,12 @@ def test_cli_flag_beats_profile_beats_default(monkeypatch, tmp_path):
     assert a.max_new_tokens == 128                   # profile
     assert a.top_p == 0.95                           # built-in default
     assert a.stop == ["\n\n", "END"] and a.system == "Be terse." and a.context_size == 1024
+    assert (a.min_p, a.repetition_penalty, a.banned_ids) == (0.05, 1.1, (5, 17))
+    a = _cli(["chat", "--banned-ids", "9, 2", "--min-p", "0.2"], monkeypatch, tmp_path)
+    from app.argcheck import check_args
+
+    check_args(a, command="chat")  # the one validation layer types the list
+    assert (a.min_p, a.banned_ids) == (0.2, (9, 2))
     a = _cli(["chat", "--stop", "X", "--profile", "big gpu"], monkeypatch, tmp_path)
     assert (a.model, a.device, a.dtype, a.stop) == ("meta-llama/Llama-3.2-1B-Instruct", "cuda",
                                                     "bfloat16", ["X"])
@@ -133,6 +145,8 @@ def test_tui_settings_take_the_profile(monkeypatch, tmp_path):
     s = AppSettings.from_args(a)
     assert (s.system_prompt, s.sampling.temperature, s.sampling.max_new_tokens) == ("Be terse.", 0.2, 128)
     assert s.sampling.stop_strings == ("\n\n", "END") and s.context_size == 1024
+    assert (s.sampling.min_p, s.sampling.repetition_penalty, s.sampling.banned_ids) == \
+        (0.05, 1.1, (5, 17))
     assert s.timeouts["chat"] == 60.0 and s.timeouts["bench"] is None and "chat" in s.user_timeouts
     assert s.profile == "terse"
 

@@ -43,9 +43,10 @@ INT_OPTS = {
     "bench": ["--repeats", "--max-new-tokens", "--seed"],
 }
 FLOAT_OPTS = {
-    "chat": ["--temperature", "--top-p"],
-    "attack": ["--temperature", "--sample-temperature"],
-    "search": ["--lambda", "--temperature", "--top-p", "--widening-alpha", "--exploration"],
+    "chat": ["--temperature", "--top-p", "--min-p", "--repetition-penalty"],
+    "attack": ["--temperature", "--sample-temperature", "--sample-repetition-penalty"],
+    "search": ["--lambda", "--temperature", "--top-p", "--widening-alpha", "--exploration",
+               "--repetition-penalty"],
 }
 PATH_OPTS = {
     "tokenize": ["--out", "--dot"], "attack": ["--json", "--out", "--dataset"],
@@ -127,6 +128,19 @@ def test_every_option_with_hostile_values(playground, data):
     (["chat", "--prompt", "hi", "--temperature", "nan"], "finite"),
     (["tokenize", "hi", "--out", "/"], "is a directory"),
     (["tokenize", "a" * 50, "--sample", "10001"], "--sample"),
+    # the sampling settings each front end exposes, against their declared bounds
+    (["chat", "--min-p", "1.5"], "--min-p: must be in [0, 1] (got 1.5)"),
+    (["chat", "--repetition-penalty", "0"], "--repetition-penalty: must be in (0, 100]"),
+    (["chat", "--banned-ids", "5,-1"], "--banned-ids: item 2: must be ≥ 0 (got -1)"),
+    (["chat", "--banned-ids", "5,x"], "--banned-ids: item 2: 'x' is not a whole number"),
+    (["chat", "--banned-ids", ",".join(["1"] * 262_145)], "262,145 given, at most 262,144"),
+    (["chat"] + ["--stop", "s"] * 17, "--stop: 17 given, at most 16"),
+    (["chat", "--stop", "x" * 1001], "--stop: item 1 is 1,001 characters: too long"),
+    (["chat", "--device", "gpu"], "--device: must be one of auto, cpu, cuda, mps, cuda:N"),
+    (["search", "--prompt", "hi", "--reward", "words:a", "--repetition-penalty", "101"],
+     "--repetition-penalty: must be in (0, 100] (got 101)"),
+    (["attack", "--request", "hi", "--response", "x", "--sample-repetition-penalty", "-1"],
+     "--sample-repetition-penalty: must be in (0, 100] (got -1)"),
 ])
 def test_each_class_is_one_line_exit_2(argv, words):
     code, err = run_front(argv)
