@@ -58,7 +58,9 @@ def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
     except (OSError, EngineError):
         cleaned = None
     if cleaned is not None and cleaned.removed:
-        err_console().print(f"[dim]{cleaned.message()}[/]")
+        from app.inert import styled
+
+        err_console().print(styled("[dim]{m}[/]", m=cleaned.message()))
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     own = sub.choices.get(args.command) if sub is not None and args.command else parser
     try:

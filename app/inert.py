@@ -8,17 +8,19 @@ engine.inert's control-character rules: the Rich and Textual side.
 - ``styled(template, **values)``: the program's own markup with data filled in as plain text:
   ``styled("[dim]wrote {path}[/]", path=p)``. Placeholders are ``{name}`` (format spec allowed).
 - ``plain(x)``: the value as inert plain text, for ``notify(..., markup=False)``, titles, cells.
+- ``InertArgumentParser``: argparse whose usage, help and error lines are printed inert.
 - ``console(stderr=False)``: a Console for the CLI that additionally escapes controls in every
   text segment it writes (a table cell, a status line or a traceback that was missed above still
   reaches the terminal inert), with emoji codes and highlighting off.
 """
 from __future__ import annotations
 
+import argparse
+import re
 import string
-from typing import Any, Iterable
+from typing import IO, Any, Iterable, Optional
 
 from rich.console import Console
-import re
 from rich.segment import Segment
 from rich.text import Text
 
@@ -82,6 +84,14 @@ class InertConsole(Console):
                 else Segment(printable(seg.text, multiline=True), seg.style, seg.control)
                 for seg in buffer)
         return super()._render_buffer(safe)
+
+
+class InertArgumentParser(argparse.ArgumentParser):
+    """argparse that shows argv inert: its usage errors quote the arguments it did not expect
+    as they were typed (``unrecognized arguments: ESC[2J``)."""
+
+    def _print_message(self, message: str, file: Optional[IO[str]] = None) -> None:
+        super()._print_message(printable(message, multiline=True) if message else message, file)
 
 
 def console(*, stderr: bool = False, **kw: Any) -> InertConsole:

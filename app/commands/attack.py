@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from app.inert import console as inert_console, printable
+from app.inert import console as inert_console, printable, styled, text
 from app.commands.common import add_model_args, attack_config, err_console, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -118,11 +118,11 @@ def iteration_line(p: Any) -> Optional[Text]:
 
 def render_result(res: Any, out: Console) -> None:
     colour = out.color_system is not None
-    head = Text.assemble(("request ", "bold"), repr(res.request), "   ",
-                         ("target ", "bold"), repr(res.response))
+    head = Text.assemble(("request ", "bold"), printable(repr(res.request)), "   ",
+                         ("target ", "bold"), printable(repr(res.response)))
     out.print(head)
     for w in res.warnings:
-        out.print(Text(f"note: {w}", style="yellow"))
+        out.print(text(f"note: {w}", style="yellow"))
     t = Table(show_header=True, header_style="bold", expand=False)
     t.add_column("tokenization")
     t.add_column("tokens", justify="right")
@@ -151,7 +151,7 @@ def render_result(res: Any, out: Console) -> None:
         for i in range(n):
             a = res.adversarial_samples[i]["text"] if i < len(res.adversarial_samples) else ""
             c = res.canonical_samples[i]["text"] if i < len(res.canonical_samples) else ""
-            st.add_row(str(i + 1), a, c)
+            st.add_row(str(i + 1), text(a, multiline=True), text(c, multiline=True))
         out.print(st)
 
 
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args.json, res.to_dict())
         if args.json != "-":
-            err_console().print(f"[dim]wrote {args.json}[/]")
+            err_console().print(styled("[dim]wrote {p}[/]", p=args.json))
     return 130 if res.stop_reason == "cancelled" else 0
 
 
@@ -202,9 +202,10 @@ def _search(lm: LoadedModel, cfg: Any) -> Any:
         if line is not None:
             err.print(line)
         elif p.phase == "search" and "scored" in p.message:
-            status.update(f"[search] {p.message} · {p.metrics.get('cand_s', 0)} cand/s")
+            status.update(styled("{m} · {c} cand/s", m=f"[search] {p.message}",
+                                 c=p.metrics.get("cand_s", 0)))
         else:
-            status.update(f"[{p.phase}] {p.message}")
+            status.update(styled("{m}", m=f"[{p.phase}] {p.message}"))
 
     try:
         return run_attack(lm, cfg, progress=progress, cancel=cancel_token())

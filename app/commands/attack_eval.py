@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from app.inert import console as inert_console
+from app.inert import InertArgumentParser, console as inert_console, styled, text
 from app.commands.common import (add_model_args, attack_config, err_console, fail,
                                  guard, load_lm, read_attack_results)
 from app.interrupt import cancel_token, phase, run_command
@@ -113,7 +112,7 @@ def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_
     summ = run_rows(lm, bench, lambda r: attack_config(args, r.request, r.response,
                                                      system_for(r, default_system)),
                     judges, out_path, par=par, cancel=cancel, on_row=row_done,
-                    on_error=lambda m: con.print(f"[bold red]error:[/] {escape(m)}", soft_wrap=True))
+                    on_error=lambda m: con.print(styled("[bold red]error:[/] {m}", m=m), soft_wrap=True))
     for n in summ.notes:
         _say(con, n)
     summ.failed = [f"{m}" for m in summ.failed]
@@ -167,7 +166,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- subcommands
 def build_sub_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenforge attack",
+    p = InertArgumentParser(prog="tokenforge attack",
                                 description="Work on the results of an AdvTok dataset run.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     j = sub.add_parser("judge", help="judge (or re-judge) the samples of a results file")
@@ -269,7 +268,7 @@ def _rich_table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
         t.add_column(h, justify="left" if h in ("judge", "category", "metric") else "right",
                      overflow="fold")
     for r in rows:
-        t.add_row(*(Text(c) for c in r))
+        t.add_row(*(text(c) for c in r))
     return t
 
 

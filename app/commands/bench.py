@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from app.inert import console as inert_console
+from app.inert import console as inert_console, esc, styled, text
 from app.commands.common import add_model_args, err_console, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -84,7 +85,7 @@ def _list() -> int:
     t.add_column("changes model")
     for n in method_names():
         m = make_method(n)
-        t.add_row(n, m.label, "yes" if m.model_changing else "")
+        t.add_row(text(n), text(m.label), "yes" if m.model_changing else "")
     inert_console().print(t)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 
@@ -121,14 +122,14 @@ def _run(args: argparse.Namespace) -> int:
 
         def progress(p: Any) -> None:
             phase(p.phase)
-            bar.update(task, completed=p.step, total=p.total, description=p.message[:70])
+            bar.update(task, completed=p.step, total=p.total, description=esc(p.message[:70]))
 
         summary = run_bench(lm, cfg, args.out, progress=progress, cancel=cancel_token())
-    con.print(f"[green]{summary.written} records written[/], {summary.skipped} already present "
-              f"(resumed), {summary.errors} errors → {summary.out}"
+    con.print(styled("[green]{w} records written[/], {s} already present (resumed), {e} errors → {out}",
+                     w=summary.written, s=summary.skipped, e=summary.errors, out=summary.out)
               + (" · interrupted" if summary.cancelled else ""))
-    con.print(f"[dim]load avg {summary.loadavg_start} → {summary.loadavg_end}; "
-              f"next: tokenforge bench report {summary.out} --png docs/[/]")
+    con.print(styled("[dim]load avg {a} → {b}; next: tokenforge bench report {out} --png docs/[/]",
+                     a=summary.loadavg_start, b=summary.loadavg_end, out=summary.out))
     if summary.cancelled:
         return 130
     return 0 if summary.errors == 0 else 1
@@ -137,18 +138,19 @@ def _run(args: argparse.Namespace) -> int:
 def report_table(rep: Any) -> Table:
     from engine.bench.report import TABLE_COLUMNS, table_rows
 
-    t = Table(title=f"{rep.suite} · {rep.model.get('id')} · {rep.env.get('device')}",
-              caption=rep.footer(), caption_justify="left", show_lines=True)
+    t = Table(title=text(f"{rep.suite} · {rep.model.get('id')} · {rep.env.get('device')}"),
+              caption=text(rep.footer(), multiline=True), caption_justify="left", show_lines=True)
     for i, c in enumerate(TABLE_COLUMNS):
         t.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
     for cells in table_rows(rep, labels=False):
-        t.add_row(*cells)
+        t.add_row(*(text(c, multiline=True) for c in cells))
     return t
 
 
-def legend(rep: Any) -> str:
-    return "\n".join(f"[bold]{r.key}[/]: {r.label}" + (f" — speed: {r.speed_note}" if r.speed_note else "")
-                     for r in rep.rows)
+def legend(rep: Any) -> Text:
+    lines = [styled("[bold]{k}[/]: {label}", k=r.key, label=r.label)
+             + (styled(" — speed: {n}", n=r.speed_note) if r.speed_note else "") for r in rep.rows]
+    return Text("\n").join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -169,27 +171,27 @@ def _report(args: argparse.Namespace) -> int:
     if needle:
         t = Table(title="needle accuracy by planted-fact depth (long documents)")
         for h in head:
-            t.add_column(h)
+            t.add_column(text(h))
         for r in needle:
-            t.add_row(*r)
+            t.add_row(*(text(c) for c in r))
         con.print(t)
     con.print("[dim]cells: median [IQR]; ×ratio vs baseline = median of paired runs with bootstrap "
               "95 % CI; a verdict word only when the CI excludes 1. Timings are noisy on a shared CPU.[/]")
     err = err_console()
     phase("write")
     for p in rep.problems:
-        err.print(f"[yellow]skipped:[/] {p}")
+        err.print(styled("[yellow]skipped:[/] {p}", p=p))
     for n in rep.notes:
-        err.print(f"[yellow]note:[/] {n}")
+        err.print(styled("[yellow]note:[/] {n}", n=n))
     for row in rep.rows:
         for msg in row.error_messages:
-            err.print(f"[red]{row.method} error[/] {msg}")
+            err.print(styled("[red]{m} error[/] {msg}", m=row.method, msg=msg))
     if args.csv:
-        err.print(f"CSV → {write_csv(rep, args.csv)}")
+        err.print(styled("CSV → {p}", p=write_csv(rep, args.csv)))
     if args.markdown:
         write_text(Path(args.markdown), to_markdown(rep) + "\n")
-        err.print(f"Markdown → {args.markdown}")
+        err.print(styled("Markdown → {p}", p=args.markdown))
     if args.png:
         for path in write_pngs(rep, args.png):
-            err.print(f"PNG → {path}")
+            err.print(styled("PNG → {p}", p=path))
     return 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+from app.inert import printable, styled
 from app.interrupt import cancel_token, current as interrupts, phase
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -52,7 +53,7 @@ def _answer(session: Any, text: str, quiet: bool, observe: Any = None) -> Any:
     def on_token(delta: str, _tid: int) -> None:
         phase("generate")
         if not quiet:
-            sys.stdout.write(delta)
+            sys.stdout.write(printable(delta, multiline=True))  # a model's output: shown inert
             sys.stdout.flush()
 
     def progress(p: Any) -> None:
@@ -85,11 +86,13 @@ def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Cons
     if args.system is not None and chat.session.system != (args.system.strip() or None) \
             and rep.how != "new":
         rep.notes.append("the saved session's system prompt is kept (--system ignored)")
-    for n in rep.notes:
-        err.print(f"[yellow]{n}[/]")
+    for n in rep.notes:  # may name the saved model id, a path: data
+        err.print(styled("[yellow]{n}[/]", n=n))
     if rep.how != "new":
-        err.print(f"[dim]session {args.session!r}: {len(chat.all_turns)} turn(s), "
-                  f"{'KV restored from snapshot (' + str(rep.restored_tokens) + ' tokens)' if rep.how == 'snapshot' else rep.how}[/]")
+        how = (f"KV restored from snapshot ({rep.restored_tokens} tokens)" if rep.how == "snapshot"
+               else rep.how)
+        err.print(styled("[dim]session {s!r}: {t} turn(s), {how}[/]", s=args.session,
+                         t=len(chat.all_turns), how=how))
     return chat, {"session": args.session, "restored": rep.how,
                   "restored_tokens": rep.restored_tokens}
 
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                              ensure_ascii=False, indent=2))
         else:
             print()
-            err.print(f"[dim]{_figures(r, inexact)}[/]")
+            err.print(styled("[dim]{f}[/]", f=_figures(r, inexact)))
         return 130 if r.stop_reason == "cancelled" else 0
     err.print(f"[dim]{HELP}[/]")
     return _repl(session, args, err, saved, path_info, inexact)
@@ -177,7 +180,7 @@ def _repl(session: Any, args: argparse.Namespace, err: Console, saved: dict[str,
         try:
             r = _answer(session, text, quiet=args.json)
         except InputError as e:
-            err.print(f"[red]{e}[/]")
+            err.print(styled("[red]{e}[/]", e=e))
             continue
         except Cancelled:
             err.print("[yellow]stopped before the answer began: the message was not added[/]")
@@ -187,6 +190,6 @@ def _repl(session: Any, args: argparse.Namespace, err: Console, saved: dict[str,
             saved = {k: v for k, v in saved.items() if k == "session"}
             continue
         print()
-        err.print(f"[dim]{_figures(r, inexact)}[/]")
+        err.print(styled("[dim]{f}[/]", f=_figures(r, inexact)))
         for n in r.notes:
-            err.print(f"[yellow]{n}[/]")
+            err.print(styled("[yellow]{n}[/]", n=n))

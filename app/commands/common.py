@@ -55,23 +55,24 @@ def fail(message: str, hint: str = "", code: int = EXIT_USAGE) -> int:
 def load_lm(args: argparse.Namespace) -> Any:
     """Load the model named by the args with a transient status line. Raises EngineError, and
     Cancelled when Ctrl+C lands during the load (it is checked between weight tensors)."""
+    from app.inert import styled
     from app.interrupt import cancel_token, phase
     from engine.lm.model import load_model
 
     c = err_console()
     phase("load")
-    with c.status(f"loading {args.model}…") as status:
+    with c.status(styled("loading {m}…", m=args.model)) as status:
         def progress(p: Any) -> None:
             if "tensors" in p.metrics:
                 phase("load-weights")
-            status.update(f"[{p.phase}] {p.message}")
+            status.update(styled("{ph} {m}", ph=f"[{p.phase}]", m=p.message))
 
         lm = load_model(args.model, device=args.device, dtype=args.dtype,
                         trust_remote_code=args.trust_remote_code, progress=progress,
                         cancel=cancel_token())
     set_engine_path(lm, getattr(args, "engine_path", "fast"))
     limit_context(lm, getattr(args, "context_size", None))
-    c.print(f"[dim]{lm.describe()} · loaded in {lm.load_s:.1f} s[/]")
+    c.print(styled("[dim]{d} · loaded in {s:.1f} s[/]", d=lm.describe(), s=lm.load_s))
     for note in lm.notes:  # e.g. a damaged cache entry moved aside and rebuilt
         c.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
     return lm

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from app.inert import console as inert_console, printable
+from app.inert import console as inert_console, printable, text
 from app.commands.common import add_model_args, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -46,7 +46,7 @@ def _print(ins: Any, out: Console, lens_cols: int = 10) -> None:
         if part == "answer":
             continue
         s = tok.surprisal_bits
-        t.add_row(str(tok.index), str(tok.id), _show(tok.text), part, "" if s is None else f"{s:.2f}")
+        t.add_row(str(tok.index), str(tok.id), text(_show(tok.text)), part, "" if s is None else f"{s:.2f}")
     out.print(t)
     a = Table(title="answer" + (" (generated, greedy)" if ins.generated else ""), show_edge=False)
     for c in ("#", "id", "token", "p", "logprob", "entropy", "alternatives"):
@@ -56,8 +56,8 @@ def _print(ins: Any, out: Console, lens_cols: int = 10) -> None:
             continue
         inf = tok.info
         alts = "  ".join(f"{_show(x.text)} {_pct(x.logprob)}" for x in inf.alternatives)
-        a.add_row(str(tok.index), str(tok.id), _show(tok.text), _pct(inf.logprob),
-                  f"{inf.logprob:.3f}", f"{inf.entropy:.2f}", alts)
+        a.add_row(str(tok.index), str(tok.id), text(_show(tok.text)), _pct(inf.logprob),
+                  f"{inf.logprob:.3f}", f"{inf.entropy:.2f}", text(alts))
     out.print(a)
     if ins.lens:
         cols = sorted(ins.lens)[:lens_cols]
@@ -66,10 +66,10 @@ def _print(ins: Any, out: Console, lens_cols: int = 10) -> None:
                    show_edge=False)
         lt.add_column("layer")
         for i in cols:
-            lt.add_column(_show(ins.tokens[i].text))
+            lt.add_column(text(_show(ins.tokens[i].text)))
         for li in range(len(ins.lens[cols[0]])):
-            lt.add_row(str(li + 1), *[f"{_show(ins.lens[i][li].top[0].text)} {_pct(ins.lens[i][li].top[0].logprob)}"
-                                      for i in cols])
+            lt.add_row(str(li + 1), *[text(f"{_show(ins.lens[i][li].top[0].text)} "
+                                           f"{_pct(ins.lens[i][li].top[0].logprob)}") for i in cols])
         out.print(lt)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Iterator
 
+from app.inert import InertArgumentParser
+
 # profile key -> argparse dest
 DESTS = {"model": "model", "device": "device", "dtype": "dtype", "engine_path": "engine_path",
          "context_size": "context_size", "max_new_tokens": "max_new_tokens",
@@ -30,7 +32,7 @@ class _Default:
         return repr(self.value)
 
 
-class ProfileParser(argparse.ArgumentParser):
+class ProfileParser(InertArgumentParser):
     """The top-level parser: ``parse_args`` returns args with the profile applied (subparsers
     go through ``parse_known_args`` and are left alone; the whole command line is needed)."""
 

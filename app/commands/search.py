@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from app.inert import console as inert_console
+from app.inert import console as inert_console, styled, text
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = _cfg(args).validate()
     err = err_console()
     if reward.runs_user_code:
-        err.print(f"[yellow]reward runs your own code:[/] {reward.description}")
+        err.print(styled("[yellow]reward runs your own code:[/] {d}", d=reward.description))
     lm = load_lm(args)
     from engine.lm.templates import chat_prompt_ids
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.treesearch.versus_greedy import search_then_greedy
 
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=err, transient=False) as bar:
+                  TextColumn("{task.fields[info]}", markup=False), console=err, transient=False) as bar:
         task = bar.add_task("tree", total=cfg.rollouts, info="")
 
         def progress(p: Any) -> None:
@@ -109,35 +109,36 @@ def run(args: argparse.Namespace) -> int:
     greedy = None  # none when the search did not complete or Ctrl+C stopped the greedy answer
     if both.greedy_text is not None and both.greedy_stop != "cancelled":
         if both.greedy_error:
-            err.print(f"[red]reward failed on the greedy answer:[/] {both.greedy_error}")
+            err.print(styled("[red]reward failed on the greedy answer:[/] {e}", e=both.greedy_error))
         greedy = (both.greedy_text, both.greedy_reward)
 
     phase("write")
     out = inert_console()
-    table = Table(title=f"reward {reward.spec} · {cfg.mode} mode · λ {cfg.lam} · "
-                        f"{res.rollouts_done}/{cfg.rollouts} rollouts", show_lines=True)
+    table = Table(title=text(f"reward {reward.spec} · {cfg.mode} mode · λ {cfg.lam} · "
+                             f"{res.rollouts_done}/{cfg.rollouts} rollouts"), show_lines=True)
     table.add_column("answer", style="bold")
     table.add_column("reward", justify="right")
     table.add_column("text", overflow="fold")
     if res.best is not None:
-        table.add_row("tree search (best)", f"{res.best.reward:.3f}", res.best.text)
+        table.add_row("tree search (best)", f"{res.best.reward:.3f}", text(res.best.text, multiline=True))
     else:
         table.add_row("tree search (best)", "—", "(no rollout finished)")
     for i, s in enumerate(res.samples):
-        table.add_row(f"sample {i + 1}", f"{s.reward:.3f}", s.text)
+        table.add_row(f"sample {i + 1}", f"{s.reward:.3f}", text(s.text, multiline=True))
     if greedy is not None:
-        table.add_row("greedy", "—" if greedy[1] is None else f"{greedy[1]:.3f}", greedy[0])
+        table.add_row("greedy", "—" if greedy[1] is None else f"{greedy[1]:.3f}", text(greedy[0], multiline=True))
     out.print(table)
-    err.print(f"[dim]{res.nodes} nodes · depth {res.max_depth} · root v̂ {res.root_value:.3f} · "
-              f"{res.generated_tokens} tokens in {res.total_s:.1f} s ({res.tok_s:.1f} tok/s while "
-              f"decoding) · forward {res.forward} · stop: {res.stop_reason}[/]")
+    err.print(styled("[dim]{n} nodes · depth {d} · root v̂ {v:.3f} · {t} tokens in {s:.1f} s "
+                     "({r:.1f} tok/s while decoding) · forward {f} · stop: {stop}[/]",
+                     n=res.nodes, d=res.max_depth, v=res.root_value, t=res.generated_tokens,
+                     s=res.total_s, r=res.tok_s, f=res.forward, stop=res.stop_reason))
     if args.json:
         from engine.atomic import write_json
 
         data = {"prompt": args.prompt, "system": args.system, **res.to_dict(),
                 "greedy": None if greedy is None else {"text": greedy[0], "reward": greedy[1]}}
         write_json(args.json, data)
-        err.print(f"[dim]wrote {args.json}[/]")
+        err.print(styled("[dim]wrote {p}[/]", p=args.json))
     if res.stop_reason == "reward_error":
         return fail(f"the reward failed: {res.error}", "the partial result is shown above", code=1)
     return 130 if res.stop_reason == "cancelled" or cancel_token().cancelled else 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
-from app.inert import console as inert_console
+from app.inert import console as inert_console, styled
 from app.commands.common import add_model_args, err_console, fail, guard
 from app.interrupt import cancel_token, phase
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                       highlight=False)
 
     phase("load")
-    with err.status(f"loading the tokenizer of {args.model}…"):
+    with err.status(styled("loading the tokenizer of {m}…", m=args.model)):
         # only the tokenizer: a GGUF never converted is read as it is (no weights de-quantized)
         tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
                              progress=on_load, cancel=cancel_token(), convert=False)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             write_text(args.dot, mdd.to_dot(highlight=rep.canonical))
         except OSError as e:
             return fail(f"cannot write {args.dot}: {e.strerror or e}")
-        err.print(f"[dim]wrote {args.dot}[/]")
+        err.print(styled("[dim]wrote {p}[/]", p=args.dot))
     if args.json or args.out:
         payload = json.dumps(rep.to_json(vocab), ensure_ascii=False, indent=2) + "\n"
         if args.out:
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 write_text(args.out, payload)
             except OSError as e:
                 return fail(f"cannot write {args.out}: {e.strerror or e}")
-            err.print(f"[dim]wrote {args.out}[/]")
+            err.print(styled("[dim]wrote {p}[/]", p=args.out))
         if args.json:
             sys.stdout.write(payload)
             return 0

@@ -21,6 +21,7 @@ from engine.bench.records import read_records
 from engine.bench.stats import Ratio, Stat, bootstrap_ratio, quartiles
 from engine.bench.suite_files import suite_entries
 from engine.errors import InputError
+from engine.inert import printable
 
 # metric -> (label, unit, lower_is_better, verdict words (better, worse))
 COST_METRICS: dict[str, tuple[str, str, bool, tuple[str, str]]] = {
@@ -289,7 +290,7 @@ def to_markdown(rep: Report) -> str:
     lines.append(f"_{rep.footer()}_")
     lines.append("Cells: median [IQR]; ×ratio vs baseline (median of paired runs, bootstrap 95 % CI); "
                  "a verdict word only when the CI excludes 1.")
-    return "\n".join(lines)
+    return printable("\n".join(lines), multiline=True)  # read in a terminal: labels etc. inert
 
 
 CSV_FIELDS = ["method", "label", "params", "model_changing", "speed_note", "ok", "errors"]

@@ -1,0 +1,150 @@
+"""Data the program did not write reaches the terminal inert through every CLI printing path:
+escape sequences (an OSC 52 clipboard write, a screen clear, the 8-bit CSI, a bidi override) and
+Rich markup (``[/x]``, ``[/]``) are put into each text field of each file format in turn, and
+the command's real stdout/stderr (file descriptors, captured) hold neither a control character
+nor a traceback, and every run ends with an exit code (0, 1 or 2)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from app.cli import main
+from engine.inert import is_inert
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "bench_runs.jsonl"
+PAYLOAD = "\x1b]52;c;SGVsbG8=\x07\x1b[2J[/x][/]\x9b2J\u202e\\"
+
+
+def string_paths(obj: Any, path: tuple = ()) -> Iterator[tuple]:
+    """Every path to a string value in a JSON value."""
+    if isinstance(obj, str):
+        yield path
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from string_paths(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from string_paths(v, path + (i,))
+
+
+def poisoned(obj: Any, path: tuple, i: int = 0) -> Any:
+    """A copy of ``obj`` with the string at ``path`` carrying the payload (kept distinct per row
+    with ``i`` so ids stay unique)."""
+    out = copy.deepcopy(obj)
+    cur = out
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = f"{cur[path[-1]]}{PAYLOAD}{i}"
+    return out
+
+
+def assert_inert(capfd, code: int) -> str:
+    out, err = capfd.readouterr()
+    both = out + err
+    assert code in (0, 1, 2), both
+    assert "Traceback" not in both and "MarkupError" not in both, both
+    assert is_inert(both, multiline=True), repr(both[:2000])
+    return both
+
+
+# ---------------------------------------------------------------------------- bench report
+def _complete(lines: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for s in lines:
+        try:
+            out.append(json.loads(s))
+        except ValueError:
+            pass  # the fixture ends in a torn line on purpose
+    return out
+
+
+RUNS = _complete(FIXTURE.read_text(encoding="utf-8").split("\n"))
+RUN_PATHS = sorted(set(string_paths(RUNS[0])) | {("label",), ("status",), ("message",)}, key=str)
+
+
+@pytest.mark.parametrize("path", RUN_PATHS, ids=lambda p: ".".join(map(str, p)))
+def test_bench_report_every_runs_field(path, tmp_path, capfd):
+    runs = tmp_path / "runs.jsonl"
+    recs = [poisoned(r, path, i) if path[0] in r or len(path) == 1 else r for i, r in enumerate(RUNS)]
+    runs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    md, cs = tmp_path / "t.md", tmp_path / "t.csv"
+    code = main(["bench", "report", str(runs), "--markdown", str(md), "--csv", str(cs)])
+    assert_inert(capfd, code)
+    if md.exists():  # an export read in a terminal (cat, less -R) is inert too
+        assert is_inert(md.read_text(encoding="utf-8"), multiline=True)
+
+
+def test_bench_report_error_status_and_message(tmp_path, capfd, monkeypatch):
+    """The known case: a failed run's status and message, and its label, with the payload."""
+    monkeypatch.setenv("COLUMNS", "400")
+    runs = tmp_path / "runs.jsonl"
+    recs = [dict(r) for r in RUNS]
+    recs[1].update(status="error", message=f"boom {PAYLOAD}", label=f"L {PAYLOAD}")
+    runs.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    shown = assert_inert(capfd, main(["bench", "report", str(runs)]))
+    assert "\\x1b]52;c;" in shown and "[/x]" in shown  # shown, escaped, not dropped
+
+
+# ---------------------------------------------------------------------------- attack report
+def _attack_rec(i: int, cat: str) -> dict[str, Any]:
+    def side(labels):
+        return [{"text": f"sample {k}", "token_ids": [1, 2], "verdicts": {
+            j: {"judge": j, "label": lab, "reason": "r"} for j, lab in zip(("refusal", "target"), pair)}}
+            for k, pair in enumerate(labels)]
+    return {"id": f"r{i}", "line": i, "category": cat, "request": "Write a haiku.",
+            "response": "Sure", "judges": ["refusal", "target"],
+            "canonical_samples": side([("safe", "harmful"), ("safe", "safe")]),
+            "adversarial_samples": side([("harmful", "harmful"), ("safe", "harmful")]),
+            "improvement": 0.25 * i, "model": {"name": "m", "weights_hash": "abc"}}
+
+
+ATTACK = [_attack_rec(i, c) for i, c in enumerate(["Poetry", "Colours", "Poetry"])]
+ATTACK_PATHS = sorted(set(string_paths(ATTACK[0])), key=str)
+
+
+@pytest.mark.parametrize("path", ATTACK_PATHS, ids=lambda p: ".".join(map(str, p)))
+def test_attack_report_every_results_field(path, tmp_path, capfd):
+    res = tmp_path / "results.jsonl"
+    recs = [poisoned(r, path, i) for i, r in enumerate(ATTACK)]
+    res.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    md, cs = tmp_path / "t.md", tmp_path / "t.csv"
+    code = main(["attack", "report", str(res), "--markdown", str(md), "--csv", str(cs)])
+    assert_inert(capfd, code)
+    if md.exists():
+        assert is_inert(md.read_text(encoding="utf-8"), multiline=True)
+
+
+def test_attack_report_category_is_shown_escaped(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the table is folded to the width: room for the value
+    res = tmp_path / "results.jsonl"
+    recs = [dict(r, category=f"cat{PAYLOAD}") for r in ATTACK]
+    res.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    shown = assert_inert(capfd, main(["attack", "report", str(res)]))
+    assert "[/x]" in shown and "\\x1b[2J" in shown
+
+
+# ---------------------------------------------------------------------------- argv
+@pytest.mark.parametrize("argv", [
+    ["attack", "report", f"/nonexistent/{PAYLOAD}"],
+    ["bench", "report", f"/nonexistent/{PAYLOAD}"],
+    ["attack", "replay", f"/nonexistent/{PAYLOAD}", "--row", PAYLOAD],
+    ["tokenize", "abc", PAYLOAD, f"--zz{PAYLOAD}"],
+    ["bench", "--out", f"/nonexistent/{PAYLOAD}/r.jsonl", "--methods", "baseline"],
+    ["bench", "--methods", f"baseline,{PAYLOAD}"],
+    ["attack", "--dataset", f"/nonexistent/{PAYLOAD}.csv", "--out", "x.jsonl"],
+    ["--config", f"/nonexistent/{PAYLOAD}.toml", "tokenize", "abc"],
+    ["--profile", PAYLOAD, "tokenize", "abc"],
+    ["chat", "--session", PAYLOAD, "--model", f"/nonexistent/{PAYLOAD}", "--prompt", "hi"],
+    [PAYLOAD],
+])
+def test_argv_in_error_lines(argv, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = int(e.code or 0)
+    assert_inert(capfd, code)
