@@ -60,7 +60,7 @@ COMMON: dict[str, Rule] = {
     "banned_ids": (SamplingConfig, "banned_ids"),
     "device": (ModelConfig, "device"),
     "dtype": (ModelConfig, "dtype"), "engine_path": (ModelConfig, "engine_path"),
-    "context_size": (ModelConfig, "context_size"),
+    "context_size": (ModelConfig, "context_size"), "threads": (ModelConfig, "threads"),
     "prompt": (ChatConfig, "prompt"), "system": (ChatConfig, "system"),
     "response": (ChatConfig, "response"),
     "json": Out("file"),

@@ -91,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if code is not None:
             return code
         from app.tui import run_tui
+        from engine.lm.threads import request
 
+        request(getattr(args, "threads", None))   # applied when the TUI loads its model
         return run_tui(args)
     from app.interrupt import run_command
 

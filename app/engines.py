@@ -58,6 +58,9 @@ class Engine:
 
             check(cancel)
             from engine.lm.model import load_model
+            from engine.lm.threads import apply
+
+            apply()  # --threads, else cores / local processes (engine/lm/threads.py)
 
             lm = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                             progress=progress, cancel=cancel)

@@ -48,14 +48,16 @@ def tiny_lm(tokenizer):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
+def _one_torch_thread(monkeypatch):
     """Tests run torch with one intra-op thread. On the shared 2-core machine under load, two
     threads spin-wait on each other (measured at load 3: a 200-token greedy tiny-model test 26 s
     with 2 threads, 8.5 s with 1; at load 15 a tiny forward ~1 s against ~2 ms; the bundled
     model's 240-token lean-vs-standard test took 253 s at load 4 with two threads). What the tests
     check (token equality, exactness, cancellation) does not depend on the count; a test that
     sets its own count (the split mat-vec test) restores it. Real-process tests start their own
-    processes and are not affected."""
+    processes: OMP_NUM_THREADS=1 gives them (and a command run in-process, which sets its
+    own count when it loads a model: engine/lm/threads.py) the same one thread."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch = sys.modules.get("torch")  # a TUI-only run never imports torch for this
     if torch is None:
         yield

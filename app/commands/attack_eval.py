@@ -43,7 +43,11 @@ def parallel_state(args: argparse.Namespace) -> Any:
     torchrun environment ``accelerate launch --multi_gpu`` sets up), else one process. Each rank
     loads its own model: on its own GPU, or on the CPU with ``--device cpu`` (gloo)."""
     from engine.advtok.evalrun import Parallel
+    from engine.launch import launch_shortfall
 
+    short = launch_shortfall()
+    if short is not None:  # one line, whatever the terminal's width
+        err_console().print(short, style="yellow", markup=False, highlight=False, soft_wrap=True)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Parallel()
     import torch
@@ -122,7 +126,9 @@ def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_
 
 def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
     from engine.lm.model import load_model
+    from engine.lm.threads import apply
 
+    apply(getattr(args, "threads", None))
     return load_model(spec, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code, cancel=cancel_token())
 

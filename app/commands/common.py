@@ -30,6 +30,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "scoring stays exact)")
     g.add_argument("--context-size", type=int, default=None, metavar="N",
                    help="use at most N tokens of context (default: the model's window)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads (default: the cores divided by the processes of this run "
+                        "on this machine; equal counts give bit-identical results)")
 
 
 def err_console() -> Console:
@@ -58,8 +61,10 @@ def load_lm(args: argparse.Namespace) -> Any:
     from app.inert import styled
     from app.interrupt import cancel_token, phase
     from engine.lm.model import load_model
+    from engine.lm.threads import apply
 
     c = err_console()
+    threads = apply(getattr(args, "threads", None))
     phase("load")
     with c.status(styled("loading {m}…", m=args.model)) as status:
         def progress(p: Any) -> None:
@@ -72,7 +77,9 @@ def load_lm(args: argparse.Namespace) -> Any:
                         cancel=cancel_token())
     set_engine_path(lm, getattr(args, "engine_path", "fast"))
     limit_context(lm, getattr(args, "context_size", None))
-    c.print(styled("[dim]{d} · loaded in {s:.1f} s[/]", d=lm.describe(), s=lm.load_s))
+    c.print(styled("[dim]{d} · loaded in {s:.1f} s · {t} ({w})[/]", d=lm.describe(), s=lm.load_s,
+                   t=f"{threads.threads} thread{'s' if threads.threads != 1 else ''}",
+                   w=threads.why))
     for note in lm.notes:  # e.g. a damaged cache entry moved aside and rebuilt
         c.print(f"warning: {note}", style="yellow", markup=False, highlight=False)
     return lm

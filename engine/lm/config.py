@@ -81,6 +81,9 @@ class ModelConfig:
     # large value just means "the window". Below 16 not even a chat template's frame fits.
     context_size: Optional[int] = bounded(None, lo=16, hi=SEED_MAX, optional=True, kind="int",
                                           label="context size")
+    # torch's intra-op threads; None = the default of engine.lm.threads (cores / local
+    # processes). 1,024 is past any CPU this runs on; more threads than cores only spin.
+    threads: Optional[int] = bounded(None, lo=1, hi=1024, optional=True, kind="int")
 
     def validate(self) -> "ModelConfig":
         check(self)

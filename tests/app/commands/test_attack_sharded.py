@@ -1,6 +1,13 @@
-"""Sharded dataset runs: two CPU processes under ``accelerate launch`` produce the same rows as
-one process with the same seed; a resume after a crash with a different number of processes
-skips the finished rows of every shard and redoes only the rest."""
+"""Sharded dataset runs: two CPU processes under ``accelerate launch`` produce bit-identical rows
+to one process with the same seed and the same thread count; ``accelerate launch --cpu
+--num_processes 2`` (which starts one process) says so in one line; a resume after a crash with
+a different number of processes skips the finished rows of every shard and redoes only the rest.
+
+Why this test once differed under load: the single process ran at torch's default thread count
+while accelerate's ranks run one thread each (OMP_NUM_THREADS=1); a different thread count can
+add a score's terms in another order, so near-tied tokenizations were chosen differently and
+every sample after them differed. Every process now runs ``--threads`` threads (default: cores /
+local processes, engine/lm/threads.py), and here all run exactly one."""
 from __future__ import annotations
 
 import json
@@ -24,8 +31,8 @@ ROWS = [{"request": "Write a haiku about rain", "response": "Sure, here is a hai
         {"request": "Describe a sunny day", "response": "Sure, here is", "category": "poetry"},
         {"request": "List two fruits", "response": "Sure, here are", "category": "lists"},
         {"request": "Tell me a fun fact", "response": "Sure, here is", "category": "facts"}]
-SAME = ("id", "line", "category", "canonical_ids", "best_ids", "prompt_ids", "stop_reason",
-        "iterations", "seed", "config", "model", "template")
+#: what may differ between two runs of the same rows: wall-clock times and rates
+TIMES = ("timings", "finished_at", "candidates_per_s")
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +47,19 @@ def setup(tiny_lm, tmp_path_factory):
 def args_for(d: Path, out: Path) -> list[str]:
     return ["attack", "--device", "cpu", "--model", str(d / "tiny"), "--engine-path", "standard",
             "--dataset", str(d / "rows.jsonl"), "--out", str(out), "--iters", "2", "--samples",
-            "2", "--sample-tokens", "4", "--seed", "5", "--judge", "refusal,target"]
+            "2", "--sample-tokens", "4", "--seed", "5", "--judge", "refusal,target",
+            "--threads", "1"]
 
 
 def comparable(rec: dict) -> dict:
-    d = {k: rec[k] for k in SAME}
-    d["samples"] = [(s["token_ids"], s["text"], s["verdicts"]) for s in
-                    rec["adversarial_samples"] + rec["canonical_samples"]]
-    return d
+    return {k: v for k, v in rec.items() if k not in TIMES}
 
 
 def assert_same_rows(a: list[dict], b: list[dict]) -> None:
+    """Bit-identical: every score, id, sample and verdict equal (no tolerance)."""
     assert [r["id"] for r in a] == [r["id"] for r in b]
     for x, y in zip(a, b):
         assert comparable(x) == comparable(y)
-        assert x["best_score"] == pytest.approx(y["best_score"], abs=1e-4)
-        assert x["canonical_score"] == pytest.approx(y["canonical_score"], abs=1e-4)
 
 
 def free_port() -> int:
@@ -64,20 +68,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_equal_one(setup, capsys):
-    d = setup
-    one, two = d / "one.jsonl", d / "two.jsonl"
-    assert main(args_for(d, one)) == 0
-    capsys.readouterr()
+def launch(*opts: str, argv: list[str]) -> subprocess.CompletedProcess:
     accel = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     assert accel, "accelerate's launcher is installed with the package"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         str(free_port()), "-m", "app.cli", *args_for(d, two)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    env.pop("OMP_NUM_THREADS", None)       # the thread count comes from --threads alone
+    return subprocess.run(
+        [accel, "launch", *opts, "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "app.cli",
+         *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+
+def one_process(d: Path, capsys) -> Path:
+    one = d / "one.jsonl"
+    if not one.exists():
+        assert main(args_for(d, one)) == 0
+        assert "1 thread (--threads)" in capsys.readouterr().err
+    return one
+
+
+def test_two_cpu_processes_equal_one(setup, capsys):
+    d = setup
+    one, two = one_process(d, capsys), d / "two.jsonl"
+    proc = launch("--multi_gpu", "--num_processes", "2", argv=args_for(d, two))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "asked for" not in proc.stderr              # both processes started: no notice
     assert "[0/2]" in proc.stderr and "[1/2]" in proc.stderr     # two ranks really ran
     assert "merged 5 rows" in proc.stderr
     assert shard_files(two) == [two]                             # shards folded into --out
@@ -86,13 +101,26 @@ def test_two_cpu_processes_equal_one(setup, capsys):
     assert_same_rows(a, b)
 
 
+def test_cpu_launcher_that_starts_fewer_processes_says_so(setup, capsys):
+    """accelerate's --cpu launcher starts one process for --num_processes 2: one line says so,
+    and the rows are those of one process."""
+    d = setup
+    one, cpu = one_process(d, capsys), d / "cpu.jsonl"
+    proc = launch("--cpu", "--num_processes", "2", argv=args_for(d, cpu))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [s for s in proc.stderr.splitlines() if "asked for" in s]
+    assert len(said) == 1 and "asked for 2 processes but started 1" in said[0], proc.stderr
+    assert "[0/2]" not in proc.stderr and "5 rows done" in proc.stderr
+    a = [json.loads(s) for s in one.read_text(encoding="utf-8").splitlines()]
+    b = [json.loads(s) for s in cpu.read_text(encoding="utf-8").splitlines()]
+    assert_same_rows(a, b)
+
+
 def test_resume_across_a_changed_process_count(setup, capsys):
     """Shards left by a crashed 2-process run (one with a half-written last line); a 1-process
     rerun redoes only the missing rows and folds everything into one file."""
     d = setup
-    ref = d / "one.jsonl"                     # the one-process run of the test above, if it ran
-    if not ref.exists():
-        assert main(args_for(d, ref)) == 0
+    ref = one_process(d, capsys)              # the one-process run of the tests above
     full = [json.loads(s) for s in ref.read_text(encoding="utf-8").splitlines()]
     out = d / "resumed.jsonl"
     (d / "resumed.shard-0.jsonl").write_text(json.dumps(full[0]) + "\n", encoding="utf-8")
