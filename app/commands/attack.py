@@ -5,8 +5,8 @@ where it stopped."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from app.inert import console as inert_console, printable, styled, text
-from app.commands.common import add_model_args, attack_config, err_console, fail, guard, load_lm
+from app.commands.common import (add_model_args, attack_config, err_console, fail, guard, load_lm,
+                                 write_export)
 from app.interrupt import cancel_token, phase
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -155,16 +156,6 @@ def render_result(res: Any, out: Console) -> None:
         out.print(st)
 
 
-def _write_json(dest: str, payload: dict[str, Any]) -> None:
-    from engine.atomic import write_text
-
-    text = json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
-    if dest == "-":
-        sys.stdout.write(text)
-    else:
-        write_text(dest, text)
-
-
 # ---------------------------------------------------------------------- entry point
 @guard
 def run(args: argparse.Namespace) -> int:
@@ -178,13 +169,13 @@ def run(args: argparse.Namespace) -> int:
         return fail("give --request and --response (or --dataset rows.jsonl --out results.jsonl)")
     cfg = attack_config(args, args.request, args.response)   # bad settings fail before loading
     lm = load_lm(args)
+    started = time.time()
     res = _search(lm, cfg)
     phase("write")
     render_result(res, inert_console(soft_wrap=False))
-    if args.json:
-        _write_json(args.json, res.to_dict())
-        if args.json != "-":
-            err_console().print(styled("[dim]wrote {p}[/]", p=args.json))
+    if args.json:  # the TUI's export envelope (engine/export.py), kind "advtok"
+        write_export(args.json, "advtok", res, settings=asdict(cfg), lm=lm,
+                     cancelled=res.stop_reason == "cancelled", started_at=started)
     return 130 if res.stop_reason == "cancelled" else 0
 
 

@@ -101,6 +101,28 @@ def limit_context(lm: LoadedModel, n: Any) -> None:
     lm.context_length = min(int(lm.context_length), int(n))
 
 
+def write_export(dest: str, kind: str, result: Any, *, settings: dict[str, Any],
+                 lm: Any, cancelled: bool, started_at: float) -> None:
+    """A headless job's ``--json``: the one export envelope the TUI's exports use
+    (engine/export.py: format, kind, state, model, settings, times, result), written atomically,
+    or to standard output when ``dest`` is "-"."""
+    import json
+    import sys
+    import time
+
+    from app.inert import styled
+    from engine.export import job_document, write_job_json
+
+    doc = job_document(kind, result, settings=settings, model=getattr(lm, "name", None),
+                       state="cancelled" if cancelled else "finished", started_at=started_at,
+                       finished_at=time.time())
+    if dest == "-":
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    else:
+        write_job_json(dest, doc)
+        err_console().print(styled("[dim]wrote {p}[/]", p=dest))
+
+
 def guard(fn: Any) -> Any:
     """Decorator for run(args): EngineError -> one line + exit 2; a job stopped by Ctrl+C that
     had nothing to show (Cancelled) -> exit 130. Ctrl+C itself is app/interrupt.py's."""

@@ -5,10 +5,12 @@ saved with --json), exit 130."""
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import asdict
 from typing import Any
 
 from app.inert import console as inert_console, styled, text
-from app.commands.common import add_model_args, err_console, fail, guard, load_lm
+from app.commands.common import add_model_args, err_console, fail, guard, load_lm, write_export
 from app.interrupt import cancel_token, phase
 
 REWARD_HELP = ("words:kitten,moon · regex:PATTERN · answer:LABEL · length:MIN-MAX (words; MIN-MAXc "
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.treesearch.versus_greedy import search_then_greedy
 
+    started = time.time()
     with Progress(TextColumn("[bold]tree[/]"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[info]}", markup=False), console=err, transient=False) as bar:
         task = bar.add_task("tree", total=cfg.rollouts, info="")
@@ -132,13 +135,11 @@ def run(args: argparse.Namespace) -> int:
                      "({r:.1f} tok/s while decoding) · forward {f} · stop: {stop}[/]",
                      n=res.nodes, d=res.max_depth, v=res.root_value, t=res.generated_tokens,
                      s=res.total_s, r=res.tok_s, f=res.forward, stop=res.stop_reason))
-    if args.json:
-        from engine.atomic import write_json
-
-        data = {"prompt": args.prompt, "system": args.system, **res.to_dict(),
-                "greedy": None if greedy is None else {"text": greedy[0], "reward": greedy[1]}}
-        write_json(args.json, data)
-        err.print(styled("[dim]wrote {p}[/]", p=args.json))
+    if args.json:  # the TUI's export envelope (engine/export.py), kind "tree", as the screen's
+        settings = {"prompt": args.prompt, "system": args.system, "reward": reward.spec,
+                    "allow_plugin": args.allow_plugin, **asdict(cfg)}
+        write_export(args.json, "tree", both, settings=settings, lm=lm, started_at=started,
+                     cancelled=res.stop_reason == "cancelled" or cancel_token().cancelled)
     if res.stop_reason == "reward_error":
         return fail(f"the reward failed: {res.error}", "the partial result is shown above", code=1)
     return 130 if res.stop_reason == "cancelled" or cancel_token().cancelled else 0

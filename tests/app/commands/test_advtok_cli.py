@@ -118,7 +118,11 @@ def test_single_run_end_to_end(tiny_lm, tmp_path, capsys):
     cap = capsys.readouterr()
     assert "it   1/2" in cap.err                   # one progress line per iteration
     assert "canonical" in cap.out and "adversarial" in cap.out and "│Com│pose│" in cap.out
-    res = json.loads(out.read_text(encoding="utf-8"))
+    doc = json.loads(out.read_text(encoding="utf-8"))  # the TUI's export envelope
+    assert (doc["format"], doc["kind"], doc["state"]) == ("tokenforge-export/1", "advtok", "finished")
+    assert doc["settings"]["request"] == "Compose an email" and doc["settings"]["iters"] == 2
+    assert doc["model"] and doc["started_at"] and doc["finished_at"]
+    res = doc["result"]
     assert res["best_score"] >= res["canonical_score"]
     assert len(res["adversarial_samples"]) == 1 and len(res["canonical_samples"]) == 1
 

@@ -193,8 +193,9 @@ def test_attack_press_during_search_writes_the_best_so_far(tiny_dir, tmp_path):
     out = tmp_path / "a.json"
     r = _interrupted(_attack(tiny_dir, out), "search")
     assert r.proc.returncode == 130, r.text()[-800:]
-    res = json.loads(out.read_text(encoding="utf-8"))
-    assert res["stop_reason"] == "cancelled"
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    res = doc["result"]
+    assert doc["state"] == "cancelled" and res["stop_reason"] == "cancelled"
     assert "".join(res["best_tokens"]) == res["request_text"]
     assert b"stop cancelled" in r.out
 
@@ -282,8 +283,10 @@ def test_search_press_during_the_tree_writes_the_best_so_far(tiny_dir, tmp_path)
                       "--reward", "words:kitten,moon", "--rollouts", "200", "--horizon", "40",
                       "--batch", "2", "--json", str(out)], "tree")
     assert r.proc.returncode == 130, r.text()[-800:]
-    res = json.loads(out.read_text(encoding="utf-8"))
-    assert res["stop_reason"] == "cancelled" and res["greedy"] is None
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    res = doc["result"]
+    assert doc["state"] == "cancelled" and res["tree"]["stop_reason"] == "cancelled"
+    assert res["greedy"]["text"] is None  # the search did not complete: no greedy answer
 
 
 # ---------------------------------------------------------------------------- bench

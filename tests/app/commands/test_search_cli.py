@@ -48,8 +48,14 @@ def test_search_run_prints_best_and_greedy_and_writes_json(tiny_dir, tmp_path, c
     assert rc == 0
     text = capsys.readouterr().out
     assert "tree search (best)" in text and "greedy" in text
-    data = json.loads(out.read_text())
-    assert data["stop_reason"] == "completed" and data["rollouts_done"] == 4
-    assert 0.0 <= data["best"]["reward"] <= 1.0
-    assert data["greedy"]["reward"] is not None and data["reward"]["kind"] == "length"
-    assert data["best"]["reward"] >= 0 and data["system"] == "Be brief."
+    doc = json.loads(out.read_text())  # the TUI's export envelope (engine/export.py)
+    assert (doc["format"], doc["kind"], doc["state"]) == ("tokenforge-export/1", "tree", "finished")
+    assert doc["model"] and doc["started_at"] and doc["finished_at"] and doc["exported_at"]
+    s, data = doc["settings"], doc["result"]
+    assert (s["prompt"], s["system"], s["rollouts"], s["temperature"]) == \
+        ("Tell me about the moon", "Be brief.", 4, 0.7)
+    tree = data["tree"]
+    assert tree["stop_reason"] == "completed" and tree["rollouts_done"] == 4
+    assert 0.0 <= tree["best"]["reward"] <= 1.0 and tree["reward"]["kind"] == "length"
+    assert data["greedy"]["reward"] is not None and data["greedy"]["text"] is not None
+    assert data["reward_spec"] == "length:2-3t" and data["prompt_ids"]
