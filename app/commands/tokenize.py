@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from rich.text import Text
 
@@ -83,20 +83,10 @@ def _read_text(arg: str) -> str:
     return arg
 
 
-@guard
-def run(args: argparse.Namespace) -> int:
-    from engine.atomic import write_text
+def _load_tokenizer(args: argparse.Namespace, err: Any) -> Any:
+    """Only the tokenizer: a GGUF never converted is read as it is (no weights de-quantized)."""
     from engine.lm.model import load_tokenizer
-    from engine.advtok.tokenview import inspect_text
 
-    text = _read_text(args.text)
-    if not text:
-        return fail("empty text: give a string to tokenize")
-    if args.sample < 0:
-        return fail("--sample must be ≥ 0")
-    if args.neighbours is not None and args.neighbours < 0:
-        return fail("--neighbours K must be ≥ 0")
-    err = err_console()
     def on_load(p: Any) -> None:  # a warning from loading is reported once
         if p.metrics.get("warning"):
             err.print(f"warning: {p.metrics['warning']}", style="yellow", markup=False,
@@ -104,47 +94,43 @@ def run(args: argparse.Namespace) -> int:
 
     phase("load")
     with err.status(styled("loading the tokenizer of {m}…", m=args.model)):
-        # only the tokenizer: a GGUF never converted is read as it is (no weights de-quantized)
-        tok = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
-                             progress=on_load, cancel=cancel_token(), convert=False)
+        return load_tokenizer(args.model, trust_remote_code=args.trust_remote_code,
+                              progress=on_load, cancel=cancel_token(), convert=False)
 
-    def on_work(p: Any) -> None:
-        phase(p.phase)
 
-    phase("tokenize")
-    rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
-                            limit=args.limit, seed=args.seed, progress=on_work,
-                            cancel=cancel_token())
-    phase("write")  # a press from here on: the finished result is still written, exit 130
-    vocab = mdd.vocab
-    if vocab.cache_note:
-        err.print(f"warning: {vocab.cache_note}", style="yellow", markup=False, highlight=False)
+def _write_files(args: argparse.Namespace, rep: Any, mdd: Any, err: Any) -> Optional[int]:
+    """--dot, --out and --json (standard output); an exit code when the command ends here."""
+    from engine.atomic import write_text
+
     if args.dot:
         try:
             write_text(args.dot, mdd.to_dot(highlight=rep.canonical))
         except OSError as e:
             return fail(f"cannot write {args.dot}: {e.strerror or e}")
         err.print(styled("[dim]wrote {p}[/]", p=args.dot))
-    if args.json or args.out:
-        payload = json.dumps(rep.to_json(vocab), ensure_ascii=False, indent=2) + "\n"
-        if args.out:
-            try:
-                write_text(args.out, payload)
-            except OSError as e:
-                return fail(f"cannot write {args.out}: {e.strerror or e}")
-            err.print(styled("[dim]wrote {p}[/]", p=args.out))
-        if args.json:
-            sys.stdout.write(payload)
-            return 0
+    if not (args.json or args.out):
+        return None
+    payload = json.dumps(rep.to_json(mdd.vocab), ensure_ascii=False, indent=2) + "\n"
+    if args.out:
+        try:
+            write_text(args.out, payload)
+        except OSError as e:
+            return fail(f"cannot write {args.out}: {e.strerror or e}")
+        err.print(styled("[dim]wrote {p}[/]", p=args.out))
+    if args.json:
+        sys.stdout.write(payload)
+        return 0
+    return None
+
+
+def _print_report(text: str, rep: Any, vocab: Any) -> None:
+    """The human view: the text, its canonical tokens, the count, samples and neighbours."""
     out = inert_console(soft_wrap=True)
     colour = out.color_system is not None
 
     def toks(ids: list[int]) -> Text:
         return _tokens_text(vocab, ids, colour)
 
-    if args.count and not args.sample and args.neighbours is None:
-        out.print(str(rep.count))
-        return 0
     out.print(Text.assemble(("text ", "bold"), repr(text),
                             (f"  {rep.n_bytes} bytes · {rep.n_edges} edges · {vocab.kind} "
                              f"vocabulary", "dim")))
@@ -164,4 +150,32 @@ def run(args: argparse.Namespace) -> int:
                        f"({how})", style="bold"))
         for k, v in enumerate(rep.neighbours, 1):
             out.print(Text.assemble(f"{k:>3}. ", toks(v), "  ", _ids_text(v)))
+
+
+@guard
+def run(args: argparse.Namespace) -> int:
+    """Load the tokenizer, build the report (sample, neighbours and limit are checked against
+    TokenizeConfig's declared bounds, by app/argcheck.py and the engine), write, print."""
+    from engine.advtok.tokenview import inspect_text
+
+    text = _read_text(args.text)
+    if not text:
+        return fail("empty text: give a string to tokenize")
+    err = err_console()
+    tok = _load_tokenizer(args, err)
+    phase("tokenize")
+    rep, mdd = inspect_text(tok, text, samples=args.sample, neighbours=args.neighbours,
+                            limit=args.limit, seed=args.seed, progress=lambda p: phase(p.phase),
+                            cancel=cancel_token())
+    phase("write")  # a press from here on: the finished result is still written, exit 130
+    if mdd.vocab.cache_note:
+        err.print(f"warning: {mdd.vocab.cache_note}", style="yellow", markup=False,
+                  highlight=False)
+    code = _write_files(args, rep, mdd, err)
+    if code is not None:
+        return code
+    if args.count and not args.sample and args.neighbours is None:
+        inert_console(soft_wrap=True).print(str(rep.count))
+        return 0
+    _print_report(text, rep, mdd.vocab)
     return 0
