@@ -115,7 +115,7 @@ def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_
 
     summ = run_rows(lm, bench, lambda r: attack_config(args, r.request, r.response,
                                                      system_for(r, default_system)),
-                    judges, out_path, par=par, cancel=cancel, on_row=row_done,
+                    judges, out_path, par=par, cancel=cancel, on_row=row_done, system=default_system,
                     on_error=lambda m: con.print(styled("[bold red]error:[/] {m}", m=m), soft_wrap=True))
     for n in summ.notes:
         _say(con, n)
@@ -131,6 +131,22 @@ def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
     apply(getattr(args, "threads", None))
     return load_model(spec, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code, cancel=cancel_token())
+
+
+def check_settings_before_load(args: argparse.Namespace) -> None:
+    """Refuse a resume whose attack settings or system prompt differ from the finished rows'
+    before any model loads (the model, template and judges are checked once they are loaded)."""
+    from dataclasses import asdict
+
+    from engine.advtok.fingerprint import check_resume, run_settings
+    from engine.advtok.records import read_results, shard_files
+
+    if not shard_files(args.out):
+        return
+    settings = run_settings(attack=asdict(attack_config(args, "x", "x")),
+                            system=None if args.template_system else args.system, judges=[])
+    del settings["judges"]      # judge ids carry their loaded model's spec: checked after load
+    check_resume(read_results(args.out).records, settings, args.out)
 
 
 def run_dataset_cmd(args: argparse.Namespace) -> int:
@@ -152,6 +168,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     parse_columns(args.columns)
     parse_judges(args.judge)
     DatasetRunConfig(judge_batch=args.judge_batch).validate()  # its declared bound
+    check_settings_before_load(args)
     par = parallel_state(args)
     lm = load_lm(args)
     err = err_console()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from engine.advtok.datasets import BenchmarkFile, BenchRow
+from engine.advtok.fingerprint import check_resume
 from engine.advtok.judges import JudgeItem
 from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
                                    shard_path, template_info)
@@ -55,8 +56,10 @@ def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, 
 
 
 def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: BenchmarkFile,
-                 judge_ids: list[str]) -> dict[str, Any]:
-    """The replayable JSON record of one finished row."""
+                 judge_ids: list[str], settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The replayable JSON record of one finished row, with the run's settings fingerprint."""
+    from engine.advtok.fingerprint import fingerprint
+
     from engine.lm.templates import split_template
 
     chunks = split_template(lm.tokenizer, cfg.system)
@@ -72,6 +75,7 @@ def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: Benc
         "seed": cfg.seed, "judges": list(judge_ids),
         "dataset": {"path": bench.path, "sha256": bench.sha256, "layout": bench.layout},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"settings": settings, "fingerprint": fingerprint(settings)} if settings else {}),
     }
 
 
@@ -97,10 +101,13 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
              judges: Sequence[Any], out: Path | str, *, par: Optional[Parallel] = None,
              cancel: Any = None, on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None,
              on_error: Optional[Callable[[str], None]] = None,
-             progress: Any = None) -> RunSummary:
+             progress: Any = None, system: Any = ...) -> RunSummary:
     """Run this rank's pending rows of ``bench``; append each finished record to this rank's
     file. A cancel stops after the current row's search returns; that row is not written (it is
-    redone on resume). ``on_row(i, n, record)`` after each written row."""
+    redone on resume). ``on_row(i, n, record)`` after each written row. Before the first row is
+    searched, the run's settings (engine.advtok.fingerprint; ``system`` is the run's default
+    system prompt, else the first row's) are checked against the rows already finished:
+    InputError naming the setting when they differ."""
     from engine.advtok.search import run_attack
     from engine.advtok.vocab import load_vocab
     from engine.atomic import append_line
@@ -121,30 +128,51 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
     if vocab.cache_note:
         summ.notes.append(vocab.cache_note)
     judge_ids = [j.id for j in judges]
+    settings: Optional[dict[str, Any]] = None
     for i, row in enumerate(mine, 1):
         if cancel is not None and cancel.cancelled:
             summ.interrupted = True
             break
-        try:
-            cfg = make_cfg(row)
-            res = run_attack(lm, cfg, cancel=cancel, vocab=vocab, progress=progress)
-        except EngineError as e:
+        def failed(e: EngineError) -> None:
             msg = f"line {row.line}: {e}"
             summ.failed.append(msg)
             if on_error is not None:
                 on_error(msg)
+
+        try:
+            cfg = make_cfg(row)
+        except EngineError as e:
+            failed(e)
+            continue
+        if settings is None:         # the first row with valid settings: before any search
+            settings = _settings(lm, cfg, judges, cfg.system if system is ... else system)
+            check_resume(prior.records, settings, out)
+        try:
+            res = run_attack(lm, cfg, cancel=cancel, vocab=vocab, progress=progress)
+        except EngineError as e:
+            failed(e)
             continue
         if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
             summ.interrupted = True
             break
         judge_samples(judges, row, res.adversarial_samples)
         judge_samples(judges, row, res.canonical_samples)
-        rec = build_record(lm, row, cfg, res, bench, judge_ids)
+        rec = build_record(lm, row, cfg, res, bench, judge_ids, settings)
         append_line(dest, json.dumps(rec, ensure_ascii=False))
         summ.done += 1
         if on_row is not None:
             on_row(i, len(mine), rec)
     return summ
+
+
+def _settings(lm: LoadedModel, cfg: Any, judges: Sequence[Any], system: Optional[str]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from engine.advtok.fingerprint import run_settings
+    from engine.lm.templates import split_template
+
+    return run_settings(attack=asdict(cfg), system=system, judges=judges, model=model_info(lm),
+                        template=template_info(lm.tokenizer, split_template(lm.tokenizer, cfg.system)))
 
 
 def rejudge(records: list[dict[str, Any]], judges: Sequence[Any], *,

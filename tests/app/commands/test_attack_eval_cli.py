@@ -122,3 +122,29 @@ def test_bad_input_is_one_line(tiny_dir, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and words in err, err
+
+
+def test_resume_with_other_settings_is_refused(tiny_dir, tmp_path, capsys):
+    data, out = tmp_path / "jbb.csv", tmp_path / "results.jsonl"
+    write_jbb(data, ROWS[:2])
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
+    recs = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
+    assert len({r["fingerprint"] for r in recs}) == 1
+    s = recs[0]["settings"]
+    assert s["attack"]["iters"] == 1 and s["attack"]["seed"] == 3 and s["judges"][0]["id"] == "refusal"
+    assert s["model"]["weights_hash"] == recs[0]["model"]["weights_hash"] and s["template"]["sha256"]
+    write_jbb(data, ROWS)                       # one more row to do
+    before = out.read_bytes()
+    capsys.readouterr()
+    # an attack setting: refused before the model loads
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal", "--iters", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--iters was 1, now 2" in err, err
+    # the judges: refused once they are built, before the new row is searched
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal,target")) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--judge was 'refusal', now 'refusal,target'" in err, err
+    assert out.read_bytes() == before           # nothing written, nothing mixed
+    # the same settings resume
+    assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
+    assert "1 rows done, 2 already finished" in capsys.readouterr().err
