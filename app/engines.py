@@ -156,21 +156,22 @@ class Engine:
         from engine.bench.report import load_report, write_csv
         from engine.export import job_document, write_job_json
 
-        stem = Path(runs).stem
+        stem = Path(runs).stem  # the default runs file is bench-runs.jsonl: no "bench-bench-runs"
+        stem = stem if stem == "bench" or stem.startswith("bench-") else f"bench-{stem}"
         report(progress, "bench", 0, 3, "aggregating")
         rep = load_report(runs)
         check(cancel)
         report(progress, "bench", 1, 3, "writing PNGs")
-        paths = [str(p) for p in write_pngs(rep, folder, prefix=f"bench-{stem}")]
+        paths = [str(p) for p in write_pngs(rep, folder, prefix=stem)]
         check(cancel)
-        paths.append(str(write_csv(rep, Path(folder) / f"bench-{stem}.csv")))
+        paths.append(str(write_csv(rep, Path(folder) / f"{stem}.csv")))
         doc = job_document("bench", rep, model=rep.model.get("id"),
                            settings={"runs": str(runs), "suite": rep.suite,
                                      "max_new_tokens": rep.max_new_tokens},
                            finished_at=Path(runs).stat().st_mtime)
-        paths.append(str(write_job_json(Path(folder) / f"bench-{stem}.json", doc)))
+        paths.append(str(write_job_json(Path(folder) / f"{stem}.json", doc)))
         report(progress, "bench", 2, 3, "copying the runs JSONL")
-        copy = Path(folder) / f"bench-{stem}.jsonl"
+        copy = Path(folder) / f"{stem}.records.jsonl"  # never the runs file itself
         if copy.resolve() != Path(runs).resolve():
             write_bytes(copy, Path(runs).read_bytes())
         paths.append(str(copy))

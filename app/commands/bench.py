@@ -175,8 +175,19 @@ def _report(args: argparse.Namespace) -> int:
         for r in needle:
             t.add_row(*(text(c) for c in r))
         con.print(t)
-    con.print("[dim]cells: median [IQR]; ×ratio vs baseline = median of paired runs with bootstrap "
-              "95 % CI; a verdict word only when the CI excludes 1. Timings are noisy on a shared CPU.[/]")
+    from engine.bench.report import breakdown_table, legend_footnote
+
+    head, per_q = breakdown_table(rep)
+    if per_q and len(head) > 1:
+        t = Table(title="per query: total time ÷ baseline (repeats averaged) · KL")
+        for h in head:
+            t.add_column(text(h))
+        for r in per_q:
+            t.add_row(*(text(c) for c in r))
+        con.print(t)
+    con.print(styled("[dim]{f}[/]", f=legend_footnote()))
+    if rep.timing_verdicts_off:
+        con.print(styled("[yellow]{w}[/]", w=rep.timing_verdicts_off))
     err = err_console()
     phase("write")
     for p in rep.problems:

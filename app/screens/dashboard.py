@@ -43,7 +43,7 @@ from app.screens.dashboard_report import LiveReport
 from app.settings import BenchGrid, fmt_duration
 from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.engine_status import EngineStatus
-from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot
+from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot
 
 ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
@@ -114,8 +114,10 @@ class DashboardScreen(LiveReport, ToolScreen):
                 with TabbedContent(id="dash-plots"):
                     with TabPane("Cost vs quality", id="tab-cost"):
                         yield CostQualityPlot(id="plot-cost")
-                    with TabPane("Medians", id="tab-medians"):
+                    with TabPane("Ratios", id="tab-medians"):
                         yield MedianBarsPlot(id="plot-medians")
+                    with TabPane("Quality", id="tab-quality"):
+                        yield QualityPlot(id="plot-quality")
                     with TabPane("tok/s vs context", id="tab-speed"):
                         yield SpeedContextPlot(id="plot-speed")
                 yield Static("", id="dash-footer")

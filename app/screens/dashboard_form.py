@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from engine.bench.report import TABLE_COLUMNS  # noqa: F401  (one column list: CLI, TUI, Markdown)
 from engine.errors import InputError
 
 from app.validate import require_text
@@ -24,8 +25,6 @@ def parse_combinations(text: str) -> list[str]:
 WHAT = "Method dashboard — methods × suite grid, aggregate table, terminal plots, PNG/CSV export"
 KINDS = ("chat", "qa", "long", "prose")
 DEFAULT_METHODS = ("baseline", "kv-fp8")  # a small first grid: the baseline and one method
-TABLE_COLUMNS = ("method", "prompt tok", "prefill s", "decode tok/s", "total s", "KV stored",
-                 "KV peak", "KL nats/tok", "diverged", "ref NLL", "contains")
 
 
 def suites_available() -> list[str]:

@@ -80,7 +80,7 @@ class LiveReport:
         t.clear()
         for cells in rows:
             t.add_row(*[c.replace("\n", " ") for c in cells], height=None)
-        for pid in ("#plot-cost", "#plot-medians", "#plot-speed"):
+        for pid in ("#plot-cost", "#plot-medians", "#plot-quality", "#plot-speed"):
             self.query_one(pid).show(rep)  # type: ignore[attr-defined]
         legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
                             for r in rep.rows)

@@ -1,9 +1,12 @@
-"""Terminal plots of a bench report (textual-plotext): cost-vs-quality scatter, grouped bars of
-medians relative to the baseline, and decode tok/s vs context length.
+"""Terminal plots of a bench report (textual-plotext): memory vs quality, the cost ratios against
+the baseline, quality, and decode tok/s vs context length — each point with its 95 % interval
+drawn as an error bar.
 
-The data comes from ``engine.bench.report`` (torch-free), the same functions the PNG export uses,
-so the terminal and the files never disagree. Plots are rebuilt only when a new report is shown
-(docs/tui.md: plotext renders on the UI thread; curves are downsampled to about 2x the width).
+The data comes from ``engine.bench.plot_data`` (torch-free), the same the PNG export draws, so
+the terminal, the files and the table never disagree; every method keeps its colour there too.
+plotext's own error bars are symmetric, so intervals are drawn as line segments from lo to hi.
+Plots are rebuilt only when a new report is shown (docs/tui.md: plotext renders on the UI
+thread; curves are downsampled to about 2x the width).
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ class BenchPlot(PlotextPlot):
         super().__init__(**kwargs)
         self.report: Any = None
         self.drawn = 0  # how many times data was drawn (tests and the screen check it)
+        self.na_labels: list[str] = []  # "n/a" states drawn as text (tests check them)
 
     def show(self, report: Any) -> None:
         self.report = report
+        self.na_labels = []
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -52,45 +57,104 @@ class BenchPlot(PlotextPlot):
         raise NotImplementedError
 
 
-class CostQualityPlot(BenchPlot):
-    """x: median KV bytes stored (MiB); y: median teacher-forced KL to the baseline."""
+def _segment(plt: Any, xs: list[float], ys: list[float], rgb: Any) -> None:
+    plt.plot(xs, ys, color=rgb, marker="braille")
 
-    title = "Cost vs quality: KV MiB stored vs KL nats/token (lower-left is better)"
+
+def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], series: dict) -> None:
+    """Dot per (group, method) at its value with a vertical 95 % interval; n/a as a label."""
+    from engine.bench.plot_data import styles
+
+    st = styles(report)
+    keys = list(series)
+    k = max(1, len(keys))
+    width = 0.8 / k
+    for i, key in enumerate(keys):
+        rgb = st[key].rgb
+        xs, ys = [], []
+        for j, bar in enumerate(series[key]):
+            x = j + i * width - 0.4 + width / 2
+            if bar.value is None:
+                plt.text("n/a", x, 0, color=rgb)
+                owner.na_labels.append(f"{key}: {bar.na}")
+                continue
+            xs.append(x)
+            ys.append(bar.value)
+            if bar.lo is not None and bar.hi is not None and bar.hi > bar.lo:
+                _segment(plt, [x, x], [bar.lo, bar.hi], rgb)
+        if xs:
+            plt.scatter(xs, ys, color=rgb, marker="dot", label=key)
+    plt.xticks(list(range(len(names))), names)
+
+
+class CostQualityPlot(BenchPlot):
+    """x: memory ratio to the baseline; y: KL to the baseline; both with 95 % intervals."""
+
+    title = "Memory ÷ baseline vs KL nats/token (95 % CI; lower-left is better)"
 
     def draw(self, plt: Any, report: Any) -> None:
-        from engine.bench.report import scatter_points
+        from engine.bench.plot_data import scatter_points, styles
 
+        st = styles(report)
         for key, x, y in scatter_points(report):
-            plt.scatter([x / 2 ** 20], [y], label=key, marker="dot")
-        plt.xlabel("KV stored (MiB)")
+            rgb = st[key].rgb
+            if x.lo is not None and x.hi is not None and x.hi > x.lo:
+                _segment(plt, [x.lo, x.hi], [y.value, y.value], rgb)
+            if y.lo is not None and y.hi is not None and y.hi > y.lo:
+                _segment(plt, [x.value, x.value], [y.lo, y.hi], rgb)
+            plt.scatter([x.value], [y.value], label=key, marker="dot", color=rgb)
+        plt.xlabel("memory ÷ baseline")
         plt.ylabel("KL (nats/token)")
 
 
 class MedianBarsPlot(BenchPlot):
-    """Per cost metric, each method's median as a multiple of the baseline's (1 = baseline)."""
+    """Per cost figure, each method's paired ratio to the baseline (1 = baseline) with its 95 %
+    interval over queries — the table's ratio cell."""
 
-    title = "Medians ÷ baseline median (decode tok/s: higher is faster)"
+    title = "Cost ÷ baseline, 95 % CI (decode tok/s: higher is faster)"
 
     def draw(self, plt: Any, report: Any) -> None:
-        from engine.bench.report import bar_groups
+        from engine.bench.plot_data import bar_groups
 
         names, series = bar_groups(report)
-        if not series:
-            return
-        keys = list(series)
-        plt.multiple_bar(names, [series[k] for k in keys], labels=keys)
-        plt.ylabel("× baseline")
+        if series:
+            _bars_with_ci(plt, self, report, names, series)
+            plt.hline(1.0)
+            plt.ylabel("× baseline")
+
+
+class QualityPlot(BenchPlot):
+    """KL, top-1 agreement, containment and reference NLL: mean over queries, 95 % interval."""
+
+    title = "Quality: mean over queries, 95 % CI"
+
+    def draw(self, plt: Any, report: Any) -> None:
+        from engine.bench.plot_data import quality_bars
+
+        names, series = quality_bars(report)
+        if series:
+            _bars_with_ci(plt, self, report, names, series)
 
 
 class SpeedContextPlot(BenchPlot):
-    """Decode tok/s against prompt length per method (shows where eviction keeps speed)."""
+    """Decode tok/s against prompt length per method: one point per query (the median of its
+    repeats), joined in order of context length."""
 
-    title = "Decode tok/s vs prompt tokens"
+    title = "Decode tok/s vs prompt tokens (median per query)"
 
     def draw(self, plt: Any, report: Any) -> None:
+        from engine.bench.plot_data import styles
+
+        st = styles(report)
         for row in report.rows:
-            if row.curve and not row.speed_note:
+            if row.speed_note:
+                self.na_labels.append(f"{row.key}: {row.speed_note}")
+                continue
+            if row.curve:
                 pts = downsample(row.curve)
-                plt.plot([p[0] for p in pts], [p[1] for p in pts], label=row.key, marker="dot")
+                plt.plot([p[0] for p in pts], [p[1] for p in pts], label=row.key, marker="dot",
+                         color=st[row.key].rgb)
+        if self.na_labels:
+            plt.title(self.title + " · not drawn: " + "; ".join(self.na_labels))
         plt.xlabel("prompt tokens in")
         plt.ylabel("tok/s")

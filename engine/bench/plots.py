@@ -1,6 +1,15 @@
-"""Matplotlib PNGs of a bench report (Agg backend, written atomically): cost-vs-quality scatter,
-grouped bars of medians against the baseline, decode speed against context length. The data comes
-from ``report.scatter_points`` / ``report.bar_groups``, the same the terminal plots use."""
+"""Matplotlib PNGs of a bench report (Agg backend, written atomically). Everything drawn comes
+from ``plot_data.py``, i.e. from the aggregates the table shows, with the same intervals:
+
+- ``PREFIX-SUITE.png``: the dashboard — time, tokens, memory and quality side by side;
+- ``PREFIX-ratios.png``: every cost ratio against the baseline, one panel per figure;
+- ``PREFIX-cost-quality.png``: memory ratio against KL, both with their 95 % intervals;
+- ``PREFIX-quality.png``: KL, top-1 agreement, containment and reference NLL with intervals;
+- ``PREFIX-toks-vs-context.png``: per query, the median decode speed over its repeats, joined in
+  order of context length.
+
+A method keeps its colour and marker in every image; legends sit outside the axes; a figure a
+method does not have ("n/a: no sparse kernel") is drawn as a labelled hatched bar."""
 from __future__ import annotations
 
 import io
@@ -8,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from engine.atomic import write_bytes
-from engine.bench.report import Report, bar_groups, scatter_points
-from engine.bench.stats import Stat
+from engine.bench.aggregate import COST_METRICS, Report
+from engine.bench.plot_data import (Bar, bar_groups, err, memory_metric, quality_bars, ratio_bar,
+                                    scatter_points, styles)
 from engine.errors import InputError
+
+RATIO_PANELS = ("prompt_tokens_effective", "prefill_s", "decode_tok_s", "total_s",
+                "kv_bytes_allocated", "kv_copy_bytes_per_token", "mem_hwm_delta_bytes",
+                "kv_bytes_stored")
 
 
 def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> list[Path]:
-    """cost-vs-quality scatter, grouped bars of medians vs baseline, decode tok/s vs context."""
+    """The five images above, into ``out_dir`` (created)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,10 +39,17 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
         raise InputError(f"--png {out_dir} is a file, expected a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
+    st = styles(rep)
+    n = max(1, len(rep.rows))
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Any, name: str, legend: bool = False) -> None:
+        if legend:
+            handles = [plt.Line2D([], [], color=st[r.key].colour, marker=st[r.key].marker, ls="",
+                                  label=r.key) for r in rep.rows]
+            fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.83, 0.95), fontsize=7,
+                       frameon=False)
         fig.text(0.01, 0.01, rep.footer(), fontsize=6, color="#555555", wrap=True)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.tight_layout(rect=(0, 0.06, 0.82 if legend else 1, 1))
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=130)
         plt.close(fig)
@@ -36,69 +57,103 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
         write_bytes(p, buf.getvalue())
         paths.append(p)
 
-    # 1. combined figure: scatter + bars (the README image)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
-    _scatter(ax1, rep)
-    _bars(ax2, rep)
+    height = 1.6 + 0.32 * n
+    # 1. the dashboard: time, tokens, memory, quality side by side
+    fig, axes = plt.subplots(1, 4, figsize=(17, height), sharey=True)
+    mem = memory_metric(rep)
+    for ax, m in zip(axes[:3], ("total_s", "prompt_tokens_effective", mem)):
+        _hbars(ax, rep, st, {r.key: ratio_bar(r, m) for r in rep.rows},
+               f"{COST_METRICS[m][0]} ÷ baseline", ref=1.0)
+    names, q = quality_bars(rep, ("kl_mean",))
+    _hbars(axes[3], rep, st, {k: v[0] for k, v in q.items()}, names[0] + " (mean, 95 % CI)", ref=None)
     save(fig, rep.suite)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    _scatter(ax, rep)
-    save(fig, "cost-quality")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    _bars(ax, rep)
-    save(fig, "medians")
-    fig, ax = plt.subplots(figsize=(7, 5))
-    _curve(ax, rep)
-    save(fig, "toks-vs-context")
+    # 2. every cost ratio
+    cols = 4
+    rows = -(-len(RATIO_PANELS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(17, rows * height), sharey=True, squeeze=False)
+    for ax, m in zip(axes.flat, RATIO_PANELS):
+        _, series = bar_groups(rep, (m,))
+        _hbars(ax, rep, st, {k: v[0] for k, v in series.items()}, f"{COST_METRICS[m][0]} ÷ baseline",
+               ref=1.0)
+    save(fig, "ratios")
+    # 3. cost vs quality
+    fig, ax = plt.subplots(figsize=(9, 5))
+    _scatter(ax, rep, st)
+    save(fig, "cost-quality", legend=True)
+    # 4. quality
+    names, q = quality_bars(rep)
+    fig, axes = plt.subplots(1, len(names), figsize=(17, height), sharey=True)
+    for j, (ax, name) in enumerate(zip(axes, names)):
+        _hbars(ax, rep, st, {k: v[j] for k, v in q.items()}, f"{name} (mean, 95 % CI)", ref=None)
+    save(fig, "quality")
+    # 5. decode speed against context length
+    fig, ax = plt.subplots(figsize=(9, 5))
+    _curve(ax, rep, st)
+    save(fig, "toks-vs-context", legend=True)
     return paths
 
 
-def _scatter(ax: Any, rep: Report) -> None:
-    """Medians with IQR bars on both axes; points labelled by method (parameters are in the
-    table), labels placed with a small offset that alternates to limit overlaps."""
-    rows = {r.key: r for r in rep.rows}
-    for i, (key, x, y) in enumerate(scatter_points(rep)):
-        row = rows[key]
-        c, q = row.cost.get("kv_bytes_stored", Stat()), row.quality.get("kl_mean", Stat())
-        xerr = [[max(x - (c.q1 if c.q1 is not None else x), 0) / 2 ** 20],
-                [max((c.q3 if c.q3 is not None else x) - x, 0) / 2 ** 20]]
-        yerr = [[max(y - (q.q1 if q.q1 is not None else y), 0)], [max((q.q3 if q.q3 is not None else y) - y, 0)]]
-        ax.errorbar([x / 2 ** 20], [y], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, lw=0.8)
-        ax.annotate(row.method, (x / 2 ** 20, y), fontsize=7, xytext=(6, -10 + 10 * (i % 3)),
-                    textcoords="offset points")
+def _hbars(ax: Any, rep: Report, st: dict, bars: dict[str, Bar], title: str, ref: Any) -> None:
+    """One horizontal bar per method with its interval; "n/a" drawn hatched and labelled."""
+    keys = [r.key for r in rep.rows]
+    ys = list(range(len(keys)))[::-1]
+    finite = [b.hi if b.hi is not None else b.value for b in bars.values() if b.value is not None]
+    top = max(finite + [ref or 0.0, 1e-12])
+    for y, key in zip(ys, keys):
+        b = bars.get(key, Bar(na="no figure"))
+        s = st[key]
+        if b.value is None:
+            ax.barh(y, top, color="none", edgecolor="#999999", hatch="//", lw=0.5)
+            ax.text(top * 0.02, y, f"n/a: {b.na.removeprefix('n/a: ')}", va="center", fontsize=6,
+                    color="#555555")
+            continue
+        lo, hi = err(b)
+        ax.barh(y, b.value, color=s.colour, alpha=0.8)
+        ax.errorbar([b.value], [y], xerr=[[lo], [hi]], fmt=s.marker, color="black", ms=3,
+                    capsize=2, lw=0.8)
+        word = b.verdict if b.verdict not in ("", "no clear difference") else ""
+        ax.text(max(b.hi or b.value, b.value), y, f" {b.value:.3g}" + (f" {word}" if word else ""),
+                va="center", fontsize=6)
+    if ref is not None:
+        ax.axvline(ref, color="black", lw=0.8, ls="--")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(keys, fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlim(left=0, right=top * 1.35)
+
+
+def _scatter(ax: Any, rep: Report, st: dict) -> None:
+    """x: the memory ratio to the baseline (95 % CI over queries); y: KL mean (95 % CI)."""
+    for key, x, y in scatter_points(rep):
+        s = st[key]
+        xl, xh = err(x)
+        yl = 0.0 if y.lo is None else max(y.value - y.lo, 0.0)
+        yh = 0.0 if y.hi is None else max(y.hi - y.value, 0.0)
+        ax.errorbar([x.value], [y.value], xerr=[[xl], [xh]], yerr=[[yl], [yh]], fmt=s.marker,
+                    color=s.colour, ms=7, capsize=2, lw=0.8, label=key)
+    ax.axvline(1.0, color="black", lw=0.6, ls=":")
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    ax.set_xlabel("KV bytes stored, median [IQR] (MiB)")
-    ax.set_ylabel("teacher-forced KL vs baseline (nats/token, median [IQR])")
-    ax.set_title("Cost vs quality (lower-left is better)")
+    ax.set_xlabel(f"{COST_METRICS[memory_metric(rep)][0]} ÷ baseline (95 % CI over queries)")
+    ax.set_ylabel("KL vs baseline, nats/token (mean, 95 % CI)")
+    ax.set_title("Memory vs quality (lower-left is better)")
     ax.grid(alpha=0.3)
 
 
-def _bars(ax: Any, rep: Report) -> None:
-    names, series = bar_groups(rep)
-    k = max(1, len(series))
-    width = 0.8 / k
-    method = {r.key: r.method for r in rep.rows}
-    for i, (key, vals) in enumerate(series.items()):
-        xs = [j + i * width - 0.4 + width / 2 for j in range(len(names))]
-        ax.bar(xs, vals, width=width, label=method.get(key, key))
-    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=15, fontsize=8)
-    ax.set_ylabel("median ÷ baseline median")
-    ax.set_title("Medians relative to baseline (decode tok/s: higher is faster)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars stay visible
-    ax.grid(axis="y", alpha=0.3)
-
-
-def _curve(ax: Any, rep: Report) -> None:
+def _curve(ax: Any, rep: Report, st: dict) -> None:
+    na = [f"{row.key}: {row.speed_note}" for row in rep.rows if row.speed_note]
     for row in rep.rows:
+        s = st[row.key]
         if row.curve and not row.speed_note:
             xs, ys = zip(*row.curve)
-            ax.plot(xs, ys, marker="o", ms=3, lw=1, label=row.key)
-    ax.set_xlabel("prompt tokens in")
-    ax.set_ylabel("decode tok/s")
+            ax.plot(xs, ys, marker=s.marker, color=s.colour, ms=4, lw=1)
+    if na:
+        ax.text(0.01, 0.01, "not drawn, " + "; ".join(na), transform=ax.transAxes, fontsize=6,
+                color="#555555", va="bottom")
+    ax.set_xlabel("prompt tokens in (one point per query)")
+    ax.set_ylabel("decode tok/s (median of the query's repeats)")
     ax.set_title("Decode speed vs context length")
-    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from engine.bench.records import read_records, validate_record
 from engine.bench.plots import write_pngs
 from engine.bench.report import aggregate, bar_groups, load_report, scatter_points, to_csv, to_markdown
-from engine.bench.stats import bootstrap_ratio
+from engine.bench.stats import LOAD_MOVED, NOT_ENOUGH, bootstrap_ci, paired_ratio
 from engine.errors import InputError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"
@@ -51,63 +52,161 @@ def test_medians_and_iqr_match_brute_force():
     assert rep.row("kv-fp8").errors == 1 and "boom" in rep.row("kv-fp8").error_messages[0]
 
 
-def test_paired_ratios_and_verdicts():
+def test_paired_ratios_average_repeats_then_queries():
+    """The ratio is the geometric mean over queries of each query's repeats' paired ratios
+    (brute force below); three queries carry no verdict however clear the interval."""
     rep = load_report(FIXTURE)
     raw = [r for r in _raw() if r["status"] == "ok" and r["kind"] != "prose"]
     base = {(r["prompt_id"], r["repeat"]): r for r in raw if r["method"] == "baseline"}
-    fp8 = [r for r in raw if r["method"] == "kv-fp8"]
-    ratios = [r["cost"]["total_s"] / base[(r["prompt_id"], r["repeat"])]["cost"]["total_s"] for r in fp8]
+    per_q: dict[str, list[float]] = {}
+    for r in raw:
+        if r["method"] == "kv-fp8":
+            b = base[(r["prompt_id"], r["repeat"])]["cost"]["total_s"]
+            per_q.setdefault(r["prompt_id"], []).append(math.log(r["cost"]["total_s"] / b))
+    want = math.exp(statistics.fmean(statistics.fmean(v) for v in per_q.values()))
     got = rep.row("kv-fp8").ratio["total_s"]
-    assert got.value == pytest.approx(statistics.median(ratios))
-    assert got.n == 9 and got.lo <= got.value <= got.hi
-    assert got.verdict == "no clear difference"  # 0.86–1.24: interval contains 1
-    assert rep.row("kv-reuse").ratio["total_s"].verdict == "faster"
-    assert rep.row("kv-reuse").ratio["total_s"].hi < 1
+    assert got.value == pytest.approx(want)
+    assert got.n == 3 and got.pairs == 9 and got.lo <= got.value <= got.hi
+    assert got.verdict == NOT_ENOUGH
     kv = rep.row("kv-fp8").ratio["kv_bytes_stored"]
-    assert kv.verdict == "smaller" and 0.25 < kv.value < 0.26
-    assert rep.row("kv-reuse").ratio["kv_bytes_stored"].value == 1.0
-    assert rep.row("kv-reuse").ratio["kv_bytes_stored"].verdict == "no clear difference"
+    assert 0.25 < kv.value < 0.26 and kv.verdict == NOT_ENOUGH  # clear, but 3 queries
+    assert rep.row("kv-reuse").ratio["kv_bytes_stored"].value == pytest.approx(1.0)
+
+
+def _synthetic(n_queries: int, *, fast: float = 0.5, kv: float = 0.25, loads=None) -> list[dict]:
+    """baseline and kv-fp8 over ``n_queries`` queries × 2 repeats from the fixture's first record."""
+    proto = _raw()[0]
+    out = []
+    t = 0
+    for q in range(n_queries):
+        for rep in range(2):
+            for method, scale_t, scale_kv in (("baseline", 1.0, 1.0), ("kv-fp8", fast, kv)):
+                r = json.loads(json.dumps(proto))
+                t += 1
+                r.update(method=method, prompt_id=f"chat-{q}", repeat=rep,
+                         time=f"2026-11-23T10:{t // 60:02d}:{t % 60:02d}+00:00")
+                noise = 1.0 + 0.03 * ((q * 7 + rep * 3) % 5 - 2)
+                r["cost"]["total_s"] = (1.0 + q) * scale_t * noise
+                r["cost"]["kv_bytes_stored"] = int(100000 * (q + 1) * scale_kv)
+                r["quality"]["kl_mean"] = 0.0 if method == "baseline" else 0.01 * (q + 1)
+                if loads is not None:
+                    r["env"]["loadavg"] = [loads[t % len(loads)], 0.8, 0.5]
+                out.append(r)
+    return out
+
+
+def test_verdicts_need_five_queries():
+    assert aggregate(_synthetic(4)).row("kv-fp8").ratio["total_s"].verdict == NOT_ENOUGH
+    rep = aggregate(_synthetic(6))
+    fp8 = rep.row("kv-fp8")
+    assert fp8.ratio["total_s"].verdict == "faster" and fp8.ratio["total_s"].hi < 1
+    assert fp8.ratio["kv_bytes_stored"].verdict == "less memory"
+    assert fp8.ratio["total_s"].n == 6 and fp8.ratio["total_s"].pairs == 12
+    slower = aggregate(_synthetic(6, fast=1.6)).row("kv-fp8").ratio["total_s"]
+    assert slower.verdict == "worse" and slower.lo > 1
+    assert not rep.timing_verdicts_off
+
+
+def test_a_moving_load_takes_the_timing_verdicts_away_and_says_so():
+    rep = aggregate(_synthetic(6, loads=[1.0, 3.5]))  # 2 CPUs: threshold 1.0
+    fp8 = rep.row("kv-fp8")
+    assert fp8.ratio["total_s"].verdict == LOAD_MOVED
+    assert fp8.ratio["kv_bytes_stored"].verdict == "less memory"  # bytes do not depend on load
+    assert "load average moved" in rep.footer() and "no timing verdicts" in rep.footer()
+    assert "no verdict" in to_markdown(rep)
+    assert aggregate(_synthetic(6, loads=[1.0, 3.5]), load_limit=5.0).row("kv-fp8") \
+        .ratio["total_s"].verdict == "faster"
 
 
 def test_quality_aggregates():
     rep = load_report(FIXTURE)
     fp8 = rep.row("kv-fp8")
-    assert fp8.quality["kl_mean"].median == pytest.approx(0.02)
+    kl = fp8.quality["kl_mean"]
+    assert kl.value == pytest.approx(0.02) and kl.n == 3 and kl.lo < 0.02 < kl.hi  # 0.01/0.02/0.03
     assert fp8.diverged == pytest.approx(1 / 3)
     assert fp8.contains == pytest.approx(0.5)
-    assert rep.row("baseline").quality["kl_mean"].median == 0
+    assert rep.row("baseline").quality["kl_mean"].value == 0
     assert rep.row("baseline").diverged == 0
     assert rep.row("baseline").prose["bpb"] == pytest.approx(1.1)
+    six = aggregate(_synthetic(6)).row("kv-fp8").quality["kl_mean"]
+    assert six.value == pytest.approx(0.035) and six.lo < 0.035 < six.hi
 
 
 def test_bootstrap_rules():
-    assert bootstrap_ratio([(0.5, 1.0)] * 6).verdict == "faster"
-    assert bootstrap_ratio([(2.0, 1.0)] * 6).verdict == "slower"
-    assert bootstrap_ratio([(0.5, 1.0)]).verdict == "too few pairs"
-    mixed = bootstrap_ratio([(0.8, 1.0), (1.2, 1.0), (0.9, 1.0), (1.1, 1.0), (1.0, 1.0)])
+    one = {f"q{i}": [(0.5, 1.0), (0.5, 1.0)] for i in range(6)}
+    assert paired_ratio(one).verdict == "faster"
+    assert paired_ratio({k: [(2.0, 1.0)] for k in one}).verdict == "worse"
+    assert paired_ratio({"q": [(0.5, 1.0)] * 10}).verdict == NOT_ENOUGH  # repeats of one query
+    mixed = paired_ratio({f"q{i}": [(v, 1.0)] for i, v in enumerate((0.8, 1.2, 0.9, 1.1, 1.0, 0.95))})
     assert mixed.verdict == "no clear difference" and mixed.lo < 1 < mixed.hi
-    assert bootstrap_ratio([(2.0, 1.0)] * 4, lower_is_better=False).verdict == "faster"
-    assert bootstrap_ratio([]).value is None
+    assert paired_ratio({k: [(2.0, 1.0)] for k in one}, lower_is_better=False).verdict == "faster"
+    assert paired_ratio({}).value is None
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert lo < 3.5 < hi and hi - lo < 5  # an interval of the mean, not the min–max range
 
 
 def test_csv_markdown_and_plot_data():
     rep = load_report(FIXTURE)
     rows = list(csv.DictReader(io.StringIO(to_csv(rep))))
     assert [r["method"] for r in rows] == ["baseline", "kv-reuse", "kv-fp8"]
-    assert rows[2]["kv_bytes_stored_verdict"] == "smaller"
+    assert rows[2]["kv_bytes_stored_verdict"] == NOT_ENOUGH
     assert float(rows[0]["total_s_median"]) == pytest.approx(2.0)
+    assert float(rows[2]["kl_mean_mean"]) == pytest.approx(0.02)
     md = to_markdown(rep)
-    assert "fixture-model" in md and "smaller" in md and md.count("\n|") >= 4
+    assert "fixture-model" in md and "not enough data" in md and md.count("\n|") >= 4
+    assert "Per query" in md
     pts = scatter_points(rep)
     assert {p[0] for p in pts} == {"baseline", "kv-reuse", "kv-fp8"}
     names, series = bar_groups(rep)
-    assert series["baseline"] == [1.0] * len(names)
-    assert series["kv-fp8"][names.index("KV stored")] < 0.3
+    assert [b.value for b in series["baseline"]] == [1.0 if n != "KV allocated" else None for n in names]
+    assert series["baseline"][names.index("KV allocated")].na == "no figure"  # older records
+    assert series["kv-fp8"][names.index("KV counted")].value < 0.3
+
+
+def test_plots_draw_the_tables_figures():
+    """Every bar is the table's ratio with the table's interval; the scatter's y is the table's
+    KL with its interval; n/a is a state with its reason, not a missing bar."""
+    from engine.bench.plot_data import BAR_METRICS, quality_bars
+
+    recs = _synthetic(6)
+    for r in recs:
+        if r["method"] == "kv-fp8":
+            r["speed_note"] = "n/a: no sparse kernel"
+    rep = aggregate(recs)
+    names, series = bar_groups(rep)
+    fp8 = rep.row("kv-fp8")
+    for m, bar in zip(BAR_METRICS, series["kv-fp8"]):
+        if m in ("prefill_s", "decode_tok_s", "total_s"):
+            assert bar.value is None and bar.na == "n/a: no sparse kernel"
+        elif fp8.ratio[m].value is not None:
+            assert (bar.value, bar.lo, bar.hi) == (fp8.ratio[m].value, fp8.ratio[m].lo, fp8.ratio[m].hi)
+    (_, x, y), = [p for p in scatter_points(rep) if p[0] == "kv-fp8"]
+    assert (y.value, y.lo, y.hi) == (fp8.quality["kl_mean"].value, fp8.quality["kl_mean"].lo,
+                                     fp8.quality["kl_mean"].hi)
+    assert x.value == fp8.ratio["kv_bytes_stored"].value
+    qn, qs = quality_bars(rep)
+    assert qs["kv-fp8"][0].value == fp8.quality["kl_mean"].value
+
+
+def test_colours_never_repeat():
+    from engine.bench.plot_data import colours, styles
+
+    cs = colours(60)
+    assert len(set(cs)) == 60 and "#000000" not in cs
+    recs = []
+    for i in range(25):
+        for r in _synthetic(1):
+            r["method"] = "baseline" if r["method"] == "baseline" else f"m{i}"
+            recs.append(r)
+    st = styles(aggregate(recs))
+    assert len(st) == 26 and len({s.colour for s in st.values()}) == 26
+    assert st["baseline"].colour == "#000000"
 
 
 def test_png_export(tmp_path):
     paths = write_pngs(load_report(FIXTURE), tmp_path / "png")
-    assert len(paths) == 4
+    assert [p.name for p in paths] == ["bench-core-v1.png", "bench-ratios.png", "bench-cost-quality.png",
+                                       "bench-quality.png", "bench-toks-vs-context.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
@@ -120,6 +219,7 @@ def test_speed_note_replaces_speed_columns():
     rep = aggregate(recs)
     md = to_markdown(rep)
     assert md.count("n/a: no sparse kernel") == 3  # prefill, decode, total
+    assert "| long-1 | ×0.60 · KL 1e-09 | n/a · KL 0.03 |" in md  # the per-query breakdown too
 
 
 def test_bad_report_inputs(tmp_path):

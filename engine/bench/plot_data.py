@@ -1,0 +1,148 @@
+"""What the plots draw, taken from the report's aggregates and nothing else (matplotlib PNGs in
+``plots.py`` and the terminal plots in ``app/widgets/plots.py`` both read these), so a bar is the
+table's ratio with the table's interval, and "n/a" is a drawn, labelled state, not a gap.
+
+Each method keeps one colour and one marker across every plot; colours never repeat however
+many rows there are (a fixed, distinguishable palette, then evenly spaced hues)."""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import Optional
+
+from engine.bench.aggregate import COST_METRICS, QUALITY_METRICS, SPEED_METRICS, Report, Row
+from engine.bench.stats import Interval, Ratio
+
+# distinguishable colours first (Okabe–Ito, then Tableau), baseline always black
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442",
+           "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#E377C2", "#2CA02C",
+           "#FF7F0E", "#1F77B4", "#D62728", "#AEC7E8"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+BASELINE_COLOUR = "#000000"
+
+
+@dataclass
+class Style:
+    colour: str      # "#rrggbb"
+    marker: str      # matplotlib marker
+    rgb: tuple[int, int, int]
+
+
+def _hex(rgb: tuple[float, float, float]) -> str:
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in rgb)
+
+
+def colours(n: int) -> list[str]:
+    """``n`` distinct colours: the palette, then hues spaced by the golden angle at two
+    lightness levels (never equal to one already given)."""
+    out = list(PALETTE[:n])
+    i = 0
+    while len(out) < n:
+        h = (i * 0.618033988749895) % 1.0
+        light = 0.45 if (i // 2) % 2 == 0 else 0.62
+        c = _hex(colorsys.hls_to_rgb(h, light, 0.75))
+        if c not in out and c != BASELINE_COLOUR:
+            out.append(c)
+        i += 1
+    return out
+
+
+def styles(rep: Report) -> dict[str, Style]:
+    """Row key → its colour and marker (baseline black circles; the others in row order)."""
+    others = [r.key for r in rep.rows if r.method != "baseline"]
+    cs = colours(len(others))
+    out: dict[str, Style] = {}
+    for r in rep.rows:
+        if r.method == "baseline":
+            out[r.key] = Style(BASELINE_COLOUR, "o", (0, 0, 0))
+    for i, key in enumerate(others):
+        c = cs[i]
+        out[key] = Style(c, MARKERS[(i + 1) % len(MARKERS)],
+                         tuple(int(c[j:j + 2], 16) for j in (1, 3, 5)))  # type: ignore[arg-type]
+    return out
+
+
+@dataclass
+class Bar:
+    """One bar: a value with its interval, or ``na`` (the reason) when there is no figure."""
+
+    value: Optional[float] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    na: str = ""
+    verdict: str = ""
+
+
+# the panels of the dashboard image and the TUI's bars: cost ratios against the baseline
+TIME_METRICS = ("prefill_s", "total_s", "decode_tok_s")
+TOKEN_METRICS = ("prompt_tokens_effective",)
+MEMORY_METRICS = ("kv_bytes_allocated", "kv_copy_bytes_per_token", "mem_hwm_delta_bytes",
+                  "kv_bytes_stored")
+BAR_METRICS = TOKEN_METRICS + ("prefill_s", "decode_tok_s", "total_s", "kv_bytes_allocated",
+                               "kv_bytes_stored")
+
+
+def ratio_bar(row: Row, m: str) -> Bar:
+    """The table's ratio cell as a bar (baseline = 1 exactly)."""
+    if row.speed_note and m in SPEED_METRICS:
+        return Bar(na=row.speed_note)
+    if row.method == "baseline":
+        return Bar(1.0, 1.0, 1.0) if row.cost.get(m) and row.cost[m].median is not None else Bar(na="no figure")
+    r = row.ratio.get(m, Ratio())
+    if r.value is None:
+        return Bar(na="no figure")
+    return Bar(r.value, r.lo, r.hi, verdict=r.verdict)
+
+
+def bar_groups(rep: Report, metrics: tuple[str, ...] = BAR_METRICS) -> tuple[list[str], dict[str, list[Bar]]]:
+    """Grouped bars: per metric, each row's paired ratio to the baseline with its interval
+    (1.0 = baseline), so different units share one axis."""
+    series = {row.key: [ratio_bar(row, m) for m in metrics] for row in rep.rows}
+    return [COST_METRICS[m][0] for m in metrics], series
+
+
+def memory_metric(rep: Report) -> str:
+    """The memory figure the scatter uses: the cache's real allocation when the records have it,
+    else the counted bytes (older runs files)."""
+    have = any(r.ratio.get("kv_bytes_allocated", Ratio()).value is not None for r in rep.rows)
+    return "kv_bytes_allocated" if have else "kv_bytes_stored"
+
+
+def scatter_points(rep: Report) -> list[tuple[str, Bar, Interval]]:
+    """(row key, memory ratio vs baseline with CI, KL mean over queries with CI) for rows with both."""
+    m = memory_metric(rep)
+    pts = []
+    for row in rep.rows:
+        x = ratio_bar(row, m)
+        y = row.quality.get("kl_mean", Interval())
+        if x.value is not None and y.value is not None:
+            pts.append((row.key, x, y))
+    return pts
+
+
+QUALITY_BARS = ("kl_mean", "top1_agree", "contains", "ref_nll")
+
+
+def quality_bars(rep: Report, metrics: tuple[str, ...] = QUALITY_BARS) -> tuple[list[str], dict[str, list[Bar]]]:
+    """Per quality figure, each row's mean over queries with its interval ("n/a" when the row
+    has no such figure, e.g. no reference answers among its queries)."""
+    series = {}
+    for row in rep.rows:
+        bars = []
+        for m in metrics:
+            iv = row.quality.get(m, Interval())
+            bars.append(Bar(na="no figure") if iv.value is None else Bar(iv.value, iv.lo, iv.hi))
+        series[row.key] = bars
+    return [QUALITY_METRICS[m][0] for m in metrics], series
+
+
+def err(bar: Bar) -> tuple[float, float]:
+    """Lower and upper error-bar lengths (0 when there is no interval)."""
+    if bar.value is None or bar.lo is None or bar.hi is None:
+        return 0.0, 0.0
+    return max(bar.value - bar.lo, 0.0), max(bar.hi - bar.value, 0.0)
+
+
+__all__ = ["BAR_METRICS", "Bar", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
+           "TOKEN_METRICS", "bar_groups", "colours", "err", "memory_metric", "quality_bars",
+           "ratio_bar", "scatter_points", "styles"]
