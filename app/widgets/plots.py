@@ -38,10 +38,12 @@ class BenchPlot(PlotextPlot):
         self.report: Any = None
         self.drawn = 0  # how many times data was drawn (tests and the screen check it)
         self.na_labels: list[str] = []  # "n/a" states drawn as text (tests check them)
+        self.intervals = 0  # interval segments drawn in the last show
 
     def show(self, report: Any) -> None:
         self.report = report
         self.na_labels = []
+        self.intervals = 0
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -57,8 +59,9 @@ class BenchPlot(PlotextPlot):
         raise NotImplementedError
 
 
-def _segment(plt: Any, xs: list[float], ys: list[float], rgb: Any) -> None:
-    plt.plot(xs, ys, color=rgb, marker="braille")
+def _segment(owner: BenchPlot, xs: list[float], ys: list[float], rgb: Any) -> None:
+    owner.plt.plot(xs, ys, color=rgb, marker="braille")
+    owner.intervals += 1
 
 
 def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], series: dict) -> None:
@@ -81,7 +84,7 @@ def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], ser
             xs.append(x)
             ys.append(bar.value)
             if bar.lo is not None and bar.hi is not None and bar.hi > bar.lo:
-                _segment(plt, [x, x], [bar.lo, bar.hi], rgb)
+                _segment(owner, [x, x], [bar.lo, bar.hi], rgb)
         if xs:
             plt.scatter(xs, ys, color=rgb, marker="dot", label=key)
     plt.xticks(list(range(len(names))), names)
@@ -99,9 +102,9 @@ class CostQualityPlot(BenchPlot):
         for key, x, y in scatter_points(report):
             rgb = st[key].rgb
             if x.lo is not None and x.hi is not None and x.hi > x.lo:
-                _segment(plt, [x.lo, x.hi], [y.value, y.value], rgb)
+                _segment(self, [x.lo, x.hi], [y.value, y.value], rgb)
             if y.lo is not None and y.hi is not None and y.hi > y.lo:
-                _segment(plt, [x.value, x.value], [y.lo, y.hi], rgb)
+                _segment(self, [x.value, x.value], [y.lo, y.hi], rgb)
             plt.scatter([x.value], [y.value], label=key, marker="dot", color=rgb)
         plt.xlabel("memory ÷ baseline")
         plt.ylabel("KL (nats/token)")

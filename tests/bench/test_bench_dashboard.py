@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.app import App, ComposeResult
 
-from app.widgets.plots import CostQualityPlot, MedianBarsPlot, SpeedContextPlot, downsample
+from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot, downsample
 from engine.bench.report import load_report
 
 from waiting import until
@@ -20,16 +20,18 @@ class PlotsApp(App):
         yield CostQualityPlot(id="a")
         yield MedianBarsPlot(id="b")
         yield SpeedContextPlot(id="c")
+        yield QualityPlot(id="d")
 
 
 async def test_plots_render_headless():
     rep = load_report(FIXTURE)
     app = PlotsApp()
+    ids = ("#a", "#b", "#c", "#d")
     async with app.run_test(size=(120, 60)) as pilot:
-        for pid in ("#a", "#b", "#c"):
+        for pid in ids:
             app.query_one(pid).show(rep)
-        await until(pilot, lambda: all(app.query_one(p).drawn for p in ("#a", "#b", "#c")))
-        for pid in ("#a", "#b", "#c"):
+        await until(pilot, lambda: all(app.query_one(p).drawn for p in ids))
+        for pid in ids:
             w = app.query_one(pid)
             assert w.drawn == 1
             text = w.render().plain
@@ -38,6 +40,56 @@ async def test_plots_render_headless():
         empty = app.query_one("#a")
         empty.show(None)
         await until(pilot, lambda: "no data yet" in empty.render().plain)
+
+
+async def test_terminal_plots_draw_intervals_and_label_na():
+    """Error bars are drawn from the table's intervals (a vertical segment per ratio with an
+    interval) and a method without a speed figure is labelled n/a, not left out."""
+    import json as _json
+
+    from engine.bench.report import aggregate
+
+    recs = []
+    for line in FIXTURE.read_text().splitlines():
+        try:
+            r = _json.loads(line)
+        except ValueError:
+            continue
+        if r["method"] == "kv-fp8":
+            r["speed_note"] = "n/a: no sparse kernel"
+        recs.append(r)
+    rep = aggregate(recs)
+    app = PlotsApp()
+    async with app.run_test(size=(120, 60)) as pilot:
+        bars, speed = app.query_one("#b"), app.query_one("#c")
+        bars.show(rep)
+        speed.show(rep)
+        await until(pilot, lambda: bars.drawn and speed.drawn)
+        assert "kv-fp8: n/a: no sparse kernel" in bars.na_labels
+        assert speed.na_labels == ["kv-fp8: n/a: no sparse kernel"]
+        assert "n/a" in bars.render().plain
+        # the KL interval of kv-fp8 (0.01–0.03) is drawn as a segment: more than a lone dot
+        cost = app.query_one("#a")
+        cost.show(rep)
+        await until(pilot, lambda: cost.drawn)
+        assert cost.intervals == 2  # kv-fp8: its KL and its memory ratio; the others have none
+        assert bars.intervals >= 1
+
+
+def test_export_names_do_not_repeat_bench(tmp_path):
+    """The default runs file is bench-runs.jsonl: its exports are bench-runs-*.png, never
+    bench-bench-runs-*; the copy of the records never lands on the runs file itself."""
+    from app.engines import Engine
+
+    runs = tmp_path / "bench-runs.jsonl"
+    runs.write_bytes(FIXTURE.read_bytes())
+    paths = [Path(p).name for p in Engine().bench_export(str(runs), str(tmp_path))]
+    assert "bench-runs-cost-quality.png" in paths and "bench-runs.csv" in paths
+    assert not any(p.startswith("bench-bench") for p in paths)
+    assert "bench-runs.records.jsonl" in paths and runs.read_bytes() == FIXTURE.read_bytes()
+    other = tmp_path / "mine.jsonl"
+    other.write_bytes(FIXTURE.read_bytes())
+    assert "bench-mine-quality.png" in [Path(p).name for p in Engine().bench_export(str(other), str(tmp_path / "o"))]
 
 
 def test_downsample_keeps_ends():
