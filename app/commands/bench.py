@@ -33,6 +33,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up run")
+    p.add_argument("--natural-length", action="store_true",
+                   help="timed runs stop at EOS (default: every run decodes --max-new-tokens, so "
+                        "time and memory do not depend on the answer's length)")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method parameter override (repeatable), e.g. evict-sinks.budget=128")
     p.add_argument("--out", default="runs.jsonl", help="JSONL to append to (a rerun resumes)")
@@ -107,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"unexpected argument {args.file!r}", "did you mean `tokenforge bench report FILE`?")
     cfg = BenchConfig(methods=_split(args.methods) or [], suite=args.suite, repeats=args.repeats,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, warmup=not args.no_warmup,
+                      fixed_length=not args.natural_length,
                       kinds=_split(args.kinds), query_ids=_split(args.queries),
                       params=parse_params(args.param))
     cfg.validate()  # bad names / repeats fail before the model loads

@@ -23,6 +23,9 @@ class BenchConfig:
     max_new_tokens: int = bounded(32, lo=1, hi=4096, label="max new tokens")
     seed: int = bounded(0, lo=0, hi=SEED_MAX)
     warmup: bool = True
+    # decode exactly max_new_tokens in every timed run (past EOS), so time and memory are figures
+    # at one number of new tokens for every method; the answer scored is still the one ending at EOS
+    fixed_length: bool = True
     kinds: Optional[list[str]] = None
     query_ids: Optional[list[str]] = None
     params: dict = field(default_factory=dict)  # method name -> params override

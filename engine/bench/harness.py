@@ -34,7 +34,9 @@ import torch
 
 from engine.atomic import append_line
 from engine.bench.config import BenchConfig
-from engine.bench.measure import PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg, model_info
+from engine.bench.measure import (PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg,
+                                  model_info, ref_recall)
+from engine.bench.memory import HighWater
 from engine.bench.methods import make_method
 from engine.bench.methods.base import Method, Query
 from engine.bench.records import COST_KEYS, SCHEMA_VERSION, read_records, validate_record
@@ -223,17 +225,22 @@ class _Bench:
             if m.name not in self.warmed and cfg.warmup:
                 m.run(lm, q, min(cfg.max_new_tokens, 8), cancel=self.cancel)  # discarded warm-up
                 self.warmed.add(m.name)
-            with PeakMemory(lm.torch_device) as mem:
-                res = m.run(lm, q, cfg.max_new_tokens, cancel=self.cancel)
+            with HighWater(lm.torch_device) as hw, PeakMemory(lm.torch_device) as mem:
+                res = m.run(lm, q, cfg.max_new_tokens, cancel=self.cancel,
+                            fixed_length=cfg.fixed_length)
             cost = {k: res.cost.get(k) for k in COST_KEYS}
             cost.update({k: v for k, v in res.cost.items() if k not in cost})
             cost["rss_peak_bytes"] = mem.peak  # the key predates GPU runs: its source is named next
             cost["peak_source"] = "cuda_max_memory_allocated" if mem.cuda else "rss_sampled_5ms"
+            cost["mem_hwm_delta_bytes"] = hw.delta
+            cost["hwm_source"] = hw.source
             cost["aux_s"] = float(res.cost.get("aux_s") or 0.0)
             cost["prepare_s"] = self.prepared.get(m.name, 0.0)
             qd = self.quality_for(m, q, ref, res.token_ids, res.text)
             qd["extra"] = res.extra
-            qd["output"] = res.text[:500]
+            qd["output"] = res.text  # the whole answer (at most max_new_tokens)
+            if r == 0:  # what the method fed the model, once per query
+                qd["input"] = self.input_text(m, q)
             self.record(m, q.id, q.kind, r, cost, qd, "ok")
         except (Cancelled, KeyboardInterrupt):
             raise
@@ -257,6 +264,15 @@ class _Bench:
         if m.name not in self.prepared:
             self.prepared[m.name] = float(t or 0.0)
 
+    def input_text(self, m: Method, q: Query) -> Optional[str]:
+        """The prompt as this method fed it (pruned, merged), decoded with the template, so the
+        report can show what went in; None when it cannot be rendered again."""
+        try:
+            ids = m.base_token_ids(m.render_prompt(self.lm, q))
+            return self.lm.tokenizer.decode(ids)
+        except Exception:  # noqa: BLE001 — the record stays valid without it
+            return None
+
     def quality_for(self, m: Method, q: Query, ref: _Ref, out_ids: list[int], text: str) -> dict:
         qk = (m.name, q.id)
         if qk not in self.quality_cache:
@@ -273,6 +289,7 @@ class _Bench:
         qd = dict(self.quality_cache[qk])
         qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)
+        qd["ref_recall"] = ref_recall(text, q.reference)
         if isinstance(q.meta.get("depth"), (int, float)):  # where the planted fact sits (0 … 1)
             qd["depth"] = float(q.meta["depth"])
         return qd

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -84,6 +85,19 @@ def contains(text: str, reference: Optional[str]) -> Optional[bool]:
         return None
     norm = lambda s: " ".join(s.lower().replace(".", " ").replace(",", " ").split())  # noqa: E731
     return norm(reference) in norm(text)
+
+
+def ref_recall(text: str, reference: Optional[str]) -> Optional[float]:
+    """Share of the reference's words found among the output's words (case and punctuation
+    ignored): partial credit where ``contains`` is all or nothing ("Petra" for "Petra Vance")."""
+    if not reference:
+        return None
+    words = lambda s: re.findall(r"\w+", s.lower())  # noqa: E731
+    ref = words(reference)
+    if not ref:
+        return None
+    have = set(words(text))
+    return sum(w in have for w in ref) / len(ref)
 
 
 def env_info(lm: LoadedModel) -> dict:

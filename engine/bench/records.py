@@ -26,6 +26,12 @@ COST_KEYS: dict[str, tuple] = {
     "total_s": _OPT_NUM, "kv_bytes_stored": (int, type(None)), "kv_bytes_peak": (int, type(None)),
     "rss_peak_bytes": (int, type(None)), "aux_s": _OPT_NUM, "prepare_s": _OPT_NUM,
 }
+# written since memory was measured (older records lack them; checked when present)
+OPTIONAL_COST_KEYS: dict[str, tuple] = {
+    "kv_bytes_allocated": (int, type(None)), "kv_copy_bytes_per_token": _OPT_NUM,
+    "mem_hwm_delta_bytes": (int, type(None)), "answer_tokens": (int, type(None)),
+    "fixed_length": (bool, type(None)),
+}
 QUALITY_KEYS: dict[str, tuple] = {
     "kl_mean": _OPT_NUM, "kl_max": _OPT_NUM, "top1_agree": _OPT_NUM,
     "first_divergence": (int, type(None)), "ref_nll": _OPT_NUM, "contains": (bool, type(None)),
@@ -66,6 +72,9 @@ def validate_record(rec: Any) -> list[str]:
             if k not in rec["cost"]:
                 errs.append(f"missing cost.{k}")
             elif not isinstance(rec["cost"][k], t):
+                errs.append(f"cost.{k} has type {type(rec['cost'][k]).__name__}")
+        for k, t in OPTIONAL_COST_KEYS.items():
+            if k in rec["cost"] and not isinstance(rec["cost"][k], t):
                 errs.append(f"cost.{k} has type {type(rec['cost'][k]).__name__}")
         for k, t in QUALITY_KEYS.items():
             if k not in rec["quality"]:

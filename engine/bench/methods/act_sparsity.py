@@ -178,10 +178,12 @@ class _Sparsity(Method):
 
     # ---- measured calls ---------------------------------------------------------------------
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
-            cancel: Optional[CancelToken] = None, sampling: Any = None) -> MethodOutput:
+            cancel: Optional[CancelToken] = None, sampling: Any = None,
+            fixed_length: bool = False) -> MethodOutput:
         with self.active(lm):
             self._zeros = self._total = 0
-            out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
+            out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
+                              fixed_length=fixed_length)
         out.extra.update(sparsity_target=self.sparsity, sparsity_measured=self.measured_sparsity(),
                          rotated=self.rotated)
         return out

@@ -191,11 +191,21 @@ class Method:
 
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
             cancel: Optional[CancelToken] = None,
-            sampling: Optional[SamplingConfig] = None) -> MethodOutput:
+            sampling: Optional[SamplingConfig] = None, fixed_length: bool = False) -> MethodOutput:
         """Generation, timed: prefill (TTFT) then one token per step until EOS or
         ``max_new_tokens``. Greedy unless ``sampling`` says otherwise; tokens are chosen by the
         decode pipeline every generation uses (engine/lm/sampling.py, its history = the
-        rendered prompt), whatever this method does to the cache in ``feed``."""
+        rendered prompt), whatever this method does to the cache in ``feed``.
+
+        ``fixed_length``: decode exactly ``max_new_tokens`` steps whatever the answer's length
+        (past EOS the loop goes on), so every method's time and memory are figures at the same
+        number of new tokens and a shorter answer cannot pass for a saving; the answer returned
+        (ids, text) is still the one that ends at EOS, and ``cost.answer_tokens`` its length.
+        Memory is measured beside the counted bytes (engine/bench/memory.py): the cache's real
+        allocation and the bytes written into it per generated token (the meter's own time is
+        left out of the timings)."""
+        from engine.bench.memory import CopyMeter, allocated_bytes
+
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
         prompt = self.render_prompt(lm, q)
@@ -210,35 +220,50 @@ class Method:
         pipe = LogitsPipeline(cfg, lm.torch_device).start([prompt])
         stops = StopCriteria(cfg, lm.eos_ids, lm.tokenizer, cancel=cancel,
                              max_new_tokens=max_new_tokens)
+        meter = CopyMeter()
         effective = len(st.pending)
         t0 = time.perf_counter()
         logits = self.feed(lm, st, st.pending, keep=1)[-1:]
         st.pending = []
         tok = pipe.choose(logits)
         t_first = time.perf_counter()
+        meter.start(st.cache)
         kv_peak_seen = self.kv_bytes(st)
-        while stops.push(0, int(tok))[1] is None:
+        decoded = 1            # tokens chosen so far (the answer's and, past EOS, the rest)
+        answer_done = False
+        while True:
+            if not answer_done:
+                answer_done = stops.push(0, int(tok))[1] is not None
+            if decoded >= max_new_tokens or (answer_done and not fixed_length):
+                break
             stops.check_cancel()
             pipe.advance(tok)
             tok = pipe.choose(self.feed(lm, st, [int(tok)], keep=1)[-1:])
+            meter.step(st.cache)
+            decoded += 1
         out = stops.token_ids(0)
-        t_end = time.perf_counter()
-        n = len(out)
+        t_end = time.perf_counter() - meter.seconds
         decode_s = t_end - t_first
         stored = self.kv_bytes(st)
         peak = self.kv_bytes_peak(st)
+        allocated = allocated_bytes(st.cache)
         # the compressor (prompt pruning) runs before the first forward: its seconds are charged
         # to time-to-first-token and total, and also shown on their own as aux_s
         aux = float(st.info.pop("aux_s", 0.0))
+        n = decoded if fixed_length else len(out)
         cost = {
             "prompt_tokens_in": st.prompt_tokens_in,
             "prompt_tokens_effective": effective,
             "new_tokens": n,
+            "answer_tokens": len(out),
+            "fixed_length": bool(fixed_length),
             "prefill_s": t_first - t0 + aux,
             "decode_tok_s": (n - 1) / decode_s if n > 1 and decode_s > 0 else None,
             "total_s": t_end - t0 + aux,
             "kv_bytes_stored": stored,
             "kv_bytes_peak": peak if peak is not None else max(stored, kv_peak_seen),
+            "kv_bytes_allocated": max(allocated, meter.peak_allocated) if allocated else None,
+            "kv_copy_bytes_per_token": meter.per_token(),
             "aux_s": aux,
         }
         return MethodOutput(token_ids=out, text=stops.text(0), cost=cost, extra=dict(st.info))

@@ -71,8 +71,10 @@ class Combined(Method):
     def kv_bytes_peak(self, st: GenState) -> Optional[int]:
         return self.c.kv_bytes_peak(st)
 
-    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None, sampling: Any = None):
-        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None,
+            sampling: Any = None, fixed_length: bool = False):
+        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
+                              fixed_length=fixed_length)
         out.extra = {k: v for k, v in out.extra.items() if not k.startswith("_")}
         return out
 

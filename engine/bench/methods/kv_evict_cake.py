@@ -245,7 +245,8 @@ class CakeEviction(EvictingMethod):
         return n - size
 
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None,
-            sampling: Any = None):
-        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
+            sampling: Any = None, fixed_length: bool = False):
+        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
+                              fixed_length=fixed_length)
         out.extra.pop("_cake", None)
         return out

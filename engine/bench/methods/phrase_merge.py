@@ -276,9 +276,11 @@ class PhraseMerge(Method):
 
     # ---- measured calls ---------------------------------------------------------------------
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
-            cancel: Optional[CancelToken] = None, sampling: Any = None) -> MethodOutput:
+            cancel: Optional[CancelToken] = None, sampling: Any = None,
+            fixed_length: bool = False) -> MethodOutput:
         with self.active(lm):
-            out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling)
+            out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
+                              fixed_length=fixed_length)
         out.text = self.decode(lm, out.token_ids)  # the base loop's decode skips merged ids
         new = sum(1 for t in out.token_ids if t >= self.vocab.base_size)
         out.extra.update(
