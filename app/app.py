@@ -13,6 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 
 from app.engines import Engine
+from app.inert import notice
 from app.model_state import ModelLifecycle
 from app.quitting import QuitPolicy
 from app.runner import Runner
@@ -127,7 +128,7 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
         self.sub_title = "no model"
         self._apply_keymap()
         if self.settings.load_warning:
-            self.notify(self.settings.load_warning, severity="warning", timeout=10)
+            notice(self, self.settings.load_warning, severity="warning", timeout=10)
         if self.install_signals:
             self._install_signal_handlers()
         if self.autoload:
@@ -140,7 +141,7 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
         if keymap:
             self.set_keymap(keymap)
         if error:
-            self.notify(error, severity="warning", timeout=8)
+            notice(self, error, severity="warning", timeout=8)
 
     def on_unmount(self) -> None:
         self._remove_signal_handlers()

@@ -8,6 +8,7 @@ engine.inert's control-character rules: the Rich and Textual side.
 - ``styled(template, **values)``: the program's own markup with data filled in as plain text:
   ``styled("[dim]wrote {path}[/]", path=p)``. Placeholders are ``{name}`` (format spec allowed).
 - ``plain(x)``: the value as inert plain text, for ``notify(..., markup=False)``, titles, cells.
+- ``notice(widget, message, title=…)``: a Textual toast of data (inert, markup off).
 - ``InertArgumentParser``: argparse whose usage, help and error lines are printed inert.
 - ``console(stderr=False)``: a Console for the CLI that additionally escapes controls in every
   text segment it writes (a table cell, a status line or a traceback that was missed above still
@@ -29,7 +30,8 @@ from engine.inert import is_inert, printable
 #: what Rich's markup parser reads as a tag (rich.markup.RE_TAGS without the backslash group)
 _TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
-__all__ = ["esc", "text", "styled", "plain", "console", "InertConsole", "is_inert", "printable"]
+__all__ = ["esc", "text", "styled", "plain", "notice", "console", "InertConsole",
+           "InertArgumentParser", "is_inert", "printable"]
 
 
 def plain(value: Any, *, multiline: bool = False) -> str:
@@ -92,6 +94,12 @@ class InertArgumentParser(argparse.ArgumentParser):
 
     def _print_message(self, message: str, file: Optional[IO[str]] = None) -> None:
         super()._print_message(printable(message, multiline=True) if message else message, file)
+
+
+def notice(target: Any, message: Any, *, title: Any = "", **kw: Any) -> None:
+    """A Textual toast whose message and title are data: plain inert text, never markup."""
+    target.notify(printable(message, multiline=True), title=printable(title) if title else "",
+                  markup=False, **kw)
 
 
 def console(*, stderr: bool = False, **kw: Any) -> InertConsole:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from app.inert import notice, plain
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted, JobStuck,
                           ModelChanged, SettingsChanged)
 from app.widgets.phase_progress import PhaseProgress
@@ -30,8 +31,8 @@ class ModelLifecycle:
                 j.cancel("user")
         self.model_state = "loading"  # the old model (if any) stays in self.lm until the new works
         self.model_error = ""
-        self.sub_title = f"loading {s.model}…" + (f" (keeping {self.lm.describe()} until it "
-                                                  "works)" if self.lm is not None else "")
+        self.sub_title = plain(f"loading {s.model}…" + (f" (keeping {self.lm.describe()} until it "
+                                                        "works)" if self.lm is not None else ""))
         job = self.runner.start("load", self.engine.load_model, s.model, device=s.device,
                                 dtype=s.dtype, trust_remote_code=s.trust_remote_code,
                                 engine_path=s.engine_path, params={"model": s.model})
@@ -43,7 +44,7 @@ class ModelLifecycle:
             lm.context_length = min(int(lm.context_length), int(self.settings.context_size))
         self.lm = lm
         self.model_state = "ready"
-        self.sub_title = lm.describe()
+        self.sub_title = plain(lm.describe())
         self.notify_screens(ModelChanged)
         self.settings.speed_samples = []  # a new model: its own speed
         if self.engine.vocab_available():
@@ -128,7 +129,7 @@ class ModelLifecycle:
         if kind == "load":
             self.model_state = "failed" if self.lm is None else "ready"
             self.model_error = f"loading cancelled ({m.reason})"
-            self.sub_title = self.lm.describe() if self.lm is not None else "no model"
+            self.sub_title = plain(self.lm.describe()) if self.lm is not None else "no model"
             self.notify_screens(ModelChanged)
         elif kind == "vocab":
             self.vocab_state = "none"
@@ -139,15 +140,15 @@ class ModelLifecycle:
     def on_job_failed(self, m: JobFailed) -> None:
         """Every failure (any screen's job bubbles here): one toast; the app stays usable."""
         text = m.message + (f"\nhint: {m.hint}" if m.hint else "")
-        self.notify(text, title=f"{m.kind} failed", severity="error", timeout=8)
+        notice(self, text, title=f"{m.kind} failed", severity="error", timeout=8)
         kind = self._bg_jobs.pop(m.job_id, None)
         if kind == "load":
             self.model_error = m.message
             if self.lm is not None:  # a failed reload keeps the working model
                 self.model_state = "ready"
-                self.sub_title = self.lm.describe()
-                self.notify(f"Kept {self.lm.describe()}: the new model did not load ({m.message})",
-                            title="model reload failed", severity="warning", timeout=10)
+                self.sub_title = plain(self.lm.describe())
+                notice(self, f"Kept {self.lm.describe()}: the new model did not load ({m.message})",
+                       title="model reload failed", severity="warning", timeout=10)
             else:
                 self.model_state = "failed"
                 self.sub_title = "no model — F6 settings to choose one"

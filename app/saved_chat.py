@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
+from app.inert import notice, styled, text
+
 log = logging.getLogger("tokenforge.sessions")
 
 
@@ -26,15 +28,15 @@ def session_store(app: Any) -> Any:
         store = SessionStore()
         app._session_store = store
         if store.notice:
-            app.call_from_thread(app.notify, store.notice, severity="warning", timeout=12) \
-                if _off_ui(app) else app.notify(store.notice, severity="warning", timeout=12)
+            app.call_from_thread(notice, app, store.notice, severity="warning", timeout=12) \
+                if _off_ui(app) else notice(app, store.notice, severity="warning", timeout=12)
     return store
 
 
 def _tell(app: Any, text: str) -> None:
     """An error toast (``App.notify`` is thread-safe; the status line is redrawn after a turn,
     so a failed save shown only there would flash by)."""
-    app.notify(text, severity="error", timeout=12, markup=False)
+    notice(app, text, severity="error", timeout=12)
 
 
 def snapshot_store(app: Any) -> Any:
@@ -121,7 +123,8 @@ async def show_in_chat(screen: Any, session: Any, report: Any, name: str) -> Non
         msg = AssistantMessage(classes="assistant-message")
         await messages.mount(msg)
         m = t.metrics or {}
-        await msg.finish(t.answer, f"[dim]saved · {m.get('new_tokens', len(t.answer_ids))} tokens[/]")
+        await msg.finish(t.answer, styled("[dim]saved · {n} tokens[/]",
+                                          n=m.get("new_tokens", len(t.answer_ids))))
         pairs.append((user, msg))
     if hasattr(screen, "exchanges"):  # the turns the model still has in its context
         screen.exchanges = pairs[len(pairs) - len(session.turns):]
@@ -134,9 +137,9 @@ async def show_in_chat(screen: Any, session: Any, report: Any, name: str) -> Non
     how = {"snapshot": f"KV cache restored from snapshot ({report.restored_tokens} tokens)",
            "recomputed": "no usable KV snapshot: the history is prefilled once on the next turn",
            "re-encoded": "re-encoded from text", "new": "empty"}[report.how]
-    text = f"session {name!r} · {how}" + "".join(f" · {n}" for n in report.notes
+    line = f"session {name!r} · {how}" + "".join(f" · {n}" for n in report.notes
                                                   if "snapshot" not in n)
     messages.scroll_end(animate=False)
     screen.refresh_controls()
-    screen.query_one("#chat-status").update(text)  # until the next refresh of the controls
-    screen.notify(text, title="session opened", timeout=8)
+    screen.query_one("#chat-status").update(text(line))  # until the next refresh of the controls
+    notice(screen, line, title="session opened", timeout=8)

@@ -23,6 +23,7 @@ from textual.widgets import Button, Input, Label, Static, TextArea
 from engine.errors import InputError
 from engine.lm.config import ChatConfig
 
+from app.inert import notice, styled, text as inert_text
 from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated
 from app.saved_chat import SavedChat
 from app.screens.base import ToolScreen
@@ -127,20 +128,20 @@ class ChatScreen(TranscriptSync, ToolScreen):
     def settings_changed(self) -> None:
         self.refresh_controls()
 
-    def _status(self) -> str:
+    def _status(self) -> Any:
         app = self.tokenforge_app
         if app.model_state == "loading":
             return "[yellow]loading the model… chat opens when it is ready[/]"
         if app.model_state == "failed":
-            return f"[red]no model: {app.model_error}[/] — open Settings (F6) to choose one"
+            return styled("[red]no model: {e}[/] — open Settings (F6) to choose one", e=app.model_error)
         if app.model_state != "ready":
             return "no model loaded"
         s = app.settings.sampling
         if app.model_error:  # a reload that failed or was cancelled: the old model stays
-            return (f"[yellow]{app.model_error}[/] — still using {app.lm.describe()}")
-        return (f"[dim]{app.lm.describe()} · max {s.max_new_tokens} tokens · T {s.temperature:g} · "
-                f"top-p {s.top_p:g} · timeout {self._timeout_text()} · exports → "
-                f"{app.settings.export_dir}[/]")
+            return styled("[yellow]{e}[/] — still using {m}", e=app.model_error, m=app.lm.describe())
+        return styled("[dim]{m} · max {n} tokens · T {t:g} · top-p {p:g} · timeout {to} · "
+                      "exports → {d}[/]", m=app.lm.describe(), n=s.max_new_tokens, t=s.temperature,
+                      p=s.top_p, to=self._timeout_text(), d=app.settings.export_dir)
 
     def _timeout_text(self) -> str:
         t = self.tokenforge_app.runner.timeout_for("chat")
@@ -165,7 +166,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         self.query_one("#stop", Button).disabled = not self.busy
         # an empty box is not an error worth shouting about; anything else is shown inline
         shown = err if (err and value) else self.engine_error
-        self.query_one("#chat-error", Static).update(shown)
+        self.query_one("#chat-error", Static).update(inert_text(shown))
         self.query_one("#chat-status", Static).update(self._status())
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
@@ -200,7 +201,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
         err = self.input_error()
         if err or self.busy or app.lm is None:
             if err and prompt.value:
-                self.query_one("#chat-error", Static).update(err)
+                self.query_one("#chat-error", Static).update(inert_text(err))
             self.refresh_controls()
             return
         text = prompt.value
@@ -354,11 +355,11 @@ class ChatScreen(TranscriptSync, ToolScreen):
         try:
             md, js = export_conversation(self.session, app.settings.export_dir)
         except OSError as e:
-            self.notify(f"export failed: {e}", severity="error")
+            notice(self, f"export failed: {e}", severity="error")
             return
         self.last_export = [md, js]
-        self.notify(f"Exported to {md} and {js.name}", title="export", timeout=8)
-        self.query_one("#chat-status", Static).update(f"exported → {md} · {js}")
+        notice(self, f"Exported to {md} and {js.name}", title="export", timeout=8)
+        self.query_one("#chat-status", Static).update(inert_text(f"exported → {md} · {js}"))
 
     # -- job messages -------------------------------------------------------------------------
     async def tokens_generated(self, m: TokensGenerated) -> None:
@@ -382,7 +383,7 @@ class ChatScreen(TranscriptSync, ToolScreen):
                                      + (" · regenerated" if self.regenerating else ""))
         self.mark_dropped(getattr(r, "dropped_turns", 0))
         if getattr(r, "notes", None):
-            self.query_one("#chat-status", Static).update("[yellow]" + " · ".join(r.notes) + "[/]")
+            self.query_one("#chat-status", Static).update(inert_text(" · ".join(r.notes), "yellow"))
         self._done()
 
     async def job_cancelled(self, m: JobCancelled) -> None:

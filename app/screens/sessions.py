@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from engine.errors import EngineError
 
+from app.inert import notice, styled, text
 from app.saved_chat import session_store
 from app.screens.base import ToolScreen
 
@@ -88,11 +89,19 @@ class SessionsScreen(ToolScreen):
         try:
             return session_store(self.tokenforge_app)
         except EngineError as e:
-            self._status(f"[red]{e}[/]" + (f" [dim]({e.hint})[/]" if e.hint else ""))
+            self._error(e)
             return None
 
-    def _status(self, text: str) -> None:
-        self.query_one("#sessions-status", Static).update(text)
+    def _status(self, line: Any) -> None:
+        """A status line: the program's own words (a str without data) or a styled() Text."""
+        self.query_one("#sessions-status", Static).update(line)
+
+    def _error(self, e: Exception, what: str = "") -> None:
+        hint = getattr(e, "hint", "")
+        line = styled("[red]{w}{e}[/]", w=what, e=e)
+        if hint:
+            line.append_text(styled(" [dim]({h})[/]", h=hint))
+        self._status(line)
 
     def refresh_list(self) -> None:
         if not self.children:
@@ -116,16 +125,19 @@ class SessionsScreen(ToolScreen):
                     for n, h in hits.items() if n in infos]
         else:
             rows = [(i, i.preview) for i in infos.values()]
-        for info, text in rows:
+        for info, first in rows:  # names, model ids and messages are data: Text cells, inert
             model = info.model_id
             if here is not None and store.get(info.name).weights_hash != here:
                 model += " (other weights)"
-            t.add_row(info.name, _ago(info.updated), model, str(info.turns), text, key=info.name)
+            t.add_row(text(info.name), _ago(info.updated), text(model), str(info.turns), text(first),
+                      key=info.name)
             self.names.append(info.name)
         if keep in self.names:
             t.move_cursor(row=self.names.index(keep))
         n = len(self.names)
-        what = f"{n} session{'s' * (n != 1)}" + (f" matching {query!r}" if query else "")
+        what = styled("{n} session{s}", n=n, s="s" * (n != 1))
+        if query:
+            what.append_text(styled(" matching {q!r}", q=query))
         self._status(what + (" · enter open · r rename · d delete · e export · / search" if n else
                              " · every chat is saved here as it goes"))
 
@@ -170,14 +182,14 @@ class SessionsScreen(ToolScreen):
         try:
             store.rename(old, new)
         except EngineError as e:
-            self._status(f"[red]{e}[/]")
+            self._error(e)
             return
         chat = _chat_screen(self.tokenforge_app)
         if chat is not None and chat.saved.name == old:
             chat.saved.recorder.name = new.strip()
         self._end_rename()
         self.refresh_list()
-        self.notify(f"Renamed to {new.strip()!r}")
+        notice(self, f"Renamed to {new.strip()!r}")
 
     def _end_rename(self) -> None:
         self.renaming = None
@@ -197,7 +209,7 @@ class SessionsScreen(ToolScreen):
         armed, at = self._armed
         if armed != name or time.monotonic() - at > CONFIRM_S:
             self._armed = (name, time.monotonic())
-            self._status(f"[yellow]press d again to delete {name!r}[/]")
+            self._status(styled("[yellow]press d again to delete {n!r}[/]", n=name))
             return
         self._armed = ("", 0.0)
         from app.saved_chat import snapshot_store
@@ -205,7 +217,7 @@ class SessionsScreen(ToolScreen):
         try:
             keys = store.delete(name)
         except EngineError as e:
-            self._status(f"[red]{e}[/]")
+            self._error(e)
             return
         snaps = snapshot_store(self.tokenforge_app)
         for k in keys:
@@ -214,7 +226,7 @@ class SessionsScreen(ToolScreen):
         if chat is not None and chat.saved.name == name:
             chat.saved.forget()  # the conversation on screen goes on as a new session
         self.refresh_list()
-        self.notify(f"Deleted {name!r}")
+        notice(self, f"Deleted {name!r}")
 
     def action_export(self) -> None:
         from engine.atomic import write_text
@@ -231,11 +243,11 @@ class SessionsScreen(ToolScreen):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text(path, to_markdown(store.get(name)))
         except (OSError, EngineError) as e:
-            self._status(f"[red]export failed: {e}[/]")
+            self._error(e, "export failed: ")
             return
         self.last_export = path
-        self._status(f"exported → {path}")
-        self.notify(f"Exported to {path}", title="export", timeout=8)
+        self._status(styled("exported → {p}", p=path))
+        notice(self, f"Exported to {path}", title="export", timeout=8)
 
     async def action_open(self) -> None:
         app = self.tokenforge_app
@@ -249,12 +261,12 @@ class SessionsScreen(ToolScreen):
         if chat.busy:
             self._status("[yellow]an answer is running in chat: Esc there first[/]")
             return
-        self._status(f"opening {name!r}…")
+        self._status(styled("opening {n!r}…", n=name))
         try:
             cfg = app.settings.sampling
             session, report = await asyncio.to_thread(chat.saved.open, app, name, app.lm, cfg)
         except EngineError as e:
-            self._status(f"[red]{e}[/]")
+            self._error(e)
             return
         from app.saved_chat import show_in_chat
 

@@ -8,6 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 
+from engine.inert import printable
+
 
 def answer_figures(r: Any, stopped: bool = False) -> str:
     """One line of per-answer figures."""
@@ -21,7 +23,11 @@ def answer_figures(r: Any, stopped: bool = False) -> str:
 
 
 class UserMessage(Static):
-    """A user turn."""
+    """A user turn: the message as text, never markup, with controls shown escaped."""
+
+    def __init__(self, text: str = "", **kwargs: Any) -> None:
+        kwargs["markup"] = False
+        super().__init__(printable(text, multiline=True), **kwargs)
 
 
 class AssistantMessage(Vertical):
@@ -48,7 +54,7 @@ class AssistantMessage(Vertical):
         self.text += text
         if self.stream is None:
             self.stream = Markdown.get_stream(self.body)
-        await self.stream.write(text)
+        await self.stream.write(printable(text, multiline=True))  # a model's output: inert
 
     async def finish(self, final_text: Optional[str], figures: str, error: bool = False) -> None:
         if self.stream is not None:
@@ -56,6 +62,6 @@ class AssistantMessage(Vertical):
             self.stream = None
         if final_text is not None:
             self.text = final_text
-        await self.body.update(self.text or ("" if error else "_(no text)_"))
+        await self.body.update(printable(self.text, multiline=True) or ("" if error else "_(no text)_"))
         self.figures.update(figures)
         self.set_class(error, "-error")
