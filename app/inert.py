@@ -4,6 +4,7 @@ engine.inert's control-character rules: the Rich and Textual side.
 - ``esc(x)``: for a value placed inside a Rich markup string (CLI): controls escaped, then
   ``rich.markup.escape``. Never for Textual markup, which reads more than Rich does (``[$var]``,
   ``[B]``): in the TUI data goes in ``text()`` / ``styled()`` objects instead.
+- ``tesc(x)``: the same for a Textual markup string (its dialect differs from Rich's).
 - ``text(x, style)``: a ``rich.text.Text`` of the value (no markup is read from it).
 - ``styled(template, **values)``: the program's own markup with data filled in as plain text:
   ``styled("[dim]wrote {path}[/]", path=p)``. Placeholders are ``{name}`` (format spec allowed).
@@ -30,7 +31,7 @@ from engine.inert import is_inert, printable
 #: what Rich's markup parser reads as a tag (rich.markup.RE_TAGS without the backslash group)
 _TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
-__all__ = ["esc", "text", "styled", "plain", "notice", "console", "InertConsole",
+__all__ = ["esc", "tesc", "text", "styled", "plain", "notice", "console", "InertConsole",
            "InertArgumentParser", "is_inert", "printable"]
 
 
@@ -49,6 +50,16 @@ def esc(value: Any, *, multiline: bool = False, tag_follows: bool = True) -> str
         tail = len(s) - len(s.rstrip("\\"))
         s += "\\" * tail
     return s
+
+
+def tesc(value: Any, *, multiline: bool = False) -> str:
+    """The value for a Textual markup string (``Static.update(str)``, ``notify``, a border
+    title): controls escaped, then every ``[`` escaped. Textual reads a tag at any ``[`` not
+    preceded by a backslash (``[$accent]``, ``[B]`` and ``[ b]`` are tags there, unlike in Rich),
+    and a backslash before a ``[`` always escapes it, so a trailing backslash in the value is
+    followed by a zero-width space: it cannot escape the tag that closes the value."""
+    s = printable(value, multiline=multiline).replace("[", "\\[")
+    return s + "\u200b" if s.endswith("\\") else s
 
 
 def text(value: Any, style: str = "", *, multiline: bool = False) -> Text:

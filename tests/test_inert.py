@@ -88,3 +88,15 @@ def test_console_escapes_what_was_missed():
 
 def test_plain_for_notifications():
     assert plain("[/]\x1b[2J") == "[/]\\x1b[2J"
+
+
+@given(st.text())
+def test_textual_markup_escape_round_trips(s):
+    """Textual's dialect: the value inside the program's tags is shown as its inert text."""
+    from textual.content import Content
+
+    from app.inert import tesc
+
+    shown = Content.from_markup(f"[b]{tesc(s)}[/b] [dim]{tesc(s)}[/]").plain
+    want = printable(s)
+    assert shown.replace("\u200b", "") == f"{want} {want}".replace("\u200b", "")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from rich.markup import escape
+from app.inert import printable, tesc
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -48,17 +48,17 @@ def result_summary(r: Any) -> str:
     imp = r.improvement
     delta = "" if imp is None else f" ([{'green' if imp > 0 else 'dim'}]Δ {imp:+.3f}[/])"
     lines = [
-        f"[b]stop[/] {escape(r.stop_reason)} after {r.iterations} iteration(s) · "
+        f"[b]stop[/] {tesc(r.stop_reason)} after {r.iterations} iteration(s) · "
         f"{r.candidates_scored:,} candidates scored ({r.candidates_per_s:.1f}/s) · "
         f"{r.memo_hits:,} memo hits · {r.timings.get('total_s', 0.0):.1f} s",
         f"[b]score[/] (length-normalised log p of the response): canonical "
         f"{score_text(r.canonical_score)} → adversarial [b]{score_text(r.best_score)}[/]{delta}",
         f"[b]edit distance[/] {r.levenshtein} token edit(s) (Levenshtein) · {r.edge_distance} "
         f"boundary edge(s) not in the canonical · {len(r.canonical_ids)} → {len(r.best_ids)} tokens"
-        f" · {escape(str(r.count))} tokenizations of the request",
+        f" · {tesc(str(r.count))} tokenizations of the request",
     ]
     if r.warnings:
-        lines.append("[yellow]" + escape(" · ".join(r.warnings)) + "[/]")
+        lines.append("[yellow]" + tesc(" · ".join(r.warnings)) + "[/]")
     return "\n".join(lines)
 
 
@@ -71,8 +71,9 @@ def samples_text(samples: list[dict[str, Any]], empty: str) -> Text:
         if i > 1:
             out.append("\n\n")
         out.append(f"{i}. ", style="bold")
-        out.append(s.get("text", "").strip() or "(empty)")
-        out.append(f"  [{s.get('new_tokens', '?')} tok, {s.get('stop_reason', '?')}]", style="dim")
+        out.append(printable(s.get("text", "").strip(), multiline=True) or "(empty)")
+        out.append(printable(f"  [{s.get('new_tokens', '?')} tok, {s.get('stop_reason', '?')}]"),
+                   style="dim")
     return out
 
 
@@ -202,7 +203,7 @@ class AttackScreen(JobScreen):
         app = self.tokenforge_app
         vocab = {"ready": "vocabulary cached", "loading": "vocabulary loading (the run waits)"}.get(
             app.vocab_state, "vocabulary built on first run")
-        return f"{escape(app.lm.describe() if app.lm is not None else '')} · {vocab}"
+        return f"{tesc(app.lm.describe() if app.lm is not None else '')} · {vocab}"
 
     def on_run_from_ids(self, m: RunFromIds) -> None:
         """The lattice: search again from its edited tokenization."""
@@ -249,7 +250,7 @@ class AttackScreen(JobScreen):
             self.query_one("#atk-samples-can", Static).update("")
             self.query_one("#atk-samples-adv", Static).update("")
             return
-        head = f"[yellow]{escape(note)}[/]\n" if note else ""
+        head = f"[yellow]{tesc(note)}[/]\n" if note else ""
         self.query_one("#atk-summary", Static).update(head + result_summary(r))
         canon.set_tokens(r.canonical_tokens, r.canonical_ids)
         adv.set_tokens(r.best_tokens, r.best_ids, reference=r.canonical_tokens)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from rich.markup import escape
+from app.inert import notice, tesc
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -252,13 +252,13 @@ class DashboardScreen(LiveReport, ToolScreen):
     def _status_text(self, f: dict[str, Any]) -> str:
         why = self.engine_ready()
         if why:
-            return f"[yellow]{escape(why)}[/]"
+            return f"[yellow]{tesc(why)}[/]"
         if not f:
             return f"[dim]{self._timeout_text()}[/]"
         g: BenchGrid = f["grid"]
-        return (f"[dim]grid {escape(g.describe())} = {g.runs:,} runs of {g.max_new_tokens} tokens"
+        return (f"[dim]grid {tesc(g.describe())} = {g.runs:,} runs of {g.max_new_tokens} tokens"
                 f" · {self._estimate_text()} · {self._timeout_text()} · records → "
-                f"{escape(f['out'])}[/]")
+                f"{tesc(f['out'])}[/]")
 
     def _estimate_text(self) -> str:
         """The run's expected duration before Run: the bench budget at the measured speed,
@@ -282,7 +282,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         have_runs = self._runs_file() is not None
         self.query_one("#dash-load", Button).disabled = busy or not have_runs
         self.query_one("#dash-export", Button).disabled = busy or not have_runs
-        self.query_one("#dash-error", Static).update(escape(err or self.engine_error))
+        self.query_one("#dash-error", Static).update(tesc(err or self.engine_error))
         if not err and app.settings.set_bench_grid(f["grid"]):
             app.notify_screens(SettingsChanged, skip=self)  # Settings shows the new derivation
         self.query_one("#dash-status", Static).update(self._status_text(f))
@@ -330,7 +330,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         blocked = self.engine_ready()
         if err or blocked:
             self.refresh_controls()
-            self.query_one("#dash-error", Static).update(escape(err or blocked or ""))
+            self.query_one("#dash-error", Static).update(tesc(err or blocked or ""))
             return
         cfg = f["cfg"]
         from app.settings import over_timeout
@@ -339,13 +339,13 @@ class DashboardScreen(LiveReport, ToolScreen):
         late = over_timeout("this grid", g.runs * g.max_new_tokens, app.settings.measured_tok_s,
                             app.runner.timeout_for(JOB_KIND))
         if late:
-            self.notify(late, severity="warning", timeout=10)
+            notice(self, late, severity="warning", timeout=10)
         self.engine_error = ""
         self.purpose = "run"
         self.runs_path = f["out"]
         self.start_job(JOB_KIND, app.engine.bench, app.lm, cfg, f["out"], params=dict(cfg))
-        self.say(f"running {escape(', '.join(cfg['methods']))} on {escape(cfg['suite'])} "
-                 f"({escape(', '.join(cfg['kinds']))}) × {cfg['repeats']} → {escape(f['out'])} · "
+        self.say(f"running {tesc(', '.join(cfg['methods']))} on {tesc(cfg['suite'])} "
+                 f"({tesc(', '.join(cfg['kinds']))}) × {cfg['repeats']} → {tesc(f['out'])} · "
                  f"{self._timeout_text()} · Esc stops (finished records are kept)")
         self.refresh_controls()
 
@@ -357,7 +357,7 @@ class DashboardScreen(LiveReport, ToolScreen):
             return None
         path = self._runs_file()
         if path is None:
-            self.query_one("#dash-error", Static).update(escape(
+            self.query_one("#dash-error", Static).update(tesc(
                 f"no runs file at {self.query_one('#dash-out', Input).value.strip()}"))
         return path
 
@@ -380,7 +380,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.purpose = "export"
         self.start_job(JOB_KIND, app.engine.bench_export, str(path), folder,
                        params={"runs": str(path)}, needs_model=False)
-        self.say(f"exporting {escape(str(path))} → {escape(folder)}…")
+        self.say(f"exporting {tesc(str(path))} → {tesc(folder)}…")
         self.refresh_controls()
 
     # ---- job messages -----------------------------------------------------------------------
@@ -399,17 +399,17 @@ class DashboardScreen(LiveReport, ToolScreen):
             where = (f" · now {md.get('method')} · {md.get('prompt')} · repeat {int(md.get('repeat', 0)) + 1}"
                      if "method" in md else "")
             self.query_one("#dash-grid", Static).update(
-                f"grid (method × query × repeat): {p.step}/{p.total}{escape(where)}")
+                f"grid (method × query × repeat): {p.step}/{p.total}{tesc(where)}")
         self.refresh_report()
 
     async def job_finished(self, m: JobFinished) -> None:
         if self.purpose == "export":
             self.last_export = list(m.result)
-            self.say("exported:\n" + escape("\n".join(m.result)))
+            self.say("exported:\n" + tesc("\n".join(m.result)))
         else:
             s = m.result
             self.say(f"[green]{s.written} records[/], {s.skipped} resumed, {s.errors} errors → "
-                     f"{escape(str(s.out))}" + (" [yellow](stopped)[/]" if s.cancelled else ""))
+                     f"{tesc(str(s.out))}" + (" [yellow](stopped)[/]" if s.cancelled else ""))
             self.refresh_report(force=True)
         self.purpose = None
         self.refresh_controls()
@@ -419,7 +419,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         why = (f": the bench timeout ({fmt_duration(self.job.timeout if self.job else None)}, "
                "Settings F6) ran out" if m.reason == "timeout" else "")
         keep = " — finished records are kept; Run again to resume" if what == "run" else ""
-        self.say(f"[yellow]{what} stopped ({escape(m.reason)}){why}{keep}[/]")
+        self.say(f"[yellow]{what} stopped ({tesc(m.reason)}){why}{keep}[/]")
         if self.purpose == "run":
             self.refresh_report(force=True)
         self.purpose = None
@@ -427,6 +427,6 @@ class DashboardScreen(LiveReport, ToolScreen):
 
     async def job_failed(self, m: JobFailed) -> None:
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
-        self.say(f"[red]failed: {escape(m.message)}[/]")
+        self.say(f"[red]failed: {tesc(m.message)}[/]")
         self.purpose = None
         self.refresh_controls()

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from rich.markup import escape
+from app.inert import tesc, text
 from textual.widgets import DataTable, Input, Static
 
 from engine.errors import InputError
@@ -56,17 +56,17 @@ class LiveReport:
             rep, rows = await app.runner.run_aside(read_report, path, name="bench-report")
         except InputError as e:
             if loud:
-                self.say(f"[red]{escape(str(e))}[/]")
+                self.say(f"[red]{tesc(str(e))}[/]")
         except Exception as e:  # noqa: BLE001 — a bad file must not take the screen down
             log.exception("reading %s failed", path)
             if loud:
-                self.say(f"[red]cannot read {escape(path)}: {escape(type(e).__name__)}: "
-                         f"{escape(str(e))}[/]")
+                self.say(f"[red]cannot read {tesc(path)}: {tesc(type(e).__name__)}: "
+                         f"{tesc(str(e))}[/]")
         else:
             if self.children:
                 self.show_report(rep, rows)
                 if announce:
-                    self.say(escape(announce))
+                    self.say(tesc(announce))
         finally:
             self._reading = False
             self.reads += 1
@@ -79,11 +79,11 @@ class LiveReport:
         t = self.query_one("#dash-table", DataTable)
         t.clear()
         for cells in rows:
-            t.add_row(*[c.replace("\n", " ") for c in cells], height=None)
+            t.add_row(*[text(c.replace("\n", " ")) for c in cells], height=None)  # data: no markup
         for pid in ("#plot-cost", "#plot-medians", "#plot-quality", "#plot-speed"):
             self.query_one(pid).show(rep)  # type: ignore[attr-defined]
         legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
                             for r in rep.rows)
-        extra = "".join(f"\n[yellow]{escape(str(p))}[/]" for p in (rep.problems + rep.notes)[:3])
+        extra = "".join(f"\n[yellow]{tesc(str(p))}[/]" for p in (rep.problems + rep.notes)[:3])
         self.query_one("#dash-footer", Static).update(
-            f"[dim]{escape(legend)}\n{escape(rep.footer())}[/]{extra}")
+            f"[dim]{tesc(legend)}\n{tesc(rep.footer())}[/]{extra}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Optional
 
-from rich.markup import escape
+from app.inert import notice, tesc
 from textual.app import SystemCommand
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
@@ -131,12 +131,12 @@ class JobScreen(ToolScreen):
     def _status_text(self) -> str:
         why = self.engine_ready()
         if why:
-            return f"[yellow]{escape(why)}[/]"
+            return f"[yellow]{tesc(why)}[/]"
         app = self.tokenforge_app
         out = (f"[dim]{self.status_detail()} · timeout {self.timeout_text()} · exports → "
-               f"{escape(str(app.settings.export_dir))}[/]")
+               f"{tesc(str(app.settings.export_dir))}[/]")
         if self.last_export is not None:
-            out += f"\nexported → {escape(str(self.last_export))}"
+            out += f"\nexported → {tesc(str(self.last_export))}"
         return out
 
     def refresh_controls(self) -> None:
@@ -147,7 +147,7 @@ class JobScreen(ToolScreen):
         self._w("run", Button).disabled = bool(err or blocked) or self.busy
         self._w("stop", Button).disabled = not self.busy
         self._w("export", Button).disabled = self.result is None or self.busy
-        self._w("error").update(escape(err or self.engine_error))
+        self._w("error").update(tesc(err or self.engine_error))
         self.refresh_form()
         self._w("status").update(self._status_text())
 
@@ -188,7 +188,7 @@ class JobScreen(ToolScreen):
         fields, err = self.form()
         blocked = self.engine_ready()
         if err or blocked:
-            self._w("error").update(escape(err or blocked or ""))
+            self._w("error").update(tesc(err or blocked or ""))
             self.refresh_controls()
             return
         self.engine_error = ""
@@ -221,10 +221,10 @@ class JobScreen(ToolScreen):
                               model=getattr(app.lm, "name", None), state=self.result_state,
                               started_at=self.started_at, finished_at=self.finished_at)
         except (OSError, TypeError, ValueError) as e:
-            self.notify(f"export failed: {e}", severity="error")
+            notice(self, f"export failed: {e}", severity="error")
             return
         self.last_export = path
-        self.notify(f"Exported to {path}", title="export", timeout=8)
+        notice(self, f"Exported to {path}", title="export", timeout=8)
         self.refresh_controls()
 
     # -- job messages -------------------------------------------------------------------------
@@ -243,11 +243,11 @@ class JobScreen(ToolScreen):
             self.result, self.result_state = m.partial, "cancelled"
             self.show_result(m.partial, note=self.cancelled_text(m))
         else:
-            self.say(f"[yellow]{escape(self.nothing_kept_text(m))}[/]")
+            self.say(f"[yellow]{tesc(self.nothing_kept_text(m))}[/]")
         self.refresh_controls()
 
     async def job_failed(self, m: JobFailed) -> None:
         self.finished_at = time.time()
         self.engine_error = m.message + (f" — {m.hint}" if m.hint else "")
-        self.say(f"[red]failed: {escape(m.message)}[/]")
+        self.say(f"[red]failed: {tesc(m.message)}[/]")
         self.refresh_controls()

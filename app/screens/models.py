@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, Select, Static
 
+from app.inert import styled, text
 from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 
@@ -72,8 +73,9 @@ class ModelsScreen(ToolScreen):
         self.action_rescan()
         self.set_interval(0.25, self._watch_load)
 
-    def _status(self, text: str) -> None:
-        self.query_one("#models-status", Static).update(text)
+    def _status(self, line: Any) -> None:
+        """The program's own words (markup str without data) or a styled() Text."""
+        self.query_one("#models-status", Static).update(line)
 
     def action_rescan(self) -> None:
         if not self.scanning:
@@ -101,8 +103,8 @@ class ModelsScreen(ToolScreen):
         for e in self.entries:
             lean = {True: "yes", False: f"no: {e.lean_why}", None: "?" if not e.lean_why else e.lean_why}[e.lean]
             mark = "●" if e.spec == current else ""
-            t.add_row(mark, e.name, e.source, e.architecture, e.params_text(), e.dtype,
-                      fmt_size(e.size_bytes), lean, key=e.spec)
+            t.add_row(mark, text(e.name), text(e.source), text(e.architecture), text(e.params_text()),
+                      text(e.dtype), fmt_size(e.size_bytes), text(lean), key=e.spec)  # folder data
         n = len(self.entries)
         self._status(f"{n} model{'s' * (n != 1)} available offline · enter loads · ctrl+r rescans")
 
@@ -129,7 +131,7 @@ class ModelsScreen(ToolScreen):
         self._old = app.lm
         app.load_model()  # cancels the running jobs, loads in the background
         note = f" · cancelled {len(running)} running job(s)" if running else ""
-        self._status(f"loading {e.name}…{note}")
+        self._status(styled("loading {n}…{note}", n=e.name, note=note))
         self._fill()
 
     def on_select_changed(self, event: Select.Changed) -> None:
@@ -155,23 +157,23 @@ class ModelsScreen(ToolScreen):
         if reload and app.model_state != "loading":
             self.switching, self._old = p.model or s.model, app.lm
             app.load_model()
-        self._status(f"profile {name!r} applied" + (" · reloading the model" if reload else ""))
+        self._status(styled("profile {n!r} applied", n=name) + (" · reloading the model" if reload else ""))
 
     def _watch_load(self) -> None:
         app = self.tokenforge_app
         if self.switching is None:
             return
         if app.model_state == "loading":
-            self._status(f"loading {self.switching}… {app.sub_title}")
+            self._status(styled("loading {m}… {t}", m=self.switching, t=app.sub_title))
         elif app.model_state == "ready" and self._old is not None and app.lm is self._old:
-            self._status(f"[red]could not load {self.switching}: {app.model_error}[/] · "
-                         f"kept {app.lm.describe()}")
+            self._status(styled("[red]could not load {m}: {e}[/] · kept {d}", m=self.switching,
+                                e=app.model_error, d=app.lm.describe()))
             self.switching = self._old = None
         elif app.model_state == "ready":
             self._old = None
             free_memory()
-            self._status(f"[green]loaded {app.lm.describe()}[/]")
+            self._status(styled("[green]loaded {d}[/]", d=app.lm.describe()))
             self.switching = None
         elif app.model_state == "failed":
-            self._status(f"[red]could not load {self.switching}: {app.model_error}[/]")
+            self._status(styled("[red]could not load {m}: {e}[/]", m=self.switching, e=app.model_error))
             self.switching = None

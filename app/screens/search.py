@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from rich.markup import escape
+from app.inert import notice, printable, tesc
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -167,9 +167,9 @@ class SearchScreen(JobScreen):
     def status_detail(self) -> str:
         app = self.tokenforge_app
         system = app.settings.system_prompt
-        return (f"{escape(app.lm.describe() if app.lm is not None else '')} · chat template with "
+        return (f"{tesc(app.lm.describe() if app.lm is not None else '')} · chat template with "
                 f"the Settings system prompt"
-                f"{' (' + escape(system[:40]) + ')' if system else ' (none)'}")
+                f"{' (' + tesc(system[:40]) + ')' if system else ' (none)'}")
 
     def refresh_form(self) -> None:
         spec = self.query_one("#ts-reward", Input).value.strip().lower()
@@ -196,7 +196,7 @@ class SearchScreen(JobScreen):
         late = over_timeout("this tree search", (c["rollouts"] + 1) * c["horizon"],
                             app.settings.measured_tok_s, app.runner.timeout_for(JOB_KIND))
         if late:
-            self.notify(late, severity="warning", timeout=10)
+            notice(self, late, severity="warning", timeout=10)
         params = dict(f["cfg"], reward=f["reward_spec"], prompt_chars=len(f["prompt"]))
         settings = {"prompt": f["prompt"], "system": system, "reward": f["reward_spec"],
                     "allow_plugin": self.allow_plugin(), **f["cfg"]}
@@ -250,21 +250,21 @@ class SearchScreen(JobScreen):
         r = run.result
         lines = []
         if note:
-            lines.append(f"[yellow]{escape(note)}[/]")
+            lines.append(f"[yellow]{tesc(note)}[/]")
         if r.stop_reason == "reward_error":
-            lines.append(f"[red]the reward failed: {escape(r.error)}[/] — partial result below")
+            lines.append(f"[red]the reward failed: {tesc(r.error)}[/] — partial result below")
         lines.append(
-            f"[b]stop[/] {escape(r.stop_reason)} · {r.rollouts_done}/{r.rollouts_total} rollouts · "
+            f"[b]stop[/] {tesc(r.stop_reason)} · {r.rollouts_done}/{r.rollouts_total} rollouts · "
             f"tree size {r.nodes} · depth {r.max_depth} · branching {r.mean_branching:.2f} · "
             f"root v̂ {r.root_value:.4f} · {r.generated_tokens} tokens at {r.tok_s:.1f} tok/s · "
-            f"{r.total_s:.1f} s · forward {escape(str(r.forward))}")
+            f"{r.total_s:.1f} s · forward {tesc(str(r.forward))}")
         c = r.config or {}
         if c:
             lines.append(f"[b]policy q[/] temperature {c.get('temperature', '?')} · top-p "
                          f"{c.get('top_p', '?')} · λ {c.get('lam', '?')} · widening "
                          f"{c.get('widening', '?')} · batch {c.get('batch', '?')} · seed "
                          f"{c.get('seed')}")
-        lines.append(f"[b]reward[/] {escape(str(r.reward.get('description', run.reward_spec)))}")
+        lines.append(f"[b]reward[/] {tesc(str(r.reward.get('description', run.reward_spec)))}")
         self.query_one("#ts-summary", Static).update("\n".join(lines))
         self._fill_table([(c.get("token"), c.get("id"), c.get("visits"), c.get("draws"),
                            c.get("value")) for c in r.root_children])
@@ -281,24 +281,25 @@ class SearchScreen(JobScreen):
                 if i > 1:
                     best.append("\n\n")
                 best.append(f"{i}. ", style="bold")
-                best.append(s.text.strip() or "(empty)")
+                best.append(printable(s.text.strip(), multiline=True) or "(empty)")
                 best.append(f"  [reward {s.reward:.3f}]", style="dim")
         else:
             self.query_one("#ts-best-title", Static).update(
                 f"[b]tree search best[/] · reward [b]{fmt_reward(r.best_reward)}[/]"
                 + (" · [yellow]stopped[/]" if r.stop_reason == "cancelled" else ""))
-            best.append(r.best_text.strip() or "(no rollout finished)")
+            best.append(printable(r.best_text.strip(), multiline=True) or "(no rollout finished)")
         for i, text in enumerate(getattr(r, "partial", None) or [], 1):
             best.append(f"\n\nunfinished {i} (stopped, not scored): ", style="yellow")
-            best.append(text.strip() or "(empty)")
+            best.append(printable(text.strip(), multiline=True) or "(empty)")
         self.query_one("#ts-best", Static).update(best)
         if run.greedy_text is None:
             self.query_one("#ts-greedy-title", Static).update("[b]greedy[/] · not run")
             self.query_one("#ts-greedy", Static).update(Text(
                 "skipped: the search did not complete", style="dim"))
         else:
-            extra = f" [red]({escape(run.greedy_error)})[/]" if run.greedy_error else ""
+            extra = f" [red]({tesc(run.greedy_error)})[/]" if run.greedy_error else ""
             self.query_one("#ts-greedy-title", Static).update(
                 f"[b]greedy[/] (temperature 0, same horizon) · reward "
                 f"[b]{fmt_reward(run.greedy_reward)}[/]{extra}")
-            self.query_one("#ts-greedy", Static).update(Text(run.greedy_text.strip() or "(empty)"))
+            self.query_one("#ts-greedy", Static).update(
+                Text(printable(run.greedy_text.strip(), multiline=True) or "(empty)"))

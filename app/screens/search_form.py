@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from rich.markup import escape
+from app.inert import tesc
 
 from engine.errors import InputError
 
@@ -56,5 +56,5 @@ def live_figures(m: dict[str, Any], step: int, total: Optional[int]) -> str:
     out = " · ".join(parts)
     best = m.get("best_text")
     if best:
-        out += f"\n[dim]best so far:[/] {escape(str(best).strip()[-200:])}"
+        out += f"\n[dim]best so far:[/] {tesc(str(best).strip()[-200:])}"
     return out

@@ -15,6 +15,7 @@ from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
+from app.inert import notice, plain, tesc, text
 from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 from engine.lm.config import DTYPES, ENGINE_PATHS, ModelConfig, SamplingConfig
@@ -175,7 +176,7 @@ class SettingsScreen(ToolScreen):
 
     def validate_all(self) -> Optional[str]:
         _, err = self.collect()
-        self.query_one("#settings-error", Static).update(err or "")
+        self.query_one("#settings-error", Static).update(text(err or ""))  # may quote the input
         self.query_one("#apply", Button).disabled = err is not None
         self.query_one("#reload", Button).disabled = err is not None
         return err
@@ -229,7 +230,7 @@ class SettingsScreen(ToolScreen):
             s.engine_path = path
             if app.lm is not None:
                 app.engine.set_engine_path(app.lm, path)
-                app.sub_title = app.lm.describe()  # the header says when the path is inexact
+                app.sub_title = plain(app.lm.describe())  # the header says when the path is inexact
         s.model = values["set-model"]
         self.shown = {inp.id: inp.value for inp in self.query(Input) if inp.id}
         self.applied_once = True
@@ -245,7 +246,7 @@ class SettingsScreen(ToolScreen):
         try:
             save(self.tokenforge_app.settings)
         except OSError as e:
-            self.notify(f"settings applied but not saved: {e}", severity="warning", timeout=8)
+            notice(self, f"settings applied but not saved: {e}", severity="warning", timeout=8)
 
     def action_apply(self) -> None:
         if self.apply():
@@ -293,7 +294,7 @@ class SettingsScreen(ToolScreen):
                        if d.seconds != s.timeouts.get(kind) else f"set by you (= derived): {why}")
             self.query_one(f"#why-{kind}", Static).update(why)
         if s.measured_tok_s:
-            speed = f"measured {s.measured_tok_s:.1f} tok/s ({s.speed_source or 'speed probe'})"
+            speed = f"measured {s.measured_tok_s:.1f} tok/s ({tesc(s.speed_source or 'speed probe')})"
         else:
             speed = "speed not measured yet: 2 tok/s assumed"
         note = (f"{speed} · budget = max new tokens {s.sampling.max_new_tokens} × work factor · "
@@ -310,7 +311,8 @@ class SettingsScreen(ToolScreen):
             return
         app = self.tokenforge_app
         st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",
-              "failed": f"[red]failed: {app.model_error}[/]"}.get(app.model_state, "none")
-        desc = f" · {app.lm.describe()} · context {app.lm.context_length}" if app.lm is not None else ""
+              "failed": f"[red]failed: {tesc(app.model_error)}[/]"}.get(app.model_state, "none")
+        desc = (f" · {tesc(app.lm.describe())} · context {app.lm.context_length}"
+                if app.lm is not None else "")
         self.query_one("#settings-status", Static).update(f"model {st}{desc}")
         self.validate_all()

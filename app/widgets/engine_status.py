@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
+from app.inert import esc
 from rich.table import Table
 from textual.widgets import Static
 
@@ -49,9 +49,9 @@ class EngineStatus(AppAccess, Static):
                                             "[yellow]not in this checkout yet[/]")))
         model = STATE_TEXT.get(app.model_state, app.model_state)
         if app.lm is not None:
-            model += f" · {escape(app.lm.describe())} · context {app.lm.context_length:,}"
+            model += f" · {esc(app.lm.describe())} · context {app.lm.context_length:,}"
         elif app.model_error:
-            model += f" · {escape(app.model_error)}"
+            model += f" · {esc(app.model_error)}"
         t.append(("model", model))
         t.append(("vocabulary", STATE_TEXT.get(app.vocab_state, app.vocab_state)))
         speed = getattr(app.speed, "tok_s", None)

@@ -16,6 +16,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from app.app_access import AppAccess
+from app.inert import tesc
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds,
                           WidgetJobEnded, WidgetJobStarted)
 from app.widgets.token_strip import PALETTE, display_token
@@ -148,7 +149,7 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
         cur = toks[self.cursor] if 0 <= self.cursor < len(toks) else ""
         status.update(
             f"edited: {len(lat.ids)} tokens · score [b]{lat.score:.3f}[/] ({d:+.3f} vs canonical) · "
-            f"cursor {self.cursor}: {display_token(cur)!r} id {lat.ids[self.cursor]}"
+            f"cursor {self.cursor}: {tesc(repr(display_token(cur)))} id {lat.ids[self.cursor]}"
             + (f" · {self.last}" if self.last else ""))
 
     def on_resize(self) -> None:
@@ -236,7 +237,7 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
     async def on_job_failed(self, m: JobFailed) -> None:
         if self._mine(m):
             m.stop()
-            self.last = f"[red]{m.message}[/]"
+            self.last = f"[red]{tesc(m.message)}[/]"
             self._end()
 
     def _end(self) -> None:

@@ -291,9 +291,9 @@ class PhaseProgress(Widget):
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
+    from app.inert import tesc
 
-    return escape(text)
+    return tesc(text)
 
 
 __all__ = ["PhaseProgress", "PHASES", "RATE_UNITS", "fmt_seconds"]

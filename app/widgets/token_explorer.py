@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.markup import escape
+from app.inert import notice, tesc
 from textual.widgets import Static
 
 from app.app_access import AppAccess
@@ -165,7 +165,7 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
                 style.append("reverse")
             if info.forced:
                 style.append("italic")
-            text = escape(show_piece(info.text))
+            text = tesc(show_piece(info.text))
             css = " ".join(style)
             body = f"[{css}]{text}[/]" if css else text
             parts.append(f"[@click=pick({i})]{body}[/]")
@@ -177,14 +177,14 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         detail.update(self._detail(b.infos[self.sel]))
 
     def _detail(self, info: Any) -> str:
-        rows = [f"#{self.sel} · id {info.id} · [b]{escape(show_piece(info.text))}[/] · "
+        rows = [f"#{self.sel} · id {info.id} · [b]{tesc(show_piece(info.text))}[/] · "
                 f"p {100 * info.prob:.1f}% · logprob {info.logprob:.3f} · entropy "
                 f"{info.entropy:.2f} nats" + (" · [i]forced[/]" if info.forced else "")]
         self.alt = max(0, min(self.alt, max(0, len(info.alternatives) - 1)))
         for j, a in enumerate(info.alternatives):
             mark = "▸" if j == self.alt else " "
             own = " (this token)" if a.id == info.id else ""
-            rows.append(f" {mark} {escape(show_piece(a.text)):<14} {100 * math.exp(a.logprob):5.1f}%"
+            rows.append(f" {mark} {tesc(show_piece(a.text)):<14} {100 * math.exp(a.logprob):5.1f}%"
                         f"  id {a.id}{own}")
         rows.append("[dim]↑/↓ choose · enter force and continue · l logit lens · p prompt[/]")
         return "\n".join(rows)
@@ -334,7 +334,7 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
     async def on_job_failed(self, m: JobFailed) -> None:
         if self._mine(m):
             m.stop()
-            self.notify(m.message, severity="error")
+            notice(self, m.message, severity="error")
             self._end("failed", m.message)
 
     def _end(self, state: str, text: str) -> None:
@@ -345,9 +345,9 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
     def _lens_text(self, tables: dict[int, Any]) -> str:
         rows = next(iter(tables.values()))
         info = self.current.infos[self.sel]
-        lines = [f"[b]logit lens[/] before #{self.sel} ({escape(show_piece(info.text))}): top 3 per layer"]
+        lines = [f"[b]logit lens[/] before #{self.sel} ({tesc(show_piece(info.text))}): top 3 per layer"]
         for r in rows:
-            tops = "  ".join(f"{escape(show_piece(a.text))} {100 * math.exp(a.logprob):.0f}%"
+            tops = "  ".join(f"{tesc(show_piece(a.text))} {100 * math.exp(a.logprob):.0f}%"
                              for a in r.top)
             lines.append(f" L{r.layer:<3} {tops}")
         return "\n".join(lines)
@@ -357,5 +357,5 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         for s in scored:
             bits = s.surprisal_bits
             fig = "–" if bits is None else f"{bits:.1f}"
-            parts.append(f"[reverse]{escape(show_piece(s.text))}[/][dim]{s.id}·{fig}b[/]")
+            parts.append(f"[reverse]{tesc(show_piece(s.text))}[/][dim]{s.id}·{fig}b[/]")
         return "[b]prompt tokens[/] (text, id·surprisal bits)\n" + " ".join(parts)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from rich.markup import escape
+from app.inert import notice, tesc
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -104,12 +104,12 @@ class TreeNavigator(AppAccess, Vertical, can_focus=True):
             kids_w.update("")
             return
         i = self.nav.info()
-        where = "root" if i.depth == 0 else f"depth {i.depth} · token {escape(repr(piece(i.text)))} id {i.token}"
+        where = "root" if i.depth == 0 else f"depth {i.depth} · token {tesc(repr(piece(i.text)))} id {i.token}"
         flags = (" · EOS" if i.eos else "") + (" · terminal" if i.done and not i.eos else "")
-        src = f" [dim](search from {escape(self.origin)})[/]" if self.origin else ""
+        src = f" [dim](search from {tesc(self.origin)})[/]" if self.origin else ""
         head.update(f"[b]tree explorer[/]{src} · {where} · visits {i.visits} · draws {i.draws} · "
                     f"soft value {fmt(i.soft_value)} · best below {fmt(i.best_below)}{flags}")
-        path.update("[dim]path:[/] " + (escape(self.path_text()) or "[dim](root: no tokens yet)[/]"))
+        path.update("[dim]path:[/] " + (tesc(self.path_text()) or "[dim](root: no tokens yet)[/]"))
         kids = self.nav.children()
         self.kid = max(0, min(self.kid, max(0, len(kids) - 1)))
         lines = [f"[dim]{len(kids)} children · ↑/↓ choose · → into · ← parent · [ ] siblings · "
@@ -117,7 +117,7 @@ class TreeNavigator(AppAccess, Vertical, can_focus=True):
         for j, c in enumerate(kids[:30]):
             ci = self.nav.info(c)
             mark = "▸" if j == self.kid else " "
-            lines.append(f" {mark} {escape(piece(ci.text)):<12} id {ci.token:<6} visits {ci.visits:<4} "
+            lines.append(f" {mark} {tesc(piece(ci.text)):<12} id {ci.token:<6} visits {ci.visits:<4} "
                          f"draws {ci.draws:<4} value {fmt(ci.soft_value):>7} best {fmt(ci.best_below)}")
         if len(kids) > 30:
             lines.append(f"   … {len(kids) - 30} more")
@@ -213,7 +213,7 @@ class TreeNavigator(AppAccess, Vertical, can_focus=True):
     async def on_job_failed(self, m: JobFailed) -> None:
         if self._mine(m):
             m.stop()
-            self.notify(m.message, severity="error")
+            notice(self, m.message, severity="error")
             self.refresh_view()
             self._end()
 

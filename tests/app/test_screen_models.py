@@ -76,7 +76,7 @@ async def test_picker_switches_models(hub, monkeypatch, tmp_path):
             names = [e.name for e in scr.entries]
             assert "tf-test/encoder" not in names
             row = table.get_row_at(names.index("tf-test/tiny-a"))
-            assert row[0] == "●" and row[3] == "LlamaForCausalLM" and row[7] == "yes"
+            assert str(row[0]) == "●" and str(row[3]) == "LlamaForCausalLM" and str(row[7]) == "yes"
             # a long job is running when the user switches: it is cancelled
             job = app.runner.start("chat", lambda *, cancel, **_: cancel.wait(DEADLINE_S) or None)
             table.focus()
