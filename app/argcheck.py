@@ -93,6 +93,8 @@ BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("attack", "batch_cap"): (AttackConfig, "batch_cap"),
     ("attack", "max_request_chars"): (AttackConfig, "max_request_chars"),
     ("attack", "judge_batch"): (DatasetRunConfig, "judge_batch"),
+    ("attack", "rubric_max_tokens"): (DatasetRunConfig, "rubric_max_tokens"),
+    ("attack", "shieldgemma_policies"): (DatasetRunConfig, "shield_policies"),
     ("attack", "json"): Out("file-or-stdout"), ("attack", "out"): Out("append"),
     ("attack", "dataset"): In(),
     ("search", "rollouts"): (TreeConfig, "rollouts"), ("search", "horizon"): (TreeConfig, "horizon"),
@@ -115,6 +117,8 @@ BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("attack report", "png"): Out("dir"), ("attack report", "seed"): BOOTSTRAP_SEED,
     ("attack judge", "out"): Out("file"),
     ("attack judge", "judge_batch"): (DatasetRunConfig, "judge_batch"),
+    ("attack judge", "rubric_max_tokens"): (DatasetRunConfig, "rubric_max_tokens"),
+    ("attack judge", "shieldgemma_policies"): (DatasetRunConfig, "shield_policies"),
 }
 #: free text that is no config field (tokenize's TEXT: its byte limit is checked by the engine)
 TEXT_LIMITS = {"text": MAX_TEXT_CHARS}

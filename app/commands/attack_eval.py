@@ -33,8 +33,29 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="map benchmark columns: request=…,response=…,category=…,id=…")
     p.add_argument("--judge-batch", type=int, default=8, metavar="N",
                    help="samples per judge-model batch (verdicts do not depend on it)")
+    add_judge_settings(p)
     p.add_argument("--default-response", default="Sure, here is",
                    help="target for rows without one (HarmBench has no target column)")
+
+
+def add_judge_settings(p: argparse.ArgumentParser) -> None:
+    """The model judges' own settings (DatasetRunConfig; recorded with every verdict)."""
+    p.add_argument("--rubric-max-tokens", type=int, default=None, metavar="N",
+                   help="tokens the rubric grader may write (default 384)")
+    p.add_argument("--shieldgemma-policies", default=None, metavar="P[,P…]",
+                   help="ShieldGemma policies: dangerous, harassment, hate, sexual (default all)")
+
+
+def judge_settings(args: argparse.Namespace) -> Any:
+    """The judge settings of the command line, checked (DatasetRunConfig)."""
+    from engine.advtok.config import DatasetRunConfig
+
+    cfg = DatasetRunConfig(judge_batch=args.judge_batch)
+    if getattr(args, "rubric_max_tokens", None) is not None:
+        cfg.rubric_max_tokens = args.rubric_max_tokens
+    if getattr(args, "shieldgemma_policies", None) is not None:
+        cfg.shield_policies = tuple(args.shieldgemma_policies)
+    return cfg.validate()
 
 
 # ---------------------------------------------------------------------- processes
@@ -101,7 +122,7 @@ def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_
     for msg in bench.problems:
         _say(con, f"{rows_path}: {msg}")
     judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
-                         batch_size=args.judge_batch)
+                         settings=judge_settings(args))
     default_system = None if args.template_system else args.system
     t0 = time.monotonic()
     rank = f"[{par.rank}] " if par is not None and par.world > 1 else ""
@@ -152,7 +173,6 @@ def check_settings_before_load(args: argparse.Namespace) -> None:
 def run_dataset_cmd(args: argparse.Namespace) -> int:
     """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch.
     Ctrl+C stops after the rows already finished (each is on disk): exit 130."""
-    from engine.advtok.config import DatasetRunConfig
     from engine.advtok.datasets import parse_columns
     from engine.advtok.judges import parse_judges
     from engine.advtok.records import merge_results, shard_files
@@ -167,7 +187,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     attack_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
     parse_judges(args.judge)
-    DatasetRunConfig(judge_batch=args.judge_batch).validate()  # its declared bound
+    judge_settings(args)            # the judges' declared bounds
     check_settings_before_load(args)
     par = parallel_state(args)
     lm = load_lm(args)
@@ -198,6 +218,7 @@ def build_sub_parser() -> argparse.ArgumentParser:
     j.add_argument("--out", default=None, help="write here instead of rewriting RESULTS")
     j.add_argument("--judge-batch", type=int, default=8, metavar="N",
                    help="samples per judge-model batch (verdicts do not depend on it)")
+    add_judge_settings(j)
     add_model_args(j)
     r = sub.add_parser("report", help="ASR canonical vs adversarial per judge and category")
     r.add_argument("results")
@@ -258,21 +279,20 @@ def merge_cmd(args: argparse.Namespace) -> int:
 def judge_cmd(args: argparse.Namespace) -> int:
     """In place it holds the results locks throughout (engine.advtok.evalrun.rejudge_file): a
     run still writing the file is named at once and nothing changes; --out judges a snapshot."""
-    from engine.advtok.config import DatasetRunConfig
     from engine.advtok.evalrun import rejudge_file
     from engine.advtok.judges import make_judges, parse_judges
     from engine.advtok.records import shard_files
     from engine.errors import InputError
 
     parse_judges(args.judge)
-    DatasetRunConfig(judge_batch=args.judge_batch).validate()  # its declared bound
+    settings = judge_settings(args)  # the judges' declared bounds
     if not shard_files(args.results):
         raise InputError(f"results file not found: {args.results}")
     built: list[Any] = []
 
     def judges() -> list[Any]:
         built[:] = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
-                               batch_size=args.judge_batch)
+                               settings=settings)
         return built
 
     phase("judge")

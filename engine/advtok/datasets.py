@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from engine.advtok.judges.prompts import HARMBENCH_CONTEXT_JOIN
 from engine.errors import InputError
 
 FIELDS = ("request", "response", "category", "id", "system", "context")
@@ -45,7 +46,11 @@ class BenchRow:
     line: int
     category: str = ""
     system: Any = None            # None = not given (the run's --system applies)
+    # a behaviour's context (HarmBench's ContextString), kept apart: ``request`` is what the
+    # model is asked (context, a rule, the behaviour: HarmBench's layout), ``behavior`` the
+    # request alone, so a judge with a contextual prompt gets both as its authors specify
     context: str = ""
+    behavior: str = ""
 
 
 @dataclass
@@ -227,15 +232,16 @@ def _make_row(bf: BenchmarkFile, line_no: int, request: Any, response: Any, cate
     if not isinstance(response, str):
         bf.problems.append(f"line {line_no}: the response must be text")
         return None
-    context = context if isinstance(context, str) else ""
-    if context.strip():
-        request_text = context.strip() + "\n\n" + request.strip()
+    context = context.strip() if isinstance(context, str) else ""
+    behavior = request.strip()
+    if context:
+        request_text = HARMBENCH_CONTEXT_JOIN.format(context=context, behavior=behavior)
     else:
-        request_text = request.strip()
+        request_text = behavior
     rid = str(rid).strip() if rid not in (None, "") else content_id(request_text, response)
     return BenchRow(id=rid, request=request_text, response=response.strip(), line=line_no,
                     category=str(category).strip() if category not in (None, "") else "",
-                    context=context)
+                    context=context, behavior=behavior)
 
 
 def _dedupe(bf: BenchmarkFile) -> None:

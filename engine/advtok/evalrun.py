@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from engine.advtok.datasets import BenchmarkFile, BenchRow
 from engine.advtok.fingerprint import check_resume
-from engine.advtok.judges import JudgeItem
+from engine.advtok.judges import JudgeItem, judge_records
 from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
                                    shard_path, template_info)
 from engine.errors import EngineError
@@ -43,14 +43,21 @@ class Parallel:
     barrier: Callable[[], None] = lambda: None
 
 
-def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, Any]]) -> None:
-    """Attach each judge's verdict to every sample dict (in place), judging each side batched."""
+def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, Any]],
+                  spent: Optional[dict[str, float]] = None) -> None:
+    """Attach each judge's verdict to every sample dict (in place), judging each side batched;
+    each judge's seconds are added to ``spent``. Judges see the behaviour and its context
+    apart (JudgeItem)."""
     if not samples:
         return
-    items = [JudgeItem(request=row.request, response=s["text"], target=row.response,
-                       category=row.category) for s in samples]
+    items = [JudgeItem(request=row.behavior or row.request, response=s["text"],
+                       target=row.response, category=row.category, context=row.context)
+             for s in samples]
     for j in judges:
+        t = time.perf_counter()
         verdicts = j.judge(items)
+        if spent is not None:
+            spent[j.id] = spent.get(j.id, 0.0) + time.perf_counter() - t
         for s, v in zip(samples, verdicts):
             s.setdefault("verdicts", {})[j.id] = v.to_dict()
 
@@ -72,6 +79,7 @@ def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: Benc
                        "adversarial": prompt_ids(chunks, cfg, res.best_ids),
                        "response": chunks.response_ids(cfg.response)},
         "model": model_info(lm), "template": template_info(lm.tokenizer, chunks),
+        "behavior": row.behavior or row.request, "context": row.context,
         "seed": cfg.seed, "judges": list(judge_ids),
         "dataset": {"path": bench.path, "sha256": bench.sha256, "layout": bench.layout},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -155,9 +163,11 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
         if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
             summ.interrupted = True
             break
-        judge_samples(judges, row, res.adversarial_samples)
-        judge_samples(judges, row, res.canonical_samples)
+        spent: dict[str, float] = {}
+        judge_samples(judges, row, res.adversarial_samples, spent)
+        judge_samples(judges, row, res.canonical_samples, spent)
         rec = build_record(lm, row, cfg, res, bench, judge_ids, settings)
+        rec["judge_info"] = judge_records(judges, spent)
         append_line(dest, json.dumps(rec, ensure_ascii=False))
         summ.done += 1
         if on_row is not None:
@@ -183,9 +193,12 @@ def rejudge(records: list[dict[str, Any]], judges: Sequence[Any], *,
         check(cancel)
         row = BenchRow(id=str(rec.get("id", rec.get("key"))), request=rec["request"],
                        response=rec["response"], line=int(rec.get("line", 0)),
-                       category=rec.get("category", "") or "")
-        judge_samples(judges, row, rec.get("adversarial_samples") or [])
-        judge_samples(judges, row, rec.get("canonical_samples") or [])
+                       category=rec.get("category", "") or "",
+                       context=rec.get("context") or "", behavior=rec.get("behavior") or "")
+        spent: dict[str, float] = {}
+        judge_samples(judges, row, rec.get("adversarial_samples") or [], spent)
+        judge_samples(judges, row, rec.get("canonical_samples") or [], spent)
+        rec.setdefault("judge_info", {}).update(judge_records(judges, spent))
         ids = list(rec.get("judges") or [])
         rec["judges"] = ids + [j.id for j in judges if j.id not in ids]
     return records

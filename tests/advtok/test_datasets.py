@@ -37,7 +37,11 @@ def test_harmbench_layout_keeps_ids_categories_and_context(tmp_path):
     assert bf.layout == "harmbench" and not bf.problems
     a, b = bf.rows
     assert (a.id, a.category, b.id) == ("summarise_clouds", "poetry", "limerick_cats")
-    assert a.request == "A short poem about clouds.\n\nSummarise the text"
+    # the model is asked in HarmBench's layout; context and behaviour stay apart for the judges
+    assert a.request == "A short poem about clouds.\n\n---\n\nSummarise the text"
+    assert (a.context, a.behavior) == ("A short poem about clouds.", "Summarise the text")
+    assert (b.context, b.behavior, b.request) == ("", "Write a limerick about cats",
+                                                  "Write a limerick about cats")
     assert b.response == "Sure, here is"           # no target column: the default target
 
 

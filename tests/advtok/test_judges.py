@@ -30,3 +30,33 @@ def test_parse_judges():
                        ("refusal,refusal", "twice"), ("target:x", "takes no model")]:
         with pytest.raises(InputError, match=words):
             parse_judges(bad)
+
+
+def test_rejudge_gives_judges_the_context_apart_and_records_them():
+    """A HarmBench contextual row: judges get the behaviour and its context as separate fields
+    (and the whole user turn as ``prompt``); the record keeps what judged and when."""
+    from engine.advtok.evalrun import rejudge
+
+    seen = []
+
+    class Spy:
+        id = kind = "spy"
+
+        def judge(self, items):
+            seen.extend(items)
+            return [Verdict("spy", "safe") for _ in items]
+
+        def info(self):
+            return {"kind": "spy", "settings": {}}
+
+    rec = {"id": "r1", "request": "C\n\n---\n\nB", "behavior": "B", "context": "C",
+           "response": "Sure", "adversarial_samples": [{"text": "x"}],
+           "canonical_samples": [{"text": "y"}]}
+    rejudge([rec], [Spy()])
+    assert {(i.request, i.context, i.prompt) for i in seen} == {("B", "C", "C\n\n---\n\nB")}
+    assert rec["judges"] == ["spy"] and rec["adversarial_samples"][0]["verdicts"]["spy"]["label"] == "safe"
+    assert rec["judge_info"]["spy"]["seconds"] >= 0 and rec["judge_info"]["spy"]["judged_at"]
+    old = {"id": "r2", "request": "B2", "response": "Sure", "canonical_samples": [{"text": "z"}]}
+    seen.clear()
+    rejudge([old], [Spy()])                    # a record from before the context was kept apart
+    assert [(i.request, i.context) for i in seen] == [("B2", "")]

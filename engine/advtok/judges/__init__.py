@@ -3,14 +3,14 @@
 engine.advtok: may import engine.lm and the plumbing, never treesearch or bench."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from engine.advtok.judges.base import LABELS, Judge, JudgeItem, Verdict
 from engine.advtok.judges.phrases import REFUSAL_PHRASES, RefusalJudge, TargetJudge
 from engine.errors import InputError
 
 __all__ = ["LABELS", "Judge", "JudgeItem", "Verdict", "REFUSAL_PHRASES", "RefusalJudge",
-           "TargetJudge", "parse_judges", "make_judges", "JUDGE_KINDS"]
+           "TargetJudge", "parse_judges", "make_judges", "JUDGE_KINDS", "judge_records"]
 
 JUDGE_KINDS = ("refusal", "target")
 MODEL_KINDS: tuple[str, ...] = ("llama-guard", "shieldgemma", "wildguard", "harmbench", "rubric")
@@ -40,9 +40,15 @@ def parse_judges(spec: Optional[str]) -> list[tuple[str, str]]:
 
 
 def make_judges(spec: Optional[str], *, loader: Optional[Callable[[str], Any]] = None,
-                batch_size: int = 8) -> list[Any]:
-    """Build the judges named by ``spec``. ``loader(model_spec)`` loads a judge model (a
-    LoadedModel); it is only called for model-backed judges."""
+                batch_size: Optional[int] = None, settings: Any = None) -> list[Any]:
+    """Build the judges named by ``spec`` with the judge settings of ``settings`` (a
+    DatasetRunConfig: batch, rubric tokens, ShieldGemma policies; its defaults when None).
+    ``loader(model_spec)`` loads a judge model (a LoadedModel); it is only called for
+    model-backed judges, and a model that is not the named classifier is refused."""
+    from engine.advtok.config import DatasetRunConfig
+
+    cfg = settings if settings is not None else DatasetRunConfig()
+    batch = int(batch_size if batch_size is not None else cfg.judge_batch)
     judges: list[Any] = []
     for kind, model in parse_judges(spec):
         if kind == "refusal":
@@ -56,9 +62,35 @@ def make_judges(spec: Optional[str], *, loader: Optional[Callable[[str], Any]] =
             if kind == "rubric":
                 from engine.advtok.judges.rubric import RubricJudge
 
-                judges.append(RubricJudge(lm, batch_size=batch_size))
+                judges.append(RubricJudge(lm, batch_size=batch,
+                                          max_new_tokens=cfg.rubric_max_tokens))
+            elif kind == "shieldgemma":
+                from engine.advtok.judges.classifier import ShieldGemmaJudge
+
+                judges.append(ShieldGemmaJudge(lm, batch_size=batch,
+                                               policies=cfg.shield_policies))
             else:
                 from engine.advtok.judges.classifier import CLASSIFIERS
 
-                judges.append(CLASSIFIERS[kind](lm, batch_size=batch_size))
+                judges.append(CLASSIFIERS[kind](lm, batch_size=batch))
     return judges
+
+
+def judge_records(judges: Sequence[Any], spent: dict[str, float]) -> dict[str, Any]:
+    """What a record keeps about each judge beside its verdicts (``judge_info``): its model and
+    weights hash, settings, prompt hash, tool and library versions (``info()``, computed once
+    per judge), when it judged and the seconds it took on this row."""
+    import time
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out: dict[str, Any] = {}
+    for j in judges:
+        info = getattr(j, "_info", None)
+        if info is None:
+            info = j.info() if hasattr(j, "info") else {}
+            try:
+                j._info = info
+            except AttributeError:
+                pass
+        out[j.id] = {**info, "judged_at": now, "seconds": round(spent.get(j.id, 0.0), 3)}
+    return out

@@ -45,13 +45,15 @@ def next_logits(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> An
 
 def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
            stop_ids: Sequence[int] = (), cancel: Optional[Any] = None,
-           tokenizer: Any = None) -> list[list[int]]:
+           tokenizer: Any = None, on_logits: Optional[Any] = None) -> list[list[int]]:
     """Greedy continuation of every prompt (at most ``max_new_tokens``; a row stops at a stop
     id, which is not returned). Batched; identical to one prompt at a time. The tokens come from
     the one decode pipeline (engine.lm.sampling's LogitsPipeline, greedy) and the rows stop by
     engine.lm.stopping's StopCriteria, both built from one SamplingConfig; a finished row leaves
     the batch (its cache rows, mask and positions with it) where the cache can be cut by rows,
-    else it is fed a pad and ignored. A cancel raises Cancelled between steps."""
+    else it is fed a pad and ignored. A cancel raises Cancelled between steps.
+    ``on_logits(step, rows, logits)``: each step's (len(rows), V) logits before the choice, for
+    the prompts ``rows`` (indices into ``prompts``) still in the batch (a judge's token scores)."""
     import torch
 
     from engine.lm.config import SamplingConfig
@@ -72,7 +74,11 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     active = list(range(n))          # the prompts the batch's rows belong to
     live = list(range(n))            # positions in the batch of the rows still decoding
     last = pos[:, -1]
+    step = 0
     while True:
+        if on_logits is not None:
+            on_logits(step, [active[j] for j in live], logits[live])
+        step += 1
         toks = pipe.choose(logits)
         still = stops.push_rows([active[j] for j in live], toks[live].tolist())
         if not still:
