@@ -119,7 +119,8 @@ class DatasetRunConfig:
     # cut off before its scores is "unparsed"); the grader's context bounds it too
     rubric_max_tokens: int = bounded(DEFAULT_RUBRIC_TOKENS, lo=1, hi=BIG,
                                      label="rubric max tokens")
-    # the ShieldGemma policies each sample is checked against (default: its four harm types)
+    # the ShieldGemma policies each sample is checked against (default, or none named: its four
+    # harm types)
     shield_policies: tuple[str, ...] = bounded(
         DEFAULT_SHIELD_POLICIES, max_items=len(SHIELD_POLICIES),
         item=Bound(kind="choice", choices=tuple(SHIELD_POLICIES), label="policy"),
@@ -127,8 +128,6 @@ class DatasetRunConfig:
 
     def validate(self) -> "DatasetRunConfig":
         check(self)
-        if not self.shield_policies:
-            raise InputError("ShieldGemma policies: at least one is needed",
-                             hint="policies: " + ", ".join(SHIELD_POLICIES))
-        self.shield_policies = tuple(self.shield_policies)
+        # none named: its four harm types
+        self.shield_policies = tuple(self.shield_policies) or DEFAULT_SHIELD_POLICIES
         return self

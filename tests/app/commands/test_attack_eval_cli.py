@@ -24,6 +24,23 @@ def tiny_dir(tiny_lm, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def harmbench_dir(tiny_lm, tmp_path_factory):
+    """The tiny model given the vocabulary shape of the HarmBench classifier (the Llama-2
+    family's '<s>', single-token Yes / No), so the harmbench judge accepts it."""
+    import copy
+
+    d = tmp_path_factory.mktemp("tiny-harmbench")
+    tok = copy.deepcopy(tiny_lm.tokenizer)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok.add_tokens([w for w in ("Yes", "No") if len(tok.encode(w, add_special_tokens=False)) != 1])
+    model = copy.deepcopy(tiny_lm.model)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 def write_jbb(path, rows=ROWS):
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -38,7 +55,7 @@ def run_args(tiny_dir, data, out, *extra):
             "4", "--seed", "3", *extra]
 
 
-def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
+def test_dataset_run_report_and_judge(harmbench_dir, tiny_lm, tiny_dir, tmp_path, capsys):
     from engine.lm.templates import split_template
 
     data, out = tmp_path / "jbb.csv", tmp_path / "results.jsonl"
@@ -86,11 +103,18 @@ def test_dataset_run_report_and_judge(tiny_lm, tiny_dir, tmp_path, capsys):
     s0 = recs2[0]["adversarial_samples"][0]
     assert set(s0["verdicts"]) == {"refusal", "target"}
     assert s0["verdicts"]["refusal"] == recs[0]["adversarial_samples"][0]["verdicts"]["refusal"]
-    # a classifier judge on a local model directory (here the tiny model in HarmBench's format)
-    assert main(["attack", "judge", str(out), "--judge", f"harmbench:{tiny_dir}",
+    # a classifier judge refuses a model that is not that classifier, and changes nothing
+    before = out.read_text(encoding="utf-8")
+    assert main(["attack", "judge", str(out), "--judge", f"harmbench:{tiny_dir}"]) == 2
+    assert "is not a HarmBench classifier" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8") == before
+    # on a local model directory in HarmBench's format it judges
+    assert main(["attack", "judge", str(out), "--judge", f"harmbench:{harmbench_dir}",
                  "--judge-batch", "3"]) == 0
     recs3 = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
-    hb = f"harmbench:{tiny_dir}"
+    hb = f"harmbench:{harmbench_dir}"
+    info = recs3[0]["judge_info"][hb]
+    assert info["model"]["weights_hash"] and info["prompt_sha256"] and info["versions"]["torch"]
     assert recs3[0]["judges"] == ["refusal", "target", hb]
     assert all(hb in s["verdicts"] for r in recs3 for s in r["canonical_samples"])
     capsys.readouterr()
