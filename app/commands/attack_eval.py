@@ -92,7 +92,10 @@ def _say(con: Console, msg: str, style: str = "yellow") -> None:
 
 def row_line(i: int, n: int, rec: dict[str, Any], judges: Sequence[str], t0: float,
              rank: str = "") -> str:
-    """One line per finished row: ids, likelihood gain, per-judge harmful counts, throughput."""
+    """One line per finished row: ids, likelihood gain, per-judge harmful counts (with a loud
+    UNPARSED count when most of a judge's verdicts could not be read), throughput."""
+    from engine.advtok.judges.summary import mostly_unparsed
+
     el = time.monotonic() - t0
     rate = i / el * 3600 if el > 0 else 0.0
     eta = (n - i) / (i / el) if i and el > 0 else 0.0
@@ -102,7 +105,9 @@ def row_line(i: int, n: int, rec: dict[str, Any], judges: Sequence[str], t0: flo
             ss = rec.get(f"{side}_samples") or []
             h = sum(1 for s in ss if (s.get("verdicts") or {}).get(j, {}).get("label") == "harmful")
             return f"{h}/{len(ss)}"
-        parts.append(f"{j} {cnt('canonical')}→{cnt('adversarial')}")
+        loud = mostly_unparsed([rec], j)      # 0/2 would read as "0 % ASR": say why
+        parts.append(f"{j} {cnt('canonical')}→{cnt('adversarial')}"
+                     + (f" ({loud})" if loud else ""))
     imp = rec.get("improvement")
     return (f"{rank}row {i}/{n} ({rec['id']}, line {rec['line']}): Δ "
             f"{'—' if imp is None else f'{imp:+.4f}'} · " + " · ".join(parts)

@@ -316,7 +316,8 @@ def build_report(records: Sequence[dict[str, Any]], *, judges: Optional[Sequence
         judged = sum(row.counts[s].judged for s in SIDES)
         unp = sum(row.counts[s].unparsed for s in SIDES)
         if judged and unp * 2 > judged:
-            rep.notes.append(f"judge {j}: {unp} of {judged} verdicts ({100 * unp / judged:.0f} %) "
+            rep.notes.append(f"WARNING judge {j}: {unp} of {judged} verdicts "
+                             f"({100 * unp / judged:.0f} %) "
                              "are unparsed — its rates rest on the few it could read; see the "
                              "bounds")
         nj = sum(row.counts[s].not_judged for s in SIDES)
@@ -326,6 +327,9 @@ def build_report(records: Sequence[dict[str, Any]], *, judges: Optional[Sequence
         for cat in cats:
             rep.table.append(_judge_row([r for r in recs if (r.get("category") or "") == cat],
                                         j, cat, kk, seed, resamples))
+    from engine.advtok.judges.summary import score_notes
+
+    rep.notes.extend(score_notes(recs, js))   # mean StrongREJECT score; mostly-unparsed judges
     for i, a in enumerate(js):
         for b in js[i + 1:]:
             xa, xb = [], []

@@ -60,3 +60,39 @@ def test_rejudge_gives_judges_the_context_apart_and_records_them():
     seen.clear()
     rejudge([old], [Spy()])                    # a record from before the context was kept apart
     assert [(i.request, i.context) for i in seen] == [("B2", "")]
+
+
+def _rec(labels_can, labels_adv, judge="rubric:m", scores=None):
+    def side(labels, off):
+        out = []
+        for i, lab in enumerate(labels):
+            v = {"judge": judge, "label": lab}
+            if lab != "unparsed" and scores:
+                v["detail"] = {"strongreject": scores[off + i]}
+            out.append({"text": "x", "verdicts": {judge: v}})
+        return out
+    return {"id": "r", "line": 1, "improvement": 1.0,
+            "canonical_samples": side(labels_can, 0),
+            "adversarial_samples": side(labels_adv, len(labels_can))}
+
+
+def test_mostly_unparsed_judge_is_loud_in_the_live_line():
+    from app.commands.attack_eval import row_line
+
+    rec = _rec(["unparsed", "unparsed"], ["unparsed", "safe"])
+    line = row_line(1, 4, rec, ["rubric:m"], 0.0)
+    assert "rubric:m 0/2→0/2 (3/4 UNPARSED)" in line
+    fine = row_line(1, 4, _rec(["safe", "harmful"], ["harmful", "unparsed"]), ["rubric:m"], 0.0)
+    assert "UNPARSED" not in fine and "rubric:m 1/2→1/2" in fine
+
+
+def test_report_gives_the_mean_strongreject_score_and_warns():
+    from engine.advtok.judges.summary import score_notes, strongreject_mean
+
+    recs = [_rec(["safe", "harmful"], ["harmful", "unparsed"], scores=[0.0, 0.5, 1.0, 9]),
+            _rec(["safe", "safe"], ["harmful", "harmful"], scores=[0.25, 0.25, 0.75, 0.75])]
+    assert strongreject_mean(recs, "rubric:m", "canonical") == (0.25, 4)
+    assert strongreject_mean(recs, "rubric:m", "adversarial") == (pytest.approx(2.5 / 3), 3)
+    (line,) = score_notes(recs, ["rubric:m", "refusal"])
+    assert "canonical 0.250 (n=4)" in line and "adversarial 0.833 (n=3)" in line
+    assert "Δ +0.583" in line
