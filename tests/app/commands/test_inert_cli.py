@@ -148,3 +148,33 @@ def test_argv_in_error_lines(argv, tmp_path, monkeypatch, capfd):
     except SystemExit as e:  # argparse's own usage errors
         code = int(e.code or 0)
     assert_inert(capfd, code)
+
+
+# ---------------------------------------------------------------------------- saved sessions
+@pytest.mark.slow  # starts a real process with the tiny model
+def test_chat_session_note_and_name(tiny_lm, tmp_path):
+    """A session named ``[/]`` saved with another model whose id carries the payload: the note
+    naming that model and the session line print inert, and the turn is answered."""
+    import os
+    import subprocess
+    import sys
+
+    from engine.sessions.store import SavedTurn, SessionStore
+
+    d = tmp_path / "tiny-llama"
+    tiny_lm.model.save_pretrained(str(d))
+    tiny_lm.tokenizer.save_pretrained(str(d))
+    st = SessionStore(tmp_path / "sessions" / "sessions.db")
+    st.create("[/]", f"other{PAYLOAD}", "other-weights", None, {})
+    ids = tiny_lm.tokenizer.encode("Hello", add_special_tokens=False)
+    st.save_turn("[/]", 0, SavedTurn("Hello", ids, f"hi {PAYLOAD}", ids), ids + ids, 0,
+                 model_id=f"other{PAYLOAD}", weights_hash="other-weights", sampling={})
+    st.close()
+    env = {**os.environ, "TOKENFORGE_SESSIONS": str(tmp_path / "sessions"), "COLUMNS": "400"}
+    p = subprocess.run([sys.executable, "-m", "app.cli", "chat", "--model", str(d), "--session", "[/]",
+                        "--prompt", "Go on", "--temperature", "0", "--max-new-tokens", "3"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    both = p.stdout + p.stderr
+    assert p.returncode == 0, both
+    assert "Traceback" not in both and is_inert(both, multiline=True), repr(both)
+    assert "other\\x1b]52;c;" in p.stderr and "session '[/]'" in p.stderr
