@@ -43,6 +43,8 @@ class ModelLifecycle:
         if self.settings.context_size:  # a profile's context size: never above the model's
             lm.context_length = min(int(lm.context_length), int(self.settings.context_size))
         self.lm = lm
+        # the model's own sampling defaults replace the values still at a default
+        self.settings.apply_model_defaults(lm.sampling_defaults)
         self.model_state = "ready"
         self.sub_title = plain(lm.describe())
         self.notify_screens(ModelChanged)

@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from app.settings_file import load_into
 from engine.lm.config import SamplingConfig
+from engine.lm.sampling_defaults import (BUILT_IN, MODEL_KEYS, PROFILE, SAVED,
+                                         ModelSamplingDefaults, resolve)
 #: kinds whose timeouts the settings screen shows (load has none: Ctrl+C stops it), and the
 #: bound of each (declared with the config file's timeouts table)
 from engine.sessions.profiles import TIMEOUT, TIMEOUT_KINDS  # noqa: F401  (re-exported)
@@ -172,6 +174,10 @@ class AppSettings:
     engine_path: str = "fast"
     system_prompt: str = "You are a helpful assistant."
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    #: where each model-defaultable sampling value came from (engine.lm.sampling_defaults):
+    #: built-in, model, model card, saved, profile or flag
+    sampling_sources: dict[str, str] = field(
+        default_factory=lambda: {k: BUILT_IN for k in MODEL_KEYS})
     timeouts: dict[str, Optional[float]] = field(default_factory=lambda: derive_timeouts(None, 256))
     #: kinds whose timeout the user typed; re-deriving leaves those alone
     user_timeouts: set[str] = field(default_factory=set)
@@ -230,11 +236,40 @@ class AppSettings:
                           ("banned_ids", "banned_ids")):
             if getattr(p, key) is not None:
                 setattr(sm, attr, getattr(p, key))
+                if key in self.sampling_sources:
+                    self.sampling_sources[key] = PROFILE
         if p.stop is not None:
             sm.stop_strings = tuple(p.stop)
         self.rederive()
         for kind, secs in p.timeouts.items():
             self.set_user_timeout(kind, secs)
+
+    def apply_model_defaults(self, defaults: ModelSamplingDefaults) -> None:
+        """A model loaded: its own sampling defaults replace the values that were still
+        defaults (built-in or the previous model's); what the user set stays."""
+        built_in = SamplingConfig()
+        values, sources = resolve({k: getattr(self.sampling, k) for k in MODEL_KEYS},
+                                  self.sampling_sources, defaults,
+                                  {k: getattr(built_in, k) for k in MODEL_KEYS})
+        for k, v in values.items():
+            setattr(self.sampling, k, v)
+        self.sampling_sources.update(sources)
+
+    def set_sampling_by_user(self, new: SamplingConfig) -> None:
+        """Settings applied: each model-defaultable value that changed becomes the user's
+        (saved); unchanged ones keep their source, so they still follow the model."""
+        for k in MODEL_KEYS:
+            if getattr(new, k) != getattr(self.sampling, k):
+                self.sampling_sources[k] = SAVED
+        self.sampling = new
+
+    def sampling_provenance(self) -> str:
+        """'temperature 0.2 (model card) · top-p 0.9 (model card) · top-k 0 (built-in) · …'."""
+        from engine.bounds import bound_of
+
+        return " · ".join(f"{bound_of(SamplingConfig, k).name_for(k)} "
+                          f"{getattr(self.sampling, k):g} ({self.sampling_sources.get(k, BUILT_IN)})"
+                          for k in MODEL_KEYS)
 
     @property
     def timeouts_user_set(self) -> bool:

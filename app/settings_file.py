@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.errors import InputError
+from engine.lm.sampling_defaults import MODEL_KEYS, SAVED
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 
 VERSION = 1
@@ -30,6 +31,8 @@ def to_json(s: Any) -> str:
     data = {"version": VERSION,
             "sampling": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in asdict(s.sampling).items()},
+            # the sampling values the user set (the others follow the loaded model's defaults)
+            "sampling_set": sorted(k for k, src in s.sampling_sources.items() if src == SAVED),
             "user_timeouts": {k: s.timeouts.get(k) for k in sorted(s.user_timeouts)},
             "export_dir": str(s.export_dir),
             "system_prompt": s.system_prompt}
@@ -74,6 +77,11 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         defaults = SamplingConfig()
         sampling = SamplingConfig(**{k: sm.get(k, getattr(defaults, k))
                                      for k, _ in bounded_fields(SamplingConfig)}).validate()
+        chosen = data.get("sampling_set")
+        if chosen is None:  # written before the list existed: what differs from the built-in
+            chosen = [k for k in MODEL_KEYS if getattr(sampling, k) != getattr(defaults, k)]
+        if not isinstance(chosen, list) or not set(chosen) <= set(MODEL_KEYS):
+            raise InputError("sampling_set")
         timeouts = data.get("user_timeouts", {})
         if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS):
             raise InputError("user_timeouts")
@@ -85,7 +93,11 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         ChatConfig(system=system).validate()
     except (ValueError, InputError) as e:
         return f"settings file {p} ignored ({e}); defaults used"
+    for k in MODEL_KEYS:  # the rest stay defaults, for the model's own values to replace
+        if k not in chosen:
+            setattr(sampling, k, getattr(defaults, k))
     s.sampling = sampling
+    s.sampling_sources.update({k: SAVED for k in chosen})
     s.export_dir = Path(export).expanduser()
     s.system_prompt = system
     s.rederive()

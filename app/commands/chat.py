@@ -14,6 +14,7 @@ from rich.console import Console
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 from app.inert import printable, styled
 from app.interrupt import cancel_token, current as interrupts, phase
+from engine.lm.sampling_defaults import MODEL, MODEL_CARD, MODEL_KEYS, resolve
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -97,6 +98,21 @@ def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Cons
                   "restored_tokens": rep.restored_tokens}
 
 
+def _model_sampling(args: argparse.Namespace, lm: LoadedModel, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """The loaded model's own sampling defaults (engine.lm.sampling_defaults) for the values no
+    flag or profile set, and where each value came from (for ``--json``)."""
+    from dataclasses import replace
+
+    from engine.lm.config import SamplingConfig
+
+    sources = dict(getattr(args, "tf_sources", {}) or {})
+    built_in = SamplingConfig()
+    values, srcs = resolve({k: getattr(cfg, k) for k in MODEL_KEYS}, sources,
+                           lm.sampling_defaults, {k: getattr(built_in, k) for k in MODEL_KEYS})
+    cfg = replace(cfg, **values).validate()
+    return cfg, {k: {"value": values[k], "source": srcs[k]} for k in MODEL_KEYS}
+
+
 @guard
 def run(args: argparse.Namespace) -> int:
     from engine.lm.chat import ChatSession
@@ -113,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     ChatConfig(system=args.system, alternatives=args.alternatives).validate()
     lm = load_lm(args)
     err = err_console()
+    cfg, sampling_info = _model_sampling(args, lm, cfg)
+    if not args.json and any(v["source"] in (MODEL, MODEL_CARD) for v in sampling_info.values()):
+        err.print(styled("[dim]sampling {s} (a flag, profile or Settings value wins)[/]",
+                         s=" · ".join(f"{k} {v['value']:g} ({v['source']})"
+                                      for k, v in sampling_info.items())))
     saved: dict[str, Any] = {}
     if args.session is not None:
         session, saved = _open_session(lm, args, cfg, err)
@@ -123,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     fwd = get_forward(lm)  # the instance the session decodes with (cached on lm)
     # a reduced-precision path is named beside every answer's figures, not only at load time
     inexact = "" if is_exact(fwd) else f"{fwd.name} decode (INEXACT)"
-    path_info = {"engine_path": fwd.name, "exact": not inexact}
+    path_info = {"engine_path": fwd.name, "exact": not inexact, "sampling": sampling_info}
     if args.prompt is not None:
         rec = None
         if args.json:

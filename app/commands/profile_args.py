@@ -10,6 +10,7 @@ import argparse
 from typing import Any, Iterator
 
 from app.inert import InertArgumentParser
+from engine.lm.sampling_defaults import BUILT_IN, FLAG, PROFILE
 
 # profile key -> argparse dest
 DESTS = {"model": "model", "device": "device", "dtype": "dtype", "engine_path": "engine_path",
@@ -76,9 +77,12 @@ def apply(args: argparse.Namespace) -> argparse.Namespace:
     cfg = load_config(getattr(args, "config", None))
     profile = cfg.profile(getattr(args, "profile", None))
     values = profile.values() if profile is not None else {}
+    sources: dict[str, str] = {}  # profile key -> flag | profile | built-in
     for dest, v in list(vars(args).items()):
         key = _BY_DEST.get(dest)
         typed = not isinstance(v, _Default) and v is not None
+        if key is not None:
+            sources[key] = FLAG if typed else PROFILE if key in values else BUILT_IN
         if typed:
             continue
         if key in values:
@@ -90,4 +94,5 @@ def apply(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, dest, [])
     args.tf_config = cfg
     args.tf_profile = profile
+    args.tf_sources = sources
     return args

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from rich.text import Text
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
@@ -131,6 +132,7 @@ class SettingsScreen(ToolScreen):
                              value=s.engine_path, allow_blank=False, id="set-engine-path",
                              compact=True)
             yield Static("[b]Sampling[/]", classes="section")
+            yield Static("", id="sampling-source", classes="note")
             yield from field("max new tokens", "set-max-new", str(sm.max_new_tokens))
             yield from field("temperature", "set-temperature", f"{sm.temperature:g}", "0 = greedy")
             yield from field("top-k", "set-top-k", str(sm.top_k), "0 = off")
@@ -165,6 +167,7 @@ class SettingsScreen(ToolScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.shown = {inp.id: inp.value for inp in self.query(Input) if inp.id}
+        self._refresh_sampling()
         self.settings_changed()
         self.validate_all()
 
@@ -216,11 +219,11 @@ class SettingsScreen(ToolScreen):
         for k in TIMEOUT_KINDS:
             if values[f"timeout-{k}"] != before.get(k):
                 s.set_user_timeout(k, values[f"timeout-{k}"])
-        s.sampling = SamplingConfig(
+        s.set_sampling_by_user(SamplingConfig(
             max_new_tokens=values["set-max-new"], temperature=values["set-temperature"],
             top_k=values["set-top-k"], top_p=values["set-top-p"], seed=values["set-seed"],
             stop_strings=values["set-stop"], repetition_penalty=values["set-rep"],
-            min_p=values["set-min-p"], banned_ids=values["set-banned"])
+            min_p=values["set-min-p"], banned_ids=values["set-banned"]))
         s.rederive()  # max new tokens may have changed the derived ones
         s.export_dir = Path(values["set-export"])
         s.device = values["set-device"]
@@ -306,9 +309,27 @@ class SettingsScreen(ToolScreen):
             note += " · Re-derive to drop your values"
         self.query_one("#timeouts-note", Static).update(f"[dim]{note}[/]")
 
+    #: the sampling fields a loaded model's defaults may change (engine.lm.sampling_defaults)
+    MODEL_FIELDS = {"temperature": "set-temperature", "top_k": "set-top-k", "top_p": "set-top-p",
+                    "repetition_penalty": "set-rep", "min_p": "set-min-p"}
+
+    def _refresh_sampling(self) -> None:
+        """Show the values a newly loaded model chose (fields the user has not edited) and
+        where every value came from."""
+        s = self.tokenforge_app.settings
+        for key, fid in self.MODEL_FIELDS.items():
+            inp = self.query_one(f"#{fid}", Input)
+            want = f"{getattr(s.sampling, key):g}"
+            if inp.value != want and inp.value == self.shown.get(fid, inp.value):
+                inp.value = want
+                self.shown[fid] = want
+        self.query_one("#sampling-source", Static).update(
+            Text(f"from: {s.sampling_provenance()}", style="dim"))
+
     def model_changed(self) -> None:
         if not self.children:
             return
+        self._refresh_sampling()
         app = self.tokenforge_app
         st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",
               "failed": f"[red]failed: {tesc(app.model_error)}[/]"}.get(app.model_state, "none")

@@ -15,6 +15,8 @@ from typing import Any, Iterator, Optional
 
 from engine.atomic import atomic_dir
 from engine.errors import ModelLoadError, ModelNotFound
+from engine.lm.model_facts import context_length_of, eos_ids_of  # noqa: F401 (re-exported)
+from engine.lm.sampling_defaults import ModelSamplingDefaults, model_sampling_defaults
 from engine.paths import cache_dir
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, check, report
 
@@ -45,6 +47,8 @@ class LoadedModel:
     load_s: float = 0.0
     from_cache: bool = False
     notes: list[str] = field(default_factory=list)
+    #: how the model's authors sample (its generation_config.json, or the bundled model's card)
+    sampling_defaults: ModelSamplingDefaults = field(default_factory=ModelSamplingDefaults)
 
     @property
     def config(self) -> Any:
@@ -240,6 +244,15 @@ def gguf_of(spec: str) -> Optional[tuple[Path, str]]:
     return p, p.stem
 
 
+def _is_bundled(spec: str) -> bool:
+    """``spec`` names the bundled model (by "default" or by its GGUF's path)."""
+    try:
+        gg = gguf_of(spec)
+        return gg is not None and gg[0].resolve() == bundled_gguf().resolve()
+    except (ModelNotFound, OSError):
+        return False
+
+
 def converted_dir(gguf: Path) -> Path:
     """Where a GGUF's de-quantized copy lives: cache/models/<name>-<hash>/."""
     return cache_dir("models") / f"{gguf.stem}-{_quick_hash(gguf)}"
@@ -267,43 +280,6 @@ def resolve_source(spec: str, progress: Optional[ProgressFn] = None,
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return _find_hf_cached(spec), spec, True
     raise ModelNotFound(f"unknown model {spec!r}: not 'default', a directory, a .gguf file or a hub id")
-
-
-def context_length_of(config: Any, tokenizer: Any = None) -> int:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(config, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    v = getattr(tokenizer, "model_max_length", None)
-    if isinstance(v, int) and 0 < v < 10**7:
-        return v
-    return 2048
-
-
-def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends an answer: generation config EOS (int or list), tokenizer EOS, and the
-    template's end-of-turn token when it is a single special token (e.g. ``<|im_end|>``)."""
-    ids: list[int] = []
-
-    def add(v: Any) -> None:
-        if v is None:
-            return
-        if isinstance(v, (list, tuple)):
-            for x in v:
-                add(x)
-        elif isinstance(v, int) and v >= 0 and v not in ids:
-            ids.append(v)
-
-    gc = getattr(model, "generation_config", None)
-    add(getattr(gc, "eos_token_id", None))
-    add(getattr(model.config, "eos_token_id", None))
-    add(getattr(tokenizer, "eos_token_id", None))
-    vocab = tokenizer.get_vocab()
-    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>"):
-        if name in vocab and name in (tokenizer.all_special_tokens + [str(t) for t in
-                                      getattr(tokenizer, "added_tokens_decoder", {}).values()]):
-            add(vocab[name])
-    return ids
 
 
 @contextmanager
@@ -393,7 +369,9 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
     lm = LoadedModel(model=model, tokenizer=tok, name=name, spec=spec, source=str(src),
                      device=dev, dtype=str(torch_dtype).replace("torch.", ""),
                      context_length=context_length_of(model.config, tok),
-                     eos_ids=eos_ids_of(model, tok), from_cache=warm, notes=notes)
+                     eos_ids=eos_ids_of(model, tok), from_cache=warm, notes=notes,
+                     sampling_defaults=model_sampling_defaults(src, bundled=_is_bundled(spec)))
+    lm.notes.extend(lm.sampling_defaults.notes)
     lm.load_s = time.perf_counter() - t0
     report(progress, "load", 4, 4, f"loaded {lm.describe()} in {lm.load_s:.1f} s",
            seconds=round(lm.load_s, 2), warm=warm)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from engine.lm.sampling_defaults import ModelSamplingDefaults
 from engine.lm.results import GenerationResult  # torch-free: the TUI tests never load torch
 from engine.progress import Cancelled, report
 from waiting import DEADLINE_S, eventually, until  # noqa: F401 (the TUI tests' helpers)
@@ -31,6 +32,7 @@ def bench_lines() -> list[str]:
 
 class FakeLM:
     name = "fake-lm"
+    sampling_defaults = ModelSamplingDefaults()  # says nothing: the built-in values stay
     context_length = 2048
     eos_ids = [0]
     device = "cpu"
