@@ -86,9 +86,11 @@ def _list() -> int:
     t.add_column("name")
     t.add_column("label")
     t.add_column("changes model")
+    t.add_column("how it simplifies its paper")
     for n in method_names():
         m = make_method(n)
-        t.add_row(text(n), text(m.label), "yes" if m.model_changing else "")
+        t.add_row(text(n), text(m.label), "yes" if m.model_changing else "",
+                  text(m.simplification or "—"))
     inert_console().print(t)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 

@@ -334,6 +334,7 @@ class _Bench:
                "suite": self.suite.name, "prompt_id": q_id, "kind": kind, "repeat": r,
                "method": m.name, "label": m.label, "params": dict(m.params),
                "model_changing": bool(m.model_changing), "speed_note": m.speed_note,
+               "simplification": m.simplification,
                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "model": self.minfo,
                "env": {**self.base_env, "loadavg": loadavg()}, "cost": cost, "quality": quality,
                "status": status, "message": message}

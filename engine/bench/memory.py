@@ -36,6 +36,10 @@ def _tensors(obj: Any, depth: int = 0) -> Iterator[tuple[torch.Tensor, torch.Ten
         return
     if depth > 3 or obj is None or isinstance(obj, (int, float, str, bool, torch.nn.Module)):
         return
+    views = getattr(obj, "kv_views", None)  # a cache layer that names its own buffers
+    if callable(views):
+        yield from views()
+        return
     store, length = getattr(obj, "store", None), getattr(obj, "length", None)
     if store is not None and isinstance(length, int) and torch.is_tensor(getattr(store, "k", None)):
         yield store.k[..., :length, :], store.k  # the lean cache: (layers, batch, heads, cap, dim)

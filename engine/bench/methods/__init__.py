@@ -22,6 +22,9 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "kv-fp8": ("kv_fp8", "KVFp8", {}),
     "evict-sinks": ("kv_evict_sinks", "SinksRecent", {}),
     "evict-cake": ("kv_evict_cake", "CakeEviction", {}),
+    "evict-snapkv": ("kv_evict_cake", "SnapKV", {}),
+    "evict-pyramidkv": ("kv_evict_cake", "PyramidKV", {}),
+    "kv-contiguous": ("kv_contiguous", "KVContiguous", {}),
     "prune-nth": ("prompt_prune", "PruneEveryNth", {}),
     "prune-selfinfo": ("prompt_prune", "PruneSelfInfo", {}),
     "sparsity-magnitude": ("act_sparsity", "MagnitudeSparsity", {}),
@@ -29,6 +32,7 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "phrase-merge": ("phrase_merge", "PhraseMerge", {}),
     "lean-fp32": ("decode_paths", "LeanExact", {}),
     "int8-decode": ("decode_paths", "Int8Decode", {}),
+    "all-combined": ("combined", "AllCombined", {}),
 }
 
 

@@ -206,6 +206,8 @@ class _Sparsity(Method):
 class MagnitudeSparsity(_Sparsity):
     name = "sparsity-magnitude"
     label = "Activation sparsity: magnitude Top-K on MLP inputs (quality only)"
+    simplification = ("TEAL-like Top-K on the MLP inputs only; no sparse kernel, so a quality "
+                      "study")
 
 
 # model → {calibration sha: (rotations, tokens)}; weak so a freed model drops its rotations
@@ -216,6 +218,10 @@ _CALIB: "weakref.WeakKeyDictionary[Any, dict[str, tuple[list[torch.Tensor], int]
 class RotatedSparsity(_Sparsity):
     name = "sparsity-rotated"
     label = "Activation sparsity: PCA-rotated Top-K on MLP inputs (LaRoSA-style, quality only)"
+    simplification = ("LaRoSA rotates and sparsifies every projection input (q/k/v, o_proj, "
+                      "gate/up, down_proj); here only the MLP inputs (gate/up), so about half "
+                      "the model-level sparsity; calibrated on the shipped calibration text, not "
+                      "~20,000 tokens; no sparse kernel")
     rotated = True
 
     def __init__(self, sparsity: float = 0.4, calibration: Optional[str] = None, **params: Any):

@@ -92,6 +92,7 @@ class Method:
     label: str = "Baseline (DynamicCache, full prompt)"
     model_changing: bool = False
     speed_note: str = ""
+    simplification: str = ""  # how the method simplifies its paper ("" = as published); bench list
     forward_path: str = "standard"  # "standard" forces the HF forward; "auto" uses get_forward(lm)
     tf_chunked: bool = False  # True only where feeding the targets in one chunk is exact (plain cache)
 
@@ -111,7 +112,8 @@ class Method:
 
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label, "model_changing": self.model_changing,
-                "speed_note": self.speed_note, "params": dict(self.params),
+                "speed_note": self.speed_note, "simplification": self.simplification,
+                "params": dict(self.params),
                 "forward": self.forward_path}
 
     # ---- prompt -----------------------------------------------------------------------------

@@ -94,3 +94,48 @@ def make_combined(name: str, make: Any, **params: Any) -> Combined:
                              "combination parameters are prompt.KEY or cache.KEY")
         side[where][key] = v
     return Combined(make(parts[0], **side["prompt"]), make(parts[1], **side["cache"]))
+
+
+# what "all combined" runs: one method per side that composes with the others
+ALL_PARTS = {"prompt": "prune-selfinfo", "cache": "evict-cake", "model": "sparsity-rotated"}
+
+
+class AllCombined(Combined):
+    """Every method that composes, applied at once and measured whole (never a sum of the rows'
+    separate savings): word pruning decides what is fed, CAKE how it is cached, rotated
+    activation sparsity changes the model. Left out because they cannot run together with
+    those: kv-fp8 and kv-contiguous (another cache instead of the evicting one), phrase-merge
+    (it re-encodes the unpruned prompt with its own vocabulary), kv-reuse (it needs a prefix
+    cached by an earlier turn, which pruning changes). Parameters: ``prompt.KEY``,
+    ``cache.KEY``, ``model.KEY``."""
+
+    simplification = ("the seed's combination minus what cannot compose here: one cache method "
+                      "(CAKE; no FP8 or contiguous buffer beside eviction) and no phrase-merge")
+
+    def __init__(self, **params: Any) -> None:
+        from . import make_method
+
+        side: dict[str, dict] = {k: {} for k in ALL_PARTS}
+        for k, v in params.items():
+            where, dot, key = k.partition(".")
+            if not dot or where not in side:
+                raise InputError(f"unknown parameter {k!r} for all-combined",
+                                 "its parameters are prompt.KEY, cache.KEY or model.KEY")
+            side[where][key] = v
+        parts = {k: make_method(n, **side[k]) for k, n in ALL_PARTS.items()}
+        super().__init__(parts["prompt"], parts["cache"])
+        self.m = parts["model"]
+        self.name = "all-combined"
+        self.label = (f"All combined: {self.p.name} + {self.c.name} + {self.m.name} "
+                      "(every method that composes, measured together)")
+        self.model_changing = True
+        self.speed_note = self.m.speed_note
+        self.params = {**self.params, **{f"model.{k}": v for k, v in self.m.params.items()}}
+
+    def prepare(self, lm: LoadedModel, *, progress: Any = None, cancel: Any = None) -> float:
+        return float(self.m.prepare(lm, progress=progress, cancel=cancel) or 0.0) + \
+            super().prepare(lm, progress=progress, cancel=cancel)
+
+    def restore(self, lm: LoadedModel) -> None:
+        super().restore(lm)
+        self.m.restore(lm)

@@ -88,6 +88,8 @@ class SinksRecent(EvictingMethod):
 
     name = "evict-sinks"
     label = "KV eviction: attention sinks + recent window (StreamingLLM-style, true positions)"
+    simplification = ("StreamingLLM re-assigns positions inside the cache; here true positions "
+                      "are kept (post-RoPE keys), and the prompt is prefilled whole first")
 
     def __init__(self, sinks: int = 4, window: int = 124, positions: str = "true",
                  budget: Optional[int] = None, **params: Any):

@@ -34,6 +34,7 @@ def _orig_itemsize(lay: Any) -> int:
 class KVFp8(Method):
     name = "kv-fp8"
     label = "KV cache FP8 e4m3 (transformers QuantizedCache, per-tensor scale)"
+    simplification = "transformers' QuantizedCache with a per-tensor scale and a full-precision residual"
 
     def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         from transformers import QuantizedCache

@@ -175,6 +175,9 @@ _LEARNED: "weakref.WeakKeyDictionary[Any, dict[str, PhraseVocab]]" = weakref.Wea
 class PhraseMerge(Method):
     name = "phrase-merge"
     label = "Phrase-merge tokenizer (untrained, experimental; new rows = mean of parts)"
+    simplification = ("AdaptiVocab adapts the vocabulary to a domain and fine-tunes; here "
+                      "merges are learned from a short generic text, new rows are the mean of "
+                      "their parts (no exponential weighting), no fine-tuning (untrained)")
     model_changing = True
 
     def __init__(self, max_phrases: int = 64, min_count: int = 2, max_n: int = 4,

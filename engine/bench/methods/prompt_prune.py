@@ -175,6 +175,7 @@ class _Pruning(Method):
 class PruneEveryNth(_Pruning):
     name = "prune-nth"
     label = "Prompt pruning: drop every Nth word (naive baseline, negations/numbers kept)"
+    simplification = "a naive reference point, not a published method"
 
     def __init__(self, n: int = 4, protect: bool = True, **params: Any) -> None:
         reject_unknown(self.name, params, ["n", "protect"])
@@ -190,6 +191,8 @@ class PruneEveryNth(_Pruning):
 class PruneSelfInfo(_Pruning):
     name = "prune-selfinfo"
     label = "Prompt pruning: drop low self-information words (Selective-Context-style, own model)"
+    simplification = ("Selective Context prunes phrases and sentences by the self-information of "
+                      "a separate small model; here words, scored by the model under test")
 
     def __init__(self, ratio: float = 0.25, protect: bool = True, **params: Any) -> None:
         reject_unknown(self.name, params, ["ratio", "protect"])
