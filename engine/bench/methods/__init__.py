@@ -32,7 +32,7 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "phrase-merge": ("phrase_merge", "PhraseMerge", {}),
     "lean-fp32": ("decode_paths", "LeanExact", {}),
     "int8-decode": ("decode_paths", "Int8Decode", {}),
-    "all-combined": ("combined", "AllCombined", {}),
+    "all-combined": ("combined", "make_all", {}),  # built by make_method (it needs the registry)
 }
 
 
@@ -40,7 +40,8 @@ def registry() -> dict[str, Callable[..., "Method"]]:
     """Method names → factories (call with keyword params to override the defaults)."""
     out: dict[str, Callable[..., Method]] = {}
     for name, (mod, cls, defaults) in _FACTORIES.items():
-        out[name] = _factory(mod, cls, defaults)
+        out[name] = _factory(mod, cls, defaults) if name != "all-combined" else \
+            (lambda **p: make_method("all-combined", **p))
     return out
 
 
@@ -64,6 +65,10 @@ def make_method(name: str, **params: Any) -> "Method":
         return make_combined(name, make_method, **params)
     if name not in _FACTORIES:
         raise InputError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+    if name == "all-combined":
+        from .combined import make_all
+
+        return make_all(make_method, **params)
     return registry()[name](**params)
 
 

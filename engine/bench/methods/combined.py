@@ -112,17 +112,7 @@ class AllCombined(Combined):
     simplification = ("the seed's combination minus what cannot compose here: one cache method "
                       "(CAKE; no FP8 or contiguous buffer beside eviction) and no phrase-merge")
 
-    def __init__(self, **params: Any) -> None:
-        from . import make_method
-
-        side: dict[str, dict] = {k: {} for k in ALL_PARTS}
-        for k, v in params.items():
-            where, dot, key = k.partition(".")
-            if not dot or where not in side:
-                raise InputError(f"unknown parameter {k!r} for all-combined",
-                                 "its parameters are prompt.KEY, cache.KEY or model.KEY")
-            side[where][key] = v
-        parts = {k: make_method(n, **side[k]) for k, n in ALL_PARTS.items()}
+    def __init__(self, parts: dict[str, Method]) -> None:
         super().__init__(parts["prompt"], parts["cache"])
         self.m = parts["model"]
         self.name = "all-combined"
@@ -139,3 +129,16 @@ class AllCombined(Combined):
     def restore(self, lm: LoadedModel) -> None:
         super().restore(lm)
         self.m.restore(lm)
+
+
+def make_all(make: Any, **params: Any) -> AllCombined:
+    """``all-combined`` from the registry's ``make``; ``prompt.KEY`` / ``cache.KEY`` /
+    ``model.KEY`` parameters go to the side they name."""
+    side: dict[str, dict] = {k: {} for k in ALL_PARTS}
+    for k, v in params.items():
+        where, dot, key = k.partition(".")
+        if not dot or where not in side:
+            raise InputError(f"unknown parameter {k!r} for all-combined",
+                             "its parameters are prompt.KEY, cache.KEY or model.KEY")
+        side[where][key] = v
+    return AllCombined({k: make(n, **side[k]) for k, n in ALL_PARTS.items()})
