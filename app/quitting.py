@@ -1,8 +1,9 @@
 """Quitting: the Ctrl+C policy, signal handlers, the graceful shutdown and the forced exit. A
 mixin of ``TokenforgeApp``.
 
-Ctrl+C (docs/tui.md): the first press cancels every running job ("Cancelling… Ctrl+C again to
-force quit"); with nothing running it quits gracefully (threads get ``SHUTDOWN_GRACE`` s). A second
+Ctrl+C (docs/tui.md): the first press cancels every running job, a model load included
+("Cancelling… Ctrl+C again to force quit"); with nothing running (the speed probe and the
+vocabulary build do not count) it quits gracefully (threads get ``SHUTDOWN_GRACE`` s). A second
 press within ``FORCE_WINDOW`` s restores the terminal and exits at once (``os._exit(130)``), even
 when a thread is stuck inside one long model call. ``kill -INT`` behaves the same; SIGTERM and
 SIGHUP quit gracefully; ctrl+q quits gracefully.
@@ -69,9 +70,11 @@ class QuitPolicy:
         now, prev = time.monotonic(), self._last_ctrl_c
         self._last_ctrl_c = now
         log.info("interrupt (busy=%s, in_flight=%d)", self.runner.busy, self.runner.in_flight())
-        # background work (load, speed probe, vocabulary) does not hold the app open: the user
-        # pressing Ctrl+C with only that running wants to quit (shutdown cancels it)
-        user_jobs = [j for j in self.runner.running() if j.id not in self._bg_jobs]
+        # a model load is the user's job (they chose the model): the press cancels it and the app
+        # stays; the other background work (speed probe, vocabulary) does not hold the app open:
+        # with only that running the user wants to quit (shutdown cancels it)
+        user_jobs = [j for j in self.runner.running()
+                     if self._bg_jobs.get(j.id, "load") == "load"]
         if now - prev <= self.FORCE_WINDOW:
             self.force_quit(130)
         elif user_jobs:

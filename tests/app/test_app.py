@@ -293,6 +293,7 @@ async def test_first_ctrl_c_cancels_second_forces(make_app, monkeypatch):
     monkeypatch.setattr(TokenforgeApp, "force_quit", lambda self, code: forced.append(code))
     eng = FakeEngine(token_delay=10.0)
     app = make_app(engine=eng)
+    app.FORCE_WINDOW = 600.0  # "second press" by order, not by the clock (a loaded machine)
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await ready(pilot, app)
@@ -320,6 +321,7 @@ async def test_sigint_from_outside_cancels_jobs(make_app, monkeypatch):
     monkeypatch.setattr(TokenforgeApp, "force_quit", lambda self, code: forced.append(code))
     eng = FakeEngine(token_delay=10.0)
     app = make_app(engine=eng, install_signals=True)
+    app.FORCE_WINDOW = 600.0  # "second press" by order, not by the clock (a loaded machine)
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await ready(pilot, app)
@@ -477,3 +479,19 @@ async def test_ctrl_c_with_only_background_work_quits(make_app):
         await pilot.press("ctrl+c")
         await until(pilot, lambda: not app.is_running)
     assert app.return_code == 0 and app.runner.in_flight() == 0
+
+
+async def test_ctrl_c_during_model_load_cancels_the_load_and_the_app_stays(make_app):
+    """A model load is the user's job: one Ctrl+C cancels it (the app says so and stays, with
+    no model); only a press when idle quits."""
+    app = make_app(engine=FakeEngine(load_gate=threading.Event()))  # never opened: loads forever
+    app.FORCE_WINDOW = 0.0  # the second press below is a fresh one, never a force quit
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.runner.running("load"))
+        await pilot.press("ctrl+c")
+        await until(pilot, lambda: app.model_state == "failed")
+        assert "loading cancelled" in app.model_error and app.is_running
+        assert any("Cancelling" in n for n in notes(app))
+        await pilot.press("ctrl+c")  # now idle: quits
+        await until(pilot, lambda: not app.is_running)
+    assert app.return_code == 0
