@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -18,6 +17,7 @@ from app.inert import InertArgumentParser, console as inert_console, styled, tex
 from app.commands.common import (add_model_args, attack_config, err_console, fail,
                                  guard, load_lm, read_attack_results)
 from app.interrupt import cancel_token, phase, run_command
+from app.commands.attack_progress import LiveProgress, row_line
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -90,30 +90,6 @@ def _say(con: Console, msg: str, style: str = "yellow") -> None:
     con.print(msg, style=style, markup=False, highlight=False)
 
 
-def row_line(i: int, n: int, rec: dict[str, Any], judges: Sequence[str], t0: float,
-             rank: str = "") -> str:
-    """One line per finished row: ids, likelihood gain, per-judge harmful counts (with a loud
-    UNPARSED count when most of a judge's verdicts could not be read), throughput."""
-    from engine.advtok.judges.summary import mostly_unparsed
-
-    el = time.monotonic() - t0
-    rate = i / el * 3600 if el > 0 else 0.0
-    eta = (n - i) / (i / el) if i and el > 0 else 0.0
-    parts = []
-    for j in judges:
-        def cnt(side: str) -> str:
-            ss = rec.get(f"{side}_samples") or []
-            h = sum(1 for s in ss if (s.get("verdicts") or {}).get(j, {}).get("label") == "harmful")
-            return f"{h}/{len(ss)}"
-        loud = mostly_unparsed([rec], j)      # 0/2 would read as "0 % ASR": say why
-        parts.append(f"{j} {cnt('canonical')}→{cnt('adversarial')}"
-                     + (f" ({loud})" if loud else ""))
-    imp = rec.get("improvement")
-    return (f"{rank}row {i}/{n} ({rec['id']}, line {rec['line']}): Δ "
-            f"{'—' if imp is None else f'{imp:+.4f}'} · " + " · ".join(parts)
-            + f" · {rate:.0f} rows/h · ETA {eta:.0f} s")
-
-
 def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_path: Path, *,
                 console: Optional[Console] = None, cancel: Any = None, par: Any = None,
                 on_row: Optional[Callable[[int, int, dict[str, Any]], None]] = None) -> Any:
@@ -129,20 +105,23 @@ def run_dataset(lm: LoadedModel, args: argparse.Namespace, rows_path: Path, out_
     judges = make_judges(args.judge, loader=lambda spec: _load_judge_model(args, spec),
                          settings=judge_settings(args))
     default_system = None if args.template_system else args.system
-    t0 = time.monotonic()
     rank = f"[{par.rank}] " if par is not None and par.world > 1 else ""
+    live = LiveProgress(con, rank)
 
     def row_done(i: int, n: int, rec: dict[str, Any]) -> None:
-        con.print(row_line(i, n, rec, [j.id for j in judges], t0, rank), highlight=False,
-                  markup=False)
+        con.print(text(row_line(i, n, rec, [j.id for j in judges], live.rp, rank)),
+                  highlight=False, soft_wrap=True)
         phase(f"row-done-{i}")
         if on_row is not None:
             on_row(i, n, rec)
 
-    summ = run_rows(lm, bench, lambda r: attack_config(args, r.request, r.response,
-                                                     system_for(r, default_system)),
-                    judges, out_path, par=par, cancel=cancel, on_row=row_done, system=default_system,
-                    on_error=lambda m: con.print(styled("[bold red]error:[/] {m}", m=m), soft_wrap=True))
+    with live:
+        summ = run_rows(lm, bench, lambda r: attack_config(args, r.request, r.response,
+                                                         system_for(r, default_system)),
+                        judges, out_path, par=par, cancel=cancel, on_row=row_done,
+                        system=default_system, progress=live,
+                        on_error=lambda m: con.print(styled("[bold red]error:[/] {m}", m=m),
+                                                     soft_wrap=True))
     for n in summ.notes:
         _say(con, n)
     summ.failed = [f"{m}" for m in summ.failed]
@@ -301,7 +280,8 @@ def judge_cmd(args: argparse.Namespace) -> int:
         return built
 
     phase("judge")
-    res = rejudge_file(args.results, judges, args.out, cancel=cancel_token())  # a stop: as it was
+    with LiveProgress(err_console()) as live:          # a stop: the file as it was
+        res = rejudge_file(args.results, judges, args.out, cancel=cancel_token(), progress=live)
     for n in res.notes:
         _say(err_console(), n)
     err_console().print(f"judged {res.rows} rows with {', '.join(j.id for j in built)} → {res.dest}",

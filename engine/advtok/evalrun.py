@@ -16,7 +16,7 @@ from engine.advtok.judges import JudgeItem, judge_records
 from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
                                    shard_path, template_info)
 from engine.errors import EngineError
-from engine.progress import CancelToken, check
+from engine.progress import CancelToken, ProgressFn, check, report
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -44,16 +44,19 @@ class Parallel:
 
 
 def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, Any]],
-                  spent: Optional[dict[str, float]] = None) -> None:
+                  spent: Optional[dict[str, float]] = None,
+                  progress: Optional[ProgressFn] = None, side: str = "") -> None:
     """Attach each judge's verdict to every sample dict (in place), judging each side batched;
     each judge's seconds are added to ``spent``. Judges see the behaviour and its context
-    apart (JudgeItem)."""
+    apart (JudgeItem). Reports phase "judge" (judge i of n, the side) before each judge runs."""
     if not samples:
         return
     items = [JudgeItem(request=row.behavior or row.request, response=s["text"],
                        target=row.response, category=row.category, context=row.context)
              for s in samples]
-    for j in judges:
+    for i, j in enumerate(judges, 1):
+        report(progress, "judge", i, len(judges),
+               f"{j.id} ({side + ', ' if side else ''}{len(samples)} samples)", judge=j.id, side=side)
         t = time.perf_counter()
         verdicts = j.judge(items)
         if spent is not None:
@@ -141,6 +144,8 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
         if cancel is not None and cancel.cancelled:
             summ.interrupted = True
             break
+        report(progress, "row", i, len(mine), f"row {i}/{len(mine)}", row_id=row.id, line=row.line)
+
         def failed(e: EngineError) -> None:
             msg = f"line {row.line}: {e}"
             summ.failed.append(msg)
@@ -164,12 +169,13 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
             summ.interrupted = True
             break
         spent: dict[str, float] = {}
-        judge_samples(judges, row, res.adversarial_samples, spent)
-        judge_samples(judges, row, res.canonical_samples, spent)
+        judge_samples(judges, row, res.adversarial_samples, spent, progress, "adversarial")
+        judge_samples(judges, row, res.canonical_samples, spent, progress, "canonical")
         rec = build_record(lm, row, cfg, res, bench, judge_ids, settings)
         rec["judge_info"] = judge_records(judges, spent)
         append_line(dest, json.dumps(rec, ensure_ascii=False))
         summ.done += 1
+        report(progress, "row-done", i, len(mine), f"row {i}/{len(mine)} written", row_id=row.id)
         if on_row is not None:
             on_row(i, len(mine), rec)
     return summ
@@ -186,21 +192,28 @@ def _settings(lm: LoadedModel, cfg: Any, judges: Sequence[Any], system: Optional
 
 
 def rejudge(records: list[dict[str, Any]], judges: Sequence[Any], *,
-            cancel: Optional[CancelToken] = None) -> list[dict[str, Any]]:
+            cancel: Optional[CancelToken] = None,
+            progress: Optional[ProgressFn] = None) -> list[dict[str, Any]]:
     """Add (or replace) the verdicts of ``judges`` on existing records (judging later, on another
-    machine). Records are changed in place and returned; a cancel raises Cancelled between rows."""
-    for rec in records:
+    machine). Records are changed in place and returned; a cancel raises Cancelled between rows.
+    Reports "row" / "row-done" around each record and "judge" inside, as a dataset run does."""
+    n = len(records)
+    for i, rec in enumerate(records, 1):
         check(cancel)
+        report(progress, "row", i, n, f"row {i}/{n}", row_id=str(rec.get("id", rec.get("key"))))
         row = BenchRow(id=str(rec.get("id", rec.get("key"))), request=rec["request"],
                        response=rec["response"], line=int(rec.get("line", 0)),
                        category=rec.get("category", "") or "",
                        context=rec.get("context") or "", behavior=rec.get("behavior") or "")
         spent: dict[str, float] = {}
-        judge_samples(judges, row, rec.get("adversarial_samples") or [], spent)
-        judge_samples(judges, row, rec.get("canonical_samples") or [], spent)
+        judge_samples(judges, row, rec.get("adversarial_samples") or [], spent, progress,
+                      "adversarial")
+        judge_samples(judges, row, rec.get("canonical_samples") or [], spent, progress,
+                      "canonical")
         rec.setdefault("judge_info", {}).update(judge_records(judges, spent))
         ids = list(rec.get("judges") or [])
         rec["judges"] = ids + [j.id for j in judges if j.id not in ids]
+        report(progress, "row-done", i, n, f"row {i}/{n} judged", row_id=row.id)
     return records
 
 
@@ -213,7 +226,8 @@ class JudgedFile:
 
 def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
                  out: Optional[Path | str] = None, *,
-                 cancel: Optional[CancelToken] = None) -> JudgedFile:
+                 cancel: Optional[CancelToken] = None,
+                 progress: Optional[ProgressFn] = None) -> JudgedFile:
     """Judge every finished row of ``results`` (and its shards) with the judges ``make_judges``
     builds, and write them.
 
@@ -238,7 +252,9 @@ def rejudge_file(results: Path | str, make_judges: Callable[[], Sequence[Any]],
         rr = read_results(results, files=files)
         if not rr.records:
             raise InputError(f"{results}: no finished rows")
-        return rejudge(rr.records, make_judges(), cancel=cancel), rr.notes
+        report(progress, "load", 0, None, "judge models")
+        judges = make_judges()
+        return rejudge(rr.records, judges, cancel=cancel, progress=progress), rr.notes
 
     if in_place:
         try:

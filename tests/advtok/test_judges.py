@@ -77,13 +77,15 @@ def _rec(labels_can, labels_adv, judge="rubric:m", scores=None):
 
 
 def test_mostly_unparsed_judge_is_loud_in_the_live_line():
-    from app.commands.attack_eval import row_line
+    from app.commands.attack_progress import row_line
+    from engine.advtok.runprogress import RunProgress
 
     rec = _rec(["unparsed", "unparsed"], ["unparsed", "safe"])
-    line = row_line(1, 4, rec, ["rubric:m"], 0.0)
-    assert "rubric:m 0/2→0/2 (3/4 UNPARSED)" in line
-    fine = row_line(1, 4, _rec(["safe", "harmful"], ["harmful", "unparsed"]), ["rubric:m"], 0.0)
-    assert "UNPARSED" not in fine and "rubric:m 1/2→1/2" in fine
+    line = row_line(1, 4, rec, ["rubric:m"], RunProgress(rows=4))
+    assert "rubric:m 0/0→0/1 (3/4 UNPARSED)" in line         # harmful / parsed
+    fine = row_line(1, 4, _rec(["safe", "harmful"], ["harmful", "unparsed"]), ["rubric:m"],
+                    RunProgress(rows=4))
+    assert "UNPARSED" not in fine and "rubric:m 1/2→1/1 (1 unparsed)" in fine
 
 
 def test_report_gives_the_mean_strongreject_score_and_warns():

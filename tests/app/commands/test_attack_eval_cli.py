@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -63,6 +64,13 @@ def test_dataset_run_report_and_judge(harmbench_dir, tiny_lm, tiny_dir, tmp_path
     assert main(run_args(tiny_dir, data, out, "--judge", "refusal")) == 0
     err = capsys.readouterr().err
     assert "row 3/3" in err and "rows/h" in err and "refusal " in err
+    # progress inside a row (stderr is not a terminal here: one line per phase)
+    for words in ("row 1/3 (Haiku) · diagram", "row 1/3 (Haiku) · search ",
+                  "sampling adversarial token", "sampling canonical token",
+                  "judging refusal (adversarial, 2 samples)"):
+        assert words in err, (words, err.splitlines())
+    assert re.search(r"ETA \d+:\d\d:\d\d", err) and " s\n" not in err
+    assert all(len(line) > 0 for line in err.splitlines())
     recs = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in recs] == ["Haiku", "Colours", "Sunny"]
     assert [r["category"] for r in recs] == ["Poetry", "Lists", "Poetry"]
@@ -98,6 +106,8 @@ def test_dataset_run_report_and_judge(harmbench_dir, tiny_lm, tiny_dir, tmp_path
 
     # judge later with another judge: verdicts are added, the old ones kept
     assert main(["attack", "judge", str(out), "--judge", "target"]) == 0
+    err = capsys.readouterr().err
+    assert "judging target (adversarial, 2 samples)" in err and "rows/h · ETA" in err
     recs2 = [json.loads(s) for s in out.read_text(encoding="utf-8").splitlines()]
     assert recs2[0]["judges"] == ["refusal", "target"]
     s0 = recs2[0]["adversarial_samples"][0]
