@@ -96,12 +96,14 @@ class Config:
 
 
 def config_path(flag: Optional[str] = None) -> tuple[Path, bool]:
-    """(path, explicit): the flag, else the environment variable, else the default location."""
+    """(path, explicit): the flag, else the environment variable, else the default location.
+    Only a typed ``--config`` must exist; the variable, like the default, names where the config
+    lives, and a file not written yet means no config."""
     from engine.paths import config_file
 
     if flag:
         return Path(flag).expanduser(), True
-    return config_file("config.toml", ENV_VAR), bool(os.environ.get(ENV_VAR))
+    return config_file("config.toml", ENV_VAR), False
 
 
 # key -> (types accepted, description for the message)

@@ -81,9 +81,10 @@ def test_where_the_file_is(monkeypatch, tmp_path):
     assert config_path() == (tmp_path / "xdg" / "tokenforge" / "config.toml", False)
     assert load_config().profiles == {}  # a missing default file is an empty config
     monkeypatch.setenv("TOKENFORGE_CONFIG", str(tmp_path / "env.toml"))
-    assert config_path() == (tmp_path / "env.toml", True)
+    assert config_path() == (tmp_path / "env.toml", False)
+    assert load_config().profiles == {}  # the variable names where it lives: not written yet
     with pytest.raises(ConfigError, match="not found"):
-        load_config()  # named explicitly, so missing is an error
+        load_config(str(tmp_path / "typed.toml"))  # a typed --config must exist
     assert config_path(str(tmp_path / "flag.toml"))[0] == tmp_path / "flag.toml"  # flag > env
 
 
