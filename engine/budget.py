@@ -113,12 +113,27 @@ def tree_rollout_bound(lm: LoadedModel, prompt_len: int, horizon: int) -> Bound:
 
 
 def batch_bound(lm: Any, option: str, context: int) -> Bound:
-    """Per row of one decode batch (AdvTok's side-by-side samples decode together): its KV for
-    ``context`` positions and one fp32 logits row."""
+    """Per row of one decode batch (AdvTok's side-by-side samples: as many rows decode together
+    as :func:`rows_that_fit` allows): its KV for ``context`` positions and one fp32 logits
+    row."""
     kv = kv_bytes_per_token(lm.config, dtype_bytes(lm))
     v = vocab_size(lm.config)
     return Bound(option, context * kv + v * 4,
                  f"per row {context} positions × {fmt_bytes(kv)} of KV + {v:,} fp32 logits")
+
+
+def rows_that_fit(bound: Bound, wanted: int, usable: Optional[int] = None) -> int:
+    """Rows of one decode batch: ``wanted``, lowered to what the usable memory holds at
+    ``bound.per_unit`` bytes per row (never below one). The caller decodes the rest in further
+    batches, and halves on an out-of-memory error all the same (:func:`is_oom`)."""
+    return max(1, min(int(wanted), bound.limit(usable)))
+
+
+def is_oom(e: BaseException) -> bool:
+    """An allocation that failed for lack of memory (torch's OutOfMemoryError, or a
+    RuntimeError saying so, which is how some backends report it)."""
+    return type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def grid_bound(option: str, entries_per_unit: int) -> Bound:

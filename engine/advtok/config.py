@@ -24,12 +24,11 @@ DEFAULT_TOKEN_BUDGET = 3072
 MAX_BATCH_CAP = 4096
 #: tokens a rubric grader may write (engine.advtok.judges.rubric)
 DEFAULT_RUBRIC_TOKENS = 384
-#: side-by-side samples per side. Every sample is one row of ONE decode batch
-#: (engine.lm.generate.generate_batch: the prompt is prefilled once and its cache repeated N
-#: times), so N rows hold their KV and a full-vocabulary logits row each at every step. The
-#: machine's memory is checked before the search (engine.budget.batch_bound); 1,024 is the
-#: static ceiling, about what half of 16 GiB holds for the bundled model (1,107 rows of a
-#: 100-token prompt + 64 sample tokens); far more samples are a dataset run's job (docs/bounds.md).
+#: side-by-side samples per side. The samples decode in batches sized from the machine's memory
+#: (engine.advtok.samples: each row holds its KV and a full-vocabulary logits row at every
+#: step; as many rows per batch as half the available memory holds, the rest after them), so
+#: memory bounds the batch, not the count; 1,024 is the static ceiling (every sample is kept as
+#: text and ids in the row's record), far more samples are a dataset run's job (docs/bounds.md).
 MAX_ATTACK_SAMPLES = 1024
 
 

@@ -74,8 +74,11 @@ def replay_record(lm: LoadedModel, rec: dict[str, Any], *, samples: bool = True,
     res.scores = {"canonical": (rec.get("canonical_score"), s_can),
                   "adversarial": (rec.get("best_score"), s_adv)}
     if samples and cfg.samples:
+        # the recorded batch sizes (a batch's size can move a near-tied draw)
+        rows = {side: max((int(x.get("batch_rows") or 0) for x in rec.get(f"{side}_samples") or []),
+                          default=0) or None for side in ("adversarial", "canonical")}
         new_adv, new_can = sample_pair(lm, chunks, adv, can, cfg, prefix_cache=scorer.prefix_cache,
-                                       cancel=cancel)
+                                       cancel=cancel, rows=rows)
         for side, new in (("adversarial", new_adv), ("canonical", new_can)):
             old = rec.get(f"{side}_samples") or []
             res.samples_match[side] = [i < len(new) and list(o.get("token_ids") or []) ==

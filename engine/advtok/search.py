@@ -162,11 +162,11 @@ class _Prompt:
             raise ContextOverflow(f"the longest tokenization of the prompt is {worst} tokens, over "
                                   f"the context length {lm.context_length}",
                                   hint="shorten the request or the response")
-        if cfg.samples:  # every sample is one row of one decode batch: checked before any work
+        if cfg.samples:  # samples decode in memory-sized batches; one row must fit at least
             from engine.budget import batch_bound
 
             fed = len(p.prefix) + len(text.encode("utf-8")) + len(p.between) + len(chunks.tail_ids)
-            batch_bound(lm, "samples", fed + cfg.sample_max_new_tokens).check(cfg.samples)
+            batch_bound(lm, "samples", fed + cfg.sample_max_new_tokens).check(1)
         return p
 
 

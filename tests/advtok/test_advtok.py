@@ -162,14 +162,66 @@ def test_bad_settings(tiny_lm, kw, words):
         run_attack(tiny_lm, cfg(**kw))
 
 
-def test_samples_are_held_to_this_machines_memory_before_any_work(tiny_lm, monkeypatch):
-    """AttackConfig.samples declares the static range; all samples decode as one batch, so the
-    machine's memory is checked (here 1 MB available) before the search starts."""
-    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(1_000_000))
+def _samples(r):
+    return [(s["token_ids"], s["text"]) for s in r.adversarial_samples + r.canonical_samples]
+
+
+def test_sample_batches_are_sized_from_memory(tiny_lm, vocab, monkeypatch):
+    """The samples of a side decode in one batch when half the available memory holds them
+    (engine.budget: a row's KV and logits row), else in as many rows as it holds, the rest in
+    further batches; each sample records its batch's rows, and a replay with them draws the same
+    samples on a roomy machine. A machine that cannot hold one row is refused before the
+    search starts."""
+    import engine.lm.generate as gen
+    from engine.advtok.replay import replay_record
+    from engine.budget import batch_bound
+
+    sizes = []
+    real = gen.generate_batch
+
+    def spy(lm, prompt, n, c, **kw):
+        sizes.append(n)
+        return real(lm, prompt, n, c, **kw)
+    monkeypatch.setattr(gen, "generate_batch", spy)
+    roomy = run_attack(tiny_lm, cfg(samples=5, iters=1), vocab=vocab)
+    assert sizes == [5, 5] and {s["batch_rows"] for s in roomy.adversarial_samples} == {5}
+    sizes.clear()
+    row = batch_bound(tiny_lm, "samples", 60).per_unit
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(5 * row))   # half of it: 2.5 rows
+    tight = run_attack(tiny_lm, cfg(samples=5, iters=1), vocab=vocab)
+    assert sizes == [2, 2, 1, 2, 2, 1] and len(_samples(tight)) == 10
+    assert [s["batch_rows"] for s in tight.canonical_samples] == [2, 2, 2, 2, 1]
+    monkeypatch.delenv("TOKENFORGE_MEMORY_BYTES")
+    again = replay_record(tiny_lm, tight.to_dict())
+    assert all(again.samples_match["adversarial"]) and all(again.samples_match["canonical"])
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(row // 2))
     seen = []
-    with pytest.raises(InputError, match=r"samples 1,024 needs about .* the limit is samples ≤"):
-        run_attack(tiny_lm, cfg(samples=1024), progress=seen.append)
+    with pytest.raises(InputError, match=r"samples 1 needs about .* the limit is samples ≤ 0"):
+        run_attack(tiny_lm, cfg(samples=5), progress=seen.append)
     assert not [p for p in seen if p.phase == "search"]
+
+
+def test_a_sample_batch_out_of_memory_is_halved_and_loses_none(tiny_lm, vocab, monkeypatch):
+    """An out-of-memory batch is retried at half its rows: every sample is there, each as a
+    batch of that size decodes it."""
+    import torch
+
+    import engine.lm.generate as gen
+    from engine.advtok.replay import replay_record
+
+    real, sizes = gen.generate_batch, []
+
+    def small_memory(lm, prompt, n, c, **kw):
+        sizes.append(n)
+        if n > 2:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(lm, prompt, n, c, **kw)
+    monkeypatch.setattr(gen, "generate_batch", small_memory)
+    halved = run_attack(tiny_lm, cfg(samples=5, iters=1), vocab=vocab)
+    assert sizes == [5, 2, 2, 1, 5, 2, 2, 1] and len(_samples(halved)) == 10
+    monkeypatch.setattr(gen, "generate_batch", real)
+    again = replay_record(tiny_lm, halved.to_dict())
+    assert all(again.samples_match["adversarial"]) and all(again.samples_match["canonical"])
 
 
 def test_given_ids_must_spell_the_request(tiny_lm, vocab):
