@@ -33,7 +33,7 @@ def test_every_config_file_follows_one_rule(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TOKENFORGE_CONFIG", str(tmp_path / "c.toml"))
     monkeypatch.setenv("TOKENFORGE_KEYMAP", "~/k.json")
-    assert config_path() == (tmp_path / "c.toml", True)
+    assert config_path() == (tmp_path / "c.toml", False)  # where it lives, not a must-exist
     assert keymap_path() == home / "k.json"  # ~ expanded
     assert config_path("~/flag.toml") == (home / "flag.toml", True)
 
