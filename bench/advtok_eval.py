@@ -1,13 +1,18 @@
-"""AdvTok dataset-run benchmark (issue 12): rows/hour for a synthetic benign dataset on the bundled
-model with one process and with two CPU processes under ``accelerate launch`` (same run, same
-settings; the two outputs must hold the same rows), and judge throughput batched vs one sample at
-a time with identical verdicts (the bundled model as a rubric grader).
+"""AdvTok dataset-run benchmark: rows/hour for a synthetic benign dataset on the bundled model
+with one process and with two CPU processes under ``accelerate launch``, at EQUAL TOTAL THREADS
+(one process × T threads against two × T/2: the machine's cores shared the same way, so the
+ratio is the processes' doing, not an oversubscribed default), and whether the rows are
+bit-identical (two processes against one process at the same per-process thread count, T/2:
+the thread count can change a score's last digits, so only equal counts must agree); then judge
+throughput batched vs one sample at a time with identical verdicts (the bundled model as a
+rubric grader).
 
     .venv/bin/python bench/advtok_eval.py [--rows 20] [--iters 2] [--samples 2]
-                                          [--judge-samples 8] [--judge-tokens 32]
+                                          [--total-threads T] [--judge-samples 8]
+                                          [--judge-tokens 32] [--skip-judge]
 
 Prints the figures and writes bench/results/advtok_eval.json. Wall times include each run's
-model load (both sides load it the same way); rows/hour is rows ÷ wall time.
+model load (every run loads it the same way); rows/hour is rows ÷ wall time.
 """
 from __future__ import annotations
 
@@ -56,9 +61,22 @@ def run(cmd: list[str]) -> float:
     return dt
 
 
-def key(rec: dict) -> tuple:
-    return (rec["id"], rec["best_ids"], [s["token_ids"] for s in rec["adversarial_samples"]],
-            [s["token_ids"] for s in rec["canonical_samples"]])
+#: what may differ between two runs of the same rows: wall-clock times, rates, where it ran
+TIMES = ("timings", "finished_at", "candidates_per_s", "judge_info")
+
+
+def comparable(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in TIMES}
+
+
+def read(path: Path) -> list[dict]:
+    return sorted((json.loads(s) for s in path.read_text(encoding="utf-8").splitlines()),
+                  key=lambda r: r["id"])
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    """Bit-identical rows: every id, score, sample and verdict equal."""
+    return [comparable(r) for r in a] == [comparable(r) for r in b]
 
 
 def main() -> None:
@@ -70,7 +88,14 @@ def main() -> None:
     ap.add_argument("--max-neighbours", type=int, default=24)
     ap.add_argument("--judge-samples", type=int, default=8)
     ap.add_argument("--judge-tokens", type=int, default=32)
+    ap.add_argument("--total-threads", type=int, default=0,
+                    help="threads shared by the processes (default: this machine's cores)")
+    ap.add_argument("--skip-judge", action="store_true")
     a = ap.parse_args()
+    from engine.lm.threads import cores
+
+    total = a.total_threads or cores()
+    half = max(1, total // 2)
     env0 = env_record()
     tmp = Path(tempfile.mkdtemp(prefix="advtok-eval-"))
     data = tmp / "rows.jsonl"
@@ -78,26 +103,49 @@ def main() -> None:
     common = ["attack", "--device", "cpu", "--dataset", str(data), "--iters", str(a.iters),
               "--max-neighbours", str(a.max_neighbours), "--samples", str(a.samples),
               "--sample-tokens", str(a.sample_tokens), "--seed", "0", "--judge", "refusal,target"]
-    one, two = tmp / "one.jsonl", tmp / "two.jsonl"
-    print(f"{a.rows} rows · {a.iters} iterations · {a.samples} samples × {a.sample_tokens} tokens")
-    t1 = run([sys.executable, "-m", "app.cli", *common, "--out", str(one)])
-    print(f"1 process : {t1:7.1f} s  {a.rows / t1 * 3600:7.0f} rows/h")
+    print(f"{a.rows} rows · {a.iters} iterations · {a.samples} samples × {a.sample_tokens} tokens"
+          f" · {total} threads in total")
+    one, two, one_half = tmp / "one.jsonl", tmp / "two.jsonl", tmp / "one_half.jsonl"
+    t1 = run([sys.executable, "-m", "app.cli", *common, "--threads", str(total), "--out", str(one)])
+    print(f"1 process  × {total} threads: {t1:7.1f} s  {a.rows / t1 * 3600:7.0f} rows/h")
     accel = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
     t2 = run([accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), "-m", "app.cli", *common, "--out", str(two)])
-    print(f"2 processes: {t2:7.1f} s  {a.rows / t2 * 3600:7.0f} rows/h  ({t1 / t2:.2f}× one)")
-    r1 = [json.loads(s) for s in one.read_text(encoding="utf-8").splitlines()]
-    r2 = [json.loads(s) for s in two.read_text(encoding="utf-8").splitlines()]
-    same_rows = [key(r) for r in r1] == [key(r) for r in r2]
-    print(f"same rows from 1 and 2 processes: {same_rows}")
-
+              str(free_port()), "-m", "app.cli", *common, "--threads", str(half),
+              "--out", str(two)])
+    print(f"2 processes × {half} threads: {t2:7.1f} s  {a.rows / t2 * 3600:7.0f} rows/h  "
+          f"({t1 / t2:.2f}× one)")
+    r1, r2 = read(one), read(two)
+    if half != total:
+        t3 = run([sys.executable, "-m", "app.cli", *common, "--threads", str(half),
+                  "--out", str(one_half)])
+        r3 = read(one_half)
+        print(f"1 process  × {half} threads: {t3:7.1f} s  {a.rows / t3 * 3600:7.0f} rows/h")
+    else:
+        t3, r3 = t1, r1
+    identical = same(r3, r2)
+    print(f"rows bit-identical, 2 processes vs 1 at {half} thread(s) each: {identical}; "
+          f"vs 1 process at {total}: {same(r1, r2)}")
+    result = {
+        "env": env0, "settings": vars(a), "total_threads": total, "threads_per_process_2": half,
+        "one_process_s": t1, "two_process_s": t2, "one_process_half_threads_s": t3,
+        "rows_per_hour_1": a.rows / t1 * 3600, "rows_per_hour_2": a.rows / t2 * 3600,
+        "speedup_2_vs_1": t1 / t2, "identical_equal_threads": identical,
+        "identical_equal_total_threads": same(r1, r2)}
+    if a.skip_judge:
+        write_result("advtok_eval", {**result, "env_end": env_record()})
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     from engine.advtok.judges import JudgeItem
     from engine.advtok.judges.rubric import RubricJudge
     from engine.lm.model import load_model
 
+    from engine.lm.threads import apply
+
+    apply(total)
     lm = load_model("default")
-    items = [JudgeItem(r["request"], s["text"], r["response"]) for r in r1
+    items = [JudgeItem(r.get("behavior") or r["request"], s["text"], r["response"],
+                       context=r.get("context") or "") for r in r1
              for s in r["adversarial_samples"] + r["canonical_samples"]][:a.judge_samples]
     judge_t = {}
     verdicts = {}
@@ -114,10 +162,8 @@ def main() -> None:
           f"{len(items) / t_one:.2f} samples/s, batched {len(items) / t_b:.2f} samples/s "
           f"({t_one / t_b:.2f}×); identical verdicts: {identical}")
     write_result("advtok_eval", {
-        "env": env0, "env_end": env_record(), "settings": vars(a),
-        "one_process_s": t1, "two_process_s": t2, "rows_per_hour_1": a.rows / t1 * 3600,
-        "rows_per_hour_2": a.rows / t2 * 3600, "speedup_2_vs_1": t1 / t2,
-        "same_rows": same_rows, "judge_samples": len(items), "judge_one_s": judge_t["one at a time"],
+        **result, "env_end": env_record(), "judge_samples": len(items),
+        "judge_one_s": judge_t["one at a time"],
         "judge_batched_s": t_b, "judge_speedup": t_one / t_b, "identical_verdicts": identical,
         "unparsed": sum(1 for lab, _ in verdicts["batched"] if lab == "unparsed")})
     shutil.rmtree(tmp, ignore_errors=True)
