@@ -10,6 +10,7 @@ ignored with one warning, never half-applied."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +18,7 @@ from typing import Any, Optional
 from engine.errors import InputError
 from engine.lm.sampling_defaults import MODEL_KEYS, SAVED
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
+from engine.bounded_json import read_text as bounded_read_text  # regular files only, bounded
 
 VERSION = 1
 
@@ -57,12 +59,12 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
     from engine.sessions.profiles import TIMEOUT, TIMEOUT_KINDS
 
     p = path or settings_path()
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(p):
         return ""
-    except OSError as e:
-        return f"settings file {p} unreadable ({e}); defaults used"
+    try:  # a regular file only (a FIFO would hang the start), bounded, UTF-8
+        raw = bounded_read_text(p, "settings file", 1_000_000)
+    except InputError as e:
+        return f"settings file unreadable ({e}); defaults used"
     try:
         if len(raw) > 1_000_000:
             raise InputError("too large")

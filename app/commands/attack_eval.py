@@ -157,7 +157,7 @@ def check_settings_before_load(args: argparse.Namespace) -> None:
 def run_dataset_cmd(args: argparse.Namespace) -> int:
     """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch.
     Ctrl+C stops after the rows already finished (each is on disk): exit 130."""
-    from engine.advtok.datasets import parse_columns
+    from engine.advtok.datasets import parse_columns, read_benchmark
     from engine.advtok.judges import parse_judges
     from engine.advtok.records import merge_results, shard_files
 
@@ -166,13 +166,18 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     if not args.out:
         return fail("--dataset needs --out results.jsonl (finished rows are appended there)")
     rows = Path(args.dataset)
-    if not rows.is_file():
+    if not rows.exists():  # a FIFO or a device exists: read_benchmark names what it is
         return fail(f"dataset file not found: {rows}")
     attack_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
     parse_judges(args.judge)
     judge_settings(args)            # the judges' declared bounds
     check_settings_before_load(args)
+    usable = read_benchmark(rows, parse_columns(args.columns), args.default_response)
+    if not usable.rows:  # every row rejected: nothing to run is a failed run (exit 2)
+        for msg in usable.problems:
+            _say(err_console(), f"{rows}: {msg}")
+        return fail(f"{rows}: no usable row ({len(usable.problems)} problem(s) above)")
     par = parallel_state(args)
     lm = load_lm(args)
     err = err_console()

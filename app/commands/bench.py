@@ -49,6 +49,11 @@ def _split(v: Any) -> Any:
     return [s.strip() for s in v.split(",") if s.strip()] if v else None
 
 
+#: --param values nest at most this deep (a record holds them ~3 levels down; the reader's limit
+#: is engine.bounded_json.MAX_DEPTH)
+PARAM_DEPTH = 8
+
+
 def parse_params(items: list[str]) -> dict[str, dict]:
     from engine.errors import InputError
 
@@ -60,8 +65,8 @@ def parse_params(items: list[str]) -> dict[str, dict]:
         method, key = lhs.split(".", 1)
         from engine.bounded_json import BadJSON, depth_of, loads
 
-        if depth_of(val) > 8:
-            raise InputError(f"--param {lhs}: value nested too deeply")
+        if depth_of(val, PARAM_DEPTH) > PARAM_DEPTH:  # refused before anything is written
+            raise InputError(f"--param {lhs}: value nested more than {PARAM_DEPTH} levels deep")
         try:
             value = loads(val, f"--param {lhs}")
         except BadJSON:

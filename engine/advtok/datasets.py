@@ -92,7 +92,7 @@ def read_benchmark(path: Path | str, columns: Optional[dict[str, str]] = None,
     file, not UTF-8, unknown CSV header); per-row problems are collected in ``problems``.
     HarmBench has no target column: its rows get ``default_response``."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():  # a FIFO or a device is named as such by read_bytes
         raise InputError(f"dataset file not found: {p}")
     from engine.bounded_json import read_bytes
 
@@ -102,7 +102,7 @@ def read_benchmark(path: Path | str, columns: Optional[dict[str, str]] = None,
     except UnicodeDecodeError as e:
         raise InputError(f"{p} is not UTF-8 text (byte {e.start})") from None
     cols = dict(columns or {})
-    first = next((s for s in text.splitlines() if s.strip()), "")
+    first = next((s for s in text.split("\n") if s.strip()), "")
     if p.suffix.lower() in (".jsonl", ".json", ".ndjson") or first.lstrip().startswith("{"):
         bf = _read_jsonl(p, text, cols, default_response)
     else:
@@ -115,7 +115,8 @@ def read_benchmark(path: Path | str, columns: Optional[dict[str, str]] = None,
 def _read_jsonl(p: Path, text: str, cols: dict[str, str], default_response: str) -> BenchmarkFile:
     bf = BenchmarkFile(path=str(p), layout="jsonl", columns=cols)
     unknown_seen: set[str] = set()
-    for line_no, raw in enumerate(text.splitlines(), 1):
+    # "\n" only: str.splitlines also breaks inside JSON strings at U+2028, U+2029 and NEL
+    for line_no, raw in enumerate(text.split("\n"), 1):
         if not raw.strip():
             continue
         from engine.bounded_json import BadJSON, loads
@@ -148,8 +149,9 @@ def _read_jsonl(p: Path, text: str, cols: dict[str, str], default_response: str)
         if row is not None:
             if "system" in low or "system" in named:
                 s = get("system")
-                if s is not None and not isinstance(s, str):
-                    bf.problems.append(f"line {line_no}: 'system' must be a string or null")
+                if s is not None and (not isinstance(s, str) or _text_problem("system", s)):
+                    bf.problems.append(f"line {line_no}: " + (_text_problem("system", s) or
+                                                              "'system' must be a string or null"))
                     continue
                 row.system = _NULL_SYSTEM if s is None else s
             bf.rows.append(row)
@@ -160,6 +162,11 @@ _NULL_SYSTEM = "\x00template-default"   # a JSON null system: the template's own
 
 
 def _read_csv(p: Path, text: str, cols: dict[str, str], default_response: str) -> BenchmarkFile:
+    # the csv module stops at a cell over its field limit (131,072 by default) and every later
+    # row is lost: let it read any cell a line may hold, then refuse long cells row by row
+    from engine.bounded_json import MAX_LINE_BYTES
+
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -218,12 +225,41 @@ def _read_csv(p: Path, text: str, cols: dict[str, str], default_response: str) -
         if row is not None:
             if "system" in idx:
                 row.system = get("system")
+                why = _text_problem("system", row.system)
+                if why is not None:
+                    bf.problems.append(f"line {line_no}: {why}")
+                    continue
             bf.rows.append(row)
     return bf
 
 
+def _text_problem(name: str, v: Any) -> Optional[str]:
+    """Why a row's field cannot be used as text: a wrong type, a lone surrogate (JSON's
+    ``\\ud800`` escapes decode to one; no tokenizer can encode it), or over the text limit."""
+    from engine.bounds import MAX_TEXT_CHARS
+
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        return f"'{name}' must be text, not {type(v).__name__}"
+    if isinstance(v, str):
+        if len(v) > MAX_TEXT_CHARS:
+            return f"'{name}' is {len(v):,} characters; the limit is {MAX_TEXT_CHARS:,}"
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"'{name}' holds a lone surrogate (U+{ord(v[e.start]):04X}): not valid text"
+    return None
+
+
 def _make_row(bf: BenchmarkFile, line_no: int, request: Any, response: Any, category: Any,
               rid: Any, context: Any, default_response: str) -> Optional[BenchRow]:
+    for name, v in (("request", request), ("response", response), ("category", category),
+                    ("id", rid), ("context", context)):
+        why = _text_problem(name, v)
+        if why is not None:
+            bf.problems.append(f"line {line_no}: {why}")
+            return None
     if not isinstance(request, str) or not request.strip():
         bf.problems.append(f"line {line_no}: empty or missing request")
         return None

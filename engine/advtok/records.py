@@ -54,6 +54,7 @@ def read_lines(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]
     lacks only its newline is kept, and the newline added when ``repair``). An incomplete last
     line is ignored — and cut off atomically when ``repair`` (so its row is redone); other bad
     lines are reported and skipped."""
+    from engine.advtok.record_check import record_problem
     from engine.atomic import append_line, write_bytes
     from engine.bounded_json import read_bytes
 
@@ -76,8 +77,10 @@ def read_lines(path: Path, *, repair: bool = False) -> tuple[list[dict[str, Any]
         if not raw.strip():
             continue
         obj = _json_obj(raw)
-        if obj is None or not isinstance(obj.get("id", obj.get("key")), str):
-            notes.append(f"{path}: line {i} is not a result line; ignored")
+        why = "not a result line" if obj is None else record_problem(obj)
+        if why is not None:  # a wrong type is a bad row here, never a crash in report/replay
+            notes.append(f"{path}: line {i}: {why}; ignored" if obj is not None
+                         else f"{path}: line {i} is not a result line; ignored")
             continue
         out.append(obj)
     if cut is not None:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 from engine.paths import cache_root
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
+from engine.bounded_json import read_text as bounded_read_text  # regular files only, bounded
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
@@ -113,7 +114,8 @@ def lean_support(config: dict[str, Any]) -> tuple[Optional[bool], str]:
 def describe_dir(folder: Path, spec: str, name: str, source: str) -> Optional[ModelEntry]:
     """An entry for a model directory, or None when it is not a causal LM."""
     try:
-        config = bounded_loads((folder / "config.json").read_text(encoding="utf-8"), "config.json")
+        config = bounded_loads(bounded_read_text(folder / "config.json", "model config", 16 << 20),
+                               "config.json")
     except (OSError, ValueError):
         return None
     archs = config.get("architectures") or []

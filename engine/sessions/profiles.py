@@ -25,8 +25,10 @@ Example::
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -205,6 +207,11 @@ def parse_config(text: str, path: Optional[Path] = None) -> Config:
         raise ConfigError(f"{where}{line}: not valid TOML: {str(e).split(' (at')[0]}") from e
     except RecursionError:  # tomllib recurses per nested array / inline table
         raise ConfigError(f"{where}: nested too deeply to be a config") from None
+    except ValueError as e:  # an integer past Python's int-string limit (tomllib calls int())
+        m = re.search(r"\d{%d,}" % (sys.get_int_max_str_digits() + 1), text)
+        line = f" line {text.count(chr(10), 0, m.start()) + 1}" if m else ""
+        raise ConfigError(f"{where}{line}: a number with more than "
+                          f"{sys.get_int_max_str_digits():,} digits") from e
     lines = _Lines(text)
 
     def bad(key: tuple[str, ...], why: str) -> ConfigError:
@@ -228,8 +235,8 @@ def parse_config(text: str, path: Optional[Path] = None) -> Config:
                 raise bad(("model_dirs",), f"must be a list of strings (item {i} is a {_kind(d)})")
         cfg.model_dirs = [Path(d).expanduser() for d in data["model_dirs"]]
     if "snapshot_cap_mib" in data:
-        if data["snapshot_cap_mib"] < 0:
-            raise bad(("snapshot_cap_mib",), "must be ≥ 0")
+        if not math.isfinite(data["snapshot_cap_mib"]) or data["snapshot_cap_mib"] < 0:
+            raise bad(("snapshot_cap_mib",), f"must be a finite number ≥ 0, not {data['snapshot_cap_mib']}")
         cfg.snapshot_cap_mib = float(data["snapshot_cap_mib"])
     for name, body in data.get("profiles", {}).items():
         if not isinstance(body, dict):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from engine.atomic import write_bytes
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
+from engine.bounded_json import read_text as bounded_read_text  # regular files only, bounded
 from engine.lm.weights_hash import weights_hash  # the one recipe (engine/lm/weights_hash.py)
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -59,7 +60,7 @@ def weights_hash_for(lm: LoadedModel) -> str:
     key = h.hexdigest()
     book = sessions_dir() / "weights-hashes.json"
     try:
-        known = bounded_loads(book.read_text(encoding="utf-8"), book.name)
+        known = bounded_loads(bounded_read_text(book, "weights-hash book", 16 << 20), book.name)
         if not isinstance(known, dict):
             known = {}
     except (OSError, ValueError):
