@@ -36,12 +36,19 @@ LABELS = {
 
 
 def judge_settings(judge: Any) -> dict[str, Any]:
-    """A judge's id and whatever settings it declares (``settings``: a dict or a method
-    returning one) — a judge that changes its prompt or threshold changes the fingerprint."""
+    """A judge's id, whatever settings it declares (``settings``: a dict or a method returning
+    one: prompt hash, threshold, token cap…) and its model's weights hash — a judge whose
+    prompt, threshold or weights change changes the fingerprint."""
     s = getattr(judge, "settings", None)
     if callable(s):
         s = s()
-    return {"id": str(judge.id), **(dict(s) if isinstance(s, dict) else {})}
+    out = {"id": str(judge.id), **(dict(s) if isinstance(s, dict) else {})}
+    lm = getattr(judge, "lm", None)
+    if lm is not None and getattr(lm, "model", None) is not None:
+        from engine.lm.weights_hash import weights_hash   # cached on the model
+
+        out["weights_hash"] = weights_hash(lm.model)
+    return out
 
 
 def run_settings(*, attack: dict[str, Any], system: Optional[str], judges: Sequence[Any],
@@ -83,7 +90,7 @@ def first_difference(old: Any, new: Any, path: str = "") -> Optional[tuple[str, 
             return path, ",".join(_judge_ids(old)) or "none", ",".join(_judge_ids(new)) or "none"
         for a, b in zip(old or [], new or []):
             if isinstance(a, dict) and isinstance(b, dict):
-                d = first_difference(a, b, f"judges.{a.get('id')}")
+                d = first_difference(a, b, f"judges[{a.get('id')}]")
                 if d is not None:
                     return d
         return None
@@ -131,8 +138,10 @@ def check_resume(records: Iterable[dict[str, Any]], settings: dict[str, Any], ou
         if d is None:
             continue
         path, was, now = d
-        if path.startswith("judges."):
-            label = f"the settings of judge {path.split('.', 1)[1]}"
+        if path.startswith("judges["):
+            judge, _, key = path[len("judges["):].partition("].")
+            key = {"weights_hash": "weights", "prompt_sha256": "prompt"}.get(key, key)
+            label = f"judge {judge}'s {key}"
         else:
             label = LABELS.get(path, path)
         raise InputError(

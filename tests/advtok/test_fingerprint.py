@@ -50,7 +50,7 @@ def test_speed_knobs_and_the_row_are_not_settings():
     (dict(iters=2, sample_temperature=0.0), "--sample-temperature was 0.7, now 0.0"),
     (dict(iters=2, judges=("refusal", "target")), "--judge was 'refusal', now 'refusal,target'"),
     (dict(iters=2, model={**MODEL, "weights_hash": "cc" * 32}), "the model's weights (--model)"),
-    (dict(iters=2, judges=(Judge("refusal", threshold=0.9),)), "the settings of judge refusal"),
+    (dict(iters=2, judges=(Judge("refusal", threshold=0.9),)), "judge refusal's threshold was null"),
 ])
 def test_resume_with_other_settings_is_refused_naming_the_setting(new, words, tmp_path):
     old = [rec(settings(iters=2), "r0"), rec(settings(iters=2), "r1")]
@@ -79,3 +79,23 @@ def test_rows_from_before_fingerprints_are_compared_on_what_they_show(tmp_path):
     check_resume([legacy], settings(iters=2), tmp_path / "o.jsonl")
     with pytest.raises(InputError, match="--iters was 2, now 3"):
         check_resume([legacy], settings(iters=3), tmp_path / "o.jsonl")
+
+
+def test_a_judge_model_s_weights_are_in_the_fingerprint(tmp_path):
+    class Model:
+        def __init__(self, h):
+            self._tokenforge_weights_hash = h          # weights_hash's cache on the model
+
+    class LM:
+        def __init__(self, h):
+            self.model = Model(h)
+
+    def with_weights(h):
+        j = Judge("harmbench:/m", prompt_sha256="p1")
+        j.lm = LM(h)
+        return j
+
+    a = settings(judges=(with_weights("w1"),))
+    assert a["judges"][0] == {"id": "harmbench:/m", "prompt_sha256": "p1", "weights_hash": "w1"}
+    with pytest.raises(InputError, match="judge harmbench:/m's weights was 'w1', now 'w2'"):
+        check_resume([rec(a)], settings(judges=(with_weights("w2"),)), tmp_path / "o.jsonl")

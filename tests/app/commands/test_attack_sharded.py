@@ -52,7 +52,11 @@ def args_for(d: Path, out: Path) -> list[str]:
 
 
 def comparable(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in TIMES}
+    out = {k: v for k, v in rec.items() if k not in TIMES}
+    if isinstance(out.get("judge_info"), dict):     # when each judge ran and for how long
+        out["judge_info"] = {j: {k: v for k, v in info.items() if k not in ("judged_at", "seconds")}
+                             for j, info in out["judge_info"].items()}
+    return out
 
 
 def assert_same_rows(a: list[dict], b: list[dict]) -> None:
