@@ -50,11 +50,6 @@ def _dashboard() -> Screen:
     return DashboardScreen()
 
 
-def _chat_screen_type() -> type:
-    from app.screens.chat import ChatScreen
-    return ChatScreen
-
-
 def _sessions() -> Screen:
     from app.screens.sessions import SessionsScreen
     return SessionsScreen()
@@ -187,7 +182,10 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Palette entries, grouped by prefix; the current screen adds its own through
         ``palette_commands()`` (see app/screens/base.py)."""
-        yield from super().get_system_commands(screen)
+        # Textual's own, less the two we give with our wording ("app: Quit", "help: Show or
+        # hide keys"): one entry per action
+        yield from (c for c in super().get_system_commands(screen)
+                    if c.title not in ("Quit", "Keys"))
         for name in SCREENS_ORDER:
             yield SystemCommand(f"screen: Open {name}",
                                 f"Switch to the {name} screen ({SCREEN_KEYS[name]})",
@@ -195,12 +193,6 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
         own = getattr(screen, "palette_commands", None)
         if own is not None:
             yield from own()
-        if not isinstance(screen, _chat_screen_type()):
-            yield SystemCommand("chat: New conversation", "Clear the chat and start over (ctrl+n)",
-                                lambda: self._chat_action("new_chat"))
-            yield SystemCommand("chat: Export conversation",
-                                "Write the chat as Markdown and JSON (ctrl+e)",
-                                lambda: self._chat_action("export"))
         yield SystemCommand("jobs: Stop all running jobs", "Cancel every running engine job (Ctrl+C)",
                             lambda: self.runner.cancel_all("user"))
         yield SystemCommand("model: Reload", "Load the model named in Settings again",
@@ -209,10 +201,3 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
                             self.action_toggle_keys)
         yield SystemCommand("app: Quit tokenforge", "Stop jobs and quit (ctrl+q)", self.action_quit)
 
-    def _chat_action(self, action: str) -> None:
-        from app.screens.chat import ChatScreen
-
-        chat = self.open_screen(ChatScreen)
-        if chat is not None:
-            self.action_show("chat")
-            self.call_later(getattr(chat, f"action_{action}"))

@@ -52,6 +52,12 @@ async def test_each_screen_opens(make_app):
                   "chat: New conversation", "chat: Export conversation", "chat: Stop the answer",
                   "model: Reload", "jobs: Stop all running jobs", "app: Quit tokenforge"):
             assert titles.count(t) == 1, t
+        assert "Quit" not in titles and "Keys" not in titles  # one entry per action
+        await pilot.press("f3")
+        await until(pilot, lambda: app.current_mode == "attack")
+        elsewhere = [c.title for c in app.get_system_commands(app.screen)]
+        assert not [t for t in elsewhere if t.startswith("chat:")]  # the attack screen's own only
+        assert elsewhere.count("app: Quit tokenforge") == 1
 
 
 async def test_engine_status_panel(make_app):
