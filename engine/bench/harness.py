@@ -35,7 +35,7 @@ import torch
 from engine.atomic import append_line
 from engine.bench.config import BenchConfig
 from engine.bench.measure import (PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg,
-                                  model_info, ref_recall)
+                                  model_info, ref_recall, rouge_l)
 from engine.bench.memory import HighWater
 from engine.bench.methods import make_method
 from engine.bench.methods.base import Method, Query
@@ -290,6 +290,8 @@ class _Bench:
         qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)
         qd["ref_recall"] = ref_recall(text, q.reference)
+        if q.meta.get("task") == "summary":  # the seed's summarization queries
+            qd["rouge_l"] = rouge_l(text, q.reference)
         if isinstance(q.meta.get("depth"), (int, float)):  # where the planted fact sits (0 … 1)
             qd["depth"] = float(q.meta["depth"])
         return qd

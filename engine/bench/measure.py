@@ -100,6 +100,21 @@ def ref_recall(text: str, reference: Optional[str]) -> Optional[float]:
     return sum(w in have for w in ref) / len(ref)
 
 
+_ROUGE: list = []
+
+
+def rouge_l(text: str, reference: Optional[str]) -> Optional[float]:
+    """ROUGE-L F1 of the output against a reference summary (the ``rouge-score`` package, Porter
+    stemming), for summarization queries; None without a reference."""
+    if not reference:
+        return None
+    if not _ROUGE:
+        from rouge_score import rouge_scorer
+
+        _ROUGE.append(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True))
+    return float(_ROUGE[0].score(reference, text)["rougeL"].fmeasure)
+
+
 def env_info(lm: LoadedModel) -> dict:
     import transformers
 

@@ -120,7 +120,7 @@ def scatter_points(rep: Report) -> list[tuple[str, Bar, Interval]]:
     return pts
 
 
-QUALITY_BARS = ("kl_mean", "top1_agree", "contains", "ref_nll")
+QUALITY_BARS = ("kl_mean", "top1_agree", "contains", "ref_nll", "rouge_l")
 
 
 def quality_bars(rep: Report, metrics: tuple[str, ...] = QUALITY_BARS) -> tuple[list[str], dict[str, list[Bar]]]:

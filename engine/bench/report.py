@@ -77,7 +77,7 @@ TABLE_COST = {"prompt tok": "prompt_tokens_effective", "prefill s": "prefill_s",
               "KV allocated": "kv_bytes_allocated", "KV copied/tok": "kv_copy_bytes_per_token",
               "mem high-water Δ": "mem_hwm_delta_bytes", "KV counted": "kv_bytes_stored"}
 TABLE_QUALITY = {"KL nats/tok": "kl_mean", "top-1 agree": "top1_agree", "diverged": "diverged",
-                 "ref NLL": "ref_nll", "contains": "contains"}
+                 "ref NLL": "ref_nll", "contains": "contains", "ROUGE-L": "rouge_l"}
 TABLE_COLUMNS = ("method",) + tuple(TABLE_COST) + tuple(TABLE_QUALITY)
 SHARES = {"top1_agree", "diverged", "contains", "ref_recall"}
 
