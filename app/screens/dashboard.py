@@ -120,6 +120,9 @@ class DashboardScreen(LiveReport, ToolScreen):
                         yield QualityPlot(id="plot-quality")
                     with TabPane("tok/s vs context", id="tab-speed"):
                         yield SpeedContextPlot(id="plot-speed")
+                    with TabPane("In / out", id="tab-io"):
+                        with VerticalScroll(id="dash-io-scroll"):
+                            yield Static("[dim]select a row of the table[/]", id="dash-io")
                 yield Static("", id="dash-footer")
 
     def on_mount(self) -> None:

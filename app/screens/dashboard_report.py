@@ -74,6 +74,35 @@ class LiveReport:
             if again is not None and self.children:
                 self.refresh_report(force=True, announce=again[0], loud=again[1])
 
+    def show_io(self, index: int) -> None:
+        """The selected row's inputs (the prompt as the method fed it) and outputs, per query,
+        and its per-query figures: what each aggregate cell is made of."""
+        rep = self.report
+        if rep is None or not (0 <= index < len(rep.rows)):
+            return
+        row = rep.rows[index]
+        parts = [text(f"{row.key} — {row.label}\n", "bold", multiline=True)]
+        for q, pq in row.per_query.items():
+            ratio = pq.get("ratio", {}).get("total_s")
+            kl = pq.get("quality", {}).get("kl_mean")
+            figs = " · ".join(s for s in (
+                f"total ×{ratio:.2f}" if ratio is not None and not row.speed_note else "",
+                f"KL {kl:.3g}" if kl is not None else "") if s)
+            head = f"\n{q}" + (f"  ({figs})" if figs else "") + "\n"
+            parts.append(text(head, "bold", multiline=True))
+            if pq.get("input"):
+                parts.append(text("in:  ", "dim"))
+                parts.append(text(str(pq["input"])[-1200:] + "\n", multiline=True))
+            parts.append(text("out: ", "dim"))
+            parts.append(text(str(pq.get("output") or "—") + "\n", multiline=True))
+        from rich.text import Text
+
+        self.query_one("#dash-io", Static).update(Text("").join(parts))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "dash-table":
+            self.show_io(event.cursor_row)
+
     def show_report(self, rep: Any, rows: list[list[str]]) -> None:
         self.report = rep
         t = self.query_one("#dash-table", DataTable)
@@ -82,6 +111,7 @@ class LiveReport:
             t.add_row(*[text(c.replace("\n", " ")) for c in cells], height=None)  # data: no markup
         for pid in ("#plot-cost", "#plot-medians", "#plot-quality", "#plot-speed"):
             self.query_one(pid).show(rep)  # type: ignore[attr-defined]
+        self.show_io(max(t.cursor_row, 0))
         legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
                             for r in rep.rows)
         extra = "".join(f"\n[yellow]{tesc(str(p))}[/]" for p in (rep.problems + rep.notes)[:3])

@@ -148,3 +148,45 @@ async def test_dashboard_runs_grid_and_exports(tiny_lm, tmp_path):
         assert "repeats" in str(scr.query_one("#dash-error").render())
         for j in app.runner.jobs.values():
             j.cancel("shutdown")
+
+
+async def test_dashboard_shows_inputs_and_outputs_of_the_selected_row(tmp_path):
+    """The In / out tab: the highlighted row's prompt as fed and its answer, per query, with the
+    query's own figures."""
+    from textual.widgets import DataTable, Input
+
+    from app.app import TokenforgeApp
+    from app.settings import AppSettings
+
+    lines = []
+    for line in FIXTURE.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r["status"] == "ok" and r["kind"] != "prose":
+            r["quality"]["output"] = f"answer of {r['method']} to {r['prompt_id']}"
+            r["quality"]["input"] = f"prompt fed by {r['method']} for {r['prompt_id']}"
+        lines.append(json.dumps(r))
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(lines) + "\n")
+    settings = AppSettings()
+    settings.export_dir = tmp_path / "exports"
+    app = TokenforgeApp(settings=settings, autoload=False, install_signals=False)
+    async with app.run_test(size=(160, 60)) as pilot:
+        app.switch_mode("dashboard")
+        await pilot.pause()
+        scr = app.screen
+        scr.query_one("#dash-out", Input).value = str(runs)
+        await pilot.pause()
+        scr.action_load()
+        table = scr.query_one("#dash-table", DataTable)
+        await until(pilot, lambda: table.row_count == 3 and not scr._reading)
+        io = scr.query_one("#dash-io")
+        await until(pilot, lambda: "answer of baseline to qa-1" in str(io.content))
+        table.move_cursor(row=2)
+        await until(pilot, lambda: "answer of kv-fp8 to long-1" in str(io.content))
+        shown = str(io.content)
+        assert "prompt fed by kv-fp8 for chat-1" in shown and "total ×1.04" in shown
+        for j in app.runner.jobs.values():
+            j.cancel("shutdown")
