@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled tokenizer, a tiny random Llama on it, and the bundled model.
+"""Shared fixtures: the bundled tokenizer, a tiny random Llama on it (also as a model folder,
+``tiny_dir``), and the bundled model.
 
 Tests that use the bundled model (the ``smol_lm`` fixture, even through another fixture) are
 marked ``slow`` here; tests that start real processes carry the mark themselves. The fast loop
@@ -45,6 +46,15 @@ def tiny_lm(tokenizer):
     from engine.lm.tiny import tiny_llama
 
     return tiny_llama(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_lm):
+    """``tiny_lm`` saved as a model folder (``--model PATH``), once per session: tests only
+    read it."""
+    from tinymodel import save_tiny
+
+    return save_tiny(tiny_lm, tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
 @pytest.fixture(autouse=True)

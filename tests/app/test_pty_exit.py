@@ -25,14 +25,6 @@ pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("tinymodel") / "tiny-pty"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 @contextmanager
 def _app_in_pty(model: Path | str, cache: Path | None) -> Iterator[tuple[subprocess.Popen, int, int]]:
     """The TUI process on a 120×40 pseudo-terminal: (process, master fd, slave fd); killed and
@@ -128,8 +120,8 @@ def _tty_sane(slave: int) -> bool:
 
 def test_ctrl_c_when_idle_quits_gracefully_and_restores_the_terminal(tiny_dir, tmp_path):
     with _app_in_pty(tiny_dir, tmp_path / "cache") as (p, master, slave):
-        out = _read_until(master, b"tiny-pty")
-        assert b"tiny-pty" in out, out[-500:]  # the header names the model: the app is drawn
+        out = _read_until(master, tiny_dir.name.encode())
+        assert tiny_dir.name.encode() in out, out[-500:]  # the header names the model: the app is drawn
         assert not _tty_sane(slave)  # the app holds the terminal in raw mode
         os.write(master, b"\x03")  # idle (a background probe may run: it is cancelled, rc 0)
         rc = _finish(p, master)

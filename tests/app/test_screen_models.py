@@ -14,12 +14,7 @@ from app.engines import Engine
 from app.settings import AppSettings
 
 from app_fakes import DEADLINE_S, until
-
-
-def _save(lm, folder):
-    folder.mkdir(parents=True)
-    lm.model.save_pretrained(str(folder))
-    lm.tokenizer.save_pretrained(str(folder))
+from tinymodel import save_tiny
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +24,7 @@ def hub(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("hub")
     for name, layers in (("tiny-a", 2), ("tiny-b", 3)):
         repo = root / f"models--tf-test--{name}"
-        _save(tiny_llama(tokenizer, seed=1, layers=layers), repo / "snapshots" / "abc123")
+        save_tiny(tiny_llama(tokenizer, seed=1, layers=layers), repo / "snapshots" / "abc123")
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text("abc123")
     # not a causal LM: skipped
@@ -45,7 +40,7 @@ def test_discovery_reads_the_hub_layout(hub, tmp_path, tokenizer, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     extra = tmp_path / "mine"
-    _save(tiny_llama(tokenizer, seed=2, tied=True), extra / "tied")
+    save_tiny(tiny_llama(tokenizer, seed=2, tied=True), extra / "tied")
     found = {e.name: e for e in discover([extra], include_bundled=False) if e.source != "converted"}
     assert set(found) == {"tf-test/tiny-a", "tf-test/tiny-b", "tied"}
     a, b, tied = found["tf-test/tiny-a"], found["tf-test/tiny-b"], found["tied"]

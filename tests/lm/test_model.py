@@ -11,6 +11,7 @@ import torch
 
 from engine.errors import InputError, ModelLoadError, ModelNotFound
 from engine.lm.model import bundled_gguf, eos_ids_of, load_model, resolve_source
+from tinymodel import save_tiny
 
 
 def test_bundled_model_found_and_cached(smol_lm):
@@ -52,11 +53,9 @@ def test_bad_device_and_dtype():
         load_model("default", device="tpu")  # ModelConfig.device's declared bound
 
 
-def test_local_directory_loads(tmp_path, tiny_lm):
-    tiny_lm.model.save_pretrained(str(tmp_path / "tiny"))
-    tiny_lm.tokenizer.save_pretrained(str(tmp_path / "tiny"))
-    lm = load_model(str(tmp_path / "tiny"))
-    assert lm.name == "tiny" and lm.config.num_hidden_layers == 2
+def test_local_directory_loads(tiny_dir):
+    lm = load_model(str(tiny_dir))
+    assert lm.name == tiny_dir.name and lm.config.num_hidden_layers == 2
     assert eos_ids_of(lm.model, lm.tokenizer)
 
 
@@ -86,8 +85,7 @@ def test_hf_id_found_in_the_local_cache(tmp_path, tiny_lm, monkeypatch):
     hub = tmp_path / "hub"
     repo = hub / "models--tokenforge-test--tiny-llama"
     snap = repo / "snapshots" / ("0" * 40)
-    tiny_lm.model.save_pretrained(str(snap))
-    tiny_lm.tokenizer.save_pretrained(str(snap))
+    save_tiny(tiny_lm, snap)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
@@ -105,9 +103,7 @@ def test_hf_id_found_in_the_local_cache(tmp_path, tiny_lm, monkeypatch):
 def test_remote_code_only_when_asked(tmp_path, tiny_lm):
     """A model whose config points at its own code: refused with a clear message (and the code
     never runs) unless trust_remote_code is asked for; then it runs."""
-    d = tmp_path / "custom"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
+    d = save_tiny(tiny_lm, tmp_path / "custom")  # its own copy: the config is edited
     cfg = json.loads((d / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "modeling_custom.CustomConfig",
                        "AutoModelForCausalLM": "modeling_custom.CustomLM"}

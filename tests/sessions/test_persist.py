@@ -190,11 +190,9 @@ def test_weights_hash_remembered_for_a_directory(tokenizer, tmp_path):
     from engine.lm.tiny import tiny_llama
     from engine.sessions import snapshot
     from engine.sessions.snapshot import weights_hash, weights_hash_for
+    from tinymodel import save_tiny
 
-    d = tmp_path / "m"
-    lm = tiny_llama(tokenizer, seed=4)
-    lm.model.save_pretrained(str(d))
-    tokenizer.save_pretrained(str(d))
+    d = save_tiny(tiny_llama(tokenizer, seed=4), tmp_path / "m")  # its own: weights replaced below
     a = load_model(str(d))
     full = weights_hash(tiny_llama(tokenizer, seed=4).model)
     assert weights_hash_for(a) == full

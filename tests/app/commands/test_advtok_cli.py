@@ -106,12 +106,9 @@ def test_bad_input_one_line_exit_2(argv, words, capsys):
     assert err.count("error:") == 1
 
 
-def test_single_run_end_to_end(tiny_lm, tmp_path, capsys):
-    model_dir = tmp_path / "tiny"
-    tiny_lm.model.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
+def test_single_run_end_to_end(tiny_dir, tmp_path, capsys):
     out = tmp_path / "res.json"
-    rc = main(["attack", "--model", str(model_dir), "--engine-path", "standard",
+    rc = main(["attack", "--model", str(tiny_dir), "--engine-path", "standard",
                "--request", "Compose an email", "--response", "Sure.", "--iters", "2",
                "--samples", "1", "--sample-tokens", "3", "--json", str(out)])
     assert rc == 0

@@ -18,14 +18,6 @@ ROWS = [("Write a haiku about rain", "Sure, here is a haiku", "Haiku", "Poetry")
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tiny_lm, tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    tiny_lm.model.save_pretrained(d)
-    tiny_lm.tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def harmbench_dir(tiny_lm, tmp_path_factory):
     """The tiny model given the vocabulary shape of the HarmBench classifier (the Llama-2
     family's '<s>', single-token Yes / No), so the harmbench judge accepts it."""

@@ -36,10 +36,9 @@ TIMES = ("timings", "finished_at", "candidates_per_s")
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_lm, tmp_path_factory):
+def setup(tiny_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("shard")
-    tiny_lm.model.save_pretrained(d / "tiny")
-    tiny_lm.tokenizer.save_pretrained(d / "tiny")
+    (d / "tiny").symlink_to(tiny_dir, target_is_directory=True)  # the shared tiny model folder
     (d / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     return d
 

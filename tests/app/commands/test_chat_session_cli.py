@@ -12,14 +12,6 @@ import pytest
 pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _chat(tiny_dir, prompt, env):
     cmd = [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_dir), "--session", "notes",
            "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "5", "--json",

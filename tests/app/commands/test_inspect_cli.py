@@ -10,17 +10,6 @@ import torch
 from app.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tokenizer):
-    from engine.lm.tiny import tiny_llama
-
-    lm = tiny_llama(tokenizer, seed=4)
-    d = tmp_path_factory.mktemp("tiny_inspect")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return lm, d
-
-
 @pytest.mark.parametrize("argv, msg", [
     (["--prompt", "  "], "--prompt is empty"),
     (["--prompt", "hi", "--top-k", "-1"], "--top-k"),
@@ -39,8 +28,8 @@ def _uncached(lm, ids):
     return torch.log_softmax(std.logits(torch.tensor([ids]), std.new_cache(), keep=0)[0], -1)
 
 
-def test_inspect_json_scores_prompt_and_response(tiny, capsys):
-    lm, d = tiny
+def test_inspect_json_scores_prompt_and_response(tiny_lm, tiny_dir, capsys):
+    lm, d = tiny_lm, tiny_dir
     rc = main(["inspect", "--model", str(d), "--engine-path", "standard", "--prompt",
                "Name a colour.", "--response", "Blue, like the sea.", "--top-k", "3",
                "--logit-lens", "--json"])
@@ -63,8 +52,8 @@ def test_inspect_json_scores_prompt_and_response(tiny, capsys):
         assert rows[-1]["top"][0]["id"] == t["alternatives"][0]["id"]  # last layer = the output
 
 
-def test_inspect_table_generates_an_answer(tiny, capsys):
-    _, d = tiny
+def test_inspect_table_generates_an_answer(tiny_dir, capsys):
+    d = tiny_dir
     rc = main(["inspect", "--model", str(d), "--engine-path", "standard", "--prompt", "Hello",
                "--max-new-tokens", "5", "--logit-lens"])
     assert rc == 0
@@ -72,8 +61,8 @@ def test_inspect_table_generates_an_answer(tiny, capsys):
     assert "surprisal bits" in out and "generated, greedy" in out and "logit lens" in out
 
 
-def test_chat_json_has_per_token_logprobs(tiny, capsys):
-    lm, d = tiny
+def test_chat_json_has_per_token_logprobs(tiny_lm, tiny_dir, capsys):
+    lm, d = tiny_lm, tiny_dir
     rc = main(["chat", "--model", str(d), "--engine-path", "fast", "--prompt", "Hi there",
                "--temperature", "0", "--max-new-tokens", "8", "--alternatives", "4", "--json"])
     assert rc == 0

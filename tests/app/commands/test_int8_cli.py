@@ -11,14 +11,6 @@ import pytest
 pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("tiny8") / "tiny-llama"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _chat(tiny_dir, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_dir), "--prompt", "Hello there",

@@ -33,14 +33,6 @@ LONG_PROMPT = "Tell me about the sea and the boats that sail on it. " * 12  # > 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("irq") / "tiny-irq"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _env(points: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "HF_HUB_OFFLINE": "1",
             "TOKENFORGE_TEST_SIGNAL_POINTS": points}

@@ -22,17 +22,6 @@ def test_bad_input_exits_2_with_one_line(argv, msg, capsys):
     assert msg in err and err.count("error:") == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    from engine.lm.tiny import tiny_llama
-
-    lm = tiny_llama(tokenizer, seed=2)
-    d = tmp_path_factory.mktemp("tiny_search")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return d
-
-
 def test_horizon_beyond_context_exits_2(tiny_dir, capsys):
     rc = main(["search", "--model", str(tiny_dir), "--engine-path", "standard", "--prompt", "hi",
                "--reward", "words:a", "--horizon", "4000"])
