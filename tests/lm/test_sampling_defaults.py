@@ -67,8 +67,9 @@ def test_user_values_stay_and_defaults_follow_each_model():
 
 
 def _folder(tiny_lm, path, gen: dict):
-    tiny_lm.model.save_pretrained(str(path))
-    tiny_lm.tokenizer.save_pretrained(str(path))
+    from tinymodel import save_tiny
+
+    save_tiny(tiny_lm, path)  # its own copy: a generation_config.json is added
     (path / "generation_config.json").write_text(json.dumps(gen))
     return path
 

@@ -152,7 +152,7 @@ def test_argv_in_error_lines(argv, tmp_path, monkeypatch, capfd):
 
 # ---------------------------------------------------------------------------- saved sessions
 @pytest.mark.slow  # starts a real process with the tiny model
-def test_chat_session_note_and_name(tiny_lm, tmp_path):
+def test_chat_session_note_and_name(tiny_lm, tiny_dir, tmp_path):
     """A session named ``[/]`` saved with another model whose id carries the payload: the note
     naming that model and the session line print inert, and the turn is answered."""
     import os
@@ -161,9 +161,7 @@ def test_chat_session_note_and_name(tiny_lm, tmp_path):
 
     from engine.sessions.store import SavedTurn, SessionStore
 
-    d = tmp_path / "tiny-llama"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
+    d = tiny_dir
     st = SessionStore(tmp_path / "sessions" / "sessions.db")
     st.create("[/]", f"other{PAYLOAD}", "other-weights", None, {})
     ids = tiny_lm.tokenizer.encode("Hello", add_special_tokens=False)
