@@ -153,7 +153,25 @@ def _hub_entries(root: Path) -> Iterable[ModelEntry]:
                 break
 
 
-def _gguf_entry(p: Path, source: str, spec: Optional[str] = None, name: Optional[str] = None) -> ModelEntry:
+def _gguf_entry(p: Path, source: str, spec: Optional[str] = None, name: Optional[str] = None,
+                seen: Optional[set[Path]] = None) -> ModelEntry:
+    """One entry per GGUF: once converted, the facts of its converted folder (parameters,
+    architecture, dtype) under the GGUF's own spec and name, and that folder is not listed again
+    (``seen`` collects it)."""
+    from engine.lm.model import converted_dir
+
+    try:
+        d = converted_dir(p)
+    except Exception:  # an unreadable GGUF: listed as it is
+        d = None
+    if d is not None and (d / "config.json").exists():
+        e = describe_dir(d, spec or str(p), name or p.stem, source)
+        if e is not None:
+            if seen is not None:
+                seen.add(d.resolve())
+            e.path = str(p)
+            e.dtype = f"{e.dtype} (converted)"
+            return e
     return ModelEntry(spec=spec or str(p), name=name or p.stem, source=source, path=str(p),
                       architecture="GGUF (converted on first load)", dtype="quantized",
                       size_bytes=p.stat().st_size)
@@ -163,26 +181,36 @@ def discover(model_dirs: Iterable[Path] = (), *, hub: Optional[Path] = None,
              include_bundled: bool = True) -> list[ModelEntry]:
     """Every model found offline, bundled first. Never touches the network."""
     out: list[ModelEntry] = []
+    seen: set[Path] = set()  # converted folders already shown under their GGUF
     if include_bundled:
         try:
             from engine.lm.model import bundled_gguf
 
             g = bundled_gguf()
-            out.append(_gguf_entry(g, "bundled", spec="default", name="SmolLM2-135M-Instruct (bundled)"))
+            out.append(_gguf_entry(g, "bundled", spec="default", name="SmolLM2-135M-Instruct (bundled)",
+                                   seen=seen))
         except Exception:
             pass
+    ggufs = []  # the config's GGUFs first, so their converted folders are known
+    for root in model_dirs:
+        root = Path(root).expanduser()
+        files = [root] if root.suffix == ".gguf" else (sorted(root.iterdir()) if root.is_dir() else [])
+        ggufs += [_gguf_entry(f, "config", seen=seen) for f in files
+                  if f.suffix == ".gguf" and f.is_file()]
     models = cache_root() / "models"
     if models.is_dir():
         for d in sorted(models.iterdir()):
+            if d.resolve() in seen:
+                continue
             if (d / "config.json").exists():
                 e = describe_dir(d, str(d), d.name, "converted")
                 if e is not None:
                     out.append(e)
     out.extend(_hub_entries(hub if hub is not None else hub_cache()))
+    out.extend(ggufs)
     for root in model_dirs:
         root = Path(root).expanduser()
-        if root.suffix == ".gguf" and root.is_file():
-            out.append(_gguf_entry(root, "config"))
+        if root.suffix == ".gguf":
             continue
         cands = [root] if (root / "config.json").exists() else (sorted(root.iterdir()) if root.is_dir() else [])
         for d in cands:
@@ -190,8 +218,6 @@ def discover(model_dirs: Iterable[Path] = (), *, hub: Optional[Path] = None,
                 e = describe_dir(d, str(d), d.name, "config")
                 if e is not None:
                     out.append(e)
-            elif d.suffix == ".gguf" and d.is_file():
-                out.append(_gguf_entry(d, "config"))
     return out
 
 

@@ -112,3 +112,25 @@ async def test_picker_applies_a_profile(make_app, tmp_path):
         await until(pilot, lambda: app.settings.profile == "other" and app.model_state == "ready"
                     and app.lm is not first, 10)
         assert app.settings.model == "/models/other" and app.settings.sampling.max_new_tokens == 7
+
+
+def test_a_converted_gguf_is_listed_once_with_its_facts(tmp_path, tokenizer, monkeypatch):
+    """A GGUF and its converted folder are one model: one row, under the GGUF's name, with the
+    parameters and architecture read from the converted copy."""
+    from engine.lm.model import converted_dir
+    from engine.lm.tiny import tiny_llama
+    from engine.sessions.discovery import discover
+
+    monkeypatch.setenv("TOKENFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "nohub"))
+    gguf = tmp_path / "ggufs" / "little.Q4.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + b"\0" * 4096)
+    before = discover([gguf.parent], include_bundled=False)
+    assert [(e.name, e.params) for e in before] == [("little.Q4", None)]  # not converted yet
+    _save(tiny_llama(tokenizer, seed=3), converted_dir(gguf))
+    after = discover([gguf.parent], include_bundled=False)
+    assert len(after) == 1
+    e = after[0]
+    assert (e.name, e.spec, e.architecture) == ("little.Q4", str(gguf), "LlamaForCausalLM")
+    assert e.params and e.path == str(gguf)
