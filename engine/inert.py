@@ -47,6 +47,20 @@ def printable(value: Any, *, multiline: bool = False) -> str:
     return pattern.sub(_escape_one, s)
 
 
+#: what json.dumps(ensure_ascii=False) leaves raw that a terminal acts on (it escapes C0 itself)
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(obj: Any, **kw: Any) -> str:
+    """``json.dumps(obj, ensure_ascii=False, **kw)`` for a terminal: the characters the rules
+    escape are written as JSON ``\\uXXXX`` escapes (they can only stand inside JSON strings, so
+    the document parses to the same value), every other character as itself."""
+    import json
+
+    s = json.dumps(obj, ensure_ascii=False, **kw)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", s)
+
+
 def is_inert(s: str, *, multiline: bool = False) -> bool:
     """True when ``s`` holds no character the rules escape (what a test asserts of output)."""
     return (_UNSAFE_MULTILINE if multiline else _UNSAFE).search(s) is None

@@ -100,3 +100,21 @@ def test_textual_markup_escape_round_trips(s):
     shown = Content.from_markup(f"[b]{tesc(s)}[/b] [dim]{tesc(s)}[/]").plain
     want = printable(s)
     assert shown.replace("\u200b", "") == f"{want} {want}".replace("\u200b", "")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=15)
+
+
+@given(_json_values)
+def test_json_for_a_terminal_parses_to_the_same_value(v):
+    """--json on stdout: the same document, with nothing a terminal acts on left raw."""
+    import json
+
+    from engine.inert import json_text
+
+    s = json_text(v, indent=2)
+    assert is_inert(s, multiline=True)
+    assert json.loads(s) == v

@@ -5,7 +5,6 @@ the conversation), a second press exits 130; Ctrl+C at the prompt exits."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ from rich.console import Console
 
 from app.commands.common import add_model_args, err_console, fail, guard, load_lm
 from app.inert import printable, styled
+from engine.inert import json_text
 from app.interrupt import cancel_token, current as interrupts, phase
 from engine.lm.sampling_defaults import MODEL, MODEL_CARD, MODEL_KEYS, resolve
 
@@ -155,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
         phase("write")
         if args.json:
             tokens = [i.to_dict() for i in rec.infos] if rec is not None else []
-            print(json.dumps({"prompt": args.prompt, **r.to_dict(), **saved, **path_info, "tokens": tokens},
-                             ensure_ascii=False, indent=2))
+            print(json_text({"prompt": args.prompt, **r.to_dict(), **saved, **path_info, "tokens": tokens},
+                            indent=2))
         else:
             print()
             err.print(styled("[dim]{f}[/]", f=_figures(r, inexact)))
@@ -207,7 +207,7 @@ def _repl(session: Any, args: argparse.Namespace, err: Console, saved: dict[str,
             err.print("[yellow]stopped before the answer began: the message was not added[/]")
             continue
         if args.json:  # one line per turn: its figures (prefill tokens among them)
-            print(json.dumps({"prompt": text, **r.to_dict(), **saved, **path_info}, ensure_ascii=False))
+            print(json_text({"prompt": text, **r.to_dict(), **saved, **path_info}))
             saved = {k: v for k, v in saved.items() if k == "session"}
             continue
         print()

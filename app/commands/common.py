@@ -112,12 +112,13 @@ def write_export(dest: str, kind: str, result: Any, *, settings: dict[str, Any],
 
     from app.inert import styled
     from engine.export import job_document, write_job_json
+    from engine.inert import json_text
 
     doc = job_document(kind, result, settings=settings, model=getattr(lm, "name", None),
                        state="cancelled" if cancelled else "finished", started_at=started_at,
                        finished_at=time.time())
     if dest == "-":
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json_text(doc, indent=2) + "\n")  # a terminal may be reading
     else:
         write_job_json(dest, doc)
         err_console().print(styled("[dim]wrote {p}[/]", p=dest))

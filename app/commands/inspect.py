@@ -4,13 +4,13 @@ the prompt's tokens, each answer token's log-probability, entropy and alternativ
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from engine.inert import json_text
 from app.inert import console as inert_console, printable, text
 from app.commands.common import add_model_args, fail, guard, load_lm
 from app.interrupt import cancel_token, phase
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                        cancel=cancel_token())
     phase("write")
     if args.json:
-        print(json.dumps({"model": lm.name, **ins.to_dict()}, ensure_ascii=False, indent=2))
+        print(json_text({"model": lm.name, **ins.to_dict()}, indent=2))
     else:
         _print(ins, inert_console())
     return 0

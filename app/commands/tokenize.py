@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from rich.text import Text
 
+from engine.inert import json_text
 from app.inert import console as inert_console, styled
 from app.commands.common import add_model_args, err_console, fail, guard
 from app.interrupt import cancel_token, phase
@@ -118,7 +119,7 @@ def _write_files(args: argparse.Namespace, rep: Any, mdd: Any, err: Any) -> Opti
             return fail(f"cannot write {args.out}: {e.strerror or e}")
         err.print(styled("[dim]wrote {p}[/]", p=args.out))
     if args.json:
-        sys.stdout.write(payload)
+        sys.stdout.write(json_text(rep.to_json(mdd.vocab), indent=2) + "\n")  # for a terminal
         return 0
     return None
 

@@ -278,7 +278,9 @@ class ChatSession:
                 r = t.result
                 lines += [f"_{r.new_tokens} tokens · TTFT {r.ttft_s:.2f} s · {r.decode_tok_s:.1f} tok/s"
                           f" · stop: {r.stop_reason}_", ""]
-        return "\n".join(lines)
+        from engine.inert import printable  # a Markdown file is read in terminals too
+
+        return printable("\n".join(lines), multiline=True)
 
     def to_json(self) -> str:
         """The conversation in the one export envelope (engine/export.py): kind "chat", the

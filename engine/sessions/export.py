@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from engine.sessions.store import SavedSession
+from engine.inert import printable
 
 
 def to_markdown(s: SavedSession) -> str:
@@ -20,4 +21,4 @@ def to_markdown(s: SavedSession) -> str:
             lines += [f"_{m.get('new_tokens', len(t.answer_ids))} tokens · prefill "
                       f"{m.get('prefill_tokens', '?')} · stop: {m.get('stop_reason', '?')}"
                       + (" · dropped from the context later" if i < s.live_from else "") + "_", ""]
-    return "\n".join(lines)
+    return printable("\n".join(lines), multiline=True)  # read in terminals too: data inert

@@ -91,6 +91,11 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         await pilot.pause()
         assert "[/]" in str(scr.query_one("#sessions-status").content)
         assert_screen_inert(app)
+        await pilot.press("e")  # the Markdown export (read with cat or less -R) is inert too
+        await until(pilot, lambda: scr.last_export is not None)
+        md = scr.last_export.read_text(encoding="utf-8")
+        assert is_inert(md, multiline=True) and "\\x1b]52;c;" in md
+        assert_screen_inert(app)
 
         # open the session named [/] into chat: messages, answer, status and toast
         await pilot.pause(3.5)  # past the delete confirmation window: enter opens, d is disarmed
