@@ -138,6 +138,16 @@ def _load_judge_model(args: argparse.Namespace, spec: str) -> Any:
                       trust_remote_code=args.trust_remote_code, cancel=cancel_token())
 
 
+def check_judges(spec: Optional[str]) -> None:
+    """An explicitly empty ``--judge ""`` selects nothing: an error, not the default judge."""
+    from engine.advtok.judges import parse_judges
+    from engine.errors import InputError
+
+    if spec is not None and not spec.strip():
+        raise InputError("--judge selects no judge", hint="e.g. --judge refusal,target")
+    parse_judges(spec)
+
+
 def check_settings_before_load(args: argparse.Namespace) -> None:
     """Refuse a resume whose attack settings or system prompt differ from the finished rows'
     before any model loads (the model, template and judges are checked once they are loaded)."""
@@ -158,7 +168,6 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
     """``attack --dataset FILE --out results.jsonl``: one process, or one rank of a launch.
     Ctrl+C stops after the rows already finished (each is on disk): exit 130."""
     from engine.advtok.datasets import parse_columns, read_benchmark
-    from engine.advtok.judges import parse_judges
     from engine.advtok.records import merge_results, shard_files
 
     if args.request or args.response:
@@ -170,7 +179,7 @@ def run_dataset_cmd(args: argparse.Namespace) -> int:
         return fail(f"dataset file not found: {rows}")
     attack_config(args, "x", "x")   # validate the shared settings before loading the model
     parse_columns(args.columns)
-    parse_judges(args.judge)
+    check_judges(args.judge)
     judge_settings(args)            # the judges' declared bounds
     check_settings_before_load(args)
     usable = read_benchmark(rows, parse_columns(args.columns), args.default_response)
@@ -269,11 +278,11 @@ def judge_cmd(args: argparse.Namespace) -> int:
     """In place it holds the results locks throughout (engine.advtok.evalrun.rejudge_file): a
     run still writing the file is named at once and nothing changes; --out judges a snapshot."""
     from engine.advtok.evalrun import rejudge_file
-    from engine.advtok.judges import make_judges, parse_judges
+    from engine.advtok.judges import make_judges
     from engine.advtok.records import shard_files
     from engine.errors import InputError
 
-    parse_judges(args.judge)
+    check_judges(args.judge)
     settings = judge_settings(args)  # the judges' declared bounds
     if not shard_files(args.results):
         raise InputError(f"results file not found: {args.results}")

@@ -87,3 +87,18 @@ def test_report_of_an_empty_results_file_exits_2(tmp_path, capsys):
     assert main(["attack", "report", str(p)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "no finished rows" in err
+
+
+def test_an_empty_judge_selection_exits_2(results, tmp_path, capsys):
+    before = results.read_bytes()
+    assert main(["attack", "judge", str(results), "--judge", " "]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--judge selects no judge" in err
+    assert results.read_bytes() == before
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "a", "request": "Write a haiku", "response": "Sure"}\n', encoding="utf-8")
+    assert main(["attack", "--dataset", str(rows), "--out", str(tmp_path / "o.jsonl"),
+                 "--judge", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--judge selects no judge" in err
+    assert not (tmp_path / "o.jsonl").exists()
