@@ -110,3 +110,45 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         assert "first " in shown and "\\x1b]52;c;" in shown
         assert chat.query(AssistantMessage)[0].text == f"answer {PAYLOAD}"  # kept raw for export
         assert app.is_running
+
+
+async def test_dashboard_report_of_a_hostile_runs_file(make_app, tmp_path):
+    """The dashboard's table, legend, footer and notes from a runs file whose labels, method,
+    suite, model id, status and message carry the payload (and a line that is not JSON)."""
+    import json
+    from pathlib import Path
+
+    from textual.widgets import Input
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl"
+    recs = []
+    for line in fixture.read_text(encoding="utf-8").split("\n"):
+        try:
+            recs.append(json.loads(line))
+        except ValueError:
+            pass
+    for i, r in enumerate(recs):
+        r["label"] = f"L{PAYLOAD}"
+        r["suite"] = f"S{PAYLOAD}"
+        r["model"]["id"] = f"M{PAYLOAD}"
+        r["speed_note"] = f"N{PAYLOAD}"
+        if i == 1:
+            r.update(status="error", message=f"boom{PAYLOAD}")
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+                    + f"not json {PAYLOAD}\n", encoding="utf-8")
+    app = make_app()
+    async with app.run_test(size=(160, 50)) as pilot:
+        await until(pilot, lambda: app.model_state in ("ready", "failed") and not app.runner.busy)
+        await pilot.press("f5")
+        await until(pilot, lambda: app.current_mode == "dashboard")
+        scr = app.screen
+        scr.query_one("#dash-out", Input).value = str(runs)
+        await pilot.pause()
+        scr.refresh_report(force=True, loud=True)
+        table = scr.query_one("#dash-table", DataTable)
+        await until(pilot, lambda: table.row_count >= 2 and not scr._reading)
+        await pilot.pause()
+        shown = assert_screen_inert(app)
+        assert "\\x1b[2J" in shown  # shown escaped
+        assert app.is_running
