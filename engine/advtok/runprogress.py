@@ -59,8 +59,8 @@ class RunProgress:
         elif p.phase == "search":
             self.phase = "search"
             it = m.get("iteration")
-            if it is None:               # the starting point is scored before iteration 1
-                self.detail = "scoring the start"
+            if it is None:               # the start and the final pair, outside the iterations
+                self.detail = "scoring"
             else:
                 self.detail = f"iteration {it}/{m.get('iterations', p.total)}"
             if "scored" in p.message and p.total:

@@ -28,7 +28,7 @@ def test_phases_rate_and_eta():
     assert "diagram byte 10/40" in rp.line()
     assert not rp.update(Progress("mdd", 20, 40, "scanning bytes"))           # a tick
     assert rp.update(Progress("search", 1, 1, "scored 1/1 candidates"))
-    assert "search scoring the start" in rp.line()
+    assert "search scoring · scored 1/1" in rp.line()
     assert rp.update(Progress("search", 3, 12, "scored 3/12 candidates",
                               {"iteration": 1, "iterations": 50}))
     assert "row 1/3 (r0) · search iteration 1/50 · scored 3/12" in rp.line()
