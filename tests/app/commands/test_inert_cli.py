@@ -176,3 +176,46 @@ def test_chat_session_note_and_name(tiny_lm, tiny_dir, tmp_path):
     assert p.returncode == 0, both
     assert "Traceback" not in both and is_inert(both, multiline=True), repr(both)
     assert "other\\x1b]52;c;" in p.stderr and "session '[/]'" in p.stderr
+
+
+# ---------------------------------------------------------------------------- other files read
+def test_config_file_keys_and_values(tmp_path, capfd):
+    """A TOML config whose key, profile name and value carry the payload: one error line, inert."""
+    cases = [f'"k{PAYLOAD}" = 1\n', f'[profiles."p{PAYLOAD}"]\ntemperature = "hot{PAYLOAD}"\n',
+             f'default_profile = "x{PAYLOAD}"\n', f'model_dirs = ["{PAYLOAD}", 3]\n']
+    for i, body in enumerate(cases):
+        cfg = tmp_path / f"c{i}.toml"
+        cfg.write_text(body.replace("\\", "\\\\"), encoding="utf-8")
+        shown = assert_inert(capfd, main(["--config", str(cfg), "tokenize", "abc"]))
+        assert "error" in shown
+
+
+def test_dataset_problems_are_inert(tmp_path, capfd):
+    """Every row of the dataset bad, each problem quoting the payload (unknown fields, ids)."""
+    d = tmp_path / "d.jsonl"
+    rows = [{f"field{PAYLOAD}": 1, "request": "", "response": "Sure"},
+            {"request": ["x"], "response": "Sure", "category": PAYLOAD},
+            {"request": "ok", "response": {"no": PAYLOAD}}]
+    d.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                 + f"not json {PAYLOAD}\n", encoding="utf-8")
+    code = main(["attack", "--dataset", str(d), "--out", str(tmp_path / "r.jsonl")])
+    assert code == 2
+    assert "no usable row" in assert_inert(capfd, code)
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=40))
+def test_generated_labels_through_bench_report(tmp_path_factory, capfd, label):
+    """Any text (controls, markup of both dialects, surrogates, separators) as a runs file's
+    label, method error message and model id: bench report prints it inert or says the line is
+    bad, never a traceback."""
+    d = tmp_path_factory.mktemp("gen")
+    recs = [dict(r) for r in RUNS]
+    recs[0] = dict(recs[0], label=label, model={**recs[0]["model"], "id": label})
+    recs[1] = dict(recs[1], status="error", message=label)
+    runs = d / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    assert_inert(capfd, main(["bench", "report", str(runs)]))
