@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
          "TokenizeConfig.samples; each sample is kept as a token-id list (64 + 36 B per id)"),
         ("`tokenize --neighbours K`", f"{bound_of(TokenizeConfig, 'neighbours').hi}", "TokenizeConfig.neighbours (a fixed cap: the count's table grows with K)"),
         ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
+        ("`chat --stop` / `--banned-ids`",
+         f"{bound_of(SamplingConfig, 'stop_strings').max_items} × ≤ "
+         f"{bound_of(SamplingConfig, 'stop_strings').item.max_chars:,} characters / "
+         f"{bound_of(SamplingConfig, 'banned_ids').max_items:,} ids",
+         "SamplingConfig: every stop string is searched for at each token (and up to its length "
+         "of answer held back); past the largest vocabulary a list could only ban everything"),
         ("free text (`--prompt`, `--request`, …)", f"{MAX_TEXT_CHARS:,} characters", "engine.bounds.MAX_TEXT_CHARS, the same for CLI and TUI"),
         ("`attack --samples` / `--batch-cap`", f"{bound_of(AttackConfig, 'samples').hi:,} / "
          f"{bound_of(AttackConfig, 'batch_cap').hi:,}", "AttackConfig: the samples decode as one batch (each row's KV and logits memory-checked before the search); rows per scoring batch"),

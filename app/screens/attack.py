@@ -26,6 +26,7 @@ from app.messages import JobCancelled, RunFromIds
 from app.screens.job_screen import JobScreen, Launch
 from app.validate import FieldCheck, first_error, parse_field
 from engine.advtok.config import AttackConfig
+from engine.bounds import bound_of
 from app.widgets.engine_status import EngineStatus
 from app.widgets.lattice_view import LatticeView
 from app.widgets.token_strip import TokenStrip
@@ -114,9 +115,9 @@ class AttackScreen(JobScreen):
                 validators=[FieldCheck(p["atk-system"])]))
             with Horizontal(id="atk-numbers", classes="form-row number-row"):
                 for ident, label, value, ph in (
-                        ("atk-iters", "iterations", "20", "1–10000"),
+                        ("atk-iters", "iterations", "20", bound_of(AttackConfig, "iters").describe()),
                         ("atk-neighbours", "max neighbours", "", "all"),
-                        ("atk-samples", "samples", "4", "0–64"),
+                        ("atk-samples", "samples", "4", bound_of(AttackConfig, "samples").describe()),
                         ("atk-sample-tokens", "sample tokens", "48", "new tokens"),
                         ("atk-seed", "seed", "0", "0…"),
                         ("atk-sample-rep", "sample rep. penalty", "1.0", "1 = off"),
