@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import ContextOverflow, InputError
 from engine.lm.forward import get_forward
+from engine.lm.branching import group_parent
 from engine.lm.generate import LogitsObserver, TokenCallback, generate
 from engine.lm.results import GenerationResult
 from engine.lm.prefill import prefill
 from engine.lm.templates import TurnGlue, chat_ids, encode_user_text, turn_glue
-from engine.progress import CancelToken, ProgressFn, check
+from engine.lm.tokeninfo import TokenRecorder, infos_from_logits
+from engine.progress import Cancelled, CancelToken, ProgressFn, check
 from engine.lm.config import SamplingConfig
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -31,11 +33,48 @@ if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the T
 
 @dataclass
 class Turn:
+    """One exchange — a user message and its answer — and its place in the session's tree of
+    variants (every answer ever given is kept: the first one, a regenerate, a forced alternative,
+    an edited message). ``prev`` is the exchange before it on its path (None: a first turn);
+    exchanges with the same ``prev`` are the variants at that turn. A forced answer copies its
+    source's first ``fork_at`` tokens and is grouped under ``source`` (the answer that owned that
+    position, as the token explorer counts "< i/n >"); every other variant has ``source`` None.
+    ``state``: streaming while it is generated, then done, or stopped (cancelled, or a saved
+    partial answer of a process that died). ``key`` is the session store's row (None: unsaved)."""
+
     user: str
     user_ids: list[int]
     answer: str = ""
     answer_ids: list[int] = field(default_factory=list)
     result: Optional[GenerationResult] = None
+    infos: list[Any] = field(default_factory=list)  # engine.lm.tokeninfo.TokenInfo per answer token
+    id: int = -1
+    prev: Optional[int] = None
+    source: Optional[int] = None
+    fork_at: int = 0
+    how: str = "answer"  # answer, regenerate, force, edit
+    state: str = "done"  # streaming, done, stopped
+    key: Any = None
+    last_child: Optional[int] = None  # the exchange after this one that was shown last
+
+
+HOWS = ("answer", "regenerate", "force", "edit")
+
+
+class TurnListener:
+    """Told about every exchange as it happens (the session store saves through this; the
+    methods run on the thread that runs the turn). ``started``: the first answer token exists;
+    ``streamed``: more tokens (the listener decides how often to act); ``finished``: the turn is
+    in the conversation (done or stopped); ``shown``: another path of the tree became the
+    conversation, ``turn`` its last exchange (or None: an empty conversation)."""
+
+    def started(self, session: "ChatSession", turn: Turn) -> None: ...
+
+    def streamed(self, session: "ChatSession", turn: Turn) -> None: ...
+
+    def finished(self, session: "ChatSession", turn: Turn) -> None: ...
+
+    def shown(self, session: "ChatSession", turn: Optional[Turn]) -> None: ...
 
 
 def clean_text(text: str) -> str:
@@ -49,8 +88,20 @@ def _has_surrogates(text: str) -> bool:
     return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
+def _common(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class ChatSession:
-    """Multi-turn chat with a conversation KV cache. Not thread-safe: one job at a time."""
+    """Multi-turn chat with a conversation KV cache and the tree of every answer variant
+    (``nodes``; ``dropped + turns`` is the path shown and continued). Not thread-safe: one job
+    at a time."""
+
+    top_k = 5  # alternatives kept per answer token (the token explorer's data)
 
     def __init__(self, lm: LoadedModel, system: Optional[str] = None,
                  sampling: Optional[SamplingConfig] = None) -> None:
@@ -59,6 +110,7 @@ class ChatSession:
         self.started_at = time.time()  # the export's start time
         self.fwd = get_forward(lm)
         self.turns: list[Turn] = []
+        self.listener: Optional[TurnListener] = None
         self.reset(system)
 
     # -- conversation state -------------------------------------------------------------------
@@ -72,13 +124,19 @@ class ChatSession:
                 self._sys_cache = None
                 self._sys_ids: list[int] = []
         self.turns = []
+        self.nodes: list[Turn] = []  # every exchange of the conversation's tree, by id
+        self.first_choice: Optional[int] = None  # the first exchange shown last
         self.dropped: list[Turn] = []  # old turns dropped to fit the context (kept for export)
         self.cache = None
         self.ids: list[int] = []  # every conversation token, in order (the cache holds a prefix)
 
+    @property
+    def path(self) -> list[Turn]:
+        """The conversation shown: the turns dropped from the context, then the live ones."""
+        return self.dropped + self.turns
+
     def _restore(self, prev: tuple) -> None:
-        """Put back the state ``send`` found (turns, ids, cache): the cache may have been
-        extended in place by a partial prefill, so it is cut back to the length it had."""
+        """Put back the state an exchange found (turns, ids, cache, dropped)."""
         turns, ids, cache, length, dropped = prev
         self.turns, self.ids, self.dropped = turns, ids, dropped
         if self.fwd.cache_len(cache) > length:
@@ -125,6 +183,8 @@ class ChatSession:
         return ids
 
     def _rebuild(self, turns: list[Turn]) -> list[int]:
+        """The live ids of a conversation of ``turns`` (system prefix first): exactly the ids a
+        session that answered them has, since every turn is encoded by the same rule."""
         self._system_cache()
         ids = list(self._sys_ids)
         for i, t in enumerate(turns):
@@ -140,6 +200,68 @@ class ChatSession:
                 out.append({"role": "assistant", "content": t.answer})
         return out
 
+    # -- the tree ------------------------------------------------------------------------------
+    def children(self, node: Optional[int]) -> list[Turn]:
+        """The exchanges that follow ``node`` (None: the first exchanges), oldest first."""
+        return [t for t in self.nodes if t.prev == node]
+
+    def path_to(self, node: int) -> list[Turn]:
+        """The path through ``node``: its ancestors, it, then the exchanges shown last below it
+        (the most recent one where none was shown)."""
+        up: list[Turn] = []
+        t: Optional[Turn] = self.nodes[node]
+        while t is not None:
+            up.append(t)
+            t = self.nodes[t.prev] if t.prev is not None else None
+        path = up[::-1]
+        while True:
+            kids = self.children(path[-1].id)
+            if not kids:
+                return path
+            pick = path[-1].last_child
+            path.append(self.nodes[pick] if pick is not None and 0 <= pick < len(self.nodes)
+                        and self.nodes[pick].prev == path[-1].id else kids[-1])
+
+    def _chosen(self, path: list[Turn]) -> None:
+        """Remember ``path`` as the one shown below each of its exchanges."""
+        for a, b in zip(path, path[1:]):
+            a.last_child = b.id
+        if path:
+            self.first_choice = path[0].id
+
+    def show(self, node: int) -> list[Turn]:
+        """Make the path through exchange ``node`` the conversation (browsing the variants).
+        Nothing is recomputed now: the cache is cut back to what the new path shares with the
+        old one, and the next turn prefills the rest. The dropped turns of an overflow stay
+        dropped, so only a live turn's variants can be shown."""
+        if not 0 <= node < len(self.nodes):
+            raise InputError(f"no exchange {node} in this conversation")
+        path = self.path_to(node)
+        nd = len(self.dropped)
+        if [t.id for t in path[:nd]] != [t.id for t in self.dropped]:
+            raise InputError("that variant belongs to turns dropped from the model's context")
+        turns = path[nd:]
+        ids = self._rebuild(turns)
+        if self.cache is None:
+            self.cache = self.fwd.fork(self._system_cache())
+        keep = min(self.fwd.cache_len(self.cache), _common(self.ids, ids), max(0, len(ids) - 1))
+        self.cache = self.fwd.fork(self.cache, keep=keep)
+        self.turns, self.ids = list(turns), ids
+        self._chosen(path)
+        if self.listener is not None:
+            self.listener.shown(self, path[-1] if path else None)
+        return path
+
+    def adopt(self, nodes: list[Turn], path: list[int], live_from: int = 0) -> None:
+        """Take a saved tree (``nodes`` by id, ``path`` the ids of the exchanges shown, of which
+        the first ``live_from`` were dropped from the context). Call ``restore`` next."""
+        self.nodes = list(nodes)
+        for i, t in enumerate(self.nodes):
+            t.id = i
+        chain = [self.nodes[i] for i in path]
+        self._chosen(chain)
+        self.dropped = chain[:live_from]
+
     # -- one turn -----------------------------------------------------------------------------
     def send(self, text: str, *, on_token: Optional[TokenCallback] = None,
              progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
@@ -149,6 +271,70 @@ class ChatSession:
         answer (stop_reason 'cancelled'), which stays in the conversation — unless it came before
         the first answer token (``result.discarded``): then the session is as it was. A refused
         or failed message leaves the session unchanged too."""
+        return self._exchange(len(self.turns), text, "answer", on_token=on_token,
+                              progress=progress, cancel=cancel, sampling=sampling, observe=observe)
+
+    def _live_index(self, turn: Optional[int]) -> int:
+        if not self.turns or self.cache is None:
+            raise InputError("nothing to regenerate: send a message first")
+        k = len(self.turns) - 1 if turn is None else int(turn) - len(self.dropped)
+        if not 0 <= k < len(self.turns):
+            if turn is not None and 0 <= int(turn) < len(self.dropped):
+                raise InputError(f"turn {int(turn) + 1} was dropped from the model's context to "
+                                 "fit a later message: it can no longer be answered again")
+            raise InputError(f"there is no turn {turn} in this conversation")
+        return k
+
+    def regenerate(self, turn: Optional[int] = None, *, on_token: Optional[TokenCallback] = None,
+                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+                   sampling: Optional[SamplingConfig] = None,
+                   observe: Optional[LogitsObserver] = None) -> GenerationResult:
+        """A new answer to the message of ``turn`` (an index into ``path``; default the last),
+        kept beside the old one as a variant; the conversation continues from the new one. Only
+        that turn's tokens are prefilled (the cache is forked where the history ends)."""
+        k = self._live_index(turn)
+        return self._exchange(k, self.turns[k].user, "regenerate", on_token=on_token,
+                              progress=progress, cancel=cancel, sampling=sampling, observe=observe)
+
+    def edit(self, turn: int, text: str, *, on_token: Optional[TokenCallback] = None,
+             progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
+             sampling: Optional[SamplingConfig] = None,
+             observe: Optional[LogitsObserver] = None) -> GenerationResult:
+        """Answer an edited message in place of turn ``turn``'s (a variant at that turn)."""
+        k = self._live_index(turn)
+        return self._exchange(k, text, "edit", on_token=on_token, progress=progress,
+                              cancel=cancel, sampling=sampling, observe=observe)
+
+    def force(self, turn: int, position: int, token: int, *,
+              on_token: Optional[TokenCallback] = None, progress: Optional[ProgressFn] = None,
+              cancel: Optional[CancelToken] = None, sampling: Optional[SamplingConfig] = None,
+              observe: Optional[LogitsObserver] = None) -> GenerationResult:
+        """Put ``token`` at answer position ``position`` of turn ``turn`` and continue from it: a
+        variant of that answer sharing its first ``position`` tokens. Only the uncached history
+        (none on the path just generated), the forced token and the new suffix are computed."""
+        k = self._live_index(turn)
+        src = self.turns[k]
+        p, token = int(position), int(token)
+        if not 0 <= p < len(src.answer_ids):
+            raise InputError(f"position {p} is outside the answer's {len(src.answer_ids)} tokens")
+        vocab = int(getattr(getattr(self.lm.model, "config", None), "vocab_size", 0) or 0)
+        if vocab and not 0 <= token < vocab:
+            raise InputError(f"token id {token} is outside the vocabulary (0–{vocab - 1})")
+        if token == src.answer_ids[p]:
+            raise InputError("that is the token already there: pick another alternative")
+        return self._exchange(k, src.user, "force", src=src, fork_at=p, forced=token,
+                              on_token=on_token, progress=progress, cancel=cancel,
+                              sampling=sampling, observe=observe)
+
+    def _exchange(self, k: int, text: str, how: str, *, src: Optional[Turn] = None,
+                  fork_at: int = 0, forced: Optional[int] = None,
+                  on_token: Optional[TokenCallback], progress: Optional[ProgressFn],
+                  cancel: Optional[CancelToken], sampling: Optional[SamplingConfig],
+                  observe: Optional[LogitsObserver]) -> GenerationResult:
+        """The one way an answer is made: a new exchange at live turn ``k`` (``k`` = the number
+        of live turns appends one), after the first ``k`` live turns. Everything that can refuse
+        is decided before the session changes; a failure, or a cancel before the first answer
+        token, leaves the session (and every saved answer) as it was."""
         cfg = (sampling or self.sampling).validate(self.lm.context_length)
         if text is None or not str(text).strip():
             raise InputError("empty message: type something first")
@@ -158,99 +344,170 @@ class ChatSession:
         if self.cache is None:
             self.cache = self.fwd.fork(sys_cache)
             self.ids = list(self._sys_ids)
-        turn = Turn(user=text, user_ids=encode_user_text(self.lm.tokenizer, text))
-        new_ids = self._turn_ids(len(self.turns), turn, with_answer=False)
+        turn = Turn(user=text, user_ids=encode_user_text(self.lm.tokenizer, text), how=how,
+                    state="streaming")
+        prefix: list[int] = []
+        if forced is not None and src is not None:
+            prefix = list(src.answer_ids[:fork_at]) + [int(forced)]
+            turn.source = group_parent(self.nodes, src.id, fork_at) if src.id >= 0 else None
+            turn.fork_at = fork_at
+        budget = cfg.max_new_tokens - len(prefix)
         ctx = self.lm.context_length
-        # everything below is decided before the session changes: a refused message (too long
-        # even without history) leaves turns, ids and cache exactly as they were
-        alone = len(self._sys_ids) + len(self._turn_ids(0, turn, with_answer=False))
-        if alone + cfg.max_new_tokens > ctx:
+        alone = len(self._sys_ids) + len(self._turn_ids(0, turn, with_answer=False)) + len(prefix)
+        if alone + max(budget, 0) > ctx:
             raise ContextOverflow(
                 f"message is {len(turn.user_ids)} tokens; with the system prompt "
                 f"({len(self._sys_ids)}) and max_new_tokens ({cfg.max_new_tokens}) that exceeds the "
-                f"context of {ctx} tokens" + (" even without history" if self.turns else ""))
+                f"context of {ctx} tokens" + (" even without history" if k else ""))
         prev = (self.turns, self.ids, self.cache, self.fwd.cache_len(self.cache), list(self.dropped))
-        kept, ids, cache, dropped = self.turns, self.ids, self.cache, 0
-        notes: list[str] = []
-        if len(ids) + len(new_ids) + cfg.max_new_tokens > ctx:
+        kept = list(self.turns[:k])
+        base = self._rebuild(kept) if k < len(self.turns) else list(self.ids)
+        new_ids = self._turn_ids(k, turn, with_answer=False)
+        dropped, notes = 0, []
+        if len(base) + len(new_ids) + len(prefix) + max(budget, 0) > ctx:
             # drop the oldest turns until the kept ones + this turn fit (the message alone fits,
             # checked above, so this ends); re-encode once from the system cache
-            kept = list(self.turns)
             while kept:
                 kept.pop(0)
                 dropped += 1
                 trial = self._rebuild(kept) + self._turn_ids(len(kept), turn, with_answer=False)
-                if len(trial) + cfg.max_new_tokens <= ctx:
+                if len(trial) + len(prefix) + max(budget, 0) <= ctx:
                     break
-            ids = self._rebuild(kept)
-            cache = self.fwd.fork(sys_cache)
+            base = self._rebuild(kept)
             new_ids = self._turn_ids(len(kept), turn, with_answer=False)
+            cache = self.fwd.fork(sys_cache)
             notes.append(f"context full: dropped the {dropped} oldest turn(s) and re-encoded "
-                         f"{len(ids) - len(self._sys_ids)} history tokens once")
-        cached = self.fwd.cache_len(cache)
-        feed = ids[cached:] + new_ids  # uncached conversation tail + this turn
+                         f"{len(base) - len(self._sys_ids)} history tokens once")
+        else:  # reuse every cached position the new conversation shares with the old one (the
+            # last token fed must be computed: its logits choose the next one, or a forced
+            # token's facts)
+            cache = self.fwd.fork(self.cache, keep=min(
+                self.fwd.cache_len(self.cache), _common(self.ids, base + new_ids + prefix),
+                len(base) + len(new_ids) + len(prefix) - (2 if prefix else 1)))
+        target = base + new_ids + prefix
+        turn.prev = (self.turns[k - 1].id if k else
+                     self.dropped[-1].id if self.dropped else None)
+        rec = TokenRecorder(self.lm.tokenizer, self.top_k)
+        listener = self.listener
+        began = [False]
+        streamed_ids: list[int] = []
+
+        def begin() -> None:
+            if not began[0]:
+                began[0] = True
+                turn.id = len(self.nodes)
+                self.nodes.append(turn)
+                if listener is not None:
+                    listener.started(self, turn)
+
+        def obs(logits: Any, token: int) -> None:
+            rec(logits, token)
+            if observe is not None:
+                observe(logits, token)
+            streamed_ids.append(int(token))
+            turn.answer_ids = prefix + streamed_ids
+            begin()
+            if listener is not None:
+                listener.streamed(self, turn)
+
+        def tok(delta: str, tid: int) -> None:
+            turn.answer += delta
+            if on_token is not None:
+                on_token(delta, tid)
+
         try:
-            result, cache = generate(self.lm, feed, cfg, cache=cache, on_token=on_token,
-                                     progress=progress, cancel=cancel,
-                                     prompt_tokens=cached + len(feed), observe=observe)
+            if prefix:
+                result, cache = self._forced(turn, target, fork_at, cache, cfg, budget, obs, tok,
+                                             begin, progress, cancel)
+            else:
+                result, cache = generate(self.lm, target[self.fwd.cache_len(cache):], cfg,
+                                         cache=cache, on_token=tok, progress=progress,
+                                         cancel=cancel, prompt_tokens=len(target), observe=obs)
         except BaseException:
             self._restore(prev)
+            if began[0]:  # it failed after it began: kept in the tree as stopped, off the path
+                turn.state = "stopped"
+                if listener is not None:
+                    listener.finished(self, turn)
             raise
-        if result.stop_reason == "cancelled" and not result.token_ids:
+        if result.stop_reason == "cancelled" and not began[0]:
             # stopped before the answer began (during the prefill): the message is not added and
             # nothing is dropped; the caller gives the text back to the user
             self._restore(prev)
             result.discarded = True
             result.notes.append("stopped before the answer began: the message was not added")
             return result
+        begin()
         self.dropped.extend(self.turns[:dropped])
-        self.turns, self.cache = list(kept), cache
+        self.turns, self.cache = kept, cache
         # cache now holds everything fed + all generated tokens but the last
-        self.ids = ids + new_ids + result.token_ids
-        turn.answer, turn.answer_ids, turn.result = result.text, list(result.token_ids), result
+        self.ids = target + list(result.token_ids)
+        if prefix:  # the result describes the whole answer: the copied part, the forced token
+            result.token_ids = prefix + list(result.token_ids)
+            result.text = self._decode(result.token_ids)
+        turn.answer, turn.answer_ids = result.text, list(result.token_ids)
+        turn.infos = (list(src.infos[:fork_at]) if src is not None and prefix else []) \
+            + turn.infos + rec.infos
+        turn.result = result
+        turn.state = "stopped" if result.stop_reason == "cancelled" else "done"
         self.turns.append(turn)
+        self._chosen(self.path)
         result.dropped_turns = dropped
         result.notes.extend(notes)
         if self.warning:
             result.notes.append(self.warning)
+        if listener is not None:
+            listener.finished(self, turn)
         return result
 
-    def regenerate(self, *, on_token: Optional[TokenCallback] = None,
-                   progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None,
-                   sampling: Optional[SamplingConfig] = None,
-                   observe: Optional[LogitsObserver] = None) -> GenerationResult:
-        """Drop the last answer and answer the last user message again.
+    def _decode(self, ids: list[int]) -> str:
+        return self.lm.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-        The conversation is rolled back to just before the last turn: the cache is forked at
-        that length (a view, no re-encoding) and ``ids``/``turns`` trimmed, then the message is
-        sent again, so only that turn's tokens are prefilled."""
-        if not self.turns or self.cache is None:
-            raise InputError("nothing to regenerate: send a message first")
-        (sampling or self.sampling).validate(self.lm.context_length)  # refuse before rolling back
-        last = self.turns[-1]
-        i = len(self.turns) - 1
-        start = len(self.ids) - len(last.answer_ids) - len(self._turn_ids(i, last, with_answer=False))
-        if start < len(self._sys_ids):  # ids out of step with the turns: never expected
-            raise InputError("cannot regenerate: conversation state is inconsistent; start a new chat")
-        check(cancel)
-        prev = (self.turns, self.ids, self.cache, self.fwd.cache_len(self.cache), list(self.dropped))
-        self.cache = self.fwd.fork(self.cache, keep=min(start, self.fwd.cache_len(self.cache)))
-        self.ids = self.ids[:start]
-        self.turns = self.turns[:-1]
+    def _forced(self, turn: Turn, target: list[int], p: int, cache: Any, cfg: SamplingConfig,
+                budget: int, obs: Any, tok: Any, begin: Any, progress: Optional[ProgressFn],
+                cancel: Optional[CancelToken]) -> tuple[GenerationResult, Any]:
+        """Force ``target[-1]`` at answer position ``p``: the uncached history and the answer's
+        first ``p`` tokens are prefilled with one row of logits kept (the forced token's own
+        facts), then decoding continues after the forced token. A cancel during that prefill
+        returns an empty cancelled result (nothing began)."""
+        import torch
+
+        token, cached = target[-1], self.fwd.cache_len(cache)
+        t0 = time.perf_counter()
+        feed = torch.tensor([target[cached:-1]], device=self.lm.torch_device)
         try:
-            result = self.send(last.user, on_token=on_token, progress=progress, cancel=cancel,
-                               sampling=sampling, observe=observe)
-        except BaseException:
-            self._restore(prev)  # a failed regenerate keeps the old answer
-            raise
-        if result.discarded:  # stopped before the new answer began: the old one stays
-            self._restore(prev)
-        return result
+            row = prefill(self.fwd, feed, cache, progress=progress, cancel=cancel)[:, -1, :]
+        except Cancelled:
+            return GenerationResult(text="", token_ids=[], prompt_tokens=len(target) - p - 1,
+                                    prefill_tokens=0, new_tokens=0, ttft_s=0.0, decode_tok_s=0.0,
+                                    total_s=time.perf_counter() - t0,
+                                    stop_reason="cancelled"), cache
+        info = infos_from_logits(row.reshape(1, -1), [token], self.lm.tokenizer, self.top_k)[0]
+        info.forced = True
+        turn.infos = [info]
+        prefix = target[len(target) - p - 1:]
+        turn.answer_ids = list(prefix)
+        begin()
+        tok(self._decode(prefix), token)  # the copied part and the forced token, shown at once
+        if self.listener is not None:
+            self.listener.streamed(self, turn)
+        n_pre = len(target) - cached - 1
+        if token in set(self.lm.eos_ids) or budget < 1:
+            return GenerationResult(text="", token_ids=[], prompt_tokens=len(target) - p - 1,
+                                    prefill_tokens=n_pre, new_tokens=0, ttft_s=0.0,
+                                    decode_tok_s=0.0, total_s=time.perf_counter() - t0,
+                                    stop_reason="eos" if budget >= 1 else "max_new_tokens"), cache
+        sub = SamplingConfig(**{**cfg.__dict__, "max_new_tokens": budget})
+        res, cache = generate(self.lm, [token], sub, cache=cache, on_token=tok, progress=progress,
+                              cancel=cancel, prompt_tokens=len(target), observe=obs)
+        res.prefill_tokens += n_pre
+        return res, cache
 
     def restore(self, turns: list[Turn], ids: list[int], cache: Any = None) -> None:
-        """Continue a saved conversation: ``turns`` and their live token ``ids`` (system prefix
-        first), and optionally a KV ``cache`` holding a prefix of ``ids`` (a snapshot). Without
-        one, the next send prefills the history once."""
+        """Continue a saved conversation: its live ``turns`` and their token ``ids`` (system
+        prefix first), and optionally a KV ``cache`` holding a prefix of ``ids`` (a snapshot).
+        Without one, the next turn prefills the history once. The tree (``nodes``) and the
+        dropped turns are set by ``adopt`` first when there are any."""
         sys_ids = self._prefix_ids()
         if list(ids[:len(sys_ids)]) != sys_ids:
             raise InputError("the saved conversation does not start with this system prompt")
@@ -260,8 +517,12 @@ class ChatSession:
             if n > len(ids) or n < len(sys_ids):
                 raise InputError(f"a cache of {n} positions does not fit {len(ids)} saved tokens")
             self._sys_cache = self.fwd.fork(cache, keep=len(sys_ids)) if sys_ids else self.fwd.new_cache()
+        if not self.nodes:  # a plain list of turns: the tree is that one path
+            for i, t in enumerate(turns):
+                t.id, t.prev = i, (i - 1 if i else None)
+            self.nodes = list(turns)
+            self._chosen(self.nodes)
         self.turns = list(turns)
-        self.dropped = []
         self.ids = list(ids)
         self.cache = cache if cache is not None else self.fwd.fork(self._system_cache())
 

@@ -1,26 +1,38 @@
-"""A chat session that saves itself: :class:`PersistentChat` binds an ``engine.lm.chat``
-``ChatSession`` to a row of the session store, restores it on open (KV cache from a snapshot
-when one is valid) and records every turn and a fresh snapshot after it.
+"""A chat session that saves itself: :class:`SessionRecorder` is the ``ChatSession``'s listener
+(engine.lm.chat.TurnListener) and writes every exchange of its variants tree into the session
+store as it happens — a row when the answer's first token exists, the text so far while it
+streams (a process that dies mid-answer leaves that partial answer, read back as stopped), the
+final answer with its figures and per-token facts, and a fresh KV snapshot of the conversation.
+A message stopped before its answer began, or refused, is never written, so no saved answer is
+touched. :func:`open_saved` brings the whole tree back (the path that was shown, with its KV cache
+from a snapshot when one is valid), and :class:`PersistentChat` is the two together.
 
 Reopening with other weights than the session was made with cannot reuse its token ids (the
 tokenizer may differ): the history is then re-encoded from its text, with a note saying so."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from engine.lm.chat import ChatSession, Turn
+from engine.errors import EngineError
+from engine.lm.chat import ChatSession, Turn, TurnListener
 from engine.lm.results import GenerationResult
 from engine.lm.templates import encode_user_text
 from engine.sessions.snapshot import SnapshotStore, weights_hash_for
-from engine.sessions.store import SavedTurn, SessionStore, sessions_dir
+from engine.sessions.store import SavedSession, SavedTurn, SessionStore, sessions_dir
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
+log = logging.getLogger("tokenforge.sessions")
+
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_strings",
                  "repetition_penalty", "min_p", "banned_ids")
+#: how often a streaming answer's text is written (a crash loses at most this much of it)
+STREAM_EVERY_S = 0.5
 
 
 def sampling_dict(cfg: Any) -> dict[str, Any]:
@@ -36,10 +48,40 @@ def _result(metrics: Optional[dict[str, Any]], turn: SavedTurn) -> GenerationRes
     m = {k: v for k, v in (metrics or {}).items() if k in known}
     base = dict(text=turn.answer, token_ids=list(turn.answer_ids), prompt_tokens=0,
                 prefill_tokens=0, new_tokens=len(turn.answer_ids), ttft_s=0.0, decode_tok_s=0.0,
-                total_s=0.0, stop_reason="saved")
+                total_s=0.0, stop_reason="saved" if turn.state == "done" else "stopped")
     base.update(m)
     base["text"], base["token_ids"] = turn.answer, list(turn.answer_ids)
     return GenerationResult(**base)
+
+
+def info_dicts(infos: list[Any]) -> list[dict[str, Any]]:
+    """TokenInfo objects as plain dicts (their JSON in the store)."""
+    return [i.to_dict() if hasattr(i, "to_dict") else dict(i) for i in infos]
+
+
+def infos_back(rows: list[dict[str, Any]]) -> list[Any]:
+    """Saved per-token facts as TokenInfo again (a damaged row gives no facts, not an error)."""
+    from engine.lm.tokeninfo import Alternative, TokenInfo
+
+    out = []
+    try:
+        for r in rows:
+            alts = [Alternative(int(a["id"]), str(a["text"]), float(a["logprob"]))
+                    for a in r.get("alternatives", [])]
+            out.append(TokenInfo(int(r["id"]), str(r["text"]), float(r["logprob"]),
+                                 float(r["entropy"]), alts, int(r.get("rank", 0)),
+                                 bool(r.get("forced", False))))
+    except (KeyError, TypeError, ValueError):
+        return []
+    return out
+
+
+def _saved(t: Turn, state: Optional[str] = None, with_infos: bool = True) -> SavedTurn:
+    """The store's row for an exchange as it is now."""
+    return SavedTurn(t.user, list(t.user_ids), t.answer, list(t.answer_ids),
+                     t.result.to_dict() if t.result is not None else None, key=t.key,
+                     prev=None, source=None, fork_at=t.fork_at, how=t.how,
+                     state=state or t.state, infos=info_dicts(t.infos) if with_infos else [])
 
 
 @dataclass
@@ -51,48 +93,133 @@ class OpenReport:
     notes: list[str] = field(default_factory=list)
 
 
-class SessionRecorder:
-    """Saves a ``ChatSession``'s turns into one named session of the store (created if new),
-    with a fresh KV snapshot after each turn. Call :meth:`record` after every send/regenerate."""
+class SessionRecorder(TurnListener):
+    """Saves a ``ChatSession``'s exchanges into one named session of the store, as they happen
+    (attach it as ``session.listener``). ``name`` None: the session is created on the first
+    answer, named by ``name_for(first message)``. A save that fails (a full disk, a busy
+    database) never loses the answer: it is reported through ``on_error`` and as a note on the
+    turn's result, and ``error`` keeps the last message."""
 
-    def __init__(self, lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore, *,
-                 system: Optional[str] = None, sampling: Any = None,
-                 all_turns: Optional[list[SavedTurn]] = None, live_from: int = 0) -> None:
+    def __init__(self, lm: LoadedModel, name: Optional[str], store: SessionStore,
+                 snapshots: SnapshotStore, *, system: Optional[str] = None, sampling: Any = None,
+                 name_for: Optional[Callable[[str], str]] = None,
+                 on_error: Optional[Callable[[str], None]] = None) -> None:
         self.lm, self.name, self.store, self.snapshots = lm, name, store, snapshots
         self.weights = weights_hash_for(lm)
         self.dtype = str(lm.dtype)
-        self.all_turns: list[SavedTurn] = list(all_turns or [])  # dropped ones included
-        self.live_from = live_from
-        if not store.exists(name):
+        self.system, self.sampling = system, sampling
+        self.name_for = name_for or (lambda text: text)
+        self.on_error = on_error
+        self.error = ""
+        self.snapshot = ""  # the KV snapshot this session's head holds
+        self._pending: dict[int, str] = {}  # turn id → the save error to note on its result
+        self._last = 0.0
+        if name is not None and not store.exists(name):
             store.create(name, lm.name, self.weights, system,
                          sampling_dict(sampling) if sampling is not None else {})
 
-    def record(self, s: ChatSession, r: GenerationResult) -> None:
-        """Save the session's last turn (a regenerated one becomes a branch in the store)."""
-        if r.dropped_turns:  # context overflow dropped the oldest live turns
-            self.live_from += r.dropped_turns
-        index = len(s.turns) - 1 + self.live_from
-        t = s.turns[-1]
-        saved = SavedTurn(t.user, list(t.user_ids), t.answer, list(t.answer_ids), r.to_dict())
-        self.all_turns = self.all_turns[:index] + [saved]
-        old = self.store.get(self.name).snapshot
-        key = ""
-        try:
-            key = self.snapshots.save(s.fwd, s.cache, s.ids[:s.fwd.cache_len(s.cache)],
-                                      self.weights, self.dtype)
-        except (ValueError, OSError) as e:  # a snapshot is an optimisation: never fail a turn
-            r.notes.append(f"KV snapshot not written: {e}")
-        self.store.save_turn(self.name, index, saved, list(s.ids), self.live_from,
-                             model_id=self.lm.name, weights_hash=self.weights,
-                             sampling=sampling_dict(s.sampling), snapshot=key)
+    # -- the listener ---------------------------------------------------------------------------
+    def started(self, session: ChatSession, turn: Turn) -> None:
+        def go() -> None:
+            if self.name is None:
+                self.name = self.store.unique_name(self.name_for(turn.user))
+                self.store.create(self.name, self.lm.name, self.weights, session.system,
+                                  sampling_dict(session.sampling))
+            row = _saved(turn, "streaming", with_infos=False)
+            prev = session.nodes[turn.prev] if turn.prev is not None else None
+            if prev is not None and prev.key is None:
+                raise EngineError("the exchange before it was not saved either")
+            row.prev = prev.key if prev is not None else None
+            src = session.nodes[turn.source] if turn.source is not None else None
+            row.source = src.key if src is not None else None
+            self.store.add_turn(self.name, row, model_id=self.lm.name, weights_hash=self.weights,
+                                sampling=sampling_dict(session.sampling))
+            turn.key = row.key
+            self._last = time.monotonic()
+
+        self._guard(turn, go)
+
+    def streamed(self, session: ChatSession, turn: Turn) -> None:
+        if turn.key is None or time.monotonic() - self._last < STREAM_EVERY_S:
+            return
+        self._last = time.monotonic()
+        self._guard(turn, lambda: self.store.update_turn(turn.key, _saved(turn, "streaming",
+                                                                          with_infos=False)))
+
+    def finished(self, session: ChatSession, turn: Turn) -> None:
+        def go() -> None:
+            if turn.key is None:
+                return
+            self.store.update_turn(turn.key, _saved(turn))
+            if session.turns and session.turns[-1] is turn:
+                self._head(session, turn, with_snapshot=True)
+
+        self._guard(turn, go)
+        why = self._pending.pop(id(turn), "")
+        if why and turn.result is not None:
+            turn.result.notes.append(f"not saved: {why}")
+
+    def shown(self, session: ChatSession, turn: Optional[Turn]) -> None:
+        if self.name is None or (turn is not None and turn.key is None):
+            return
+        self._guard(turn, lambda: self._head(session, turn, with_snapshot=False))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _head(self, session: ChatSession, turn: Optional[Turn], with_snapshot: bool) -> None:
+        """The conversation now ends at ``turn``: record its path and (after an answer, whose
+        cache holds it) a KV snapshot; a snapshot no session uses any more is removed."""
+        old, key = self.snapshot, ""
+        if with_snapshot:
+            try:
+                n = session.fwd.cache_len(session.cache)
+                key = self.snapshots.save(session.fwd, session.cache, session.ids[:n],
+                                          self.weights, self.dtype)
+            except (ValueError, OSError) as e:  # a snapshot is an optimisation: never fail a turn
+                if turn is not None and turn.result is not None:
+                    turn.result.notes.append(f"KV snapshot not written: {e}")
+        self.store.finish_path(self.name, turn.key if turn is not None else None, list(session.ids),
+                               len(session.dropped), key)
+        self.snapshot = key
         if old and old != key and old not in self.store.snapshots_in_use():
             self.snapshots.remove(old)
+
+    def _guard(self, turn: Optional[Turn], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:  # a disk problem must not lose the answer on screen
+            if not isinstance(e, (EngineError, OSError)):
+                log.exception("saving the chat failed")
+            why = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+            self.error = why
+            if turn is not None:
+                self._pending[id(turn)] = why
+            if self.on_error is not None:
+                self.on_error(why)
+
+
+def _turns_from(saved: SavedSession, lm: LoadedModel, re_encode: bool) -> tuple[list[Turn], list[int]]:
+    """The saved tree as Turn nodes (ids = positions in ``saved.nodes``) and the shown path."""
+    at = {n.key: i for i, n in enumerate(saved.nodes)}
+    enc = (lambda text: encode_user_text(lm.tokenizer, text)) if re_encode else None
+    nodes = []
+    for i, n in enumerate(saved.nodes):
+        user_ids = enc(n.user) if enc else list(n.user_ids)
+        answer_ids = enc(n.answer) if enc else list(n.answer_ids)
+        t = Turn(user=n.user, user_ids=user_ids, answer=n.answer, answer_ids=answer_ids,
+                 infos=[] if enc else infos_back(n.infos), id=i, prev=at.get(n.prev),
+                 source=at.get(n.source), fork_at=n.fork_at, how=n.how, state=n.state, key=n.key)
+        t.result = _result(n.metrics, SavedTurn(n.user, user_ids, n.answer, answer_ids,
+                                                state=n.state))
+        nodes.append(t)
+    path = [at[t.key] for t in saved.turns if t.key in at]
+    return nodes, path
 
 
 def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore,
                sampling: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
-    """Reopen a saved session for ``lm``: the conversation, how it came back, and the recorder
-    that keeps saving it."""
+    """Reopen a saved session for ``lm``: the conversation (its whole variants tree, the path
+    that was shown last as the conversation), how it came back, and the recorder that keeps
+    saving it (already the session's listener)."""
     from engine.lm.config import SamplingConfig
 
     saved = store.get(name)
@@ -104,36 +231,39 @@ def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: Snaps
                 kw[k] = tuple(kw[k])
         sampling = SamplingConfig(**kw)
     session = ChatSession(lm, system=saved.system, sampling=sampling)
-    rec = SessionRecorder(lm, name, store, snapshots, all_turns=saved.turns,
-                          live_from=saved.live_from)
-    live = saved.turns[saved.live_from:]
-    if not live:
-        return session, OpenReport("new"), rec
-    if saved.weights_hash != rec.weights:
-        enc = lambda text: encode_user_text(lm.tokenizer, text)  # noqa: E731
-        turns = [Turn(user=t.user, user_ids=enc(t.user), answer=t.answer, answer_ids=enc(t.answer))
-                 for t in live]
-        for t, sv in zip(turns, live):
-            t.result = _result(sv.metrics, SavedTurn(t.user, t.user_ids, t.answer, t.answer_ids))
-        session.restore(turns, session._rebuild(turns))
-        return session, OpenReport("re-encoded", notes=[
-            f"session {name!r} was saved with {saved.model_id} (other weights); its history "
-            f"was re-encoded from text for {lm.name}"]), rec
-    turns = [Turn(user=t.user, user_ids=t.user_ids, answer=t.answer, answer_ids=t.answer_ids,
-                  result=_result(t.metrics, t)) for t in live]
-    ids = saved.conv_ids
-    held = ids[:len(ids) - 1]  # after a turn the cache holds all but the last answer token
-    loaded, why = snapshots.load(session.fwd, held, rec.weights, rec.dtype)
-    if loaded is not None:
-        session.restore(turns, ids, loaded.cache)
-        return session, OpenReport("snapshot", loaded.tokens), rec
-    session.restore(turns, ids)
-    return session, OpenReport("recomputed", 0, [why] if why != "no snapshot" else []), rec
+    rec = SessionRecorder(lm, name, store, snapshots)
+    rec.snapshot = saved.snapshot
+    other = saved.weights_hash != rec.weights
+    nodes, path = _turns_from(saved, lm, re_encode=other)
+    report = OpenReport("new")
+    if nodes:
+        live_from = min(saved.live_from, len(path))
+        session.adopt(nodes, path, live_from)
+        live = [nodes[i] for i in path[live_from:]]
+        ids = session._rebuild(live)
+        if other:
+            session.restore(live, ids)
+            report = OpenReport("re-encoded", notes=[
+                f"session {name!r} was saved with {saved.model_id} (other weights); its history "
+                f"was re-encoded from text for {lm.name}"])
+        elif live:
+            held = ids[:len(ids) - 1]  # after a turn the cache holds all but the last answer token
+            loaded, why = snapshots.load(session.fwd, held, rec.weights, rec.dtype)
+            if loaded is not None:
+                session.restore(live, ids, loaded.cache)
+                report = OpenReport("snapshot", loaded.tokens)
+            else:
+                session.restore(live, ids)
+                report = OpenReport("recomputed", 0, [why] if why != "no snapshot" else [])
+        else:
+            session.restore(live, ids)
+    session.listener = rec
+    return session, report, rec
 
 
 class PersistentChat:
-    """One saved conversation, continued: a ChatSession plus its recorder. Not thread-safe (one
-    job at a time, as ChatSession)."""
+    """One saved conversation, continued: a ChatSession whose listener saves it. Not
+    thread-safe (one job at a time, as ChatSession)."""
 
     def __init__(self, lm: LoadedModel, name: str, *, store: Optional[SessionStore] = None,
                  snapshots: Optional[SnapshotStore] = None, system: Optional[str] = None,
@@ -149,23 +279,30 @@ class PersistentChat:
             self.recorder = SessionRecorder(lm, name, self.store, self.snapshots, system=system,
                                             sampling=sampling)
             self.session = ChatSession(lm, system=system, sampling=sampling)
+            self.session.listener = self.recorder
             self.report = OpenReport("new")
         if self.store.notice:
             self.report.notes.append(self.store.notice)
 
     @property
-    def all_turns(self) -> list[SavedTurn]:
-        return self.recorder.all_turns
+    def all_turns(self) -> list[Turn]:
+        """The conversation shown, turns dropped from the context included."""
+        return self.session.path
 
     def send(self, text: str, **kw: Any) -> GenerationResult:
-        r = self.session.send(text, **kw)
-        self.recorder.record(self.session, r)
-        return r
+        return self.session.send(text, **kw)
 
-    def regenerate(self, **kw: Any) -> GenerationResult:
-        r = self.session.regenerate(**kw)
-        self.recorder.record(self.session, r)
-        return r
+    def regenerate(self, turn: Optional[int] = None, **kw: Any) -> GenerationResult:
+        return self.session.regenerate(turn, **kw)
+
+    def edit(self, turn: int, text: str, **kw: Any) -> GenerationResult:
+        return self.session.edit(turn, text, **kw)
+
+    def force(self, turn: int, position: int, token: int, **kw: Any) -> GenerationResult:
+        return self.session.force(turn, position, token, **kw)
+
+    def show(self, node: int) -> list[Turn]:
+        return self.session.show(node)
 
     def close(self) -> None:
         self.store.close()

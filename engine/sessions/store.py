@@ -30,7 +30,7 @@ from engine.errors import EngineError, InputError, StorageError, storage_error
 from engine.paths import cache_dir
 from engine.sessions import dbfaults
 
-SCHEMA = 1
+SCHEMA = 2  # 2: every exchange is a node of the variants tree (prev, source, fork_at, how, state, infos)
 APP_ID = "tokenforge-sessions"
 BUSY_MS = 2000
 ENV_VAR = "TOKENFORGE_SESSIONS"
@@ -49,10 +49,19 @@ CREATE TABLE IF NOT EXISTS branches (
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY, branch_id INTEGER NOT NULL REFERENCES branches(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL, user TEXT NOT NULL, user_ids BLOB NOT NULL, answer TEXT NOT NULL,
-    answer_ids BLOB NOT NULL, metrics TEXT, created REAL NOT NULL, UNIQUE(branch_id, idx));
+    answer_ids BLOB NOT NULL, metrics TEXT, created REAL NOT NULL, prev INTEGER, source INTEGER,
+    fork_at INTEGER NOT NULL DEFAULT 0, how TEXT NOT NULL DEFAULT 'answer',
+    state TEXT NOT NULL DEFAULT 'done', infos TEXT, UNIQUE(branch_id, idx));
 CREATE INDEX IF NOT EXISTS turns_branch ON turns(branch_id, idx);
 """
 TABLES = ("meta", "sessions", "branches", "turns")
+#: schema 1 → 2: the tree columns of a turn (a schema-1 file is upgraded in place, once)
+_V2_COLUMNS = (("prev", "INTEGER"), ("source", "INTEGER"),
+               ("fork_at", "INTEGER NOT NULL DEFAULT 0"), ("how", "TEXT NOT NULL DEFAULT 'answer'"),
+               ("state", "TEXT NOT NULL DEFAULT 'done'"), ("infos", "TEXT"))
+#: a turn row's columns, in the order _turn reads them
+_TURN_COLS = ("id, user, user_ids, answer, answer_ids, metrics, idx, prev, source, fork_at, how, "
+              "state, infos, created, branch_id")
 
 
 
@@ -92,11 +101,24 @@ def unpack_ids(blob: bytes) -> list[int]:
 
 @dataclass
 class SavedTurn:
+    """One saved exchange, a node of the session's variants tree (see engine.lm.chat.Turn):
+    ``key`` its row, ``prev`` the row of the exchange before it, ``source``/``fork_at`` where a
+    forced answer branched, ``how`` it was made, ``state`` done or stopped (a row a dead process
+    left streaming reads as stopped), ``infos`` the per-token facts (dicts of TokenInfo)."""
+
     user: str
     user_ids: list[int]
     answer: str
     answer_ids: list[int]
     metrics: Optional[dict[str, Any]] = None
+    key: Optional[int] = field(default=None, compare=False)  # rows: where, not what
+    prev: Optional[int] = field(default=None, compare=False)
+    source: Optional[int] = field(default=None, compare=False)
+    fork_at: int = 0
+    how: str = "answer"
+    state: str = "done"
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    created: float = field(default=0.0, compare=False)
 
 
 @dataclass
@@ -122,6 +144,9 @@ class SavedSession:
     conv_ids: list[int] = field(default_factory=list)
     live_from: int = 0  # turns before this one were dropped from the context (overflow)
     snapshot: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    nodes: list[SavedTurn] = field(default_factory=list)  # every exchange, oldest first
 
 
 class SessionStore:
@@ -179,6 +204,8 @@ class SessionStore:
             missing = [t for t in TABLES if tables and t not in tables]  # a fresh file has all
             if missing:
                 raise _Foreign(f"has an incomplete schema (no table {', '.join(missing)})")
+            if int(meta.get("schema", "0")) < SCHEMA:
+                _upgrade(db)
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             return db
@@ -211,8 +238,18 @@ class SessionStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a write inside another write of this store joins it."""
+        with self.lock:
+            if self.db.in_transaction:
+                yield self.db
+                return
+            with self._one_tx() as db:
+                yield db
+
+    @contextmanager
+    def _one_tx(self) -> Iterator[sqlite3.Connection]:
         try:
-            with self.lock, _tx(self.db, immediate=True):
+            with _tx(self.db, immediate=True):
                 yield self.db
         except sqlite3.Error as e:
             kind = dbfaults.kind(e)
@@ -302,21 +339,33 @@ class SessionStore:
         turns: list[SavedTurn] = []
         for j, (bid, _) in enumerate(chain):
             limit = chain[j + 1][1] if j + 1 < len(chain) else None
-            for r in self.db.execute("SELECT user, user_ids, answer, answer_ids, metrics, idx FROM turns "
-                                     "WHERE branch_id=? ORDER BY idx", (bid,)).fetchall():
-                if limit is None or r[5] < limit:
+            for r in self.db.execute(f"SELECT {_TURN_COLS} FROM turns WHERE branch_id=? ORDER BY idx",
+                                     (bid,)).fetchall():
+                if limit is None or r[6] < limit:
                     turns.append(self._turn(r))
         return turns
 
     @staticmethod
     def _turn(r: Any) -> SavedTurn:
-        return SavedTurn(r[0], unpack_ids(r[1]), r[2], unpack_ids(r[3]),
-                         json.loads(r[4]) if r[4] else None)
+        state = r[11] if r[11] in ("done", "stopped") else "stopped"  # streaming: its writer died
+        return SavedTurn(r[1], unpack_ids(r[2]), r[3], unpack_ids(r[4]),
+                         json.loads(r[5]) if r[5] else None, key=int(r[0]),
+                         prev=None if r[7] is None else int(r[7]),
+                         source=None if r[8] is None else int(r[8]), fork_at=int(r[9] or 0),
+                         how=r[10] or "answer", state=state,
+                         infos=json.loads(r[12]) if r[12] else [], created=float(r[13] or 0))
+
+    def nodes(self, name: str) -> list[SavedTurn]:
+        """Every exchange of a session (its whole variants tree), oldest first."""
+        sid, _ = self._sid(name)
+        return [self._turn(r) for r in self.db.execute(
+            f"SELECT {_TURN_COLS} FROM turns WHERE branch_id IN (SELECT id FROM branches WHERE "
+            "session_id=?) ORDER BY created, id", (sid,)).fetchall()]
 
     def get(self, name: str) -> SavedSession:
         sid, head = self._sid(name)
-        s = self.db.execute("SELECT model_id, weights_hash, system, sampling FROM sessions WHERE id=?",
-                            (sid,)).fetchone()
+        s = self.db.execute("SELECT model_id, weights_hash, system, sampling, created, updated "
+                            "FROM sessions WHERE id=?", (sid,)).fetchone()
         b = self.db.execute("SELECT conv_ids, live_from, snapshot FROM branches WHERE id=?",
                             (head,)).fetchone()
         branches = [int(r[0]) for r in self.db.execute(
@@ -324,7 +373,8 @@ class SessionStore:
         return SavedSession(name=name, model_id=s[0], weights_hash=s[1], system=s[2],
                             sampling=json.loads(s[3]), branch=head, branches=branches,
                             turns=self._branch_turns(head), conv_ids=unpack_ids(b[0]),
-                            live_from=int(b[1]), snapshot=b[2])
+                            live_from=int(b[1]), snapshot=b[2], created=float(s[4]),
+                            updated=float(s[5]), nodes=self.nodes(name))
 
     # -- writing ------------------------------------------------------------------------------
     def create(self, name: str, model_id: str, weights_hash: str, system: Optional[str],
@@ -343,27 +393,90 @@ class SessionStore:
 
     def save_turn(self, name: str, index: int, turn: SavedTurn, conv_ids: list[int], live_from: int,
                   *, model_id: str, weights_hash: str, sampling: dict[str, Any],
-                  snapshot: str = "") -> None:
-        """Record turn ``index`` of the head branch and the live conversation's ids, in one
-        transaction. A turn at an index the branch already has (a regenerated answer) starts a
-        new branch from that point, so the old answer stays reachable."""
+                  snapshot: str = "") -> int:
+        """Record a finished turn as turn ``index`` of the head branch's conversation, and the
+        live conversation's ids, in one transaction. A turn at an index the conversation already
+        has (a regenerated answer) becomes a variant there, so the old answer stays reachable."""
+        with self._write():
+            _, head = self._sid(name)
+            path = self._branch_turns(head)
+            turn.prev = path[index - 1].key if 0 < index <= len(path) else None
+            key = self.add_turn(name, turn, model_id=model_id, weights_hash=weights_hash,
+                                sampling=sampling)
+            self.finish_path(name, key, conv_ids, live_from, snapshot)
+        return key
+
+    def add_turn(self, name: str, turn: SavedTurn, *, model_id: str, weights_hash: str,
+                 sampling: dict[str, Any]) -> int:
+        """Save a new exchange (its answer may still be streaming: ``turn.state``) after the
+        exchange ``turn.prev`` and make its path the session's head; returns its row. It goes at
+        the end of its previous exchange's branch when that is where the branch ends, else into
+        a new branch forked there (so every older path is kept as it was)."""
+        now = time.time()
+        with self._write() as db:
+            sid, _ = self._sid(name)
+            if turn.prev is None:
+                root = db.execute("SELECT id FROM branches WHERE session_id=? AND parent IS NULL "
+                                  "ORDER BY id LIMIT 1", (sid,)).fetchone()
+                if root is None:
+                    raise InputError(f"session {name!r} has no root branch")
+                owner, idx = int(root[0]), 0
+            else:
+                row = db.execute("SELECT t.branch_id, t.idx FROM turns t JOIN branches b ON "
+                                 "t.branch_id=b.id WHERE t.id=? AND b.session_id=?",
+                                 (turn.prev, sid)).fetchone()
+                if row is None:
+                    raise InputError(f"session {name!r} has no exchange {turn.prev}")
+                owner, idx = int(row[0]), int(row[1]) + 1
+            taken = db.execute("SELECT 1 FROM turns WHERE branch_id=? AND idx=?", (owner, idx)).fetchone()
+            branch = owner
+            if taken:
+                branch = db.execute("INSERT INTO branches (session_id, parent, fork_turn, created) "
+                                    "VALUES (?,?,?,?)", (sid, owner, idx, now)).lastrowid
+                idx = 0
+            key = db.execute(
+                "INSERT INTO turns (branch_id, idx, user, user_ids, answer, answer_ids, metrics, "
+                "created, prev, source, fork_at, how, state, infos) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (branch, idx, turn.user, pack_ids(turn.user_ids), turn.answer,
+                 pack_ids(turn.answer_ids), json.dumps(turn.metrics) if turn.metrics else None,
+                 now, turn.prev, turn.source, int(turn.fork_at), turn.how, turn.state,
+                 json.dumps(turn.infos) if turn.infos else None)).lastrowid
+            db.execute("UPDATE sessions SET head_branch=?, updated=?, model_id=?, weights_hash=?, "
+                       "sampling=? WHERE id=?", (branch, now, model_id, weights_hash,
+                                                 json.dumps(sampling), sid))
+        turn.key = int(key)
+        return int(key)
+
+    def update_turn(self, key: int, turn: SavedTurn) -> None:
+        """Write an exchange's answer as it is now (streamed so far, or final)."""
+        with self._write() as db:
+            cur = db.execute("UPDATE turns SET answer=?, answer_ids=?, metrics=?, state=?, infos=? "
+                             "WHERE id=?", (turn.answer, pack_ids(turn.answer_ids),
+                                           json.dumps(turn.metrics) if turn.metrics else None,
+                                           turn.state, json.dumps(turn.infos) if turn.infos else None,
+                                           key))
+            if cur.rowcount:
+                db.execute("UPDATE sessions SET updated=? WHERE id=(SELECT b.session_id FROM turns t "
+                           "JOIN branches b ON t.branch_id=b.id WHERE t.id=?)", (time.time(), key))
+
+    def finish_path(self, name: str, key: Optional[int], conv_ids: list[int], live_from: int,
+                    snapshot: str = "") -> None:
+        """The conversation now ends at exchange ``key`` (None: empty): make its branch the head
+        and record the live ids, how many turns were dropped, and its KV snapshot."""
         with self._write() as db:
             sid, head = self._sid(name)
-            owner, local = self._locate(head, index)
-            if owner != head or local < self._count(head):  # a new branch from turn `index`
-                head = db.execute("INSERT INTO branches (session_id, parent, fork_turn, created) "
-                                  "VALUES (?,?,?,?)", (sid, owner, local, time.time())).lastrowid
-                db.execute("UPDATE sessions SET head_branch=? WHERE id=?", (head, sid))
-                local = 0
-            db.execute("INSERT INTO turns (branch_id, idx, user, user_ids, answer, answer_ids, "
-                       "metrics, created) VALUES (?,?,?,?,?,?,?,?)",
-                       (head, local, turn.user, pack_ids(turn.user_ids), turn.answer,
-                        pack_ids(turn.answer_ids), json.dumps(turn.metrics) if turn.metrics else None,
-                        time.time()))
+            if key is not None:
+                row = db.execute("SELECT t.branch_id FROM turns t JOIN branches b ON t.branch_id=b.id "
+                                 "WHERE t.id=? AND b.session_id=?", (key, sid)).fetchone()
+                if row is None:
+                    raise InputError(f"session {name!r} has no exchange {key}")
+                head = int(row[0])
+            else:
+                head = int(db.execute("SELECT id FROM branches WHERE session_id=? AND parent IS NULL "
+                                      "ORDER BY id LIMIT 1", (sid,)).fetchone()[0])
             db.execute("UPDATE branches SET conv_ids=?, live_from=?, snapshot=? WHERE id=?",
                        (pack_ids(conv_ids), live_from, snapshot, head))
-            db.execute("UPDATE sessions SET updated=?, model_id=?, weights_hash=?, sampling=? "
-                       "WHERE id=?", (time.time(), model_id, weights_hash, json.dumps(sampling), sid))
+            db.execute("UPDATE sessions SET head_branch=? WHERE id=?", (head, sid))
 
     def snapshots_in_use(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT snapshot FROM branches WHERE snapshot != ''")}
@@ -403,8 +516,35 @@ def _locked(fn: Any) -> Any:
     return wrapper
 
 
-for _name in ("exists", "list", "search", "get", "snapshots_in_use", "unique_name"):
+for _name in ("exists", "list", "search", "get", "nodes", "snapshots_in_use", "unique_name"):
     setattr(SessionStore, _name, _locked(getattr(SessionStore, _name)))
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Schema 1 → 2 in one transaction: the tree columns are added and each turn's previous
+    exchange is filled in from the branch structure (the turn before it in its branch, or for a
+    branch's first turn the one before its fork point in the parent branch)."""
+    with _tx(db, immediate=True):
+        have = {r[1] for r in db.execute("PRAGMA table_info(turns)")}
+        for col, decl in _V2_COLUMNS:
+            if col not in have:
+                db.execute(f"ALTER TABLE turns ADD COLUMN {col} {decl}")
+        branches = {int(r[0]): (r[1], int(r[2])) for r in
+                    db.execute("SELECT id, parent, fork_turn FROM branches")}
+        rows = {(int(r[1]), int(r[2])): int(r[0]) for r in db.execute("SELECT id, branch_id, idx FROM turns")}
+
+        def before(branch: int, idx: int) -> Optional[int]:
+            while True:
+                if idx > 0:
+                    return rows.get((branch, idx - 1))
+                parent, fork = branches.get(branch, (None, 0))
+                if parent is None:
+                    return None
+                branch, idx = int(parent), fork
+
+        for (branch, idx), key in rows.items():
+            db.execute("UPDATE turns SET prev=? WHERE id=?", (before(branch, idx), key))
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA),))
 
 
 class _Foreign(Exception):
