@@ -112,13 +112,14 @@ class Engine:
         return session.send(text, on_token=on_token, progress=progress, cancel=cancel,
                             sampling=cfg, observe=observe)
 
-    def chat_regenerate(self, session: Any, sampling: Any, *, on_token: Any = None,
-                        progress: Optional[ProgressFn] = None,
+    def chat_regenerate(self, session: Any, sampling: Any, *, turn: Optional[int] = None,
+                        on_token: Any = None, progress: Optional[ProgressFn] = None,
                         cancel: Optional[CancelToken] = None, observe: Any = None) -> Any:
-        """Drop the last answer and answer the last user message again (current sampling)."""
+        """A new answer to turn ``turn``'s message (default the last), kept beside the old
+        one as a variant (current sampling)."""
         cfg = sampling
         session.sampling = cfg
-        return session.regenerate(on_token=on_token, progress=progress, cancel=cancel,
+        return session.regenerate(turn, on_token=on_token, progress=progress, cancel=cancel,
                                   sampling=cfg, observe=observe)
 
     # -- AdvTok (attack screen) -----------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
-from app.inert import notice, styled, text
+from app.inert import notice, text
 
 log = logging.getLogger("tokenforge.sessions")
 
@@ -59,7 +59,10 @@ def title_for(text: str) -> str:
 
 
 class SavedChat:
-    """The saved session behind the chat screen's conversation (None until its first turn)."""
+    """The saved session behind the chat screen's conversation: a SessionRecorder attached to
+    the ChatSession as its listener, so every exchange — a new message, a regenerate, a forced
+    token, an edited message — is saved as it happens, by the engine's one path. The saved
+    session is created on the first answer, named after its first message."""
 
     def __init__(self) -> None:
         self.recorder: Any = None
@@ -70,76 +73,59 @@ class SavedChat:
         return None if self.recorder is None else self.recorder.name
 
     def forget(self) -> None:
-        """A new conversation: the next turn starts a new saved session."""
-        self.recorder = None
+        """A new conversation: its first answer starts a new saved session."""
+        if self.recorder is not None:
+            self.recorder.name = None
+            self.recorder.snapshot = ""
 
-    def record(self, app: Any, session: Any, result: Any) -> None:
-        """Worker thread: save the session's last turn. A failure is a note, never a lost answer."""
-        if not hasattr(session, "fwd") or not getattr(session, "turns", None):
+    def attach(self, app: Any, session: Any) -> None:
+        """Worker thread: save ``session`` from now on. Needs a real ``engine.lm.chat`` session
+        (with the UI tests' fake nothing is saved)."""
+        if not hasattr(session, "fwd"):
             return
-        from engine.errors import EngineError
         from engine.sessions.persist import SessionRecorder
 
-        try:
-            store = session_store(app)
-            if self.recorder is None or self.recorder.lm is not session.lm:
-                name = store.unique_name(title_for(session.turns[0].user))
-                self.recorder = SessionRecorder(session.lm, name, store, snapshot_store(app),
-                                                system=session.system, sampling=session.sampling)
-            self.recorder.record(session, result)
-            self.error = ""
-        except EngineError as e:  # a full disk, a busy database: the answer stays on screen
-            self.error = str(e)
-            result.notes.append(f"not saved: {e}")
-            _tell(app, f"This turn was not saved: {e}")
-        except Exception as e:  # a disk problem must not lose the answer on screen
-            log.exception("saving the chat failed")
-            self.error = str(e)
-            result.notes.append(f"not saved: {type(e).__name__}: {e}")
-            _tell(app, f"This turn was not saved: {type(e).__name__}: {e}")
+        # the store is opened on the first answer (a failure then is a note on that answer, and
+        # the next answer tries again)
+        self.recorder = SessionRecorder(session.lm, None, lambda: session_store(app),
+                                        lambda: snapshot_store(app), name_for=title_for,
+                                        on_error=lambda why: self._failed(app, why))
+        session.listener = self.recorder
+
+    def _failed(self, app: Any, why: str) -> None:
+        self.error = why
+        _tell(app, f"This turn was not saved: {why}")
 
     def open(self, app: Any, name: str, lm: LoadedModel, sampling: Any) -> tuple[Any, Any]:
-        """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); this becomes its recorder."""
+        """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); its recorder saves it on."""
         from engine.sessions.persist import open_saved
 
         session, report, rec = open_saved(lm, name, session_store(app), snapshot_store(app), sampling)
+        rec.on_error = lambda why: self._failed(app, why)
+        rec.name_for = title_for
         self.recorder = rec
         return session, report
 
 
 async def show_in_chat(screen: Any, session: Any, report: Any, name: str) -> None:
-    """Put a reopened session's turns on the chat screen (its transcript, ready to continue)."""
-    from textual.containers import VerticalScroll
+    """Put a reopened session on the chat screen: its path as the transcript (the same drawing
+    as moving between variants), its last turn in the token explorer, ready to continue."""
+    from app.screens.chat_transcript import render_path
 
-    from app.widgets.chat_messages import AssistantMessage, UserMessage
-
-    messages = screen.query_one("#messages", VerticalScroll)
-    await messages.remove_children()
-    screen.explorer.clear()
-    pairs = []
-    for t in screen.saved.recorder.all_turns:
-        user = UserMessage(t.user, classes="user-message", markup=False)
-        await messages.mount(user)
-        msg = AssistantMessage(classes="assistant-message")
-        await messages.mount(msg)
-        m = t.metrics or {}
-        await msg.finish(t.answer, styled("[dim]saved · {n} tokens[/]",
-                                          n=m.get("new_tokens", len(t.answer_ids))))
-        pairs.append((user, msg))
-    if hasattr(screen, "exchanges"):  # the turns the model still has in its context
-        screen.exchanges = pairs[len(pairs) - len(session.turns):]
     screen.session = session
     screen.session_lm = session.lm
     screen.reset_pending = False
-    screen.turns = len(session.turns)
-    screen.can_regenerate = bool(session.turns)
     screen.engine_error = ""
+    await render_path(screen)
+    screen.explorer.answer_done(session)
     how = {"snapshot": f"KV cache restored from snapshot ({report.restored_tokens} tokens)",
            "recomputed": "no usable KV snapshot: the history is prefilled once on the next turn",
            "re-encoded": "re-encoded from text", "new": "empty"}[report.how]
-    line = f"session {name!r} · {how}" + "".join(f" · {n}" for n in report.notes
-                                                  if "snapshot" not in n)
-    messages.scroll_end(animate=False)
+    n = len(session.nodes)
+    variants = n - len(session.path)
+    line = f"session {name!r} · {how}" + (f" · {variants} other variant(s): [ / ] in the token "
+                                           "explorer" if variants > 0 else "") + \
+        "".join(f" · {note}" for note in report.notes if "snapshot" not in note)
     screen.refresh_controls()
     screen.query_one("#chat-status").update(text(line))  # until the next refresh of the controls
     notice(screen, line, title="session opened", timeout=8)

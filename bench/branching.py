@@ -4,7 +4,8 @@ token at position p of an n-token answer, and what showing alternatives costs du
     .venv/bin/python bench/branching.py [--tokens 128] [--rounds 5] [--positions 16,64,112]
 
 1. Time to the first new token after forcing a token at position p, three ways, alternated in
-   each round: the branch (fork the answer's cache at prompt + p, feed only the forced token);
+   each round: the chat's force (ChatSession.force: fork the answer's cache at prompt + p - 1,
+   feed the token before p — its logits give the forced token's facts — and the forced one);
    regenerating from the prompt's cache (fork at the prompt, feed the p answer tokens + the
    forced one); and from scratch (no cache: the whole prompt + p + 1 tokens prefilled).
 2. Decode tok/s with and without recording per-token log-probability, entropy and top-5
@@ -23,7 +24,6 @@ from _util import env_record, median_iqr, write_result
 
 import torch
 
-from engine.lm.branching import AnswerTree
 from engine.lm.forward import get_forward
 from engine.lm.generate import generate
 from engine.lm.model import load_model
@@ -39,37 +39,42 @@ def _ms(xs: list[float]) -> dict:
 
 
 def first_token_after_force(lm, ids: list[int], n: int, positions: list[int], rounds: int) -> dict:
+    """``ids`` are the prompt as a chat session encodes it (the session's own ids are used)."""
+    from engine.lm.chat import ChatSession
+
     fwd = get_forward(lm)
-    base = fwd.new_cache()
-    fwd.logits(torch.tensor([ids[:-1]]), base, keep=1)  # the prompt's cache, as a chat keeps it
-    tree = AnswerTree(lm, ids, base, SamplingConfig(max_new_tokens=n, temperature=0.0), top_k=5)
-    root = tree.generate_root()
-    assert len(root.token_ids) == n, "EOS is ignored: the answer has exactly n tokens"
+    s = ChatSession(lm, sampling=SamplingConfig(max_new_tokens=n, temperature=0.0))
+    s.send(PROMPT)
+    root = s.turns[-1]
+    assert len(root.answer_ids) == n, "EOS is ignored: the answer has exactly n tokens"
+    ids = s.ids[:len(s.ids) - len(root.answer_ids)]
+    base = fwd.fork(s.cache, keep=len(ids) - 1)  # the prompt's cache, as the chat keeps it
     out: dict = {"answer_tokens": n, "prompt_tokens": len(ids), "positions": {}}
     for p in positions:
         alt = root.infos[p].alternatives[1].id  # the runner-up token there
         times: dict[str, list[float]] = {"branch_fork": [], "from_prompt_cache": [], "from_scratch": []}
         one = SamplingConfig(max_new_tokens=1, temperature=0.0)
-        tree.cfg = SamplingConfig(max_new_tokens=p + 2, temperature=0.0)  # budget: one new token
-        feed = root.token_ids[:p] + [alt]
+        budget = SamplingConfig(max_new_tokens=p + 2, temperature=0.0)  # one new token
+        feed = root.answer_ids[:p] + [alt]
         firsts = set()
         for _ in range(rounds + 1):  # the first round warms up and is dropped
             t = time.perf_counter()
-            b = tree.force(root.id, p, alt)
+            s.force(0, p, alt, sampling=budget)  # the chat's own path: fork at prompt + p
             t_branch = time.perf_counter() - t
+            b = s.turns[-1]
+            s.show(root.id)  # back to the first answer (its cache is kept up to p)
             t = time.perf_counter()
             r1, _ = generate(lm, ids[-1:] + feed, one, cache=fwd.fork(base))
             t_prompt = time.perf_counter() - t
             t = time.perf_counter()
             r2, _ = generate(lm, ids + feed, one)
             t_scratch = time.perf_counter() - t
-            firsts.add((b.token_ids[p + 1], r1.token_ids[0], r2.token_ids[0]))
+            firsts.add((b.answer_ids[p + 1], r1.token_ids[0], r2.token_ids[0]))
             if _ == 0:
                 continue
             times["branch_fork"].append(t_branch)
             times["from_prompt_cache"].append(t_prompt)
             times["from_scratch"].append(t_scratch)
-        tree.branches = tree.branches[:1]
         row: dict = {k: _ms(v) for k, v in times.items()}
         row["same_next_token"] = len({f for trio in firsts for f in trio}) == 1
         row["speedup_vs_prompt_cache"] = row["from_prompt_cache"]["median_s"] / row["branch_fork"]["median_s"]

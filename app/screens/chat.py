@@ -3,9 +3,11 @@
 The answer streams into a ``MarkdownStream`` (it merges fragments itself, so the UI keeps up) and
 gets one final ``Markdown.update`` when done (fixes half-rendered fences). Each answer shows its
 figures: TTFT, tok/s, tokens, stop reason. Esc stops the answer (the partial answer stays, as in
-the engine's conversation); ctrl+r drops the last answer and answers the last message again;
-ctrl+n starts a new conversation; ctrl+e exports Markdown and JSON atomically into the export
-folder shown on screen.
+the engine's conversation); ctrl+r answers the selected turn's message again (the old answer stays
+as a variant: app/screens/chat_variants.py); ctrl+n starts a new conversation; ctrl+e exports
+Markdown and JSON atomically into the export folder shown on screen. Every answer is saved as it
+streams (app/saved_chat.py). Alt+C copies the selected message (tab or click onto it), else the
+last answer.
 
 The message box is a ``Composer`` (a TextArea): Enter sends; ctrl+j, alt+enter and shift+enter
 (where the terminal tells it apart) insert a newline; it grows to a few lines, then scrolls.
@@ -28,6 +30,7 @@ from app.messages import JobCancelled, JobFailed, JobFinished, JobStarted, Token
 from app.saved_chat import SavedChat
 from app.screens.base import ToolScreen
 from app.screens.chat_transcript import TranscriptSync
+from app.screens.chat_variants import ChatVariants
 from app.widgets.chat_messages import AssistantMessage, UserMessage, answer_figures
 from app.widgets.chat_gauges import ChatGauges, copy_code_block, copy_last_answer
 from app.widgets.composer import Composer
@@ -38,13 +41,13 @@ if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the T
     from engine.lm.model import LoadedModel
 
 
-class ChatScreen(TranscriptSync, ToolScreen):
+class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
     """Chat with the loaded model."""
 
     BINDINGS = [
         Binding("escape", "stop", "Stop answer", id="chat.stop", tooltip="Stop the current answer"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate",
-                tooltip="Drop the last answer and answer the last message again"),
+                tooltip="Answer the selected turn's message again (the old answer stays a variant)"),
         Binding("ctrl+n", "new_chat", "New chat", id="chat.new", tooltip="Start a new conversation"),
         # priority: the message box binds ctrl+e to end-of-line (End still does that)
         Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
@@ -69,10 +72,11 @@ class ChatScreen(TranscriptSync, ToolScreen):
         self.last_export: list[Path] = []
         self.engine_error = ""  # the last failed turn's message; shown until the next send
         self.can_regenerate = False  # the last shown exchange is the session's last turn
-        self.regenerating = False
-        self.replaced: Optional[tuple[str, str]] = None  # regenerate: the old answer's text, figures
+        self.op = ""  # what the running exchange is: send, regenerate, force, edit
         #: (user, assistant) widgets of the turns the model still has in its context, in order
         self.exchanges: list[tuple[UserMessage, AssistantMessage]] = []
+        #: the exchanges a running variant replaces: hidden, back on screen if it never begins
+        self.hidden: list[tuple[UserMessage, AssistantMessage]] = []
         self.saved = SavedChat()  # the saved session behind this conversation (app/saved_chat.py)
 
     def palette_commands(self) -> Iterable[SystemCommand]:
@@ -206,86 +210,8 @@ class ChatScreen(TranscriptSync, ToolScreen):
             return
         text = prompt.value
         self.last_prompt = text
-        self.engine_error = ""
-        self.regenerating = False
-        self.can_regenerate = False
         prompt.value = ""
-        messages = self.query_one("#messages", VerticalScroll)
-        user = UserMessage(text, classes="user-message", markup=False)
-        await messages.mount(user)
-        self.answer = AssistantMessage(classes="assistant-message")
-        await messages.mount(self.answer)
-        self.exchanges.append((user, self.answer))
-        messages.scroll_end(animate=False)
-        sampling = app.settings.sampling
-        self.start_job("chat", self._turn, text, sampling, app.engine, app.lm,
-                       app.settings.system_prompt or None, stream=True,
-                       params={"chars": len(text), "max_new_tokens": sampling.max_new_tokens})
-        self.refresh_controls()
-
-    def _turn(self, text: str, sampling: Any, engine: Any, lm: LoadedModel, system: Optional[str], *,
-              on_token: Any, progress: Any, cancel: Any) -> Any:
-        """Worker thread (everything it needs is passed in): make or reset the session if
-        needed, then one engine turn. Only one chat job runs at a time, so the session is ours."""
-        if self.session is None or self.session_lm is not lm:
-            self.session = engine.new_chat(lm, system)
-            self.session_lm = lm
-            self.reset_pending = False
-        elif self.reset_pending:
-            self.session.reset(system=system)
-            self.reset_pending = False
-        r = engine.chat_send(self.session, text, sampling, on_token=on_token,
-                             progress=progress, cancel=cancel, observe=self.explorer.observer(lm))
-        self.saved.record(self.tokenforge_app, self.session, r)
-        return r
-
-    async def action_regenerate(self) -> None:
-        """Drop the last answer (on screen and in the session) and answer the last message again
-        with the current sampling settings."""
-        app = self.tokenforge_app
-        if self.busy:
-            self.notify("An answer is running: Esc to stop it first", severity="warning")
-            return
-        if app.lm is None or app.model_state != "ready":
-            self.notify("No model loaded yet", severity="warning")
-            return
-        if (not self.can_regenerate or self.session is None or self.reset_pending
-                or not getattr(self.session, "turns", None)):
-            self.notify("Nothing to regenerate: the last message has no answer in this "
-                        "conversation", severity="warning")
-            return
-        if self.explorer.regenerate():  # a sibling in the answer tree ("< 2/2 >")
-            return
-        messages = self.query_one("#messages", VerticalScroll)
-        user, old = self.exchanges[-1] if self.exchanges else (None, None)
-        if old is not None:
-            self.replaced = (old.text, str(old.figures.content))
-            await old.remove()
-        if user is not None:
-            self.last_prompt = str(user.content)
-        self.engine_error = ""
-        self.can_regenerate = False
-        self.regenerating = True
-        self.turns = max(0, self.turns - 1)
-        self.answer = AssistantMessage(classes="assistant-message")
-        await messages.mount(self.answer, after=user)
-        if user is not None:
-            self.exchanges[-1] = (user, self.answer)
-        messages.scroll_end(animate=False)
-        sampling = app.settings.sampling
-        self.start_job("chat", self._regenerate, sampling, app.engine, stream=True,
-                       params={"regenerate": True, "max_new_tokens": sampling.max_new_tokens})
-        self.refresh_controls()
-
-    def _regenerate(self, sampling: Any, engine: Any, *, on_token: Any, progress: Any,
-                    cancel: Any) -> Any:
-        """Worker thread: roll the session back one turn and answer that message again."""
-        lm = getattr(self.session, "lm", None)
-        r = engine.chat_regenerate(self.session, sampling, on_token=on_token,
-                                   progress=progress, cancel=cancel,
-                                   observe=self.explorer.observer(lm))
-        self.saved.record(self.tokenforge_app, self.session, r)
-        return r
+        await self._start_exchange("send", len(self.exchanges), text)
 
     def action_stop(self) -> None:
         super().action_stop()
@@ -368,19 +294,28 @@ class ChatScreen(TranscriptSync, ToolScreen):
         messages = self.query_one("#messages", VerticalScroll)
         follow = messages.scroll_y >= messages.max_scroll_y - 2
         await self.answer.append(m.text)
+        self.explorer.streamed(m.text, m.n_total)
         if follow:
             messages.scroll_end(animate=False)
 
+    async def _settled(self) -> None:
+        """The new exchange is in the conversation: the ones it replaced on screen go."""
+        for w in (w for pair in self.hidden for w in pair):
+            await w.remove()
+        self.hidden = []
+
     async def job_finished(self, m: JobFinished) -> None:
         r = m.result
+        if getattr(r, "discarded", False):  # the engine stopped it before its first token
+            await self.job_cancelled(JobCancelled(m.job_id, m.kind, "user", r, m.elapsed))
+            return
         self.turns += 1
         self.tokenforge_app.record_speed(r.decode_tok_s, r.new_tokens)
         self.can_regenerate = True
-        self.explorer.answer_done(self.session, self.tokenforge_app.settings.sampling)
-        self.replaced = None
+        await self._settled()
+        self.explorer.answer_done(self.session)
         if self.answer is not None:
-            await self.answer.finish(r.text, answer_figures(r)
-                                     + (" · regenerated" if self.regenerating else ""))
+            await self.answer.finish(r.text, answer_figures(r) + self._variant_note())
         self.mark_dropped(getattr(r, "dropped_turns", 0))
         if getattr(r, "notes", None):
             self.query_one("#chat-status", Static).update(inert_text(" · ".join(r.notes), "yellow"))
@@ -390,17 +325,18 @@ class ChatScreen(TranscriptSync, ToolScreen):
         r = m.partial
         if r is not None and getattr(r, "discarded", False):
             await self._take_back("Stopped before the answer began: the message was not added"
-                                  " (it is back in the box)")
+                                  " (it is back in the box)" if self.op == "send" else
+                                  "Stopped before the answer began: nothing was added")
         elif self.answer is not None:
             if r is not None:
                 self.turns += 1
                 self.can_regenerate = True
-                self.explorer.answer_done(self.session, self.tokenforge_app.settings.sampling)
+                await self._settled()
+                self.explorer.answer_done(self.session)
                 await self.answer.finish(r.text, answer_figures(r, stopped=True)
-                                         + f" · [yellow]{m.reason}[/]")
+                                         + self._variant_note() + f" · [yellow]{m.reason}[/]")
             else:
-                await self.answer.finish(None, f"[yellow]stopped ({m.reason})[/]")
-        self.replaced = None
+                await self._take_back(f"stopped ({m.reason}): nothing was added")
         self._done()
 
     async def job_failed(self, m: JobFailed) -> None:
@@ -409,7 +345,8 @@ class ChatScreen(TranscriptSync, ToolScreen):
 
     def _done(self) -> None:
         self.answer = None
-        self.job = self.job  # keeps the finished job for inspection
+        self.op = ""
+        self.explorer.streaming_ended()
         messages = self.query_one("#messages", VerticalScroll)
         if messages.scroll_y >= messages.max_scroll_y - 4:
             messages.scroll_end(animate=False)

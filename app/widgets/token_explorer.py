@@ -1,13 +1,19 @@
-"""The chat's token explorer: the last answer token by token, coloured by probability (c), a
+"""The chat's token explorer: one turn's answer token by token (the last turn, or the one chosen
+with , / . or by selecting its message in the transcript), coloured by probability (c), a
 selected token (←/→ or a click) with its id, log-probability, entropy and top-k alternatives;
-↑/↓ + Enter forces an alternative and continues the answer from there (the KV cache is forked at
-that position: only the new suffix is decoded); [ / ] move between the variants at the selected
-position ("< 2/3 >"); l shows the logit lens there; p the prompt's tokens with ids and
-surprisal. Every engine call runs through the runner as the chat screen's job (Esc stops it)."""
+↑/↓ + Enter forces an alternative and continues the answer from there as a new variant of that
+turn (streamed into the transcript by the chat screen; the KV cache is forked at that position);
+[ / ] move between the variants at the selected position ("< 2/3 >"; at the first token: every
+variant of the turn, regenerations and edited messages included); l shows the logit lens there;
+p the prompt's tokens with ids and surprisal.
+
+The data is the chat session's own variants tree (``ChatSession.nodes``, navigated with
+``engine.lm.branching``): the same tree the session store saves, so a reopened session is
+browsable exactly as a live one. The lens and prompt views run as this widget's jobs."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,9 +24,6 @@ from textual.widgets import Static
 from app.app_access import AppAccess
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobStarted, TokensGenerated,
                           WidgetJobEnded, WidgetJobStarted)
-
-if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
-    from engine.lm.model import LoadedModel
 
 # probability bands → colour (the chosen token's own probability)
 BANDS = ((0.9, "green"), (0.5, "yellow"), (0.2, "dark_orange"), (0.0, "red"))
@@ -48,7 +51,7 @@ class TokenLine(Static):
 
 
 class TokenExplorer(AppAccess, Vertical, can_focus=True):
-    """Per-token view of the chat's last answer, with force-and-branch."""
+    """Per-token view of one turn's answer, with force-and-branch and variant navigation."""
 
     DEFAULT_CSS = """
     TokenExplorer { height: auto; max-height: 45%; overflow-y: auto; padding: 0 1;
@@ -67,93 +70,118 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         Binding("enter", "force", "Force alternative", id="tokens.force"),
         Binding("left_square_bracket", "variant(-1)", "Prev variant", id="tokens.variant_prev"),
         Binding("right_square_bracket", "variant(1)", "Next variant", id="tokens.variant_next"),
+        Binding("comma", "turn(-1)", "Prev turn", id="tokens.turn_prev"),
+        Binding("full_stop", "turn(1)", "Next turn", id="tokens.turn_next"),
         Binding("c", "colours", "Colours", id="tokens.colours"),
         Binding("l", "lens", "Logit lens", id="tokens.lens"),
         Binding("p", "prompt", "Prompt tokens", id="tokens.prompt"),
     ]
 
+    IDLE = "[dim]tokens: send a message; then tab here (←/→ select, c colours)[/]"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.answers: Any = None
         self.session: Any = None
-        self.branch = 0
+        self.node: Optional[int] = None  # the exchange shown (an id in session.nodes)
         self.sel = 0
         self.alt = 0
         self.colour = False
-        self.top_k = 5
-        self._recorder: Any = None
         self._job: Any = None
         self._job_kind = ""
         self.lens_text = ""
         self.prompt_text = ""
+        self.live = ""  # while an answer streams: what it is and how far it got
 
     def compose(self) -> ComposeResult:
-        yield Static("[dim]tokens: send a message; then tab here (←/→ select, c colours)[/]",
-                     id="tx-head")
+        yield Static(self.IDLE, id="tx-head")
         yield TokenLine("", id="tx-tokens")
         yield Static("", id="tx-detail")
         yield Static("", id="tx-lens")
         yield Static("", id="tx-prompt")
 
     # -- the chat screen's hooks --------------------------------------------------------------
-    def observer(self, lm: LoadedModel) -> Any:
-        """A fresh recorder for the next answer (the decoding loop's observe callback)."""
-        self.answers = None  # the old tree belongs to an answer that is being replaced
-        self._recorder = None
-        if getattr(lm, "tokenizer", None) is None:  # not a real model (the UI tests' fake)
-            return None
-        from engine.lm.tokeninfo import TokenRecorder
-
-        self._recorder = TokenRecorder(lm.tokenizer, self.top_k)
-        return self._recorder
-
-    def answer_done(self, session: Any, sampling: Any = None) -> None:
-        """The last answer is complete: start its branch tree (a fork of the session's cache)."""
-        from engine.lm.branching import tree_from_session
-
-        if self._recorder is None or not hasattr(session, "fwd") or not session.turns:
-            return
-        cfg = sampling
-        self.answers = tree_from_session(session, self._recorder.infos, self.top_k, cfg)
-        self.session = session
-        self.branch, self.sel, self.alt = 0, 0, 0
-        self.lens_text = self.prompt_text = ""
+    def show_node(self, session: Any, node: Optional[int]) -> None:
+        """Show exchange ``node`` of ``session`` (None: nothing)."""
+        if getattr(session, "nodes", None) is None:  # not a real session (the UI tests' fake)
+            session, node = None, None
+        if node != self.node or session is not self.session:
+            self.sel, self.alt = 0, 0
+            self.lens_text = self.prompt_text = ""
+        self.session, self.node = session, node
         self.refresh_view()
+
+    def answer_done(self, session: Any) -> None:
+        """An answer was added: show it (the conversation's last turn)."""
+        path = getattr(session, "path", None)
+        self.show_node(session, path[-1].id if path else None)
 
     def clear(self) -> None:
-        self.answers = self.session = None
+        self.session, self.node = None, None
         self.lens_text = self.prompt_text = ""
         self.refresh_view()
+
+    def streaming_started(self, how: str) -> None:
+        self.live = {"send": "answering", "regenerate": "regenerating", "force": "forced: continuing",
+                     "edit": "answering the edited message"}.get(how, how) + "…"
+        self._streamed = 0
+        self.refresh_view()
+
+    def streamed(self, text: str, n_total: int) -> None:
+        """The screen's token messages: the explorer shows the answer growing."""
+        if self.live:
+            self._streamed = n_total
+            self.query_one("#tx-head", Static).update(
+                f"[yellow]{tesc(self.live)}[/] {n_total} token{'s' * (n_total != 1)} · "
+                f"[dim]{tesc(show_piece(text[-40:]))}[/]")
+
+    def streaming_ended(self) -> None:
+        self.live = ""
+        self.refresh_view()
+
+    def node_on_path(self) -> Optional[int]:
+        """The index in the session's path of the turn shown, or None."""
+        path = getattr(self.session, "path", None) or []
+        ids = [t.id for t in path]
+        return ids.index(self.node) if self.node in ids else None
 
     @property
     def busy(self) -> bool:
         return self._job is not None and not self._job.done
 
-    def can_branch(self) -> bool:
-        return self.answers is not None and not self.busy
-
     # -- view ---------------------------------------------------------------------------------
     @property
     def current(self) -> Any:
-        return None if self.answers is None else self.answers.get(self.branch)
+        nodes = getattr(self.session, "nodes", None)
+        if nodes is None or self.node is None or not 0 <= self.node < len(nodes):
+            return None
+        return nodes[self.node]
 
     def refresh_view(self) -> None:
         if not self.children:
             return
+        from engine.lm import branching as br
+
         b = self.current
         head = self.query_one("#tx-head", Static)
         line = self.query_one("#tx-tokens", TokenLine)
         detail = self.query_one("#tx-detail", Static)
         self.query_one("#tx-lens", Static).update(self.lens_text)
         self.query_one("#tx-prompt", Static).update(self.prompt_text)
-        if b is None or not b.infos:
-            head.update("[dim]tokens: send a message; then tab here (←/→ select, c colours)[/]")
+        if self.live:
+            head.update(f"[yellow]{tesc(self.live)}[/]")
             line.update("")
             detail.update("")
             return
+        if b is None or not b.infos:
+            head.update(self.IDLE if b is None else
+                        f"[b]tokens[/] · {self._where(b)} · [dim]no token data for this answer[/]")
+            line.update("")
+            detail.update("")
+            return
+        nodes = self.session.nodes
         self.sel = max(0, min(self.sel, len(b.infos) - 1))
         detail.display = self.has_focus  # the details take room: shown while the tokens have focus
-        forks = set(self.answers.fork_points(b.id))
+        forks = set(br.fork_points(nodes, b.id))
         parts = []
         for i, info in enumerate(b.infos):
             style = []
@@ -170,11 +198,21 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
             body = f"[{css}]{text}[/]" if css else text
             parts.append(f"[@click=pick({i})]{body}[/]")
         line.update("".join(parts))
-        n_var = len(self.answers.variants(b.id, self.sel))
-        nav = f" · variants here {self.answers.label(b.id, self.sel)} ([ / ])" if n_var > 1 else ""
-        head.update(f"[b]tokens[/] · branch {b.id + 1} of {len(self.answers.branches)} · colours "
+        n_var = len(br.variants(nodes, b.id, self.sel))
+        nav = f" · variants here {br.label(nodes, b.id, self.sel)} ([ / ])" if n_var > 1 else ""
+        head.update(f"[b]tokens[/] · {self._where(b)} · colours "
                     f"{'on' if self.colour else 'off'} (c){nav}")
         detail.update(self._detail(b.infos[self.sel]))
+
+    def _where(self, b: Any) -> str:
+        from engine.lm.branching import turn_variants
+
+        i = self.node_on_path()
+        n = len(self.session.path)
+        v = turn_variants(self.session.nodes, b.id)
+        turn = f"turn {i + 1}/{n} (, .)" if i is not None else "turn"
+        return turn + (f" · variant {v.index(b.id) + 1}/{len(v)}" if len(v) > 1 else "") + \
+            (" · [yellow]stopped[/]" if b.state == "stopped" else "")
 
     def _detail(self, info: Any) -> str:
         rows = [f"#{self.sel} · id {info.id} · [b]{tesc(show_piece(info.text))}[/] · "
@@ -215,87 +253,96 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         self.colour = not self.colour
         self.refresh_view()
 
+    def action_turn(self, delta: int) -> None:
+        """Show the previous / next turn of the conversation."""
+        i = self.node_on_path()
+        path = getattr(self.session, "path", None) or []
+        if i is None or not path:
+            return
+        j = max(0, min(len(path) - 1, i + int(delta)))
+        if j != i:
+            self.show_node(self.session, path[j].id)
+
+    def _busy_screen(self) -> bool:
+        screen: Any = self.screen
+        if self.busy or getattr(screen, "busy", False):
+            notice(self, "A job is running: Esc to stop it first", severity="warning")
+            return True
+        return False
+
     def action_variant(self, delta: int) -> None:
+        from engine.lm.branching import step
+
         b = self.current
-        if b is None or self.busy:
+        if b is None or self._busy_screen():
             return
-        target = self.answers.step(b.id, self.sel, int(delta))
+        target = step(self.session.nodes, b.id, self.sel, int(delta))
         if target != b.id:
-            self._show_branch(target)
-
-    def _show_branch(self, branch_id: int) -> None:
-        from engine.lm.branching import show_in_session
-
-        self.branch = branch_id
-        if self.session is not None:
-            show_in_session(self.session, self.answers, branch_id)
-        self.refresh_view()
-        self.call_later(self._update_answer)
-
-    async def _update_answer(self) -> None:
-        from app.widgets.chat_messages import AssistantMessage, answer_figures
-
-        b = self.current
-        answers = list(self.screen.query(AssistantMessage))
-        if b is None or not answers:
-            return
-        r = b.result
-        figs = (answer_figures(r) if r is not None else f"{len(b.token_ids)} tokens")
-        await answers[-1].finish(b.text, figs + f" · branch {b.id + 1}/{len(self.answers.branches)}")
+            self.run_worker(self.screen.show_variant(target), exclusive=True)  # type: ignore[attr-defined]
 
     def action_force(self) -> None:
         b = self.current
-        if b is None or not b.infos:
+        if b is None or not b.infos or self._busy_screen():
             return
         alts = b.infos[self.sel].alternatives
         if not alts:
             return
         tok = alts[self.alt].id
-        if tok == b.token_ids[self.sel]:
-            self.notify("That is the token already there: pick another alternative (↑/↓)",
+        if tok == b.answer_ids[self.sel]:
+            notice(self, "That is the token already there: pick another alternative (↑/↓)",
                         severity="warning")
             return
-        self._start("force", self.answers.force, b.id, self.sel, tok)
+        i = self.node_on_path()
+        if i is None:
+            return
+        self.run_worker(self.screen.start_force(i, self.sel, tok), exclusive=True)  # type: ignore[attr-defined]
 
-    def regenerate(self) -> bool:
-        """A new answer to the same message, kept as a sibling. False when there is no tree."""
-        if not self.can_branch():
-            return False
-        self._start("regenerate", self.answers.generate_root)
-        return True
+    def _answer_context(self) -> list[int]:
+        """The token ids before the shown answer (its turn's context)."""
+        s, i = self.session, self.node_on_path()
+        from engine.errors import InputError
+
+        k = (i or 0) - len(s.dropped)
+        if i is None or k < 0:
+            raise InputError("this turn is no longer in the model's context")
+        return s._rebuild(s.turns[:k]) + s._turn_ids(k, s.turns[k], with_answer=False)
 
     def action_lens(self) -> None:
         b = self.current
-        if b is None or not b.infos:
+        if b is None or not b.infos or self._busy_screen():
             return
+        from engine.errors import InputError
         from engine.lm.logit_lens import logit_lens
 
-        ids = self.answers.context + b.token_ids
-        pos = self.answers.n_context + self.sel - 1
-        self._start("lens", logit_lens, self.answers.lm, ids, [pos], 3, stream=False)
+        try:
+            ctx = self._answer_context()
+        except InputError as e:
+            notice(self, str(e), severity="warning")
+            return
+        pos = len(ctx) + self.sel - 1
+        self._start("lens", logit_lens, self.session.lm, ctx + b.answer_ids, [pos], 3)
 
     def action_prompt(self) -> None:
-        if self.answers is None:
+        if self.current is None or self._busy_screen():
             return
+        from engine.errors import InputError
         from engine.lm.surprisal import score_ids
 
-        self._start("prompt", score_ids, self.answers.lm, self.answers.context, 1, stream=False)
+        try:
+            ctx = self._answer_context()
+        except InputError as e:
+            notice(self, str(e), severity="warning")
+            return
+        self._start("prompt", score_ids, self.session.lm, ctx, 1)
 
     # -- jobs ---------------------------------------------------------------------------------
-    def _start(self, what: str, fn: Any, *args: Any, stream: bool = True) -> None:
-        screen: Any = self.screen
-        if self.busy or getattr(screen, "busy", False):
-            self.notify("A job is running: Esc to stop it first", severity="warning")
-            return
-
-        def work(*a: Any, progress: Any, cancel: Any, on_token: Any = None) -> Any:
-            if stream:
-                return fn(*a, on_token=on_token, progress=progress, cancel=cancel)
+    def _start(self, what: str, fn: Any, *args: Any) -> None:
+        def work(*a: Any, progress: Any, cancel: Any) -> Any:
             return fn(*a)
 
         self._job_kind = what
         self._job = self.tokenforge_app.runner.start("chat", work, *args, target=self,
-                                                     stream=stream, params={"explorer": what})
+                                                     params={"explorer": what})
         # the screen is busy: Send waits, Esc stops this job, its progress bar follows it
         self.post_message(WidgetJobStarted(self._job, progress=True))
         self.query_one("#tx-head", Static).update(f"[yellow]{what}…[/]")
@@ -316,11 +363,7 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
             return
         m.stop()
         kind, r = self._job_kind, m.result
-        if kind in ("force", "regenerate"):
-            self.sel = r.fork_at if kind == "force" else 0
-            self.alt = 0
-            self._show_branch(r.id)
-        elif kind == "lens":
+        if kind == "lens":
             self.lens_text = self._lens_text(r)
         elif kind == "prompt":
             self.prompt_text = self._prompt_text(r)

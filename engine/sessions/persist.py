@@ -100,11 +100,16 @@ class SessionRecorder(TurnListener):
     database) never loses the answer: it is reported through ``on_error`` and as a note on the
     turn's result, and ``error`` keeps the last message."""
 
-    def __init__(self, lm: LoadedModel, name: Optional[str], store: SessionStore,
-                 snapshots: SnapshotStore, *, system: Optional[str] = None, sampling: Any = None,
+    def __init__(self, lm: LoadedModel, name: Optional[str],
+                 store: SessionStore | Callable[[], SessionStore],
+                 snapshots: SnapshotStore | Callable[[], SnapshotStore], *,
+                 system: Optional[str] = None, sampling: Any = None,
                  name_for: Optional[Callable[[str], str]] = None,
                  on_error: Optional[Callable[[str], None]] = None) -> None:
-        self.lm, self.name, self.store, self.snapshots = lm, name, store, snapshots
+        self.lm, self.name = lm, name
+        # either may be given as a function that opens it: then it is opened when first needed,
+        # and a failure to open (a full disk) is one not-saved note, tried again next turn
+        self._store, self._snapshots = store, snapshots
         self.weights = weights_hash_for(lm)
         self.dtype = str(lm.dtype)
         self.system, self.sampling = system, sampling
@@ -118,13 +123,23 @@ class SessionRecorder(TurnListener):
             store.create(name, lm.name, self.weights, system,
                          sampling_dict(sampling) if sampling is not None else {})
 
+    @property
+    def store(self) -> SessionStore:
+        if callable(self._store) and not isinstance(self._store, SessionStore):
+            self._store = self._store()
+        return self._store  # type: ignore[return-value]
+
+    @property
+    def snapshots(self) -> SnapshotStore:
+        if callable(self._snapshots) and not isinstance(self._snapshots, SnapshotStore):
+            self._snapshots = self._snapshots()
+        return self._snapshots  # type: ignore[return-value]
+
     # -- the listener ---------------------------------------------------------------------------
     def started(self, session: ChatSession, turn: Turn) -> None:
         def go() -> None:
             if self.name is None:
-                self.name = self.store.unique_name(self.name_for(turn.user))
-                self.store.create(self.name, self.lm.name, self.weights, session.system,
-                                  sampling_dict(session.sampling))
+                self._create(session, turn)
             row = _saved(turn, "streaming", with_infos=False)
             prev = session.nodes[turn.prev] if turn.prev is not None else None
             if prev is not None and prev.key is None:
@@ -165,6 +180,30 @@ class SessionRecorder(TurnListener):
         self._guard(turn, lambda: self._head(session, turn, with_snapshot=False))
 
     # -- helpers --------------------------------------------------------------------------------
+    def _create(self, session: ChatSession, turn: Turn) -> None:
+        """A new saved session for this conversation (its first answer, or a conversation whose
+        saved session was deleted or forgotten): the exchanges before ``turn`` are saved first,
+        so the saved path is the whole conversation shown."""
+        up: list[Turn] = []
+        t = session.nodes[turn.prev] if turn.prev is not None else None
+        while t is not None:
+            up.append(t)
+            t = session.nodes[t.prev] if t.prev is not None else None
+        first = up[-1].user if up else turn.user
+        self.name = self.store.unique_name(self.name_for(first))
+        self.store.create(self.name, self.lm.name, self.weights, session.system,
+                          sampling_dict(session.sampling))
+        for n in session.nodes:  # keys of another saved session (or none)
+            n.key = None
+        prev: Optional[int] = None
+        for t in reversed(up):
+            row = _saved(t)
+            row.prev = prev
+            prev = self.store.add_turn(self.name, row, model_id=self.lm.name,
+                                       weights_hash=self.weights,
+                                       sampling=sampling_dict(session.sampling))
+            t.key = prev
+
     def _head(self, session: ChatSession, turn: Optional[Turn], with_snapshot: bool) -> None:
         """The conversation now ends at ``turn``: record its path and (after an answer, whose
         cache holds it) a KV snapshot; a snapshot no session uses any more is removed."""

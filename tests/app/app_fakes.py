@@ -149,8 +149,8 @@ class FakeEngine:
                           prefill_tokens=5, new_tokens=len(out), ttft_s=0.01,
                           decode_tok_s=100.0, total_s=time.perf_counter() - t0, stop_reason=stop)
 
-    def chat_regenerate(self, session, sampling, *, on_token=None, progress=None, cancel=None,
-                        observe=None):
+    def chat_regenerate(self, session, sampling, *, turn=None, on_token=None, progress=None,
+                        cancel=None, observe=None):
         """Like ChatSession.regenerate: drop the last turn, answer its message again."""
         if not session.turns:
             from engine.errors import InputError

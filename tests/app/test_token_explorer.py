@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 
 from app.engines import Engine
-from app.messages import JobFinished
+from app.messages import JobFinished, TokensGenerated
 from engine.lm.config import SamplingConfig
 from app.widgets.chat_messages import AssistantMessage
 from app.widgets.composer import Composer
@@ -29,9 +29,9 @@ async def test_token_selection_branching_and_navigation(make_app, tiny_lm):
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
                                        for m in seen), 30)
         ex = screen.query_one(TokenExplorer)
-        await until(pilot, lambda: ex.answers is not None)
-        root = ex.answers.branches[0]
-        assert root.token_ids == screen.session.turns[-1].answer_ids and len(root.infos) >= 6
+        await until(pilot, lambda: ex.current is not None)
+        root = ex.current
+        assert root.answer_ids == screen.session.turns[-1].answer_ids and len(root.infos) >= 6
 
         # ctrl+t: colours on, focus on the tokens; arrows select
         await pilot.press("ctrl+t")
@@ -48,33 +48,44 @@ async def test_token_selection_branching_and_navigation(make_app, tiny_lm):
         await pilot.click("#tx-tokens", offset=(x, 0))
         assert ex.sel == 4
 
-        # ↓ + enter: force the second alternative there and continue
+        # ↓ + enter: force the second alternative there and continue — streamed into the
+        # transcript as the chat screen's own job, with its figures line
         await pilot.press("down")
         assert ex.alt == 1
         alt = root.infos[4].alternatives[1].id
+        n_chat = sum(isinstance(m, JobFinished) and m.kind == "chat" for m in seen)
         await pilot.press("enter")
-        await until(pilot, lambda: len(ex.answers.branches) == 2 and not app.runner.busy)
-        b = ex.answers.branches[1]
-        assert ex.branch == 1 and b.token_ids[4] == alt and b.token_ids[:4] == root.token_ids[:4]
-        assert screen.session.turns[-1].answer_ids == b.token_ids
+        await until(pilot, lambda: len(screen.session.nodes) == 2 and not app.runner.busy
+                    and ex.node == 1)
+        b = screen.session.nodes[1]
+        assert b.answer_ids[4] == alt and b.answer_ids[:4] == root.answer_ids[:4]
+        assert screen.session.turns[-1] is b
+        assert any(isinstance(m, TokensGenerated) and m.kind == "chat" for m in seen)
         answer = screen.query(AssistantMessage).last()
-        await until(pilot, lambda: answer.text == b.text)
+        await until(pilot, lambda: answer.text == b.answer and "forced" in str(answer.figures.content))
+        assert len(screen.query(AssistantMessage)) == 1
+        ex.focus()
+        ex.select(4)
         assert "< 2/2 >" in str(ex.query_one("#tx-head").render())
 
         # [ and ]: the variants at this position
         await pilot.press("left_square_bracket")
-        assert ex.branch == 0 and screen.session.turns[-1].answer_ids == root.token_ids
-        await until(pilot, lambda: answer.text == root.text)
+        await until(pilot, lambda: ex.node == 0 and screen.session.turns[-1] is root)
+        await until(pilot, lambda: screen.query(AssistantMessage).last().text == root.answer)
+        ex.select(4)
         await pilot.press("right_square_bracket")
-        assert ex.branch == 1
+        await until(pilot, lambda: ex.node == 1 and screen.session.turns[-1] is b)
 
-        # regenerate (ctrl+r) makes a sibling of the first answer
+        # regenerate (ctrl+r) makes a sibling of the first answer, streamed the same way
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: len(ex.answers.branches) == 3 and not app.runner.busy)
-        r2 = ex.answers.branches[2]
-        assert r2.parent is None and ex.branch == 2
-        assert r2.token_ids == root.token_ids  # greedy: the same answer again, from the cache
-        assert ex.answers.label(2, 0) == "< 2/2 >"
+        await until(pilot, lambda: len(screen.session.nodes) == 3 and not app.runner.busy
+                    and ex.node == 2)
+        r2 = screen.session.nodes[2]
+        assert r2.source is None and r2.how == "regenerate"
+        assert r2.answer_ids == root.answer_ids  # greedy: the same answer again, from the cache
+        from engine.lm.branching import label
+        assert label(screen.session.nodes, 2, 0) == "< 2/2 >"
+        assert sum(isinstance(m, JobFinished) and m.kind == "chat" for m in seen) == n_chat + 2
 
         # logit lens and prompt surprisal, on demand
         ex.focus()
@@ -88,4 +99,4 @@ async def test_token_selection_branching_and_navigation(make_app, tiny_lm):
         prompt.value = "And then?"
         await pilot.press("enter")
         await until(pilot, lambda: len(screen.session.turns) == 2 and not app.runner.busy)
-        assert screen.session.turns[0].answer_ids == r2.token_ids
+        assert screen.session.turns[0] is r2
