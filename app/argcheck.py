@@ -116,6 +116,8 @@ BY_COMMAND: dict[tuple[str, str], Rule] = {
     ("attack report", "markdown"): Out("file"), ("attack report", "csv"): Out("file"),
     ("attack report", "png"): Out("dir"), ("attack report", "seed"): BOOTSTRAP_SEED,
     ("attack judge", "out"): Out("file"),
+    ("sessions", "json"): None,  # a flag there
+    ("sessions", "markdown"): Out("file"),
     ("attack judge", "judge_batch"): (DatasetRunConfig, "judge_batch"),
     ("attack judge", "rubric_max_tokens"): (DatasetRunConfig, "rubric_max_tokens"),
     ("attack judge", "shieldgemma_policies"): (DatasetRunConfig, "shield_policies"),

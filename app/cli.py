@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from app.commands.common import add_model_args
 
 # Each name is a module app/commands/<name>.py with register(subparsers) and run(args) -> int.
-COMMANDS = ("chat", "tokenize", "attack", "search", "bench", "inspect")
+COMMANDS = ("chat", "tokenize", "attack", "search", "bench", "inspect", "sessions")
 
 EXIT_USAGE = 2
 

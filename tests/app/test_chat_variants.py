@@ -69,10 +69,10 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         regen = s.nodes[3]
         assert regen.how == "regenerate" and regen.prev == t0.id
         assert [t.id for t in s.path] == [t0.id, regen.id]
-        assert _transcript(scr) == _path_text(s)
+        await until(pilot, lambda: _transcript(scr) == _path_text(s))  # once the screen handled it
         last = scr.query(AssistantMessage).last()
-        assert "regenerated" in str(last.figures.content) and "variant 2/2" in str(last.figures.content)
-        assert ex.node == regen.id
+        await until(pilot, lambda: "regenerated" in str(last.figures.content))
+        assert "variant 2/2" in str(last.figures.content) and ex.node == regen.id
 
         # force the runner-up token at position 1 of that answer
         app.settings.sampling = SamplingConfig(max_new_tokens=8, temperature=0.0)
@@ -86,7 +86,7 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         forced = s.nodes[4]
         assert forced.how == "force" and forced.answer_ids[1] == alt and forced.source == regen.id
         assert [t.id for t in s.path] == [t0.id, forced.id]
-        assert _transcript(scr) == _path_text(s)
+        await until(pilot, lambda: _transcript(scr) == _path_text(s))
         name = scr.saved.name
         shapes = [(t.user, t.answer, t.how, t.prev, t.source, t.fork_at) for t in s.nodes]
         app.exit()  # Ctrl+Q
@@ -110,7 +110,8 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         assert [t.id for t in s.path] == [0, 4]
         await until(pilot, lambda: _transcript(scr) == _path_text(s))
         ex = scr.query_one(TokenExplorer)
-        assert ex.node == 4 and ex.current.infos and ex.current.infos[1].forced
+        await until(pilot, lambda: ex.node == 4)  # shown once the transcript is drawn
+        assert ex.current.infos and ex.current.infos[1].forced
 
         ex.focus()
         ex.select(1)  # the forced position: [ goes back to the regenerated answer
