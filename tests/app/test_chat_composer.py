@@ -132,7 +132,7 @@ async def test_regenerate_refused_after_a_failed_turn(make_app):
 
 async def test_regenerate_with_the_tiny_model_is_deterministic_when_greedy(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)

@@ -17,7 +17,7 @@ from app_fakes import until
 
 async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=24, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=24, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=(110, 36), message_hook=seen.append) as pilot:
         # the probe's result is stored when its JobFinished is handled, a moment after the job
@@ -46,7 +46,7 @@ async def test_tiny_model_chat_end_to_end(make_app, tiny_lm):
 
         # a long second turn (no eos: it can only stop at 1500 tokens) stopped mid-answer
         # keeps the conversation well formed
-        app.settings.sampling = SamplingConfig(max_new_tokens=1500, temperature=0.0)
+        app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=1500, temperature=0.0))  # the user's: model defaults leave it
         saved_eos, tiny_lm.eos_ids = tiny_lm.eos_ids, []
         try:
             prompt.value = "Tell me more."

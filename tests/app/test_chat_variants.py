@@ -44,7 +44,7 @@ def _path_text(session):
 
 async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=8, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
@@ -60,7 +60,7 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         assert ex.node == t1.id and "turn 2/3" in str(ex.query_one("#tx-head").render())
 
         # ctrl+r at the middle turn: a new answer streams in as the screen's own job
-        app.settings.sampling = SamplingConfig(max_new_tokens=8, temperature=1.5, seed=11)
+        app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=8, temperature=1.5, seed=11))  # the user's: model defaults leave it
         n_tok = sum(isinstance(m, TokensGenerated) for m in seen)
         n = _n_chat(seen)
         await pilot.press("ctrl+r")
@@ -75,7 +75,7 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         assert "variant 2/2" in str(last.figures.content) and ex.node == regen.id
 
         # force the runner-up token at position 1 of that answer
-        app.settings.sampling = SamplingConfig(max_new_tokens=8, temperature=0.0)
+        app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=8, temperature=0.0))  # the user's: model defaults leave it
         ex.focus()
         await pilot.press("right", "down")
         assert ex.sel == 1 and ex.alt == 1
@@ -93,7 +93,7 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
 
     # a new process: open it from F7, then browse every variant
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=8, temperature=0.0))  # the user's: model defaults leave it
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
         await pilot.press("f7")

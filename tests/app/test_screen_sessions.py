@@ -27,7 +27,7 @@ async def _say(pilot, app, seen, text):
 
 async def test_sessions_screen(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=6, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=6, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
@@ -137,7 +137,7 @@ async def test_full_disk_is_shown_and_the_app_keeps_running(make_app, tiny_lm, m
     monkeypatch.setattr(TokenforgeApp, "notify",
                         lambda self, message, *a, **k: said.append(str(message)) or real_notify(self, message, *a, **k))
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=4, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=(120, 36), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)

@@ -17,7 +17,7 @@ from app_fakes import until
 
 async def test_token_selection_branching_and_navigation(make_app, tiny_lm):
     app = make_app(engine=Engine(lm=tiny_lm))
-    app.settings.sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=0.0))  # the user's: model defaults leave it
     seen = []
     async with app.run_test(size=(220, 50), message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
