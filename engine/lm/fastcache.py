@@ -1,5 +1,7 @@
 """The lean forward's K/V caches: one preallocated buffer per model for every layer's K and V,
-written in place, grown by doubling, shared copy-on-write between forks.
+written in place, grown by doubling, shared copy-on-write between forks. K and V of a layer lie
+side by side in that buffer, as they do in the fused Q/K/V product's output, so a decode step
+writes both with one copy.
 
 ``fork`` is O(1) — the fork shares its source's buffer and records its own length. A buffer
 remembers its *frontier* (the furthest position any cache has written). A cache writes in place
@@ -20,13 +22,15 @@ _MIN_CAP = 64
 
 
 class KVStore:
-    """K and V of every layer in one buffer each: (layers, batch, kv_heads, cap, head_dim)."""
+    """K and V of every layer in one buffer ``kv``: (layers, 2, batch, kv_heads, cap, head_dim);
+    ``k`` and ``v`` are its views (layers, batch, kv_heads, cap, head_dim)."""
 
-    __slots__ = ("k", "v", "frontier")
+    __slots__ = ("kv", "k", "v", "frontier")
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, frontier: int) -> None:
-        self.k = k
-        self.v = v
+    def __init__(self, kv: torch.Tensor, frontier: int) -> None:
+        self.kv = kv
+        self.k = kv[:, 0]
+        self.v = kv[:, 1]
         self.frontier = frontier
 
     @property
@@ -68,10 +72,9 @@ class LeanKV:
         return LeanCache(None, 0, batch)
 
     def _alloc(self, batch: int, cap: int, zero: bool = False) -> KVStore:
-        shape = (self.n_layers, batch, self.n_kv, cap, self.head_dim)
+        shape = (self.n_layers, 2, batch, self.n_kv, cap, self.head_dim)
         make = torch.zeros if zero else torch.empty
-        return KVStore(make(shape, dtype=self.dtype, device=self.device),
-                       make(shape, dtype=self.dtype, device=self.device), 0)
+        return KVStore(make(shape, dtype=self.dtype, device=self.device), 0)
 
     def reserve(self, cache: LeanCache, batch: int, t: int) -> KVStore:
         """A store this cache may write positions [length, length+t) into (copy-on-write)."""
@@ -88,8 +91,7 @@ class LeanKV:
             cap = max(need, 2 * st.cap) if need > st.cap else st.cap
             new = self._alloc(batch, cap)
             if p:
-                new.k[:, :, :, :p].copy_(st.k[:, :, :, :p])
-                new.v[:, :, :, :p].copy_(st.v[:, :, :, :p])
+                new.kv[..., :p, :].copy_(st.kv[..., :p, :])
             new.frontier = p
             cache.store = st = new
         st.frontier = need
@@ -108,8 +110,7 @@ class LeanKV:
         if st is None or n == 0:
             return LeanCache(None, 0, b)
         new = self._alloc(b, max(_MIN_CAP, n + max(_MIN_CAP, n // 4)))
-        new.k[:, :, :, :n].copy_(st.k[:, :, :, :n].index_select(1, rows))
-        new.v[:, :, :, :n].copy_(st.v[:, :, :, :n].index_select(1, rows))
+        new.kv[..., :n, :].copy_(st.kv[..., :n, :].index_select(2, rows))
         new.frontier = n
         return LeanCache(new, n, b)
 
@@ -130,8 +131,7 @@ class LeanKV:
             if c.batch != 1:
                 raise ValueError("stack takes batch-1 caches")
             if n:
-                new.k[:, u, :, L - n:L].copy_(c.store.k[:, 0, :, :n])
-                new.v[:, u, :, L - n:L].copy_(c.store.v[:, 0, :, :n])
+                new.kv[:, :, u, :, L - n:L].copy_(c.store.kv[:, :, 0, :, :n])
         return LeanCache(new, L, len(parts))
 
     def from_tensors(self, k: torch.Tensor, v: torch.Tensor) -> LeanCache:
@@ -152,4 +152,4 @@ class LeanKV:
     def cache_allocated_bytes(self, cache: LeanCache) -> int:
         """Bytes of the buffer behind the cache (capacity included; shared with forks)."""
         st = cache.store
-        return 0 if st is None else 2 * st.k.numel() * st.k.element_size()
+        return 0 if st is None else st.kv.numel() * st.kv.element_size()

@@ -8,9 +8,11 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
   (``fuse=True`` makes counted copies instead; ``False`` keeps separate projections);
 - few-row products (decode, batched rollouts) split each weight's output rows across the
   intra-op threads with one ``bmm`` over a view (one core cannot stream the weights fast enough);
-- rotary tables are computed once, with the sign of ``rotate_half`` folded into the sine table, so
-  RoPE is ``x*cos + roll(x)*sin`` on a table slice (no gather at unpadded batch 1);
+- rotary tables are computed once, as per-position 2×2 rotations (``fastdecode.rope_table``), so
+  RoPE is one multiply and one sum over a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
+- a decode step (one token per row, few rows) runs :class:`fastdecode.DecodeStep`: buffers made
+  once and written with ``out=``, residual adds folded into the products, 25 ops per layer;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
   query heads as (kv_heads, group) so SDPA attends without repeating K/V (``decode_attention=
   "matmul"`` swaps SDPA for matmul/softmax/matmul there; measured in bench/decode.py);
@@ -26,7 +28,8 @@ caller uses the standard path.
 
 The pieces: this module (the support check, the forward, RoPE, attention, the LM head modes);
 ``fastweights.py`` (weight adoption/fusion and the split mat-vec, chunked and int8 kernels);
-``fastcache.py`` (the K/V buffers, shared copy-on-write between forks).
+``fastcache.py`` (the K/V buffers, shared copy-on-write between forks); ``fastdecode.py`` (the
+decode step).
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.lm.fastcache import KVStore, LeanCache, LeanKV
-from engine.lm.fastweights import (Int8Head, LeanLayer, SplitLinear, chunked_linear, load_weights,
-                                   weight_signature)
+from engine.lm.fastdecode import DecodeStep, Product, rope_table, step_products
+from engine.lm.fastweights import (SPLIT_MAX_ROWS, Int8Head, LeanLayer, SplitLinear, chunked_linear,
+                                   load_weights, weight_signature)
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +140,17 @@ class LeanForward:
             fuse = "adopt" if devs == {"cpu"} and not getattr(model, "hf_device_map", None) else False
         self.fused = fuse
         self._calls = 0
+        # the decode step reads the weights directly: a subclass with its own kernel (quantized.py)
+        # keeps the general loop
+        self._stepping = type(self)._linear is LeanForward._linear
+        self._steps: dict[tuple[int, int], DecodeStep] = {}
+        self._step_prods: dict[int, Optional[list[tuple[Product, Product, Product, Product]]]] = {}
         self.kv = LeanKV(self.n_layers, self.n_kv, self.head_dim, self.dtype, self.device)
         self._load_weights()
         rot = base.rotary_emb
         self._inv_freq = rot.inv_freq.detach().to(self.device, torch.float32)
         self._rope_scale = float(getattr(rot, "attention_scaling", 1.0))
-        self._cos = self._sin = torch.empty(0)
+        self._rot = torch.empty(0)
         self._build_rope(max(int(getattr(cfg, "max_position_embeddings", 2048) or 2048), 16))
         self.head_mode = "exact"
         self._head_q: Any = None
@@ -156,6 +165,8 @@ class LeanForward:
         self.layers: list[LeanLayer] = w.layers
         self.extra_weight_bytes = w.extra_weight_bytes  # bytes of weights held beyond HF's own
         self.linear.clear()
+        self._step_prods = {}
+        self._steps = {}
         if getattr(self, "head_mode", "exact") == "int8":
             self._head_q = Int8Head(self.w_head, self.b_head)
         self._sig = weight_signature(self.model)
@@ -171,30 +182,33 @@ class LeanForward:
 
     # ---- rotary tables -----------------------------------------------------------------------
     def _build_rope(self, n: int) -> None:
-        """cos and sign-folded sin tables for positions [0, n), computed as HF does (fp32)."""
+        """The rotation table (``fastdecode.rope_table``) for positions [0, n), cos and sin
+        computed as HF does (fp32), then cast to the model's dtype as HF casts them."""
         pos = torch.arange(n, device=self.device, dtype=torch.int64)
         freqs = pos[:, None].float() * self._inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos() * self._rope_scale
-        sin = emb.sin() * self._rope_scale
-        h = self.head_dim // 2
-        sin_signed = torch.cat((-sin[:, :h], sin[:, h:]), dim=-1)  # rotate_half's sign, folded in
-        self._cos = cos.to(self.dtype)
-        self._sin = sin_signed.to(self.dtype)
+        cos = (emb.cos() * self._rope_scale).to(self.dtype)
+        sin = (emb.sin() * self._rope_scale).to(self.dtype)
+        self._rot = rope_table(cos, sin)
 
-    def _rope_tables(self, past: int, t: int, position_ids: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) broadcastable to (B, T, heads, head_dim)."""
+    def _rot_rows(self, past: int, t: int, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """The table's rows for these positions, (B|1, T, 2, 2, head_dim/2)."""
         top = past + t if position_ids is None else int(position_ids.max()) + 1
-        if top > self._cos.shape[0]:
-            self._build_rope(max(top, 2 * self._cos.shape[0]))
+        if top > self._rot.shape[0]:
+            self._build_rope(max(top, 2 * self._rot.shape[0]))
         if position_ids is None:
-            return self._cos[past:past + t][None, :, None, :], self._sin[past:past + t][None, :, None, :]
-        pid = position_ids.to(self.device)
-        return self._cos[pid][:, :, None, :], self._sin[pid][:, :, None, :]
+            return self._rot[past:past + t][None]
+        return self._rot[position_ids.to(self.device)]
 
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # rotate_half(x) * sin == roll(x, d/2) * sin_signed, bit for bit
-        return x * cos + torch.roll(x, self.head_dim // 2, dims=-1) * sin
+    def _rope(self, x: torch.Tensor, rot: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """RoPE of x (B, T, heads, head_dim) at the positions of ``rot`` (from :meth:`_rot_rows`);
+        into ``out`` (may be ``x`` itself) when given."""
+        b, t, n, d = x.shape
+        y = x.reshape(b, t, n, 1, 2, d // 2) * rot[:, :, None]
+        if out is None:
+            return y.sum(-2).view(b, t, n, d)
+        torch.sum(y, -2, out=out.view(b, t, n, 2, d // 2))
+        return out
 
     # ---- LM head -----------------------------------------------------------------------------
     def set_head_mode(self, mode: str) -> None:
@@ -299,10 +313,41 @@ class LeanForward:
         # call (prefill, a new chat turn, scoring) and every 32nd decode step — not every step
         if (t > 1 or past == 0 or self._calls % 32 == 0) and weight_signature(self.model) != self._sig:
             self._load_weights()
-        cos, sin = self._rope_tables(past, t, position_ids)
+        rot = self._rot_rows(past, t, position_ids)
         mask = self._mask(b, past, t, attention_mask)
-        causal = mask is None and t > 1
         st: KVStore = self.kv.reserve(cache, b, t)
+        step = self._decode_step(b) if t == 1 else None
+        if step is not None:
+            out = step.run(self, self._step_prods[step.parts], ids, st, past, rot, mask)
+        else:
+            out = self._layers(ids, st, past, rot, mask)
+        cache.length = past + t
+        return out
+
+    def _decode_step(self, rows: int) -> Optional[DecodeStep]:
+        """The decode step for this many rows at the current thread count, or None where the
+        general loop runs (too many rows, unfused weights, a subclass's own kernel)."""
+        if not self._stepping or rows > SPLIT_MAX_ROWS or self.dtype != torch.float32:
+            return None  # (HF norms reduced-precision activations in fp32: the general loop)
+        parts = self.linear.parts if self.linear.mode == "split" else 1
+        step = self._steps.get((rows, parts))
+        if step is not None:
+            return step
+        if parts not in self._step_prods:
+            self._step_prods[parts] = step_products(self.layers, parts)
+        if self._step_prods[parts] is None:
+            return None
+        if len(self._steps) >= 8:  # a few shapes stay; buffers are small but not free
+            self._steps.clear()
+        step = self._steps[(rows, parts)] = DecodeStep(self, rows, parts)
+        return step
+
+    def _layers(self, ids: torch.Tensor, st: KVStore, past: int, rot: torch.Tensor,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The general layer loop: any number of positions (prefill, scoring), or a decode step
+        the step shape does not cover."""
+        b, t = ids.shape
+        causal = mask is None and t > 1
         s = past + t
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
         qd, kd = nh * d, nkv * d
@@ -312,26 +357,26 @@ class LeanForward:
             h = F.rms_norm(x, (self.hidden_size,), L.ln1, self.eps)
             if L.wqkv is not None:
                 qkv = lin(h, L.wqkv, L.bqkv)
-                # q and k are adjacent in the fused output: one RoPE over both (half the ops)
-                qk = self._rope(qkv[..., :qd + kd].view(b, t, nh + nkv, d), cos, sin)
-                q, k, v = qk[:, :, :nh], qk[:, :, nh:], qkv[..., qd + kd:]
+                # q and k are adjacent in the fused output: one RoPE over both, in place, so K
+                # and V stay adjacent and one copy writes both into the cache
+                qk = self._rope(qkv[..., :qd + kd].view(b, t, nh + nkv, d), rot,
+                                out=qkv[..., :qd + kd].view(b, t, nh + nkv, d))
+                q = qk[:, :, :nh]
+                st.kv[li, :, :, :, past:s].copy_(qkv[..., qd:].view(b, t, 2, nkv, d).permute(2, 0, 3, 1, 4))
             else:
                 q, k, v = lin(h, L.wq, L.bq), lin(h, L.wk, L.bk), lin(h, L.wv, L.bv)
-                q = self._rope(q.view(b, t, nh, d), cos, sin)
-                k = self._rope(k.view(b, t, nkv, d), cos, sin)
-            kb, vb = st.k[li], st.v[li]
-            kb[:, :, past:s].copy_(k.transpose(1, 2))
-            vb[:, :, past:s].copy_(v.view(b, t, nkv, d).transpose(1, 2))
-            a = self._attention(q, kb[:, :, :s], vb[:, :, :s], mask, b, t, causal)
+                q = self._rope(q.view(b, t, nh, d), rot)
+                k = self._rope(k.view(b, t, nkv, d), rot)
+                st.k[li, :, :, past:s].copy_(k.transpose(1, 2))
+                st.v[li, :, :, past:s].copy_(v.view(b, t, nkv, d).transpose(1, 2))
+            a = self._attention(q, st.k[li, :, :, :s], st.v[li, :, :, :s], mask, b, t, causal)
             x = x + lin(a, L.wo, L.bo)
             h = F.rms_norm(x, (self.hidden_size,), L.ln2, self.eps)
             if L.wgu is not None:
-                gu = lin(h, L.wgu)
-                g, u = gu.chunk(2, dim=-1)
+                g, u = lin(h, L.wgu, L.bgu).chunk(2, dim=-1)
             else:
                 g, u = lin(h, L.wg, L.bg), lin(h, L.wu, L.bu)
             x = x + lin(F.silu(g) * u, L.wd, L.bd)
-        cache.length = s
         return F.rms_norm(x, (self.hidden_size,), self.norm, self.eps)
 
     @torch.inference_mode()

@@ -35,6 +35,7 @@ class LeanLayer:
     wg: torch.Tensor
     wu: torch.Tensor
     wgu: Optional[torch.Tensor]
+    bgu: Optional[torch.Tensor]
     bg: Optional[torch.Tensor]
     bu: Optional[torch.Tensor]
     wd: torch.Tensor
@@ -82,14 +83,15 @@ def load_weights(model: Any, q_dim: int, kv_dim: int, fuse: Any) -> LeanWeights:
         a, m = lay.self_attn, lay.mlp
         bq, bk, bv = _bias(a.q_proj), _bias(a.k_proj), _bias(a.v_proj)
         bg, bu = _bias(m.gate_proj), _bias(m.up_proj)
-        wqkv = bqkv = wgu = None
+        wqkv = bqkv = wgu = bgu = None
         if fuse:  # before the weights are read below: adoption rebinds them
             adopt = fuse == "adopt"
             wqkv = fused_weight([a.q_proj, a.k_proj, a.v_proj], adopt)
             bqkv = _cat_bias(bq, bk, bv, sizes=(q_dim, kv_dim, kv_dim))
-            if bg is None and bu is None:
-                wgu = fused_weight([m.gate_proj, m.up_proj], adopt)
-            extra = [bqkv] if adopt else [wqkv, bqkv, wgu]
+            wgu = fused_weight([m.gate_proj, m.up_proj], adopt)
+            inter = m.gate_proj.weight.shape[0]
+            bgu = _cat_bias(bg, bu, sizes=(inter, inter))
+            extra = [bqkv, bgu] if adopt else [wqkv, bqkv, wgu, bgu]
             for t in extra:
                 if t is not None:
                     extra_bytes += t.numel() * t.element_size()
@@ -98,7 +100,7 @@ def load_weights(model: Any, q_dim: int, kv_dim: int, fuse: Any) -> LeanWeights:
         layers.append(LeanLayer(
             ln1=lay.input_layernorm.weight.detach(), ln2=lay.post_attention_layernorm.weight.detach(),
             wq=wq, wk=wk, wv=wv, bq=bq, bk=bk, bv=bv, wqkv=wqkv, bqkv=bqkv,
-            wo=a.o_proj.weight.detach(), bo=_bias(a.o_proj), wg=wg, wu=wu, wgu=wgu, bg=bg, bu=bu,
+            wo=a.o_proj.weight.detach(), bo=_bias(a.o_proj), wg=wg, wu=wu, wgu=wgu, bgu=bgu, bg=bg, bu=bu,
             wd=m.down_proj.weight.detach(), bd=_bias(m.down_proj)))
     return LeanWeights(embed=base.embed_tokens.weight.detach(), norm=base.norm.weight.detach(),
                        w_head=model.lm_head.weight.detach(), b_head=b_head, layers=layers,

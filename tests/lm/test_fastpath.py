@@ -13,7 +13,8 @@ from engine.lm.forward import StandardForward, get_forward
 from engine.lm.generate import generate
 from engine.lm.model import from_parts
 from engine.lm.config import SamplingConfig
-from lean_helpers import PROMPTS, assert_close as _close, chat_ids as _chat, lean_pair as _pair
+from lean_helpers import (FAMILIES, PROMPTS, assert_close as _close, chat_ids as _chat, lean_pair as _pair,
+                          tiny_of as _tiny_of)
 
 
 def _prefill_decode(std, lean, ids, steps=6):
@@ -128,33 +129,7 @@ def test_get_forward_switch(tiny_lm):
 
 
 # ---- other Llama-family configurations --------------------------------------------------------
-def _tiny_of(kind, tokenizer, **extra):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
-
-    torch.manual_seed(1)
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[kind]
-    cfg = cls(**common, **extra)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_config(cfg).float()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1 and p.shape[0] != 64:  # biases: make them matter
-                p.normal_(0, 0.5)
-        model.lm_head.weight.mul_(16)
-    return from_parts(model, tokenizer, name=f"tiny-{kind}")
-
-
-@pytest.mark.parametrize("kind,extra", [
-    ("qwen2", {}),
-    ("mistral", {"sliding_window": None}),
-    ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 64}}),
-    ("llama", {"attention_bias": True, "mlp_bias": True}),
-])
+@pytest.mark.parametrize("kind,extra", FAMILIES)
 def test_family_variants_equal_standard(tokenizer, kind, extra):
     lm = _tiny_of(kind, tokenizer, **extra)
     assert unsupported_reason(lm.model) is None
