@@ -1,7 +1,8 @@
 """Text the program did not write (files, sessions, a model's output, argv) made inert for a
 terminal: every character a terminal would act on is shown as an escape instead of being sent.
 
-One implementation for every printing path (the CLI, the TUI, the token view's labels). The app's
+One implementation for every printing path (the CLI, the TUI, the token view's labels; why and
+what it covers: docs/inert-output.md). The app's
 Rich helpers (``app/inert.py``) escape markup on top of this; this module knows nothing of Rich.
 
 The rules (the token view's, extended to every code point a terminal or a text layout acts on):
