@@ -14,6 +14,16 @@ import pytest
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# hypothesis: no per-example deadline (a loaded shared CPU makes any time limit flaky; the
+# suite's rule is that no test depends on machine speed)
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("tokenforge", deadline=None)
+    _hyp_settings.load_profile("tokenforge")
+except ImportError:  # pragma: no cover - hypothesis is in the test extras
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     """Every test that needs the bundled 135M model is ``slow`` (seconds to load, minutes to
