@@ -40,8 +40,9 @@ OWN_VALUES: dict[str, set[str]] = {
     "app/screens/settings.py": {'n', 'note', 'why'},
     "app/widgets/lattice_view.py": {'lat.ids[self.cursor]', 'self.cursor', 'what'},
     "app/widgets/phase_progress.py": {'HINT', 'phase', 'self.kind', 'self.state', 'style'},
-    "app/widgets/token_explorer.py": {"'on' if self.colour else 'off'", 'b.id + 1', 'body', 'css',
-        'fig', 'i', 'info.id', 'nav', 's.id', 'self.sel', 'text', 'what'},
+    "app/widgets/token_explorer.py": {"'on' if self.colour else 'off'", "'s' * (n_total != 1)",
+        'body', 'css', 'fig', 'i', 'info.id', 'n_total', 'nav', 's.id', 'self._where(b)',
+        'self.sel', 'text', 'what'},
     "app/widgets/tree_nav.py": {'flags', 'i.draws', 'i.visits', 'src', 'where'},
 }
 
