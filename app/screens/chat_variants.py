@@ -11,6 +11,7 @@ from textual.containers import VerticalScroll
 
 from engine.errors import InputError
 
+from app.inert import notice
 from app.screens.chat_transcript import render_path, variant_label
 from app.widgets.chat_messages import AssistantMessage, UserMessage
 
@@ -139,7 +140,7 @@ class ChatVariants:
         try:
             self.session.show(node)
         except InputError as e:
-            self.notify(str(e), severity="warning")
+            notice(self, e, severity="warning")
             return
         await render_path(self)
         self.explorer.show_node(self.session, node)

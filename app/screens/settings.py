@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from rich.text import Text
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
@@ -324,7 +323,7 @@ class SettingsScreen(ToolScreen):
                 inp.value = want
                 self.shown[fid] = want
         self.query_one("#sampling-source", Static).update(
-            Text(f"from: {s.sampling_provenance()}", style="dim"))
+            text(f"from: {s.sampling_provenance()}", "dim"))  # profile names come from a file
 
     def model_changed(self) -> None:
         if not self.children:
