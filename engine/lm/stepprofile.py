@@ -12,7 +12,8 @@ import torch
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul_out",
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_",
+              "aten::matmul_out",
               "aten::_weight_int8pack_mm", "quantized::linear_dynamic")
 ATTENTION_PREFIX = "aten::_scaled_dot_product"
 
@@ -30,6 +31,8 @@ class StepProfile:
     attention_ms: float     # SDPA kernels
     rest_ms: float          # norms, RoPE, cache writes, masks, sampling glue, Python dispatch
     unprofiled_step_ms: float  # the same steps without the profiler (its overhead inflates "rest")
+    top_level_ops: float = 0.0  # aten ops called from Python per step (each costs dispatch time)
+    all_ops: float = 0.0        # aten ops per step counting those they call in turn
 
     @property
     def matmul_ms(self) -> float:
@@ -82,12 +85,15 @@ def decode_step_profile(lm: LoadedModel, path: str = "standard", *, steps: int =
                     layer_mm += ev.self_cpu_time_total
             elif ev.key.startswith(ATTENTION_PREFIX):
                 attn += ev.cpu_time_total  # the kernel and whatever it calls
+        evs = [e for e in prof.events() if e.name.startswith("aten::")]
+        top = sum(1 for e in evs if e.cpu_parent is None)
         us = 1e3 * steps
         layer_mm, head, attn = layer_mm / us, head / us, attn / us
         step_ms = wall * 1e3
         return StepProfile(path=fwd.name, steps=steps, context=fwd.cache_len(cache), step_ms=step_ms,
                            layer_matmul_ms=layer_mm, head_ms=head, attention_ms=attn,
                            rest_ms=max(step_ms - layer_mm - head - attn, 0.0),
-                           unprofiled_step_ms=plain * 1e3)
+                           unprofiled_step_ms=plain * 1e3, top_level_ops=top / steps,
+                           all_ops=len(evs) / steps)
     finally:
         lm.engine_path = saved
