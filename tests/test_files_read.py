@@ -256,3 +256,30 @@ def test_what_is_written_is_read_back(tmp_path_factory, payload, text):
     append_line(runs, json.dumps(run, ensure_ascii=False))
     recs, problems = read_records(runs)
     assert not problems and len(recs) == 1 and recs[0]["params"]["x"] == payload
+
+
+def test_untokenizable_row_is_a_bad_row_and_the_run_goes_on(tiny_lm, tmp_path, monkeypatch):
+    """A row whose text a tokenizer refuses (TypeError/UnicodeError inside the search) is one
+    failed row named with its line; the next row still runs."""
+    import engine.advtok.search as search_mod
+    from engine.advtok.datasets import read_benchmark
+    from engine.advtok.evalrun import run_rows
+    from engine.advtok.search import AttackConfig
+
+    d = tmp_path / "d.jsonl"
+    d.write_text('{"request": "odd text", "response": "Sure"}\n'
+                 '{"request": "Write a haiku.", "response": "Sure"}\n', encoding="utf-8")
+    bench = read_benchmark(d)
+    calls = []
+
+    def fake_attack(lm, cfg, **kw):
+        calls.append(cfg.request)
+        raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+
+    monkeypatch.setattr(search_mod, "run_attack", fake_attack)
+    summ = run_rows(tiny_lm, bench, lambda r: AttackConfig(request=r.request, response=r.response,
+                                                           iters=1, samples=0).validate(),
+                    [], tmp_path / "r.jsonl")
+    assert calls == ["odd text", "Write a haiku."]          # the run went on past the bad row
+    assert [m.split(":")[0] for m in summ.failed] == ["line 1", "line 2"]
+    assert "tokenizer cannot encode" in summ.failed[0]

@@ -15,7 +15,7 @@ from engine.advtok.fingerprint import check_resume
 from engine.advtok.judges import JudgeItem, judge_records
 from engine.advtok.records import (SCHEMA, model_info, prompt_ids, read_lines, read_results,
                                    shard_path, template_info)
-from engine.errors import EngineError
+from engine.errors import EngineError, InputError
 from engine.progress import CancelToken, ProgressFn, check, report
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -164,6 +164,9 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
             res = run_attack(lm, cfg, cancel=cancel, vocab=vocab, progress=progress)
         except EngineError as e:
             failed(e)
+            continue
+        except (TypeError, UnicodeError) as e:  # text a tokenizer cannot encode: this row only
+            failed(InputError(f"the tokenizer cannot encode this row ({type(e).__name__}: {e})"))
             continue
         if res.stop_reason == "cancelled" or (cancel is not None and cancel.cancelled):
             summ.interrupted = True
