@@ -49,7 +49,7 @@ def pval(p: Optional[float]) -> str:
 
 
 def kappa_cell(value: Optional[float], n: int) -> str:
-    return f"{NA} n={n}" if value is None else f"{value:.3f} n={n}"
+    return f"{NA} n={n}" if value is None else f"{round(value, 3) + 0.0:.3f} n={n}"
 
 
 def counts_cell(c: Counts) -> str:
