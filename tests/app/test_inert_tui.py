@@ -98,13 +98,12 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         assert_screen_inert(app)
 
         # open the session named [/] into chat: messages, answer, status and toast
-        await pilot.pause(3.5)  # past the delete confirmation window: enter opens, d is disarmed
         table.move_cursor(row=scr.names.index("[/]"))
         await pilot.press("enter")
         await until(pilot, lambda: app.current_mode == "chat")
         chat = app.screen
         await until(pilot, lambda: len(chat.query(UserMessage)) == 1
-                    and chat.query(AssistantMessage) and chat.query(AssistantMessage)[0].text, 30)
+                    and chat.query(AssistantMessage) and chat.query(AssistantMessage)[0].text)
         await pilot.pause()
         shown = assert_screen_inert(app)
         assert "first " in shown and "\\x1b]52;c;" in shown
