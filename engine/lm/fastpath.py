@@ -34,6 +34,7 @@ decode step).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Optional
 
 import torch
@@ -143,7 +144,7 @@ class LeanForward:
         # the decode step reads the weights directly: a subclass with its own kernel (quantized.py)
         # keeps the general loop
         self._stepping = type(self)._linear is LeanForward._linear
-        self._steps: dict[tuple[int, int], DecodeStep] = {}
+        self._steps: dict[tuple[int, int, int], DecodeStep] = {}
         self._step_prods: dict[int, Optional[list[tuple[Product, Product, Product, Product]]]] = {}
         self.kv = LeanKV(self.n_layers, self.n_kv, self.head_dim, self.dtype, self.device)
         self._load_weights()
@@ -326,11 +327,13 @@ class LeanForward:
 
     def _decode_step(self, rows: int) -> Optional[DecodeStep]:
         """The decode step for this many rows at the current thread count, or None where the
-        general loop runs (too many rows, unfused weights, a subclass's own kernel)."""
+        general loop runs (too many rows, unfused weights, a subclass's own kernel). Its
+        buffers are per calling thread, so concurrent callers never share them."""
         if not self._stepping or rows > SPLIT_MAX_ROWS or self.dtype != torch.float32:
             return None  # (HF norms reduced-precision activations in fp32: the general loop)
         parts = self.linear.parts if self.linear.mode == "split" else 1
-        step = self._steps.get((rows, parts))
+        key = (rows, parts, threading.get_ident())
+        step = self._steps.get(key)
         if step is not None:
             return step
         if parts not in self._step_prods:
@@ -339,7 +342,7 @@ class LeanForward:
             return None
         if len(self._steps) >= 8:  # a few shapes stay; buffers are small but not free
             self._steps.clear()
-        step = self._steps[(rows, parts)] = DecodeStep(self, rows, parts)
+        step = self._steps[key] = DecodeStep(self, rows, parts)
         return step
 
     def _layers(self, ids: torch.Tensor, st: KVStore, past: int, rot: torch.Tensor,

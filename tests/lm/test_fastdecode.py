@@ -111,3 +111,31 @@ def test_rope_table_equals_hf_rotation():
         y = x.transpose(1, 2).reshape(1, n, -1, 1, 2, d // 2) * rot[None, :, None]  # (1, n, heads, 2, 2, d/2)
         got = y.sum(-2).reshape(1, n, -1, d).transpose(1, 2)
         assert torch.equal(got, ref)
+
+
+def test_concurrent_callers_do_not_share_buffers(tiny_lm, tokenizer):
+    """Two threads decoding on one forward (each its own cache) get what each gets alone: the
+    step's buffers are per calling thread."""
+    import threading
+
+    lean = make_lean_forward(tiny_lm.model)
+    prompts = [torch.tensor([chat_ids(tokenizer, p)]) for p in PROMPTS[:2]]
+
+    def decode(ids, out):
+        c = lean.new_cache()
+        x = lean.logits(ids, c)
+        for _ in range(30):
+            out.append(x)
+            x = lean.logits(x[:, -1:].argmax(-1), c)
+
+    alone = [[], []]
+    for ids, out in zip(prompts, alone):
+        decode(ids, out)
+    together = [[], []]
+    ts = [threading.Thread(target=decode, args=(ids, out)) for ids, out in zip(prompts, together)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for a, b in zip(alone, together):
+        assert len(a) == len(b) == 30 and all(torch.equal(x, y) for x, y in zip(a, b))
