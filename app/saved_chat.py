@@ -73,8 +73,10 @@ class SavedChat:
         return None if self.recorder is None else self.recorder.name
 
     def forget(self) -> None:
-        """A new conversation: its first answer starts a new saved session."""
+        """A new conversation: its first answer starts a new saved session (the old one's
+        writer lock is let go, so another process may continue it)."""
         if self.recorder is not None:
+            self.recorder.release()
             self.recorder.name = None
             self.recorder.snapshot = ""
 
@@ -100,6 +102,8 @@ class SavedChat:
         """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); its recorder saves it on."""
         from engine.sessions.persist import open_saved
 
+        if self.recorder is not None:  # this process's own lock on a session it reopens
+            self.recorder.release()
         session, report, rec = open_saved(lm, name, session_store(app), snapshot_store(app), sampling)
         rec.on_error = lambda why: self._failed(app, why)
         rec.name_for = title_for

@@ -28,9 +28,10 @@ class ContextOverflow(InputError):
     """A prompt longer than the model's context window."""
 
 
-class StorageError(EngineError):
+class StorageError(EngineError, OSError):
     """The disk refused: full, read-only, no permission, or an I/O error. Never a reason to
-    treat a file as corrupt; the message names the path and says what was kept."""
+    treat a file as corrupt; the message names the path and says what was kept. Also an
+    OSError (``errno`` kept), so code that tolerates a failed optional write still does."""
 
 
 class DiskFull(StorageError):
@@ -50,5 +51,17 @@ def storage_error(e: OSError, path: object, kept: str = "", doing: str = "write"
     why, cls = _DISK_FAULTS.get(errno.errorcode.get(e.errno or 0, ""), (None, StorageError))
     why = why or (e.strerror or str(e))
     hint = "free some space and try again" if cls is DiskFull else ""
-    return cls(f"cannot {doing} {path}: {why}" + (f"; {kept}" if kept else ""), hint=hint)
+    err = cls(f"cannot {doing} {path}: {why}" + (f"; {kept}" if kept else ""), hint=hint)
+    err.errno = e.errno
+    return err
+
+
+def is_disk_fault(e: BaseException) -> bool:
+    """An error of the disk rather than of the data (full, read-only, no permission, I/O):
+    never a reason to move a file aside as damaged."""
+    import errno
+
+    if isinstance(e, StorageError):
+        return True
+    return isinstance(e, OSError) and errno.errorcode.get(e.errno or 0, "") in (*_DISK_FAULTS, "EIO")
 

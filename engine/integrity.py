@@ -52,6 +52,17 @@ def _write_record(where: Path, files: dict[str, dict]) -> None:
                                  indent=1, sort_keys=True) + "\n")
 
 
+def _refresh_record(where: Path, files: dict[str, dict]) -> None:
+    """Rewrite a record after a successful check; a disk that refuses it (full, read-only)
+    only means the next check hashes again."""
+    from engine.errors import StorageError
+
+    try:
+        _write_record(where, files)
+    except StorageError:
+        pass
+
+
 def _read_record(where: Path) -> tuple[Optional[dict[str, dict]], str]:
     """(files, "") or (None, why the record is unusable)."""
     from engine.bounded_json import load
@@ -128,7 +139,7 @@ def check_dir(folder: Path | str, required: Sequence[str] = (),
         return why
     problem, refreshed = _check_files(folder, files)
     if problem is None and refreshed:
-        _write_record(folder / DIR_RECORD, files)
+        _refresh_record(folder / DIR_RECORD, files)
     return problem
 
 
@@ -152,7 +163,7 @@ def check_file(path: Path | str) -> Optional[str]:
         return "integrity record names other files"
     problem, refreshed = _check_files(path.parent, files)
     if problem is None and refreshed:
-        _write_record(file_record_path(path), files)
+        _refresh_record(file_record_path(path), files)
     return problem
 
 

@@ -73,7 +73,23 @@ def _figures(r: Any, inexact: str = "") -> str:
     return s
 
 
-def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Console) -> tuple[Any, dict[str, Any]]:
+def _claim_session(name: str) -> tuple[Any, Any]:
+    """Before the model loads: the sessions database, checked writable (a read-only or
+    unreadable file is refused here, not after an answer), and this session's writer lock (a
+    second process on the same session is told which process holds it)."""
+    from engine.sessions.store import SessionStore
+    from engine.sessions.writer_lock import session_lock
+
+    store = SessionStore()
+    try:
+        return store, session_lock(store.path, name).acquire()
+    except BaseException:
+        store.close()
+        raise
+
+
+def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Console,
+                  claimed: tuple[Any, Any]) -> tuple[Any, dict[str, Any]]:
     """The saved session named by --session (created when new), and what to report about it."""
     from engine.sessions.persist import PersistentChat
     from engine.sessions.snapshot import SnapshotStore
@@ -81,8 +97,9 @@ def _open_session(lm: LoadedModel, args: argparse.Namespace, cfg: Any, err: Cons
 
     conf = getattr(args, "tf_config", None)
     cap = int((conf.snapshot_cap_mib if conf is not None else 512) * (1 << 20))
-    chat = PersistentChat(lm, args.session, system=args.system, sampling=cfg,
-                          snapshots=SnapshotStore(sessions_dir() / "snapshots", cap))
+    store, lock = claimed
+    chat = PersistentChat(lm, args.session, system=args.system, sampling=cfg, store=store,
+                          lock=lock, snapshots=SnapshotStore(sessions_dir() / "snapshots", cap))
     rep = chat.report
     if args.system is not None and chat.session.system != (args.system.strip() or None) \
             and rep.how != "new":
@@ -127,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         return fail("empty prompt: nothing to answer")
     ChatConfig(system=args.system, alternatives=args.alternatives).validate()
+    claimed = _claim_session(args.session) if args.session is not None else None
     lm = load_lm(args)
     err = err_console()
     cfg, sampling_info = _model_sampling(args, lm, cfg)
@@ -135,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
                          s=" · ".join(f"{k} {v['value']:g} ({v['source']})"
                                       for k, v in sampling_info.items())))
     saved: dict[str, Any] = {}
-    if args.session is not None:
-        session, saved = _open_session(lm, args, cfg, err)
+    if claimed is not None:
+        session, saved = _open_session(lm, args, cfg, err, claimed)
     else:
         session = ChatSession(lm, system=args.system, sampling=cfg)
     from engine.lm.forward import get_forward, is_exact

@@ -120,7 +120,12 @@ def write_export(dest: str, kind: str, result: Any, *, settings: dict[str, Any],
     if dest == "-":
         sys.stdout.write(json_text(doc, indent=2) + "\n")  # a terminal may be reading
     else:
-        write_job_json(dest, doc)
+        from engine.errors import StorageError
+
+        try:
+            write_job_json(dest, doc)
+        except StorageError as e:  # the job has run: its result is on screen, say so
+            raise type(e)(f"{e}; the result is printed above", hint=e.hint) from None
         err_console().print(styled("[dim]wrote {p}[/]", p=dest))
 
 

@@ -104,19 +104,13 @@ def _write_files(args: argparse.Namespace, rep: Any, mdd: Any, err: Any) -> Opti
     from engine.atomic import write_text
 
     if args.dot:
-        try:
-            write_text(args.dot, mdd.to_dot(highlight=rep.canonical))
-        except OSError as e:
-            return fail(f"cannot write {args.dot}: {e.strerror or e}")
+        write_text(args.dot, mdd.to_dot(highlight=rep.canonical))  # a refusal: StorageError
         err.print(styled("[dim]wrote {p}[/]", p=args.dot))
     if not (args.json or args.out):
         return None
     payload = json.dumps(rep.to_json(mdd.vocab), ensure_ascii=False, indent=2) + "\n"
     if args.out:
-        try:
-            write_text(args.out, payload)
-        except OSError as e:
-            return fail(f"cannot write {args.out}: {e.strerror or e}")
+        write_text(args.out, payload)
         err.print(styled("[dim]wrote {p}[/]", p=args.out))
     if args.json:
         sys.stdout.write(json_text(rep.to_json(mdd.vocab), indent=2) + "\n")  # for a terminal

@@ -328,13 +328,25 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
                 if ckind != kind or cspecial != special:
                     raise ValueError("kind or special ids differ from the tokenizer")
                 if problem == "no integrity record":  # written before records: adopt it
-                    write_file(path, path.read_bytes())
+                    from engine.errors import StorageError
+
+                    try:
+                        write_file(path, path.read_bytes())
+                    except StorageError:  # no room for the record: used as it is, adopted later
+                        pass
             except (ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError) as e:
-                moved = quarantine(path)
-                note = (f"cached vocabulary {path.name} is unusable ({e}); moved aside to "
-                        f"{moved.name if moved else '—'} and rebuilt")
-                report(progress, "vocab", 0, len(strings), note.replace("rebuilt", "rebuilding"),
-                       hash=h, cache="corrupt", warning=note)
+                from engine.errors import is_disk_fault
+
+                if is_disk_fault(e):  # the disk's fault (no permission, I/O): left alone
+                    note = f"cached vocabulary {path.name} could not be read ({e}); rebuilt"
+                    report(progress, "vocab", 0, len(strings), note, hash=h, cache="unreadable",
+                           warning=note)
+                else:
+                    moved = quarantine(path)
+                    note = (f"cached vocabulary {path.name} is unusable ({e}); moved aside to "
+                            f"{moved.name if moved else '—'} and rebuilt")
+                    report(progress, "vocab", 0, len(strings), note.replace("rebuilt", "rebuilding"),
+                           hash=h, cache="corrupt", warning=note)
             else:
                 by, longest = _index(tb)
                 vb = Vocab(token_bytes=tb, by_bytes=by, max_len=longest, kind=kind, hash=h,
@@ -352,7 +364,12 @@ def load_vocab(tokenizer: Any, *, cache: bool = True, progress: Optional[Progres
     if cache:
         from engine.integrity import write_file
 
-        write_file(cache_path(h), _serialise(vb).encode("utf-8"))
+        from engine.errors import StorageError
+
+        try:  # a cache: the disk refusing it (full, read-only) costs a rebuild next time, no more
+            write_file(cache_path(h), _serialise(vb).encode("utf-8"))
+        except StorageError as e:
+            vb.cache_note = (note + "; " if note else "") + f"vocabulary not cached ({e})"
     vb.build_s = time.perf_counter() - t0
     report(progress, "vocab", len(strings), len(strings),
            f"built {kind} vocabulary: {len(by)} byte strings, longest {longest} B",

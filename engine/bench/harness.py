@@ -41,7 +41,7 @@ from engine.bench.methods import make_method
 from engine.bench.methods.base import Method, Query
 from engine.bench.records import COST_KEYS, SCHEMA_VERSION, read_records, validate_record
 from engine.bench.suite import load_suite
-from engine.errors import InputError
+from engine.errors import InputError, StorageError
 from engine.progress import Cancelled, CancelToken, ProgressFn, check, report
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -188,7 +188,7 @@ class _Bench:
             return
         try:
             ref = self.reference(q)
-        except (Cancelled, KeyboardInterrupt):
+        except (Cancelled, KeyboardInterrupt, StorageError):
             raise
         except Exception as e:  # noqa: BLE001
             for r in range(cfg.repeats):
@@ -242,7 +242,7 @@ class _Bench:
             if r == 0:  # what the method fed the model, once per query
                 qd["input"] = self.input_text(m, q)
             self.record(m, q.id, q.kind, r, cost, qd, "ok")
-        except (Cancelled, KeyboardInterrupt):
+        except (Cancelled, KeyboardInterrupt, StorageError):
             raise
         except Exception as e:  # noqa: BLE001 — one failing method/query must not stop the run
             self.record(m, q.id, q.kind, r, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])
@@ -256,7 +256,7 @@ class _Bench:
             raise RuntimeError(self.prepare_err[m.name])
         try:
             t = m.prepare(self.lm, cancel=self.cancel)
-        except (Cancelled, KeyboardInterrupt):
+        except (Cancelled, KeyboardInterrupt, StorageError):
             raise
         except Exception as e:  # noqa: BLE001 — remembered: a failing calibration is not rerun
             self.prepare_err[m.name] = f"prepare failed: {type(e).__name__}: {e}"
@@ -318,7 +318,7 @@ class _Bench:
                 qd["baseline"] = ref_bpb
                 self.record(m, suite.prose_id, "prose", 0,
                             {"total_s": dt, "prepare_s": self.prepared.get(m.name, 0.0)}, qd, "ok")
-            except (Cancelled, KeyboardInterrupt):
+            except (Cancelled, KeyboardInterrupt, StorageError):
                 raise
             except Exception as e:  # noqa: BLE001
                 self.record(m, suite.prose_id, "prose", 0, {}, {}, "error", f"{type(e).__name__}: {e}"[:2000])

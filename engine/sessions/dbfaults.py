@@ -107,6 +107,33 @@ def forget_created(path: Path, created: list[Path]) -> None:
             pass
 
 
+def probe_write(db: sqlite3.Connection) -> None:
+    """A write rolled back: a file sqlite could open only read-only (mode 444, a read-only
+    mount) raises READONLY here, at open, instead of when the first turn is saved (after the
+    answer was shown). ``BEGIN IMMEDIATE`` alone passes in WAL mode."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("UPDATE meta SET value=value WHERE key='app'")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
+def forget_side_files(path: Path, created: list[Path]) -> None:
+    """After a failed open of an existing database, remove the ``-wal`` / ``-shm`` files that
+    call created (sqlite makes them even for a read-only file, with its mode): an empty ``-wal``
+    holds nothing and ``-shm`` is only an index of it. Files that were there stay."""
+    for p in db_files(path)[1:]:
+        if p not in created:
+            continue
+        try:
+            if p.name.endswith("-wal") and p.stat().st_size:
+                continue
+            p.unlink()
+        except OSError:
+            pass
+
+
 def move_aside(path: Path) -> Path:
     """Rename a damaged or foreign database (and its side files) to ``NAME.bad-<time>``."""
     aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -23,6 +23,7 @@ from engine.lm.results import GenerationResult
 from engine.lm.templates import encode_user_text
 from engine.sessions.snapshot import SnapshotStore, weights_hash_for
 from engine.sessions.store import SavedSession, SavedTurn, SessionStore, sessions_dir
+from engine.sessions.writer_lock import session_lock
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -105,8 +106,9 @@ class SessionRecorder(TurnListener):
                  snapshots: SnapshotStore | Callable[[], SnapshotStore], *,
                  system: Optional[str] = None, sampling: Any = None,
                  name_for: Optional[Callable[[str], str]] = None,
-                 on_error: Optional[Callable[[str], None]] = None) -> None:
+                 on_error: Optional[Callable[[str], None]] = None, lock: Any = None) -> None:
         self.lm, self.name = lm, name
+        self.lock = lock  # this session's writer lock (engine/sessions/writer_lock.py)
         # either may be given as a function that opens it: then it is opened when first needed,
         # and a failure to open (a full disk) is one not-saved note, tried again next turn
         self._store, self._snapshots = store, snapshots
@@ -119,9 +121,28 @@ class SessionRecorder(TurnListener):
         self.snapshot = ""  # the KV snapshot this session's head holds
         self._pending: dict[int, str] = {}  # turn id → the save error to note on its result
         self._last = 0.0
+        if name is not None:
+            self._claim(name)
         if name is not None and not store.exists(name):
             store.create(name, lm.name, self.weights, system,
                          sampling_dict(sampling) if sampling is not None else {})
+
+    def _claim(self, name: str) -> None:
+        """One writer per session: a second process is refused, naming the holder (LockHeld)."""
+        if self.lock is None:
+            self.lock = session_lock(self.store.path, name).acquire()
+
+    def release(self) -> None:
+        """Let another process write this session."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 — interpreter shutdown
+            pass
 
     @property
     def store(self) -> SessionStore:
@@ -190,7 +211,10 @@ class SessionRecorder(TurnListener):
             up.append(t)
             t = session.nodes[t.prev] if t.prev is not None else None
         first = up[-1].user if up else turn.user
-        self.name = self.store.unique_name(self.name_for(first))
+        name = self.store.unique_name(self.name_for(first))
+        self.release()
+        self._claim(name)
+        self.name = name
         self.store.create(self.name, self.lm.name, self.weights, session.system,
                           sampling_dict(session.sampling))
         for n in session.nodes:  # keys of another saved session (or none)
@@ -255,7 +279,7 @@ def _turns_from(saved: SavedSession, lm: LoadedModel, re_encode: bool) -> tuple[
 
 
 def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore,
-               sampling: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
+               sampling: Any = None, lock: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
     """Reopen a saved session for ``lm``: the conversation (its whole variants tree, the path
     that was shown last as the conversation), how it came back, and the recorder that keeps
     saving it (already the session's listener)."""
@@ -270,7 +294,7 @@ def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: Snaps
                 kw[k] = tuple(kw[k])
         sampling = SamplingConfig(**kw)
     session = ChatSession(lm, system=saved.system, sampling=sampling)
-    rec = SessionRecorder(lm, name, store, snapshots)
+    rec = SessionRecorder(lm, name, store, snapshots, lock=lock)
     rec.snapshot = saved.snapshot
     other = saved.weights_hash != rec.weights
     nodes, path = _turns_from(saved, lm, re_encode=other)
@@ -306,17 +330,17 @@ class PersistentChat:
 
     def __init__(self, lm: LoadedModel, name: str, *, store: Optional[SessionStore] = None,
                  snapshots: Optional[SnapshotStore] = None, system: Optional[str] = None,
-                 sampling: Any = None) -> None:
+                 sampling: Any = None, lock: Any = None) -> None:
         self.lm = lm
         self.store = store or SessionStore()
         self.snapshots = snapshots or SnapshotStore(sessions_dir() / "snapshots")
         self.name = name
         if self.store.exists(name):
             self.session, self.report, self.recorder = open_saved(lm, name, self.store,
-                                                                  self.snapshots, sampling)
+                                                                  self.snapshots, sampling, lock)
         else:
             self.recorder = SessionRecorder(lm, name, self.store, self.snapshots, system=system,
-                                            sampling=sampling)
+                                            sampling=sampling, lock=lock)
             self.session = ChatSession(lm, system=system, sampling=sampling)
             self.session.listener = self.recorder
             self.report = OpenReport("new")
@@ -344,4 +368,5 @@ class PersistentChat:
         return self.session.show(node)
 
     def close(self) -> None:
+        self.recorder.release()
         self.store.close()

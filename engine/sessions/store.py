@@ -110,6 +110,7 @@ class SessionStore:
                 _upgrade(db)
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
+            dbfaults.probe_write(db)  # read-only: refused now, not after an answer
             return db
         except sqlite3.Error as e:
             if db is not None:
@@ -120,6 +121,8 @@ class SessionStore:
             if kind == "other":           # our own queries fail on its tables: another schema
                 raise _Foreign(f"is not a tokenforge sessions database ({e})") from None
             dbfaults.forget_created(self.path, created)
+            if kind != "busy":
+                dbfaults.forget_side_files(self.path, created)
             if kind == "busy":
                 raise self._busy() from None
             raise dbfaults.storage_error(e, kind, self.path, "open", "the database file was left "
@@ -166,6 +169,7 @@ class SessionStore:
 
     def close(self) -> None:
         self.db.close()
+
 
     # -- reading ------------------------------------------------------------------------------
     def _sid(self, name: str) -> tuple[int, int]:
