@@ -33,6 +33,10 @@ def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
         description="Token-level, inference-time workbench for local LLMs. "
                     "Without a command: the terminal UI.")
     add_model_args(parser)
+    parser.add_argument("--verify-cache", action="store_true",
+                        help="hash every cached model, vocabulary and KV snapshot against its "
+                             "record (damaged ones are moved aside and rebuilt); alone: only that. "
+                             "Runs by itself after an unclean shutdown")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from app.argcheck import add_force
 
@@ -61,6 +65,7 @@ def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
         from app.inert import styled
 
         err_console().print(styled("[dim]{m}[/]", m=cleaned.message()))
+    _verify(args)
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     own = sub.choices.get(args.command) if sub is not None and args.command else parser
     try:
@@ -68,6 +73,29 @@ def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
     except EngineError as e:
         return fail(str(e), e.hint)
     return None
+
+
+def _verify(args: argparse.Namespace) -> None:
+    """``--verify-cache``, or an unclean end of an earlier run (engine/verify.py): a full hash
+    of the caches. After an unclean shutdown only a problem found is reported."""
+    from app.commands.common import err_console
+    from engine.errors import EngineError
+    from engine.verify import mark_running, verify_cache
+
+    asked = bool(getattr(args, "verify_cache", False))
+    if not mark_running() and not asked:
+        return
+    err = err_console()
+    try:
+        with err.status("verifying the caches…") as status:
+            res = verify_cache(say=lambda m: status.update(m))
+    except (OSError, EngineError) as e:
+        err.print(f"cache verification stopped: {e}", style="yellow", markup=False, highlight=False)
+        return
+    if asked or res.problems or res.unreadable:
+        why = "" if asked else " (the last run did not end cleanly)"
+        err.print(res.message() + why, style="yellow" if res.problems or res.unreadable else "dim",
+                  markup=False, highlight=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -90,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code = _startup(args, parser)
         if code is not None:
             return code
+        if args.verify_cache:  # `tokenforge --verify-cache` alone: the check, then exit
+            return 0
         from app.tui import run_tui
         from engine.lm.threads import request
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.errors import InputError
+from engine.paths import expand_user
 from engine.lm.sampling_defaults import MODEL_KEYS, SAVED
 from engine.bounded_json import loads as bounded_loads  # bounded depth: never a RecursionError
 from engine.bounded_json import read_text as bounded_read_text  # regular files only, bounded
@@ -100,7 +101,7 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
             setattr(sampling, k, getattr(defaults, k))
     s.sampling = sampling
     s.sampling_sources.update({k: SAVED for k in chosen})
-    s.export_dir = Path(export).expanduser()
+    s.export_dir = expand_user(export, "export_dir")
     s.system_prompt = system
     s.rederive()
     for kind, secs in timeouts.items():

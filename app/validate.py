@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from textual.validation import ValidationResult, Validator
 
 from engine.bounds import MAX_TEXT_CHARS, Bound, bound_of
+from engine.paths import expand_user
 from engine.errors import InputError
 
 
@@ -168,7 +169,7 @@ def parse_model_spec(text: str) -> str:
 
 def parse_dir(text: str, name: str) -> Path:
     t = require_text(text, name, 4096).strip()
-    p = Path(t).expanduser()
+    p = expand_user(t, name)
     if p.exists() and not p.is_dir():
         raise InputError(f"{name}: {p} exists and is not a directory")
     return p
@@ -201,7 +202,7 @@ def check_output_file(text: str, name: str, *, overwrite: bool = False,
     silently) and is writable, and an existing file is replaced only when the user asked
     (``overwrite``) — or extended, for append-only results files (``append``)."""
     t = check_utf8(require_text(text, name, 4096).strip(), name)
-    p = Path(t).expanduser()
+    p = expand_user(t, name)
     if p.is_dir():
         raise InputError(f"{name}: {p} is a directory, not a file", hint="give a file name inside it")
     folder = _folder_of(p)
@@ -225,7 +226,7 @@ def check_output_dir(text: str, name: str) -> Path:
     """A folder the program writes into: an existing writable folder, or a new one whose
     parent exists (one level is created, never a chain of missing parents)."""
     t = check_utf8(require_text(text, name, 4096).strip(), name)
-    p = Path(t).expanduser()
+    p = expand_user(t, name)
     if p.exists():
         if not p.is_dir():
             raise InputError(f"{name}: {p} exists and is not a folder")
@@ -243,7 +244,7 @@ def check_output_dir(text: str, name: str) -> Path:
 def check_input_file(text: str, name: str, max_bytes: int) -> Path:
     """A file the program reads: exists, is a regular file, readable, not absurdly large."""
     t = check_utf8(require_text(text, name, 4096).strip(), name)
-    p = Path(t).expanduser()
+    p = expand_user(t, name)
     if not p.exists():
         raise InputError(f"{name}: {p} not found")
     if p.is_dir():

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         ("`tokenize --sample`", f"{bound_of(TokenizeConfig, 'samples').hi:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
          "TokenizeConfig.samples; each sample is kept as a token-id list (64 + 36 B per id)"),
         ("`tokenize --neighbours K`", f"{bound_of(TokenizeConfig, 'neighbours').hi}", "TokenizeConfig.neighbours (a fixed cap: the count's table grows with K)"),
-        ("`tokenize TEXT`", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
+        ("`tokenize TEXT` (or `-`: stdin, read no further)", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
         ("`chat --stop` / `--banned-ids`",
          f"{bound_of(SamplingConfig, 'stop_strings').max_items} × ≤ "
          f"{bound_of(SamplingConfig, 'stop_strings').item.max_chars:,} characters / "

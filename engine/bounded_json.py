@@ -127,6 +127,23 @@ def regular_file(path: Path | str, what: str = "file") -> Path:
     return p
 
 
+def read_stream(stream: Any, what: str, max_bytes: int, chunk: int = 1 << 16) -> bytes:
+    """At most ``max_bytes`` from a binary stream (standard input, a pipe): reading stops one
+    byte past the limit, so ``yes |`` or a 400 MB pipe costs ``max_bytes`` of memory, not all
+    of it, before the one-line refusal."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= max_bytes:
+        b = stream.read(min(chunk, max_bytes + 1 - got))
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    if got > max_bytes:
+        raise BadJSON(f"{what} is more than {max_bytes:,} bytes; the limit is {max_bytes:,}")
+    return b"".join(parts)
+
+
 def read_text(path: Path | str, what: str = "file", max_bytes: int = MAX_FILE_BYTES) -> str:
     data = read_bytes(path, what, max_bytes)
     try:

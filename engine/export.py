@@ -41,7 +41,9 @@ def job_document(kind: str, result: Any, *, settings: Optional[dict[str, Any]] =
 
 def unique_paths(folder: Path | str, stem: str, suffixes: Iterable[str] = (".json",)) -> list[Path]:
     """Fresh, time-stamped paths in ``folder``, one per suffix, none of which exists yet."""
-    folder = Path(folder).expanduser()
+    from engine.paths import expand_user
+
+    folder = expand_user(folder, "export folder")
     base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     suffixes = list(suffixes)
     n = 1

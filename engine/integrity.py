@@ -86,8 +86,9 @@ def _read_record(where: Path) -> tuple[Optional[dict[str, dict]], str]:
     return files, ""
 
 
-def _check_files(folder: Path, files: dict[str, dict]) -> tuple[Optional[str], bool]:
-    """(problem or None, whether any file was re-hashed and matched: refresh its stat fields)."""
+def _check_files(folder: Path, files: dict[str, dict], full: bool = False) -> tuple[Optional[str], bool]:
+    """(problem or None, whether any file was re-hashed and matched: refresh its stat fields).
+    ``full`` hashes every file, whatever its mtime says (bit-rot keeps the mtime)."""
     refreshed = False
     for name, e in sorted(files.items()):
         p = folder / name
@@ -100,11 +101,11 @@ def _check_files(folder: Path, files: dict[str, dict]) -> tuple[Optional[str], b
         if st.st_size != e["size"]:
             how = "truncated" if st.st_size < e["size"] else "longer than recorded"
             return f"{name} is {how} ({st.st_size:,} of {e['size']:,} bytes)", False
-        if st.st_mtime_ns != e["mtime_ns"]:
+        if full or st.st_mtime_ns != e["mtime_ns"]:
             if sha256_file(p) != e["sha256"]:
                 return f"{name} does not match its recorded hash (modified or damaged)", False
+            refreshed = refreshed or e["mtime_ns"] != st.st_mtime_ns
             e["mtime_ns"] = st.st_mtime_ns
-            refreshed = True
     return None, refreshed
 
 
@@ -119,7 +120,8 @@ def record_dir(folder: Path | str) -> None:
 
 
 def check_dir(folder: Path | str, required: Sequence[str] = (),
-              adopt: Optional[Callable[[Path], Optional[str]]] = None) -> Optional[str]:
+              adopt: Optional[Callable[[Path], Optional[str]]] = None,
+              full: bool = False) -> Optional[str]:
     """None when ``folder`` matches its record and holds ``required``; else the problem. A
     folder without a record (written before records existed) is adopted when ``adopt`` finds
     nothing wrong with it (it returns a problem or None): its record is written now."""
@@ -134,10 +136,15 @@ def check_dir(folder: Path | str, required: Sequence[str] = (),
         if why == "no integrity record" and adopt is not None:
             problem = adopt(folder)
             if problem is None:
-                record_dir(folder)
+                from engine.errors import StorageError
+
+                try:
+                    record_dir(folder)
+                except StorageError:  # no room for the record: adopted again next time
+                    pass
             return problem
         return why
-    problem, refreshed = _check_files(folder, files)
+    problem, refreshed = _check_files(folder, files, full)
     if problem is None and refreshed:
         _refresh_record(folder / DIR_RECORD, files)
     return problem
@@ -152,7 +159,7 @@ def write_file(path: Path | str, data: bytes) -> None:
     _write_record(file_record_path(path), {path.name: _entry(path)})
 
 
-def check_file(path: Path | str) -> Optional[str]:
+def check_file(path: Path | str, full: bool = False) -> Optional[str]:
     path = Path(path)
     if not path.is_file():
         return "missing" if not path.exists() else "not a regular file"
@@ -161,7 +168,7 @@ def check_file(path: Path | str) -> Optional[str]:
         return why
     if set(files) != {path.name}:
         return "integrity record names other files"
-    problem, refreshed = _check_files(path.parent, files)
+    problem, refreshed = _check_files(path.parent, files, full)
     if problem is None and refreshed:
         _refresh_record(file_record_path(path), files)
     return problem

@@ -5,13 +5,28 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from engine.errors import EngineError
+from engine.errors import EngineError, InputError
+
+
+def expand_user(path: str | Path, what: str = "path") -> Path:
+    """``~`` and ``~user`` expanded; a user that does not exist (or no home at all) is one
+    clear InputError naming the option, never pathlib's RuntimeError."""
+    s = str(path)
+    if not s.startswith("~"):
+        return Path(s)
+    try:
+        return Path(s).expanduser()
+    except RuntimeError:
+        user = s[1:].split("/", 1)[0]
+        why = f"there is no user named {user!r}" if user else "the home directory is unknown"
+        raise InputError(f"{what}: cannot expand {s.split('/', 1)[0]} ({why})",
+                         hint="write the path out in full") from None
 
 
 def cache_root() -> Path:
     env = os.environ.get("TOKENFORGE_CACHE")
     if env:
-        return Path(env).expanduser()
+        return expand_user(env, "TOKENFORGE_CACHE")
     repo = Path(__file__).resolve().parent.parent
     if (repo / "pyproject.toml").exists():
         return repo / "cache"
@@ -39,9 +54,9 @@ def _user_path(name: str, env: Optional[str], xdg: str, home_default: tuple[str,
     if env:
         value = os.environ.get(env)
         if value:
-            return Path(value).expanduser()
+            return expand_user(value, env)
     base = os.environ.get(xdg) or str(Path.home().joinpath(*home_default))
-    return Path(base).expanduser() / "tokenforge" / name
+    return expand_user(base, xdg) / "tokenforge" / name
 
 
 def config_file(name: str, env: Optional[str] = None) -> Path:

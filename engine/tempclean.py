@@ -107,13 +107,40 @@ def clean_stale(folders: list[Path], older_than: Optional[float] = None) -> Clea
     return out
 
 
+#: how deep under the cache root start-up looks (cache/sessions/snapshots is two levels down)
+DEPTH = 3
+
+
+def _folders(top: Path, depth: int) -> list[Path]:
+    """``top`` and the real folders under it, ``depth`` levels down (no symlinks followed, none
+    of the program's own temporary folders entered: those are removed whole)."""
+    out = [top]
+    if depth <= 0:
+        return out
+    try:
+        subs = sorted(p for p in top.iterdir()
+                      if p.is_dir() and not p.is_symlink() and not is_own_temp(p.name))
+    except OSError:
+        return out
+    for p in subs:
+        out.extend(_folders(p, depth - 1))
+    return out
+
+
 def clean_cache() -> Cleanup:
-    """The cache root and each folder in it (models, vocab, logs, …)."""
+    """The cache root and the folders under it (models, vocab, logs, sessions/snapshots, …),
+    and the sessions folder when ``$TOKENFORGE_SESSIONS`` puts it elsewhere."""
     from engine.paths import cache_root
+    from engine.sessions.location import env_sessions_folder
 
     root = cache_root()
-    if not root.is_dir():
-        return Cleanup()
-    folders = [root] + [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                        and not is_own_temp(p.name)]
+    tops = [root] if root.is_dir() else []
+    extra = env_sessions_folder()
+    if extra is not None and extra.is_dir():
+        tops.append(extra)
+    folders: list[Path] = []
+    for top in tops:
+        for f in _folders(top, DEPTH):
+            if f not in folders:
+                folders.append(f)
     return clean_stale(folders)

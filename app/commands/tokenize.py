@@ -62,8 +62,11 @@ def _ids_text(ids: list[int]) -> Text:
 
 
 def _read_text(arg: str) -> str:
-    if arg == "-":
-        data = sys.stdin.buffer.read()
+    if arg == "-":  # the text's own bound (+ a final newline), never an unbounded read
+        from engine.advtok.config import MAX_TEXT_BYTES
+        from engine.bounded_json import read_stream
+
+        data = read_stream(sys.stdin.buffer, "standard input", MAX_TEXT_BYTES + 1)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:

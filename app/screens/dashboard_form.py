@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 from engine.bench.report import TABLE_COLUMNS  # noqa: F401  (one column list: CLI, TUI, Markdown)
+from engine.paths import expand_user
 from engine.errors import InputError
 
 from app.validate import require_text
@@ -59,7 +60,7 @@ def parse_runs_path(text: str) -> Path:
     t = require_text(text, "runs file", 4096).strip()
     if "\n" in t or "\x00" in t:
         raise InputError("runs file: one line, a path to a .jsonl file")
-    p = Path(t).expanduser()
+    p = expand_user(t, "runs file")
     if p.is_dir():
         raise InputError(f"runs file: {p} is a directory")
     parent = p.parent

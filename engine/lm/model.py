@@ -17,7 +17,7 @@ from engine.atomic import atomic_dir
 from engine.errors import ModelLoadError, ModelNotFound
 from engine.lm.model_facts import context_length_of, eos_ids_of  # noqa: F401 (re-exported)
 from engine.lm.sampling_defaults import ModelSamplingDefaults, model_sampling_defaults
-from engine.paths import cache_dir
+from engine.paths import cache_dir, expand_user
 from engine.progress import Cancelled, CancelToken, ProgressFn, Ticker, check, report
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,11 @@ CACHED_MODEL_FILES = ("config.json", "tokenizer_config.json")
 
 
 def _adopt_cached(folder: Path) -> Optional[str]:
-    """A cache entry written before integrity records: kept when its weights are whole."""
+    """A cache entry without its integrity record (written before records existed, or the
+    record removed) is kept only when its weights are whole and every tensor has the shape the
+    model built from its config.json has; anything else is moved aside and rebuilt."""
     from engine.integrity import safetensors_problem
+    from engine.lm.preflight import shapes_problem
 
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
@@ -134,7 +137,7 @@ def _adopt_cached(folder: Path) -> Optional[str]:
         problem = safetensors_problem(w)
         if problem:
             return problem
-    return None
+    return shapes_problem(folder)
 
 
 def cached_model_problem(target: Path) -> Optional[str]:
@@ -236,7 +239,7 @@ def gguf_of(spec: str) -> Optional[tuple[Path, str]]:
     spec = (spec or DEFAULT_SPEC).strip() or DEFAULT_SPEC
     if spec == DEFAULT_SPEC:
         return bundled_gguf(), "SmolLM2-135M-Instruct"
-    p = Path(spec).expanduser()
+    p = expand_user(spec, "--model")
     if p.suffix != ".gguf":
         return None
     if not p.is_file():
@@ -267,7 +270,7 @@ def resolve_source(spec: str, progress: Optional[ProgressFn] = None,
         gguf, name = gg
         target_exists = (converted_dir(gguf) / "config.json").exists()
         return _convert_gguf(gguf, progress, cancel), name, target_exists
-    p = Path(spec).expanduser()
+    p = expand_user(spec, "--model")
     if p.is_dir():
         if not (p / "config.json").exists():
             raise ModelNotFound(f"{p} is a directory but has no config.json")
@@ -341,6 +344,9 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
     torch_dtype = resolve_dtype(dtype, dev)
     src, name, warm = resolve_source(spec, progress, cancel)
     check(cancel)
+    from engine.lm.preflight import check_memory
+
+    check_memory(src, name, str(torch_dtype).replace("torch.", ""), dev)  # before allocating
     report(progress, "load", 3, 4, f"loading weights from {src}")
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
                               "local_files_only": True}
@@ -357,8 +363,9 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
         if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load {name}: {msg}") from e
-    except OSError as e:
-        raise ModelLoadError(f"cannot load {name}: {str(e).splitlines()[0]}") from e
+    except (OSError, RuntimeError, TypeError, KeyError) as e:  # e.g. weights of another shape
+        raise ModelLoadError(f"cannot load {name}: {type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:300]}") from e
     check(cancel)
     if not dev.startswith("cuda"):
         model.to(dev)

@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 from engine.bounds import Bound, bound_of
 from engine.errors import InputError
+from engine.paths import expand_user
 
 ENV_VAR = "TOKENFORGE_CONFIG"
 #: the job kinds that have a timeout (the config's [profiles.X.timeouts], the settings file and
@@ -104,7 +105,7 @@ def config_path(flag: Optional[str] = None) -> tuple[Path, bool]:
     from engine.paths import config_file
 
     if flag:
-        return Path(flag).expanduser(), True
+        return expand_user(flag, "--config"), True
     return config_file("config.toml", ENV_VAR), False
 
 
@@ -233,7 +234,7 @@ def parse_config(text: str, path: Optional[Path] = None) -> Config:
         for i, d in enumerate(data["model_dirs"]):
             if not isinstance(d, str):
                 raise bad(("model_dirs",), f"must be a list of strings (item {i} is a {_kind(d)})")
-        cfg.model_dirs = [Path(d).expanduser() for d in data["model_dirs"]]
+        cfg.model_dirs = [expand_user(d, "model_dirs") for d in data["model_dirs"]]
     if "snapshot_cap_mib" in data:
         if not math.isfinite(data["snapshot_cap_mib"]) or data["snapshot_cap_mib"] < 0:
             raise bad(("snapshot_cap_mib",), f"must be a finite number ≥ 0, not {data['snapshot_cap_mib']}")

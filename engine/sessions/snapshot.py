@@ -175,6 +175,8 @@ class SnapshotStore:
         key = snapshot_key(weights, dtype, ids)
         meta = {"format": FORMAT, "weights_hash": weights, "dtype": dtype, "tokens": str(len(ids)),
                 "checksum": _digest(_raw(k), _raw(v), _raw(t_ids))}
+        if self.path(key).is_dir():  # not ours: make room for the file
+            self.remove(key)
         write_bytes(self.path(key), save({"k": k, "v": v, "ids": t_ids}, metadata=meta))
         self.enforce_cap(keep | {key})
         return key
@@ -186,6 +188,9 @@ class SnapshotStore:
         p = self.path(key)
         if not p.exists():
             return None, "no snapshot"
+        if not p.is_file() or p.is_symlink():  # a folder or a link in its place is not ours
+            self.remove(key)
+            return None, "snapshot rejected (not a regular file); recomputed"
         try:
             data = p.read_bytes()
         except OSError as e:  # the disk's fault (permissions, I/O): keep the file, recompute
@@ -239,13 +244,24 @@ class SnapshotStore:
 
     def remove(self, key: str) -> None:
         if key:
+            p = self.path(key)
             try:
-                self.path(key).unlink()
+                if p.is_dir() and not p.is_symlink():
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
             except FileNotFoundError:
+                pass
+            except OSError:  # the disk's fault: left; the snapshot is recomputed either way
                 pass
 
     def files(self) -> list[Path]:
-        return sorted(self.folder.glob(f"*{SUFFIX}")) if self.folder.exists() else []
+        """The snapshot files (regular files only: anything else under the name is skipped)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob(f"*{SUFFIX}") if p.is_file() and not p.is_symlink())
 
     def enforce_cap(self, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
         """Delete least recently used snapshots until the folder is under the cap; ``keep`` (the
@@ -264,11 +280,36 @@ class SnapshotStore:
                 break
             try:
                 p.unlink()
-            except FileNotFoundError:
+            except OSError:  # gone already, or the disk refuses: count it as gone
                 pass
             total -= size
             removed.append(p.stem)
         return removed
+
+
+def file_problem(path: Path) -> Optional[str]:
+    """None when a snapshot file is whole: its header parses and its checksum matches the
+    stored K, V and ids (a full check without the model, for ``--verify-cache``). A checksum
+    in the file detects damage, not a deliberate edit that recomputes it."""
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        meta = bounded_loads(data[8:8 + n], "snapshot header").get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            return "unknown format"
+        t = load(data)
+        k, v, ids = t.get("k"), t.get("v"), t.get("ids")
+        if k is None or v is None or ids is None:
+            return "missing tensors"
+        if _digest(_raw(k), _raw(v), _raw(ids)) != meta.get("checksum"):
+            return "checksum mismatch"
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 — any unreadable byte: damaged
+        return f"corrupt ({type(e).__name__})"
+    return None
 
 
 def _cache_dtype(fwd: Any) -> Any:

@@ -24,31 +24,16 @@ from typing import Any, Iterator, Optional
 from contextlib import contextmanager
 
 from engine.errors import EngineError, InputError, StorageError, storage_error
-from engine.paths import cache_dir
+from engine.sessions.location import ENV_VAR, sessions_db, sessions_dir  # noqa: F401 (re-exported)
 from engine.sessions import dbfaults
 from engine.sessions.schema import (_DDL, _TURN_COLS, SCHEMA, TABLES, SavedSession,  # noqa: F401
                                     SavedTurn, SessionInfo, _tx, _upgrade, pack_ids, unpack_ids)
 
 APP_ID = "tokenforge-sessions"
 BUSY_MS = 2000
-ENV_VAR = "TOKENFORGE_SESSIONS"
 
 class StoreBusy(EngineError):
     """The sessions database is held by another tokenforge."""
-
-
-def sessions_dir() -> Path:
-    """``$TOKENFORGE_SESSIONS`` or ``<cache>/sessions``: the database and the KV snapshots."""
-    env = os.environ.get(ENV_VAR)
-    try:
-        if env:
-            p = Path(env).expanduser()
-            p.mkdir(parents=True, exist_ok=True)
-            return p
-        return cache_dir("sessions")
-    except OSError as e:  # full, read-only, no permission: one message, nothing else touched
-        raise storage_error(e, getattr(e, "filename", None) or env or "the sessions folder",
-                            "no session was changed", "create the sessions folder") from None
 
 
 class SessionStore:
@@ -56,7 +41,7 @@ class SessionStore:
     thread at a time (the app's runner serialises jobs)."""
 
     def __init__(self, path: Optional[Path | str] = None) -> None:
-        self.path = Path(path) if path else sessions_dir() / "sessions.db"
+        self.path = Path(path) if path else sessions_db()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
