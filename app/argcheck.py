@@ -25,7 +25,7 @@ from app import validate as V
 from engine.advtok.config import MAX_TEXT_BYTES, AttackConfig, DatasetRunConfig, TokenizeConfig
 from engine.bench.config import BenchConfig
 from engine.bounds import MAX_TEXT_CHARS, SEED_MAX, Bound, bound_of
-from engine.budget import grid_bound, token_lists_bound
+from engine.budget import grid_bound, neighbours_bound, samples_bound
 from engine.errors import InputError
 from engine.lm.config import ChatConfig, ModelConfig, SamplingConfig
 from engine.treesearch.config import TreeConfig
@@ -237,9 +237,9 @@ def _suite_size(name: str) -> int:
 
 def _tokenize(args: argparse.Namespace) -> None:
     n = len(args.text.encode("utf-8", "surrogateescape")) if args.text != "-" else MAX_TEXT_BYTES
-    token_lists_bound("--sample", n).check(args.sample)
+    samples_bound(n).check(args.sample)
     if args.neighbours is not None:
-        token_lists_bound("--limit", n).check(args.limit)
+        neighbours_bound(n, args.neighbours).check(args.limit)
 
 
 _EXTRA: dict[Optional[str], Callable[[argparse.Namespace], None]] = {

@@ -3,8 +3,15 @@ config fields, engine/budget.py memory estimates) for a given amount of availabl
 the bundled model's config (read from the converted cache: no weights are loaded).
 
     .venv/bin/python bench/limits.py [--memory-gib 16] [--prompt-tokens 40]
+    .venv/bin/python bench/limits.py --measure [--text-bytes 2000] [--count 400]
 
-Prints a Markdown table (nothing is timed, so no JSON under bench/results/)."""
+Prints a Markdown table (nothing is timed, so no JSON under bench/results/). ``--measure``
+checks the memory budgets against the process's real high-water mark instead: each budgeted
+workload (``tokenize --sample N``, ``tokenize --neighbours K --limit N``) runs as a real
+``tokenforge tokenize … --json`` process, its peak RSS minus that of the same command with the
+budgeted part off (``--sample 0``; no ``--neighbours``) is the measured cost, and the budget's plan
+(engine/budget.py, what the option check compares with the usable memory) must stay above it.
+Writes bench/results/limits.json (planned, measured, ratio per case)."""
 from __future__ import annotations
 
 import argparse
@@ -28,11 +35,65 @@ def _bundled_config() -> SimpleNamespace:
     return SimpleNamespace(**json.loads(cfg.read_text(encoding="utf-8")))
 
 
+def peak_rss(argv: list[str]) -> int:
+    """The high-water RSS (bytes) of one ``tokenforge`` command run in a fresh process."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+            "if p.returncode: sys.exit(p.stderr.decode()[-2000:])\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
+    env = {**os.environ, "TOKENFORGE_MEMORY_BYTES": str(1 << 50)}  # measure, do not refuse
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "app.cli", *argv],
+                         cwd=root, env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def sample_text(n: int) -> str:
+    """``n`` bytes of mixed prose (accents: multi-byte characters, many tokenizations)."""
+    base = "Naïve café owners résumé their crème brûlée recipes; the señor's piñata waits. "
+    return (base * (n // len(base) + 1)).encode()[:n].decode("utf-8", "ignore")
+
+
+def measure(text_bytes: int, count: int, k: int = 2) -> list[dict]:
+    """Planned vs measured bytes for each tokenize budget at one size."""
+    from engine.budget import neighbours_bound, samples_bound
+
+    text = sample_text(text_bytes)
+    n = len(text.encode())
+    cases = [("tokenize --sample", samples_bound(n), ["--sample", str(count)], ["--sample", "0"]),
+             (f"tokenize --neighbours {k} --limit", neighbours_bound(n, k),
+              ["--neighbours", str(k), "--limit", str(count)], [])]
+    rows = []
+    for name, bound, on, off in cases:
+        base = peak_rss(["tokenize", text, "--json", *off])
+        peak = peak_rss(["tokenize", text, "--json", *on])
+        planned = bound.per_unit * count + bound.fixed
+        measured = max(0, peak - base)
+        rows.append({"budget": name, "text_bytes": n, "count": count, "planned_bytes": planned,
+                     "measured_bytes": measured, "baseline_rss": base, "peak_rss": peak,
+                     "plan_over_measured": round(planned / max(1, measured), 2), "why": bound.why})
+        print(f"{name} {count:,} on {n:,} bytes: planned {planned / 2**20:,.1f} MiB, measured "
+              f"{measured / 2**20:,.1f} MiB (× {planned / max(1, measured):.2f})", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--memory-gib", type=float, default=16.0, help="available memory assumed")
     ap.add_argument("--prompt-tokens", type=int, default=40)
+    ap.add_argument("--measure", action="store_true", help="planned vs measured RSS (see above)")
+    ap.add_argument("--text-bytes", type=int, nargs="+", default=[1000, 4000])
+    ap.add_argument("--count", type=int, default=400)
     a = ap.parse_args(argv)
+    if a.measure:
+        from bench._util import env_record, write_result
+
+        rows = [r for n in a.text_bytes for r in measure(n, a.count)]
+        print(write_result("limits", {"env": env_record(), "cases": rows}))
+        return 0 if all(r["planned_bytes"] >= r["measured_bytes"] for r in rows) else 1
 
     from app.argcheck import MAX_INPUT_BYTES
     from engine import bounded_json as bj
@@ -42,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.lm.config import SamplingConfig
     from engine.treesearch.config import TreeConfig
     from engine.bench.suite_files import suite_entries
-    from engine.budget import (SEED_MAX, USABLE_SHARE, fmt_bytes, grid_bound, kv_bytes_per_token,
-                               token_lists_bound, tree_rollout_bound)
+    from engine.budget import (SEED_MAX, TOKEN_LIST_ID_BYTES, USABLE_SHARE, fmt_bytes, grid_bound,
+                               kv_bytes_per_token, neighbours_bound, samples_bound,
+                               tree_rollout_bound)
 
     usable = int(a.memory_gib * (1 << 30) * USABLE_SHARE)
     cfg = _bundled_config()
@@ -53,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     tree = tree_rollout_bound(lm, P, 50)
     suite = len(suite_entries("core-v1"))
     grid = grid_bound("--repeats", 3 * suite)
-    samp = token_lists_bound("--sample", 1000)
+    samp = samples_bound(1000)
+    neigh = neighbours_bound(1000, 2)
     rows = [
         ("`--seed` (every command)", f"0 … {SEED_MAX:,}", "torch.Generator.manual_seed takes a signed 64-bit seed"),
         ("`search --rollouts` (horizon 50)", f"{min(tree.limit(usable), bound_of(TreeConfig, 'rollouts').hi):,}",
@@ -66,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
          f"BenchConfig.repeats; the grid keeps {3 * suite} scheduled runs per repeat × "
          f"{grid.per_unit // (3 * suite)} B each (time bounds it long before)"),
         ("`tokenize --sample`", f"{bound_of(TokenizeConfig, 'samples').hi:,} (memory: {samp.limit(usable):,} for 1 KB of text)",
-         "TokenizeConfig.samples; each sample is kept as a token-id list (64 + 36 B per id)"),
+         f"TokenizeConfig.samples; each sample is kept and written as a token-id list "
+         f"(64 + {TOKEN_LIST_ID_BYTES} B per id, measured: `bench/limits.py --measure`)"),
+        ("`tokenize --neighbours 2 --limit`", f"{neigh.limit(usable):,} for 1 KB of text",
+         "as samples, plus the table of exact counts: K + 1 ints per byte of text, ≈ 1 bit per "
+         "byte each (n²/12 B per column)"),
         ("`tokenize --neighbours K`", f"{bound_of(TokenizeConfig, 'neighbours').hi}", "TokenizeConfig.neighbours (a fixed cap: the count's table grows with K)"),
         ("`tokenize TEXT` (or `-`: stdin, read no further)", f"{MAX_TEXT_BYTES:,} bytes", "engine.advtok.config.MAX_TEXT_BYTES; its exact count can have ~0.3 digits per byte (the int→str limit is raised to fit)"),
         ("`chat --stop` / `--banned-ids`",

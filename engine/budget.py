@@ -6,12 +6,12 @@ The estimates are upper bounds built from the code's own storage (what each roll
 sample keeps), not measurements; ``USABLE_SHARE`` leaves room for the model and the OS."""
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from engine.errors import InputError
+from engine.memory import available_bytes, fmt_bytes  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -25,36 +25,8 @@ from engine.bounds import SEED_MAX  # noqa: F401  (re-exported: budget checks se
 GRID_ENTRY_BYTES = sys.getsizeof((object(), 10**6)) + sys.getsizeof(10**6) + 8
 
 
-def available_bytes() -> int:
-    """Memory a new allocation can get now (psutil's ``available``; /proc/meminfo fallback)."""
-    override = os.environ.get("TOKENFORGE_MEMORY_BYTES")  # tests and constrained containers
-    if override and override.isdigit():
-        return int(override)
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # pragma: no cover - psutil is a dependency
-        try:
-            with open("/proc/meminfo", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return 4 << 30
-
-
 def usable_bytes() -> int:
     return int(available_bytes() * USABLE_SHARE)
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -64,13 +36,16 @@ class Bound:
     option: str
     per_unit: int
     why: str           # how one unit's bytes were derived, shown to the user
+    fixed: int = 0     # bytes needed whatever the value (e.g. a table the option's work builds)
 
     def limit(self, usable: Optional[int] = None) -> int:
         usable = usable_bytes() if usable is None else usable
-        return max(0, usable // max(1, self.per_unit))
+        return max(0, (usable - self.fixed) // max(1, self.per_unit))
 
-    def check(self, value: int, fixed: int = 0, usable: Optional[int] = None) -> None:
-        """InputError when ``value`` units (+ ``fixed`` bytes) exceed the usable memory."""
+    def check(self, value: int, fixed: Optional[int] = None, usable: Optional[int] = None) -> None:
+        """InputError when ``value`` units (+ ``fixed`` bytes, by default the bound's own)
+        exceed the usable memory."""
+        fixed = self.fixed if fixed is None else fixed
         usable = usable_bytes() if usable is None else usable
         need = value * self.per_unit + fixed
         if need <= usable:
@@ -142,7 +117,34 @@ def grid_bound(option: str, entries_per_unit: int) -> Bound:
     return Bound(option, per, f"{entries_per_unit:,} scheduled runs per unit × {GRID_ENTRY_BYTES} B")
 
 
-def token_lists_bound(option: str, tokens_each: int) -> Bound:
-    """Lists of token ids (samples, neighbours): ``tokens_each`` ids of 8 B (+ the int) each."""
-    per = 64 + max(1, tokens_each) * 36
-    return Bound(option, per, f"each up to {tokens_each:,} token ids × 36 B as Python ints and JSON")
+#: bytes per token id of a token list that ``tokenize`` keeps and writes, measured against the
+#: process's peak RSS (bench/limits.py --measure): the id in the list and its copy for the
+#: output, the token's label string, and the ``--json`` text with the encoder's pieces
+#: (indented: one line per id and per label). Worst case one id per byte of text.
+TOKEN_LIST_ID_BYTES = 300
+
+
+def samples_bound(text_bytes: int) -> Bound:
+    """``tokenize --sample N``: N token lists of up to one id per byte."""
+    per = 64 + max(1, text_bytes) * TOKEN_LIST_ID_BYTES
+    return Bound("--sample", per, f"each sample up to {text_bytes:,} token ids × "
+                                  f"{TOKEN_LIST_ID_BYTES} B (list, labels, JSON text)")
+
+
+def count_table_bytes(text_bytes: int, k: int) -> int:
+    """The exact-count table of neighbours at distance K (engine.advtok.mdd.MDD._g): K + 1
+    Python ints per byte of text, the one at byte i as large as the count of tokenizations of
+    the rest of the text, up to ~0.3 decimal digits (≈ 1 bit) per byte; summed over i that is
+    about n²/16 bytes per column (n²/12 here, a margin), plus each int's and row's overhead."""
+    n = max(1, text_bytes)
+    return (k + 1) * (n + 1) * 36 + (n + 1) * 64 + (k + 1) * (n * n // 12)
+
+
+def neighbours_bound(text_bytes: int, k: int) -> Bound:
+    """``tokenize --neighbours K --limit N``: N token lists (as samples) plus the table of
+    exact counts the uniform draws walk (:func:`count_table_bytes`)."""
+    per = 64 + max(1, text_bytes) * TOKEN_LIST_ID_BYTES
+    table = count_table_bytes(text_bytes, k)
+    return Bound("--limit", per, f"each neighbour up to {text_bytes:,} token ids × "
+                                 f"{TOKEN_LIST_ID_BYTES} B (list, labels, JSON text), plus "
+                                 f"{fmt_bytes(table)} of exact counts for K = {k}", fixed=table)

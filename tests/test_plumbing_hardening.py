@@ -61,12 +61,14 @@ def test_results_last_line_without_newline_is_kept(tmp_path):
 
 # ---- integrity records ----------------------------------------------------------------------------
 def _safetensors_dir(d: Path) -> Path:
-    import torch
-    from safetensors.torch import save_file
+    """A converted-model entry without its integrity record: a real (tiny) model's weights and
+    config, so adopting it can check every tensor's shape against the config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     d.mkdir()
-    save_file({"w": torch.arange(4096, dtype=torch.float32)}, str(d / "model.safetensors"))
-    (d / "config.json").write_text("{}", encoding="utf-8")
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    LlamaForCausalLM(cfg).save_pretrained(str(d))
     (d / "tokenizer_config.json").write_text("{}", encoding="utf-8")
     return d
 

@@ -94,7 +94,7 @@ class TokenizeConfig:
     """What ``tokenize`` shows of one string's tokenizations (engine.advtok.tokenview)."""
 
     # each sample is kept as a token-id list; the memory bound per text is engine.budget's
-    # token_lists_bound, this is the static ceiling
+    # samples_bound, this is the static ceiling
     samples: int = bounded(0, lo=0, hi=10_000)
     # neighbours at exactly distance K are counted by a dynamic programme holding K + 1 big
     # integers per byte of the text (MDD.count_at); a fixed cap keeps that table small

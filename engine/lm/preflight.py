@@ -134,7 +134,7 @@ def plan(folder: Path) -> Plan:
 
 def check_memory(folder: Path, name: str, dtype: str, device: str) -> Plan:
     """ModelLoadError, before any allocation, when the weights cannot fit in memory."""
-    from engine.budget import available_bytes, fmt_bytes
+    from engine.memory import available_bytes, fmt_bytes
 
     p = plan(folder)
     per = DTYPE_BYTES.get(dtype.replace("torch.", ""), 4)
