@@ -3,11 +3,15 @@ to one process with the same seed and the same thread count; ``accelerate launch
 --num_processes 2`` (which starts one process) says so in one line; a resume after a crash with
 a different number of processes skips the finished rows of every shard and redoes only the rest.
 
-Why this test once differed under load: the single process ran at torch's default thread count
-while accelerate's ranks run one thread each (OMP_NUM_THREADS=1); a different thread count can
-add a score's terms in another order, so near-tied tokenizations were chosen differently and
-every sample after them differed. Every process now runs ``--threads`` threads (default: cores /
-local processes, engine/lm/threads.py), and here all run exactly one."""
+Why this test once differed under load (config and sample text, in one run of many; not
+reproduced since): the one systematic difference between the two sides was the thread count —
+the in-process run used torch's default (two threads here) while accelerate's ranks run with
+OMP_NUM_THREADS=1 — and a thread count can change the order a reduction adds up in, so a
+near-tied tokenization or a sampled token can go the other way. Every process now runs
+``--threads`` threads (default: cores / local processes, engine/lm/threads.py), and here all run
+exactly one. What is left that can differ with the machine's state is memory: scoring and
+sampling batches shrink only when the available memory cannot hold the planned ones, and each
+sample records the batch it was decoded in (a replay uses it)."""
 from __future__ import annotations
 
 import json
