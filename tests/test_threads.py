@@ -7,13 +7,19 @@ from engine.lm.threads import plan
 
 
 def test_default_threads_do_not_oversubscribe():
-    assert plan(3, {}, n_cores=8).threads == 3                                  # --threads wins
-    assert plan(None, {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}, n_cores=8).threads == 4
-    assert plan(None, {"LOCAL_WORLD_SIZE": "4"}, n_cores=2).threads == 1       # never 0
-    assert plan(None, {"OMP_NUM_THREADS": "3"}, n_cores=8).threads == 3        # one process
-    assert plan(None, {}, n_cores=8) .threads == 8
-    assert plan(None, {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, n_cores=8).threads == 4
-    assert "2 local processes" in plan(None, {"LOCAL_WORLD_SIZE": "2"}, n_cores=2).why
+    quiet = dict(n_cores=8, load=0.0)
+    assert plan(3, {}, **quiet).threads == 3                                   # --threads wins
+    assert plan(None, {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}, **quiet).threads == 4
+    assert plan(None, {"LOCAL_WORLD_SIZE": "4"}, n_cores=2, load=0.0).threads == 1  # never 0
+    assert plan(None, {"OMP_NUM_THREADS": "3"}, **quiet).threads == 3          # one process
+    assert plan(None, {}, **quiet).threads == 8
+    assert plan(None, {"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, **quiet).threads == 4
+    assert "2 local processes" in plan(None, {"LOCAL_WORLD_SIZE": "2"}, n_cores=2, load=0).why
+    # a busy machine: only the free cores (one at least), said with the load
+    busy = plan(None, {}, n_cores=2, load=19.2)
+    assert busy.threads == 1 and "load 19.2" in busy.why
+    assert plan(None, {}, n_cores=8, load=3.0).threads == 5
+    assert plan(None, {"LOCAL_WORLD_SIZE": "2"}, n_cores=8, load=1.0).threads == 4
 
 
 def test_accelerate_starting_fewer_processes_is_named():

@@ -163,9 +163,13 @@ def merge_results(out: Path | str) -> tuple[int, list[str]]:
 
 
 def model_info(lm: LoadedModel) -> dict[str, Any]:
+    """The model a row ran on; ``threads``: torch's thread count then (rows are bit-identical
+    across runs only at equal counts; not a setting, so not in the fingerprint)."""
+    import torch
+
     return {"name": lm.name, "spec": lm.spec, "source": lm.source, "dtype": lm.dtype,
             "device": lm.device, "engine_path": getattr(lm, "engine_path", None),
-            "weights_hash": weights_hash(lm.model)}
+            "weights_hash": weights_hash(lm.model), "threads": torch.get_num_threads()}
 
 
 def template_info(tokenizer: Any, chunks: Any) -> dict[str, Any]:
