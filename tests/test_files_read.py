@@ -283,3 +283,11 @@ def test_untokenizable_row_is_a_bad_row_and_the_run_goes_on(tiny_lm, tmp_path, m
     assert calls == ["odd text", "Write a haiku."]          # the run went on past the bad row
     assert [m.split(":")[0] for m in summ.failed] == ["line 1", "line 2"]
     assert "tokenizer cannot encode" in summ.failed[0]
+
+
+def test_toml_error_lines_count_newlines_only():
+    """A U+2028 inside a TOML string is not a line break: the error names the real line."""
+    from engine.sessions.profiles import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="line 2: snapshot_cap_mib"):
+        parse_config('model_dirs = ["a\u2028b\u2029c"]\nsnapshot_cap_mib = -1\n')

@@ -154,7 +154,7 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self.index: dict[tuple[str, ...], int] = {}
         table: tuple[str, ...] = ()
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # TOML lines end at \n only
             m = self._HEADER.match(line)
             if m:
                 table = tuple(_unquote(p) for p in _split_dotted(m.group(1)))
