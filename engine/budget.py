@@ -25,8 +25,24 @@ from engine.bounds import SEED_MAX  # noqa: F401  (re-exported: budget checks se
 GRID_ENTRY_BYTES = sys.getsizeof((object(), 10**6)) + sys.getsizeof(10**6) + 8
 
 
-def usable_bytes() -> int:
-    return int(available_bytes() * USABLE_SHARE)
+def device_available_bytes(device: Any = None) -> int:
+    """Memory free on ``device`` now: a CUDA device's allocator view (``mem_get_info``), else
+    the machine's available RAM (engine.memory; ``TOKENFORGE_MEMORY_BYTES`` overrides both)."""
+    if device is not None and str(device).startswith("cuda"):
+        import os
+
+        override = os.environ.get("TOKENFORGE_MEMORY_BYTES")
+        if override and override.isdigit():
+            return int(override)
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    return available_bytes()
+
+
+def usable_bytes(device: Any = None) -> int:
+    """The share of the memory free now (on ``device``; RAM by default) one job may plan for."""
+    return int(device_available_bytes(device) * USABLE_SHARE)
 
 
 @dataclass(frozen=True)

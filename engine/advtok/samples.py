@@ -33,7 +33,7 @@ def sample_responses(lm: LoadedModel, chunks: Any, ids: Sequence[int], n: int, *
     far (the interrupted batch's partial)."""
     from dataclasses import replace
 
-    from engine.budget import batch_bound, is_oom, rows_that_fit
+    from engine.budget import batch_bound, is_oom, rows_that_fit, usable_bytes
     from engine.errors import EngineError
     from engine.lm.config import SamplingConfig
     from engine.lm.generate import generate_batch
@@ -48,7 +48,7 @@ def sample_responses(lm: LoadedModel, chunks: Any, ids: Sequence[int], n: int, *
         prompt, cache = tail, prefix_cache
     fed = len(chunks.prefix_ids) + len(frozen_prefix_ids) + len(tail)
     size = rows_that_fit(batch_bound(lm, "samples", fed + max_new_tokens),
-                         min(n, rows) if rows else n)
+                         min(n, rows) if rows else n, usable_bytes(lm.torch_device))
     out: list[Any] = []
     while len(out) < n:
         k = min(size, n - len(out))

@@ -112,35 +112,21 @@ def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-MEMORY_FRACTION = 0.5
-
-
 def rows_for_memory(model: Any, row_tokens: int, cap: int) -> int:
     """Rows per judge batch: the user's cap, lowered so the KV cache, activations and one logits
-    row per prompt fit in half the free memory (CUDA ``mem_get_info``, RAM on CPU)."""
-    from engine.advtok.score import free_memory_bytes
+    row per prompt fit in the usable share of the memory free on the model's device
+    (engine.budget, as the response sampler's batches)."""
+    from engine.budget import Bound, fmt_bytes, kv_bytes_per_token, rows_that_fit, usable_bytes
 
     cfg = model.config
-    layers = int(getattr(cfg, "num_hidden_layers", 1) or 1)
-    heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
-    kvh = int(getattr(cfg, "num_key_value_heads", heads) or heads)
+    p = next(model.parameters())
     hidden = int(getattr(cfg, "hidden_size", 64) or 64)
-    hd = int(getattr(cfg, "head_dim", 0) or 0) or hidden // heads
-    width = next(model.parameters()).element_size()
-    per_row = (2 * layers * kvh * hd * width * row_tokens + 16 * hidden * 4 * row_tokens
-               + int(getattr(cfg, "vocab_size", 0) or 0) * 4 * 2)
-    free = free_memory_bytes(next(model.parameters()).device)
-    b = max(1, int(cap))
-    if free is not None and per_row > 0:
-        b = min(b, max(1, int(free * MEMORY_FRACTION) // per_row))
-    return b
-
-
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    kv = kv_bytes_per_token(cfg, p.element_size())
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    per_row = kv * row_tokens + 16 * hidden * 4 * row_tokens + vocab * 4 * 2
+    bound = Bound("judge batch", per_row, f"per row {row_tokens} positions × {fmt_bytes(kv)} of "
+                  f"KV, activations and {vocab:,} fp32 logits")
+    return rows_that_fit(bound, max(1, int(cap)), usable_bytes(p.device))
 
 
 def run_sized(model: Any, prompts: Sequence[Sequence[int]], cap: int,
@@ -148,6 +134,7 @@ def run_sized(model: Any, prompts: Sequence[Sequence[int]], cap: int,
     """``fn(batch_of_prompts) -> list`` over all prompts in memory-sized batches; on out-of-memory
     the batch size halves and the same prompts are retried (none is lost). Returns the
     concatenated results and the number of halvings."""
+    from engine.budget import is_oom
     from engine.errors import EngineError
 
     size = rows_for_memory(model, max((len(p) for p in prompts), default=1), cap)
@@ -159,7 +146,7 @@ def run_sized(model: Any, prompts: Sequence[Sequence[int]], cap: int,
         try:
             res = fn(chunk)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is handled here
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
             if len(chunk) == 1:
                 raise EngineError("out of memory judging a single sample",
