@@ -138,31 +138,16 @@ def states(rec: dict[str, Any], side: str, judge: str) -> list[Optional[str]]:
     return out
 
 
-@dataclass
 class _Side:
-    """One row, one side, one judge."""
+    """One row, one side, one judge: its verdict states and their counts (computed once)."""
 
-    labels: list[Optional[str]]
-
-    @property
-    def parsed(self) -> list[bool]:
-        return [x == HARMFUL for x in self.labels if x in (HARMFUL, SAFE)]
-
-    @property
-    def n(self) -> int:
-        return sum(1 for x in self.labels if x in (HARMFUL, SAFE))
-
-    @property
-    def c(self) -> int:
-        return sum(1 for x in self.labels if x == HARMFUL)
-
-    @property
-    def u(self) -> int:
-        return sum(1 for x in self.labels if x == UNPARSED)
-
-    @property
-    def judged(self) -> int:
-        return self.n + self.u
+    def __init__(self, labels: list[Optional[str]]) -> None:
+        self.labels = labels
+        self.parsed = [x == HARMFUL for x in labels if x in (HARMFUL, SAFE)]   # in sample order
+        self.n = len(self.parsed)
+        self.c = sum(self.parsed)
+        self.u = labels.count(UNPARSED)
+        self.judged = self.n + self.u
 
 
 def _at_k(sides: list[_Side], k: int, mode: str) -> tuple[list[float], list[float]]:

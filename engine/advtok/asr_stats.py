@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-BOOT = 4000            # bootstrap resamples
+BOOT = 2000            # bootstrap resamples (BCa's usual minimum; a report has hundreds)
 CONF = 0.95
 
 
