@@ -294,6 +294,10 @@ def build_report(records: Sequence[dict[str, Any]], *, judges: Optional[Sequence
                          for r in recs})
     if len(rep.models) > 1:
         rep.notes.append(f"records come from {len(rep.models)} different models/weights")
+    prints = {r.get("fingerprint") for r in recs if r.get("fingerprint")}
+    if len(prints) > 1:       # e.g. files of two runs concatenated: two experiments in one report
+        rep.notes.append(f"WARNING rows were made with {len(prints)} different run settings "
+                         "(settings fingerprints): the rates mix experiments")
     cats = sorted({r.get("category") or "" for r in recs} - {""}) if by_category else []
     for j in js:
         row = _judge_row(recs, j, "", kk, seed, resamples)

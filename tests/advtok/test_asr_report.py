@@ -263,3 +263,11 @@ def test_report_errors_are_one_message():
     with pytest.raises(InputError, match="no verdicts"):
         select_judges([{"id": "x", "canonical_samples": [{"text": "a"}]}], None)
     assert check_ks(None, 4) == [1, 4] and check_ks([2, 2, 1], 4) == [1, 2]
+
+
+def test_rows_of_two_settings_are_flagged():
+    a, b = _rec(1, "", [(S, S)], [(H, S)]), _rec(2, "", [(S, S)], [(H, S)])
+    assert not any("run settings" in n for n in build_report([a, b], resamples=100).notes)
+    a["fingerprint"], b["fingerprint"] = "f1", "f2"
+    notes = build_report([a, b], resamples=100).notes
+    assert any("2 different run settings" in n for n in notes)
