@@ -197,6 +197,15 @@ class AppSettings:
     model_dirs: list[Path] = field(default_factory=list)  # extra folders for the model picker
     profiles: dict[str, Any] = field(default_factory=dict)  # the config's profiles, by name
 
+    def __post_init__(self) -> None:
+        # sampling handed in already chosen (a caller's own SamplingConfig): those values are
+        # the caller's, not defaults a model may replace
+        built_in = SamplingConfig()
+        for k in MODEL_KEYS:
+            if self.sampling_sources.get(k, BUILT_IN) == BUILT_IN and \
+                    getattr(self.sampling, k) != getattr(built_in, k):
+                self.sampling_sources[k] = SAVED
+
     @classmethod
     def from_args(cls, args: Any, saved: bool = True) -> "AppSettings":
         """Defaults, then the saved settings file (app/settings_file.py), then the command line

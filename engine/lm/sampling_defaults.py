@@ -116,8 +116,9 @@ def model_sampling_defaults(folder: Path | str | None, bundled: bool = False) ->
 def resolve(current: Mapping[str, Any], sources: Mapping[str, str],
             defaults: ModelSamplingDefaults, built_in: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Apply a (newly loaded) model's defaults: every key whose value still comes from a
-    default (built-in or an earlier model) takes this model's value, or goes back to the
-    built-in one when this model says nothing; values the user set (saved, profile, flag) stay.
+    default (built-in or an earlier model) takes this model's value; when this model says
+    nothing, an earlier model's value goes back to the built-in one; values the user set (saved,
+    profile, flag) stay.
     Returns the new values and sources for ``MODEL_KEYS``."""
     values: dict[str, Any] = {}
     out: dict[str, str] = {}
@@ -127,6 +128,8 @@ def resolve(current: Mapping[str, Any], sources: Mapping[str, str],
             values[key], out[key] = current[key], src
         elif key in defaults.values:
             values[key], out[key] = defaults.values[key], defaults.source
-        else:
+        elif src == BUILT_IN:  # nobody chose it and this model says nothing: as it is
+            values[key], out[key] = current[key], BUILT_IN
+        else:  # the previous model's value: back to the built-in one
             values[key], out[key] = built_in[key], BUILT_IN
     return values, out

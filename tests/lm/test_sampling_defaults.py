@@ -135,3 +135,16 @@ def test_chat_json_says_where_each_value_came_from(tiny_lm, tmp_path):
     assert got["temperature"] == {"value": 0.33, "source": MODEL}
     assert got["top_k"] == {"value": 9, "source": FLAG}
     assert got["top_p"] == {"value": BUILT["top_p"], "source": BUILT_IN}
+
+
+def test_a_value_nobody_marked_stays_when_the_model_says_nothing():
+    """A caller's own value (source still built-in) is not reset by a model without defaults;
+    AppSettings built with a chosen SamplingConfig marks the chosen values as the user's."""
+    from app.settings import AppSettings
+
+    values, src = resolve(dict(BUILT, temperature=0.0), {}, ModelSamplingDefaults(), BUILT)
+    assert values["temperature"] == 0.0 and src["temperature"] == BUILT_IN
+    s = AppSettings(sampling=SamplingConfig(temperature=0.0))
+    s.apply_model_defaults(ModelSamplingDefaults(dict(BUNDLED_CARD), MODEL_CARD))
+    assert s.sampling.temperature == 0.0 and s.sampling_sources["temperature"] == SAVED
+    assert s.sampling.top_p == BUNDLED_CARD["top_p"]
