@@ -137,7 +137,7 @@ def grid_bound(option: str, entries_per_unit: int) -> Bound:
 #: process's peak RSS (bench/limits.py --measure): the id in the list and its copy for the
 #: output, the token's label string, and the ``--json`` text with the encoder's pieces
 #: (indented: one line per id and per label). Worst case one id per byte of text.
-TOKEN_LIST_ID_BYTES = 300
+TOKEN_LIST_ID_BYTES = 400
 
 
 def samples_bound(text_bytes: int) -> Bound:
