@@ -287,3 +287,16 @@ def test_needle_accuracy_by_depth():
     head, rows = needle_table(rep)
     assert head[0] == "method" and "depth 0.25" in head and len(rows) >= 2
     assert "Needle accuracy" in to_markdown(rep)
+
+
+def test_bench_list_says_how_each_method_simplifies_its_paper(capsys):
+    from app.cli import main
+    from engine.bench.methods import make_method, method_names
+
+    assert main(["bench", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "how it simplifies" in out and "all-combined" in out and "kv-contiguous" in out
+    simplified = {n: make_method(n).simplification for n in method_names()}
+    for n in ("evict-cake", "evict-snapkv", "sparsity-rotated", "phrase-merge", "kv-contiguous",
+              "all-combined", "prune-selfinfo"):
+        assert simplified[n], n  # each re-implementation of a paper says what it leaves out
