@@ -52,8 +52,9 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
         # priority: the message box binds ctrl+e to end-of-line (End still does that)
         Binding("ctrl+e", "export", "Export", id="chat.export", priority=True,
                 tooltip="Export the conversation as Markdown and JSON"),
-        Binding("alt+c", "copy_answer", "Copy answer", id="chat.copy", priority=True,
-                tooltip="Copy the last answer to the clipboard (OSC 52: works over SSH and tmux)"),
+        Binding("alt+c", "copy_answer", "Copy", id="chat.copy", priority=True,
+                tooltip="Copy the selected message (tab or click onto it), else the last answer "
+                        "(OSC 52: works over SSH and tmux)"),
         Binding("alt+k", "copy_code", "Copy code", id="chat.copy_code", priority=True,
                 tooltip="Copy a code block of the last answer (press again for the next)"),
         Binding("ctrl+t", "tokens", "Tokens", id="chat.tokens",
@@ -77,6 +78,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
         self.exchanges: list[tuple[UserMessage, AssistantMessage]] = []
         #: the exchanges a running variant replaces: hidden, back on screen if it never begins
         self.hidden: list[tuple[UserMessage, AssistantMessage]] = []
+        self.editing: Optional[int] = None  # the turn (index in the path) whose message is edited
         self.saved = SavedChat()  # the saved session behind this conversation (app/saved_chat.py)
 
     def palette_commands(self) -> Iterable[SystemCommand]:
@@ -134,6 +136,9 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
 
     def _status(self) -> Any:
         app = self.tokenforge_app
+        if self.editing is not None:
+            return (f"[yellow]editing turn {self.editing + 1}: Enter answers the edited message "
+                    "as a new variant (the old one stays) · Esc cancels[/]")
         if app.model_state == "loading":
             return "[yellow]loading the model… chat opens when it is ready[/]"
         if app.model_state == "failed":
@@ -211,13 +216,73 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
         text = prompt.value
         self.last_prompt = text
         prompt.value = ""
+        if self.editing is not None:  # an edited message: a new variant of that turn
+            turn, self.editing = self.editing, None
+            await self.start_edit(turn, text)
+            return
         await self._start_exchange("send", len(self.exchanges), text)
 
     def action_stop(self) -> None:
+        if self.editing is not None and not self.busy:
+            self.editing = None
+            self.query_one("#prompt", Composer).value = ""
+            self.refresh_controls()
+            return
         super().action_stop()
 
+    def _selected_message(self) -> Any:
+        """The transcript message that has the focus (or holds it), else None."""
+        w = self.focused
+        while w is not None and not isinstance(w, (UserMessage, AssistantMessage)):
+            w = w.parent if w.parent is not self else None
+        return w
+
+    def _path_index(self, w: Any) -> Optional[int]:
+        """The turn (index in the session's path) a transcript message belongs to."""
+        kids = list(self.query_one("#messages", VerticalScroll).children)
+        if w not in kids or self.busy:
+            return None
+        i = kids.index(w) // 2
+        path = getattr(self.session, "path", None)
+        return i if path is not None and i < len(path) else None
+
+    def on_descendant_focus(self, event: Any) -> None:
+        """Selecting a message shows its turn in the token explorer."""
+        w = self._selected_message()
+        i = self._path_index(w) if w is not None else None
+        if i is not None:
+            self.explorer.show_node(self.session, self.session.path[i].id)
+
     def action_copy_answer(self) -> None:
-        copy_last_answer(self)
+        """Alt+C: the selected message (user or assistant), else the last answer."""
+        w = self._selected_message()
+        if w is None:
+            copy_last_answer(self)
+            return
+        body = w.raw if isinstance(w, UserMessage) else w.text
+        if not body:
+            notice(self, "That message has no text yet", severity="warning")
+            return
+        self.app.copy_to_clipboard(body)
+        notice(self, f"Copied the {'message' if isinstance(w, UserMessage) else 'answer'} "
+                     f"({len(body):,} characters)")
+
+    def edit_message(self, user: UserMessage) -> None:
+        """e on a user message: its text goes into the box; Enter answers the edited message as
+        a new variant of that turn (the old exchange stays, [ / ] in the token explorer)."""
+        i = self._path_index(user)
+        if i is None or self.busy:
+            notice(self, "Wait for the answer to finish (or Esc) before editing", severity="warning")
+            return
+        if i < self.n_dropped or not hasattr(self.session, "edit"):
+            notice(self, "That turn was dropped from the model's context: it cannot be edited",
+                   severity="warning")
+            return
+        self.editing = i
+        box = self.query_one("#prompt", Composer)
+        box.value = user.raw
+        box.focus()
+        self.refresh_controls()
 
     def action_copy_code(self) -> None:
         copy_code_block(self)

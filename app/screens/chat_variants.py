@@ -109,7 +109,7 @@ class ChatVariants:
             return
         k = self.selected_turn()
         user = self.exchanges[k][0]
-        self.last_prompt = str(user.content)
+        self.last_prompt = user.raw
         await self._start_exchange("regenerate", k, self.last_prompt)
 
     async def start_force(self, path_index: int, position: int, token: int) -> None:
@@ -123,7 +123,7 @@ class ChatVariants:
                 self.notify("That turn was dropped from the model's context: it cannot branch",
                             severity="warning")
             return
-        await self._start_exchange("force", k, str(self.exchanges[k][0].content), position, token)
+        await self._start_exchange("force", k, self.exchanges[k][0].raw, position, token)
 
     async def start_edit(self, path_index: int, text: str) -> None:
         """An edited message in place of that turn's: a new variant of the turn."""

@@ -1,10 +1,13 @@
 """The chat transcript's widgets: a user turn, an assistant turn (streamed Markdown, then one
-final update) and the per-answer figures line."""
+final update) and the per-answer figures line. Both can be selected (tab or a click): the chat
+screen then copies that message (alt+c) and shows that turn in the token explorer; on a user
+message, e edits it (answered as a new variant of its turn)."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 
@@ -22,16 +25,32 @@ def answer_figures(r: Any, stopped: bool = False) -> str:
     return s
 
 
-class UserMessage(Static):
-    """A user turn: the message as text, never markup, with controls shown escaped."""
+SELECTED_CSS = "&:focus { background: $boost; }"
+
+
+class UserMessage(Static, can_focus=True):
+    """A user turn: the message as text, never markup, with controls shown escaped (``raw`` is
+    the message itself)."""
+
+    DEFAULT_CSS = "UserMessage { " + SELECTED_CSS + " }"
+    BINDINGS = [Binding("e", "edit", "Edit message", id="chat.edit_message",
+                        tooltip="Edit this message: the answer to it is a new variant of the turn")]
 
     def __init__(self, text: str = "", **kwargs: Any) -> None:
         kwargs["markup"] = False
         super().__init__(printable(text, multiline=True), **kwargs)
+        self.raw = text
+
+    def action_edit(self) -> None:
+        edit = getattr(self.screen, "edit_message", None)
+        if edit is not None:
+            edit(self)
 
 
-class AssistantMessage(Vertical):
+class AssistantMessage(Vertical, can_focus=True):
     """An assistant turn: Markdown body (streamed, then final) and a figures line."""
+
+    DEFAULT_CSS = "AssistantMessage { " + SELECTED_CSS + " }"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -145,3 +145,53 @@ async def test_variants_at_a_middle_turn_saved_and_browsable_after_reopen(make_a
         saved = session_store(app).get(name)
         assert [t.answer for t in saved.turns][:2] == [shapes[0][1], shapes[4][1]]
         assert [t.user for t in saved.turns] == ["Hello there", "Tell me about kittens", "Go on"]
+
+
+async def test_select_a_message_to_copy_it_and_edit_a_message(make_app, tiny_lm):
+    """Any message can be copied (select it: tab or a click), selecting an answer shows its turn
+    in the token explorer, and e on a user message edits it: the answer to the edited message
+    streams in as a new variant of that turn, the old exchange kept."""
+    app = make_app(engine=Engine(lm=tiny_lm))
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=6, temperature=0.0))
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+        scr = app.screen
+        for m in MSGS[:2]:
+            await _say(pilot, app, seen, m)
+        s = scr.session
+        await until(pilot, lambda: _transcript(scr) == _path_text(s))
+        users, answers = list(scr.query(UserMessage)), list(scr.query(AssistantMessage))
+        ex = scr.query_one(TokenExplorer)
+        users[0].focus()
+        await pilot.press("alt+c")
+        assert app.clipboard == "Hello there"
+        answers[0].focus()
+        await pilot.pause()
+        assert ex.node == s.path[0].id  # the selected answer's turn
+        await pilot.press("alt+c")
+        assert app.clipboard == s.path[0].answer and app.clipboard
+        scr.query_one("#prompt", Composer).focus()
+        await pilot.press("alt+c")  # nothing selected: the last answer
+        assert app.clipboard == s.path[1].answer
+
+        users[0].focus()
+        await pilot.press("e")
+        box = scr.query_one("#prompt", Composer)
+        assert box.has_focus and box.value == "Hello there" and scr.editing == 0
+        assert "editing turn 1" in str(scr.query_one("#chat-status").render())
+        box.value = "Hello again"
+        n = _n_chat(seen)
+        await pilot.press("enter")
+        await until(pilot, lambda: _n_chat(seen) > n and not app.runner.busy)
+        edited = s.nodes[-1]
+        assert edited.how == "edit" and edited.user == "Hello again" and edited.prev is None
+        assert [t.id for t in s.path] == [edited.id] and len(s.nodes) == 3
+        await until(pilot, lambda: _transcript(scr) == _path_text(s))
+        assert "edited" in str(scr.query(AssistantMessage).last().figures.content)
+        # the first exchange is still there, as the other variant of turn 1
+        ex.focus()
+        ex.select(0)
+        await pilot.press("left_square_bracket")
+        await until(pilot, lambda: [t.user for t in s.path] == list(MSGS[:2]))
+        await until(pilot, lambda: _transcript(scr) == _path_text(s))
