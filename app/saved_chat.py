@@ -98,13 +98,15 @@ class SavedChat:
         self.error = why
         _tell(app, f"This turn was not saved: {why}")
 
-    def open(self, app: Any, name: str, lm: LoadedModel, sampling: Any) -> tuple[Any, Any]:
+    def open(self, app: Any, name: str, lm: LoadedModel, sampling: Any, *, progress: Any = None,
+             cancel: Any = None) -> tuple[Any, Any]:
         """Reopen ``name`` for ``lm``: (ChatSession, OpenReport); its recorder saves it on."""
         from engine.sessions.persist import open_saved
 
         if self.recorder is not None:  # this process's own lock on a session it reopens
             self.recorder.release()
-        session, report, rec = open_saved(lm, name, session_store(app), snapshot_store(app), sampling)
+        session, report, rec = open_saved(lm, name, session_store(app), snapshot_store(app),
+                                          sampling, progress=progress, cancel=cancel)
         rec.on_error = lambda why: self._failed(app, why)
         rec.name_for = title_for
         self.recorder = rec

@@ -174,7 +174,7 @@ def _export(store: Any, args: argparse.Namespace) -> int:
     from engine.atomic import write_text
 
     phase("write")
-    write_text(args.markdown, md)  # the file keeps the exact text
+    write_text(args.markdown, md)  # the same Markdown as the F7 export
     console(stderr=True).print(styled("[dim]wrote {p}[/]", p=args.markdown))
     return 0
 

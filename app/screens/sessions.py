@@ -7,7 +7,6 @@ message across sessions. A session saved with other weights than the loaded mode
 opens re-encoded from its text."""
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Iterable, Optional
 
@@ -47,6 +46,10 @@ class SessionsScreen(ToolScreen):
                 tooltip="Write the session as Markdown into the export folder"),
         Binding("slash", "search", "Search", id="sessions.search",
                 tooltip="Search the text of every message"),
+        Binding("o", "open_here", "Open with loaded model", id="sessions.open_here", show=False,
+                tooltip="Open a session made with another model with the loaded one"),
+        Binding("l", "load_own", "Load its model", id="sessions.load_own", show=False,
+                tooltip="Load the model a session was made with, then open it"),
     ]
 
     def __init__(self) -> None:
@@ -55,6 +58,9 @@ class SessionsScreen(ToolScreen):
         self._armed: tuple[str, float] = ("", 0.0)
         self.renaming: Optional[str] = None
         self.last_export: Any = None
+        #: a session whose model is not the loaded one: (name, its model spec, its model id)
+        self.pending: Optional[tuple[str, str, str]] = None
+        self.waiting_for: Optional[tuple[str, str]] = None  # its own model is loading for it
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("sessions: Open", "Open the selected session in chat (enter)", self.action_open)
@@ -197,6 +203,10 @@ class SessionsScreen(ToolScreen):
         self.query_one("#session-table", DataTable).focus()
 
     def action_stop(self) -> None:
+        if self.pending is not None and not self.busy:
+            self.pending = None
+            self.refresh_list()
+            return
         if self.renaming is not None:
             self._end_rename()
             return
@@ -249,29 +259,105 @@ class SessionsScreen(ToolScreen):
         self._status(styled("exported → {p}", p=path))
         notice(self, f"Exported to {path}", title="export", timeout=8)
 
-    async def action_open(self) -> None:
+    async def action_open(self, other_model: bool = False) -> None:
+        """Open the selected session in chat, as this screen's job (its steps on the progress
+        bar, Esc stops it). A session saved with other weights than the loaded model is not
+        opened at once: the screen asks (o: with the loaded model, l: load its own first)."""
         app = self.tokenforge_app
-        name = self.selected()
+        name = self.pending[0] if self.pending else self.selected()
         if name is None:
             return
         chat = _chat_screen(app)
         if app.lm is None or app.model_state != "ready" or chat is None:
             self._status("[yellow]no model loaded yet: the session opens once one is ready[/]")
             return
-        if chat.busy:
+        if chat.busy or self.busy:
             self._status("[yellow]an answer is running in chat: Esc there first[/]")
             return
+        self.pending = None
         self._status(styled("opening {n!r}…", n=name))
-        try:
-            cfg = app.settings.sampling
-            session, report = await asyncio.to_thread(chat.saved.open, app, name, app.lm, cfg)
-        except EngineError as e:
-            self._error(e)
+        self.start_job("chat", self._open, chat, name, app.lm, app.settings.sampling, other_model,
+                       params={"open": name})
+
+    def _open(self, chat: Any, name: str, lm: Any, cfg: Any, other_model: bool, *,
+              progress: Any, cancel: Any) -> Any:
+        """Worker thread: ("ask", name, model id, spec) when its model is not the loaded one,
+        else (name, session, report)."""
+        from engine.progress import report
+        from engine.sessions.snapshot import weights_hash_for
+
+        app = self.tokenforge_app
+        saved = session_store(app).get(name)
+        if not other_model and saved.nodes:
+            report(progress, "open", 0, 3, "checking the model the session was made with")
+            if weights_hash_for(lm) != saved.weights_hash:
+                return ("ask", name, saved.model_id, saved.model_spec)
+        session, rep = chat.saved.open(app, name, lm, cfg, progress=progress, cancel=cancel)
+        return (name, session, rep)
+
+    async def job_finished(self, m: Any) -> None:
+        r = m.result
+        if r[0] == "ask":
+            _, name, model_id, spec = r
+            self.pending = (name, spec, model_id)
+            here = self.tokenforge_app.lm
+            line = styled("[yellow]{n!r} was made with {m}, not with the loaded {h}.[/] ",
+                          n=name, m=model_id, h=getattr(here, "name", "model"))
+            if spec:
+                line.append_text(styled("l: load {m} and open it · o: open it with {h} "
+                                        "(its history re-encoded from text) · Esc: neither",
+                                        m=model_id, h=getattr(here, "name", "the loaded model")))
+            else:
+                line.append_text(styled("o: open it with {h} (its history re-encoded from "
+                                        "text; which files {m} came from was not saved) · Esc: "
+                                        "neither", m=model_id,
+                                        h=getattr(here, "name", "the loaded model")))
+            self._status(line)
             return
+        name, session, rep = r
         from app.saved_chat import show_in_chat
 
-        app.action_show("chat")
-        await show_in_chat(chat, session, report, name)
+        chat = _chat_screen(self.tokenforge_app)
+        self.tokenforge_app.action_show("chat")
+        await show_in_chat(chat, session, rep, name)
+
+    async def job_failed(self, m: Any) -> None:
+        self._error(m.error)
+
+    async def job_cancelled(self, m: Any) -> None:
+        self._status("opening stopped: nothing changed")
+
+    def action_open_here(self) -> None:
+        """o: open the session asked about with the loaded model."""
+        if self.pending:
+            self.run_worker(self.action_open(other_model=True), exclusive=True)
+
+    def action_load_own(self) -> None:
+        """l: load the session's own model (the rest of the app switches to it too), then open
+        the session once it is ready."""
+        if not self.pending or not self.pending[1]:
+            return
+        name, spec, model_id = self.pending
+        app = self.tokenforge_app
+        self.waiting_for = (name, spec)
+        app.settings.model = spec
+        app.load_model()
+        self._status(styled("loading {m} for {n!r}… (the session opens when it is ready)",
+                            m=model_id, n=name))
+
+    def model_changed(self) -> None:
+        """The model this screen asked for is ready (or failed): open the session, or say so."""
+        app = self.tokenforge_app
+        if self.waiting_for is None or app.model_state == "loading":
+            return
+        name, spec = self.waiting_for
+        self.waiting_for = None
+        if app.model_state == "ready" and app.model_error == "":
+            self.pending = (name, spec, "")
+            self.run_worker(self.action_open(), exclusive=True)
+        else:
+            self.pending = None
+            self._status(styled("[red]could not load {s}: {e}[/]", s=spec, e=app.model_error))
 
 
 def _chat_screen(app: Any) -> Any:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from engine.errors import EngineError
+from engine.progress import CancelToken, ProgressFn, check, report as report_
 from engine.lm.chat import ChatSession, Turn, TurnListener
 from engine.lm.results import GenerationResult
 from engine.lm.templates import encode_user_text
@@ -169,7 +170,8 @@ class SessionRecorder(TurnListener):
             src = session.nodes[turn.source] if turn.source is not None else None
             row.source = src.key if src is not None else None
             self.store.add_turn(self.name, row, model_id=self.lm.name, weights_hash=self.weights,
-                                sampling=sampling_dict(session.sampling))
+                                sampling=sampling_dict(session.sampling),
+                                model_spec=str(getattr(self.lm, "spec", "") or ""))
             turn.key = row.key
             self._last = time.monotonic()
 
@@ -279,13 +281,18 @@ def _turns_from(saved: SavedSession, lm: LoadedModel, re_encode: bool) -> tuple[
 
 
 def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: SnapshotStore,
-               sampling: Any = None, lock: Any = None) -> tuple[ChatSession, OpenReport, SessionRecorder]:
+               sampling: Any = None, lock: Any = None, *, progress: Optional[ProgressFn] = None,
+               cancel: Optional[CancelToken] = None
+               ) -> tuple[ChatSession, OpenReport, SessionRecorder]:
     """Reopen a saved session for ``lm``: the conversation (its whole variants tree, the path
     that was shown last as the conversation), how it came back, and the recorder that keeps
-    saving it (already the session's listener)."""
+    saving it (already the session's listener). Each step is reported (phase "open")."""
     from engine.lm.config import SamplingConfig
 
+    report_(progress, "open", 0, 3, f"reading the saved session {name!r}")
     saved = store.get(name)
+    check(cancel)
+    report_(progress, "open", 1, 3, f"restoring {len(saved.nodes)} exchange(s) and their token data")
     if sampling is None:
         known = {f.name for f in dataclasses.fields(SamplingConfig)}
         kw = {k: v for k, v in saved.sampling.items() if k in known}
@@ -310,6 +317,8 @@ def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: Snaps
                 f"session {name!r} was saved with {saved.model_id} (other weights); its history "
                 f"was re-encoded from text for {lm.name}"])
         elif live:
+            check(cancel)
+            report_(progress, "open", 2, 3, f"loading the KV snapshot ({len(ids):,} tokens)")
             held = ids[:len(ids) - 1]  # after a turn the cache holds all but the last answer token
             loaded, why = snapshots.load(session.fwd, held, rec.weights, rec.dtype)
             if loaded is not None:
@@ -321,6 +330,7 @@ def open_saved(lm: LoadedModel, name: str, store: SessionStore, snapshots: Snaps
         else:
             session.restore(live, ids)
     session.listener = rec
+    report_(progress, "open", 3, 3, f"opened ({report.how})")
     return session, report, rec
 
 

@@ -17,14 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-SCHEMA = 2
+SCHEMA = 3  # 2: the variants tree columns of a turn; 3: the session's model spec
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL, updated REAL NOT NULL,
     model_id TEXT NOT NULL, weights_hash TEXT NOT NULL, system TEXT, sampling TEXT NOT NULL,
-    head_branch INTEGER);
+    head_branch INTEGER, model_spec TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS branches (
     id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     parent INTEGER, fork_turn INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
@@ -43,6 +43,9 @@ TABLES = ("meta", "sessions", "branches", "turns")
 _V2_COLUMNS = (("prev", "INTEGER"), ("source", "INTEGER"),
                ("fork_at", "INTEGER NOT NULL DEFAULT 0"), ("how", "TEXT NOT NULL DEFAULT 'answer'"),
                ("state", "TEXT NOT NULL DEFAULT 'done'"), ("infos", "TEXT"))
+#: schema 3: what to load to answer in a session again (the spec it was last answered with: a
+#: folder, a .gguf, a cached id or "default"); '' when not known (older sessions)
+_V3_COLUMNS = (("model_spec", "TEXT NOT NULL DEFAULT ''"),)
 #: a turn row's columns, in the order _turn reads them
 _TURN_COLS = ("id, user, user_ids, answer, answer_ids, metrics, idx, prev, source, fork_at, how, "
               "state, infos, created, branch_id")
@@ -113,17 +116,19 @@ class SavedSession:
     created: float = 0.0
     updated: float = 0.0
     nodes: list[SavedTurn] = field(default_factory=list)  # every exchange, oldest first
+    model_spec: str = ""  # what to load to answer in it again ('' when not known)
 
 
 def _upgrade(db: sqlite3.Connection) -> None:
-    """Schema 1 → 2 in one transaction: the tree columns are added and each turn's previous
+    """Schema 1 or 2 → 3 in one transaction: the missing columns are added and each turn's previous
     exchange is filled in from the branch structure (the turn before it in its branch, or for a
     branch's first turn the one before its fork point in the parent branch)."""
     with _tx(db, immediate=True):
-        have = {r[1] for r in db.execute("PRAGMA table_info(turns)")}
-        for col, decl in _V2_COLUMNS:
-            if col not in have:
-                db.execute(f"ALTER TABLE turns ADD COLUMN {col} {decl}")
+        for table, cols in (("turns", _V2_COLUMNS), ("sessions", _V3_COLUMNS)):
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for col, decl in cols:
+                if col not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
         branches = {int(r[0]): (r[1], int(r[2])) for r in
                     db.execute("SELECT id, parent, fork_turn FROM branches")}
         rows = {(int(r[1]), int(r[2])): int(r[0]) for r in db.execute("SELECT id, branch_id, idx FROM turns")}

@@ -255,8 +255,8 @@ class SessionStore:
 
     def get(self, name: str) -> SavedSession:
         sid, head = self._sid(name)
-        s = self.db.execute("SELECT model_id, weights_hash, system, sampling, created, updated "
-                            "FROM sessions WHERE id=?", (sid,)).fetchone()
+        s = self.db.execute("SELECT model_id, weights_hash, system, sampling, created, updated, "
+                            "model_spec FROM sessions WHERE id=?", (sid,)).fetchone()
         b = self.db.execute("SELECT conv_ids, live_from, snapshot FROM branches WHERE id=?",
                             (head,)).fetchone()
         branches = [int(r[0]) for r in self.db.execute(
@@ -265,7 +265,7 @@ class SessionStore:
                             sampling=json.loads(s[3]), branch=head, branches=branches,
                             turns=self._branch_turns(head), conv_ids=unpack_ids(b[0]),
                             live_from=int(b[1]), snapshot=b[2], created=float(s[4]),
-                            updated=float(s[5]), nodes=self.nodes(name))
+                            updated=float(s[5]), nodes=self.nodes(name), model_spec=s[6] or "")
 
     # -- writing ------------------------------------------------------------------------------
     def create(self, name: str, model_id: str, weights_hash: str, system: Optional[str],
@@ -298,7 +298,7 @@ class SessionStore:
         return key
 
     def add_turn(self, name: str, turn: SavedTurn, *, model_id: str, weights_hash: str,
-                 sampling: dict[str, Any]) -> int:
+                 sampling: dict[str, Any], model_spec: Optional[str] = None) -> int:
         """Save a new exchange (its answer may still be streaming: ``turn.state``) after the
         exchange ``turn.prev`` and make its path the session's head; returns its row. It goes at
         the end of its previous exchange's branch when that is where the branch ends, else into
@@ -335,6 +335,8 @@ class SessionStore:
             db.execute("UPDATE sessions SET head_branch=?, updated=?, model_id=?, weights_hash=?, "
                        "sampling=? WHERE id=?", (branch, now, model_id, weights_hash,
                                                  json.dumps(sampling), sid))
+            if model_spec:
+                db.execute("UPDATE sessions SET model_spec=? WHERE id=?", (model_spec, sid))
         turn.key = int(key)
         return int(key)
 

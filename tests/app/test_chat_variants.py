@@ -195,3 +195,62 @@ async def test_select_a_message_to_copy_it_and_edit_a_message(make_app, tiny_lm)
         await pilot.press("left_square_bracket")
         await until(pilot, lambda: [t.user for t in s.path] == list(MSGS[:2]))
         await until(pilot, lambda: _transcript(scr) == _path_text(s))
+
+
+async def _open_from_f7(pilot, app, name):
+    await pilot.press("f7")
+    await until(pilot, lambda: app.current_mode == "sessions")
+    scr = app.screen
+    await until(pilot, lambda: name in scr.names)
+    scr.query_one("#session-table", DataTable).move_cursor(row=scr.names.index(name))
+    await pilot.press("enter")
+    return scr
+
+
+async def test_a_session_whose_model_is_not_loaded_offers_both(make_app, tokenizer):
+    """Opened with another model loaded, a session says so and offers its own model (l) or the
+    loaded one (o, history re-encoded from text); each step of opening shows on the progress
+    bar."""
+    from app.messages import JobProgressed
+    from engine.lm.tiny import tiny_llama
+
+    own, other = tiny_llama(tokenizer, seed=0), tiny_llama(tokenizer, seed=1)
+    own.name = own.spec = "tiny-own"
+    other.name = other.spec = "tiny-other"
+
+    class TwoModels(Engine):
+        def load_model(self, spec, *a, **kw):
+            self.injected = own if spec == "tiny-own" else other
+            return super().load_model(spec, *a, **kw)
+
+    app = make_app(engine=Engine(lm=own))
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=4, temperature=0.0))
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+        await _say(pilot, app, seen, "Hello there")
+        name = app.screen.saved.name
+
+    for key, how in (("o", "re-encoded"), ("l", "snapshot")):
+        app = make_app(engine=TwoModels())
+        app.settings.model = "tiny-other"
+        app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=4, temperature=0.0))
+        seen = []
+        async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+            await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+            assert app.lm is other
+            scr = await _open_from_f7(pilot, app, name)
+            status = scr.query_one("#sessions-status")
+            await until(pilot, lambda: "not with the loaded tiny-other" in str(status.render()))
+            assert "l: load tiny-own" in str(status.render()) and app.current_mode == "sessions"
+            await pilot.press(key)
+            await until(pilot, lambda: app.current_mode == "chat" and app.screen.session is not None
+                        and app.screen.session.path)
+            chat = app.screen
+            await until(pilot, lambda: how in str(chat.query_one("#chat-status").render()))
+            assert app.lm is (other if key == "o" else own)
+            assert [t.user for t in chat.session.path] == ["Hello there"]
+            opening = [m.progress.message for m in seen if isinstance(m, JobProgressed)
+                       and m.progress.phase == "open"]
+            # reports are throttled (≤ 20/s): the first step and the last are always shown
+            assert len(opening) >= 2 and opening[-1].startswith("opened")

@@ -100,6 +100,11 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         # open the session named [/] into chat: messages, answer, status and toast
         table.move_cursor(row=scr.names.index("[/]"))
         await pilot.press("enter")
+        # saved with other weights: the screen names its model (inert) and offers the loaded one
+        status = scr.query_one("#sessions-status")
+        await until(pilot, lambda: "o: open it with" in str(status.render()))
+        assert_screen_inert(app)
+        await pilot.press("o")
         await until(pilot, lambda: app.current_mode == "chat")
         chat = app.screen
         await until(pilot, lambda: len(chat.query(UserMessage)) == 1

@@ -29,7 +29,7 @@ def test_round_trip_and_wal(tmp_path):
     assert (s.system, s.model_id, s.weights_hash, s.conv_ids, s.snapshot) == ("Be kind.", "tiny", "h1", [1, 2, 3], "k0")
     assert s.turns == [_turn(0)]
     assert st.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert st.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+    assert st.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
     assert unpack_ids(pack_ids([0, 2**40, 49151])) == [0, 2**40, 49151]
 
 

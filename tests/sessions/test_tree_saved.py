@@ -60,6 +60,7 @@ def test_variants_at_a_middle_turn_survive_a_restart(tokenizer, tmp_path):
     assert not r.notes or all("not saved" not in n for n in r.notes)
     assert [t.user for t in again.store.get("s").turns] == ["Hello there", "Tell me more", "Go on"]
     assert len(again.store.nodes("s")) == 7
+    assert again.store.get("s").model_spec == s2.lm.spec  # what to load to go on with it
 
 
 def _rows(path):
@@ -111,6 +112,7 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     db = sqlite3.connect(tmp_path / "s.db")  # make it a schema-1 file: no tree columns
     for col in ("prev", "source", "fork_at", "how", "state", "infos"):
         db.execute(f"ALTER TABLE turns DROP COLUMN {col}")
+    db.execute("ALTER TABLE sessions DROP COLUMN model_spec")
     db.execute("UPDATE meta SET value='1' WHERE key='schema'")
     db.commit()
     db.close()
@@ -121,4 +123,5 @@ def test_a_schema_1_database_is_upgraded(tmp_path):
     assert by_answer["a2"].prev == by_answer["a1"].key
     assert by_answer["again"].prev == by_answer["a0"].key
     assert [t.answer for t in st.get("a").turns] == ["a0", "again"]
-    assert st.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+    assert st.get("a").model_spec == ""  # not known for a session saved before schema 3
+    assert st.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"

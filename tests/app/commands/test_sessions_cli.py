@@ -102,7 +102,7 @@ def test_export(saved, capsys, tmp_path):
     code, _, err = _run(capsys, "export", NAME, "--markdown", str(f))
     assert code == 0 and "wrote" in err
     md = f.read_text(encoding="utf-8")
-    assert "Hello \x1b[31mred" in md  # the file keeps the exact text
+    assert "Hello \\x1b[31mred" in md  # read in terminals too: inert as well
     code, _, err = _run(capsys, "export", NAME, "--markdown", str(f))
     assert code == 2 and "exists" in err and err.count("\n") == 1
     assert _run(capsys, "export", NAME, "--markdown", str(f), "--force")[0] == 0
