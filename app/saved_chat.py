@@ -72,6 +72,11 @@ class SavedChat:
     def name(self) -> Optional[str]:
         return None if self.recorder is None else self.recorder.name
 
+    def release(self) -> None:
+        """Let go of the saved session's writer lock (the app is closing)."""
+        if self.recorder is not None:
+            self.recorder.release()
+
     def forget(self) -> None:
         """A new conversation: its first answer starts a new saved session (the old one's
         writer lock is let go, so another process may continue it)."""

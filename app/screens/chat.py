@@ -115,6 +115,10 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
                 yield Button("Send", id="send", variant="primary", disabled=True)
                 yield Button("Stop", id="stop", variant="error", disabled=True)
 
+    def on_unmount(self) -> None:
+        super().on_unmount()
+        self.saved.release()  # the app is closing: another process may continue the session
+
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#prompt", Composer).focus()
