@@ -8,7 +8,7 @@ imported inside the methods: importing the TUI must not import torch.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from engine.progress import CancelToken, ProgressFn, check, report
@@ -34,6 +34,27 @@ class SpeedResult:
     tok_s: float
     ttft_s: float
     tokens: int
+
+
+def judge_loader(cancel: Optional[CancelToken]) -> Any:
+    """Loads a model-backed judge's classifier (never the attacked model, even when injected)."""
+
+    def load(spec: str) -> Any:
+        from engine.lm.model import load_model
+
+        return load_model(spec, cancel=cancel)
+
+    return load
+
+
+@dataclass
+class DatasetOutcome:
+    """What a dataset run or a judging pass hands back to the attack screen."""
+
+    summary: Any = None             # engine.advtok.evalrun.RunSummary (a run)
+    judged: Any = None              # engine.advtok.evalrun.JudgedFile (a judging pass)
+    report: Any = None              # engine.advtok.asr_report.AsrReport, None after a stop
+    problems: list[str] = field(default_factory=list)   # the benchmark's bad rows
 
 
 class Engine:
@@ -134,6 +155,63 @@ class Engine:
         if f.get("system") is None:
             f["system"] = DEFAULT_SYSTEM
         return run_attack(lm, AttackConfig(**f), progress=progress, cancel=cancel, vocab=vocab)
+
+    # -- AdvTok dataset runs (attack screen, dataset mode) ---------------------------------------
+    def read_benchmark(self, path: str, default_response: str = "Sure, here is") -> Any:
+        """The benchmark file as the dataset run reads it (layout, rows, "line N: …" problems)."""
+        from engine.advtok.datasets import read_benchmark
+
+        return read_benchmark(path, None, default_response)
+
+    def dataset_run(self, lm: LoadedModel, bench_path: str, out: str, fields: dict[str, Any],
+                    judges: str, *, on_row: Any = None, progress: Optional[ProgressFn] = None,
+                    cancel: Optional[CancelToken] = None) -> "DatasetOutcome":
+        """Every pending row of the benchmark through ``engine.advtok.evalrun.run_rows`` (the
+        same call as ``attack --dataset``: rows already in ``out`` are skipped, a settings
+        mismatch is refused with InputError), then the ΔASR report of the whole results file
+        (not computed after a stop: the stopped run's rows stay on disk for a re-Run)."""
+        from engine.advtok.datasets import system_for
+        from engine.advtok.evalrun import run_rows
+        from engine.advtok.judges import make_judges
+        from engine.advtok.search import DEFAULT_SYSTEM, AttackConfig
+
+        bench = self.read_benchmark(bench_path)
+        if not bench.rows:
+            from engine.errors import InputError
+
+            raise InputError(f"{bench_path}: no usable row ({len(bench.problems)} problem(s))")
+        f = dict(fields)
+        system = f.pop("system", None) or DEFAULT_SYSTEM
+        built = make_judges(judges, loader=judge_loader(cancel))
+
+        def cfg(row: Any) -> Any:
+            return AttackConfig(request=row.request, response=row.response,
+                                system=system_for(row, system), **f).validate()
+
+        summ = run_rows(lm, bench, cfg, built, out, cancel=cancel, on_row=on_row,
+                        progress=progress, system=system)
+        rep = None if summ.interrupted else self.asr_report(out)
+        return DatasetOutcome(summary=summ, report=rep, problems=list(bench.problems))
+
+    def judge_results(self, results: str, judges: str, out: Optional[str] = None, *,
+                      progress: Optional[ProgressFn] = None,
+                      cancel: Optional[CancelToken] = None) -> "DatasetOutcome":
+        """``attack judge``: add the verdicts of ``judges`` to a results file (in place under
+        its locks, or into ``out``), then the ΔASR report of what was written."""
+        from engine.advtok.evalrun import rejudge_file
+        from engine.advtok.judges import make_judges
+
+        res = rejudge_file(results, lambda: make_judges(
+            judges, loader=judge_loader(cancel)), out,
+            cancel=cancel, progress=progress)
+        return DatasetOutcome(judged=res, report=self.asr_report(str(res.dest)))
+
+    def asr_report(self, results: str) -> Any:
+        """The ΔASR report of a results file (and its shards), as ``attack report`` builds it."""
+        from engine.advtok.asr_report import build_report
+        from engine.advtok.records import read_results
+
+        return build_report(read_results(results).records)
 
     # -- bench grid (dashboard screen) --------------------------------------------------------
     def bench(self, lm: LoadedModel, cfg: dict[str, Any], out: str, *,

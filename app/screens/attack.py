@@ -19,7 +19,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Collapsible, Input, Label, Select, Sparkline, Static
+from textual.widgets import (Button, Collapsible, Input, Label, Select, Sparkline, Static,
+                             TabbedContent, TabPane)
 
 
 from app.messages import JobCancelled, RunFromIds
@@ -27,6 +28,7 @@ from app.screens.job_screen import JobScreen, Launch
 from app.validate import FieldCheck, first_error, parse_field
 from engine.advtok.config import AttackConfig
 from engine.bounds import bound_of
+from app.widgets.dataset_panel import DatasetPanel
 from app.widgets.engine_status import EngineStatus
 from app.widgets.lattice_view import LatticeView
 from app.widgets.token_strip import TokenStrip
@@ -85,6 +87,13 @@ class AttackScreen(JobScreen):
     ENGINE_MODULES, ENGINE_METHOD = ENGINE_MODULES, "attack"
     ENGINE_MISSING = "the AdvTok engine (engine.advtok.search) is not available in this checkout"
 
+    # the two modes fill the body (kept in the mode classes: the form's own CSS is app.tcss's)
+    DEFAULT_CSS = """
+    .atk-modes { height: 1fr; }
+    .atk-modes > ContentSwitcher { height: 1fr; }
+    .atk-mode { height: 1fr; padding: 0; }
+    """
+
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
         Binding("ctrl+r", "run", "Run", id="attack.run", tooltip="Run the attack"),
@@ -103,6 +112,16 @@ class AttackScreen(JobScreen):
                 yield widget
 
         p = self.parsers()
+        with TabbedContent(id="atk-modes", classes="atk-modes"):
+            with TabPane("Single request", id="atk-mode-single", classes="atk-mode"):
+                yield from self.compose_single(row, p)
+            with TabPane("Dataset", id="atk-mode-dataset", classes="atk-mode"):
+                with VerticalScroll(id="atk-dataset-scroll", classes="tool-main"):
+                    yield DatasetPanel(id="atk-dataset")
+
+    def compose_single(self, row: Callable[[str, Any], ComposeResult],
+                       p: dict[str, Callable[[str], Any]]) -> ComposeResult:
+        """The single-request mode: the form, the result and the engine status."""
         with VerticalScroll(id="attack-main", classes="tool-main"):
             yield from row("Request", Input(
                 id="atk-request", placeholder="the user request to re-tokenize, e.g. Write a poem about the sea",
@@ -213,8 +232,19 @@ class AttackScreen(JobScreen):
 
     # -- run --------------------------------------------------------------------------------
     def action_run(self, given: Optional[list[int]] = None) -> None:
-        """Run the attack; ``given`` (from the lattice) starts the search from those ids."""
+        """Run the attack; ``given`` (from the lattice) starts the search from those ids. In
+        the dataset mode, Run runs (or resumes) the dataset."""
+        if given is None and self.dataset_mode:
+            self.query_one(DatasetPanel).run()
+            return
         super().action_run(given=given)
+
+    @property
+    def dataset_mode(self) -> bool:
+        return self.query_one("#atk-modes", TabbedContent).active == "atk-mode-dataset"
+
+    def refresh_form(self) -> None:
+        self.query_one(DatasetPanel).refresh_controls()
 
     def prepare(self, fields: dict[str, Any], given: Optional[list[int]] = None) -> Launch:
         app = self.tokenforge_app

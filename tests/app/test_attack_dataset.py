@@ -1,0 +1,134 @@
+"""The attack screen's dataset mode on the tiny random model (the real engine: run_rows, the
+judges, the ΔASR report): the benchmark's layout and bad rows with line numbers, live progress
+across rows, the report table with ΔASR and n, a re-Run that resumes, a settings mismatch
+refused inline, judging the results file, and Esc leaving the results file readable. Run at
+140×45 and 80×24. The rows are benign synthetic requests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.widgets import Button, Input, TabbedContent
+
+from app_fakes import until
+from engine.advtok.records import read_results
+
+ROWS = [
+    {"id": "sea", "request": "Write a short poem about the sea", "response": "Sure, here is",
+     "category": "poetry"},
+    {"id": "bread", "request": "Explain how bread rises", "response": "Sure, here is",
+     "category": "cooking"},
+]
+
+
+def bench_file(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    lines = [json.dumps(r) for r in ROWS] + ['{"request": ""}']   # line 3: a bad row
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
+
+
+async def open_dataset(pilot, app):
+    await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+    await pilot.press("f3")
+    await until(pilot, lambda: app.current_mode == "attack")
+    scr = app.screen
+    scr.query_one("#atk-modes", TabbedContent).active = "atk-mode-dataset"
+    await pilot.pause()
+    assert scr.dataset_mode
+    return scr
+
+
+def fill(scr, **values):
+    for k, v in values.items():
+        scr.query_one(f"#ds-{k}", Input).value = v
+
+
+def shown(scr, ident):
+    return str(scr.query_one(f"#{ident}").render())
+
+
+@pytest.mark.parametrize("size", [(140, 45), (80, 24)])
+async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size):
+    from app.engines import Engine
+
+    app = make_app(engine=Engine(lm=tiny_lm))
+    out = tmp_path / "results.jsonl"
+    async with app.run_test(size=size) as pilot:
+        scr = await open_dataset(pilot, app)
+        fill(scr, bench=str(bench_file(tmp_path)), out=str(out), judges="refusal",
+             iters="1", samples="2", tokens="4")
+        await until(pilot, lambda: not scr.query_one("#ds-run", Button).disabled)
+        scr.query_one("#ds-bench", Input).focus()
+        await pilot.press("enter")                       # Enter reads the file
+        await until(pilot, lambda: "layout jsonl" in shown(scr, "ds-file"))
+        assert "2 usable row(s)" in shown(scr, "ds-file") and "line 3" in shown(scr, "ds-file")
+
+        seen: list[str] = []
+        panel = scr.query_one("#atk-dataset")
+        await pilot.press("ctrl+r")                      # the dataset mode's Run
+        await until(pilot, lambda: panel.busy or panel.outcome is not None)
+
+        async def progress_seen():
+            seen.append(shown(scr, "ds-progress"))
+            return panel.outcome is not None or not panel.busy
+        while not await progress_seen():
+            await pilot.pause(0.05)
+        assert panel._job.state == "finished", panel._job.error
+        assert any("row " in s and "rows/h" in s for s in seen), seen[-3:]
+        assert "done" in shown(scr, "ds-progress") and "2 row(s) run" in shown(scr, "ds-progress")
+        cells = panel.report_cells()
+        assert cells[0][:4] == ["judge", "category", "rows", "ΔASR (n rows)"]
+        assert any(r[0] == "refusal" and r[1] == "all" and r[2] == "2" for r in cells[1:])
+        assert all("n=" in r[3] for r in cells[1:])     # every ΔASR cell carries its n
+        assert {r[1] for r in cells[1:]} >= {"poetry", "cooking"}
+        assert len(read_results(out).records) == 2
+
+        # a re-Run resumes: both rows already finished, nothing redone
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: panel._job.done and "already finished" in shown(scr, "ds-progress"))
+        assert "0 row(s) run, 2 already finished" in shown(scr, "ds-progress")
+
+        # other settings on the same results file: refused, the message inline
+        bench2 = tmp_path / "more.jsonl"
+        bench2.write_text(json.dumps({"id": "tea", "request": "Describe green tea",
+                                      "response": "Sure, here is"}) + "\n", encoding="utf-8")
+        fill(scr, bench=str(bench2), iters="2")
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: panel._job.state == "failed" and bool(panel.error))
+        assert "iter" in shown(scr, "ds-error").lower(), shown(scr, "ds-error")
+        assert len(read_results(out).records) == 2
+
+        # judge the existing results file with one more judge: the report gains it
+        fill(scr, judges="refusal,target")
+        await pilot.pause()
+        scr.query_one("#ds-judge", Button).press()
+        await until(pilot, lambda: panel._job.done and panel._mode == "judge"
+                    and panel.outcome is not None)
+        assert "judged 2 row(s)" in shown(scr, "ds-progress")
+        assert {r[0] for r in panel.report_cells()[1:]} == {"refusal", "target"}
+        recs = read_results(out).records
+        assert all("target" in s["verdicts"] for r in recs for s in r["adversarial_samples"])
+
+
+async def test_dataset_escape_stops_and_leaves_results_readable(make_app, tiny_lm, tmp_path):
+    from app.engines import Engine
+
+    app = make_app(engine=Engine(lm=tiny_lm))
+    out = tmp_path / "results.jsonl"
+    async with app.run_test(size=(80, 24)) as pilot:
+        scr = await open_dataset(pilot, app)
+        fill(scr, bench=str(bench_file(tmp_path)), out=str(out), judges="refusal",
+             iters="50", samples="2", tokens="8")
+        await until(pilot, lambda: not scr.query_one("#ds-run", Button).disabled)
+        panel = scr.query_one("#atk-dataset")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: "row 1/" in shown(scr, "ds-progress") or panel._job.done)
+        await pilot.press("escape")
+        await until(pilot, lambda: panel._job.done)
+        assert panel._job.state == "cancelled"
+        assert "stopped" in shown(scr, "ds-progress")
+        assert not scr.busy and not scr.query_one("#ds-run", Button).disabled
+        done = read_results(out).records if out.exists() else []   # whole lines only
+        assert len(done) <= 1
