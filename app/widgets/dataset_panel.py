@@ -311,14 +311,19 @@ class DatasetPanel(AppAccess, Vertical):
         self.post_message(WidgetJobStarted(self._job, progress=True))
         self.query_one("#ds-progress", Static).update(
             "[cyan]starting…[/] (vocabulary, judges) · Esc stops after the row in progress")
-        self._ticker = self.set_interval(1.0, self.show_progress)
+        self._ticker = self.set_interval(1.0, self.tick)
         self.refresh_controls()
 
     def _mine(self, m: Any) -> bool:
         return self._job is not None and m.job_id == self._job.id
 
+    def tick(self) -> None:
+        """Once a second while running: the elapsed time and the ETA move between events."""
+        if self.busy:
+            self.show_progress()
+
     def show_progress(self) -> None:
-        if self.rp is None or not self.busy:
+        if self.rp is None:
             return
         line = Text(self.rp.line(), style="cyan")
         if self.judge_ids:
@@ -350,6 +355,8 @@ class DatasetPanel(AppAccess, Vertical):
             head = (f"[green]judged[/] {o.judged.rows} row(s) → {tesc(str(o.judged.dest))}")
             msgs = list(o.judged.notes)
         body = Text.from_markup(head)
+        if self.rp is not None:
+            body.append("\n" + self.rp.line(), style="dim")
         for msg in msgs[:10]:
             body.append("\n")
             body.append_text(text(msg, "yellow"))

@@ -64,18 +64,17 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         await until(pilot, lambda: "layout jsonl" in shown(scr, "ds-file"))
         assert "2 usable row(s)" in shown(scr, "ds-file") and "line 3" in shown(scr, "ds-file")
 
-        seen: list[str] = []
         panel = scr.query_one("#atk-dataset")
+        line = scr.query_one("#ds-progress")
+        seen: list[str] = []                             # every text the progress line showed
+        update = line.update
+        line.update = lambda content="": (seen.append(str(content)), update(content))[1]
         await pilot.press("ctrl+r")                      # the dataset mode's Run
-        await until(pilot, lambda: panel.busy or panel.outcome is not None)
-
-        async def progress_seen():
-            seen.append(shown(scr, "ds-progress"))
-            return panel.outcome is not None or not panel.busy
-        while not await progress_seen():
-            await pilot.pause(0.05)
+        await until(pilot, lambda: panel.outcome is not None or bool(panel.error))
         assert panel._job.state == "finished", panel._job.error
-        assert any("row " in s and "rows/h" in s for s in seen), seen[-3:]
+        assert any("row 1/2" in s and "rows/h" in s and "ETA" in s for s in seen), seen
+        assert any("row 2/2" in s for s in seen), seen
+        assert any(" ΔASR " in s and "(n=" in s for s in seen), seen   # running ΔASR per judge
         assert "done" in shown(scr, "ds-progress") and "2 row(s) run" in shown(scr, "ds-progress")
         cells = panel.report_cells()
         assert cells[0][:4] == ["judge", "category", "rows", "ΔASR (n rows)"]
@@ -112,23 +111,44 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         assert all("target" in s["verdicts"] for r in recs for s in r["adversarial_samples"])
 
 
-async def test_dataset_escape_stops_and_leaves_results_readable(make_app, tiny_lm, tmp_path):
+def held_after_first_row():
+    """The real engine, held after its first written row until the job is stopped, so Esc
+    lands between rows whatever the machine's speed."""
     from app.engines import Engine
 
-    app = make_app(engine=Engine(lm=tiny_lm))
+    class Held(Engine):
+        def dataset_run(self, *a, on_row=None, cancel=None, **kw):
+            def hold(i, n, rec):
+                on_row(i, n, rec)
+                while not cancel.wait(0.05):
+                    pass
+
+            return super().dataset_run(*a, on_row=hold, cancel=cancel, **kw)
+
+    return Held
+
+
+async def test_dataset_escape_stops_and_leaves_results_readable(make_app, tiny_lm, tmp_path):
+    app = make_app(engine=held_after_first_row()(lm=tiny_lm))
     out = tmp_path / "results.jsonl"
     async with app.run_test(size=(80, 24)) as pilot:
         scr = await open_dataset(pilot, app)
         fill(scr, bench=str(bench_file(tmp_path)), out=str(out), judges="refusal",
-             iters="50", samples="2", tokens="8")
+             iters="2", samples="2", tokens="4")
         await until(pilot, lambda: not scr.query_one("#ds-run", Button).disabled)
         panel = scr.query_one("#atk-dataset")
         await pilot.press("ctrl+r")
-        await until(pilot, lambda: "row 1/" in shown(scr, "ds-progress") or panel._job.done)
+        await until(pilot, lambda: len(panel.records) == 1)
+        assert scr.busy
         await pilot.press("escape")
         await until(pilot, lambda: panel._job.done)
         assert panel._job.state == "cancelled"
-        assert "stopped" in shown(scr, "ds-progress")
+        assert "stopped" in shown(scr, "ds-progress") and "1 row(s) written" in shown(scr, "ds-progress")
         assert not scr.busy and not scr.query_one("#ds-run", Button).disabled
-        done = read_results(out).records if out.exists() else []   # whole lines only
-        assert len(done) <= 1
+        assert [r["id"] for r in read_results(out).records] == ["sea"]   # whole lines only
+        # a re-Run resumes with the row left
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: len(panel.records) == 1 and panel._job.done is False)
+        await pilot.press("escape")
+        await until(pilot, lambda: panel._job.done)
+        assert sorted(r["id"] for r in read_results(out).records) == ["bread", "sea"]
