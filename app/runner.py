@@ -60,8 +60,11 @@ DEFAULT_TIMEOUT = 600.0
 
 class ProgressPump:
     """The engine's ``progress`` callback, run in the worker thread. Posts at most every
-    ``every`` seconds; a phase change and a final step go at once; ``flush`` sends the newest
-    pending report (called from the job's ``finally``, so the last state is never lost)."""
+    ``every`` seconds; a phase change and a final step go at once; a throttled report is sent by
+    a timer once ``every`` has passed even when the engine reports nothing more (a step that
+    then works for a minute without reporting must still show its own message, not the one
+    before it); ``flush`` sends the newest pending report (called from the job's ``finally``,
+    so the last state is never lost) and stops the timer."""
 
     def __init__(self, post: Post, job_id: int, kind: str, every: float = 0.05) -> None:
         self.post, self.job_id, self.kind, self.every = post, job_id, kind, every
@@ -70,16 +73,32 @@ class ProgressPump:
         self.pending: Optional[Progress] = None
         self.sent = 0
         self.seen = 0
+        self._lock = threading.Lock()
+        self._timer: Optional[threading.Timer] = None
+        self._closed = False
 
     def __call__(self, p: Progress) -> None:
-        self.seen += 1
-        now = time.monotonic()
-        final = p.total is not None and p.step >= p.total
-        if final or p.phase != self.phase or now - self.sent_at >= self.every:
-            self._send(p)
-            self.sent_at, self.phase = now, p.phase
-        else:
+        with self._lock:
+            self.seen += 1
+            now = time.monotonic()
+            final = p.total is not None and p.step >= p.total
+            if final or p.phase != self.phase or now - self.sent_at >= self.every:
+                self._send(p)
+                self.sent_at, self.phase = now, p.phase
+                return
             self.pending = p  # newest wins
+            if self._timer is None and not self._closed:
+                t = threading.Timer(max(0.0, self.every - (now - self.sent_at)), self._late)
+                t.daemon = True
+                self._timer = t
+                t.start()
+
+    def _late(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self.pending is not None and not self._closed:
+                self.sent_at = time.monotonic()
+                self._send(self.pending)
 
     def _send(self, p: Progress) -> None:
         self.pending = None
@@ -87,8 +106,13 @@ class ProgressPump:
         self.post(JobProgressed(self.job_id, self.kind, p))
 
     def flush(self) -> None:
-        if self.pending is not None:
-            self._send(self.pending)
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.pending is not None:
+                self._send(self.pending)
 
 
 class TokenPump:

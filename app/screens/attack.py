@@ -23,7 +23,7 @@ from textual.widgets import (Button, Collapsible, Input, Label, Select, Sparklin
                              TabbedContent, TabPane)
 
 
-from app.messages import JobCancelled, RunFromIds
+from app.messages import JobCancelled, JobStarted, RunFromIds
 from app.screens.job_screen import JobScreen, Launch
 from app.validate import FieldCheck, first_error, parse_field
 from engine.advtok.config import AttackConfig
@@ -258,6 +258,20 @@ class AttackScreen(JobScreen):
                       settings=dict(fields),
                       running="[cyan]running…[/] vocab → mdd → search → generate · Esc stops and "
                               "keeps the best so far")
+
+    def job_started(self, m: JobStarted) -> None:
+        """The run ETA also covers the sampling after the search: both tokenizations' samples
+        at the measured decode speed, one after another (an upper bound: they decode in
+        batches)."""
+        super().job_started(m)
+        tok_s = self.tokenforge_app.settings.measured_tok_s
+        s = self.run_settings
+        try:
+            n, toks = int(s.get("samples") or 0), int(s.get("sample_max_new_tokens") or 0)
+        except (TypeError, ValueError):
+            return
+        if tok_s and n and toks:
+            self.progress_widget.after_s = 2 * n * toks / tok_s
 
     def nothing_kept_text(self, m: JobCancelled) -> str:
         return f"stopped ({m.reason}) before a tokenization was scored"

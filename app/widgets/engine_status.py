@@ -20,6 +20,15 @@ STATE_TEXT = {"ready": "[green]ready[/]", "loading": "[yellow]loading…[/]",
               "unavailable": "[dim]engine.advtok.vocab not available[/]"}
 
 
+def speed_text(settings: Any) -> str:
+    """The one measured decode speed (Settings, the timeouts and every screen show this figure:
+    the probe's, then the running median of real answers), with where it came from."""
+    tok_s = getattr(settings, "measured_tok_s", None)
+    if not tok_s:
+        return "[dim]not measured yet[/]"
+    return f"{tok_s:.1f} tok/s ({esc(getattr(settings, 'speed_source', '') or 'speed probe')})"
+
+
 class EngineStatus(AppAccess, Static):
     """A small table, refreshed on model/settings changes and by a 1 s timer."""
 
@@ -54,8 +63,7 @@ class EngineStatus(AppAccess, Static):
             model += f" · {esc(app.model_error)}"
         t.append(("model", model))
         t.append(("vocabulary", STATE_TEXT.get(app.vocab_state, app.vocab_state)))
-        speed = getattr(app.speed, "tok_s", None)
-        t.append(("decode speed", f"{speed:.1f} tok/s (8-token probe)" if speed else "[dim]not measured[/]"))
+        t.append(("decode speed", speed_text(app.settings)))
         timeout = app.runner.timeout_for(self.kind)
         t.append((f"{self.kind} timeout", "none" if timeout is None else f"{timeout:.0f} s (Settings, F6)"))
         jobs = app.runner.running(self.kind)

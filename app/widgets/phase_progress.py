@@ -30,7 +30,8 @@ RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "cand_s", "rollouts_s", "rate")
 PHASE_RATE_KEYS = {"search": ("cand_s", "candidates_s", "cands_s"), "tree": ("rollouts_s",),
                    "prefill": ("tok_s",), "generate": ("tok_s",)}
 BEST_KEYS = ("best_score", "best", "score")
-HIDE_KEYS = set(RATE_KEYS) | {"elapsed", "eta_s", "chunk", "iteration", "iterations"}
+HIDE_KEYS = set(RATE_KEYS) | {"elapsed", "eta_s", "chunk", "iteration", "iterations",
+                               "done_fraction"}
 STATE_STYLE = {"idle": "dim", "running": "bold cyan", "finished": "green",
                "cancelled": "yellow", "failed": "bold red", "stuck": "bold red"}
 HINT = "Esc to stop · Ctrl+C twice to force quit"
@@ -89,6 +90,12 @@ class PhaseProgress(Widget):
         self.best_history: deque[float] = deque(maxlen=120)
         self.updates = 0
         self.run_started: Optional[float] = None  # first report of a multi-iteration run
+        self.iteration: Optional[int] = None      # the iteration now running (attack search)
+        self.iteration_started = 0.0
+        self.iteration_seconds: list[float] = []  # each finished iteration's duration
+        #: seconds the phases after the iterations will take (set by the screen that knows them,
+        #: e.g. the attack's sampling at the measured speed); part of the run ETA
+        self.after_s: Optional[float] = None
 
     def compose(self) -> ComposeResult:
         yield Static("idle", id="pp-title")
@@ -115,6 +122,9 @@ class PhaseProgress(Widget):
         self.end_message = message
         self.best_history.clear()
         self.run_started = None
+        self.iteration = None
+        self.iteration_seconds = []
+        self.after_s = None
         self._render_all()
 
     def show(self, p: Progress, job_id: Optional[int] = None) -> None:
@@ -129,8 +139,14 @@ class PhaseProgress(Widget):
         best = self._metric(p, BEST_KEYS)
         if isinstance(best, (int, float)) and not isinstance(best, bool):
             self.best_history.append(float(best))
+        now = time.monotonic()
         if self.run_started is None and "iterations" in p.metrics:
-            self.run_started = time.monotonic()
+            self.run_started = now
+        it = p.metrics.get("iteration")
+        if isinstance(it, int) and it != self.iteration:
+            if self.iteration is not None:
+                self.iteration_seconds.append(now - self.iteration_started)
+            self.iteration, self.iteration_started = it, now
         self.progress = p
         self.updates += 1
         self._render_all()
@@ -179,31 +195,53 @@ class PhaseProgress(Widget):
             return p.step / dt
         return None
 
-    def eta(self) -> Optional[float]:
+    def fraction(self) -> Optional[float]:
+        """How much of this phase is done: the engine's own finer figure when it sends one
+        (tree search inside a round: decoded tokens of the round's rollouts), else step/total."""
         p = self.progress
-        if p is None or not p.total or self.state != "running" or p.step <= 0:
+        if p is None:
+            return None
+        own = p.metrics.get("done_fraction")
+        if isinstance(own, (int, float)) and not isinstance(own, bool):
+            return max(0.0, min(1.0, float(own)))
+        return p.fraction
+
+    def eta(self) -> Optional[float]:
+        """This phase's (or, in an iterated run, this iteration's) remaining seconds."""
+        p = self.progress
+        if p is None or not p.total or self.state != "running":
             return None
         own = p.metrics.get("eta_s")  # the engine's own estimate (prefill sends one)
         if isinstance(own, (int, float)) and not isinstance(own, bool):
             return max(0.0, float(own))
-        dt = time.monotonic() - self.phase_started
+        f = self.fraction()
+        if not f:
+            return None
+        since = self.iteration_started if self.iteration is not None else self.phase_started
+        dt = time.monotonic() - since
         if dt <= 0:
             return None
-        return max(0.0, (p.total - p.step) * dt / p.step)
+        return max(0.0, dt * (1 - f) / f)
 
     def overall(self) -> Optional[tuple[int, int, Optional[float]]]:
         """(iteration, iterations, ETA of the whole run) when the engine reports iterations: the
-        bar is one iteration's work; this is the run's (done iterations + the current one's
-        fraction, over the time since the first iteration's report)."""
+        bar is one iteration's work; the run's ETA is the rest of this iteration, plus the
+        iterations still to come at the mean finished iteration's time (the current one's
+        projection before any finished), plus the phases after the iterations (``after_s``).
+        So it is never below the iteration's own ETA, whatever ran before the first iteration."""
         p = self.progress
         m = p.metrics if p is not None else {}
         it, n = m.get("iteration"), m.get("iterations")
         if not isinstance(it, int) or not isinstance(n, int) or n <= 0:
             return None
-        frac = (max(it - 1, 0) + (p.fraction or 0.0)) / n  # type: ignore[union-attr]
         eta = None
-        if self.state == "running" and self.run_started is not None and frac > 0:
-            eta = (time.monotonic() - self.run_started) * (1 - frac) / frac
+        here = self.eta()
+        if self.state == "running" and here is not None:
+            if self.iteration_seconds:
+                per = sum(self.iteration_seconds) / len(self.iteration_seconds)
+            else:
+                per = time.monotonic() - self.iteration_started + here
+            eta = here + max(n - it, 0) * per + (self.after_s or 0.0)
         return it, n, eta
 
     def overall_text(self) -> str:
@@ -279,7 +317,8 @@ class PhaseProgress(Widget):
         if self.state == "finished":
             bar.update(total=1, progress=1)  # an early stop (eos) still completed the job
         elif p is not None and p.total:
-            bar.update(total=p.total, progress=min(p.step, p.total))
+            f = self.fraction() or 0.0
+            bar.update(total=p.total, progress=min(f * p.total, p.total))
         elif self.state == "running":
             bar.update(total=None, progress=0)  # unknown total: the indeterminate bar
         else:

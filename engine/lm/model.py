@@ -179,7 +179,11 @@ def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
 
     from engine.integrity import record_dir
 
-    report(progress, "load", 1, 4, f"de-quantizing {gguf.name} (once; ~15 s)")
+    # The converter reads the GGUF's metadata (49k-token vocabulary and merges, parsed field by
+    # field) once for the tokenizer and again for the model before its first tensor: most of a
+    # cold start on a slow CPU, with no per-item hook, so each step is named before it starts.
+    report(progress, "load", 1, 4, f"converting {gguf.name} (once): reading its tokenizer "
+           "(vocabulary and merges)")
     check(cancel)
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
@@ -190,7 +194,8 @@ def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
         for i, item in enumerate(items):
             if tick.due():
                 check(cancel)
-                report(progress, "load", 1, 4, f"de-quantizing {gguf.name}: tensor {i}/{len(items)}",
+                report(progress, "load", 1, 4, f"converting {gguf.name} (once): de-quantizing tensor "
+                       f"{i}/{len(items)}",
                        tensors=i, tensors_total=len(items))
             yield item
 
@@ -198,6 +203,9 @@ def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
     gguf_utils.tqdm = tensors_with_progress
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        check(cancel)
+        report(progress, "load", 1, 4, f"converting {gguf.name} (once): reading its config and "
+               "tensor index")
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                      dtype="float32")
     except Cancelled:
@@ -207,7 +215,7 @@ def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
     finally:
         gguf_utils.tqdm = saved_tqdm
     check(cancel)
-    report(progress, "load", 2, 4, f"saving safetensors to {target}")
+    report(progress, "load", 2, 4, f"converting {gguf.name} (once): saving safetensors to {target}")
     # save_pretrained refuses a GGUF-loaded model until the quantizer traces are removed.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -119,6 +119,7 @@ class _Search:
         self.t_reward = 0.0
         self._text_cache: dict[int, str] = {}
         self.tick = Ticker(0.1)
+        self.round = 0
 
     # ---- helpers
     def _check(self) -> None:
@@ -198,11 +199,23 @@ class _Search:
                f"rollout {self.done_rollouts}/{self.cfg.rollouts} · best reward {best}",
                **self._metrics(self.roll.t_roll))
 
+    def _round_fraction(self) -> float:
+        """Rollouts done, counting the round being decoded by its tokens: each row's share of
+        the horizon it has reached (a row that has ended counts whole). The bar and the ETA move
+        inside a round, which is the whole search when the batch holds every rollout."""
+        H = max(1, self.cfg.horizon)
+        part = sum(1.0 if r.kv is not None else min(1.0, (r.start.depth + len(r.tokens)) / H)
+                   for r in self.rows)
+        return min(1.0, (self.done_rollouts + part) / max(1, self.cfg.rollouts))
+
     def _on_step(self, active: int, roll_s: float) -> None:
         """Progress while a round decodes (at most every 0.1 s)."""
         if self.progress is not None and self.tick.due():
+            deepest = max((r.start.depth + len(r.tokens) for r in self.rows), default=0)
             report(self.progress, "tree", self.done_rollouts, self.cfg.rollouts,
-                   f"decoding {active} rollout(s)", **self._metrics(roll_s))
+                   f"round {self.round}: decoding {active} of {len(self.rows)} rollout(s) · "
+                   f"token {min(deepest, self.cfg.horizon)}/{self.cfg.horizon}",
+                   done_fraction=round(self._round_fraction(), 4), **self._metrics(roll_s))
 
     # ---- main loop
     def run(self) -> TreeResult:
@@ -210,7 +223,11 @@ class _Search:
         t0 = time.perf_counter()
         stop, error = "completed", ""
         try:
+            report(self.progress, "tree", 0, cfg.rollouts, f"preparing the reward ({self.reward.spec})"
+                   if getattr(self.reward, "spec", "") else "preparing the reward")
             self.reward.prepare(self.lm, self.prompt)
+            report(self.progress, "tree", 0, cfg.rollouts,
+                   f"prefilling the prompt ({len(self.prompt):,} tokens)")
             self.roll.prefill_root()
             while self.done_rollouts < cfg.rollouts:
                 self._check()
@@ -231,6 +248,8 @@ class _Search:
                     else:
                         rows.append(Row(path[-1], path))
                 self.rows = rows
+                self.round += 1
+                self.tick = Ticker(0.1)  # the round's first step reports at once
                 self.roll.rollout_round(rows, self._on_step)
                 self.rows = []
                 self.finish_round(rows, terminals)

@@ -81,6 +81,12 @@ async def test_engine_status_panel(make_app):
         assert "engine.not_a_module: not in this checkout yet" in text
         assert "fake-lm" in text and "tree timeout" in text and "running: none" in text
         assert not status.engine_ready()
+        # one figure of measured speed everywhere: the panel follows the running median that
+        # Settings shows and the timeouts use, not the start-up probe's own result
+        app.record_speed(20.0, tokens=64)
+        status.refresh_status()
+        assert app.settings.measured_tok_s == 35.0
+        assert "decode speed: 35.0 tok/s (median of 2 runs)" in status.plain()
 
 
 async def test_chat_turn_streams_into_the_list(make_app):

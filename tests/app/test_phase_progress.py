@@ -103,27 +103,70 @@ async def test_unknown_figures_show_a_dash_never_none():
 
 
 async def test_attack_shows_the_whole_run_beside_the_iteration_bar():
-    """The bar is one iteration's candidates; the run line counts iterations and its ETA
-    covers every iteration left (here 2.5 of 10 done in 5 s → 15 s to go)."""
+    """The bar is one iteration's candidates; the run line counts iterations and its ETA is the
+    rest of this iteration + the iterations left at the finished ones' mean time + the phases
+    after them: never below the iteration's own ETA, however long the diagram took before."""
     app = Host()
     async with app.run_test(size=(120, 8)) as pilot:
         pp = app.query_one(PhaseProgress)
         pp.begin("advtok", job_id=1)
+        pp.started -= 60.0  # a slow diagram and first scoring before the first iteration
         pp.show(Progress("search", 1, 40, "scored 1/40", {"iteration": 1, "iterations": 10,
                                                           "best": -3.0}), job_id=1)
-        pp.run_started -= 5.0
-        pp.show(Progress("search", 20, 40, "scored 20/40", {"iteration": 3, "iterations": 10,
+        pp.iteration_started -= 4.0  # iteration 1 takes 4 s
+        pp.show(Progress("search", 1, 40, "scored 1/40", {"iteration": 2, "iterations": 10,
+                                                          "best": -3.0}), job_id=1)
+        pp.iteration_started -= 2.0  # half of iteration 2 in 2 s
+        pp.after_s = 10.0            # sampling after the search, as the screen estimated it
+        pp.show(Progress("search", 20, 40, "scored 20/40", {"iteration": 2, "iterations": 10,
                                                             "best": -2.0}), job_id=1)
         await pilot.pause()
         it, n, eta = pp.overall()
-        assert (it, n) == (3, 10) and 14.0 < eta < 16.5
+        here = pp.eta()
+        assert 1.5 < here < 3.0  # this iteration: 20 of 40 in 2 s
+        assert (it, n) == (2, 10) and 42.0 < eta < 46.0  # 2 + 8 × 4 + 10
+        assert eta >= here
         t = texts(pp)
-        assert "run: iteration 3/10" in t and "run ETA" in t and "20/40" in t
+        assert "run: iteration 2/10" in t and "run ETA" in t and "20/40" in t
+        assert "elapsed 1:0" in t  # the job's clock: the diagram included
         assert pp.query_one(ProgressBar).total == 40  # the bar stays per iteration
         pp.end("cancelled", "stopped", job_id=1)
         await pilot.pause()
-        assert "run: iteration 3/10" in texts(pp) and "run ETA" not in texts(pp)
+        assert "run: iteration 2/10" in texts(pp) and "run ETA" not in texts(pp)
         pp.begin("tree", job_id=2)  # a job without iterations shows no run line
         pp.show(Progress("search", 5, 10, "x", {"best": 1.0}), job_id=2)
         await pilot.pause()
         assert pp.overall() is None and "run:" not in texts(pp)
+
+
+async def test_first_iteration_run_eta_covers_the_iterations_left():
+    """Before any iteration finished the run ETA projects the current one: 25 % in 3 s → 9 s
+    left here, 12 s for each of the 4 after it."""
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("advtok", job_id=1)
+        pp.show(Progress("search", 1, 40, "", {"iteration": 1, "iterations": 5}), job_id=1)
+        pp.iteration_started -= 3.0
+        pp.show(Progress("search", 10, 40, "", {"iteration": 1, "iterations": 5}), job_id=1)
+        await pilot.pause()
+        _, _, eta = pp.overall()
+        assert 8.0 < pp.eta() < 10.5 and 55.0 < eta < 60.0
+
+
+async def test_engine_fraction_moves_the_bar_inside_a_round():
+    """Tree search inside its first round: 0 of 6 rollouts done, but the engine says 40 % of the
+    round's tokens are decoded: the bar and the ETA follow that."""
+    app = Host()
+    async with app.run_test(size=(120, 8)) as pilot:
+        pp = app.query_one(PhaseProgress)
+        pp.begin("tree", job_id=1)
+        pp.show(Progress("tree", 0, 6, "round 1: decoding 6 rollouts · token 20/50",
+                         {"done_fraction": 0.4}), job_id=1)
+        pp.phase_started -= 4.0
+        await pilot.pause()
+        bar = pp.query_one(ProgressBar)
+        assert bar.total == 6 and abs(bar.progress - 2.4) < 1e-6
+        assert 5.0 < pp.eta() < 7.0  # 40 % in 4 s
+        t = texts(pp)
+        assert "token 20/50" in t and "done_fraction" not in t

@@ -293,3 +293,18 @@ async def test_run_aside_keeps_the_loop_free_and_is_no_job():
 
     with pytest.raises(InputError, match="no such file: x"):
         await r.run_aside(boom, "x")
+
+
+async def test_throttled_report_is_sent_without_a_further_report():
+    """A step that reports its message and then works silently (the GGUF tokenizer read: a
+    minute without a report) must show that message, not the one before it."""
+    seen: list = []
+    pump = ProgressPump(seen.append, 1, "load", every=0.05)
+    pump(Progress("load", 0, 4, "resolving default"))
+    pump(Progress("load", 1, 4, "reading the tokenizer"))  # throttled: pending, nothing follows
+    deadline = time.monotonic() + DEADLINE_S
+    while len(seen) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert [m.progress.message for m in seen] == ["resolving default", "reading the tokenizer"]
+    pump.flush()  # nothing pending: nothing more, and no timer left behind
+    assert len(seen) == 2 and pump._timer is None

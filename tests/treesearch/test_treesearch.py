@@ -450,3 +450,19 @@ def test_depth_cap_and_sample_mode_answers_are_real_rollouts(tiny, prompt):
         assert len(s.token_ids) <= 6
     d = res.to_dict()
     assert "tree" not in d and d["best"]["reward"] == res.best_reward
+
+
+def test_progress_inside_the_first_round(tiny, prompt):
+    """One round holds every rollout: before any rollout is scored the reports name the round
+    and its token, and their done fraction moves (the bar is not stuck at 0/6 for the whole
+    search); the reward and the prefill are named before them."""
+    got = []
+    cfg = TreeConfig(rollouts=6, horizon=8, temperature=2.0, batch=6, seed=0)
+    run_tree_search(tiny, prompt, parse_reward("length:1-2t"), cfg, progress=got.append)
+    msgs = [p.message for p in got]
+    assert msgs[0].startswith("preparing the reward") and msgs[1].startswith("prefilling the prompt")
+    inside = [p for p in got if p.message.startswith("round 1: decoding")]
+    assert inside and all(p.step == 0 for p in inside)
+    assert "token " in inside[0].message and "/8" in inside[0].message
+    fr = [p.metrics["done_fraction"] for p in inside]
+    assert 0 < fr[0] <= 1 and fr == sorted(fr)
