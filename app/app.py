@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
+from app import layout
 from app.engines import Engine
 from app.inert import notice
 from app.model_state import ModelLifecycle
@@ -65,6 +66,11 @@ def _settings() -> Screen:
     return SettingsScreen()
 
 
+#: F2–F8 share one footer entry ("f2 … f8 screens"; F1 and the palette name each): seven
+#: named keys cut the footer even at 140 columns
+SCREENS = Binding.Group("screens")
+
+
 class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     """The tokenforge workbench. ``engine`` (app/engines.py interface) and ``lm`` may be injected."""
 
@@ -73,6 +79,9 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
     MODES = {"chat": _chat, "attack": _attack, "search": _search, "dashboard": _dashboard,
              "settings": _settings, "sessions": _sessions, "models": _models}
     DEFAULT_MODE = "chat"
+    # screen classes for the layouts: 80 columns are "-narrow", 24 rows "-short" (app.tcss)
+    HORIZONTAL_BREAKPOINTS = layout.HORIZONTAL_BREAKPOINTS
+    VERTICAL_BREAKPOINTS = layout.VERTICAL_BREAKPOINTS
     BINDINGS = [
         # priority: a focused field's copy binding must never swallow the cancel / force quit
         Binding("ctrl+c", "interrupt", "Stop/Quit", id="interrupt", priority=True,
@@ -82,17 +91,20 @@ class TokenforgeApp(ModelLifecycle, QuitPolicy, App):
                 tooltip="Copy the selected text"),
         Binding("ctrl+q", "quit", "Quit", priority=True, id="quit", tooltip="Quit gracefully"),
         Binding("f1", "toggle_keys", "Keys", id="help", tooltip="Show or hide the key list"),
-        Binding("f2", "show('chat')", "Chat", id="screen.chat", tooltip="Chat screen"),
-        Binding("f3", "show('attack')", "Attack", id="screen.attack", tooltip="AdvTok attack screen"),
-        Binding("f4", "show('search')", "Search", id="screen.search", tooltip="Tree search screen"),
+        Binding("f2", "show('chat')", "Chat", id="screen.chat", tooltip="Chat screen", group=SCREENS),
+        Binding("f3", "show('attack')", "Attack", id="screen.attack", tooltip="AdvTok attack screen", group=SCREENS),
+        Binding("f4", "show('search')", "Search", id="screen.search", tooltip="Tree search screen", group=SCREENS),
         Binding("f5", "show('dashboard')", "Dashboard", id="screen.dashboard",
-                tooltip="Method benchmark dashboard"),
+                tooltip="Method benchmark dashboard", group=SCREENS),
         Binding("f6", "show('settings')", "Settings", id="screen.settings",
-                tooltip="Model, sampling, timeouts, export folder"),
+                tooltip="Model, sampling, timeouts, export folder",
+                group=SCREENS),
         Binding("f7", "show('sessions')", "Sessions", id="screen.sessions",
-                tooltip="Saved conversations: open, rename, delete, search"),
+                tooltip="Saved conversations: open, rename, delete, search",
+                group=SCREENS),
         Binding("f8", "show('models')", "Models", id="screen.models",
-                tooltip="Every model available offline; enter switches"),
+                tooltip="Every model available offline; enter switches",
+                group=SCREENS),
     ]
 
     def __init__(self, args: Any = None, *, engine: Any = None,

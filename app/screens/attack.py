@@ -133,22 +133,29 @@ class AttackScreen(JobScreen):
                 id="atk-system", placeholder="empty: the AdvTok reference default system prompt",
                 validators=[FieldCheck(p["atk-system"])]))
             with Horizontal(id="atk-numbers", classes="form-row number-row"):
-                for ident, label, value, ph in (
-                        ("atk-iters", "iterations", "20", bound_of(AttackConfig, "iters").describe()),
-                        ("atk-neighbours", "max neighbours", "", "all"),
-                        ("atk-samples", "samples", "4", bound_of(AttackConfig, "samples").describe()),
-                        ("atk-sample-tokens", "sample tokens", "48", "new tokens"),
-                        ("atk-seed", "seed", "0", "0…"),
-                        ("atk-sample-rep", "sample rep. penalty", "1.0", "1 = off"),
+                # short labels (whole at 80 columns); the tooltip says the rest
+                for ident, label, value, ph, tip in (
+                        ("atk-iters", "iterations", "20", bound_of(AttackConfig, "iters").describe(),
+                         "search iterations at most"),
+                        ("atk-neighbours", "neighbours", "", "all",
+                         "max neighbours scored per iteration (empty: all)"),
+                        ("atk-samples", "samples", "4", bound_of(AttackConfig, "samples").describe(),
+                         "answers sampled with each tokenization"),
+                        ("atk-sample-tokens", "sample tokens", "48", "new tokens",
+                         "new tokens per sampled answer"),
+                        ("atk-seed", "seed", "0", "0…", "seed of the search and the samples"),
+                        ("atk-sample-rep", "rep. penalty", "1.0", "1 = off",
+                         "repetition penalty of the sampled answers (1 = off)"),
                 ):
                     with Vertical(classes="number-field"):
-                        yield Label(label, classes="number-label")
-                        yield Input(value=value, id=ident, placeholder=ph,
+                        yield Label(label, classes="number-label").with_tooltip(tip)
+                        yield Input(value=value, id=ident, placeholder=ph, tooltip=tip,
                                     validators=[FieldCheck(p[ident])])
                 with Vertical(classes="number-field"):
-                    yield Label("init", classes="number-label")
+                    yield Label("init", classes="number-label").with_tooltip(
+                        "where the search starts: canonical, random or given token ids")
                     yield Select([(c, c) for c in INITS], value="canonical", allow_blank=False,
-                                 id="atk-init")
+                                 id="atk-init", tooltip="where the search starts")
             yield Static("", id="atk-error", classes="inline-error")
             with Horizontal(classes="button-row"):
                 yield Button("Run attack", id="atk-run", variant="primary", disabled=True)

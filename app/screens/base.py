@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from app.app_access import AppAccess
+from app.layout import COMPACT_WIDGETS, SHORT_ROWS
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobProgressed,
                           JobStarted, JobStuck, ModelChanged, SettingsChanged, TokensGenerated,
                           WidgetJobEnded, WidgetJobStarted)
@@ -44,7 +45,19 @@ class ToolScreen(AppAccess, Screen):
         yield Header(icon="◆")
         yield from self.compose_body()
         yield PhaseProgress(id="progress")
-        yield Footer()
+        yield Footer(compact=True)
+
+    def on_resize(self, event: Any) -> None:
+        """On a short terminal (the app's ``-short`` breakpoint, 80×24) fields, selects,
+        buttons and check boxes drop their borders: one row each instead of three, so a form,
+        its Run button and the results fit without scrolling."""
+        self.fit_compact()
+
+    def fit_compact(self) -> None:
+        short = self.size.height < SHORT_ROWS
+        for w in self.query(COMPACT_WIDGETS):
+            if getattr(w, "compact", None) is not None and w.compact != short:
+                w.compact = short
 
     def compose_body(self) -> ComposeResult:  # overridden
         return iter(())

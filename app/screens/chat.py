@@ -45,7 +45,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
     """Chat with the loaded model."""
 
     BINDINGS = [
-        Binding("escape", "stop", "Stop answer", id="chat.stop", tooltip="Stop the current answer"),
+        Binding("escape", "stop", "Stop", id="chat.stop", tooltip="Stop the current answer"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate",
                 tooltip="Answer the selected turn's message again (the old answer stays a variant)"),
         Binding("ctrl+n", "new_chat", "New chat", id="chat.new", tooltip="Start a new conversation"),
@@ -55,7 +55,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
         Binding("alt+c", "copy_answer", "Copy", id="chat.copy", priority=True,
                 tooltip="Copy the selected message (tab or click onto it), else the last answer "
                         "(OSC 52: works over SSH and tmux)"),
-        Binding("alt+k", "copy_code", "Copy code", id="chat.copy_code", priority=True,
+        Binding("alt+k", "copy_code", "Copy code", id="chat.copy_code", priority=True, show=False,
                 tooltip="Copy a code block of the last answer (press again for the next)"),
         Binding("ctrl+t", "tokens", "Tokens", id="chat.tokens",
                 tooltip="Token explorer: colour the last answer by probability and select tokens"),

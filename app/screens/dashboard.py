@@ -42,6 +42,7 @@ from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, TABLE_COLUMNS, W
 from app.screens.dashboard_report import LiveReport
 from app.settings import BenchGrid, fmt_duration
 from app.validate import FieldCheck, first_error, parse_field
+from app.widgets.checks import CheckList
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot
 
@@ -79,7 +80,7 @@ class DashboardScreen(LiveReport, ToolScreen):
                 yield EngineStatus(ENGINE_MODULES, JOB_KIND, WHAT, id="dashboard-status")
                 yield Label("Methods")
                 names = method_choices()
-                yield SelectionList[str](*[(n, n, n in DEFAULT_METHODS) for n in names],
+                yield CheckList[str](*[(n, n, n in DEFAULT_METHODS) for n in names],
                                          id="dash-methods")
                 yield Label("Combinations (PROMPT+CACHE, comma-separated; each run as one method)")
                 yield Input("", id="dash-combos", placeholder="e.g. prune-selfinfo+kv-fp8",
@@ -89,7 +90,7 @@ class DashboardScreen(LiveReport, ToolScreen):
                 yield Select([(s, s) for s in suites], value=suites[0] if suites else Select.BLANK,
                              allow_blank=not suites, id="dash-suite")
                 yield Label("Query kinds")
-                yield SelectionList[str](*[(k, k, k in ("chat", "qa")) for k in KINDS], id="dash-kinds")
+                yield CheckList[str](*[(k, k, k in ("chat", "qa")) for k in KINDS], id="dash-kinds")
                 yield Label("Repeats (≥ 1) · max new tokens")
                 with Horizontal(classes="dash-row"):
                     yield Input("5", id="dash-repeats", validators=[FieldCheck(self._parse_repeats)])

@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, Select, Static
 
 from app.inert import styled, text
+from app.layout import NARROW_COLUMNS
 from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 
@@ -47,6 +48,7 @@ class ModelsScreen(ToolScreen):
         self.switching: Optional[str] = None
         self._old: Any = None  # the model before the switch: still app.lm means it failed
         self.scanning = False
+        self._shown_columns: tuple[str, ...] = ()
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("models: Load the selected model", "Switch models (enter)", self.action_switch)
@@ -68,7 +70,7 @@ class ModelsScreen(ToolScreen):
     def on_mount(self) -> None:
         super().on_mount()
         t = self.query_one("#model-table", DataTable)
-        t.add_columns("", "Model", "Source", "Architecture", "Params", "Dtype", "Size", "Lean path")
+        self._set_columns(t)
         t.focus()
         self.action_rescan()
         self.set_interval(0.25, self._watch_load)
@@ -94,17 +96,50 @@ class ModelsScreen(ToolScreen):
             self.scanning = False
         self._fill()
 
+    WIDE = ("", "Model", "Source", "Architecture", "Params", "Dtype", "Size", "Lean path")
+    #: below 100 columns: what tells models apart and whether the lean path runs; the source,
+    #: architecture and dtype go first (the Model name usually says them)
+    NARROW = ("", "Model", "Params", "Size", "Lean path")
+
+    def on_resize(self, event: Any) -> None:
+        if self._columns_for(self.size.width) != self._shown_columns:
+            if self.scanning:  # the scan fills the table when it ends
+                self._set_columns(self.query_one("#model-table", DataTable))
+            else:
+                self._fill()
+
+    def _columns_for(self, width: int) -> tuple[str, ...]:
+        return self.NARROW if width < NARROW_COLUMNS else self.WIDE
+
+    def _set_columns(self, t: DataTable) -> tuple[str, ...]:
+        cols = self._columns_for(self.size.width)
+        if cols != self._shown_columns:
+            t.clear(columns=True)
+            if cols is self.NARROW:  # fixed widths: the lean-path reason takes what is left
+                fixed = {"": 1, "Model": 30, "Params": 7, "Size": 9}
+                rest = self.size.width - 2 - sum(w + 2 for w in fixed.values()) - 2
+                for c in cols:
+                    t.add_column(c, key=c or "mark", width=fixed.get(c, max(8, rest)))
+            else:
+                for c in cols:
+                    t.add_column(c, key=c or "mark")
+            self._shown_columns = cols
+        return cols
+
     def _fill(self) -> None:
         from engine.sessions.discovery import fmt_size
 
         t = self.query_one("#model-table", DataTable)
+        cols = self._set_columns(t)
         t.clear()
         current = self.tokenforge_app.settings.model
         for e in self.entries:
             lean = {True: "yes", False: f"no: {e.lean_why}", None: "?" if not e.lean_why else e.lean_why}[e.lean]
             mark = "●" if e.spec == current else ""
-            t.add_row(mark, text(e.name), text(e.source), text(e.architecture), text(e.params_text()),
-                      text(e.dtype), fmt_size(e.size_bytes), text(lean), key=e.spec)  # folder data
+            cells = {"": mark, "Model": text(e.name), "Source": text(e.source),
+                     "Architecture": text(e.architecture), "Params": text(e.params_text()),
+                     "Dtype": text(e.dtype), "Size": fmt_size(e.size_bytes), "Lean path": text(lean)}
+            t.add_row(*(cells[c] for c in cols), key=e.spec)  # folder data: Text cells, inert
         n = len(self.entries)
         self._status(f"{n} model{'s' * (n != 1)} available offline · enter loads · ctrl+r rescans")
 

@@ -31,6 +31,7 @@ from app.screens.job_screen import JobScreen, Launch
 from app.screens.search_form import PLUGIN_WARNING, fmt_reward, live_figures, parse_reward_spec
 from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.engine_status import EngineStatus
+from app.widgets.checks import Check
 from app.widgets.tree_nav import TreeNavigator
 
 ENGINE_MODULES = ("engine.treesearch.search",)
@@ -75,20 +76,24 @@ class SearchScreen(JobScreen):
                             placeholder="words:a,b · regex:P · answer:X · length:20-40 · "
                                         "loglik:TEXT · plugin:module:function")
             with Horizontal(id="ts-numbers", classes="form-row number-row"):
-                for ident, label, value, ph in (
-                        ("ts-rollouts", "rollouts", "10", "≥ 1"),
-                        ("ts-horizon", "horizon (new tokens)", "32", "≥ 1"),
-                        ("ts-lambda", "λ", "1.0", "> 0"),
-                        ("ts-seed", "seed", "0", "empty: random"),
-                        ("ts-samples", "samples (sample)", "3", "≥ 1"),
-                        ("ts-rep", "rep. penalty", "1.0", "1 = off"),
+                # short labels (whole at 80 columns); the tooltip says the rest
+                for ident, label, value, ph, tip in (
+                        ("ts-rollouts", "rollouts", "10", "≥ 1", "rollouts in the whole search"),
+                        ("ts-horizon", "horizon", "32", "≥ 1", "new tokens per rollout at most"),
+                        ("ts-lambda", "λ", "1.0", "> 0",
+                         "λ: rewards count as exp(λ·r); larger favours reward over diversity"),
+                        ("ts-seed", "seed", "0", "empty: random", "seed of the search"),
+                        ("ts-samples", "samples", "3", "≥ 1",
+                         "answers drawn from the tree (sample mode)"),
+                        ("ts-rep", "rep. penalty", "1.0", "1 = off", "repetition penalty (1 = off)"),
                 ):
                     with Vertical(classes="number-field"):
-                        yield Label(label, classes="number-label")
-                        yield Input(value=value, id=ident, placeholder=ph,
+                        yield Label(label, classes="number-label").with_tooltip(tip)
+                        yield Input(value=value, id=ident, placeholder=ph, tooltip=tip,
                                     validators=[FieldCheck(p[ident])])
                 with Vertical(classes="number-field"):
-                    yield Label("mode", classes="number-label")
+                    yield Label("mode", classes="number-label").with_tooltip(
+                        "search: the best reward; sample: draw answers from the tree")
                     yield Select([(m, m) for m in MODES], value="search", allow_blank=False,
                                  id="ts-mode")
             yield Static("", id="ts-error", classes="inline-error")
@@ -97,7 +102,8 @@ class SearchScreen(JobScreen):
                 yield Button("Run search", id="ts-run", variant="primary", disabled=True)
                 yield Button("Stop", id="ts-stop", variant="error", disabled=True)
                 yield Button("Export JSON", id="ts-export", disabled=True)
-                yield Checkbox("allow plugin (runs my code)", False, id="ts-allow-plugin")
+                yield Check("allow plugin", False, id="ts-allow-plugin",
+                            tooltip="a plugin: reward runs your own Python code; allow it")
             yield Static("", id="ts-status", classes="status-line")
             yield Static("[dim]live tree figures appear here while a search runs[/]",
                          id="ts-live", classes="status-line")

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from engine.errors import EngineError
 
 from app.inert import notice, styled, text
+from app.layout import NARROW_COLUMNS
 from app.saved_chat import session_store
 from app.screens.base import ToolScreen
 
@@ -61,6 +62,7 @@ class SessionsScreen(ToolScreen):
         #: a session whose model is not the loaded one: (name, its model spec, its model id)
         self.pending: Optional[tuple[str, str, str]] = None
         self.waiting_for: Optional[tuple[str, str]] = None  # its own model is loading for it
+        self._shown_columns: tuple[str, ...] = ()
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("sessions: Open", "Open the selected session in chat (enter)", self.action_open)
@@ -81,14 +83,39 @@ class SessionsScreen(ToolScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        t = self.query_one("#session-table", DataTable)
-        t.add_columns("Name", "Updated", "Model", "Turns", "First message / match")
         self.query_one("#rename-row").display = False
         self.refresh_list()
-        t.focus()
+        self.query_one("#session-table", DataTable).focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_list()
+
+    def on_resize(self, event: Any) -> None:
+        if self._columns_for(self.size.width) != self._shown_columns:
+            self.refresh_list()
+
+    @staticmethod
+    def _columns_for(width: int) -> tuple[str, ...]:
+        """The table's columns at this width: below 100 columns the model (the least useful
+        here: the row says "(other weights)" when it matters) goes first."""
+        if width < NARROW_COLUMNS:
+            return ("Name", "Updated", "Turns", "First message / match")
+        return ("Name", "Updated", "Model", "Turns", "First message / match")
+
+    def _set_columns(self, t: DataTable) -> tuple[str, ...]:
+        cols = self._columns_for(self.size.width)
+        if cols != self._shown_columns:
+            t.clear(columns=True)
+            if self.size.width < NARROW_COLUMNS:  # fixed widths; the message takes the rest
+                fixed = {"Name": 18, "Updated": 9, "Turns": 5}
+                rest = self.size.width - 4 - sum(w + 2 for w in fixed.values()) - 2
+                for c in cols:
+                    t.add_column(c, key=c, width=fixed.get(c, max(12, rest)))
+            else:
+                for c in cols:
+                    t.add_column(c, key=c)
+            self._shown_columns = cols
+        return cols
 
     # -- listing --------------------------------------------------------------------------------
     def _store(self) -> Any:
@@ -118,6 +145,7 @@ class SessionsScreen(ToolScreen):
         t = self.query_one("#session-table", DataTable)
         query = self.query_one("#session-search", Input).value.strip()
         keep = self.selected()
+        cols = self._set_columns(t)
         t.clear()
         self.names = []
         current = getattr(self.loaded_model, "model", None)
@@ -135,8 +163,9 @@ class SessionsScreen(ToolScreen):
             model = info.model_id
             if here is not None and store.get(info.name).weights_hash != here:
                 model += " (other weights)"
-            t.add_row(text(info.name), _ago(info.updated), text(model), str(info.turns), text(first),
-                      key=info.name)
+            cells = {"Name": text(info.name), "Updated": _ago(info.updated), "Model": text(model),
+                     "Turns": str(info.turns), "First message / match": text(first)}
+            t.add_row(*(cells[c] for c in cols), key=info.name)
             self.names.append(info.name)
         if keep in self.names:
             t.move_cursor(row=self.names.index(keep))

@@ -102,7 +102,7 @@ class PhaseProgress(Widget):
         with Horizontal():
             yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="pp-bar")
             yield Static("", id="pp-stats")
-        with Horizontal():
+        with Horizontal(id="pp-figrow"):
             yield Static("", id="pp-figures")
             yield Sparkline([], id="pp-spark")
 
@@ -312,7 +312,9 @@ class PhaseProgress(Widget):
         p = self.progress
         self.query_one("#pp-title", Static).update(self.title_text())
         self.query_one("#pp-stats", Static).update(self.stats_text())
-        self.query_one("#pp-figures", Static).update(self.figures_text())
+        figures = self.figures_text()
+        self.query_one("#pp-figures", Static).update(figures)
+        self.set_class(not figures, "-no-figures")  # a short screen drops the empty row
         bar = self.query_one("#pp-bar", ProgressBar)
         if self.state == "finished":
             bar.update(total=1, progress=1)  # an early stop (eos) still completed the job
