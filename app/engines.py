@@ -55,6 +55,7 @@ class DatasetOutcome:
     judged: Any = None              # engine.advtok.evalrun.JudgedFile (a judging pass)
     report: Any = None              # engine.advtok.asr_report.AsrReport, None after a stop
     problems: list[str] = field(default_factory=list)   # the benchmark's bad rows
+    records: list[dict[str, Any]] = field(default_factory=list)  # every finished row (drill-down)
 
 
 class Engine:
@@ -190,8 +191,10 @@ class Engine:
 
         summ = run_rows(lm, bench, cfg, built, out, cancel=cancel, on_row=on_row,
                         progress=progress, system=system)
-        rep = None if summ.interrupted else self.asr_report(out)
-        return DatasetOutcome(summary=summ, report=rep, problems=list(bench.problems))
+        out_ = DatasetOutcome(summary=summ, problems=list(bench.problems))
+        if not summ.interrupted:
+            out_.records, out_.report = self.asr_report(out)
+        return out_
 
     def judge_results(self, results: str, judges: str, out: Optional[str] = None, *,
                       progress: Optional[ProgressFn] = None,
@@ -204,14 +207,17 @@ class Engine:
         res = rejudge_file(results, lambda: make_judges(
             judges, loader=judge_loader(cancel)), out,
             cancel=cancel, progress=progress)
-        return DatasetOutcome(judged=res, report=self.asr_report(str(res.dest)))
+        recs, rep = self.asr_report(str(res.dest))
+        return DatasetOutcome(judged=res, report=rep, records=recs)
 
-    def asr_report(self, results: str) -> Any:
-        """The ΔASR report of a results file (and its shards), as ``attack report`` builds it."""
+    def asr_report(self, results: str) -> tuple[list[dict[str, Any]], Any]:
+        """The finished rows of a results file (and its shards) and their ΔASR report, as
+        ``attack report`` builds it."""
         from engine.advtok.asr_report import build_report
         from engine.advtok.records import read_results
 
-        return build_report(read_results(results).records)
+        recs = read_results(results).records
+        return recs, build_report(recs)
 
     # -- bench grid (dashboard screen) --------------------------------------------------------
     def bench(self, lm: LoadedModel, cfg: dict[str, Any], out: str, *,

@@ -83,6 +83,18 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         assert {r[1] for r in cells[1:]} >= {"poetry", "cooking"}
         assert len(read_results(out).records) == 2
 
+        # the drill-down: one line per row; the highlighted row's tokenizations and samples
+        rows = scr.query_one("#ds-rows")
+        assert rows.row_count == 2
+        recs = {r["id"]: r for r in read_results(out).records}
+        assert shown(scr, "ds-canon-title").startswith("row sea (line 1)")
+        assert str(recs["sea"]["best_ids"][0]) in scr.query_one("#ds-adv").plain()
+        detail = shown(scr, "ds-row-samples")
+        assert "adversarial samples (2)" in detail and "canonical samples (2)" in detail
+        assert "refusal " in detail
+        rows.move_cursor(row=1)
+        await until(pilot, lambda: shown(scr, "ds-canon-title").startswith("row bread (line 2)"))
+
         # a re-Run resumes: both rows already finished, nothing redone
         await pilot.press("ctrl+r")
         await until(pilot, lambda: panel._job.done and "already finished" in shown(scr, "ds-progress"))
