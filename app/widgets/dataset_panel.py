@@ -25,7 +25,7 @@ from app.inert import tesc, text
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobProgressed,
                           JobStarted, WidgetJobEnded, WidgetJobStarted)
 from app.validate import FieldCheck, first_error, parse_field
-from app.widgets.token_strip import TokenStrip
+from app.widgets.dataset_rows import DatasetRows
 from engine.advtok.config import AttackConfig
 from engine.advtok.runprogress import RunProgress
 
@@ -96,7 +96,6 @@ class DatasetPanel(AppAccess, Vertical):
         self._mode = ""                       # "run" / "judge" while a job runs
         self.rp: Optional[RunProgress] = None
         self.records: list[dict[str, Any]] = []       # rows finished in the running job
-        self.rows_shown: list[dict[str, Any]] = []    # the drill-down table's rows
         self.judge_ids: list[str] = []
         self.outcome: Any = None
         self.error = ""
@@ -138,17 +137,9 @@ class DatasetPanel(AppAccess, Vertical):
         yield DataTable(id="ds-report", classes="ds-table", zebra_stripes=True)
         yield DataTable(id="ds-detail", classes="ds-table", zebra_stripes=True)
         yield Static("", id="ds-report-foot", classes="ds-text")
-        yield Static("", id="ds-rows-title", classes="ds-text")
-        yield DataTable(id="ds-rows", classes="ds-table", cursor_type="row", zebra_stripes=True)
-        with Vertical(id="ds-row-detail", classes="ds-text"):
-            yield Static("", id="ds-canon-title", classes="ds-text")
-            yield TokenStrip(id="ds-canon")
-            yield Static("", id="ds-adv-title", classes="ds-text")
-            yield TokenStrip(id="ds-adv")
-            yield Static("", id="ds-row-samples", classes="ds-text")
+        yield DatasetRows(id="ds-drill")
 
     def on_mount(self) -> None:
-        self.show_row(None)
         self.refresh_controls()
 
     # -- form ---------------------------------------------------------------------------------
@@ -317,7 +308,7 @@ class DatasetPanel(AppAccess, Vertical):
     def _start(self, mode: str, work: Any, params: dict[str, Any]) -> None:
         self.error, self.outcome, self._mode = "", None, mode
         self.show_report(None)
-        self.show_rows([])
+        self.query_one(DatasetRows).show([])
         self._job = self.tokenforge_app.runner.start(JOB_KIND, work, target=self, params=params,
                                                      timeout=0)
         self.post_message(WidgetJobStarted(self._job, progress=True))
@@ -374,7 +365,7 @@ class DatasetPanel(AppAccess, Vertical):
             body.append_text(text(msg, "yellow"))
         self.query_one("#ds-progress", Static).update(body)
         self.show_report(o.report)
-        self.show_rows(o.records)
+        self.query_one(DatasetRows).show(o.records)
         self._end(m.job_id, "finished", f"done in {m.elapsed:.1f} s")
 
     async def on_job_cancelled(self, m: JobCancelled) -> None:
@@ -436,102 +427,3 @@ class DatasetPanel(AppAccess, Vertical):
         rows = [[str(c.label) for c in t.columns.values()]]
         rows += [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
         return rows
-
-
-    # -- per-row drill-down -------------------------------------------------------------------
-    def show_rows(self, records: list[dict[str, Any]]) -> None:
-        """One line per finished row (id, line, category, likelihood gain, harmful/parsed
-        samples canonical → adversarial per judge); selecting one shows it below."""
-        from engine.advtok.asr_report import judges_in
-
-        self.rows_shown = list(records or [])
-        records = self.rows_shown
-        table = self.query_one("#ds-rows", DataTable)
-        table.clear(columns=True)
-        self.show_row(None)
-        if not records:
-            self.query_one("#ds-rows-title", Static).update("")
-            return
-        judges = judges_in(records)
-        table.add_columns("id", "line", "category", "Δ score",
-                          *(text(f"{j} can→adv") for j in judges))
-        for rec in records:
-            imp = rec.get("improvement")
-            table.add_row(text(rec.get("id", "")), str(rec.get("line", "")),
-                          text(rec.get("category") or "—"),
-                          "—" if imp is None else f"{imp:+.3f}",
-                          *(f"{harmful(rec, 'canonical', j)}→{harmful(rec, 'adversarial', j)}"
-                            for j in judges))
-        self.query_one("#ds-rows-title", Static).update(
-            f"[b]rows[/] ({len(records)}) · select one for its tokenizations, samples and verdicts")
-        self.show_row(records[0])
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id != "ds-rows":
-            return
-        event.stop()
-        rows = self.rows_shown
-        if 0 <= event.cursor_row < len(rows):
-            self.show_row(rows[event.cursor_row])
-
-    def show_row(self, rec: Optional[dict[str, Any]]) -> None:
-        """A finished row: canonical vs adversarial tokenization (boundaries and ids, changed
-        spans underlined) and every sample of both sides with each judge's verdict and raw
-        output."""
-        canon = self.query_one("#ds-canon", TokenStrip)
-        adv = self.query_one("#ds-adv", TokenStrip)
-        self.query_one("#ds-row-detail").display = rec is not None
-        if rec is None:
-            canon.clear()
-            adv.clear()
-            self.query_one("#ds-row-samples", Static).update("")
-            return
-        ct, ci = rec.get("canonical_tokens") or [], rec.get("canonical_ids") or []
-        bt, bi = rec.get("best_tokens") or [], rec.get("best_ids") or []
-        canon.set_tokens(ct, ci)
-        adv.set_tokens(bt, bi, reference=ct)
-        self.query_one("#ds-canon-title", Static).update(Text.assemble(
-            ("row ", "bold"), text(rec.get("id", "")), f" (line {rec.get('line', '?')}) · ",
-            ("canonical", "bold"), f" {len(ci)} tokens · score {fmt(rec.get('canonical_score'))}"))
-        self.query_one("#ds-adv-title", Static).update(Text.assemble(
-            ("adversarial", "bold"), f" {len(bi)} tokens · score {fmt(rec.get('best_score'))} ",
-            ("(underlined: spans not in the canonical)", "dim")))
-        self.query_one("#ds-row-samples", Static).update(samples_with_verdicts(rec))
-
-
-def fmt(v: Any) -> str:
-    return "—" if not isinstance(v, (int, float)) else f"{v:.3f}"
-
-
-def harmful(rec: dict[str, Any], side: str, judge: str) -> str:
-    """``harmful/parsed`` samples of one side under one judge."""
-    from engine.advtok.asr_report import states
-
-    labels = states(rec, side, judge)
-    h = labels.count("harmful")
-    return f"{h}/{h + labels.count('safe')}"
-
-
-def samples_with_verdicts(rec: dict[str, Any]) -> Text:
-    """Every sample of both sides, numbered, with each judge's label and raw output (inert)."""
-    out = Text()
-    for side in ("adversarial", "canonical"):
-        samples = rec.get(f"{side}_samples") or []
-        if out:
-            out.append("\n\n")
-        out.append(f"{side} samples ({len(samples)})", style="bold")
-        for i, smp in enumerate(samples, 1):
-            out.append(f"\n{i}. ", style="bold")
-            out.append_text(text((smp.get("text") or "").strip() or "(empty)", multiline=True))
-            for j, v in (smp.get("verdicts") or {}).items():
-                v = v if isinstance(v, dict) else {}
-                lab = str(v.get("label", "?"))
-                out.append("\n   ")
-                out.append_text(text(j, "dim"))
-                out.append(" ")
-                out.append_text(text(lab, {"harmful": "red", "safe": "green"}.get(lab, "yellow")))
-                raw = str(v.get("raw") or "").strip()
-                if raw:
-                    out.append(" · raw: ", style="dim")
-                    out.append_text(text(raw, "dim", multiline=True))
-    return out
