@@ -128,7 +128,7 @@ def test_a_converted_gguf_is_listed_once_with_its_facts(tmp_path, tokenizer, mon
     gguf.write_bytes(b"GGUF" + b"\0" * 4096)
     before = discover([gguf.parent], include_bundled=False)
     assert [(e.name, e.params) for e in before] == [("little.Q4", None)]  # not converted yet
-    _save(tiny_llama(tokenizer, seed=3), converted_dir(gguf))
+    save_tiny(tiny_llama(tokenizer, seed=3), converted_dir(gguf))
     after = discover([gguf.parent], include_bundled=False)
     assert len(after) == 1
     e = after[0]
