@@ -42,7 +42,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from engine.errors import EngineError
+from engine.errors import EngineError, InputError
 from engine.progress import Cancelled, CancelToken, Progress
 
 from app.job import Job  # noqa: F401  (re-exported: screens and tests import it from here)
@@ -342,9 +342,13 @@ class Runner:
             job.error = err
             job.state = "failed"
             user = isinstance(err, EngineError)
-            # every failure goes to the TUI log with its traceback (a user error as a warning)
-            log.log(logging.WARNING if user else logging.ERROR, "job %s (%s) failed after %.1f s "
-                    "(params %s):\n%s", job.id, job.kind, elapsed, job.params, detail)
+            # every failure goes to the TUI log: bad input (InputError, e.g. "token 0 cannot be
+            # split") as one line, any other failure with its traceback
+            if isinstance(err, InputError):
+                log.info("job %s (%s): %s", job.id, job.kind, err)
+            else:
+                log.log(logging.WARNING if user else logging.ERROR, "job %s (%s) failed after "
+                        "%.1f s (params %s):\n%s", job.id, job.kind, elapsed, job.params, detail)
             msg = str(err) if user else f"{type(err).__name__}: {err}"
             post(JobFailed(job.id, job.kind, err, msg or type(err).__name__,
                            getattr(err, "hint", "") or "", detail, user, elapsed))

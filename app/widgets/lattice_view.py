@@ -160,7 +160,10 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
         n = len(self.lattice.ids) if self.lattice is not None else (
             len(self.result.best_ids) if self.result is not None else 0)
         if n:
-            self.cursor = max(0, min(n - 1, self.cursor + int(delta)))
+            cursor = max(0, min(n - 1, self.cursor + int(delta)))
+            if cursor != self.cursor:
+                self.last = ""  # the last edit's note ("token 0 cannot be split") was about there
+            self.cursor = cursor
             self.refresh_view()
 
     def action_edit(self, what: str) -> None:

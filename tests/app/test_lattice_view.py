@@ -63,6 +63,10 @@ async def test_lattice_edit_rescores_and_seeds_a_search(make_app, tiny_lm):
         await until(pilot, lambda: "moved boundary" in view.last and not app.runner.busy)
         scratch = reference_scores(tiny_lm, lat.prefix, [lat.ids], lat.between, lat.targets)[0]
         assert lat.score == pytest.approx(scratch, abs=1e-4)
+        # the note was about that token: moving to another one drops it
+        await pilot.press("left" if view.cursor else "right")
+        await pilot.pause()
+        assert view.last == "" and "moved boundary" not in str(view.query_one("#lat-status").render())
 
         # g: a search seeded with the edited tokenization (init = given)
         seeded = list(lat.ids)

@@ -127,3 +127,20 @@ async def test_check_glyphs_differ(make_app):
         await open_screen(pilot, app, "f5", "dashboard")
         text = "\n".join(screen_text(app))
         assert f"▐{ON}▌ baseline" in text and f"▐{OFF}▌ kv-reuse" in text
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_context_warning_is_whole_beside_the_memory_gauge(make_app, size):
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+        app.settings.sampling.max_new_tokens = 2000  # of the fake model's 2,048
+        app.screen.query_one("#prompt").value = "x" * 400  # ≈ 100 tokens typed: cannot fit
+        meter = app.screen.query_one("#context-meter")
+        gauge = app.screen.query_one("#memory-gauge")
+        await until(pilot, lambda: "cannot fit the context at all" in str(meter.render()))
+        await pilot.pause()
+        # the warning wraps inside its own column (every character drawn) with a gap before RSS
+        assert meter.region.height * meter.region.width >= len(str(meter.render()))
+        assert gauge.region.x >= meter.region.right + 1
+        assert "allRSS" not in "\n".join(screen_text(app))

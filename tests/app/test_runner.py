@@ -308,3 +308,27 @@ async def test_throttled_report_is_sent_without_a_further_report():
     assert [m.progress.message for m in seen] == ["resolving default", "reading the tokenizer"]
     pump.flush()  # nothing pending: nothing more, and no timer left behind
     assert len(seen) == 2 and pump._timer is None
+
+
+async def test_input_error_logged_as_one_line(caplog):
+    """Bad input ("token 0 cannot be split") is the user's ordinary mistake: one log line, no
+    traceback; an unexpected error keeps its traceback."""
+    import logging
+
+    r, seen = make_runner()
+
+    def bad(*, progress, cancel):
+        raise InputError("token 0 cannot be split")
+
+    def broken(*, progress, cancel):
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.DEBUG, logger="tokenforge.runner"):
+        await wait_done(r.start("advtok", bad))
+        await wait_done(r.start("advtok", broken))
+    lines = [rec.getMessage() for rec in caplog.records]
+    mine = [t for t in lines if "cannot be split" in t]
+    assert mine and all("Traceback" not in t for t in mine)
+    assert any("boom" in t and "Traceback" in t for t in lines)
+    failed = [m for m in seen if isinstance(m, JobFailed)]
+    assert [m.message for m in failed] == ["token 0 cannot be split", "RuntimeError: boom"]
