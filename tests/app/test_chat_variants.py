@@ -247,7 +247,9 @@ async def test_a_session_whose_model_is_not_loaded_offers_both(make_app, tokeniz
             await until(pilot, lambda: app.current_mode == "chat" and app.screen.session is not None
                         and app.screen.session.path)
             chat = app.screen
-            await until(pilot, lambda: how in str(chat.query_one("#chat-status").render()))
+            # the "session opened" toast (the status line says it too, until the controls next
+            # refresh, which may come first)
+            await until(pilot, lambda: any(how in t for t in app.toasts))
             assert app.lm is (other if key == "o" else own)
             assert [t.user for t in chat.session.path] == ["Hello there"]
             opening = [m.progress.message for m in seen if isinstance(m, JobProgressed)
