@@ -79,10 +79,10 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         scr = app.screen
         table = scr.query_one("#session-table", DataTable)
         await until(pilot, lambda: table.row_count == 2)
-        await pilot.pause()
+        # the rows' cells are drawn on a later refresh than the count: wait for the preview
+        await until(pilot, lambda: "first \\x" in assert_screen_inert(app))
         shown = assert_screen_inert(app)
         assert "[/]" in shown and printable(f"model{PAYLOAD}") in shown  # escaped, not lost
-        assert "first \\x" in shown
 
         # delete's "press d again" names the session; renaming shows it in the status line
         table.focus()
