@@ -141,7 +141,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
     def _status(self) -> Any:
         app = self.tokenforge_app
         if self.editing is not None:
-            return (f"[yellow]editing turn {self.editing + 1}: Enter answers the edited message "
+            return (f"[yellow]editing turn {self.editing + 1:d}: Enter answers the edited message "
                     "as a new variant (the old one stays) · Esc cancels[/]")
         if app.model_state == "loading":
             return "[yellow]loading the model… chat opens when it is ready[/]"

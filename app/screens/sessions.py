@@ -106,14 +106,13 @@ class SessionsScreen(ToolScreen):
         cols = self._columns_for(self.size.width)
         if cols != self._shown_columns:
             t.clear(columns=True)
-            if self.size.width < NARROW_COLUMNS:  # fixed widths; the message takes the rest
-                fixed = {"Name": 18, "Updated": 9, "Turns": 5}
-                rest = self.size.width - 4 - sum(w + 2 for w in fixed.values()) - 2
-                for c in cols:
-                    t.add_column(c, key=c, width=fixed.get(c, max(12, rest)))
-            else:
-                for c in cols:
-                    t.add_column(c, key=c)
+            # fixed widths, the message takes the rest: a long name or model id (data) is cut
+            # in its own cell instead of pushing the message off the screen
+            fixed = ({"Name": 18, "Updated": 9, "Turns": 5} if self.size.width < NARROW_COLUMNS
+                     else {"Name": 24, "Updated": 16, "Model": 24, "Turns": 5})
+            rest = self.size.width - 4 - sum(w + 2 for w in fixed.values()) - 2
+            for c in cols:
+                t.add_column(c, key=c, width=fixed.get(c, max(12, rest)))
             self._shown_columns = cols
         return cols
 

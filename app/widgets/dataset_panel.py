@@ -350,12 +350,12 @@ class DatasetPanel(AppAccess, Vertical):
         o = m.result
         if o.summary is not None:
             s = o.summary
-            head = (f"[green]done[/] · {s.done} row(s) run, {s.skipped} already finished, "
-                    f"{len(s.failed)} failed · {self.rp.rate_text() if self.rp else ''} → "
-                    f"{tesc(s.out)}")
+            rate = self.rp.rate_text() if self.rp else ""
+            head = (f"[green]done[/] · {s.done:d} row(s) run, {s.skipped:d} already finished, "
+                    f"{len(s.failed)} failed · {tesc(rate)} → {tesc(s.out)}")
             msgs = list(s.failed) + list(s.notes)
         else:
-            head = (f"[green]judged[/] {o.judged.rows} row(s) → {tesc(str(o.judged.dest))}")
+            head = (f"[green]judged[/] {o.judged.rows:d} row(s) → {tesc(str(o.judged.dest))}")
             msgs = list(o.judged.notes)
         body = Text.from_markup(head)
         if self.rp is not None:
@@ -373,9 +373,9 @@ class DatasetPanel(AppAccess, Vertical):
             return
         m.stop()
         s = getattr(m.partial, "summary", None)
-        done = f"{s.done} row(s) written this run, " if s is not None else ""
+        done = f"{s.done:d} row(s) written this run, " if s is not None else ""
         self.query_one("#ds-progress", Static).update(
-            f"[yellow]stopped ({tesc(m.reason)})[/] · {done}every finished row is on disk · "
+            f"[yellow]stopped ({tesc(m.reason)})[/] · {tesc(done)}every finished row is on disk · "
             f"Run again to resume" if self._mode == "run" else
             f"[yellow]stopped ({tesc(m.reason)})[/] · the results file is as it was")
         self._end(m.job_id, "cancelled", f"cancelled ({m.reason})")

@@ -82,7 +82,8 @@ async def test_sessions_and_chat_show_data_inert(make_app, tiny_lm):
         # the rows' cells are drawn on a later refresh than the count: wait for the preview
         await until(pilot, lambda: "first \\x" in assert_screen_inert(app))
         shown = assert_screen_inert(app)
-        assert "[/]" in shown and printable(f"model{PAYLOAD}") in shown  # escaped, not lost
+        # escaped, not lost (a long model id is cut to its column: its start is shown)
+        assert "[/]" in shown and printable(f"model{PAYLOAD}")[:20] in shown
 
         # delete's "press d again" names the session; renaming shows it in the status line
         table.focus()
