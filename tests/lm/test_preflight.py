@@ -14,14 +14,6 @@ from engine.lm.model import load_model
 from engine.lm.preflight import check_memory, config_params
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _copy(src: Path, dst: Path, **config) -> Path:
     import shutil
 

@@ -86,14 +86,20 @@ def make_combined(name: str, make: Any, **params: Any) -> Combined:
         raise InputError(f"cannot combine {name!r}",
                          f"a combination is PROMPT+CACHE with PROMPT in {', '.join(PROMPT_SIDE)} "
                          f"and CACHE in {', '.join(CACHE_SIDE)}, e.g. prune-selfinfo+kv-fp8")
-    side: dict[str, dict] = {"prompt": {}, "cache": {}}
+    side = split_params(params, ("prompt", "cache"), name,
+                        "combination parameters are prompt.KEY or cache.KEY")
+    return Combined(make(parts[0], **side["prompt"]), make(parts[1], **side["cache"]))
+
+
+def split_params(params: dict[str, Any], sides: Any, name: str, hint: str) -> dict[str, dict]:
+    """``SIDE.KEY`` parameters sorted to the side they name (one InputError for any other)."""
+    side: dict[str, dict] = {k: {} for k in sides}
     for k, v in params.items():
         where, dot, key = k.partition(".")
         if not dot or where not in side:
-            raise InputError(f"unknown parameter {k!r} for {name}",
-                             "combination parameters are prompt.KEY or cache.KEY")
+            raise InputError(f"unknown parameter {k!r} for {name}", hint)
         side[where][key] = v
-    return Combined(make(parts[0], **side["prompt"]), make(parts[1], **side["cache"]))
+    return side
 
 
 # what "all combined" runs: one method per side that composes with the others
@@ -134,11 +140,6 @@ class AllCombined(Combined):
 def make_all(make: Any, **params: Any) -> AllCombined:
     """``all-combined`` from the registry's ``make``; ``prompt.KEY`` / ``cache.KEY`` /
     ``model.KEY`` parameters go to the side they name."""
-    side: dict[str, dict] = {k: {} for k in ALL_PARTS}
-    for k, v in params.items():
-        where, dot, key = k.partition(".")
-        if not dot or where not in side:
-            raise InputError(f"unknown parameter {k!r} for all-combined",
-                             "its parameters are prompt.KEY, cache.KEY or model.KEY")
-        side[where][key] = v
+    side = split_params(params, ALL_PARTS, "all-combined",
+                        "its parameters are prompt.KEY, cache.KEY or model.KEY")
     return AllCombined({k: make(n, **side[k]) for k, n in ALL_PARTS.items()})

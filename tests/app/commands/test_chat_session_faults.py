@@ -14,14 +14,6 @@ from smalldisk import no_dac_override
 pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_lm):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tiny_lm.model.save_pretrained(str(d))
-    tiny_lm.tokenizer.save_pretrained(str(d))
-    return d
-
-
 def _cmd(tiny_dir, *extra):
     return [sys.executable, "-m", "app.cli", "chat", "--model", str(tiny_dir), "--session", "s1",
             "--temperature", "0", "--max-new-tokens", "3", "--alternatives", "0", *extra]
