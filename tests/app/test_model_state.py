@@ -87,7 +87,8 @@ async def test_timeouts_follow_the_running_median(make_app):
     async with app.run_test(size=(80, 24)) as pilot:
         await _ready(pilot, app)
         s = app.settings
-        assert s.speed_samples == [50.0]
+        # the probe's result arrives with its JobFinished, a moment after the runner is idle
+        await until(pilot, lambda: s.speed_samples == [50.0])
         chat50 = s.timeouts["chat"]
         for tok_s in (10.0, 12.0, 11.0):  # the machine is slower than the probe said
             app.record_speed(tok_s, 64)
