@@ -20,7 +20,7 @@ from typing import Any, Optional
 from app.settings_file import load_into
 from engine.lm.config import SamplingConfig
 from engine.lm.sampling_defaults import (BUILT_IN, MODEL_KEYS, PROFILE, SAVED,
-                                         ModelSamplingDefaults, resolve)
+                                         ModelSamplingDefaults, built_in_values, resolve)
 #: kinds whose timeouts the settings screen shows (load has none: Ctrl+C stops it), and the
 #: bound of each (declared with the config file's timeouts table)
 from engine.sessions.profiles import TIMEOUT, TIMEOUT_KINDS  # noqa: F401  (re-exported)
@@ -200,10 +200,10 @@ class AppSettings:
     def __post_init__(self) -> None:
         # sampling handed in already chosen (a caller's own SamplingConfig): those values are
         # the caller's, not defaults a model may replace
-        built_in = SamplingConfig()
+        built_in = built_in_values()
         for k in MODEL_KEYS:
             if self.sampling_sources.get(k, BUILT_IN) == BUILT_IN and \
-                    getattr(self.sampling, k) != getattr(built_in, k):
+                    getattr(self.sampling, k) != built_in[k]:
                 self.sampling_sources[k] = SAVED
 
     @classmethod
@@ -256,10 +256,8 @@ class AppSettings:
     def apply_model_defaults(self, defaults: ModelSamplingDefaults) -> None:
         """A model loaded: its own sampling defaults replace the values that were still
         defaults (built-in or the previous model's); what the user set stays."""
-        built_in = SamplingConfig()
         values, sources = resolve({k: getattr(self.sampling, k) for k in MODEL_KEYS},
-                                  self.sampling_sources, defaults,
-                                  {k: getattr(built_in, k) for k in MODEL_KEYS})
+                                  self.sampling_sources, defaults)
         for k, v in values.items():
             setattr(self.sampling, k, v)
         self.sampling_sources.update(sources)

@@ -120,12 +120,9 @@ def _model_sampling(args: argparse.Namespace, lm: LoadedModel, cfg: Any) -> tupl
     flag or profile set, and where each value came from (for ``--json``)."""
     from dataclasses import replace
 
-    from engine.lm.config import SamplingConfig
-
     sources = dict(getattr(args, "tf_sources", {}) or {})
-    built_in = SamplingConfig()
     values, srcs = resolve({k: getattr(cfg, k) for k in MODEL_KEYS}, sources,
-                           lm.sampling_defaults, {k: getattr(built_in, k) for k in MODEL_KEYS})
+                           lm.sampling_defaults)
     cfg = replace(cfg, **values).validate()
     return cfg, {k: {"value": values[k], "source": srcs[k]} for k in MODEL_KEYS}
 

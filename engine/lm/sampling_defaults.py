@@ -12,7 +12,6 @@ every attribute with its class default, so it cannot tell "the authors chose top
 "nobody said", and the raw JSON is read instead. Torch-free."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,16 +86,16 @@ def from_generation_config(raw: Mapping[str, Any]) -> ModelSamplingDefaults:
 
 def read_generation_config(folder: Path) -> tuple[dict[str, Any], str]:
     """The raw ``generation_config.json`` of a model folder ({} when it has none) and a note
-    when it could not be used (unreadable, too large, not a JSON object)."""
+    when it could not be used (not a regular file, too large, not JSON, not a JSON object)."""
+    from engine.bounded_json import BadJSON, loads, read_bytes
+
     p = Path(folder) / "generation_config.json"
+    if not p.exists():
+        return {}, ""
     try:
-        if not p.is_file():
-            return {}, ""
-        if p.stat().st_size > MAX_FILE_BYTES:
-            return {}, f"{p.name} larger than {MAX_FILE_BYTES:,} bytes: not read"
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        return {}, f"{p.name} unreadable ({type(e).__name__}): built-in sampling defaults used"
+        data = loads(read_bytes(p, "generation config", MAX_FILE_BYTES), p.name)
+    except BadJSON as e:
+        return {}, f"{e}: built-in sampling defaults used"
     if not isinstance(data, dict):
         return {}, f"{p.name} is not a JSON object: built-in sampling defaults used"
     return data, ""
@@ -113,13 +112,22 @@ def model_sampling_defaults(folder: Path | str | None, bundled: bool = False) ->
     return ModelSamplingDefaults(d.values, d.source, notes)
 
 
+def built_in_values() -> dict[str, Any]:
+    """SamplingConfig's own defaults for ``MODEL_KEYS``."""
+    from engine.lm.config import SamplingConfig
+
+    cfg = SamplingConfig()
+    return {k: getattr(cfg, k) for k in MODEL_KEYS}
+
+
 def resolve(current: Mapping[str, Any], sources: Mapping[str, str],
-            defaults: ModelSamplingDefaults, built_in: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+            defaults: ModelSamplingDefaults) -> tuple[dict[str, Any], dict[str, str]]:
     """Apply a (newly loaded) model's defaults: every key whose value still comes from a
     default (built-in or an earlier model) takes this model's value; when this model says
     nothing, an earlier model's value goes back to the built-in one; values the user set (saved,
     profile, flag) stay.
     Returns the new values and sources for ``MODEL_KEYS``."""
+    built_in = built_in_values()
     values: dict[str, Any] = {}
     out: dict[str, str] = {}
     for key in MODEL_KEYS:

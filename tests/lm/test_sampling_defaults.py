@@ -12,10 +12,14 @@ import pytest
 
 from engine.lm.config import SamplingConfig
 from engine.lm.sampling_defaults import (BUILT_IN, BUNDLED_CARD, FLAG, MODEL, MODEL_CARD, MODEL_KEYS,
-                                         PROFILE, SAVED, ModelSamplingDefaults,
+                                         PROFILE, SAVED, ModelSamplingDefaults, built_in_values,
                                          from_generation_config, model_sampling_defaults, resolve)
 
 BUILT = {k: getattr(SamplingConfig(), k) for k in MODEL_KEYS}
+
+
+def test_the_built_in_values_are_sampling_configs_own():
+    assert built_in_values() == BUILT
 
 
 def test_do_sample_false_is_greedy_whatever_else_it_says():
@@ -54,16 +58,16 @@ def test_user_values_stay_and_defaults_follow_each_model():
     cur = dict(BUILT, temperature=1.3, top_k=7)
     sources = {**{k: BUILT_IN for k in MODEL_KEYS}, "temperature": SAVED, "top_k": FLAG}
     qwen = ModelSamplingDefaults({"temperature": 0.7, "top_p": 0.8, "top_k": 20}, MODEL)
-    values, src = resolve(cur, sources, qwen, BUILT)
+    values, src = resolve(cur, sources, qwen)
     assert values["temperature"] == 1.3 and src["temperature"] == SAVED
     assert values["top_k"] == 7 and src["top_k"] == FLAG
     assert values["top_p"] == 0.8 and src["top_p"] == MODEL
     # the next model says nothing: its values go back to the built-in ones, the user's stay
-    values2, src2 = resolve(values, src, ModelSamplingDefaults(), BUILT)
+    values2, src2 = resolve(values, src, ModelSamplingDefaults())
     assert values2["top_p"] == BUILT["top_p"] and src2["top_p"] == BUILT_IN
     assert values2["temperature"] == 1.3 and src2["top_k"] == FLAG
     prof = {**src, "top_p": PROFILE}
-    assert resolve(values, prof, qwen, BUILT)[1]["top_p"] == PROFILE
+    assert resolve(values, prof, qwen)[1]["top_p"] == PROFILE
 
 
 def _folder(tiny_lm, path, gen: dict):
@@ -84,7 +88,7 @@ def test_a_do_sample_false_folder_answers_greedily_for_every_seed(tiny_lm, tmp_p
     assert lm.sampling_defaults.values == {"temperature": 0.0}
     answers = set()
     for seed in (1, 2, 3):
-        values, src = resolve(BUILT, {}, lm.sampling_defaults, BUILT)
+        values, src = resolve(BUILT, {}, lm.sampling_defaults)
         cfg = SamplingConfig(max_new_tokens=8, seed=seed, **values).validate()
         assert cfg.greedy and src["temperature"] == MODEL
         answers.add(tuple(ChatSession(lm, sampling=cfg).send("hello there").token_ids))
@@ -142,7 +146,7 @@ def test_a_value_nobody_marked_stays_when_the_model_says_nothing():
     AppSettings built with a chosen SamplingConfig marks the chosen values as the user's."""
     from app.settings import AppSettings
 
-    values, src = resolve(dict(BUILT, temperature=0.0), {}, ModelSamplingDefaults(), BUILT)
+    values, src = resolve(dict(BUILT, temperature=0.0), {}, ModelSamplingDefaults())
     assert values["temperature"] == 0.0 and src["temperature"] == BUILT_IN
     s = AppSettings(sampling=SamplingConfig(temperature=0.0))
     s.apply_model_defaults(ModelSamplingDefaults(dict(BUNDLED_CARD), MODEL_CARD))
