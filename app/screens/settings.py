@@ -279,14 +279,7 @@ class SettingsScreen(ToolScreen):
         app = self.tokenforge_app
         s = app.settings
         for kind in TIMEOUT_KINDS:
-            fid = f"timeout-{kind}"
-            inp = self.query_one(f"#{fid}", Input)
-            want = _fmt_timeout(s.timeouts.get(kind))
-            # a re-derived value replaces the field only when the user has not edited it: a
-            # typed (even invalid) value stays, with its message beside it
-            if inp.value != want and inp.value == self.shown.get(fid, inp.value):
-                inp.value = want
-                self.shown[fid] = want
+            self._show_unless_edited(f"timeout-{kind}", _fmt_timeout(s.timeouts.get(kind)))
         details = s.timeout_details()
         for kind in TIMEOUT_KINDS:
             d = details[kind]
@@ -312,16 +305,20 @@ class SettingsScreen(ToolScreen):
     MODEL_FIELDS = {"temperature": "set-temperature", "top_k": "set-top-k", "top_p": "set-top-p",
                     "repetition_penalty": "set-rep", "min_p": "set-min-p"}
 
+    def _show_unless_edited(self, fid: str, want: str) -> None:
+        """A value the app changed (re-derived, a model's default) replaces the field only when
+        the user has not edited it: a typed (even invalid) value stays, with its message."""
+        inp = self.query_one(f"#{fid}", Input)
+        if inp.value != want and inp.value == self.shown.get(fid, inp.value):
+            inp.value = want
+            self.shown[fid] = want
+
     def _refresh_sampling(self) -> None:
         """Show the values a newly loaded model chose (fields the user has not edited) and
         where every value came from."""
         s = self.tokenforge_app.settings
         for key, fid in self.MODEL_FIELDS.items():
-            inp = self.query_one(f"#{fid}", Input)
-            want = f"{getattr(s.sampling, key):g}"
-            if inp.value != want and inp.value == self.shown.get(fid, inp.value):
-                inp.value = want
-                self.shown[fid] = want
+            self._show_unless_edited(fid, f"{getattr(s.sampling, key):g}")
         self.query_one("#sampling-source", Static).update(
             text(f"from: {s.sampling_provenance()}", "dim"))  # profile names come from a file
 
