@@ -306,7 +306,21 @@ async def test_search_esc_on_the_tiny_model_keeps_finished_rollouts(make_app, ti
     says stopped, and the rollouts that were decoding show their unfinished text."""
     from app.engines import Engine
 
-    app = make_app(engine=Engine(lm=tiny_lm))
+    class HeldSearch(Engine):
+        """The real search, held at its first report of two finished rollouts until the job is
+        cancelled: Esc lands mid-run however fast the machine finishes 300 rollouts."""
+
+        def tree_search(self, *a, progress=None, cancel=None, **kw):
+            def held(p):
+                if progress is not None:
+                    progress(p)
+                if p.phase == "tree" and p.step >= 2 and cancel is not None:
+                    while not cancel.wait(0.05):
+                        pass
+
+            return super().tree_search(*a, progress=held, cancel=cancel, **kw)
+
+    app = make_app(engine=HeldSearch(lm=tiny_lm))
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await until(pilot, lambda: app.model_state == "ready")
