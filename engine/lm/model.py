@@ -164,6 +164,9 @@ def _convert_gguf(gguf: Path, progress: Optional[ProgressFn], cancel: Optional[C
         problem = cached_model_problem(target)
         if problem is None:  # another process finished it while we waited
             return target
+        from engine.lm.preflight import check_conversion_memory
+
+        check_conversion_memory(gguf)  # nothing is moved or written when it cannot fit
         if problem != "absent":
             moved = quarantine(target)
             note = (f"cached model {target.name} was unusable ({problem}); moved aside to "
