@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from app.cache_check import add_flag, at_start
 from app.commands.common import add_model_args
 
 # Each name is a module app/commands/<name>.py with register(subparsers) and run(args) -> int.
@@ -33,10 +34,7 @@ def build_parser(mods: dict[str, object]) -> argparse.ArgumentParser:
         description="Token-level, inference-time workbench for local LLMs. "
                     "Without a command: the terminal UI.")
     add_model_args(parser)
-    parser.add_argument("--verify-cache", action="store_true",
-                        help="hash every cached model, vocabulary and KV snapshot against its "
-                             "record (damaged ones are moved aside and rebuilt); alone: only that. "
-                             "Runs by itself after an unclean shutdown")
+    add_flag(parser)  # --verify-cache (app/cache_check.py)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from app.argcheck import add_force
 
@@ -53,19 +51,10 @@ def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
     """Before any command: remove this program's stale temporary files, then check every
     option (app.argcheck). Returns an exit code when the command must not run."""
     from app.argcheck import check_args
-    from app.commands.common import err_console, fail
+    from app.commands.common import fail
     from engine.errors import EngineError
-    from engine.tempclean import clean_cache
 
-    try:
-        cleaned = clean_cache()
-    except (OSError, EngineError):
-        cleaned = None
-    if cleaned is not None and cleaned.removed:
-        from app.inert import styled
-
-        err_console().print(styled("[dim]{m}[/]", m=cleaned.message()))
-    _verify(args)
+    at_start(args)
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     own = sub.choices.get(args.command) if sub is not None and args.command else parser
     try:
@@ -73,29 +62,6 @@ def _startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
     except EngineError as e:
         return fail(str(e), e.hint)
     return None
-
-
-def _verify(args: argparse.Namespace) -> None:
-    """``--verify-cache``, or an unclean end of an earlier run (engine/verify.py): a full hash
-    of the caches. After an unclean shutdown only a problem found is reported."""
-    from app.commands.common import err_console
-    from engine.errors import EngineError
-    from engine.verify import mark_running, verify_cache
-
-    asked = bool(getattr(args, "verify_cache", False))
-    if not mark_running() and not asked:
-        return
-    err = err_console()
-    try:
-        with err.status("verifying the caches…") as status:
-            res = verify_cache(say=lambda m: status.update(m))
-    except (OSError, EngineError) as e:
-        err.print(f"cache verification stopped: {e}", style="yellow", markup=False, highlight=False)
-        return
-    if asked or res.problems or res.unreadable:
-        why = "" if asked else " (the last run did not end cleanly)"
-        err.print(res.message() + why, style="yellow" if res.problems or res.unreadable else "dim",
-                  markup=False, highlight=False)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

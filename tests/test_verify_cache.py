@@ -101,3 +101,71 @@ def test_verify_cache_flag(cache, capsys):
 
     assert main(["--verify-cache"]) == 0
     assert "verified 0 cached file(s)" in capsys.readouterr().err
+
+
+# ---- the attack actions: judge and replay read the cache (models); report and merge do not -----
+def _rotten_model(cache: Path) -> Path:
+    from engine.integrity import record_dir
+
+    entry = cache / "models" / "m-0001"
+    entry.mkdir(parents=True)
+    (entry / "model.safetensors").write_bytes(os.urandom(1 << 12))
+    record_dir(entry)
+    _rot(entry / "model.safetensors")
+    return entry
+
+
+@pytest.mark.parametrize("argv", [
+    ["--verify-cache", "attack", "judge", "none.jsonl", "--judge", "refusal"],  # before `attack`
+    ["attack", "judge", "none.jsonl", "--judge", "refusal", "--verify-cache"],
+    ["attack", "replay", "none.jsonl", "--row", "1", "--verify-cache"],
+])
+def test_attack_actions_that_load_models_take_the_flag(cache, capsys, argv):
+    from app.cli import main
+    from engine.integrity import BROKEN
+
+    entry = _rotten_model(cache)
+    assert main(argv) == 2  # the check ran first; then the action's own error
+    err = capsys.readouterr().err
+    assert "verified 1 cached file(s)" in err and "m-0001" in err and "moved aside" in err
+    assert "results file not found: none.jsonl" in err
+    assert not entry.exists() and (cache / "models" / ("m-0001" + BROKEN)).is_dir()
+
+
+@pytest.mark.parametrize("action", ["report", "merge"])
+def test_report_and_merge_refuse_the_flag_and_say_why(cache, capsys, action):
+    from app.cli import main
+
+    entry = _rotten_model(cache)
+    for argv in (["--verify-cache", "attack", action, "r.jsonl"],
+                 ["attack", action, "r.jsonl", "--verify-cache"]):
+        with pytest.raises(SystemExit) as ei:
+            main(argv)
+        assert ei.value.code == 2
+        err = capsys.readouterr().err
+        assert f"attack {action} reads only results files" in err and "Traceback" not in err
+    assert entry.is_dir()  # nothing was checked or moved
+
+
+def _cli(cache: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TOKENFORGE_CACHE": str(cache)})
+
+
+@pytest.mark.slow  # real processes (the run mark is per process)
+def test_after_an_unclean_shutdown_judge_checks_and_report_does_not(cache):
+    """A killed run's mark (unheld) makes the next command that reads the cache run the full
+    check; ``attack report`` reads no cache: it neither checks nor takes or clears the mark."""
+    from engine.integrity import BROKEN
+
+    entry = _rotten_model(cache)
+    (cache / "runs").mkdir()
+    stale = cache / "runs" / ".999999999.lock"  # no such process holds it
+    stale.write_text("")
+    p = _cli(cache, "attack", "report", "none.jsonl")
+    assert p.returncode == 2 and "verified" not in p.stderr, p.stderr
+    assert stale.exists() and entry.is_dir()
+    p = _cli(cache, "attack", "judge", "none.jsonl", "--judge", "refusal")
+    assert p.returncode == 2, p.stderr
+    assert "the last run did not end cleanly" in p.stderr and "m-0001" in p.stderr
+    assert not stale.exists() and (cache / "models" / ("m-0001" + BROKEN)).is_dir()

@@ -235,6 +235,12 @@ def build_sub_parser() -> argparse.ArgumentParser:
     from app.commands.attack_replay import register_replay
 
     register_replay(sub)
+    from app.cache_check import add_flag, refuse_flag
+
+    add_flag(j)                          # judge and replay load models from the cache
+    add_flag(sub.choices["replay"])
+    refuse_flag(r, "attack report")      # these read results files only
+    refuse_flag(m, "attack merge")
     return p
 
 
@@ -242,8 +248,11 @@ def main(argv: Sequence[str]) -> int:
     from app.argcheck import check_args
     from engine.errors import EngineError
 
+    from app.cache_check import at_start
+
     parser = build_sub_parser()
     args = parser.parse_args(list(argv))
+    at_start(args)  # stale temporary files; --verify-cache where the action reads the cache
     try:  # the shared validation layer, as for every other command
         check_args(args, parser, command=f"attack {args.action}")
     except EngineError as e:
