@@ -210,6 +210,13 @@ class Engine:
         recs, rep = self.asr_report(str(res.dest))
         return DatasetOutcome(judged=res, report=rep, records=recs)
 
+    def record_lattice(self, lm: LoadedModel, rec: dict[str, Any], *, vocab: Any = None) -> Any:
+        """A results row's canonical and adversarial paths rebuilt with ``lm``'s tokenizer
+        (engine.advtok.record_lattice; RecordLatticeError when it was made with another)."""
+        from engine.advtok.record_lattice import record_paths
+
+        return record_paths(lm, rec, vocab=vocab)
+
     def asr_report(self, results: str) -> tuple[list[dict[str, Any]], Any]:
         """The finished rows of a results file (and its shards) and their ΔASR report, as
         ``attack report`` builds it."""

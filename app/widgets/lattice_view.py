@@ -3,7 +3,12 @@ over them — canonical, the search's best adversarial one, and an edited one wi
 Keys (focus it with tab): ←/→ move the cursor, s split the token, m merge it with the next,
 , / . move the boundary after it one character left/right, b start from the best path, r back to
 canonical, g search from the edited path (init = given). Each edit is rescored through the
-run's cached scorer (engine/advtok/lattice.py) in a runner job."""
+run's cached scorer (engine/advtok/lattice.py) in a runner job.
+
+The dataset mode's drill-down shows a finished row in the same view, read-only
+(:meth:`LatticeView.show_paths`): its canonical and adversarial paths rebuilt from the results
+record with the loaded tokenizer (engine/advtok/record_lattice.py), ←/→ moving the cursor over
+the adversarial path; a record made with another tokenizer is named in one line instead."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
@@ -16,7 +21,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from app.app_access import AppAccess
-from app.inert import tesc
+from app.inert import tesc, text as inert
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobStarted, RunFromIds,
                           WidgetJobEnded, WidgetJobStarted)
 from app.widgets.token_strip import PALETTE, display_token
@@ -100,6 +105,9 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
         self.last = ""
         self._job: Any = None
         self._pending: Optional[str] = None
+        self.paths: Any = None      # a dataset row's RecordPaths (read-only mode)
+        self.problem = ""           # why a dataset row's lattice is not drawn
+        self.readonly = False
 
     def compose(self) -> ComposeResult:
         yield Static("[b]tokenization lattice[/] [dim]— run an attack; then tab here to edit[/]",
@@ -113,9 +121,31 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
         the best one."""
         self.result = r
         self.lattice = None
+        self.readonly, self.paths, self.problem = False, None, ""
         self.cursor = 0
         self.last = ""
         self.refresh_view()
+
+    def show_paths(self, paths: Any, problem: str = "", head: str = "") -> None:
+        """A dataset row (read-only): ``paths`` (engine.advtok.record_lattice.RecordPaths) drawn
+        with the diagram's widths, or ``problem`` — why it is not drawn — in its place; ``head``
+        names the row. Edits are off: they would rescore under the single-request form."""
+        self.readonly = True
+        self.result, self.lattice = None, None
+        self.paths, self.problem = paths, problem
+        self.cursor, self.last = 0, ""
+        if self.children:
+            self.query_one("#lat-head", Static).update(
+                "[b]tokenization lattice[/]" + (f" {tesc(head)}" if head else "")
+                + " [dim]— rebuilt from the record with the loaded tokenizer; tab here, ←/→ move[/]")
+        self.refresh_view()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> Optional[bool]:
+        """Read-only (a dataset row): only the cursor moves."""
+        if self.readonly and action in ("edit", "seed"):
+            return False
+        return True
 
     @property
     def busy(self) -> bool:
@@ -128,6 +158,9 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
         r = self.result
         rows_w = self.query_one("#lat-rows", Static)
         status = self.query_one("#lat-status", Static)
+        if self.readonly:
+            self.refresh_paths(rows_w, status)
+            return
         if r is None or not getattr(r, "canonical_tokens", None):
             rows_w.update("")
             status.update("")
@@ -152,13 +185,39 @@ class LatticeView(AppAccess, Vertical, can_focus=True):
             f"cursor {self.cursor}: {tesc(repr(display_token(cur)))} id {lat.ids[self.cursor]}"
             + (f" · {self.last}" if self.last else ""))
 
+    def refresh_paths(self, rows_w: Static, status: Static) -> None:
+        """The read-only view of a dataset row: both recorded paths, the cursor on the
+        adversarial one, and what the token under it is."""
+        p = self.paths
+        if p is None:
+            rows_w.update(inert(self.problem, "yellow") if self.problem else "")
+            status.update("")
+            return
+        rows = [("canonical", p.char_spans(p.canonical), None),
+                ("adversarial", p.char_spans(p.adversarial), self.cursor)]
+        width = max(20, (self.size.width or 100) - LABEL_W - 3)
+        rows_w.update(path_rows(p.text, rows, width, edge_starts(p)))
+        toks = p.tokens(p.adversarial)
+        i = min(self.cursor, len(toks) - 1)
+        span = p.char_spans(p.adversarial)[i]
+        shared = span in set(p.char_spans(p.canonical))
+        line = Text.assemble(
+            f"canonical {len(p.canonical)} tokens · adversarial {len(p.adversarial)} tokens · "
+            f"cursor {i}: ", (repr(display_token(toks[i])), "bold"), f" id {p.adversarial[i]} · ",
+            ("a canonical token too", "green") if shared else ("not in the canonical", "yellow"))
+        for note in p.notes:
+            line.append("\n")
+            line.append_text(inert(note, "dim"))
+        status.update(line)
+
     def on_resize(self) -> None:
         self.refresh_view()
 
     # -- actions ------------------------------------------------------------------------------
     def action_move(self, delta: int) -> None:
         n = len(self.lattice.ids) if self.lattice is not None else (
-            len(self.result.best_ids) if self.result is not None else 0)
+            len(self.result.best_ids) if self.result is not None else
+            len(self.paths.adversarial) if self.paths is not None else 0)
         if n:
             cursor = max(0, min(n - 1, self.cursor + int(delta)))
             if cursor != self.cursor:

@@ -66,8 +66,11 @@ def judge_samples(judges: Sequence[Any], row: BenchRow, samples: list[dict[str, 
 
 
 def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: BenchmarkFile,
-                 judge_ids: list[str], settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """The replayable JSON record of one finished row, with the run's settings fingerprint."""
+                 judge_ids: list[str], settings: Optional[dict[str, Any]] = None,
+                 vocab: Any = None) -> dict[str, Any]:
+    """The replayable JSON record of one finished row, with the run's settings fingerprint and
+    the tokenizer's vocabulary hash (the token ids mean something only under that tokenizer:
+    the TUI's drill-down draws a row's lattice only when the loaded one has the same)."""
     from engine.advtok.fingerprint import fingerprint
 
     from engine.lm.templates import split_template
@@ -82,6 +85,7 @@ def build_record(lm: LoadedModel, row: BenchRow, cfg: Any, res: Any, bench: Benc
                        "adversarial": prompt_ids(chunks, cfg, res.best_ids),
                        "response": chunks.response_ids(cfg.response)},
         "model": model_info(lm), "template": template_info(lm.tokenizer, chunks),
+        **({"tokenizer": {"vocab_hash": vocab.hash, "kind": vocab.kind}} if vocab is not None else {}),
         "behavior": row.behavior or row.request, "context": row.context,
         "seed": cfg.seed, "judges": list(judge_ids),
         "dataset": {"path": bench.path, "sha256": bench.sha256, "layout": bench.layout},
@@ -174,7 +178,7 @@ def _run_rows(lm: LoadedModel, bench: BenchmarkFile, make_cfg: Callable[[BenchRo
         spent: dict[str, float] = {}
         judge_samples(judges, row, res.adversarial_samples, spent, progress, "adversarial")
         judge_samples(judges, row, res.canonical_samples, spent, progress, "canonical")
-        rec = build_record(lm, row, cfg, res, bench, judge_ids, settings)
+        rec = build_record(lm, row, cfg, res, bench, judge_ids, settings, vocab)
         rec["judge_info"] = judge_records(judges, spent)
         append_line(dest, json.dumps(rec, ensure_ascii=False))
         summ.done += 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from engine.errors import InputError
 from engine.advtok.mdd import MDD
+from engine.advtok.record_lattice import char_spans
 from engine.advtok.score import CandidateScorer
 from engine.advtok.vocab import load_vocab
 
@@ -72,18 +73,7 @@ class TokenLattice:
     def char_spans(self, ids: Optional[Sequence[int]] = None) -> list[tuple[int, int]]:
         """(start, end) character offsets of each token (a token that ends inside a multi-byte
         character is widened to whole characters)."""
-        starts = [0]
-        for ch in self.text:
-            starts.append(starts[-1] + len(ch.encode("utf-8")))
-
-        def ci(b: int, up: bool) -> int:
-            import bisect
-
-            k = bisect.bisect_left(starts, b)
-            if k < len(starts) and starts[k] == b:
-                return k
-            return k if up else k - 1
-        return [(ci(s, False), ci(e, True)) for s, e, _ in self.spans(ids)]
+        return char_spans(self.text, self.spans(ids))
 
     def path(self, a: int, b: int) -> Optional[list[int]]:
         """The fewest-token path of the diagram from byte a to byte b (None when none)."""

@@ -49,6 +49,8 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "model": (lambda v: isinstance(v, dict) and all(_str_or_none(v.get(k))
                                                     for k in ("name", "weights_hash")),
               "an object (name, weights_hash as text)"),
+    "tokenizer": (lambda v: isinstance(v, dict) and _str_or_none(v.get("vocab_hash")),
+                  "an object (vocab_hash as text)"),
     "config": (lambda v: isinstance(v, dict), "an object"),
     "judge_info": (lambda v: isinstance(v, dict), "an object"),
 }

@@ -10,6 +10,7 @@ import json
 import pytest
 from textual.widgets import Button, Input, TabbedContent
 
+from app.widgets.token_strip import display_token
 from app_fakes import until
 from engine.advtok.records import read_results
 
@@ -83,17 +84,56 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         assert {r[1] for r in cells[1:]} >= {"poetry", "cooking"}
         assert len(read_results(out).records) == 2
 
-        # the drill-down: one line per row; the highlighted row's tokenizations and samples
+        # the drill-down: one line per row; the highlighted row's tokenizations in the lattice
+        # (rebuilt from its record with the loaded tokenizer), its samples and verdicts
         rows = scr.query_one("#ds-rows")
         assert rows.row_count == 2
         recs = {r["id"]: r for r in read_results(out).records}
-        assert shown(scr, "ds-canon-title").startswith("row sea (line 1)")
-        assert str(recs["sea"]["best_ids"][0]) in scr.query_one("#ds-adv").plain()
+        lat = scr.query_one("#ds-lattice")
+        drawn = lambda: str(lat.query_one("#lat-rows").render())        # noqa: E731
+        status = lambda: str(lat.query_one("#lat-status").render())     # noqa: E731
+        await until(pilot, lambda: lat.paths is not None and lat.paths.row == "sea")
+        assert shown(scr, "ds-row-title").startswith("row sea (line 1)")
+        assert lat.paths.canonical == recs["sea"]["canonical_ids"]
+        assert lat.paths.adversarial == recs["sea"]["best_ids"]
+        assert lat.paths.text == recs["sea"]["request_text"]
+        assert all(k in drawn() for k in ("edges from", "canonical", "adversarial", "poem"))
         detail = shown(scr, "ds-row-samples")
         assert "adversarial samples (2)" in detail and "canonical samples (2)" in detail
         assert "refusal " in detail
-        rows.move_cursor(row=1)
-        await until(pilot, lambda: shown(scr, "ds-canon-title").startswith("row bread (line 2)"))
+
+        # keys: down to the second row, Enter into its lattice, → moves the cursor over the
+        # adversarial path (edits are off), Esc back to the rows without stopping anything
+        rows.focus()
+        await pilot.pause()
+        await pilot.press("down")
+        await until(pilot, lambda: lat.paths is not None and lat.paths.row == "bread")
+        assert shown(scr, "ds-row-title").startswith("row bread (line 2)")
+        await pilot.press("enter")
+        assert lat.has_focus
+        await pilot.press("right", "right")
+        assert lat.cursor == 2
+        bread = recs["bread"]
+        want = lat.paths.tokens(bread["best_ids"])[2]
+        assert "cursor 2:" in status() and f"id {bread['best_ids'][2]}" in status()
+        assert repr(display_token(want)) in status()
+        await pilot.press("s")                                   # read-only: no edit starts
+        await pilot.pause()
+        assert lat.lattice is None and not app.runner.busy
+        await pilot.press("escape")
+        assert rows.has_focus and not scr.busy and panel._job.state == "finished"
+
+        # a row made with another tokenizer (or, without a recorded one, other weights) is
+        # named in one line, and no lattice is drawn
+        drill = scr.query_one("#ds-drill")
+        drill.show([dict(recs["sea"], tokenizer={"vocab_hash": "0" * 64, "kind": "byte_bpe"})])
+        await until(pilot, lambda: "another tokenizer" in drawn())
+        assert lat.paths is None and "edges from" not in drawn()
+        old = {k: v for k, v in recs["sea"].items() if k != "tokenizer"}
+        drill.show([dict(old, model=dict(old["model"], weights_hash="f" * 32))])
+        await until(pilot, lambda: "does not name its tokenizer" in drawn())
+        assert lat.paths is None
+        drill.show(list(recs.values()))
 
         # a re-Run resumes: both rows already finished, nothing redone
         await pilot.press("ctrl+r")
