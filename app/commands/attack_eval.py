@@ -360,9 +360,8 @@ def parse_ks(spec: Optional[str]) -> Optional[list[int]]:
 def report_cmd(args: argparse.Namespace) -> int:
     """Errors (exit 2, one message) before anything is printed or written: an unknown judge
     or an empty judge selection, a k beyond the samples per side, no rows."""
-    from engine.advtok.asr_render import to_csv, to_markdown, write_png
+    from engine.advtok.asr_render import write_png, write_tables
     from engine.advtok.asr_report import build_report
-    from engine.atomic import write_text
 
     ks = parse_ks(args.k)
     rr = read_attack_results(args.results)
@@ -371,12 +370,8 @@ def report_cmd(args: argparse.Namespace) -> int:
     print_report(rep)
     err = err_console()
     phase("write")
-    if args.markdown:
-        write_text(args.markdown, to_markdown(rep))
-        err.print(f"wrote {args.markdown}", markup=False)
-    if args.csv:
-        write_text(args.csv, to_csv(rep))
-        err.print(f"wrote {args.csv}", markup=False)
+    for path in write_tables(rep, markdown=args.markdown, csv_path=args.csv):
+        err.print(f"wrote {path}", markup=False)
     if args.png:
         err.print(f"wrote {write_png(rep, args.png)}", markup=False)
     return 0

@@ -97,8 +97,9 @@ class AttackScreen(JobScreen):
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="attack.stop", tooltip="Stop the running attack"),
         Binding("ctrl+r", "run", "Run", id="attack.run", tooltip="Run the attack"),
-        Binding("ctrl+e", "export", "Export JSON", id="attack.export", priority=True,
-                tooltip="Export the last result as JSON"),
+        Binding("ctrl+e", "export", "Export", id="attack.export", priority=True,
+                tooltip="Export the last result as JSON (dataset mode: the report as Markdown "
+                        "and CSV)"),
     ]
 
     def __init__(self) -> None:
@@ -245,6 +246,14 @@ class AttackScreen(JobScreen):
             self.query_one(DatasetPanel).run()
             return
         super().action_run(given=given)
+
+    def action_export(self) -> None:
+        """ctrl+e: the single request's result as JSON; in the dataset mode the ΔASR report
+        as Markdown and CSV (the writer of ``attack report --markdown/--csv``)."""
+        if self.dataset_mode:
+            self.query_one(DatasetPanel).export_report()
+            return
+        super().action_export()
 
     @property
     def dataset_mode(self) -> bool:

@@ -18,13 +18,14 @@ from typing import Any, Optional
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 from app.app_access import AppAccess
 from app.inert import tesc, text
 from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished, JobProgressed,
                           JobStarted, WidgetJobEnded, WidgetJobStarted)
 from app.validate import FieldCheck, first_error, parse_field
+from app.widgets.dataset_report import DatasetReport
 from app.widgets.dataset_rows import DatasetRows
 from engine.advtok.config import AttackConfig
 from engine.advtok.runprogress import RunProgress
@@ -87,7 +88,6 @@ class DatasetPanel(AppAccess, Vertical):
     DatasetPanel .ds-buttons Button { margin-right: 1; }
     DatasetPanel .ds-text { height: auto; }
     DatasetPanel .ds-error { color: $error; height: auto; }
-    DatasetPanel .ds-table { height: auto; max-height: 20; }
     """
 
     def __init__(self, **kw: Any) -> None:
@@ -133,10 +133,7 @@ class DatasetPanel(AppAccess, Vertical):
         yield Static("[dim]no dataset run yet: a benchmark file, a results file, Run "
                      "(ctrl+r); Esc stops after the row in progress[/]", id="ds-progress",
                      classes="ds-text")
-        yield Static("", id="ds-report-title", classes="ds-text")
-        yield DataTable(id="ds-report", classes="ds-table", zebra_stripes=True)
-        yield DataTable(id="ds-detail", classes="ds-table", zebra_stripes=True)
-        yield Static("", id="ds-report-foot", classes="ds-text")
+        yield DatasetReport(id="ds-report-box")
         yield DatasetRows(id="ds-drill")
 
     def on_mount(self) -> None:
@@ -399,31 +396,15 @@ class DatasetPanel(AppAccess, Vertical):
 
     # -- the report ---------------------------------------------------------------------------
     def show_report(self, rep: Any) -> None:
-        """ΔASR per judge and category with intervals (asr_render's headline table) and the
-        rates with their bounds (its detail table); every cell is inert text."""
-        head = self.query_one("#ds-report", DataTable)
-        det = self.query_one("#ds-detail", DataTable)
-        head.clear(columns=True)
-        det.clear(columns=True)
-        title = self.query_one("#ds-report-title", Static)
-        foot = self.query_one("#ds-report-foot", Static)
-        if rep is None:
-            title.update("")
-            foot.update("")
-            return
-        from engine.advtok.asr_render import detail, footer, headline
-        from engine.advtok.asr_render import title as report_title
+        self.query_one(DatasetReport).show(rep)
 
-        for table, (headers, rows) in ((head, headline(rep)), (det, detail(rep))):
-            table.add_columns(*(text(h) for h in headers))
-            for r in rows:
-                table.add_row(*(text(c) for c in r))
-        title.update(text(report_title(rep), "bold"))
-        foot.update(text("\n".join(footer(rep)), multiline=True))
+    def export_report(self) -> None:
+        """ctrl+e in the dataset mode: the report as Markdown and CSV (DatasetReport.export)."""
+        if self.busy:
+            self.notify("Wait for the run to finish (or Esc) before exporting", severity="warning")
+            return
+        self.query_one(DatasetReport).export()
 
     def report_cells(self) -> list[list[str]]:
         """The headline table's header and rows as plain strings (tests, copy)."""
-        t = self.query_one("#ds-report", DataTable)
-        rows = [[str(c.label) for c in t.columns.values()]]
-        rows += [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
-        return rows
+        return self.query_one(DatasetReport).cells()

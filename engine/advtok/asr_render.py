@@ -197,6 +197,22 @@ def to_csv(rep: AsrReport) -> str:
     return buf.getvalue()
 
 
+def write_tables(rep: AsrReport, *, markdown: Optional[Path | str] = None,
+                 csv_path: Optional[Path | str] = None) -> list[Path | str]:
+    """The report as Markdown and/or CSV, each file written whole or not at all
+    (engine.atomic: a refused disk is one StorageError naming the path). The one writer of
+    ``attack report --markdown/--csv`` and of the TUI's report export. Returns the paths
+    written, in that order."""
+    from engine.atomic import write_text
+
+    done: list[Path | str] = []
+    for path, render in ((markdown, to_markdown), (csv_path, to_csv)):
+        if path is not None:
+            write_text(path, render(rep))
+            done.append(path)
+    return done
+
+
 # ---------------------------------------------------------------------- PNG
 def write_png(rep: AsrReport, directory: Path | str) -> Path:
     """Left: ΔASR and ΔASR@k per judge with 95 % intervals; right: ASR@k (largest k) per side.

@@ -162,6 +162,33 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         recs = read_results(out).records
         assert all("target" in s["verdicts"] for r in recs for s in r["adversarial_samples"])
 
+        # ctrl+e (dataset mode): the report as Markdown + CSV, byte for byte what
+        # `attack report --markdown --csv` writes for the same results file
+        box = scr.query_one("#ds-report-box")
+        await pilot.press("ctrl+e")
+        await until(pilot, lambda: len(box.exported) == 2)
+        md, cs = box.exported
+        assert md.parent == app.settings.export_dir and md.suffix == ".md" and cs.suffix == ".csv"
+        assert "report exported" in shown(scr, "ds-export-line")
+        exported = (md.read_bytes(), cs.read_bytes())
+
+        # a disk that refuses (the export folder under a regular file): one line, nothing left
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("x", encoding="utf-8")
+        app.settings.export_dir = blocker / "exports"
+        scr.query_one("#ds-export", Button).press()
+        await until(pilot, lambda: "export failed" in shown(scr, "ds-export-line"))
+        line = shown(scr, "ds-export-line").strip()
+        assert "\n" not in line and "not-a-folder" in line, line
+        assert blocker.read_text(encoding="utf-8") == "x"
+
+    from app.cli import main
+
+    cli_md, cli_csv = tmp_path / "cli.md", tmp_path / "cli.csv"
+    assert main(["attack", "report", str(out), "--markdown", str(cli_md),
+                 "--csv", str(cli_csv)]) == 0
+    assert exported == (cli_md.read_bytes(), cli_csv.read_bytes())
+
 
 def held_after_first_row():
     """The real engine, held after its first written row until the job is stopped, so Esc
