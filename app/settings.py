@@ -157,6 +157,15 @@ def derive_timeouts(tok_s: Optional[float], max_new_tokens: int,
             for k, d in derive_timeout_details(tok_s, max_new_tokens, bench_grid).items()}
 
 
+#: what a config profile may set, by the AppSettings / SamplingConfig attribute it sets
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                 "banned_ids", "stop_strings")
+MODEL_FIELDS = ("model", "device", "dtype", "engine_path")
+PROFILE_KEYS = SAMPLING_KEYS + ("system_prompt", "context_size") + MODEL_FIELDS
+#: a change to one of these takes a model (re)load to apply (the context size is set at load)
+RELOAD_KEYS = ("model", "device", "dtype", "engine_path", "context_size")
+
+
 def default_export_dir() -> Path:
     """Exports go to a per-user data folder, not wherever the app was started:
     ``$TOKENFORGE_EXPORTS``, else ``$XDG_DATA_HOME/tokenforge/exports`` (~/.local/share/…)."""
@@ -196,6 +205,12 @@ class AppSettings:
     snapshot_cap_mib: float = 512.0  # saved sessions' KV snapshots on disk (config key)
     model_dirs: list[Path] = field(default_factory=list)  # extra folders for the model picker
     profiles: dict[str, Any] = field(default_factory=dict)  # the config's profiles, by name
+    #: what the profile in use replaced, per key (PROFILE_KEYS or "timeout:KIND"): (the value
+    #: before, its source, the profile's value). Choosing another profile, or none, puts back
+    #: every value still at the profile's (one the user changed since stays theirs)
+    profile_base: dict[str, tuple[Any, Optional[str], Any]] = field(default_factory=dict)
+    #: the loaded model's own sampling defaults (a value a profile held goes back to them)
+    model_defaults: Optional[ModelSamplingDefaults] = None
 
     def __post_init__(self) -> None:
         # sampling handed in already chosen (a caller's own SamplingConfig): those values are
@@ -228,34 +243,100 @@ class AppSettings:
             profile = getattr(args, "tf_profile", None)
             if profile is not None:
                 s.apply_profile(profile)
+                # the command line resolved these from the profile (a flag winning): what the
+                # profile set is the profile's, for a switch in the TUI to put back
+                for key in MODEL_FIELDS + ("context_size",):
+                    theirs = getattr(profile, key)
+                    if theirs is not None and getattr(s, key) == theirs:
+                        s.profile_base[key] = (getattr(cls(), key), None, theirs)
         return s
 
-    def apply_profile(self, p: Any) -> None:
-        """A config profile's sampling, system prompt, context size and timeouts (the model
-        fields arrive through the resolved command-line args, where a flag wins)."""
+    def apply_profile(self, p: Any, *, model_fields: bool = False) -> bool:
+        """Use config profile ``p`` (after putting back what the previous one replaced): its
+        sampling, system prompt, context size and timeouts; with ``model_fields`` also its model,
+        device, dtype and engine path (the command line resolves those itself, a flag winning).
+        True when a value the loaded model depends on changed (the caller reloads)."""
+        reload = self.clear_profile()
         self.profile = p.name
-        if p.system_prompt is not None:
-            self.system_prompt = p.system_prompt
-        if p.context_size is not None and self.context_size is None:
-            self.context_size = p.context_size
         sm = self.sampling
-        for key, attr in (("max_new_tokens", "max_new_tokens"), ("temperature", "temperature"),
-                          ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
-                          ("repetition_penalty", "repetition_penalty"),
-                          ("banned_ids", "banned_ids")):
-            if getattr(p, key) is not None:
-                setattr(sm, attr, getattr(p, key))
-                if key in self.sampling_sources:
-                    self.sampling_sources[key] = PROFILE
-        if p.stop is not None:
-            sm.stop_strings = tuple(p.stop)
+        for key in PROFILE_KEYS:
+            theirs = getattr(p, "stop" if key == "stop_strings" else key)
+            if theirs is None or (key in MODEL_FIELDS and not model_fields):
+                continue
+            if key == "context_size" and not model_fields and self.context_size is not None:
+                continue  # a --context-size flag wins
+            if key == "stop_strings":
+                theirs = tuple(theirs)
+            before = self._value(key)
+            self.profile_base[key] = (before, self.sampling_sources.get(key), theirs)
+            if key in SAMPLING_KEYS:
+                setattr(sm, key, theirs)
+            else:
+                setattr(self, key, theirs)
+            if key in self.sampling_sources:
+                self.sampling_sources[key] = PROFILE
+            reload |= key in RELOAD_KEYS and before != theirs
         self.rederive()
         for kind, secs in p.timeouts.items():
+            key = f"timeout:{kind}"
+            self.profile_base[key] = (self._value(key), None, (secs, True))
             self.set_user_timeout(kind, secs)
+        return reload
+
+    def clear_profile(self) -> bool:
+        """Stop using the profile: every value it set and nobody changed since goes back to
+        what it was before (a sampling value that followed the model follows the loaded model
+        again). True when a value the loaded model depends on changed."""
+        reload = False
+        for key, (before, source, theirs) in self.profile_base.items():
+            if self._value(key) != theirs:
+                continue  # changed since (Settings applied, the chat's system prompt): theirs
+            if key.startswith("timeout:"):
+                kind, (secs, user) = key.split(":", 1)[1], before
+                if user:
+                    self.set_user_timeout(kind, secs)
+                else:
+                    self.user_timeouts.discard(kind)
+                continue
+            if key in SAMPLING_KEYS:
+                setattr(self.sampling, key, before)
+            else:
+                setattr(self, key, before)
+            if source is not None:
+                self.sampling_sources[key] = source
+            reload |= key in RELOAD_KEYS
+        self.profile_base.clear()
+        self.profile = ""
+        if self.model_defaults is not None:  # values that followed a model follow this one
+            self.apply_model_defaults(self.model_defaults)
+        self.rederive()
+        return reload
+
+    def _value(self, key: str) -> Any:
+        if key.startswith("timeout:"):
+            kind = key.split(":", 1)[1]
+            return (self.timeouts.get(kind), kind in self.user_timeouts)
+        return getattr(self.sampling, key) if key in SAMPLING_KEYS else getattr(self, key)
+
+    def unprofiled(self, key: str) -> Any:
+        """The value of ``key`` without the profile in use (what the settings file saves: a
+        profile's values live in its config file)."""
+        held = self.profile_base.get(key)
+        now = self._value(key)
+        return held[0] if held is not None and now == held[2] else now
+
+    def source_of(self, key: str) -> str:
+        """Where the value shown for ``key`` came from: a sampling value's provenance, else
+        "profile" while the profile in use holds it ("" otherwise)."""
+        held = self.profile_base.get(key)
+        if held is not None and self._value(key) == held[2]:
+            return PROFILE
+        return self.sampling_sources.get(key, "")
 
     def apply_model_defaults(self, defaults: ModelSamplingDefaults) -> None:
         """A model loaded: its own sampling defaults replace the values that were still
         defaults (built-in or the previous model's); what the user set stays."""
+        self.model_defaults = defaults
         values, sources = resolve({k: getattr(self.sampling, k) for k in MODEL_KEYS},
                                   self.sampling_sources, defaults)
         for k, v in values.items():

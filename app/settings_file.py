@@ -31,14 +31,19 @@ def settings_path() -> Path:
 
 
 def to_json(s: Any) -> str:
+    from engine.sessions.profiles import TIMEOUT_KINDS
+
+    # without the profile in use: its values live in its config file (s.unprofiled)
+    sampling = {k: s.unprofiled(k) if k in s.profile_base else v
+                for k, v in asdict(s.sampling).items()}
+    timeouts = {kind: s.unprofiled(f"timeout:{kind}") for kind in TIMEOUT_KINDS}
     data = {"version": VERSION,
-            "sampling": {k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in asdict(s.sampling).items()},
+            "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sampling.items()},
             # the sampling values the user set (the others follow the loaded model's defaults)
             "sampling_set": sorted(k for k, src in s.sampling_sources.items() if src == SAVED),
-            "user_timeouts": {k: s.timeouts.get(k) for k in sorted(s.user_timeouts)},
+            "user_timeouts": {k: secs for k, (secs, user) in sorted(timeouts.items()) if user},
             "export_dir": str(s.export_dir),
-            "system_prompt": s.system_prompt}
+            "system_prompt": s.unprofiled("system_prompt")}
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 

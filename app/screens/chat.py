@@ -99,6 +99,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
     # -- layout -------------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
         system = self.tokenforge_app.settings.system_prompt
+        self._system_shown = system
         with Vertical(id="chat-main"):
             with Horizontal(id="system-row", classes="form-row"):
                 yield Label("System", classes="field-label")
@@ -136,6 +137,14 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
         self.refresh_controls()
 
     def settings_changed(self) -> None:
+        """A profile chosen (or left) may set the system prompt: the field shows it unless you
+        have typed in it; it applies to the next new chat, as the field's own Apply does."""
+        if self.children:
+            inp = self.query_one("#system", Input)
+            want = self.tokenforge_app.settings.system_prompt
+            if inp.value != want and inp.value == self._system_shown:
+                inp.value = want
+            self._system_shown = want
         self.refresh_controls()
 
     def _status(self) -> Any:
@@ -334,7 +343,7 @@ class ChatScreen(ChatVariants, TranscriptSync, ToolScreen):
             self.notify("An answer is running: Esc to stop it first", severity="warning")
             return
         app = self.tokenforge_app
-        app.settings.system_prompt = system or ""
+        app.settings.system_prompt = self._system_shown = system or ""
         self.action_new_chat()
 
     def action_export(self) -> None:

@@ -17,7 +17,6 @@ from textual.widgets import DataTable, Label, Select, Static
 
 from app.inert import styled, text
 from app.layout import NARROW_COLUMNS
-from app.messages import SettingsChanged
 from app.screens.base import ToolScreen
 
 
@@ -170,29 +169,20 @@ class ModelsScreen(ToolScreen):
         self._fill()
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        """Apply a config profile: sampling, system prompt, timeouts, context size; a profile
-        naming another model (or device/dtype) reloads, as a switch does."""
+        """Apply a config profile (app/profile_choice.py, the same path as Settings)."""
+        from app.profile_choice import choose_profile
+
         app = self.tokenforge_app
-        name = event.value
-        profiles = getattr(app.settings, "profiles", {}) or {}
-        if event.select.id != "profile-select" or name not in profiles or name == app.settings.profile:
+        if event.select.id != "profile-select" or not isinstance(event.value, str):
             return
-        p = profiles[name]
-        s = app.settings
-        s.apply_profile(p)
-        if p.context_size is not None:
-            s.context_size = p.context_size
-        reload = False
-        for key in ("model", "device", "dtype", "engine_path"):
-            v = getattr(p, key)
-            if v is not None and v != getattr(s, key):
-                setattr(s, key, v)
-                reload = True
-        app.notify_screens(SettingsChanged)
-        if reload and app.model_state != "loading":
-            self.switching, self._old = p.model or s.model, app.lm
-            app.load_model()
-        self._status(styled("profile {n!r} applied", n=name) + (" · reloading the model" if reload else ""))
+        old = app.lm
+        changed, reload = choose_profile(app, event.value)
+        if not changed:
+            return
+        if reload:
+            self.switching, self._old = app.settings.model, old
+        self._status(styled("profile {n!r} applied", n=event.value) +
+                     (" · reloading the model" if reload else ""))
 
     def _watch_load(self) -> None:
         app = self.tokenforge_app

@@ -17,6 +17,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from app.inert import notice, plain, tesc, text
 from app.messages import SettingsChanged
+from app.profile_choice import NO_PROFILE, profile_options, profile_summary
 from app.screens.base import ToolScreen
 from engine.lm.config import DTYPES, ENGINE_PATHS, ModelConfig, SamplingConfig
 from app.settings import (BENCH_CAP_S, CAP_S, FLOOR_S, SAFETY, TIMEOUT_KINDS,
@@ -43,6 +44,9 @@ class SettingsScreen(ToolScreen):
     def palette_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("settings: Apply", "Apply and save the settings (enter in a field)",
                             self.action_apply)
+        yield SystemCommand("settings: Next profile",
+                            "Use the next config profile (then none); its fields are marked profile",
+                            self.action_next_profile)
         yield SystemCommand("settings: Re-derive timeouts",
                             "Drop your timeouts; derive every one from the measured speed",
                             self.action_derive)
@@ -116,8 +120,15 @@ class SettingsScreen(ToolScreen):
                 yield Label(label, classes="field-label")
                 yield Input(value=value, id=fid, placeholder=placeholder, compact=True,
                             validators=[FieldCheck(checks[fid])])
+                if fid in self.SOURCE_KEYS:  # where the value came from (profile, model, …)
+                    yield Static("", id=f"src-{fid}", classes="field-source")
 
         with VerticalScroll(id="settings-form"):
+            with Horizontal(classes="form-row", id="profile-row"):
+                yield Label("profile", classes="field-label")
+                yield Select(profile_options(s), value=s.profile or NO_PROFILE, allow_blank=False,
+                             id="set-profile", compact=True)
+            yield Static("", id="profile-note", classes="note")
             yield Static("[b]Model[/]", classes="section")
             yield from field("model", "set-model", s.model, "default, a directory, a .gguf, a hub id")
             yield from field("device", "set-device", s.device, "auto, cpu, mps, cuda, cuda:N")
@@ -125,11 +136,13 @@ class SettingsScreen(ToolScreen):
                 yield Label("dtype", classes="field-label")
                 yield Select([(d, d) for d in DTYPES], value=s.dtype if s.dtype in DTYPES else "auto",
                              allow_blank=False, id="set-dtype", compact=True)
+                yield Static("", id="src-set-dtype", classes="field-source")
             with Horizontal(classes="form-row"):
                 yield Label("engine path", classes="field-label")
                 yield Select([(PATH_LABELS.get(p, p), p) for p in ENGINE_PATHS],
                              value=s.engine_path, allow_blank=False, id="set-engine-path",
                              compact=True)
+                yield Static("", id="src-set-engine-path", classes="field-source")
             yield Static("[b]Sampling[/]", classes="section")
             yield Static("", id="sampling-source", classes="note")
             yield from field("max new tokens", "set-max-new", str(sm.max_new_tokens))
@@ -152,6 +165,7 @@ class SettingsScreen(ToolScreen):
                     yield Label(kind, classes="field-label")
                     yield Input(value=_fmt_timeout(s.timeouts.get(kind)), id=f"timeout-{kind}",
                                 compact=True, validators=[FieldCheck(checks[f"timeout-{kind}"])])
+                    yield Static("", id=f"src-timeout-{kind}", classes="field-source")
                     yield Static("", id=f"why-{kind}", classes="timeout-why")
             yield Static("[b]Export[/]", classes="section")
             yield from field("export folder", "set-export", str(s.export_dir))
@@ -204,7 +218,35 @@ class SettingsScreen(ToolScreen):
             st.update("[green]applied and saved[/]" if self.applied_once else "")
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "set-profile":
+            self._choose_profile(event.value)
+            return
         self.validate_all()
+
+    def _choose_profile(self, name: Any) -> None:
+        """A profile chosen (app/profile_choice.py, the path F8 uses too): its values fill the
+        fields (those you have not edited), each marked "profile"; one naming another model
+        reloads it."""
+        from app.profile_choice import choose_profile
+
+        if not isinstance(name, str):
+            return
+        changed, reload = choose_profile(self.tokenforge_app, name)
+        if changed:
+            self.notify(("no profile: the values before it are back" if not name else
+                         f"profile {name} applied") + (" · reloading the model" if reload else ""),
+                        markup=False)
+
+    def action_next_profile(self) -> None:
+        """Use the next profile in the list (then none, then the first again)."""
+        options = [v for _, v in profile_options(self.tokenforge_app.settings)]
+        if len(options) < 2:
+            self.notify("no profiles in the config file (--config, $TOKENFORGE_CONFIG)",
+                        severity="warning")
+            return
+        now = self.tokenforge_app.settings.profile or NO_PROFILE
+        nxt = options[(options.index(now) + 1) % len(options)] if now in options else options[0]
+        self.query_one("#set-profile", Select).value = nxt
 
     # -- apply --------------------------------------------------------------------------------
     def apply(self) -> bool:
@@ -278,6 +320,7 @@ class SettingsScreen(ToolScreen):
             return
         app = self.tokenforge_app
         s = app.settings
+        self._refresh_profile()
         for kind in TIMEOUT_KINDS:
             self._show_unless_edited(f"timeout-{kind}", _fmt_timeout(s.timeouts.get(kind)))
         details = s.timeout_details()
@@ -305,6 +348,48 @@ class SettingsScreen(ToolScreen):
     MODEL_FIELDS = {"temperature": "set-temperature", "top_k": "set-top-k", "top_p": "set-top-p",
                     "repetition_penalty": "set-rep", "min_p": "set-min-p"}
 
+    #: field id → the AppSettings key whose source its tag shows (a profile may set each)
+    SOURCE_KEYS = {"set-model": "model", "set-device": "device", "set-dtype": "dtype",
+                   "set-engine-path": "engine_path", "set-max-new": "max_new_tokens",
+                   "set-temperature": "temperature", "set-top-k": "top_k", "set-top-p": "top_p",
+                   "set-rep": "repetition_penalty", "set-min-p": "min_p",
+                   "set-banned": "banned_ids", "set-stop": "stop_strings",
+                   **{f"timeout-{k}": f"timeout:{k}" for k in TIMEOUT_KINDS}}
+
+    def _field_text(self, fid: str) -> str:
+        """The applied value of a profile-settable field, as the form writes it."""
+        s = self.tokenforge_app.settings
+        key = self.SOURCE_KEYS[fid]
+        if key.startswith("timeout:"):
+            return _fmt_timeout(s.timeouts.get(key.split(":", 1)[1]))
+        if key in ("model", "device"):
+            return str(getattr(s, key))
+        v = getattr(s.sampling, key)
+        return list_text(v) if key in ("banned_ids", "stop_strings") else \
+            str(v) if isinstance(v, int) else f"{v:g}"
+
+    def _refresh_profile(self) -> None:
+        """The profile in use: the selector, what it sets, the fields it filled (those you have
+        not edited) and each field's source tag."""
+        s = self.tokenforge_app.settings
+        sel = self.query_one("#set-profile", Select)
+        want = s.profile or NO_PROFILE
+        if sel.value != want:
+            sel.set_options(profile_options(s))  # the profiles may have been re-read
+            sel.value = want
+        self.query_one("#profile-note", Static).update(text(profile_summary(s), "dim"))
+        for fid, key in self.SOURCE_KEYS.items():
+            if fid in ("set-dtype", "set-engine-path"):
+                other = self.query_one(f"#{fid}", Select)
+                if other.value != getattr(s, key):
+                    other.value = getattr(s, key)
+            else:
+                self._show_unless_edited(fid, self._field_text(fid))
+            src = s.source_of(key)
+            self.query_one(f"#src-{fid}", Static).update(
+                text(src, "bold $accent" if src == "profile" else "dim"))
+        self._refresh_sampling()
+
     def _show_unless_edited(self, fid: str, want: str) -> None:
         """A value the app changed (re-derived, a model's default) replaces the field only when
         the user has not edited it: a typed (even invalid) value stays, with its message."""
@@ -325,7 +410,7 @@ class SettingsScreen(ToolScreen):
     def model_changed(self) -> None:
         if not self.children:
             return
-        self._refresh_sampling()
+        self._refresh_profile()
         app = self.tokenforge_app
         st = {"loading": "[yellow]loading…[/]", "ready": "[green]ready[/]",
               "failed": f"[red]failed: {tesc(app.model_error)}[/]"}.get(app.model_state, "none")
