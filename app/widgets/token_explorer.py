@@ -368,6 +368,15 @@ class TokenExplorer(AppAccess, Vertical, can_focus=True):
         elif kind == "prompt":
             self.prompt_text = self._prompt_text(r)
         self._end("finished", f"{kind} done in {m.elapsed:.1f} s")
+        if kind in ("lens", "prompt"):  # rows added below the fold: scroll them into view
+            self.call_after_refresh(self._reveal, "#tx-lens" if kind == "lens" else "#tx-prompt")
+
+    def _reveal(self, wid: str) -> None:
+        """Scroll the explorer (and any container above it) so the block's first row is at the
+        top of the view: ~30 lens rows must not hide the prompt tokens added after them."""
+        block = self.query_one(wid, Static)
+        if block.region.height:
+            block.scroll_visible(animate=False, top=True)
 
     async def on_job_cancelled(self, m: JobCancelled) -> None:
         if self._mine(m):
