@@ -128,6 +128,8 @@ class _Bench:
         self.lm, self.cfg, self.suite, self.out = lm, cfg, suite, out
         self.progress, self.cancel = progress, cancel
         self.methods: list[Method] = [make_method(n, **cfg.params.get(n, {})) for n in cfg.methods]
+        for m in self.methods:
+            m.use_suite(suite)  # before any key is made: it may set the method's parameters
         self.summary = BenchSummary(run_id=uuid.uuid4().hex[:12], out=out, loadavg_start=loadavg())
         self.done = existing_keys(out)
         _ensure_newline(out)
@@ -277,15 +279,21 @@ class _Bench:
         qk = (m.name, q.id)
         if qk not in self.quality_cache:
             lm, cancel = self.lm, self.cancel
-            lp = m.teacher_forced_logprobs(lm, q, ref.ids, cancel=cancel)
-            kl_mean, kl_max = kl_stats(ref.logprobs, lp)
+            # only positions where both tokenizations predict the same next token are compared
+            # (all of them unless the method has its own vocabulary: phrase merge)
+            lp, pos = m.fidelity_logprobs(lm, q, ref.ids, cancel=cancel)
+            pos = [p for p in pos[:lp.shape[0]] if p < len(ref.ids)]
+            lp = lp[:len(pos)]
+            ref_lp = ref.logprobs[pos] if pos else ref.logprobs[:0]
+            kl_mean, kl_max = kl_stats(ref_lp, lp)
             agree = None
-            if lp.numel() and ref.ids:
-                n = min(lp.shape[0], len(ref.ids))
-                agree = float((lp[:n].argmax(-1).cpu() == torch.tensor(ref.ids[:n])).float().mean())
+            if lp.numel() and pos:
+                want = torch.tensor([ref.ids[p] for p in pos])
+                agree = float((lp.argmax(-1).cpu() == want).float().mean())
             ref_nll = m.answer_nll(lm, q, q.reference, cancel=cancel) if q.reference else None
             self.quality_cache[qk] = {"kl_mean": kl_mean, "kl_max": kl_max, "top1_agree": agree,
-                                      "ref_nll": ref_nll, "ref_tokens": len(ref.ids)}
+                                      "ref_nll": ref_nll, "ref_tokens": len(ref.ids),
+                                      "kl_positions": len(pos)}
         qd = dict(self.quality_cache[qk])
         qd["first_divergence"] = first_divergence(m.base_token_ids(out_ids), ref.ids)
         qd["contains"] = contains(text, q.reference)

@@ -3,7 +3,8 @@ number, and the queries are built (``suite_files.py`` is the lenient, torch-free
 the report use)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -19,6 +20,9 @@ class Suite:
     queries: list[Query]
     prose: Optional[str] = None  # held-out text for NLL / bits per byte
     prose_id: Optional[str] = None
+    # held-out examples of the suite's domain (never measured): what phrase merge learns from
+    domain: list[Query] = field(default_factory=list)
+    domain_sha: str = ""
 
 
 def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,
@@ -77,6 +81,7 @@ def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,
                              reference=rec.get("reference"), turns=list(turns), meta=dict(meta)))
     if suite_name is None:
         raise InputError(f"suite {path.name} is empty")
+    domain, domain_sha = load_domain(path, queries, prose)
     if kinds is not None:
         kinds = set(kinds)
         bad = kinds - set(QUERY_KINDS)
@@ -93,4 +98,50 @@ def load_suite(name: str, *, kinds: Optional[Iterable[str]] = None,
         queries = [q for q in queries if q.id in ids]
         if prose_id not in ids:
             prose = prose_id = None
-    return Suite(name=suite_name, path=path, queries=queries, prose=prose, prose_id=prose_id)
+    return Suite(name=suite_name, path=path, queries=queries, prose=prose, prose_id=prose_id,
+                 domain=domain, domain_sha=domain_sha)
+
+
+def domain_path(suite_file: Path) -> Path:
+    """Where a suite's domain material lives: ``domain/<suite file name>`` beside it."""
+    return suite_file.parent / "domain" / suite_file.name
+
+
+def load_domain(suite_file: Path, queries: list[Query],
+                prose: Optional[str]) -> tuple[list[Query], str]:
+    """The suite's held-out domain examples (JSONL: ``prompt``, optional ``system``,
+    ``document``, ``reply``; a line with ``about`` describes the file) and their hash; none when
+    the file does not exist. Train and test stay apart: a measured query's prompt, document or
+    reference, or the held-out prose, found verbatim in the material is an InputError."""
+    path = domain_path(suite_file)
+    if not path.is_file():
+        return [], ""
+    from engine.bounded_json import iter_jsonl
+
+    out: list[Query] = []
+    raw: list[str] = []
+    for no, rec, _ in iter_jsonl(path, "domain material"):
+        where = f"{path.name} (domain) line {no}"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected a JSON object")
+        if "about" in rec:
+            continue
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise InputError(f"{where}: field 'prompt' missing or empty")
+        for key in ("system", "document", "reply"):
+            if rec.get(key) is not None and not isinstance(rec[key], str):
+                raise InputError(f"{where}: field {key!r} must be a string or null")
+        out.append(Query(id=f"domain-{no}", kind="qa" if rec.get("document") else "chat",
+                         prompt=rec["prompt"], system=rec.get("system"),
+                         document=rec.get("document"), reference=rec.get("reply")))
+        raw.extend(rec.get(k) or "" for k in ("prompt", "document", "reply"))
+    blob = "\n".join(raw)
+    held = [(q.id, t) for q in queries for t in (q.prompt, q.document, q.reference, *q.turns) if t]
+    if prose:
+        held.append(("prose", prose))
+    for qid, t in held:
+        if len(t.strip()) >= 12 and t.strip() in blob:
+            raise InputError(f"{path.name} (domain): contains text of measured query {qid!r}: "
+                             f"{t.strip()[:60]!r}")
+    sha = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return out, sha

@@ -110,6 +110,10 @@ class Method:
     def restore(self, lm: LoadedModel) -> None:
         """Undo every model change made by ``prepare`` (the model is shared)."""
 
+    def use_suite(self, suite: Any) -> None:
+        """Told which suite is about to be measured (a method that learns from the suite's
+        held-out domain material, such as phrase merge, takes it here); most ignore it."""
+
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label, "model_changing": self.model_changing,
                 "speed_note": self.speed_note, "simplification": self.simplification,
@@ -178,6 +182,11 @@ class Method:
         st.pos += len(ids)
         return out
 
+    def detokenizer(self, lm: LoadedModel) -> Any:
+        """What turns this method's generated ids into text (the decode pipeline's stop strings
+        and the answer): the tokenizer, unless the method has ids of its own (phrase merge)."""
+        return lm.tokenizer
+
     def base_token_ids(self, ids: list[int]) -> list[int]:
         """Generated ids in the model's original vocabulary (for the first-divergence index);
         a method with its own vocabulary (phrase merge) expands its new ids."""
@@ -220,7 +229,7 @@ class Method:
                 f"> context length {lm.context_length}")
         cfg = (sampling or SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)).validate()
         pipe = LogitsPipeline(cfg, lm.torch_device).start([prompt])
-        stops = StopCriteria(cfg, lm.eos_ids, lm.tokenizer, cancel=cancel,
+        stops = StopCriteria(cfg, lm.eos_ids, self.detokenizer(lm), cancel=cancel,
                              max_new_tokens=max_new_tokens)
         meter = CopyMeter()
         effective = len(st.pending)
@@ -292,6 +301,15 @@ class Method:
             check(cancel)
             rows.append(self.feed(lm, st, [int(tok)], keep=1)[-1])
         return torch.log_softmax(torch.stack(rows).float(), dim=-1)
+
+    def fidelity_logprobs(self, lm: LoadedModel, q: Query, ref_ids: list[int], *,
+                          cancel: Optional[CancelToken] = None) -> tuple[torch.Tensor, list[int]]:
+        """The rows the fidelity KL compares with the baseline's: (R, V) log-probs over the
+        model's original vocabulary and, for each row, the position in ``ref_ids`` (the
+        baseline's continuation) whose next-token distribution it is. Every position here; a
+        method that tokenizes differently (phrase merge) returns only the comparable ones."""
+        lp = self.teacher_forced_logprobs(lm, q, ref_ids, cancel=cancel)
+        return lp, list(range(lp.shape[0]))
 
     def answer_nll(self, lm: LoadedModel, q: Query, answer: str, *,
                    cancel: Optional[CancelToken] = None) -> Optional[float]:

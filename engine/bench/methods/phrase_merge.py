@@ -1,22 +1,27 @@
-"""Phrase-merge tokenizer (untrained, experimental): frequent multi-token phrases become new
+"""Phrase-merge vocabulary, AdaptiVocab-style and UNTRAINED: frequent multi-token phrases of the
+suite's domain become new vocabulary entries, with no fine-tuning (docs/bench-methods.md).
 
-if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
-    from engine.lm.model import LoadedModel
-vocabulary entries whose embeddings are the mean of their parts, with no fine-tuning.
-
-Learning (AdaptiVocab-like selection, BPE-like application): on a shipped calibration text
-(``engine/bench/suites/calibration-v1.txt``, distinct from the held-out prose) repeatedly take the
-2–4-token n-gram that saves the most tokens ((n − 1) · count, count ≥ ``min_count``, no special
-or line-break tokens), replace its non-overlapping occurrences by a new id, and repeat up to
-``max_phrases`` times. Encoding applies the merges in the same order; decoding expands them.
+Learning (AdaptiVocab's selection, applied like BPE): from the suite's domain material (held-out
+examples in the suite's own format, ``engine/bench/suites/domain/<suite>.jsonl``; never a measured
+query) rendered exactly as prompts are rendered, repeatedly take the 2–``max_n``-token n-gram that
+saves the most tokens, count × (n − 1) with count ≥ ``min_count`` non-overlapping occurrences
+(no special tokens, no line breaks, not made of digits only, never across two examples), replace
+those occurrences by a new id and count again — so an n-gram that overlapped a chosen one loses
+exactly the occurrences the replacement consumed — up to ``max_phrases`` times. Encoding applies
+the merges in learned order; decoding expands every new id into its base parts first.
 
 The model change is reversible and copy-free: the input embedding and the output head are wrapped
-by modules that append the new rows (input row = mean of the parts' input rows; output row =
-mean of the parts' output rows, which for tied embeddings is the same tensor), and ``restore``
-puts the original modules back. The tokenizer itself is never modified.
+by modules that append the new rows, and ``restore`` puts the original modules back. New rows
+follow AdaptiVocab's exponential weighting over the parts' positions (weights 2^-k, normalised):
+the input row leans on the *last* part (the position whose embedding the next step would have
+seen), the output row on the *first* part (the token the model would have emitted next). The two
+differ, so a model with tied embeddings gets two separate appended tables. ``init="mean"`` gives
+the plain mean of the parts (the ablation). The tokenizer itself is never modified.
 
-Untrained new tokens cost quality (AdaptiVocab fine-tunes them): this row is always shown with its
-bits per byte (comparable across tokenizers) next to the tokens it saves.
+Untrained new tokens cost quality (AdaptiVocab fine-tunes them): the row is labelled untrained and
+always shown with its bits per byte (comparable across tokenizers) beside the tokens it saves.
+Fidelity to the baseline is measured where the two tokenizations can be compared: see
+:meth:`PhraseMerge.fidelity_logprobs`.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,14 +39,21 @@ from torch import nn
 from engine.errors import InputError
 from engine.progress import CancelToken, ProgressFn, check
 from engine.lm.templates import encode_user_text
-from .act_sparsity import calibration_text
 from .base import GenState, Method, MethodOutput, Query, render_chat, text_nll
 from .params import reject_unknown
+
+if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
+    from engine.lm.model import LoadedModel
+
+#: AdaptiVocab's decay of the weights over the parts' positions (each part half the next one's)
+DECAY = 0.5
+INITS = ("exp", "mean")
+_SEP = -1  # between two examples of the domain material: never part of an n-gram
 
 
 @dataclass
 class PhraseVocab:
-    """Merges in learned order: new id → the pair/tuple of ids it replaces."""
+    """Merges in learned order: new id → the tuple of ids it replaces."""
 
     base_size: int
     merges: list[tuple[int, ...]] = field(default_factory=list)
@@ -58,18 +70,42 @@ class PhraseVocab:
             out.extend(self.parts(p))
         return out
 
-    def expand(self, ids: list[int]) -> list[int]:
+    def expand(self, ids: Sequence[int]) -> list[int]:
         out: list[int] = []
         for t in ids:
             out.extend(self.parts(int(t)))
         return out
 
-    def encode_ids(self, ids: list[int]) -> list[int]:
+    def encode_ids(self, ids: Sequence[int]) -> list[int]:
         """Apply every merge in learned order (non-overlapping, left to right)."""
         seq = list(ids)
         for k, gram in enumerate(self.merges):
             seq = _replace(seq, gram, self.new_id(k))
         return seq
+
+    def first_parts(self) -> list[int]:
+        """The first base part of every new id (the next base token it commits to)."""
+        return [self.parts(self.new_id(k))[0] for k in range(len(self.merges))]
+
+
+class MergedDetokenizer:
+    """The tokenizer as the decode path sees it: ids of the merged vocabulary are expanded into
+    their base parts before decoding, so streaming, stop strings and the answer text work on
+    merged ids. Everything else is the tokenizer's own."""
+
+    def __init__(self, tokenizer: Any, vocab: PhraseVocab) -> None:
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+
+    def decode(self, ids: Any, **kw: Any) -> str:
+        if torch.is_tensor(ids):
+            ids = ids.tolist()
+        if isinstance(ids, int):
+            ids = [ids]
+        return self.tokenizer.decode(self.vocab.expand(ids), **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
 
 
 def _replace(seq: list[int], gram: tuple[int, ...], new: int) -> list[int]:
@@ -102,22 +138,47 @@ def _count_nonoverlapping(seq: list[int], n: int, banned: set[int]) -> Counter:
     return counts
 
 
-def learn_phrases(tokenizer: Any, text: str, base_size: int, *, max_phrases: int = 64,
-                  min_count: int = 2, max_n: int = 4,
-                  cancel: Optional[CancelToken] = None) -> PhraseVocab:
-    """Greedy phrase merges on ``text`` (see the module docstring)."""
-    seq = encode_user_text(tokenizer, text)
-    banned = set(int(t) for t in getattr(tokenizer, "all_special_ids", []) or [])
+def _banned_and_numeric(tokenizer: Any, seq: Sequence[int]) -> tuple[set[int], set[int], set[int]]:
+    """Ids no n-gram may contain (special tokens, line breaks, the example separator), ids that
+    decode to digits and ids that decode to blanks: an n-gram of digits and blanks only is a
+    number, not a phrase (AdaptiVocab leaves those out too)."""
+    banned = {int(t) for t in (getattr(tokenizer, "all_special_ids", None) or [])}
+    banned.add(_SEP)
+    digits: set[int] = set()
+    blanks: set[int] = set()
     for t in set(seq):
-        if "\n" in tokenizer.decode([t]):
+        if t == _SEP:
+            continue
+        s = tokenizer.decode([t])
+        if "\n" in s or "\r" in s:
             banned.add(t)
+        elif not s.strip():
+            blanks.add(t)
+        elif s.strip().isdigit():
+            digits.add(t)
+    return banned, digits, blanks
+
+
+def learn_merges(tokenizer: Any, seqs: Sequence[Sequence[int]], base_size: int, *,
+                 max_phrases: int = 64, min_count: int = 2, max_n: int = 4,
+                 cancel: Optional[CancelToken] = None) -> PhraseVocab:
+    """Greedy merges on token sequences (see the module docstring): each step the n-gram with the
+    largest count × (n − 1), ties broken by the smaller tuple; then its occurrences are replaced."""
+    seq: list[int] = []
+    for s in seqs:
+        if seq:
+            seq.append(_SEP)
+        seq.extend(int(t) for t in s)
+    banned, digits, blanks = _banned_and_numeric(tokenizer, seq)
+    numeric = digits | blanks
     vocab = PhraseVocab(base_size=base_size)
     for _ in range(max_phrases):
         check(cancel)
         best: tuple[int, tuple[int, ...]] | None = None
         for n in range(2, max_n + 1):
             for gram, c in _count_nonoverlapping(seq, n, banned).items():
-                if c < min_count:
+                if c < min_count or (all(t in numeric for t in gram)
+                                     and any(t in digits for t in gram)):
                     continue
                 gain = (n - 1) * c
                 if best is None or gain > best[0] or (gain == best[0] and gram < best[1]):
@@ -127,6 +188,36 @@ def learn_phrases(tokenizer: Any, text: str, base_size: int, *, max_phrases: int
         vocab.merges.append(best[1])
         seq = _replace(seq, best[1], vocab.new_id(len(vocab.merges) - 1))
     return vocab
+
+
+def learn_phrases(tokenizer: Any, text: str, base_size: int, **kw: Any) -> PhraseVocab:
+    """Merges learned from one plain text (its user-text encoding)."""
+    return learn_merges(tokenizer, [encode_user_text(tokenizer, text)], base_size, **kw)
+
+
+def exp_weights(n: int, *, heavy_end: bool) -> torch.Tensor:
+    """AdaptiVocab's weights over n parts: DECAY**k normalised to sum 1, the largest on the last
+    part (``heavy_end``, input side) or on the first (output side). float64."""
+    w = torch.tensor([DECAY ** k for k in range(n)], dtype=torch.float64)
+    if heavy_end:
+        w = w.flip(0)
+    return w / w.sum()
+
+
+def init_rows(weight: torch.Tensor, vocab: PhraseVocab, *, side: str, init: str = "exp") -> torch.Tensor:
+    """(M, H) rows for the new ids from ``weight``'s rows of their base parts: the exponential
+    weighting of ``side`` ("input": heavy last part, "output": heavy first part) or the mean."""
+    if side not in ("input", "output") or init not in INITS:
+        raise ValueError(f"side {side!r} / init {init!r}")
+    rows = []
+    for k in range(len(vocab.merges)):
+        parts = vocab.parts(vocab.new_id(k))
+        w = (exp_weights(len(parts), heavy_end=side == "input") if init == "exp"
+             else torch.full((len(parts),), 1.0 / len(parts), dtype=torch.float64))
+        rows.append((w.to(weight.device).unsqueeze(1) * weight[parts].double()).sum(0))
+    if not rows:
+        return weight.detach()[:0].clone()
+    return torch.stack(rows).to(weight.dtype)
 
 
 class ExtendedEmbedding(nn.Module):
@@ -158,69 +249,114 @@ class ExtendedHead(nn.Module):
         self.weight = base.weight
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.base(h), h @ self.extra.to(h.dtype).T], dim=-1)
+        base = self.base(h)
+        if self.extra.shape[0] == 0:
+            return base
+        return torch.cat([base, h @ self.extra.to(h.dtype).T], dim=-1)
 
 
-def part_mean_rows(weight: torch.Tensor, vocab: PhraseVocab) -> torch.Tensor:
-    """(M, H) rows: the mean of each merged token's base parts' rows of ``weight``."""
-    rows = [weight[torch.tensor(vocab.parts(vocab.new_id(k)))].float().mean(0)
-            for k in range(len(vocab.merges))]
-    return torch.stack(rows).to(weight.dtype) if rows else weight[:0].clone()
+def domain_sequences(tokenizer: Any, method: Method, examples: Sequence[Query]) -> list[list[int]]:
+    """The domain examples as the method's prompts are rendered (chat template, the suite's
+    system prompt and document wrapper), each followed by its reply's tokens."""
+    out = []
+    for q in examples:
+        ids = render_chat(tokenizer, method.messages(q, q.document))
+        if q.reference:
+            ids = ids + encode_user_text(tokenizer, q.reference)
+        out.append(ids)
+    return out
 
 
-# tokenizer → {calibration sha + settings: PhraseVocab}
+# tokenizer → {material sha + settings: PhraseVocab}
 _LEARNED: "weakref.WeakKeyDictionary[Any, dict[str, PhraseVocab]]" = weakref.WeakKeyDictionary()
 
 
 class PhraseMerge(Method):
     name = "phrase-merge"
-    label = "Phrase-merge tokenizer (untrained, experimental; new rows = mean of parts)"
-    simplification = ("AdaptiVocab adapts the vocabulary to a domain and fine-tunes; here "
-                      "merges are learned from a short generic text, new rows are the mean of "
-                      "their parts (no exponential weighting), no fine-tuning (untrained)")
+    label = ("Phrase-merge vocabulary (AdaptiVocab-style, UNTRAINED: no fine-tuning; merges "
+             "learned per suite domain, exponential-weighting init)")
+    simplification = ("untrained: AdaptiVocab fine-tunes the new embeddings, here they keep "
+                      "their exponential-weighting init; the vocabulary grows (new ids appended) "
+                      "instead of swapping out the least useful tokens; merges come from a few "
+                      "thousand tokens of the suite's held-out domain material (the paper uses a "
+                      "domain corpus) and may span words; overlaps are handled by exact recounting "
+                      "after each merge rather than the reference code's decrement estimates")
     model_changing = True
+    tf_chunked = True  # a plain cache on the standard forward, as the baseline's reference
 
     def __init__(self, max_phrases: int = 64, min_count: int = 2, max_n: int = 4,
-                 calibration: Optional[str] = None, **params: Any) -> None:
-        reject_unknown(self.name, params, ["max_phrases", "min_count", "max_n", "calibration"])
-        for nm, v, lo in (("max_phrases", max_phrases, 1), ("min_count", min_count, 2),
+                 init: str = "exp", calibration: Optional[str] = None, **params: Any) -> None:
+        reject_unknown(self.name, params, ["max_phrases", "min_count", "max_n", "init",
+                                           "calibration"])
+        for nm, v, lo in (("max_phrases", max_phrases, 0), ("min_count", min_count, 2),
                           ("max_n", max_n, 2)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InputError(f"{nm} must be an integer >= {lo} (got {v!r})")
+        if init not in INITS:
+            raise InputError(f"init must be one of {', '.join(INITS)} (got {init!r})")
         if calibration is not None and (not isinstance(calibration, str) or not calibration.strip()):
             raise InputError("calibration text must be a non-empty string")
-        super().__init__(max_phrases=max_phrases, min_count=min_count, max_n=max_n)
-        if calibration is not None:
-            self.params["calibration_sha"] = hashlib.sha256(calibration.encode()).hexdigest()[:12]
+        super().__init__(max_phrases=max_phrases, min_count=min_count, max_n=max_n, init=init)
         self._text = calibration
+        self._examples: Optional[list[Query]] = None
+        if calibration is not None:
+            self.params["domain"] = "text:" + hashlib.sha256(calibration.encode()).hexdigest()[:12]
+        else:
+            self.params["domain"] = "calibration-v1"  # until a suite with domain material is bound
         self.vocab: Optional[PhraseVocab] = None
         self._saved: Optional[tuple[Any, Any]] = None
         self._model: Any = None
 
+    def use_suite(self, suite: Any) -> None:
+        """Learn from the suite's domain material (unless a text was given explicitly)."""
+        examples = getattr(suite, "domain", None)
+        if self._text is not None or not examples:
+            return
+        self._examples = list(examples)
+        self.params["domain"] = f"{suite.name}:{getattr(suite, 'domain_sha', '')}"
+        self.vocab = None
+
     # ---- vocabulary and model change --------------------------------------------------------
+    def _material(self, lm: LoadedModel) -> tuple[str, list[list[int]]]:
+        if self._examples is not None:
+            seqs = domain_sequences(lm.tokenizer, self, self._examples)
+        else:
+            from .act_sparsity import calibration_text
+
+            text = self._text if self._text is not None else calibration_text()
+            seqs = [encode_user_text(lm.tokenizer, text)]
+        h = hashlib.sha256(repr(seqs).encode()).hexdigest()
+        return h, seqs
+
     def learn(self, lm: LoadedModel, cancel: Optional[CancelToken] = None) -> float:
-        text = self._text if self._text is not None else calibration_text()
-        key = hashlib.sha256(text.encode()).hexdigest() + repr(
-            (self.params["max_phrases"], self.params["min_count"], self.params["max_n"]))
+        t0 = time.perf_counter()
+        sha, seqs = self._material(lm)
+        key = sha + repr((self.params["max_phrases"], self.params["min_count"],
+                          self.params["max_n"]))
         per_tok = _LEARNED.setdefault(lm.tokenizer, {})
         base = lm.model.get_input_embeddings().weight.shape[0]
         got = per_tok.get(key)
         if got is not None and got.base_size == base:
             self.vocab = got
             return 0.0
-        t0 = time.perf_counter()
-        self.vocab = learn_phrases(lm.tokenizer, text, base, max_phrases=self.params["max_phrases"],
-                                   min_count=self.params["min_count"], max_n=self.params["max_n"],
-                                   cancel=cancel)
+        self.vocab = learn_merges(lm.tokenizer, seqs, base,
+                                  max_phrases=self.params["max_phrases"],
+                                  min_count=self.params["min_count"], max_n=self.params["max_n"],
+                                  cancel=cancel)
         per_tok[key] = self.vocab
         return time.perf_counter() - t0
+
+    def _vocab(self, lm: LoadedModel) -> PhraseVocab:
+        if self.vocab is None:
+            self.learn(lm)
+        return self.vocab
 
     def prepare(self, lm: LoadedModel, *, progress: Optional[ProgressFn] = None,
                 cancel: Optional[CancelToken] = None) -> float:
         if self._saved is not None and self._model is lm.model:
             return 0.0
         self.restore(lm)
-        aux = self.learn(lm, cancel)
+        aux = self.learn(lm, cancel) if self.vocab is None else 0.0
         t0 = time.perf_counter()
         model = lm.model
         emb = model.get_input_embeddings()
@@ -228,10 +364,11 @@ class PhraseMerge(Method):
         if not isinstance(emb, nn.Embedding) or head is None or not hasattr(head, "weight"):
             raise InputError(f"{getattr(lm, 'name', 'model')}: phrase merge needs a plain "
                              "embedding table and output head")
-        tied = head.weight is emb.weight
+        init = self.params["init"]
         with torch.no_grad():
-            extra_in = part_mean_rows(emb.weight, self.vocab)
-            extra_out = extra_in if tied else part_mean_rows(head.weight, self.vocab)
+            # separate tables even for tied embeddings: the two sides weight the parts differently
+            extra_in = init_rows(emb.weight, self.vocab, side="input", init=init)
+            extra_out = init_rows(head.weight, self.vocab, side="output", init=init)
         self._saved = (emb, head)
         self._model = model
         model.set_input_embeddings(ExtendedEmbedding(emb, extra_in))
@@ -258,24 +395,26 @@ class PhraseMerge(Method):
         finally:
             self.restore(lm)
 
-    # ---- encoding ---------------------------------------------------------------------------
+    # ---- encoding and decoding --------------------------------------------------------------
     def encode(self, lm: LoadedModel, text: str) -> list[int]:
-        if self.vocab is None:
-            self.learn(lm)
-        return self.vocab.encode_ids(encode_user_text(lm.tokenizer, text))
+        return self._vocab(lm).encode_ids(encode_user_text(lm.tokenizer, text))
 
-    def decode(self, lm: LoadedModel, ids: list[int]) -> str:
-        return lm.tokenizer.decode(self.vocab.expand(ids), skip_special_tokens=True)
+    def decode(self, lm: LoadedModel, ids: Sequence[int]) -> str:
+        return self.detokenizer(lm).decode(list(ids), skip_special_tokens=True)
+
+    def detokenizer(self, lm: LoadedModel) -> Any:
+        return MergedDetokenizer(lm.tokenizer, self._vocab(lm))
 
     def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:
-        if self.vocab is None:
-            self.learn(lm)
-        return self.vocab.encode_ids(render_chat(lm.tokenizer, self.messages(q, q.document)))
+        return self._vocab(lm).encode_ids(render_chat(lm.tokenizer, self.messages(q, q.document)))
 
     def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
         st.prompt_tokens_in = len(render_chat(lm.tokenizer, self.messages(q, q.document)))
         return st
+
+    def base_token_ids(self, ids: list[int]) -> list[int]:
+        return self.vocab.expand(ids) if self.vocab is not None else ids
 
     # ---- measured calls ---------------------------------------------------------------------
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *,
@@ -284,26 +423,51 @@ class PhraseMerge(Method):
         with self.active(lm):
             out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
                               fixed_length=fixed_length)
-        out.text = self.decode(lm, out.token_ids)  # the base loop's decode skips merged ids
-        new = sum(1 for t in out.token_ids if t >= self.vocab.base_size)
+        v = self.vocab
+        new = sum(1 for t in out.token_ids if t >= v.base_size)
         out.extra.update(
-            phrases=len(self.vocab.merges), new_tokens_generated=new,
+            phrases=len(v.merges), new_tokens_generated=new,
             new_token_rate=new / len(out.token_ids) if out.token_ids else None,
             tokens_saved=out.cost["prompt_tokens_in"] - out.cost["prompt_tokens_effective"],
-            output_base_tokens=len(self.vocab.expand(out.token_ids)))
+            output_base_tokens=len(v.expand(out.token_ids)), domain=self.params["domain"])
         return out
-
-    def base_token_ids(self, ids: list[int]) -> list[int]:
-        return self.vocab.expand(ids) if self.vocab is not None else ids
 
     def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:
-        """Targets are original-vocabulary ids (the baseline's continuation), fed one by one after
-        the merged prompt. The softmax runs over the merged vocabulary and the original columns
-        are returned: probability mass on the new tokens counts against the target."""
+        """(T, V + M) log-probs over the merged vocabulary, ``target_ids`` (merged or base ids)
+        fed one by one after the merged prompt."""
         with self.active(lm):
-            lp = super().teacher_forced_logprobs(lm, q, target_ids, cancel=cancel)
-        return lp[:, :self.vocab.base_size]
+            return super().teacher_forced_logprobs(lm, q, target_ids, cancel=cancel)
+
+    def fidelity_logprobs(self, lm: LoadedModel, q: Query, ref_ids: list[int], *,
+                          cancel: Optional[CancelToken] = None) -> tuple[torch.Tensor, list[int]]:
+        """The baseline's continuation as this method tokenizes it (merged), fed after the
+        merged prompt. Only the continuation's positions where a merged token starts are
+        comparable with the baseline: there the method's next-token distribution, folded onto
+        the base vocabulary (a new id's probability added to its first part: the next base
+        token it commits to), is the method's distribution of the same next base token. Inside
+        a merged token the method makes no choice, so those positions are not compared."""
+        v = self._vocab(lm)
+        merged = v.encode_ids(ref_ids)
+        lp = self.teacher_forced_logprobs(lm, q, merged, cancel=cancel)
+        positions, at = [], 0
+        for t in merged:
+            positions.append(at)
+            at += len(v.parts(t))
+        return fold_to_base(lp, v), positions
+
+    def answer_nll(self, lm: LoadedModel, q: Query, answer: str, *,
+                   cancel: Optional[CancelToken] = None) -> Optional[float]:
+        """The reference answer as this method tokenizes it: its total NLL over the merged
+        vocabulary divided by its base-token count, i.e. nats per base token of the same text
+        (the baseline's figure is per base token too)."""
+        base = encode_user_text(lm.tokenizer, answer)
+        if not base:
+            return None
+        ids = self._vocab(lm).encode_ids(base)
+        lp = self.teacher_forced_logprobs(lm, q, ids, cancel=cancel)
+        idx = torch.tensor(ids, dtype=torch.long).view(-1, 1)
+        return float(-(lp.gather(1, idx).sum() / len(base)))  # the baseline's mean, in fp32
 
     def nll_bits_per_byte(self, lm: LoadedModel, text: str, *,
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:
@@ -318,3 +482,15 @@ class PhraseMerge(Method):
                        tokens_saved_pct=100.0 * (base - len(ids)) / base if base else None,
                        phrases=len(self.vocab.merges))
         return res
+
+
+def fold_to_base(lp: torch.Tensor, vocab: PhraseVocab) -> torch.Tensor:
+    """(T, V + M) log-probs → (T, V): each new id's probability added to its first base part."""
+    V = vocab.base_size
+    if lp.shape[1] <= V:  # no merges: the rows as they are (bit for bit)
+        return lp
+    p = lp.double().exp()
+    out = p[:, :V].clone()
+    first = torch.tensor(vocab.first_parts(), dtype=torch.long, device=lp.device)
+    out.index_add_(1, first, p[:, V:V + len(first)])
+    return out.log().to(lp.dtype)
