@@ -17,7 +17,7 @@ from hypothesis import strategies as hs
 from engine.errors import InputError
 from engine.bench.methods import make_method
 from engine.bench.methods.base import Query, render_chat
-from engine.bench.methods.phrase_merge import (MergedDetokenizer, PhraseVocab,
+from engine.bench.methods.phrase_vocab import (MergedDetokenizer, PhraseVocab,
                                                _count_nonoverlapping, fold_to_base,
                                                learn_phrases)
 from engine.bench.suite import load_suite
