@@ -113,6 +113,20 @@ def batch_bound(lm: Any, option: str, context: int) -> Bound:
                  f"per row {context} positions × {fmt_bytes(kv)} of KV + {v:,} fp32 logits")
 
 
+def forward_bound(option: str, config: Any, dtype_bytes: int, *, positions: int, fed: int,
+                  logit_rows: int, vocab: Optional[int] = None) -> Bound:
+    """Per row of one batched forward that scores or classifies (AdvTok's candidate scoring,
+    the judges' prompts): the KV of ``positions`` positions, activations for the ``fed`` tokens
+    (16 hidden-size fp32 vectors each, generous), and ``logit_rows`` fp32 logits rows held twice
+    (the logits and their log-softmax)."""
+    kv = kv_bytes_per_token(config, dtype_bytes)
+    hidden = int(getattr(config, "hidden_size", 0) or 64)
+    v = int(vocab if vocab is not None else getattr(config, "vocab_size", 0) or 0)
+    return Bound(option, kv * positions + 16 * hidden * 4 * fed + logit_rows * v * 4 * 2,
+                 f"per row {positions} positions × {fmt_bytes(kv)} of KV, activations for {fed} "
+                 f"tokens and {logit_rows} × {v:,} fp32 logits")
+
+
 def rows_that_fit(bound: Bound, wanted: int, usable: Optional[int] = None) -> int:
     """Rows of one decode batch: ``wanted``, lowered to what the usable memory holds at
     ``bound.per_unit`` bytes per row (never below one). The caller decodes the rest in further

@@ -17,7 +17,9 @@ objective allows:
   §2.3: distance-2 neighbours share X's tokens up to their first edit); batches are cut by a
   small DP that minimises the tokens fed (padding + re-fed shared tokens);
 - scores are memoised by ``tuple(ids)`` for the run, candidates are batched in length order, the
-  batch size comes from a token budget, free memory and a user cap, and halves on out-of-memory.
+  batch size comes from a token budget, the memory a batch may use (engine.budget: the same
+  usable share, per-row bound and out-of-memory test as the response sampler's and the judges'
+  batches) and a user cap, and halves on out-of-memory.
 
 :func:`reference_scores` is the reference implementation's shape (full prompt rows, no cache,
 full-vocabulary head at every position). It exists only so tests and ``bench/advtok.py`` can
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from engine.advtok.config import DEFAULT_TOKEN_BUDGET
+from engine.budget import is_oom
 from engine.errors import EngineError, InputError
 from engine.lm.forward import get_forward
 from engine.progress import CancelToken, ProgressFn, check, report
@@ -47,27 +50,6 @@ BATCH_OVERHEAD_TOKENS = 8         # fixed cost of one more batch, in token-forwa
 def length_term(n_candidate: int, n_around: int) -> float:
     """The length normalisation ``log(|V| + A)`` subtracted from every score."""
     return math.log(n_candidate + n_around)
-
-
-def free_memory_bytes(device: Any) -> Optional[int]:
-    """Free memory on ``device`` (CUDA: the allocator's view; CPU: MemAvailable), or None."""
-    try:
-        if getattr(device, "type", str(device)) == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return int(free)
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, RuntimeError):
-        return None
-    return None
-
-
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
 
 
 @dataclass
@@ -112,7 +94,6 @@ class CandidateScorer:
     length_norm: bool = True
     token_budget: int = DEFAULT_TOKEN_BUDGET
     batch_cap: Optional[int] = None
-    memory_fraction: float = 0.5
     share_trunk: bool = True
     stats: ScorerStats = field(default_factory=ScorerStats)
     memo: dict[tuple[int, ...], float] = field(default_factory=dict)
@@ -134,19 +115,9 @@ class CandidateScorer:
         pad = getattr(tok, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else int(self.lm.eos_ids[0] if self.lm.eos_ids else 0)
         cfg = self.lm.model.config
-        self._per_token_bytes = self._kv_bytes_per_token(cfg)
         self._vocab = int(getattr(cfg, "vocab_size", 0) or 0) or len(tok)
-        self._hidden = int(getattr(cfg, "hidden_size", 0) or 0)
 
     # ------------------------------------------------------------------ prefix
-    @staticmethod
-    def _kv_bytes_per_token(cfg: Any) -> int:
-        layers = int(getattr(cfg, "num_hidden_layers", 1) or 1)
-        heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
-        kvh = int(getattr(cfg, "num_key_value_heads", heads) or heads)
-        hd = int(getattr(cfg, "head_dim", 0) or 0) or int(getattr(cfg, "hidden_size", 64)) // heads
-        return 2 * layers * kvh * hd * 4
-
     @property
     def prefix_cache(self) -> Any:
         """The prefilled SP ⊕ H ⊕ F_pre cache (built on first use; never mutated afterwards)."""
@@ -190,19 +161,27 @@ class CandidateScorer:
         return i
 
     # ------------------------------------------------------------------ batching
-    def batch_size_for(self, row_len: int, free: Optional[int] = -1) -> int:
-        """Rows per batch for rows of ``row_len`` tokens: token budget, free memory, user cap.
-        ``free`` (bytes) may be passed in to avoid re-reading it; -1 = read it now."""
+    def row_bound(self, row_len: int) -> Any:
+        """Memory per row of a batch of rows of ``row_len`` tokens (engine.budget, as the
+        sampler's and the judges' batches): the KV of the prefix (copied per row) and the row,
+        activations for the row, and the head's logits and log-softmax at every scored
+        position."""
+        from engine.budget import dtype_bytes, forward_bound
+
+        return forward_bound("scoring batch", self.lm.model.config, dtype_bytes(self.lm),
+                             positions=len(self.prefix_ids) + row_len, fed=row_len,
+                             logit_rows=len(self.target_ids), vocab=self._vocab)
+
+    def batch_size_for(self, row_len: int, usable: Optional[int] = None) -> int:
+        """Rows per batch for rows of ``row_len`` tokens: token budget, then what the usable
+        memory holds (engine.budget.rows_that_fit; ``usable`` bytes may be passed in to avoid
+        re-reading it), then the user cap and any out-of-memory halving."""
+        from engine.budget import rows_that_fit, usable_bytes
+
         row_len = max(1, row_len)
         b = max(1, self.token_budget // row_len)
-        past = len(self.prefix_ids)
-        per_row = (self._per_token_bytes * (past + row_len)          # KV (prefix copied per row)
-                   + 16 * row_len * max(self._hidden, 1) * 4          # activations, generous
-                   + len(self.target_ids) * self._vocab * 4 * 2)     # head logits + log-softmax
-        if free == -1:
-            free = free_memory_bytes(self.device)
-        if free is not None and per_row > 0:
-            b = min(b, max(1, int(free * self.memory_fraction) // per_row))
+        b = rows_that_fit(self.row_bound(row_len), b,
+                          usable_bytes(self.device) if usable is None else usable)
         if self.batch_cap is not None:
             b = min(b, self.batch_cap)
         if self._halved_cap is not None:
@@ -264,8 +243,10 @@ class CandidateScorer:
         smallest shared prefix and pads to its longest row, so its cost is rows × (longest −
         smallest shared + extra) plus a small per-batch overhead. Exact DP over contiguous
         batches within the size limits and the token budget; O(n · max batch)."""
+        from engine.budget import usable_bytes
+
         n = len(todo)
-        free = free_memory_bytes(self.device)
+        usable = usable_bytes(self.device)    # read once per plan
         inf = float("inf")
         best = [0.0] + [inf] * n
         choice = [0] * (n + 1)
@@ -275,7 +256,7 @@ class CandidateScorer:
                 k = todo[j - b]
                 lo, mx = min(lo, sh[k]), max(mx, len(k))
                 row = mx - lo + extra
-                if b > 1 and (row * b > self.token_budget or b > self.batch_size_for(row, free)):
+                if b > 1 and (row * b > self.token_budget or b > self.batch_size_for(row, usable)):
                     break
                 cost = best[j - b] + b * row + BATCH_OVERHEAD_TOKENS
                 if cost < best[j]:
@@ -318,7 +299,7 @@ class CandidateScorer:
             try:
                 sums = self._forward_batch(batch, shared, tr)
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled here
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 if len(batch) == 1:
                     raise EngineError("out of memory scoring a single candidate",

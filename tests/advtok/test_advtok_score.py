@@ -151,6 +151,69 @@ def test_batch_size_from_budget_and_cap(tiny_lm, parts):
     assert sc.stats.batches >= len(cands) * (len(targets) + 4) // 100
 
 
+def test_scoring_batches_are_sized_by_the_shared_memory_budget(tiny_lm, parts, monkeypatch):
+    """The scorer sizes its batches with engine.budget, as the sampler and the judges do: the
+    per-row bound is the one formula of the judges' batches (KV of prefix + row, activations,
+    logits and log-softmax per scored position; on CPU fp32 the same bytes the scorer counted
+    before), the usable share and ``TOKENFORGE_MEMORY_BYTES`` apply to it, and the scores do not
+    depend on the batch size it picks."""
+    from engine.advtok.judges.padded import rows_for_memory
+    from engine.budget import forward_bound, kv_bytes_per_token, rows_that_fit
+
+    ch, _, _, cands, targets = parts
+    sc = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, token_budget=10**6)
+    cfg = tiny_lm.model.config
+    row = 12
+    per_row = (kv_bytes_per_token(cfg, 4) * (len(ch.prefix_ids) + row)
+               + 16 * row * cfg.hidden_size * 4 + len(targets) * cfg.vocab_size * 4 * 2)
+    assert sc.row_bound(row).per_unit == per_row
+    # the judges' rows through the same bound
+    j = forward_bound("judge batch", cfg, 4, positions=40, fed=40, logit_rows=1)
+    assert rows_for_memory(tiny_lm.model, 40, 10**6) == rows_that_fit(j, 10**6)
+
+    roomy = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, token_budget=10**6).score(cands)
+    # usable = half of the memory given: 2.5 rows of the longest candidate → 2 rows per batch
+    longest = max(len(c) for c in cands) + len(targets)
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", str(5 * sc.row_bound(longest).per_unit))
+    assert sc.batch_size_for(longest) == 2
+    tight = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, token_budget=10**6)
+    got = tight.score(cands)
+    assert tight.stats.batches >= len(cands) // 2
+    assert max(abs(a - b) for a, b in zip(got, roomy)) < ATOL
+    monkeypatch.setenv("TOKENFORGE_MEMORY_BYTES", "1")        # not one row: still one at a time
+    assert sc.batch_size_for(longest) == 1
+    # a whole search finds the same tokenization whatever batch sizes the memory allows
+    from engine.advtok.search import AttackConfig, run_attack
+
+    cfg = AttackConfig(request=REQUEST, response=RESPONSE, iters=2, samples=0)
+    one_row = run_attack(tiny_lm, cfg)
+    monkeypatch.delenv("TOKENFORGE_MEMORY_BYTES")
+    free = run_attack(tiny_lm, cfg)
+    assert one_row.best_ids == free.best_ids and one_row.iterations == free.iterations
+    assert one_row.best_score == pytest.approx(free.best_score, abs=ATOL)
+
+
+def test_scoring_out_of_memory_halves_and_loses_no_candidate(tiny_lm, parts, monkeypatch):
+    """A scoring batch that runs out of memory (engine.budget.is_oom) is retried at half its
+    rows; every candidate gets its score, equal to the unhalved run's."""
+    ch, _, _, cands, targets = parts
+    want = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, batch_cap=8).score(cands)
+    sc = CandidateScorer(tiny_lm, ch.prefix_ids, [], targets, batch_cap=8)
+    real = sc._forward_batch
+    seen = []
+
+    def small_memory(batch, *a, **kw):
+        seen.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real(batch, *a, **kw)
+
+    monkeypatch.setattr(sc, "_forward_batch", small_memory)
+    got = sc.score(cands)
+    assert sc.stats.oom_halvings >= 1 and max(seen) > 2 and sc.stats.scored == len(set(map(tuple, cands)))
+    assert max(abs(a - b) for a, b in zip(got, want)) < ATOL
+
+
 def test_batch_plan_is_optimal_by_brute_force(tiny_lm, parts):
     import itertools
 

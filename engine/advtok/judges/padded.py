@@ -115,17 +115,12 @@ def batched(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 def rows_for_memory(model: Any, row_tokens: int, cap: int) -> int:
     """Rows per judge batch: the user's cap, lowered so the KV cache, activations and one logits
     row per prompt fit in the usable share of the memory free on the model's device
-    (engine.budget, as the response sampler's batches)."""
-    from engine.budget import Bound, fmt_bytes, kv_bytes_per_token, rows_that_fit, usable_bytes
+    (engine.budget, as the response sampler's and the AdvTok scorer's batches)."""
+    from engine.budget import forward_bound, rows_that_fit, usable_bytes
 
-    cfg = model.config
     p = next(model.parameters())
-    hidden = int(getattr(cfg, "hidden_size", 64) or 64)
-    kv = kv_bytes_per_token(cfg, p.element_size())
-    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
-    per_row = kv * row_tokens + 16 * hidden * 4 * row_tokens + vocab * 4 * 2
-    bound = Bound("judge batch", per_row, f"per row {row_tokens} positions × {fmt_bytes(kv)} of "
-                  f"KV, activations and {vocab:,} fp32 logits")
+    bound = forward_bound("judge batch", model.config, p.element_size(), positions=row_tokens,
+                          fed=row_tokens, logit_rows=1)
     return rows_that_fit(bound, max(1, int(cap)), usable_bytes(p.device))
 
 
