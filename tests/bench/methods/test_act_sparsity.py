@@ -1,6 +1,8 @@
 """Activation sparsity: Top-K against brute force, the PCA rotation is orthogonal and ordered,
-the requested sparsity is reached exactly (in the basis where the vector is sparse), the model
-is restored bit for bit, calibration text differs from the evaluation prose."""
+every projection input (q/k/v, o_proj, gate/up, down_proj) is sparsified at the requested
+sparsity and weighted to the model level, rotated Top-K at sparsity 0 is the dense model, the
+calibration is computed once and cached on disk (safetensors, keyed by weights + text +
+settings; a damaged file is rebuilt), the model is restored bit for bit."""
 from __future__ import annotations
 
 import pytest
@@ -10,16 +12,32 @@ from hypothesis import strategies as hs
 
 from engine.errors import InputError
 from engine.bench.methods import make_method
-from engine.bench.methods.act_sparsity import (calibration_text, collect_second_moments, mlp_modules,
-                                         pca_rotation, topk_mask)
+from engine.bench.methods.act_sparsity import (SITES, calibration_text, collect_second_moments,
+                                               layer_sites, pca_rotation, site_weights,
+                                               sparsity_calibration_text, topk_mask)
 from engine.bench.methods.base import Query
 from engine.lm.templates import encode_user_text
+
+CAL = 192  # calibration tokens for the tiny model (the 20,480 default is for the real run)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, tmp_path):
+    """Each test calibrates into its own cache folder (no shared files, no earlier result)."""
+    monkeypatch.setenv("TOKENFORGE_CACHE", str(tmp_path / "cache"))
+    from engine.bench.methods import act_sparsity
+
+    act_sparsity._CALIB.clear()
 
 
 def _logits(lm, ids):
     m = make_method("baseline")
     fwd = m.forward(lm)
     return fwd.logits(torch.tensor([ids]), fwd.new_cache(), keep=0)[0]
+
+
+def _no_hooks(lm):
+    return all(not mods[s]._forward_pre_hooks for mods in layer_sites(lm.model) for s in SITES)
 
 
 @settings(max_examples=50, deadline=None)
@@ -48,65 +66,162 @@ def test_pca_rotation_orthogonal_and_ordered():
 
 
 def test_second_moments_match_captured_inputs(tiny_lm):
-    text = "Short calibration words, with a number: 12."
+    ids = encode_user_text(tiny_lm.tokenizer, "Short calibration words, with a number: 12.")
     m = make_method("baseline")
-    moments, n = collect_second_moments(tiny_lm, m.forward(tiny_lm), text)
-    seen = []
-    hook = mlp_modules(tiny_lm.model)[1].register_forward_pre_hook(
-        lambda mod, args: seen.append(args[0].reshape(-1, args[0].shape[-1]).double()))
+    moments = collect_second_moments(tiny_lm, m.forward(tiny_lm), ids)
+    seen = {}
+    sites = layer_sites(tiny_lm.model)[1]
+
+    def grab(name):
+        def pre(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            seen[name] = x.reshape(-1, x.shape[-1]).double()
+        return pre
+
+    hooks = [sites[s].register_forward_pre_hook(grab(s), with_kwargs=True) for s in ("attn", "mlp")]
     try:
-        _logits(tiny_lm, encode_user_text(tiny_lm.tokenizer, text))
+        _logits(tiny_lm, ids)
     finally:
-        hook.remove()
-    x = seen[0]
-    assert n == x.shape[0]
-    assert torch.allclose(moments[1], x.T @ x, rtol=1e-6, atol=1e-8)
+        for h in hooks:
+            h.remove()
+    for s in ("attn", "mlp"):
+        x = seen[s]
+        assert x.shape[0] == len(ids)
+        assert torch.allclose(moments[s][1], x.T @ x, rtol=1e-5, atol=1e-6)
+
+
+def test_site_weights_are_what_each_input_feeds(tiny_lm):
+    w = site_weights(tiny_lm.model)[0]
+    cfg = tiny_lm.model.config
+    h, i, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads
+    hd = h // cfg.num_attention_heads
+    assert w == {"attn": h * h + 2 * h * kv * hd, "o": h * h, "mlp": 2 * h * i, "down": i * h}
 
 
 @pytest.mark.parametrize("name", ["sparsity-magnitude", "sparsity-rotated"])
-def test_requested_sparsity_reached_and_model_restored(tiny_lm, sample_text, name):
+def test_every_projection_input_sparse_and_model_restored(tiny_lm, sample_text, name):
     ids = encode_user_text(tiny_lm.tokenizer, sample_text)[:60]
     before = _logits(tiny_lm, ids)
-    m = make_method(name, sparsity=0.5)
+    kw = {"calib_tokens": CAL} if name == "sparsity-rotated" else {}
+    m = make_method(name, sparsity=0.5, **kw)
     m.prepare(tiny_lm)
     try:
         changed = _logits(tiny_lm, ids)
         res = m.nll_bits_per_byte(tiny_lm, sample_text[:400])
     finally:
         m.restore(tiny_lm)
-    assert res["sparsity_measured"] == pytest.approx(0.5, abs=1e-9)  # H = 64: exactly 32 zeros
+    # H = 64 and I = 128: exactly half of every input is zero, so the model level is 0.5 too
+    assert set(res["sparsity_by_projection"]) == {"q/k/v", "o_proj", "gate/up", "down_proj"}
+    for v in res["sparsity_by_projection"].values():
+        assert v == pytest.approx(0.5, abs=1e-9)
+    assert res["sparsity_measured"] == pytest.approx(0.5, abs=1e-9)
+    assert res["sparsity_target_model"] == pytest.approx(0.5, abs=1e-9)
+    # the dense lm_head is read too: over all weights the saving is smaller
+    assert 0 < res["sparsity_all_weights"] < res["sparsity_measured"]
     assert res["bpb"] > 0
     assert not torch.allclose(changed, before, atol=1e-3)
-    assert all(not mod._forward_pre_hooks for mod in mlp_modules(tiny_lm.model))
+    assert _no_hooks(tiny_lm)
     assert torch.equal(_logits(tiny_lm, ids), before)
     q = Query(id="c", kind="chat", prompt="Name three colours.")
     out = m.run(tiny_lm, q, 3)  # unprepared call: applies and removes the change itself
-    assert out.extra["sparsity_measured"] == pytest.approx(0.5, abs=1e-9)
-    assert all(not mod._forward_pre_hooks for mod in mlp_modules(tiny_lm.model))
+    # (a zero vector fed anyway, e.g. a padding row's, counts too: at least the target)
+    assert 0.5 <= out.extra["sparsity_measured"] < 0.52
+    assert out.extra["sparsity_by_projection"]["gate/up"] == pytest.approx(0.5, abs=1e-9)
+    assert _no_hooks(tiny_lm)
     assert m.speed_note == "n/a: no sparse kernel" and m.model_changing
 
 
-def test_rotated_at_zero_sparsity_is_dense_and_calibration_is_separate(tiny_lm, sample_text):
+def test_model_level_weights_inputs_by_the_weights_they_feed(tiny_lm, sample_text):
+    """Widths 64 (attn, o, mlp) and 128 (down) round differently at s = 0.3: 19/64 and 38/128
+    zeros; the model-level figure is their mean weighted by the weights each input feeds."""
+    m = make_method("sparsity-magnitude", sparsity=0.3)
+    res = m.nll_bits_per_byte(tiny_lm, sample_text[:300])
+    by = res["sparsity_by_projection"]
+    assert by["q/k/v"] == pytest.approx(19 / 64) and by["down_proj"] == pytest.approx(38 / 128)
+    w = site_weights(tiny_lm.model)[0]
+    want = (19 / 64 * (w["attn"] + w["o"] + w["mlp"]) + 38 / 128 * w["down"]) / sum(w.values())
+    assert res["sparsity_measured"] == pytest.approx(want, rel=1e-9)
+    assert res["sparsity_target_model"] == pytest.approx(want, rel=1e-9)
+
+
+def test_rotated_at_zero_sparsity_is_the_dense_model(tiny_lm, sample_text):
     ids = encode_user_text(tiny_lm.tokenizer, sample_text)[:40]
     dense = _logits(tiny_lm, ids)
-    m = make_method("sparsity-rotated", sparsity=0.0)
-    aux = m.prepare(tiny_lm)
+    m = make_method("sparsity-rotated", sparsity=0.0, calib_tokens=CAL)
+    m.prepare(tiny_lm)
     try:
         rot = _logits(tiny_lm, ids)
+        # the rotations are real (not the identity), so the equality is the rotation undone
+        assert not torch.allclose(m.rotations["attn"][0], torch.eye(64), atol=0.1)
     finally:
         m.restore(tiny_lm)
-    assert torch.allclose(rot, dense, atol=1e-3)
-    cal = calibration_text()
-    assert sample_text.strip() and sample_text[:200] not in cal
-    assert m.calibration_tokens == len(encode_user_text(tiny_lm.tokenizer, cal))
-    assert aux >= 0.0
-    again = make_method("sparsity-rotated", sparsity=0.0)
-    assert again.prepare(tiny_lm) == 0.0  # calibration is cached per model
-    again.restore(tiny_lm)
-    assert again.rotations[0] is m.rotations[0]
+    assert torch.allclose(rot, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
 
 
-@pytest.mark.parametrize("kw", [dict(sparsity=1.0), dict(sparsity=-0.1), dict(sparsity="0.4")])
-def test_bad_params(kw):
+def test_calibration_cached_on_disk_and_keyed(tiny_lm, tmp_path):
+    from safetensors import safe_open
+
+    m = make_method("sparsity-rotated", calib_tokens=CAL)
+    assert m.prepare(tiny_lm) > 0.0
+    m.restore(tiny_lm)
+    assert m.calibration_tokens == CAL
+    path = m.cache_file
+    assert path.parent == tmp_path / "cache" / "sparsity" and path.suffix == ".safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata()["tokens"] == str(CAL)
+        assert fh.get_tensor("mlp.1").shape == (64, 64)
+    # a new process (no in-memory copy) reads the file: the same matrices, nothing recomputed
+    from engine.bench.methods import act_sparsity
+
+    act_sparsity._CALIB.clear()
+    again = make_method("sparsity-rotated", calib_tokens=CAL)
+    calls = []
+    orig = act_sparsity.collect_second_moments
+    act_sparsity.collect_second_moments = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        again.prepare(tiny_lm)
+        again.restore(tiny_lm)
+        assert calls == [] and torch.equal(again.rotations["attn"][1], m.rotations["attn"][1])
+        # other settings → another entry
+        other = make_method("sparsity-rotated", calib_tokens=CAL + 8)
+        other.prepare(tiny_lm)
+        other.restore(tiny_lm)
+        assert calls == [1] and other.cache_file != path
+        # a damaged file is moved aside and rebuilt, never used
+        act_sparsity._CALIB.clear()
+        raw = bytearray(path.read_bytes())
+        raw[-10] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        fresh = make_method("sparsity-rotated", calib_tokens=CAL)
+        fresh.prepare(tiny_lm)
+        fresh.restore(tiny_lm)
+        assert calls == [1, 1]
+        assert torch.allclose(fresh.rotations["mlp"][0], m.rotations["mlp"][0])
+        assert (path.parent / (path.name + ".broken")).exists()
+    finally:
+        act_sparsity.collect_second_moments = orig
+
+
+def test_calibration_text_is_long_enough_and_separate(tokenizer, sample_text):
+    text = sparsity_calibration_text()
+    assert text.startswith(calibration_text().rstrip("\n"))
+    assert len(encode_user_text(tokenizer, text)) >= 20_480  # the default calib_tokens
+    assert sample_text[:200] not in text
+
+
+def test_too_short_calibration_text_is_one_clear_error(tiny_lm):
+    m = make_method("sparsity-rotated", calibration="Only a few words here.", calib_tokens=500)
+    with pytest.raises(InputError, match="calibration text has"):
+        m.prepare(tiny_lm)
+    assert _no_hooks(tiny_lm)
+
+
+@pytest.mark.parametrize("name,kw", [("sparsity-magnitude", dict(sparsity=1.0)),
+                                     ("sparsity-magnitude", dict(sparsity=-0.1)),
+                                     ("sparsity-magnitude", dict(sparsity="0.4")),
+                                     ("sparsity-magnitude", dict(calib_tokens=100)),
+                                     ("sparsity-rotated", dict(calib_tokens=1)),
+                                     ("sparsity-rotated", dict(calib_tokens=True))])
+def test_bad_params(name, kw):
     with pytest.raises(InputError):
-        make_method("sparsity-magnitude", **kw)
+        make_method(name, **kw)
