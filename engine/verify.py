@@ -45,7 +45,8 @@ def _size(p: Path) -> int:
 
 
 def verify_cache(say: Optional[Callable[[str], None]] = None) -> Verification:
-    """Hash every converted model, vocabulary and snapshot against what was recorded."""
+    """Hash every converted model, vocabulary, rotation file and snapshot against what was
+    recorded."""
     from engine.atomic import TMP_MARK
     from engine.integrity import BROKEN, DIR_RECORD, check_dir, check_file, quarantine
     from engine.paths import cache_root
@@ -87,6 +88,8 @@ def verify_cache(say: Optional[Callable[[str], None]] = None) -> Verification:
         one(m, lambda m=m: check_dir(m, full=True), aside(m))
     for v in entries(root / "vocab", lambda p: p.is_file() and p.suffix == ".json"):
         one(v, lambda v=v: check_file(v, full=True), aside(v))
+    for r in entries(root / "sparsity", lambda p: p.is_file() and p.suffix == ".safetensors"):
+        one(r, lambda r=r: check_file(r, full=True), aside(r))  # LaRoSA rotations
     folders = [root / "sessions" / "snapshots"]
     extra = env_sessions_folder()
     if extra is not None:

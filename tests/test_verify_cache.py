@@ -169,3 +169,25 @@ def test_after_an_unclean_shutdown_judge_checks_and_report_does_not(cache):
     assert p.returncode == 2, p.stderr
     assert "the last run did not end cleanly" in p.stderr and "m-0001" in p.stderr
     assert not stale.exists() and (cache / "models" / ("m-0001" + BROKEN)).is_dir()
+
+
+def test_bit_rot_in_a_rotation_file_is_found(cache):
+    """The LaRoSA rotations (cache/sparsity) are checked like every other cache entry."""
+    import torch
+
+    from engine.bench.rotation_cache import load_rotations, rotations_path, save_rotations
+    from engine.integrity import BROKEN
+    from engine.verify import verify_cache
+
+    q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    path = rotations_path("k1")
+    save_rotations(path, "k1", {"attn": [q], "mlp": [q.T.contiguous()]}, tokens=64)
+    assert verify_cache().problems == []
+    rot, n = load_rotations(path, "k1", 1, 8, ("attn", "mlp"))
+    assert n == 64 and torch.equal(rot["attn"][0], q)
+    assert load_rotations(path, "k2", 1, 8, ("attn", "mlp")) is None  # another key: not used
+    save_rotations(path, "k1", {"attn": [q], "mlp": [q]}, tokens=64)
+    _rot(path)
+    res = verify_cache()
+    assert len(res.problems) == 1 and path.name in res.problems[0]
+    assert not path.exists() and (path.parent / (path.name + BROKEN)).exists()

@@ -69,7 +69,7 @@ def load_rotations(path: Path, key: str, layers: int, hidden: int, sites: Sequen
 
     if not path.exists() and not path.is_symlink():
         return None
-    problem = check_file(path) or safetensors_problem(path)
+    problem = check_file(path, full=True) or safetensors_problem(path)  # ~0.3 s for 80 MB
     data: dict[str, torch.Tensor] = {}
     meta: dict = {}
     if problem is None:
