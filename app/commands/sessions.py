@@ -5,7 +5,9 @@ delete NAME`: everything the TUI saves (F7), scriptable. No model is loaded.
 TUI reopens), each with its variant number among the answers at that turn; ``nodes`` is every
 exchange ever answered (regenerated, forced, edited variants included) with its answer's token
 ids, figures and per-token facts. Names, messages and answers are data: printed inert (controls
-shown escaped, no markup read), JSON with every control and bidi character escaped."""
+shown escaped, no markup read), JSON with every control and bidi character escaped. ``rename``
+and ``delete`` take the session's writer lock (engine/sessions/writer_lock.py): while a chat
+(the TUI, ``chat --session``) has the session open they are refused, naming that process."""
 from __future__ import annotations
 
 import argparse
@@ -180,20 +182,20 @@ def _export(store: Any, args: argparse.Namespace) -> int:
 
 
 def _rename(store: Any, args: argparse.Namespace) -> int:
-    store.rename(args.name, args.new_name)
-    console(stderr=True).print(styled("renamed {a!r} to {b!r}", a=args.name, b=args.new_name.strip()))
+    from engine.sessions.writer_lock import rename_session
+
+    phase("write")
+    new, _ = rename_session(store, args.name, args.new_name)  # refused while a chat writes it
+    console(stderr=True).print(styled("renamed {a!r} to {b!r}", a=args.name, b=new))
     return 0
 
 
 def _delete(store: Any, args: argparse.Namespace) -> int:
     from engine.sessions.snapshot import SnapshotStore
     from engine.sessions.store import sessions_dir
+    from engine.sessions.writer_lock import delete_session
 
-    keys = store.delete(args.name)
-    snaps = SnapshotStore(sessions_dir() / "snapshots")
-    for k in keys:
-        if k not in store.snapshots_in_use():
-            snaps.remove(k)
+    phase("write")
+    delete_session(store, SnapshotStore(sessions_dir() / "snapshots"), args.name)
     console(stderr=True).print(styled("deleted {n!r}", n=args.name))
     return 0
-

@@ -2,7 +2,8 @@
 them, most recent first, and opens, renames, deletes and searches them.
 
 Keys (table focused): enter opens the session in the chat screen (its KV cache restored from a
-snapshot when one is valid), r renames, d deletes (press twice), e exports Markdown, / searches the text of every
+snapshot when one is valid), r renames, d deletes (press twice; refused while a chat has the
+session open: one writer per session), e exports Markdown, / searches the text of every
 message across sessions. A session saved with other weights than the loaded model is marked; it
 opens re-encoded from its text."""
 from __future__ import annotations
@@ -213,17 +214,24 @@ class SessionsScreen(ToolScreen):
         old, store = self.renaming, self._store()
         if old is None or store is None:
             return
-        try:
-            store.rename(old, new)
+        from engine.sessions.writer_lock import rename_session
+
+        chat = _chat_screen(self.tokenforge_app)
+        rec = chat.saved.recorder if chat is not None and chat.saved.name == old else None
+        if rec is not None and chat.busy:
+            self._status("[yellow]the chat is answering in this session: rename it when the "
+                         "answer ends (or Esc there)[/]")
+            return
+        try:  # under the writer lock: refused while another process writes it (named)
+            new, lock = rename_session(store, old, new, held=rec.lock if rec is not None else None)
         except EngineError as e:
             self._error(e)
             return
-        chat = _chat_screen(self.tokenforge_app)
-        if chat is not None and chat.saved.name == old:
-            chat.saved.recorder.name = new.strip()
+        if rec is not None:  # the chat renamed its own session: it writes on under the new name
+            rec.name, rec.lock = new, lock
         self._end_rename()
         self.refresh_list()
-        notice(self, f"Renamed to {new.strip()!r}")
+        notice(self, f"Renamed to {new!r}")
 
     def _end_rename(self) -> None:
         self.renaming = None
@@ -251,18 +259,21 @@ class SessionsScreen(ToolScreen):
             return
         self._armed = ("", 0.0)
         from app.saved_chat import snapshot_store
+        from engine.sessions.writer_lock import delete_session
 
-        try:
-            keys = store.delete(name)
+        chat = _chat_screen(self.tokenforge_app)
+        if chat is not None and chat.saved.name == name:
+            # the chat holds its writer lock: deleting it would leave the chat saving into a
+            # session that is gone (one writer per session; another process is refused alike)
+            self._status(styled("[yellow]{n!r} is open in the chat (F2), which saves into it: "
+                                "ctrl+n there starts a new chat and lets it go; then d d "
+                                "deletes it[/]", n=name))
+            return
+        try:  # under the writer lock: refused while another process writes it (named)
+            delete_session(store, snapshot_store(self.tokenforge_app), name)
         except EngineError as e:
             self._error(e)
             return
-        snaps = snapshot_store(self.tokenforge_app)
-        for k in keys:
-            snaps.remove(k)
-        chat = _chat_screen(self.tokenforge_app)
-        if chat is not None and chat.saved.name == name:
-            chat.saved.forget()  # the conversation on screen goes on as a new session
         self.refresh_list()
         notice(self, f"Deleted {name!r}")
 

@@ -3,6 +3,7 @@ screen lists them, searches across them, renames, deletes (twice) and opens one 
 next turn then prefills only its new tokens (KV snapshot)."""
 from __future__ import annotations
 
+import pytest
 from textual.widgets import DataTable, Input
 
 from app.engines import Engine
@@ -62,12 +63,40 @@ async def test_sessions_screen(make_app, tiny_lm):
         await until(pilot, lambda: "moon" in scr.names)
         assert app.screen is scr and not scr.query_one("#rename-row").display
 
-        # delete needs a second press
+        # the chat had it open: it goes on saving into it under the new name (its writer lock
+        # moved with it), and no one else may take the new name meanwhile
+        from app.saved_chat import session_store
+        from engine.locks import LockHeld
+        from engine.sessions.writer_lock import session_lock
+
+        store = session_store(app)
+        with pytest.raises(LockHeld):
+            session_lock(store.path, "moon").acquire()
+        session_lock(store.path, "Weather on the moon").acquire().release()
+        await pilot.press("f2")
+        await until(pilot, lambda: app.current_mode == "chat")
+        await _say(pilot, app, seen, "And Mars?")
+        assert [t.user for t in store.get("moon").turns] == ["Weather on the moon", "And Mars?"]
+        await pilot.press("f7")
+        await until(pilot, lambda: app.current_mode == "sessions")
+
+        # delete needs a second press, and is refused while the chat has the session open
+        table.focus()
         table.move_cursor(row=scr.names.index("moon"))
         await pilot.press("d")
         assert "press d again" in str(scr.query_one("#sessions-status").content)
         assert table.row_count == 2
         await pilot.press("d")
+        assert "open in the chat" in str(scr.query_one("#sessions-status").content)
+        assert sorted(scr.names) == ["Tell me about kittens", "moon"] and store.exists("moon")
+        await pilot.press("f2")  # a new chat lets it go; then it can be deleted
+        await until(pilot, lambda: app.current_mode == "chat")
+        await pilot.press("ctrl+n")
+        await pilot.press("f7")
+        await until(pilot, lambda: app.current_mode == "sessions")
+        table.focus()
+        table.move_cursor(row=scr.names.index("moon"))
+        await pilot.press("d", "d")
         await until(pilot, lambda: scr.names == ["Tell me about kittens"])
 
         # Markdown export of a saved session, without opening it

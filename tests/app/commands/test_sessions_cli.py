@@ -128,3 +128,71 @@ def test_rename_and_delete(saved, capsys):
 def test_empty_store(capsys):
     code, out, _ = _run(capsys, "list")
     assert code == 0 and "no saved sessions" in out
+
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from engine.sessions.writer_lock import session_lock
+lock = session_lock(Path(sys.argv[1]), sys.argv[2]).acquire()
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_rename_and_delete_are_refused_while_another_process_writes(saved, capsys):
+    """One writer per session: a second process holding the session's writer lock (what a
+    `chat --session` or the TUI's chat does while the session is open) makes rename and delete
+    refuse, naming that process, with the session left as it was; once it lets go they work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(sessions_dir() / "sessions.db"),
+                               "older"], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (("delete", "older"), ("rename", "older", "newer"),
+                     ("rename", NAME, "older")):  # the new name is written by it too
+            code, _, err = _run(capsys, *argv)
+            assert code == 2 and f"process {holder.pid}" in err and "in use" in err, (argv, err)
+            assert err.count("\n") <= 2
+        code, out, _ = _run(capsys, "list", "--json")
+        assert sorted(r["name"] for r in json.loads(out)) == sorted([NAME, "older"])
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
+    assert holder.returncode == 0
+    code, _, err = _run(capsys, "rename", "older", "newer")
+    assert code == 0 and "renamed" in err
+    code, _, err = _run(capsys, "delete", "newer")
+    assert code == 0 and "deleted" in err
+
+
+def test_the_writer_renames_its_own_session_and_keeps_writing_it(saved):
+    """The chat that has a session open renames it (the TUI's F7 on the open session): its
+    lock moves to the new name, so the old name is free and the new one refused to others."""
+    from engine.locks import LockHeld
+    from engine.sessions.writer_lock import delete_session, rename_session, session_lock
+
+    st = SessionStore(sessions_dir() / "sessions.db")
+    mine = session_lock(st.path, "older").acquire()
+    with pytest.raises(LockHeld):
+        delete_session(st, None, "older")
+    new, lock = rename_session(st, "older", "renamed", held=mine)
+    assert new == "renamed" and lock is not None and lock is not mine
+    with pytest.raises(LockHeld):
+        session_lock(st.path, "renamed").acquire()
+    session_lock(st.path, "older").acquire().release()  # the old name is free
+    assert [t.user for t in st.get("renamed").turns] == ["first of the older one"]
+    lock.release()
+    from engine.sessions.snapshot import SnapshotStore
+
+    assert delete_session(st, SnapshotStore(sessions_dir() / "snapshots"), "renamed") == []
+    assert not st.exists("renamed")
+    st.close()
+
