@@ -35,6 +35,10 @@ class Combined(Method):
         self.params = {**{f"prompt.{k}": v for k, v in prompt.params.items()},
                        **{f"cache.{k}": v for k, v in cache.params.items()}}
 
+    def use_suite(self, suite: Any) -> None:
+        self.p.use_suite(suite)
+        self.c.use_suite(suite)
+
     # model changes: neither side makes any, but keep the contract
     def prepare(self, lm: LoadedModel, *, progress: Any = None, cancel: Any = None) -> float:
         return float(self.p.prepare(lm, progress=progress, cancel=cancel) or 0.0) + \
@@ -127,6 +131,10 @@ class AllCombined(Combined):
         self.model_changing = True
         self.speed_note = self.m.speed_note
         self.params = {**self.params, **{f"model.{k}": v for k, v in self.m.params.items()}}
+
+    def use_suite(self, suite: Any) -> None:
+        super().use_suite(suite)
+        self.m.use_suite(suite)
 
     def prepare(self, lm: LoadedModel, *, progress: Any = None, cancel: Any = None) -> float:
         return float(self.m.prepare(lm, progress=progress, cancel=cancel) or 0.0) + \

@@ -373,3 +373,15 @@ def test_harness_compares_comparable_positions(tiny_lm, tmp_path):
     c = rec["cost"]
     assert c["prompt_tokens_effective"] < 0.9 * c["prompt_tokens_in"]
     assert 1 <= rec["quality"]["kl_positions"] <= rec["quality"]["ref_tokens"]
+
+
+@pytest.mark.parametrize("name", ["prune-selfinfo+kv-fp8", "all-combined"])
+def test_combinations_pass_the_suite_to_every_part(name):
+    """The harness tells each method which suite it measures; a combination tells its parts."""
+    m = make_method(name)
+    parts = [m.p, m.c] + ([m.m] if hasattr(m, "m") else [])
+    seen = []
+    for part in parts:
+        part.use_suite = lambda suite, part=part: seen.append((part.name, suite))
+    m.use_suite("core-v1")
+    assert seen == [(p.name, "core-v1") for p in parts]
