@@ -8,11 +8,15 @@ throughput batched vs one sample at a time with identical verdicts (the bundled 
 rubric grader).
 
     .venv/bin/python bench/advtok_eval.py [--rows 20] [--iters 2] [--samples 2]
-                                          [--total-threads T] [--judge-samples 8]
-                                          [--judge-tokens 32] [--skip-judge]
+                                          [--total-threads T] [--rounds R] [--judge-samples 8]
+                                          [--judge-tokens 32] [--skip-judge] [--out FILE]
 
-Prints the figures and writes bench/results/advtok_eval.json. Wall times include each run's
-model load (every run loads it the same way); rows/hour is rows ÷ wall time.
+Each round runs the one-process and the two-process run once, the order alternating between
+rounds (ABBA), each into its own results file; the figures are medians over the rounds, with
+the load average before every run. A start above a load of 1 is said loudly: such figures are
+same-run comparisons only, not the quiet machine's. Prints the figures and writes
+bench/results/advtok_eval.json (or ``--out``). Wall times include each run's model load (every
+run loads it the same way); rows/hour is rows ÷ wall time.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +84,16 @@ def same(a: list[dict], b: list[dict]) -> bool:
     return [comparable(r) for r in a] == [comparable(r) for r in b]
 
 
+def save(out: "Path | None", data: dict) -> None:
+    if out is None:
+        print(f"wrote {write_result('advtok_eval', data)}")
+        return
+    from engine.atomic import write_json
+
+    write_json(out, data)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20)
@@ -90,13 +105,22 @@ def main() -> None:
     ap.add_argument("--judge-tokens", type=int, default=32)
     ap.add_argument("--total-threads", type=int, default=0,
                     help="threads shared by the processes (default: this machine's cores)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="1-process and 2-process runs per round, order alternating (medians)")
     ap.add_argument("--skip-judge", action="store_true")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the JSON to write (default bench/results/advtok_eval.json)")
     a = ap.parse_args()
     from engine.lm.threads import cores
 
     total = a.total_threads or cores()
     half = max(1, total // 2)
     env0 = env_record()
+    load0 = os.getloadavg()[0]
+    quiet = load0 <= 1.0
+    if not quiet:
+        print(f"WARNING: load average {load0:.1f} at the start: not a quiet machine; these "
+              f"figures are same-run comparisons only", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="advtok-eval-"))
     data = tmp / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows(a.rows)), encoding="utf-8")
@@ -104,21 +128,41 @@ def main() -> None:
               "--max-neighbours", str(a.max_neighbours), "--samples", str(a.samples),
               "--sample-tokens", str(a.sample_tokens), "--seed", "0", "--judge", "refusal,target"]
     print(f"{a.rows} rows · {a.iters} iterations · {a.samples} samples × {a.sample_tokens} tokens"
-          f" · {total} threads in total")
-    one, two, one_half = tmp / "one.jsonl", tmp / "two.jsonl", tmp / "one_half.jsonl"
-    t1 = run([sys.executable, "-m", "app.cli", *common, "--threads", str(total), "--out", str(one)])
-    print(f"1 process  × {total} threads: {t1:7.1f} s  {a.rows / t1 * 3600:7.0f} rows/h")
+          f" · {total} threads in total · {a.rounds} round(s)")
     accel = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    t2 = run([accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(free_port()), "-m", "app.cli", *common, "--threads", str(half),
-              "--out", str(two)])
-    print(f"2 processes × {half} threads: {t2:7.1f} s  {a.rows / t2 * 3600:7.0f} rows/h  "
-          f"({t1 / t2:.2f}× one)")
-    r1, r2 = read(one), read(two)
+
+    def one_process(out: Path, threads: int) -> list[str]:
+        return [sys.executable, "-m", "app.cli", *common, "--threads", str(threads),
+                "--out", str(out)]
+
+    def two_processes(out: Path) -> list[str]:
+        return [accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                str(free_port()), "-m", "app.cli", *common, "--threads", str(half),
+                "--out", str(out)]
+
+    runs: list[dict] = []
+    for rnd in range(max(1, a.rounds)):
+        order = ("one", "two") if rnd % 2 == 0 else ("two", "one")
+        for kind in order:
+            out = tmp / f"{kind}-{rnd}.jsonl"
+            load = os.getloadavg()[0]
+            dt = run(one_process(out, total) if kind == "one" else two_processes(out))
+            runs.append({"round": rnd, "kind": kind, "wall_s": dt, "loadavg_before": load,
+                         "out": out})
+            label = f"1 process  × {total} threads" if kind == "one" else \
+                f"2 processes × {half} threads"
+            print(f"round {rnd + 1}: {label}: {dt:7.1f} s  {a.rows / dt * 3600:7.0f} rows/h  "
+                  f"(load {load:.1f} before)")
+    t1 = statistics.median(r["wall_s"] for r in runs if r["kind"] == "one")
+    t2 = statistics.median(r["wall_s"] for r in runs if r["kind"] == "two")
+    print(f"median: 1 process {a.rows / t1 * 3600:.0f} rows/h · 2 processes "
+          f"{a.rows / t2 * 3600:.0f} rows/h ({t1 / t2:.2f}× one)")
+    r1 = read(next(r["out"] for r in runs if r["kind"] == "one"))
+    r2 = read(next(r["out"] for r in runs if r["kind"] == "two"))
     if half != total:
-        t3 = run([sys.executable, "-m", "app.cli", *common, "--threads", str(half),
-                  "--out", str(one_half)])
+        one_half = tmp / "one_half.jsonl"
+        t3 = run(one_process(one_half, half))
         r3 = read(one_half)
         print(f"1 process  × {half} threads: {t3:7.1f} s  {a.rows / t3 * 3600:7.0f} rows/h")
     else:
@@ -127,13 +171,15 @@ def main() -> None:
     print(f"rows bit-identical, 2 processes vs 1 at {half} thread(s) each: {identical}; "
           f"vs 1 process at {total}: {same(r1, r2)}")
     result = {
-        "env": env0, "settings": vars(a), "total_threads": total, "threads_per_process_2": half,
+        "env": env0, "settings": {**vars(a), "out": str(a.out) if a.out else None},
+        "quiet_start": quiet, "total_threads": total, "threads_per_process_2": half,
+        "runs": [{k: v for k, v in r.items() if k != "out"} for r in runs],
         "one_process_s": t1, "two_process_s": t2, "one_process_half_threads_s": t3,
         "rows_per_hour_1": a.rows / t1 * 3600, "rows_per_hour_2": a.rows / t2 * 3600,
         "speedup_2_vs_1": t1 / t2, "identical_equal_threads": identical,
         "identical_equal_total_threads": same(r1, r2)}
     if a.skip_judge:
-        write_result("advtok_eval", {**result, "env_end": env_record()})
+        save(a.out, {**result, "env_end": env_record()})
         shutil.rmtree(tmp, ignore_errors=True)
         return
     from engine.advtok.judges import JudgeItem
@@ -161,7 +207,7 @@ def main() -> None:
     print(f"rubric judge, {len(items)} samples × ≤{a.judge_tokens} tokens: one at a time "
           f"{len(items) / t_one:.2f} samples/s, batched {len(items) / t_b:.2f} samples/s "
           f"({t_one / t_b:.2f}×); identical verdicts: {identical}")
-    write_result("advtok_eval", {
+    save(a.out, {
         **result, "env_end": env_record(), "judge_samples": len(items),
         "judge_one_s": judge_t["one at a time"],
         "judge_batched_s": t_b, "judge_speedup": t_one / t_b, "identical_verdicts": identical,
