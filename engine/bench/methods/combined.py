@@ -144,6 +144,19 @@ class AllCombined(Combined):
         super().restore(lm)
         self.m.restore(lm)
 
+    def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None,
+            sampling: Any = None, fixed_length: bool = False):
+        """As measured whole; the model part's sparsity (per projection input and at model
+        level) is reported beside it."""
+        counts = getattr(self.m, "sparsity_report", None)
+        if counts is not None:
+            self.m._reset_counts()
+        out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
+                          fixed_length=fixed_length)
+        if counts is not None:
+            out.extra.update(counts())
+        return out
+
 
 def make_all(make: Any, **params: Any) -> AllCombined:
     """``all-combined`` from the registry's ``make``; ``prompt.KEY`` / ``cache.KEY`` /

@@ -225,3 +225,41 @@ def test_too_short_calibration_text_is_one_clear_error(tiny_lm):
 def test_bad_params(name, kw):
     with pytest.raises(InputError):
         make_method(name, **kw)
+
+
+def test_bundled_model_rotated_zero_is_dense_and_sparsity_is_model_level(smol_lm, sample_text):
+    """SmolLM2-135M (slow: the bundled model): rotated Top-K at s = 0 is the dense model within
+    fp32 rounding; at s = 0.4 every input of every layer is 0.4 sparse up to rounding of K
+    (230 of 576, 614 of 1,536 zeros), so the model level is 0.4 as well — where the earlier
+    MLP-only row was 0.2. (2,048 calibration tokens here; the row's default is 20,480.)"""
+    ids = encode_user_text(smol_lm.tokenizer, sample_text)[:64]
+    dense = _logits(smol_lm, ids)
+    m = make_method("sparsity-rotated", sparsity=0.0, calib_tokens=2048)
+    m.prepare(smol_lm)
+    try:
+        rot = _logits(smol_lm, ids)
+    finally:
+        m.restore(smol_lm)
+    assert torch.allclose(rot, dense, rtol=1e-5, atol=1e-5 * float(dense.abs().max()))
+    res = make_method("sparsity-rotated", sparsity=0.4, calib_tokens=2048).nll_bits_per_byte(
+        smol_lm, sample_text[:600])
+    by = res["sparsity_by_projection"]
+    assert by["q/k/v"] == by["o_proj"] == by["gate/up"] == pytest.approx(230 / 576)
+    assert by["down_proj"] == pytest.approx(614 / 1536)
+    assert res["sparsity_measured"] == pytest.approx(0.3994, abs=1e-4)
+    assert _no_hooks(smol_lm)
+
+
+def test_all_combined_reports_the_model_level_sparsity(tiny_lm, sample_text):
+    q = Query(id="doc", kind="qa", prompt="What did the neighbour do?", document=sample_text[:800])
+    m = make_method("all-combined", **{"cache.budget": 40, "cache.window": 8,
+                                       "model.sparsity": 0.5, "model.calib_tokens": CAL})
+    m.prepare(tiny_lm)
+    try:
+        out = m.run(tiny_lm, q, 4, fixed_length=True)
+    finally:
+        m.restore(tiny_lm)
+    assert out.extra["rotated"] and out.extra["calibration_tokens"] == CAL
+    assert out.extra["sparsity_by_projection"]["gate/up"] == pytest.approx(0.5, abs=1e-9)
+    assert 0.5 <= out.extra["sparsity_measured"] < 0.52
+    assert _no_hooks(tiny_lm)
