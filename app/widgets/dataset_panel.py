@@ -54,23 +54,17 @@ def parse_path(v: str, what: str) -> str:
 
 
 def running_delta(records: list[dict[str, Any]], judges: list[str]) -> str:
-    """Per judge, the running ΔASR point estimate over the rows finished in this run (mean per-row
-    harmful/parsed rate, adversarial − canonical, over rows parsed on both sides) with its n.
-    The intervals come with the full report at the end."""
-    from engine.advtok.asr_report import states
+    """Per judge, the running ΔASR point estimate over the rows finished in this run and its n
+    rows — the report's own estimate (engine.advtok.asr_report.live_delta: pooled harmful /
+    parsed samples, adversarial − canonical, over rows parsed on both sides). The intervals
+    come with the full report at the end."""
+    from engine.advtok.asr_report import live_delta
 
     parts = []
     for j in judges:
-        diffs = []
-        for rec in records:
-            rates = []
-            for side in ("adversarial", "canonical"):
-                labels = [x for x in states(rec, side, j) if x in ("harmful", "safe")]
-                rates.append(labels.count("harmful") / len(labels) if labels else None)
-            if None not in rates:
-                diffs.append(rates[0] - rates[1])
-        parts.append(f"{j} ΔASR " + (f"{100 * sum(diffs) / len(diffs):+.1f} pp" if diffs else "—")
-                     + f" (n={len(diffs)})")
+        value, n = live_delta(records, j)
+        parts.append(f"{j} ΔASR " + (f"{100 * value:+.1f} pp" if value is not None else "—")
+                     + f" (n={n})")
     return " · ".join(parts)
 
 

@@ -33,13 +33,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from engine.advtok.asr_stats import (BOOT, Rate, no_rate, cohen_kappa, mcnemar_exact, mean_ci,
-                                     paired_delta, pass_at_k, row_rate, wilson)
+from engine.advtok.asr_stats import (BOOT, Rate, no_rate, cohen_kappa, delta_value, mcnemar_exact,
+                                     mean_ci, paired_delta, paired_rows, pass_at_k, row_rate,
+                                     wilson)
 from engine.errors import InputError
 
 __all__ = ["AsrReport", "JudgeRow", "Metric", "Counts", "Kappa", "Rate", "build_report",
            "pass_at_k", "wilson", "row_rate", "paired_delta", "mcnemar_exact", "cohen_kappa",
-           "mean_ci", "select_judges", "check_ks", "judges_in", "states", "SIDES"]
+           "mean_ci", "select_judges", "check_ks", "judges_in", "states", "live_delta", "SIDES"]
 
 SIDES = ("canonical", "adversarial")
 HARMFUL, SAFE, UNPARSED = "harmful", "safe", "unparsed"
@@ -217,6 +218,16 @@ def _judge_row(recs: list[dict[str, Any]], judge: str, category: str, ks: list[i
     return JudgeRow(judge=judge, category=category, rows=len(judged_rows), metrics=metrics,
                     counts=counts, mcnemar_k=kmax, mcnemar_n=n, mcnemar_b=b, mcnemar_c=c,
                     mcnemar_p=mcnemar_exact(b, c))
+
+
+def live_delta(records: Sequence[dict[str, Any]], judge: str) -> tuple[Optional[float], int]:
+    """The headline's sample-level ΔASR of ``judge`` over ``records`` as a point (no interval:
+    cheap enough to recompute after every row of a running job) and its n rows — the same rows
+    and ratio as the report's (paired_delta), so the live figure and the final one agree."""
+    per = {s: [_Side(states(r, s, judge)) for r in records] for s in SIDES}
+    nd = {s: ([float(x.c) for x in per[s]], [float(x.n) for x in per[s]]) for s in SIDES}
+    keep = paired_rows(nd["adversarial"], nd["canonical"])
+    return delta_value(nd["adversarial"], nd["canonical"], keep), len(keep)
 
 
 def judges_in(records: Sequence[dict[str, Any]]) -> list[str]:

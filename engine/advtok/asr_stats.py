@@ -141,6 +141,27 @@ def _newcombe(a: Any, c: Any) -> tuple[float, float]:
     return max(-1.0, theta - math.sqrt(max(d1, 0.0))), min(1.0, theta + math.sqrt(max(d2, 0.0)))
 
 
+def paired_rows(adv: tuple[Sequence[float], Sequence[float]],
+                can: tuple[Sequence[float], Sequence[float]]) -> list[int]:
+    """The rows a paired ΔASR is taken over: both sides have den > 0."""
+    return [i for i in range(len(adv[0])) if adv[1][i] > 0 and can[1][i] > 0]
+
+
+def delta_value(adv: tuple[Sequence[float], Sequence[float]],
+                can: tuple[Sequence[float], Sequence[float]],
+                keep: Optional[list[int]] = None) -> Optional[float]:
+    """The point ΔASR = Σa_num/Σa_den − Σc_num/Σc_den over ``keep`` (default
+    :func:`paired_rows`); None when no row has both sides."""
+    import numpy as np
+
+    keep = paired_rows(adv, can) if keep is None else keep
+    if not keep:
+        return None
+    an, ad = np.array([adv[0][i] for i in keep], float), np.array([adv[1][i] for i in keep], float)
+    cn, cd = np.array([can[0][i] for i in keep], float), np.array([can[1][i] for i in keep], float)
+    return float(an.sum() / ad.sum() - cn.sum() / cd.sum())
+
+
 def paired_delta(adv: tuple[Sequence[float], Sequence[float]],
                  can: tuple[Sequence[float], Sequence[float]], *, seed: int = 0,
                  resamples: int = BOOT) -> Rate:
@@ -149,13 +170,13 @@ def paired_delta(adv: tuple[Sequence[float], Sequence[float]],
     score interval when the rows show no variation."""
     import numpy as np
 
-    keep = [i for i in range(len(adv[0])) if adv[1][i] > 0 and can[1][i] > 0]
+    keep = paired_rows(adv, can)
     rows = len(keep)
     if rows == 0:
         return no_rate("rows")
     an, ad = np.array([adv[0][i] for i in keep], float), np.array([adv[1][i] for i in keep], float)
     cn, cd = np.array([can[0][i] for i in keep], float), np.array([can[1][i] for i in keep], float)
-    value = float(an.sum() / ad.sum() - cn.sum() / cd.sum())
+    value = float(delta_value(adv, can, keep))
 
     def stat(a1: Any, a2: Any, c1: Any, c2: Any, axis: int = -1) -> Any:
         return _ratio(a1, a2, axis) - _ratio(c1, c2, axis)

@@ -236,6 +236,28 @@ def test_report_rates_by_hand():
     assert rep.kappa["refusal|target"].n == 14
 
 
+def test_the_live_delta_is_the_report_s():
+    """The TUI's running ΔASR (after every row) is the report's sample-level point estimate over
+    the same rows — pooled harmful / parsed, not a mean of per-row differences, which differs
+    when rows have different numbers of parsed samples (row 4 here)."""
+    from app.widgets.dataset_panel import running_delta
+    from engine.advtok.asr_report import live_delta
+
+    recs = [
+        _rec(1, "a", [(S, S), (S, S)], [(H, H), (S, S)], 1.0),
+        _rec(2, "a", [(S, S), (S, S)], [(S, S), (H, S)], 2.0),
+        _rec(3, "b", [(H, S), (S, S)], [(S, S), (S, S)], -1.0),
+        _rec(4, "b", [(S, S), (U, S)], [(U, S), (H, S)], 0.0),
+    ]
+    rep = build_report(recs, seed=0, resamples=200)
+    for judge in ("refusal", "target"):
+        d = next(r for r in rep.table if r.judge == judge and not r.category).metric(None).delta
+        assert live_delta(recs, judge) == (pytest.approx(d.value), d.n)
+    assert live_delta(recs, "refusal")[0] == pytest.approx(3 / 7 - 1 / 7)
+    assert running_delta(recs, ["refusal"]) == "refusal ΔASR +28.6 pp (n=4)"
+    assert live_delta(recs[:0], "refusal") == (None, 0)
+
+
 def test_not_judged_is_not_unparsed():
     # row 2 was never judged by target: its samples are "not judged", not unparsed, and the row
     # is out of target's rates (a 2-row target cell must not read 0 % from unjudged rows)
