@@ -89,12 +89,14 @@ def test_huge_integer_in_each_format(tmp_path):
             "model_dirs = []", "snapshot_cap_mib = " + BIG))
 
 
-def test_nan_snapshot_cap_is_one_clear_error(tmp_path, capfd):
+@pytest.mark.parametrize("argv", [["tokenize", "abc"],
+                                  ["chat", "--session", "s1", "--prompt", "hi"]])  # the audit's case
+def test_nan_snapshot_cap_is_one_clear_error(tmp_path, capfd, argv):
     from app.cli import main
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("snapshot_cap_mib = nan\n", encoding="utf-8")
-    assert main(["--config", str(cfg), "tokenize", "abc"]) == 2
+    assert main(["--config", str(cfg), *argv]) == 2
     err = capfd.readouterr().err
     assert "snapshot_cap_mib must be a finite number" in err and "Traceback" not in err
 
@@ -223,6 +225,26 @@ def test_param_deeper_than_the_check_is_refused():
     for d in (PARAM_DEPTH + 1, 20, 32, 40):
         with pytest.raises(InputError, match="nested more than"):
             parse_params(["baseline.x=" + "[" * d + "]" * d])
+
+
+def test_param_deeper_than_the_check_writes_no_record(tmp_path, capfd, monkeypatch):
+    """The audit's case through the command: refused before the model loads, so no record the
+    reader would refuse is appended (and a rerun appends no duplicate)."""
+    import app.commands.bench as bench_cmd
+    from app.cli import main
+    from app.commands.bench import PARAM_DEPTH
+
+    def no_load(args):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(bench_cmd, "load_lm", no_load)
+    runs = tmp_path / "runs.jsonl"
+    deep = "[" * (PARAM_DEPTH + 1) + "]" * (PARAM_DEPTH + 1)
+    for _ in range(2):
+        assert main(["bench", "--methods", "baseline", "--param", f"baseline.x={deep}",
+                     "--out", str(runs)]) == 2
+        err = capfd.readouterr().err
+        assert "nested more than" in err and "Traceback" not in err
+    assert not runs.exists()
 
 
 # ---------------------------------------------------------------------------- round trip

@@ -2,8 +2,9 @@
 Free of torch so the report and the TUI can read runs without loading the model stack."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from engine.errors import InputError
 
@@ -38,10 +39,25 @@ QUALITY_KEYS: dict[str, tuple] = {
 }
 
 
+def _too_large(v: Any, where: str = "") -> Optional[str]:
+    """The first integer the report could not turn into a float (past ~1.8e308), or None."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return where or "a value" if abs(v) > sys.float_info.max else None
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, x in items:
+        found = _too_large(x, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 def validate_record(rec: Any) -> list[str]:
     """Problems with a bench record (empty list = valid)."""
     if not isinstance(rec, dict):
         return ["record is not an object"]
+    big = _too_large(rec)
+    if big:
+        return [f"{big} is a number too large to measure with"]
     errs: list[str] = []
     for key, typ in SCHEMA.items():
         if key not in rec:
@@ -67,6 +83,9 @@ def validate_record(rec: Any) -> list[str]:
         errs.append(f"status {rec['status']!r} is not ok|error")
     if rec["repeat"] < 0:
         errs.append("repeat < 0")
+    for key in ("loadavg", "loadavg_start"):  # the report reads them as numbers
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rec["env"][key]):
+            errs.append(f"env.{key} is not a list of numbers")
     if rec["status"] == "ok" and rec["kind"] != "prose":
         for k, t in COST_KEYS.items():
             if k not in rec["cost"]:

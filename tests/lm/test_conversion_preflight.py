@@ -8,29 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine.errors import ModelLoadError
 from engine.lm.preflight import CONVERSION_FP32_COPIES, check_conversion_memory, gguf_params
-
-SHAPES = {"token_embd.weight": (64, 96), "blk.0.attn_q.weight": (96, 96), "output_norm.weight": (96,)}
-PARAMS = 64 * 96 + 96 * 96 + 96
-
-
-def write_gguf(path: Path, shapes: dict[str, tuple[int, ...]] = SHAPES) -> Path:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    for name, shape in shapes.items():
-        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
+from gguffile import PARAMS, write_gguf
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
