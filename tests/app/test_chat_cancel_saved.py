@@ -97,3 +97,67 @@ async def test_esc_in_a_long_prefill_leaves_every_saved_row(make_app, tiny_lm):
         md = app.screen.last_export.read_text(encoding="utf-8")
         assert "word word" not in md and "cancelled" not in md
         assert md.count("**Assistant:**") == 1
+
+
+def _hold_after_tokens(engine, name, n):
+    """The engine's ``name`` call waits after its ``n``-th streamed token until the job is
+    cancelled (Esc): the answer is stopped mid-stream however fast the machine is."""
+    real = getattr(engine, name)
+
+    def held(*a, on_token=None, cancel=None, **kw):
+        count = [0]
+
+        def tok(*ta, **tk):
+            if on_token is not None:
+                on_token(*ta, **tk)
+            count[0] += 1
+            if count[0] == n and cancel is not None:
+                end = time.monotonic() + DEADLINE_S
+                while not cancel.cancelled and time.monotonic() < end:
+                    cancel.wait(0.05)
+        return real(*a, on_token=tok, cancel=cancel, **kw)
+
+    setattr(engine, name, held)
+    return real
+
+
+async def test_esc_in_a_regenerate_keeps_the_partial_variant_and_the_first_answer(make_app, tiny_lm):
+    """Issue 22.2: a regenerate streams like an answer and Esc stops it like one: the partial
+    text stays as a variant marked stopped (saved so), the first answer's row is untouched."""
+    from app.widgets.chat_messages import AssistantMessage
+
+    eng = Engine(lm=tiny_lm)
+    app = make_app(engine=eng)
+    app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=0.0))
+    seen = []
+    async with app.run_test(size=(140, 45), message_hook=seen.append) as pilot:
+        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+        scr = app.screen
+        box = scr.query_one("#prompt", Composer)
+        box.focus()
+        box.value = "Hello there"
+        await pilot.press("enter")
+        await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
+                                       for m in seen) and not app.runner.busy)
+        from app.saved_chat import session_store
+
+        store = session_store(app)
+        name = scr.saved.name
+        first = store.nodes(name)[0]
+        app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=1.5, seed=3))
+        _hold_after_tokens(eng, "chat_regenerate", 3)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: app.runner.busy and len(scr.session.nodes) == 2
+                    and len(scr.session.nodes[1].answer_ids) >= 3)
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.runner.busy and not scr.busy)
+        regen = scr.session.nodes[1]
+        assert regen.how == "regenerate" and regen.state == "stopped" and regen.answer
+        assert [t.id for t in scr.session.path] == [regen.id]
+        last = scr.query(AssistantMessage).last()
+        await until(pilot, lambda: last.text == regen.answer and "stop" in str(last.figures.content))
+        saved = {n.key: n for n in store.nodes(name)}
+        assert saved[first.key].answer == first.answer
+        assert saved[first.key].metrics == first.metrics  # the first answer's figures untouched
+        assert [(n.how, n.state, n.answer) for n in store.nodes(name)][1] == \
+            ("regenerate", "stopped", regen.answer)
