@@ -362,11 +362,12 @@ class RotatedSparsity(_Sparsity):
     name = "sparsity-rotated"
     label = ("Activation sparsity: LaRoSA, PCA-rotated Top-K on every projection input "
              "(q/k/v, o, gate/up, down; quality only)")
-    simplification = ("no sparse kernel: the rotation is applied and undone around the dense "
-                      "matmul (same numbers as W·Q folded), so a quality study and speed is n/a; "
-                      "calibrated on 20,480 tokens of the shipped calibration texts (Python "
-                      "documentation prose) instead of WikiText-2; Top-K per token at one "
-                      "sparsity for all four inputs, as the reference's uniform setting")
+    simplification = ("quality only: no sparse kernel, so the rotation is applied and undone "
+                      "around the dense matmul in fp32 (the same numbers as W·Q folded; the "
+                      "reference rotates in fp64) and speed is n/a; calibrated on 20,480 tokens "
+                      "of the shipped calibration texts (Python documentation prose) instead of "
+                      "WikiText-2; one Top-K sparsity for all four inputs (the reference's uniform "
+                      "setting); o_proj and down_proj inputs unrotated, as in the reference code")
     rotated = True
 
     def __init__(self, sparsity: float = 0.4, calibration: Optional[str] = None,
