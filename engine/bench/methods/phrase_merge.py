@@ -280,12 +280,24 @@ class PhraseMerge(Method):
                               fixed_length=fixed_length)
         v = self.vocab
         new = sum(1 for t in out.token_ids if t >= v.base_size)
+        out.extra["phrases_in_prompt"] = self.phrases_used(lm, self.render_prompt(lm, q))
         out.extra.update(
             phrases=len(v.merges), new_tokens_generated=new,
             new_token_rate=new / len(out.token_ids) if out.token_ids else None,
             tokens_saved=out.cost["prompt_tokens_in"] - out.cost["prompt_tokens_effective"],
             output_base_tokens=len(v.expand(out.token_ids)), domain=self.params["domain"])
         return out
+
+    def phrases_used(self, lm: LoadedModel, ids: Sequence[int]) -> dict[str, int]:
+        """Which merged phrases a token sequence uses and how often (text → count), most
+        frequent first: what the merged prompt looks like, for the record."""
+        v = self._vocab(lm)
+        counts: dict[str, int] = {}
+        for t in ids:
+            if t >= v.base_size:
+                text = lm.tokenizer.decode(v.parts(t))
+                counts[text] = counts.get(text, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def teacher_forced_logprobs(self, lm: LoadedModel, q: Query, target_ids: list[int], *,
                                 cancel: Optional[CancelToken] = None) -> torch.Tensor:

@@ -260,6 +260,10 @@ def test_bits_per_byte_and_run_figures(tiny_lm, tokenizer):
     assert c["prompt_tokens_effective"] < c["prompt_tokens_in"]
     assert out.extra["tokens_saved"] == c["prompt_tokens_in"] - c["prompt_tokens_effective"]
     assert out.text == m.decode(tiny_lm, out.token_ids)
+    used = out.extra["phrases_in_prompt"]
+    assert sum(used.values()) == len(
+        [t for t in m.render_prompt(tiny_lm, q) if t >= m.vocab.base_size]) > 0
+    assert " sat on the mat" in used
     nll = m.answer_nll(tiny_lm, q, "The cat sat on the mat.")
     assert nll is not None and nll > 0
     assert isinstance(tiny_lm.model.get_input_embeddings(), torch.nn.Embedding)
