@@ -93,21 +93,29 @@ def test_generated_dataset_rows(tmp_path_factory, lines):
 
 
 # ---------------------------------------------------------------------------- results files
+RUBRIC = "rubric:m"
+
+
 def _result(i: int) -> dict:
-    sample = {"text": "t", "token_ids": [1],
-              "verdicts": {"refusal": {"judge": "refusal", "label": "safe"}}}
+    def verdicts(label: str) -> dict:
+        return {"refusal": {"judge": "refusal", "label": label},
+                RUBRIC: {"judge": RUBRIC, "label": label, "detail": {"strongreject": 0.5}}}
+    sample = {"text": "t", "token_ids": [1], "verdicts": verdicts("safe")}
     return {"id": f"r{i}", "line": i, "category": "Poetry", "request": "Write a haiku.",
-            "response": "Sure", "judges": ["refusal"], "canonical_samples": [sample],
-            "adversarial_samples": [dict(sample, verdicts={"refusal": {"judge": "refusal",
-                                                                       "label": "harmful"}})],
-            "improvement": 0.1, "model": {"name": "m", "weights_hash": "abc"}}
+            "response": "Sure", "judges": ["refusal", RUBRIC], "canonical_samples": [sample],
+            "adversarial_samples": [dict(sample, verdicts=verdicts("harmful"))],
+            "improvement": 0.1, "canonical_score": -1.5, "best_score": -1.0,
+            "model": {"name": "m", "weights_hash": "abc"}}
 
 
 _RESULT_KEYS = [["id"], ["line"], ["category"], ["request"], ["judges"], ["improvement"],
                 ["model"], ["model", "name"], ["canonical_samples"],
                 ["canonical_samples", 0, "text"], ["canonical_samples", 0, "verdicts"],
                 ["adversarial_samples", 0, "verdicts", "refusal"],
-                ["adversarial_samples", 0, "verdicts", "refusal", "label"], ["extra"]]
+                ["adversarial_samples", 0, "verdicts", "refusal", "label"],
+                ["adversarial_samples", 0, "verdicts", RUBRIC, "detail"],
+                ["canonical_samples", 0, "verdicts", RUBRIC, "detail", "strongreject"],
+                ["canonical_score"], ["best_score"], ["canonical_ids"], ["extra"]]
 
 
 @SETTINGS

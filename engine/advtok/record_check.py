@@ -4,6 +4,7 @@ its line and the field named, never a crash deep inside a report. Only the field
 use are checked; a missing optional field is fine (old rows lack newer fields)."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 SIDES = ("canonical", "adversarial")
@@ -14,7 +15,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return _is_int(v) or isinstance(v, float)
+    """A number the report can compute with (an integer past a float's range is not)."""
+    return (_is_int(v) and abs(v) <= sys.float_info.max) or isinstance(v, float)
 
 
 def _ids(v: Any) -> bool:
@@ -69,6 +71,11 @@ def _sample_problem(s: Any) -> Optional[str]:
     for j, v in verdicts.items():
         if not isinstance(v, dict) or not _str_or_none(v.get("label")):
             return f"verdict {j!r} is not an object with a text label"
+        detail = v.get("detail")
+        if detail is not None and not isinstance(detail, dict):
+            return f"verdict {j!r} has a 'detail' that is not an object"
+        if detail and "strongreject" in detail and not _is_num(detail["strongreject"]):
+            return f"verdict {j!r} has a StrongREJECT score that is not a number"
     return None
 
 
