@@ -166,7 +166,8 @@ class Engine:
 
     def dataset_run(self, lm: LoadedModel, bench_path: str, out: str, fields: dict[str, Any],
                     judges: str, *, on_row: Any = None, progress: Optional[ProgressFn] = None,
-                    cancel: Optional[CancelToken] = None) -> "DatasetOutcome":
+                    cancel: Optional[CancelToken] = None,
+                    judge_settings: Any = None) -> "DatasetOutcome":
         """Every pending row of the benchmark through ``engine.advtok.evalrun.run_rows`` (the
         same call as ``attack --dataset``: rows already in ``out`` are skipped, a settings
         mismatch is refused with InputError), then the ΔASR report of the whole results file
@@ -183,7 +184,7 @@ class Engine:
             raise InputError(f"{bench_path}: no usable row ({len(bench.problems)} problem(s))")
         f = dict(fields)
         system = f.pop("system", None) or DEFAULT_SYSTEM
-        built = make_judges(judges, loader=judge_loader(cancel))
+        built = make_judges(judges, loader=judge_loader(cancel), settings=judge_settings)
 
         def cfg(row: Any) -> Any:
             return AttackConfig(request=row.request, response=row.response,
@@ -198,14 +199,16 @@ class Engine:
 
     def judge_results(self, results: str, judges: str, out: Optional[str] = None, *,
                       progress: Optional[ProgressFn] = None,
-                      cancel: Optional[CancelToken] = None) -> "DatasetOutcome":
-        """``attack judge``: add the verdicts of ``judges`` to a results file (in place under
-        its locks, or into ``out``), then the ΔASR report of what was written."""
+                      cancel: Optional[CancelToken] = None,
+                      judge_settings: Any = None) -> "DatasetOutcome":
+        """``attack judge``: add the verdicts of ``judges`` (with ``judge_settings``, a
+        DatasetRunConfig: rubric tokens, ShieldGemma policies) to a results file (in place
+        under its locks, or into ``out``), then the ΔASR report of what was written."""
         from engine.advtok.evalrun import rejudge_file
         from engine.advtok.judges import make_judges
 
         res = rejudge_file(results, lambda: make_judges(
-            judges, loader=judge_loader(cancel)), out,
+            judges, loader=judge_loader(cancel), settings=judge_settings), out,
             cancel=cancel, progress=progress)
         recs, rep = self.asr_report(str(res.dest))
         return DatasetOutcome(judged=res, report=rep, records=recs)

@@ -27,7 +27,7 @@ from app.messages import (ControlsChanged, JobCancelled, JobFailed, JobFinished,
 from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.dataset_report import DatasetReport
 from app.widgets.dataset_rows import DatasetRows
-from engine.advtok.config import AttackConfig
+from engine.advtok.config import AttackConfig, DatasetRunConfig
 from engine.advtok.runprogress import RunProgress
 
 #: the job kind (its own timeout entry: a dataset run takes hours, so none by default)
@@ -112,13 +112,23 @@ class DatasetPanel(AppAccess, Vertical):
         yield from row("Judges", Input(
             "refusal", id="ds-judges", classes="ds-input", validators=[FieldCheck(p["ds-judges"])],
             placeholder="refusal, target, or KIND:MODEL (comma-separated, as --judge)"))
-        with Horizontal(classes="ds-row"):
-            for ident, label, value in (("ds-iters", "iterations", "20"),
-                                        ("ds-samples", "samples", "4"),
-                                        ("ds-tokens", "sample tokens", "48")):
-                with Vertical(classes="ds-num"):
-                    yield Label(label)
-                    yield Input(value, id=ident, validators=[FieldCheck(p[ident])])
+        for fields in (
+                (("ds-iters", "iterations", "20", "", "search iterations at most"),
+                 ("ds-neighbours", "neighbours", "", "all",
+                  "max neighbours scored per iteration (empty: all)"),
+                 ("ds-samples", "samples", "4", "", "answers sampled per side"),
+                 ("ds-tokens", "sample tokens", "48", "", "new tokens per sampled answer"),
+                 ("ds-seed", "seed", "0", "", "seed of the search and the samples")),
+                (("ds-rubric-tokens", "rubric tokens", "", "384",
+                  "tokens the rubric grader may write (as --rubric-max-tokens)"),
+                 ("ds-policies", "ShieldGemma policies", "", "all four",
+                  "dangerous, harassment, hate, sexual (as --shieldgemma-policies)"))):
+            with Horizontal(classes="ds-row"):
+                for ident, label, value, ph, tip in fields:
+                    with Vertical(classes="ds-num"):
+                        yield Label(label).with_tooltip(tip)
+                        yield Input(value, id=ident, tooltip=tip, placeholder=ph,
+                                    validators=[FieldCheck(p[ident])])
         yield Static("", id="ds-error", classes="ds-error")
         with Horizontal(classes="ds-buttons"):
             yield Button("Run dataset", id="ds-run", variant="primary", disabled=True)
@@ -142,18 +152,33 @@ class DatasetPanel(AppAccess, Vertical):
             "ds-iters": lambda v: parse_field(v, AttackConfig, "iters"),
             "ds-samples": lambda v: parse_field(v, AttackConfig, "samples"),
             "ds-tokens": lambda v: parse_field(v, AttackConfig, "sample_max_new_tokens"),
+            "ds-neighbours": lambda v: parse_field(v, AttackConfig, "max_neighbours"),
+            "ds-seed": lambda v: parse_field(v, AttackConfig, "seed"),
+            # the judges' own settings (as --rubric-max-tokens, --shieldgemma-policies)
+            "ds-rubric-tokens": lambda v: None if not v.strip() else parse_field(
+                v, DatasetRunConfig, "rubric_max_tokens"),
+            "ds-policies": lambda v: parse_field(v, DatasetRunConfig, "shield_policies"),
         }
+
+    def judge_settings(self, fields: dict[str, Any]) -> DatasetRunConfig:
+        """The judge settings of the form (DatasetRunConfig, its defaults where empty)."""
+        cfg = DatasetRunConfig(shield_policies=tuple(fields["policies"]))
+        if fields["rubric_tokens"] is not None:
+            cfg.rubric_max_tokens = fields["rubric_tokens"]
+        return cfg.validate()
 
     def _val(self, ident: str) -> Any:
         p = self.parsers()[ident]
         return lambda: p(self.query_one(f"#{ident}", Input).value)
 
     def run_form(self) -> tuple[dict[str, Any], Optional[str]]:
-        return first_error({k: self._val(f"ds-{k}")
-                            for k in ("bench", "out", "judges", "iters", "samples", "tokens")})
+        return first_error({k.replace("-", "_"): self._val(f"ds-{k}") for k in (
+            "bench", "out", "judges", "iters", "neighbours", "samples", "tokens", "seed",
+            "rubric-tokens", "policies")})
 
     def judge_form(self) -> tuple[dict[str, Any], Optional[str]]:
-        return first_error({k: self._val(f"ds-{k}") for k in ("out", "judges")})
+        return first_error({k.replace("-", "_"): self._val(f"ds-{k}")
+                            for k in ("out", "judges", "rubric-tokens", "policies")})
 
     @property
     def busy(self) -> bool:
@@ -254,13 +279,15 @@ class DatasetPanel(AppAccess, Vertical):
         self.records = []
         self.rp = RunProgress(rows=len(bench.rows))
         eng, lm = app.engine, app.lm
-        settings = {"iters": fields["iters"], "samples": fields["samples"],
-                    "sample_max_new_tokens": fields["tokens"]}
+        settings = {"iters": fields["iters"], "max_neighbours": fields["neighbours"],
+                    "samples": fields["samples"], "sample_max_new_tokens": fields["tokens"],
+                    "seed": fields["seed"]}
+        jset = self.judge_settings(fields)
 
         def work(*, progress: Any, cancel: Any) -> Any:
             return eng.dataset_run(lm, fields["bench"], fields["out"], settings, fields["judges"],
                                    on_row=self._row_done, progress=self._feed(progress),
-                                   cancel=cancel)
+                                   cancel=cancel, judge_settings=jset)
 
         self._start("run", work, {"dataset": fields["bench"], "out": fields["out"], **settings})
 
@@ -273,9 +300,11 @@ class DatasetPanel(AppAccess, Vertical):
         self.rp = RunProgress(rows=0)
         self.records, self.judge_ids = [], []
 
+        jset = self.judge_settings(fields)
+
         def work(*, progress: Any, cancel: Any) -> Any:
             return eng.judge_results(fields["out"], fields["judges"], progress=self._feed(progress),
-                                     cancel=cancel)
+                                     cancel=cancel, judge_settings=jset)
 
         self._start("judge", work, {"judge": fields["out"], "judges": fields["judges"]})
 

@@ -50,15 +50,24 @@ def shown(scr, ident):
 
 
 @pytest.mark.parametrize("size", [(140, 45), (80, 24)])
-async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size):
+async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size, monkeypatch):
+    import engine.advtok.judges as judges_mod
     from app.engines import Engine
 
     app = make_app(engine=Engine(lm=tiny_lm))
     out = tmp_path / "results.jsonl"
+    made = []                                  # the judge settings each make_judges call got
+    real_make = judges_mod.make_judges
+    monkeypatch.setattr(judges_mod, "make_judges", lambda *a, **kw: (
+        made.append(kw.get("settings")), real_make(*a, **kw))[1])
     async with app.run_test(size=size) as pilot:
         scr = await open_dataset(pilot, app)
         fill(scr, bench=str(bench_file(tmp_path)), out=str(out), judges="refusal",
-             iters="1", samples="2", tokens="4")
+             iters="1", samples="2", tokens="4", neighbours="6", seed="3",
+             policies="nosuch")
+        await pilot.pause()                              # a bad judge setting: inline, no Run
+        assert "shieldgemma polic" in shown(scr, "ds-error").lower() and scr.query_one("#ds-run").disabled
+        fill(scr, policies="hate, dangerous", **{"rubric-tokens": "32"})
         await until(pilot, lambda: not scr.query_one("#ds-run", Button).disabled)
         scr.query_one("#ds-bench", Input).focus()
         await pilot.press("enter")                       # Enter reads the file
@@ -83,6 +92,10 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         assert all("n=" in r[3] for r in cells[1:])     # every ΔASR cell carries its n
         assert {r[1] for r in cells[1:]} >= {"poetry", "cooking"}
         assert len(read_results(out).records) == 2
+        recs = read_results(out).records
+        assert {(r["config"]["seed"], r["config"]["max_neighbours"]) for r in recs} == {(3, 6)}
+        assert made[-1].shield_policies == ("hate", "dangerous")
+        assert made[-1].rubric_max_tokens == 32
 
         # the drill-down: one line per row; the highlighted row's tokenizations in the lattice
         # (rebuilt from its record with the loaded tokenizer), its samples and verdicts
@@ -158,6 +171,7 @@ async def test_dataset_run_resume_judge_report(make_app, tiny_lm, tmp_path, size
         await until(pilot, lambda: panel._job.done and panel._mode == "judge"
                     and panel.outcome is not None)
         assert "judged 2 row(s)" in shown(scr, "ds-progress")
+        assert made[-1].shield_policies == ("hate", "dangerous")     # judging: the same settings
         assert {r[0] for r in panel.report_cells()[1:]} == {"refusal", "target"}
         recs = read_results(out).records
         assert all("target" in s["verdicts"] for r in recs for s in r["adversarial_samples"])
