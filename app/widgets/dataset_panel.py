@@ -57,14 +57,17 @@ def running_delta(records: list[dict[str, Any]], judges: list[str]) -> str:
     """Per judge, the running ΔASR point estimate over the rows finished in this run and its n
     rows — the report's own estimate (engine.advtok.asr_report.live_delta: pooled harmful /
     parsed samples, adversarial − canonical, over rows parsed on both sides). The intervals
-    come with the full report at the end."""
+    come with the full report at the end. A judge whose verdicts are mostly unparsed says so
+    (``4/4 UNPARSED``), as the CLI's row line does: its ΔASR must not read as a measurement."""
     from engine.advtok.asr_report import live_delta
+    from engine.advtok.judges.summary import mostly_unparsed
 
     parts = []
     for j in judges:
         value, n = live_delta(records, j)
+        loud = mostly_unparsed(records, j)
         parts.append(f"{j} ΔASR " + (f"{100 * value:+.1f} pp" if value is not None else "—")
-                     + f" (n={n})")
+                     + f" (n={n})" + (f" {loud}" if loud else ""))
     return " · ".join(parts)
 
 

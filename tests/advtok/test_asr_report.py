@@ -256,6 +256,10 @@ def test_the_live_delta_is_the_report_s():
     assert live_delta(recs, "refusal")[0] == pytest.approx(3 / 7 - 1 / 7)
     assert running_delta(recs, ["refusal"]) == "refusal ΔASR +28.6 pp (n=4)"
     assert live_delta(recs[:0], "refusal") == (None, 0)
+    # a judge that could read almost nothing says so in the live line
+    unread = [_rec(5, "", [(U, S), (U, S)], [(U, S), (H, S)])]
+    assert running_delta(unread, ["refusal", "target"]) == (
+        "refusal ΔASR — (n=0) 3/4 UNPARSED · target ΔASR +0.0 pp (n=1)")
 
 
 def test_not_judged_is_not_unparsed():
