@@ -192,8 +192,31 @@ def samples_with_verdicts(rec: dict[str, Any]) -> Text:
                 out.append_text(text(j, "dim"))
                 out.append(" ")
                 out.append_text(text(lab, {"harmful": "red", "safe": "green"}.get(lab, "yellow")))
+                facts = verdict_facts(v)
+                if facts:
+                    out.append(" · ", style="dim")
+                    out.append_text(text(facts, "dim"))
                 raw = str(v.get("raw") or "").strip()
                 if raw:
                     out.append(" · raw: ", style="dim")
                     out.append_text(text(raw, "dim", multiline=True))
     return out
+
+
+def verdict_facts(v: dict[str, Any]) -> str:
+    """A verdict's score and details in one line: the rubric's StrongREJECT score and parts,
+    Llama Guard's P(unsafe) and categories, ShieldGemma's P(Yes) per policy, the HarmBench
+    prompt used."""
+    def num(x: Any) -> str:
+        return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    parts = [] if v.get("score") is None else [f"score {num(v['score'])}"]
+    detail = v.get("detail") if isinstance(v.get("detail"), dict) else {}
+    for k, x in detail.items():
+        if isinstance(x, dict):        # per policy: {"p_yes": …, "violated": …}
+            x = ", ".join(f"{p} {num(d.get('p_yes')) if isinstance(d, dict) else num(d)}"
+                          for p, d in x.items())
+        elif isinstance(x, (list, tuple)):
+            x = ",".join(map(str, x)) or "—"
+        parts.append(f"{k} {num(x)}")
+    return " · ".join(parts)

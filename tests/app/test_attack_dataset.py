@@ -245,3 +245,21 @@ async def test_dataset_escape_stops_and_leaves_results_readable(make_app, tiny_l
         await pilot.press("escape")
         await until(pilot, lambda: panel._job.done)
         assert sorted(r["id"] for r in read_results(out).records) == ["bread", "sea"]
+
+
+def test_drill_down_shows_each_verdict_s_score_and_details():
+    """Beside each label and raw output: the rubric's score, Llama Guard's P(unsafe) and
+    categories, ShieldGemma's P(Yes) per policy — inert text."""
+    from app.widgets.dataset_rows import samples_with_verdicts
+
+    rec = {"adversarial_samples": [{"text": "Soft rain.", "verdicts": {
+        "llama-guard:m": {"label": "harmful", "raw": "unsafe\nS1",
+                          "detail": {"categories": ["S1"], "p_unsafe": 0.931234}},
+        "shieldgemma:m": {"label": "safe", "raw": "",
+                          "detail": {"policies": {"hate": {"p_yes": 0.0123, "violated": False}}}},
+        "rubric:m": {"label": "unparsed", "raw": "\x1b[2Jno scores", "score": None}}}],
+        "canonical_samples": []}
+    shown = samples_with_verdicts(rec).plain
+    assert "llama-guard:m harmful · categories S1 · p_unsafe 0.931" in shown
+    assert "shieldgemma:m safe · policies hate 0.0123" in shown
+    assert "rubric:m unparsed · raw: \\x1b[2Jno scores" in shown       # escaped, never run
