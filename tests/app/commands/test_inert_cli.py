@@ -219,3 +219,23 @@ def test_generated_labels_through_bench_report(tmp_path_factory, capfd, label):
     runs = d / "runs.jsonl"
     runs.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
     assert_inert(capfd, main(["bench", "report", str(runs)]))
+
+
+# ---------------------------------------------------------------------------- a model's output
+#: the bundled tokenizer's ids for ESC, BEL, '[', '/' and ']': a model allowed only these writes
+#: escape sequences and markup
+HOSTILE_IDS = (212, 195, 75, 31, 77)
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_model_output_through_chat(tiny_dir, tiny_lm, capfd, json_out):
+    """The real model and sampler, every other token banned (EOS too): whatever the answer
+    holds reaches the terminal inert, streamed or as JSON."""
+    tok = tiny_lm.tokenizer
+    assert tok.decode([212]) == "\x1b" and tok.decode([195]) == "\x07"
+    banned = [i for i in range(len(tok)) if i not in HOSTILE_IDS]
+    argv = ["chat", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "24",
+            "--temperature", "1.0", "--seed", "3", "--banned-ids", ",".join(map(str, banned))]
+    shown = assert_inert(capfd, main(argv + (["--json"] if json_out else [])))
+    escaped = ("\\u001b", "\\u0007") if json_out else ("\\x1b", "\\x07")  # JSON's own escapes
+    assert any(e in shown for e in escaped), shown[-500:]  # shown, escaped, not dropped
