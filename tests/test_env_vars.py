@@ -93,3 +93,22 @@ def test_each_variable_moves_what_the_readme_says(name, tmp_path, monkeypatch):
     value = "123456789" if kind == "value" else str(target)
     monkeypatch.setenv(name, value)
     check(value if kind == "value" else target)
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["new-name", "existing-file"])
+def test_sessions_may_name_the_database_file(made, tmp_path, monkeypatch):
+    """The table's second form: $TOKENFORGE_SESSIONS naming the database file (a new name with
+    a suffix, or a file that exists) is that file; snapshots and locks go beside it."""
+    from engine.sessions.location import sessions_dir
+    from engine.sessions.store import SessionStore
+
+    db = tmp_path / "notes.db"
+    if made:
+        SessionStore(db).close()
+    monkeypatch.setenv("TOKENFORGE_SESSIONS", str(db))
+    st = SessionStore()
+    try:
+        st.create("s", "m", "h", None, {})
+        assert st.path == db and db.is_file() and sessions_dir() == tmp_path
+    finally:
+        st.close()
