@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
@@ -36,13 +37,17 @@ def _fmt_timeout(t: Optional[float]) -> str:
 class SettingsScreen(ToolScreen):
     """Edit the app's settings."""
 
+    #: Apply is below the fold on a short terminal: its key is in the footer at every size
+    BINDINGS = [Binding("ctrl+s", "apply", "Apply", id="settings.apply",
+                        tooltip="Apply and save the settings (also Enter in a field)")]
+
     def __init__(self) -> None:
         super().__init__(id="settings-screen")
         self.shown: dict[str, str] = {}  # field id → the applied value it last showed
         self.applied_once = False
 
     def palette_commands(self) -> Iterable[SystemCommand]:
-        yield SystemCommand("settings: Apply", "Apply and save the settings (enter in a field)",
+        yield SystemCommand("settings: Apply", "Apply and save the settings (ctrl+s; enter in a field)",
                             self.action_apply)
         yield SystemCommand("settings: Next profile",
                             "Use the next config profile (then none); its fields are marked profile",

@@ -17,7 +17,7 @@ SCREENS = [("f2", "chat"), ("f3", "attack"), ("f4", "search"), ("f5", "dashboard
 PRIMARY = {"attack": {"#atk-run": "Run", "#atk-stop": "Stop", "#atk-export": "Export"},
            "search": {"#ts-run": "Run", "#ts-stop": "Stop", "#ts-export": "Export"},
            "dashboard": {"#dash-run": "Run", "#dash-stop": "Stop"},
-           "chat": {"#send": "", "#stop": "Stop"}}
+           "chat": {"#send": "", "#stop": "Stop"}, "settings": {"#apply": "Apply"}}
 
 
 def screen_text(app) -> list[str]:
