@@ -34,9 +34,13 @@ async def open_dataset(pilot, app):
     await pilot.press("f3")
     await until(pilot, lambda: app.current_mode == "attack")
     scr = app.screen
+    # the screen focuses its request field on mount, and a focus inside a pane makes that pane
+    # active: under load that can land after a direct switch. Focusing a field of the Dataset
+    # pane is ordered after it (one message queue) and switches for good.
+    await until(pilot, lambda: app.focused is not None)
     scr.query_one("#atk-modes", TabbedContent).active = "atk-mode-dataset"
-    await pilot.pause()
-    assert scr.dataset_mode
+    scr.query_one("#ds-bench").focus()
+    await until(pilot, lambda: scr.dataset_mode and app.focused is scr.query_one("#ds-bench"))
     return scr
 
 
