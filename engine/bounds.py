@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -90,7 +91,7 @@ class Bound:
             if (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
                 return f"must be between {_num(self.lo)} and {_num(self.hi)} (got {_num(v)})"
         elif self.kind == "float":
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
                 return f"must be a finite number (got {_show(v)})"
             low = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
             if low or (self.hi is not None and v > self.hi):
@@ -119,6 +120,11 @@ class Bound:
         return None
 
 
+def _finite(v: int | float) -> bool:
+    """A finite number a float can hold (math.isfinite raises OverflowError for a larger int)."""
+    return math.isfinite(v) if isinstance(v, float) else abs(v) <= sys.float_info.max
+
+
 def _num(v: Any) -> str:
     if v is None:
         return "∞"
@@ -131,7 +137,12 @@ def _num(v: Any) -> str:
 
 
 def _show(v: Any) -> str:
-    s = repr(v)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**30:
+        return _num(v)  # repr of an int over 4,300 digits raises
+    try:
+        s = repr(v)
+    except ValueError:  # such an int inside a list or a table
+        return f"a {type(v).__name__} holding a number too long to print"
     return s if len(s) <= 40 else s[:37] + "…"
 
 

@@ -268,3 +268,80 @@ def test_generated_gguf_headers(tmp_path_factory, small_gguf, edits, cut):
         assert "m.gguf" in str(e)
         return
     assert params >= 0 and tensors >= 0
+
+
+# ---------------------------------------------------------------------------- the TUI's own files
+_SAMPLING = ["temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
+             "stop", "banned_ids", "seed", "zzz"]
+_SETTINGS_TOP = ["version", "sampling", "sampling_set", "user_timeouts", "export_dir",
+                 "system_prompt", "zzz"]
+
+
+@SETTINGS
+@given(top=st.dictionaries(st.sampled_from(_SETTINGS_TOP), _value, max_size=5),
+       sampling=st.dictionaries(st.sampled_from(_SAMPLING), _value, max_size=4),
+       keep_version=st.booleans())
+def test_generated_settings_files(tmp_path_factory, top, sampling, keep_version):
+    """The TUI's saved settings of any shape: applied whole or ignored whole with one warning
+    (the app starts either way), never an exception at start-up."""
+    from app.settings import AppSettings
+    from app.settings_file import load_into
+
+    doc = dict(top)
+    if keep_version:
+        doc.update(version=1, export_dir=doc.get("export_dir", "x"))
+    doc["sampling"] = sampling if "sampling" not in top else top["sampling"]
+    p = tmp_path_factory.mktemp("set") / "settings.json"
+    p.write_bytes(_dumps(doc).encode("utf-8", "surrogatepass"))
+    s = AppSettings()
+    before = (s.sampling, dict(s.timeouts), s.export_dir, s.system_prompt)
+    warning = load_into(s, p)
+    assert isinstance(warning, str)
+    if warning:
+        assert (s.sampling, dict(s.timeouts), s.export_dir, s.system_prompt) == before
+
+
+@SETTINGS
+@given(doc=_value | st.dictionaries(_text, _value, max_size=4))
+def test_generated_keymaps(tmp_path_factory, doc):
+    from app.keymap import load_keymap
+
+    p = tmp_path_factory.mktemp("km") / "keymap.json"
+    p.write_bytes(_dumps(doc).encode("utf-8", "surrogatepass"))
+    keys, why = load_keymap(p)
+    assert isinstance(keys, dict) and (why is None or (not keys and isinstance(why, str)))
+
+
+_SUITE_FIELDS = ["suite", "id", "kind", "prompt", "system", "document", "reference", "turns",
+                 "meta", "zzz"]
+
+
+@SETTINGS
+@given(rows=st.lists(st.dictionaries(st.sampled_from(_SUITE_FIELDS),
+                                     _value | st.sampled_from(["chat", "qa", "prose", "s"]),
+                                     max_size=6), min_size=1, max_size=4))
+def test_generated_suites(tmp_path_factory, rows):
+    """A bench suite of any rows: loaded, or one InputError naming the line; never another."""
+    from engine.bench.suite import load_suite
+
+    p = tmp_path_factory.mktemp("suite") / "s.jsonl"
+    _write(p, [_dumps(r) for r in rows])
+    try:
+        load_suite(str(p))
+    except EngineError as e:
+        assert "s.jsonl" in str(e) or "suite" in str(e)
+
+
+# ---------------------------------------------------------------------------- declared bounds
+@SETTINGS
+@given(data=st.data(), v=_value)
+def test_every_declared_bound_judges_any_value(data, v):
+    """Every bounded setting (the one check behind options, form fields, profiles and the saved
+    settings) answers any value with a reason or None: an integer past a float's range or past
+    the int-string limit, NaN, a surrogate, a nested list. It never raises."""
+    from test_bounds_agree import all_fields
+
+    cls, name, bound = data.draw(st.sampled_from(all_fields()))
+    for w in (v, 10 ** 4400, -(10 ** 4400), [10 ** 4400]):  # hypothesis cannot print these
+        why = bound.why_not(w)
+        assert why is None or (isinstance(why, str) and why)
