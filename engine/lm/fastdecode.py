@@ -16,7 +16,11 @@ a layer is 25 ops and allocates nothing:
 - RoPE is one multiply and one sum over the per-position rotation table (``rope_table``);
 - a layer's K and V are adjacent in the fused QKV output and in the cache buffer
   (``fastcache.py``): one copy writes both; the cache's per-layer views for the step come from
-  three ``unbind`` calls.
+  three ``unbind`` calls;
+- at batch 1 the attention is two ``bmm`` and a softmax over (kv_heads, group, ·) views, written
+  into score buffers shared by every layer (SDPA's CPU kernel took ~50 µs a layer at one query
+  row, these ~15 µs); the RMSNorm's ``/ width + eps`` is one ``addcdiv``
+  (the same two roundings).
 
 Exactness: each value is computed by the same operations in the same order as the Hugging Face
 Llama code (RMSNorm as ``w * (x * rsqrt(mean(x²) + eps))``, RoPE as ``x*cos + rotate_half(x)*sin``,
@@ -148,6 +152,23 @@ class DecodeStep:
         # the new K and V, as (2, rows, kv_heads, 1, d): the layout of a cache slot
         self.kv_new = qkv[:, self.qd:].view(rows, 2, nkv, 1, d).transpose(0, 1)
         self.g, self.u = self.gu.flat[:, :inter], self.gu.flat[:, inter:]
+        # batch-1 attention as two bmm over (kv_heads, group, ·) views: q and the output are
+        # contiguous there (one row), the cache's K/V heads merge with its batch axis
+        self.q3 = qkv[:, :self.qd].view(nkv, nh // nkv, d) if rows == 1 else None
+        self.a3 = self.a.flat.view(nkv, nh // nkv, d) if rows == 1 else None
+        self.heads = rows * nh
+        self._scores = torch.empty(0, dtype=dt, device=dev)
+        self._probs = torch.empty(0, dtype=dt, device=dev)
+
+    def _score_buffers(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and probabilities for ``s`` keys, (kv_heads, group, s) views of buffers that
+        grow by doubling (one view per step, shared by every layer)."""
+        n = self.heads * s
+        if self._scores.numel() < n:
+            self._scores = self._scores.new_empty(max(n, 2 * self._scores.numel(), 64 * self.heads))
+            self._probs = torch.empty_like(self._scores)
+        shape = (self.q3.shape[0], self.q3.shape[1], s)
+        return self._scores[:n].view(shape), self._probs[:n].view(shape)
 
     def _norm(self, w: torch.Tensor) -> None:
         """h = w * (x * rsqrt(mean(x²) + eps)), HF's RMSNorm op for op (``pow(2)`` is ``x*x``,
@@ -155,7 +176,8 @@ class DecodeStep:
         x, var = self.x.flat, self.var
         torch.mul(x, x, out=self.sq)
         torch.sum(self.sq, -1, keepdim=True, out=var)
-        var.div_(self.width).add_(self.eps).rsqrt_()
+        torch.addcdiv(self.eps, var, self.width, out=var)  # var/width + eps: the same two roundings
+        var.rsqrt_()
         torch.mul(x, var, out=self.h.flat)
         self.h.flat.mul_(w)
 
@@ -170,18 +192,29 @@ class DecodeStep:
         x, h, a, m, tmp, qkv, gu = self.x, self.h, self.a, self.m, self.tmp, self.qkv, self.gu
         torch.index_select(fwd.embed, 0, ids.view(-1), out=x.flat)
         slots = st.kv[:, :, :, :, past:s].unbind(0)
-        ks = st.k[:, :, :, :s].unbind(0)
-        vs = st.v[:, :, :, :s].unbind(0)
         sdpa = fwd.decode_attention == "sdpa"
-        if not sdpa:
-            kts = [k.transpose(-1, -2) for k in ks]
+        bmm = not sdpa and mask is None and self.q3 is not None
+        if bmm:  # the default at batch 1: (kv_heads, s, d) per layer, K transposed once
+            kts = st.k[:, :, :, :s].flatten(1, 2).transpose(-1, -2).unbind(0)
+            vs = st.v[:, :, :, :s].flatten(1, 2).unbind(0)
+            sc, pr = self._score_buffers(s)
+        else:
+            ks = st.k[:, :, :, :s].unbind(0)
+            vs = st.v[:, :, :, :s].unbind(0)
+            if not sdpa:
+                kts = [k.transpose(-1, -2) for k in ks]
         for li, (L, (p_qkv, p_o, p_gu, p_d)) in enumerate(zip(fwd.layers, prods)):
             self._norm(L.ln1)
             _into(p_qkv, h, qkv)
             torch.mul(self.qk5, rot, out=self.rot)
             torch.sum(self.rot, -2, out=self.qk)
             slots[li].copy_(self.kv_new)
-            if sdpa:
+            if bmm:  # the general loop's matmul/softmax/matmul, each op into its buffer
+                torch.bmm(self.q3, kts[li], out=sc)
+                sc.mul_(scale)
+                torch.softmax(sc, -1, out=pr)
+                torch.bmm(pr, vs[li], out=self.a3)
+            elif sdpa:
                 self.a4.copy_(F.scaled_dot_product_attention(self.q, ks[li], vs[li], attn_mask=mask,
                                                              scale=scale))
             else:  # three small ops instead of SDPA's kernel (an option; bench/decode.py measures it)

@@ -14,8 +14,9 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
 - a decode step (one token per row, few rows) runs :class:`fastdecode.DecodeStep`: buffers made
   once and written with ``out=``, residual adds folded into the products, 25 ops per layer;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
-  query heads as (kv_heads, group) so SDPA attends without repeating K/V (``decode_attention=
-  "matmul"`` swaps SDPA for matmul/softmax/matmul there; measured in bench/decode.py);
+  query heads as (kv_heads, group) so attention needs no repeated K/V; there it is
+  matmul/softmax/matmul (``decode_attention="matmul"``, the default: at one query row SDPA's CPU
+  kernel cost ~50 µs a layer against ~15 µs; ``"sdpa"`` keeps SDPA, measured in bench/decode.py);
 - the HF parameters are re-checked (identity, storage, in-place version) whenever a sequence
   starts or several tokens are fed, so a method that prunes or swaps weights is seen (fused copies
   are rebuilt);
@@ -52,7 +53,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # RoPE variants whose frequencies do not depend on the sequence length: the table is exact.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 HEAD_MODES = ("exact", "chunked", "int8")
-DECODE_ATTENTION = ("sdpa", "matmul")  # q_len-1 attention kernel; prefill always uses SDPA
+DECODE_ATTENTION = ("matmul", "sdpa")  # q_len-1 attention kernel; prefill always uses SDPA
 FUSE_MODES = ("auto", "adopt", True, False)  # True: concatenated copies (HF weights untouched)
 
 
@@ -98,7 +99,7 @@ def unsupported_reason(model: Any) -> Optional[str]:
 
 
 def make_lean_forward(model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                      decode_attention: str = "sdpa", matvec: str = "split") -> Optional["LeanForward"]:
+                      decode_attention: str = "matmul", matvec: str = "split") -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
@@ -114,7 +115,7 @@ class LeanForward:
     name = "fast"
 
     def __init__(self, model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                 decode_attention: str = "sdpa", matvec: str = "split") -> None:
+                 decode_attention: str = "matmul", matvec: str = "split") -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
         self.decode_attention = decode_attention

@@ -16,6 +16,7 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::bad
               "aten::matmul_out",
               "aten::_weight_int8pack_mm", "quantized::linear_dynamic")
 ATTENTION_PREFIX = "aten::_scaled_dot_product"
+SOFTMAX_OPS = ("aten::softmax", "aten::_softmax")  # the matmul attention's (HF's SDPA calls none at decode)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class StepProfile:
     step_ms: float          # wall time per step under the profiler
     layer_matmul_ms: float  # q/k/v/o and MLP projections
     head_ms: float          # the LM head matmul
-    attention_ms: float     # SDPA kernels
+    attention_ms: float     # SDPA kernels, or the lean step's score/value bmm and softmax
     rest_ms: float          # norms, RoPE, cache writes, masks, sampling glue, Python dispatch
     unprofiled_step_ms: float  # the same steps without the profiler (its overhead inflates "rest")
     top_level_ops: float = 0.0  # aten ops called from Python per step (each costs dispatch time)
@@ -75,14 +76,20 @@ def decode_step_profile(lm: LoadedModel, path: str = "standard", *, steps: int =
             wall = (time.perf_counter() - t0) / steps
         # the lean path may split the head's 'vocab' output rows into blocks (fastweights.SplitLinear)
         head_dims = {str(vocab // p) for p in range(1, 9) if vocab % p == 0}
+        # the lean step's batch-1 attention is two bmm over (kv_heads, group, head_dim) operands
+        att = [fwd.n_kv, fwd.groups, fwd.head_dim] if hasattr(fwd, "groups") else None
         layer_mm = head = attn = 0.0
         for ev in prof.key_averages(group_by_input_shape=True):
             if ev.key in MATMUL_OPS:
                 shapes = str(ev.input_shapes)
-                if any(d in shapes for d in head_dims):
+                if att is not None and any(list(x) == att for x in ev.input_shapes[:3]):
+                    attn += ev.self_cpu_time_total
+                elif any(d in shapes for d in head_dims):
                     head += ev.self_cpu_time_total
                 else:
                     layer_mm += ev.self_cpu_time_total
+            elif ev.key in SOFTMAX_OPS:
+                attn += ev.self_cpu_time_total
             elif ev.key.startswith(ATTENTION_PREFIX):
                 attn += ev.cpu_time_total  # the kernel and whatever it calls
         evs = [e for e in prof.events() if e.name.startswith("aten::")]

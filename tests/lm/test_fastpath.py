@@ -195,11 +195,13 @@ def test_bundled_greedy_200_identical(smol_lm):
     assert logits[0].argmax(-1).tolist() == fast
 
 
-def test_matmul_decode_attention_option_equals_standard(tiny_lm, tokenizer):
-    """The non-default q_len-1 kernel (matmul/softmax/matmul instead of SDPA) is exact too."""
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_decode_attention_options_equal_standard(tiny_lm, tokenizer, attention):
+    """Both q_len-1 kernels (matmul/softmax/matmul, the default, and SDPA) are exact."""
     std = StandardForward(tiny_lm.model)
-    lean = make_lean_forward(tiny_lm.model, decode_attention="matmul")
-    assert lean.decode_attention == "matmul"
+    lean = make_lean_forward(tiny_lm.model, decode_attention=attention)
+    assert lean.decode_attention == attention
+    assert make_lean_forward(tiny_lm.model).decode_attention == "matmul"
     _prefill_decode(std, lean, torch.tensor([_chat(tokenizer, PROMPTS[1])]), steps=3)
     _batched_check(std, lean, tokenizer, solo=False)
 
