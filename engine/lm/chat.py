@@ -257,6 +257,8 @@ class ChatSession(TurnTree):
         turn.prev = (self.turns[k - 1].id if k else
                      self.dropped[-1].id if self.dropped else None)
         rec = TokenRecorder(self.lm.tokenizer, self.top_k)
+        copied = list(src.infos[:fork_at]) if src is not None and prefix else []
+        turn.streamed_infos = lambda: copied + turn.infos + rec.infos
         listener = self.listener
         began = [False]
         streamed_ids: list[int] = []
@@ -296,6 +298,7 @@ class ChatSession(TurnTree):
             self._restore(prev)
             if began[0]:  # it failed after it began: kept in the tree as stopped, off the path
                 turn.state = "stopped"
+                turn.infos, turn.streamed_infos = turn.streamed_infos(), None
                 if listener is not None:
                     listener.finished(self, turn)
             raise
@@ -315,8 +318,7 @@ class ChatSession(TurnTree):
             result.token_ids = prefix + list(result.token_ids)
             result.text = self._decode(result.token_ids)
         turn.answer, turn.answer_ids = result.text, list(result.token_ids)
-        turn.infos = (list(src.infos[:fork_at]) if src is not None and prefix else []) \
-            + turn.infos + rec.infos
+        turn.infos, turn.streamed_infos = copied + turn.infos + rec.infos, None
         turn.result = result
         turn.state = "stopped" if result.stop_reason == "cancelled" else "done"
         self.turns.append(turn)

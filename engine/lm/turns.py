@@ -5,7 +5,7 @@ answers are alternatives of each other is ``engine.lm.branching``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from engine.errors import InputError
 from engine.lm.results import GenerationResult
@@ -36,6 +36,10 @@ class Turn:
     state: str = "done"  # streaming, done, stopped
     key: Any = None
     last_child: Optional[int] = None  # the exchange after this one that was shown last
+    #: while the answer streams: its per-token facts so far (a save mid-stream keeps them, so a
+    #: process killed mid-answer leaves them too); None once the answer has its ``infos``
+    streamed_infos: Optional[Callable[[], list[Any]]] = field(default=None, repr=False,
+                                                              compare=False)
 
 
 HOWS = ("answer", "regenerate", "force", "edit")

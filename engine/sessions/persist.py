@@ -78,12 +78,14 @@ def infos_back(rows: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
-def _saved(t: Turn, state: Optional[str] = None, with_infos: bool = True) -> SavedTurn:
-    """The store's row for an exchange as it is now."""
+def _saved(t: Turn, state: Optional[str] = None) -> SavedTurn:
+    """The store's row for an exchange as it is now (while it streams: the per-token facts so
+    far, so a process killed mid-answer leaves its partial answer browsable)."""
+    infos = t.streamed_infos() if t.streamed_infos is not None else t.infos
     return SavedTurn(t.user, list(t.user_ids), t.answer, list(t.answer_ids),
                      t.result.to_dict() if t.result is not None else None, key=t.key,
                      prev=None, source=None, fork_at=t.fork_at, how=t.how,
-                     state=state or t.state, infos=info_dicts(t.infos) if with_infos else [])
+                     state=state or t.state, infos=info_dicts(infos))
 
 
 @dataclass
@@ -162,7 +164,7 @@ class SessionRecorder(TurnListener):
         def go() -> None:
             if self.name is None:
                 self._create(session, turn)
-            row = _saved(turn, "streaming", with_infos=False)
+            row = _saved(turn, "streaming")
             prev = session.nodes[turn.prev] if turn.prev is not None else None
             if prev is not None and prev.key is None:
                 raise EngineError("the exchange before it was not saved either")
@@ -181,8 +183,7 @@ class SessionRecorder(TurnListener):
         if turn.key is None or time.monotonic() - self._last < STREAM_EVERY_S:
             return
         self._last = time.monotonic()
-        self._guard(turn, lambda: self.store.update_turn(turn.key, _saved(turn, "streaming",
-                                                                          with_infos=False)))
+        self._guard(turn, lambda: self.store.update_turn(turn.key, _saved(turn, "streaming")))
 
     def finished(self, session: ChatSession, turn: Turn) -> None:
         def go() -> None:

@@ -80,6 +80,7 @@ def test_kill_9_mid_answer_leaves_the_partial_answer_stopped(tmp_path, tokenizer
     last = s.path[-1]
     assert last.state == "stopped" and last.answer.startswith(row[0][:20])
     assert len(last.answer_ids) > 0 and last.result.stop_reason == "stopped"
+    assert last.infos and last.infos[0].id == last.answer_ids[0]  # its token facts were saved too
     assert s.nodes[0].state == "done"
     # the conversation continues from the partial answer, and the store says stopped too
     r = chat.send("Go on")
