@@ -224,7 +224,13 @@ def _bench(args: argparse.Namespace) -> None:
     if action == "report" and args.file:
         V.check_input_file(args.file, "runs file", MAX_INPUT_BYTES)
     if action == "run":
-        methods = max(1, len([m for m in (args.methods or "").split(",") if m.strip()]))
+        from app.commands.bench import DEFAULT_METHODS
+
+        sweeps = getattr(args, "sweep", None) or []
+        spec = args.methods if args.methods is not None else ("baseline" if sweeps else DEFAULT_METHODS)
+        # each sweep value is one more method instance in the grid
+        methods = max(1, len([m for m in spec.split(",") if m.strip()])
+                      + sum(s.split("=", 1)[-1].count(",") + 1 for s in sweeps))
         grid_bound("--repeats", methods * _suite_size(args.suite)).check(args.repeats)
 
 

@@ -36,7 +36,8 @@ _MISSING = dataclasses.MISSING
 class Bound:
     """What values a setting takes. ``kind``: "int", "float", "text", "choice" or "list".
 
-    ints and floats: within [lo, hi] (``lo_open``: lo itself excluded; floats must be finite);
+    ints and floats: within [lo, hi] (``lo_open`` / ``hi_open``: that end excluded; floats must be
+    finite);
     text: at most ``max_chars`` characters (``non_empty``: blank refused);
     choice: one of ``choices``, or a whole match of ``pattern`` (shown as ``pattern_label``);
     list: a list or tuple of at most ``max_items`` items, each within ``item``.
@@ -46,6 +47,7 @@ class Bound:
     lo: Optional[float] = None
     hi: Optional[float] = None
     lo_open: bool = False
+    hi_open: bool = False
     optional: bool = False
     choices: tuple[str, ...] = ()
     max_chars: Optional[int] = None
@@ -71,7 +73,7 @@ class Bound:
             return f"≤ {self.max_chars:,} chars" if self.max_chars else "text"
         if self.kind == "int":
             return f"{_num(self.lo)}–{_num(self.hi)}"
-        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}]"
+        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
 
     def check(self, name: str, v: Any) -> None:
         """InputError with one sentence when ``v`` is outside this bound."""
@@ -94,7 +96,8 @@ class Bound:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v):
                 return f"must be a finite number (got {_show(v)})"
             low = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
-            if low or (self.hi is not None and v > self.hi):
+            high = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
+            if low or high:
                 return f"must be in {self.describe()} (got {v:g})"
         elif self.kind == "text":
             if not isinstance(v, str):
@@ -147,7 +150,7 @@ def _show(v: Any) -> str:
 
 
 def bounded(default: Any = _MISSING, *, lo: Optional[float] = None, hi: Optional[float] = None,
-            lo_open: bool = False, optional: bool = False, choices: tuple[str, ...] = (),
+            lo_open: bool = False, hi_open: bool = False, optional: bool = False, choices: tuple[str, ...] = (),
             max_chars: Optional[int] = None, non_empty: bool = False, pattern: str = "",
             pattern_label: str = "", max_items: Optional[int] = None, item: Optional[Bound] = None,
             label: str = "", kind: Optional[str] = None,
@@ -166,7 +169,7 @@ def bounded(default: Any = _MISSING, *, lo: Optional[float] = None, hi: Optional
             kind = "float"
         else:
             kind = "int"
-    b = Bound(kind=kind, lo=lo, hi=hi, lo_open=lo_open, optional=optional,
+    b = Bound(kind=kind, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, optional=optional,
               choices=tuple(choices), max_chars=max_chars, non_empty=non_empty, pattern=pattern,
               pattern_label=pattern_label or pattern, max_items=max_items, item=item, label=label)
     meta = dict(field_kw.pop("metadata", None) or {})

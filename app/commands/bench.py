@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("action", nargs="?", choices=("run", "report", "list"), default="run",
                    help="run (default), report FILE, or list the methods")
     p.add_argument("file", nargs="?", help="report: the runs JSONL")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated (default {DEFAULT_METHODS}; with --sweep: baseline)")
     p.add_argument("--suite", default="core-v1", help="shipped suite name or a .jsonl path")
     p.add_argument("--kinds", default=None, help="only these query kinds, e.g. chat,qa,long,prose")
     p.add_argument("--queries", default=None, help="only these query ids, e.g. chat-1,qa-2")
@@ -38,6 +39,9 @@ def register(sub: Any) -> None:
                         "time and memory do not depend on the answer's length)")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method parameter override (repeatable), e.g. evict-sinks.budget=128")
+    p.add_argument("--sweep", action="append", default=[], metavar="METHOD.KEY=V1,V2,…",
+                   help="run METHOD at each value of its ratio parameter, beside the baseline "
+                        "(repeatable), e.g. evict-cake.budget=64,128,256; `bench list` names them")
     p.add_argument("--out", default="runs.jsonl", help="JSONL to append to (a rerun resumes)")
     p.add_argument("--png", default=None, metavar="DIR", help="report: write PNG plots here")
     p.add_argument("--csv", default=None, metavar="FILE", help="report: write the aggregate CSV")
@@ -115,16 +119,25 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.file:
         raise InputError(f"unexpected argument {args.file!r}", "did you mean `tokenforge bench report FILE`?")
-    cfg = BenchConfig(methods=_split(args.methods) or [], suite=args.suite, repeats=args.repeats,
+    from engine.bench.sweep import parse_sweep
+
+    sweeps = [parse_sweep(s) for s in args.sweep]
+    methods = args.methods if args.methods is not None else ("baseline" if sweeps else DEFAULT_METHODS)
+    cfg = BenchConfig(methods=_split(methods) or [], suite=args.suite, repeats=args.repeats,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, warmup=not args.no_warmup,
                       fixed_length=not args.natural_length,
                       kinds=_split(args.kinds), query_ids=_split(args.queries),
-                      params=parse_params(args.param))
-    cfg.validate()  # bad names / repeats fail before the model loads
+                      params=parse_params(args.param), sweeps=sweeps)
+    cfg.validate()  # bad names / repeats / sweep values fail before the model loads
     load_suite(cfg.suite, kinds=cfg.kinds, ids=cfg.query_ids)
+    swept = {sw.method for sw in sweeps}
     for name in cfg.params:
-        if name not in cfg.methods:
-            raise InputError(f"--param for {name!r}, which is not among --methods")
+        if name not in cfg.methods and name not in swept:
+            raise InputError(f"--param for {name!r}, which is not among --methods or --sweep")
+    from engine.bench.methods import make_method
+
+    for name, params in cfg.method_specs():  # each instance's own checks (a window ≥ its budget …)
+        make_method(name, **params)
     lm = load_lm(args)
     con = err_console()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -194,6 +207,15 @@ def _report(args: argparse.Namespace) -> int:
         for h in head:
             t.add_column(text(h))
         for r in per_q:
+            t.add_row(*(text(c) for c in r))
+        con.print(t)
+    from engine.bench.report import sweep_tables
+
+    for title, head, rows in sweep_tables(rep):
+        t = Table(title=text(f"sweep {title} (95 % CI)"))
+        for h in head:
+            t.add_column(text(h))
+        for r in rows:
             t.add_row(*(text(c) for c in r))
         con.print(t)
     con.print(styled("[dim]{f}[/]", f=legend_footnote()))

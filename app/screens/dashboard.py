@@ -44,7 +44,7 @@ from app.settings import BenchGrid, fmt_duration
 from app.validate import FieldCheck, first_error, parse_field
 from app.widgets.checks import CheckList
 from app.widgets.engine_status import EngineStatus
-from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot
+from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot, SweepPlot
 
 ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
@@ -121,6 +121,8 @@ class DashboardScreen(LiveReport, ToolScreen):
                         yield QualityPlot(id="plot-quality")
                     with TabPane("tok/s vs context", id="tab-speed"):
                         yield SpeedContextPlot(id="plot-speed")
+                    with TabPane("Sweep", id="tab-sweep"):
+                        yield SweepPlot(id="plot-sweep")
                     with TabPane("In / out", id="tab-io"):
                         with VerticalScroll(id="dash-io-scroll"):
                             yield Static("[dim]select a row of the table[/]", id="dash-io")

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from app.inert import tesc, text
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from engine.errors import InputError
 
@@ -109,8 +109,14 @@ class LiveReport:
         t.clear()
         for cells in rows:
             t.add_row(*[text(c.replace("\n", " ")) for c in cells], height=None)  # data: no markup
-        for pid in ("#plot-cost", "#plot-medians", "#plot-quality", "#plot-speed"):
+        for pid in ("#plot-cost", "#plot-medians", "#plot-quality", "#plot-speed", "#plot-sweep"):
             self.query_one(pid).show(rep)  # type: ignore[attr-defined]
+        # a runs file holding a compression sweep opens on its curve (once: the user's own tab
+        # choice stands on later refreshes)
+        has_sweep = bool(self.query_one("#plot-sweep").curves)  # type: ignore[attr-defined]
+        if has_sweep and not getattr(self, "_sweep_opened", False):
+            self.query_one("#dash-plots", TabbedContent).active = "tab-sweep"
+        self._sweep_opened = has_sweep
         self.show_io(max(t.cursor_row, 0))
         legend = " · ".join(f"{r.key}: {r.label}" + (f" ({r.speed_note})" if r.speed_note else "")
                             for r in rep.rows)

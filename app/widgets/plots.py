@@ -161,3 +161,58 @@ class SpeedContextPlot(BenchPlot):
             plt.title(self.title + " · not drawn: " + "; ".join(self.na_labels))
         plt.xlabel("prompt tokens in")
         plt.ylabel("tok/s")
+
+
+class SweepPlot(BenchPlot):
+    """Quality against the compression achieved, for a runs file holding a compression sweep
+    (``engine.bench.plot_data.sweep_curves``, the data of the sweep PNG and of the report's
+    sweep table): one curve per swept method joined in order of compression, every point with
+    its 95 % intervals on both axes, the baseline at the origin; KL on the y axis (top-1
+    agreement when no point has a KL). A point without a figure is listed as n/a."""
+
+    title = "Quality vs compression achieved (95 % CI)"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.curves: list = []  # the curves drawn last (tests read them)
+        self.metric = "kl_mean"
+
+    def draw(self, plt: Any, report: Any) -> None:
+        from engine.bench.aggregate import QUALITY_METRICS
+        from engine.bench.plot_data import baseline_point, styles, sweep_curves
+
+        st = styles(report)
+        self.curves = sweep_curves(report)
+        if not self.curves:
+            plt.title(self.title + " — no sweep in these runs (bench --sweep METHOD.KEY=V1,V2,…)")
+            return
+        has = lambda m: any(p.y[m].value is not None for c in self.curves for p in c.points)  # noqa: E731
+        self.metric = "kl_mean" if has("kl_mean") else "top1_agree"
+        m = self.metric
+        for c in self.curves:
+            rgb = st[c.points[0].key].rgb
+            pts = []
+            for p in c.points:
+                if p.x.value is None or p.y[m].value is None:
+                    self.na_labels.append(f"{c.method} {c.param}={p.value}: {p.x.na or p.y[m].na}")
+                    continue
+                pts.append(p)
+                if p.x.lo is not None and p.x.hi is not None and p.x.hi > p.x.lo:
+                    _segment(self, [p.x.lo, p.x.hi], [p.y[m].value, p.y[m].value], rgb)
+                y = p.y[m]
+                if y.lo is not None and y.hi is not None and y.hi > y.lo:
+                    _segment(self, [p.x.value, p.x.value], [y.lo, y.hi], rgb)
+            pts.sort(key=lambda p: p.x.value)
+            if pts:
+                plt.plot([p.x.value for p in pts], [p.y[m].value for p in pts], marker="dot",
+                         color=rgb, label=f"{c.method} ({c.param})")
+                for p in pts:
+                    plt.text(str(p.value), p.x.value, p.y[m].value, color=rgb)
+        base = baseline_point(report, self.curves[0].measure)
+        if base is not None and base.x.value is not None and base.y[m].value is not None:
+            plt.scatter([base.x.value], [base.y[m].value], marker="dot", label="baseline")
+        measures = sorted({c.measure for c in self.curves})
+        plt.xlabel("compression achieved: " + " / ".join(measures))
+        plt.ylabel(QUALITY_METRICS[m][0])
+        if self.na_labels:
+            plt.title(self.title + " · n/a: " + "; ".join(self.na_labels))

@@ -71,6 +71,8 @@ class Row:
     needle: dict[float, tuple[int, int]] = field(default_factory=dict)  # depth → (found, asked)
     per_query: dict[str, dict] = field(default_factory=dict)  # query → {kind, cost means, quality}
     simplification: str = ""
+    # the activation sparsity a sparsity method measured at model level: mean over queries, CI
+    sparsity: Interval = field(default_factory=Interval)
 
     @property
     def key(self) -> str:
@@ -263,11 +265,16 @@ def _quality(row: Row, ok: list[dict], depths: dict[str, float]) -> None:
         fig["contains"] = None if q.get("contains") is None else float(bool(q["contains"]))
         fig["diverged"] = None if "first_divergence" not in q else float(q["first_divergence"] is not None)
         fig["first_divergence"] = q.get("first_divergence")
-        row.per_query.setdefault(qid, {"kind": r["kind"], "cost": {}})["quality"] = fig
+        pq = row.per_query.setdefault(qid, {"kind": r["kind"], "cost": {}})
+        pq["quality"] = fig
+        extra = q.get("extra") if isinstance(q.get("extra"), dict) else {}
+        sp = extra.get("sparsity_measured")
+        pq["sparsity"] = float(sp) if isinstance(sp, (int, float)) and not isinstance(sp, bool) else None
     for m in QUALITY_METRICS:
         iv = mean_interval([pq.get("quality", {}).get(m) for pq in row.per_query.values()])
         if iv.n:
             row.quality[m] = iv
+    row.sparsity = mean_interval([pq.get("sparsity") for pq in row.per_query.values()])
     row.first_divergence = quartiles([pq.get("quality", {}).get("first_divergence")
                                       for pq in row.per_query.values()])
     for qid, r in first.items():

@@ -29,10 +29,26 @@ class BenchConfig:
     kinds: Optional[list[str]] = None
     query_ids: Optional[list[str]] = None
     params: dict = field(default_factory=dict)  # method name -> params override
+    # compression sweeps (engine/bench/sweep.py): each runs one method at several values of its
+    # ratio parameter, beside the methods above, interleaved with them
+    sweeps: list = field(default_factory=list)
 
     def validate(self) -> "BenchConfig":
         from engine.bench.methods import parse_methods  # torch-free registry
 
+        from engine.bench.sweep import check_sweeps
+
         check(self)
         self.methods = parse_methods(",".join(self.methods))
+        check_sweeps(self.sweeps, self.methods, self.params)
         return self
+
+    def method_specs(self) -> list[tuple[str, dict]]:
+        """(method name, parameters) of every instance the grid runs: the methods, then each
+        sweep's values in order."""
+        from engine.bench.sweep import sweep_params
+
+        out = [(n, dict(self.params.get(n, {}))) for n in self.methods]
+        for sw in self.sweeps:
+            out += [(sw.method, p) for p in sweep_params(sw, self.params)]
+        return out

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from engine.atomic import append_line
+from engine.bench.aggregate import row_key
 from engine.bench.config import BenchConfig
 from engine.bench.measure import (PeakMemory, contains, env_info, first_divergence, kl_stats, loadavg,
                                   model_info, ref_recall, rouge_l)
@@ -127,7 +128,7 @@ class _Bench:
                  progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> None:
         self.lm, self.cfg, self.suite, self.out = lm, cfg, suite, out
         self.progress, self.cancel = progress, cancel
-        self.methods: list[Method] = [make_method(n, **cfg.params.get(n, {})) for n in cfg.methods]
+        self.methods: list[Method] = [make_method(n, **p) for n, p in cfg.method_specs()]
         for m in self.methods:
             m.use_suite(suite)  # before any key is made: it may set the method's parameters
         self.summary = BenchSummary(run_id=uuid.uuid4().hex[:12], out=out, loadavg_start=loadavg())
@@ -145,6 +146,11 @@ class _Bench:
         self.total = (len(suite.queries) * cfg.repeats * len(self.methods)
                       + (len(self.prose_ms) if suite.prose else 0))
         self.step = 0
+
+    @staticmethod
+    def mkey(m: Method) -> str:
+        """One method instance (a sweep runs one method at several parameter values)."""
+        return row_key(m.name, m.params)
 
     def key(self, m: Method, qid: str, r: int) -> tuple:
         return _key(self.minfo["id"], m.name, m.params, self.cfg.max_new_tokens, qid, r,
@@ -218,15 +224,15 @@ class _Bench:
         if self.key(m, q.id, r) in self.done:
             self.summary.skipped += 1
             return
-        self.report(f"{m.name} · {q.id} · repeat {r + 1}/{cfg.repeats}", method=m.name,
+        self.report(f"{self.mkey(m)} · {q.id} · repeat {r + 1}/{cfg.repeats}", method=self.mkey(m),
                     prompt=q.id, repeat=r)
         entered = False
         try:
             self.enter(m)
             entered = True
-            if m.name not in self.warmed and cfg.warmup:
+            if self.mkey(m) not in self.warmed and cfg.warmup:
                 m.run(lm, q, min(cfg.max_new_tokens, 8), cancel=self.cancel)  # discarded warm-up
-                self.warmed.add(m.name)
+                self.warmed.add(self.mkey(m))
             with HighWater(lm.torch_device) as hw, PeakMemory(lm.torch_device) as mem:
                 res = m.run(lm, q, cfg.max_new_tokens, cancel=self.cancel,
                             fixed_length=cfg.fixed_length)
@@ -237,7 +243,7 @@ class _Bench:
             cost["mem_hwm_delta_bytes"] = hw.delta
             cost["hwm_source"] = hw.source
             cost["aux_s"] = float(res.cost.get("aux_s") or 0.0)
-            cost["prepare_s"] = self.prepared.get(m.name, 0.0)
+            cost["prepare_s"] = self.prepared.get(self.mkey(m), 0.0)
             qd = self.quality_for(m, q, ref, res.token_ids, res.text)
             qd["extra"] = res.extra
             qd["output"] = res.text  # the whole answer (at most max_new_tokens)
@@ -254,17 +260,18 @@ class _Bench:
 
     def enter(self, m: Method) -> None:
         """Apply a method's model changes (first time: timed as its prepare/calibration cost)."""
-        if m.name in self.prepare_err:
-            raise RuntimeError(self.prepare_err[m.name])
+        mk = self.mkey(m)
+        if mk in self.prepare_err:
+            raise RuntimeError(self.prepare_err[mk])
         try:
             t = m.prepare(self.lm, cancel=self.cancel)
         except (Cancelled, KeyboardInterrupt, StorageError):
             raise
         except Exception as e:  # noqa: BLE001 — remembered: a failing calibration is not rerun
-            self.prepare_err[m.name] = f"prepare failed: {type(e).__name__}: {e}"
-            raise RuntimeError(self.prepare_err[m.name]) from e
-        if m.name not in self.prepared:
-            self.prepared[m.name] = float(t or 0.0)
+            self.prepare_err[mk] = f"prepare failed: {type(e).__name__}: {e}"
+            raise RuntimeError(self.prepare_err[mk]) from e
+        if mk not in self.prepared:
+            self.prepared[mk] = float(t or 0.0)
 
     def input_text(self, m: Method, q: Query) -> Optional[str]:
         """The prompt as this method fed it (pruned, merged), decoded with the template, so the
@@ -276,7 +283,7 @@ class _Bench:
             return None
 
     def quality_for(self, m: Method, q: Query, ref: _Ref, out_ids: list[int], text: str) -> dict:
-        qk = (m.name, q.id)
+        qk = (self.mkey(m), q.id)
         if qk not in self.quality_cache:
             lm, cancel = self.lm, self.cancel
             # only positions where both tokenizations predict the same next token are compared
@@ -325,7 +332,7 @@ class _Bench:
                 qd = dict(res or {})
                 qd["baseline"] = ref_bpb
                 self.record(m, suite.prose_id, "prose", 0,
-                            {"total_s": dt, "prepare_s": self.prepared.get(m.name, 0.0)}, qd, "ok")
+                            {"total_s": dt, "prepare_s": self.prepared.get(self.mkey(m), 0.0)}, qd, "ok")
             except (Cancelled, KeyboardInterrupt, StorageError):
                 raise
             except Exception as e:  # noqa: BLE001

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from engine.bench.aggregate import COST_METRICS, QUALITY_METRICS, SPEED_METRICS, Report, Row
 from engine.bench.stats import Interval, Ratio
@@ -143,6 +143,108 @@ def err(bar: Bar) -> tuple[float, float]:
     return max(bar.value - bar.lo, 0.0), max(bar.hi - bar.value, 0.0)
 
 
+# ---- compression sweeps (engine/bench/sweep.py) -------------------------------------------------
+#: the quality figures a sweep curve is drawn for (y), in the table's terms
+SWEEP_Y = ("kl_mean", "top1_agree", "contains", "rouge_l", "ref_nll")
+#: what the x axis measures, per ``RatioParam.measure``
+MEASURE_LABELS = {
+    "kv": "KV bytes held, share removed (1 − KV allocated ÷ baseline)",
+    "prompt": "prompt tokens, share removed (1 − prompt tokens fed ÷ baseline)",
+    "sparsity": "activation sparsity at model level (measured)",
+}
+
+
+@dataclass
+class SweepPoint:
+    """One value of a sweep: its row, the compression it achieved (``x``: the share removed,
+    with its 95 % interval over queries) and its quality figures (``y``: the table's means with
+    their intervals)."""
+
+    key: str
+    value: Any
+    x: Bar
+    y: dict[str, Bar]
+
+
+@dataclass
+class SweepCurve:
+    method: str
+    param: str
+    measure: str
+    points: list[SweepPoint]
+
+    @property
+    def x_label(self) -> str:
+        return MEASURE_LABELS.get(self.measure, self.measure)
+
+
+def achieved(rep: Report, row: Row, measure: str) -> Bar:
+    """The compression a row achieved, as the share removed: from the table's paired ratio of
+    the measured figure (KV allocated, or counted bytes for older runs files; prompt tokens fed)
+    with its interval turned round (1 − hi … 1 − lo); or the measured model-level sparsity."""
+    if measure == "sparsity":
+        iv = row.sparsity
+        if iv.value is None:
+            return Bar(0.0, 0.0, 0.0) if row.method == "baseline" else Bar(na="no sparsity measured")
+        return Bar(iv.value, iv.lo, iv.hi)
+    m = memory_metric(rep) if measure == "kv" else "prompt_tokens_effective"
+    r = ratio_bar(row, m)
+    if r.value is None:
+        return Bar(na=r.na or "no figure")
+    lo = None if r.hi is None else 1.0 - r.hi
+    hi = None if r.lo is None else 1.0 - r.lo
+    return Bar(1.0 - r.value, lo, hi, verdict=r.verdict)
+
+
+def quality_point(row: Row, metrics: tuple[str, ...] = SWEEP_Y) -> dict[str, Bar]:
+    """The row's quality means with their intervals, as the table shows them."""
+    out = {}
+    for m in metrics:
+        iv = row.quality.get(m, Interval())
+        out[m] = Bar(na="no figure") if iv.value is None else Bar(iv.value, iv.lo, iv.hi)
+    return out
+
+
+def _num_key(v: Any) -> tuple:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def sweep_curves(rep: Report) -> list[SweepCurve]:
+    """The sweeps a report holds, found from its rows alone (no sweep mode in the runs file): the
+    rows of one method with a declared ratio parameter that differ only in that parameter, two or
+    more of them, points in order of the parameter's value."""
+    from engine.bench.methods.params import RATIO_PARAMS
+
+    groups: dict[tuple, list[Row]] = {}
+    for row in rep.rows:
+        rp = RATIO_PARAMS.get(row.method)
+        if rp is None or rp.key not in row.params:
+            continue
+        rest = tuple(sorted((k, repr(v)) for k, v in row.params.items() if k != rp.key))
+        groups.setdefault((row.method, rest), []).append(row)
+    curves = []
+    for (method, _), rows in groups.items():
+        rp = RATIO_PARAMS[method]
+        if len({repr(r.params[rp.key]) for r in rows}) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: _num_key(r.params[rp.key]))
+        curves.append(SweepCurve(method, rp.key, rp.measure,
+                                 [SweepPoint(r.key, r.params[rp.key], achieved(rep, r, rp.measure),
+                                             quality_point(r)) for r in rows]))
+    return curves
+
+
+def baseline_point(rep: Report, measure: str) -> Optional[SweepPoint]:
+    """The baseline at no compression, the curves' common origin (None without a baseline row)."""
+    row = next((r for r in rep.rows if r.method == "baseline" and not r.params), None)
+    if row is None:
+        return None
+    return SweepPoint(row.key, None, achieved(rep, row, measure), quality_point(row))
+
+
 __all__ = ["BAR_METRICS", "Bar", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
            "TOKEN_METRICS", "bar_groups", "colours", "err", "memory_metric", "quality_bars",
-           "ratio_bar", "scatter_points", "styles"]
+           "ratio_bar", "scatter_points", "styles", "MEASURE_LABELS", "SWEEP_Y", "SweepCurve",
+           "SweepPoint", "achieved", "baseline_point", "quality_point", "sweep_curves"]

@@ -6,7 +6,9 @@ from ``plot_data.py``, i.e. from the aggregates the table shows, with the same i
 - ``PREFIX-cost-quality.png``: memory ratio against KL, both with their 95 % intervals;
 - ``PREFIX-quality.png``: KL, top-1 agreement, containment and reference NLL with intervals;
 - ``PREFIX-toks-vs-context.png``: per query, the median decode speed over its repeats, joined in
-  order of context length.
+  order of context length;
+- ``PREFIX-sweep-MEASURE.png`` (runs holding a compression sweep): quality against the
+  compression achieved (KV bytes held, prompt tokens kept, sparsity), as kvpress reports it.
 
 A method keeps its colour and marker in every image; legends sit outside the axes; a figure a
 method does not have ("n/a: no sparse kernel") is drawn as a labelled hatched bar."""
@@ -28,7 +30,7 @@ RATIO_PANELS = ("prompt_tokens_effective", "prefill_s", "decode_tok_s", "total_s
 
 
 def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> list[Path]:
-    """The five images above, into ``out_dir`` (created)."""
+    """The images above, into ``out_dir`` (created)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,10 +44,12 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
     st = styles(rep)
     n = max(1, len(rep.rows))
 
-    def save(fig: Any, name: str, legend: bool = False) -> None:
-        if legend:
+    def save(fig: Any, name: str, legend: bool = False, handles: Any = None) -> None:
+        if legend and handles is None:
             handles = [plt.Line2D([], [], color=st[r.key].colour, marker=st[r.key].marker, ls="",
                                   label=r.key) for r in rep.rows]
+        legend = legend or handles is not None
+        if legend:  # outside the axes, on the right
             fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.83, 0.95), fontsize=7,
                        frameon=False)
         fig.text(0.01, 0.01, rep.footer(), fontsize=6, color="#555555", wrap=True)
@@ -90,6 +94,8 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
     fig, ax = plt.subplots(figsize=(9, 5))
     _curve(ax, rep, st)
     save(fig, "toks-vs-context", legend=True)
+    # 6. quality against compression, when the runs hold a sweep
+    _sweep_pngs(rep, st, save, plt)
     return paths
 
 
@@ -157,3 +163,64 @@ def _curve(ax: Any, rep: Report, st: dict) -> None:
     ax.set_ylabel("decode tok/s (median of the query's repeats)")
     ax.set_title("Decode speed vs context length")
     ax.grid(alpha=0.3)
+
+
+def _sweep_pngs(rep: Report, st: dict, save: Any, plt: Any) -> None:
+    """``PREFIX-sweep-MEASURE.png``: quality against the compression achieved, one figure per
+    kind of compression (KV bytes, prompt tokens, sparsity), one panel per quality figure; each
+    point with its 95 % intervals on both axes, a curve per swept method joined in order of
+    compression, the baseline at the origin; a point without a figure is listed as n/a."""
+    from engine.bench.aggregate import QUALITY_METRICS
+    from engine.bench.plot_data import SWEEP_Y, baseline_point, sweep_curves
+
+    curves = sweep_curves(rep)
+    for measure in dict.fromkeys(c.measure for c in curves):
+        mine = [c for c in curves if c.measure == measure]
+        metrics = [m for m in SWEEP_Y if any(p.y[m].value is not None for c in mine for p in c.points)]
+        if not metrics:
+            metrics = ["kl_mean"]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 2.5, 4.2), squeeze=False)
+        base = baseline_point(rep, measure)
+        handles = []
+        for ax, m in zip(axes[0], metrics):
+            na: list[str] = []
+            for c in mine:
+                s = st[c.points[0].key]
+                pts = []
+                for p in c.points:
+                    x, y = p.x, p.y[m]
+                    if x.value is None or y.value is None:
+                        na.append(f"{c.method} {c.param}={p.value}: "
+                                  f"{(x.na or y.na).removeprefix('n/a: ')}")
+                        continue
+                    pts.append((x, y, p.value))
+                pts.sort(key=lambda t: t[0].value)
+                if not pts:
+                    continue
+                xs, ys = [x.value for x, _, _ in pts], [y.value for _, y, _ in pts]
+                xe = [list(v) for v in zip(*[err(x) for x, _, _ in pts])]
+                ye = [list(v) for v in zip(*[err(y) for _, y, _ in pts])]
+                ax.plot(xs, ys, color=s.colour, lw=1)
+                ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=s.marker, color=s.colour, ms=5, capsize=2,
+                            lw=0.8, ls="")
+                for x, y, v in pts:
+                    ax.annotate(str(v), (x.value, y.value), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points", color=s.colour)
+            if base is not None and base.x.value is not None and base.y[m].value is not None:
+                ax.plot([base.x.value], [base.y[m].value], marker="o", color="black", ls="")
+            if na:
+                ax.text(0.01, 0.01, "n/a: " + "; ".join(na), transform=ax.transAxes, fontsize=6,
+                        color="#555555", va="bottom", wrap=True)
+            ax.set_title(f"{QUALITY_METRICS[m][0]} (mean, 95 % CI)", fontsize=8)
+            ax.set_xlabel("compression achieved (95 % CI over queries)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        for c in mine:
+            s = st[c.points[0].key]
+            handles.append(plt.Line2D([], [], color=s.colour, marker=s.marker,
+                                      label=f"{c.method} ({c.param} = "
+                                            + ", ".join(str(p.value) for p in c.points) + ")"))
+        if base is not None:
+            handles.append(plt.Line2D([], [], color="black", marker="o", ls="", label="baseline"))
+        fig.suptitle(f"Quality vs compression — x: {mine[0].x_label}", fontsize=9)
+        save(fig, f"sweep-{measure}", handles=handles)

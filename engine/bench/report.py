@@ -176,6 +176,9 @@ def to_markdown(rep: Report, *, io_pairs: bool = True) -> str:
         lines += ["", "Per query: total time ÷ baseline (repeats averaged) · KL:", "",
                   "| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in per_q]
+    sweeps = sweep_markdown(rep)
+    if sweeps:
+        lines += ["", sweeps]
     if io_pairs:
         pairs = io_pairs_markdown(rep)
         if pairs:
@@ -201,6 +204,42 @@ def io_pairs_markdown(rep: Report, *, limit: int = 2000) -> str:
     return ("Inputs and outputs (repeat 0):\n\n" + "\n".join(out)) if out else ""
 
 
+def _fmt_bar(b: Any, *, share: bool) -> str:
+    if b.value is None:
+        return f"n/a ({b.na})" if b.na else "—"
+    return fmt_interval(Interval(b.value, b.lo, b.hi), share=share)
+
+
+def sweep_tables(rep: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per compression sweep in the report (``plot_data.sweep_curves``): a title, the header and
+    one row per value — the compression achieved (share removed, 95 % CI) and the quality means
+    with their intervals, the very figures of the table's rows and of the sweep plots."""
+    from engine.bench.plot_data import SWEEP_Y, baseline_point, sweep_curves
+
+    out = []
+    for c in sweep_curves(rep):
+        head = [c.param, "compression achieved"] + [QUALITY_METRICS[m][0] for m in SWEEP_Y]
+        rows = []
+        base = baseline_point(rep, c.measure)
+        pts = ([base] if base is not None else []) + c.points
+        for p in pts:
+            rows.append([("baseline" if p.value is None else str(p.value)),
+                         _fmt_bar(p.x, share=True)]
+                        + [_fmt_bar(p.y[m], share=m in SHARES) for m in SWEEP_Y])
+        out.append((f"{c.method}: quality vs compression — {c.x_label}", head, rows))
+    return out
+
+
+def sweep_markdown(rep: Report) -> str:
+    parts = []
+    for title, head, rows in sweep_tables(rep):
+        parts += [f"Sweep {title}:", "", "| " + " | ".join(_md(h) for h in head) + " |",
+                  "|" + "---|" * len(head)]
+        parts += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
 CSV_FIELDS = ["method", "label", "params", "model_changing", "speed_note", "ok", "errors"]
 
 
@@ -212,11 +251,16 @@ def to_csv(rep: Report) -> str:
                  f"{m}_ratio_hi", f"{m}_ratio_queries", f"{m}_verdict"]
     for m in QUALITY_METRICS:
         cols += [f"{m}_mean", f"{m}_lo", f"{m}_hi", f"{m}_queries"]
+    cols += ["sweep_param", "sweep_value", "compression_measure", "compression", "compression_lo",
+             "compression_hi", "sparsity_measured", "sparsity_measured_lo", "sparsity_measured_hi"]
     cols += ["first_divergence_median", "prose_nll", "prose_ppl", "prose_bpb", "prose_baseline_bpb",
              "suite", "model", "dtype", "device", "torch", "transformers", "max_new_tokens",
              "loadavg_start", "loadavg_end", "timing_verdicts_off"]
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
+    from engine.bench.plot_data import sweep_curves
+
+    swept = {p.key: (c, p) for c in sweep_curves(rep) for p in c.points}
     for row in rep.rows:
         d: dict[str, Any] = {"method": row.method, "label": row.label, "params": row_key("", row.params),
                              "model_changing": row.model_changing, "speed_note": row.speed_note,
@@ -230,6 +274,12 @@ def to_csv(rep: Report) -> str:
         for m in QUALITY_METRICS:
             iv = row.quality.get(m, Interval())
             d.update({f"{m}_mean": iv.value, f"{m}_lo": iv.lo, f"{m}_hi": iv.hi, f"{m}_queries": iv.n})
+        if row.key in swept:  # a point of a compression sweep: the x its curves are drawn at
+            c, p = swept[row.key]
+            d.update({"sweep_param": c.param, "sweep_value": p.value, "compression_measure": c.measure,
+                      "compression": p.x.value, "compression_lo": p.x.lo, "compression_hi": p.x.hi})
+        d.update({"sparsity_measured": row.sparsity.value, "sparsity_measured_lo": row.sparsity.lo,
+                  "sparsity_measured_hi": row.sparsity.hi})
         d.update({"first_divergence_median": row.first_divergence.median,
                   "prose_nll": row.prose.get("nll"), "prose_ppl": row.prose.get("ppl"),
                   "prose_bpb": row.prose.get("bpb"), "prose_baseline_bpb": row.prose.get("baseline_bpb"),
@@ -250,5 +300,6 @@ def write_csv(rep: Report, path: Path | str) -> Path:
 
 
 __all__ = ["Report", "Row", "TABLE_COLUMNS", "aggregate", "bar_groups", "breakdown_table",
-           "io_pairs_markdown", "load_report", "needle_table", "scatter_points", "table_rows",
+           "io_pairs_markdown", "load_report", "needle_table", "scatter_points", "sweep_markdown",
+           "sweep_tables", "table_rows",
            "to_csv", "to_markdown", "write_csv"]
