@@ -96,10 +96,15 @@ def _list() -> int:
     t.add_column("label")
     t.add_column("changes model")
     t.add_column("how it simplifies its paper")
+    t.add_column("--sweep")
+    from engine.bench.methods.params import RATIO_PARAMS
+
     for n in method_names():
         m = make_method(n)
+        rp = RATIO_PARAMS.get(n)
         t.add_row(text(n), text(m.label), "yes" if m.model_changing else "",
-                  text(m.simplification or "—"))
+                  text(m.simplification or "—"),
+                  text(f"{n}.{rp.key} in {rp.bound.describe()}: {rp.meaning}" if rp else "—"))
     inert_console().print(t)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 

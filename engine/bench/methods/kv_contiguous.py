@@ -22,7 +22,8 @@ update (the earlier code) put the buffers on glibc's heap between the prefill's 
 activations (glibc serves these 6 MiB blocks from the heap once its mmap threshold has risen,
 which it does after the first large free): each buffer landed on pages the previous layers'
 activations had already touched, so nearly the whole reservation became resident — on a
-498-token prompt the process committed 281 MiB for a 23 MiB cache (docs/kv-cache.md).
+498-token prompt the process committed 281 MiB for a 23 MiB cache (docs/bench-methods.md,
+"Contiguous KV").
 
 Simplified: no GPU virtual-memory API (the OS's lazy commit stands in for it on CPU); one
 request; full-attention layers only.

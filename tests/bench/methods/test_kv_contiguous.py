@@ -56,3 +56,21 @@ def test_all_combined_runs_every_composable_method_at_once(tiny_lm, sample_text)
     assert "layer_budgets" in out.extra
     with pytest.raises(InputError, match="unknown parameter .budget. for all-combined"):
         make_method("all-combined", budget=3)
+
+
+def test_the_reservation_is_one_mapping_made_before_the_prefill(tiny_lm):
+    """Every layer's K and V are views of one anonymous mmap made in new_state, not heap blocks
+    allocated between the prefill's activations (which committed nearly the whole reservation:
+    docs/bench-methods.md, "Contiguous KV")."""
+    m = make_method("kv-contiguous")
+    q = Query(id="c", kind="chat", prompt="Say something about rain.")
+    st = m.new_state(tiny_lm, q, m.render_prompt(tiny_lm, q))
+    bufs = [b for lay in st.cache.layers for b in (lay.kbuf, lay.vbuf)]
+    assert all(lay.is_initialized and lay.length == 0 for lay in st.cache.layers)
+    assert len({b.untyped_storage().data_ptr() for b in bufs}) == 1  # one region
+    region = bufs[0].untyped_storage()
+    assert region.nbytes() == tiny_lm.context_length * _per_token(tiny_lm)
+    heap = [line.split()[0] for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+    for span in heap:
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        assert not lo <= region.data_ptr() < hi
