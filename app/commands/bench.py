@@ -96,15 +96,10 @@ def _list() -> int:
     t.add_column("label")
     t.add_column("changes model")
     t.add_column("how it simplifies its paper")
-    t.add_column("--sweep")
-    from engine.bench.methods.params import RATIO_PARAMS
-
     for n in method_names():
         m = make_method(n)
-        rp = RATIO_PARAMS.get(n)
         t.add_row(text(n), text(m.label), "yes" if m.model_changing else "",
-                  text(m.simplification or "—"),
-                  text(f"{n}.{rp.key} in {rp.bound.describe()}: {rp.meaning}" if rp else "—"))
+                  text(m.simplification or "—"))
     inert_console().print(t)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 
@@ -112,6 +107,11 @@ def _list() -> int:
                     f"PROMPT in {', '.join(PROMPT_SIDE)} and CACHE in {', '.join(CACHE_SIDE)} "
                     f"(e.g. prune-selfinfo+kv-fp8; parameters: --param NAME.prompt.KEY=V / NAME.cache.KEY=V)",
                     highlight=False)
+    from engine.bench.methods.params import RATIO_PARAMS
+
+    inert_console().print("compression sweeps (--sweep METHOD.KEY=V1,V2,…): " + "; ".join(
+        f"{n}.{rp.key} in {rp.bound.describe()} ({rp.meaning})" for n, rp in RATIO_PARAMS.items()),
+        highlight=False)
     return 0
 
 

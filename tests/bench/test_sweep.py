@@ -72,7 +72,7 @@ _EDGES = {  # method -> (extra params, accepted edge values, refused values)
     "prune-selfinfo": ({}, [1e-6, 1 - 1e-6], [0.0, 1.0]),
     "sparsity-magnitude": ({}, [0.0, 0.999], [1.0, -0.1]),
     "sparsity-rotated": ({}, [0.0, 0.999], [1.0, -0.1]),
-    "phrase-merge": ({}, [1], [0]),
+    "phrase-merge": ({}, [0], [-1]),
 }
 
 
@@ -214,3 +214,11 @@ def test_no_sweep_in_plain_runs():
 
     rep = load_report(Path(__file__).resolve().parents[1] / "fixtures" / "bench_runs.jsonl")
     assert sweep_curves(rep) == [] and sweep_markdown(rep) == ""
+
+
+def test_bench_list_names_each_sweep_parameter_and_its_bound(capsys):
+    from app.cli import main
+
+    assert main(["bench", "list"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "evict-cake.budget in 2–1,000,000" in out and "prune-selfinfo.ratio in (0, 1)" in out

@@ -57,6 +57,6 @@ RATIO_PARAMS: dict[str, RatioParam] = {
     "sparsity-rotated": RatioParam("sparsity", Bound("float", lo=0.0, hi=1.0, hi_open=True,
                                                      label="sparsity"), "sparsity",
                                    "share of each projection input zeroed"),
-    "phrase-merge": RatioParam("max_phrases", Bound("int", lo=1, hi=BIG, label="max phrases"),
+    "phrase-merge": RatioParam("max_phrases", Bound("int", lo=0, hi=BIG, label="max phrases"),
                                "prompt", "merged phrases added to the vocabulary"),
 }
