@@ -430,7 +430,7 @@ def main() -> None:
         fused = make_lean_forward(lm.model, fuse=True)  # concatenated copies (the default adopts)
         extra = {"standard_loop": StandardForward(lm.model), "lean_fused_copies": fused,
                  "lean_separate_projections": make_lean_forward(lm.model, fuse=False),
-                 "lean_sdpa_decode": make_lean_forward(lm.model, decode_attention="sdpa"),
+                 "lean_matmul_decode": make_lean_forward(lm.model, decode_attention="matmul"),
                  "lean_linear_matvec": make_lean_forward(lm.model, matvec="linear")}
         out["fused_extra_weight_bytes"] = fused.extra_weight_bytes
     print(f"batch-1 decode, {rounds} interleaved rounds …", flush=True)

@@ -6,7 +6,7 @@ Why a separate step: a batch-1 step of SmolLM2-135M streams its 538 MB of weight
 products, and every other op costs a few microseconds of Python and dispatcher time whatever its
 size. The general loop ran ~1,000 top-level ops per step (~5,000 counting those they call:
 ``F.rms_norm`` alone expands to a dozen, dtype copies included), about a third of the step. Here
-a layer is 25 ops and allocates nothing:
+a layer is 23 ops and allocates nothing:
 
 - every buffer of a step is allocated once per (rows, threads) shape and shared by all layers
   and steps; each op writes into its buffer with ``out=``, and every view an op reads (the split
@@ -17,10 +17,10 @@ a layer is 25 ops and allocates nothing:
 - a layer's K and V are adjacent in the fused QKV output and in the cache buffer
   (``fastcache.py``): one copy writes both; the cache's per-layer views for the step come from
   three ``unbind`` calls;
-- at batch 1 the attention is two ``bmm`` and a softmax over (kv_heads, group, ·) views, written
-  into score buffers shared by every layer (SDPA's CPU kernel took ~50 µs a layer at one query
-  row, these ~15 µs); the RMSNorm's ``/ width + eps`` is one ``addcdiv``
-  (the same two roundings).
+- the RMSNorm's ``/ width + eps`` is one ``addcdiv`` (the same two roundings);
+- with ``decode_attention="matmul"`` at batch 1 the attention is two ``bmm`` and a softmax over
+  (kv_heads, group, ·) views, written into score buffers shared by every layer (SDPA, the
+  default, measured ~1.5 µs a layer faster at two threads: its one call beats four).
 
 Exactness: each value is computed by the same operations in the same order as the Hugging Face
 Llama code (RMSNorm as ``w * (x * rsqrt(mean(x²) + eps))``, RoPE as ``x*cos + rotate_half(x)*sin``,
@@ -194,7 +194,7 @@ class DecodeStep:
         slots = st.kv[:, :, :, :, past:s].unbind(0)
         sdpa = fwd.decode_attention == "sdpa"
         bmm = not sdpa and mask is None and self.q3 is not None
-        if bmm:  # the default at batch 1: (kv_heads, s, d) per layer, K transposed once
+        if bmm:  # (kv_heads, s, d) per layer, K transposed once
             kts = st.k[:, :, :, :s].flatten(1, 2).transpose(-1, -2).unbind(0)
             vs = st.v[:, :, :, :s].flatten(1, 2).unbind(0)
             sc, pr = self._score_buffers(s)

@@ -12,11 +12,12 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
   RoPE is one multiply and one sum over a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
 - a decode step (one token per row, few rows) runs :class:`fastdecode.DecodeStep`: buffers made
-  once and written with ``out=``, residual adds folded into the products, 25 ops per layer;
+  once and written with ``out=``, residual adds folded into the products, 23 ops per layer;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
-  query heads as (kv_heads, group) so attention needs no repeated K/V; there it is
-  matmul/softmax/matmul (``decode_attention="matmul"``, the default: at one query row SDPA's CPU
-  kernel cost ~50 µs a layer against ~15 µs; ``"sdpa"`` keeps SDPA, measured in bench/decode.py);
+  query heads as (kv_heads, group) so attention needs no repeated K/V (SDPA by default;
+  ``decode_attention="matmul"`` swaps it for bmm/softmax/bmm there — ~1.5 µs a layer slower at two
+  threads, measured unprofiled: the profiler inflates SDPA's cost, it counts its ~9 inner ops;
+  bench/decode.py measures both);
 - the HF parameters are re-checked (identity, storage, in-place version) whenever a sequence
   starts or several tokens are fed, so a method that prunes or swaps weights is seen (fused copies
   are rebuilt);
@@ -53,7 +54,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 # RoPE variants whose frequencies do not depend on the sequence length: the table is exact.
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 HEAD_MODES = ("exact", "chunked", "int8")
-DECODE_ATTENTION = ("matmul", "sdpa")  # q_len-1 attention kernel; prefill always uses SDPA
+DECODE_ATTENTION = ("sdpa", "matmul")  # q_len-1 attention kernel; prefill always uses SDPA
 FUSE_MODES = ("auto", "adopt", True, False)  # True: concatenated copies (HF weights untouched)
 
 
@@ -99,7 +100,7 @@ def unsupported_reason(model: Any) -> Optional[str]:
 
 
 def make_lean_forward(model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                      decode_attention: str = "matmul", matvec: str = "split") -> Optional["LeanForward"]:
+                      decode_attention: str = "sdpa", matvec: str = "split") -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
@@ -115,7 +116,7 @@ class LeanForward:
     name = "fast"
 
     def __init__(self, model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                 decode_attention: str = "matmul", matvec: str = "split") -> None:
+                 decode_attention: str = "sdpa", matvec: str = "split") -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
         self.decode_attention = decode_attention

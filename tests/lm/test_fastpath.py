@@ -197,11 +197,11 @@ def test_bundled_greedy_200_identical(smol_lm):
 
 @pytest.mark.parametrize("attention", ["matmul", "sdpa"])
 def test_decode_attention_options_equal_standard(tiny_lm, tokenizer, attention):
-    """Both q_len-1 kernels (matmul/softmax/matmul, the default, and SDPA) are exact."""
+    """Both q_len-1 kernels (SDPA, the default, and matmul/softmax/matmul) are exact."""
     std = StandardForward(tiny_lm.model)
     lean = make_lean_forward(tiny_lm.model, decode_attention=attention)
     assert lean.decode_attention == attention
-    assert make_lean_forward(tiny_lm.model).decode_attention == "matmul"
+    assert make_lean_forward(tiny_lm.model).decode_attention == "sdpa"
     _prefill_decode(std, lean, torch.tensor([_chat(tokenizer, PROMPTS[1])]), steps=3)
     _batched_check(std, lean, tokenizer, solo=False)
 
