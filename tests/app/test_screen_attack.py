@@ -43,9 +43,10 @@ class FakeAttackEngine(FakeEngine):
     """The engine interface plus ``attack``: vocab → mdd → search (best score per iteration) →
     generate, every wait a ``cancel.wait``; a cancel returns the best so far like the engine."""
 
-    def __init__(self, step_delay: float = 0.0, **kw) -> None:
+    def __init__(self, step_delay: float = 0.0, hold_at: int = 0, **kw) -> None:
         super().__init__(**kw)
         self.step_delay = step_delay
+        self.hold_at = hold_at  # stay in the search after reporting this iteration until cancelled
         self.calls: list[dict] = []
 
     def attack(self, lm, fields, vocab=None, *, progress=None, cancel=None):
@@ -60,6 +61,10 @@ class FakeAttackEngine(FakeEngine):
                 return fake_result(fields, "cancelled", max(1, it - 1), samples=False)
             report(progress, "search", it, iters, f"iteration {it}/{iters}", best=-12.0 + it,
                    candidates=10, cand_s=100.0, tok_s=5000.0)
+            while it == self.hold_at and cancel is not None:
+                if cancel.wait(0.01):
+                    self.cancel_seen += 1
+                    return fake_result(fields, "cancelled", it, samples=False)
         for s in range(1, 3):
             if wait():
                 self.cancel_seen += 1
@@ -188,7 +193,9 @@ async def test_attack_run_shows_phases_and_result(make_app):
 
 
 async def test_attack_sparkline_follows_best_score(make_app):
-    eng = FakeAttackEngine(step_delay=0.05)
+    # held in the search after its last iteration: on a loaded machine the 30 iterations could
+    # otherwise end (and the sampling phase clear the history) before the test reads it
+    eng = FakeAttackEngine(step_delay=0.05, hold_at=30)
     app = make_app(engine=eng)
     async with app.run_test(size=SIZE) as pilot:
         scr = await open_attack(pilot, app)
