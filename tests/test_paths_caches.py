@@ -123,8 +123,13 @@ def test_converted_entry_of_another_shape_is_moved_aside_and_rebuilt(tokenizer, 
             record_dir(tmp)
 
     monkeypatch.setattr(model_mod, "_convert_locked", convert)
+    import engine.lm.preflight as preflight
+
+    checked = []  # the converter is a stand-in here, so the GGUF it would read is not written
+    monkeypatch.setattr(preflight, "check_conversion_memory", checked.append)
     notes = []
     assert model_mod._convert_gguf(tmp_path / "x.gguf", lambda p: notes.append(p.message), None) == target
+    assert checked == [tmp_path / "x.gguf"]  # the memory preflight ran before the rebuild
     assert built == [target] and (target.parent / (target.name + BROKEN)).is_dir()
     assert any("moved aside" in n and "shape" in n for n in notes)
     assert model_mod.cached_model_problem(target) is None
