@@ -88,7 +88,8 @@ def load_into(s: Any, path: Optional[Path] = None) -> str:
         chosen = data.get("sampling_set")
         if chosen is None:  # written before the list existed: what differs from the built-in
             chosen = [k for k in MODEL_KEYS if getattr(sampling, k) != getattr(defaults, k)]
-        if not isinstance(chosen, list) or not set(chosen) <= set(MODEL_KEYS):
+        if not isinstance(chosen, list) or not all(isinstance(k, str) for k in chosen) \
+                or not set(chosen) <= set(MODEL_KEYS):
             raise InputError("sampling_set")
         timeouts = data.get("user_timeouts", {})
         if not isinstance(timeouts, dict) or not set(timeouts) <= set(TIMEOUT_KINDS):

@@ -69,8 +69,8 @@ _line = _row.map(_dumps) | _value.map(_dumps) | _text | st.just('{"request": ' +
 @SETTINGS
 @given(lines=st.lists(_line, min_size=1, max_size=8))
 def test_generated_dataset_rows(tmp_path_factory, lines):
-    """Each non-blank line is a usable row or one problem naming that line; a usable row is
-    whole, encodable text within the text limit."""
+    """Rows and problems name only lines that exist, each row once; a usable row is whole,
+    encodable text within the text limit."""
     from engine.advtok.datasets import read_benchmark
     from engine.bounds import MAX_TEXT_CHARS
 
@@ -83,9 +83,9 @@ def test_generated_dataset_rows(tmp_path_factory, lines):
         return
     named = [int(m.split(":")[0].split()[1]) for m in bf.problems if m.startswith("line ")]
     used = [r.line for r in bf.rows]
-    assert not set(named) & set(used)
-    assert sorted(set(named) | set(used)) == sorted(set(named + used))
-    assert set(used) <= set(range(1, len(lines) + 1))
+    # a usable row may also carry a note (unknown fields ignored); every line named exists
+    assert set(used) | set(named) <= set(range(1, len(lines) + 1))
+    assert len(used) == len(set(used))
     for r in bf.rows:
         for s in (r.request, r.response, r.category or "", r.system or ""):
             assert isinstance(s, str) and len(s) <= MAX_TEXT_CHARS
@@ -345,3 +345,56 @@ def test_every_declared_bound_judges_any_value(data, v):
     for w in (v, 10 ** 4400, -(10 ** 4400), [10 ** 4400]):  # hypothesis cannot print these
         why = bound.why_not(w)
         assert why is None or (isinstance(why, str) and why)
+
+
+# ---------------------------------------------------------------------------- the sessions database
+_DB_COLUMNS = {
+    "sessions": ["name", "created", "updated", "model_id", "weights_hash", "system", "sampling",
+                 "head_branch", "model_spec"],
+    "branches": ["parent", "fork_turn", "created", "conv_ids", "live_from", "snapshot"],
+    "turns": ["idx", "user", "user_ids", "answer", "answer_ids", "metrics", "created", "prev",
+              "source", "fork_at", "how", "state", "infos"],
+}
+_DB_VALUES = st.sampled_from([b"\x00\xff\x01", b"", 2 ** 62, -1, 0, 7, 1.5, -1e300, "not json",
+                              "{}", "[1, 2]", '{"temperature": "hot"}', "\x1b]52;c;SGVsbG8=\x07[/]",
+                              "", "null", None])
+
+
+@pytest.mark.xfail(reason="open: the sessions store reads its columns without checking their "
+                   "types (int() of text or a blob, a NULL subscripted, a timestamp out of range, "
+                   "sampling JSON that is not an object); docs/hostile-inputs.md", strict=False)
+@SETTINGS
+@given(edits=st.lists(st.tuples(st.sampled_from(sorted(_DB_COLUMNS)), st.data()), min_size=1,
+                      max_size=3))
+def test_generated_sessions_database_values(tmp_path_factory, monkeypatch, capfd, edits):
+    """A sessions database written by something else (sqlite keeps any type in any column): a
+    value of another type, a blob that is not token ids, text that is not JSON, a foreign id. The
+    sessions command lists and shows it, or says what is wrong, in one line; never a traceback."""
+    import sqlite3
+
+    from app.cli import main
+    from engine.sessions.store import SavedTurn, SessionStore
+
+    folder = tmp_path_factory.mktemp("sess")
+    monkeypatch.setenv("TOKENFORGE_SESSIONS", str(folder))
+    st_ = SessionStore()
+    st_.create("s1", "m", "h", None, {})
+    st_.save_turn("s1", 0, SavedTurn("Hello", [1, 2], "Hi", [3]), [1, 2, 3], 0, model_id="m",
+                  weights_hash="h", sampling={})
+    path = st_.path
+    st_.close()
+    db = sqlite3.connect(path)
+    for table, d in edits:
+        col = d.draw(st.sampled_from(_DB_COLUMNS[table]))
+        try:
+            db.execute(f"UPDATE {table} SET {col} = ?", (d.draw(_DB_VALUES),))
+            db.commit()
+        except sqlite3.Error:  # a NOT NULL or UNIQUE column refusing the value
+            db.rollback()
+    db.close()
+    capfd.readouterr()
+    for argv in (["sessions", "list"], ["sessions", "show", "s1"], ["sessions", "show", "s1", "--json"]):
+        code = main(argv)
+        out, err = capfd.readouterr()
+        assert code in (0, 1, 2) and "Traceback" not in out + err, (argv, out + err)
+        assert is_inert(out + err, multiline=True)
