@@ -81,8 +81,8 @@ def _list(store: Any, args: argparse.Namespace) -> int:
     infos = store.list()
     if args.json:
         print(json_text([{"name": i.name, "created": i.created, "updated": i.updated,
-                          "model": i.model_id, "turns": i.turns,
-                          "variants": len(store.nodes(i.name)), "first_message": i.preview}
+                          "model": i.model_id, "turns": i.turns, "variants": i.variants,
+                          "first_message": i.preview, **({"unreadable": i.problem} if i.problem else {})}
                          for i in infos]))
         return 0
     out = console()
@@ -95,8 +95,8 @@ def _list(store: Any, args: argparse.Namespace) -> int:
     for col in ("name", "updated", "model", "turns", "answers", "first message"):
         t.add_column(col, overflow="fold")
     for i in infos:
-        t.add_row(text(i.name), _when(i.updated), text(i.model_id), str(i.turns),
-                  str(len(store.nodes(i.name))), text(i.preview))
+        t.add_row(text(i.name), _when(i.updated), text(i.model_id), str(i.turns), str(i.variants),
+                  text(f"unreadable: {i.problem}") if i.problem else text(i.preview))
     out.print(t)
     return 0
 

@@ -161,7 +161,9 @@ class SessionsScreen(ToolScreen):
             rows = [(i, i.preview) for i in infos.values()]
         for info, first in rows:  # names, model ids and messages are data: Text cells, inert
             model = info.model_id
-            if here is not None and store.get(info.name).weights_hash != here:
+            if info.problem:
+                first = f"unreadable: {info.problem}"
+            elif here is not None and info.weights_hash != here:
                 model += " (other weights)"
             cells = {"Name": text(info.name), "Updated": _ago(info.updated), "Model": text(model),
                      "Turns": str(info.turns), "First message / match": text(first)}

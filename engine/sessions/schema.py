@@ -98,6 +98,9 @@ class SessionInfo:
     model_id: str
     turns: int
     preview: str
+    variants: int = 0  # every saved exchange of its variants tree
+    weights_hash: str = ""
+    problem: str = ""  # why the session cannot be opened (a value this tool did not write), or ""
 
 
 @dataclass

@@ -28,6 +28,10 @@ from engine.sessions.location import ENV_VAR, sessions_db, sessions_dir  # noqa:
 from engine.sessions import dbfaults
 from engine.sessions.schema import (_DDL, _TURN_COLS, SCHEMA, TABLES, SavedSession,  # noqa: F401
                                     SavedTurn, SessionInfo, _tx, _upgrade, pack_ids, unpack_ids)
+from engine.sessions.search import search_messages
+from engine.sessions.row_values import (Bad as _Bad, SessionUnreadable, decoding,  # noqa: F401
+                                        ids as _ids, integer as _int, json_of as _json,
+                                        saved_turn, shown, text as _text, when as _when)
 
 APP_ID = "tokenforge-sessions"
 BUSY_MS = 2000
@@ -161,7 +165,8 @@ class SessionStore:
         row = self.db.execute("SELECT id, head_branch FROM sessions WHERE name=?", (name,)).fetchone()
         if row is None:
             raise InputError(f"no saved session named {name!r}")
-        return int(row[0]), int(row[1])
+        with decoding(self.path, name):
+            return _int(row[0], "its id"), _int(row[1], "its head branch")
 
     def exists(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sessions WHERE name=?", (name,)).fetchone() is not None
@@ -169,32 +174,27 @@ class SessionStore:
     def list(self) -> list[SessionInfo]:
         """Every session, most recently updated first."""
         out = []
-        for sid, name, created, updated, model, head in self.db.execute(
-                "SELECT id, name, created, updated, model_id, head_branch FROM sessions "
-                "ORDER BY updated DESC, id DESC").fetchall():
-            turns = self._branch_turns(int(head))
-            preview = turns[0].user.splitlines()[0][:60] if turns else ""
-            out.append(SessionInfo(name, created, updated, model, len(turns), preview))
+        for sid, name, created, updated, model, head, weights in self.db.execute(
+                "SELECT id, name, created, updated, model_id, head_branch, weights_hash FROM "
+                "sessions ORDER BY updated DESC, id DESC").fetchall():
+            shown = name if isinstance(name, str) else shown(name)
+            try:
+                turns = self._branch_turns(_int(head, "its head branch"))
+                preview = turns[0].user.splitlines()[0][:60] if turns else ""
+                variants = int(self.db.execute(
+                    "SELECT COUNT(*) FROM turns WHERE branch_id IN (SELECT id FROM branches "
+                    "WHERE session_id=?)", (sid,)).fetchone()[0])
+                out.append(SessionInfo(_text(name, "its name"), _when(created, "its created time"),
+                                       _when(updated, "its updated time"), _text(model, "its model id"),
+                                       len(turns), preview, variants, _text(weights, "its weights hash")))
+            except _Bad as e:  # listed, with why it cannot be opened; the others are unaffected
+                out.append(SessionInfo(shown, 0.0, 0.0, model if isinstance(model, str) else "",
+                                       0, "", 0, "", problem=str(e)))
         return out
 
     def search(self, text: str, limit: int = 200) -> list[tuple[str, str, str]]:
         """(session, role, snippet) for every message containing ``text`` (case-insensitive)."""
-        if not text.strip():
-            return []
-        pat = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self.db.execute(
-            "SELECT DISTINCT s.name, t.user, t.answer FROM turns t JOIN branches b ON t.branch_id=b.id "
-            "JOIN sessions s ON b.session_id=s.id WHERE t.user LIKE ? ESCAPE '\\' "
-            "OR t.answer LIKE ? ESCAPE '\\' ORDER BY s.updated DESC LIMIT ?",
-            (pat, pat, limit)).fetchall()
-        out = []
-        low = text.lower()
-        for name, user, answer in rows:
-            for role, body in (("user", user), ("assistant", answer)):
-                i = body.lower().find(low)
-                if i >= 0:
-                    out.append((name, role, _snippet(body, i, len(text))))
-        return out
+        return search_messages(self.db, text, limit)
 
     def _chain(self, branch: int) -> list[tuple[int, int]]:
         """(branch, its fork point in its parent) from the root down to ``branch``."""
@@ -204,8 +204,10 @@ class SessionStore:
             row = self.db.execute("SELECT parent, fork_turn FROM branches WHERE id=?", (b,)).fetchone()
             if row is None:
                 break
-            chain.append((b, int(row[1])))
-            b = row[0]
+            chain.append((b, _int(row[1], "a branch's fork point")))
+            b = None if row[0] is None else _int(row[0], "a branch's parent")
+            if len(chain) > 100_000:
+                raise _Bad("its branches form a cycle")
         return chain[::-1]
 
     def _count(self, branch: int) -> int:
@@ -232,26 +234,17 @@ class SessionStore:
             limit = chain[j + 1][1] if j + 1 < len(chain) else None
             for r in self.db.execute(f"SELECT {_TURN_COLS} FROM turns WHERE branch_id=? ORDER BY idx",
                                      (bid,)).fetchall():
-                if limit is None or r[6] < limit:
-                    turns.append(self._turn(r))
+                if limit is None or _int(r[6], "a turn's index") < limit:
+                    turns.append(saved_turn(r))
         return turns
-
-    @staticmethod
-    def _turn(r: Any) -> SavedTurn:
-        state = r[11] if r[11] in ("done", "stopped") else "stopped"  # streaming: its writer died
-        return SavedTurn(r[1], unpack_ids(r[2]), r[3], unpack_ids(r[4]),
-                         json.loads(r[5]) if r[5] else None, key=int(r[0]),
-                         prev=None if r[7] is None else int(r[7]),
-                         source=None if r[8] is None else int(r[8]), fork_at=int(r[9] or 0),
-                         how=r[10] or "answer", state=state,
-                         infos=json.loads(r[12]) if r[12] else [], created=float(r[13] or 0))
 
     def nodes(self, name: str) -> list[SavedTurn]:
         """Every exchange of a session (its whole variants tree), oldest first."""
         sid, _ = self._sid(name)
-        return [self._turn(r) for r in self.db.execute(
-            f"SELECT {_TURN_COLS} FROM turns WHERE branch_id IN (SELECT id FROM branches WHERE "
-            "session_id=?) ORDER BY created, id", (sid,)).fetchall()]
+        with decoding(self.path, name):
+            return [saved_turn(r) for r in self.db.execute(
+                f"SELECT {_TURN_COLS} FROM turns WHERE branch_id IN (SELECT id FROM branches WHERE "
+                "session_id=?) ORDER BY created, id", (sid,)).fetchall()]
 
     def get(self, name: str) -> SavedSession:
         sid, head = self._sid(name)
@@ -259,13 +252,22 @@ class SessionStore:
                             "model_spec FROM sessions WHERE id=?", (sid,)).fetchone()
         b = self.db.execute("SELECT conv_ids, live_from, snapshot FROM branches WHERE id=?",
                             (head,)).fetchone()
-        branches = [int(r[0]) for r in self.db.execute(
-            "SELECT id FROM branches WHERE session_id=? ORDER BY id", (sid,))]
-        return SavedSession(name=name, model_id=s[0], weights_hash=s[1], system=s[2],
-                            sampling=json.loads(s[3]), branch=head, branches=branches,
-                            turns=self._branch_turns(head), conv_ids=unpack_ids(b[0]),
-                            live_from=int(b[1]), snapshot=b[2], created=float(s[4]),
-                            updated=float(s[5]), nodes=self.nodes(name), model_spec=s[6] or "")
+        with decoding(self.path, name):
+            if b is None:
+                raise _Bad("its head branch does not exist")
+            branches = [_int(r[0], "a branch id") for r in self.db.execute(
+                "SELECT id FROM branches WHERE session_id=? ORDER BY id", (sid,))]
+            system = None if s[2] is None else _text(s[2], "its system prompt")
+            return SavedSession(name=name, model_id=_text(s[0], "its model id"),
+                                weights_hash=_text(s[1], "its weights hash"), system=system,
+                                sampling=_json(s[3], "its sampling settings", dict, {}), branch=head,
+                                branches=branches, turns=self._branch_turns(head),
+                                conv_ids=_ids(b[0], "its conversation's ids"),
+                                live_from=_int(b[1], "its live point"),
+                                snapshot=_text(b[2], "its snapshot key"),
+                                created=_when(s[4], "its created time"),
+                                updated=_when(s[5], "its updated time"), nodes=self.nodes(name),
+                                model_spec=_text(s[6], "its model spec"))
 
     # -- writing ------------------------------------------------------------------------------
     def create(self, name: str, model_id: str, weights_hash: str, system: Optional[str],
@@ -372,7 +374,8 @@ class SessionStore:
             db.execute("UPDATE sessions SET head_branch=? WHERE id=?", (head, sid))
 
     def snapshots_in_use(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT snapshot FROM branches WHERE snapshot != ''")}
+        return {r[0] for r in self.db.execute("SELECT snapshot FROM branches WHERE snapshot != ''")
+                if isinstance(r[0], str)}
 
     def rename(self, old: str, new: str) -> None:
         new = _check_name(new)
@@ -383,11 +386,15 @@ class SessionStore:
             db.execute("UPDATE sessions SET name=? WHERE name=?", (new, old))
 
     def delete(self, name: str) -> list[str]:
-        """Remove a session; returns the snapshot keys it held (the caller deletes the files)."""
+        """Remove a session; returns the snapshot keys it held (the caller deletes the files).
+        Works on a session that cannot be read too: that is how one is removed."""
         with self._write() as db:
-            sid, _ = self._sid(name)
+            row = db.execute("SELECT id FROM sessions WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise InputError(f"no saved session named {name!r}")
+            sid = row[0]
             keys = [r[0] for r in db.execute("SELECT snapshot FROM branches WHERE session_id=? "
-                                             "AND snapshot != ''", (sid,))]
+                                             "AND snapshot != ''", (sid,)) if isinstance(r[0], str)]
             db.execute("DELETE FROM sessions WHERE id=?", (sid,))
         return keys
 
@@ -424,9 +431,3 @@ def _check_name(name: str) -> str:
     if len(name) > 200 or any(ord(c) < 32 for c in name):
         raise InputError("a session name must be one line of at most 200 characters")
     return name
-
-
-def _snippet(body: str, i: int, n: int, width: int = 30) -> str:
-    a, b = max(0, i - width), min(len(body), i + n + width)
-    s = body[a:b].replace("\n", " ")
-    return ("…" if a else "") + s + ("…" if b < len(body) else "")
