@@ -160,6 +160,16 @@ def select(records: list[dict], *, suite: Optional[str] = None, model: Optional[
     return Slice(sel, suite, model, mnt, notes)
 
 
+def _other_work(load: Optional[list], threads: Any) -> Optional[list]:
+    """A reading taken while the bench ran, less the bench's own threads: on 2 cores a 2-thread
+    run lifts the 1-minute average from the idle start reading to ~2 by itself, which is not the
+    machine changing under it. The start reading (taken before the model runs) stays as it is."""
+    if not load:
+        return load
+    own = float(threads) if isinstance(threads, (int, float)) and not isinstance(threads, bool) else 0.0
+    return [max(0.0, float(load[0]) - own), *load[1:]]
+
+
 def load_threshold(env: dict) -> float:
     """How far the 1-minute load average may move before timings lose their verdicts: half the
     CPU count, at least 1 (a whole core's worth of other work appearing or leaving)."""
@@ -176,7 +186,8 @@ def aggregate(records: list[dict], *, problems: Optional[list[str]] = None,
     sel, notes = sl.records, list(sl.notes)
     by_time = sorted(sel, key=lambda r: r["time"])
     env = dict(by_time[-1]["env"])
-    loads = [r["env"].get("loadavg_start") for r in sel] + [r["env"].get("loadavg") for r in sel]
+    loads = [r["env"].get("loadavg_start") for r in sel] + \
+        [_other_work(r["env"].get("loadavg"), r["env"].get("threads")) for r in sel]
     limit = load_limit if load_limit is not None else load_threshold(env)
     moved = load_moved([v for v in loads if v], limit) or ""
     base = {(r["prompt_id"], r["repeat"]): r for r in sel

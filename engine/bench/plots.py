@@ -105,16 +105,24 @@ def _hbars(ax: Any, rep: Report, st: dict, bars: dict[str, Bar], title: str, ref
     ys = list(range(len(keys)))[::-1]
     finite = [b.hi if b.hi is not None else b.value for b in bars.values() if b.value is not None]
     top = max(finite + [ref or 0.0, 1e-12])
+    lows = [b.lo if b.lo is not None else b.value for b in bars.values() if b.value is not None]
+    # ratios spanning more than 20x (a reserved buffer at 27x beside evictions at 0.25x) on a
+    # linear axis flatten every bar but one: such a panel is drawn on a log axis from its floor
+    log = ref == 1.0 and bool(lows) and min(lows) > 0 and top / min(lows) > 20
+    floor = min(lows) / 1.5 if log else 0.0
+    if log:
+        ax.set_xscale("log")
+        title += " (log scale)"
     for y, key in zip(ys, keys):
         b = bars.get(key, Bar(na="no figure"))
         s = st[key]
         if b.value is None:
-            ax.barh(y, top, color="none", edgecolor="#999999", hatch="//", lw=0.5)
-            ax.text(top * 0.02, y, f"n/a: {b.na.removeprefix('n/a: ')}", va="center", fontsize=6,
-                    color="#555555")
+            ax.barh(y, top - floor, left=floor, color="none", edgecolor="#999999", hatch="//", lw=0.5)
+            ax.text(floor if log else top * 0.02, y, f"n/a: {b.na.removeprefix('n/a: ')}",
+                    va="center", fontsize=6, color="#555555")
             continue
         lo, hi = err(b)
-        ax.barh(y, b.value, color=s.colour, alpha=0.8)
+        ax.barh(y, b.value - floor, left=floor, color=s.colour, alpha=0.8)
         ax.errorbar([b.value], [y], xerr=[[lo], [hi]], fmt=s.marker, color="black", ms=3,
                     capsize=2, lw=0.8)
         word = b.verdict if b.verdict not in ("", "no clear difference") else ""
@@ -127,7 +135,10 @@ def _hbars(ax: Any, rep: Report, st: dict, bars: dict[str, Bar], title: str, ref
     ax.set_title(title, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlim(left=0, right=top * 1.35)
+    if log:
+        ax.set_xlim(left=floor, right=top * 4)
+    else:
+        ax.set_xlim(left=0, right=top * 1.35)
 
 
 def _scatter(ax: Any, rep: Report, st: dict) -> None:

@@ -158,7 +158,8 @@ def paired_ratio(pairs: dict[str, list[tuple[Optional[float], Optional[float]]]]
 
 def load_moved(loads: Sequence[Sequence[float]], threshold: float) -> Optional[str]:
     """Why timings cannot carry a verdict, or None: the 1-minute load average seen at the start
-    and with every record spanned more than ``threshold``."""
+    and with every record (the caller takes the run's own threads off the latter) spanned more
+    than ``threshold``."""
     ones = [float(v[0]) for v in loads if v]
     if len(ones) < 2:
         return None

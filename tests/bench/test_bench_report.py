@@ -118,6 +118,15 @@ def test_a_moving_load_takes_the_timing_verdicts_away_and_says_so():
         .ratio["total_s"].verdict == "faster"
 
 
+def test_the_runs_own_threads_are_not_a_moving_load():
+    """On 2 cores a 2-thread bench lifts the 1-minute average from an idle start (0.9) to ~2.2 by
+    itself: that is not other work, so timings keep their verdicts; other work on top (3.4) is."""
+    own = aggregate(_synthetic(6, loads=[1.1, 1.6, 2.2]))  # env threads 2, start reading 1.0
+    assert own.row("kv-fp8").ratio["total_s"].verdict == "faster" and not own.timing_verdicts_off
+    other = aggregate(_synthetic(6, loads=[1.1, 2.2, 3.4]))
+    assert other.row("kv-fp8").ratio["total_s"].verdict == LOAD_MOVED
+
+
 def test_quality_aggregates():
     rep = load_report(FIXTURE)
     fp8 = rep.row("kv-fp8")
@@ -186,6 +195,29 @@ def test_plots_draw_the_tables_figures():
     assert x.value == fp8.ratio["kv_bytes_stored"].value
     qn, qs = quality_bars(rep)
     assert qs["kv-fp8"][0].value == fp8.quality["kl_mean"].value
+
+
+def test_a_ratio_panel_spanning_more_than_20x_is_drawn_on_a_log_axis():
+    """A reserved buffer at 27x beside evictions at 0.25x flattened every other bar on a linear
+    axis: such a panel goes to a log axis whose bars still end at the table's ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from engine.bench.plot_data import Bar, styles
+    from engine.bench.plots import _hbars
+
+    rep = aggregate(_synthetic(6))
+    st = styles(rep)
+    for bars, scale in (({"baseline": Bar(1.0, 1.0, 1.0), "kv-fp8": Bar(27.0, 12.5, 59.0)}, "log"),
+                        ({"baseline": Bar(1.0, 1.0, 1.0), "kv-fp8": Bar(0.25, 0.24, 0.26)}, "linear")):
+        fig, ax = plt.subplots()
+        _hbars(ax, rep, st, bars, "KV allocated ÷ baseline", ref=1.0)
+        assert ax.get_xscale() == scale
+        ends = sorted(round(p.get_x() + p.get_width(), 6) for p in ax.patches)
+        assert ends == sorted(round(b.value, 6) for b in bars.values())
+        plt.close(fig)
 
 
 def test_colours_never_repeat():
