@@ -177,7 +177,7 @@ class SessionStore:
         for sid, name, created, updated, model, head, weights in self.db.execute(
                 "SELECT id, name, created, updated, model_id, head_branch, weights_hash FROM "
                 "sessions ORDER BY updated DESC, id DESC").fetchall():
-            shown = name if isinstance(name, str) else shown(name)
+            label = name if isinstance(name, str) else shown(name)
             try:
                 turns = self._branch_turns(_int(head, "its head branch"))
                 preview = turns[0].user.splitlines()[0][:60] if turns else ""
@@ -188,7 +188,7 @@ class SessionStore:
                                        _when(updated, "its updated time"), _text(model, "its model id"),
                                        len(turns), preview, variants, _text(weights, "its weights hash")))
             except _Bad as e:  # listed, with why it cannot be opened; the others are unaffected
-                out.append(SessionInfo(shown, 0.0, 0.0, model if isinstance(model, str) else "",
+                out.append(SessionInfo(label, 0.0, 0.0, model if isinstance(model, str) else "",
                                        0, "", 0, "", problem=str(e)))
         return out
 

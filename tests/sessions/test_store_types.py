@@ -57,6 +57,16 @@ def test_wrong_type_is_one_error_and_the_others_stay_readable(tmp_path, sql, val
     st.close()
 
 
+def test_a_name_that_is_not_text_is_listed_as_unreadable(tmp_path):
+    st = _store(tmp_path)
+    _poke(st, "UPDATE sessions SET name=? WHERE name='bad'", b"\x00\xff\x01")
+    infos = st.list()
+    assert [i.name for i in infos if not i.problem] == ["good"]
+    (bad,) = [i for i in infos if i.problem]
+    assert bad.name == "<a bytes name>" and "its name is not text" in bad.problem
+    st.close()
+
+
 def test_sampling_that_is_not_an_object_is_unreadable(tmp_path):
     st = _store(tmp_path)
     _poke(st, "UPDATE sessions SET sampling=? WHERE name='bad'", "[1, 2]")
