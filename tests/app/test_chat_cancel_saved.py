@@ -45,24 +45,28 @@ def _hold_in_prefill(engine, name):
     return real
 
 
+async def _first_answer(pilot, app, seen):
+    """Send one message and wait for its answer to be saved: (chat screen, store, session name)."""
+    from app.saved_chat import session_store
+
+    await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
+    scr = app.screen
+    box = scr.query_one("#prompt", Composer)
+    box.focus()
+    box.value = "Hello there"
+    await pilot.press("enter")
+    await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
+                                   for m in seen) and not app.runner.busy)
+    return scr, session_store(app), scr.saved.name
+
+
 async def test_esc_in_a_long_prefill_leaves_every_saved_row(make_app, tiny_lm):
     eng = Engine(lm=tiny_lm)
     app = make_app(engine=eng)
     app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=6, temperature=0.0))
     seen = []
     async with app.run_test(size=(140, 45), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
-        scr = app.screen
-        box = scr.query_one("#prompt", Composer)
-        box.focus()
-        box.value = "Hello there"
-        await pilot.press("enter")
-        await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
-                                       for m in seen) and not app.runner.busy)
-        from app.saved_chat import session_store
-
-        store = session_store(app)
-        name = scr.saved.name
+        scr, store, name = await _first_answer(pilot, app, seen)
         await until(pilot, lambda: store.get(name).turns and
                     store.get(name).turns[-1].metrics.get("new_tokens"))
         before = _rows(store.path)
@@ -70,6 +74,7 @@ async def test_esc_in_a_long_prefill_leaves_every_saved_row(make_app, tiny_lm):
         assert figures.get("stop_reason") != "cancelled"
 
         real = _hold_in_prefill(eng, "chat_send")
+        box = scr.query_one("#prompt", Composer)
         box.focus()
         box.value = "word " * 300
         await pilot.press("enter")
@@ -131,18 +136,7 @@ async def test_esc_in_a_regenerate_keeps_the_partial_variant_and_the_first_answe
     app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=0.0))
     seen = []
     async with app.run_test(size=(140, 45), message_hook=seen.append) as pilot:
-        await until(pilot, lambda: app.model_state == "ready" and not app.runner.busy)
-        scr = app.screen
-        box = scr.query_one("#prompt", Composer)
-        box.focus()
-        box.value = "Hello there"
-        await pilot.press("enter")
-        await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "chat"
-                                       for m in seen) and not app.runner.busy)
-        from app.saved_chat import session_store
-
-        store = session_store(app)
-        name = scr.saved.name
+        scr, store, name = await _first_answer(pilot, app, seen)
         first = store.nodes(name)[0]
         app.settings.set_sampling_by_user(SamplingConfig(max_new_tokens=12, temperature=1.5, seed=3))
         _hold_after_tokens(eng, "chat_regenerate", 3)
