@@ -161,12 +161,17 @@ class SessionStore:
 
 
     # -- reading ------------------------------------------------------------------------------
-    def _sid(self, name: str) -> tuple[int, int]:
+    def _row(self, name: str) -> tuple[Any, Any]:
+        """(id, head branch) of a session as stored, unchecked: InputError when there is none."""
         row = self.db.execute("SELECT id, head_branch FROM sessions WHERE name=?", (name,)).fetchone()
         if row is None:
             raise InputError(f"no saved session named {name!r}")
+        return row
+
+    def _sid(self, name: str) -> tuple[int, int]:
+        sid, head = self._row(name)
         with decoding(self.path, name):
-            return _int(row[0], "its id"), _int(row[1], "its head branch")
+            return _int(sid, "its id"), _int(head, "its head branch")
 
     def exists(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sessions WHERE name=?", (name,)).fetchone() is not None
@@ -389,10 +394,7 @@ class SessionStore:
         """Remove a session; returns the snapshot keys it held (the caller deletes the files).
         Works on a session that cannot be read too: that is how one is removed."""
         with self._write() as db:
-            row = db.execute("SELECT id FROM sessions WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise InputError(f"no saved session named {name!r}")
-            sid = row[0]
+            sid = self._row(name)[0]  # its head branch may be unreadable: not needed here
             keys = [r[0] for r in db.execute("SELECT snapshot FROM branches WHERE session_id=? "
                                              "AND snapshot != ''", (sid,)) if isinstance(r[0], str)]
             db.execute("DELETE FROM sessions WHERE id=?", (sid,))
