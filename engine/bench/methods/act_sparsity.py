@@ -28,8 +28,9 @@ token, the dense lm_head included.
 
 Calibration (``sparsity-rotated``): the uncentred second moment XᵀX of the ``attn`` and ``mlp``
 inputs of every layer on the dense model, over the first ``calib_tokens`` (default 20,480, the
-reference's 10 × 2,048) tokens of the shipped calibration texts, in fresh windows of 2,048; Q = its
-eigenvectors. Computed once per (weights, text, settings) and kept in the cache folder
+reference's 10 × 2,048) tokens of the shipped documentation text (``calibration-docs-v1.txt``,
+which shares no query, document or reference with any shipped suite: tests/bench/methods/
+test_act_sparsity.py checks it), in fresh windows of 2,048; Q = its eigenvectors. Computed once per (weights, text, settings) and kept in the cache folder
 (``sparsity/larosa-KEY.safetensors``, integrity-recorded, written atomically under a lock).
 """
 from __future__ import annotations
@@ -136,9 +137,10 @@ def calibration_text() -> str:
 
 
 def sparsity_calibration_text() -> str:
-    """What the rotations are calibrated on by default: the short text, then the long one."""
-    return calibration_text().rstrip("\n") + "\n\n" + \
-        CALIBRATION_DOCS_FILE.read_text(encoding="utf-8")
+    """What the rotations are calibrated on by default: the documentation text alone. The short
+    text is left out: it holds one of seed-v1's queries verbatim, and calibrating on a measured
+    query would flatter the row."""
+    return CALIBRATION_DOCS_FILE.read_text(encoding="utf-8")
 
 
 def _first_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any]:
@@ -365,7 +367,7 @@ class RotatedSparsity(_Sparsity):
     simplification = ("quality only: no sparse kernel, so the rotation is applied and undone "
                       "around the dense matmul in fp32 (the same numbers as W·Q folded; the "
                       "reference rotates in fp64) and speed is n/a; calibrated on 20,480 tokens "
-                      "of the shipped calibration texts (Python documentation prose) instead of "
+                      "of shipped Python documentation prose (no suite's text) instead of "
                       "WikiText-2; one Top-K sparsity for all four inputs (the reference's uniform "
                       "setting); o_proj and down_proj inputs unrotated, as in the reference code")
     rotated = True
