@@ -40,7 +40,8 @@ from engine.progress import CancelToken, ProgressFn
 from engine.lm.templates import encode_user_text
 from .base import GenState, Method, MethodOutput, Query, render_chat, text_nll
 from .params import reject_unknown
-from .phrase_vocab import MergedDetokenizer, PhraseVocab, fold_to_base, learn_merges
+from .phrase_vocab import (MergedDetokenizer, PhraseVocab, comparable_logprobs, learn_merges,
+                           nll_per_base_token)
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
@@ -201,7 +202,8 @@ class PhraseMerge(Method):
         per_tok[key] = self.vocab
         return time.perf_counter() - t0
 
-    def _vocab(self, lm: LoadedModel) -> PhraseVocab:
+    def vocabulary(self, lm: LoadedModel) -> PhraseVocab:
+        """The merged vocabulary, learned on first use."""
         if self.vocab is None:
             self.learn(lm)
         return self.vocab
@@ -252,16 +254,20 @@ class PhraseMerge(Method):
 
     # ---- encoding and decoding --------------------------------------------------------------
     def encode(self, lm: LoadedModel, text: str) -> list[int]:
-        return self._vocab(lm).encode_ids(encode_user_text(lm.tokenizer, text))
+        return self.vocabulary(lm).encode_ids(encode_user_text(lm.tokenizer, text))
 
     def decode(self, lm: LoadedModel, ids: Sequence[int]) -> str:
         return self.detokenizer(lm).decode(list(ids), skip_special_tokens=True)
 
     def detokenizer(self, lm: LoadedModel) -> Any:
-        return MergedDetokenizer(lm.tokenizer, self._vocab(lm))
+        return MergedDetokenizer(lm.tokenizer, self.vocabulary(lm))
+
+    def merged_ids(self, lm: LoadedModel, ids: Sequence[int]) -> list[int]:
+        """Base-vocabulary ids → this vocabulary's (the merges applied in learned order)."""
+        return self.vocabulary(lm).encode_ids(ids)
 
     def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:
-        return self._vocab(lm).encode_ids(render_chat(lm.tokenizer, self.messages(q, q.document)))
+        return self.merged_ids(lm, render_chat(lm.tokenizer, self.messages(q, q.document)))
 
     def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)
@@ -278,20 +284,24 @@ class PhraseMerge(Method):
         with self.active(lm):
             out = super().run(lm, q, max_new_tokens, cancel=cancel, sampling=sampling,
                               fixed_length=fixed_length)
-        v = self.vocab
-        new = sum(1 for t in out.token_ids if t >= v.base_size)
-        out.extra["phrases_in_prompt"] = self.phrases_used(lm, self.render_prompt(lm, q))
-        out.extra.update(
-            phrases=len(v.merges), new_tokens_generated=new,
-            new_token_rate=new / len(out.token_ids) if out.token_ids else None,
-            tokens_saved=out.cost["prompt_tokens_in"] - out.cost["prompt_tokens_effective"],
-            output_base_tokens=len(v.expand(out.token_ids)), domain=self.params["domain"])
+        out.extra.update(self.figures(lm, out, self.render_prompt(lm, q)))
         return out
+
+    def figures(self, lm: LoadedModel, out: MethodOutput, prompt_ids: Sequence[int]) -> dict:
+        """What a run with this vocabulary records beside its cost: the phrases its prompt used,
+        how many merged ids it generated, the prompt tokens it saved (full prompt − fed)."""
+        v = self.vocabulary(lm)
+        new = sum(1 for t in out.token_ids if t >= v.base_size)
+        return {"phrases_in_prompt": self.phrases_used(lm, prompt_ids),
+                "phrases": len(v.merges), "new_tokens_generated": new,
+                "new_token_rate": new / len(out.token_ids) if out.token_ids else None,
+                "tokens_saved": out.cost["prompt_tokens_in"] - out.cost["prompt_tokens_effective"],
+                "output_base_tokens": len(v.expand(out.token_ids)), "domain": self.params["domain"]}
 
     def phrases_used(self, lm: LoadedModel, ids: Sequence[int]) -> dict[str, int]:
         """Which merged phrases a token sequence uses and how often (text → count), most
         frequent first: what the merged prompt looks like, for the record."""
-        v = self._vocab(lm)
+        v = self.vocabulary(lm)
         counts: dict[str, int] = {}
         for t in ids:
             if t >= v.base_size:
@@ -309,32 +319,17 @@ class PhraseMerge(Method):
     def fidelity_logprobs(self, lm: LoadedModel, q: Query, ref_ids: list[int], *,
                           cancel: Optional[CancelToken] = None) -> tuple[torch.Tensor, list[int]]:
         """The baseline's continuation as this method tokenizes it (merged), fed after the
-        merged prompt. Only the continuation's positions where a merged token starts are
-        comparable with the baseline: there the method's next-token distribution, folded onto
-        the base vocabulary (a new id's probability added to its first part: the next base
-        token it commits to), is the method's distribution of the same next base token. Inside
-        a merged token the method makes no choice, so those positions are not compared."""
-        v = self._vocab(lm)
-        merged = v.encode_ids(ref_ids)
-        lp = self.teacher_forced_logprobs(lm, q, merged, cancel=cancel)
-        positions, at = [], 0
-        for t in merged:
-            positions.append(at)
-            at += len(v.parts(t))
-        return fold_to_base(lp, v), positions
+        merged prompt; only the positions where a merged token starts are compared, its
+        distribution folded onto the base vocabulary (``phrase_vocab.comparable_logprobs``)."""
+        return comparable_logprobs(self.vocabulary(lm), ref_ids,
+                                   lambda ids: self.teacher_forced_logprobs(lm, q, ids, cancel=cancel))
 
     def answer_nll(self, lm: LoadedModel, q: Query, answer: str, *,
                    cancel: Optional[CancelToken] = None) -> Optional[float]:
-        """The reference answer as this method tokenizes it: its total NLL over the merged
-        vocabulary divided by its base-token count, i.e. nats per base token of the same text
-        (the baseline's figure is per base token too)."""
-        base = encode_user_text(lm.tokenizer, answer)
-        if not base:
-            return None
-        ids = self._vocab(lm).encode_ids(base)
-        lp = self.teacher_forced_logprobs(lm, q, ids, cancel=cancel)
-        idx = torch.tensor(ids, dtype=torch.long).view(-1, 1)
-        return float(-(lp.gather(1, idx).sum() / len(base)))  # the baseline's mean, in fp32
+        """The reference answer as this method tokenizes it: nats per base token of the same
+        text (``phrase_vocab.nll_per_base_token``), comparable with the baseline's figure."""
+        return nll_per_base_token(self.vocabulary(lm), encode_user_text(lm.tokenizer, answer),
+                                  lambda ids: self.teacher_forced_logprobs(lm, q, ids, cancel=cancel))
 
     def nll_bits_per_byte(self, lm: LoadedModel, text: str, *,
                           cancel: Optional[CancelToken] = None) -> Optional[dict]:

@@ -170,3 +170,36 @@ def fold_to_base(lp: torch.Tensor, vocab: PhraseVocab) -> torch.Tensor:
     first = torch.tensor(vocab.first_parts(), dtype=torch.long, device=lp.device)
     out.index_add_(1, first, p[:, V:V + len(first)])
     return out.log().to(lp.dtype)
+
+
+def comparable_logprobs(vocab: PhraseVocab, ref_ids: Sequence[int],
+                        teacher_forced: Any) -> tuple[torch.Tensor, list[int]]:
+    """The fidelity rows of a method that reads ``vocab``'s merged ids, and where they belong.
+
+    ``ref_ids`` (the baseline's continuation, base ids) is tokenized the method's way (merged)
+    and fed by ``teacher_forced(merged_ids) -> (T, V + M) log-probs``. Only positions where a
+    merged token starts are comparable with the baseline: there the method's distribution,
+    folded onto the base vocabulary (a new id's probability added to its first part: the next
+    base token it commits to), is its distribution of the same next base token. Inside a merged
+    token the method makes no choice, so those positions are not compared. Returns the folded
+    (R, V) rows and, per row, its position in ``ref_ids``."""
+    merged = vocab.encode_ids(ref_ids)
+    lp = teacher_forced(merged)
+    positions, at = [], 0
+    for t in merged:
+        positions.append(at)
+        at += len(vocab.parts(t))
+    return fold_to_base(lp, vocab), positions
+
+
+def nll_per_base_token(vocab: PhraseVocab, base_ids: Sequence[int],
+                       teacher_forced: Any) -> Optional[float]:
+    """A text's NLL as a method that reads ``vocab``'s merged ids scores it: the total over its
+    merged tokenization divided by its base-token count, i.e. nats per base token of the same
+    text (the baseline's figure is per base token too). None for an empty text."""
+    if not base_ids:
+        return None
+    ids = vocab.encode_ids(base_ids)
+    lp = teacher_forced(ids)
+    idx = torch.tensor(ids, dtype=torch.long).view(-1, 1)
+    return float(-(lp.gather(1, idx).sum() / len(base_ids)))  # the baseline's mean, in fp32

@@ -96,6 +96,10 @@ def word_surprisal(lm: LoadedModel, fwd: Any, text: str, *, window: int = 1024,
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     sur = [math.inf] * len(ids)
     window = max(2, min(window, lm.context_length))
+    # the model's own vocabulary: ids a vocabulary method appends beside the pruner (phrase merge
+    # in all-combined) are not the pruner's to score, so the document is pruned as it would be
+    # without them (a no-op slice for every other method)
+    vocab = int(getattr(lm.model.config, "vocab_size", 0) or 0) or None
     for s in range(0, len(ids), window):
         check(cancel)
         chunk = ids[s:s + window]
@@ -103,7 +107,7 @@ def word_surprisal(lm: LoadedModel, fwd: Any, text: str, *, window: int = 1024,
             break
         with torch.inference_mode():
             logits = fwd.logits(torch.tensor([chunk], device=lm.torch_device), fwd.new_cache(), keep=0)[0]
-        lp = torch.log_softmax(logits[:-1].float(), -1)
+        lp = torch.log_softmax(logits[:-1, :vocab].float(), -1)
         got = -lp.gather(1, torch.tensor(chunk[1:], device=lp.device).view(-1, 1)).view(-1)
         for j, v in enumerate(got.tolist()):
             sur[s + 1 + j] = v

@@ -383,9 +383,10 @@ def test_harness_compares_comparable_positions(tiny_lm, tmp_path):
 def test_combinations_pass_the_suite_to_every_part(name):
     """The harness tells each method which suite it measures; a combination tells its parts."""
     m = make_method(name)
-    parts = [m.p, m.c] + ([m.m] if hasattr(m, "m") else [])
+    parts = list(m.parts.values()) if hasattr(m, "parts") else [m.p, m.c]
     seen = []
     for part in parts:
         part.use_suite = lambda suite, part=part: seen.append((part.name, suite))
     m.use_suite("core-v1")
     assert seen == [(p.name, "core-v1") for p in parts]
+    assert len(seen) == (4 if name == "all-combined" else 2)
