@@ -96,11 +96,17 @@ def _list() -> int:
     t.add_column("label")
     t.add_column("changes model")
     t.add_column("how it simplifies its paper")
+    parts = {}
     for n in method_names():
         m = make_method(n)
         t.add_row(text(n), text(m.label), "yes" if m.model_changing else "",
                   text(m.simplification or "—"))
+        parts = getattr(m, "parts", None) or parts
     inert_console().print(t)
+    if parts:
+        inert_console().print("all-combined runs one method per part at once: " + ", ".join(
+            f"{k} {p.name}" for k, p in parts.items()) + " (parameters: --param "
+            "all-combined.PART.KEY=V)", highlight=False)
     from engine.bench.methods import CACHE_SIDE, PROMPT_SIDE
 
     inert_console().print(f"combinations, each run and measured as one configuration: PROMPT+CACHE with "

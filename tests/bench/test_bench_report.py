@@ -328,6 +328,8 @@ def test_bench_list_says_how_each_method_simplifies_its_paper(capsys):
     assert main(["bench", "list"]) == 0
     out = capsys.readouterr().out
     assert "how it simplifies" in out and "all-combined" in out and "kv-contiguous" in out
+    assert "all-combined runs one method per part at once: prompt prune-selfinfo" in out
+    assert "vocab phrase-merge" in " ".join(out.split())
     simplified = {n: make_method(n).simplification for n in method_names()}
     for n in ("evict-cake", "evict-snapkv", "sparsity-rotated", "phrase-merge", "kv-contiguous",
               "all-combined", "prune-selfinfo"):
