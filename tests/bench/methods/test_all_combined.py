@@ -239,3 +239,34 @@ def test_all_combined_through_the_harness(tiny_lm, tmp_path):
     p = prose["quality"]
     assert prose["status"] == "ok" and p["tokens_merged"] < p["tokens_original"]
     assert p["bpb"] > 0 and p["rotated"] and p["sparsity_measured"] > 0.25
+
+
+@pytest.mark.slow
+def test_all_combined_on_the_bundled_model(smol_lm, suite):
+    """The bundled model ties its embedding and head: during the run the two sides get their
+    own appended rows, afterwards the same tied Parameter objects are back, untouched."""
+    lm, q = smol_lm, _query(suite)
+    model = lm.model
+    params = dict(model.named_parameters(remove_duplicate=False))
+    emb = model.get_input_embeddings().weight.detach().clone()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    m = _all(suite, **{"model.sparsity": 0.4, "model.calib_tokens": 2048})
+    baseline = make_method("baseline")
+    ref = baseline.run(lm, q, 12)
+    m.prepare(lm)
+    try:
+        out = m.run(lm, q, 12, fixed_length=True)
+        lp, pos = m.fidelity_logprobs(lm, q, ref.token_ids)
+    finally:
+        m.restore(lm)
+    c = out.cost
+    assert c["prompt_tokens_effective"] < out.extra["prompt_tokens_pruned"] < c["prompt_tokens_in"]
+    assert out.extra["phrases_in_prompt"] and isinstance(out.text, str)
+    assert 0.39 < out.extra["sparsity_measured"] < 0.41
+    assert lp.shape == (len(pos), model.config.vocab_size) and 1 <= len(pos) <= len(ref.token_ids)
+    assert pos[0] == 0 and pos == sorted(set(pos))
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == params.keys() and all(after[k] is params[k] for k in params)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    assert not any(mod._forward_pre_hooks for mod in model.modules())
