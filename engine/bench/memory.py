@@ -7,8 +7,9 @@
   which storages the cache's tensors live in: a tensor on a storage that did not exist before the
   step was written whole (``torch.cat`` in ``DynamicCache`` re-copies each layer every step, an
   eviction's gather copies what it keeps, a buffer that grows copies its contents); on a storage
-  that persists only the growth was written (an append in place). It reads pointers and shapes,
-  never data, and its own time is returned so the harness can leave it out of the timings.
+  that persists only the growth was written (an append in place). A layer that counts its own
+  writes (``bytes_written``: the contiguous buffer, which also compacts in place) is read as is.
+  It reads pointers, shapes and counters, never data, and its own time is returned so the harness can leave it out of the timings.
 - ``HighWater``: the process's memory high-water mark over its state just before a block: on CPU
   the kernel's VmHWM (reset through ``/proc/self/clear_refs``, so it is exact, not sampled) minus
   the RSS at the start, after giving freed heap back to the system (``malloc_trim``) so memory
@@ -85,11 +86,28 @@ def _snapshot(cache: Any) -> dict[int, tuple[int, Any]]:
     return out
 
 
+def _self_counted(cache: Any) -> tuple[dict[int, int], Any]:
+    """The cache's layers that count their own writes (an int ``bytes_written``: the contiguous
+    buffer, whose compactions move rows while the filled length shrinks, so nothing could be
+    inferred from shapes) as {id: bytes so far}, and the rest of the cache, whose writes are
+    inferred."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list):
+        return {}, cache
+    own = {id(lay): lay.bytes_written for lay in layers
+           if isinstance(getattr(lay, "bytes_written", None), int)}
+    if not own:
+        return {}, cache
+    return own, [lay for lay in layers if id(lay) not in own]
+
+
 class CopyMeter:
-    """Bytes written into a cache's storages, step by step (see the module docstring)."""
+    """Bytes written into a cache's storages, step by step (see the module docstring); a layer
+    that counts its own writes (``bytes_written``) is read instead of inferred."""
 
     def __init__(self) -> None:
         self.prev: dict[int, tuple[int, Any]] = {}
+        self.prev_counted: dict[int, int] = {}
         self.written = 0      # bytes written over the steps counted
         self.steps = 0
         self.seconds = 0.0    # the meter's own time (left out of the timings)
@@ -98,13 +116,17 @@ class CopyMeter:
     def start(self, cache: Any) -> None:
         """The state after prefill: later steps are compared against it."""
         t0 = time.perf_counter()
-        self.prev = _snapshot(cache)
+        self.prev_counted, rest = _self_counted(cache)
+        self.prev = _snapshot(rest)
         self.peak_allocated = max(self.peak_allocated, allocated_bytes(cache))
         self.seconds += time.perf_counter() - t0
 
     def step(self, cache: Any) -> None:
         t0 = time.perf_counter()
-        now = _snapshot(cache)
+        counted, rest = _self_counted(cache)
+        self.written += sum(n - self.prev_counted.get(k, 0) for k, n in counted.items())
+        self.prev_counted = counted
+        now = _snapshot(rest)
         for key, (n, ref) in now.items():
             old = self.prev.get(key)
             same = old is not None and old[1]() is ref()

@@ -332,5 +332,6 @@ def test_bench_list_says_how_each_method_simplifies_its_paper(capsys):
     assert "vocab phrase-merge" in " ".join(out.split())
     simplified = {n: make_method(n).simplification for n in method_names()}
     for n in ("evict-cake", "evict-snapkv", "sparsity-rotated", "phrase-merge", "kv-contiguous",
-              "all-combined", "prune-selfinfo"):
+              "hybrid-kv", "all-combined", "prune-selfinfo"):
         assert simplified[n], n  # each re-implementation of a paper says what it leaves out
+    assert "hybrid-kv" in out and "compacted" in out  # how the seed's vAttention + CAKE is simplified

@@ -25,6 +25,7 @@ _FACTORIES: dict[str, tuple[str, str, dict]] = {
     "evict-snapkv": ("kv_evict_cake", "SnapKV", {}),
     "evict-pyramidkv": ("kv_evict_cake", "PyramidKV", {}),
     "kv-contiguous": ("kv_contiguous", "KVContiguous", {}),
+    "hybrid-kv": ("kv_hybrid", "HybridKV", {}),
     "prune-nth": ("prompt_prune", "PruneEveryNth", {}),
     "prune-selfinfo": ("prompt_prune", "PruneSelfInfo", {}),
     "sparsity-magnitude": ("act_sparsity", "MagnitudeSparsity", {}),

@@ -111,7 +111,7 @@ def split_params(params: dict[str, Any], sides: Any, name: str, hint: str) -> di
 # what "all combined" runs: one method per part, each of them composing with the others
 ALL_PARTS = {
     "prompt": "prune-selfinfo",
-    "cache": "evict-cake",
+    "cache": "hybrid-kv",
     "model": "sparsity-rotated",
     "vocab": "phrase-merge",
 }
@@ -120,8 +120,9 @@ ALL_PARTS = {
 class AllCombined(Combined):
     """Every method that composes, applied at once and measured whole (never a sum of the rows'
     separate savings): word pruning decides what is fed, phrase merge how the pruned prompt is
-    tokenized (its untrained rows appended to the model), the cache part how it is cached,
-    rotated activation sparsity changes the layers. Left out because they cannot run together
+    tokenized (its untrained rows appended to the model), the cache part how it is cached (the
+    seed's hybrid: one contiguous reservation, CAKE's eviction compacting inside it), rotated
+    activation sparsity changes the layers. Left out because they cannot run together
     with those: another cache method beside the cache part (one cache holds the KV), kv-reuse
     (it needs a prefix cached by an earlier turn, which pruning changes). Parameters:
     ``prompt.KEY``, ``cache.KEY``, ``model.KEY``, ``vocab.KEY``.
@@ -157,7 +158,7 @@ class AllCombined(Combined):
             "each part as simplified in its own row; together: the document is pruned first "
             "(the pruner scores words over the model's own vocabulary), then the pruned prompt is "
             "encoded with phrase merge's vocabulary, learned from the suite's unpruned domain "
-            f"material; one cache method ({self.c.name}); no kv-reuse (pruning changes the "
+            f"material; one cache method ({self.c.label}); no kv-reuse (pruning changes the "
             "prefix an earlier turn cached)")
         self.model_changing = True
         self.speed_note = self.m.speed_note

@@ -7,7 +7,8 @@ from typing import Optional
 
 # what is fed + how it is cached
 PROMPT_SIDE = ("prune-nth", "prune-selfinfo")
-CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake", "evict-snapkv", "evict-pyramidkv", "kv-contiguous")
+CACHE_SIDE = ("kv-fp8", "evict-sinks", "evict-cake", "evict-snapkv", "evict-pyramidkv", "kv-contiguous",
+              "hybrid-kv")
 
 
 def split_combination(name: str) -> Optional[tuple[str, str]]:

@@ -47,13 +47,20 @@ if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the T
 class ContiguousLayer(DynamicLayer):
     """One layer's K and V in a buffer of ``reserve`` positions, written in place; ``keys`` and
     ``values`` are views of the filled part (what attention reads). The buffers come from
-    ``reserve_buffers`` before the prefill, or are made at the first update when none are given."""
+    ``reserve_buffers`` before the prefill, or are made at the first update when none are given.
+
+    ``bytes_written`` counts every byte the layer writes into its buffers (appends and
+    compactions), so the copy meter (engine/bench/memory.py) reads what was really written
+    instead of inferring it from shapes: a compaction shortens the filled part while it moves
+    rows, which an inference from lengths would count as nothing."""
 
     def __init__(self, reserve: int, kbuf: Optional[torch.Tensor] = None,
                  vbuf: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.reserve = reserve
         self.length = 0
+        self.bytes_written = 0
+        self.bytes_compacted = 0  # the part of bytes_written that compactions wrote
         if kbuf is not None and vbuf is not None:
             self.kbuf, self.vbuf = kbuf, vbuf
             self.device = kbuf.device
@@ -83,10 +90,40 @@ class ContiguousLayer(DynamicLayer):
             raise InputError(f"contiguous KV cache: {end} positions exceed the {self.reserve} reserved")
         self.kbuf[:, :, self.length:end].copy_(key_states)
         self.vbuf[:, :, self.length:end].copy_(value_states)
+        self.bytes_written += _nbytes(key_states) + _nbytes(value_states)
+        self._fill(end)
+        return self.keys, self.values
+
+    def compact(self, idx: torch.Tensor) -> None:
+        """Keep only positions ``idx`` (KV heads, m) of each head, ascending, moved to the front
+        of the buffer in place (batch 1): no new allocation, the buffer keeps its address.
+
+        Sorted distinct indices satisfy idx[j] >= j, so in each head the leading positions kept
+        where they are are not touched; from that head's first moved position on, its kept rows
+        are gathered and written back. The gather goes through a staging tensor (PyTorch refuses
+        a copy between overlapping regions), and both copies are counted in ``bytes_written``."""
+        heads, m = idx.shape[0], idx.shape[-1]
+        if idx.dim() != 2 or heads != self.kbuf.shape[1] or self.kbuf.shape[0] != 1 or m > self.length:
+            raise InputError(f"contiguous KV cache: cannot keep {tuple(idx.shape)} of "
+                             f"{self.length} positions x {self.kbuf.shape[1]} heads")
+        moved = idx != torch.arange(m, device=idx.device)
+        for h in range(heads):
+            at = moved[h].nonzero()
+            if not len(at):
+                continue
+            start = int(at[0])
+            for buf in (self.kbuf, self.vbuf):
+                rows = buf[0, h].index_select(0, idx[h, start:])  # the staging copy
+                buf[0, h, start:m].copy_(rows)
+                n = 2 * _nbytes(rows)
+                self.bytes_written += n
+                self.bytes_compacted += n
+        self._fill(m)
+
+    def _fill(self, end: int) -> None:
         self.length = end
         self.keys = self.kbuf[:, :, :end]
         self.values = self.vbuf[:, :, :end]
-        return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
@@ -98,20 +135,22 @@ class ContiguousLayer(DynamicLayer):
         return [(self.keys, self.kbuf), (self.values, self.vbuf)]
 
 
-class KVContiguous(Method):
-    name = "kv-contiguous"
-    label = "KV cache contiguous, written in place (vAttention-style; same HF forward)"
-    simplification = ("the OS's lazy page commit stands in for vAttention's GPU virtual-memory "
-                      "reservation (on CUDA the buffer is sized to prompt + new tokens)")
-    tf_chunked = True  # an exact cache: teacher forcing may feed the targets in one chunk
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
-    def __init__(self, reserve: Any = "context", **params: Any) -> None:
-        reject_unknown(self.name, params, ["reserve"])
-        if reserve != "context":
-            reserve = int_param("reserve", reserve, 1)
-        super().__init__(reserve=reserve)
-        self.reserve = reserve
-        self._need = 0
+
+class ContiguousKV(Method):
+    """The contiguous cache as a part any method can take (kv-contiguous alone, hybrid-kv with
+    CAKE's eviction): every layer's K and V in one reservation made before the prefill, sized
+    by ``reserve`` ("context", or a number of positions). Put it first among the bases so its
+    ``new_state`` swaps the layers of the cache the others built."""
+
+    reserve: Any = "context"
+    _need = 0  # new tokens the current run decodes (sizes the CUDA reservation)
+
+    @staticmethod
+    def check_reserve(reserve: Any) -> Any:
+        return reserve if reserve == "context" else int_param("reserve", reserve, 1)
 
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, **kw: Any):
         self._need = max_new_tokens
@@ -136,6 +175,20 @@ class KVContiguous(Method):
         st.cache.layers = [ContiguousLayer(reserve, *bufs[i]) for i in range(len(st.cache.layers))]
         st.info["reserved_positions"] = reserve
         return st
+
+
+class KVContiguous(ContiguousKV):
+    name = "kv-contiguous"
+    label = "KV cache contiguous, written in place (vAttention-style; same HF forward)"
+    simplification = ("the OS's lazy page commit stands in for vAttention's GPU virtual-memory "
+                      "reservation (on CUDA the buffer is sized to prompt + new tokens)")
+    tf_chunked = True  # an exact cache: teacher forcing may feed the targets in one chunk
+
+    def __init__(self, reserve: Any = "context", **params: Any) -> None:
+        reject_unknown(self.name, params, ["reserve"])
+        reserve = self.check_reserve(reserve)
+        super().__init__(reserve=reserve)
+        self.reserve = reserve
 
 
 def kv_shape(lm: LoadedModel) -> tuple[int, int]:

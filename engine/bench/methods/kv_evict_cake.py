@@ -331,10 +331,15 @@ class _WindowEviction(EvictingMethod):
         top = (torch.topk(pre, keep_prefix, dim=-1).indices.sort(dim=-1).values if keep_prefix
                else pre[:, :0].long())
         win = torch.arange(n - w, n, device=top.device).expand(top.shape[0], w)
-        idx = torch.cat([top, win], dim=-1)
+        self._apply_keep(lay, torch.cat([top, win], dim=-1))
+        return n_prefix - keep_prefix
+
+    def _apply_keep(self, lay: Any, idx: torch.Tensor) -> None:
+        """Make ``lay`` hold only positions ``idx`` (KV heads, m; ascending per head): gathered
+        into new tensors, so the evicted entries' bytes are freed. The hybrid row (kv_hybrid.py)
+        compacts them inside its reserved buffer instead."""
         lay.keys = _gather(lay.keys, idx)
         lay.values = _gather(lay.values, idx)
-        return n_prefix - keep_prefix
 
     def run(self, lm: LoadedModel, q: Query, max_new_tokens: int, *, cancel: Any = None,
             sampling: Any = None, fixed_length: bool = False):
