@@ -130,8 +130,13 @@ def test_params_and_registry():
 
 
 def test_all_combined_caches_in_the_hybrid(tiny_lm, long_q):
-    m = make_method("all-combined", **{"cache.budget": 40, "cache.window": 8, "model.sparsity": 0.3})
+    from engine.bench.suite import load_suite
+
+    m = make_method("all-combined", **{"cache.budget": 40, "cache.window": 8, "model.sparsity": 0.3,
+                                       "model.calib_tokens": 192})
+    m.use_suite(load_suite("core-v1"))
     assert "hybrid-kv" in m.label and "cache.reserve" in m.params
+    assert "contiguous buffer + CAKE" in m.simplification
     m.prepare(tiny_lm)
     try:
         out = m.run(tiny_lm, long_q, 6, fixed_length=True)
