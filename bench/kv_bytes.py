@@ -21,7 +21,7 @@ from engine.bench.suite import load_suite
 from engine.lm.model import load_model
 
 METHODS = ("baseline", "kv-contiguous", "kv-fp8", "evict-sinks", "evict-cake", "evict-snapkv",
-           "evict-pyramidkv")
+           "evict-pyramidkv", "hybrid-kv")
 
 
 def main() -> None:

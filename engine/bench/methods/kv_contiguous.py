@@ -25,6 +25,10 @@ activations had already touched, so nearly the whole reservation became resident
 498-token prompt the process committed 281 MiB for a 23 MiB cache (docs/bench-methods.md,
 "Contiguous KV").
 
+The cache and its reservation are one part (``ContiguousKV``): ``kv-contiguous`` is that part
+alone; ``hybrid-kv`` (kv_hybrid.py) puts CAKE's eviction on it, compacting kept entries inside
+the buffer (``ContiguousLayer.compact``).
+
 Simplified: no GPU virtual-memory API (the OS's lazy commit stands in for it on CPU); one
 request; full-attention layers only.
 """
