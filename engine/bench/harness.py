@@ -287,7 +287,7 @@ class _Bench:
         if qk not in self.quality_cache:
             lm, cancel = self.lm, self.cancel
             # only positions where both tokenizations predict the same next token are compared
-            # (all of them unless the method has its own vocabulary: phrase merge)
+            # (all of them unless the method has its own vocabulary: phrase merge, all-combined)
             lp, pos = m.fidelity_logprobs(lm, q, ref.ids, cancel=cancel)
             pos = [p for p in pos[:lp.shape[0]] if p < len(ref.ids)]
             lp = lp[:len(pos)]
