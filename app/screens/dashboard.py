@@ -2,9 +2,11 @@
 the runner (job kind "bench", timeout from settings), watch it fill, read the aggregate table and
 terminal plots, and export PNGs + CSV + the aggregate as JSON (the one export envelope).
 
-The form is validated on every change (methods, suite, query kinds, repeats, max new tokens, runs
-file): a bad field shows one inline message and keeps Run disabled, as do a model that is not
-loaded and a running job (Stop is enabled then), so nothing unvalidated reaches the engine (which
+The form (app/screens/dashboard_grid.py) is validated on every change (methods, an optional
+compression sweep — a method's declared ratio parameter at several values, run as
+``bench --sweep`` runs it —, suite, query kinds, repeats, max new tokens, runs file): a bad
+field shows one inline message and keeps Run disabled, as do a model that is not loaded and a
+running job (Stop is enabled then), so nothing unvalidated reaches the engine (which
 validates again). The valid form's grid size is handed to the settings, which derive the "bench"
 timeout from it (methods × queries × (repeats + 1) runs of max new tokens ÷ measured tok/s ×
 margin; shown in Settings, editable there).
@@ -28,27 +30,22 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import (Button, DataTable, Input, Label, Select, SelectionList, Static,
                              TabbedContent, TabPane)
 
-from engine.bench.config import BenchConfig
-from engine.budget import grid_bound
-from engine.errors import InputError
-
-from app.engines import module_available
 from app.messages import (JobCancelled, JobFailed, JobFinished, JobProgressed, JobStarted,
                           SettingsChanged)
 from app.screens.base import ToolScreen
 from app.screens.dashboard_form import (DEFAULT_METHODS, KINDS, TABLE_COLUMNS, WHAT,
                                         method_choices, parse_combinations, parse_runs_path,
-                                        suite_counts, suites_available)
+                                        suites_available, sweep_choices, sweep_help)
+from app.screens.dashboard_grid import ENGINE_MODULES, GridForm
 from app.screens.dashboard_report import LiveReport
 from app.settings import BenchGrid, fmt_duration
-from app.validate import FieldCheck, first_error, parse_field
+from app.validate import FieldCheck
 from app.widgets.checks import CheckList
 from app.widgets.engine_status import EngineStatus
 from app.widgets.plots import CostQualityPlot, MedianBarsPlot, QualityPlot, SpeedContextPlot, SweepPlot
 
-ENGINE_MODULES = ("engine.bench.harness",)
 JOB_KIND = "bench"
-class DashboardScreen(LiveReport, ToolScreen):
+class DashboardScreen(GridForm, LiveReport, ToolScreen):
     """Methods × suite grid, live aggregate table and plots, export."""
 
     BINDINGS = [
@@ -72,6 +69,7 @@ class DashboardScreen(LiveReport, ToolScreen):
         self._reading = False               # a report read is in flight (at most one)
         self._pending: Optional[tuple[str, bool]] = None  # forced re-read asked for meanwhile
         self.reads = 0                      # report reads completed (tests, diagnostics)
+        self.sweep_run = False              # the running (or last) grid holds a sweep
 
     # ---- layout -----------------------------------------------------------------------------
     def compose_body(self) -> ComposeResult:
@@ -85,6 +83,10 @@ class DashboardScreen(LiveReport, ToolScreen):
                 yield Label("Combinations (PROMPT+CACHE, comma-separated; each run as one method)")
                 yield Input("", id="dash-combos", placeholder="e.g. prune-selfinfo+kv-fp8",
                             validators=[FieldCheck(parse_combinations)])
+                yield Label("Sweep (optional): one method's ratio parameter at several values")
+                yield Select(sweep_choices(), prompt="no sweep", allow_blank=True, id="dash-sweep")
+                yield Input("", id="dash-sweep-values", placeholder="values, e.g. 64,128,256")
+                yield Static("", id="dash-sweep-help", classes="status-line")
                 yield Label("Suite")
                 suites = suites_available()
                 yield Select([(s, s) for s in suites], value=suites[0] if suites else Select.BLANK,
@@ -156,84 +158,6 @@ class DashboardScreen(LiveReport, ToolScreen):
             folder = default_export_dir()
         return str(Path(folder) / "bench-runs.jsonl")
 
-    # ---- validation -------------------------------------------------------------------------
-    @staticmethod
-    def _parse_repeats(text: str) -> int:
-        return parse_field(text, BenchConfig, "repeats")
-
-    def _parse_mnt(self, text: str) -> int:
-        try:
-            lm = self.loaded_model
-        except Exception:  # noqa: BLE001 — validated before the screen is attached
-            lm = None
-        ctx = int(getattr(lm, "context_length", 0) or 0)
-        return parse_field(text, BenchConfig, "max_new_tokens", hi=ctx - 1 if ctx > 1 else None)
-
-    def form(self) -> tuple[dict[str, Any], Optional[str]]:
-        """({cfg: BenchConfig fields, out, grid: BenchGrid}, first error or None)."""
-
-        def methods() -> list[str]:
-            chosen = list(self.query_one("#dash-methods", SelectionList).selected)
-            chosen += [c for c in parse_combinations(self.query_one("#dash-combos", Input).value)
-                       if c not in chosen]
-            if not chosen:
-                raise InputError("methods: choose at least one")
-            return chosen
-
-        def kinds() -> list[str]:
-            chosen = list(self.query_one("#dash-kinds", SelectionList).selected)
-            if not chosen:
-                raise InputError("query kinds: choose at least one")
-            return chosen
-
-        def suite() -> str:
-            v = self.query_one("#dash-suite", Select).value
-            if v is Select.BLANK or not v:
-                raise InputError("suite: none chosen (no suite is shipped in engine/bench/suites)")
-            return str(v)
-
-        values, err = first_error({
-            "methods": methods, "suite": suite, "kinds": kinds,
-            "repeats": lambda: self._parse_repeats(self.query_one("#dash-repeats", Input).value),
-            "max_new_tokens": lambda: self._parse_mnt(self.query_one("#dash-mnt", Input).value),
-            "out": lambda: parse_runs_path(self.query_one("#dash-out", Input).value),
-        })
-        if err:
-            return {}, err
-        counts = suite_counts(values["suite"])
-        queries = sum(counts.get(k, 0) for k in values["kinds"] if k != "prose")
-        prose = "prose" in values["kinds"] and counts.get("prose", 0) > 0
-        if queries == 0 and not prose:
-            return {}, (f"suite {values['suite']} has no queries of kind "
-                        f"{', '.join(values['kinds'])}: choose other kinds")
-        try:  # the grid is scheduled in memory: the same machine bound as the command line's
-            grid_bound("repeats", len(values["methods"]) * max(1, queries)).check(values["repeats"])
-        except InputError as e:
-            return {}, str(e)
-        cfg = {k: values[k] for k in ("methods", "suite", "repeats", "max_new_tokens", "kinds")}
-        grid = BenchGrid(len(values["methods"]), queries, values["repeats"],
-                         values["max_new_tokens"], prose)
-        return {"cfg": cfg, "out": str(values["out"]), "grid": grid}, None
-
-    def engine_ready(self) -> Optional[str]:
-        app = self.tokenforge_app
-        if (not all(module_available(m) for m in ENGINE_MODULES)
-                or not hasattr(app.engine, "bench")):
-            return "the bench engine (engine.bench.harness) is not available in this checkout"
-        if app.model_state == "loading":
-            return "loading the model… Run opens when it is ready"
-        if app.model_state == "failed" or app.lm is None:
-            return f"no model: {app.model_error or 'not loaded'} — open Settings (F6)"
-        return None
-
-    def _runs_file(self) -> Optional[Path]:
-        """The runs file named in the form when it is a valid path to an existing file."""
-        try:
-            p = parse_runs_path(self.query_one("#dash-out", Input).value)
-        except InputError:
-            return None
-        return p if p.is_file() else None
-
     # ---- state → controls -------------------------------------------------------------------
     def model_changed(self) -> None:
         if self.children:
@@ -289,6 +213,9 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.query_one("#dash-load", Button).disabled = busy or not have_runs
         self.query_one("#dash-export", Button).disabled = busy or not have_runs
         self.query_one("#dash-error", Static).update(tesc(err or self.engine_error))
+        sel = self.query_one("#dash-sweep", Select)
+        self.query_one("#dash-sweep-help", Static).update(
+            "" if sel.is_blank() else f"[dim]{tesc(sweep_help(str(sel.value)))}[/]")
         if not err and app.settings.set_bench_grid(f["grid"]):
             app.notify_screens(SettingsChanged, skip=self)  # Settings shows the new derivation
         self.query_one("#dash-status", Static).update(self._status_text(f))
@@ -339,6 +266,10 @@ class DashboardScreen(LiveReport, ToolScreen):
             self.query_one("#dash-error", Static).update(tesc(err or blocked or ""))
             return
         cfg = f["cfg"]
+        why = self._instances_problem(cfg)
+        if why:
+            self.query_one("#dash-error", Static).update(tesc(why))
+            return
         from app.settings import over_timeout
 
         g = f["grid"]
@@ -349,8 +280,14 @@ class DashboardScreen(LiveReport, ToolScreen):
         self.engine_error = ""
         self.purpose = "run"
         self.runs_path = f["out"]
-        self.start_job(JOB_KIND, app.engine.bench, app.lm, cfg, f["out"], params=dict(cfg))
-        self.say(f"running {tesc(', '.join(cfg['methods']))} on {tesc(cfg['suite'])} "
+        self.sweep_run = bool(cfg.get("sweeps"))
+        shown = dict(cfg)
+        if self.sweep_run:
+            self._sweep_opened = False  # the Sweep tab opens on the new curve
+            shown["sweeps"] = [sw.spec for sw in cfg["sweeps"]]
+        self.start_job(JOB_KIND, app.engine.bench, app.lm, cfg, f["out"], params=shown)
+        swept = "".join(f" + sweep {sw.spec}" for sw in cfg.get("sweeps", []))
+        self.say(f"running {tesc(', '.join(cfg['methods']) + swept)} on {tesc(cfg['suite'])} "
                  f"({tesc(', '.join(cfg['kinds']))}) × {cfg['repeats']} → {tesc(f['out'])} · "
                  f"{self._timeout_text()} · Esc stops (finished records are kept)")
         self.refresh_controls()
@@ -416,6 +353,8 @@ class DashboardScreen(LiveReport, ToolScreen):
             s = m.result
             self.say(f"[green]{s.written} records[/], {s.skipped} resumed, {s.errors} errors → "
                      f"{tesc(str(s.out))}" + (" [yellow](stopped)[/]" if s.cancelled else ""))
+            if self.sweep_run:
+                self._sweep_opened = False  # the finished sweep's curve is shown
             self.refresh_report(force=True)
         self.purpose = None
         self.refresh_controls()

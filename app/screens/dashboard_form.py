@@ -69,3 +69,41 @@ def parse_runs_path(text: str) -> Path:
     if parent.exists() and not parent.is_dir():
         raise InputError(f"runs file: {parent} is a file, not a folder")
     return p
+
+
+# ---- a compression sweep from the form (the command line's --sweep) ---------------------------
+def sweep_choices() -> list[tuple[str, str]]:
+    """(label, "METHOD.KEY") for every method with a declared ratio parameter (torch-free)."""
+    from engine.bench.methods.params import RATIO_PARAMS
+
+    return [(f"{m}.{rp.key}", f"{m}.{rp.key}") for m, rp in RATIO_PARAMS.items()]
+
+
+def sweep_help(choice: str) -> str:
+    """What the chosen parameter means and the values it takes (its declared bound)."""
+    from engine.bench.methods.params import RATIO_PARAMS
+
+    method, _, key = choice.partition(".")
+    rp = RATIO_PARAMS.get(method)
+    if rp is None or rp.key != key:
+        return ""
+    kind = "whole numbers" if rp.bound.kind == "int" else "numbers"
+    return f"{key}: {rp.meaning} · {kind} in {rp.bound.describe()}, comma-separated"
+
+
+def parse_sweep_fields(choice: str, values: str, methods: list[str]):
+    """The sweep fields → a checked ``engine.bench.sweep.Sweep`` (None: no sweep chosen). The
+    values go through the parser ``bench --sweep`` uses; the swept method may not also be
+    ticked among the methods (the sweep already runs it at each value)."""
+    from engine.bench.sweep import sweep_of
+
+    if not choice:
+        if values.strip():
+            raise InputError("sweep: choose the method and parameter these values are for")
+        return None
+    method, _, key = choice.partition(".")
+    sw = sweep_of(method, key, values, flag="sweep")
+    if method in methods:
+        raise InputError(f"sweep: {method} is also ticked among the methods; the sweep already "
+                         "runs it at each value (untick it, or add its default to the values)")
+    return sw

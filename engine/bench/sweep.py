@@ -40,8 +40,6 @@ def _sweepable() -> str:
 def parse_sweep(spec: str) -> Sweep:
     """'evict-cake.budget=64,128,256' (``METHOD.KEY``, as ``--param`` names it, or
     ``METHOD:KEY``) → a checked ``Sweep``; anything wrong is one InputError."""
-    from engine.bounded_json import BadJSON, loads
-
     if not isinstance(spec, str) or "=" not in spec:
         raise InputError(f"--sweep {spec!r}: expected METHOD.KEY=V1,V2,…",
                          f"e.g. evict-cake.budget=64,128,256; sweepable: {_sweepable()}")
@@ -50,47 +48,56 @@ def parse_sweep(spec: str) -> Sweep:
     cut = min((i for i in (lhs.find(":"), lhs.find(".")) if i > 0), default=-1)
     if cut < 0:
         raise InputError(f"--sweep {spec!r}: expected METHOD.KEY=V1,V2,…", f"sweepable: {_sweepable()}")
-    method, key = lhs[:cut].strip(), lhs[cut + 1:].strip()
-    raw = [v.strip() for v in rhs.split(",")]
+    return sweep_of(lhs[:cut].strip(), lhs[cut + 1:].strip(), rhs)
+
+
+def sweep_of(method: str, key: str, values: str, *, flag: str = "--sweep") -> Sweep:
+    """``method``'s ratio parameter ``key`` at the comma-separated ``values`` → a checked
+    ``Sweep`` (the command line's ``--sweep`` and the TUI's sweep fields; ``flag`` names the
+    field in the messages)."""
+    lhs = f"{method}.{key}"
+    raw = [v.strip() for v in values.split(",")]
     if not any(raw):
-        raise InputError(f"--sweep {lhs}: no values given", "e.g. evict-cake.budget=64,128,256")
+        raise InputError(f"{flag} {lhs}: no values given", "e.g. evict-cake.budget=64,128,256")
     if "" in raw:
-        raise InputError(f"--sweep {lhs}: an empty value in {rhs!r}")
+        raise InputError(f"{flag} {lhs}: an empty value in {values.strip()!r}")
     if len(raw) > MAX_VALUES:
-        raise InputError(f"--sweep {lhs}: {len(raw)} values, at most {MAX_VALUES}")
-    values: list[Any] = []
+        raise InputError(f"{flag} {lhs}: {len(raw)} values, at most {MAX_VALUES}")
+    from engine.bounded_json import BadJSON, loads
+
+    parsed: list[Any] = []
     for v in raw:
         try:
-            values.append(loads(v, f"--sweep {lhs}"))
+            parsed.append(loads(v, f"{flag} {lhs}"))
         except BadJSON:
-            raise InputError(f"--sweep {lhs}: {v!r} is not a number") from None
-    sw = Sweep(method, key, values)
-    check_sweep(sw)
+            raise InputError(f"{flag} {lhs}: {v!r} is not a number") from None
+    sw = Sweep(method, key, parsed)
+    check_sweep(sw, flag=flag)
     return sw
 
 
-def check_sweep(sw: Sweep) -> None:
+def check_sweep(sw: Sweep, *, flag: str = "--sweep") -> None:
     """The method has a ratio parameter, ``key`` is it, every value is inside its declared bound
     and no value repeats."""
     from engine.bench.methods import method_names
     from engine.bench.methods.params import RATIO_PARAMS
 
     if sw.method not in method_names():
-        raise InputError(f"--sweep: unknown method {sw.method!r}", f"sweepable: {_sweepable()}")
+        raise InputError(f"{flag}: unknown method {sw.method!r}", f"sweepable: {_sweepable()}")
     rp = RATIO_PARAMS.get(sw.method)
     if rp is None:
-        raise InputError(f"--sweep: {sw.method} has no ratio parameter to sweep",
+        raise InputError(f"{flag}: {sw.method} has no ratio parameter to sweep",
                          f"sweepable: {_sweepable()}")
     if sw.key != rp.key:
-        raise InputError(f"--sweep: {sw.method} sweeps {rp.key} ({rp.meaning}), not {sw.key!r}")
+        raise InputError(f"{flag}: {sw.method} sweeps {rp.key} ({rp.meaning}), not {sw.key!r}")
     if not sw.values:
-        raise InputError(f"--sweep {sw.method}.{sw.key}: no values given")
+        raise InputError(f"{flag} {sw.method}.{sw.key}: no values given")
     for v in sw.values:
-        rp.bound.check(f"--sweep {sw.method}.{sw.key}", v)
+        rp.bound.check(f"{flag} {sw.method}.{sw.key}", v)
     seen: set = set()
     for v in sw.values:
         if v in seen:
-            raise InputError(f"--sweep {sw.method}.{sw.key}: value {v} given twice")
+            raise InputError(f"{flag} {sw.method}.{sw.key}: value {v} given twice")
         seen.add(v)
 
 
@@ -119,4 +126,5 @@ def sweep_params(sw: Sweep, params: dict) -> list[dict]:
     return [{**base, sw.key: v} for v in sw.values]
 
 
-__all__ = ["MAX_VALUES", "Sweep", "check_sweep", "check_sweeps", "parse_sweep", "sweep_params"]
+__all__ = ["MAX_VALUES", "Sweep", "check_sweep", "check_sweeps", "parse_sweep", "sweep_of",
+           "sweep_params"]
