@@ -164,10 +164,13 @@ class ContiguousKV(Method):
             self._need = 0
 
     def positions(self, lm: LoadedModel, prompt_len: int) -> int:
+        """Positions to reserve: on CUDA (no lazy commit) what this request needs when its own
+        ``run`` said how many tokens it decodes; otherwise (CPU, or a state made by teacher
+        forcing or by a combination, which feed an unknown number of targets) the context."""
         if self.reserve != "context":
             return int(self.reserve)
-        if lm.torch_device.type == "cuda":  # no lazy commit: reserve what this request needs
-            return prompt_len + max(self._need, 1) + 1
+        if lm.torch_device.type == "cuda" and self._need:
+            return min(prompt_len + self._need + 1, int(lm.context_length))
         return int(lm.context_length)
 
     def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:

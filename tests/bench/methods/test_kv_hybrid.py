@@ -145,3 +145,18 @@ def test_all_combined_caches_in_the_hybrid(tiny_lm, long_q):
     assert out.extra["prefill_evicted"] is True and out.extra["kv_compaction_bytes"] > 0
     assert out.cost["kv_bytes_allocated"] == tiny_lm.context_length * _per_token(tiny_lm)
     assert sum(out.extra["kv_tokens_kept"]) == 40 * tiny_lm.model.config.num_hidden_layers
+
+
+def test_the_cuda_reservation_is_the_request_only_when_its_length_is_known():
+    """No lazy commit on CUDA: a run reserves prompt + new tokens; a state made outside the
+    method's own run (teacher forcing, a combination) feeds an unknown number of targets and
+    reserves the context (it used to reserve prompt + 2 and overflow)."""
+    from types import SimpleNamespace
+
+    lm = SimpleNamespace(torch_device=torch.device("cuda"), context_length=2048)
+    for name in ("kv-contiguous", "hybrid-kv"):
+        m = make_method(name)
+        assert m.positions(lm, 100) == 2048
+        m._need = 24
+        assert m.positions(lm, 100) == 125
+        assert m.positions(SimpleNamespace(torch_device=torch.device("cpu"), context_length=2048), 100) == 2048
