@@ -64,8 +64,10 @@ def _segment(owner: BenchPlot, xs: list[float], ys: list[float], rgb: Any) -> No
     owner.intervals += 1
 
 
-def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], series: dict) -> None:
-    """Dot per (group, method) at its value with a vertical 95 % interval; n/a as a label."""
+def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], series: dict,
+                  floor: float = 0.0) -> None:
+    """Dot per (group, method) at its value with a vertical 95 % interval; n/a as a label (at
+    ``floor``: the bottom of a log axis)."""
     from engine.bench.plot_data import styles
 
     st = styles(report)
@@ -78,7 +80,7 @@ def _bars_with_ci(plt: Any, owner: BenchPlot, report: Any, names: list[str], ser
         for j, bar in enumerate(series[key]):
             x = j + i * width - 0.4 + width / 2
             if bar.value is None:
-                plt.text("n/a", x, 0, color=rgb)
+                plt.text("n/a", x, floor, color=rgb)
                 owner.na_labels.append(f"{key}: {bar.na}")
                 continue
             xs.append(x)
@@ -112,18 +114,28 @@ class CostQualityPlot(BenchPlot):
 
 class MedianBarsPlot(BenchPlot):
     """Per cost figure, each method's paired ratio to the baseline (1 = baseline) with its 95 %
-    interval over queries — the table's ratio cell."""
+    interval over queries — the table's ratio cell. Ratios spanning more than 20x go to a log
+    axis, said in the title and the axis label (``plot_data.ratio_axis``: the PNGs' rule)."""
 
     title = "Cost ÷ baseline, 95 % CI (decode tok/s: higher is faster)"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log_axis = False  # the last drawing used a log axis (tests read it)
+
     def draw(self, plt: Any, report: Any) -> None:
-        from engine.bench.plot_data import bar_groups
+        from engine.bench.plot_data import bar_groups, ratio_axis
 
         names, series = bar_groups(report)
+        axis = ratio_axis([b for bars in series.values() for b in bars])
+        self.log_axis = axis.log
         if series:
-            _bars_with_ci(plt, self, report, names, series)
+            if axis.log:
+                plt.yscale("log")
+                plt.title(f"{self.title} · {axis.label}")
+            _bars_with_ci(plt, self, report, names, series, floor=axis.floor)
             plt.hline(1.0)
-            plt.ylabel("× baseline")
+            plt.ylabel("× baseline" + (f" ({axis.label})" if axis.log else ""))
 
 
 class QualityPlot(BenchPlot):

@@ -136,6 +136,39 @@ def quality_bars(rep: Report, metrics: tuple[str, ...] = QUALITY_BARS) -> tuple[
     return [QUALITY_METRICS[m][0] for m in metrics], series
 
 
+#: a ratio panel whose figures (interval ends included) span more than this factor is drawn on a
+#: log axis: a reserved buffer at 27x beside evictions at 0.25x flattens every other bar on a
+#: linear one
+LOG_SPAN = 20.0
+
+
+@dataclass
+class RatioAxis:
+    """How a ratio panel's value axis is drawn: ``log`` with its ``floor`` (bars start there),
+    else linear from 0; ``top`` is the largest figure (or the reference line)."""
+
+    log: bool
+    floor: float
+    top: float
+
+    @property
+    def label(self) -> str:
+        """Said beside the panel's title or axis so the reader sees the scale."""
+        return "log scale" if self.log else ""
+
+
+def ratio_axis(bars: Any, ref: Optional[float] = 1.0) -> RatioAxis:
+    """The axis of a panel of ratios against the baseline (``ref`` = 1, drawn as a line): log
+    when its figures span more than ``LOG_SPAN`` and all are positive. The PNGs
+    (``plots._hbars``) and the terminal's ratio chart decide with this one rule. A panel with
+    no reference line (quality means) is always linear."""
+    have = [b for b in bars if b.value is not None]
+    top = max([b.hi if b.hi is not None else b.value for b in have] + [ref or 0.0, 1e-12])
+    lows = [b.lo if b.lo is not None else b.value for b in have]
+    log = ref is not None and bool(lows) and min(lows) > 0 and top / min(lows) > LOG_SPAN
+    return RatioAxis(log, min(lows) / 1.5 if log else 0.0, top)
+
+
 def err(bar: Bar) -> tuple[float, float]:
     """Lower and upper error-bar lengths (0 when there is no interval)."""
     if bar.value is None or bar.lo is None or bar.hi is None:
@@ -244,7 +277,7 @@ def baseline_point(rep: Report, measure: str) -> Optional[SweepPoint]:
     return SweepPoint(row.key, None, achieved(rep, row, measure), quality_point(row))
 
 
-__all__ = ["BAR_METRICS", "Bar", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
+__all__ = ["BAR_METRICS", "Bar", "LOG_SPAN", "RatioAxis", "ratio_axis", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
            "TOKEN_METRICS", "bar_groups", "colours", "err", "memory_metric", "quality_bars",
            "ratio_bar", "scatter_points", "styles", "MEASURE_LABELS", "SWEEP_Y", "SweepCurve",
            "SweepPoint", "achieved", "baseline_point", "quality_point", "sweep_curves"]

@@ -20,8 +20,8 @@ from typing import Any
 
 from engine.atomic import write_bytes
 from engine.bench.aggregate import COST_METRICS, Report
-from engine.bench.plot_data import (Bar, bar_groups, err, memory_metric, quality_bars, ratio_bar,
-                                    scatter_points, styles)
+from engine.bench.plot_data import (Bar, bar_groups, err, memory_metric, quality_bars, ratio_axis,
+                                    ratio_bar, scatter_points, styles)
 from engine.errors import InputError
 
 RATIO_PANELS = ("prompt_tokens_effective", "prefill_s", "decode_tok_s", "total_s",
@@ -103,16 +103,13 @@ def _hbars(ax: Any, rep: Report, st: dict, bars: dict[str, Bar], title: str, ref
     """One horizontal bar per method with its interval; "n/a" drawn hatched and labelled."""
     keys = [r.key for r in rep.rows]
     ys = list(range(len(keys)))[::-1]
-    finite = [b.hi if b.hi is not None else b.value for b in bars.values() if b.value is not None]
-    top = max(finite + [ref or 0.0, 1e-12])
-    lows = [b.lo if b.lo is not None else b.value for b in bars.values() if b.value is not None]
-    # ratios spanning more than 20x (a reserved buffer at 27x beside evictions at 0.25x) on a
-    # linear axis flatten every bar but one: such a panel is drawn on a log axis from its floor
-    log = ref == 1.0 and bool(lows) and min(lows) > 0 and top / min(lows) > 20
-    floor = min(lows) / 1.5 if log else 0.0
+    # a panel spanning more than LOG_SPAN goes to a log axis from its floor (plot_data.ratio_axis,
+    # the rule the terminal chart uses too)
+    axis = ratio_axis(bars.values(), ref if ref == 1.0 else None)
+    log, floor, top = axis.log, axis.floor, axis.top
     if log:
         ax.set_xscale("log")
-        title += " (log scale)"
+        title += f" ({axis.label})"
     for y, key in zip(ys, keys):
         b = bars.get(key, Bar(na="no figure"))
         s = st[key]

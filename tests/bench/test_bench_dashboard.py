@@ -76,6 +76,42 @@ async def test_terminal_plots_draw_intervals_and_label_na():
         assert bars.intervals >= 1
 
 
+async def test_ratio_chart_goes_log_when_the_ratios_span_more_than_20x():
+    """The terminal's ratio chart takes the PNGs' rule (plot_data.ratio_axis): the fixture's
+    ratios (0.1x to 1.7x) stay linear; one method holding 1 % of the baseline's KV bytes makes
+    the panel span >20x, drawn on a log axis that says so in its title and axis label."""
+    import json as _json
+
+    from engine.bench.plot_data import bar_groups, ratio_axis
+    from engine.bench.report import aggregate
+
+    recs = []
+    for line in FIXTURE.read_text().splitlines():
+        try:
+            recs.append(_json.loads(line))
+        except ValueError:
+            continue
+    linear = aggregate(recs)
+    for r in recs:
+        if r["method"] == "kv-reuse":
+            r["cost"]["kv_bytes_stored"] = r["cost"]["kv_bytes_stored"] // 100
+    wide = aggregate(recs)
+    app = PlotsApp()
+    async with app.run_test(size=(120, 60)) as pilot:
+        bars = app.query_one("#b")
+        for rep, log in ((wide, True), (linear, False), (wide, True)):
+            n = bars.drawn
+            bars.show(rep)
+            await until(pilot, lambda: bars.drawn == n + 1)
+            _, series = bar_groups(rep)
+            assert ratio_axis([b for v in series.values() for b in v]).log is log
+            assert bars.log_axis is log
+            text = bars.render().plain
+            assert ("log scale" in text) is log
+            if log:
+                assert "× baseline (log scale)" in text
+
+
 def test_export_names_do_not_repeat_bench(tmp_path):
     """The default runs file is bench-runs.jsonl: its exports are bench-runs-*.png, never
     bench-bench-runs-*; the copy of the records never lands on the runs file itself."""

@@ -220,6 +220,22 @@ def test_a_ratio_panel_spanning_more_than_20x_is_drawn_on_a_log_axis():
         plt.close(fig)
 
 
+def test_ratio_axis_rule():
+    """One rule for the PNGs and the terminal: log beyond a 20x span of positive figures
+    (interval ends count), a reference line required, the floor below the lowest figure."""
+    from engine.bench.plot_data import LOG_SPAN, Bar, ratio_axis
+
+    assert LOG_SPAN == 20
+    assert not ratio_axis([Bar(1.0), Bar(0.05)]).log            # exactly 20x
+    a = ratio_axis([Bar(1.0), Bar(0.5, 0.049, 0.6)])             # the interval end spans it
+    assert a.log and a.floor == pytest.approx(0.049 / 1.5) and a.label == "log scale"
+    assert ratio_axis([Bar(0.5, 0.4, 0.6)]).top == 1.0            # the reference line is in view
+    assert not ratio_axis([Bar(30.0, 25.0, 40.0)]).log           # the figures span 1.6x only
+    assert not ratio_axis([Bar(0.0), Bar(30.0)]).log             # nothing non-positive on log
+    assert not ratio_axis([Bar(0.01), Bar(30.0)], ref=None).log  # quality means: linear
+    assert not ratio_axis([Bar(na="no figure")]).log
+
+
 def test_colours_never_repeat():
     from engine.bench.plot_data import colours, styles
 
