@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from engine.errors import InputError
 from engine.lm.fastcache import KVStore, LeanCache, LeanKV
 from engine.lm.fastdecode import DecodeStep, Product, rope_table, step_products
+from engine.lm.nativestep import NativeStep, make_native_step
 from engine.lm.fastweights import (SPLIT_MAX_ROWS, Int8Head, LeanLayer, SplitLinear, chunked_linear,
                                    load_weights, weight_signature)
 
@@ -100,14 +101,15 @@ def unsupported_reason(model: Any) -> Optional[str]:
 
 
 def make_lean_forward(model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                      decode_attention: str = "sdpa", matvec: str = "split") -> Optional["LeanForward"]:
+                      decode_attention: str = "sdpa", matvec: str = "split",
+                      native: bool = True) -> Optional["LeanForward"]:
     """The lean forward for ``model``, or None (and one log line) when it is not supported."""
     why = unsupported_reason(model)
     if why is not None:
         log.debug("lean forward unsupported: %s", why)  # get_forward logs it once per model
         return None
     return LeanForward(model, fuse=fuse, head_mode=head_mode, decode_attention=decode_attention,
-                       matvec=matvec)
+                       matvec=matvec, native=native)
 
 
 class LeanForward:
@@ -116,7 +118,7 @@ class LeanForward:
     name = "fast"
 
     def __init__(self, model: Any, *, fuse: Any = "auto", head_mode: str = "exact",
-                 decode_attention: str = "sdpa", matvec: str = "split") -> None:
+                 decode_attention: str = "sdpa", matvec: str = "split", native: bool = True) -> None:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}")
         self.decode_attention = decode_attention
@@ -148,6 +150,9 @@ class LeanForward:
         self._stepping = type(self)._linear is LeanForward._linear
         self._steps: dict[tuple[int, int, int], DecodeStep] = {}
         self._step_prods: dict[int, Optional[list[tuple[Product, Product, Product, Product]]]] = {}
+        # the compiled batch-1 step (nativestep.py); False: the torch step only
+        self.native = bool(native) and self._stepping
+        self._native: dict[int, Optional[NativeStep]] = {}
         self.kv = LeanKV(self.n_layers, self.n_kv, self.head_dim, self.dtype, self.device)
         self._load_weights()
         rot = base.rotary_emb
@@ -170,6 +175,7 @@ class LeanForward:
         self.linear.clear()
         self._step_prods = {}
         self._steps = {}
+        self._native = {}
         if getattr(self, "head_mode", "exact") == "int8":
             self._head_q = Int8Head(self.w_head, self.b_head)
         self._sig = weight_signature(self.model)
@@ -319,13 +325,28 @@ class LeanForward:
         rot = self._rot_rows(past, t, position_ids)
         mask = self._mask(b, past, t, attention_mask)
         st: KVStore = self.kv.reserve(cache, b, t)
-        step = self._decode_step(b) if t == 1 else None
-        if step is not None:
+        nat = self._native_step() if t == 1 and b == 1 and mask is None else None
+        step = self._decode_step(b) if t == 1 and nat is None else None
+        if nat is not None:
+            out = nat.run(ids, st, past, rot)
+        elif step is not None:
             out = step.run(self, self._step_prods[step.parts], ids, st, past, rot, mask)
         else:
             out = self._layers(ids, st, past, rot, mask)
         cache.length = past + t
         return out
+
+    def _native_step(self) -> Optional[NativeStep]:
+        """The compiled batch-1 step (one per forward: its scratch is per calling thread, as
+        the torch step's buffers are), or None where the torch step runs."""
+        if not self.native:
+            return None
+        key = threading.get_ident()
+        if key not in self._native:
+            if len(self._native) >= 8:
+                self._native.clear()
+            self._native[key] = make_native_step(self)
+        return self._native[key]
 
     def _decode_step(self, rows: int) -> Optional[DecodeStep]:
         """The decode step for this many rows at the current thread count, or None where the

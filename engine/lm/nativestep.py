@@ -1,0 +1,187 @@
+"""The lean forward's batch-1 decode step as one compiled C function (``native/decode_step.c``):
+the whole layer loop in one OpenMP parallel region instead of ~700 torch ops, so a step reads the
+weights closer to the machine's bandwidth (docs/native-decode.md).
+
+The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native
+-fopenmp``: no torch headers, no ninja, ~1 s) into ``cache/native/`` under a name keyed by the
+source, the compiler and this CPU, and loaded with ctypes. Its OpenMP runtime is the one torch
+already loaded (same ``libgomp.so.1``), so both share one thread pool. Anything that fails — no
+compiler, a compile error, a read-only cache, ``TOKENFORGE_NATIVE=0`` — leaves the pure-torch step
+of ``fastdecode.py`` in place, with one log line saying why.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native") / "decode_step.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+ENV = "TOKENFORGE_NATIVE"  # "0": never build or use the kernel
+
+_lock = threading.Lock()
+_lib: Any = None
+_why: Optional[str] = None  # why the kernel is unavailable (None: not tried yet, or loaded)
+_tried = False
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags."""
+    try:
+        txt = Path("/proc/cpuinfo").read_text(errors="replace")
+        lines = [ln for ln in txt.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CC") or "", "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(cc: str, dest: Path) -> None:
+    """Compile into a temporary file beside ``dest`` and rename it in (never a half-written .so)."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{Path(cc).name} failed: {(r.stderr or r.stdout).strip()[:300]}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _declare(lib: Any) -> None:
+    lib.tf_decode_step.restype = None
+    lib.tf_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                                   ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                   ctypes.c_int]
+    lib.tf_work_floats.restype = ctypes.c_int64
+    lib.tf_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
+
+
+def library() -> Any:
+    """The loaded kernel, or None (see :func:`unavailable_reason`). Built at most once per
+    process; concurrent processes building the same file serialise on a lock file."""
+    global _lib, _why, _tried
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        if os.environ.get(ENV, "1").strip() == "0":
+            _why = f"{ENV}=0"
+            return None
+        try:
+            _lib = _load()
+        except Exception as e:  # no compiler, compile error, unwritable cache, bad .so: torch step
+            _why = f"{type(e).__name__}: {e}"
+            log.info("native decode step unavailable (%s); using the torch step", _why)
+        return _lib
+
+
+def unavailable_reason() -> Optional[str]:
+    library()
+    return _why
+
+
+def _load() -> Any:
+    from engine.locks import FileLock
+    from engine.paths import cache_dir
+
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, ver, " ".join(FLAGS), _cpu_key()])
+                         .encode()).hexdigest()[:16]
+    dest = cache_dir("native") / f"decode_step-{key}.so"
+    if not dest.exists():
+        with FileLock(dest, "the native decode kernel", wait=600):
+            if not dest.exists():
+                _build(cc, dest)
+    lib = ctypes.CDLL(str(dest))
+    _declare(lib)
+    return lib
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int) for n in ("n_layers", "hidden", "inter", "n_heads", "n_kv", "head_dim")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+        ("embed", ctypes.c_void_p), ("final_norm", ctypes.c_void_p)] + [
+        (n, ctypes.POINTER(ctypes.c_void_p))
+        for n in ("ln1", "ln2", "wqkv", "bqkv", "wo", "bo", "wgu", "bgu", "wd", "bd")]
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+class NativeStep:
+    """One forward's weights as the kernel reads them (pointers into the HF tensors, no copy);
+    :meth:`run` is one batch-1 decode step. Made by :func:`make_native_step`."""
+
+    def __init__(self, lib: Any, fwd: Any) -> None:
+        self.lib = lib
+        L0 = fwd.layers[0]
+        self._keep: list[Any] = [fwd.embed, fwd.norm]  # the arrays below point into these
+        arrays = {}
+        for name, attr in (("ln1", "ln1"), ("ln2", "ln2"), ("wqkv", "wqkv"), ("bqkv", "bqkv"), ("wo", "wo"),
+                           ("bo", "bo"), ("wgu", "wgu"), ("bgu", "bgu"), ("wd", "wd"), ("bd", "bd")):
+            ts = [getattr(L, attr) for L in fwd.layers]
+            self._keep.extend(ts)
+            arr = (ctypes.c_void_p * len(ts))(*[_ptr(t) for t in ts])
+            self._keep.append(arr)
+            arrays[name] = ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p))
+        self.model = _Model(n_layers=fwd.n_layers, hidden=fwd.hidden_size, inter=int(L0.wd.shape[1]),
+                            n_heads=fwd.n_heads, n_kv=fwd.n_kv, head_dim=fwd.head_dim, eps=fwd.eps,
+                            scale=fwd.scale, embed=fwd.embed.data_ptr(), final_norm=fwd.norm.data_ptr(),
+                            **arrays)
+        self.mref = ctypes.byref(self.model)
+        self.hidden = fwd.hidden_size
+        self._work = torch.empty(0, dtype=torch.float32)
+
+    def run(self, ids: torch.Tensor, st: Any, past: int, rot: torch.Tensor) -> torch.Tensor:
+        """One step for ``ids`` (1, 1) after ``past`` positions of store ``st`` (reserved);
+        ``rot`` the rotation table's row of this position. Returns the final hidden state
+        (1, 1, H), a fresh tensor."""
+        threads = torch.get_num_threads()
+        need = int(self.lib.tf_work_floats(self.mref, past + 1, threads))
+        if self._work.numel() < need:
+            self._work = torch.empty(max(need, 2 * self._work.numel()), dtype=torch.float32)
+        out = torch.empty(1, 1, self.hidden, dtype=torch.float32)
+        self.lib.tf_decode_step(self.mref, int(ids.view(-1)[0]), st.kv.data_ptr(), st.cap, past,
+                                rot.data_ptr(), self._work.data_ptr(), out.data_ptr(),
+                                threads)
+        return out
+
+
+def make_native_step(fwd: Any) -> Optional[NativeStep]:
+    """The kernel for this lean forward, or None where it does not apply: not fp32 on CPU, a
+    layer without fused Q/K/V and gate/up, a weight not contiguous, or no kernel."""
+    if fwd.dtype != torch.float32 or fwd.device.type != "cpu":
+        return None
+    for L in fwd.layers:
+        if L.wqkv is None or L.wgu is None:
+            return None
+        ts = [L.ln1, L.ln2, L.wqkv, L.bqkv, L.wo, L.bo, L.wgu, L.bgu, L.wd, L.bd]
+        if any(t is not None and (not t.is_contiguous() or t.dtype != torch.float32) for t in ts):
+            return None
+    if not (fwd.embed.is_contiguous() and fwd.norm.is_contiguous()) or fwd.head_dim % 2:
+        return None
+    lib = library()
+    return None if lib is None else NativeStep(lib, fwd)
