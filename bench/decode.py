@@ -8,7 +8,9 @@ step's time goes — all in one run.
 ``--pipeline-only`` is the headline measurement (bench/results/decode_pipeline.json): the three
 figures that state the decode path's speed, from one run — lean vs ``generate``, the fraction of
 the memory-bandwidth bound, and the pipeline on vs off (``generate`` against a bare forward +
-argmax loop on the same forward) — plus the lean step's profile (ms split, aten ops per step).
+argmax loop on the same forward) — plus the lean path with its batch-1 step in torch ops instead
+of the compiled kernel (``lean_torch_step``) and the lean step's profile (ms split, aten ops per
+step).
 The full run adds the other variants and sections (bench/results/decode.json).
 
 Built for a shared, noisy machine. Every method runs once per round, in alternating order
@@ -282,10 +284,12 @@ def print_headline(lm: Any, h: dict[str, Any], extra: tuple[str, ...] = ()) -> N
 
 
 def print_profile(name: str, p: dict[str, Any]) -> None:
-    print(f"  {name}: {p['step_ms']:.1f} ms profiled (unprofiled {p['unprofiled_step_ms']:.1f}) = layer "
-          f"matmuls {p['layer_matmul_ms']:.1f} + head {p['head_ms']:.1f} + attention "
-          f"{p['attention_ms']:.1f} + rest {p['rest_ms']:.1f}; aten ops per step {p['top_level_ops']:.0f} "
-          f"called from Python, {p['all_ops']:.0f} in all")
+    native = p.get("native_step_ms", 0.0)
+    layers = (f"compiled layer step {native:.1f} (every layer's products, norms and attention)" if native
+              else f"layer matmuls {p['layer_matmul_ms']:.1f}")
+    print(f"  {name}: {p['step_ms']:.1f} ms profiled (unprofiled {p['unprofiled_step_ms']:.1f}) = {layers}"
+          f" + head {p['head_ms']:.1f} + attention {p['attention_ms']:.1f} + rest {p['rest_ms']:.1f}; aten ops "
+          f"per step {p['top_level_ops']:.0f} called from Python, {p['all_ops']:.0f} in all")
 
 
 def step_profiles(lm: Any, paths: tuple[str, ...]) -> dict[str, Any]:
@@ -424,14 +428,20 @@ def main() -> None:
     assert lean is not None, "the bundled model must be supported by the lean path"
     wb = weight_bytes(lean)
     out["weights_read_per_step_bytes"] = wb
-    extra: dict[str, Any] = {}
+    # the same lean path with its batch-1 step in torch ops instead of the compiled kernel
+    # (engine/lm/nativestep.py): what the kernel gains, in the same rounds
+    extra: dict[str, Any] = {"lean_torch_step": make_lean_forward(lm.model, native=False)}
+    if lean._native_step() is None:
+        from engine.lm.nativestep import unavailable_reason
+
+        print(f"the compiled decode step is unavailable ({unavailable_reason()}): lean runs the torch step")
     fused = None
     if not a.pipeline_only:
         fused = make_lean_forward(lm.model, fuse=True)  # concatenated copies (the default adopts)
-        extra = {"standard_loop": StandardForward(lm.model), "lean_fused_copies": fused,
+        extra |= {"standard_loop": StandardForward(lm.model), "lean_fused_copies": fused,
                  "lean_separate_projections": make_lean_forward(lm.model, fuse=False),
-                 "lean_matmul_decode": make_lean_forward(lm.model, decode_attention="matmul"),
-                 "lean_linear_matvec": make_lean_forward(lm.model, matvec="linear")}
+                 "lean_matmul_decode": make_lean_forward(lm.model, decode_attention="matmul", native=False),
+                 "lean_linear_matvec": make_lean_forward(lm.model, matvec="linear", native=False)}
         out["fused_extra_weight_bytes"] = fused.extra_weight_bytes
     print(f"batch-1 decode, {rounds} interleaved rounds …", flush=True)
     h = out["decode_b1"] = headline(lm, lean, a.tokens, rounds, wb, extra)

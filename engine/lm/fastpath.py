@@ -415,6 +415,7 @@ class LeanForward:
 
     def describe(self) -> str:
         return (f"lean forward · {self.n_layers} layers · {('fused (adopted, no copy)' if self.fused == 'adopt' else 'fused (copies)') if self.fused else 'separate'} "
-                f"projections · matvec {self.matvec} ({self.linear.parts} blocks) · head {self.head_mode} · "
+                f"projections · matvec {self.matvec} ({self.linear.parts} blocks) · batch-1 step "
+                f"{'compiled' if self._native_step() is not None else 'torch'} · head {self.head_mode} · "
                 f"extra weights {self.extra_weight_bytes / 2**20:.1f} MiB")
 

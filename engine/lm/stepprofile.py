@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
+from engine.lm.nativestep import PROFILE_NAME as NATIVE_STEP  # the compiled step: one event
+
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
     from engine.lm.model import LoadedModel
 
@@ -32,6 +34,9 @@ class StepProfile:
     attention_ms: float     # SDPA kernels, or the lean step's score/value bmm and softmax
     rest_ms: float          # norms, RoPE, cache writes, masks, sampling glue, Python dispatch
     unprofiled_step_ms: float  # the same steps without the profiler (its overhead inflates "rest")
+    # the lean path's compiled batch-1 step (nativestep.py): every layer — products, norms,
+    # attention — in one call the profiler cannot split (then layer_matmul_ms and attention_ms are 0)
+    native_step_ms: float = 0.0
     top_level_ops: float = 0.0  # aten ops called from Python per step (each costs dispatch time)
     all_ops: float = 0.0        # aten ops per step counting those they call in turn
 
@@ -78,9 +83,11 @@ def decode_step_profile(lm: LoadedModel, path: str = "standard", *, steps: int =
         head_dims = {str(vocab // p) for p in range(1, 9) if vocab % p == 0}
         # the lean step's batch-1 attention is two bmm over (kv_heads, group, head_dim) operands
         att = [fwd.n_kv, fwd.groups, fwd.head_dim] if hasattr(fwd, "groups") else None
-        layer_mm = head = attn = 0.0
+        layer_mm = head = attn = native = 0.0
         for ev in prof.key_averages(group_by_input_shape=True):
-            if ev.key in MATMUL_OPS:
+            if ev.key == NATIVE_STEP:
+                native += ev.cpu_time_total
+            elif ev.key in MATMUL_OPS:
                 shapes = str(ev.input_shapes)
                 if att is not None and any(list(x) == att for x in ev.input_shapes[:3]):
                     attn += ev.self_cpu_time_total
@@ -95,12 +102,12 @@ def decode_step_profile(lm: LoadedModel, path: str = "standard", *, steps: int =
         evs = [e for e in prof.events() if e.name.startswith("aten::")]
         top = sum(1 for e in evs if e.cpu_parent is None)
         us = 1e3 * steps
-        layer_mm, head, attn = layer_mm / us, head / us, attn / us
+        layer_mm, head, attn, native = layer_mm / us, head / us, attn / us, native / us
         step_ms = wall * 1e3
         return StepProfile(path=fwd.name, steps=steps, context=fwd.cache_len(cache), step_ms=step_ms,
                            layer_matmul_ms=layer_mm, head_ms=head, attention_ms=attn,
-                           rest_ms=max(step_ms - layer_mm - head - attn, 0.0),
-                           unprofiled_step_ms=plain * 1e3, top_level_ops=top / steps,
+                           rest_ms=max(step_ms - layer_mm - head - attn - native, 0.0),
+                           unprofiled_step_ms=plain * 1e3, native_step_ms=native, top_level_ops=top / steps,
                            all_ops=len(evs) / steps)
     finally:
         lm.engine_path = saved

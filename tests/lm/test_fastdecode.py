@@ -12,9 +12,10 @@ from lean_helpers import FAMILIES, PROMPTS, chat_ids, tiny_of
 
 
 def _pair(model, **kw):
-    """A lean forward that takes the decode step and one held to the general loop."""
-    step = make_lean_forward(model, **kw)
-    general = make_lean_forward(model, **kw)
+    """A lean forward that takes the torch decode step and one held to the general loop (the
+    compiled batch-1 step is off on both: tests/lm/test_nativestep.py compares it)."""
+    step = make_lean_forward(model, native=False, **kw)
+    general = make_lean_forward(model, native=False, **kw)
     general._stepping = False
     return step, general
 
@@ -75,7 +76,7 @@ def test_decode_step_ops_per_layer(tokenizer):
 
     counts = {}
     for layers in (2, 6):
-        lean = make_lean_forward(tiny_llama(tokenizer, layers=layers).model)
+        lean = make_lean_forward(tiny_llama(tokenizer, layers=layers).model, native=False)
         cache = lean.new_cache()
         nxt = lean.logits(torch.tensor([[1, 2, 3]]), cache)[:, -1:].argmax(-1)
         nxt = lean.logits(nxt, cache)[:, -1:].argmax(-1)  # buffers made
