@@ -11,8 +11,11 @@ Why it is faster (a decode step of SmolLM2-135M is ~65 ms in HF, only ~20 ms of 
 - rotary tables are computed once, as per-position 2×2 rotations (``fastdecode.rope_table``), so
   RoPE is one multiply and one sum over a table slice (no gather at unpadded batch 1);
 - each cache is one preallocated K/V buffer per model, written in place; it grows by doubling;
-- a decode step (one token per row, few rows) runs :class:`fastdecode.DecodeStep`: buffers made
-  once and written with ``out=``, residual adds folded into the products, 23 ops per layer;
+- an unmasked batch-1 decode step runs the compiled kernel of ``nativestep.py`` (the layer loop
+  as one C function in one OpenMP region, docs/native-decode.md; same greedy tokens, logits
+  within 1e-4, not bit-equal); any other decode step (few rows, a mask, no kernel, ``native=False``)
+  runs :class:`fastdecode.DecodeStep`: buffers made once and written with ``out=``, residual adds
+  folded into the products, 23 ops per layer;
 - unpadded batch-1 decode builds no mask at all, and grouped-query attention at q_len 1 views the
   query heads as (kv_heads, group) so attention needs no repeated K/V (SDPA by default;
   ``decode_attention="matmul"`` swaps it for bmm/softmax/bmm there — ~1.5 µs a layer slower at two
@@ -31,7 +34,7 @@ caller uses the standard path.
 The pieces: this module (the support check, the forward, RoPE, attention, the LM head modes);
 ``fastweights.py`` (weight adoption/fusion and the split mat-vec, chunked and int8 kernels);
 ``fastcache.py`` (the K/V buffers, shared copy-on-write between forks); ``fastdecode.py`` (the
-decode step).
+decode step in torch ops); ``nativestep.py`` (the compiled batch-1 step).
 """
 from __future__ import annotations
 
