@@ -187,22 +187,23 @@ class SweepPlot(BenchPlot):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.curves: list = []  # the curves drawn last (tests read them)
+        self.curve_styles: list = []  # their colours and markers
         self.metric = "kl_mean"
 
     def draw(self, plt: Any, report: Any) -> None:
         from engine.bench.aggregate import QUALITY_METRICS
-        from engine.bench.plot_data import baseline_point, styles, sweep_curves
+        from engine.bench.plot_data import baseline_point, curve_styles, sweep_curves
 
-        st = styles(report)
         self.curves = sweep_curves(report)
+        self.curve_styles = curve_styles(report, self.curves)
         if not self.curves:
             plt.title(self.title + " — no sweep in these runs (bench --sweep METHOD.KEY=V1,V2,…)")
             return
         has = lambda m: any(p.y[m].value is not None for c in self.curves for p in c.points)  # noqa: E731
         self.metric = "kl_mean" if has("kl_mean") else "top1_agree"
         m = self.metric
-        for c in self.curves:
-            rgb = st[c.points[0].key].rgb
+        for c, style in zip(self.curves, self.curve_styles):
+            rgb = style.rgb  # the curve's own colour and marker (never a row's)
             pts = []
             for p in c.points:
                 if p.x.value is None or p.y[m].value is None:
@@ -216,8 +217,9 @@ class SweepPlot(BenchPlot):
                     _segment(self, [p.x.value, p.x.value], [y.lo, y.hi], rgb)
             pts.sort(key=lambda p: p.x.value)
             if pts:
-                plt.plot([p.x.value for p in pts], [p.y[m].value for p in pts], marker="dot",
-                         color=rgb, label=f"{c.method} ({c.param})")
+                xs, ys = [p.x.value for p in pts], [p.y[m].value for p in pts]
+                plt.plot(xs, ys, marker="braille", color=rgb)
+                plt.scatter(xs, ys, marker=style.glyph, color=rgb, label=f"{c.method} ({c.param})")
                 for p in pts:
                     plt.text(str(p.value), p.x.value, p.y[m].value, color=rgb)
         base = baseline_point(report, self.curves[0].measure)

@@ -2,8 +2,9 @@
 ``plots.py`` and the terminal plots in ``app/widgets/plots.py`` both read these), so a bar is the
 table's ratio with the table's interval, and "n/a" is a drawn, labelled state, not a gap.
 
-Each method keeps one colour and one marker across every plot; colours never repeat however
-many rows there are (a fixed, distinguishable palette, then evenly spaced hues)."""
+Each method keeps one colour and one marker across every plot, and each sweep curve gets its
+own after them; colours never repeat however many rows and curves there are (a fixed,
+distinguishable palette, then evenly spaced hues)."""
 from __future__ import annotations
 
 import colorsys
@@ -18,6 +19,8 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F
            "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF", "#9467BD", "#E377C2", "#2CA02C",
            "#FF7F0E", "#1F77B4", "#D62728", "#AEC7E8"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+#: the same markers as terminal characters (plotext draws any single character)
+GLYPHS = dict(zip(MARKERS, ["●", "■", "▲", "◆", "▼", "✚", "✖", "★", "◀", "▶", "⬢", "⬟"]))
 BASELINE_COLOUR = "#000000"
 
 
@@ -26,6 +29,17 @@ class Style:
     colour: str      # "#rrggbb"
     marker: str      # matplotlib marker
     rgb: tuple[int, int, int]
+
+    @property
+    def glyph(self) -> str:
+        """The marker as a terminal character."""
+        return GLYPHS.get(self.marker, "●")
+
+
+def _style(colour: str, i: int) -> Style:
+    """The ``i``-th non-baseline style: its colour, the marker cycle's ``i + 1``-th marker."""
+    return Style(colour, MARKERS[(i + 1) % len(MARKERS)],
+                 tuple(int(colour[j:j + 2], 16) for j in (1, 3, 5)))  # type: ignore[arg-type]
 
 
 def _hex(rgb: tuple[float, float, float]) -> str:
@@ -56,10 +70,48 @@ def styles(rep: Report) -> dict[str, Style]:
         if r.method == "baseline":
             out[r.key] = Style(BASELINE_COLOUR, "o", (0, 0, 0))
     for i, key in enumerate(others):
-        c = cs[i]
-        out[key] = Style(c, MARKERS[(i + 1) % len(MARKERS)],
-                         tuple(int(c[j:j + 2], 16) for j in (1, 3, 5)))  # type: ignore[arg-type]
+        out[key] = _style(cs[i], i)
     return out
+
+
+def curve_styles(rep: Report, curves: list) -> list[Style]:
+    """One style per sweep curve (``sweep_curves``), in order: the palette's colours after the
+    rows' ones, so a curve shares its colour with no row and no other curve (it used to take its
+    first point's row colour, which that row also wears in every other plot); markers go on
+    with the rows' cycle."""
+    n = sum(1 for r in rep.rows if r.method != "baseline")
+    cs = colours(n + len(curves))
+    return [_style(cs[n + j], n + j) for j in range(len(curves))]
+
+
+#: the longest row key drawn as a y tick label in the PNGs; longer keys are wrapped at their
+#: parameter commas and, past MAX_LABEL_LINES, cut with "…" (the full key goes to the legend)
+MAX_LABEL_CHARS = 28
+MAX_LABEL_LINES = 2
+
+
+def short_label(key: str, width: int = MAX_LABEL_CHARS, lines: int = MAX_LABEL_LINES) -> str:
+    """``key`` as a tick label no wider than ``width`` characters: wrapped after the method name
+    and between parameters, at most ``lines`` lines, the rest cut with "…"."""
+    if len(key) <= width:
+        return key
+    head, sep, rest = key.partition("(")
+    parts = [head + sep] + [p + "," for p in rest.split(",")] if sep else [key]
+    if sep:
+        parts[-1] = parts[-1][:-1]
+    out: list[str] = []
+    for part in parts:
+        while len(part) > width:  # one piece wider than a line: split it hard
+            out.append(part[:width])
+            part = part[width:]
+        if out and len(out[-1]) + len(part) <= width:
+            out[-1] += part
+        else:
+            out.append(part)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][:width - 1] + "…"
+    return "\n".join(out)
 
 
 @dataclass
@@ -277,7 +329,8 @@ def baseline_point(rep: Report, measure: str) -> Optional[SweepPoint]:
     return SweepPoint(row.key, None, achieved(rep, row, measure), quality_point(row))
 
 
-__all__ = ["BAR_METRICS", "Bar", "LOG_SPAN", "RatioAxis", "ratio_axis", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
+__all__ = ["BAR_METRICS", "Bar", "GLYPHS", "MAX_LABEL_CHARS", "curve_styles", "short_label",
+           "LOG_SPAN", "RatioAxis", "ratio_axis", "MEMORY_METRICS", "QUALITY_BARS", "Style", "TIME_METRICS",
            "TOKEN_METRICS", "bar_groups", "colours", "err", "memory_metric", "quality_bars",
            "ratio_bar", "scatter_points", "styles", "MEASURE_LABELS", "SWEEP_Y", "SweepCurve",
            "SweepPoint", "achieved", "baseline_point", "quality_point", "sweep_curves"]

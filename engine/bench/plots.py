@@ -10,8 +10,10 @@ from ``plot_data.py``, i.e. from the aggregates the table shows, with the same i
 - ``PREFIX-sweep-MEASURE.png`` (runs holding a compression sweep): quality against the
   compression achieved (KV bytes held, prompt tokens kept, sparsity), as kvpress reports it.
 
-A method keeps its colour and marker in every image; legends sit outside the axes; a figure a
-method does not have ("n/a: no sparse kernel") is drawn as a labelled hatched bar."""
+A method keeps its colour and marker in every image, and each sweep curve has its own (no row's);
+legends sit outside the axes; a long row key is a shortened tick label with the full key in the
+legend; a figure a method does not have ("n/a: no sparse kernel") is drawn as a labelled hatched
+bar."""
 from __future__ import annotations
 
 import io
@@ -21,7 +23,7 @@ from typing import Any
 from engine.atomic import write_bytes
 from engine.bench.aggregate import COST_METRICS, Report
 from engine.bench.plot_data import (Bar, bar_groups, err, memory_metric, quality_bars, ratio_axis,
-                                    ratio_bar, scatter_points, styles)
+                                    ratio_bar, scatter_points, short_label, styles)
 from engine.errors import InputError
 
 RATIO_PANELS = ("prompt_tokens_effective", "prefill_s", "decode_tok_s", "total_s",
@@ -55,13 +57,17 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
         fig.text(0.01, 0.01, rep.footer(), fontsize=6, color="#555555", wrap=True)
         fig.tight_layout(rect=(0, 0.06, 0.82 if legend else 1, 1))
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=130)
+        # a long key in the legend may reach past the figure's edge: the image grows to hold it
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight" if legend else None)
         plt.close(fig)
         p = out_dir / f"{prefix}-{name}.png"
         write_bytes(p, buf.getvalue())
         paths.append(p)
 
     height = 1.6 + 0.32 * n
+    # bar panels label their rows on the y axis, shortened (short_label) so a long key does not
+    # squeeze the panels; when one is shortened, the legend gives every full key
+    full_keys = any(short_label(r.key) != r.key for r in rep.rows)
     # 1. the dashboard: time, tokens, memory, quality side by side
     fig, axes = plt.subplots(1, 4, figsize=(17, height), sharey=True)
     mem = memory_metric(rep)
@@ -70,7 +76,7 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
                f"{COST_METRICS[m][0]} ÷ baseline", ref=1.0)
     names, q = quality_bars(rep, ("kl_mean",))
     _hbars(axes[3], rep, st, {k: v[0] for k, v in q.items()}, names[0] + " (mean, 95 % CI)", ref=None)
-    save(fig, rep.suite)
+    save(fig, rep.suite, legend=full_keys)
     # 2. every cost ratio
     cols = 4
     rows = -(-len(RATIO_PANELS) // cols)
@@ -79,7 +85,7 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
         _, series = bar_groups(rep, (m,))
         _hbars(ax, rep, st, {k: v[0] for k, v in series.items()}, f"{COST_METRICS[m][0]} ÷ baseline",
                ref=1.0)
-    save(fig, "ratios")
+    save(fig, "ratios", legend=full_keys)
     # 3. cost vs quality
     fig, ax = plt.subplots(figsize=(9, 5))
     _scatter(ax, rep, st)
@@ -89,7 +95,7 @@ def write_pngs(rep: Report, out_dir: Path | str, *, prefix: str = "bench") -> li
     fig, axes = plt.subplots(1, len(names), figsize=(17, height), sharey=True)
     for j, (ax, name) in enumerate(zip(axes, names)):
         _hbars(ax, rep, st, {k: v[j] for k, v in q.items()}, f"{name} (mean, 95 % CI)", ref=None)
-    save(fig, "quality")
+    save(fig, "quality", legend=full_keys)
     # 5. decode speed against context length
     fig, ax = plt.subplots(figsize=(9, 5))
     _curve(ax, rep, st)
@@ -128,7 +134,7 @@ def _hbars(ax: Any, rep: Report, st: dict, bars: dict[str, Bar], title: str, ref
     if ref is not None:
         ax.axvline(ref, color="black", lw=0.8, ls="--")
     ax.set_yticks(ys)
-    ax.set_yticklabels(keys, fontsize=7)
+    ax.set_yticklabels([short_label(k) for k in keys], fontsize=7)
     ax.set_title(title, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
@@ -179,9 +185,10 @@ def _sweep_pngs(rep: Report, st: dict, save: Any, plt: Any) -> None:
     point with its 95 % intervals on both axes, a curve per swept method joined in order of
     compression, the baseline at the origin; a point without a figure is listed as n/a."""
     from engine.bench.aggregate import QUALITY_METRICS
-    from engine.bench.plot_data import SWEEP_Y, baseline_point, sweep_curves
+    from engine.bench.plot_data import SWEEP_Y, baseline_point, curve_styles, sweep_curves
 
     curves = sweep_curves(rep)
+    cst = {id(c): s for c, s in zip(curves, curve_styles(rep, curves))}  # a colour per curve
     for measure in dict.fromkeys(c.measure for c in curves):
         mine = [c for c in curves if c.measure == measure]
         metrics = [m for m in SWEEP_Y if any(p.y[m].value is not None for c in mine for p in c.points)]
@@ -193,7 +200,7 @@ def _sweep_pngs(rep: Report, st: dict, save: Any, plt: Any) -> None:
         for ax, m in zip(axes[0], metrics):
             na: list[str] = []
             for c in mine:
-                s = st[c.points[0].key]
+                s = cst[id(c)]
                 pts = []
                 for p in c.points:
                     x, y = p.x, p.y[m]
@@ -224,7 +231,7 @@ def _sweep_pngs(rep: Report, st: dict, save: Any, plt: Any) -> None:
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         for c in mine:
-            s = st[c.points[0].key]
+            s = cst[id(c)]
             handles.append(plt.Line2D([], [], color=s.colour, marker=s.marker,
                                       label=f"{c.method} ({c.param} = "
                                             + ", ".join(str(p.value) for p in c.points) + ")"))

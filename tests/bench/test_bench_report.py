@@ -351,3 +351,88 @@ def test_bench_list_says_how_each_method_simplifies_its_paper(capsys):
               "hybrid-kv", "all-combined", "prune-selfinfo"):
         assert simplified[n], n  # each re-implementation of a paper says what it leaves out
     assert "hybrid-kv" in out and "compacted" in out  # how the seed's vAttention + CAKE is simplified
+
+
+def _with_sweeps(long_key: bool = False) -> list[dict]:
+    """baseline and kv-fp8 (``_synthetic``) plus two sweeps: evict-sinks at windows 4 and 32 and
+    evict-snapkv at budgets 64 and 128 (kv-fp8's figures, relabelled); ``long_key`` adds a row
+    whose key is far wider than a tick label."""
+    import copy
+
+    base = _synthetic(6)
+    out = list(base)
+    variants = [("evict-sinks", {"window": 4}), ("evict-sinks", {"window": 32}),
+                ("evict-snapkv", {"budget": 64}), ("evict-snapkv", {"budget": 128})]
+    if long_key:
+        variants.append(("all-combined", {"cache.budget": 40, "cache.window": 8,
+                                          "model.calib_tokens": 2048, "model.sparsity": 0.5}))
+    for i, (method, params) in enumerate(variants):
+        for r in base:
+            if r["method"] == "kv-fp8":
+                c = copy.deepcopy(r)
+                c.update(method=method, params=params)
+                c["cost"]["kv_bytes_stored"] = int(c["cost"]["kv_bytes_stored"] * (1 + 0.1 * i))
+                c["quality"]["kl_mean"] = c["quality"]["kl_mean"] * (1 + i)
+                out.append(c)
+    return out
+
+
+def _capture_pngs(monkeypatch) -> list:
+    """Every figure write_pngs saves: (its axes, its legend texts), taken before it is closed."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    orig = Figure.savefig
+
+    def savefig(fig, *a, **k):
+        saved.append((list(fig.axes), [t.get_text() for lg in fig.legends for t in lg.get_texts()]))
+        return orig(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_each_sweep_curve_has_its_own_colour_and_marker(tmp_path, monkeypatch):
+    """A curve used to wear its first point's row colour; now every curve has a colour no row and
+    no other curve has, from the same never-repeating palette, and a marker; the PNG draws it."""
+    from matplotlib.colors import to_hex
+
+    from engine.bench.plot_data import curve_styles, styles, sweep_curves
+    from engine.bench.plots import write_pngs
+
+    rep = aggregate(_with_sweeps())
+    curves = sweep_curves(rep)
+    assert [c.method for c in curves] == ["evict-sinks", "evict-snapkv"]
+    cst = curve_styles(rep, curves)
+    rows = {s.colour for s in styles(rep).values()}
+    assert len({s.colour for s in cst}) == 2 and not rows & {s.colour for s in cst}
+    assert all(s.marker and s.glyph for s in cst)
+    saved = _capture_pngs(monkeypatch)
+    paths = write_pngs(rep, tmp_path)
+    assert any(p.name == "bench-sweep-kv.png" for p in paths)
+    axes, legend = saved[-1]  # the sweep image is written last
+    drawn = {to_hex(line.get_color()) for ax in axes for line in ax.get_lines()}
+    assert {s.colour.lower() for s in cst} <= drawn
+    assert not (drawn - {"#000000"}) & {c.lower() for c in rows}  # no row colour on a curve
+    assert any(t.startswith("evict-sinks (window = 4, 32)") for t in legend)
+
+
+def test_long_keys_are_short_tick_labels_with_the_full_key_in_the_legend(tmp_path, monkeypatch):
+    from engine.bench.plot_data import MAX_LABEL_CHARS, short_label
+    from engine.bench.plots import write_pngs
+
+    assert short_label("kv-fp8") == "kv-fp8"
+    key = "all-combined(cache.budget=40,cache.window=8,model.calib_tokens=2048,model.sparsity=0.5)"
+    lab = short_label(key)
+    assert lab != key and all(len(line) <= MAX_LABEL_CHARS for line in lab.split("\n"))
+    assert len(lab.split("\n")) <= 2 and lab.endswith("…")
+    assert short_label("evict-sinks(sinks=2,window=4)") == "evict-sinks(sinks=2,\nwindow=4)"
+    rep = aggregate(_with_sweeps(long_key=True))
+    assert key in [r.key for r in rep.rows]
+    saved = _capture_pngs(monkeypatch)
+    write_pngs(rep, tmp_path)
+    axes, legend = saved[0]  # the dashboard image: bar panels labelled on the y axis
+    ticks = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert lab in ticks and key not in ticks
+    assert max(len(line) for t in ticks for line in t.split("\n")) <= MAX_LABEL_CHARS
+    assert key in legend  # the full key

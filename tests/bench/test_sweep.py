@@ -202,6 +202,14 @@ async def test_dashboard_draws_the_sweep_curve(swept, tmp_path):
         assert plot.metric == "kl_mean"
         shown = plot.render().plain
         assert "evict-sinks (window)" in shown
+        # the curve's own colour and marker (plot_data.curve_styles), no row's
+        from engine.bench.plot_data import curve_styles, styles
+
+        rep = load_report(out)
+        (style,) = plot.curve_styles
+        assert style == curve_styles(rep, expect)[0]
+        assert style.colour not in {s.colour for s in styles(rep).values()}
+        assert style.glyph in shown
         for j in app.runner.jobs.values():
             j.cancel("shutdown")
 
