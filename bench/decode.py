@@ -285,7 +285,8 @@ def print_headline(lm: Any, h: dict[str, Any], extra: tuple[str, ...] = ()) -> N
 
 def print_profile(name: str, p: dict[str, Any]) -> None:
     native = p.get("native_step_ms", 0.0)
-    layers = (f"compiled layer step {native:.1f} (every layer's products, norms and attention)" if native
+    layers = (f"compiled step {native:.1f} (every layer's products, norms and attention"
+              + (", and the LM head)" if not p["head_ms"] else ")") if native
               else f"layer matmuls {p['layer_matmul_ms']:.1f}")
     print(f"  {name}: {p['step_ms']:.1f} ms profiled (unprofiled {p['unprofiled_step_ms']:.1f}) = {layers}"
           f" + head {p['head_ms']:.1f} + attention {p['attention_ms']:.1f} + rest {p['rest_ms']:.1f}; aten ops "

@@ -315,6 +315,12 @@ class LeanForward:
     @torch.inference_mode()
     def hidden(self, ids: torch.Tensor, cache: LeanCache, *, position_ids: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._run(ids, cache, position_ids, attention_mask, False)[0]
+
+    def _run(self, ids: torch.Tensor, cache: LeanCache, position_ids: Optional[torch.Tensor],
+             attention_mask: Optional[torch.Tensor], head: bool) -> tuple[torch.Tensor, bool]:
+        """The final hidden states, or — with ``head``, when the compiled step runs — the exact
+        head's logits from the same call; the flag says which."""
         ids = ids.to(self.device)
         if ids.dim() != 2 or ids.shape[1] == 0:
             raise InputError(f"ids must be a non-empty (batch, tokens) tensor, got {tuple(ids.shape)}")
@@ -331,13 +337,13 @@ class LeanForward:
         nat = self._native_step() if t == 1 and b == 1 and mask is None else None
         step = self._decode_step(b) if t == 1 and nat is None else None
         if nat is not None:
-            out = nat.run(ids, st, past, rot)
+            out = nat.run(ids, st, past, rot, head)
         elif step is not None:
             out = step.run(self, self._step_prods[step.parts], ids, st, past, rot, mask)
         else:
             out = self._layers(ids, st, past, rot, mask)
         cache.length = past + t
-        return out
+        return out, nat is not None and head
 
     def _native_step(self) -> Optional[NativeStep]:
         """The compiled batch-1 step (one per forward: its scratch is per calling thread, as
@@ -411,7 +417,12 @@ class LeanForward:
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, cache: LeanCache, *, position_ids: Optional[torch.Tensor] = None,
                attention_mask: Optional[torch.Tensor] = None, keep: int = 1) -> torch.Tensor:
-        h = self.hidden(ids, cache, position_ids=position_ids, attention_mask=attention_mask)
+        # the exact head can run inside the compiled batch-1 step (one parallel region, no
+        # second call); every other case goes through head()
+        fused_head = keep != 0 and self.head_mode == "exact" and type(self).head is LeanForward.head
+        h, done = self._run(ids, cache, position_ids, attention_mask, fused_head)
+        if done:
+            return h
         if keep:
             h = h[:, -keep:]
         return self.head(h)

@@ -73,7 +73,7 @@ def _declare(lib: Any) -> None:
     lib.tf_decode_step.restype = None
     lib.tf_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
                                    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                   ctypes.c_int]
+                                   ctypes.c_void_p, ctypes.c_int]
     lib.tf_work_floats.restype = ctypes.c_int64
     lib.tf_work_floats.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int]
 
@@ -123,9 +123,10 @@ def _load() -> Any:
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_int) for n in ("n_layers", "hidden", "inter", "n_heads", "n_kv", "head_dim")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
-        ("embed", ctypes.c_void_p), ("final_norm", ctypes.c_void_p)] + [
+    _fields_ = [(n, ctypes.c_int) for n in ("n_layers", "hidden", "inter", "n_heads", "n_kv", "head_dim",
+                                             "vocab")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float)] + [
+        (n, ctypes.c_void_p) for n in ("embed", "final_norm", "w_head", "b_head")] + [
         (n, ctypes.POINTER(ctypes.c_void_p))
         for n in ("ln1", "ln2", "wqkv", "bqkv", "wo", "bo", "wgu", "bgu", "wd", "bd")]
 
@@ -141,7 +142,7 @@ class NativeStep:
     def __init__(self, lib: Any, fwd: Any) -> None:
         self.lib = lib
         L0 = fwd.layers[0]
-        self._keep: list[Any] = [fwd.embed, fwd.norm]  # the arrays below point into these
+        self._keep: list[Any] = [fwd.embed, fwd.norm, fwd.w_head, fwd.b_head]  # pointed into below
         arrays = {}
         for name, attr in (("ln1", "ln1"), ("ln2", "ln2"), ("wqkv", "wqkv"), ("bqkv", "bqkv"), ("wo", "wo"),
                            ("bo", "bo"), ("wgu", "wgu"), ("bgu", "bgu"), ("wd", "wd"), ("bd", "bd")):
@@ -152,29 +153,33 @@ class NativeStep:
             arrays[name] = ctypes.cast(arr, ctypes.POINTER(ctypes.c_void_p))
         self.model = _Model(n_layers=fwd.n_layers, hidden=fwd.hidden_size, inter=int(L0.wd.shape[1]),
                             n_heads=fwd.n_heads, n_kv=fwd.n_kv, head_dim=fwd.head_dim, eps=fwd.eps,
-                            scale=fwd.scale, embed=fwd.embed.data_ptr(), final_norm=fwd.norm.data_ptr(),
-                            **arrays)
+                            vocab=int(fwd.w_head.shape[0]), scale=fwd.scale, embed=fwd.embed.data_ptr(),
+                            final_norm=fwd.norm.data_ptr(), w_head=fwd.w_head.data_ptr(),
+                            b_head=_ptr(fwd.b_head), **arrays)
         self.mref = ctypes.byref(self.model)
         self.hidden = fwd.hidden_size
+        self.vocab = int(fwd.w_head.shape[0])
         self._work = torch.empty(0, dtype=torch.float32)
 
-    def run(self, ids: torch.Tensor, st: Any, past: int, rot: torch.Tensor) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, st: Any, past: int, rot: torch.Tensor, head: bool = False) -> torch.Tensor:
         """One step for ``ids`` (1, 1) after ``past`` positions of store ``st`` (reserved);
         ``rot`` the rotation table's row of this position. Returns the final hidden state
-        (1, 1, H), a fresh tensor."""
+        (1, 1, H), or with ``head`` the exact LM head's logits (1, 1, V) computed in the same
+        parallel region; a fresh tensor either way."""
         threads = torch.get_num_threads()
         need = int(self.lib.tf_work_floats(self.mref, past + 1, threads))
         if self._work.numel() < need:
             self._work = torch.empty(max(need, 2 * self._work.numel()), dtype=torch.float32)
         out = torch.empty(1, 1, self.hidden, dtype=torch.float32)
+        logits = torch.empty(1, 1, self.vocab, dtype=torch.float32) if head else None
         args = (self.mref, int(ids.view(-1)[0]), st.kv.data_ptr(), st.cap, past, rot.data_ptr(),
-                self._work.data_ptr(), out.data_ptr(), threads)
+                self._work.data_ptr(), out.data_ptr(), None if logits is None else logits.data_ptr(), threads)
         if _profiling():  # named in a profile (stepprofile.py); ~7 µs, so only then
             with record_function(PROFILE_NAME):
                 self.lib.tf_decode_step(*args)
         else:
             self.lib.tf_decode_step(*args)
-        return out
+        return out if logits is None else logits
 
 
 def make_native_step(fwd: Any) -> Optional[NativeStep]:
@@ -188,7 +193,9 @@ def make_native_step(fwd: Any) -> Optional[NativeStep]:
         ts = [L.ln1, L.ln2, L.wqkv, L.bqkv, L.wo, L.bo, L.wgu, L.bgu, L.wd, L.bd]
         if any(t is not None and (not t.is_contiguous() or t.dtype != torch.float32) for t in ts):
             return None
-    if not (fwd.embed.is_contiguous() and fwd.norm.is_contiguous()) or fwd.head_dim % 2:
+    extra = [fwd.embed, fwd.norm, fwd.w_head, fwd.b_head]
+    if any(t is not None and (not t.is_contiguous() or t.dtype != torch.float32 or t.device.type != "cpu")
+           for t in extra) or fwd.head_dim % 2:
         return None
     lib = library()
     return None if lib is None else NativeStep(lib, fwd)

@@ -35,7 +35,8 @@ class StepProfile:
     rest_ms: float          # norms, RoPE, cache writes, masks, sampling glue, Python dispatch
     unprofiled_step_ms: float  # the same steps without the profiler (its overhead inflates "rest")
     # the lean path's compiled batch-1 step (nativestep.py): every layer — products, norms,
-    # attention — in one call the profiler cannot split (then layer_matmul_ms and attention_ms are 0)
+    # attention — and the exact LM head in one call the profiler cannot split (then
+    # layer_matmul_ms, head_ms and attention_ms are 0)
     native_step_ms: float = 0.0
     top_level_ops: float = 0.0  # aten ops called from Python per step (each costs dispatch time)
     all_ops: float = 0.0        # aten ops per step counting those they call in turn

@@ -76,6 +76,26 @@ def test_native_step_matches_torch_step_families(tokenizer, kind, extra):
 
 
 @needs_kernel
+def test_native_step_head_in_the_same_call(tiny_lm, tokenizer):
+    """``logits`` of a batch-1 step computes the exact head inside the kernel; ``hidden`` +
+    ``head`` (the torch head) give the same logits within ATOL, and other head modes keep
+    their own kernel."""
+    lean = make_lean_forward(tiny_lm.model)
+    ids = torch.tensor([chat_ids(tokenizer, PROMPTS[0])])
+    ca = lean.new_cache()
+    lean.logits(ids, ca)
+    cb = lean.fork(ca)
+    nxt = torch.tensor([[7]])
+    fused = lean.logits(nxt, ca)
+    split = lean.head(lean.hidden(nxt, cb))
+    assert fused.shape == split.shape == (1, 1, lean.w_head.shape[0])
+    assert (fused - split).abs().max().item() <= ATOL
+    lean.set_head_mode("chunked")
+    cc = lean.fork(cb, cb.length - 1)
+    assert (lean.logits(nxt, cc) - split).abs().max().item() <= ATOL
+
+
+@needs_kernel
 def test_native_step_same_bits_at_any_thread_count(tiny_lm, tokenizer):
     lean = make_lean_forward(tiny_lm.model)
     out = {}

@@ -18,9 +18,9 @@
 #include <omp.h>
 
 typedef struct {
-    int n_layers, hidden, inter, n_heads, n_kv, head_dim;
+    int n_layers, hidden, inter, n_heads, n_kv, head_dim, vocab;
     float eps, scale;
-    const float *embed, *final_norm;
+    const float *embed, *final_norm, *w_head, *b_head;
     const float **ln1, **ln2, **wqkv, **bqkv, **wo, **bo, **wgu, **bgu, **wd, **bd;
 } Model;
 
@@ -114,7 +114,7 @@ static void attend(const float *q, const float *K, const float *V, int past, con
 /* The step. ``tok``: the new token id; ``kv``: the cache buffer, positions [0, past) filled,
  * position ``past`` written here; ``rot``: the rotation table row of position ``past``;
  * ``work``: scratch of at least tf_work_floats(m, past + 1, threads) floats; ``out``: the final
- * hidden state (hidden floats).
+ * hidden state (hidden floats); ``logits``: NULL, or the head's output (vocab floats).
  *
  * Five barriers a layer, one after each stage whose output another thread reads: every thread
  * norms the whole residual into its own buffer (576 values: cheaper than a barrier), rotates its
@@ -122,7 +122,7 @@ static void attend(const float *q, const float *K, const float *V, int past, con
  * own query heads, reading the new key and value from its copy (the slot another thread writes
  * is never read in the same step). */
 void tf_decode_step(const Model *m, int64_t tok, float *kv, int cap, int past, const float *rot,
-                    float *work, float *out, int threads) {
+                    float *work, float *out, float *logits, int threads) {
     const int H = m->hidden, I = m->inter, nh = m->n_heads, nkv = m->n_kv, d = m->head_dim;
     const int qd = nh * d, kd = nkv * d, nqkv = qd + 2 * kd, s = past + 1, group = nh / nkv;
     float *x = work, *qkv = x + H, *a = qkv + nqkv, *mm = a + qd, *up = mm + I, *sc = up + I;
@@ -175,6 +175,11 @@ void tf_decode_step(const Model *m, int64_t tok, float *kv, int cap, int past, c
             block(H, &r0, &r1);
             gemv(m->wd[l], I, mm, m->bd[l], x, r0, r1, 1);
 #pragma omp barrier
+        }
+        if (logits) {  /* the LM head in the same region: each thread its block of the vocabulary */
+            rmsnorm(x, m->final_norm, h, H, m->eps);
+            block(m->vocab, &r0, &r1);
+            gemv(m->w_head, H, h, m->b_head, logits, r0, r1, 0);
         }
     }
     rmsnorm(x, m->final_norm, out, H, m->eps);
