@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-PHASES = ("load", "vocab", "mdd", "search", "tree", "prefill", "generate", "bench")
+PHASES = ("load", "vocab", "mdd", "search", "tree", "prefill", "generate", "bench", "calibrate")
 
 
 class Cancelled(Exception):

@@ -155,8 +155,15 @@ def _run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=con, transient=False) as bar:
         task = bar.add_task("bench", total=None)
 
+        calibrating: set[str] = set()
+
         def progress(p: Any) -> None:
             phase(p.phase)
+            if p.phase == "calibrate" and not calibrating:  # minutes, once per model and text
+                calibrating.add(p.phase)
+                con.print(styled("[dim]{what} on {n} tokens: once per model and text, then read "
+                                 "from the cache[/]", what=p.message.split(":")[0],
+                                 n=f"{p.total or 0:,}"))
             bar.update(task, completed=p.step, total=p.total, description=esc(p.message[:70]))
 
         summary = run_bench(lm, cfg, args.out, progress=progress, cancel=cancel_token())

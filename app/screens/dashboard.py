@@ -337,7 +337,12 @@ class DashboardScreen(GridForm, LiveReport, ToolScreen):
         if not self._mine(m) or self.purpose != "run":
             return
         p = m.progress
-        if p.total:
+        if p.phase == "calibrate":  # a method's one-off calibration inside the grid (LaRoSA)
+            self.query_one("#dash-grid", Static).update(
+                f"calibrating: {p.step:,}/{p.total or 0:,} tokens · layers "
+                f"{tesc(str(p.metrics.get('layers', '–')))} of window "
+                f"{tesc(str(p.metrics.get('window', '–')))} (once; cached for later runs)")
+        elif p.total:
             md = p.metrics
             where = (f" · now {md.get('method')} · {md.get('prompt')} · repeat {int(md.get('repeat', 0)) + 1}"
                      if "method" in md else "")

@@ -1,6 +1,6 @@
 """Phase progress: what the engine is doing now, embedded by every screen.
 
-One line names the job and phase (load, vocab, mdd, search, tree, generate, bench) and its
+One line names the job and phase (load, vocab, mdd, search, tree, generate, bench, calibrate) and its
 message; a bar with step/total, elapsed, ETA and a rate in the phase's own unit; a line with the
 phase's own figures (best score + a sparkline of it for search; tree size, depth and best reward
 for tree search; TTFT for generation). Fed by ``JobProgressed`` messages (already throttled by
@@ -22,7 +22,7 @@ from engine.progress import PHASES, Progress
 RATE_UNITS = {"load": "steps/s", "vocab": "tokens/s", "mdd": "edges/s",
               "search": "candidates/s", "tree": "rollouts/s", "prefill": "tokens/s",
               "generate": "tok/s",
-              "bench": "runs/s"}
+              "bench": "runs/s", "calibrate": "tokens/s"}
 #: metric keys an engine may send with a rate it measured itself (preferred over our estimate)
 RATE_KEYS = ("tok_s", "candidates_s", "cands_s", "cand_s", "rollouts_s", "rate")
 #: per phase, only the keys whose unit is that phase's unit (AdvTok's search also sends tok_s,

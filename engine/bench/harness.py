@@ -264,7 +264,9 @@ class _Bench:
         if mk in self.prepare_err:
             raise RuntimeError(self.prepare_err[mk])
         try:
-            t = m.prepare(self.lm, cancel=self.cancel)
+            # a first calibration can take minutes: it reports its own progress (phase
+            # "calibrate") and stops on the bench's cancel
+            t = m.prepare(self.lm, progress=self.progress, cancel=self.cancel)
         except (Cancelled, KeyboardInterrupt, StorageError):
             raise
         except Exception as e:  # noqa: BLE001 — remembered: a failing calibration is not rerun

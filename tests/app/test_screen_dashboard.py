@@ -307,3 +307,42 @@ async def test_starts_with_a_small_grid_and_shows_its_estimated_duration(make_ap
 
         assert f"est. ≈ {fmt_duration(d.raw_s / d.margin)}" in str(scr.query_one("#dash-status").content)
         assert "50.0 tok/s (measured)" in str(scr.query_one("#dash-status").content)
+
+
+class CalibratingEngine(FakeEngine):
+    """A grid whose first method calibrates (as LaRoSA's first run does): a "calibrate" report
+    with tokens and layers, then a wait on the job's token, before the fake's records."""
+
+    def bench(self, lm, cfg, out, *, progress=None, cancel=None):
+        from engine.progress import report
+
+        report(progress, "calibrate", 4096, 20480,
+               "calibrating LaRoSA rotations: window 3/10, layer 12/30",
+               tokens=4096, tokens_total=20480, layers="12/30", window="3/10")
+        if cancel is not None and cancel.wait(self.bench_delay):
+            self.cancel_seen += 1
+            from engine.bench.harness import BenchSummary
+
+            return BenchSummary(run_id="fake", out=out, cancelled=True)
+        return super().bench(lm, cfg, out, progress=progress, cancel=cancel)
+
+
+async def test_calibration_progress_is_shown_and_esc_stops_it(make_app, tmp_path):
+    eng = CalibratingEngine(bench_delay=60.0)
+    app = make_app(engine=eng)
+    seen = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        scr = await open_dashboard(pilot, app)
+        small_grid(scr, tmp_path / "runs.jsonl")
+        await until(pilot, lambda: small_grid_shown(app, scr))
+        await pilot.press("ctrl+r")
+        grid = scr.query_one("#dash-grid")
+        await until(pilot, lambda: "calibrating: 4,096/20,480 tokens" in str(grid.content))
+        assert "layers 12/30 of window 3/10" in str(grid.content)
+        pw = scr.progress_widget
+        await until(pilot, lambda: pw.progress is not None and pw.progress.phase == "calibrate")
+        assert "phase [b]calibrate[/]" in pw.title_text() and "layer 12/30" in pw.title_text()
+        assert "4,096/20,480" in pw.stats_text() and "layers 12/30" in pw.figures_text()
+        await pilot.press("escape")
+        await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
+        await until(pilot, lambda: not app.runner.busy and eng.cancel_seen == 1)

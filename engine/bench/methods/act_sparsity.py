@@ -157,33 +157,55 @@ def collect_second_moments(lm: LoadedModel, fwd: Any, ids: list[int], *,
                            window: int = CALIB_WINDOW, progress: Optional[ProgressFn] = None,
                            cancel: Optional[CancelToken] = None) -> dict[str, list[torch.Tensor]]:
     """Per rotated site and layer, XᵀX (fp64) of that input on the dense model over ``ids``
-    (fresh windows of ``window`` tokens, as the reference feeds fixed-length sequences)."""
+    (fresh windows of ``window`` tokens, as the reference feeds fixed-length sequences).
+
+    A first calibration takes minutes on a CPU, so it reports (phase "calibrate") after every
+    layer of every window — tokens done (step/total) and layers done of the current window — and
+    checks ``cancel`` there, inside the forward, so a stop is seen within one layer."""
     sites = layer_sites(lm.model)
     h = lm.model.config.hidden_size
     acc = {s: [torch.zeros(h, h, dtype=torch.float64) for _ in sites] for s in ROTATED_SITES}
+    if len(ids) < 2:
+        raise InputError("calibration text is too short")
+    window = max(2, min(window, lm.context_length))
+    windows = -(-len(ids) // window)
+    at = {"start": 0, "window": 0}  # the window being fed
+
+    def tell(layers_done: int) -> None:
+        n = min(window, len(ids) - at["start"])
+        done = at["start"] + n * layers_done // len(sites)  # tokens through every layer so far
+        report(progress, "calibrate", done, len(ids),
+               f"calibrating LaRoSA rotations: window {at['window'] + 1}/{windows}, "
+               f"layer {layers_done}/{len(sites)}",
+               tokens=done, tokens_total=len(ids), layers=f"{layers_done}/{len(sites)}",
+               window=f"{at['window'] + 1}/{windows}")
 
     def make(site: str, i: int):
         def pre(module: Any, args: tuple, kwargs: dict) -> None:
             x, _ = _first_input(args, kwargs)
             x = x.detach().reshape(-1, x.shape[-1]).float()
             acc[site][i] += (x.T @ x).double().cpu()
+            if site == ROTATED_SITES[-1]:  # the layer's last collected input
+                check(cancel)
+                tell(i + 1)
         return pre
 
-    if len(ids) < 2:
-        raise InputError("calibration text is too short")
-    window = max(2, min(window, lm.context_length))
     handles = [mods[s].register_forward_pre_hook(make(s, i), with_kwargs=True)
                for i, mods in enumerate(sites) for s in ROTATED_SITES]
     try:
-        for s in range(0, len(ids), window):
+        for w, s in enumerate(range(0, len(ids), window)):
             check(cancel)
-            report(progress, "bench", s, len(ids), "calibrating LaRoSA rotations")
+            at.update(start=s, window=w)
+            tell(0)
             with torch.inference_mode():
                 fwd.logits(torch.tensor([ids[s:s + window]], device=lm.torch_device),
                            fwd.new_cache(), keep=1)
     finally:
         for hd in handles:
             hd.remove()
+    report(progress, "calibrate", len(ids), len(ids), "LaRoSA rotations: eigenvectors",
+           tokens=len(ids), tokens_total=len(ids), layers=f"{len(sites)}/{len(sites)}",
+           window=f"{windows}/{windows}")
     return acc
 
 

@@ -313,3 +313,102 @@ def test_all_combined_reports_the_model_level_sparsity(tiny_lm, sample_text):
     assert out.extra["sparsity_by_projection"]["gate/up"] == pytest.approx(0.5, abs=1e-9)
     assert 0.5 <= out.extra["sparsity_measured"] < 0.52
     assert _no_hooks(tiny_lm)
+
+
+# ---- a first calibration reports its progress and stops cleanly ----------------------------------
+def _sparsity_files() -> list[str]:
+    """What the cache's sparsity folder holds besides lock files."""
+    from engine.paths import cache_dir
+
+    d = cache_dir("sparsity")
+    return sorted(p.name for p in d.rglob("*") if p.is_file() and "lock" not in p.name)
+
+
+def test_calibration_reports_tokens_and_layers(tiny_lm):
+    from engine.progress import Progress
+
+    m = make_method("baseline")
+    ids = encode_user_text(tiny_lm.tokenizer, sparsity_calibration_text())[:CAL]
+    seen: list[Progress] = []
+    collect_second_moments(tiny_lm, m.forward(tiny_lm), ids, window=64, progress=seen.append)
+    layers = len(layer_sites(tiny_lm.model))
+    assert {p.phase for p in seen} == {"calibrate"} and all(p.total == CAL for p in seen)
+    steps = [p.step for p in seen]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == CAL
+    assert f"{layers}/{layers}" in {p.metrics["layers"] for p in seen}
+    assert {p.metrics["window"] for p in seen} >= {"1/3", "2/3", "3/3"}
+    # one report per layer of each window (and one before it), then the closing one
+    assert len(seen) == 3 * (layers + 1) + 1
+    assert "window 2/3, layer 1/" in " ".join(p.message for p in seen)
+
+
+def test_cancel_during_calibration_leaves_no_cache_file(tiny_lm):
+    """Cancelled inside the forward (after the first layer): Cancelled, the hooks gone, nothing
+    written; the next prepare calibrates from scratch and writes the file."""
+    from engine.progress import Cancelled, CancelToken
+
+    tok = CancelToken()
+    layers = len(layer_sites(tiny_lm.model))
+    assert layers >= 2
+
+    def stop(p):
+        if p.metrics.get("layers") == f"1/{layers}":
+            tok.cancel("user")
+
+    m = make_method("sparsity-rotated", calib_tokens=CAL)
+    try:
+        with pytest.raises(Cancelled):
+            m.prepare(tiny_lm, progress=stop, cancel=tok)
+    finally:
+        m.restore(tiny_lm)
+    assert _no_hooks(tiny_lm) and _sparsity_files() == []
+    seen = []
+    fresh = make_method("sparsity-rotated", calib_tokens=CAL)
+    fresh.prepare(tiny_lm, progress=seen.append)
+    fresh.restore(tiny_lm)
+    assert seen and seen[-1].step == CAL
+    assert any(n.startswith("larosa-") and n.endswith(".safetensors") for n in _sparsity_files())
+
+
+def test_the_bench_passes_progress_and_cancel_into_calibration(tiny_lm, tmp_path):
+    """The harness hands its progress and cancel to ``prepare``: a cancel during the calibration
+    stops the bench with no rotation file written; a rerun shows the calibration's progress."""
+    from engine.bench.config import BenchConfig
+    from engine.bench.harness import run_bench
+    from engine.progress import CancelToken
+
+    def cfg():
+        return BenchConfig(methods=["sparsity-rotated"], query_ids=["qa-1"], repeats=1,
+                           max_new_tokens=2, warmup=False,
+                           params={"sparsity-rotated": {"calib_tokens": CAL}})
+
+    tok = CancelToken()
+    phases: list[str] = []
+
+    def stop(p):
+        phases.append(p.phase)
+        if p.phase == "calibrate" and p.step > 0:
+            tok.cancel("user")
+
+    out = tmp_path / "runs.jsonl"
+    s = run_bench(tiny_lm, cfg(), out, progress=stop, cancel=tok)
+    assert s.cancelled and "calibrate" in phases and _sparsity_files() == []
+    assert _no_hooks(tiny_lm)
+    seen = []
+    s = run_bench(tiny_lm, cfg(), out, progress=seen.append, cancel=CancelToken())
+    assert not s.cancelled and s.errors == 0 and s.written >= 1
+    cal = [p for p in seen if p.phase == "calibrate"]
+    assert cal and cal[-1].step == cal[-1].total == CAL
+    assert _sparsity_files()
+
+
+def test_cli_says_it_is_calibrating(tiny_dir, tmp_path, capsys):
+    from app.cli import main
+
+    rc = main(["bench", "--model", str(tiny_dir), "--engine-path", "standard",
+               "--methods", "sparsity-rotated", "--param", f"sparsity-rotated.calib_tokens={CAL}",
+               "--queries", "qa-1", "--repeats", "1", "--max-new-tokens", "2", "--no-warmup",
+               "--out", str(tmp_path / "runs.jsonl")])
+    assert rc == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"calibrating LaRoSA rotations on {CAL} tokens: once per model and text" in err
