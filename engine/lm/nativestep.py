@@ -159,6 +159,7 @@ class NativeStep:
         self.mref = ctypes.byref(self.model)
         self.hidden = fwd.hidden_size
         self.vocab = int(fwd.w_head.shape[0])
+        self.n_embed = int(fwd.embed.shape[0])
         self._work = torch.empty(0, dtype=torch.float32)
 
     def run(self, ids: torch.Tensor, st: Any, past: int, rot: torch.Tensor, head: bool = False) -> torch.Tensor:
@@ -172,7 +173,10 @@ class NativeStep:
             self._work = torch.empty(max(need, 2 * self._work.numel()), dtype=torch.float32)
         out = torch.empty(1, 1, self.hidden, dtype=torch.float32)
         logits = torch.empty(1, 1, self.vocab, dtype=torch.float32) if head else None
-        args = (self.mref, int(ids.view(-1)[0]), st.kv.data_ptr(), st.cap, past, rot.data_ptr(),
+        tok = int(ids.view(-1)[0])
+        if not 0 <= tok < self.n_embed:  # the kernel reads the row unchecked; torch's lookup raises this
+            raise IndexError(f"token id {tok} is out of range for an embedding of {self.n_embed} rows")
+        args = (self.mref, tok, st.kv.data_ptr(), st.cap, past, rot.data_ptr(),
                 self._work.data_ptr(), out.data_ptr(), None if logits is None else logits.data_ptr(), threads)
         if _profiling():  # named in a profile (stepprofile.py); ~7 µs, so only then
             with record_function(PROFILE_NAME):

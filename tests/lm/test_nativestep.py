@@ -151,6 +151,18 @@ def test_step_profile_names_the_native_step(tiny_lm):
     assert p.native_step_ms > 0 and p.layer_matmul_ms == 0
 
 
+@needs_kernel
+@pytest.mark.parametrize("native", [True, False])
+def test_out_of_range_token_is_refused(tiny_lm, native):
+    """The kernel never reads past the embedding: the same IndexError as the torch lookup."""
+    lean = make_lean_forward(tiny_lm.model, native=native)
+    cache = lean.new_cache()
+    lean.logits(torch.tensor([[1, 2, 3]]), cache)
+    for bad in (lean.embed.shape[0], -1):
+        with pytest.raises(IndexError):
+            lean.logits(torch.tensor([[bad]]), lean.fork(cache))
+
+
 def test_padded_and_batched_steps_keep_the_torch_step(tiny_lm, tokenizer):
     """Only unmasked batch-1 steps take the kernel; a masked or several-row step runs the torch
     step and equals a forward without the kernel bit for bit."""
