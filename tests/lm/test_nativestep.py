@@ -216,3 +216,31 @@ def test_kernel_is_built_once_into_the_cache(tmp_path, monkeypatch, fresh_kernel
     monkeypatch.setattr(nativestep, "_build", lambda *a: pytest.fail("rebuilt a cached kernel"))
     assert nativestep.library() is not None
     assert built[0].stat().st_mtime_ns == mtime
+
+
+# ---- the bundled model ------------------------------------------------------------------------
+@needs_kernel
+def test_bundled_native_greedy_equals_hf_generate(smol_lm, monkeypatch):
+    """The path chat takes (``generate`` on the fast path, the kernel in use) gives HF
+    ``generate``'s greedy tokens on several prompts, and the kernel's logits stay within ATOL of
+    the torch step's at every one of those steps."""
+    from engine.lm.config import SamplingConfig
+    from engine.lm.forward import get_forward
+    from engine.lm.generate import generate
+
+    tok = smol_lm.tokenizer
+    prompts = [*PROMPTS, "Write a short story about a lighthouse keeper."]
+    monkeypatch.setattr(smol_lm, "eos_ids", [])  # always 32 tokens, as HF's min_new_tokens
+    monkeypatch.setattr(smol_lm, "engine_path", "fast", raising=False)
+    fwd = get_forward(smol_lm)
+    for p in prompts:
+        ids = chat_ids(tok, p)
+        ours = generate(smol_lm, ids, SamplingConfig(max_new_tokens=32, temperature=0.0))[0].token_ids
+        hf = smol_lm.model.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        assert ours == hf[0, len(ids):].tolist(), p
+    assert fwd._native_step() is not None
+    torch_step = make_lean_forward(smol_lm.model, native=False)
+    ta, la = _greedy(fwd, tok, prompts[0], steps=16)
+    tb, lb = _greedy(torch_step, tok, prompts[0], steps=16)
+    assert ta == tb
+    assert max((a - b).abs().max().item() for a, b in zip(la, lb)) <= ATOL
