@@ -89,7 +89,7 @@ class DashboardScreen(GridForm, LiveReport, ToolScreen):
                 yield Static("", id="dash-sweep-help", classes="status-line")
                 yield Label("Suite")
                 suites = suites_available()
-                yield Select([(s, s) for s in suites], value=suites[0] if suites else Select.BLANK,
+                yield Select([(s, s) for s in suites], value=suites[0] if suites else Select.NULL,
                              allow_blank=not suites, id="dash-suite")
                 yield Label("Query kinds")
                 yield CheckList[str](*[(k, k, k in ("chat", "qa")) for k in KINDS], id="dash-kinds")

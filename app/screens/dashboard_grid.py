@@ -57,10 +57,10 @@ class GridForm:
             return chosen
 
         def suite() -> str:
-            v = self.query_one("#dash-suite", Select).value
-            if v is Select.BLANK or not v:
+            sel = self.query_one("#dash-suite", Select)  # Textual 8: no choice is Select.NULL
+            if sel.is_blank() or not sel.value:
                 raise InputError("suite: none chosen (no suite is shipped in engine/bench/suites)")
-            return str(v)
+            return str(sel.value)
 
         def sweep() -> Any:
             sel = self.query_one("#dash-sweep", Select)

@@ -346,3 +346,16 @@ async def test_calibration_progress_is_shown_and_esc_stops_it(make_app, tmp_path
         await pilot.press("escape")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
         await until(pilot, lambda: not app.runner.busy and eng.cancel_seen == 1)
+
+
+async def test_no_shipped_suite_keeps_run_disabled(make_app, monkeypatch):
+    """With no suite to choose the Select holds Textual's NULL: one message, Run disabled (the
+    check used to compare with a name Textual 8 no longer has, and let "Select.NULL" through)."""
+    import app.screens.dashboard as dashboard
+
+    monkeypatch.setattr(dashboard, "suites_available", lambda: [])
+    app = make_app(engine=FakeEngine())
+    async with app.run_test(size=SIZE) as pilot:
+        scr = await open_dashboard(pilot, app)
+        await until(pilot, lambda: "suite: none chosen" in error_text(scr))
+        assert run_button(scr).disabled
