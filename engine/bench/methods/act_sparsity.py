@@ -343,6 +343,7 @@ class RotatedSparsity(_Sparsity):
         self._text = calibration
         self.rotations: dict[str, list[torch.Tensor]] = {}
         self.calibration_tokens = 0
+        self.calibration_sha = ""  # which text the rotations came from (records keep it)
         self.cache_file: Optional[Path] = None
 
     def cache_key(self, lm: LoadedModel, text: str) -> str:
@@ -363,6 +364,7 @@ class RotatedSparsity(_Sparsity):
 
         text = self._text if self._text is not None else sparsity_calibration_text()
         key = self.cache_key(lm, text)
+        self.calibration_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
         per_model = _CALIB.setdefault(lm.model, {})
         if key in per_model:
             self.rotations, self.calibration_tokens = per_model[key]
@@ -398,4 +400,5 @@ class RotatedSparsity(_Sparsity):
         return z @ q.T
 
     def sparsity_report(self) -> dict:
-        return {**super().sparsity_report(), "calibration_tokens": self.calibration_tokens}
+        return {**super().sparsity_report(), "calibration_tokens": self.calibration_tokens,
+                "calibration_text_sha": self.calibration_sha}

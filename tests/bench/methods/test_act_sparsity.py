@@ -310,6 +310,10 @@ def test_all_combined_reports_the_model_level_sparsity(tiny_lm, sample_text):
     finally:
         m.restore(tiny_lm)
     assert out.extra["rotated"] and out.extra["calibration_tokens"] == CAL
+    import hashlib
+
+    assert out.extra["calibration_text_sha"] == \
+        hashlib.sha256(sparsity_calibration_text().encode()).hexdigest()[:12]
     assert out.extra["sparsity_by_projection"]["gate/up"] == pytest.approx(0.5, abs=1e-9)
     assert 0.5 <= out.extra["sparsity_measured"] < 0.52
     assert _no_hooks(tiny_lm)
