@@ -27,7 +27,8 @@ activations had already touched, so nearly the whole reservation became resident
 
 The cache and its reservation are one part (``ContiguousKV``): ``kv-contiguous`` is that part
 alone; ``hybrid-kv`` (kv_hybrid.py) puts CAKE's eviction on it, compacting kept entries inside
-the buffer (``ContiguousLayer.compact``).
+the buffer once after the prefill (``ContiguousLayer.compact``) and then writing each new token
+into the slot the last eviction freed (``ContiguousLayer.release``).
 
 Simplified: no GPU virtual-memory API (the OS's lazy commit stands in for it on CPU); one
 request; full-attention layers only.
@@ -65,11 +66,19 @@ class ContiguousLayer(DynamicLayer):
         self.length = 0
         self.bytes_written = 0
         self.bytes_compacted = 0  # the part of bytes_written that compactions wrote
+        self.seen = 0  # tokens ever written: the next token's position in the order fed
+        self.free: Optional[torch.Tensor] = None  # (KV heads,) one released slot per head
+        self.slot_pos: Optional[torch.Tensor] = None  # (KV heads, reserve) position of each slot's token
         if kbuf is not None and vbuf is not None:
             self.kbuf, self.vbuf = kbuf, vbuf
             self.device = kbuf.device
             self.keys, self.values = kbuf[:, :, :0], vbuf[:, :, :0]
+            self._init_positions()
             self.is_initialized = True
+
+    def _init_positions(self) -> None:
+        self.slot_pos = torch.full((self.kbuf.shape[1], self.reserve), -1, dtype=torch.long,
+                                   device=self.kbuf.device)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -79,24 +88,60 @@ class ContiguousLayer(DynamicLayer):
         self.vbuf = torch.empty((b, h, self.reserve, dv), dtype=value_states.dtype, device=self.device)
         self.keys = self.kbuf[:, :, :0]
         self.values = self.vbuf[:, :, :0]
+        self._init_positions()
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens: the first one into each head's released slot when there is one
+        (``release``), the rest appended after the filled part. Either way only the new
+        tokens' bytes are written."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
+        t = key_states.shape[-2]
+        reuse = 1 if self.free is not None and t else 0
+        end = self.length + t - reuse
         if key_states.shape[:2] != self.kbuf.shape[:2] or key_states.shape[-1] != self.kbuf.shape[-1] \
                 or key_states.dtype != self.kbuf.dtype:
             raise InputError(f"contiguous KV cache: keys {tuple(key_states.shape)} {key_states.dtype} "
                              f"do not fit the reserved {tuple(self.kbuf.shape)} {self.kbuf.dtype}")
         if end > self.reserve:
             raise InputError(f"contiguous KV cache: {end} positions exceed the {self.reserve} reserved")
-        self.kbuf[:, :, self.length:end].copy_(key_states)
-        self.vbuf[:, :, self.length:end].copy_(value_states)
+        pos = torch.arange(self.seen, self.seen + t, device=self.slot_pos.device)
+        if reuse:
+            slots = self.free.view(1, -1, 1, 1)  # (1, heads, 1, 1): a per-head scatter
+            self.kbuf.scatter_(2, slots.expand(1, -1, 1, self.kbuf.shape[-1]), key_states[:, :, :1])
+            self.vbuf.scatter_(2, slots.expand(1, -1, 1, self.vbuf.shape[-1]), value_states[:, :, :1])
+            self.slot_pos.scatter_(1, self.free.view(-1, 1), pos[:1].expand(self.free.shape[0], 1))
+            self.free = None
+        self.kbuf[:, :, self.length:end].copy_(key_states[:, :, reuse:])
+        self.vbuf[:, :, self.length:end].copy_(value_states[:, :, reuse:])
+        self.slot_pos[:, self.length:end] = pos[reuse:]
         self.bytes_written += _nbytes(key_states) + _nbytes(value_states)
+        self.seen += t
         self._fill(end)
         return self.keys, self.values
+
+    def release(self, slots: torch.Tensor) -> None:
+        """Free one slot per head (``slots``: (KV heads,) indices into the filled part), written
+        over by the next token (``update``): nothing moves. Until then the slot still lies in
+        the filled view, so the next forward must write at least one token before attention
+        reads (every forward does: the new token goes in first), and ``get_seq_length`` counts
+        the live entries only, so Hugging Face's mask sizes (cache length + new tokens) match
+        the view after the write. One slot per head at most: the first new token goes into
+        it and the rest are appended, so in a several-token forward each later token still lies
+        after the earlier ones, as the causal mask assumes."""
+        if self.free is not None or slots.shape != (self.kbuf.shape[1],) \
+                or bool((slots < 0).any()) or bool((slots >= self.length).any()):
+            raise InputError(f"contiguous KV cache: cannot release slots {slots.tolist()} of "
+                             f"{self.length} positions x {self.kbuf.shape[1]} heads"
+                             + (" (a slot is already free)" if self.free is not None else ""))
+        self.free = slots.to(self.kbuf.device, torch.long)
+
+    def positions(self) -> torch.Tensor:
+        """(KV heads, filled length) position, in the order fed, of the token each slot holds;
+        a released slot's entry is stale until it is written over."""
+        return self.slot_pos[:, :self.length]
 
     def compact(self, idx: torch.Tensor) -> None:
         """Keep only positions ``idx`` (KV heads, m) of each head, ascending, moved to the front
@@ -107,7 +152,8 @@ class ContiguousLayer(DynamicLayer):
         are gathered and written back. The gather goes through a staging tensor (PyTorch refuses
         a copy between overlapping regions), and both copies are counted in ``bytes_written``."""
         heads, m = idx.shape[0], idx.shape[-1]
-        if idx.dim() != 2 or heads != self.kbuf.shape[1] or self.kbuf.shape[0] != 1 or m > self.length:
+        if idx.dim() != 2 or heads != self.kbuf.shape[1] or self.kbuf.shape[0] != 1 or m > self.length \
+                or self.free is not None:
             raise InputError(f"contiguous KV cache: cannot keep {tuple(idx.shape)} of "
                              f"{self.length} positions x {self.kbuf.shape[1]} heads")
         moved = idx != torch.arange(m, device=idx.device)
@@ -116,6 +162,7 @@ class ContiguousLayer(DynamicLayer):
             if not len(at):
                 continue
             start = int(at[0])
+            self.slot_pos[h, start:m] = self.slot_pos[h].index_select(0, idx[h, start:])
             for buf in (self.kbuf, self.vbuf):
                 rows = buf[0, h].index_select(0, idx[h, start:])  # the staging copy
                 buf[0, h, start:m].copy_(rows)
@@ -130,7 +177,14 @@ class ContiguousLayer(DynamicLayer):
         self.values = self.vbuf[:, :, :end]
 
     def get_seq_length(self) -> int:
-        return self.length
+        """Live entries: the filled length less a released slot (see ``release``)."""
+        return self.length - (1 if self.free is not None else 0)
+
+    def held_bytes(self) -> int:
+        """Bytes of the live entries' K and V (a released slot's stale row not counted)."""
+        if not self.is_initialized or not self.length:
+            return 0
+        return (_nbytes(self.keys) + _nbytes(self.values)) * self.get_seq_length() // self.length
 
     def kv_views(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(filled view, the buffer it lives in) for the memory meter (engine/bench/memory.py)."""
@@ -172,6 +226,14 @@ class ContiguousKV(Method):
         if lm.torch_device.type == "cuda" and self._need:
             return min(prompt_len + self._need + 1, int(lm.context_length))
         return int(lm.context_length)
+
+    def kv_bytes(self, st: GenState) -> int:
+        """The live entries' bytes (a slot released by eviction and not yet written over is
+        not held data)."""
+        lays = st.cache.layers
+        if lays and all(isinstance(lay, ContiguousLayer) for lay in lays):
+            return sum(lay.held_bytes() for lay in lays)
+        return super().kv_bytes(st)
 
     def new_state(self, lm: LoadedModel, q: Query, prompt_ids: list[int]) -> GenState:
         st = super().new_state(lm, q, prompt_ids)

@@ -310,7 +310,8 @@ class _WindowEviction(EvictingMethod):
                 n = lay.keys.shape[-2]
                 if n > ls.budget + self.window and ls.last_attention is not None:
                     w = self.window
-                    sc = _pool_gqa(ls.last_attention[:, 0, :n - w], self.pool, lay.keys.shape[1])
+                    a = self._in_order(lay, ls.last_attention)
+                    sc = _pool_gqa(a[:, 0, :n - w], self.pool, lay.keys.shape[1])
                     dropped += self._keep(lay, sc, ls.budget)
                 ls.last_attention = None
         st.info["kv_bytes_per_layer"] = [
@@ -328,16 +329,24 @@ class _WindowEviction(EvictingMethod):
         if keep_prefix >= n_prefix:
             return 0
         pre = scores[:, :n_prefix]
-        top = (torch.topk(pre, keep_prefix, dim=-1).indices.sort(dim=-1).values if keep_prefix
-               else pre[:, :0].long())
+        # the highest scores; equal scores go to the earlier position (a stable sort: topk's
+        # choice among ties is unspecified and could differ between two layouts of one cache)
+        top = (torch.sort(pre, dim=-1, descending=True, stable=True).indices[:, :keep_prefix]
+               .sort(dim=-1).values if keep_prefix else pre[:, :0].long())
         win = torch.arange(n - w, n, device=top.device).expand(top.shape[0], w)
         self._apply_keep(lay, torch.cat([top, win], dim=-1))
         return n_prefix - keep_prefix
 
+    def _in_order(self, lay: Any, a: torch.Tensor) -> torch.Tensor:
+        """Attention ``a`` (H, q, n) over ``lay``'s entries, in the order the tokens came (what
+        the window, the pooling and ``_keep``'s indices refer to). Here the cache holds them in
+        that order; the hybrid row (kv_hybrid.py) reuses evicted slots and reorders."""
+        return a
+
     def _apply_keep(self, lay: Any, idx: torch.Tensor) -> None:
-        """Make ``lay`` hold only positions ``idx`` (KV heads, m; ascending per head): gathered
-        into new tensors, so the evicted entries' bytes are freed. The hybrid row (kv_hybrid.py)
-        compacts them inside its reserved buffer instead."""
+        """Make ``lay`` hold only entries ``idx`` (KV heads, m; ascending per head, indices in
+        the order the tokens came): gathered into new tensors, so the evicted entries' bytes are
+        freed. The hybrid row (kv_hybrid.py) keeps them inside its reserved buffer instead."""
         lay.keys = _gather(lay.keys, idx)
         lay.values = _gather(lay.values, idx)
 
