@@ -121,7 +121,7 @@ class AllCombined(Combined):
     """Every method that composes, applied at once and measured whole (never a sum of the rows'
     separate savings): word pruning decides what is fed, phrase merge how the pruned prompt is
     tokenized (its untrained rows appended to the model), the cache part how it is cached (the
-    seed's hybrid: one contiguous reservation, CAKE's eviction compacting inside it), rotated
+    seed's hybrid: one contiguous reservation, CAKE's evicted slots reused in it), rotated
     activation sparsity changes the layers. Left out because they cannot run together
     with those: another cache method beside the cache part (one cache holds the KV), kv-reuse
     (it needs a prefix cached by an earlier turn, which pruning changes). Parameters:

@@ -283,3 +283,19 @@ def test_the_cuda_reservation_is_the_request_only_when_its_length_is_known():
         m._need = 24
         assert m.positions(lm, 100) == 125
         assert m.positions(SimpleNamespace(torch_device=torch.device("cpu"), context_length=2048), 100) == 2048
+
+
+@pytest.mark.slow
+def test_bundled_model_long_prompt_same_tokens_as_cake(smol_lm):
+    """The bundled model on the suite's long-1 (a 498-token prompt, evicted at the prefill, then
+    one entry per head and layer each step): evict-cake's tokens, and one token's K/V written
+    per step against evict-cake's gather of everything it keeps."""
+    from engine.bench.suite import load_suite
+
+    q = load_suite("core-v1", ids=["long-1"]).queries[0]
+    cake, hyb = make_method("evict-cake"), make_method("hybrid-kv")
+    a, b = cake.run(smol_lm, q, 16, fixed_length=True), hyb.run(smol_lm, q, 16, fixed_length=True)
+    assert b.extra["prefill_evicted"] is True
+    assert a.token_ids == b.token_ids
+    assert a.extra["kv_tokens_kept"] == b.extra["kv_tokens_kept"]
+    assert b.cost["kv_copy_bytes_per_token"] == _per_token(smol_lm) < a.cost["kv_copy_bytes_per_token"]
