@@ -2,7 +2,7 @@
 the whole layer loop in one OpenMP parallel region instead of ~700 torch ops, so a step reads the
 weights closer to the machine's bandwidth (docs/native-decode.md).
 
-The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native
+The kernel is compiled on first use (per cache folder) with the system C compiler (``cc -O3 -march=native
 -fopenmp``: no torch headers, no ninja, ~1 s) into ``cache/native/`` under a name keyed by the
 source, the compiler and this CPU, and loaded with ctypes. Its OpenMP runtime is the one torch
 already loaded (same ``libgomp.so.1``), so both share one thread pool. Anything that fails — no
@@ -34,9 +34,10 @@ PROFILE_NAME = "tokenforge::native_decode_step"  # the kernel's event in a torch
 _profiling = torch._C._autograd._profiler_enabled
 
 _lock = threading.Lock()
-_lib: Any = None
-_why: Optional[str] = None  # why the kernel is unavailable (None: not tried yet, or loaded)
-_tried = False
+# per cache folder: (the loaded kernel or None, why it is unavailable or None). Keyed so that a
+# process pointed at a read-only or broken cache for a while (a test, a --cache flag) is not left
+# without the kernel once it is pointed back.
+_state: dict[str, tuple[Any, Optional[str]]] = {}
 
 
 def _cpu_key() -> str:
@@ -80,26 +81,33 @@ def _declare(lib: Any) -> None:
 
 def library() -> Any:
     """The loaded kernel, or None (see :func:`unavailable_reason`). Built at most once per
-    process; concurrent processes building the same file serialise on a lock file."""
-    global _lib, _why, _tried
-    with _lock:
-        if _tried:
-            return _lib
-        _tried = True
-        if os.environ.get(ENV, "1").strip() == "0":
-            _why = f"{ENV}=0"
-            return None
-        try:
-            _lib = _load()
-        except Exception as e:  # no compiler, compile error, unwritable cache, bad .so: torch step
-            _why = f"{type(e).__name__}: {e}"
-            log.info("native decode step unavailable (%s); using the torch step", _why)
-        return _lib
+    cache folder; concurrent processes building the same file serialise on a lock file."""
+    return _get()[0]
 
 
 def unavailable_reason() -> Optional[str]:
-    library()
-    return _why
+    return _get()[1]
+
+
+def _get() -> tuple[Any, Optional[str]]:
+    from engine.paths import cache_root
+
+    if os.environ.get(ENV, "1").strip() == "0":
+        return None, f"{ENV}=0"
+    try:
+        key = str(cache_root())
+    except Exception as e:  # a bad $TOKENFORGE_CACHE: the torch step (loading the model says why)
+        return None, f"{type(e).__name__}: {e}"
+    with _lock:
+        hit = _state.get(key)
+        if hit is None:
+            try:
+                hit = (_load(), None)
+            except Exception as e:  # no compiler, compile error, unwritable cache, bad .so: torch step
+                hit = (None, f"{type(e).__name__}: {e}")
+                log.info("native decode step unavailable (%s); using the torch step", hit[1])
+            _state[key] = hit
+        return hit
 
 
 def _load() -> Any:

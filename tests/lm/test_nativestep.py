@@ -21,9 +21,7 @@ needs_kernel = pytest.mark.skipif(nativestep.library() is None,
 @pytest.fixture
 def fresh_kernel_state(monkeypatch):
     """nativestep as if nothing had been tried in this process (restored afterwards)."""
-    monkeypatch.setattr(nativestep, "_lib", None)
-    monkeypatch.setattr(nativestep, "_why", None)
-    monkeypatch.setattr(nativestep, "_tried", False)
+    monkeypatch.setattr(nativestep, "_state", {})
 
 
 def _threads(n):
@@ -192,6 +190,19 @@ def test_env_switch_turns_the_kernel_off(monkeypatch, fresh_kernel_state):
     assert nativestep.unavailable_reason() == f"{nativestep.ENV}=0"
 
 
+def test_unwritable_cache_falls_back_then_recovers(tmp_path, monkeypatch, fresh_kernel_state):
+    """A cache folder the kernel cannot be built in leaves the torch step for that folder only:
+    pointed back at a usable cache, the same process gets the kernel."""
+    if nativestep._compiler() is None:
+        pytest.skip("no C compiler here")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TOKENFORGE_CACHE", str(blocked))
+    assert nativestep.library() is None and nativestep.unavailable_reason()
+    monkeypatch.setenv("TOKENFORGE_CACHE", str(tmp_path / "ok"))
+    assert nativestep.library() is not None and nativestep.unavailable_reason() is None
+
+
 def test_compile_error_falls_back_and_leaves_no_file(tmp_path, monkeypatch, fresh_kernel_state):
     if nativestep._compiler() is None:
         pytest.skip("no C compiler here")
@@ -212,7 +223,7 @@ def test_kernel_is_built_once_into_the_cache(tmp_path, monkeypatch, fresh_kernel
     built = list((tmp_path / "native").glob("decode_step-*.so"))
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(nativestep, "_tried", False)
+    monkeypatch.setattr(nativestep, "_state", {})
     monkeypatch.setattr(nativestep, "_build", lambda *a: pytest.fail("rebuilt a cached kernel"))
     assert nativestep.library() is not None
     assert built[0].stat().st_mtime_ns == mtime
