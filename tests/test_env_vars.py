@@ -78,10 +78,20 @@ def _memory(value: str) -> None:
     assert available_bytes() == int(value)
 
 
+def _native(value: str) -> None:
+    import os
+
+    from engine.lm import nativestep
+
+    assert nativestep.unavailable_reason() != "TOKENFORGE_NATIVE=0"  # any other value: allowed
+    os.environ["TOKENFORGE_NATIVE"] = "0"  # (monkeypatch restores the variable afterwards)
+    assert nativestep.library() is None and nativestep.unavailable_reason() == "TOKENFORGE_NATIVE=0"
+
+
 CHECKS = {"TOKENFORGE_CACHE": ("dir", _cache), "TOKENFORGE_SESSIONS": ("dir", _sessions),
           "TOKENFORGE_CONFIG": ("file", _config), "TOKENFORGE_SETTINGS": ("file", _settings),
           "TOKENFORGE_KEYMAP": ("file", _keymap), "TOKENFORGE_EXPORTS": ("dir", _exports),
-          "TOKENFORGE_MEMORY_BYTES": ("value", _memory)}
+          "TOKENFORGE_MEMORY_BYTES": ("value", _memory), "TOKENFORGE_NATIVE": ("value", _native)}
 
 
 #: the Ctrl+C test hook is exercised by every real-process test in tests/app/commands/test_interrupts.py
