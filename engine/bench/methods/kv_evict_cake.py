@@ -37,8 +37,9 @@ Both leave a prompt of at most ``budget`` tokens whole.
 
 This re-implementation does not patch attention: a forward hook on every attention module
 recomputes the window's queries (q_proj [+ q_norm] + RoPE with the layer's own cos/sin) and
-their attention over the keys just written to the cache. Batch 1, true position ids,
-``attention_mask=None`` (layers have different lengths: no shared mask).
+their attention over the keys just written to the cache. Batch 1, true position ids; layers
+have different lengths, so each attention module gets a mask built for its own cache layer
+(``EvictingMethod.feed``, kv_evict_sinks.py).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from .base import GenState, Query
-from .kv_evict_sinks import EvictingMethod, _int_param
+from .kv_evict_sinks import EvictingMethod, _int_param, attention_modules
 from .params import reject_unknown
 
 if TYPE_CHECKING:  # for annotations: no import cycle, no torch import for the TUI
@@ -74,11 +75,7 @@ class _WindowState:
     prefilled: bool = False
 
 
-def _attention_modules(model: Any) -> list[Any]:
-    """Decoder attention modules in layer order (they carry ``layer_idx``)."""
-    mods = [m for m in model.modules()
-            if hasattr(m, "q_proj") and hasattr(m, "layer_idx") and hasattr(m, "head_dim")]
-    return sorted(mods, key=lambda m: m.layer_idx)
+_attention_modules = attention_modules
 
 
 def window_attention(module: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

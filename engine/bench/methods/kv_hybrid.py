@@ -19,9 +19,10 @@ order of the entries (up to the order fp32 adds them). What does depend on order
 bookkeeping — the recent window (the last w tokens fed), the average pooling of scores along
 neighbouring positions, ties between equal scores — so the layer records the position of the
 token in each slot, and the current query's attention is put back into position order before
-CAKE scores it (``_in_order``); the entries kept are mapped back to slots. Hugging Face sizes
-its mask from ``get_seq_length`` (live entries, a released slot not counted), which is what the
-view holds after the new token is written.
+CAKE scores it (``_in_order``); the entries kept are mapped back to slots. Each layer's mask
+(built per layer by ``EvictingMethod.feed``; all visible for one query) is sized from its
+``get_seq_length`` (live entries, a released slot not counted), which is what the view holds
+after the new token is written.
 
 Figures: KV held (``kv_bytes_allocated``) is the whole reservation (eviction frees nothing; on
 CPU the prefill's full-prompt pages stay committed); bytes written per generated token are the
