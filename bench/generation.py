@@ -130,6 +130,11 @@ def main() -> None:
     print(f"  (fast path implementation: {d['fast_forward_impl']})")
     for name in ("standard", "fast"):
         sp = out[f"step_profile_{name}"]
+        if sp.get("native_step_ms"):  # the compiled batch-1 step: one call the profiler cannot split
+            print(f"{name} decode step (profiled): {sp['step_ms']:.1f} ms = compiled step (layers"
+                  f"{' and head' if not sp['head_ms'] else ''}) {sp['native_step_ms']:.1f} ms + head "
+                  f"{sp['head_ms']:.1f} + rest {sp['rest_ms']:.1f} ms")
+            continue
         print(f"{name} decode step (profiled): {sp['step_ms']:.1f} ms = matmuls {sp['matmul_ms']:.1f} ms "
               f"({sp['matmul_share']:.0%}: layers {sp['layer_matmul_ms']:.1f} + head {sp['head_ms']:.1f}) "
               f"+ attention {sp['attention_ms']:.1f} + rest {sp['rest_ms']:.1f} ms")
