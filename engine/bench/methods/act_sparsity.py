@@ -35,13 +35,12 @@ test_act_sparsity.py checks it), in fresh windows of 2,048; Q = its eigenvectors
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -208,17 +207,8 @@ class _Sparsity(Method):
             h.remove()
         self._handles = []
 
-    @contextlib.contextmanager
-    def active(self, lm: LoadedModel) -> Iterator[None]:
-        """The model change for one call when the caller has not prepared the method."""
-        if self._handles and self._model is lm.model:
-            yield
-            return
-        self.prepare(lm)
-        try:
-            yield
-        finally:
-            self.restore(lm)
+    def prepared_on(self, lm: LoadedModel) -> bool:
+        return bool(self._handles) and self._model is lm.model
 
     # ---- what was sparse --------------------------------------------------------------------
     def _reset_counts(self) -> None:

@@ -24,10 +24,11 @@ goes into ``GenState.info["aux_s"]`` and ends up in ``cost.aux_s``. The baseline
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 
@@ -109,6 +110,24 @@ class Method:
 
     def restore(self, lm: LoadedModel) -> None:
         """Undo every model change made by ``prepare`` (the model is shared)."""
+
+    def prepared_on(self, lm: LoadedModel) -> bool:
+        """Whether this method's model change is on ``lm``'s model now (model-changing methods
+        say; the rest have nothing to put on)."""
+        return False
+
+    @contextlib.contextmanager
+    def active(self, lm: LoadedModel) -> Iterator[None]:
+        """The model change for one call when the caller has not prepared the method (the
+        harness prepares before each measurement and restores after it)."""
+        if self.prepared_on(lm):
+            yield
+            return
+        self.prepare(lm)
+        try:
+            yield
+        finally:
+            self.restore(lm)
 
     def use_suite(self, suite: Any) -> None:
         """Told which suite is about to be measured (a method that learns from the suite's

@@ -9,8 +9,7 @@ them with a prompt and a cache method at once.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -198,18 +197,8 @@ class AllCombined(Combined):
             part.restore(lm)
         self._active_model = None
 
-    @contextlib.contextmanager
-    def active(self, lm: LoadedModel) -> Iterator[None]:
-        """Every part's model change for one call when the caller has not prepared (the
-        harness prepares before each measurement and restores after it)."""
-        if self._active_model is lm.model:
-            yield
-            return
-        self.prepare(lm)
-        try:
-            yield
-        finally:
-            self.restore(lm)
+    def prepared_on(self, lm: LoadedModel) -> bool:
+        return self._active_model is lm.model
 
     # ---- what is fed: pruned, then merged ----------------------------------------------------
     def render_prompt(self, lm: LoadedModel, q: Query) -> list[int]:

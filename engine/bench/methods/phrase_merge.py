@@ -26,11 +26,10 @@ Fidelity to the baseline is measured where the two tokenizations can be compared
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -241,16 +240,8 @@ class PhraseMerge(Method):
         self._saved = None
         self._model = None
 
-    @contextlib.contextmanager
-    def active(self, lm: LoadedModel) -> Iterator[None]:
-        if self._saved is not None and self._model is lm.model:
-            yield
-            return
-        self.prepare(lm)
-        try:
-            yield
-        finally:
-            self.restore(lm)
+    def prepared_on(self, lm: LoadedModel) -> bool:
+        return self._saved is not None and self._model is lm.model
 
     # ---- encoding and decoding --------------------------------------------------------------
     def encode(self, lm: LoadedModel, text: str) -> list[int]:
