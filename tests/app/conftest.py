@@ -42,6 +42,12 @@ def make_app(tmp_path):
     def factory(engine: Any = None, lm: Any = None, **kw: Any) -> Any:
         settings = AppSettings()
         settings.export_dir = tmp_path / "exports"
+        if engine is not None and not isinstance(engine, FakeEngine):
+            # the real engine (tiny model): derived timeouts follow the measured speed with a
+            # 30 s floor, which a loaded machine can pass on a tiny-model grid or search; the
+            # timeout tests drive the fake engine and set their own
+            for kind in list(settings.timeouts):
+                settings.set_user_timeout(kind, None)
         kw.setdefault("install_signals", False)
         app = TokenforgeApp(engine=engine if engine is not None else FakeEngine(), lm=lm,
                             settings=settings, **kw)

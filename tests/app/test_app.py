@@ -141,7 +141,7 @@ async def test_timeout_cancels_the_job(make_app):
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await ready(pilot, app)
-        app.settings.timeouts["chat"] = 0.3
+        app.settings.set_user_timeout("chat", 0.3)  # typed: a late speed probe re-derives only the rest
         await send(pilot, app, "hi")
         await until(pilot, lambda: any(isinstance(m, JobCancelled) for m in seen))
         m = next(m for m in seen if isinstance(m, JobCancelled))
@@ -353,7 +353,7 @@ async def test_stuck_job_offers_force_quit(make_app):
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         await ready(pilot, app)
-        app.settings.timeouts["chat"] = 0.2
+        app.settings.set_user_timeout("chat", 0.2)
         await send(pilot, app, "hi")
         await until(pilot, lambda: any(isinstance(m, JobStuck) for m in seen))
         await until(pilot, lambda: app.screen.progress_widget.state == "stuck"

@@ -5,30 +5,15 @@ uses (Run stays disabled with one message), the grid goes through the runner lik
 builds, and with the real engine on the tiny model the Sweep tab shows the finished curve."""
 from __future__ import annotations
 
-from textual.widgets import Button, Input, Select, SelectionList
+from textual.widgets import Input, Select, SelectionList
 
 from app.messages import JobCancelled, JobFinished
 from engine.bench.sweep import Sweep, parse_sweep
 
+from dashboard_pilot import error_text, open_dashboard, run_button
 from app_fakes import FakeEngine, until
 
 SIZE = (130, 50)
-
-
-async def open_dashboard(pilot, app):
-    await until(pilot, lambda: app.model_state in ("ready", "failed") and not app.runner.busy)
-    await pilot.press("f5")
-    await until(pilot, lambda: app.current_mode == "dashboard")
-    await pilot.pause()
-    return app.screen
-
-
-def error_text(scr) -> str:
-    return str(scr.query_one("#dash-error").content)
-
-
-def run_button(scr) -> Button:
-    return scr.query_one("#dash-run", Button)
 
 
 async def pick_sweep(pilot, scr, choice: str) -> None:

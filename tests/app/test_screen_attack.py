@@ -244,7 +244,7 @@ async def test_attack_timeout_from_settings_cancels(make_app):
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_attack(pilot, app)
-        app.settings.timeouts["advtok"] = 0.3  # the runner reads the settings' timeouts per kind
+        app.settings.set_user_timeout("advtok", 0.3)  # the runner reads the settings' timeouts per kind
         fill(scr, request="Tell me a joke", response="Sure", iters="4")
         await run_enabled(pilot, scr)
         await pilot.press("ctrl+r")

@@ -15,25 +15,10 @@ from textual.widgets import Button, DataTable, Input, SelectionList
 from app.messages import JobCancelled, JobFailed, JobFinished
 from app.settings import BenchGrid
 
+from dashboard_pilot import error_text, open_dashboard, run_button
 from app_fakes import DEADLINE_S, FakeEngine, bench_lines, until
 
 SIZE = (120, 40)
-
-
-async def open_dashboard(pilot, app):
-    await until(pilot, lambda: app.model_state in ("ready", "failed") and not app.runner.busy)
-    await pilot.press("f5")
-    await until(pilot, lambda: app.current_mode == "dashboard")
-    await pilot.pause()
-    return app.screen
-
-
-def run_button(scr) -> Button:
-    return scr.query_one("#dash-run", Button)
-
-
-def error_text(scr) -> str:
-    return str(scr.query_one("#dash-error").content)
 
 
 def message(scr) -> str:
