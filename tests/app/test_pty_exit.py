@@ -57,9 +57,13 @@ READY = re.compile(rb"\xc2\xb7 max \d+ tokens \xc2\xb7 T ")
 #: the chat job is decoding: "chat · phase generate" on its progress line (the start-up speed
 #: probe also decodes, as "speed · phase generate")
 CHAT_GENERATING = re.compile(_SGR.join([rb"chat", rb" \xc2\xb7 phase ", rb"generate"]))
+#: between two words of a status that may wrap: spaces, style codes, cursor moves, a border
+#: glyph and padding, never a letter (the figures line's length follows the measured figures, so
+#: where it wraps depends on the machine's speed)
+_GAP = rb"(?:\x1b\[[0-9;?]*[A-Za-z]|[^A-Za-z\x1b]){1,400}?"
 #: the answer's figures line after a cancel (a repaint may restyle or skip cells between words)
-STOPPED = re.compile(_SGR.join([rb"stop:", rb" ", rb"cancelled"]))
-ENDED = re.compile(STOPPED.pattern + rb"|" + _SGR.join([rb"was", rb" ", rb"not", rb" ", rb"added"]))
+STOPPED = re.compile(_GAP.join([rb"stop:", rb"cancelled"]))
+ENDED = re.compile(STOPPED.pattern + rb"|" + _GAP.join([rb"was", rb"not", rb"added"]))
 FORCE_WINDOW_S = 2.0  # app/quitting.py: a second Ctrl+C within this window force-quits
 
 
