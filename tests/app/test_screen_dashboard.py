@@ -41,6 +41,13 @@ def small_grid_shown(app, scr) -> bool:
     return g is not None and (g.repeats, g.max_new_tokens) == (1, 4) and not run_button(scr).disabled
 
 
+async def run_small_grid(pilot, app, scr, out) -> None:
+    """Fill the small grid, wait until the settings hold it, then start it (Ctrl+R)."""
+    small_grid(scr, out)
+    await until(pilot, lambda: small_grid_shown(app, scr))
+    await pilot.press("ctrl+r")
+
+
 async def test_bad_input_keeps_run_disabled_with_a_message(make_app, tmp_path):
     eng = FakeEngine()
     app = make_app(engine=eng)
@@ -98,9 +105,7 @@ async def test_valid_run_fills_the_table_and_exports(make_app, tmp_path):
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
         out = tmp_path / "runs.jsonl"
-        small_grid(scr, out)
-        await until(pilot, lambda: small_grid_shown(app, scr))
-        await pilot.press("ctrl+r")
+        await run_small_grid(pilot, app, scr, out)
         await until(pilot, lambda: any(isinstance(m, JobFinished) and m.kind == "bench"
                                        for m in seen))
         cfg, path = eng.bench_calls[0]
@@ -126,9 +131,7 @@ async def test_esc_stops_a_run_and_the_engine_sees_its_token(make_app, tmp_path)
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
-        small_grid(scr, tmp_path / "runs.jsonl")
-        await until(pilot, lambda: small_grid_shown(app, scr))
-        await pilot.press("ctrl+r")
+        await run_small_grid(pilot, app, scr, tmp_path / "runs.jsonl")
         await until(pilot, lambda: scr.busy and app.runner.in_flight() == 1)
         await until(pilot, lambda: run_button(scr).disabled)
         assert not scr.query_one("#dash-stop", Button).disabled
@@ -169,9 +172,7 @@ async def test_engine_error_notifies_and_the_app_survives(make_app, tmp_path):
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
-        small_grid(scr, tmp_path / "runs.jsonl")
-        await until(pilot, lambda: small_grid_shown(app, scr))
-        await pilot.press("ctrl+r")
+        await run_small_grid(pilot, app, scr, tmp_path / "runs.jsonl")
         await until(pilot, lambda: any(isinstance(m, JobFailed) for m in seen))
         await until(pilot, lambda: any("the grid broke" in n for n in notes(app)))
         await until(pilot, lambda: "the grid broke" in error_text(scr) and not app.runner.busy)
@@ -318,9 +319,7 @@ async def test_calibration_progress_is_shown_and_esc_stops_it(make_app, tmp_path
     seen = []
     async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
         scr = await open_dashboard(pilot, app)
-        small_grid(scr, tmp_path / "runs.jsonl")
-        await until(pilot, lambda: small_grid_shown(app, scr))
-        await pilot.press("ctrl+r")
+        await run_small_grid(pilot, app, scr, tmp_path / "runs.jsonl")
         grid = scr.query_one("#dash-grid")
         await until(pilot, lambda: "calibrating: 4,096/20,480 tokens" in str(grid.content))
         assert "layers 12/30 of window 3/10" in str(grid.content)
