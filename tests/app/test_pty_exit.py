@@ -84,6 +84,34 @@ def _read_until(master: int, needle: bytes | re.Pattern, timeout: float = DEADLI
     return buf
 
 
+_CUP = re.compile(rb"\x1b\[(\d+);(\d+)H")
+_CSI = re.compile(rb"\x1b\[[0-9;?<>=$ ]*[A-Za-z~]|\x1b[()][A-Za-z0-9]|\x1b[=>]")
+
+
+def _visible(out: bytes) -> str:
+    """The text a stream of screen updates drew, for a failure message: a cursor move starts a
+    new line tagged with its row and column, every other escape sequence is dropped."""
+    text = _CUP.sub(lambda m: b"\n[%s,%s] " % (m.group(1), m.group(2)), out)
+    return _CSI.sub(b"", text).decode("utf-8", "replace")
+
+
+def _expect(p: subprocess.Popen, master: int, needle: bytes | re.Pattern, seen: list[bytes],
+            keep: Path) -> bytes:
+    """``_read_until`` that fails with what the screen showed instead: the whole output so far
+    (``seen`` collects it) goes to ``keep``, replayable through a terminal emulator, and the
+    text drawn since the last step ends the message."""
+    t0 = time.monotonic()
+    out = _read_until(master, needle)
+    seen.append(out)
+    if (needle.search(out) if isinstance(needle, re.Pattern) else needle in out):
+        return out
+    keep.write_bytes(b"".join(seen))
+    shown = needle.pattern if isinstance(needle, re.Pattern) else needle
+    pytest.fail(f"{shown!r} not seen after {time.monotonic() - t0:.1f} s (app "
+                f"{'running' if p.poll() is None else f'exited {p.returncode}'}); raw output in "
+                f"{keep}; it drew:\n{_visible(out)[-2500:]}")
+
+
 def _drain(master: int, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -154,28 +182,29 @@ def test_double_ctrl_c_mid_answer_force_quits_with_130(smol_lm):
 SHIFT_HOME = b"\x1b[1;2H"  # selects from the cursor to the line start in the message box
 
 
-def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm):
+def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm, tmp_path):
     """Issue 16.1: the message box has focus with its text selected (its own copy binding would
     take Ctrl+C). Mid-answer the first press still cancels ("Cancelling", the app stays); idle it
     copies ("Copied", the app stays); a second press force-quits with 130, terminal restored."""
+    seen: list[bytes] = []
     with _app_in_pty("default", None) as (p, master, slave):
-        assert READY.search(_read_until(master, READY))
+        _expect(p, master, READY, seen, tmp_path / "pty-output.bin")
         os.write(master, b"Write a very long story about the sea, with many chapters.\r")
-        assert CHAT_GENERATING.search(_read_until(master, CHAT_GENERATING))
+        _expect(p, master, CHAT_GENERATING, seen, tmp_path / "pty-output.bin")
         os.write(master, b"selected words" + SHIFT_HOME)  # keys are handled in order: no wait
         os.write(master, b"\x03")
         first = time.monotonic()
-        assert b"Cancelling" in _read_until(master, b"Cancelling")
+        _expect(p, master, b"Cancelling", seen, tmp_path / "pty-output.bin")
         # the answer ended: with its figures line, or — when the press landed after the decode
         # phase began but before its first token (a loaded machine) — the message taken back
-        assert ENDED.search(_read_until(master, ENDED))
+        _expect(p, master, ENDED, seen, tmp_path / "pty-output.bin")
         # the next press must fall outside the force-quit window: waiting at least that long is
         # the behaviour under test (a slower machine only waits longer), not a speed guess
         _drain(master, max(0.0, first + FORCE_WINDOW_S + 0.5 - time.monotonic()))
         assert p.poll() is None  # cancelled, not quit
         os.write(master, SHIFT_HOME)
         os.write(master, b"\x03")
-        assert b"Copied" in _read_until(master, b"Copied")
+        _expect(p, master, b"Copied", seen, tmp_path / "pty-output.bin")
         assert p.poll() is None
         os.write(master, b"\x03")
         assert _finish(p, master) == 130
