@@ -1,4 +1,5 @@
-"""Leave the terminal usable on a forced exit (os._exit skips Textual's own cleanup).
+"""Leave the terminal usable on a forced exit (os._exit skips Textual's own cleanup), and size
+the app from the terminal itself.
 
 The one place that touches Textual's private ``App._driver``: if that breaks in a future Textual,
 the fallback reapplies the termios attributes saved before the app started and writes the
@@ -19,6 +20,25 @@ RESET_SEQ = ("\x1b[<u"          # kitty keyboard protocol off
              "\x1b[?25h")       # show the cursor
 
 _saved: Optional[tuple[int, Any]] = None
+
+
+def use_the_terminals_size() -> bool:
+    """Drop ``LINES``/``COLUMNS`` from the environment when stdout is a terminal that reports its
+    size; True if any was dropped.
+
+    Textual sizes the screen with ``shutil.get_terminal_size()``, at start and on every resize,
+    and that reads those variables before asking the terminal. When set they are a snapshot,
+    not this terminal's size: a pytest-xdist worker here carried ``LINES=24 COLUMNS=80`` from
+    its start, and the TUI it started drew at 80×24 in a 120×40 terminal (and would have
+    ignored every resize)."""
+    try:
+        size = os.get_terminal_size(sys.__stdout__.fileno()) if sys.__stdout__ else None
+    except (OSError, ValueError):
+        return False
+    if size is None or size.columns <= 0 or size.lines <= 0:
+        return False
+    dropped = [k for k in ("LINES", "COLUMNS") if os.environ.pop(k, None) is not None]
+    return bool(dropped)
 
 
 def save_tty() -> None:

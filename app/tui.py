@@ -38,9 +38,10 @@ def run_tui(args: Any, fast_exit: bool = True) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_logging()
     from app.app import TokenforgeApp
-    from app.terminal import save_tty
+    from app.terminal import save_tty, use_the_terminals_size
 
     save_tty()
+    use_the_terminals_size()
     app = TokenforgeApp(args)
     loop = asyncio.new_event_loop()
     try:

@@ -23,16 +23,19 @@ import pytest
 pytestmark = pytest.mark.slow  # starts real processes (the fast loop skips them)
 
 ROOT = Path(__file__).resolve().parents[2]
+ROWS, COLS = 40, 120  # the pseudo-terminal's size (the layout the screen texts below assume)
 
 
 @contextmanager
-def _app_in_pty(model: Path | str, cache: Path | None) -> Iterator[tuple[subprocess.Popen, int, int]]:
-    """The TUI process on a 120×40 pseudo-terminal: (process, master fd, slave fd); killed and
-    the fds closed on the way out, whatever the test did."""
+def _app_in_pty(model: Path | str, cache: Path | None,
+               **env_extra: str) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """The TUI process on a ROWS×COLS pseudo-terminal: (process, master fd, slave fd); killed
+    and the fds closed on the way out, whatever the test did."""
     master, slave = pty.openpty()
     os.set_blocking(master, False)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = dict(os.environ, TERM="xterm-256color", TEXTUAL_ANIMATIONS="none", HF_HUB_OFFLINE="1")
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+    env = dict(os.environ, TERM="xterm-256color", TEXTUAL_ANIMATIONS="none", HF_HUB_OFFLINE="1",
+               **env_extra)
     if cache is not None:
         env["TOKENFORGE_CACHE"] = str(cache)
     p = subprocess.Popen([sys.executable, "-m", "app.cli", "--model", str(model)], cwd=ROOT,
@@ -67,10 +70,13 @@ ENDED = re.compile(STOPPED.pattern + rb"|" + _GAP.join([rb"was", rb"not", rb"add
 FORCE_WINDOW_S = 2.0  # app/quitting.py: a second Ctrl+C within this window force-quits
 
 
-def _read_until(master: int, needle: bytes | re.Pattern, timeout: float = DEADLINE_S) -> bytes:
-    """The app's output up to the first ``needle`` (bytes or a compiled pattern) or the deadline."""
+def _read_until(master: int, needle: bytes | re.Pattern, timeout: float = DEADLINE_S,
+                buf: bytes = b"") -> bytes:
+    """The app's output up to the first ``needle`` (bytes or a compiled pattern) or the deadline,
+    after ``buf`` (output already read, searched too)."""
     found = needle.search if isinstance(needle, re.Pattern) else (lambda b: needle in b)
-    buf = b""
+    if found(buf):
+        return buf
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         r, _, _ = select.select([master], [], [], 0.2)
@@ -96,13 +102,13 @@ def _visible(out: bytes) -> str:
 
 
 def _expect(p: subprocess.Popen, master: int, needle: bytes | re.Pattern, seen: list[bytes],
-            keep: Path) -> bytes:
-    """``_read_until`` that fails with what the screen showed instead: the whole output so far
-    (``seen`` collects it) goes to ``keep``, replayable through a terminal emulator, and the
-    text drawn since the last step ends the message."""
+            keep: Path, since: bytes = b"") -> bytes:
+    """``_read_until`` (searching ``since`` too) that fails with what the screen showed instead:
+    the whole output so far (``seen`` collects it) goes to ``keep``, replayable through a
+    terminal emulator, and the text drawn since the last step ends the message."""
     t0 = time.monotonic()
-    out = _read_until(master, needle)
-    seen.append(out)
+    out = _read_until(master, needle, buf=since)
+    seen.append(out[len(since):])
     if (needle.search(out) if isinstance(needle, re.Pattern) else needle in out):
         return out
     keep.write_bytes(b"".join(seen))
@@ -151,10 +157,17 @@ def _tty_sane(slave: int) -> bool:
     return bool(lflag & termios.ECHO) and bool(lflag & termios.ICANON) and bool(lflag & termios.ISIG)
 
 
+def _rows_drawn(out: bytes) -> int:
+    return max((int(m.group(1)) for m in _CUP.finditer(out)), default=0)
+
+
 def test_ctrl_c_when_idle_quits_gracefully_and_restores_the_terminal(tiny_dir, tmp_path):
-    with _app_in_pty(tiny_dir, tmp_path / "cache") as (p, master, slave):
-        out = _read_until(master, tiny_dir.name.encode())
-        assert tiny_dir.name.encode() in out, out[-500:]  # the header names the model: the app is drawn
+    """Also: the app takes its size from the terminal, not from stale ``LINES``/``COLUMNS`` (a
+    pytest-xdist worker here carried 24 and 80 from its start, and the app drew at 80×24)."""
+    with _app_in_pty(tiny_dir, tmp_path / "cache", LINES="24", COLUMNS="80") as (p, master, slave):
+        out = _read_until(master, READY)  # loaded: the status line names the sampling settings
+        assert READY.search(out), _visible(out)[-1500:]
+        assert _rows_drawn(out) == ROWS, _visible(out)[-1500:]  # all of the terminal, no more
         assert not _tty_sane(slave)  # the app holds the terminal in raw mode
         os.write(master, b"\x03")  # idle (a background probe may run: it is cancelled, rc 0)
         rc = _finish(p, master)
@@ -194,10 +207,11 @@ def test_ctrl_c_with_selected_text_still_cancels_and_force_quits(smol_lm, tmp_pa
         os.write(master, b"selected words" + SHIFT_HOME)  # keys are handled in order: no wait
         os.write(master, b"\x03")
         first = time.monotonic()
-        _expect(p, master, b"Cancelling", seen, tmp_path / "pty-output.bin")
+        pressed = _expect(p, master, b"Cancelling", seen, tmp_path / "pty-output.bin")
         # the answer ended: with its figures line, or — when the press landed after the decode
-        # phase began but before its first token (a loaded machine) — the message taken back
-        _expect(p, master, ENDED, seen, tmp_path / "pty-output.bin")
+        # phase began but before its first token (a loaded machine) — the message taken back.
+        # Searched from the press on: a quick stop draws the end in the toast's frame or before it
+        _expect(p, master, ENDED, seen, tmp_path / "pty-output.bin", since=pressed)
         # the next press must fall outside the force-quit window: waiting at least that long is
         # the behaviour under test (a slower machine only waits longer), not a speed guess
         _drain(master, max(0.0, first + FORCE_WINDOW_S + 0.5 - time.monotonic()))
