@@ -370,7 +370,7 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
         with _weights_checked(progress, cancel):
             model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
     except ValueError as e:
-        msg = str(e).splitlines()[0]
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
         if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load {name}: {msg}") from e
@@ -432,12 +432,12 @@ def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
                                             local_files_only=True, **extra)
     except ValueError as e:
-        msg = str(e).splitlines()[0]
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
         if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
     except OSError as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from e
     except Exception as e:
         if not extra:
             raise

@@ -54,7 +54,7 @@ def int8_supported() -> Optional[str]:
         q, s = quantize_rows(torch.ones(4, 8))
         torch._weight_int8pack_mm(torch.ones(1, 8, dtype=torch.bfloat16), q, s.bfloat16())
     except RuntimeError as e:
-        return f"_weight_int8pack_mm failed: {str(e).splitlines()[0]}"
+        return f"_weight_int8pack_mm failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
     return None
 
 

@@ -185,7 +185,7 @@ class SessionStore:
             label = name if isinstance(name, str) else shown(name)
             try:
                 turns = self._branch_turns(_int(head, "its head branch"))
-                preview = turns[0].user.splitlines()[0][:60] if turns else ""
+                preview = _preview(turns[0].user) if turns else ""
                 variants = int(self.db.execute(
                     "SELECT COUNT(*) FROM turns WHERE branch_id IN (SELECT id FROM branches "
                     "WHERE session_id=?)", (sid,)).fetchone()[0])
@@ -406,6 +406,12 @@ class SessionStore:
         while self.exists(name):
             name, n = f"{base} ({n})", n + 1
         return name
+
+
+def _preview(user: str) -> str:
+    """A list row's glimpse of the first message: its first line with text (a hand-edited
+    database can hold an empty message), at most 60 characters."""
+    return next((line for line in user.splitlines() if line.strip()), "")[:60]
 
 
 def _locked(fn: Any) -> Any:

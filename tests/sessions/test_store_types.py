@@ -92,3 +92,17 @@ def test_sessions_list_and_show_say_so_in_one_line(tmp_path, monkeypatch, capfd)
     out, err = capfd.readouterr()
     assert "cannot be read" in out + err and "Traceback" not in out + err
     assert len((out + err).strip().splitlines()) <= 3
+
+
+@pytest.mark.parametrize("user, preview", [("", ""), ("\n", ""), ("\n \nsecond line", "second line")])
+def test_an_empty_first_message_lists_with_its_first_line_of_text(tmp_path, user, preview):
+    """A text value the tool never writes (an empty message or one starting with blank lines,
+    from a hand edit) is still text: listed, previewed by its first line with text, and opens."""
+    st = _store(tmp_path)
+    _poke(st, "UPDATE turns SET user=? WHERE branch_id IN (SELECT b.id FROM branches b JOIN "
+          "sessions s ON b.session_id=s.id WHERE s.name='bad')", user)
+    infos = {i.name: i for i in st.list()}
+    assert infos["bad"].problem == "" and infos["bad"].preview == preview and infos["bad"].turns == 1
+    assert infos["good"].preview == "Hello"
+    assert st.get("bad").turns[0].user == user
+    st.close()
