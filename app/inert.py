@@ -24,12 +24,20 @@ from typing import IO, Any, Iterable, Optional
 
 from rich.console import Console
 from rich.segment import Segment
-from rich.text import Text
+from rich.text import Span, Text
 
 from engine.inert import is_inert, printable
 
-#: what Rich's markup parser reads as a tag (rich.markup.RE_TAGS without the backslash group)
-_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+#: every "[" with the backslashes before it; group 2 is set when Rich's markup parser reads a
+#: tag there (rich.markup.RE_TAGS without its backslash group)
+_OPEN = re.compile(r"(\\*)\[(?=([a-z#/@][^[]*?])?)")
+
+
+def _escape_open(m: re.Match) -> str:
+    """Rich reads ``2k+1`` backslashes before a tag as ``k`` and an escaped tag, and drops one
+    backslash before any other ``[`` (it replaces ``\\[`` with ``[`` in plain text)."""
+    return (m.group(1) * 2 if m.group(2) is not None else m.group(1)) + "\\["
+
 
 __all__ = ["esc", "tesc", "text", "styled", "plain", "notice", "console", "InertConsole",
            "InertArgumentParser", "is_inert", "printable"]
@@ -41,11 +49,13 @@ def plain(value: Any, *, multiline: bool = False) -> str:
 
 
 def esc(value: Any, *, multiline: bool = False, tag_follows: bool = True) -> str:
-    """The value for a Rich markup string: controls escaped, every tag-like ``[`` escaped (with
-    the backslashes before it doubled). A run of backslashes at the end would escape the tag
-    after the value, so it is doubled too (Rich reads ``2k`` backslashes before a tag as ``k``);
-    ``tag_follows=False`` when the value ends the string or plain text follows it."""
-    s = _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), printable(value, multiline=multiline))
+    """The value for a Rich markup string: controls escaped, every ``[`` escaped (before a tag
+    the backslashes in front are doubled; any other ``[`` gets one more), so the value reads
+    back as itself and cannot open a tag with the template text after it. A run of backslashes
+    at the end would escape the tag after the value, so it is doubled too (Rich reads ``2k``
+    backslashes before a tag as ``k``); ``tag_follows=False`` when the value ends the string or
+    plain text follows it."""
+    s = _OPEN.sub(_escape_open, printable(value, multiline=multiline))
     if tag_follows:
         tail = len(s) - len(s.rstrip("\\"))
         s += "\\" * tail
@@ -70,22 +80,46 @@ def text(value: Any, style: str = "", *, multiline: bool = False) -> Text:
 _FORMATTER = string.Formatter()
 
 
+_SLOT = "\x00"  # stands for a field while the template's markup is read (never in a template)
+
+
 def styled(template: str, /, **values: Any) -> Text:
-    """The program's own markup ``template`` with ``{name}`` fields filled from ``values``: each
-    value (after its format spec, e.g. ``{n:,}``, and conversion, e.g. ``{p!r}``) goes in through
-    ``esc``, so it can neither open nor close a tag nor carry a control character."""
+    """The program's own markup ``template`` with ``{name}`` fields filled from ``values`` (after
+    a format spec, e.g. ``{n:,}``, and a conversion, e.g. ``{p!r}``) as plain inert text.
+
+    Only the template is read as markup: each field is a placeholder character while it is
+    parsed, then replaced by its value with the style that reached the placeholder. A value
+    therefore cannot open or close a tag, lose a backslash, or join the template text after it
+    into a tag, which escaping each value for Rich's parser could not promise."""
+    if _SLOT in template:
+        raise ValueError("a styled() template cannot contain NUL")
     parts: list[str] = []
-    pieces = list(_FORMATTER.parse(template))
-    for i, (literal, field, spec, conv) in enumerate(pieces):
+    fills: list[str] = []
+    for literal, field, spec, conv in _FORMATTER.parse(template):
         parts.append(literal)
         if field is None:
             continue
         v = values[field]
         if conv:
             v = {"r": repr, "s": str, "a": ascii}[conv](v)
-        nxt = pieces[i + 1][0] if i + 1 < len(pieces) else ""
-        parts.append(esc(format(v, spec) if spec else str(v), tag_follows=nxt.startswith("[")))
-    return Text.from_markup("".join(parts), end="")
+        fills.append(printable(format(v, spec) if spec else str(v)))
+        parts.append(_SLOT)
+    rendered = Text.from_markup("".join(parts), end="")
+    slots = [i for i, ch in enumerate(rendered.plain) if ch == _SLOT]
+    if len(slots) != len(fills):  # a field inside a tag ("[link={url}]"): not supported
+        raise ValueError(f"styled(): a field of {template!r} is inside a markup tag")
+    if not fills:
+        return rendered
+    pieces = rendered.divide(c for i in slots for c in (i, i + 1))
+    out = Text(end="")
+    k = 0
+    for piece in pieces:
+        if piece.plain == _SLOT:
+            fill = Text(fills[k], style=piece.style, end="")
+            fill.spans.extend(Span(0, len(fill), sp.style) for sp in piece.spans)
+            piece, k = fill, k + 1
+        out.append_text(piece)
+    return out
 
 
 class InertConsole(Console):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from hypothesis import given, strategies as st
 from rich.table import Table
 from rich.text import Text
@@ -60,6 +61,24 @@ def test_markup_escape_round_trips(s):
 def test_styled_fills_fields_as_text(s, n):
     t = styled("[bold]x[/] {a} [dim]{b!r}[/] {n:,}", a=s, b=s, n=n)
     assert t.plain == f"x {printable(s)} {printable(repr(s))} {n:,}"
+
+
+@pytest.mark.parametrize("value", ["\\[", "\\\\[", "[", "\\[b", "a\\", "[bold]", "\\[bold]"])
+@pytest.mark.parametrize("template, shown", [("{v}", "{}"), ("{v}b]", "{}b]"), ("{v} [b]x[/b]", "{} x"),
+                                             ("[i]{v}[/i]", "{}")])
+def test_styled_values_are_never_read_as_markup(value, template, shown):
+    """Found by random draws: Rich drops one backslash before any "[" in plain text, so an
+    escaped value lost it ("\\[" showed as "["), and a value ending in "[" could join the template
+    text after it into a tag. A value is never parsed now, and keeps the style around it."""
+    t = styled(template, v=value)
+    assert t.plain == shown.replace("{}", value)
+    if template.startswith("[i]"):
+        assert [(sp.start, sp.end, str(sp.style)) for sp in t.spans] == [(0, len(value), "italic")]
+
+
+def test_a_field_inside_a_tag_is_refused():
+    with pytest.raises(ValueError, match="inside a markup tag"):
+        styled("[link={u}]x[/]", u="https://example.org")
 
 
 def _rendered(obj, **kw) -> str:

@@ -200,6 +200,8 @@ async def test_dashboard_draws_the_sweep_curve(swept, tmp_path):
                 for c in plot.curves] == \
             [(c.method, [(p.value, p.x.value, p.y["kl_mean"].value) for p in c.points]) for c in expect]
         assert plot.metric == "kl_mean"
+        # the plot draws at its laid-out size: the tab it sits in was hidden until the data came
+        await until(pilot, lambda: plot.size.area > 0)
         shown = plot.render().plain
         assert "evict-sinks (window)" in shown
         # the curve's own colour and marker (plot_data.curve_styles), no row's
