@@ -110,15 +110,20 @@ def styled(template: str, /, **values: Any) -> Text:
         raise ValueError(f"styled(): a field of {template!r} is inside a markup tag")
     if not fills:
         return rendered
-    pieces = rendered.divide(c for i in slots for c in (i, i + 1))
-    out = Text(end="")
-    k = 0
-    for piece in pieces:
-        if piece.plain == _SLOT:
-            fill = Text(fills[k], style=piece.style, end="")
-            fill.spans.extend(Span(0, len(fill), sp.style) for sp in piece.spans)
-            piece, k = fill, k + 1
-        out.append_text(piece)
+    grow = [len(f) - 1 for f in fills]  # how far each placeholder pushes what follows it
+
+    def moved(pos: int) -> int:
+        return pos + sum(g for s, g in zip(slots, grow) if s < pos)
+
+    out = Text("", style=rendered.style, end="")
+    plain, at = [], 0
+    for s, f in zip(slots, fills):
+        plain += [rendered.plain[at:s], f]
+        at = s + 1
+    out.append("".join(plain) + rendered.plain[at:])
+    # the template's spans, stretched over the values inside them (one span per tag, as the
+    # markup alone gives: the output is the same segments as before the values went in)
+    out.spans[:] = [Span(moved(sp.start), moved(sp.end), sp.style) for sp in rendered.spans]
     return out
 
 

@@ -56,7 +56,7 @@ DEADLINE_S = 240.0
 _SGR = rb"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # style codes between the words of one screen line
 #: the model is ready: the chat status line names it with the sampling settings (load progress
 #: messages also name the model, so the name alone would match while it is still loading)
-READY = re.compile(rb"\xc2\xb7 max \d+ tokens \xc2\xb7 T ")
+READY = re.compile(_SGR.join([rb"\xc2\xb7 max ", rb"\d+", rb" tokens \xc2\xb7 T "]))
 #: the chat job is decoding: "chat · phase generate" on its progress line (the start-up speed
 #: probe also decodes, as "speed · phase generate")
 CHAT_GENERATING = re.compile(_SGR.join([rb"chat", rb" \xc2\xb7 phase ", rb"generate"]))
