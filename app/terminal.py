@@ -22,9 +22,9 @@ RESET_SEQ = ("\x1b[<u"          # kitty keyboard protocol off
 _saved: Optional[tuple[int, Any]] = None
 
 
-def use_the_terminals_size() -> bool:
+def use_the_terminals_size() -> None:
     """Drop ``LINES``/``COLUMNS`` from the environment when stdout is a terminal that reports its
-    size; True if any was dropped.
+    size.
 
     Textual sizes the screen with ``shutil.get_terminal_size()``, at start and on every resize,
     and that reads those variables before asking the terminal. When set they are a snapshot,
@@ -34,11 +34,10 @@ def use_the_terminals_size() -> bool:
     try:
         size = os.get_terminal_size(sys.__stdout__.fileno()) if sys.__stdout__ else None
     except (OSError, ValueError):
-        return False
-    if size is None or size.columns <= 0 or size.lines <= 0:
-        return False
-    dropped = [k for k in ("LINES", "COLUMNS") if os.environ.pop(k, None) is not None]
-    return bool(dropped)
+        return
+    if size is not None and size.columns > 0 and size.lines > 0:
+        for k in ("LINES", "COLUMNS"):
+            os.environ.pop(k, None)
 
 
 def save_tty() -> None:

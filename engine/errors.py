@@ -65,3 +65,8 @@ def is_disk_fault(e: BaseException) -> bool:
         return True
     return isinstance(e, OSError) and errno.errorcode.get(e.errno or 0, "") in (*_DISK_FAULTS, "EIO")
 
+
+def first_line(text: str, default: str = "") -> str:
+    """The first line of a message (an exception's text can span a traceback's worth of lines,
+    or be empty: then ``default``)."""
+    return next(iter(text.splitlines()), default)

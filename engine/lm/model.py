@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from engine.atomic import atomic_dir
-from engine.errors import ModelLoadError, ModelNotFound
+from engine.errors import ModelLoadError, ModelNotFound, first_line
 from engine.lm.model_facts import context_length_of, eos_ids_of  # noqa: F401 (re-exported)
 from engine.lm.sampling_defaults import ModelSamplingDefaults, model_sampling_defaults
 from engine.paths import cache_dir, expand_user
@@ -214,7 +214,7 @@ def _convert_locked(gguf: Path, target: Path, progress: Optional[ProgressFn],
     except Cancelled:
         raise
     except Exception as e:  # corrupt or unsupported GGUF
-        raise ModelLoadError(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        raise ModelLoadError(first_line(f"cannot read GGUF {gguf}: {type(e).__name__}: {e}")) from e
     finally:
         gguf_utils.tqdm = saved_tqdm
     check(cancel)
@@ -370,13 +370,13 @@ def load_model(spec: str = DEFAULT_SPEC, device: str = "auto", dtype: str = "aut
         with _weights_checked(progress, cancel):
             model = AutoModelForCausalLM.from_pretrained(str(src), **kwargs)
     except ValueError as e:
-        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        msg = first_line(str(e), type(e).__name__)
         if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load {name}: {msg}") from e
     except (OSError, RuntimeError, TypeError, KeyError) as e:  # e.g. weights of another shape
         raise ModelLoadError(f"cannot load {name}: {type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:300]}") from e
+                             f"{first_line(str(e))[:300]}") from e
     check(cancel)
     if not dev.startswith("cuda"):
         model.to(dev)
@@ -432,15 +432,17 @@ def load_tokenizer(spec: str = DEFAULT_SPEC, *, trust_remote_code: bool = False,
         tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code,
                                             local_files_only=True, **extra)
     except ValueError as e:
-        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        msg = first_line(str(e), type(e).__name__)
         if "trust_remote_code" in msg or "custom code" in msg:
             raise ModelLoadError(f"{name} needs custom code: rerun with --trust-remote-code") from e
         raise ModelLoadError(f"cannot load the tokenizer of {name}: {msg}") from e
     except OSError as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from e
+        raise ModelLoadError(f"cannot load the tokenizer of {name}: "
+                             f"{first_line(str(e), type(e).__name__)}") from e
     except Exception as e:
         if not extra:
             raise
-        raise ModelLoadError(f"cannot read GGUF {src / extra['gguf_file']}: "  # corrupt/unsupported
-                             f"{type(e).__name__}: {e}".splitlines()[0]) from e
+        # corrupt or unsupported
+        raise ModelLoadError(first_line(f"cannot read GGUF {src / extra['gguf_file']}: "
+                                        f"{type(e).__name__}: {e}")) from e
     return tok

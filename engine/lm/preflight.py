@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, first_line
 
 #: the share of available memory the weights may take (the rest: activations, the OS)
 MODEL_SHARE = 0.9
@@ -177,7 +177,7 @@ def gguf_params(path: Path) -> tuple[int, int]:
 
         shapes = [tuple(int(d) for d in t.shape) for t in GGUFReader(str(path)).tensors]
     except Exception as e:  # noqa: BLE001 — a truncated or hostile header: one error
-        first = (str(e).splitlines() or [""])[0][:200]
+        first = first_line(str(e))[:200]
         raise ModelLoadError(f"cannot read GGUF {path}: its header is unreadable "
                              f"({type(e).__name__}: {first})") from None
     if any(d < 0 for s in shapes for d in s):
@@ -223,7 +223,7 @@ def shapes_problem(folder: Path) -> Optional[str]:
     except ModelLoadError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 — any failure to build from the config: not adoptable
-        return f"config.json unusable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return f"config.json unusable ({type(e).__name__}: {first_line(str(e))})"
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     for key, t in model.state_dict().items():
         got = found.get(key)

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 
+from engine.errors import first_line
 from engine.lm.fastpath import LeanForward, unsupported_reason
 from engine.lm.fastweights import SPLIT_MAX_ROWS
 
@@ -54,7 +55,7 @@ def int8_supported() -> Optional[str]:
         q, s = quantize_rows(torch.ones(4, 8))
         torch._weight_int8pack_mm(torch.ones(1, 8, dtype=torch.bfloat16), q, s.bfloat16())
     except RuntimeError as e:
-        return f"_weight_int8pack_mm failed: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        return f"_weight_int8pack_mm failed: {first_line(str(e), type(e).__name__)}"
     return None
 
 
